@@ -1,0 +1,124 @@
+"""The one Spark session factory: embedded local, an active cluster/Databricks session, or Spark Connect.
+
+Nothing here (or anywhere in segspark) touches ``sparkContext``, RDDs or ``_jvm``, so the job runs on
+Spark Connect, Databricks serverless and shared clusters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from segspark.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from segspark.config import SparkConfig
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_JAVA = (17, 21)
+JAVA_HINT = "install a Java 17 or 21 runtime (e.g. 'apt-get install openjdk-17-jre-headless') and set JAVA_HOME"
+
+
+def _java_binary() -> str | None:
+    home = os.environ.get("JAVA_HOME")
+    if home:
+        candidate = os.path.join(home, "bin", "java")
+        if os.path.exists(candidate):
+            return candidate
+    return shutil.which("java")
+
+
+def check_java() -> int:
+    """Return the Java major version, or raise one clear line saying what to install."""
+    java = _java_binary()
+    if java is None:
+        raise EnvironmentProblem(f"no Java runtime found: {JAVA_HINT}")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"cannot run {java} ({exc}): {JAVA_HINT}") from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise EnvironmentProblem(f"cannot tell the version of {java}: {JAVA_HINT}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major not in SUPPORTED_JAVA:
+        raise EnvironmentProblem(f"Java {major} found at {java}, but Spark 4 needs Java 17 or 21: {JAVA_HINT}")
+    return major
+
+
+def active_session() -> SparkSession | None:
+    """The session a cluster, Databricks job or notebook already started, if any."""
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
+
+
+def local_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The settings of the embedded local session (also used for Spark Connect's local server)."""
+    cores = os.cpu_count() or 2
+    conf = {
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions or max(4, cores * 2)),
+        "spark.ui.enabled": "true" if cfg.ui else "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.session.timeZone": "UTC",
+        # no _SUCCESS markers inside Delta table folders
+        "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    if cfg.driver_memory:
+        conf["spark.driver.memory"] = cfg.driver_memory
+    conf.update(cfg.conf)
+    return conf
+
+
+def get_spark(cfg: SparkConfig) -> SparkSession:
+    """Build or reuse the Spark session described by ``cfg``.
+
+    Order: ``spark.remote`` (Spark Connect) if set; else an already active session (cluster,
+    Databricks); else an embedded local session on ``spark.master``.
+    """
+    from pyspark.sql import SparkSession
+
+    # Workers must run the driver's interpreter, or pandas UDFs fail on a different Python.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    if cfg.remote:
+        if cfg.remote.startswith("local"):
+            check_java()
+        builder = SparkSession.builder.remote(cfg.remote).appName(cfg.app_name)
+        for key, value in (local_conf(cfg) if cfg.remote.startswith("local") else cfg.conf).items():
+            if key.startswith(("spark.driver.", "spark.executor.", "spark.hadoop.", "spark.ui.")):
+                continue  # static settings cannot be set from a Connect client
+            builder = builder.config(key, value)
+        log.info("connecting to Spark Connect at %s", cfg.remote)
+        return builder.getOrCreate()
+
+    existing = active_session()
+    if existing is not None:
+        for key, value in cfg.conf.items():
+            existing.conf.set(key, value)
+        return existing
+
+    check_java()
+    builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
+    for key, value in local_conf(cfg).items():
+        builder = builder.config(key, value)
+    log.info("starting Spark on %s", cfg.master)
+    spark = builder.getOrCreate()
+    return spark

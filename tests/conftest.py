@@ -1,0 +1,31 @@
+"""Shared fixtures: one session-scoped local SparkSession for the whole suite."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("SEGSPARK_PSEUDO_KEY", "test-key-not-secret")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    from segspark.config import SparkConfig
+    from segspark.session import get_spark
+
+    session = get_spark(
+        SparkConfig(
+            master="local[2]",
+            shuffle_partitions=2,
+            conf={
+                "spark.default.parallelism": "2",
+                "spark.sql.adaptive.coalescePartitions.enabled": "false",
+            },
+        )
+    )
+    yield session
+    session.stop()
