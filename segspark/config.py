@@ -86,6 +86,39 @@ class CurrencyConfig(Section):
     rates: dict[str, float] = Field(default_factory=dict)  # currency -> units of base per unit
 
 
+# Data-quality rule ids (stable: they name rows in the quarantine table). Listed in precedence
+# order: a row breaking several rules is quarantined once, under the first one here.
+QUALITY_RULE_IDS: tuple[str, ...] = (
+    "missing_customer_id",
+    "missing_order_id",
+    "missing_channel",
+    "bad_timestamp",
+    "future_timestamp",
+    "too_early_timestamp",
+    "bad_amount",
+    "unknown_currency",
+    "unknown_event_type",
+    "malformed_customer",
+    "order_id_conflict",
+    "customer_id_conflict",
+    "duplicate_line",
+    "amount_outlier",
+)
+# Rules that keep unusable rows out of the clean tables; they may be 'fail' but not 'off'.
+STRUCTURAL_RULE_IDS: frozenset[str] = frozenset(
+    {
+        "missing_customer_id",
+        "missing_order_id",
+        "missing_channel",
+        "bad_timestamp",
+        "bad_amount",
+        "unknown_currency",
+        "malformed_customer",
+        "customer_id_conflict",
+    }
+)
+
+
 class QualityConfig(Section):
     rules: dict[str, Severity] = Field(default_factory=dict)  # rule id -> severity override
     earliest_date: dt.date = dt.date(2000, 1, 1)
@@ -95,6 +128,26 @@ class QualityConfig(Section):
     outlier_abs_cap: float | None = Field(default=None, gt=0)
     relative_error: float = Field(default=0.001, gt=0, lt=0.5)
     currency: CurrencyConfig = Field(default_factory=CurrencyConfig)
+    # extra timestamp patterns tried before ISO-8601 text, e.g. ['dd/MM/yyyy HH:mm']
+    timestamp_formats: list[str] = Field(default_factory=list)
+    min_age: int = Field(default=0, ge=0)  # CRM ages outside [min_age, max_age] are malformed
+    max_age: int = Field(default=120, ge=1)
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, v: dict[str, str]) -> dict[str, str]:
+        for rule, severity in v.items():
+            if rule not in QUALITY_RULE_IDS:
+                raise ValueError(f"unknown quality rule '{rule}'; known rules: {', '.join(QUALITY_RULE_IDS)}")
+            if severity == "off" and rule in STRUCTURAL_RULE_IDS:
+                raise ValueError(f"quality rule '{rule}' keeps unusable rows out and cannot be 'off'")
+        return v
+
+    @model_validator(mode="after")
+    def _age_range(self) -> QualityConfig:
+        if self.max_age <= self.min_age:
+            raise ValueError(f"max_age ({self.max_age}) must be > min_age ({self.min_age})")
+        return self
 
 
 class PrivacyConfig(Section):
@@ -112,10 +165,76 @@ class RfmSegmentRule(Section):
     fm: tuple[int, int]  # inclusive range of the combined F/M score
 
 
+def _rules(*rows: tuple[str, tuple[int, int], tuple[int, int]]) -> tuple[RfmSegmentRule, ...]:
+    return tuple(RfmSegmentRule(name=n, r=r, fm=fm) for n, r, fm in rows)
+
+
+# The 11 standard RFM segments as a partition of the (R, FM) grid, FM = round-half-up((F + M) / 2).
+# Rules are tried in order and the first match wins; these tables do not overlap.
+DEFAULT_RFM_SEGMENTS: dict[int, tuple[RfmSegmentRule, ...]] = {
+    5: _rules(
+        ("Champions", (5, 5), (4, 5)),
+        ("Champions", (4, 4), (5, 5)),
+        ("Loyal", (3, 4), (4, 5)),
+        ("Potential Loyalist", (4, 5), (2, 3)),
+        ("New Customers", (5, 5), (1, 1)),
+        ("Promising", (4, 4), (1, 1)),
+        ("Need Attention", (3, 3), (3, 3)),
+        ("About to Sleep", (3, 3), (1, 2)),
+        ("Cannot Lose Them", (1, 1), (4, 5)),
+        ("At Risk", (1, 2), (3, 5)),
+        ("Hibernating", (2, 2), (1, 2)),
+        ("Lost", (1, 1), (1, 2)),
+    ),
+    4: _rules(
+        ("Champions", (4, 4), (3, 4)),
+        ("Potential Loyalist", (4, 4), (2, 2)),
+        ("New Customers", (4, 4), (1, 1)),
+        ("Loyal", (3, 3), (3, 4)),
+        ("Need Attention", (3, 3), (2, 2)),
+        ("Promising", (3, 3), (1, 1)),
+        ("Cannot Lose Them", (1, 2), (4, 4)),
+        ("At Risk", (1, 2), (3, 3)),
+        ("About to Sleep", (2, 2), (1, 2)),
+        ("Hibernating", (1, 1), (2, 2)),
+        ("Lost", (1, 1), (1, 1)),
+    ),
+}
+
+
 class RfmConfig(Section):
     bins: Literal[4, 5] = 5
     relative_error: float = Field(default=0.001, gt=0, lt=0.5)
     segments: list[RfmSegmentRule] = Field(default_factory=list)  # empty: the 11 standard segments
+    # channels with their own orders_<channel> feature column; other or missing channels: orders_other
+    channels: list[str] = Field(default_factory=lambda: ["web", "app", "store"])
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, v: list[str]) -> list[str]:
+        for ch in v:
+            if not ch or not all(c.isalnum() or c == "_" for c in ch) or ch != ch.lower() or ch == "other":
+                raise ValueError(f"channel {ch!r}: use lower-case letters, digits and '_' (not 'other')")
+        if len(set(v)) != len(v):
+            raise ValueError("channels must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _segments_cover_grid(self) -> RfmConfig:
+        for rule in self.segments:
+            for label, (lo, hi) in (("r", rule.r), ("fm", rule.fm)):
+                if not 1 <= lo <= hi <= self.bins:
+                    raise ValueError(f"segment '{rule.name}': {label} range ({lo}, {hi}) must lie in 1..{self.bins}")
+        rules = self.segment_rules()
+        for r in range(1, self.bins + 1):
+            for fm in range(1, self.bins + 1):
+                if not any(x.r[0] <= r <= x.r[1] and x.fm[0] <= fm <= x.fm[1] for x in rules):
+                    raise ValueError(f"segments leave the cell R={r}, FM={fm} without a segment")
+        return self
+
+    def segment_rules(self) -> tuple[RfmSegmentRule, ...]:
+        """The configured segment rules, or the 11 standard segments for ``bins``."""
+        return tuple(self.segments) if self.segments else DEFAULT_RFM_SEGMENTS[self.bins]
 
 
 class LifecycleConfig(Section):
@@ -124,6 +243,23 @@ class LifecycleConfig(Section):
     at_risk_days: int = Field(default=120, ge=1)
     churned_days: int = Field(default=365, ge=1)
     reactivation_gap_days: int = Field(default=180, ge=1)
+    # the personal at-risk rule (recency > at_risk_gap_factor x own mean gap) never fires below this
+    at_risk_min_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> LifecycleConfig:
+        if not self.at_risk_min_days <= self.at_risk_days < self.churned_days:
+            raise ValueError(
+                f"need at_risk_min_days ({self.at_risk_min_days}) <= at_risk_days ({self.at_risk_days})"
+                f" < churned_days ({self.churned_days})"
+            )
+        return self
+
+
+class KpisConfig(Section):
+    """Segment KPIs, cohorts and LTV:CAC."""
+
+    ltv_window_months: int = Field(default=12, ge=1)  # realized LTV: net revenue in the first N months
 
 
 class ClusteringConfig(Section):
@@ -145,6 +281,23 @@ class ClusteringConfig(Section):
     min_stability: float = Field(default=0.6, ge=0, le=1)
     seed: int = 42
     persona_names: dict[str, str] = Field(default_factory=dict)
+    # --- added by the clustering stage ---
+    sweep_engine: Literal["local", "spark"] = "local"  # local: sample on the driver; spark: MLlib on the sample
+    final_fit: Literal["all", "sample"] = "all"  # fit the chosen model on every customer or on the sample
+    max_iter: int = Field(default=20, ge=1)
+    tol: float = Field(default=1e-4, gt=0)
+    impute_strategy: Literal["median", "mean"] = "median"
+    stability: bool = True  # measure ARI between fits on two seeded half-samples
+    knee_window: int = Field(default=1, ge=0)  # choose the best silhouette within this many k of the knee
+    density_sample: int = Field(default=20_000, ge=50)
+    density_eps: float | None = Field(default=None, gt=0)  # None: a quantile of the k-distance curve
+    density_eps_quantile: float = Field(default=0.9, gt=0, lt=1)
+    density_min_samples: int = Field(default=10, ge=2)
+    density_strata: str | None = None  # column to stratify the density sample on, e.g. rfm_segment
+    persona_traits: int = Field(default=2, ge=1, le=4)
+    persona_min_z: float = Field(default=0.25, ge=0)
+    persona_match_max_distance: float = Field(default=1.5, gt=0)  # z-space distance to inherit a name
+    model_alias: str = "champion"
 
     @model_validator(mode="after")
     def _k_range(self) -> ClusteringConfig:
@@ -163,6 +316,15 @@ class ClvConfig(Section):
     monthly_discount_rate: float = Field(default=0.01, ge=0, lt=1)
     penalizer: float = Field(default=0.0, ge=0)
     value_tier_top_share: float = Field(default=0.2, gt=0, lt=1)
+    # calibration end when calibration_end is null: as_of_date minus this many days
+    holdout_days: int = Field(default=91, ge=1)
+    # an order is a purchase when its net amount is >= this (0: free orders count, pure returns don't)
+    purchase_min_amount: float = 0.0
+    days_per_month: float = Field(default=30.4375, gt=0)  # month length for CLV discounting
+    # Gamma-Gamma statistics are grouped on a log-spend grid of this relative width (0: exact values)
+    spend_grid_resolution: float = Field(default=1e-4, ge=0, lt=0.1)
+    spend_corr_warn: float = Field(default=0.3, gt=0, le=1)  # |corr(frequency, spend)| that warns
+    min_repeat_buyers: int = Field(default=10, ge=1)  # fewer: no Gamma-Gamma, mean spend instead
 
 
 class ChurnConfig(Section):
@@ -205,6 +367,7 @@ class Settings(Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     rfm: RfmConfig = Field(default_factory=RfmConfig)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    kpis: KpisConfig = Field(default_factory=KpisConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
     clv: ClvConfig = Field(default_factory=ClvConfig)
     churn: ChurnConfig = Field(default_factory=ChurnConfig)

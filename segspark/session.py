@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segspark.errors import EnvironmentProblem
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUPPORTED_JAVA = (17, 21)
+LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
 JAVA_HINT = "install a Java 17 or 21 runtime (e.g. 'apt-get install openjdk-17-jre-headless') and set JAVA_HOME"
 
 
@@ -72,12 +74,13 @@ def local_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions or max(4, cores * 2)),
         "spark.ui.enabled": "true" if cfg.ui else "false",
         "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "ERROR",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.session.timeZone": "UTC",
         # no _SUCCESS markers inside Delta table folders
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
     if cfg.driver_memory:
@@ -116,6 +119,9 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         return existing
 
     check_java()
+    if cfg.master.startswith("local"):
+        # a local session needs no routable address; avoids the loopback-hostname warning
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
     for key, value in local_conf(cfg).items():
         builder = builder.config(key, value)

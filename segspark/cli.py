@@ -1,0 +1,146 @@
+"""The command line: ``segspark <command> [--conf FILE]... [--set key=value]...``.
+
+Exit codes: 0 success; 2 bad configuration or arguments; 3 input data failed a blocking rule;
+1 anything else. One clear line on stderr; the full traceback only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from segspark.errors import ConfigError, SegsparkError
+
+log = logging.getLogger("segspark")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", action="append", default=[], metavar="FILE", help="YAML config file (repeatable, later wins)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one config key, e.g. --set clv.model=pareto_nbd (repeatable)")
+    p.add_argument("--run-id", default=None, help="reuse a run id to retry a failed run without duplicating commits")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segspark", description="Customer segmentation strategy on Spark and Delta.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate a synthetic lakehouse and run everything on it")
+    _common(p)
+    p.add_argument("--out", default="./segspark-demo", help="folder for the data, tables, report and MLflow store")
+    p.add_argument("--customers", type=int, default=20_000, help="number of synthetic customers (default 20000)")
+    p.add_argument("--seed", type=int, default=42)
+
+    p = sub.add_parser("generate", help="write a synthetic multi-table lakehouse with planted segments")
+    _common(p)
+    p.add_argument("--out", required=True, help="folder for the Delta tables")
+    p.add_argument("--customers", type=int, required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dirty", action="store_true", help="plant bad rows of every kind the quality rules catch")
+
+    p = sub.add_parser("run", help="the whole pipeline")
+    _common(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace, extra: list[str] | None = None):  # type: ignore[no-untyped-def]
+    from segspark.config import load_settings
+
+    overrides = list(args.overrides) + list(extra or [])
+    if getattr(args, "run_id", None):
+        overrides.append(f"run_id={args.run_id}")
+    return load_settings(args.conf, overrides)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from segspark import pipeline
+
+    settings = _settings(args)
+    started = time.perf_counter()
+    result = pipeline.generate(settings, args.out, args.customers, seed=args.seed, dirty=args.dirty)
+    elapsed = time.perf_counter() - started
+    tx = result["rows"].get("transactions", 0)
+    print(f"generated {args.customers} customers, {tx} transactions in {elapsed:.1f} s "
+          f"({tx / elapsed:,.0f} transactions/s) under {Path(args.out).resolve()}")
+    for name, path in result["paths"].items():
+        print(f"  {name:16s} {result['rows'][name]:>12,} rows  {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool = False) -> int:
+    from segspark import pipeline
+
+    settings = _settings(args, extra)
+    ctx = pipeline.open_context(settings, args.command, demo=demo)
+    pipeline.run(ctx)
+    out = Path(settings.output.path).resolve()
+    print(f"run {ctx.run_id} succeeded (as_of_date {ctx.as_of_date}, engine {ctx.lake.engine})")
+    print(f"  tables: {out / 'tables'}")
+    for name, version in sorted(ctx.outputs.items()):
+        print(f"    {name:22s} version {version}")
+    if ctx.results.get("report_dir"):
+        print(f"  report: {ctx.results['report_dir']}")
+    if settings.tracking.enabled:
+        print(f"  MLflow: {settings.tracking_uri} (experiment '{settings.tracking.experiment}')")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from segspark import pipeline
+
+    out = Path(args.out).resolve()
+    settings = _settings(args, [f"output.path={out}"])
+    started = time.perf_counter()
+    data = pipeline.generate(settings, str(out / "data"), args.customers, seed=args.seed)
+    print(f"generated {args.customers} customers ({data['rows']['transactions']:,} transactions) "
+          f"in {time.perf_counter() - started:.1f} s under {out / 'data'}")
+    extra = [f"output.path={out}", *pipeline.demo_overrides(data["paths"])]
+    args.command = "demo"
+    code = cmd_run(args, extra=extra, demo=True)
+    print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return code
+
+
+COMMANDS = {"generate": cmd_generate, "run": cmd_run, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("py4j", "urllib3", "mlflow", "alembic", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except SegsparkError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        kind = "configuration error" if isinstance(exc, ConfigError) else "error"
+        print(f"segspark: {kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("segspark: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"segspark: unexpected {type(exc).__name__}: {first} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

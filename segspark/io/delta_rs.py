@@ -1,0 +1,328 @@
+"""The embedded Delta engine: Spark writes Parquet, ``deltalake`` (delta-rs) commits it in ONE commit.
+
+Write protocol, per table write:
+1. If the table already records ``app_id`` at ``txn_version`` or later, the write was done by an
+   earlier attempt of the same run: nothing is written (idempotent retry).
+2. Spark writes the data files into ``<table>/_staging/<write_id>/`` (hive-style partition folders).
+3. The driver moves each file to ``<table>/<partition folders>/part-<write_id>-NNNNN.parquet`` and reads
+   its Parquet footer for the ``AddAction`` stats (numRecords, minValues, maxValues, nullCount).
+4. One commit with the adds (and, for a partition overwrite, the removes of that partition's files,
+   derived by delta-rs from the partition filter), plus the ``app_transactions`` entry.
+Files moved in step 3 but never committed (a crash before step 4) are not in the log, so readers
+never see them; ``vacuum`` deletes them.
+
+Only the local file system is supported for writes here; object stores go through the
+``delta-spark`` engine (the cluster/Databricks case).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shutil
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from segspark.errors import InputError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+WriteMode = Literal["append", "overwrite", "overwrite_partition"]
+STAGING = "_staging"
+# Delta readers compare string stats by prefix; longer values are left out rather than truncated,
+# because a truncated max would be smaller than the real one and wrongly skip files.
+MAX_STRING_STAT = 32
+UNSUPPORTED_READER_FEATURES = {
+    "deletionVectors": "deletion vectors",
+    "columnMapping": "column mapping",
+}
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    version: int | None  # the new table version, or None when the write was skipped
+    files: int
+    rows: int
+    skipped: bool
+
+
+def _local_path(uri: str) -> Path:
+    if uri.startswith("file://"):
+        return Path(urllib.parse.urlparse(uri).path)
+    if "://" in uri:
+        raise InputError(
+            f"the embedded delta-rs engine writes to local paths only, not {uri}; "
+            "use lakehouse.engine=delta-spark on a cluster"
+        )
+    return Path(uri)
+
+
+def arrow_schema_for(df: DataFrame) -> pa.Schema:
+    """The Arrow (and so Delta) schema of a Spark DataFrame: timestamps as UTC microseconds."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema, timezone="UTC")
+
+
+def _stat_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, str):
+        return value if len(value) <= MAX_STRING_STAT else None
+    if isinstance(value, bytes | bytearray):
+        return None
+    return value
+
+
+def parquet_stats(path: Path) -> tuple[int, str]:
+    """numRecords, minValues, maxValues and nullCount from a Parquet footer, as Delta stats JSON."""
+    meta = pq.read_metadata(path)
+    names = meta.schema.to_arrow_schema().names
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    usable = {name: True for name in names}
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        for ci in range(group.num_columns):
+            col = group.column(ci)
+            name = col.path_in_schema
+            if name not in usable:  # nested field: no top-level stats
+                continue
+            st = col.statistics
+            if st is None or not st.has_null_count:
+                usable[name] = False
+                continue
+            nulls[name] = nulls.get(name, 0) + int(st.null_count)
+            if not st.has_min_max:
+                if group.num_rows > st.null_count:
+                    usable[name] = False
+                continue
+            lo, hi = _stat_value(st.min), _stat_value(st.max)
+            if lo is None or hi is None:
+                usable[name] = False
+                continue
+            mins[name] = lo if name not in mins else min(mins[name], lo)
+            maxs[name] = hi if name not in maxs else max(maxs[name], hi)
+    stats = {
+        "numRecords": meta.num_rows,
+        "minValues": {k: v for k, v in mins.items() if usable.get(k)},
+        "maxValues": {k: v for k, v in maxs.items() if usable.get(k)},
+        "nullCount": {k: v for k, v in nulls.items() if k in usable},
+    }
+    return meta.num_rows, json.dumps(stats, separators=(",", ":"))
+
+
+def committed_txn_version(table_path: str, app_id: str) -> int | None:
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(table_path):
+        return None
+    version = DeltaTable(table_path).transaction_version(app_id)
+    return None if version is None else int(version)
+
+
+def _partition_values(rel_dir: Path) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for part in rel_dir.parts:
+        key, sep, raw = part.partition("=")
+        if not sep:
+            continue
+        value = urllib.parse.unquote(raw)
+        values[urllib.parse.unquote(key)] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
+    return values
+
+
+def write_table(
+    df: DataFrame,
+    table_uri: str,
+    *,
+    mode: WriteMode,
+    partition_by: list[str],
+    partition_value: dict[str, str] | None,
+    app_id: str,
+    txn_version: int,
+    before_commit: Callable[[], None] | None = None,
+) -> CommitResult:
+    """Write ``df`` as one Delta commit; see the module docstring for the protocol."""
+    from deltalake import DeltaTable, Schema
+    from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
+
+    root = _local_path(table_uri).resolve()
+    uri = str(root)
+    done = committed_txn_version(uri, app_id)
+    if done is not None and done >= txn_version:
+        log.info("%s: already committed by %s (txn %s); skipping", uri, app_id, done)
+        return CommitResult(version=None, files=0, rows=0, skipped=True)
+
+    write_id = uuid.uuid4().hex[:16]
+    staging = root / STAGING / write_id
+    writer = df.write.mode("error")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.parquet(str(staging))
+
+    adds: list[AddAction] = []
+    total_rows = 0
+    try:
+        staged = sorted(p for p in staging.rglob("*.parquet") if p.is_file())
+        for n, src in enumerate(staged):
+            rel_dir = src.parent.relative_to(staging)
+            dest_dir = root / rel_dir
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            dest = dest_dir / f"part-{n:05d}-{write_id}.parquet"
+            os.replace(src, dest)
+            rows, stats = parquet_stats(dest)
+            total_rows += rows
+            st = dest.stat()
+            adds.append(
+                AddAction(
+                    path=dest.relative_to(root).as_posix(),
+                    size=st.st_size,
+                    partition_values=_partition_values(rel_dir),
+                    modification_time=int(st.st_mtime * 1000),
+                    data_change=True,
+                    stats=stats,
+                )
+            )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            (root / STAGING).rmdir()
+        except OSError:
+            pass
+
+    if before_commit is not None:
+        before_commit()  # tests use this to simulate a crash between data files and commit
+
+    schema = Schema.from_arrow(arrow_schema_for(df))
+    props = CommitProperties(
+        app_transactions=[Transaction(app_id=app_id, version=txn_version)],
+        custom_metadata={"segspark.app_id": app_id, "segspark.write_id": write_id},
+    )
+    if not DeltaTable.is_deltatable(uri):
+        create_table_with_add_actions(
+            uri,
+            schema,
+            adds,
+            mode="error",
+            partition_by=partition_by or None,
+            commit_properties=props,
+        )
+    else:
+        table = DeltaTable(uri)
+        filters = None
+        delta_mode = "append"
+        if mode == "overwrite":
+            delta_mode = "overwrite"
+        elif mode == "overwrite_partition":
+            delta_mode = "overwrite"
+            filters = [(k, "=", v) for k, v in (partition_value or {}).items()]
+            if not filters:
+                raise ValueError("overwrite_partition needs a partition value")
+        table.create_write_transaction(
+            adds,
+            delta_mode,
+            schema,
+            partition_by=partition_by or None,
+            partition_filters=filters,
+            commit_properties=props,
+        )
+    version = DeltaTable(uri).version()
+    log.info("%s: committed version %s (%d files, %d rows)", uri, version, len(adds), total_rows)
+    return CommitResult(version=version, files=len(adds), rows=total_rows, skipped=False)
+
+
+def check_readable(table: Any, name: str) -> None:
+    """Refuse tables whose features the embedded engine cannot read correctly."""
+    protocol = table.protocol()
+    features = set(protocol.reader_features or [])
+    config = table.metadata().configuration or {}
+    if config.get("delta.columnMapping.mode", "none") != "none":
+        features.add("columnMapping")
+    bad = [label for key, label in UNSUPPORTED_READER_FEATURES.items() if key in features]
+    if bad:
+        raise InputError(
+            f"table '{name}' uses {', '.join(bad)}, which the embedded delta-rs engine cannot read; "
+            "run with lakehouse.engine=delta-spark (Delta jars on the classpath) or rewrite the table "
+            "without them"
+        )
+
+
+def read_table(spark: SparkSession, table_uri: str, name: str, version: int | None = None) -> tuple[DataFrame, int]:
+    """Read a Delta table's snapshot (optionally at ``version``) with Spark; returns (df, version)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    try:
+        table = DeltaTable(table_uri, version=version)
+    except TableNotFoundError:
+        raise InputError(f"table '{name}': no Delta table at {table_uri}") from None
+    except Exception as exc:  # delta-rs raises plain errors for a missing version
+        raise InputError(f"table '{name}' at {table_uri}: cannot open version {version}: {exc}") from None
+    check_readable(table, name)
+    arrow_schema = pa.schema(table.schema().to_arrow())
+    spark_schema = from_arrow_schema(arrow_schema, prefer_timestamp_ntz=False)
+    partition_cols = list(table.metadata().partition_columns)
+    root = table.table_uri.rstrip("/")
+    files = table.file_uris()
+    if not files:
+        return spark.createDataFrame([], spark_schema), table.version()
+    if not partition_cols:
+        return spark.read.schema(spark_schema).parquet(*files), table.version()
+
+    data_fields = [f for f in spark_schema.fields if f.name not in partition_cols]
+    from pyspark.sql.types import StructType
+
+    data_schema = StructType(data_fields)
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for action in actions:
+        key = tuple(action.get(f"partition.{c}") for c in partition_cols)
+        groups.setdefault(key, []).append(f"{root}/{action['path']}")
+    frames = []
+    for key, paths in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        part = spark.read.schema(data_schema).parquet(*paths)
+        extra = [
+            F.lit(None if v is None else str(v)).cast(spark_schema[c].dataType).alias(c)
+            for c, v in zip(partition_cols, key, strict=True)
+        ]
+        frames.append(part.select(*[F.col(f.name) for f in data_fields], *extra))
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out.select(*[F.col(f.name) for f in spark_schema.fields]), table.version()
+
+
+def vacuum(table_uri: str, retention_hours: int) -> list[str]:
+    """Delete files no snapshot within the retention needs, including never-committed ones."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(table_uri)
+    return table.vacuum(
+        retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
+    )

@@ -1,0 +1,132 @@
+"""MLflow tracking: one parent run per pipeline run; stages add metrics, figures and nested runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from segspark.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the configured store; the default is SQLite beside the output tables."""
+    import mlflow
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("databricks"):
+        mlflow.set_registry_uri("databricks-uc")
+    else:
+        mlflow.set_registry_uri(uri)
+    return uri
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            text = json.dumps(value, default=str) if not isinstance(value, str) else value
+            out[name] = text[:6000]
+    return out
+
+
+@contextlib.contextmanager
+def parent_run(settings: Settings, run_id: str, tags: dict[str, str] | None = None) -> Iterator[str | None]:
+    """Open the pipeline's parent MLflow run (or do nothing when tracking is disabled)."""
+    if not settings.tracking.enabled:
+        yield None
+        return
+    import mlflow
+
+    configure(settings)
+    # MLflow's own chatter would drown the job's log
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_experiment(settings.tracking.experiment)
+    with mlflow.start_run(run_name=f"segspark-{run_id}") as run:
+        mlflow.set_tags({"segspark.run_id": run_id, **(tags or {})})
+        params = flatten(settings.as_dict())
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i : i + 100]))
+        yield run.info.run_id
+
+
+def active() -> bool:
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover
+        return False
+    return mlflow.active_run() is not None
+
+
+def log_metrics(metrics: dict[str, float], prefix: str = "") -> None:
+    if not active():
+        return
+    import math
+
+    import mlflow
+
+    clean = {}
+    for key, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            clean[f"{prefix}{key}".replace(" ", "_")] = number
+    if clean:
+        mlflow.log_metrics(clean)
+
+
+def log_dict(data: dict[str, Any], name: str) -> None:
+    if active():
+        import mlflow
+
+        mlflow.log_dict(json.loads(json.dumps(data, default=str)), name)
+
+
+def log_figures(figures: dict[str, Figure], folder: str = "plots") -> None:
+    if not active():
+        return
+    import mlflow
+
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"{folder}/{name}.png")
+
+
+def log_artifacts(path: str | os.PathLike[str], folder: str) -> None:
+    if active():
+        import mlflow
+
+        mlflow.log_artifacts(str(path), folder)
+
+
+def log_input_lineage(inputs: list[dict[str, Any]]) -> None:
+    """Record input tables with their versions (as an artifact and as tags)."""
+    if not active():
+        return
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inputs.json"
+        path.write_text(json.dumps(inputs, indent=2, default=str))
+        mlflow.log_artifact(str(path), "lineage")
+    for item in inputs:
+        mlflow.set_tag(f"input.{item['name']}", f"{item['location']}@{item.get('version')}")

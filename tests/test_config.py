@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from segspark.cli import main
+from segspark.config import Settings, load_settings
+from segspark.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_default_yaml_documents_every_key_with_its_default() -> None:
+    documented = _flat(Settings.model_validate(yaml.safe_load((ROOT / "conf/default.yaml").read_text())).as_dict())
+    defaults = _flat(Settings().as_dict())
+    raw_keys = set(_flat(yaml.safe_load((ROOT / "conf/default.yaml").read_text())))
+    assert raw_keys == set(defaults), f"undocumented: {set(defaults) - raw_keys}; stale: {raw_keys - set(defaults)}"
+    assert documented == defaults
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "conf").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_file_validates(preset: Path) -> None:
+    load_settings([preset])
+
+
+def test_later_files_and_overrides_win(tmp_path: Path) -> None:
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text("clv: {model: pareto_nbd, horizon_months: 6}\nrfm: {bins: 4}\n")
+    b.write_text("clv: {horizon_months: 24}\n")
+    s = load_settings([a, b], ["rfm.bins=5", "as_of_date=2024-03-31", "quality.currency.rates={EUR: 1.1}"])
+    assert s.clv.model == "pareto_nbd"
+    assert s.clv.horizon_months == 24
+    assert s.rfm.bins == 5
+    assert s.as_of_date == dt.date(2024, 3, 31)
+    assert s.quality.currency.rates == {"EUR": 1.1}
+
+
+def test_set_works_for_input_paths() -> None:
+    s = load_settings([], ["input.transactions.path=/data/tx.parquet", "input.transactions.format=parquet"])
+    assert s.input.transactions.path == "/data/tx.parquet"
+    assert s.input.transactions.format == "parquet"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("lakehouse.engine=spark-delta", "'lakehouse.engine': \"spark-delta\""),
+        ("clv.horizon_months=0", "'clv.horizon_months': 0"),
+        ("clv.modle=bgnbd", "unknown configuration key 'clv.modle'"),
+        ("nonsense=1", "unknown configuration key 'nonsense'"),
+        ("as_of_date=yesterday", "'as_of_date'"),
+        ("clustering.k_min=5", None),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(override: str, expected: str | None) -> None:
+    extra = ["clustering.k_max=3"] if override.startswith("clustering") else []
+    with pytest.raises(ConfigError) as err:
+        load_settings([], [override, *extra])
+    message = str(err.value)
+    if expected:
+        assert expected in message
+    if "engine" in override:
+        assert "'auto', 'delta-spark' or 'delta-rs'" in message
+    if "modle" in override:
+        assert "model" in message  # lists the allowed keys
+    assert "\n" not in message
+
+
+def test_override_without_equals_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_settings([], ["clv.model"])
+
+
+def test_cli_exits_2_with_one_line_on_bad_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(["run", "--set", "lakehouse.engine=nope", "--set", f"output.path={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("segspark: configuration error: invalid value for 'lakehouse.engine'")
+
+
+def test_cli_exits_2_on_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--conf", "/nonexistent/x.yaml"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_exits_2_on_bad_arguments() -> None:
+    assert main(["frobnicate"]) == 2
