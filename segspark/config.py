@@ -170,19 +170,21 @@ def _rules(*rows: tuple[str, tuple[int, int], tuple[int, int]]) -> tuple[RfmSegm
 
 
 # The 11 standard RFM segments as a partition of the (R, FM) grid, FM = round-half-up((F + M) / 2).
-# Rules are tried in order and the first match wins; these tables do not overlap.
+# Rules are tried in order and the first match wins; these default tables do not overlap (a partition).
 DEFAULT_RFM_SEGMENTS: dict[int, tuple[RfmSegmentRule, ...]] = {
     5: _rules(
         ("Champions", (5, 5), (4, 5)),
         ("Champions", (4, 4), (5, 5)),
-        ("Loyal", (3, 4), (4, 5)),
+        ("Loyal", (4, 4), (4, 4)),
+        ("Loyal", (3, 3), (4, 5)),
         ("Potential Loyalist", (4, 5), (2, 3)),
         ("New Customers", (5, 5), (1, 1)),
         ("Promising", (4, 4), (1, 1)),
         ("Need Attention", (3, 3), (3, 3)),
         ("About to Sleep", (3, 3), (1, 2)),
         ("Cannot Lose Them", (1, 1), (4, 5)),
-        ("At Risk", (1, 2), (3, 5)),
+        ("At Risk", (2, 2), (3, 5)),
+        ("At Risk", (1, 1), (3, 3)),
         ("Hibernating", (2, 2), (1, 2)),
         ("Lost", (1, 1), (1, 2)),
     ),
@@ -224,7 +226,9 @@ class RfmConfig(Section):
         for rule in self.segments:
             for label, (lo, hi) in (("r", rule.r), ("fm", rule.fm)):
                 if not 1 <= lo <= hi <= self.bins:
-                    raise ValueError(f"segment '{rule.name}': {label} range ({lo}, {hi}) must lie in 1..{self.bins}")
+                    raise ValueError(
+                        f"segment '{rule.name}': {label} range ({lo}, {hi}) must lie in 1..{self.bins}"
+                    )
         rules = self.segment_rules()
         for r in range(1, self.bins + 1):
             for fm in range(1, self.bins + 1):
@@ -275,7 +279,7 @@ class ClusteringConfig(Section):
     log_features: list[str] = Field(default_factory=list)
     scaler: Literal["standard", "robust"] = "standard"
     pca_components: int | None = Field(default=None, ge=1)
-    sample_size: int = Field(default=200_000, ge=100)
+    sample_size: int = Field(default=50_000, ge=100)
     silhouette_sample: int = Field(default=20_000, ge=100)
     min_cluster_share: float = Field(default=0.02, ge=0, lt=0.5)
     min_stability: float = Field(default=0.6, ge=0, le=1)
@@ -332,6 +336,21 @@ class ChurnConfig(Section):
     horizon_days: int = Field(default=90, ge=1)
     model: Literal["gbt", "logistic"] = "gbt"
     seed: int = 42
+    max_iter: int = Field(default=30, ge=1)  # boosting rounds (gbt) or iterations (logistic)
+    max_depth: int = Field(default=4, ge=1, le=12)  # gbt tree depth
+    reg_param: float = Field(default=0.01, ge=0)  # logistic L2 regularization
+    refit_on_latest: bool = True  # score with a model refitted on the most recent labelled window
+    medium_risk_threshold: float = Field(default=0.3, gt=0, lt=1)  # churn_band: low below, medium from here
+    high_risk_threshold: float = Field(default=0.6, gt=0, lt=1)  # churn_band: high from here
+
+    @model_validator(mode="after")
+    def _band_order(self) -> ChurnConfig:
+        if self.high_risk_threshold <= self.medium_risk_threshold:
+            raise ValueError(
+                f"high_risk_threshold ({self.high_risk_threshold}) must be above medium_risk_threshold "
+                f"({self.medium_risk_threshold})"
+            )
+        return self
 
 
 class AbTestConfig(Section):
@@ -339,6 +358,22 @@ class AbTestConfig(Section):
     power: float = Field(default=0.8, gt=0.5, lt=1)
     mde_relative: float = Field(default=0.10, gt=0)
     max_weeks: int = Field(default=8, ge=1)
+    # share of a segment that can be enrolled in a test per week (contact cadence); weeks needed =
+    # 2 x sample size per arm / (segment customers x weekly_reach)
+    weekly_reach: float = Field(default=0.25, gt=0, le=1)
+
+
+# Play ids of the recommendations (report.uplift / report.effort / report.owners keys).
+REPORT_PLAYS: tuple[str, ...] = ("retention", "win_back", "cross_sell", "onboarding", "vip")
+
+
+class Milestone(Section):
+    """One step of the implementation plan: weeks counted from the plan start."""
+
+    name: str
+    owner: str
+    start_week: int = Field(ge=0)
+    weeks: int = Field(default=1, ge=1)
 
 
 class ReportConfig(Section):
@@ -351,6 +386,39 @@ class ReportConfig(Section):
     uplift: dict[str, float] = Field(default_factory=dict)  # play -> assumed relative uplift
     effort: dict[str, int] = Field(default_factory=dict)  # play -> effort 1 (low) .. 5 (high)
     owners: dict[str, str] = Field(default_factory=dict)
+    # --- added by the report stage ---
+    top_plays: int = Field(default=5, ge=1)  # plays with an A/B test plan in the report
+    milestones: list[Milestone] = Field(default_factory=list)  # empty: the preset's plan
+    start_date: dt.date | None = None  # implementation plan start; null: as_of_date + 7 days
+    scoring_cadence: str = "weekly"  # how often customers are re-scored with the registered model
+    refit_cadence: str = "monthly"  # how often the segmentation and models are refitted
+    max_cohorts: int = Field(default=24, ge=1)  # newest cohorts drawn in the retention heatmap
+    figure_dpi: int = Field(default=110, ge=50, le=300)
+    ltv_cac_target: float = Field(default=3.0, gt=0)  # healthy LTV:CAC drawn as the chart's target line
+
+    @field_validator("uplift", "effort")
+    @classmethod
+    def _known_plays(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for play in v:
+            if play not in REPORT_PLAYS:
+                raise ValueError(f"unknown play '{play}'; known plays: {', '.join(REPORT_PLAYS)}")
+        return v
+
+    @field_validator("uplift")
+    @classmethod
+    def _uplift_range(cls, v: dict[str, float]) -> dict[str, float]:
+        for play, value in v.items():
+            if not 0 < value <= 1:
+                raise ValueError(f"play '{play}': uplift {value} must be a share in (0, 1]")
+        return v
+
+    @field_validator("effort")
+    @classmethod
+    def _effort_range(cls, v: dict[str, int]) -> dict[str, int]:
+        for play, value in v.items():
+            if not 1 <= value <= 5:
+                raise ValueError(f"play '{play}': effort {value} must lie in 1 (low) .. 5 (high)")
+        return v
 
 
 class Settings(Section):

@@ -248,13 +248,15 @@ def events(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> DataFrame:
     sessions = sess.select(
         S.CUSTOMER_ID,
         start_s.alias("start"),
+        F.col("s"),
         F.when(F.col("pref_channel") == "store", F.lit("web")).otherwise(F.col("pref_channel")).alias(S.CHANNEL),
         _pick(_u(seed, 68, *key), ("desktop", "mobile", "tablet")).alias(S.DEVICE),
         F.posexplode(types).alias("pos", S.EVENT_TYPE),
     )
     return sessions.select(
         S.CUSTOMER_ID,
-        F.timestamp_seconds(F.col("start") + F.col("pos") * 60).alias(S.EVENT_TS),
+        # the session number as seconds keeps two sessions starting in the same hour distinct
+        F.timestamp_seconds(F.col("start") + F.col("pos") * 60 + F.col("s")).alias(S.EVENT_TS),
         S.EVENT_TYPE,
         S.CHANNEL,
         S.DEVICE,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -200,6 +201,16 @@ def demo_overrides(data_paths: dict[str, str]) -> list[str]:
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------
+@dataclass
+class CleanInputs:
+    """Validated, pseudonymous, minimized inputs (no PII past this point)."""
+
+    transactions: DataFrame
+    customers: DataFrame | None
+    events: DataFrame | None
+    marketing_spend: DataFrame | None
+
+
 def read_inputs(ctx: RunContext) -> dict[str, DataFrame]:
     frames: dict[str, DataFrame] = {}
     for name in INPUTS:
@@ -219,26 +230,239 @@ def default_as_of(transactions: DataFrame) -> dt.date:
     return row[0]  # type: ignore[no-any-return]
 
 
+def stage_ingest(ctx: RunContext, frames: dict[str, DataFrame]) -> CleanInputs:
+    """Conform, validate (quarantine or fail), reconcile, pseudonymize and minimize every input."""
+    from segspark import ingest, privacy
+
+    settings = ctx.settings
+    key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
+    processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    results = []
+    clean: dict[str, DataFrame] = {}
+    for name, raw in frames.items():
+        mapping = getattr(settings.input, name).columns
+        conformed = ingest.conform(raw, name, mapping)
+        res = ingest.validate(conformed, name, settings.quality, processing_ts, key=key, privacy=settings.privacy)
+        ingest.reconcile(res)
+        stats = ctx.inputs[name]
+        stats.rows_in, stats.rows_clean, stats.rows_quarantined = res.rows_in, res.rows_clean, res.rows_quarantined
+        stats.by_rule = dict(res.by_rule)
+        results.append(res)
+        out = res.clean
+        if key is not None and S.CUSTOMER_ID in out.columns:
+            out = privacy.pseudonymize(out, key)
+        clean[name] = out
+    ingest.log_summary(results)
+    ctx.results["quality"] = [r.summary() for r in results]
+    tracking.log_metrics(
+        {f"quarantined_{r.table}_{rule}": n for r in results for rule, n in r.by_rule.items()}
+        | {f"rows_in_{r.table}": r.rows_in for r in results}
+    )
+    ctx.as_of_date = ctx.settings.as_of_date or default_as_of(clean["transactions"])
+    quarantine = None
+    for res in results:
+        quarantine = res.quarantine if quarantine is None else quarantine.unionByName(res.quarantine)
+    assert quarantine is not None
+    ctx.write(quarantine, S.QUARANTINE)  # written before a blocking rule stops the run, for diagnosis
+    for res in results:
+        ingest.raise_on_fail(res)
+    customers = clean.get("customers")
+    if customers is not None:
+        customers = privacy.minimize(customers, settings.privacy, reference_date=ctx.as_of_date)
+    return CleanInputs(
+        transactions=clean["transactions"],
+        customers=customers,
+        events=clean.get("events"),
+        marketing_spend=clean.get("marketing_spend"),
+    )
+
+
+LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
+
+
+def stage_features(ctx: RunContext, data: CleanInputs) -> DataFrame:
+    """One row per customer (buyers and CRM prospects): RFM and behaviour features, RFM scores and
+    segment, lifecycle stage, then engagement and demographics (after the stage adds prospects, so
+    prospects get theirs too)."""
+    from segspark import behaviour, features, lifecycle
+
+    settings = ctx.settings
+    as_of = ctx.as_of_date
+    assert as_of is not None
+    channels = settings.rfm.channels
+    engagement = behaviour.engagement_features(data.events, as_of) if data.events is not None else None
+    return (
+        features.rfm_features(data.transactions, as_of, channels)
+        .transform(behaviour.with_behaviour, behaviour.behaviour_features(data.transactions, as_of, channels))
+        .transform(features.with_rfm_scores, settings.rfm)
+        .transform(features.with_rfm_segment, settings.rfm)
+        .transform(lifecycle.with_lifecycle_stage, data.customers, as_of, settings.lifecycle)
+        .transform(behaviour.with_engagement, engagement)
+        .transform(behaviour.with_demographics, data.customers)
+    )
+
+
+def stage_models(ctx: RunContext, data: CleanInputs) -> list[DataFrame]:
+    """CLV and churn scores per customer (each a DataFrame keyed by customer_id), logged to MLflow."""
+    from segspark import churn, clv
+
+    settings = ctx.settings
+    assert ctx.as_of_date is not None
+    scores: list[DataFrame] = []
+    if settings.clv.enabled:
+        res = clv.run_clv(data.transactions, ctx.as_of_date, settings.clv)
+        ctx.results["clv"] = {"fit": res.fit, "validation": res.validation}
+        tracking.log_metrics(res.metrics())
+        tracking.log_figures(res.figures, "clv")
+        tracking.log_dict({"fit": res.fit, "validation": res.validation}, "clv/fit.json")
+        scores.append(res.customers)
+    if settings.churn.enabled:
+        cres = churn.run_churn(data.transactions, ctx.as_of_date, settings.churn)
+        ctx.results["churn"] = cres.metrics
+        tracking.log_metrics(cres.scalar_metrics())
+        tracking.log_figures(cres.figures, "churn")
+        scores.append(cres.customers)
+    return scores
+
+
+def previous_profiles(ctx: RunContext) -> pd.DataFrame | None:
+    """The previous run's cluster profiles (a few rows), for stable persona names."""
+    assert ctx.as_of_date is not None
+    prev = ctx.lake.read_latest_snapshot(S.CLUSTER_PROFILES, before=ctx.as_of_date + dt.timedelta(days=1))
+    if prev is None:
+        return None
+    return prev.where(F.col(S.RUN_ID) != F.lit(ctx.run_id)).toPandas()  # a profile row per cluster
+
+
+def stage_clusters(ctx: RunContext, table: DataFrame) -> DataFrame | None:
+    """Sweep, choose, fit and name clusters on buyers; returns customer_id, cluster_id, persona."""
+    from segspark.clustering import fit_segments
+    from segspark.clustering.tracking import log_to_mlflow
+
+    settings = ctx.settings
+    if not settings.clustering.enabled:
+        return None
+    buyers = table.where(F.col("frequency") > 0)
+    result = fit_segments(buyers, settings.clustering, previous_profiles(ctx))
+    ctx.results["clustering"] = {"chosen": result.chosen, "sweep": result.sweep, "profiles": result.profiles}
+    if settings.tracking.enabled:
+        inputs = {n: f"{s.info.location}@{s.info.version}" for n, s in ctx.inputs.items()}
+        logged = log_to_mlflow(result, settings.tracking, settings.tracking_uri, input_tables=inputs)
+        ctx.results["clustering"]["model_uri"] = logged.get("model_uri")
+    profiles = ctx.spark.createDataFrame(result.profiles.astype(object).where(result.profiles.notna(), None))
+    ctx.write(profiles, S.CLUSTER_PROFILES)
+    return result.assignments
+
+
+SEGMENT_COLUMNS = (
+    "r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage",
+    "cluster_id", "persona", "p_alive", "expected_purchases", "expected_avg_value", "clv", "value_tier",
+    "churn_risk", "churn_band", "recency_days", "frequency", "monetary", "avg_order_value", "tenure_days",
+    "acquisition_channel",
+)
+
+
+def assemble_segments(segmented: DataFrame, extras: list[DataFrame]) -> DataFrame:
+    """customer_segments: one row per customer with every segment label and score (all keyed by id)."""
+    out = segmented
+    for extra in extras:
+        out = out.join(extra, on=S.CUSTOMER_ID, how="left")
+    present = [c for c in SEGMENT_COLUMNS if c in out.columns]
+    return out.select(S.CUSTOMER_ID, *present)
+
+
+def stage_tables(ctx: RunContext, data: CleanInputs, segments: DataFrame, engagement: DataFrame | None) -> None:
+    """KPIs, cohorts, LTV:CAC, transitions and drift: aggregate tables for BI."""
+    from segspark import cohorts, drift, kpis, lifecycle, ltv_cac
+
+    assert ctx.as_of_date is not None
+    previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=ctx.as_of_date)
+    ctx.write(kpis.segment_kpis(segments, engagement), S.SEGMENT_KPIS)
+    ctx.write(cohorts.cohort_retention(data.transactions, data.customers, ctx.as_of_date), S.COHORT_RETENTION)
+    ctx.write(
+        ltv_cac.ltv_cac(
+            data.transactions, data.customers, data.marketing_spend, segments, ctx.as_of_date,
+            ctx.settings.kpis.ltv_window_months,
+        ),
+        S.LTV_CAC,
+    )
+    ctx.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)
+    categorical = ["rfm_segment", "lifecycle_stage", "persona", "value_tier", "churn_band"]
+    numeric = ["recency_days", "frequency", "monetary", "clv", "churn_risk"]
+    ctx.write(drift.segment_drift(segments, previous, categorical, numeric), S.DRIFT)
+
+
 def run(ctx: RunContext) -> RunContext:
     """The whole pipeline: ingest, features, segments, models, KPIs, report; one commit per table."""
+    from segspark import behaviour, features
+
     settings = ctx.settings
     with tracking.parent_run(settings, ctx.run_id, {"segspark.command": ctx.command}) as mlflow_id:
         ctx.mlflow_run_id = mlflow_id
+        cached: list[DataFrame] = []
         try:
             frames = read_inputs(ctx)
-            tx = frames["transactions"]
-            for name, df in frames.items():
-                ctx.inputs[name].rows_in = ctx.inputs[name].rows_clean = df.count()
-            ctx.as_of_date = settings.as_of_date or default_as_of(tx)
+            data = stage_ingest(ctx, frames)
             tracking.log_input_lineage(
                 [
                     {"name": s.info.name, "location": s.info.location, "version": s.info.version, "rows": s.rows_in}
                     for s in ctx.inputs.values()
                 ]
             )
+            data.transactions = data.transactions.persist()
+            cached.append(data.transactions)
+
+            segmented = stage_features(ctx, data).persist()
+            cached.append(segmented)
+            ctx.write(segmented.drop(*LABEL_COLUMNS), S.CUSTOMER_FEATURES)
+            ctx.write(features.rfm_grid(segmented.where(F.col("r_score").isNotNull())), S.RFM_GRID)
+
+            extras = stage_models(ctx, data)
+            model_table = segmented
+            for extra in extras:
+                model_table = model_table.join(extra, on=S.CUSTOMER_ID, how="left")
+            assignments = stage_clusters(ctx, model_table)
+            if assignments is not None:
+                extras.append(assignments)
+            segments = assemble_segments(segmented, extras).persist()
+            cached.append(segments)
+            ctx.write(segments, S.CUSTOMER_SEGMENTS)
+
+            engagement = behaviour.engagement_features(data.events, ctx.as_of_date) if data.events is not None else None
+            stage_tables(ctx, data, segments, engagement)
+            stage_report(ctx)
         except BaseException as exc:
             record_run(ctx, "failed", f"{type(exc).__name__}: {exc}"[:2000])
             log.debug("run failed:\n%s", traceback.format_exc())
             raise
+        finally:
+            for df in cached:
+                df.unpersist()
         record_run(ctx, "succeeded")
     return ctx
+
+
+def stage_report(ctx: RunContext) -> None:
+    """The stakeholder report and its BI tables (report_summary, recommendations)."""
+    if not ctx.settings.report.enabled:
+        return
+    from segspark.report import build_report
+
+    names = [
+        S.CUSTOMER_SEGMENTS, S.SEGMENT_KPIS, S.RFM_GRID, S.COHORT_RETENTION, S.LTV_CAC,
+        S.SEGMENT_TRANSITIONS, S.DRIFT, S.QUARANTINE, S.CLUSTER_PROFILES,
+    ]
+    assert ctx.as_of_date is not None
+    tables = {}
+    for name in names:
+        if name in ctx.outputs:
+            df = ctx.lake.read_output(name)
+            tables[name] = df.where(F.col(S.RUN_ID) == F.lit(ctx.run_id)) if name == S.QUARANTINE else df.where(
+                F.col(S.AS_OF_DATE) == F.lit(ctx.as_of_date)
+            )
+    out_dir = Path(ctx.settings.output.path).resolve() / "reports"
+    result = build_report(ctx, tables, out_dir, ctx.settings)
+    ctx.results["report_dir"] = str(Path(result.html_path).parent)
+    ctx.write(ctx.spark.createDataFrame(result.summary), S.REPORT_SUMMARY)
+    ctx.write(ctx.spark.createDataFrame(result.recommendations), S.RECOMMENDATIONS)
+    tracking.log_artifacts(Path(result.html_path).parent, "report")

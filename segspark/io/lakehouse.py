@@ -153,6 +153,27 @@ class Lakehouse:
             return None
         return df.where(F.col(S.AS_OF_DATE) == F.lit(last[0]))
 
+    def delete_keys(self, name: str, column: str, values: list[str]) -> int:
+        """Delete the rows whose ``column`` is one of ``values`` (right to erasure); returns rows deleted.
+
+        One commit per table. Old versions keep the rows until ``vacuum`` removes their files.
+        """
+        if not values or not self.exists(name):
+            return 0
+        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+        if self.engine == "delta-spark":
+            before = self.read_output(name).where(F.col(column).isin(values)).count()
+            if before:
+                self.spark.sql(f"DELETE FROM {self._sql_ref(name)} WHERE {column} IN ({quoted})")
+            return before
+        from deltalake import DeltaTable
+
+        table = DeltaTable(self.target(name))
+        if column not in [f.name for f in table.schema().fields]:
+            return 0
+        metrics = table.delete(f"{column} IN ({quoted})")
+        return int(metrics.get("num_deleted_rows", 0) or 0)
+
     def vacuum(self, name: str) -> list[str]:
         if self.engine != "delta-rs":
             self.spark.sql(f"VACUUM {self._sql_ref(name)}")

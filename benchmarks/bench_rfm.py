@@ -1,0 +1,337 @@
+"""Benchmark: segspark ingest + RFM against the same RFM in DuckDB and pandas, on the same Parquet.
+
+Not a test. For each size it writes generated transactions to Parquet once, then runs every engine
+in its own Python process (so peak memory is per engine) and prints wall times and peak resident
+memory side by side. Spark's JVM start is timed separately and excluded from its wall time.
+
+    python benchmarks/bench_rfm.py --transactions 1000000 10000000 --out /tmp/segspark-bench
+
+Engines:
+- ``spark-ingest+rfm``: ``ingest.validate`` (all rules, HMAC pseudonyms, quarantine JSON, counts)
+  + ``features.rfm_features`` + scores + segments, written to Spark's ``noop`` sink.
+- ``spark-rfm``: ``features.rfm_features`` + scores + segments on the Parquet as it is.
+- ``duckdb`` / ``pandas``: the same RFM feature definitions (see ``features``), result materialized.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+AS_OF = dt.date(2025, 12, 31)
+KEY = b"benchmark-key-not-secret"
+RATES = {"EUR": 1.08, "GBP": 1.27}
+
+DUCKDB_RFM = """
+WITH lines AS (
+  SELECT * FROM read_parquet('{path}/*.parquet') WHERE CAST(order_ts AS DATE) <= DATE '{as_of}'
+), orders AS (
+  SELECT customer_id, order_id, SUM(amount) AS net,
+         SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS gross,
+         SUM(CASE WHEN amount < 0 THEN -amount ELSE 0 END) AS ret,
+         MIN(order_ts) AS ts, MIN(channel) AS ch
+  FROM lines GROUP BY customer_id, order_id
+), c AS (
+  SELECT customer_id, COUNT(*) FILTER (WHERE net > 0) AS frequency, SUM(net) AS monetary,
+         MIN(ts) FILTER (WHERE net > 0) AS fp, MAX(ts) FILTER (WHERE net > 0) AS lp,
+         MIN(ts) AS fo, MAX(ts) AS lo, SUM(gross) AS g, SUM(ret) AS r,
+         COUNT(*) FILTER (WHERE net > 0 AND ch = 'web') AS w,
+         COUNT(*) FILTER (WHERE net > 0 AND ch = 'app') AS a,
+         COUNT(*) FILTER (WHERE net > 0 AND ch = 'store') AS s,
+         COUNT(*) FILTER (WHERE net > 0 AND (ch IS NULL OR ch NOT IN ('web', 'app', 'store'))) AS o
+  FROM orders GROUP BY customer_id
+)
+SELECT customer_id,
+       DATE_DIFF('day', CAST(COALESCE(lp, lo) AS DATE), DATE '{as_of}') AS recency_days,
+       frequency, monetary,
+       CASE WHEN frequency > 0 THEN monetary / frequency ELSE 0 END AS avg_order_value,
+       COALESCE(fp, fo) AS first_order_ts, COALESCE(lp, lo) AS last_order_ts,
+       DATE_DIFF('day', CAST(COALESCE(fp, fo) AS DATE), DATE '{as_of}') AS tenure_days,
+       CASE WHEN g > 0 THEN LEAST(1.0, r / g) WHEN r > 0 THEN 1.0 ELSE 0.0 END AS return_rate,
+       w AS orders_web, a AS orders_app, s AS orders_store, o AS orders_other
+FROM c
+"""
+
+
+def _proc_peak_kb(pid: int) -> int:
+    """Peak resident set (VmHWM) of a live process, in kB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _spark(driver_memory: str):  # type: ignore[no-untyped-def]
+    from segspark.config import SparkConfig
+    from segspark.session import get_spark
+
+    return get_spark(SparkConfig(master="local[2]", driver_memory=driver_memory, shuffle_partitions=8))
+
+
+# --- generation -------------------------------------------------------------------------------------
+
+
+def generate(path: Path, transactions: int, driver_memory: str) -> int:
+    """Generated order lines (the project's generator, else a range-based one) written as Parquet."""
+    spark = _spark(driver_memory)
+    try:
+        from segspark import generate as G
+
+        pilot = G.transactions(G.customer_base(spark, 20_000, 42), 42).count() / 20_000
+        customers = max(1, math.ceil(transactions / pilot))
+        df = G.transactions(G.customer_base(spark, customers, 42), 42)
+        source = f"segspark.generate ({customers} customers)"
+    except (ImportError, AttributeError, TypeError):
+        from pyspark.sql import functions as F
+
+        customers = max(1, transactions // 8)
+        h = F.xxhash64(F.col("id"))
+        df = spark.range(transactions).select(
+            F.format_string("C%09d", F.pmod(h, F.lit(customers))).alias("customer_id"),
+            F.format_string("O%011d", F.col("id") / 2).alias("order_id"),
+            F.timestamp_seconds(F.lit(1_704_067_200) + F.pmod(h, F.lit(730 * 86_400))).alias("order_ts"),
+            F.when(F.pmod(h, F.lit(20)) == 0, -F.lit(10.0))
+            .otherwise(F.pmod(h, F.lit(20_000)) / 100)
+            .alias("amount"),
+            F.lit(1).alias("quantity"),
+            F.lit("home").alias("product_category"),
+            F.element_at(
+                F.array(F.lit("web"), F.lit("app"), F.lit("store")), (F.pmod(h, F.lit(3)) + 1).cast("int")
+            ).alias("channel"),
+            F.lit("USD").alias("currency"),
+        )
+        source = f"range-based generator ({customers} customers)"
+    df.write.mode("overwrite").parquet(str(path))
+    n = spark.read.parquet(str(path)).count()
+    print(f"generated {n:,} transactions at {path} with {source}", flush=True)
+    spark.stop()
+    return n
+
+
+# --- engines (each run in its own process) ----------------------------------------------------------
+
+
+def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, float]:
+    from pyspark.sql import functions as F
+
+    from segspark import features, ingest, privacy
+    from segspark.config import QualityConfig, RfmConfig
+
+    t0 = time.perf_counter()
+    spark = _spark(driver_memory)
+    spark.range(1).count()
+    start = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    raw = spark.read.parquet(path)
+    quarantined = 0
+    if with_ingest:
+        cfg = QualityConfig(currency={"rates": RATES})
+        processing = dt.datetime.combine(AS_OF + dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc)
+        res = ingest.validate(
+            ingest.conform(raw, "transactions", {}), "transactions", cfg, processing, key=KEY
+        )
+        ingest.reconcile(res)
+        res.quarantine.write.format("noop").mode("overwrite").save()
+        clean = privacy.pseudonymize(res.clean, KEY)  # a no-op: validate already pseudonymized
+        quarantined = res.rows_quarantined
+    else:
+        clean = raw
+    rfm_cfg = RfmConfig()
+    feats = features.rfm_features(clean, AS_OF).persist()
+    scored = features.with_rfm_segment(features.with_rfm_scores(feats, rfm_cfg), rfm_cfg)
+    scored.write.format("noop").mode("overwrite").save()
+    grid = features.rfm_grid(scored).agg(F.sum("customers")).first()[0]
+    wall = time.perf_counter() - t
+    jvm_kb = max((_proc_peak_kb(p) for p in _children(os.getpid())), default=0)
+    spark.stop()
+    return {
+        "wall_s": wall,
+        "jvm_start_s": start,
+        "customers": float(grid),
+        "quarantined": float(quarantined),
+        "jvm_peak_mb": jvm_kb / 1024,
+    }
+
+
+def run_duckdb(path: str) -> dict[str, float]:
+    import duckdb
+
+    t = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    df = con.execute(DUCKDB_RFM.format(path=path, as_of=AS_OF.isoformat())).to_arrow_table()
+    return {"wall_s": time.perf_counter() - t, "customers": float(df.num_rows)}
+
+
+def run_pandas(path: str) -> dict[str, float]:
+    t = time.perf_counter()
+    out = pandas_rfm(path)
+    return {"wall_s": time.perf_counter() - t, "customers": float(len(out))}
+
+
+def pandas_rfm(path: str):  # type: ignore[no-untyped-def]
+    """The RFM features in pandas (index: customer_id)."""
+    import numpy as np
+    import pandas as pd
+
+    df = pd.read_parquet(path, columns=["customer_id", "order_id", "order_ts", "amount", "channel"])
+    df = df[df["order_ts"] < pd.Timestamp(AS_OF + dt.timedelta(days=1), tz="UTC")]
+    # min() of an object column runs row by row in Python: take the min of sorted category codes
+    cats = sorted(df["channel"].dropna().unique())
+    codes = pd.Categorical(df["channel"], categories=cats).codes.astype("int32")
+    none = len(cats)
+    df = df.assign(
+        gross=df["amount"].clip(lower=0),
+        ret=(-df["amount"]).clip(lower=0),
+        ch=np.where(codes < 0, none, codes),
+    )
+    orders = (
+        df.groupby(["customer_id", "order_id"], sort=False)
+        .agg(
+            net=("amount", "sum"),
+            gross=("gross", "sum"),
+            ret=("ret", "sum"),
+            ts=("order_ts", "min"),
+            ch=("ch", "min"),
+        )
+        .reset_index()
+    )
+    orders["ch"] = pd.Categorical.from_codes(
+        np.where(orders["ch"] == none, -1, orders["ch"]), categories=cats
+    )
+    buy = orders["net"] > 0
+    orders = orders.assign(
+        buy=buy,
+        pts=orders["ts"].where(buy),
+        **{f"o_{c}": buy & (orders["ch"] == c) for c in ("web", "app", "store")},
+        o_other=buy & ~orders["ch"].isin(["web", "app", "store"]).to_numpy(),
+    )
+    c = orders.groupby("customer_id", sort=False).agg(
+        frequency=("buy", "sum"),
+        monetary=("net", "sum"),
+        fp=("pts", "min"),
+        lp=("pts", "max"),
+        fo=("ts", "min"),
+        lo=("ts", "max"),
+        g=("gross", "sum"),
+        r=("ret", "sum"),
+        orders_web=("o_web", "sum"),
+        orders_app=("o_app", "sum"),
+        orders_store=("o_store", "sum"),
+        orders_other=("o_other", "sum"),
+    )
+    as_of = pd.Timestamp(AS_OF, tz="UTC")
+    first, last = c["fp"].fillna(c["fo"]), c["lp"].fillna(c["lo"])
+    out = pd.DataFrame(
+        {
+            "recency_days": (as_of - last.dt.floor("D")).dt.days,
+            "frequency": c["frequency"],
+            "monetary": c["monetary"],
+            "avg_order_value": np.where(
+                c["frequency"] > 0, c["monetary"] / c["frequency"].clip(lower=1), 0.0
+            ),
+            "first_order_ts": first,
+            "last_order_ts": last,
+            "tenure_days": (as_of - first.dt.floor("D")).dt.days,
+            "return_rate": np.where(
+                c["g"] > 0,
+                np.minimum(1.0, c["r"] / c["g"].where(c["g"] > 0, 1)),
+                np.where(c["r"] > 0, 1.0, 0.0),
+            ),
+            "orders_web": c["orders_web"],
+            "orders_app": c["orders_app"],
+            "orders_store": c["orders_store"],
+            "orders_other": c["orders_other"],
+        }
+    )
+    return out
+
+
+def worker(engine: str, path: str, driver_memory: str) -> None:
+    if engine == "spark-ingest+rfm":
+        res = run_spark(path, True, driver_memory)
+    elif engine == "spark-rfm":
+        res = run_spark(path, False, driver_memory)
+    elif engine == "duckdb":
+        res = run_duckdb(path)
+    else:
+        res = run_pandas(path)
+    res["python_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--transactions", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--out", default="/tmp/segspark-bench")
+    ap.add_argument("--engines", nargs="+", default=["spark-ingest+rfm", "spark-rfm", "duckdb", "pandas"])
+    ap.add_argument("--driver-memory", default="4g")
+    ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args.worker[0], args.worker[1], args.driver_memory)
+        return 0
+
+    rows = []
+    for n in args.transactions:
+        path = Path(args.out) / f"tx_{n}"
+        if not (path.exists() and any(path.glob("*.parquet"))):
+            generate(path, n, args.driver_memory)
+        for engine in args.engines:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--driver-memory",
+                args.driver_memory,
+                "--worker",
+                engine,
+                str(path),
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"{engine} failed at {n:,}:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                continue
+            res = json.loads(line[len("RESULT ") :])
+            peak = max(res.get("jvm_peak_mb", 0.0), 0.0) + res["python_peak_mb"]
+            rows.append((n, engine, res["wall_s"], res.get("jvm_start_s"), peak, int(res["customers"])))
+            print(
+                f"{n:>12,} {engine:<18} wall {res['wall_s']:8.2f} s   peak {peak:8.0f} MB   "
+                f"customers {int(res['customers']):,}"
+                + (f"   (JVM start {res['jvm_start_s']:.1f} s excluded)" if res.get("jvm_start_s") else ""),
+                flush=True,
+            )
+
+    print("\n| transactions | engine | wall (s) | peak RSS (MB) | customers |")
+    print("|---:|---|---:|---:|---:|")
+    for n, engine, wall, _start, peak, customers in rows:
+        print(f"| {n:,} | {engine} | {wall:.2f} | {peak:.0f} | {customers:,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

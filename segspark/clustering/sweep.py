@@ -1,0 +1,502 @@
+"""The (algorithm, k) sweep, the documented choice rule, and ``fit_segments`` that ties the stage together.
+
+The sweep runs on a seeded sample of the prepared features, with one of two engines:
+
+* ``local`` (default): the sample (``clustering.sample_size`` rows, a sample, never the table) goes to
+  the driver and each candidate is fitted with scikit-learn's KMeans / BisectingKMeans /
+  GaussianMixture. On a small machine a Spark job costs far more in scheduling than in arithmetic, so
+  this is what keeps the stage within seconds.
+* ``spark``: each candidate is an MLlib fit on the cached sample, with the indices computed in Spark
+  (``indices.spark_*``). Use it on a cluster when the sample is large.
+
+Either way the chosen algorithm and k are then fitted with MLlib on every customer (or on the sample,
+``clustering.final_fit: sample``) and appended to the preparation pipeline: that ``PipelineModel`` is
+what gets registered and what ``score`` reuses. Its indices are computed in Spark on the sample. The
+preparation statistics (imputation medians, scaling) are estimated on the sample too.
+
+Choice rule (recorded in ``chosen["reason"]``):
+1. a candidate is admissible if its smallest cluster holds at least ``min_cluster_share`` of the sample
+   and, when measured, its stability (adjusted Rand index between fits on two seeded half-samples,
+   both predicting the whole sample) is at least ``min_stability``;
+2. per algorithm, the knee of the WCSS curve is the k farthest below the chord joining the curve's ends
+   (Kneedle on the normalised curve);
+3. among admissible candidates within ``knee_window`` of their algorithm's knee, the highest silhouette
+   wins (ties: higher Calinski-Harabasz, then smaller k); if none is near a knee, the best admissible
+   silhouette overall; if nothing is admissible, the best silhouette overall, and the reason says so.
+``clustering.algorithm`` and ``clustering.k`` restrict the candidates (both set: no choice is made).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pyspark.ml import Estimator, PipelineModel
+from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from threadpoolctl import threadpool_limits
+
+from segspark import schema as S
+from segspark.clustering import indices as ix
+from segspark.clustering import personas as P
+from segspark.clustering import prep
+from segspark.config import ClusteringConfig
+from segspark.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from segspark.clustering.density import DensityModel
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ID = "cluster_id"
+PERSONA = "persona"
+DENSITY_ALGORITHMS = ("dbscan", "hdbscan")
+SWEEP_COLUMNS = [
+    "algorithm",
+    "k",
+    "clusters",
+    "wcss",
+    "silhouette",
+    "calinski_harabasz",
+    "davies_bouldin",
+    "min_cluster_share",
+    "stability",
+    "fit_seconds",
+    "engine",
+]
+
+
+@dataclass
+class ClusterResult:
+    """Everything the clustering stage produced.
+
+    ``assignments`` (customer_id, cluster_id int, persona string) is backed by a cached DataFrame:
+    call :meth:`release` once it has been written.
+    """
+
+    assignments: DataFrame
+    profiles: pd.DataFrame
+    model: PipelineModel
+    sweep: pd.DataFrame
+    chosen: dict[str, Any]
+    features: list[str]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    density: DensityModel | None = None
+    _cached: list[DataFrame] = field(default_factory=list, repr=False)
+
+    def release(self) -> None:
+        for df in self._cached:
+            df.unpersist()
+        self._cached.clear()
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+
+def hash_fraction(seed: int, salt: int) -> F.Column:
+    """A uniform number in [0, 1) from the customer key: the same rows whatever the partitioning."""
+    return F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), F.col(S.CUSTOMER_ID)), F.lit(1_000_003)) / F.lit(
+        1_000_003.0
+    )
+
+
+def seeded_sample(df: DataFrame, total: int, size: int, seed: int, salt: int = 0) -> DataFrame:
+    """About ``size`` rows of ``df`` (all of them when smaller), chosen by a keyed hash."""
+    if total <= size:
+        return df
+    return df.where(hash_fraction(seed, salt) < F.lit(size / total))
+
+
+def sample_to_numpy(df: DataFrame, columns: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A (sample) DataFrame's vector column as a matrix, ordered by customer key for determinism."""
+    pdf = (
+        df.select(S.CUSTOMER_ID, vector_to_array(F.col(prep.FEATURES_COL)).alias("x"))
+        .orderBy(S.CUSTOMER_ID)
+        .toPandas()
+    )
+    x = np.vstack(pdf["x"].to_numpy()) if len(pdf) else np.zeros((0, len(columns)))
+    return x.astype(float), pdf[S.CUSTOMER_ID].tolist()
+
+
+# --- estimators ---------------------------------------------------------------------------------
+
+
+def mllib_estimator(algorithm: str, k: int, cfg: ClusteringConfig, seed: int | None = None) -> Estimator:
+    """The MLlib estimator for one candidate, reading ``features`` and writing ``prediction``."""
+    common = {"featuresCol": prep.FEATURES_COL, "predictionCol": prep.PREDICTION_COL, "k": k}
+    s = cfg.seed if seed is None else seed
+    if algorithm == "kmeans":
+        return KMeans(**common, seed=s, maxIter=cfg.max_iter, tol=cfg.tol)
+    if algorithm == "bisecting_kmeans":
+        return BisectingKMeans(**common, seed=s, maxIter=cfg.max_iter)
+    if algorithm == "gmm":
+        return GaussianMixture(**common, seed=s, maxIter=max(cfg.max_iter, 100), tol=cfg.tol)
+    raise ConfigError(f"clustering.algorithm: '{algorithm}' has no MLlib estimator")
+
+
+def _local_estimator(algorithm: str, k: int, cfg: ClusteringConfig, seed: int) -> Any:
+    from sklearn.cluster import BisectingKMeans as SkBisecting
+    from sklearn.cluster import KMeans as SkKMeans
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    if algorithm == "kmeans":
+        return SkKMeans(n_clusters=k, n_init=1, max_iter=cfg.max_iter, tol=cfg.tol, random_state=seed)
+    if algorithm == "bisecting_kmeans":
+        return SkBisecting(n_clusters=k, max_iter=cfg.max_iter, random_state=seed)
+    if algorithm == "gmm":
+        return SkGMM(n_components=k, max_iter=max(cfg.max_iter, 100), tol=cfg.tol, random_state=seed)
+    raise ConfigError(f"clustering.algorithm: '{algorithm}' cannot be swept")
+
+
+# --- sweep engines ------------------------------------------------------------------------------
+
+
+def sweep_local(x: np.ndarray, algorithms: list[str], ks: list[int], cfg: ClusteringConfig) -> pd.DataFrame:
+    """Fit every candidate on the driver-side sample ``x`` and measure it."""
+    # One BLAS/OpenMP thread: Spark already occupies the cores, and oversubscribed OpenMP threads
+    # spin-wait (measured 10-20x slower on a busy 2-core machine).
+    with threadpool_limits(limits=1):
+        return _sweep_local(x, algorithms, ks, cfg)
+
+
+def _sweep_local(x: np.ndarray, algorithms: list[str], ks: list[int], cfg: ClusteringConfig) -> pd.DataFrame:
+    rng = np.random.default_rng(cfg.seed)
+    half = rng.permutation(len(x))
+    part_a, part_b = half[: len(x) // 2], half[len(x) // 2 :]
+    rows = []
+    for algorithm in algorithms:
+        for k in ks:
+            t0 = time.perf_counter()
+            labels = _local_estimator(algorithm, k, cfg, cfg.seed).fit(x).predict(x)
+            metrics = ix.local_indices(x, labels)
+            stability = math.nan
+            if cfg.stability and min(len(part_a), len(part_b)) > k:
+                la = _local_estimator(algorithm, k, cfg, cfg.seed + 1).fit(x[part_a]).predict(x)
+                lb = _local_estimator(algorithm, k, cfg, cfg.seed + 2).fit(x[part_b]).predict(x)
+                stability = ix.local_adjusted_rand(la, lb)
+            rows.append(
+                {
+                    "algorithm": algorithm,
+                    "k": k,
+                    **metrics,
+                    "stability": stability,
+                    "fit_seconds": time.perf_counter() - t0,
+                    "engine": "local",
+                }
+            )
+            log.info("sweep %s k=%d: %s", algorithm, k, {m: round(v, 4) for m, v in metrics.items()})
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def sweep_spark(
+    sample: DataFrame, algorithms: list[str], ks: list[int], cfg: ClusteringConfig, dim: int
+) -> pd.DataFrame:
+    """Fit every candidate with MLlib on the cached ``sample``; indices computed in Spark."""
+    halves = sample.select("*", (hash_fraction(cfg.seed, 7) < F.lit(0.5)).alias("_half"))
+    part_a, part_b = halves.where(F.col("_half")), halves.where(~F.col("_half"))
+    rows = []
+    for algorithm in algorithms:
+        for k in ks:
+            t0 = time.perf_counter()
+            scored = mllib_estimator(algorithm, k, cfg).fit(sample).transform(sample)
+            metrics = ix.spark_indices(scored, prep.FEATURES_COL, prep.PREDICTION_COL, dim)
+            metrics["silhouette"] = ix.spark_silhouette(
+                scored,
+                prep.FEATURES_COL,
+                prep.PREDICTION_COL,
+                cfg.silhouette_sample,
+                cfg.seed,
+                rows=int(metrics.pop("rows")),
+                clusters=int(metrics["clusters"]),
+            )
+            stability = math.nan
+            if cfg.stability:
+                ma = mllib_estimator(algorithm, k, cfg, cfg.seed + 1).fit(part_a)
+                mb = mllib_estimator(algorithm, k, cfg, cfg.seed + 2).fit(part_b)
+                both = mb.transform(
+                    ma.transform(sample).withColumnRenamed(prep.PREDICTION_COL, "_a").drop("probability")
+                ).withColumnRenamed(prep.PREDICTION_COL, "_b")
+                stability = ix.spark_adjusted_rand(both, "_a", "_b")
+            rows.append(
+                {
+                    "algorithm": algorithm,
+                    "k": k,
+                    **metrics,
+                    "stability": stability,
+                    "fit_seconds": time.perf_counter() - t0,
+                    "engine": "spark",
+                }
+            )
+            log.info("sweep %s k=%d: %s", algorithm, k, {m: round(v, 4) for m, v in metrics.items()})
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+# --- the choice ---------------------------------------------------------------------------------
+
+
+def knee(ks: list[int], wcss: list[float]) -> int:
+    """The k farthest below the chord of the normalised, decreasing WCSS curve (Kneedle)."""
+    if len(ks) <= 2:
+        return ks[0]
+    x = (np.asarray(ks, float) - ks[0]) / (ks[-1] - ks[0])
+    y = np.asarray(wcss, float)
+    span = y.max() - y.min()
+    if span <= 0:
+        return ks[0]
+    y = (y - y.min()) / span
+    return int(ks[int(np.argmax((1.0 - x) - y))])
+
+
+def choose_candidate(sweep: pd.DataFrame, cfg: ClusteringConfig) -> dict[str, Any]:
+    """Apply the documented rule to the sweep table; return algorithm, k, reason and its metrics."""
+    if sweep.empty:
+        raise InputError("customer_features: no clustering candidate could be fitted")
+    df = sweep.copy()
+    stable = df["stability"].isna() | (df["stability"] >= cfg.min_stability)
+    big = df["min_cluster_share"] >= cfg.min_cluster_share
+    df["admissible"] = stable & big
+    knees = {a: knee(g["k"].tolist(), g["wcss"].tolist()) for a, g in df.groupby("algorithm", sort=True)}
+    df["knee"] = df["algorithm"].map(knees)
+    df["near_knee"] = (df["k"] - df["knee"]).abs() <= cfg.knee_window
+    order = ["silhouette", "calinski_harabasz", "k"]
+    asc = [False, False, True]
+
+    def best(frame: pd.DataFrame) -> pd.Series:
+        return (
+            frame.fillna({"silhouette": -1.0, "calinski_harabasz": 0.0})
+            .sort_values(order, ascending=asc)
+            .iloc[0]
+        )
+
+    forced = cfg.algorithm is not None and cfg.k is not None
+    pool = df[df["admissible"] & df["near_knee"]]
+    if forced:
+        row, why = best(df), "configured clustering.algorithm and clustering.k"
+    elif not pool.empty:
+        row = best(pool)
+        why = (
+            f"best silhouette among admissible candidates within {cfg.knee_window} of the WCSS knee "
+            f"(knee at k={knees[row['algorithm']]} for {row['algorithm']})"
+        )
+    elif df["admissible"].any():
+        row = best(df[df["admissible"]])
+        why = "no admissible candidate near a WCSS knee; best admissible silhouette"
+    else:
+        row = best(df)
+        why = (
+            "fallback: no candidate met min_cluster_share "
+            f"{cfg.min_cluster_share:.0%} and min_stability {cfg.min_stability}; best silhouette overall"
+        )
+    stab = "not measured" if pd.isna(row["stability"]) else f"{row['stability']:.2f}"
+    reason = (
+        f"{row['algorithm']} k={int(row['k'])}: {why}; silhouette {row['silhouette']:.3f}, "
+        f"Davies-Bouldin {row['davies_bouldin']:.3f}, Calinski-Harabasz {row['calinski_harabasz']:.1f}, "
+        f"smallest cluster {row['min_cluster_share']:.1%}, stability ARI {stab}"
+    )
+    return {
+        "algorithm": str(row["algorithm"]),
+        "k": int(row["k"]),
+        "reason": reason,
+        "knees": {a: int(v) for a, v in knees.items()},
+        "sample_metrics": {m: float(row[m]) for m in SWEEP_COLUMNS[2:-1]},
+    }
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def _k_range(cfg: ClusteringConfig, n: int, sampled: int) -> list[int]:
+    """The k values to sweep; k_max is lowered (with a warning) when the sample has too few customers."""
+    if cfg.k is not None:
+        if cfg.k > min(n, sampled):
+            raise ConfigError(
+                f"clustering.k={cfg.k} but customer_features has only {n} customers ({sampled} sampled)"
+            )
+        if cfg.k < 2:
+            raise ConfigError("clustering.k must be at least 2 (one cluster is no segmentation)")
+        return [cfg.k]
+    hi = min(cfg.k_max, sampled - 1)
+    if hi < cfg.k_min:
+        raise InputError(
+            f"customer_features: {sampled} sampled customers cannot be split into "
+            f"clustering.k_min={cfg.k_min} clusters"
+        )
+    if hi < cfg.k_max:
+        log.warning(
+            "clustering: k_max lowered from %d to %d (only %d customers sampled)", cfg.k_max, hi, sampled
+        )
+    return list(range(cfg.k_min, hi + 1))
+
+
+def fit_segments(
+    features: DataFrame,
+    cfg: ClusteringConfig,
+    previous_profiles: pd.DataFrame | None = None,
+) -> ClusterResult:
+    """Prepare features, sweep, choose, fit on everyone, profile and name the clusters.
+
+    ``features``: one row per customer_id with numeric feature columns. Returns a :class:`ClusterResult`;
+    its ``assignments`` has customer_id, cluster_id (int; -1 = density noise) and persona.
+    """
+    t_start = time.perf_counter()
+    names = prep.candidate_features(features, cfg)
+    density = cfg.algorithm in DENSITY_ALGORITHMS
+    strata = cfg.density_strata
+    extras = [strata] if density and strata and strata in features.columns and strata not in names else []
+    base = features.select(S.CUSTOMER_ID, *names, *extras).persist()
+    cached: list[DataFrame] = [base]
+    try:
+        return _fit(base, names, extras, cfg, previous_profiles, cached, t_start)
+    except BaseException:
+        for df in cached:
+            df.unpersist()
+        raise
+
+
+def _fit(
+    base: DataFrame,
+    names: list[str],
+    extras: list[str],
+    cfg: ClusteringConfig,
+    previous_profiles: pd.DataFrame | None,
+    cached: list[DataFrame],
+    t_start: float,
+) -> ClusterResult:
+    from segspark.clustering import tracking
+
+    density = cfg.algorithm in DENSITY_ALGORITHMS
+    check = prep.check_features(base, names)
+    n = check.customers
+    if n == 0:
+        raise InputError("customer_features is empty: nothing to cluster")
+    if n < 2:
+        raise InputError(f"customer_features has {n} customer; clustering needs at least 2")
+    if not check.features:
+        raise InputError(
+            f"customer_features: every clustering feature is constant or null ({check.dropped}); "
+            "all customers look alike, so there is nothing to cluster"
+        )
+    used = check.features
+    dim = cfg.pca_components or len(used)
+
+    keep = [*used, *extras, *prep.prepared_columns(used)]
+    # The preparation statistics (medians, means, scales) are estimated on the seeded sample: at
+    # clustering.sample_size rows they match the full-table figures to well within the noise, and
+    # this saves two passes over every customer.
+    raw_sample = seeded_sample(base, n, cfg.sample_size, cfg.seed).persist()
+    cached.append(raw_sample)
+    prep_model = prep.build_prep_pipeline(used, cfg).fit(raw_sample)
+    sample = prep_model.transform(raw_sample).select(*keep).persist()
+    cached.append(sample)
+    everyone = prep_model.transform(base).select(*keep)
+    t_prep = time.perf_counter()
+
+    algorithms = cfg.algorithms if cfg.algorithm is None or density else [cfg.algorithm]
+    if density:
+        sweep_table = pd.DataFrame(columns=SWEEP_COLUMNS)
+    elif cfg.sweep_engine == "local":
+        x, _ = sample_to_numpy(sample, used)
+        sweep_table = sweep_local(x, algorithms, _k_range(cfg, n, len(x)), cfg)
+    else:
+        sweep_table = sweep_spark(sample, algorithms, _k_range(cfg, n, sample.count()), cfg, dim)
+    t_sweep = time.perf_counter()
+
+    dens_model = None
+    if density:
+        from segspark.clustering import density as D
+
+        assert cfg.algorithm is not None
+        dens_model = D.fit_density(sample, cfg, cfg.algorithm)
+        assigned = D.assign_density(everyone, dens_model)
+        scored_sample = D.assign_density(sample, dens_model).where(F.col(prep.PREDICTION_COL) >= 0)
+        model = prep_model
+        chosen: dict[str, Any] = {
+            "algorithm": cfg.algorithm,
+            "k": dens_model.n_clusters,
+            "reason": f"configured clustering.algorithm={cfg.algorithm}; {dens_model.describe()}",
+        }
+    else:
+        chosen = choose_candidate(sweep_table, cfg)
+        estimator = mllib_estimator(chosen["algorithm"], chosen["k"], cfg)
+        if cfg.final_fit == "all":
+            everyone = everyone.persist()  # MLlib iterates over it
+            cached.append(everyone)
+            cluster_model = estimator.fit(everyone)
+        else:
+            cluster_model = estimator.fit(sample)
+        model = PipelineModel(stages=[*prep_model.stages, cluster_model])
+        assigned = cluster_model.transform(everyone)
+        scored_sample = cluster_model.transform(sample)
+    assigned = assigned.select(*keep, F.col(prep.PREDICTION_COL).cast("int")).persist()
+    cached.append(assigned)
+    t_fit = time.perf_counter()
+
+    # Indices of the final model, computed in Spark on the seeded sample (silhouette on a sub-sample).
+    final = ix.spark_indices(scored_sample, prep.FEATURES_COL, prep.PREDICTION_COL, dim)
+    final["silhouette"] = ix.spark_silhouette(
+        scored_sample,
+        prep.FEATURES_COL,
+        prep.PREDICTION_COL,
+        cfg.silhouette_sample,
+        cfg.seed,
+        rows=int(final.pop("rows")),
+        clusters=int(final["clusters"]),
+    )
+    chosen["final_metrics"] = final
+    if density:
+        # the density fit has no sweep: its one row holds the indices of the non-noise sample
+        row = {"algorithm": cfg.algorithm, "k": chosen["k"], **final, "stability": math.nan}
+        sweep_table = pd.DataFrame([{**row, "fit_seconds": t_fit - t_sweep, "engine": "density"}])
+        sweep_table = sweep_table.reindex(columns=SWEEP_COLUMNS)
+    chosen["customers"] = n
+    chosen["features"] = used
+    chosen["dropped_features"] = check.dropped
+
+    profiles, population = P.profile_clusters(assigned, used, prep.PREDICTION_COL)
+    profiles = P.name_personas(profiles, population, used, cfg, previous_profiles)
+    persona_of = F.create_map(
+        *[
+            item
+            for cid, name in zip(profiles[CLUSTER_ID], profiles[PERSONA], strict=True)
+            for item in (F.lit(int(cid)), F.lit(str(name)))
+        ]
+    )
+    assignments = assigned.select(
+        S.CUSTOMER_ID,
+        F.col(prep.PREDICTION_COL).alias(CLUSTER_ID),
+        F.element_at(persona_of, F.col(prep.PREDICTION_COL)).alias(PERSONA),
+    )
+    for df in cached:  # assigned is materialised by the profile pass; the inputs are no longer needed
+        if df is not assigned:
+            df.unpersist()
+    cached[:] = [assigned]
+    t_end = time.perf_counter()
+    chosen["timings"] = {
+        "prepare_seconds": t_prep - t_start,
+        "sweep_seconds": t_sweep - t_prep,
+        "fit_seconds": t_fit - t_sweep,
+        "profile_seconds": t_end - t_fit,
+        "total_seconds": t_end - t_start,
+    }
+    log.info("clustering chose %s", chosen["reason"])
+    result = ClusterResult(
+        assignments=assignments,
+        profiles=profiles,
+        model=model,
+        sweep=sweep_table,
+        chosen=chosen,
+        features=used,
+        density=dens_model,
+        _cached=list(cached),
+    )
+    result.figures = tracking.make_figures(result)
+    return result

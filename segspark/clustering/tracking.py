@@ -1,0 +1,355 @@
+"""MLflow for the clustering stage: plots, nested runs per candidate, the registered model, and scoring.
+
+The pipeline opens one parent run per pipeline run; :func:`log_to_mlflow` adds one nested run per
+(algorithm, k) candidate, logs the chosen model's metrics, plots and profiles on the parent run, and
+registers the fitted ``PipelineModel`` (preparation + clustering) under ``tracking.registered_model``
+with the alias ``clustering.model_alias``. :func:`score_segments` reloads it for the weekly scoring job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import ImputerModel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segspark import schema as S
+from segspark.clustering import personas as P
+from segspark.clustering import prep
+from segspark.errors import InputError
+
+if TYPE_CHECKING:
+    from segspark.clustering.density import DensityModel
+    from segspark.clustering.sweep import ClusterResult
+    from segspark.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "clustering"
+MODEL_NAME = "clustering_model"
+PROFILES_ARTIFACT = "profiles.json"
+DENSITY_ARTIFACT = "density_core.npz"
+CLUSTER_ID = "cluster_id"
+PERSONA = "persona"
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def make_figures(result: ClusterResult) -> dict[str, Figure]:
+    """Elbow, indices by k, profile heatmap and cluster sizes (matplotlib Figures, no global state)."""
+    figs: dict[str, Figure] = {}
+    sweep, chosen = result.sweep, result.chosen
+    if not sweep.empty:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        for algo, g in sweep.groupby("algorithm", sort=True):
+            ax.plot(g["k"], g["wcss"], marker="o", label=str(algo))
+        ax.axvline(chosen["k"], color="grey", linestyle="--", label=f"chosen k={chosen['k']}")
+        ax.set(xlabel="k", ylabel="within-cluster sum of squares", title="Elbow (sample)")
+        ax.legend()
+        figs["elbow"] = fig
+        fig = Figure(figsize=(9, 6))
+        for i, (metric, better) in enumerate(
+            [
+                ("silhouette", "higher"),
+                ("davies_bouldin", "lower"),
+                ("calinski_harabasz", "higher"),
+                ("stability", "higher"),
+            ]
+        ):
+            ax = fig.add_subplot(2, 2, i + 1)
+            for algo, g in sweep.groupby("algorithm", sort=True):
+                ax.plot(g["k"], g[metric], marker="o", label=str(algo))
+            ax.set(xlabel="k", title=f"{metric} ({better} is better)")
+        fig.axes[0].legend()
+        fig.tight_layout()
+        figs["indices_by_k"] = fig
+    prof = result.profiles
+    zcols = [P.z_col(f) for f in result.features]
+    if not prof.empty:
+        z = prof[zcols].to_numpy(float)
+        fig = Figure(figsize=(1.0 + 0.8 * len(zcols), 1.5 + 0.5 * len(prof)))
+        ax = fig.add_subplot()
+        lim = max(1.0, float(np.nanmax(np.abs(z)))) if z.size else 1.0
+        im = ax.imshow(z, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(len(zcols)), result.features, rotation=45, ha="right")
+        ax.set_yticks(range(len(prof)), prof[PERSONA])
+        ax.set_title("Cluster profiles (z-score of the cluster mean)")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        figs["profile_heatmap"] = fig
+        fig = Figure(figsize=(6, 1.5 + 0.4 * len(prof)))
+        ax = fig.add_subplot()
+        ax.barh(prof[PERSONA], prof[P.SHARE])
+        ax.set(xlabel="share of customers", title="Cluster sizes")
+        fig.tight_layout()
+        figs["cluster_sizes"] = fig
+    return figs
+
+
+# --- logging and registration -------------------------------------------------------------------
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float | np.floating | np.integer) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def _registry_uri(name: str, tracking_uri: str) -> str:
+    # Unity Catalog names are catalog.schema.model; everything else uses the tracking store's registry.
+    return "databricks-uc" if name.count(".") == 2 else tracking_uri
+
+
+def log_to_mlflow(
+    result: ClusterResult,
+    tracking: TrackingConfig,
+    tracking_uri: str,
+    *,
+    params: dict[str, Any] | None = None,
+    input_tables: dict[str, str] | None = None,
+    alias: str = "champion",
+) -> dict[str, Any]:
+    """Nested runs per candidate, chosen metrics/plots/profiles, and the registered PipelineModel.
+
+    Uses the active run as parent (the pipeline opens it); opens one itself when none is active.
+    Returns {"parent_run_id", "nested_run_ids", "model_uri", "model_version"}.
+    """
+    import mlflow
+    import mlflow.spark
+    from mlflow import MlflowClient
+
+    own_parent = mlflow.active_run() is None
+    if own_parent:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(tracking.experiment)
+        mlflow.start_run(run_name="segspark-clustering")
+    registry_uri = _registry_uri(tracking.registered_model, mlflow.get_tracking_uri())
+    mlflow.set_registry_uri(registry_uri)
+    parent = mlflow.active_run()
+    assert parent is not None
+    nested: list[str] = []
+    try:
+        if params:
+            mlflow.log_params({f"clustering.{k}": str(v)[:500] for k, v in params.items()})
+        if input_tables:
+            mlflow.set_tags({f"input.{k}": str(v) for k, v in input_tables.items()})
+        chosen = result.chosen
+        for row in result.sweep.to_dict("records"):
+            is_chosen = row["algorithm"] == chosen["algorithm"] and int(row["k"]) == chosen["k"]
+            with mlflow.start_run(run_name=f"{row['algorithm']}-k{int(row['k'])}", nested=True) as run:
+                mlflow.log_params(
+                    {"algorithm": row["algorithm"], "k": int(row["k"]), "engine": row["engine"]}
+                )
+                mlflow.log_metrics(
+                    _finite({k: v for k, v in row.items() if k not in ("algorithm", "k", "engine")})
+                )
+                mlflow.set_tag("segspark.chosen", str(is_chosen).lower())
+                nested.append(run.info.run_id)
+        mlflow.log_params(
+            {
+                "clustering.chosen_algorithm": chosen["algorithm"],
+                "clustering.chosen_k": chosen["k"],
+                "clustering.features_used": ",".join(result.features),
+            }
+        )
+        mlflow.set_tag("clustering.reason", chosen["reason"][:5000])
+        mlflow.log_metrics(
+            {f"clustering.{k}": v for k, v in _finite(chosen.get("final_metrics", {})).items()}
+        )
+        mlflow.log_metrics({f"clustering.{k}": v for k, v in _finite(chosen.get("timings", {})).items()})
+        for name, fig in result.figures.items():
+            mlflow.log_figure(fig, f"{ARTIFACT_DIR}/{name}.png")
+        mlflow.log_text(result.sweep.to_csv(index=False), f"{ARTIFACT_DIR}/sweep.csv")
+        mlflow.log_text(result.profiles.to_json(orient="records"), f"{ARTIFACT_DIR}/{PROFILES_ARTIFACT}")
+        mlflow.log_text(json.dumps(chosen, default=str, indent=2), f"{ARTIFACT_DIR}/chosen.json")
+        if result.density is not None:
+            _log_density(result.density)
+        info = mlflow.spark.log_model(
+            result.model, f"{ARTIFACT_DIR}/{MODEL_NAME}", registered_model_name=tracking.registered_model
+        )
+        version = str(info.registered_model_version)
+        client = MlflowClient(registry_uri=registry_uri)
+        client.set_registered_model_alias(tracking.registered_model, alias, version)
+        client.set_model_version_tag(
+            tracking.registered_model, version, "segspark.run_id", parent.info.run_id
+        )
+        model_uri = f"models:/{tracking.registered_model}/{version}"
+        log.info("registered %s (alias %s)", model_uri, alias)
+    finally:
+        if own_parent:
+            mlflow.end_run()
+    return {
+        "parent_run_id": parent.info.run_id,
+        "nested_run_ids": nested,
+        "model_uri": model_uri,
+        "model_version": version,
+    }
+
+
+def _log_density(model: DensityModel) -> None:
+    import mlflow
+
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        core_points=model.core_points,
+        core_labels=model.core_labels,
+        eps=np.array([model.eps]),
+        algorithm=np.array([model.algorithm]),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, DENSITY_ARTIFACT)
+        with open(path, "wb") as fh:
+            fh.write(buf.getvalue())
+        mlflow.log_artifact(path, ARTIFACT_DIR)
+
+
+# --- loading and scoring ------------------------------------------------------------------------
+
+
+def resolve_model(
+    model_uri_or_name: str, tracking_uri: str | None = None, alias: str = "champion"
+) -> tuple[str, str | None]:
+    """(model URI, logging run id if known) for a URI or a registered name (its alias, else latest)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if "/" in model_uri_or_name or ":" in model_uri_or_name:
+        return model_uri_or_name, None
+    name = model_uri_or_name
+    client = MlflowClient(registry_uri=_registry_uri(name, mlflow.get_tracking_uri()))
+    where = tracking_uri or mlflow.get_tracking_uri()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        try:
+            versions = client.search_model_versions(f"name='{name}'")
+        except MlflowException:
+            versions = []
+        if not versions:
+            raise InputError(
+                f"no registered model '{name}' in the MLflow registry at {where}; "
+                "run 'segspark run' (which fits and registers it) before 'segspark score'"
+            ) from None
+        version = max(versions, key=lambda v: int(v.version))
+    return f"models:/{name}/{version.version}", version.run_id
+
+
+def load_registered(
+    model_uri_or_name: str, tracking_uri: str | None = None, alias: str = "champion"
+) -> tuple[PipelineModel, pd.DataFrame | None, DensityModel | None]:
+    """The registered PipelineModel plus the profiles and density core points logged next to it."""
+    import mlflow
+    import mlflow.spark
+    from mlflow.exceptions import MlflowException
+
+    uri, run_id = resolve_model(model_uri_or_name, tracking_uri, alias)
+    try:
+        model = mlflow.spark.load_model(uri)
+    except MlflowException as exc:
+        raise InputError(f"cannot load clustering model {uri}: {exc.message}") from None
+    profiles, density = None, None
+    if run_id:
+        try:
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{ARTIFACT_DIR}/{PROFILES_ARTIFACT}")
+            profiles = pd.read_json(io.StringIO(text), orient="records")
+        except (MlflowException, OSError):
+            log.warning("no profiles logged with %s", uri)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    f"runs:/{run_id}/{ARTIFACT_DIR}/{DENSITY_ARTIFACT}", dst_path=tmp
+                )
+                density = _read_density(path)
+        except (MlflowException, OSError):
+            density = None
+    return model, profiles, density
+
+
+def _read_density(path: str) -> DensityModel:
+    from segspark.clustering.density import DensityModel
+
+    with np.load(path) as z:
+        return DensityModel(
+            algorithm=str(z["algorithm"][0]),
+            eps=float(z["eps"][0]),
+            core_points=z["core_points"],
+            core_labels=z["core_labels"],
+            n_clusters=int(z["core_labels"].max() + 1),
+            sample_rows=0,
+            sample_noise_share=float("nan"),
+        )
+
+
+def model_features(model: PipelineModel) -> list[str]:
+    """The raw feature columns a fitted clustering PipelineModel reads."""
+    for stage in model.stages:
+        if isinstance(stage, ImputerModel):
+            return [c[len(prep.TRANSFORMED_PREFIX) :] for c in stage.getInputCols()]
+    raise InputError("the clustering model has no Imputer stage; it was not fitted by segspark")
+
+
+def score_segments(
+    features: DataFrame,
+    model_uri_or_name: str | PipelineModel,
+    profiles: pd.DataFrame | None = None,
+    *,
+    tracking_uri: str | None = None,
+    alias: str = "champion",
+) -> DataFrame:
+    """Assign clusters and personas to fresh features with the registered model, without refitting.
+
+    Returns customer_id, cluster_id (int) and persona. ``profiles`` defaults to the ones logged with
+    the model; a cluster missing from them gets the persona "Cluster <id>".
+    """
+    density = None
+    if isinstance(model_uri_or_name, PipelineModel):
+        model = model_uri_or_name
+    else:
+        model, logged, density = load_registered(model_uri_or_name, tracking_uri, alias)
+        profiles = profiles if profiles is not None else logged
+    needed = model_features(model)
+    missing = [c for c in needed if c not in features.columns]
+    if missing:
+        raise InputError(f"customer_features: columns {missing} needed by the clustering model are missing")
+    if density is not None:
+        from segspark.clustering.density import assign_density
+
+        prep_cols = [S.CUSTOMER_ID, prep.FEATURES_COL]
+        scored = assign_density(
+            model.transform(features.select(S.CUSTOMER_ID, *needed)).select(*prep_cols), density
+        )
+    else:
+        scored = model.transform(features.select(S.CUSTOMER_ID, *needed))
+    cid = F.col(prep.PREDICTION_COL).cast("int")
+    names: dict[int, str] = {}
+    if profiles is not None and not profiles.empty:
+        names = {int(c): str(p) for c, p in zip(profiles[CLUSTER_ID], profiles[PERSONA], strict=True)}
+    fallback = F.concat(F.lit("Cluster "), cid.cast("string"))
+    persona = (
+        F.coalesce(
+            F.element_at(F.create_map(*[x for c, p in names.items() for x in (F.lit(c), F.lit(p))]), cid),
+            fallback,
+        )
+        if names
+        else fallback
+    )
+    return scored.select(S.CUSTOMER_ID, cid.alias(CLUSTER_ID), persona.alias(PERSONA))

@@ -1,0 +1,259 @@
+"""Calibration/holdout validation of a fitted transaction model; figures returned, never written.
+
+- per customer: predicted vs actual holdout purchases (MAE, RMSE, Pearson correlation), computed
+  as Spark aggregates; by calibration frequency (the classic conditional-expectation plot);
+- in aggregate: total predicted vs actual holdout purchases;
+- the cumulative repeat-purchase tracking curve by week over calibration and holdout;
+- the calibration frequency histogram, actual vs model.
+
+Only aggregates (per week, per frequency, per first-purchase day) reach the driver.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segspark.clv import models as M
+from segspark.clv.predict import expected_purchases_udf
+from segspark.clv.summary import (
+    AGE,
+    COUNT,
+    DURATION_HOLDOUT,
+    FIRST_PURCHASE_DATE,
+    FREQUENCY,
+    FREQUENCY_HOLDOUT,
+    PURCHASE_DATE,
+    RECENCY,
+    unit_days,
+)
+from segspark.schema import CUSTOMER_ID
+
+HISTOGRAM_BUCKETS = 7  # 0..6 and "7+", as in Fader, Hardie & Lee (2005), figure 2
+SIMULATION_DRAWS = 200_000
+
+
+def with_holdout_prediction(summary: DataFrame, fit: M.FitResult) -> DataFrame:
+    """Add ``predicted_holdout`` = E[purchases in the holdout | calibration history]."""
+    udf = expected_purchases_udf(fit.model, fit.values)
+    pred = udf(F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE))
+    return summary.select(
+        F.col(CUSTOMER_ID), F.col(FREQUENCY), F.col(FREQUENCY_HOLDOUT), pred.alias("predicted_holdout")
+    )
+
+
+def holdout_metrics(summary: DataFrame, fit: M.FitResult) -> dict[str, float]:
+    """MAE, RMSE, correlation and totals of predicted vs actual holdout purchases (one Spark pass)."""
+    return holdout_metrics_many(summary, {fit.model: fit})[fit.model]
+
+
+def holdout_metrics_many(summary: DataFrame, fits: dict[str, M.FitResult]) -> dict[str, dict[str, float]]:
+    """:func:`holdout_metrics` for several fitted models in one pass over the summary."""
+    actual = F.col(FREQUENCY_HOLDOUT).cast("double")
+    preds = {
+        name: expected_purchases_udf(fit.model, fit.values)(
+            F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE)
+        ).alias(f"pred_{i}")
+        for i, (name, fit) in enumerate(fits.items())
+    }
+    scored = summary.select(actual.alias("actual"), *preds.values())
+    aggs = [F.count(F.lit(1)).alias("n"), F.sum("actual").alias("actual")]
+    for i in range(len(fits)):
+        pred = F.col(f"pred_{i}")
+        err = pred - F.col("actual")
+        aggs += [
+            F.avg(F.abs(err)).alias(f"mae_{i}"),
+            F.sqrt(F.avg(err * err)).alias(f"rmse_{i}"),
+            F.corr(pred, F.col("actual")).alias(f"corr_{i}"),
+            F.sum(pred).alias(f"pred_{i}"),
+        ]
+    row = scored.agg(*aggs).first()
+    assert row is not None
+
+    def num(v: object) -> float:
+        return float(v) if v is not None else math.nan  # type: ignore[arg-type]
+
+    total = num(row["actual"]) if row["actual"] is not None else 0.0
+    out: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(fits):
+        predicted = num(row[f"pred_{i}"])
+        out[name] = {
+            "holdout_customers": float(row["n"]),
+            "holdout_mae": num(row[f"mae_{i}"]),
+            "holdout_rmse": num(row[f"rmse_{i}"]),
+            "holdout_corr": num(row[f"corr_{i}"]),
+            "holdout_actual_total": total,
+            "holdout_predicted_total": predicted,
+            "holdout_total_error_pct": 100.0 * (predicted - total) / total if total else math.nan,
+        }
+    return out
+
+
+def holdout_by_frequency(
+    summary: DataFrame, fit: M.FitResult, max_x: int = HISTOGRAM_BUCKETS
+) -> pd.DataFrame:
+    """Mean actual and predicted holdout purchases by calibration frequency (capped at ``max_x``)."""
+    scored = with_holdout_prediction(summary, fit)
+    bucket = F.least(F.col(FREQUENCY), F.lit(max_x)).alias("frequency")
+    pdf = (
+        scored.groupBy(bucket)
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.avg(F.col(FREQUENCY_HOLDOUT).cast("double")).alias("actual"),
+            F.avg("predicted_holdout").alias("predicted"),
+        )
+        .toPandas()
+    )
+    return pdf.sort_values("frequency").reset_index(drop=True)
+
+
+def tracking_curve(
+    days: DataFrame,
+    summary: DataFrame,
+    fit: M.FitResult,
+    calibration_end: dt.date,
+    holdout_end: dt.date,
+    time_unit: str,
+) -> pd.DataFrame:
+    """Weekly cumulative repeat purchases of the calibration customers, actual vs model.
+
+    ``days`` is the purchase-day table (customer_id, purchase_date). The model curve sums
+    n_c * E[X(t)] over first-purchase cohorts c, with t the time since the cohort's first day.
+    Columns: week (1-based), week_end (date), actual_cum, expected_cum, calibration (bool).
+    """
+    cohorts = summary.groupBy(F.col(FIRST_PURCHASE_DATE)).agg(F.count(F.lit(1)).alias(COUNT)).toPandas()
+    if cohorts.empty:
+        return pd.DataFrame(columns=["week", "week_end", "actual_cum", "expected_cum", "calibration"])
+    cohorts = cohorts.sort_values(FIRST_PURCHASE_DATE)
+    start = min(cohorts[FIRST_PURCHASE_DATE])
+    n_weeks = max(1, math.ceil(((holdout_end - start).days + 1) / 7))
+    firsts = summary.select(F.col(CUSTOMER_ID), F.col(FIRST_PURCHASE_DATE))
+    repeat = (
+        days.join(firsts, on=CUSTOMER_ID, how="inner")  # customer_id is unique in the summary
+        .filter(
+            (F.col(PURCHASE_DATE) > F.col(FIRST_PURCHASE_DATE)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
+        )
+        .groupBy(F.floor(F.datediff(F.col(PURCHASE_DATE), F.lit(start)) / F.lit(7)).alias("week_idx"))
+        .agg(F.count(F.lit(1)).alias(COUNT))
+        .toPandas()
+    )
+    weekly = np.zeros(n_weeks)
+    if not repeat.empty:
+        idx = repeat["week_idx"].to_numpy(np.int64)
+        np.add.at(weekly, np.clip(idx, 0, n_weeks - 1), repeat[COUNT].to_numpy(np.float64))
+    unit = unit_days(time_unit)
+    cohort_day = np.array([(d - start).days for d in cohorts[FIRST_PURCHASE_DATE]], dtype=np.float64)
+    cohort_n = cohorts[COUNT].to_numpy(np.float64)
+    # last day of each week, capped at the holdout end; elapsed days since each cohort's first day
+    week_end_day = np.minimum(np.arange(1, n_weeks + 1) * 7 - 1, (holdout_end - start).days).astype(
+        np.float64
+    )
+    elapsed = np.maximum(week_end_day[None, :] - cohort_day[:, None], 0.0) / unit
+    with np.errstate(all="ignore"):
+        ex = M.expected_purchases_new(fit.model, fit.values, elapsed)
+    expected_cum = (np.nan_to_num(ex) * cohort_n[:, None]).sum(axis=0)
+    week_end = [start + dt.timedelta(days=int(d)) for d in week_end_day]
+    return pd.DataFrame(
+        {
+            "week": np.arange(1, n_weeks + 1),
+            "week_end": week_end,
+            "actual_cum": np.cumsum(weekly),
+            "expected_cum": expected_cum,
+            "calibration": [d <= calibration_end for d in week_end],
+        }
+    )
+
+
+def frequency_histogram(
+    stats: M.RfmStats, fit: M.FitResult, buckets: int = HISTOGRAM_BUCKETS, seed: int = 42
+) -> pd.DataFrame:
+    """Customers by calibration repeat purchases 0..buckets-1 and 'buckets+', actual vs model.
+
+    BG/NBD and MBG/NBD use the closed-form P(X(T)=x) per distinct T; Pareto/NBD, whose P(X(t)=x)
+    needs a long hypergeometric series, is simulated from the fitted parameters (seeded).
+    """
+    n = stats.n_customers
+    actual = np.array(
+        [stats.weight[stats.x == k].sum() for k in range(buckets)] + [stats.weight[stats.x >= buckets].sum()]
+    )
+    uniq_T, inv = np.unique(stats.T, return_inverse=True)
+    w_T = np.bincount(inv.ravel(), weights=stats.weight)
+    if fit.model in (M.BGNBD, M.MBGNBD):
+        with np.errstate(all="ignore"):
+            probs = np.array(
+                [np.dot(w_T, M.prob_n_purchases(fit.model, fit.values, uniq_T, k)) for k in range(buckets)]
+            )
+    else:
+        rng = np.random.default_rng(seed)
+        T_draw = rng.choice(uniq_T, size=SIMULATION_DRAWS, p=w_T / w_T.sum())
+        x_sim, _ = M.simulate(fit.model, fit.values, T_draw, seed=seed)
+        probs = np.array([np.mean(x_sim == k) for k in range(buckets)]) * n
+    expected = np.append(probs, n - probs.sum())
+    labels = [str(k) for k in range(buckets)] + [f"{buckets}+"]
+    return pd.DataFrame({"repeat_purchases": labels, "actual": actual, "expected": expected})
+
+
+def histogram_chi2(hist: pd.DataFrame) -> float:
+    """Pearson chi-square of the frequency histogram (a fit summary, not a formal test here)."""
+    e = hist["expected"].to_numpy(np.float64)
+    a = hist["actual"].to_numpy(np.float64)
+    ok = e > 0
+    return float((((a - e) ** 2)[ok] / e[ok]).sum())
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures (matplotlib object API: no global pyplot state, nothing written)
+# ------------------------------------------------------------------------------------------------
+def tracking_figure(curve: pd.DataFrame, model: str, calibration_end: dt.date) -> Figure:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(curve["week"], curve["actual_cum"], label="actual", color="black")
+    ax.plot(curve["week"], curve["expected_cum"], label=f"{model} model", linestyle="--", color="tab:blue")
+    cal_weeks = curve.loc[curve["calibration"], "week"]
+    if len(cal_weeks) and len(cal_weeks) < len(curve):
+        ax.axvline(float(cal_weeks.max()) + 0.5, color="grey", linestyle=":", label="calibration end")
+    ax.set_xlabel("week")
+    ax.set_ylabel("cumulative repeat purchases")
+    ax.set_title("Tracking cumulative repeat purchases")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def histogram_figure(hist: pd.DataFrame, model: str) -> Figure:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    pos = np.arange(len(hist))
+    ax.bar(pos - 0.2, hist["actual"], width=0.4, label="actual", color="dimgrey")
+    ax.bar(pos + 0.2, hist["expected"], width=0.4, label=f"{model} model", color="tab:blue")
+    ax.set_xticks(pos, hist["repeat_purchases"])
+    ax.set_xlabel("repeat purchases in calibration")
+    ax.set_ylabel("customers")
+    ax.set_title("Frequency of repeat purchases")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def conditional_figure(by_freq: pd.DataFrame, model: str) -> Figure:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    labels = [str(int(v)) for v in by_freq["frequency"]]
+    if labels:
+        labels[-1] = labels[-1] + "+"
+    ax.plot(labels, by_freq["actual"], marker="o", color="black", label="actual")
+    ax.plot(
+        labels, by_freq["predicted"], marker="s", linestyle="--", color="tab:blue", label=f"{model} model"
+    )
+    ax.set_xlabel("repeat purchases in calibration")
+    ax.set_ylabel("mean purchases in holdout")
+    ax.set_title("Conditional expectation: holdout purchases by calibration frequency")
+    ax.legend()
+    fig.tight_layout()
+    return fig

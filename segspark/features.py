@@ -1,0 +1,219 @@
+"""RFM features, scores and named segments, as of one inclusive date.
+
+Definitions (one row per customer with at least one order line on or before ``as_of_date``):
+
+- An *order* is (customer_id, order_id); its net amount is the sum of its lines (returns are
+  negative lines of the same order), its time the earliest line time, its channel the smallest
+  non-null line channel. Lines after ``as_of_date`` (by UTC date) are left out: they are holdout.
+- A *purchase* is an order with positive net amount. ``frequency`` counts purchases.
+- ``monetary``: net revenue, the sum of all order nets (can be <= 0 for customers who returned more
+  than they bought in the window).
+- ``avg_order_value``: monetary / frequency; 0 when the customer has no purchase.
+- ``first_order_ts`` / ``last_order_ts``: first and last purchase; for a customer without any
+  purchase, the first and last order instead, so recency and tenure are always defined.
+- ``recency_days``: ``as_of_date`` minus the date of ``last_order_ts`` (0 if bought that day);
+  ``tenure_days`` likewise from ``first_order_ts``.
+- ``return_rate``: returned value / gross sales value over the lines (0 without returns, capped at 1,
+  1 for a customer with returns and no sales in the window).
+- ``orders_<channel>``: purchases per channel in ``rfm.channels``; ``orders_other`` for the rest
+  (other or missing channel). They add up to ``frequency``.
+
+Scores: quintile (or quartile) edges of recency, frequency and monetary from ``percentile_approx``
+(relative error ``rfm.relative_error``); a value's score is 1 + the number of edges strictly below it
+(recency inverted: bins minus that number). Ties therefore never split: equal values always get
+the same score, and when one value covers several quantiles (many one-time buyers) the scores in
+between are not used. Null values score lowest (1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from segspark import schema as S
+from segspark.config import RfmConfig
+
+# Feature and score columns (stage-specific names live here).
+RECENCY_DAYS = "recency_days"
+FREQUENCY = "frequency"
+MONETARY = "monetary"
+AVG_ORDER_VALUE = "avg_order_value"
+FIRST_ORDER_TS = "first_order_ts"
+LAST_ORDER_TS = "last_order_ts"
+TENURE_DAYS = "tenure_days"
+RETURN_RATE = "return_rate"
+ORDERS_OTHER = "orders_other"
+R_SCORE = "r_score"
+F_SCORE = "f_score"
+M_SCORE = "m_score"
+RFM_CODE = "rfm_code"
+RFM_SEGMENT = "rfm_segment"
+CUSTOMERS = "customers"
+REVENUE = "revenue"
+
+DEFAULT_CHANNELS: tuple[str, ...] = ("web", "app", "store")
+SCORE_COLUMNS: tuple[str, ...] = (R_SCORE, F_SCORE, M_SCORE, RFM_CODE)
+
+
+def channel_column(channel: str) -> str:
+    return f"orders_{channel}"
+
+
+def rfm_feature_columns(channels: Sequence[str] = DEFAULT_CHANNELS) -> list[str]:
+    """The columns ``rfm_features`` returns, in order."""
+    return [
+        S.CUSTOMER_ID,
+        RECENCY_DAYS,
+        FREQUENCY,
+        MONETARY,
+        AVG_ORDER_VALUE,
+        FIRST_ORDER_TS,
+        LAST_ORDER_TS,
+        TENURE_DAYS,
+        RETURN_RATE,
+        *[channel_column(c) for c in channels],
+        ORDERS_OTHER,
+    ]
+
+
+def days_between(as_of: Column, ts: Column) -> Column:
+    """Whole days from the (UTC) date of ``ts`` to ``as_of``."""
+    return F.datediff(as_of, F.to_date(ts))
+
+
+def rfm_features(
+    transactions: DataFrame, as_of_date: dt.date, channels: Sequence[str] = DEFAULT_CHANNELS
+) -> DataFrame:
+    """Per-customer RFM features as of ``as_of_date`` (inclusive); see the module docstring.
+
+    Needs customer_id, order_id, order_ts, amount, channel. The input is repartitioned by customer
+    once; both aggregations (order, then customer) run on that partitioning without another shuffle,
+    and a clean frame from ``ingest.validate`` already has it, so Spark drops the repartition.
+    """
+    as_of = F.lit(as_of_date)
+    amount = F.col(S.AMOUNT)
+    lines = transactions.where(F.to_date(F.col(S.ORDER_TS)) <= as_of).repartition(F.col(S.CUSTOMER_ID))
+    orders = lines.groupBy(S.CUSTOMER_ID, S.ORDER_ID).agg(
+        F.sum(amount).alias("_net"),
+        F.sum(F.when(amount > 0, amount).otherwise(F.lit(0.0))).alias("_gross"),
+        F.sum(F.when(amount < 0, -amount).otherwise(F.lit(0.0))).alias("_returned"),
+        F.min(S.ORDER_TS).alias("_ts"),
+        F.min(S.CHANNEL).alias("_channel"),
+    )
+    purchase = F.col("_net") > 0
+    known = F.coalesce(F.col("_channel").isin(*channels), F.lit(False)) if channels else F.lit(False)
+    customers = orders.groupBy(S.CUSTOMER_ID).agg(
+        F.count_if(purchase).alias(FREQUENCY),
+        F.sum("_net").alias(MONETARY),
+        F.min(F.when(purchase, F.col("_ts"))).alias("_first_purchase"),
+        F.max(F.when(purchase, F.col("_ts"))).alias("_last_purchase"),
+        F.min("_ts").alias("_first_order"),
+        F.max("_ts").alias("_last_order"),
+        F.sum("_gross").alias("_gross"),
+        F.sum("_returned").alias("_returned"),
+        *[F.count_if(purchase & (F.col("_channel") == ch)).alias(channel_column(ch)) for ch in channels],
+        F.count_if(purchase & ~known).alias(ORDERS_OTHER),
+    )
+    first = F.coalesce(F.col("_first_purchase"), F.col("_first_order"))
+    last = F.coalesce(F.col("_last_purchase"), F.col("_last_order"))
+    gross, returned = F.col("_gross"), F.col("_returned")
+    return_rate = (
+        F.when(gross > 0, F.least(F.lit(1.0), returned / gross))
+        .when(returned > 0, F.lit(1.0))
+        .otherwise(F.lit(0.0))
+    )
+    aov = F.coalesce(F.try_divide(F.col(MONETARY), F.col(FREQUENCY)), F.lit(0.0))
+    return customers.select(
+        F.col(S.CUSTOMER_ID),
+        days_between(as_of, last).alias(RECENCY_DAYS),
+        F.col(FREQUENCY),
+        F.col(MONETARY),
+        aov.cast("double").alias(AVG_ORDER_VALUE),
+        first.alias(FIRST_ORDER_TS),
+        last.alias(LAST_ORDER_TS),
+        days_between(as_of, first).alias(TENURE_DAYS),
+        return_rate.alias(RETURN_RATE),
+        *[F.col(channel_column(ch)) for ch in channels],
+        F.col(ORDERS_OTHER),
+    )
+
+
+def rfm_edges(df: DataFrame, cfg: RfmConfig) -> dict[str, list[float]]:
+    """Quantile edges (bins - 1 each) of recency_days, frequency and monetary: one aggregate job.
+
+    Only these few numbers reach the driver; the pipeline can log them with the run.
+    """
+    probs = [i / cfg.bins for i in range(1, cfg.bins)]
+    accuracy = max(1, round(1.0 / cfg.relative_error))
+    row = df.agg(
+        *[
+            F.percentile_approx(F.col(c), probs, accuracy).alias(c)
+            for c in (RECENCY_DAYS, FREQUENCY, MONETARY)
+        ]
+    ).first()
+    edges: dict[str, list[float]] = {}
+    for c in (RECENCY_DAYS, FREQUENCY, MONETARY):
+        values = row[c] if row is not None else None
+        edges[c] = [float(v) for v in values] if values else []
+    return edges
+
+
+def score(value: Column, edges: Sequence[float], bins: int, inverted: bool = False) -> Column:
+    """1 + number of edges strictly below ``value`` (inverted: bins minus that number); null -> 1."""
+    above = sum(((value > F.lit(e)).cast("int") for e in edges), F.lit(0))
+    s = (F.lit(bins) - above) if inverted else (F.lit(1) + above)
+    return F.when(value.isNull(), F.lit(1)).otherwise(s).cast("int")
+
+
+def with_rfm_scores(df: DataFrame, cfg: RfmConfig, edges: dict[str, list[float]] | None = None) -> DataFrame:
+    """Add r_score, f_score, m_score (1..bins, recency inverted) and rfm_code (e.g. "545").
+
+    ``edges`` from ``rfm_edges`` (computed here when not given).
+    """
+    edges = edges if edges is not None else rfm_edges(df, cfg)
+    r = score(F.col(RECENCY_DAYS), edges[RECENCY_DAYS], cfg.bins, inverted=True)
+    f = score(F.col(FREQUENCY), edges[FREQUENCY], cfg.bins)
+    m = score(F.col(MONETARY), edges[MONETARY], cfg.bins)
+    keep = [F.col(c) for c in df.columns if c not in SCORE_COLUMNS]
+    scored = df.select(*keep, r.alias(R_SCORE), f.alias(F_SCORE), m.alias(M_SCORE))
+    code = F.concat(*[F.col(c).cast("string") for c in (R_SCORE, F_SCORE, M_SCORE)])
+    return scored.select(*[F.col(c) for c in scored.columns], code.alias(RFM_CODE))
+
+
+def fm_score(f: Column, m: Column) -> Column:
+    """The combined F/M score: (F + M) / 2 rounded half up."""
+    return F.floor((f + m) / F.lit(2.0) + F.lit(0.5)).cast("int")
+
+
+def rfm_segment(r: Column, fm: Column, cfg: RfmConfig) -> Column:
+    """The first segment rule of ``cfg`` whose R and FM ranges hold the scores."""
+    rules = cfg.segment_rules()
+    expr = None
+    for rule in rules:
+        cond = r.between(rule.r[0], rule.r[1]) & fm.between(rule.fm[0], rule.fm[1])
+        expr = F.when(cond, F.lit(rule.name)) if expr is None else expr.when(cond, F.lit(rule.name))
+    assert expr is not None  # RfmConfig validates that the rules cover the whole grid
+    return expr
+
+
+def with_rfm_segment(df: DataFrame, cfg: RfmConfig) -> DataFrame:
+    """Add rfm_segment from r_score and the combined F/M score, by the rule table in ``cfg``.
+
+    The rules cover every (R, FM) cell (checked when the config is loaded), so every customer gets
+    exactly one segment.
+    """
+    seg = rfm_segment(F.col(R_SCORE), fm_score(F.col(F_SCORE), F.col(M_SCORE)), cfg)
+    keep = [F.col(c) for c in df.columns if c != RFM_SEGMENT]
+    return df.select(*keep, seg.alias(RFM_SEGMENT))
+
+
+def rfm_grid(df: DataFrame) -> DataFrame:
+    """R score x F score: customers and net revenue per cell (the heatmap behind the report)."""
+    return (
+        df.groupBy(R_SCORE, F_SCORE)
+        .agg(F.count(F.lit(1)).alias(CUSTOMERS), F.sum(MONETARY).cast("double").alias(REVENUE))
+        .select(F.col(R_SCORE), F.col(F_SCORE), F.col(CUSTOMERS), F.col(REVENUE))
+    )

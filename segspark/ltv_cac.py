@@ -1,0 +1,122 @@
+"""LTV:CAC by acquisition channel (and month) and by segment, computed by ``segspark/sql/ltv_cac.sql``.
+
+Unknown spend stays unknown: a channel or month without a spend row gets a null CAC and
+``cac_status = 'unknown_spend'``, never a CAC of zero. The SQL file holds every definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import DateType, DoubleType, StringType, StructField, StructType
+
+from segspark import schema as S
+from segspark.cohorts import acquisition_view, transaction_view
+from segspark.errors import ConfigError, InputError
+from segspark.kpis import ALL, CLV, SEGMENT, SEGMENT_TYPE, SEGMENT_TYPES
+from segspark.sql import run_sql
+
+LEVEL = "level"  # channel_month | channel | segment
+NEW_CUSTOMERS = "new_customers"
+CAC = "cac"
+CAC_STATUS = "cac_status"
+CAC_COVERAGE = "cac_coverage"
+LTV_CUSTOMERS = "ltv_customers"
+LTV_REALIZED = "ltv_realized"
+LTV_PREDICTED = "ltv_predicted"
+LTV_TO_CAC = "ltv_to_cac"
+LTV_PREDICTED_TO_CAC = "ltv_predicted_to_cac"
+WINDOW_MONTHS = "window_months"
+
+LTV_CAC_COLUMNS: dict[str, str] = {
+    LEVEL: "string",
+    SEGMENT_TYPE: "string",
+    SEGMENT: "string",
+    S.MONTH: "date",
+    NEW_CUSTOMERS: "bigint",
+    S.SPEND: "double",
+    CAC: "double",
+    CAC_STATUS: "string",
+    CAC_COVERAGE: "double",
+    LTV_CUSTOMERS: "bigint",
+    LTV_REALIZED: "double",
+    LTV_PREDICTED: "double",
+    LTV_TO_CAC: "double",
+    LTV_PREDICTED_TO_CAC: "double",
+    WINDOW_MONTHS: "int",
+}
+
+_SPEND_SCHEMA = StructType(
+    [
+        StructField(S.MONTH, DateType()),
+        StructField(S.CHANNEL, StringType()),
+        StructField(S.SPEND, DoubleType()),
+    ]
+)
+_MEMBER_SCHEMA = StructType(
+    [
+        StructField(SEGMENT_TYPE, StringType()),
+        StructField(SEGMENT, StringType()),
+        StructField(S.CUSTOMER_ID, StringType()),
+        StructField(CLV, DoubleType()),
+    ]
+)
+
+
+def _spend_view(transactions: DataFrame, marketing_spend: DataFrame | None) -> DataFrame:
+    if marketing_spend is None:
+        return transactions.sparkSession.createDataFrame([], _SPEND_SCHEMA)
+    missing = [c for c in S.SPEND_REQUIRED if c not in marketing_spend.columns]
+    if missing:
+        raise InputError(f"marketing_spend: missing column(s) {', '.join(missing)}")
+    return marketing_spend.select(
+        F.to_date(F.col(S.MONTH)).alias(S.MONTH),
+        F.col(S.CHANNEL).cast("string").alias(S.CHANNEL),
+        F.col(S.SPEND).cast("double").alias(S.SPEND),
+    )
+
+
+def _member_view(transactions: DataFrame, segments: DataFrame | None) -> DataFrame:
+    """segment_type, segment, customer_id, clv: one row per customer and segment type, plus 'all'."""
+    if segments is None:
+        return transactions.sparkSession.createDataFrame([], _MEMBER_SCHEMA)
+    types = [t for t in SEGMENT_TYPES if t in segments.columns]
+    clv = (F.col(CLV) if CLV in segments.columns else F.lit(None)).cast("double").alias(CLV)
+    labels = [F.col(t).cast("string").alias(f"seg__{t}") for t in types]
+    wide = segments.select(S.CUSTOMER_ID, clv, *labels, F.lit(ALL).alias(f"seg__{ALL}"))
+    long = wide.unpivot([S.CUSTOMER_ID, CLV], [f"seg__{t}" for t in [*types, ALL]], SEGMENT_TYPE, SEGMENT)
+    return long.where(F.col(SEGMENT).isNotNull()).select(
+        F.regexp_replace(F.col(SEGMENT_TYPE), "^seg__", "").alias(SEGMENT_TYPE), SEGMENT, S.CUSTOMER_ID, CLV
+    )
+
+
+def ltv_cac(
+    transactions: DataFrame,
+    customers: DataFrame | None,
+    marketing_spend: DataFrame | None,
+    segments: DataFrame | None,
+    as_of_date: dt.date,
+    window_months: int,
+) -> DataFrame:
+    """LTV:CAC table (columns :data:`LTV_CAC_COLUMNS`); see ``ltv_cac.sql`` for the definitions.
+
+    Rows: ``level = channel_month`` (acquisition channel x month), ``channel`` (all months) and, when
+    ``segments`` (one row per customer_id, with segment columns and optionally ``clv``) is given,
+    ``segment`` for each segment type present and ``segment_type = 'all'``.
+    """
+    if window_months < 1:
+        raise ConfigError(f"kpis.ltv_window_months must be >= 1, got {window_months}")
+    out = run_sql(
+        transactions.sparkSession,
+        "ltv_cac",
+        {
+            "transactions": transaction_view(transactions),
+            "acquisition": acquisition_view(transactions, customers),
+            "marketing_spend": _spend_view(transactions, marketing_spend),
+            "segment_members": _member_view(transactions, segments),
+        },
+        {"as_of_date": as_of_date, "window_months": int(window_months)},
+    )
+    return out.select(*[F.col(c).cast(t).alias(c) for c, t in LTV_CAC_COLUMNS.items()])

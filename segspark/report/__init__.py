@@ -1,0 +1,20 @@
+"""The stakeholder report: executive summary, methodology, segment profiles and personas, KPIs,
+visuals, ranked plays with A/B test plans, implementation plan, governance and appendix.
+
+Entry point: :func:`build_report` (HTML + Markdown + PNG charts, plus the ``report_summary`` and
+``recommendations`` tables for BI).
+"""
+
+from __future__ import annotations
+
+from segspark.report.recommend import RECOMMENDATION_COLUMNS, TOO_SMALL, sample_size_per_arm
+from segspark.report.render import SUMMARY_COLUMNS, ReportResult, build_report
+
+__all__ = [
+    "RECOMMENDATION_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "TOO_SMALL",
+    "ReportResult",
+    "build_report",
+    "sample_size_per_arm",
+]

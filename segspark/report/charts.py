@@ -1,0 +1,593 @@
+"""The report's charts: matplotlib figures drawn from the small aggregates of :mod:`collect`.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, so no global
+pyplot state and no display are involved. Every segment keeps one colour in every chart: the
+palette is fixed for the standard RFM segments and lifecycle stages, and assigned in a stable
+order for personas and custom names; "Other" is always grey.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Polygon
+from matplotlib.ticker import MaxNLocator
+
+from segspark.report.collect import (
+    CUSTOMERS,
+    DIMENSION,
+    F_SCORE,
+    FROM_SEGMENT,
+    LIFECYCLE_ORDER,
+    LIFECYCLE_STAGE,
+    OTHER,
+    R_SCORE,
+    RFM_SEGMENT,
+    SEGMENT,
+    TO_SEGMENT,
+    UNASSIGNED,
+    ReportData,
+)
+
+OTHER_COLOUR = "#9e9e9e"
+UNASSIGNED_COLOUR = "#d0d0d0"
+FIXED_COLOURS: dict[str, str] = {
+    # standard RFM segments: warm = valuable and recent, cool = lapsing
+    "Champions": "#1b7837",
+    "Loyal": "#5aae61",
+    "Potential Loyalist": "#a6dba0",
+    "New Customers": "#2166ac",
+    "Promising": "#67a9cf",
+    "Need Attention": "#fdb863",
+    "About to Sleep": "#e08214",
+    "At Risk": "#d6604d",
+    "Cannot Lose Them": "#b2182b",
+    "Hibernating": "#8073ac",
+    "Lost": "#542788",
+    # lifecycle stages
+    "prospect": "#92c5de",
+    "new": "#2166ac",
+    "active": "#1b7837",
+    "reactivated": "#5aae61",
+    "at_risk": "#d6604d",
+    "churned": "#542788",
+    # value tiers
+    "high": "#1b7837",
+    "standard": "#67a9cf",
+    OTHER: OTHER_COLOUR,
+    UNASSIGNED: UNASSIGNED_COLOUR,
+}
+INK = "#333333"
+
+
+@dataclass
+class Chart:
+    name: str
+    title: str
+    caption: str
+    figure: Figure
+
+
+def palette(names: Iterable[str]) -> dict[str, str]:
+    """One colour per name: fixed for standard names, else tab10/tab20 in sorted order."""
+    names = list(dict.fromkeys(str(n) for n in names))
+    out = {n: FIXED_COLOURS[n] for n in names if n in FIXED_COLOURS}
+    free = [n for n in sorted(names) if n not in out]
+    cmap = colormaps["tab10" if len(free) <= 10 else "tab20"]
+    for i, n in enumerate(free):
+        r, g, b, _ = cmap(i % cmap.N)
+        out[n] = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+    return out
+
+
+def to_png(fig: Figure, path: Path, dpi: int) -> bytes:
+    """Render with the Agg canvas, write ``path`` and return the PNG bytes."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    data = buf.getvalue()
+    path.write_bytes(data)
+    return data
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _fig(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig
+
+
+def _money(x: float, sym: str) -> str:
+    a = abs(x)
+    for div, suf in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if a >= div:
+            return f"{'-' if x < 0 else ''}{sym}{a / div:.1f}{suf}"
+    return f"{'-' if x < 0 else ''}{sym}{a:,.0f}"
+
+
+# --- the charts ---------------------------------------------------------------------------------------
+
+
+def rfm_grid_chart(grid: pd.DataFrame, bins: int, k: int) -> Figure:
+    mat = np.full((bins, bins), np.nan)
+    for _, r in grid.iterrows():
+        ri, fi = int(r[R_SCORE]), int(r[F_SCORE])
+        if 1 <= ri <= bins and 1 <= fi <= bins:
+            mat[bins - ri, fi - 1] = r[CUSTOMERS]
+    fig = _fig(6.0, 4.8)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap="YlGnBu", aspect="auto")
+    ax.set_xticks(range(bins), [str(i) for i in range(1, bins + 1)])
+    ax.set_yticks(range(bins), [str(i) for i in range(bins, 0, -1)])
+    ax.set_xlabel("F score (purchase frequency, 5 = most frequent)")
+    ax.set_ylabel("R score (recency, 5 = most recent)")
+    top = np.nanmax(mat) if np.isfinite(mat).any() else 1.0
+    for i in range(bins):
+        for j in range(bins):
+            v = mat[i, j]
+            label = f"{int(v):,}" if np.isfinite(v) else f"<{k}"
+            colour = "white" if np.isfinite(v) and v > 0.6 * top else INK
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color=colour)
+    fig.colorbar(im, ax=ax, label="customers")
+    ax.set_title("RFM grid: customers by recency and frequency score")
+    return fig
+
+
+def cohort_chart(matrix: pd.DataFrame) -> Figure:
+    rows, cols = matrix.shape
+    fig = _fig(min(max(6.5, 2.5 + 0.42 * cols), 13.0), min(max(3.6, 1.6 + 0.32 * rows), 10.0))
+    ax = fig.add_subplot()
+    values = matrix.to_numpy(dtype=float)
+    im = ax.imshow(
+        np.ma.masked_invalid(values),
+        cmap="Blues",
+        vmin=0,
+        vmax=max(0.01, np.nanmax(values[:, 1:]) if cols > 1 else 1.0),
+        aspect="auto",
+    )
+    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], fontsize=7)
+    ax.set_yticks(range(rows), list(matrix.index), fontsize=7)
+    ax.set_xlabel("months since first purchase")
+    ax.set_ylabel("acquisition cohort (month of first purchase)")
+    if rows * cols <= 400:
+        for i in range(rows):
+            for j in range(cols):
+                v = values[i, j]
+                if np.isfinite(v) and j > 0:
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.0%}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if v > 0.5 else INK,
+                    )
+    fig.colorbar(im, ax=ax, label="share of the cohort purchasing that month")
+    ax.set_title("Cohort retention (month 0 is the whole cohort)")
+    return fig
+
+
+def elbow_chart(sweep: pd.DataFrame, chosen: dict) -> Figure:
+    fig = _fig(6.0, 4.0)
+    ax = fig.add_subplot()
+    for algo, g in sweep.groupby("algorithm", sort=True):
+        g = g.sort_values("k")
+        ax.plot(g["k"], g["wcss"], marker="o", label=str(algo))
+    if chosen.get("k") is not None:
+        ax.axvline(int(chosen["k"]), color="grey", linestyle="--", label=f"chosen k = {chosen['k']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel("within-cluster sum of squares")
+    ax.set_title("Elbow curve (sweep sample)")
+    ax.legend()
+    return fig
+
+
+def indices_chart(sweep: pd.DataFrame, chosen: dict) -> Figure:
+    metrics = [
+        ("silhouette", "silhouette (higher is better)"),
+        ("davies_bouldin", "Davies-Bouldin (lower is better)"),
+        ("calinski_harabasz", "Calinski-Harabasz (higher is better)"),
+        ("stability", "stability, adjusted Rand (higher is better)"),
+    ]
+    metrics = [m for m in metrics if m[0] in sweep.columns and sweep[m[0]].notna().any()]
+    fig = _fig(9.0, 3.0 * math.ceil(len(metrics) / 2))
+    for i, (col, label) in enumerate(metrics):
+        ax = fig.add_subplot(math.ceil(len(metrics) / 2), 2, i + 1)
+        for algo, g in sweep.groupby("algorithm", sort=True):
+            g = g.sort_values("k")
+            ax.plot(g["k"], g[col], marker="o", label=str(algo))
+        if chosen.get("k") is not None:
+            ax.axvline(int(chosen["k"]), color="grey", linestyle="--")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("number of clusters k")
+        ax.set_ylabel(col.replace("_", " "))
+        ax.set_title(label, fontsize=9)
+        if i == 0:
+            ax.legend(fontsize=8)
+    return fig
+
+
+def profile_chart(profiles: pd.DataFrame, features: list[str]) -> Figure:
+    zcols = [f"z_{f}" for f in features if f"z_{f}" in profiles.columns]
+    z = profiles[zcols].to_numpy(dtype=float)
+    fig = _fig(max(6.0, 2.5 + 0.65 * len(zcols)), max(3.0, 1.6 + 0.45 * len(profiles)))
+    ax = fig.add_subplot()
+    lim = max(1.0, float(np.nanmax(np.abs(z)))) if z.size and np.isfinite(z).any() else 1.0
+    im = ax.imshow(z, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(
+        range(len(zcols)), [c[2:].replace("_", " ") for c in zcols], rotation=45, ha="right", fontsize=8
+    )
+    labels = profiles["persona"] if "persona" in profiles.columns else profiles["cluster_id"].astype(str)
+    ax.set_yticks(range(len(profiles)), [str(v) for v in labels], fontsize=8)
+    ax.set_xlabel("feature")
+    ax.set_ylabel("persona (cluster)")
+    fig.colorbar(im, ax=ax, label="z-score of the cluster mean vs all customers")
+    ax.set_title("Cluster profiles")
+    return fig
+
+
+def clv_chart(hist: pd.DataFrame, quantiles: dict[str, float], threshold: float | None, sym: str) -> Figure:
+    fig = _fig(7.0, 3.8)
+    ax = fig.add_subplot()
+    width = float(hist["bin_hi"].iloc[0] - hist["bin_lo"].iloc[0])
+    ax.bar(hist["bin_lo"], hist[CUSTOMERS], width=width, align="edge", color="#67a9cf", edgecolor="white")
+    for key, style in (("p50", ":"), ("p90", "--")):
+        if key in quantiles:
+            ax.axvline(
+                quantiles[key], color=INK, linestyle=style, label=f"{key} = {_money(quantiles[key], sym)}"
+            )
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(
+            threshold, color="#1b7837", linestyle="-", label=f"high value tier from {_money(threshold, sym)}"
+        )
+    ax.set_xlabel(
+        f"predicted customer lifetime value ({sym}); last bar includes everything above the 99th percentile"
+    )
+    ax.set_ylabel("customers")
+    ax.set_title("CLV distribution")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def funnel_chart(table: pd.DataFrame, colours: dict[str, str]) -> Figure:
+    order = [s for s in LIFECYCLE_ORDER if s in set(table[SEGMENT])] + [
+        s for s in table[SEGMENT] if s not in LIFECYCLE_ORDER
+    ]
+    t = table.set_index(SEGMENT).reindex(order)
+    fig = _fig(7.0, 0.9 + 0.45 * len(t))
+    ax = fig.add_subplot()
+    y = np.arange(len(t))[::-1]
+    ax.barh(y, t[CUSTOMERS], color=[colours.get(s, OTHER_COLOUR) for s in t.index])
+    ax.set_yticks(y, [s.replace("_", " ") for s in t.index])
+    for yi, (c, share) in zip(y, zip(t[CUSTOMERS], t["customer_share"], strict=True), strict=True):
+        ax.text(c, yi, f"  {int(c):,} ({share:.0%})", va="center", fontsize=8)
+    ax.set_xlabel("customers")
+    ax.set_ylabel("lifecycle stage")
+    ax.set_xlim(0, float(t[CUSTOMERS].max()) * 1.25)
+    ax.set_title("Lifecycle funnel")
+    return fig
+
+
+def transitions_chart(
+    flows: pd.DataFrame, colours: dict[str, str], dimension: str, first_run: bool
+) -> Figure:
+    """An alluvial diagram: previous segment (left) to current segment (right), band width = customers."""
+    f = flows.copy()
+    f[FROM_SEGMENT] = f[FROM_SEGMENT].fillna("(new to this view)" if not first_run else "(first run)")
+    f[TO_SEGMENT] = f[TO_SEGMENT].fillna("(left)")
+    total = float(f[CUSTOMERS].sum())
+    gap = 0.02 * total
+    ordering = list(colours)
+
+    def stack(col: str) -> dict[str, tuple[float, float]]:
+        sizes = f.groupby(col)[CUSTOMERS].sum()
+        names = sorted(sizes.index, key=lambda s: (ordering.index(s) if s in ordering else len(ordering), s))
+        pos, y = {}, 0.0
+        for n in names:
+            pos[n] = (y, y + float(sizes[n]))
+            y += float(sizes[n]) + gap
+        return pos
+
+    left, right = stack(FROM_SEGMENT), stack(TO_SEGMENT)
+    fig = _fig(8.0, 5.5)
+    ax = fig.add_subplot()
+    lcur = {n: p[0] for n, p in left.items()}
+    rcur = {n: p[0] for n, p in right.items()}
+    for _, r in f.sort_values([FROM_SEGMENT, TO_SEGMENT]).iterrows():
+        a, b, w = r[FROM_SEGMENT], r[TO_SEGMENT], float(r[CUSTOMERS])
+        y0, y1 = lcur[a], rcur[b]
+        lcur[a] += w
+        rcur[b] += w
+        xs = np.linspace(0.1, 0.9, 30)
+        s = 0.5 - 0.5 * np.cos(np.pi * (xs - 0.1) / 0.8)  # smooth S-curve between the two stacks
+        lower = y0 + (y1 - y0) * s
+        pts = np.concatenate([np.column_stack([xs, lower]), np.column_stack([xs[::-1], (lower + w)[::-1]])])
+        ax.add_patch(
+            Polygon(pts, closed=True, facecolor=colours.get(a, OTHER_COLOUR), alpha=0.45, edgecolor="none")
+        )
+    for side, pos, x in (("l", left, 0.0), ("r", right, 0.9)):
+        for n, (y0, y1) in pos.items():
+            ax.add_patch(
+                Polygon(
+                    [(x, y0), (x + 0.1, y0), (x + 0.1, y1), (x, y1)], facecolor=colours.get(n, OTHER_COLOUR)
+                )
+            )
+            tx, ha = (-0.01, "right") if side == "l" else (1.01, "left")
+            ax.text(tx, (y0 + y1) / 2, f"{n} ({int(y1 - y0):,})", ha=ha, va="center", fontsize=8)
+    top = max(max(p[1] for p in left.values()), max(p[1] for p in right.values()))
+    ax.set_xlim(-0.45, 1.45)
+    ax.set_ylim(top + gap, -gap)
+    ax.set_xticks([0.05, 0.95], ["previous run", "this run"])
+    ax.set_yticks([])
+    ax.set_xlabel("band width = customers")
+    for side_name in ("top", "right", "left"):
+        ax.spines[side_name].set_visible(False)
+    ax.set_title(f"Segment transitions ({dimension.replace('_', ' ')})")
+    return fig
+
+
+def revenue_chart(table: pd.DataFrame, colours: dict[str, str], label: str, has_clv: bool) -> Figure:
+    t = table
+    n = len(t)
+    fig = _fig(max(6.0, 0.9 * n + 2.0), 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    series = [("customer_share", "share of customers", 0.55), ("revenue_share", "share of revenue", 1.0)]
+    if has_clv and "sum_clv" in t.columns and t["sum_clv"].sum() > 0:
+        t = t.assign(clv_share=t["sum_clv"] / t["sum_clv"].sum())
+        series.append(("clv_share", "share of predicted CLV", 0.3))
+    w = 0.8 / len(series)
+    cols = [colours.get(s, OTHER_COLOUR) for s in t[SEGMENT]]
+    hatches = ["", "", "//"]
+    for i, (col, name, alpha) in enumerate(series):
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * w,
+            t[col],
+            width=w,
+            color=cols,
+            alpha=alpha,
+            hatch=hatches[i],
+            edgecolor="white",
+            label=name,
+        )
+    ax.set_xticks(x, [str(s) for s in t[SEGMENT]], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel(label)
+    ax.set_ylabel("share of total")
+    ax.yaxis.set_major_formatter(lambda v, _p: f"{v:.0%}")
+    proxies = [
+        Patch(facecolor="#777777", alpha=alpha, hatch=hatches[i], edgecolor="white", label=name)
+        for i, (_c, name, alpha) in enumerate(series)
+    ]
+    ax.legend(handles=proxies, fontsize=8)
+    ax.set_title(f"Customers, revenue and CLV by {label}", fontsize=10)
+    return fig
+
+
+def ltv_cac_chart(
+    ltv: pd.DataFrame, colours: dict[str, str], segment_type: str, target: float
+) -> Figure | None:
+    ch = ltv[(ltv["level"] == "channel") & ltv["ltv_to_cac"].notna()]
+    seg = ltv[
+        (ltv["level"] == "segment")
+        & (ltv["segment_type"] == segment_type)
+        & ltv["ltv_predicted_to_cac"].notna()
+    ]
+    panels = [(ch, "segment", "ltv_to_cac", "acquisition channel", "realized LTV : CAC")]
+    if not seg.empty:
+        panels.append(
+            (seg, "segment", "ltv_predicted_to_cac", segment_type.replace("_", " "), "predicted LTV : CAC")
+        )
+    panels = [p for p in panels if not p[0].empty]
+    if not panels:
+        return None
+    fig = _fig(5.0 * len(panels) + 1.0, 4.2)
+    for i, (df, key, col, xl, yl) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        df = df.sort_values(col, ascending=False)
+        colour = [colours.get(s, "#67a9cf") if i else "#67a9cf" for s in df[key]]
+        ax.bar(range(len(df)), df[col], color=colour)
+        ax.axhline(target, color="#b2182b", linestyle="--", label=f"target {target:g} : 1")
+        ax.set_xticks(range(len(df)), [str(s) for s in df[key]], rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.legend(fontsize=8)
+    fig.suptitle("LTV : CAC (CAC unknown where spend is missing: those groups are left out)", fontsize=10)
+    return fig
+
+
+def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]], sym: str) -> Figure:
+    fig = _fig(7.5, 5.0)
+    ax = fig.add_subplot()
+    r = recs[recs["impact"].notna()]
+    sizes = 60 + 600 * (r["customers"] / max(1.0, float(r["customers"].max())))
+    rng = np.random.default_rng(0)  # deterministic jitter so plays with equal effort do not overlap
+    x = r["effort"].astype(float) + rng.uniform(-0.15, 0.15, len(r))
+    ax.scatter(
+        x,
+        r["impact"],
+        s=sizes,
+        c=[
+            palettes.get(t, {}).get(s, OTHER_COLOUR)
+            for t, s in zip(r["segment_type"], r["segment"], strict=True)
+        ],
+        alpha=0.75,
+        edgecolors=INK,
+    )
+    for xi, (_, row) in zip(x, r.iterrows(), strict=True):
+        ax.annotate(
+            f"#{row['rank']} {row['segment']}",
+            (xi, row["impact"]),
+            textcoords="offset points",
+            xytext=(8, 4),
+            fontsize=7,
+        )
+    if len(r):
+        ax.axhline(float(np.nanmedian(r["impact"])), color="grey", linestyle=":")
+    ax.axvline(2.5, color="grey", linestyle=":")
+    ax.set_xlim(0.5, 5.5)
+    ax.set_xticks(range(1, 6), ["1\nlow", "2", "3", "4", "5\nhigh"])
+    ax.set_xlabel("effort (from configuration)")
+    ax.set_ylabel(f"impact ({sym}, value at stake x assumed uplift)")
+    ax.yaxis.set_major_formatter(lambda v, _p: _money(v, sym))
+    ymax = float(r["impact"].max()) if len(r) else 1.0
+    ax.set_ylim(0, ymax * 1.2 if ymax > 0 else 1.0)
+    for tx, ty, label in (
+        (0.6, 0.97, "Quick wins"),
+        (4.4, 0.97, "Big bets"),
+        (0.6, 0.03, "Fill-ins"),
+        (4.4, 0.03, "Deprioritise"),
+    ):
+        ax.text(
+            tx,
+            ty,
+            label,
+            transform=ax.get_xaxis_transform(),
+            fontsize=9,
+            color="grey",
+            va="top" if ty > 0.5 else "bottom",
+        )
+    ax.set_title("Impact-effort matrix (bubble size = customers; #rank)")
+    return fig
+
+
+def make_charts(
+    data: ReportData,
+    recs: pd.DataFrame,
+    palettes: dict[str, dict[str, str]],
+    sym: str,
+    bins: int,
+    ltv_cac_target: float,
+) -> list[Chart]:
+    """Every chart the data allows, in report order (absent inputs simply give no chart)."""
+    charts: list[Chart] = []
+    primary = data.primary_type()
+    if data.rfm_grid is not None and data.rfm_grid[CUSTOMERS].notna().any():
+        charts.append(
+            Chart(
+                "rfm_grid",
+                "RFM grid",
+                f"Customers per R x F cell; cells with fewer than {data.k} customers are hidden.",
+                rfm_grid_chart(data.rfm_grid, bins, data.k),
+            )
+        )
+    if data.cohorts is not None:
+        charts.append(
+            Chart(
+                "cohort_retention",
+                "Cohort retention",
+                "Share of each acquisition cohort buying again in each month after the first purchase.",
+                cohort_chart(data.cohorts),
+            )
+        )
+    cl = data.clustering
+    if cl and cl.get("sweep") is not None:
+        charts.append(
+            Chart(
+                "elbow",
+                "Elbow curve",
+                "Within-cluster sum of squares by k; the dashed line marks the chosen k.",
+                elbow_chart(cl["sweep"], cl["chosen"]),
+            )
+        )
+        charts.append(
+            Chart(
+                "indices_by_k",
+                "Validity indices by k",
+                "Silhouette, Davies-Bouldin, Calinski-Harabasz and stability for every candidate.",
+                indices_chart(cl["sweep"], cl["chosen"]),
+            )
+        )
+    if cl and cl.get("profiles") is not None and not cl["profiles"].empty and cl["features"]:
+        charts.append(
+            Chart(
+                "cluster_profiles",
+                "Cluster profiles",
+                "How far each persona's mean sits from all customers, in standard deviations.",
+                profile_chart(cl["profiles"], cl["features"]),
+            )
+        )
+    if data.clv_hist is not None:
+        thr = (data.clv_fit or {}).get("value_tier_threshold")
+        thr_f = float(thr) if isinstance(thr, int | float) else None
+        charts.append(
+            Chart(
+                "clv_distribution",
+                "CLV distribution",
+                "Predicted customer lifetime value over the configured horizon.",
+                clv_chart(data.clv_hist, data.clv_quantiles, thr_f, sym),
+            )
+        )
+    life = data.segments.get(LIFECYCLE_STAGE)
+    if life is not None and not life.table.empty:
+        charts.append(
+            Chart(
+                "lifecycle_funnel",
+                "Lifecycle funnel",
+                "Customers per lifecycle stage.",
+                funnel_chart(life.table, palettes.get(LIFECYCLE_STAGE, {})),
+            )
+        )
+    if data.transitions is not None and not data.transitions.empty:
+        dims = list(dict.fromkeys(data.transitions[DIMENSION]))
+        dim = RFM_SEGMENT if RFM_SEGMENT in dims else dims[0]
+        flows = data.transitions[data.transitions[DIMENSION] == dim]
+        note = (
+            "First run: no previous run yet, so the bands show this run's segments."
+            if data.first_run
+            else "Customers moving between segments since the previous run."
+        )
+        charts.append(
+            Chart(
+                "segment_transitions",
+                "Segment transition flows",
+                note,
+                transitions_chart(flows, palettes.get(dim, {}), dim, data.first_run),
+            )
+        )
+    if primary is not None:
+        view = data.segments[primary]
+        charts.append(
+            Chart(
+                "revenue_by_segment",
+                "Revenue by segment",
+                "Share of customers, net revenue and predicted CLV per segment.",
+                revenue_chart(
+                    view.table, palettes[primary], primary.replace("_", " "), data.has.get("clv", False)
+                ),
+            )
+        )
+    if data.ltv_cac is not None and data.ltv_cac["cac"].notna().any():
+        fig = ltv_cac_chart(data.ltv_cac, palettes.get(primary or "", {}), primary or "", ltv_cac_target)
+        if fig is not None:
+            charts.append(
+                Chart(
+                    "ltv_cac",
+                    "LTV:CAC",
+                    "Lifetime value per acquisition cost, by acquisition channel and by segment.",
+                    fig,
+                )
+            )
+    if not recs.empty and recs["impact"].notna().any():
+        charts.append(
+            Chart(
+                "impact_effort",
+                "Impact-effort matrix",
+                "Plays placed by assumed impact and configured effort.",
+                impact_effort_chart(recs, palettes, sym),
+            )
+        )
+    return charts

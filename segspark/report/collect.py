@@ -1,0 +1,702 @@
+"""Reduce a run's tables to the small pandas aggregates the report is made of.
+
+Only aggregates reach the driver: per-segment sufficient statistics (counts and sums, so merged
+groups stay exact), the RFM grid, a slice of the cohort table, LTV:CAC rows, transition counts,
+quarantine counts and a CLV histogram. Never a customer row.
+
+Every input except ``customer_segments`` is optional: a stage that was disabled or had no input
+leaves its table out, and the report says so in a note instead of failing.
+
+k-anonymity: within each segment type, a segment with fewer than ``report.min_segment_size``
+customers is never shown on its own. Such segments are merged into "Other" (and counted); if
+"Other" is itself below the threshold it is suppressed too. The same rule hides small cohorts,
+acquisition channels, transition flows and clusters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from segspark import schema as S
+from segspark.config import Settings
+from segspark.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# --- columns of the run's tables (names as their stages define them) ------------------------------
+RFM_SEGMENT = "rfm_segment"
+LIFECYCLE_STAGE = "lifecycle_stage"
+PERSONA = "persona"
+VALUE_TIER = "value_tier"
+CLUSTER_ID = "cluster_id"
+R_SCORE = "r_score"
+F_SCORE = "f_score"
+M_SCORE = "m_score"
+RECENCY_DAYS = "recency_days"
+FREQUENCY = "frequency"
+MONETARY = "monetary"
+CLV = "clv"
+P_ALIVE = "p_alive"
+CHURN_RISK = "churn_risk"
+SEGMENT_TYPE = "segment_type"
+SEGMENT = "segment"
+KPI = "kpi"
+VALUE = "value"
+CUSTOMERS = "customers"
+REVENUE = "revenue"
+DIMENSION = "dimension"
+DIMENSION_VALUE = "dimension_value"
+FROM_SEGMENT = "from_segment"
+TO_SEGMENT = "to_segment"
+COHORT_MONTH = "cohort_month"
+MONTHS_SINCE_FIRST = "months_since_first"
+COHORT_SIZE = "cohort_size"
+RETENTION_RATE = "retention_rate"
+LEVEL = "level"
+NEW_CUSTOMERS = "new_customers"
+
+SEGMENT_TYPES: tuple[str, ...] = (RFM_SEGMENT, LIFECYCLE_STAGE, PERSONA, VALUE_TIER)
+LIFECYCLE_ORDER: tuple[str, ...] = ("prospect", "new", "active", "reactivated", "at_risk", "churned")
+ALL = "all"
+PREVIOUS_SUMMARY = "previous_report_summary"  # optional: the previous run's report_summary rows
+OTHER = "Other"
+UNASSIGNED = "unassigned"
+# Measures summed (with a non-null count) per segment so that means of merged groups stay exact.
+MEAN_MEASURES: tuple[str, ...] = (
+    RECENCY_DAYS,
+    FREQUENCY,
+    MONETARY,
+    R_SCORE,
+    F_SCORE,
+    M_SCORE,
+    CLV,
+    P_ALIVE,
+    CHURN_RISK,
+)
+# Additive columns of the per-segment statistics table.
+ADDITIVE: tuple[str, ...] = (
+    CUSTOMERS,
+    "buyers",
+    "repeat_buyers",
+    REVENUE,
+    "high_churn_risk",
+    *[f"sum_{m}" for m in MEAN_MEASURES],
+    *[f"n_{m}" for m in MEAN_MEASURES],
+)
+# segment_kpis: how a KPI of merged segments is recomputed from its members (None: not shown).
+KPI_MERGE: dict[str, str | None] = {
+    "customers": "sum",
+    "customer_share": "sum",
+    "revenue": "sum",
+    "revenue_share": "sum",
+    "orders_per_customer": "weighted",
+    "avg_clv": "weighted",
+    "avg_churn_risk": "weighted",
+    "sessions_per_customer_30d": "weighted",
+    "active_days_per_customer_30d": "weighted",
+    "engaged_share_30d": "weighted",
+    "avg_order_value": "aov",
+    "repeat_purchase_rate": None,
+    "retention_rate": None,
+    "churn_rate": None,
+    "conversion_rate_90d": None,
+}
+
+
+@dataclass
+class SegmentView:
+    """One segment type after the k-anonymity merge."""
+
+    segment_type: str
+    table: pd.DataFrame  # one row per shown segment: statistics, shares and means
+    lifecycle_mix: pd.DataFrame | None  # shown segment x lifecycle stage: customers
+    merged_segments: int = 0  # segments below the threshold merged into Other
+    merged_customers: int = 0
+    suppressed_customers: int = 0  # customers of an Other that was itself below the threshold
+
+    def names(self) -> list[str]:
+        return [str(s) for s in self.table[SEGMENT]]
+
+    def row(self, segment: str) -> pd.Series | None:
+        hit = self.table[self.table[SEGMENT] == segment]
+        return None if hit.empty else hit.iloc[0]
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows, as small pandas objects and plain values."""
+
+    run_id: str
+    as_of_date: dt.date | None
+    k: int
+    totals: dict[str, float]
+    segments: dict[str, SegmentView]
+    has: dict[str, bool]  # which customer columns exist: clv, churn_risk, p_alive, lifecycle_stage, ...
+    kpis: dict[str, pd.DataFrame] = field(default_factory=dict)  # segment_type -> segment x kpi
+    rfm_grid: pd.DataFrame | None = None  # r_score x f_score: customers (NaN where below k)
+    rfm_grid_hidden: int = 0
+    cohorts: pd.DataFrame | None = None  # cohort_month x months_since_first: retention rate
+    cohorts_hidden: int = 0
+    cohort_retention_at: dict[int, float] = field(default_factory=dict)  # month -> size-weighted retention
+    ltv_cac: pd.DataFrame | None = None
+    ltv_cac_hidden: int = 0
+    transitions: pd.DataFrame | None = None  # dimension, from_segment, to_segment, customers
+    transitions_hidden: int = 0
+    moved_share: dict[str, float] = field(default_factory=dict)  # dimension -> share that changed segment
+    first_run: bool = True
+    clv_hist: pd.DataFrame | None = None  # bin_lo, bin_hi, customers
+    clv_quantiles: dict[str, float] = field(default_factory=dict)
+    quality: pd.DataFrame | None = None  # source_table, rule, rows
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    clustering: dict[str, Any] | None = None  # sweep, profiles, chosen, features
+    clv_fit: dict[str, Any] | None = None  # fit, validation scalars
+    churn: dict[str, float] | None = None
+    drift: pd.DataFrame | None = None
+    previous_summary: pd.DataFrame | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # section -> why something is absent
+
+    def primary_type(self) -> str | None:
+        """The segment type the plays are built on: RFM when present, else lifecycle, else persona."""
+        for t in (RFM_SEGMENT, LIFECYCLE_STAGE, PERSONA, VALUE_TIER):
+            if t in self.segments:
+                return t
+        return None
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """An attribute or a mapping key: stage results may be dataclasses or plain dicts."""
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _scalars(data: Mapping[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in (data or {}).items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float | np.integer | np.floating) and math.isfinite(float(value)):
+            out[str(key)] = float(value)
+    return out
+
+
+def _opt(df: DataFrame, name: str, type_: str) -> Column:
+    return (F.col(name) if name in df.columns else F.lit(None)).cast(type_).alias(name)
+
+
+def _additive(df: pd.DataFrame) -> list[str]:
+    return [c for c in ADDITIVE if c in df.columns]
+
+
+def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    return num / den.where(den > 0)
+
+
+def _small(df: DataFrame, name: str, limit: int = 50_000) -> pd.DataFrame:
+    """``toPandas`` for tables that are aggregates by construction; refuses anything that is not."""
+    pdf = df.limit(limit + 1).toPandas()
+    if len(pdf) > limit:
+        raise InputError(f"table '{name}': more than {limit} rows; the report reads aggregate tables only")
+    return pdf
+
+
+# --- customer_segments --------------------------------------------------------------------------------
+
+
+def segment_statistics(
+    segments: DataFrame, high_churn_risk: float, max_cells: int = 200_000
+) -> tuple[pd.DataFrame, list[str]]:
+    """Sufficient statistics per (segment_type, segment, lifecycle stage), from one Spark aggregation.
+
+    Spark groups the customers by every combination of their segment labels and lifecycle stage
+    (a few hundred cells: the labels have low cardinality) into counts and sums; pandas then rolls
+    the cells up per segment type (and ``all``). Counts and sums add up, so the result is exact.
+    Returns the statistics and the segment types present.
+    """
+    missing = [c for c in (S.CUSTOMER_ID, MONETARY, FREQUENCY) if c not in segments.columns]
+    if missing:
+        raise InputError(f"table 'customer_segments': missing column(s) {', '.join(missing)} for the report")
+    types = [t for t in SEGMENT_TYPES if t in segments.columns]
+    labels = [F.coalesce(F.col(t).cast("string"), F.lit(UNASSIGNED)).alias(f"seg__{t}") for t in types]
+    stage = _opt(segments, LIFECYCLE_STAGE, "string").alias("_stage")
+    freq, churn = F.col(FREQUENCY).cast("double"), _opt(segments, CHURN_RISK, "double")
+    aggs = [
+        F.count(F.lit(1)).alias(CUSTOMERS),
+        F.count_if(freq > 0).alias("buyers"),
+        F.count_if(freq >= 2).alias("repeat_buyers"),
+        F.sum(F.coalesce(F.col(MONETARY).cast("double"), F.lit(0.0))).alias(REVENUE),
+        F.count_if(churn >= F.lit(high_churn_risk)).alias("high_churn_risk"),
+    ]
+    for m in MEAN_MEASURES:
+        x = _opt(segments, m, "double")
+        aggs += [F.sum(x).alias(f"sum_{m}"), F.count(x).alias(f"n_{m}")]
+    cells = _small(
+        segments.groupBy(*labels, stage).agg(*aggs), S.CUSTOMER_SEGMENTS + " (segment cells)", max_cells
+    )
+    for c in ADDITIVE:
+        cells[c] = pd.to_numeric(cells[c], errors="coerce").fillna(0.0)
+    parts = []
+    for t in [*types, ALL]:
+        key = cells[f"seg__{t}"] if t != ALL else pd.Series(ALL, index=cells.index)
+        g = cells.assign(**{SEGMENT: key}).groupby([SEGMENT, "_stage"], dropna=False, as_index=False)[
+            list(ADDITIVE)
+        ]
+        parts.append(g.sum().assign(**{SEGMENT_TYPE: t}))
+    stats = pd.concat(parts, ignore_index=True)
+    return stats[[SEGMENT_TYPE, SEGMENT, "_stage", *ADDITIVE]], types
+
+
+def _derive(table: pd.DataFrame, type_customers: float, type_revenue: float) -> pd.DataFrame:
+    out = table.copy()
+    out["customer_share"] = out[CUSTOMERS] / type_customers if type_customers else np.nan
+    out["revenue_share"] = out[REVENUE] / type_revenue if type_revenue else np.nan
+    for m in MEAN_MEASURES:
+        out[f"mean_{m}"] = _ratio(out[f"sum_{m}"], out[f"n_{m}"])
+    out["repeat_rate"] = _ratio(out["repeat_buyers"], out["buyers"])
+    out["high_churn_risk_share"] = _ratio(out["high_churn_risk"], out[f"n_{CHURN_RISK}"])
+    return out
+
+
+def k_anonymize(
+    per_segment: pd.DataFrame, k: int, order: list[str] | None = None
+) -> tuple[pd.DataFrame, int, int, int]:
+    """Merge segments with fewer than ``k`` customers into "Other" (sums of additive columns).
+
+    Returns (table, merged segments, merged customers, suppressed customers); "Other" is dropped
+    (suppressed) when it is itself smaller than ``k``. Rows keep ``order`` when given, else
+    descending size; "Other" comes last.
+    """
+    small = per_segment[CUSTOMERS] < k
+    big = per_segment[~small].copy()
+    merged = per_segment[small]
+    n_merged, c_merged, suppressed = len(merged), int(merged[CUSTOMERS].sum()), 0
+    if n_merged:
+        existing = big[big[SEGMENT] == OTHER]
+        other = merged[_additive(merged)].sum(numeric_only=True)
+        if not existing.empty:
+            other = other + existing[_additive(existing)].sum(numeric_only=True)
+            big = big[big[SEGMENT] != OTHER]
+        if other[CUSTOMERS] >= k:
+            row = {SEGMENT: OTHER, **{c: float(other[c]) for c in other.index}}
+            big = pd.concat([big, pd.DataFrame([row])], ignore_index=True)
+        else:
+            suppressed = int(other[CUSTOMERS])
+    if order:
+        rank = {s: i for i, s in enumerate(order)}
+        big = big.assign(_o=[rank.get(s, len(rank)) for s in big[SEGMENT]], _c=-big[CUSTOMERS])
+        big = big.sort_values(["_o", "_c", SEGMENT]).drop(columns=["_o", "_c"])
+    else:
+        big = big.assign(_c=-big[CUSTOMERS]).sort_values(["_c", SEGMENT]).drop(columns=["_c"])
+    is_other = big[SEGMENT] == OTHER
+    big = pd.concat([big[~is_other], big[is_other]], ignore_index=True)
+    return big.reset_index(drop=True), n_merged, c_merged, suppressed
+
+
+def segment_views(
+    stats: pd.DataFrame, types: list[str], k: int, order: dict[str, list[str]]
+) -> tuple[dict[str, SegmentView], dict[str, float]]:
+    """k-anonymous per-type tables and lifecycle mixes from :func:`segment_statistics`."""
+    views: dict[str, SegmentView] = {}
+    per = stats.groupby([SEGMENT_TYPE, SEGMENT], as_index=False)[list(ADDITIVE)].sum()
+    everyone = per[per[SEGMENT_TYPE] == ALL]
+    totals_row = (
+        everyone[list(ADDITIVE)].sum() if not everyone.empty else pd.Series(0.0, index=list(ADDITIVE))
+    )
+    totals = {c: float(totals_row[c]) for c in ADDITIVE}
+    for t in types:
+        table = per[per[SEGMENT_TYPE] == t].drop(columns=[SEGMENT_TYPE])
+        shown, n_merged, c_merged, suppressed = k_anonymize(table, k, order.get(t))
+        shown = _derive(shown, totals[CUSTOMERS], totals[REVENUE])
+        mix = None
+        part = stats[(stats[SEGMENT_TYPE] == t) & stats["_stage"].notna()]
+        if not part.empty:
+            names = set(shown[SEGMENT])
+            seg = part[SEGMENT].where(part[SEGMENT].isin(names), OTHER)
+            mix = (
+                part.assign(**{SEGMENT: seg})
+                .pivot_table(index=SEGMENT, columns="_stage", values=CUSTOMERS, aggfunc="sum", fill_value=0)
+                .reindex(index=[s for s in shown[SEGMENT] if s in set(seg)])
+            )
+            mix = mix[
+                [s for s in LIFECYCLE_ORDER if s in mix.columns]
+                + [s for s in mix.columns if s not in LIFECYCLE_ORDER]
+            ]
+            mix.columns.name = None
+        views[t] = SegmentView(t, shown, mix, n_merged, c_merged, suppressed)
+    return views, totals
+
+
+# --- the other tables ------------------------------------------------------------------------------
+
+
+def kpi_tables(kpis: DataFrame, views: dict[str, SegmentView], k: int) -> dict[str, pd.DataFrame]:
+    """segment_kpis pivoted per segment type (segment x kpi), small segments merged into Other."""
+    pdf = _small(
+        kpis.select(SEGMENT_TYPE, SEGMENT, KPI, F.col(VALUE).cast("double").alias(VALUE)), S.SEGMENT_KPIS
+    )
+    out: dict[str, pd.DataFrame] = {}
+    for t, g in pdf.groupby(SEGMENT_TYPE, sort=False):
+        wide = g.pivot_table(index=SEGMENT, columns=KPI, values=VALUE, aggfunc="first")
+        wide.columns.name = None
+        if "customers" not in wide.columns:
+            continue
+        small = wide["customers"] < k
+        big, merged = wide[~small], wide[small]
+        if len(merged):
+            row: dict[str, float] = {}
+            w = merged["customers"]
+            for kpi in wide.columns:
+                how = KPI_MERGE.get(kpi)
+                if how == "sum":
+                    row[kpi] = float(merged[kpi].sum())
+                elif how == "weighted" and w.sum() > 0 and merged[kpi].notna().all():
+                    row[kpi] = float((merged[kpi] * w).sum() / w.sum())
+                elif how == "aov" and "orders_per_customer" in merged and "revenue" in merged:
+                    purchases = float((merged["orders_per_customer"] * w).sum())
+                    row[kpi] = float(merged["revenue"].sum()) / purchases if purchases else math.nan
+                else:
+                    row[kpi] = math.nan
+            if row.get("customers", 0) >= k:
+                big = pd.concat([big, pd.DataFrame([row], index=[OTHER])])
+        view = views.get(str(t))
+        if view is not None:
+            order = [s for s in view.names() if s in big.index] + [
+                s for s in big.index if s not in view.names()
+            ]
+            big = big.reindex(order)
+        out[str(t)] = big
+    return out
+
+
+def rfm_grid_table(grid: DataFrame | None, segments: DataFrame, k: int) -> tuple[pd.DataFrame | None, int]:
+    """R x F customers (and revenue); cells with fewer than ``k`` customers are blanked."""
+    if grid is None:
+        if R_SCORE not in segments.columns or F_SCORE not in segments.columns:
+            return None, 0
+        grid = (
+            segments.where(F.col(R_SCORE).isNotNull() & F.col(F_SCORE).isNotNull())
+            .groupBy(R_SCORE, F_SCORE)
+            .agg(F.count(F.lit(1)).alias(CUSTOMERS), F.sum(MONETARY).alias(REVENUE))
+        )
+    pdf = _small(grid.select(R_SCORE, F_SCORE, CUSTOMERS, REVENUE), S.RFM_GRID)
+    pdf = pdf.groupby([R_SCORE, F_SCORE], as_index=False)[[CUSTOMERS, REVENUE]].sum()
+    hidden = int((pdf[CUSTOMERS] < k).sum())
+    pdf.loc[pdf[CUSTOMERS] < k, [CUSTOMERS, REVENUE]] = np.nan
+    return pdf, hidden
+
+
+def cohort_table(
+    cohorts: DataFrame, as_of: dt.date | None, k: int, max_cohorts: int
+) -> tuple[pd.DataFrame | None, int, dict[int, float]]:
+    """Newest ``max_cohorts`` cohorts (dimension 'all'): retention matrix, hidden cohorts, month-m means."""
+    part = cohorts.where((F.col(DIMENSION) == F.lit(ALL)) & (F.col(DIMENSION_VALUE) == F.lit(ALL)))
+    # one cell per cohort and month: a few thousand rows even for ten years of monthly cohorts
+    cells = _small(
+        part.select(COHORT_MONTH, MONTHS_SINCE_FIRST, COHORT_SIZE, RETENTION_RATE), S.COHORT_RETENTION
+    )
+    if cells.empty:
+        return None, 0, {}
+    newest = sorted(cells[COHORT_MONTH].unique())[-max_cohorts:]
+    cells = cells[cells[COHORT_MONTH].isin(newest)]
+    small = cells[COHORT_SIZE] < k
+    hidden = int(cells.loc[small, COHORT_MONTH].nunique())
+    cells = cells[~small]
+    if cells.empty:
+        return None, hidden, {}
+    cells[COHORT_MONTH] = pd.to_datetime(cells[COHORT_MONTH])
+    # the month of as_of_date is still running: its cells are partial and stay out of the means
+    as_of_month = pd.Timestamp(as_of.replace(day=1)) if as_of else cells[COHORT_MONTH].max()
+    elapsed = (as_of_month.year - cells[COHORT_MONTH].dt.year) * 12 + (
+        as_of_month.month - cells[COHORT_MONTH].dt.month
+    )
+    complete = cells[cells[MONTHS_SINCE_FIRST] < elapsed]
+    at: dict[int, float] = {}
+    for m in (1, 3, 6, 12):
+        c = complete[complete[MONTHS_SINCE_FIRST] == m]
+        if not c.empty and c[COHORT_SIZE].sum() > 0:
+            at[m] = float((c[RETENTION_RATE] * c[COHORT_SIZE]).sum() / c[COHORT_SIZE].sum())
+    matrix = cells.pivot_table(
+        index=COHORT_MONTH, columns=MONTHS_SINCE_FIRST, values=RETENTION_RATE, aggfunc="first"
+    )
+    matrix.index = [d.strftime("%Y-%m") for d in matrix.index]
+    return matrix.sort_index(), hidden, at
+
+
+def ltv_cac_table(ltv: DataFrame, k: int) -> tuple[pd.DataFrame | None, int]:
+    """Channel and segment rows of the LTV:CAC table; groups with fewer than ``k`` new customers hidden."""
+    pdf = _small(ltv.where(F.col(LEVEL).isin("channel", "segment")).drop(S.RUN_ID, S.AS_OF_DATE), S.LTV_CAC)
+    if pdf.empty:
+        return None, 0
+    small = pd.to_numeric(pdf[NEW_CUSTOMERS], errors="coerce").fillna(0) < k
+    return pdf[~small].reset_index(drop=True), int(small.sum())
+
+
+def transition_table(
+    transitions: DataFrame, views: dict[str, SegmentView], k: int
+) -> tuple[pd.DataFrame, int, bool, dict[str, float]]:
+    """Transition counts with small segments relabelled Other; flows below ``k`` hidden and counted.
+
+    Also returns the drift per dimension (:func:`moved_shares` on the unmerged counts)."""
+    pdf = _small(transitions.select(DIMENSION, FROM_SEGMENT, TO_SEGMENT, CUSTOMERS), S.SEGMENT_TRANSITIONS)
+    first_run = bool(pdf[FROM_SEGMENT].isna().all()) if len(pdf) else True
+    parts = []
+    for dim, g in pdf.groupby(DIMENSION, sort=False):
+        view = views.get(str(dim))
+        shown = set(view.names()) if view is not None else set()
+
+        def relabel(s: pd.Series, shown: set[str] = shown) -> pd.Series:
+            return s.where(s.isna() | s.isin(shown), OTHER)
+
+        g = g.assign(**{FROM_SEGMENT: relabel(g[FROM_SEGMENT]), TO_SEGMENT: relabel(g[TO_SEGMENT])})
+        parts.append(
+            g.groupby([DIMENSION, FROM_SEGMENT, TO_SEGMENT], dropna=False, as_index=False)[CUSTOMERS].sum()
+        )
+    out = pd.concat(parts, ignore_index=True) if parts else pdf.iloc[0:0]
+    small = out[CUSTOMERS] < k
+    return out[~small].reset_index(drop=True), int(small.sum()), first_run, moved_shares(pdf)
+
+
+def moved_shares(flows: pd.DataFrame) -> dict[str, float]:
+    """Per dimension: share of customers present in both runs whose segment changed (drift)."""
+    both = flows[flows[FROM_SEGMENT].notna() & flows[TO_SEGMENT].notna()]
+    out: dict[str, float] = {}
+    for dim, g in both.groupby(DIMENSION):
+        n = float(g[CUSTOMERS].sum())
+        if n:
+            out[str(dim)] = float(g.loc[g[FROM_SEGMENT] != g[TO_SEGMENT], CUSTOMERS].sum()) / n
+    return out
+
+
+def clv_histogram(segments: DataFrame, bins: int = 30) -> tuple[pd.DataFrame | None, dict[str, float]]:
+    """CLV histogram: ``bins`` equal bins from min(0, p1) to the 99th percentile, the rest in the last bin."""
+    q = segments.agg(
+        F.percentile_approx(F.col(CLV), [0.01, 0.5, 0.9, 0.99], 1000).alias("q"),
+        F.count(F.col(CLV)).alias("n"),
+        F.sum(F.col(CLV)).alias("s"),
+    ).first()
+    if q is None or not q["n"]:
+        return None, {}
+    p01, p50, p90, p99 = (float(v) for v in q["q"])
+    quantiles = {"p50": p50, "p90": p90, "p99": p99, "n": float(q["n"]), "sum": float(q["s"] or 0.0)}
+    lo = min(0.0, p01)
+    hi = p99 if p99 > lo else lo + 1.0
+    width = (hi - lo) / bins
+    idx = F.least(
+        F.greatest(F.floor((F.col(CLV) - F.lit(lo)) / F.lit(width)), F.lit(0)), F.lit(bins - 1)
+    ).cast("int")
+    counts = (
+        segments.where(F.col(CLV).isNotNull())
+        .groupBy(idx.alias("bin"))
+        .agg(F.count(F.lit(1)).alias(CUSTOMERS))
+        .toPandas()
+    )
+    full = pd.DataFrame({"bin": range(bins)}).merge(counts, on="bin", how="left").fillna({CUSTOMERS: 0})
+    full["bin_lo"] = lo + full["bin"] * width
+    full["bin_hi"] = full["bin_lo"] + width
+    return full[["bin_lo", "bin_hi", CUSTOMERS]], quantiles
+
+
+def quality_table(ctx_like: Any, quarantine: DataFrame | None) -> pd.DataFrame | None:
+    """Quarantined rows by source table and rule: from the quarantine table, else the run's counts."""
+    if quarantine is not None and S.Q_RULE in quarantine.columns:
+        q = quarantine
+        run_id = _get(ctx_like, "run_id")
+        if S.RUN_ID in q.columns and run_id:
+            q = q.where(F.col(S.RUN_ID) == F.lit(run_id))
+        src = S.Q_SOURCE_TABLE if S.Q_SOURCE_TABLE in q.columns else None
+        keys = [F.col(src).alias("source_table")] if src else [F.lit("").alias("source_table")]
+        pdf = q.groupBy(*keys, F.col(S.Q_RULE).alias("rule")).agg(F.count(F.lit(1)).alias("rows")).toPandas()
+        return pdf.sort_values(["source_table", "rows"], ascending=[True, False]).reset_index(drop=True)
+    rows = []
+    for name, stats in (_get(ctx_like, "inputs") or {}).items():
+        for rule, n in (_get(stats, "by_rule") or {}).items():
+            rows.append({"source_table": name, "rule": rule, "rows": int(n)})
+    if not rows and not _get(ctx_like, "inputs"):
+        return None
+    return pd.DataFrame(rows, columns=["source_table", "rule", "rows"])
+
+
+def input_lineage(ctx_like: Any) -> list[dict[str, Any]]:
+    out = []
+    for name, stats in (_get(ctx_like, "inputs") or {}).items():
+        info = _get(stats, "info")
+        out.append(
+            {
+                "name": name,
+                "location": _get(info, "location", ""),
+                "format": _get(info, "format", ""),
+                "version": _get(info, "version"),
+                "rows_in": _get(stats, "rows_in"),
+                "rows_clean": _get(stats, "rows_clean"),
+                "rows_quarantined": _get(stats, "rows_quarantined"),
+            }
+        )
+    return out
+
+
+def clustering_info(result: Any, profiles_table: DataFrame | None, k: int) -> dict[str, Any] | None:
+    """Sweep, profiles (clusters below ``k`` dropped) and the choice of the clustering stage."""
+    if result is None and profiles_table is None:
+        return None
+    sweep = _get(result, "sweep")
+    profiles = _get(result, "profiles")
+    if profiles is None and profiles_table is not None:
+        profiles = _small(
+            profiles_table.drop(*[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in profiles_table.columns]),
+            S.CLUSTER_PROFILES,
+        )
+    chosen = dict(_get(result, "chosen") or {})
+    features = list(_get(result, "features") or chosen.get("features") or [])
+    hidden = 0
+    if isinstance(profiles, pd.DataFrame) and "size" in profiles.columns:
+        small = profiles["size"] < k
+        hidden = int(small.sum())
+        profiles = profiles[~small].reset_index(drop=True)
+    if not features and isinstance(profiles, pd.DataFrame):
+        features = [c[2:] for c in profiles.columns if c.startswith("z_")]
+    return {
+        "sweep": sweep if isinstance(sweep, pd.DataFrame) and not sweep.empty else None,
+        "profiles": profiles if isinstance(profiles, pd.DataFrame) else None,
+        "chosen": chosen,
+        "features": features,
+        "hidden_clusters": hidden,
+    }
+
+
+def clv_info(result: Any) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    fit = dict(_get(result, "fit") or {})
+    validation = _get(result, "validation") or {}
+    return {
+        "model": fit.get("model"),
+        "reason": fit.get("reason"),
+        "time_unit": fit.get("time_unit"),
+        "calibration_end": fit.get("calibration_end"),
+        "holdout_end": fit.get("holdout_end"),
+        "params": {k: float(v) for k, v in (fit.get("params") or {}).items() if isinstance(v, int | float)},
+        "spend_model": fit.get("spend_model"),
+        "value_tier_threshold": fit.get("value_tier_threshold"),
+        "fit": _scalars(
+            {k: v for k, v in fit.items() if k in ("log_likelihood", "bic", "n_customers", "fit_seconds")}
+        ),
+        "validation": _scalars(validation),
+    }
+
+
+def churn_info(result: Any) -> dict[str, float] | None:
+    if result is None:
+        return None
+    metrics = _get(result, "metrics")
+    if callable(metrics):
+        metrics = metrics()
+    if metrics is None:
+        metrics = _get(result, "validation") or (result if isinstance(result, Mapping) else {})
+    return _scalars(metrics) or None
+
+
+# --- the entry point --------------------------------------------------------------------------------
+
+
+def collect(ctx_like: Any, tables: Mapping[str, DataFrame | None], settings: Settings) -> ReportData:
+    """Reduce the run's tables (by their names in :mod:`segspark.schema`) to :class:`ReportData`.
+
+    ``tables`` holds Spark DataFrames: ``customer_segments`` (required), and any of ``segment_kpis``,
+    ``rfm_grid``, ``cohort_retention``, ``ltv_cac``, ``segment_transitions``, ``quarantine``,
+    ``cluster_profiles``, ``drift`` and ``previous_report_summary`` (Spark or pandas). Missing or
+    None entries are absent stages.
+    """
+    t: dict[str, Any] = {name: df for name, df in tables.items() if df is not None}
+    segments: DataFrame | None = t.get(S.CUSTOMER_SEGMENTS)
+    if segments is None:
+        raise InputError("report: table 'customer_segments' is required (one row per customer)")
+    cfg = settings.report
+    k = cfg.min_segment_size
+    stats, types = segment_statistics(segments, settings.churn.high_risk_threshold)
+    order = {
+        RFM_SEGMENT: list(dict.fromkeys(r.name for r in settings.rfm.segment_rules())),
+        LIFECYCLE_STAGE: list(LIFECYCLE_ORDER),
+        VALUE_TIER: ["high", "standard"],
+    }
+    views, totals = segment_views(stats, types, k, order)
+    has = {
+        c: c in segments.columns
+        for c in (*SEGMENT_TYPES, CLV, P_ALIVE, CHURN_RISK, R_SCORE, F_SCORE, M_SCORE, CLUSTER_ID)
+    }
+    data = ReportData(
+        run_id=str(_get(ctx_like, "run_id", "")),
+        as_of_date=_get(ctx_like, "as_of_date"),
+        k=k,
+        totals=totals,
+        segments=views,
+        has=has,
+    )
+    notes = data.notes
+    if S.SEGMENT_KPIS in t:
+        data.kpis = kpi_tables(t[S.SEGMENT_KPIS], views, k)
+    else:
+        notes["kpis"] = "No segment KPI table in this run."
+    if has[R_SCORE] or S.RFM_GRID in t:
+        data.rfm_grid, data.rfm_grid_hidden = rfm_grid_table(t.get(S.RFM_GRID), segments, k)
+    if data.rfm_grid is None:
+        notes["rfm_grid"] = "No RFM scores in this run."
+    if S.COHORT_RETENTION in t:
+        data.cohorts, data.cohorts_hidden, data.cohort_retention_at = cohort_table(
+            t[S.COHORT_RETENTION], data.as_of_date, k, cfg.max_cohorts
+        )
+    if data.cohorts is None:
+        notes["cohorts"] = (
+            "No cohort retention table in this run (or every cohort is below the minimum size)."
+        )
+    if S.LTV_CAC in t:
+        data.ltv_cac, data.ltv_cac_hidden = ltv_cac_table(t[S.LTV_CAC], k)
+    if data.ltv_cac is None or not data.ltv_cac["cac"].notna().any():
+        notes["ltv_cac"] = "No marketing spend in this run: CAC and LTV:CAC are unknown (never assumed zero)."
+    if S.SEGMENT_TRANSITIONS in t:
+        data.transitions, data.transitions_hidden, data.first_run, data.moved_share = transition_table(
+            t[S.SEGMENT_TRANSITIONS], views, k
+        )
+    else:
+        notes["transitions"] = "No segment transition table in this run."
+    if has[CLV]:
+        data.clv_hist, data.clv_quantiles = clv_histogram(segments)
+    if data.clv_hist is None:
+        notes["clv"] = "CLV was not modelled in this run (stage disabled or no repeat purchases)."
+    data.quality = quality_table(ctx_like, t.get(S.QUARANTINE))
+    data.inputs = input_lineage(ctx_like)
+    data.outputs = dict(_get(ctx_like, "outputs") or {})
+    results = _get(ctx_like, "results") or {}
+    data.clustering = clustering_info(results.get("clustering"), t.get(S.CLUSTER_PROFILES), k)
+    if data.clustering is None:
+        notes["clustering"] = "Behavioural clustering did not run (stage disabled)."
+    data.clv_fit = clv_info(results.get("clv"))
+    data.churn = churn_info(results.get("churn"))
+    if data.churn is None and not has[CHURN_RISK]:
+        notes["churn"] = "Churn propensity was not modelled in this run."
+    if S.DRIFT in t:
+        drift = _small(t[S.DRIFT], S.DRIFT, 5_000)
+        data.drift = drift.drop(columns=[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in drift.columns])
+    prev = t.get(PREVIOUS_SUMMARY)
+    if prev is not None:
+        data.previous_summary = (
+            prev if isinstance(prev, pd.DataFrame) else _small(prev, PREVIOUS_SUMMARY, 5_000)
+        )
+    if not has[LIFECYCLE_STAGE]:
+        notes["lifecycle"] = "No lifecycle stages in this run."
+    return data

@@ -1,0 +1,453 @@
+"""Plays per segment, their impact and effort, the ranking, and an A/B test plan for each play.
+
+A play is one of ``retention``, ``win_back``, ``cross_sell`` (upsell), ``onboarding`` and ``vip``,
+chosen for a segment by its name (the standard RFM segments, lifecycle stages, value tiers) or, for
+personas and custom segments, by its dominant lifecycle stage and its mean R and F scores. For each play:
+
+- value at stake: the segment's predicted CLV (``clv``, when modelled), or its net revenue
+  (``revenue``: win-back plays, and any play when CLV is absent), or for prospects the number of
+  prospects x the average net revenue per buyer (``first_value``);
+- impact = value at stake x the uplift assumption (``report.uplift.<play>``, else the preset's
+  default), shown in the report as an assumption, not a forecast;
+- effort 1 (low) .. 5 (high) from ``report.effort.<play>`` or the preset;
+- rank by priority = impact / effort (ties: higher impact, then the larger segment);
+- impact-effort quadrant: high impact = at least the median impact of all plays, low effort <= 2.
+
+A/B plan (two-sided z-test of two proportions, equal arms). The outcome metric depends on the play:
+retention and VIP plays aim to lower churn, so their metric is the churn rate (mean churn risk when
+churn is modelled, else 1 - mean P(alive), else the one-time-buyer share) and the test must detect
+p1 = p0 x (1 - ``report.ab_test.mde_relative``); the other plays aim to raise purchases, so their
+metric is the purchase rate (1 - mean churn risk, else mean P(alive), else the repeat-purchase rate;
+for prospects the share of known customers who have bought) and p1 = p0 x (1 + mde_relative),
+capped below 1. The sample size per arm solves statsmodels' ``NormalIndPower`` for Cohen's
+h = ``proportion_effectsize(p1, p0)`` at ``alpha`` and ``power``, i.e.
+n = 2 (z_{1-alpha/2} + z_{power})^2 / h^2. The segment can enrol ``customers x weekly_reach`` customers
+a week, so weeks needed = ceil(2n / (customers x weekly_reach)); a play needing more than
+``max_weeks`` (or more customers than the segment has) is flagged "too small to test: do not act on
+it yet".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import proportion_effectsize
+
+from segspark.config import REPORT_PLAYS, AbTestConfig, Settings
+from segspark.report.collect import (
+    CUSTOMERS,
+    LIFECYCLE_STAGE,
+    OTHER,
+    REVENUE,
+    RFM_SEGMENT,
+    SEGMENT,
+    UNASSIGNED,
+    VALUE_TIER,
+    ReportData,
+    SegmentView,
+)
+
+TOO_SMALL = "too small to test: do not act on it yet"
+RATE_CAP = 0.999  # a rate cannot reach 1; the treated rate is capped just below it
+RATE_FLOOR = 1e-4
+
+RECOMMENDATION_COLUMNS: tuple[str, ...] = (
+    "rank",
+    "play",
+    "play_name",
+    "segment",
+    "segment_type",
+    "customers",
+    "value_basis",
+    "value_at_stake",
+    "uplift_assumption",
+    "impact",
+    "effort",
+    "priority",
+    "quadrant",
+    "baseline_metric",
+    "baseline_rate",
+    "mde",
+    "mde_relative",
+    "target_rate",
+    "alpha",
+    "power",
+    "sample_size_per_arm",
+    "weeks_needed",
+    "testable",
+    "test_flag",
+    "owner",
+    "action",
+    "rationale",
+)
+
+
+@dataclass(frozen=True)
+class Play:
+    """A play as a preset describes it."""
+
+    name: str
+    action: str
+    uplift: float
+    effort: int
+    owner: str
+
+
+PRESET_PLAYS: dict[str, dict[str, Play]] = {
+    "retail": {
+        "retention": Play(
+            "Retention nudge",
+            "Personalised reminders and replenishment offers before the customer's usual purchase gap"
+            " runs out.",
+            0.10,
+            2,
+            "CRM / lifecycle marketing",
+        ),
+        "win_back": Play(
+            "Win-back offer",
+            "Time-limited comeback incentive with a 'what changed' survey; suppress after two unanswered"
+            " contacts.",
+            0.05,
+            2,
+            "CRM / lifecycle marketing",
+        ),
+        "cross_sell": Play(
+            "Cross-sell and upsell",
+            "Recommendations and bundles from adjacent categories; free-shipping threshold just above the"
+            " usual basket.",
+            0.08,
+            3,
+            "Merchandising and e-commerce",
+        ),
+        "onboarding": Play(
+            "Welcome series",
+            "Three-step welcome journey that pushes the second purchase within 30 days.",
+            0.10,
+            1,
+            "CRM / lifecycle marketing",
+        ),
+        "vip": Play(
+            "VIP programme",
+            "Early access, dedicated service and referral rewards; protect margin rather than discount.",
+            0.05,
+            3,
+            "Loyalty programme",
+        ),
+    },
+    "saas": {
+        "retention": Play(
+            "Renewal save motion",
+            "Health-score alert to the customer success manager, usage review and renewal plan 90 days"
+            " ahead.",
+            0.08,
+            3,
+            "Customer success",
+        ),
+        "win_back": Play(
+            "Win-back campaign",
+            "Re-engagement offer on the features the account never used; sales-assisted for former large"
+            " accounts.",
+            0.03,
+            2,
+            "Sales development",
+        ),
+        "cross_sell": Play(
+            "Expansion (upsell seats and tiers)",
+            "Usage-triggered upgrade prompts and account-manager expansion reviews at seat or limit"
+            " thresholds.",
+            0.10,
+            3,
+            "Account management",
+        ),
+        "onboarding": Play(
+            "Onboarding and activation",
+            "Guided setup to the activation milestone in the first 30 days; in-app checklist plus kickoff"
+            " call.",
+            0.15,
+            3,
+            "Customer success / product",
+        ),
+        "vip": Play(
+            "Executive sponsor programme",
+            "Named executive sponsor, quarterly business reviews and roadmap previews for the top accounts.",
+            0.03,
+            4,
+            "Account management",
+        ),
+    },
+}
+
+# Standard segment names -> play.
+RFM_PLAYS: dict[str, str] = {
+    "Champions": "vip",
+    "Loyal": "cross_sell",
+    "Potential Loyalist": "cross_sell",
+    "New Customers": "onboarding",
+    "Promising": "onboarding",
+    "Need Attention": "retention",
+    "About to Sleep": "retention",
+    "At Risk": "retention",
+    "Cannot Lose Them": "win_back",
+    "Hibernating": "win_back",
+    "Lost": "win_back",
+}
+LIFECYCLE_PLAYS: dict[str, str] = {
+    "prospect": "onboarding",
+    "new": "onboarding",
+    "active": "cross_sell",
+    "reactivated": "retention",
+    "at_risk": "retention",
+    "churned": "win_back",
+}
+VALUE_TIER_PLAYS: dict[str, str] = {"high": "vip", "standard": "cross_sell"}
+# RFM segments whose value is at risk (the executive summary's "CLV at stake" finding).
+AT_RISK_SEGMENTS: tuple[str, ...] = ("At Risk", "Cannot Lose Them")
+
+
+def play_settings(settings: Settings) -> dict[str, Play]:
+    """The preset's plays with ``report.uplift``, ``report.effort`` and ``report.owners`` applied."""
+    cfg = settings.report
+    out = {}
+    for pid, p in PRESET_PLAYS[cfg.preset].items():
+        out[pid] = Play(
+            p.name,
+            p.action,
+            float(cfg.uplift.get(pid, p.uplift)),
+            int(cfg.effort.get(pid, p.effort)),
+            cfg.owners.get(pid, p.owner),
+        )
+    assert set(out) == set(REPORT_PLAYS)
+    return out
+
+
+def _num(v: object) -> float:
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+    return x
+
+
+def dominant_stage(view: SegmentView, segment: str) -> str | None:
+    """The most common lifecycle stage of a shown segment (None without lifecycle stages)."""
+    mix = view.lifecycle_mix
+    if mix is None or segment not in mix.index or not float(mix.loc[segment].sum()):
+        return None
+    return str(mix.loc[segment].idxmax())
+
+
+def play_for(segment_type: str, row: pd.Series, bins: int, stage: str | None = None) -> str | None:
+    """The play for one segment: by its standard name, else by its lifecycle stage and numbers.
+
+    ``stage`` is the segment's dominant lifecycle stage (personas, custom segments). Returns None
+    for Other and unassigned, which are mixes and get no play.
+    """
+    name = str(row[SEGMENT])
+    if name in (OTHER, UNASSIGNED):
+        return None
+    table = {RFM_SEGMENT: RFM_PLAYS, LIFECYCLE_STAGE: LIFECYCLE_PLAYS, VALUE_TIER: VALUE_TIER_PLAYS}.get(
+        segment_type, {}
+    )
+    if name in table:
+        return table[name]
+    r, f = _num(row.get("mean_r_score")), _num(row.get("mean_f_score"))
+    loyal = not math.isnan(f) and f >= 0.7 * bins
+    if stage in ("churned", "at_risk", "new", "prospect"):
+        return LIFECYCLE_PLAYS[stage]
+    if stage in ("active", "reactivated"):
+        return "vip" if loyal and (math.isnan(r) or r >= 0.7 * bins) else "cross_sell"
+    if not math.isnan(r):
+        if r >= 0.7 * bins:
+            return (
+                "vip" if loyal else ("onboarding" if _num(row.get("mean_frequency")) < 1.5 else "cross_sell")
+            )
+        return "win_back" if r <= 0.3 * bins else "retention"
+    churn = _num(row.get("mean_churn_risk"))
+    if not math.isnan(churn):
+        return "win_back" if churn >= 0.7 else ("retention" if churn >= 0.4 else "cross_sell")
+    return "cross_sell"
+
+
+# Plays that aim to lower churn are tested on the churn rate (decrease); the others on the purchase
+# rate (increase). Testing the rarer outcome keeps the relative effect meaningful near 0 and 1.
+DECREASE_PLAYS: frozenset[str] = frozenset({"retention", "vip"})
+
+
+def target_rate(baseline: float, mde_relative: float, decrease: bool = False) -> tuple[float, float]:
+    """(p0, p1): the baseline clipped into (0, 1) and the rate the test must detect."""
+    p0 = min(max(baseline, RATE_FLOOR), RATE_CAP)
+    p1 = p0 * (1.0 - mde_relative) if decrease else min(p0 * (1.0 + mde_relative), RATE_CAP)
+    return p0, max(p1, RATE_FLOOR / 10)
+
+
+def sample_size_per_arm(
+    baseline: float, mde_relative: float, alpha: float, power: float, decrease: bool = False
+) -> int:
+    """Customers per arm to detect p0 -> p0 x (1 +/- mde_relative): two-sided z-test of two
+    proportions with equal arms, sized with statsmodels on Cohen's h."""
+    p0, p1 = target_rate(baseline, mde_relative, decrease)
+    if p1 == p0:
+        raise ValueError(
+            f"baseline rate {baseline:.4f} leaves no room for a {mde_relative:.0%} relative effect"
+        )
+    h = proportion_effectsize(p1, p0)
+    n = NormalIndPower().solve_power(
+        effect_size=abs(h), alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
+    )
+    return math.ceil(float(n))
+
+
+def weeks_needed(n_per_arm: int, customers: float, weekly_reach: float) -> float:
+    """Weeks to enrol both arms at ``customers x weekly_reach`` a week; inf when the segment is too small."""
+    if customers <= 0 or 2 * n_per_arm > customers:
+        return math.inf
+    return float(math.ceil(2 * n_per_arm / (customers * weekly_reach)))
+
+
+@dataclass(frozen=True)
+class AbPlan:
+    baseline_rate: float
+    target_rate: float
+    sample_size_per_arm: int | None
+    weeks_needed: float | None
+    testable: bool
+    flag: str
+
+
+def ab_plan(baseline: float, customers: float, cfg: AbTestConfig, decrease: bool = False) -> AbPlan:
+    """The A/B plan of one play (see the module docstring)."""
+    if math.isnan(baseline):
+        return AbPlan(
+            math.nan, math.nan, None, None, False, "no baseline rate in the data: do not act on it yet"
+        )
+    p0, p1 = target_rate(baseline, cfg.mde_relative, decrease)
+    if p1 == p0:
+        return AbPlan(p0, p1, None, None, False, "baseline rate at its ceiling: nothing to detect")
+    n = sample_size_per_arm(p0, cfg.mde_relative, cfg.alpha, cfg.power, decrease)
+    weeks = weeks_needed(n, customers, cfg.weekly_reach)
+    ok = weeks <= cfg.max_weeks
+    return AbPlan(p0, p1, n, None if math.isinf(weeks) else weeks, ok, "" if ok else TOO_SMALL)
+
+
+def _baseline(row: pd.Series, play: str, data: ReportData, horizon_days: int) -> tuple[float, str]:
+    """The baseline rate of the play's outcome metric, and its description."""
+    decrease = play in DECREASE_PLAYS
+    if play == "onboarding" and str(row[SEGMENT]) == "prospect":
+        t = data.totals
+        rate = t["buyers"] / t[CUSTOMERS] if t[CUSTOMERS] else math.nan
+        return rate, "first purchase (share of known customers who have bought)"
+    churn = _num(row.get("mean_churn_risk"))
+    if not math.isnan(churn):
+        if decrease:
+            return churn, f"churn: no purchase within {horizon_days} days (mean churn risk)"
+        return 1.0 - churn, f"purchase within {horizon_days} days (1 - mean churn risk)"
+    alive = _num(row.get("mean_p_alive"))
+    if not math.isnan(alive):
+        return (1.0 - alive, "churn: 1 - mean P(alive)") if decrease else (alive, "mean P(alive)")
+    repeat = _num(row.get("repeat_rate"))
+    if decrease:
+        return 1.0 - repeat, "one-time buyers (1 - repeat-purchase rate)"
+    return repeat, "repeat-purchase rate (buyers with 2+ purchases)"
+
+
+def _value(row: pd.Series, play: str, data: ReportData) -> tuple[float, str]:
+    if play == "onboarding" and str(row[SEGMENT]) == "prospect":
+        t = data.totals
+        per_buyer = t[REVENUE] / t["buyers"] if t["buyers"] else math.nan
+        return float(row[CUSTOMERS]) * per_buyer, "prospects x net revenue per buyer"
+    has_clv = _num(row.get("n_clv")) > 0
+    if play != "win_back" and has_clv:
+        return float(row["sum_clv"]), "predicted CLV"
+    return float(row[REVENUE]), "net revenue to date"
+
+
+def _candidates(data: ReportData) -> list[tuple[SegmentView, pd.Series]]:
+    primary = data.primary_type()
+    if primary is None:
+        return []
+    rows = [(data.segments[primary], r) for _, r in data.segments[primary].table.iterrows()]
+    life = data.segments.get(LIFECYCLE_STAGE)
+    if primary != LIFECYCLE_STAGE and life is not None:
+        prospect = life.row("prospect")
+        if prospect is not None:  # prospects have no RFM segment: they get their own onboarding play
+            rows.append((life, prospect))
+    return rows
+
+
+def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
+    """Ranked plays with impact, effort, quadrant and A/B plan (columns :data:`RECOMMENDATION_COLUMNS`)."""
+    plays = play_settings(settings)
+    ab = settings.report.ab_test
+    sym = settings.report.currency_symbol
+    records = []
+    for view, row in _candidates(data):
+        pid = play_for(view.segment_type, row, settings.rfm.bins, dominant_stage(view, str(row[SEGMENT])))
+        if pid is None:
+            continue
+        play = plays[pid]
+        value, basis = _value(row, pid, data)
+        baseline, metric = _baseline(row, pid, data, settings.churn.horizon_days)
+        plan = ab_plan(baseline, float(row[CUSTOMERS]), ab, pid in DECREASE_PLAYS)
+        impact = value * play.uplift if math.isfinite(value) else math.nan
+        weeks = "" if plan.weeks_needed is None else f", {plan.weeks_needed:.0f} weeks"
+        size = "" if plan.sample_size_per_arm is None else f"{plan.sample_size_per_arm:,} per arm{weeks}"
+        rationale = (
+            f"{row[SEGMENT]}: {int(row[CUSTOMERS]):,} customers, {sym}{value:,.0f} {basis}; "
+            f"assumed uplift {play.uplift:.0%} (report.uplift.{pid}) gives {sym}{impact:,.0f}. "
+            f"Test: baseline {plan.baseline_rate:.1%} ({metric}), {size or 'no test possible'}"
+            + (f"; {plan.flag}" if plan.flag else "")
+            + "."
+        )
+        records.append(
+            {
+                "play": pid,
+                "play_name": play.name,
+                "segment": str(row[SEGMENT]),
+                "segment_type": view.segment_type,
+                "customers": int(row[CUSTOMERS]),
+                "value_basis": basis,
+                "value_at_stake": value,
+                "uplift_assumption": play.uplift,
+                "impact": impact,
+                "effort": play.effort,
+                "priority": impact / play.effort if math.isfinite(impact) else math.nan,
+                "baseline_metric": metric,
+                "baseline_rate": plan.baseline_rate,
+                "mde": abs(plan.target_rate - plan.baseline_rate),
+                "mde_relative": ab.mde_relative,
+                "target_rate": plan.target_rate,
+                "alpha": ab.alpha,
+                "power": ab.power,
+                "sample_size_per_arm": plan.sample_size_per_arm,
+                "weeks_needed": plan.weeks_needed,
+                "testable": plan.testable,
+                "test_flag": plan.flag,
+                "owner": play.owner,
+                "action": play.action,
+                "rationale": rationale,
+            }
+        )
+    if not records:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in RECOMMENDATION_COLUMNS})
+    df = pd.DataFrame.from_records(records)
+    df = df.sort_values(
+        ["priority", "impact", "customers", "segment"],
+        ascending=[False, False, False, True],
+        na_position="last",
+    )
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    threshold = float(np.nanmedian(df["impact"])) if df["impact"].notna().any() else math.nan
+    high = df["impact"] >= threshold
+    low_effort = df["effort"] <= 2
+    df["quadrant"] = np.select(
+        [high & low_effort, high & ~low_effort, ~high & low_effort],
+        ["Quick win", "Big bet", "Fill-in"],
+        default="Deprioritise",
+    )
+    df["sample_size_per_arm"] = df["sample_size_per_arm"].astype("Int64")
+    df["weeks_needed"] = pd.to_numeric(df["weeks_needed"], errors="coerce")
+    return df[list(RECOMMENDATION_COLUMNS)].reset_index(drop=True)

@@ -1,0 +1,983 @@
+"""Build the report: collect -> recommend -> charts -> HTML + Markdown + PNGs, and the BI tables.
+
+:func:`build_report` is the one entry point. It writes ``<out_dir>/<run_id>/`` (``report.html``,
+``report.md``, ``figures/*.png``) and copies the folder to ``<out_dir>/latest/``; it returns the
+``report_summary`` and ``recommendations`` tables as pandas DataFrames for the pipeline to write.
+
+The HTML is self-contained: inline CSS, the PNGs embedded as base64 data URIs, no script and no
+network resource, so it opens offline and prints. The Markdown has the same text with the PNGs
+beside it. Every number shown is formatted from the collected aggregates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from segspark.config import Milestone, Settings
+from segspark.errors import SegsparkError
+from segspark.report import charts as C
+from segspark.report.collect import (
+    CHURN_RISK,
+    CLV,
+    CUSTOMERS,
+    LIFECYCLE_ORDER,
+    LIFECYCLE_STAGE,
+    OTHER,
+    PERSONA,
+    REVENUE,
+    RFM_SEGMENT,
+    SEGMENT,
+    SEGMENT_TYPES,
+    UNASSIGNED,
+    ReportData,
+    SegmentView,
+    collect,
+)
+from segspark.report.recommend import AT_RISK_SEGMENTS, dominant_stage, play_for, play_settings, recommend
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS: tuple[str, ...] = ("metric", "value", "unit", "text")
+LATEST = "latest"
+FIGURES = "figures"
+
+WORDS: dict[str, dict[str, str]] = {
+    "retail": {
+        "customers": "customers",
+        "customer": "customer",
+        "Customers": "Customers",
+        "orders": "orders",
+        "business": "B2C e-commerce",
+    },
+    "saas": {
+        "customers": "accounts",
+        "customer": "account",
+        "Customers": "Accounts",
+        "orders": "renewals and expansions",
+        "business": "B2B SaaS",
+    },
+}
+DEFAULT_MILESTONES: dict[str, list[Milestone]] = {
+    "retail": [
+        Milestone(
+            name="Approve plays, assumptions and test plans", owner="Head of CRM", start_week=0, weeks=1
+        ),
+        Milestone(
+            name="Build audiences from customer_segments in the CRM / ESP",
+            owner="Data engineering",
+            start_week=1,
+            weeks=1,
+        ),
+        Milestone(
+            name="Launch A/B tests of the top plays", owner="CRM / lifecycle marketing", start_week=2, weeks=1
+        ),
+        Milestone(
+            name="Read out tests; scale winners, stop losers", owner="Analytics", start_week=10, weeks=1
+        ),
+        Milestone(
+            name="Refresh assumptions in the config from test results",
+            owner="Analytics",
+            start_week=11,
+            weeks=1,
+        ),
+    ],
+    "saas": [
+        Milestone(
+            name="Approve plays, assumptions and test plans",
+            owner="VP Customer Success",
+            start_week=0,
+            weeks=1,
+        ),
+        Milestone(name="Sync segments and health scores to the CRM", owner="RevOps", start_week=1, weeks=2),
+        Milestone(
+            name="Launch A/B tests of the top plays", owner="Customer success / growth", start_week=3, weeks=1
+        ),
+        Milestone(
+            name="Read out tests; scale winners into playbooks", owner="Analytics", start_week=11, weeks=1
+        ),
+        Milestone(
+            name="Refresh assumptions in the config from test results",
+            owner="Analytics",
+            start_week=12,
+            weeks=1,
+        ),
+    ],
+}
+TYPE_LABELS: dict[str, str] = {
+    RFM_SEGMENT: "RFM segment",
+    LIFECYCLE_STAGE: "lifecycle stage",
+    PERSONA: "persona",
+    "value_tier": "value tier",
+}
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` produced."""
+
+    html_path: Path
+    md_path: Path
+    figures_dir: Path
+    latest_dir: Path
+    summary: pd.DataFrame  # report_summary: metric, value, unit, text
+    recommendations: pd.DataFrame  # see recommend.RECOMMENDATION_COLUMNS
+    figures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    data: ReportData | None = field(default=None, repr=False)  # the collected aggregates
+
+
+# --- formatting -------------------------------------------------------------------------------------
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return x is not None and not pd.isna(x) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_float(x: Any) -> float:
+    return float(x) if _finite(x) else math.nan
+
+
+def fmt_int(x: Any) -> str:
+    return f"{round(float(x)):,}" if _finite(x) else "–"
+
+
+def fmt_money(x: Any, sym: str) -> str:
+    if not _finite(x):
+        return "–"
+    v = float(x)
+    return f"-{sym}{-v:,.0f}" if v < 0 else f"{sym}{v:,.0f}"
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    return f"{float(x) * 100:.{digits}f}%" if _finite(x) else "–"
+
+
+def fmt_num(x: Any, digits: int = 2) -> str:
+    return f"{float(x):,.{digits}f}" if _finite(x) else "–"
+
+
+class Fmt:
+    """Formatters bound to the report's currency symbol (also used by the templates)."""
+
+    def __init__(self, sym: str) -> None:
+        self.sym = sym
+
+    def count(self, x: Any) -> str:
+        return fmt_int(x)
+
+    def money(self, x: Any) -> str:
+        return fmt_money(x, self.sym)
+
+    def pct(self, x: Any, digits: int = 1) -> str:
+        return fmt_pct(x, digits)
+
+    def num(self, x: Any, digits: int = 2) -> str:
+        return fmt_num(x, digits)
+
+
+@dataclass
+class Table:
+    """A table ready for both templates: header and rows of strings."""
+
+    header: list[str]
+    rows: list[list[str]]
+    swatches: list[str] | None = None  # a colour per row (segment tables)
+
+
+# --- findings and summary ---------------------------------------------------------------------------
+
+
+def _named(view: SegmentView) -> pd.DataFrame:
+    t = view.table
+    return t[~t[SEGMENT].isin([OTHER, UNASSIGNED])]
+
+
+def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, Any]]:
+    """The three computed findings of the executive summary (metric, value, unit, text)."""
+    w = WORDS[settings.report.preset]
+    out: list[dict[str, Any]] = []
+    t = data.totals
+    primary = data.primary_type()
+    if primary is not None:
+        named = _named(data.segments[primary])
+        named = named[named[REVENUE] > 0]
+        if not named.empty:
+            r = named.loc[(named["revenue_share"] - named["customer_share"]).idxmax()]
+            out.append(
+                {
+                    "metric": "top_segment_revenue_share",
+                    "value": float(r["revenue_share"]),
+                    "unit": "share",
+                    "text": f"{r[SEGMENT]} are {fmt.pct(r['customer_share'])} of {w['customers']} and "
+                    f"{fmt.pct(r['revenue_share'])} of net revenue.",
+                    "segment": str(r[SEGMENT]),
+                    "customer_share": float(r["customer_share"]),
+                }
+            )
+    risk_rows, label = None, ""
+    if RFM_SEGMENT in data.segments:
+        view = data.segments[RFM_SEGMENT]
+        rows = view.table[view.table[SEGMENT].isin(AT_RISK_SEGMENTS)]
+        rows = rows.sort_values(SEGMENT, key=lambda s: s.map(AT_RISK_SEGMENTS.index))
+        if not rows.empty:
+            risk_rows, label = rows, " and ".join(str(s) for s in rows[SEGMENT])
+    if risk_rows is None and LIFECYCLE_STAGE in data.segments:
+        row = data.segments[LIFECYCLE_STAGE].row("at_risk")
+        if row is not None:
+            risk_rows, label = pd.DataFrame([row]), "the at-risk lifecycle stage"
+    if risk_rows is not None:
+        n = float(risk_rows[CUSTOMERS].sum())
+        if data.has.get(CLV) and float(risk_rows["n_clv"].sum()) > 0:
+            v, what = float(risk_rows["sum_clv"].sum()), "predicted CLV"
+        else:
+            v, what = float(risk_rows[REVENUE].sum()), "net revenue to date"
+        out.append(
+            {
+                "metric": "value_at_risk",
+                "value": v,
+                "unit": "currency",
+                "text": f"{fmt.money(v)} of {what} sits in {label} ({fmt.count(n)} {w['customers']}, "
+                f"{fmt.pct(n / t[CUSTOMERS] if t[CUSTOMERS] else math.nan)} of all).",
+            }
+        )
+    if data.has.get(CHURN_RISK) and t[f"n_{CHURN_RISK}"] > 0:
+        share = t["high_churn_risk"] / t[f"n_{CHURN_RISK}"]
+        out.append(
+            {
+                "metric": "high_churn_risk_share",
+                "value": share,
+                "unit": "share",
+                "text": f"{fmt.pct(share)} of scored {w['customers']} have a high churn risk "
+                f"(at least {fmt.pct(settings.churn.high_risk_threshold, 0)} of not buying within "
+                f"{settings.churn.horizon_days} days).",
+            }
+        )
+    if LIFECYCLE_STAGE in data.segments and len(out) < 3:
+        row = data.segments[LIFECYCLE_STAGE].row("churned")
+        if row is not None and t["buyers"]:
+            share = float(row[CUSTOMERS]) / t["buyers"]
+            out.append(
+                {
+                    "metric": "churned_buyer_share",
+                    "value": share,
+                    "unit": "share",
+                    "text": f"{fmt.pct(share)} of buyers have lapsed (no purchase for more than "
+                    f"{settings.lifecycle.churned_days} days).",
+                }
+            )
+    if len(out) < 3 and t["buyers"]:
+        share = (t["buyers"] - t["repeat_buyers"]) / t["buyers"]
+        out.append(
+            {
+                "metric": "one_time_buyer_share",
+                "value": share,
+                "unit": "share",
+                "text": f"{fmt.pct(share)} of buyers have bought only once.",
+            }
+        )
+    return out[:3]
+
+
+def summary_table(
+    data: ReportData, recs: pd.DataFrame, found: list[dict[str, Any]], settings: Settings
+) -> pd.DataFrame:
+    """``report_summary``: one row per headline figure (metric, value, unit, text)."""
+    t = data.totals
+    sym = settings.report.currency_symbol
+    fmt = Fmt(sym)
+    rows: list[tuple[str, float | None, str, str]] = [
+        ("customers", t[CUSTOMERS], "customers", fmt.count(t[CUSTOMERS])),
+        ("buyers", t["buyers"], "customers", fmt.count(t["buyers"])),
+        ("revenue", t[REVENUE], "currency", fmt.money(t[REVENUE])),
+        (
+            "revenue_per_buyer",
+            t[REVENUE] / t["buyers"] if t["buyers"] else None,
+            "currency",
+            fmt.money(t[REVENUE] / t["buyers"] if t["buyers"] else None),
+        ),
+    ]
+    if t[f"n_{CLV}"] > 0:
+        rows += [
+            ("total_clv", t[f"sum_{CLV}"], "currency", fmt.money(t[f"sum_{CLV}"])),
+            (
+                "avg_clv",
+                t[f"sum_{CLV}"] / t[f"n_{CLV}"],
+                "currency",
+                fmt.money(t[f"sum_{CLV}"] / t[f"n_{CLV}"]),
+            ),
+        ]
+    if t[f"n_{CHURN_RISK}"] > 0:
+        avg = t[f"sum_{CHURN_RISK}"] / t[f"n_{CHURN_RISK}"]
+        rows.append(("avg_churn_risk", avg, "share", fmt.pct(avg)))
+    for i, f in enumerate(found, start=1):
+        rows.append((f"finding_{i}", f["value"], f["unit"], f["text"]))
+        rows.append((f["metric"], f["value"], f["unit"], f["text"]))
+    for m, v in sorted(data.cohort_retention_at.items()):
+        rows.append((f"retention_month_{m}", v, "share", fmt.pct(v)))
+    merged_segments = sum(v.merged_segments for v in data.segments.values())
+    rows += [
+        ("min_segment_size", float(data.k), "customers", fmt.count(data.k)),
+        ("segments_merged", float(merged_segments), "count", fmt.count(merged_segments)),
+    ]
+    for st, view in data.segments.items():
+        rows.append((f"segments_shown_{st}", float(len(view.table)), "count", fmt.count(len(view.table))))
+    if not recs.empty:
+        rows += [
+            ("plays", float(len(recs)), "count", fmt.count(len(recs))),
+            ("testable_plays", float(recs["testable"].sum()), "count", fmt.count(recs["testable"].sum())),
+            ("total_impact", float(recs["impact"].sum()), "currency", fmt.money(recs["impact"].sum())),
+        ]
+        for _, r in recs.head(3).iterrows():
+            rows.append(
+                (
+                    f"top_play_{int(r['rank'])}",
+                    float(r["impact"]),
+                    "currency",
+                    f"{r['play_name']} for {r['segment']}: {fmt.money(r['impact'])} impact (assumed), "
+                    f"effort {r['effort']}" + ("" if r["testable"] else f"; {r['test_flag']}"),
+                )
+            )
+    cl = data.clustering
+    if cl and cl["chosen"].get("k") is not None:
+        rows.append(("chosen_k", float(cl["chosen"]["k"]), "count", str(cl["chosen"].get("reason", ""))))
+        sil = (cl["chosen"].get("final_metrics") or {}).get("silhouette")
+        if _finite(sil):
+            rows.append(("silhouette", _as_float(sil), "index", fmt.num(sil, 3)))
+    if data.clv_fit:
+        for key in ("holdout_mae", "holdout_total_error_pct"):
+            v = data.clv_fit["validation"].get(key)
+            if _finite(v):
+                rows.append(
+                    (f"clv_{key}", float(v), "pct" if key.endswith("pct") else "purchases", fmt.num(v, 3))
+                )
+    if data.churn:
+        for key, v in data.churn.items():
+            if "auc" in key.lower():
+                rows.append(
+                    (f"churn_{key}" if not key.startswith("churn") else key, v, "index", fmt.num(v, 3))
+                )
+    if data.quality is not None:
+        q = float(data.quality["rows"].sum()) if len(data.quality) else 0.0
+        rows.append(("quarantined_rows", q, "rows", fmt.count(q)))
+    for dim, share in sorted(data.moved_share.items()):
+        rows.append((f"moved_share_{dim}", share, "share", fmt.pct(share)))
+    out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    out["value"] = pd.to_numeric(out["value"], errors="coerce").astype("float64")
+    return out.drop_duplicates("metric", keep="first").reset_index(drop=True)
+
+
+# --- tables for the templates ----------------------------------------------------------------------
+
+
+def _mix_text(view: SegmentView, segment: str) -> str:
+    mix = view.lifecycle_mix
+    if mix is None or segment not in mix.index:
+        return "–"
+    row = mix.loc[segment]
+    total = float(row.sum())
+    if not total:
+        return "–"
+    parts = [(str(s), float(v) / total) for s, v in row.items() if v]
+    parts.sort(key=lambda p: -p[1])
+    return ", ".join(f"{s.replace('_', ' ')} {p * 100:.0f}%" for s, p in parts[:3])
+
+
+def _traits(row: pd.Series, data: ReportData, fmt: Fmt) -> str:
+    t = data.totals
+    bits = []
+
+    def overall(m: str) -> float:
+        return t[f"sum_{m}"] / t[f"n_{m}"] if t[f"n_{m}"] else math.nan
+
+    mon, all_mon = _as_float(row.get("mean_monetary")), overall("monetary")
+    if _finite(mon) and _finite(all_mon) and all_mon:
+        ratio = mon / all_mon
+        bits.append(f"net revenue {fmt.money(mon)} each ({ratio:.1f}x the average {fmt.money(all_mon)})")
+    fr, all_fr = row.get("mean_frequency"), overall("frequency")
+    if _finite(fr) and _finite(all_fr):
+        bits.append(f"{fmt.num(fr, 1)} purchases (average {fmt.num(all_fr, 1)})")
+    rec, all_rec = row.get("mean_recency_days"), overall("recency_days")
+    if _finite(rec) and _finite(all_rec):
+        bits.append(f"last purchase {fmt.count(rec)} days ago (average {fmt.count(all_rec)})")
+    return "; ".join(bits) or "–"
+
+
+def segment_profile_table(
+    view: SegmentView, data: ReportData, settings: Settings, fmt: Fmt, colours: dict[str, str]
+) -> Table:
+    plays = play_settings(settings)
+    header = [
+        "Segment",
+        "Customers",
+        "% customers",
+        "% revenue",
+        "R / F / M",
+        "Recency (days)",
+        "Purchases",
+        "Revenue / customer",
+    ]
+    has_clv, has_churn = data.has.get(CLV), data.has.get(CHURN_RISK)
+    if has_clv:
+        header += ["Avg CLV", "CLV total"]
+    if has_churn:
+        header += ["Churn risk", "High risk"]
+    header += ["Lifecycle mix", "Suggested play"]
+    rows = []
+    for _, r in view.table.iterrows():
+        rfm = " / ".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score"))
+        row = [
+            str(r[SEGMENT]),
+            fmt.count(r[CUSTOMERS]),
+            fmt.pct(r["customer_share"]),
+            fmt.pct(r["revenue_share"]),
+            rfm,
+            fmt.num(r.get("mean_recency_days"), 0),
+            fmt.num(r.get("mean_frequency"), 1),
+            fmt.money(r.get("mean_monetary")),
+        ]
+        if has_clv:
+            row += [fmt.money(r.get("mean_clv")), fmt.money(r.get("sum_clv"))]
+        if has_churn:
+            row += [fmt.pct(r.get("mean_churn_risk")), fmt.pct(r.get("high_churn_risk_share"))]
+        pid = play_for(view.segment_type, r, settings.rfm.bins, dominant_stage(view, str(r[SEGMENT])))
+        row += [_mix_text(view, str(r[SEGMENT])), plays[pid].name if pid else "–"]
+        rows.append(row)
+    return Table(header, rows, [colours.get(str(s), C.OTHER_COLOUR) for s in view.table[SEGMENT]])
+
+
+def persona_cards(
+    data: ReportData, settings: Settings, fmt: Fmt, colours: dict[str, str]
+) -> list[dict[str, Any]]:
+    view = data.segments.get(PERSONA)
+    if view is None:
+        return []
+    plays = play_settings(settings)
+    desc: dict[str, str] = {}
+    prof = (data.clustering or {}).get("profiles")
+    if isinstance(prof, pd.DataFrame) and "persona_description" in prof.columns:
+        desc = {str(p): str(d) for p, d in zip(prof[PERSONA], prof["persona_description"], strict=True)}
+    cards = []
+    for _, r in view.table.iterrows():
+        name = str(r[SEGMENT])
+        pid = play_for(PERSONA, r, settings.rfm.bins, dominant_stage(view, name))
+        facts = [
+            ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])})"),
+            ("Revenue share", fmt.pct(r["revenue_share"])),
+            (
+                "R / F / M",
+                " / ".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score")),
+            ),
+        ]
+        if data.has.get(CLV):
+            facts.append(("Avg CLV", fmt.money(r.get("mean_clv"))))
+        if data.has.get(CHURN_RISK):
+            facts.append(("Churn risk", fmt.pct(r.get("mean_churn_risk"))))
+        facts.append(("Lifecycle mix", _mix_text(view, name)))
+        cards.append(
+            {
+                "name": name,
+                "colour": colours.get(name, C.OTHER_COLOUR),
+                "description": desc.get(name, ""),
+                "traits": _traits(r, data, fmt),
+                "facts": facts,
+                "play": f"{plays[pid].name}: {plays[pid].action}" if pid else "–",
+            }
+        )
+    return cards
+
+
+KPI_LABELS: dict[str, tuple[str, str]] = {
+    "customers": ("Customers", "count"),
+    "revenue": ("Revenue", "money"),
+    "revenue_share": ("% revenue", "pct"),
+    "avg_order_value": ("Avg order value", "money"),
+    "orders_per_customer": ("Orders / customer", "num"),
+    "repeat_purchase_rate": ("Repeat rate", "pct"),
+    "retention_rate": ("Retention", "pct"),
+    "churn_rate": ("Churned", "pct"),
+    "avg_clv": ("Avg CLV", "money"),
+    "avg_churn_risk": ("Churn risk", "pct"),
+    "conversion_rate_90d": ("Conversion 90d", "pct"),
+    "engaged_share_30d": ("Engaged 30d", "pct"),
+    "sessions_per_customer_30d": ("Sessions / cust. 30d", "num"),
+}
+
+
+def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str]) -> Table:
+    cols = [c for c in KPI_LABELS if c in wide.columns]
+    header = ["Segment", *[KPI_LABELS[c][0] for c in cols]]
+    rows = []
+    for seg, r in wide.iterrows():
+        rows.append([str(seg), *[getattr(fmt, KPI_LABELS[c][1])(r[c]) for c in cols]])
+    return Table(header, rows, [colours.get(str(s), C.OTHER_COLOUR) for s in wide.index])
+
+
+def ltv_cac_tables(ltv: pd.DataFrame, fmt: Fmt, primary: str | None) -> list[tuple[str, Table]]:
+    out = []
+    header = [
+        "Group",
+        "New customers",
+        "Spend",
+        "CAC",
+        "CAC status",
+        "Realized LTV",
+        "Predicted LTV",
+        "LTV:CAC",
+        "Predicted LTV:CAC",
+    ]
+
+    def rows(df: pd.DataFrame) -> list[list[str]]:
+        return [
+            [
+                str(r["segment"]),
+                fmt.count(r["new_customers"]),
+                fmt.money(r.get("spend")),
+                fmt.money(r["cac"]),
+                str(r["cac_status"]),
+                fmt.money(r["ltv_realized"]),
+                fmt.money(r["ltv_predicted"]),
+                fmt.num(r["ltv_to_cac"], 2),
+                fmt.num(r["ltv_predicted_to_cac"], 2),
+            ]
+            for _, r in df.iterrows()
+        ]
+
+    ch = ltv[ltv["level"] == "channel"]
+    if not ch.empty:
+        out.append(("By acquisition channel", Table(header, rows(ch.sort_values("segment")))))
+    seg = ltv[(ltv["level"] == "segment") & (ltv["segment_type"].isin([primary, "all"]))]
+    if not seg.empty:
+        out.append((f"By {TYPE_LABELS.get(primary or '', 'segment')}", Table(header, rows(seg))))
+    return out
+
+
+def recommendation_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
+    header = [
+        "#",
+        "Play",
+        "Segment",
+        "Customers",
+        "Value at stake",
+        "Uplift (assumed)",
+        "Impact",
+        "Effort",
+        "Quadrant",
+        "Owner",
+    ]
+    rows = [
+        [
+            str(r["rank"]),
+            str(r["play_name"]),
+            str(r["segment"]),
+            fmt.count(r["customers"]),
+            f"{fmt.money(r['value_at_stake'])} ({r['value_basis']})",
+            fmt.pct(r["uplift_assumption"], 0),
+            fmt.money(r["impact"]),
+            str(r["effort"]),
+            str(r["quadrant"]),
+            str(r["owner"]),
+        ]
+        for _, r in recs.iterrows()
+    ]
+    return Table(header, rows)
+
+
+def ab_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
+    header = [
+        "#",
+        "Play",
+        "Segment",
+        "Baseline rate",
+        "Baseline metric",
+        "MDE (abs.)",
+        "Target rate",
+        "Sample / arm",
+        "Weeks needed",
+        "Verdict",
+    ]
+    rows = []
+    for _, r in recs.iterrows():
+        weeks = fmt.count(r["weeks_needed"]) if _finite(r["weeks_needed"]) else "never (segment too small)"
+        rows.append(
+            [
+                str(r["rank"]),
+                str(r["play_name"]),
+                str(r["segment"]),
+                fmt.pct(r["baseline_rate"]),
+                str(r["baseline_metric"]),
+                fmt.pct(r["mde"], 2),
+                fmt.pct(r["target_rate"]),
+                fmt.count(r["sample_size_per_arm"]) if _finite(r["sample_size_per_arm"]) else "–",
+                weeks,
+                "testable" if r["testable"] else str(r["test_flag"]),
+            ]
+        )
+    return Table(header, rows)
+
+
+def frame_table(df: pd.DataFrame, fmt: Fmt, limit: int = 40) -> Table:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return fmt.num(v, 3)
+        if isinstance(v, int):
+            return fmt.count(v)
+        return "–" if v is None else str(v)
+
+    return Table(
+        [str(c) for c in df.columns],
+        [[cell(v) for v in row] for row in df.head(limit).itertuples(index=False)],
+    )
+
+
+def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
+    cfg = settings.report
+    start = cfg.start_date or ((as_of or dt.date.today()) + dt.timedelta(days=7))
+    steps = cfg.milestones or DEFAULT_MILESTONES[cfg.preset]
+    rows = []
+    for m in sorted(steps, key=lambda s: (s.start_week, s.name)):
+        begin = start + dt.timedelta(weeks=m.start_week)
+        end = begin + dt.timedelta(weeks=m.weeks) - dt.timedelta(days=1)
+        rows.append([m.name, m.owner, f"week {m.start_week}", begin.isoformat(), end.isoformat()])
+    return Table(["Milestone", "Owner", "Starts", "From", "To"], rows)
+
+
+def _code_version() -> str:
+    try:
+        from segspark.pipeline import code_version  # lazy: the pipeline imports the report
+
+        return code_version()
+    except Exception:  # lineage is best effort; the package version is always there
+        import segspark
+
+        return segspark.__version__
+
+
+def sql_appendix() -> list[tuple[str, str]]:
+    from segspark.sql import load_sql, sql_names
+
+    return [(f"{n}.sql", load_sql(n)) for n in sql_names()]
+
+
+# --- the entry point ---------------------------------------------------------------------------------
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=PackageLoader("segspark.report", "templates"),
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    return env
+
+
+def _context(
+    data: ReportData,
+    recs: pd.DataFrame,
+    charts: list[dict[str, Any]],
+    found: list[dict[str, Any]],
+    palettes: dict[str, dict[str, str]],
+    settings: Settings,
+    ctx_like: Any,
+) -> dict[str, Any]:
+    cfg = settings.report
+    fmt = Fmt(cfg.currency_symbol)
+    w = WORDS[cfg.preset]
+    t = data.totals
+    primary = data.primary_type()
+    top = recs.head(cfg.top_plays)
+    merges = [
+        {
+            "type": TYPE_LABELS.get(st, st),
+            "segments": v.merged_segments,
+            "customers": v.merged_customers,
+            "suppressed": v.suppressed_customers,
+        }
+        for st, v in data.segments.items()
+        if v.merged_segments
+    ]
+    profile_tables = [
+        (
+            TYPE_LABELS.get(st, st),
+            segment_profile_table(data.segments[st], data, settings, fmt, palettes.get(st, {})),
+        )
+        for st in (RFM_SEGMENT, LIFECYCLE_STAGE, "value_tier")
+        if st in data.segments
+    ]
+    kpis = [
+        (TYPE_LABELS.get(st, st), kpi_table(data.kpis[st], fmt, palettes.get(st, {})))
+        for st in (*SEGMENT_TYPES, "all")
+        if st in data.kpis
+    ]
+    cl = data.clustering
+    models: list[tuple[str, str]] = []
+    if cl:
+        ch = cl["chosen"]
+        fm = ch.get("final_metrics") or {}
+        models.append(("Clustering", str(ch.get("reason") or f"k = {ch.get('k')}")))
+        if fm:
+            models.append(
+                (
+                    "Clustering on all customers",
+                    ", ".join(f"{k.replace('_', ' ')} {fmt.num(v, 3)}" for k, v in fm.items() if _finite(v)),
+                )
+            )
+        if cl.get("hidden_clusters"):
+            models.append(("Clusters hidden (below minimum size)", fmt.count(cl["hidden_clusters"])))
+    if data.clv_fit:
+        c = data.clv_fit
+        models.append(
+            (
+                "CLV model",
+                f"{c.get('model')} ({c.get('reason')}); spend model {c.get('spend_model')}; "
+                f"calibration to {c.get('calibration_end')}, holdout to {c.get('holdout_end')}",
+            )
+        )
+        val = c["validation"]
+        keys = [
+            k
+            for k in (
+                "holdout_mae",
+                "holdout_rmse",
+                "holdout_corr",
+                "holdout_total_error_pct",
+                "histogram_chi2",
+            )
+            if k in val
+        ]
+        if keys:
+            models.append(
+                (
+                    "CLV holdout validation",
+                    ", ".join(f"{k.replace('_', ' ')} {fmt.num(val[k], 3)}" for k in keys),
+                )
+            )
+    if data.churn:
+        models.append(
+            (
+                "Churn model",
+                ", ".join(f"{k.replace('_', ' ')} {fmt.num(v, 3)}" for k, v in sorted(data.churn.items())),
+            )
+        )
+    inputs = Table(
+        ["Source", "Location", "Format", "Version", "Rows in", "Clean", "Quarantined"],
+        [
+            [
+                i["name"],
+                str(i["location"]),
+                str(i["format"]),
+                "–" if i["version"] is None else str(i["version"]),
+                fmt.count(i["rows_in"]),
+                fmt.count(i["rows_clean"]),
+                fmt.count(i["rows_quarantined"]),
+            ]
+            for i in data.inputs
+        ],
+    )
+    quality = (
+        Table(
+            ["Table", "Rule", "Rows quarantined"],
+            [[str(r.source_table), str(r.rule), fmt.count(r.rows)] for r in data.quality.itertuples()],
+        )
+        if data.quality is not None and len(data.quality)
+        else None
+    )
+    outputs = Table(
+        ["Table", "Delta version"],
+        [[n, "–" if v is None else str(v)] for n, v in sorted(data.outputs.items())],
+    )
+    features = sorted(set(cl["features"])) if cl and cl.get("features") else []
+    drift_rows = []
+    for dim, share in sorted(data.moved_share.items()):
+        drift_rows.append(
+            f"{fmt.pct(share)} of {w['customers']} present in both runs changed {TYPE_LABELS.get(dim, dim)}."
+        )
+    prev_table = None
+    if data.previous_summary is not None and {"metric", "value"} <= set(data.previous_summary.columns):
+        prev_table = data.previous_summary
+    retention = [(f"Month {m}", fmt.pct(v)) for m, v in sorted(data.cohort_retention_at.items())]
+    life = data.segments.get(LIFECYCLE_STAGE)
+    life_kpis = []
+    if life is not None:
+        for stage in LIFECYCLE_ORDER:
+            r = life.row(stage)
+            if r is not None:
+                life_kpis.append(
+                    (stage.replace("_", " "), fmt.count(r[CUSTOMERS]), fmt.pct(r["customer_share"]))
+                )
+    return {
+        "title": cfg.title,
+        "preset": cfg.preset,
+        "w": w,
+        "fmt": fmt,
+        "run_id": data.run_id,
+        "as_of_date": data.as_of_date.isoformat() if data.as_of_date else "–",
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "k": data.k,
+        "headline": [
+            (w["Customers"], fmt.count(t[CUSTOMERS])),
+            ("Buyers", fmt.count(t["buyers"])),
+            ("Net revenue", fmt.money(t[REVENUE])),
+            *([("Predicted CLV", fmt.money(t[f"sum_{CLV}"]))] if t[f"n_{CLV}"] > 0 else []),
+            *(
+                [("Avg churn risk", fmt.pct(t[f"sum_{CHURN_RISK}"] / t[f"n_{CHURN_RISK}"]))]
+                if t[f"n_{CHURN_RISK}"] > 0
+                else []
+            ),
+        ],
+        "findings": [f["text"] for f in found],
+        "top3": [
+            {
+                "rank": int(r["rank"]),
+                "name": r["play_name"],
+                "segment": r["segment"],
+                "impact": fmt.money(r["impact"]),
+                "effort": int(r["effort"]),
+                "testable": bool(r["testable"]),
+                "flag": r["test_flag"],
+                "action": r["action"],
+            }
+            for _, r in recs.head(3).iterrows()
+        ],
+        "primary": TYPE_LABELS.get(primary or "", "segment"),
+        "inputs": inputs,
+        "quality": quality,
+        "features": features,
+        "models": models,
+        "profile_tables": profile_tables,
+        "personas": persona_cards(data, settings, fmt, palettes.get(PERSONA, {})),
+        "kpis": kpis,
+        "retention": retention,
+        "life_kpis": life_kpis,
+        "ltv_cac": ltv_cac_tables(data.ltv_cac, fmt, primary) if data.ltv_cac is not None else [],
+        "charts": charts,
+        "chart": {c["name"]: c for c in charts},
+        "recs": recommendation_table(recs, fmt) if not recs.empty else None,
+        "ab": ab_table(top, fmt) if not top.empty else None,
+        "ab_cfg": cfg.ab_test,
+        "top_n": cfg.top_plays,
+        "plays": [
+            (p.name, p.action, fmt.pct(p.uplift, 0), p.effort, p.owner)
+            for p in play_settings(settings).values()
+        ],
+        "plan": plan_rows(settings, data.as_of_date),
+        "scoring_cadence": cfg.scoring_cadence,
+        "refit_cadence": cfg.refit_cadence,
+        "privacy": settings.privacy,
+        "merges": merges,
+        "hidden": {
+            "rfm_cells": data.rfm_grid_hidden,
+            "cohorts": data.cohorts_hidden,
+            "ltv_groups": data.ltv_cac_hidden,
+            "flows": data.transitions_hidden,
+        },
+        "retention_hours": settings.lakehouse.vacuum_retention_hours,
+        "drift": drift_rows,
+        "drift_table": frame_table(data.drift, fmt) if data.drift is not None and len(data.drift) else None,
+        "first_run": data.first_run,
+        "prev": frame_table(prev_table[["metric", "value"]], fmt) if prev_table is not None else None,
+        "config_hash": settings.config_hash(),
+        "code_version": _code_version(),
+        "outputs": outputs,
+        "notes": data.notes,
+        "sql": sql_appendix(),
+        "config_yaml": yaml.safe_dump(settings.as_dict(), sort_keys=False, default_flow_style=False),
+    }
+
+
+def _palettes(data: ReportData) -> dict[str, dict[str, str]]:
+    out = {st: C.palette(v.names()) for st, v in data.segments.items()}
+    if data.transitions is not None:
+        for dim, g in data.transitions.groupby("dimension"):
+            names = [*out.get(str(dim), {}), *g["from_segment"].dropna(), *g["to_segment"].dropna()]
+            out[str(dim)] = {**C.palette(names), **out.get(str(dim), {})}
+    return out
+
+
+def build_report(ctx_like: Any, tables: dict[str, Any], out_dir: Path, settings: Settings) -> ReportResult:
+    """Build the report of one run and return where it is plus the ``report_summary`` and
+    ``recommendations`` tables (pandas; the pipeline writes them).
+
+    ``ctx_like``: the :class:`segspark.pipeline.RunContext` or anything with ``run_id``, ``as_of_date``,
+    and optionally ``inputs``, ``outputs`` and ``results`` (``clustering``, ``clv``, ``churn``).
+    ``tables``: the run's Spark DataFrames by table name (``customer_segments`` required; the others
+    optional). ``out_dir``: the reports root, normally ``<output.path>/reports``.
+    """
+    started = time.perf_counter()
+    run_id = str(getattr(ctx_like, "run_id", "") or "")
+    if not run_id or not all(ch.isalnum() or ch in "-_" for ch in run_id):
+        raise SegsparkError(f"report: run id {run_id!r} cannot name a report folder")
+    cfg = settings.report
+    data = collect(ctx_like, tables, settings)
+    recs = recommend(data, settings)
+    fmt = Fmt(cfg.currency_symbol)
+    found = findings(data, settings, fmt)
+    summary = summary_table(data, recs, found, settings)
+    palettes = _palettes(data)
+
+    out_dir = Path(out_dir)
+    run_dir = out_dir / run_id
+    staging = out_dir / f".{run_id}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    figures_dir = staging / FIGURES
+    figures_dir.mkdir(parents=True)
+    chart_list = C.make_charts(
+        data, recs, palettes, cfg.currency_symbol, settings.rfm.bins, cfg.ltv_cac_target
+    )
+    charts = []
+    for ch in chart_list:
+        png = C.to_png(ch.figure, figures_dir / f"{ch.name}.png", cfg.figure_dpi)
+        charts.append(
+            {
+                "name": ch.name,
+                "title": ch.title,
+                "caption": ch.caption,
+                "file": f"{FIGURES}/{ch.name}.png",
+                "uri": C.data_uri(png),
+            }
+        )
+    context = _context(data, recs, charts, found, palettes, settings, ctx_like)
+    env = _env()
+    (staging / "report.html").write_text(
+        env.get_template("report.html.j2").render(**context), encoding="utf-8"
+    )
+    (staging / "report.md").write_text(env.get_template("report.md.j2").render(**context), encoding="utf-8")
+    # replace this run's folder and latest/ in one step each, so readers never see half a report
+    shutil.rmtree(run_dir, ignore_errors=True)
+    staging.rename(run_dir)
+    latest = out_dir / LATEST
+    latest_tmp = out_dir / f".{LATEST}.tmp"
+    shutil.rmtree(latest_tmp, ignore_errors=True)
+    shutil.copytree(run_dir, latest_tmp)
+    shutil.rmtree(latest, ignore_errors=True)
+    latest_tmp.rename(latest)
+    seconds = time.perf_counter() - started
+    log.info("report written to %s in %.1f s (%d charts)", run_dir, seconds, len(charts))
+    return ReportResult(
+        html_path=run_dir / "report.html",
+        md_path=run_dir / "report.md",
+        figures_dir=run_dir / FIGURES,
+        latest_dir=latest,
+        summary=summary,
+        recommendations=recs,
+        figures=[c["name"] for c in charts],
+        seconds=seconds,
+        data=data,
+    )

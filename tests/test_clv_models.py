@@ -1,0 +1,176 @@
+"""CLV model maths (no Spark): published CDNOW figures, lifetimes as reference, simulation recovery."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segspark.clv import models as M
+from segspark.errors import SegsparkError
+
+lifetimes = pytest.importorskip("lifetimes")
+
+# Fader, Hardie & Lee (2005) "Counting your customers the easy way", and the Gamma-Gamma note
+PUBLISHED_BG = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+PUBLISHED_BG_LL = -9582.4
+PUBLISHED_PARETO = {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}
+PUBLISHED_GG = {"p": 6.25, "q": 3.74, "gamma": 15.44}
+SPOT_T = [1.0, 3.0, 32.0, 78.0]
+SPOT_VALUES = [0.0532, 0.1506, 1.0437, 1.8576]
+
+
+@pytest.fixture(scope="module")
+def cdnow() -> pd.DataFrame:
+    """The published CDNOW calibration summary (x, t_x, T, zbar) shipped with lifetimes."""
+    path = os.path.join(
+        os.path.dirname(lifetimes.__file__), "datasets", "cdnow_customers_summary_with_transactions.csv"
+    )
+    return pd.read_csv(path)
+
+
+@pytest.fixture(scope="module")
+def cdnow_stats(cdnow: pd.DataFrame) -> M.RfmStats:
+    return M.RfmStats.from_arrays(cdnow["x"], cdnow["t_x"], cdnow["T"])
+
+
+def _close(got: dict[str, float], want: dict[str, float], rel: float) -> None:
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=rel), f"{k}: {got[k]} vs {v}"
+
+
+def test_bgnbd_log_likelihood_at_published_parameters(cdnow_stats: M.RfmStats) -> None:
+    ll = M.log_likelihood(M.BGNBD, list(PUBLISHED_BG.values()), cdnow_stats)
+    assert ll == pytest.approx(PUBLISHED_BG_LL, abs=0.5)
+
+
+def test_bgnbd_fit_reproduces_published_cdnow(cdnow_stats: M.RfmStats) -> None:
+    fit = M.fit_transactions(M.BGNBD, cdnow_stats)
+    _close(fit.params, PUBLISHED_BG, 0.005)
+    assert fit.log_likelihood == pytest.approx(PUBLISHED_BG_LL, rel=0.005)
+    assert fit.converged and fit.grad_norm < 1e-2
+    assert all(0 < fit.se[k] < fit.params[k] for k in fit.params)
+    spots = M.expected_purchases_new(M.BGNBD, fit.values, SPOT_T)
+    np.testing.assert_allclose(spots, SPOT_VALUES, rtol=1e-3)
+
+
+def test_pareto_and_gamma_gamma_reproduce_published_cdnow(
+    cdnow: pd.DataFrame, cdnow_stats: M.RfmStats
+) -> None:
+    fit = M.fit_transactions(M.PARETO_NBD, cdnow_stats)
+    _close(fit.params, PUBLISHED_PARETO, 0.005)
+    rep = cdnow[cdnow["x"] > 0]
+    gg = M.fit_gamma_gamma(M.SpendStats.from_arrays(rep["x"], rep["zbar"]))
+    _close(gg.params, PUBLISHED_GG, 0.005)
+
+
+def test_mbgnbd_matches_lifetimes(cdnow: pd.DataFrame, cdnow_stats: M.RfmStats) -> None:
+    ref = lifetimes.ModifiedBetaGeoFitter().fit(cdnow["x"], cdnow["t_x"], cdnow["T"])
+    fit = M.fit_transactions(M.MBGNBD, cdnow_stats)
+    _close(fit.params, dict(ref.params_), 1e-4)
+    # MBG/NBD does not pin P(alive) to 1 for one-time buyers
+    assert M.p_alive(M.MBGNBD, fit.values, 0.0, 0.0, 30.0)[()] < 1.0
+    assert M.p_alive(M.BGNBD, fit.values, 0.0, 0.0, 30.0)[()] == 1.0
+
+
+def test_compressed_fit_equals_uncompressed(cdnow_stats: M.RfmStats) -> None:
+    compressed = cdnow_stats.compress()
+    assert compressed.n_rows < cdnow_stats.n_rows and compressed.n_customers == cdnow_stats.n_customers
+    for model in (M.BGNBD, M.MBGNBD):
+        full = M.fit_transactions(model, cdnow_stats)
+        small = M.fit_transactions(model, compressed)
+        _close(small.params, full.params, 1e-6)
+        assert small.log_likelihood == pytest.approx(full.log_likelihood, rel=1e-10)
+
+
+def test_predictions_match_lifetimes(cdnow: pd.DataFrame) -> None:
+    x, t_x, T = cdnow["x"].to_numpy(), cdnow["t_x"].to_numpy(), cdnow["T"].to_numpy()
+    for fitter, name in (
+        (lifetimes.BetaGeoFitter(), M.BGNBD),
+        (lifetimes.ModifiedBetaGeoFitter(), M.MBGNBD),
+        (lifetimes.ParetoNBDFitter(), M.PARETO_NBD),
+    ):
+        ref = fitter.fit(cdnow["x"], cdnow["t_x"], cdnow["T"])
+        params = ref.params_.to_numpy()
+        np.testing.assert_allclose(
+            M.p_alive(name, params, x, t_x, T), ref.conditional_probability_alive(x, t_x, T), rtol=1e-8
+        )
+        np.testing.assert_allclose(
+            M.expected_purchases(name, params, 39.0, x, t_x, T),
+            ref.conditional_expected_number_of_purchases_up_to_time(39.0, x, t_x, T),
+            rtol=1e-8,
+        )
+        if name != M.PARETO_NBD:
+            for n in range(4):
+                assert M.prob_n_purchases(name, params, np.array([39.0]), n)[0] == pytest.approx(
+                    ref.probability_of_n_purchases_up_to_time(39.0, n), rel=1e-8
+                )
+
+
+def test_discounted_clv_matches_lifetimes(cdnow: pd.DataFrame) -> None:
+    bg = lifetimes.BetaGeoFitter().fit(cdnow["x"], cdnow["t_x"], cdnow["T"])
+    rep = cdnow[cdnow["x"] > 0]
+    gg = lifetimes.GammaGammaFitter().fit(rep["x"], rep["zbar"])
+    want = gg.customer_lifetime_value(
+        bg, rep["x"], rep["t_x"], rep["T"], rep["zbar"], time=12, discount_rate=0.01, freq="W"
+    )
+    value = M.expected_avg_value(gg.params_.to_numpy(), rep["x"], rep["zbar"])
+    np.testing.assert_allclose(
+        value, gg.conditional_expected_average_profit(rep["x"], rep["zbar"]), rtol=1e-10
+    )
+    got = M.discounted_clv(
+        M.BGNBD, bg.params_.to_numpy(), rep["x"], rep["t_x"], rep["T"], value, 12, 0.01, 4.345
+    )
+    np.testing.assert_allclose(got, want.to_numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("model", "truth"),
+    [
+        (M.BGNBD, [0.25, 4.0, 0.8, 2.5]),
+        (M.MBGNBD, [0.5, 6.0, 0.9, 1.6]),
+        (M.PARETO_NBD, [0.55, 10.0, 0.6, 12.0]),
+    ],
+)
+def test_parameters_recovered_from_simulation(model: str, truth: list[float]) -> None:
+    rng = np.random.default_rng(7)
+    T = rng.integers(26 * 7, 78 * 7, 20_000) / 7.0  # ages between 26 and 78 weeks on a day grid
+    x, t_x = M.simulate(model, truth, T, seed=11)
+    fit = M.fit_transactions(model, M.RfmStats.from_arrays(x, np.round(t_x * 7) / 7, T).compress())
+    for name, want in zip(M.PARAM_NAMES[model], truth, strict=True):
+        # within 4 standard errors (a wrong likelihood or simulator is off by far more)
+        assert abs(fit.params[name] - want) < 4 * fit.se[name], (name, fit.params[name], want, fit.se[name])
+
+
+def test_gamma_gamma_recovered_from_simulation() -> None:
+    truth = [6.0, 4.0, 15.0]
+    x = np.random.default_rng(3).integers(1, 10, 20_000).astype(float)
+    m = M.simulate_spend(truth, x, seed=5)
+    fit = M.fit_gamma_gamma(M.SpendStats.from_arrays(x, m))
+    for name, want in zip(M.PARAM_NAMES["gamma_gamma"], truth, strict=True):
+        assert abs(fit.params[name] - want) < 4 * fit.se[name]
+
+
+def test_penalizer_shrinks_parameters(cdnow_stats: M.RfmStats) -> None:
+    free = M.fit_transactions(M.BGNBD, cdnow_stats)
+    pen = M.fit_transactions(M.BGNBD, cdnow_stats, penalizer=0.1)
+    assert np.sum(pen.values**2) < np.sum(free.values**2)
+    assert pen.log_likelihood < free.log_likelihood
+
+
+def test_invalid_statistics_are_rejected() -> None:
+    with pytest.raises(SegsparkError, match="t_x <= T"):
+        M.RfmStats.from_arrays([1.0], [5.0], [3.0])
+    with pytest.raises(SegsparkError, match="empty"):
+        M.RfmStats.from_arrays([], [], [])
+    with pytest.raises(SegsparkError, match="mean spend > 0"):
+        M.SpendStats.from_arrays([1.0, 2.0], [10.0, 0.0])
+
+
+def test_degenerate_data_fails_with_advice() -> None:
+    # nobody ever came back: r -> 0 and the likelihood has no interior maximum
+    stats = M.RfmStats.from_arrays(np.zeros(50), np.zeros(50), np.linspace(1, 50, 50))
+    with pytest.raises(SegsparkError, match="penalizer"):
+        M.fit_transactions(M.BGNBD, stats)

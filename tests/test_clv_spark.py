@@ -1,0 +1,295 @@
+"""CLV in Spark: hand-computed summary statistics, CDNOW from the raw transactions through run_clv."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from chispa import assert_df_equality
+from matplotlib.figure import Figure
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from segspark.clv import ClvResult, resolve_windows, run_clv
+from segspark.clv import models as M
+from segspark.clv import predict as P
+from segspark.clv import summary as S
+from segspark.config import ClvConfig
+from segspark.errors import ConfigError
+
+lifetimes = pytest.importorskip("lifetimes")
+
+TX_SCHEMA = T.StructType(
+    [
+        T.StructField("customer_id", T.StringType(), True),
+        T.StructField("order_id", T.StringType(), True),
+        T.StructField("order_ts", T.TimestampType(), True),
+        T.StructField("amount", T.DoubleType(), True),
+    ]
+)
+CAL_END = dt.date(1997, 9, 30)
+HOLD_END = dt.date(1998, 6, 30)
+PUBLISHED_BG = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+PUBLISHED_PARETO = {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}
+PUBLISHED_GG = {"p": 6.25, "q": 3.74, "gamma": 15.44}
+
+
+def ts(s: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(s)
+
+
+def _close(got: dict[str, float], want: dict[str, float], rel: float) -> None:
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=rel), f"{k}: {got[k]} vs {v}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary statistics on a hand-made example
+# ------------------------------------------------------------------------------------------------
+def test_summary_statistics_by_hand(spark: Any) -> None:
+    rows = [
+        # c1: first day 2024-01-01 (two orders that day = one purchase occasion, value 30)
+        ("c1", "o1", ts("2024-01-01 09:00:00"), 10.0),
+        ("c1", "o2", ts("2024-01-01 18:00:00"), 20.0),
+        # a fully returned order (net < 0 ... here -5): not a purchase
+        ("c1", "o3", ts("2024-01-05 10:00:00"), -5.0),
+        # repeat on 2024-01-15: an order with a return line, net 40 - 10 = 30
+        ("c1", "o4", ts("2024-01-15 10:00:00"), 40.0),
+        ("c1", "o4", ts("2024-01-15 10:00:00"), -10.0),
+        # repeat on the calibration end day itself (inclusive): free order, counts, value 0
+        ("c1", "o5", ts("2024-01-29 23:59:59"), 0.0),
+        # holdout purchase, and one after the holdout end (ignored)
+        ("c1", "o6", ts("2024-02-10 12:00:00"), 15.0),
+        ("c1", "o7", ts("2024-03-10 12:00:00"), 15.0),
+        # c2: one-time buyer on the calibration end day: x = 0, T = 0
+        ("c2", "o8", ts("2024-01-29 00:00:00"), 50.0),
+        # c3: only in the holdout: not in the summary
+        ("c3", "o9", ts("2024-02-01 00:00:00"), 25.0),
+        # null customer and null timestamp rows are ignored; null amount counts as 0
+        (None, "o10", ts("2024-01-02 00:00:00"), 99.0),
+        ("c4", "o11", None, 99.0),
+        ("c4", "o12", ts("2024-01-08 00:00:00"), None),
+    ]
+    tx = spark.createDataFrame(rows, TX_SCHEMA)
+    got = S.summary_statistics(tx, dt.date(2024, 1, 29), "week", dt.date(2024, 2, 29))
+    expected_schema = T.StructType(
+        [
+            T.StructField("customer_id", T.StringType(), True),
+            T.StructField("frequency", T.LongType(), True),
+            T.StructField("recency", T.DoubleType(), True),
+            T.StructField("T", T.DoubleType(), True),
+            T.StructField("monetary_value", T.DoubleType(), True),
+            T.StructField("recency_days", T.IntegerType(), True),
+            T.StructField("T_days", T.IntegerType(), True),
+            T.StructField("first_purchase_date", T.DateType(), True),
+            T.StructField("frequency_holdout", T.LongType(), True),
+            T.StructField("duration_holdout", T.DoubleType(), True),
+        ]
+    )
+    expected = spark.createDataFrame(
+        [
+            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 0.0) / 2, 28, 28, dt.date(2024, 1, 1), 1, 31 / 7),
+            ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 0, 31 / 7),
+            ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 0, 31 / 7),
+        ],
+        expected_schema,
+    )
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_windows_default_and_errors() -> None:
+    as_of = dt.date(2024, 6, 30)
+    assert resolve_windows(as_of, ClvConfig()) == (as_of - dt.timedelta(days=91), as_of)
+    with pytest.raises(ConfigError, match="calibration_end"):
+        resolve_windows(as_of, ClvConfig(calibration_end=dt.date(2024, 7, 1)))
+    with pytest.raises(ConfigError, match="holdout_end"):
+        resolve_windows(
+            as_of, ClvConfig(calibration_end=dt.date(2024, 5, 1), holdout_end=dt.date(2024, 4, 1))
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# CDNOW from the raw transactions
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cdnow_raw() -> pd.DataFrame:
+    path = os.path.join(os.path.dirname(lifetimes.__file__), "datasets", "CDNOW_sample.txt")
+    df = pd.read_csv(
+        path,
+        sep=r"\s+",
+        header=None,
+        names=["cid", "id", "date", "cds", "amount"],
+        dtype={"cid": str, "date": str},
+    )
+    df["date"] = pd.to_datetime(df["date"], format="%Y%m%d")
+    return df
+
+
+@pytest.fixture(scope="module")
+def cdnow_published() -> pd.DataFrame:
+    """The published calibration summary (x, t_x, T, zbar rounded to 2 decimals), by the file's ID."""
+    path = os.path.join(
+        os.path.dirname(lifetimes.__file__), "datasets", "cdnow_customers_summary_with_transactions.csv"
+    )
+    return pd.read_csv(path).set_index("ID")
+
+
+@pytest.fixture(scope="module")
+def cdnow_tx(spark: Any, cdnow_raw: pd.DataFrame) -> DataFrame:
+    pdf = pd.DataFrame(
+        {
+            "customer_id": cdnow_raw["cid"],
+            "order_id": [f"o{i}" for i in range(len(cdnow_raw))],
+            "order_ts": [d.to_pydatetime() for d in cdnow_raw["date"]],
+            "amount": cdnow_raw["amount"].astype(float),
+        }
+    )
+    return spark.createDataFrame(pdf, TX_SCHEMA).cache()
+
+
+@pytest.fixture(scope="module")
+def cdnow_result(cdnow_tx: DataFrame) -> tuple[ClvResult, pd.DataFrame]:
+    cfg = ClvConfig(model="auto", calibration_end=CAL_END, holdout_end=HOLD_END)
+    result = run_clv(cdnow_tx, CAL_END, cfg)
+    return result, result.customers.toPandas()
+
+
+def test_cdnow_published_parameters_from_raw_transactions(
+    cdnow_result: tuple[ClvResult, pd.DataFrame],
+) -> None:
+    result, _ = cdnow_result
+    cands = result.fit["candidates"]
+    _close(cands["bgnbd"]["params"], PUBLISHED_BG, 0.005)
+    assert cands["bgnbd"]["log_likelihood"] == pytest.approx(-9582.4, rel=0.005)
+    _close(cands["pareto_nbd"]["params"], PUBLISHED_PARETO, 0.005)
+    _close(result.fit["spend_params"], PUBLISHED_GG, 0.005)
+    assert result.fit["spend_repeat_buyers"] == 946 and result.fit["spend_excluded_nonpositive"] == 0
+    bg = [cands["bgnbd"]["params"][k] for k in ("r", "alpha", "a", "b")]
+    spots = M.expected_purchases_new(M.BGNBD, bg, [1.0, 3.0, 32.0, 78.0])
+    np.testing.assert_allclose(spots, [0.0532, 0.1506, 1.0437, 1.8576], rtol=1e-3)
+    assert result.fit["n_customers"] == 2357 and result.fit["converged"]
+    assert result.fit["compressed_rows"] < 2357
+
+
+def test_cdnow_model_choice_and_validation(
+    cdnow_result: tuple[ClvResult, pd.DataFrame], cdnow_raw: pd.DataFrame, cdnow_published: pd.DataFrame
+) -> None:
+    result, _ = cdnow_result
+    maes = {k: v["holdout_mae"] for k, v in result.fit["candidates"].items()}
+    assert result.fit["model"] == min(maes, key=maes.__getitem__)
+    assert "holdout MAE" in result.fit["reason"]
+    v = result.validation
+    # holdout purchase occasions counted independently with pandas from the raw file
+    hold = cdnow_raw[
+        (cdnow_raw["date"] > pd.Timestamp(CAL_END)) & (cdnow_raw["date"] <= pd.Timestamp(HOLD_END))
+    ]
+    assert v["holdout_actual_total"] == hold.groupby("cid")["date"].nunique().sum()
+    assert 0 < v["holdout_mae"] < 1.0 and v["holdout_corr"] > 0.5
+    curve = v["tracking_curve"]
+    assert len(curve) == 78
+    assert curve.loc[curve["calibration"], "actual_cum"].iloc[-1] == cdnow_published["x"].sum()  # 2457
+    assert curve["actual_cum"].iloc[-1] == cdnow_published["x"].sum() + v["holdout_actual_total"]
+    assert abs(curve["expected_cum"].iloc[-1] / curve["actual_cum"].iloc[-1] - 1) < 0.1
+    hist = v["frequency_histogram"]
+    assert hist["actual"].sum() == pytest.approx(2357) and hist["expected"].sum() == pytest.approx(2357)
+    assert hist["actual"].iloc[0] == (cdnow_published["x"] == 0).sum()
+    assert set(result.figures) == {"clv_tracking", "clv_frequency_histogram", "clv_conditional_expectation"}
+    assert all(isinstance(f, Figure) for f in result.figures.values())
+    metrics = result.metrics()
+    assert metrics["clv_holdout_mae"] == v["holdout_mae"] and "clv_spend_p" in metrics
+
+
+def test_cdnow_customer_scores_match_lifetimes(
+    cdnow_result: tuple[ClvResult, pd.DataFrame], cdnow_raw: pd.DataFrame, cdnow_published: pd.DataFrame
+) -> None:
+    result, customers = cdnow_result
+    assert list(customers.columns) == list(P.CUSTOMER_COLUMNS)
+    assert len(customers) == 2357 and customers["customer_id"].is_unique
+    ids = cdnow_raw.drop_duplicates("cid").set_index("cid")["id"]
+    ref = cdnow_published.loc[ids.loc[customers["customer_id"]].to_numpy()]
+    model = result.fit["model"]
+    fitter = {
+        "bgnbd": lifetimes.BetaGeoFitter,
+        "mbgnbd": lifetimes.ModifiedBetaGeoFitter,
+        "pareto_nbd": lifetimes.ParetoNBDFitter,
+    }[model]()
+    fitter.fit(ref["x"], ref["t_x"], ref["T"])
+    x, t_x, Tcol = ref["x"].to_numpy(), ref["t_x"].to_numpy(), ref["T"].to_numpy()
+    # the published file rounds t_x and T to 0.01 weeks: agreement to ~1e-3 is what rounding allows
+    np.testing.assert_allclose(
+        customers["p_alive"], fitter.conditional_probability_alive(x, t_x, Tcol), rtol=2e-2, atol=2e-3
+    )
+    horizon = 12 * 30.4375 / 7
+    want = fitter.conditional_expected_number_of_purchases_up_to_time(horizon, x, t_x, Tcol)
+    np.testing.assert_allclose(customers["expected_purchases"], want, rtol=2e-2, atol=2e-3)
+    gg = lifetimes.GammaGammaFitter().fit(ref.loc[ref["x"] > 0, "x"], ref.loc[ref["x"] > 0, "zbar"])
+    np.testing.assert_allclose(
+        customers["expected_avg_value"],
+        gg.conditional_expected_average_profit(ref["x"], ref["zbar"]),
+        rtol=2e-3,
+    )
+    high = customers["value_tier"] == P.VALUE_TIER_HIGH
+    assert high.mean() == pytest.approx(0.2, abs=0.01)
+    assert customers.loc[high, "clv"].min() >= customers.loc[~high, "clv"].max()
+
+
+def test_bgnbd_spark_predictions_match_lifetimes_clv(spark: Any, cdnow_published: pd.DataFrame) -> None:
+    ref = cdnow_published.reset_index()
+    summary = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "customer_id": ref["ID"].astype(str),
+                "frequency": ref["x"].astype("int64"),
+                "recency": ref["t_x"].astype(float),
+                "T": ref["T"].astype(float),
+                "monetary_value": ref["zbar"].where(ref["x"] > 0),
+            }
+        )
+    )
+    bg = lifetimes.BetaGeoFitter().fit(ref["x"], ref["t_x"], ref["T"])
+    rep = ref[ref["x"] > 0]
+    gg = lifetimes.GammaGammaFitter().fit(rep["x"], rep["zbar"])
+    fit = M.fit_transactions(M.BGNBD, M.RfmStats.from_arrays(ref["x"], ref["t_x"], ref["T"]))
+    fit.params = dict(zip(M.PARAM_NAMES[M.BGNBD], bg.params_.to_numpy(), strict=True))
+    got = (
+        P.with_predictions(summary, fit, gg.params_.to_numpy(), 12, 0.01, 4.345)
+        .toPandas()
+        .assign(ID=lambda d: d["customer_id"].astype(int))
+        .set_index("ID")
+        .loc[rep["ID"]]
+    )
+    want = gg.customer_lifetime_value(
+        bg, rep["x"], rep["t_x"], rep["T"], rep["zbar"], time=12, discount_rate=0.01, freq="W"
+    )
+    np.testing.assert_allclose(got["clv"], want.to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(
+        got["p_alive"], bg.conditional_probability_alive(rep["x"], rep["t_x"], rep["T"]), rtol=1e-10
+    )
+
+
+def test_compressed_spark_statistics_give_the_per_customer_fit(spark: Any, cdnow_tx: DataFrame) -> None:
+    summary = S.summary_statistics(cdnow_tx, CAL_END, "week")
+    compressed = S.compressed_rfm(summary, "week")
+    per_customer = summary.select("frequency", "recency", "T").toPandas()  # small test data only
+    full = M.fit_transactions(
+        M.BGNBD, M.RfmStats.from_arrays(per_customer["frequency"], per_customer["recency"], per_customer["T"])
+    )
+    small = M.fit_transactions(M.BGNBD, compressed)
+    assert compressed.n_rows < len(per_customer)
+    _close(small.params, full.params, 1e-6)
+
+
+def test_no_holdout_fits_on_everything_and_chooses_by_bic(cdnow_tx: DataFrame) -> None:
+    early = cdnow_tx.filter("order_ts < timestamp'1997-07-01 00:00:00'")
+    as_of = dt.date(1997, 9, 30)  # default calibration end as_of - 91 days: an empty holdout window
+    result = run_clv(early, as_of, ClvConfig(model="auto"))
+    assert result.validation["has_holdout"] is False
+    assert result.fit["calibration_end"] == as_of.isoformat() and result.fit["holdout_end"] is None
+    bics = {k: v["bic"] for k, v in result.fit["candidates"].items()}
+    assert result.fit["model"] == min(bics, key=bics.__getitem__) and "BIC" in result.fit["reason"]
+    assert "holdout_mae" not in result.validation and "clv_conditional_expectation" not in result.figures
+    assert result.customers.count() == early.select("customer_id").distinct().count()

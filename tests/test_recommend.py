@@ -1,0 +1,235 @@
+"""Plays, impact, ranking and A/B test sizing, checked against hand calculations."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+from pyspark.sql import types as T
+
+from segspark.config import AbTestConfig, Settings, load_settings
+from segspark.errors import ConfigError
+from segspark.report.collect import ReportData, collect, k_anonymize
+from segspark.report.recommend import TOO_SMALL, ab_plan, recommend, sample_size_per_arm, weeks_needed
+
+K = 30
+
+SCHEMA = T.StructType(
+    [
+        T.StructField("customer_id", T.StringType(), False),
+        T.StructField("frequency", T.LongType()),
+        T.StructField("monetary", T.DoubleType()),
+        T.StructField("recency_days", T.IntegerType()),
+        T.StructField("r_score", T.IntegerType()),
+        T.StructField("f_score", T.IntegerType()),
+        T.StructField("m_score", T.IntegerType()),
+        T.StructField("rfm_segment", T.StringType()),
+        T.StructField("lifecycle_stage", T.StringType()),
+        T.StructField("clv", T.DoubleType()),
+        T.StructField("churn_risk", T.DoubleType()),
+    ]
+)
+# (segment, customers, stage, monetary, clv, churn risk)
+GROUPS = [
+    ("Champions", 1200, "active", 800.0, 1000.0, 0.10),
+    ("At Risk", 300, "at_risk", 300.0, 200.0, 0.60),
+    ("Lost", 60, "churned", 50.0, 4.0, 0.90),
+    ("Promising", 5, "new", 40.0, 60.0, 0.40),  # below K: merged, no play of its own
+]
+PROSPECTS = 40
+
+
+def z(p: float) -> float:
+    return NormalDist().inv_cdf(p)
+
+
+def hand_n(p0: float, p1: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Two-proportion sample size per arm on the arcsine scale (Cohen's h), equal arms."""
+    h = 2 * math.asin(math.sqrt(p1)) - 2 * math.asin(math.sqrt(p0))
+    return math.ceil(2 * (z(1 - alpha / 2) + z(power)) ** 2 / h**2)
+
+
+def pooled_n(p0: float, p1: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The textbook pooled-variance formula (Fleiss, no continuity correction)."""
+    pbar = (p0 + p1) / 2
+    num = z(1 - alpha / 2) * math.sqrt(2 * pbar * (1 - pbar)) + z(power) * math.sqrt(
+        p0 * (1 - p0) + p1 * (1 - p1)
+    )
+    return num**2 / (p1 - p0) ** 2
+
+
+@pytest.mark.parametrize(
+    ("p0", "mde", "alpha", "power", "decrease"),
+    [
+        (0.10, 0.20, 0.05, 0.80, False),
+        (0.05, 0.10, 0.05, 0.80, False),
+        (0.30, 0.10, 0.01, 0.90, False),
+        (0.60, 0.50, 0.05, 0.80, True),
+        (0.02, 0.25, 0.10, 0.80, True),
+    ],
+)
+def test_sample_size_matches_the_two_proportion_formula(
+    p0: float, mde: float, alpha: float, power: float, decrease: bool
+) -> None:
+    p1 = p0 * (1 - mde) if decrease else p0 * (1 + mde)
+    n = sample_size_per_arm(p0, mde, alpha, power, decrease)
+    assert abs(n - hand_n(p0, p1, alpha, power)) <= 1  # root finding vs closed form
+    assert n == pytest.approx(pooled_n(p0, p1, alpha, power), rel=0.02)
+
+
+def test_published_example() -> None:
+    # 10% -> 12% conversion, alpha 0.05 two-sided, power 0.8: 3,841 per arm by the pooled formula
+    assert round(pooled_n(0.10, 0.12)) == 3841
+    assert sample_size_per_arm(0.10, 0.20, 0.05, 0.80) == hand_n(0.10, 0.12) == 3835
+
+
+def test_weeks_needed_and_the_too_small_flag() -> None:
+    cfg = AbTestConfig(alpha=0.05, power=0.8, mde_relative=0.1, max_weeks=8, weekly_reach=0.25)
+    n = hand_n(0.2, 0.22)
+    big = ab_plan(0.2, 100_000, cfg)
+    assert big.sample_size_per_arm == n and big.testable and big.flag == ""
+    assert big.weeks_needed == math.ceil(2 * n / 25_000)
+    # a segment of exactly both arms is enrolled in ceil(1 / weekly_reach) = 4 weeks
+    assert weeks_needed(n, 2 * n, 0.25) == 4
+    slow = ab_plan(0.2, 2 * n, cfg.model_copy(update={"weekly_reach": 0.05}))
+    assert slow.weeks_needed == 20 and not slow.testable and slow.flag == TOO_SMALL
+    small = ab_plan(0.2, 2 * n - 1, cfg)
+    assert small.weeks_needed is None and not small.testable and small.flag == TOO_SMALL
+    assert not ab_plan(math.nan, 10_000, cfg).testable
+
+
+def rows() -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    i = 0
+    for seg, n, stage, mon, clv, churn in GROUPS:
+        for j in range(n):
+            out.append(
+                (f"{i:016x}", 1 + j % 4, mon + j % 9, 10 + j % 30, 3, 3, 3, seg, stage, clv + j % 5, churn)
+            )
+            i += 1
+    out[0] = (*out[0][:9], out[0][9], None)  # a Champion without a churn score (null)
+    out[-1] = (out[-1][0], 0, -15.0, *out[-1][3:])  # returns exceed purchases (edge)
+    for _ in range(PROSPECTS):
+        out.append((f"{i:016x}", None, None, None, None, None, None, None, "prospect", None, None))
+        i += 1
+    return out
+
+
+def settings(**extra: Any) -> Settings:
+    items = [
+        f"report.min_segment_size={K}",
+        "report.ab_test.mde_relative=0.5",
+        "report.uplift={vip: 0.2, retention: 0.1, win_back: 0.05, onboarding: 0.3}",
+        "report.effort={vip: 4, retention: 2, win_back: 1, onboarding: 3}",
+        *[f"{k}={v}" for k, v in extra.items()],
+    ]
+    return load_settings([], items)
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return pd.DataFrame(rows(), columns=SCHEMA.fieldNames())
+
+
+@pytest.fixture(scope="module")
+def data(spark: Any) -> ReportData:
+    df = spark.createDataFrame(rows(), SCHEMA)
+    return collect(SimpleNamespace(run_id="r1", as_of_date=None), {"customer_segments": df}, settings())
+
+
+def test_plays_impact_rank_and_ab_plan_from_the_data(data: ReportData, frame: pd.DataFrame) -> None:
+    recs = recommend(data, settings())
+    by = recs.set_index("segment")
+    assert set(zip(recs["play"], recs["segment"], strict=True)) == {
+        ("vip", "Champions"),
+        ("retention", "At Risk"),
+        ("win_back", "Lost"),
+        ("onboarding", "prospect"),
+    }
+    g = frame.groupby("rfm_segment")
+    # impact = value at stake x the configured uplift
+    assert by.loc["Champions", "impact"] == pytest.approx(g["clv"].sum()["Champions"] * 0.2)
+    assert by.loc["At Risk", "impact"] == pytest.approx(g["clv"].sum()["At Risk"] * 0.1)
+    assert by.loc["Lost", "impact"] == pytest.approx(
+        g["monetary"].sum()["Lost"] * 0.05
+    )  # win-back: past revenue
+    buyers = int((frame["frequency"].fillna(0) > 0).sum())
+    per_buyer = frame["monetary"].sum() / buyers
+    assert by.loc["prospect", "impact"] == pytest.approx(PROSPECTS * per_buyer * 0.3)
+    assert list(recs["rank"]) == list(range(1, len(recs) + 1))
+    priority = recs["impact"] / recs["effort"]
+    assert list(priority) == sorted(priority, reverse=True)
+    # VIP is tested on churn (decrease): baseline = the Champions' mean churn risk (null row excluded)
+    p0 = float(frame.loc[frame["rfm_segment"] == "Champions", "churn_risk"].mean())
+    n = by.loc["Champions", "sample_size_per_arm"]
+    assert by.loc["Champions", "baseline_rate"] == pytest.approx(p0)
+    assert abs(n - hand_n(p0, p0 * 0.5)) <= 1
+    assert by.loc["Champions", "weeks_needed"] == math.ceil(2 * n / (1200 * 0.25))
+    assert bool(by.loc["Champions", "testable"])
+    # win-back is tested on purchases (increase) and Lost is too small for it
+    q0 = 1 - float(frame.loc[frame["rfm_segment"] == "Lost", "churn_risk"].mean())
+    assert by.loc["Lost", "baseline_rate"] == pytest.approx(q0)
+    assert abs(by.loc["Lost", "sample_size_per_arm"] - hand_n(q0, q0 * 1.5)) <= 1
+    assert not by.loc["Lost", "testable"] and by.loc["Lost", "test_flag"] == TOO_SMALL
+    assert pd.isna(by.loc["Lost", "weeks_needed"])
+    # prospects: baseline = share of known customers who have bought
+    assert by.loc["prospect", "baseline_rate"] == pytest.approx(buyers / len(frame))
+    # quadrants: high impact = at least the median impact, low effort = 1 or 2
+    median = float(recs["impact"].median())
+    for seg, r in by.iterrows():
+        high, easy = r["impact"] >= median, r["effort"] <= 2
+        expected = {(True, True): "Quick win", (True, False): "Big bet", (False, True): "Fill-in"}
+        assert r["quadrant"] == expected.get((high, easy), "Deprioritise"), seg
+    assert set(by["quadrant"]) == {"Big bet", "Fill-in"}
+
+
+def test_small_segments_get_no_play(data: ReportData) -> None:
+    view = data.segments["rfm_segment"]
+    # Promising (5) is merged; Other (5) is itself below K and suppressed; the 40 prospects without
+    # an RFM segment are shown as 'unassigned' (a mix: no play; they get the lifecycle onboarding play)
+    assert (view.merged_segments, view.merged_customers, view.suppressed_customers) == (1, 5, 5)
+    assert view.names() == ["Champions", "At Risk", "Lost", "unassigned"]
+    segments = set(recommend(data, settings())["segment"])
+    assert "Promising" not in segments and "Other" not in segments and "unassigned" not in segments
+
+
+def test_saas_preset_changes_plays_and_wording(data: ReportData, frame: pd.DataFrame) -> None:
+    retail = recommend(data, settings()).set_index("play")
+    saas = recommend(data, settings(**{"report.preset": "saas", "report.uplift": "{}"})).set_index("play")
+    assert saas.loc["vip", "play_name"] == "Executive sponsor programme" != retail.loc["vip", "play_name"]
+    assert saas.loc["onboarding", "play_name"] == "Onboarding and activation"
+    # without configured uplifts the preset's assumption is used, and shown
+    assert saas.loc["vip", "uplift_assumption"] != 0.2
+    assert saas.loc["vip", "impact"] == pytest.approx(
+        saas.loc["vip", "value_at_stake"] * saas.loc["vip", "uplift_assumption"]
+    )
+
+
+def test_configured_plays_are_validated() -> None:
+    with pytest.raises(ConfigError, match="unknown play 'loyalty'"):
+        load_settings([], ["report.uplift={loyalty: 0.1}"])
+    with pytest.raises(ConfigError, match="effort"):
+        load_settings([], ["report.effort={vip: 7}"])
+    with pytest.raises(ConfigError, match="uplift"):
+        load_settings([], ["report.uplift={vip: 1.5}"])
+
+
+def test_k_anonymize_merges_and_suppresses() -> None:
+    table = pd.DataFrame(
+        {
+            "segment": ["A", "B", "C", "D"],
+            "customers": [100.0, 40.0, 20.0, 9.0],
+            "revenue": [10.0, 4.0, 2.0, 1.0],
+        }
+    )
+    shown, n, c, suppressed = k_anonymize(table, 30)
+    assert list(shown["segment"]) == ["A", "B"]  # Other = C + D = 29 < 30: suppressed as well
+    assert (n, c, suppressed) == (2, 29, 29)
+    shown, n, c, suppressed = k_anonymize(table, 25)
+    assert list(shown["segment"]) == ["A", "B", "Other"] and suppressed == 0
+    assert shown.set_index("segment").loc["Other", "customers"] == 29
+    assert shown.set_index("segment").loc["Other", "revenue"] == 3.0
