@@ -29,6 +29,7 @@ from pathlib import Path
 AS_OF = dt.date(2025, 12, 31)
 KEY = b"benchmark-key-not-secret"
 RATES = {"EUR": 1.08, "GBP": 1.27}
+DONE = ".complete"
 
 DUCKDB_RFM = """
 WITH lines AS (
@@ -70,6 +71,20 @@ def _proc_peak_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _children(pid: int) -> list[int]:
@@ -126,6 +141,7 @@ def generate(path: Path, transactions: int, driver_memory: str) -> int:
         source = f"range-based generator ({customers} customers)"
     df.write.mode("overwrite").parquet(str(path))
     n = spark.read.parquet(str(path)).count()
+    (path / DONE).write_text(str(n))  # Spark and DuckDB both skip files named with a leading dot
     print(f"generated {n:,} transactions at {path} with {source}", flush=True)
     spark.stop()
     return n
@@ -145,6 +161,8 @@ def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, flo
     spark.range(1).count()
     start = time.perf_counter() - t0
 
+    jvms = _children(os.getpid())
+    cpu0 = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s()
     t = time.perf_counter()
     raw = spark.read.parquet(path)
     quarantined = 0
@@ -166,6 +184,7 @@ def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, flo
     scored.write.format("noop").mode("overwrite").save()
     grid = features.rfm_grid(scored).agg(F.sum("customers")).first()[0]
     wall = time.perf_counter() - t
+    cpu = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s() - cpu0
     jvm_kb = max((_proc_peak_kb(p) for p in _children(os.getpid())), default=0)
     spark.stop()
     return {
@@ -174,23 +193,26 @@ def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, flo
         "customers": float(grid),
         "quarantined": float(quarantined),
         "jvm_peak_mb": jvm_kb / 1024,
+        "cpu_s": cpu,
     }
 
 
 def run_duckdb(path: str) -> dict[str, float]:
     import duckdb
 
+    cpu0 = _self_cpu_s()
     t = time.perf_counter()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     df = con.execute(DUCKDB_RFM.format(path=path, as_of=AS_OF.isoformat())).to_arrow_table()
-    return {"wall_s": time.perf_counter() - t, "customers": float(df.num_rows)}
+    return {"wall_s": time.perf_counter() - t, "customers": float(df.num_rows), "cpu_s": _self_cpu_s() - cpu0}
 
 
 def run_pandas(path: str) -> dict[str, float]:
+    cpu0 = _self_cpu_s()
     t = time.perf_counter()
     out = pandas_rfm(path)
-    return {"wall_s": time.perf_counter() - t, "customers": float(len(out))}
+    return {"wall_s": time.perf_counter() - t, "customers": float(len(out)), "cpu_s": _self_cpu_s() - cpu0}
 
 
 def pandas_rfm(path: str):  # type: ignore[no-untyped-def]
@@ -281,7 +303,11 @@ def worker(engine: str, path: str, driver_memory: str) -> None:
     else:
         res = run_pandas(path)
     res["python_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(res), flush=True)
+    res["load_avg_1m"] = os.getloadavg()[0]  # other work on the machine inflates wall times
+    line = json.dumps(res)
+    with open(Path(path).parent / "results.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"engine": engine, "path": path, **res}) + "\n")
+    print("RESULT " + line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in args.transactions:
         path = Path(args.out) / f"tx_{n}"
-        if not (path.exists() and any(path.glob("*.parquet"))):
+        if not (path / DONE).exists():
             generate(path, n, args.driver_memory)
         for engine in args.engines:
             cmd = [
@@ -317,20 +343,28 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{engine} failed at {n:,}:\n{proc.stderr[-3000:]}", file=sys.stderr)
                 continue
             res = json.loads(line[len("RESULT ") :])
-            peak = max(res.get("jvm_peak_mb", 0.0), 0.0) + res["python_peak_mb"]
-            rows.append((n, engine, res["wall_s"], res.get("jvm_start_s"), peak, int(res["customers"])))
-            print(
-                f"{n:>12,} {engine:<18} wall {res['wall_s']:8.2f} s   peak {peak:8.0f} MB   "
-                f"customers {int(res['customers']):,}"
-                + (f"   (JVM start {res['jvm_start_s']:.1f} s excluded)" if res.get("jvm_start_s") else ""),
-                flush=True,
-            )
+            res["peak_mb"] = res.get("jvm_peak_mb", 0.0) + res["python_peak_mb"]
+            rows.append((n, engine, res))
+            print(f"{n:>12,} {engine:<18} " + _fmt(res), flush=True)
 
-    print("\n| transactions | engine | wall (s) | peak RSS (MB) | customers |")
-    print("|---:|---|---:|---:|---:|")
-    for n, engine, wall, _start, peak, customers in rows:
-        print(f"| {n:,} | {engine} | {wall:.2f} | {peak:.0f} | {customers:,} |")
+    print("\n| transactions | engine | wall (s) | CPU (s) | peak RSS (MB) | customers | load avg |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for n, engine, res in rows:
+        print(
+            f"| {n:,} | {engine} | {res['wall_s']:.1f} | {res.get('cpu_s', 0):.1f} | {res['peak_mb']:.0f} "
+            f"| {int(res['customers']):,} | {res.get('load_avg_1m', 0):.1f} |"
+        )
     return 0
+
+
+def _fmt(res: dict[str, float]) -> str:
+    text = (
+        f"wall {res['wall_s']:8.2f} s   CPU {res.get('cpu_s', 0):8.1f} s   peak {res['peak_mb']:8.0f} MB   "
+        f"customers {int(res['customers']):,}"
+    )
+    if res.get("jvm_start_s"):
+        text += f"   (JVM start {res['jvm_start_s']:.1f} s excluded)"
+    return text + f"   load avg {res.get('load_avg_1m', 0):.1f}"
 
 
 if __name__ == "__main__":

@@ -43,8 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dirty", action="store_true", help="plant bad rows of every kind the quality rules catch")
 
-    p = sub.add_parser("run", help="the whole pipeline")
+    p = sub.add_parser("run", help="the whole pipeline (refits the clustering: the monthly job)")
     _common(p)
+    p = sub.add_parser("score", help="the whole pipeline, clusters assigned by the registered model (the weekly job)")
+    _common(p)
+    for name, text in [
+        ("ingest", "validate the inputs: quarantine, reconciliation, quality summary"),
+        ("features", "ingest + the customer_features and rfm_grid tables"),
+        ("clv", "ingest + features + CLV and churn fits (logged to MLflow)"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        _common(p)
+    p = sub.add_parser("cluster", help="refit the clustering on the written tables of as_of_date (latest if unset)")
+    _common(p)
+    p = sub.add_parser("report", help="rebuild the report from the written tables of as_of_date (latest if unset)")
+    _common(p)
+    p = sub.add_parser("monitor", help="drift of the latest customer_segments snapshot against the previous one")
+    _common(p)
+    p = sub.add_parser("erase", help="delete customers from every output table (right to erasure)")
+    _common(p)
+    p.add_argument("--customer-id", action="append", required=True, dest="customer_ids",
+                   help="source customer id to erase (repeatable); pseudonymized with the configured key")
     return parser
 
 
@@ -77,7 +96,14 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
 
     settings = _settings(args, extra)
     ctx = pipeline.open_context(settings, args.command, demo=demo)
-    pipeline.run(ctx)
+    upto = args.command if args.command in pipeline.STAGES else "all"
+    pipeline.run(ctx, upto=upto, cluster_mode="score" if args.command == "score" else "fit")
+    _print_run(ctx)
+    return 0
+
+
+def _print_run(ctx) -> None:  # type: ignore[no-untyped-def]
+    settings = ctx.settings
     out = Path(settings.output.path).resolve()
     print(f"run {ctx.run_id} succeeded (as_of_date {ctx.as_of_date}, engine {ctx.lake.engine})")
     print(f"  tables: {out / 'tables'}")
@@ -85,8 +111,33 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
         print(f"    {name:22s} version {version}")
     if ctx.results.get("report_dir"):
         print(f"  report: {ctx.results['report_dir']}")
+    for q in ctx.results.get("quality", []):
+        rules = ", ".join(f"{r}={n}" for r, n in q["by_rule"].items()) or "none"
+        print(f"  {q['table']}: {q['rows_in']:,} rows in = {q['rows_clean']:,} clean + {q['rows_quarantined']:,} quarantined ({rules})")
     if settings.tracking.enabled:
         print(f"  MLflow: {settings.tracking_uri} (experiment '{settings.tracking.experiment}')")
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from segspark import pipeline
+
+    settings = _settings(args)
+    ctx = pipeline.open_context(settings, args.command)
+    if args.command == "cluster":
+        pipeline.cluster_only(ctx)
+    elif args.command == "report":
+        pipeline.report_only(ctx)
+    elif args.command == "monitor":
+        totals = pipeline.monitor(ctx).collect()  # one row per monitored dimension
+        if not totals:
+            print(f"no earlier snapshot than {ctx.as_of_date}: nothing to compare (drift table written empty)")
+        for row in totals:
+            print(f"  {row['dimension']:18s} PSI {row['psi']:.3f}  {row['status']}")
+    elif args.command == "erase":
+        deleted = pipeline.erase(ctx, args.customer_ids)
+        print(f"erased {len(args.customer_ids)} customer(s): " + (", ".join(f"{t}={n}" for t, n in deleted.items()) or "no rows found"))
+        return 0
+    _print_run(ctx)
     return 0
 
 
@@ -106,7 +157,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"generate": cmd_generate, "run": cmd_run, "demo": cmd_demo}
+COMMANDS = {
+    "generate": cmd_generate,
+    "run": cmd_run,
+    "score": cmd_run,
+    "ingest": cmd_run,
+    "features": cmd_run,
+    "clv": cmd_run,
+    "demo": cmd_demo,
+    "cluster": cmd_stage,
+    "report": cmd_stage,
+    "monitor": cmd_stage,
+    "erase": cmd_stage,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

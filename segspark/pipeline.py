@@ -20,7 +20,7 @@ import segspark
 from segspark import generate as G
 from segspark import schema as S
 from segspark import tracking
-from segspark.config import Settings
+from segspark.config import ClvConfig, Settings
 from segspark.errors import InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
 from segspark.session import get_spark
@@ -291,6 +291,7 @@ def stage_features(ctx: RunContext, data: CleanInputs) -> DataFrame:
     assert as_of is not None
     channels = settings.rfm.channels
     engagement = behaviour.engagement_features(data.events, as_of) if data.events is not None else None
+    ctx.results["engagement"] = engagement
     return (
         features.rfm_features(data.transactions, as_of, channels)
         .transform(behaviour.with_behaviour, behaviour.behaviour_features(data.transactions, as_of, channels))
@@ -302,6 +303,68 @@ def stage_features(ctx: RunContext, data: CleanInputs) -> DataFrame:
     )
 
 
+PENALIZER_FALLBACK = (0.001, 0.01)
+CLV_VALIDATION_SCHEMA = T.StructType(
+    [
+        T.StructField("view", T.StringType()),
+        T.StructField("x", T.DoubleType()),
+        T.StructField("label", T.StringType()),
+        T.StructField("actual", T.DoubleType()),
+        T.StructField("predicted", T.DoubleType()),
+        T.StructField("customers", T.LongType()),
+    ]
+)
+
+
+def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The CLV checks as one long table: tracking curve, frequency histogram, holdout by frequency."""
+
+    def num(v: Any) -> float | None:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return None
+        return f if f == f else None
+
+    rows: list[tuple[Any, ...]] = []
+    curve = validation.get("tracking_curve")
+    if isinstance(curve, pd.DataFrame):
+        for r in curve.itertuples(index=False):
+            label = f"{r.week_end} ({'calibration' if r.calibration else 'holdout'})"
+            rows.append(("tracking_curve", num(r.week), label, num(r.actual_cum), num(r.expected_cum), None))
+    hist = validation.get("frequency_histogram")
+    if isinstance(hist, pd.DataFrame):
+        for i, r in enumerate(hist.itertuples(index=False)):
+            rows.append(("frequency_histogram", float(i), str(r.repeat_purchases), num(r.actual), num(r.expected), None))
+    by_freq = validation.get("holdout_by_frequency")
+    if isinstance(by_freq, pd.DataFrame):
+        for r in by_freq.itertuples(index=False):
+            rows.append(("holdout_by_frequency", num(r.frequency), str(r.frequency), num(r.actual), num(r.predicted), int(r.customers)))
+    return rows
+
+
+def fit_clv(transactions: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
+    """``clv.run_clv``; when the unpenalized fit does not converge (parameters running to a boundary,
+    common on data that departs from the model), refit with small penalizers and record why."""
+    from segspark import clv
+
+    try:
+        return clv.run_clv(transactions, as_of, cfg)
+    except SegsparkError as exc:
+        if cfg.penalizer > 0 or "did not converge" not in str(exc):
+            raise
+        first = exc
+    for penalty in PENALIZER_FALLBACK:
+        log.warning("clv: unpenalized fit did not converge; refitting with clv.penalizer=%s", penalty)
+        try:
+            res = clv.run_clv(transactions, as_of, cfg.model_copy(update={"penalizer": penalty}))
+        except SegsparkError:
+            continue
+        res.fit["penalizer_fallback"] = f"unpenalized fit did not converge ({first}); used penalizer {penalty}"
+        return res
+    raise first
+
+
 def stage_models(ctx: RunContext, data: CleanInputs) -> list[DataFrame]:
     """CLV and churn scores per customer (each a DataFrame keyed by customer_id), logged to MLflow."""
     from segspark import churn, clv
@@ -310,14 +373,21 @@ def stage_models(ctx: RunContext, data: CleanInputs) -> list[DataFrame]:
     assert ctx.as_of_date is not None
     scores: list[DataFrame] = []
     if settings.clv.enabled:
-        res = clv.run_clv(data.transactions, ctx.as_of_date, settings.clv)
+        res = fit_clv(data.transactions, ctx.as_of_date, settings.clv)
         ctx.results["clv"] = {"fit": res.fit, "validation": res.validation}
+        ctx.write(ctx.spark.createDataFrame(clv_validation_rows(res.validation), CLV_VALIDATION_SCHEMA), S.CLV_VALIDATION)
         tracking.log_metrics(res.metrics())
         tracking.log_figures(res.figures, "clv")
-        tracking.log_dict({"fit": res.fit, "validation": res.validation}, "clv/fit.json")
+        scalars = {k: v for k, v in res.validation.items() if not isinstance(v, pd.DataFrame)}
+        tracking.log_dict({"fit": res.fit, "validation": scalars}, "clv/fit.json")
         scores.append(res.customers)
     if settings.churn.enabled:
-        cres = churn.run_churn(data.transactions, ctx.as_of_date, settings.churn)
+        try:
+            cres = churn.run_churn(data.transactions, ctx.as_of_date, settings.churn)
+        except InputError as exc:  # too little history or a one-sided label: skip, say why
+            log.warning("churn model skipped: %s", exc)
+            ctx.results["churn"] = {"skipped": str(exc)}
+            return scores
         ctx.results["churn"] = cres.metrics
         tracking.log_metrics(cres.scalar_metrics())
         tracking.log_figures(cres.figures, "churn")
@@ -371,6 +441,10 @@ def assemble_segments(segmented: DataFrame, extras: list[DataFrame]) -> DataFram
     return out.select(S.CUSTOMER_ID, *present)
 
 
+DRIFT_CATEGORICAL = ("rfm_segment", "lifecycle_stage", "persona", "value_tier", "churn_band")
+DRIFT_NUMERIC = ("recency_days", "frequency", "monetary", "clv", "churn_risk")
+
+
 def stage_tables(ctx: RunContext, data: CleanInputs, segments: DataFrame, engagement: DataFrame | None) -> None:
     """KPIs, cohorts, LTV:CAC, transitions and drift: aggregate tables for BI."""
     from segspark import cohorts, drift, kpis, lifecycle, ltv_cac
@@ -387,15 +461,21 @@ def stage_tables(ctx: RunContext, data: CleanInputs, segments: DataFrame, engage
         S.LTV_CAC,
     )
     ctx.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)
-    categorical = ["rfm_segment", "lifecycle_stage", "persona", "value_tier", "churn_band"]
-    numeric = ["recency_days", "frequency", "monetary", "clv", "churn_risk"]
-    ctx.write(drift.segment_drift(segments, previous, categorical, numeric), S.DRIFT)
+    ctx.write(drift.segment_drift(segments, previous, DRIFT_CATEGORICAL, DRIFT_NUMERIC), S.DRIFT)
 
 
-def run(ctx: RunContext) -> RunContext:
-    """The whole pipeline: ingest, features, segments, models, KPIs, report; one commit per table."""
-    from segspark import behaviour, features
+STAGES = ("ingest", "features", "clv", "all")
 
+
+def run(ctx: RunContext, *, upto: str = "all", cluster_mode: str = "fit") -> RunContext:
+    """The pipeline: ingest, features, segments, models, KPIs, report; one commit per table.
+
+    ``upto`` stops after a stage (``ingest``: validate and quarantine only; ``features``: + feature
+    table and RFM grid; ``clv``: + CLV and churn fits). ``cluster_mode``: ``fit`` refits the
+    clustering (monthly job), ``score`` applies the registered model without refitting (weekly job).
+    """
+    if upto not in STAGES:
+        raise ValueError(f"unknown stage {upto!r}")
     settings = ctx.settings
     with tracking.parent_run(settings, ctx.run_id, {"segspark.command": ctx.command}) as mlflow_id:
         ctx.mlflow_run_id = mlflow_id
@@ -409,28 +489,10 @@ def run(ctx: RunContext) -> RunContext:
                     for s in ctx.inputs.values()
                 ]
             )
-            data.transactions = data.transactions.persist()
-            cached.append(data.transactions)
-
-            segmented = stage_features(ctx, data).persist()
-            cached.append(segmented)
-            ctx.write(segmented.drop(*LABEL_COLUMNS), S.CUSTOMER_FEATURES)
-            ctx.write(features.rfm_grid(segmented.where(F.col("r_score").isNotNull())), S.RFM_GRID)
-
-            extras = stage_models(ctx, data)
-            model_table = segmented
-            for extra in extras:
-                model_table = model_table.join(extra, on=S.CUSTOMER_ID, how="left")
-            assignments = stage_clusters(ctx, model_table)
-            if assignments is not None:
-                extras.append(assignments)
-            segments = assemble_segments(segmented, extras).persist()
-            cached.append(segments)
-            ctx.write(segments, S.CUSTOMER_SEGMENTS)
-
-            engagement = behaviour.engagement_features(data.events, ctx.as_of_date) if data.events is not None else None
-            stage_tables(ctx, data, segments, engagement)
-            stage_report(ctx)
+            if upto != "ingest":
+                data.transactions = data.transactions.persist()
+                cached.append(data.transactions)
+                cached += _analyse(ctx, data, upto, cluster_mode)
         except BaseException as exc:
             record_run(ctx, "failed", f"{type(exc).__name__}: {exc}"[:2000])
             log.debug("run failed:\n%s", traceback.format_exc())
@@ -440,6 +502,132 @@ def run(ctx: RunContext) -> RunContext:
                 df.unpersist()
         record_run(ctx, "succeeded")
     return ctx
+
+
+def _analyse(ctx: RunContext, data: CleanInputs, upto: str, cluster_mode: str) -> list[DataFrame]:
+    """Everything after ingest; returns the frames it cached (the caller releases them)."""
+    from segspark import features
+
+    segmented = stage_features(ctx, data).persist()
+    ctx.write(segmented.drop(*LABEL_COLUMNS), S.CUSTOMER_FEATURES)
+    ctx.write(features.rfm_grid(segmented.where(F.col("r_score").isNotNull())), S.RFM_GRID)
+    if upto == "features":
+        return [segmented]
+    extras = stage_models(ctx, data)
+    if upto == "clv":
+        return [segmented]
+    model_table = segmented
+    for extra in extras:
+        model_table = model_table.join(extra, on=S.CUSTOMER_ID, how="left")
+    assignments = stage_clusters(ctx, model_table) if cluster_mode == "fit" else stage_score(ctx, model_table)
+    if assignments is not None:
+        extras.append(assignments)
+    segments = assemble_segments(segmented, extras).persist()
+    ctx.write(segments, S.CUSTOMER_SEGMENTS)
+    stage_tables(ctx, data, segments, ctx.results.get("engagement"))
+    stage_report(ctx)
+    return [segmented, segments]
+
+
+def stage_score(ctx: RunContext, table: DataFrame) -> DataFrame | None:
+    """Assign clusters and personas with the registered model, without refitting (weekly scoring)."""
+    from segspark.clustering.tracking import score_segments
+
+    settings = ctx.settings
+    if not settings.clustering.enabled:
+        return None
+    buyers = table.where(F.col("frequency") > 0)
+    return score_segments(buyers, settings.tracking.registered_model, tracking_uri=settings.tracking_uri)
+
+
+def _latest_date(ctx: RunContext, name: str) -> dt.date:
+    if not ctx.lake.exists(name):
+        raise InputError(f"no {name} table under {ctx.lake.target(name)}: run the pipeline first")
+    if ctx.settings.as_of_date is not None:
+        return ctx.settings.as_of_date
+    row = ctx.lake.read_output(name).agg(F.max(S.AS_OF_DATE)).first()
+    if row is None or row[0] is None:
+        raise InputError(f"{name} is empty: run the pipeline first")
+    return row[0]  # type: ignore[no-any-return]
+
+
+def cluster_only(ctx: RunContext) -> RunContext:
+    """Refit the clustering on the written feature and segment tables of ``as_of_date`` (latest if
+    unset), then rewrite that date's ``customer_segments`` with the new clusters and personas."""
+    ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
+    day = F.col(S.AS_OF_DATE) == F.lit(ctx.as_of_date)
+    feats = ctx.lake.read_output(S.CUSTOMER_FEATURES).where(day).drop(S.RUN_ID, S.AS_OF_DATE)
+    segs = ctx.lake.read_output(S.CUSTOMER_SEGMENTS).where(day).drop(S.RUN_ID, S.AS_OF_DATE, "cluster_id", "persona")
+    scores = [c for c in ("p_alive", "expected_purchases", "clv", "churn_risk") if c in segs.columns]
+    table = feats.join(segs.select(S.CUSTOMER_ID, *scores), on=S.CUSTOMER_ID, how="left")
+    with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "cluster"}) as mlflow_id:
+        ctx.mlflow_run_id = mlflow_id
+        assignments = stage_clusters(ctx, table)
+        if assignments is not None:
+            segments = segs.join(assignments, on=S.CUSTOMER_ID, how="left").persist()
+            ctx.write(assemble_segments(segments, []), S.CUSTOMER_SEGMENTS)
+            segments.unpersist()
+        record_run(ctx, "succeeded")
+    return ctx
+
+
+def report_only(ctx: RunContext) -> RunContext:
+    """Rebuild the report from the tables a run already wrote for ``as_of_date`` (latest if unset)."""
+    date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
+    ctx.as_of_date = date
+    last = (
+        ctx.lake.read_output(S.CUSTOMER_SEGMENTS)
+        .where(F.col(S.AS_OF_DATE) == F.lit(date))
+        .select(S.RUN_ID)
+        .first()
+    )
+    if last is not None:
+        ctx.run_id = last[0]
+    for name in S.SNAPSHOT_TABLES | {S.QUARANTINE}:
+        if ctx.lake.exists(name):
+            ctx.outputs[name] = None
+    with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "report"}):
+        stage_report(ctx)
+    return ctx
+
+
+def monitor(ctx: RunContext) -> DataFrame:
+    """Drift of the latest customer_segments snapshot against the one before; writes ``drift``."""
+    from segspark import drift
+
+    if not ctx.lake.exists(S.CUSTOMER_SEGMENTS):
+        raise InputError("no customer_segments table yet: run the pipeline first")
+    seg = ctx.lake.read_output(S.CUSTOMER_SEGMENTS)
+    dates = [r[0] for r in seg.select(S.AS_OF_DATE).distinct().orderBy(F.col(S.AS_OF_DATE).desc()).limit(2).collect()]
+    ctx.as_of_date = ctx.settings.as_of_date or dates[0]
+    current = seg.where(F.col(S.AS_OF_DATE) == F.lit(ctx.as_of_date))
+    previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=ctx.as_of_date)
+    out = drift.segment_drift(current, previous, DRIFT_CATEGORICAL, DRIFT_NUMERIC)
+    ctx.write(out, S.DRIFT)
+    return out.where(F.col("bucket") == "__total__")
+
+
+def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
+    """Right to erasure: delete the customers' rows from every output table holding customer keys."""
+    import hashlib
+    import hmac
+
+    from segspark import privacy
+
+    settings = ctx.settings
+    if settings.privacy.pseudonymize:
+        key = privacy.resolve_key(settings.privacy, demo=False)
+        keys = [hmac.new(key, i.strip().encode("utf-8"), hashlib.sha256).hexdigest() for i in source_ids]
+    else:
+        keys = [i.strip() for i in source_ids]
+    deleted: dict[str, int] = {}
+    for name in sorted(S.SNAPSHOT_TABLES | S.APPEND_TABLES):
+        n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
+        if n:
+            deleted[name] = n
+    log.info("erased %d customer key(s): %s; run 'vacuum' (retention %sh) to purge old file versions",
+             len(keys), deleted, settings.lakehouse.vacuum_retention_hours)
+    return deleted
 
 
 def stage_report(ctx: RunContext) -> None:

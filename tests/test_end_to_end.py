@@ -1,10 +1,15 @@
+"""End-to-end: generated dirty lakehouse -> the whole pipeline -> Delta tables, report, MLflow store."""
+
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
@@ -12,32 +17,124 @@ from pyspark.sql import SparkSession
 from segspark.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+CUSTOMERS = 600
+AS_OF = "2025-12-31"
+PII_PATTERNS = [re.compile(rb"@example\.com"), re.compile(rb"Market Street"), re.compile(rb"\+1-555-\d{7}")]
+
+
+def _table(root: Path, name: str) -> list[dict[str, Any]]:
+    return pa.table(DeltaTable(str(root / "tables" / name)).to_pyarrow_table()).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("e2e")
+    assert main(["generate", "--out", str(root / "data"), "--customers", str(CUSTOMERS), "--seed", "11", "--dirty"]) == 0
+    sets = [f"output.path={root}", "lakehouse.engine=delta-rs", f"as_of_date={AS_OF}", "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
+            "clustering.k_max=6", "report.min_segment_size=5"]
+    for name in ("transactions", "customers", "events", "marketing_spend"):
+        sets.append(f"input.{name}.path={root / 'data' / name}")
+    args = [x for s in sets for x in ("--set", s)]
+    code = main(["run", "--run-id", "e2e-run-1", *args])
+    assert code == 0
+    return {"root": root, "args": args}
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["demo", "--out", str(tmp_path), "--customers", "400", "--set", "lakehouse.engine=delta-rs"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "succeeded" in out
-    runs = DeltaTable(str(tmp_path / "tables" / "runs")).to_pyarrow_table().to_pylist()
-    assert len(runs) == 1
-    assert runs[0]["status"] == "succeeded"
-    inputs = {i["name"]: i for i in runs[0]["inputs"]}
-    assert set(inputs) == {"transactions", "customers", "events", "marketing_spend"}
-    assert inputs["transactions"]["version"] == 0
-    assert inputs["transactions"]["rows_in"] == inputs["transactions"]["rows_clean"] + inputs["transactions"]["rows_quarantined"]
-    assert (tmp_path / "mlflow.db").exists()
+def test_every_quality_rule_fires_and_counts_reconcile(lake: dict[str, Any]) -> None:
+    root = lake["root"]
+    quarantine = _table(root, "quarantine")
+    rules = {(q["source_table"], q["rule"]) for q in quarantine}
+    tx_rules = {r for t, r in rules if t == "transactions"}
+    assert {"missing_customer_id", "bad_timestamp", "future_timestamp", "too_early_timestamp", "bad_amount",
+            "duplicate_line", "amount_outlier", "unknown_currency"} <= tx_rules
+    assert any(t == "customers" for t, _ in rules)
+    runs = _table(root, "runs")
+    assert [r["status"] for r in runs] == ["succeeded"]
+    for item in runs[0]["inputs"]:
+        assert item["rows_in"] == item["rows_clean"] + item["rows_quarantined"], item
+    tx = next(i for i in runs[0]["inputs"] if i["name"] == "transactions")
+    assert tx["rows_quarantined"] == sum(1 for q in quarantine if q["source_table"] == "transactions")
 
 
 @pytest.mark.slow
-def test_smoke_over_spark_connect(tmp_path: Path) -> None:
+def test_segments_are_pseudonymous_one_row_per_customer_and_complete(lake: dict[str, Any]) -> None:
+    rows = _table(lake["root"], "customer_segments")
+    ids = [r["customer_id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[0-9a-f]{64}", i) for i in ids)
+    buyers = [r for r in rows if r["lifecycle_stage"] != "prospect"]
+    assert buyers and all(r["rfm_segment"] for r in buyers)
+    assert all(r["persona"] for r in buyers)
+    assert all(r["clv"] is not None and r["p_alive"] is not None for r in buyers)
+    prospects = [r for r in rows if r["lifecycle_stage"] == "prospect"]
+    assert prospects and all(r["rfm_segment"] is None for r in prospects)
+
+
+@pytest.mark.slow
+def test_no_pii_in_any_output_table_report_or_mlflow_store(lake: dict[str, Any]) -> None:
+    root = lake["root"]
+    scanned = 0
+    for path in [*(root / "tables").rglob("*"), *(root / "reports").rglob("*"), root / "mlflow.db", *root.glob("mlruns/**/*"), *root.glob("mlartifacts/**/*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            scanned += 1
+            for pattern in PII_PATTERNS:
+                assert not pattern.search(data), f"{pattern.pattern!r} found in {path}"
+    assert scanned > 20
+    # the planted PII really is in the input, so the scan can fail
+    crm = b"".join(p.read_bytes() for p in (root / "data" / "customers").rglob("*.parquet"))
+    assert all(p.search(crm) for p in PII_PATTERNS)
+
+
+@pytest.mark.slow
+def test_retry_of_the_same_run_commits_nothing_twice(lake: dict[str, Any]) -> None:
+    root = lake["root"]
+    before = {p.name: DeltaTable(str(p)).version() for p in (root / "tables").iterdir()}
+    assert main(["run", "--run-id", "e2e-run-1", *lake["args"], "--set", "report.enabled=false"]) == 0
+    after = {p.name: DeltaTable(str(p)).version() for p in (root / "tables").iterdir()}
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed == {"runs"}  # only the attempt's lineage row is appended
+    assert [r["status"] for r in _table(root, "runs")] == ["succeeded", "succeeded"]
+
+
+@pytest.mark.slow
+def test_score_reproduces_run_assignments_and_monitor_reports_drift(lake: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    root = lake["root"]
+    fitted = {r["customer_id"]: (r["cluster_id"], r["persona"]) for r in _table(root, "customer_segments")}
+    assert main(["score", "--run-id", "e2e-score", *lake["args"], "--set", "report.enabled=false"]) == 0
+    scored = {r["customer_id"]: (r["cluster_id"], r["persona"]) for r in _table(root, "customer_segments")}
+    assert scored == fitted
+    assert main(["monitor", "--set", f"output.path={root}"]) == 0
+
+
+@pytest.mark.slow
+def test_erase_removes_a_customer_everywhere(lake: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+    import hmac
+
+    root = lake["root"]
+    key = os.environ["SEGSPARK_PSEUDO_KEY"].encode()
+    pid = hmac.new(key, b"C000000003", hashlib.sha256).hexdigest()
+    assert any(r["customer_id"] == pid for r in _table(root, "customer_segments"))
+    assert main(["erase", "--customer-id", "C000000003", "--set", f"output.path={root}"]) == 0
+    assert "customer_segments=1" in capsys.readouterr().out
+    for name in ("customer_segments", "customer_features"):
+        assert not any(r["customer_id"] == pid for r in _table(root, name))
+
+
+@pytest.mark.slow
+def test_demo_and_smoke_over_spark_connect(tmp_path: Path) -> None:
     env = {**os.environ, "SEGSPARK_PSEUDO_KEY": "connect-test-key"}
     proc = subprocess.run(
         [sys.executable, "-m", "segspark", "demo", "--out", str(tmp_path), "--customers", "300",
-         "--set", "spark.remote=local[2]", "--set", "spark.shuffle_partitions=2"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
+         "--set", "spark.remote=local[2]", "--set", "spark.shuffle_partitions=2", "--set", "clustering.k_max=4",
+         "--set", "churn.enabled=false", "--set", "report.enabled=false"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
-    assert DeltaTable(str(tmp_path / "tables" / "runs")).version() == 0
+    runs = pa.table(DeltaTable(str(tmp_path / "tables" / "runs")).to_pyarrow_table()).to_pylist()
+    assert runs[0]["status"] == "succeeded"
+    segs = DeltaTable(str(tmp_path / "tables" / "customer_segments")).to_pyarrow_table()
+    assert segs.num_rows > 250

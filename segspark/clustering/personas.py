@@ -80,12 +80,26 @@ def z_col(f: str) -> str:
     return f"{Z_PREFIX}{f}"
 
 
+def _medians(df: DataFrame, features: list[str], prediction_col: str) -> dict[object, list[float]]:
+    aggs = [
+        F.percentile_approx(F.col(f).cast("double"), 0.5, MEDIAN_ACCURACY).alias(f"q{i}")
+        for i, f in enumerate(features)
+    ]
+    rows = df.rollup(F.col(prediction_col).alias(CLUSTER_ID)).agg(*aggs).collect()
+    return {r[CLUSTER_ID]: [_num(r[f"q{i}"]) for i in range(len(features))] for r in rows}
+
+
 def profile_clusters(
-    assigned: DataFrame, features: list[str], prediction_col: str
+    assigned: DataFrame,
+    features: list[str],
+    prediction_col: str,
+    medians_from: DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Per-cluster size, share, mean/median of each raw feature and z-score of each (logged, imputed) mean.
 
-    One ``rollup`` pass: the cluster rows and the population row come from the same aggregate.
+    One ``rollup`` pass: the cluster rows and the population row come from the same aggregate. The
+    medians (used only in descriptions) come from ``medians_from`` when given, a seeded sample of the
+    same assignments, because approximate percentiles per group are the costly part at scale.
     Returns (profiles, population) where population maps feature -> {mean, median, t_mean, t_sd}.
     """
     aggs = [F.count(F.lit(1)).alias(SIZE)]
@@ -93,11 +107,15 @@ def profile_clusters(
         t = F.col(prep.imputed(f))
         aggs += [
             F.avg(F.col(f).cast("double")).alias(f"m{i}"),
-            F.percentile_approx(F.col(f).cast("double"), 0.5, MEDIAN_ACCURACY).alias(f"q{i}"),
             F.avg(t).alias(f"t{i}"),
             F.stddev_samp(t).alias(f"s{i}"),
         ]
     rows = assigned.rollup(F.col(prediction_col).alias(CLUSTER_ID)).agg(*aggs).collect()
+    med = _medians(assigned if medians_from is None else medians_from, features, prediction_col)
+    nan_row = [math.nan] * len(features)
+    rows = [
+        {**r.asDict(), **{f"q{i}": v for i, v in enumerate(med.get(r[CLUSTER_ID], nan_row))}} for r in rows
+    ]
     total = next(r for r in rows if r[CLUSTER_ID] is None)
     clusters = sorted((r for r in rows if r[CLUSTER_ID] is not None), key=lambda r: r[CLUSTER_ID])
     n = total[SIZE]
@@ -199,6 +217,7 @@ def match_previous(
     a = cur[[z_col(f) for f in common]].to_numpy(float)
     b = prev[[z_col(f) for f in common]].to_numpy(float)
     cost = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+    cost = np.nan_to_num(cost, nan=1e9, posinf=1e9)  # a previous profile with a missing z-score never matches
     rows, cols = linear_sum_assignment(cost)
     out: dict[int, str] = {}
     for i, j in zip(rows, cols, strict=True):

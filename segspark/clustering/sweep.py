@@ -417,7 +417,8 @@ def _fit(
         assert cfg.algorithm is not None
         dens_model = D.fit_density(sample, cfg, cfg.algorithm)
         assigned = D.assign_density(everyone, dens_model)
-        scored_sample = D.assign_density(sample, dens_model).where(F.col(prep.PREDICTION_COL) >= 0)
+        sample_scored = D.assign_density(sample, dens_model)
+        scored_sample = sample_scored.where(F.col(prep.PREDICTION_COL) >= 0)
         model = prep_model
         chosen: dict[str, Any] = {
             "algorithm": cfg.algorithm,
@@ -435,8 +436,10 @@ def _fit(
             cluster_model = estimator.fit(sample)
         model = PipelineModel(stages=[*prep_model.stages, cluster_model])
         assigned = cluster_model.transform(everyone)
-        scored_sample = cluster_model.transform(sample)
-    assigned = assigned.select(*keep, F.col(prep.PREDICTION_COL).cast("int")).persist()
+        scored_sample = sample_scored = cluster_model.transform(sample)
+    # the vector is not needed downstream: the cache holds ids, raw and imputed features, prediction
+    slim = [c for c in keep if c != prep.FEATURES_COL]
+    assigned = assigned.select(*slim, F.col(prep.PREDICTION_COL).cast("int")).persist()
     cached.append(assigned)
     t_fit = time.perf_counter()
 
@@ -461,7 +464,8 @@ def _fit(
     chosen["features"] = used
     chosen["dropped_features"] = check.dropped
 
-    profiles, population = P.profile_clusters(assigned, used, prep.PREDICTION_COL)
+    medians_from = sample_scored.select(*used, F.col(prep.PREDICTION_COL).cast("int"))
+    profiles, population = P.profile_clusters(assigned, used, prep.PREDICTION_COL, medians_from)
     profiles = P.name_personas(profiles, population, used, cfg, previous_profiles)
     persona_of = F.create_map(
         *[

@@ -18,7 +18,8 @@ retention and VIP plays aim to lower churn, so their metric is the churn rate (m
 churn is modelled, else 1 - mean P(alive), else the one-time-buyer share) and the test must detect
 p1 = p0 x (1 - ``report.ab_test.mde_relative``); the other plays aim to raise purchases, so their
 metric is the purchase rate (1 - mean churn risk, else mean P(alive), else the repeat-purchase rate;
-for prospects the share of known customers who have bought) and p1 = p0 x (1 + mde_relative),
+for prospects the recent conversion new buyers / (new buyers + prospects), else the share of known
+customers who have bought) and p1 = p0 x (1 + mde_relative),
 capped below 1. The sample size per arm solves statsmodels' ``NormalIndPower`` for Cohen's
 h = ``proportion_effectsize(p1, p0)`` at ``alpha`` and ``power``, i.e.
 n = 2 (z_{1-alpha/2} + z_{power})^2 / h^2. The segment can enrol ``customers x weekly_reach`` customers
@@ -337,6 +338,11 @@ def _baseline(row: pd.Series, play: str, data: ReportData, horizon_days: int) ->
     """The baseline rate of the play's outcome metric, and its description."""
     decrease = play in DECREASE_PLAYS
     if play == "onboarding" and str(row[SEGMENT]) == "prospect":
+        life = data.segments.get(LIFECYCLE_STAGE)
+        new = life.row("new") if life is not None else None
+        if new is not None:  # recent conversion: first-time buyers of the last new_days vs. prospects
+            rate = float(new[CUSTOMERS]) / (float(new[CUSTOMERS]) + float(row[CUSTOMERS]))
+            return rate, "first purchase (new buyers / (new buyers + prospects))"
         t = data.totals
         rate = t["buyers"] / t[CUSTOMERS] if t[CUSTOMERS] else math.nan
         return rate, "first purchase (share of known customers who have bought)"

@@ -119,7 +119,9 @@ TYPE_LABELS: dict[str, str] = {
     LIFECYCLE_STAGE: "lifecycle stage",
     PERSONA: "persona",
     "value_tier": "value tier",
+    "all": "all customers",
 }
+ENGAGEMENT_KPIS: tuple[str, ...] = ("conversion_rate_90d", "engaged_share_30d", "sessions_per_customer_30d")
 
 
 @dataclass
@@ -383,7 +385,9 @@ def summary_table(
 # --- tables for the templates ----------------------------------------------------------------------
 
 
-def _mix_text(view: SegmentView, segment: str) -> str:
+def _mix_text(view: SegmentView, segment: str, k: int) -> str:
+    """The top lifecycle stages of a segment as shares; stages with fewer than ``k`` customers in the
+    segment are pooled into "other stages" so no cross-tab cell below the minimum size shows."""
     mix = view.lifecycle_mix
     if mix is None or segment not in mix.index:
         return "–"
@@ -391,9 +395,10 @@ def _mix_text(view: SegmentView, segment: str) -> str:
     total = float(row.sum())
     if not total:
         return "–"
-    parts = [(str(s), float(v) / total) for s, v in row.items() if v]
-    parts.sort(key=lambda p: -p[1])
-    return ", ".join(f"{s.replace('_', ' ')} {p * 100:.0f}%" for s, p in parts[:3])
+    parts = sorted(((str(s), float(v)) for s, v in row.items() if v >= k), key=lambda p: -p[1])
+    rest = total - sum(v for _, v in parts[:3])
+    shown = [(s.replace("_", " "), v) for s, v in parts[:3]] + ([("other stages", rest)] if rest > 0 else [])
+    return ", ".join(f"{s} {v / total * 100:.0f}%" for s, v in shown)
 
 
 def _traits(row: pd.Series, data: ReportData, fmt: Fmt) -> str:
@@ -420,15 +425,16 @@ def segment_profile_table(
     view: SegmentView, data: ReportData, settings: Settings, fmt: Fmt, colours: dict[str, str]
 ) -> Table:
     plays = play_settings(settings)
+    w = WORDS[settings.report.preset]
     header = [
         "Segment",
-        "Customers",
-        "% customers",
+        w["Customers"],
+        f"% {w['customers']}",
         "% revenue",
         "R / F / M",
         "Recency (days)",
         "Purchases",
-        "Revenue / customer",
+        f"Revenue / {w['customer']}",
     ]
     has_clv, has_churn = data.has.get(CLV), data.has.get(CHURN_RISK)
     if has_clv:
@@ -454,7 +460,7 @@ def segment_profile_table(
         if has_churn:
             row += [fmt.pct(r.get("mean_churn_risk")), fmt.pct(r.get("high_churn_risk_share"))]
         pid = play_for(view.segment_type, r, settings.rfm.bins, dominant_stage(view, str(r[SEGMENT])))
-        row += [_mix_text(view, str(r[SEGMENT])), plays[pid].name if pid else "–"]
+        row += [_mix_text(view, str(r[SEGMENT]), data.k), plays[pid].name if pid else "–"]
         rows.append(row)
     return Table(header, rows, [colours.get(str(s), C.OTHER_COLOUR) for s in view.table[SEGMENT]])
 
@@ -486,7 +492,7 @@ def persona_cards(
             facts.append(("Avg CLV", fmt.money(r.get("mean_clv"))))
         if data.has.get(CHURN_RISK):
             facts.append(("Churn risk", fmt.pct(r.get("mean_churn_risk"))))
-        facts.append(("Lifecycle mix", _mix_text(view, name)))
+        facts.append(("Lifecycle mix", _mix_text(view, name, data.k)))
         cards.append(
             {
                 "name": name,
@@ -517,9 +523,9 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str]) -> Table:
+def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict[str, str]) -> Table:
     cols = [c for c in KPI_LABELS if c in wide.columns]
-    header = ["Segment", *[KPI_LABELS[c][0] for c in cols]]
+    header = ["Segment", *[KPI_LABELS[c][0].replace("Customers", words["Customers"]) for c in cols]]
     rows = []
     for seg, r in wide.iterrows():
         rows.append([str(seg), *[getattr(fmt, KPI_LABELS[c][1])(r[c]) for c in cols]])
@@ -722,7 +728,7 @@ def _context(
         if st in data.segments
     ]
     kpis = [
-        (TYPE_LABELS.get(st, st), kpi_table(data.kpis[st], fmt, palettes.get(st, {})))
+        (TYPE_LABELS.get(st, st), kpi_table(data.kpis[st], fmt, palettes.get(st, {}), w))
         for st in (*SEGMENT_TYPES, "all")
         if st in data.kpis
     ]
@@ -866,6 +872,7 @@ def _context(
         "kpis": kpis,
         "retention": retention,
         "life_kpis": life_kpis,
+        "has_engagement": any(k in wide.columns for wide in data.kpis.values() for k in ENGAGEMENT_KPIS),
         "ltv_cac": ltv_cac_tables(data.ltv_cac, fmt, primary) if data.ltv_cac is not None else [],
         "charts": charts,
         "chart": {c["name"]: c for c in charts},
