@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=1_000_000)
     ap.add_argument("--engine", choices=["local", "spark"], default="local")
     ap.add_argument("--sample-size", type=int, default=None)
-    ap.add_argument("--final-fit", choices=["all", "sample"], default="all")
+    ap.add_argument("--final-fit", choices=["all", "sample"], default="sample")
     ap.add_argument("--density", action="store_true", help="also time DBSCAN + nearest-core assignment")
     ap.add_argument("--driver-memory", default="6g")
     args = ap.parse_args()

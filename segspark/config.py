@@ -287,7 +287,7 @@ class ClusteringConfig(Section):
     persona_names: dict[str, str] = Field(default_factory=dict)
     # --- added by the clustering stage ---
     sweep_engine: Literal["local", "spark"] = "local"  # local: sample on the driver; spark: MLlib on the sample
-    final_fit: Literal["all", "sample"] = "all"  # fit the chosen model on every customer or on the sample
+    final_fit: Literal["all", "sample"] = "sample"  # fit the chosen model on the sample or on everyone
     max_iter: int = Field(default=20, ge=1)
     tol: float = Field(default=1e-4, gt=0)
     impute_strategy: Literal["median", "mean"] = "median"

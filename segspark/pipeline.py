@@ -74,6 +74,11 @@ class RunContext:
     outputs: dict[str, int | None] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    cached: list[DataFrame] = field(default_factory=list)
+
+    def cache(self, df: DataFrame) -> None:
+        """Remember a persisted frame; ``run`` unpersists them all at the end."""
+        self.cached.append(df)
 
     def write(self, df: DataFrame, name: str) -> None:
         assert self.as_of_date is not None, "as_of_date must be known before writing"
@@ -292,10 +297,17 @@ def stage_features(ctx: RunContext, data: CleanInputs) -> DataFrame:
     channels = settings.rfm.channels
     engagement = behaviour.engagement_features(data.events, as_of) if data.events is not None else None
     ctx.results["engagement"] = engagement
-    return (
+    buyers = (
         features.rfm_features(data.transactions, as_of, channels)
         .transform(behaviour.with_behaviour, behaviour.behaviour_features(data.transactions, as_of, channels))
-        .transform(features.with_rfm_scores, settings.rfm)
+        .persist()  # the score edges are their own job: do not compute the features twice
+    )
+    ctx.cache(buyers)
+    edges = features.rfm_edges(buyers, settings.rfm)
+    ctx.results["rfm_edges"] = edges
+    tracking.log_dict(edges, "rfm/score_edges.json")
+    return (
+        buyers.transform(features.with_rfm_scores, settings.rfm, edges)
         .transform(features.with_rfm_segment, settings.rfm)
         .transform(lifecycle.with_lifecycle_stage, data.customers, as_of, settings.lifecycle)
         .transform(behaviour.with_engagement, engagement)
@@ -498,8 +510,9 @@ def run(ctx: RunContext, *, upto: str = "all", cluster_mode: str = "fit") -> Run
             log.debug("run failed:\n%s", traceback.format_exc())
             raise
         finally:
-            for df in cached:
+            for df in [*cached, *ctx.cached]:
                 df.unpersist()
+            ctx.cached.clear()
         record_run(ctx, "succeeded")
     return ctx
 
@@ -648,6 +661,9 @@ def stage_report(ctx: RunContext) -> None:
             tables[name] = df.where(F.col(S.RUN_ID) == F.lit(ctx.run_id)) if name == S.QUARANTINE else df.where(
                 F.col(S.AS_OF_DATE) == F.lit(ctx.as_of_date)
             )
+    previous = ctx.lake.read_latest_snapshot(S.REPORT_SUMMARY, before=ctx.as_of_date)
+    if previous is not None:
+        tables["previous_report_summary"] = previous
     out_dir = Path(ctx.settings.output.path).resolve() / "reports"
     result = build_report(ctx, tables, out_dir, ctx.settings)
     ctx.results["report_dir"] = str(Path(result.html_path).parent)

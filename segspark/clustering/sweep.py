@@ -9,10 +9,12 @@ The sweep runs on a seeded sample of the prepared features, with one of two engi
 * ``spark``: each candidate is an MLlib fit on the cached sample, with the indices computed in Spark
   (``indices.spark_*``). Use it on a cluster when the sample is large.
 
-Either way the chosen algorithm and k are then fitted with MLlib on every customer (or on the sample,
-``clustering.final_fit: sample``) and appended to the preparation pipeline: that ``PipelineModel`` is
-what gets registered and what ``score`` reuses. Its indices are computed in Spark on the sample. The
-preparation statistics (imputation medians, scaling) are estimated on the sample too.
+Either way the chosen algorithm and k are then fitted with MLlib on the sample (default,
+``clustering.final_fit: sample``; measured 5-25x faster at 2.5M customers) or on every customer
+(``final_fit: all``), appended to the preparation pipeline, and every customer is assigned by it:
+that ``PipelineModel`` is what gets registered and what ``score`` reuses. Its indices are computed in
+Spark on the sample. The preparation statistics (imputation medians, scaling) are estimated on the
+sample too.
 
 Choice rule (recorded in ``chosen["reason"]``):
 1. a candidate is admissible if its smallest cluster holds at least ``min_cluster_share`` of the sample

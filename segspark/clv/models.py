@@ -19,7 +19,6 @@ that unit.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import warnings
@@ -358,11 +357,6 @@ def _finish(
     # L-BFGS-B reports "ABNORMAL" when the line search cannot improve at machine precision; at a
     # point with a tiny gradient and a positive-definite Hessian that is a converged optimum.
     converged = bool(res.success) or (hess_ok and float(np.max(np.abs(grad))) < 1e-5)
-    if converged and not hess_ok:
-        logging.getLogger(__name__).warning(
-            "clv: %s fit converged but its Hessian is not positive definite: standard errors are "
-            "unavailable (a parameter is at a boundary); consider clv.penalizer or another model", model
-        )
     k = len(names)
     return FitResult(
         model=model,
@@ -370,9 +364,7 @@ def _finish(
         log_likelihood=ll,
         n_customers=int(round(n)),
         n_rows=n_rows,
-        # A successful optimizer stop with a singular Hessian is an estimate on a flat ridge or at a
-        # boundary (e.g. almost no dropout): usable for prediction, but without standard errors.
-        converged=converged,
+        converged=converged and hess_ok,
         iterations=int(res.nit),
         function_evals=int(res.nfev),
         grad_norm=grad_norm,

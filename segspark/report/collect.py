@@ -68,6 +68,7 @@ NEW_CUSTOMERS = "new_customers"
 SEGMENT_TYPES: tuple[str, ...] = (RFM_SEGMENT, LIFECYCLE_STAGE, PERSONA, VALUE_TIER)
 LIFECYCLE_ORDER: tuple[str, ...] = ("prospect", "new", "active", "reactivated", "at_risk", "churned")
 ALL = "all"
+DRIFT_TOTAL = "__total__"  # the drift table's per-dimension summary row
 PREVIOUS_SUMMARY = "previous_report_summary"  # optional: the previous run's report_summary rows
 OTHER = "Other"
 UNASSIGNED = "unassigned"
@@ -579,6 +580,17 @@ def clustering_info(result: Any, profiles_table: DataFrame | None, k: int) -> di
     }
 
 
+def drift_table(drift: DataFrame) -> pd.DataFrame:
+    """One row per drift dimension (its total PSI and status); bucket rows stay out of the report,
+    since a bucket's share can describe fewer customers than the minimum segment size."""
+    if "bucket" in drift.columns:
+        drift = drift.where(F.col("bucket") == F.lit(DRIFT_TOTAL))
+        keep = [c for c in ("dimension", "kind", "psi", "status") if c in drift.columns]
+        return _small(drift.select(*keep), S.DRIFT, 5_000).sort_values(keep[:1]).reset_index(drop=True)
+    pdf = _small(drift, S.DRIFT, 5_000)
+    return pdf.drop(columns=[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in pdf.columns])
+
+
 def clv_info(result: Any) -> dict[str, Any] | None:
     if result is None:
         return None
@@ -687,11 +699,13 @@ def collect(ctx_like: Any, tables: Mapping[str, DataFrame | None], settings: Set
         notes["clustering"] = "Behavioural clustering did not run (stage disabled)."
     data.clv_fit = clv_info(results.get("clv"))
     data.churn = churn_info(results.get("churn"))
-    if data.churn is None and not has[CHURN_RISK]:
+    skipped = _get(results.get("churn"), "skipped")
+    if skipped:
+        notes["churn"] = f"Churn propensity model skipped: {skipped}"
+    elif data.churn is None and not has[CHURN_RISK]:
         notes["churn"] = "Churn propensity was not modelled in this run."
     if S.DRIFT in t:
-        drift = _small(t[S.DRIFT], S.DRIFT, 5_000)
-        data.drift = drift.drop(columns=[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in drift.columns])
+        data.drift = drift_table(t[S.DRIFT])
     prev = t.get(PREVIOUS_SUMMARY)
     if prev is not None:
         data.previous_summary = (

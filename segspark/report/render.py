@@ -172,6 +172,14 @@ def fmt_num(x: Any, digits: int = 2) -> str:
     return f"{float(x):,.{digits}f}" if _finite(x) else "–"
 
 
+def fmt_metric(x: Any) -> str:
+    """A model metric: whole numbers as counts (e.g. customers), the rest with three decimals."""
+    if not _finite(x):
+        return "–"
+    v = float(x)
+    return fmt_int(v) if v.is_integer() and abs(v) >= 10 else fmt_num(v, 3)
+
+
 class Fmt:
     """Formatters bound to the report's currency symbol (also used by the templates)."""
 
@@ -189,6 +197,9 @@ class Fmt:
 
     def num(self, x: Any, digits: int = 2) -> str:
         return fmt_num(x, digits)
+
+    def metric(self, x: Any) -> str:
+        return fmt_metric(x)
 
 
 @dataclass
@@ -456,7 +467,8 @@ def segment_profile_table(
             fmt.money(r.get("mean_monetary")),
         ]
         if has_clv:
-            row += [fmt.money(r.get("mean_clv")), fmt.money(r.get("sum_clv"))]
+            total_clv = r.get("sum_clv") if _as_float(r.get("n_clv")) > 0 else None
+            row += [fmt.money(r.get("mean_clv")), fmt.money(total_clv)]
         if has_churn:
             row += [fmt.pct(r.get("mean_churn_risk")), fmt.pct(r.get("high_churn_risk_share"))]
         pid = play_for(view.segment_type, r, settings.rfm.bins, dominant_stage(view, str(r[SEGMENT])))
@@ -479,6 +491,8 @@ def persona_cards(
     cards = []
     for _, r in view.table.iterrows():
         name = str(r[SEGMENT])
+        if name == UNASSIGNED:
+            continue
         pid = play_for(PERSONA, r, settings.rfm.bins, dominant_stage(view, name))
         facts = [
             ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])})"),
@@ -532,7 +546,9 @@ def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict
     return Table(header, rows, [colours.get(str(s), C.OTHER_COLOUR) for s in wide.index])
 
 
-def ltv_cac_tables(ltv: pd.DataFrame, fmt: Fmt, primary: str | None) -> list[tuple[str, Table]]:
+def ltv_cac_tables(
+    ltv: pd.DataFrame, fmt: Fmt, primary: str | None, order: list[str] | None = None
+) -> list[tuple[str, Table]]:
     out = []
     header = [
         "Group",
@@ -566,6 +582,9 @@ def ltv_cac_tables(ltv: pd.DataFrame, fmt: Fmt, primary: str | None) -> list[tup
     if not ch.empty:
         out.append(("By acquisition channel", Table(header, rows(ch.sort_values("segment")))))
     seg = ltv[(ltv["level"] == "segment") & (ltv["segment_type"].isin([primary, "all"]))]
+    if order:  # the segment order of the profile tables, 'all' last
+        rank = {name: i for i, name in enumerate([*order, "all"])}
+        seg = seg.sort_values("segment", key=lambda c: c.map(lambda v: rank.get(v, len(rank))))
     if not seg.empty:
         out.append((f"By {TYPE_LABELS.get(primary or '', 'segment')}", Table(header, rows(seg))))
     return out
@@ -737,16 +756,29 @@ def _context(
     if cl:
         ch = cl["chosen"]
         fm = ch.get("final_metrics") or {}
-        models.append(("Clustering", str(ch.get("reason") or f"k = {ch.get('k')}")))
+        if ch.get("reason") or ch.get("k") is not None:
+            models.append(("Clustering", str(ch.get("reason") or f"k = {ch.get('k')}")))
+        else:  # a report rebuilt from the tables: the profiles are there, the sweep is in MLflow
+            n = len(cl["profiles"]) if cl.get("profiles") is not None else 0
+            models.append(
+                (
+                    "Clustering",
+                    f"{n} personas profiled; the sweep and its indices are in the run's MLflow record",
+                )
+            )
         if fm:
             models.append(
                 (
                     "Clustering on all customers",
-                    ", ".join(f"{k.replace('_', ' ')} {fmt.num(v, 3)}" for k, v in fm.items() if _finite(v)),
+                    ", ".join(f"{k.replace('_', ' ')} {fmt.metric(v)}" for k, v in fm.items() if _finite(v)),
                 )
             )
         if cl.get("hidden_clusters"):
             models.append(("Clusters hidden (below minimum size)", fmt.count(cl["hidden_clusters"])))
+    if data.clv_fit is None and data.has.get(CLV):
+        models.append(
+            ("CLV model", "scores present; the fit and its holdout validation are in the run's MLflow record")
+        )
     if data.clv_fit:
         c = data.clv_fit
         models.append(
@@ -772,14 +804,14 @@ def _context(
             models.append(
                 (
                     "CLV holdout validation",
-                    ", ".join(f"{k.replace('_', ' ')} {fmt.num(val[k], 3)}" for k in keys),
+                    ", ".join(f"{k.replace('_', ' ')} {fmt.metric(val[k])}" for k in keys),
                 )
             )
     if data.churn:
         models.append(
             (
                 "Churn model",
-                ", ".join(f"{k.replace('_', ' ')} {fmt.num(v, 3)}" for k, v in sorted(data.churn.items())),
+                ", ".join(f"{k.replace('_', ' ')} {fmt.metric(v)}" for k, v in sorted(data.churn.items())),
             )
         )
     inputs = Table(
@@ -873,7 +905,11 @@ def _context(
         "retention": retention,
         "life_kpis": life_kpis,
         "has_engagement": any(k in wide.columns for wide in data.kpis.values() for k in ENGAGEMENT_KPIS),
-        "ltv_cac": ltv_cac_tables(data.ltv_cac, fmt, primary) if data.ltv_cac is not None else [],
+        "ltv_cac": (
+            ltv_cac_tables(data.ltv_cac, fmt, primary, data.segments[primary].names() if primary else None)
+            if data.ltv_cac is not None
+            else []
+        ),
         "charts": charts,
         "chart": {c["name"]: c for c in charts},
         "recs": recommendation_table(recs, fmt) if not recs.empty else None,
