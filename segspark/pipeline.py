@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,7 @@ class RunContext:
     results: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     cached: list[DataFrame] = field(default_factory=list)
+    releases: list[Callable[[], None]] = field(default_factory=list)
 
     def cache(self, df: DataFrame) -> None:
         """Remember a persisted frame; ``run`` unpersists them all at the end."""
@@ -429,8 +431,11 @@ def stage_clusters(ctx: RunContext, table: DataFrame) -> DataFrame | None:
     ctx.results["clustering"] = {"chosen": result.chosen, "sweep": result.sweep, "profiles": result.profiles}
     if settings.tracking.enabled:
         inputs = {n: f"{s.info.location}@{s.info.version}" for n, s in ctx.inputs.items()}
-        logged = log_to_mlflow(result, settings.tracking, settings.tracking_uri, input_tables=inputs)
+        logged = log_to_mlflow(
+            result, settings.tracking, settings.tracking_uri, input_tables=inputs, alias=settings.clustering.model_alias
+        )
         ctx.results["clustering"]["model_uri"] = logged.get("model_uri")
+    ctx.releases.append(result.release)  # its assignments stay cached until customer_segments is written
     profiles = ctx.spark.createDataFrame(result.profiles.astype(object).where(result.profiles.notna(), None))
     ctx.write(profiles, S.CLUSTER_PROFILES)
     return result.assignments
@@ -512,7 +517,10 @@ def run(ctx: RunContext, *, upto: str = "all", cluster_mode: str = "fit") -> Run
         finally:
             for df in [*cached, *ctx.cached]:
                 df.unpersist()
+            for release in ctx.releases:
+                release()
             ctx.cached.clear()
+            ctx.releases.clear()
         record_run(ctx, "succeeded")
     return ctx
 
@@ -550,7 +558,9 @@ def stage_score(ctx: RunContext, table: DataFrame) -> DataFrame | None:
     if not settings.clustering.enabled:
         return None
     buyers = table.where(F.col("frequency") > 0)
-    return score_segments(buyers, settings.tracking.registered_model, tracking_uri=settings.tracking_uri)
+    return score_segments(
+        buyers, settings.tracking.registered_model, tracking_uri=settings.tracking_uri, alias=settings.clustering.model_alias
+    )
 
 
 def _latest_date(ctx: RunContext, name: str) -> dt.date:
@@ -580,6 +590,8 @@ def cluster_only(ctx: RunContext) -> RunContext:
             segments = segs.join(assignments, on=S.CUSTOMER_ID, how="left").persist()
             ctx.write(assemble_segments(segments, []), S.CUSTOMER_SEGMENTS)
             segments.unpersist()
+            for release in ctx.releases:
+                release()
         record_run(ctx, "succeeded")
     return ctx
 

@@ -143,7 +143,7 @@ def _bg_family_terms(
     shift = 1.0 if modified else 0.0
     # terms in x only: evaluated once per distinct x
     ux, inv = np.unique(x, return_inverse=True)
-    a1 = special.gammaln(r + ux) - special.gammaln(r) + r * math.log(alpha)
+    a1 = special.gammaln(r + ux) - special.gammaln(r) + r * np.log(alpha)
     a2 = special.betaln(a, b + ux + shift) - special.betaln(a, b)
     log_at = np.log(alpha + T)
     log_atx = np.log(alpha + t_x)
@@ -154,14 +154,14 @@ def _bg_family_terms(
     else:
         d = x > 0
         denom = np.where(d, b + x - 1.0, 1.0)
-    a4 = np.where(d, math.log(a) - np.log(denom) - (r + x) * log_atx, -np.inf)
+    a4 = np.where(d, np.log(a) - np.log(denom) - (r + x) * log_atx, -np.inf)
     lse = np.logaddexp(a3, a4)
     ll = (a1 + a2)[inv] + lse
     if not with_grad:
         return ll, None
     w3 = np.exp(a3 - lse)
     w4 = 1.0 - w3
-    dr = (special.digamma(r + ux) - special.digamma(r) + math.log(alpha))[inv] - w3 * log_at - w4 * log_atx
+    dr = (special.digamma(r + ux) - special.digamma(r) + np.log(alpha))[inv] - w3 * log_at - w4 * log_atx
     dalpha = r / alpha - (r + x) * (w3 / (alpha + T) + w4 / (alpha + t_x))
     psi_ab_x = special.digamma(a + b + ux + shift)
     da = (special.digamma(a + b) - psi_ab_x)[inv] + w4 / a
@@ -194,9 +194,9 @@ def _pareto_log_a0(params: FloatArray, x: FloatArray, t_x: FloatArray, T: FloatA
 def _pareto_terms(params: FloatArray, s: RfmStats) -> FloatArray:
     r, alpha, sh, beta = params
     x, t_x, T = s.x, s.t_x, s.T
-    a1 = special.gammaln(r + x) - special.gammaln(r) + r * math.log(alpha) + sh * math.log(beta)
+    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha) + sh * np.log(beta)
     first = -(r + x) * np.log(alpha + T) - sh * np.log(beta + T)
-    second = math.log(sh) - np.log(r + sh + x) + _pareto_log_a0(params, x, t_x, T)
+    second = np.log(sh) - np.log(r + sh + x) + _pareto_log_a0(params, x, t_x, T)
     return a1 + np.logaddexp(first, second)
 
 
@@ -225,7 +225,7 @@ def gamma_gamma_log_likelihood_terms(params: Any, s: SpendStats) -> FloatArray:
         special.gammaln(px + q)
         - special.gammaln(px)
         - special.gammaln(q)
-        + q * math.log(g)
+        + q * np.log(g)
         + px * np.log(s.x)
     )
     return s.weight * (const - (px + q) * np.log(s.x * s.mean_m + g)) + (px - 1.0) * s.sum_log_m
@@ -242,7 +242,7 @@ def _gamma_gamma_grad(params: FloatArray, s: SpendStats) -> FloatArray:
     lx = np.log(x * s.mean_m + g)
     dig = special.digamma(px + q)
     dp = (s.weight * x * (dig - special.digamma(px) + np.log(x) - lx) + x * s.sum_log_m).sum()
-    dq = (s.weight * (dig - special.digamma(q) + math.log(g) - lx)).sum()
+    dq = (s.weight * (dig - special.digamma(q) + np.log(g) - lx)).sum()
     dg = (s.weight * (q / g - (px + q) / (x * s.mean_m + g))).sum()
     return np.array([dp, dq, dg])
 
@@ -296,8 +296,11 @@ def _minimize(
 
     def objective(theta: FloatArray) -> float:
         p = np.exp(theta)
-        with np.errstate(all="ignore"):
-            val = nll(p) / n + penalizer * float(np.sum(p**2))
+        try:
+            with np.errstate(all="ignore"):
+                val = nll(p) / n + penalizer * float(np.sum(p**2))
+        except (ValueError, OverflowError, ZeroDivisionError):  # a parameter under/overflowed
+            return 1e300
         return val if np.isfinite(val) else 1e300
 
     def numeric_grad(theta: FloatArray) -> FloatArray:
@@ -315,7 +318,11 @@ def _minimize(
     else:
         jac = numeric_grad
     res = optimize.minimize(
-        objective, theta0, jac=jac, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-9, "ftol": 1e-14}
+        objective,
+        theta0,
+        jac=jac,
+        method="L-BFGS-B",
+        options={"maxiter": 2000, "gtol": 1e-9, "ftol": 1e-14},
     )
     if not np.isfinite(res.fun) or res.fun >= 1e299:
         raise SegsparkError(f"clv: the {name} fit did not reach a finite likelihood; {_FAIL_HINT}")
