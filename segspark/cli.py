@@ -172,6 +172,15 @@ COMMANDS = {
 }
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    from segspark.session import stop_owned
+
+    try:
+        return COMMANDS[args.command](args)
+    finally:
+        stop_owned()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("py4j", "urllib3", "mlflow", "alembic", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        return _dispatch(args)
     except SegsparkError as exc:
         if args.verbose:
             traceback.print_exc()

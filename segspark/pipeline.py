@@ -8,7 +8,8 @@ import secrets
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,7 @@ class RunContext:
     mlflow_run_id: str | None = None
     cached: list[DataFrame] = field(default_factory=list)
     releases: list[Callable[[], None]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def cache(self, df: DataFrame) -> None:
         """Remember a persisted frame; ``run`` unpersists them all at the end."""
@@ -84,9 +86,20 @@ class RunContext:
 
     def write(self, df: DataFrame, name: str) -> None:
         assert self.as_of_date is not None, "as_of_date must be known before writing"
-        res = self.lake.write(df, name, run_id=self.run_id, as_of_date=self.as_of_date)
+        with self.timed(f"write_{name}"):
+            res = self.lake.write(df, name, run_id=self.run_id, as_of_date=self.as_of_date)
         self.outputs[name] = res.version
         log.info("wrote %s (version %s%s)", name, res.version, ", already committed" if res.skipped else "")
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Time a step (Spark is lazy: a table's write time includes computing it); logged and tracked."""
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        self.timings[step] = round(seconds, 3)
+        log.info("%s took %.1f s", step, seconds)
+        tracking.log_metrics({f"seconds_{step}": seconds})
 
 
 def open_context(settings: Settings, command: str, *, demo: bool = False, spark: SparkSession | None = None) -> RunContext:
@@ -129,6 +142,7 @@ RUNS_SCHEMA = T.StructType(
             "outputs",
             T.ArrayType(T.StructType([T.StructField("table", T.StringType()), T.StructField("version", T.LongType())])),
         ),
+        T.StructField("step_seconds", T.MapType(T.StringType(), T.DoubleType())),
     ]
 )
 
@@ -152,6 +166,7 @@ def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
             for s in ctx.inputs.values()
         ],
         [(name, version) for name, version in sorted(ctx.outputs.items())],
+        dict(ctx.timings),
     )
     df = ctx.spark.createDataFrame([row], RUNS_SCHEMA)
     as_of = ctx.as_of_date or ended.date()
@@ -387,7 +402,8 @@ def stage_models(ctx: RunContext, data: CleanInputs) -> list[DataFrame]:
     assert ctx.as_of_date is not None
     scores: list[DataFrame] = []
     if settings.clv.enabled:
-        res = fit_clv(data.transactions, ctx.as_of_date, settings.clv)
+        with ctx.timed("clv_fit_and_score"):
+            res = fit_clv(data.transactions, ctx.as_of_date, settings.clv)
         ctx.results["clv"] = {"fit": res.fit, "validation": res.validation}
         ctx.write(ctx.spark.createDataFrame(clv_validation_rows(res.validation), CLV_VALIDATION_SCHEMA), S.CLV_VALIDATION)
         tracking.log_metrics(res.metrics())
@@ -397,7 +413,8 @@ def stage_models(ctx: RunContext, data: CleanInputs) -> list[DataFrame]:
         scores.append(res.customers)
     if settings.churn.enabled:
         try:
-            cres = churn.run_churn(data.transactions, ctx.as_of_date, settings.churn)
+            with ctx.timed("churn_model"):
+                cres = churn.run_churn(data.transactions, ctx.as_of_date, settings.churn)
         except InputError as exc:  # too little history or a one-sided label: skip, say why
             log.warning("churn model skipped: %s", exc)
             ctx.results["churn"] = {"skipped": str(exc)}
@@ -427,7 +444,8 @@ def stage_clusters(ctx: RunContext, table: DataFrame) -> DataFrame | None:
     if not settings.clustering.enabled:
         return None
     buyers = table.where(F.col("frequency") > 0)
-    result = fit_segments(buyers, settings.clustering, previous_profiles(ctx))
+    with ctx.timed("clustering_fit"):
+        result = fit_segments(buyers, settings.clustering, previous_profiles(ctx))
     ctx.results["clustering"] = {"chosen": result.chosen, "sweep": result.sweep, "profiles": result.profiles}
     if settings.tracking.enabled:
         inputs = {n: f"{s.info.location}@{s.info.version}" for n, s in ctx.inputs.items()}
@@ -499,7 +517,8 @@ def run(ctx: RunContext, *, upto: str = "all", cluster_mode: str = "fit") -> Run
         cached: list[DataFrame] = []
         try:
             frames = read_inputs(ctx)
-            data = stage_ingest(ctx, frames)
+            with ctx.timed("ingest_validate"):
+                data = stage_ingest(ctx, frames)
             tracking.log_input_lineage(
                 [
                     {"name": s.info.name, "location": s.info.location, "version": s.info.version, "rows": s.rows_in}
@@ -525,11 +544,25 @@ def run(ctx: RunContext, *, upto: str = "all", cluster_mode: str = "fit") -> Run
     return ctx
 
 
+def materialize(df: DataFrame) -> DataFrame:
+    """Cache a customer-level frame reused by several stages.
+
+    Over Spark Connect the whole logical plan travels with every request, and the plans of later
+    stages (features joined with CLV, churn and clusters) outgrow the protocol's nesting limit: a
+    local checkpoint cuts the plan to a reference to the cached data. Classic sessions persist.
+    """
+    from segspark.io.delta_spark import is_remote
+
+    if is_remote(df.sparkSession):
+        return df.localCheckpoint(eager=True)
+    return df.persist()
+
+
 def _analyse(ctx: RunContext, data: CleanInputs, upto: str, cluster_mode: str) -> list[DataFrame]:
     """Everything after ingest; returns the frames it cached (the caller releases them)."""
     from segspark import features
 
-    segmented = stage_features(ctx, data).persist()
+    segmented = materialize(stage_features(ctx, data))
     ctx.write(segmented.drop(*LABEL_COLUMNS), S.CUSTOMER_FEATURES)
     ctx.write(features.rfm_grid(segmented.where(F.col("r_score").isNotNull())), S.RFM_GRID)
     if upto == "features":
@@ -540,10 +573,13 @@ def _analyse(ctx: RunContext, data: CleanInputs, upto: str, cluster_mode: str) -
     model_table = segmented
     for extra in extras:
         model_table = model_table.join(extra, on=S.CUSTOMER_ID, how="left")
+    if extras:
+        model_table = materialize(model_table)
+        ctx.cache(model_table)
     assignments = stage_clusters(ctx, model_table) if cluster_mode == "fit" else stage_score(ctx, model_table)
     if assignments is not None:
         extras.append(assignments)
-    segments = assemble_segments(segmented, extras).persist()
+    segments = materialize(assemble_segments(segmented, extras))
     ctx.write(segments, S.CUSTOMER_SEGMENTS)
     stage_tables(ctx, data, segments, ctx.results.get("engagement"))
     stage_report(ctx)
@@ -677,7 +713,8 @@ def stage_report(ctx: RunContext) -> None:
     if previous is not None:
         tables["previous_report_summary"] = previous
     out_dir = Path(ctx.settings.output.path).resolve() / "reports"
-    result = build_report(ctx, tables, out_dir, ctx.settings)
+    with ctx.timed("report_build"):
+        result = build_report(ctx, tables, out_dir, ctx.settings)
     ctx.results["report_dir"] = str(Path(result.html_path).parent)
     ctx.write(ctx.spark.createDataFrame(result.summary), S.REPORT_SUMMARY)
     ctx.write(ctx.spark.createDataFrame(result.recommendations), S.RECOMMENDATIONS)

@@ -24,6 +24,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Sessions this process started (not one a cluster or notebook already had): the CLI stops them on
+# exit, which also shuts down a local Spark Connect server.
+_OWNED: list[SparkSession] = []
+
+
+def stop_owned() -> None:
+    while _OWNED:
+        session = _OWNED.pop()
+        try:
+            session.stop()
+        except Exception as exc:  # stopping must never mask the command's own result
+            log.debug("stopping Spark failed: %s", exc)
+
 SUPPORTED_JAVA = (17, 21)
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
 JAVA_HINT = "install a Java 17 or 21 runtime (e.g. 'apt-get install openjdk-17-jre-headless') and set JAVA_HOME"
@@ -89,11 +102,12 @@ def local_conf(cfg: SparkConfig) -> dict[str, str]:
     return conf
 
 
-def get_spark(cfg: SparkConfig) -> SparkSession:
+def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
     """Build or reuse the Spark session described by ``cfg``.
 
     Order: ``spark.remote`` (Spark Connect) if set; else an already active session (cluster,
-    Databricks); else an embedded local session on ``spark.master``.
+    Databricks); else an embedded local session on ``spark.master``. ``owned``: a session this call
+    starts is stopped by :func:`stop_owned` (the CLI's exit); pass False to keep it (tests, notebooks).
     """
     from pyspark.sql import SparkSession
 
@@ -110,7 +124,10 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
                 continue  # static settings cannot be set from a Connect client
             builder = builder.config(key, value)
         log.info("connecting to Spark Connect at %s", cfg.remote)
-        return builder.getOrCreate()
+        session = builder.getOrCreate()
+        if owned:
+            _OWNED.append(session)
+        return session
 
     existing = active_session()
     if existing is not None:
@@ -127,4 +144,6 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         builder = builder.config(key, value)
     log.info("starting Spark on %s", cfg.master)
     spark = builder.getOrCreate()
+    if owned:
+        _OWNED.append(spark)
     return spark

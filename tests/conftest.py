@@ -25,7 +25,8 @@ def spark() -> Iterator[object]:
                 "spark.default.parallelism": "2",
                 "spark.sql.adaptive.coalescePartitions.enabled": "false",
             },
-        )
+        ),
+        owned=False,  # the CLI tests run in-process and must not stop the suite's session
     )
     yield session
     session.stop()
