@@ -95,6 +95,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
     from segspark import pipeline
 
     settings = _settings(args, extra)
+    _check_key(settings, demo)
     ctx = pipeline.open_context(settings, args.command, demo=demo)
     upto = args.command if args.command in pipeline.STAGES else "all"
     pipeline.run(ctx, upto=upto, cluster_mode="score" if args.command == "score" else "fit")
@@ -139,6 +140,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
         return 0
     _print_run(ctx)
     return 0
+
+
+def _check_key(settings, demo: bool) -> None:  # type: ignore[no-untyped-def]
+    """A missing pseudonymization key is a configuration error: say so before Spark starts."""
+    if settings.privacy.pseudonymize:
+        from segspark import privacy
+
+        privacy.resolve_key(settings.privacy, demo=demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -100,3 +100,14 @@ def test_cli_exits_2_on_missing_config_file(capsys: pytest.CaptureFixture[str]) 
 
 def test_cli_exits_2_on_bad_arguments() -> None:
     assert main(["frobnicate"]) == 2
+
+
+def test_missing_pseudonymization_key_exits_2_before_spark_starts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("SEGSPARK_PSEUDO_KEY", raising=False)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))  # Spark could not start: the key check comes first
+    code = main(["run", "--set", f"input.transactions.path={tmp_path}", "--set", f"output.path={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("segspark: configuration error: no pseudonymization key: set the environment variable SEGSPARK_PSEUDO_KEY")
