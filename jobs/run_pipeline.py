@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from segspark.cli import COMMANDS, main as cli_main
+from segspark.cli import COMMANDS
+from segspark.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import secrets
 import subprocess
 import time
 import traceback
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,10 +270,7 @@ def stage_ingest(ctx: RunContext, frames: dict[str, DataFrame]) -> CleanInputs:
         stats.rows_in, stats.rows_clean, stats.rows_quarantined = res.rows_in, res.rows_clean, res.rows_quarantined
         stats.by_rule = dict(res.by_rule)
         results.append(res)
-        out = res.clean
-        if key is not None and S.CUSTOMER_ID in out.columns:
-            out = privacy.pseudonymize(out, key)
-        clean[name] = out
+        clean[name] = res.clean  # customer ids are already pseudonyms when a key is given
     ingest.log_summary(results)
     ctx.results["quality"] = [r.summary() for r in results]
     tracking.log_metrics(
@@ -312,7 +309,11 @@ def stage_features(ctx: RunContext, data: CleanInputs) -> DataFrame:
     as_of = ctx.as_of_date
     assert as_of is not None
     channels = settings.rfm.channels
-    engagement = behaviour.engagement_features(data.events, as_of) if data.events is not None else None
+    engagement = None
+    if data.events is not None:
+        # joined into the features here and read again by the KPIs: computed once
+        engagement = behaviour.engagement_features(data.events, as_of).persist()
+        ctx.cache(engagement)
     ctx.results["engagement"] = engagement
     buyers = (
         features.rfm_features(data.transactions, as_of, channels)
@@ -396,7 +397,7 @@ def fit_clv(transactions: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
 
 def stage_models(ctx: RunContext, data: CleanInputs) -> list[DataFrame]:
     """CLV and churn scores per customer (each a DataFrame keyed by customer_id), logged to MLflow."""
-    from segspark import churn, clv
+    from segspark import churn
 
     settings = ctx.settings
     assert ctx.as_of_date is not None

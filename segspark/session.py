@@ -1,6 +1,6 @@
 """The one Spark session factory: embedded local, an active cluster/Databricks session, or Spark Connect.
 
-Nothing here (or anywhere in segspark) touches ``sparkContext``, RDDs or ``_jvm``, so the job runs on
+Nothing here (or anywhere in segspark) uses the driver-side Spark context, RDDs or the JVM gateway, so the job runs on
 Spark Connect, Databricks serverless and shared clusters.
 """
 
