@@ -38,7 +38,7 @@ WITH lines AS (
   SELECT customer_id, order_id, SUM(amount) AS net,
          SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS gross,
          SUM(CASE WHEN amount < 0 THEN -amount ELSE 0 END) AS ret,
-         MIN(order_ts) AS ts, MIN(channel) AS ch
+         MIN(order_ts) AS ts, MIN(CASE WHEN channel IN ('web', 'app', 'store') THEN channel END) AS ch
   FROM lines GROUP BY customer_id, order_id
 ), c AS (
   SELECT customer_id, COUNT(*) FILTER (WHERE net > 0) AS frequency, SUM(net) AS monetary,
@@ -222,8 +222,9 @@ def pandas_rfm(path: str):  # type: ignore[no-untyped-def]
 
     df = pd.read_parquet(path, columns=["customer_id", "order_id", "order_ts", "amount", "channel"])
     df = df[df["order_ts"] < pd.Timestamp(AS_OF + dt.timedelta(days=1), tz="UTC")]
-    # min() of an object column runs row by row in Python: take the min of sorted category codes
-    cats = sorted(df["channel"].dropna().unique())
+    # an order's channel: the alphabetically first of its listed channels (see features); min() of
+    # an object column runs row by row in Python, so take the min of sorted category codes
+    cats = sorted(["web", "app", "store"])
     codes = pd.Categorical(df["channel"], categories=cats).codes.astype("int32")
     none = len(cats)
     df = df.assign(

@@ -3,8 +3,8 @@
 Definitions (one row per customer with at least one order line on or before ``as_of_date``):
 
 - An *order* is (customer_id, order_id); its net amount is the sum of its lines (returns are
-  negative lines of the same order), its time the earliest line time, its channel the smallest
-  non-null line channel. Lines after ``as_of_date`` (by UTC date) are left out: they are holdout.
+  negative lines of the same order), its time the earliest line time, its channel the
+  alphabetically first of its lines' channels that is in ``rfm.channels`` (none: "other"). Lines after ``as_of_date`` (by UTC date) are left out: they are holdout.
 - A *purchase* is an order with positive net amount. ``frequency`` counts purchases.
 - ``monetary``: net revenue, the sum of all order nets (can be <= 0 for customers who returned more
   than they bought in the window).
@@ -95,16 +95,25 @@ def rfm_features(
     """
     as_of = F.lit(as_of_date)
     amount = F.col(S.AMOUNT)
+    # Channels as small integer codes (position in sorted order, null when not listed): a minimum
+    # over a string column forces Spark into a sort-based aggregation of every line, while an
+    # integer minimum keeps the hash aggregation.
+    known_channels = sorted(channels)
+    code = F.lit(None).cast("int")
+    if known_channels:
+        code = F.when(F.col(S.CHANNEL) == F.lit(known_channels[0]), F.lit(0))
+        for i, ch in enumerate(known_channels[1:], start=1):
+            code = code.when(F.col(S.CHANNEL) == F.lit(ch), F.lit(i))
     lines = transactions.where(F.to_date(F.col(S.ORDER_TS)) <= as_of).repartition(F.col(S.CUSTOMER_ID))
     orders = lines.groupBy(S.CUSTOMER_ID, S.ORDER_ID).agg(
         F.sum(amount).alias("_net"),
         F.sum(F.when(amount > 0, amount).otherwise(F.lit(0.0))).alias("_gross"),
         F.sum(F.when(amount < 0, -amount).otherwise(F.lit(0.0))).alias("_returned"),
         F.min(S.ORDER_TS).alias("_ts"),
-        F.min(S.CHANNEL).alias("_channel"),
+        F.min(code).alias("_channel"),
     )
     purchase = F.col("_net") > 0
-    known = F.coalesce(F.col("_channel").isin(*channels), F.lit(False)) if channels else F.lit(False)
+    known = F.col("_channel").isNotNull()
     customers = orders.groupBy(S.CUSTOMER_ID).agg(
         F.count_if(purchase).alias(FREQUENCY),
         F.sum("_net").alias(MONETARY),
@@ -114,7 +123,10 @@ def rfm_features(
         F.max("_ts").alias("_last_order"),
         F.sum("_gross").alias("_gross"),
         F.sum("_returned").alias("_returned"),
-        *[F.count_if(purchase & (F.col("_channel") == ch)).alias(channel_column(ch)) for ch in channels],
+        *[
+            F.count_if(purchase & (F.col("_channel") == known_channels.index(ch))).alias(channel_column(ch))
+            for ch in channels
+        ],
         F.count_if(purchase & ~known).alias(ORDERS_OTHER),
     )
     first = F.coalesce(F.col("_first_purchase"), F.col("_first_order"))

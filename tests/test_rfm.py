@@ -39,8 +39,10 @@ HAND = [
     # C: fully returned order: no purchase, recency from the order itself
     ("C", "O6", ts(2025, 3, 1, 12), 20.0, 1, "web"),
     ("C", "O6", ts(2025, 3, 5, 12), -20.0, -1, "web"),
-    # D: a channel outside the configured list
+    # D: a channel outside the configured list, and a free line of the same order via the web: the
+    # order's channel is its first listed channel ("web"), not the alphabetically first ("kiosk")
     ("D", "O7", ts(2024, 12, 31, 12), 10.0, 1, "kiosk"),
+    ("D", "O7", ts(2024, 12, 31, 12), 0.0, 1, "web"),
     # E: null quantity
     ("E", "O8", ts(2025, 3, 15, 0), 40.0, None, "app"),
     # F: ties with B on recency and monetary
@@ -53,7 +55,7 @@ HAND_FEATURES = {
     "A": (0, 2, 120.0, 60.0, ts(2025, 1, 10, 10), ts(2025, 3, 31, 23, 59, 59), 80, 0.25, 1, 1, 0, 0),
     "B": (58, 2, 60.0, 30.0, ts(2025, 2, 1, 8), ts(2025, 2, 1, 18), 58, 0.0, 0, 0, 1, 1),
     "C": (30, 0, 0.0, 0.0, ts(2025, 3, 1, 12), ts(2025, 3, 1, 12), 30, 1.0, 0, 0, 0, 0),
-    "D": (90, 1, 10.0, 10.0, ts(2024, 12, 31, 12), ts(2024, 12, 31, 12), 90, 0.0, 0, 0, 0, 1),
+    "D": (90, 1, 10.0, 10.0, ts(2024, 12, 31, 12), ts(2024, 12, 31, 12), 90, 0.0, 1, 0, 0, 0),
     "E": (16, 1, 40.0, 40.0, ts(2025, 3, 15), ts(2025, 3, 15), 16, 0.0, 0, 1, 0, 0),
     "F": (58, 1, 60.0, 60.0, ts(2025, 2, 1), ts(2025, 2, 1), 58, 0.0, 1, 0, 0, 0),
 }
@@ -183,7 +185,7 @@ WITH lines AS (
   SELECT customer_id, order_id, SUM(amount) AS net,
          SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS gross,
          SUM(CASE WHEN amount < 0 THEN -amount ELSE 0 END) AS ret,
-         MIN(order_ts) AS ts, MIN(channel) AS ch
+         MIN(order_ts) AS ts, MIN(CASE WHEN channel IN ('web', 'app', 'store') THEN channel END) AS ch
   FROM lines GROUP BY customer_id, order_id
 ), c AS (
   SELECT customer_id, COUNT(*) FILTER (WHERE net > 0) AS frequency, SUM(net) AS monetary,
