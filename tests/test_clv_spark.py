@@ -269,6 +269,12 @@ def test_bgnbd_spark_predictions_match_lifetimes_clv(spark: Any, cdnow_published
     np.testing.assert_allclose(
         got["p_alive"], bg.conditional_probability_alive(rep["x"], rep["t_x"], rep["T"]), rtol=1e-10
     )
+    # evaluated once per distinct (x, T) and joined back: still every customer's own expectation
+    np.testing.assert_allclose(
+        got["expected_purchases"],
+        bg.conditional_expected_number_of_purchases_up_to_time(12 * 4.345, rep["x"], rep["t_x"], rep["T"]),
+        rtol=1e-8,
+    )
 
 
 def test_compressed_spark_statistics_give_the_per_customer_fit(spark: Any, cdnow_tx: DataFrame) -> None:
@@ -293,3 +299,47 @@ def test_no_holdout_fits_on_everything_and_chooses_by_bic(cdnow_tx: DataFrame) -
     assert result.fit["model"] == min(bics, key=bics.__getitem__) and "BIC" in result.fit["reason"]
     assert "holdout_mae" not in result.validation and "clv_conditional_expectation" not in result.figures
     assert result.customers.count() == early.select("customer_id").distinct().count()
+
+
+def test_mbgnbd_spark_predictions_per_customer(spark: Any) -> None:
+    schema = T.StructType(
+        [
+            T.StructField("customer_id", T.StringType(), True),
+            T.StructField("frequency", T.LongType(), True),
+            T.StructField("recency", T.DoubleType(), True),
+            T.StructField("T", T.DoubleType(), True),
+            T.StructField("monetary_value", T.DoubleType(), True),
+        ]
+    )
+    rows = [
+        ("a", 2, 3.0, 10.0, 20.0),
+        ("b", 2, 8.0, 10.0, 30.0),  # same (x, T) as "a", another recency: another P(alive)
+        ("c", 0, 0.0, 5.0, None),  # one-time buyer, no spend history
+        ("d", 0, 0.0, 0.0, None),  # edge: first purchase on the as-of day
+        ("e", 7, 40.0, 52.0, 12.5),
+    ]
+    summary = spark.createDataFrame(rows, schema)
+    params = [0.5, 6.0, 0.9, 1.6]
+    gg = [6.0, 4.0, 15.0]
+    fit = M.fit_transactions(M.MBGNBD, M.RfmStats.from_arrays([0, 1, 3], [0, 1, 2], [4, 5, 6]), strict=False)
+    fit.params = dict(zip(M.PARAM_NAMES[M.MBGNBD], params, strict=True))
+    got = (
+        P.with_predictions(summary, fit, gg, 6, 0.01, 4.0)
+        .toPandas()
+        .set_index("customer_id")
+        .loc[list("abcde")]
+    )
+    x = np.array([r[1] for r in rows], dtype=float)
+    t_x = np.array([r[2] for r in rows])
+    Tv = np.array([r[3] for r in rows])
+    m = np.array([r[4] if r[4] is not None else np.nan for r in rows])
+    np.testing.assert_allclose(got["p_alive"], M.p_alive(M.MBGNBD, params, x, t_x, Tv), rtol=1e-12)
+    np.testing.assert_allclose(
+        got["expected_purchases"], M.expected_purchases(M.MBGNBD, params, 24.0, x, t_x, Tv), rtol=1e-10
+    )
+    value = M.expected_avg_value(gg, x, m)
+    np.testing.assert_allclose(got["expected_avg_value"], value, rtol=1e-12)
+    np.testing.assert_allclose(
+        got["clv"], M.discounted_clv(M.MBGNBD, params, x, t_x, Tv, value, 6, 0.01, 4.0), rtol=1e-10
+    )
+    assert got.loc["a", "p_alive"] != got.loc["b", "p_alive"]

@@ -3,7 +3,8 @@
 Closed forms are Spark column expressions: P(alive) for BG/NBD and MBG/NBD, the Gamma-Gamma
 expected mean spend, and Pareto/NBD expected purchases given P(alive). Where the Gauss
 hypergeometric function 2F1 is needed (BG/MBG expected purchases, Pareto/NBD P(alive)) a vectorized
-``pandas_udf`` calls ``scipy.special.hyp2f1`` on a whole Arrow batch at once.
+``pandas_udf`` calls ``scipy.special.hyp2f1`` on a whole Arrow batch at once; for BG/MBG only on
+the distinct (x, T) pairs, joined back to the customers.
 """
 
 from __future__ import annotations
@@ -65,20 +66,18 @@ def expected_avg_value_col(gg_params: Any, x: Column, m: Column) -> Column:
     return _lit(p) * (_lit(g) + xd * m_eff) / (_lit(p) * xd + _lit(q - 1.0))
 
 
-def _bg_predictions_udf(
-    model: str, params: Any, horizon: float, months: int, rate: float, units_per_month: float
-) -> Any:
+def _alive_horizon_udf(model: str, params: Any, months: int, rate: float, units_per_month: float) -> Any:
     p = [float(v) for v in params]
 
-    # pandas_udf: E[Y(t)|x,t_x,T] of BG/MBG needs scipy's hyp2f1, which Spark has no built-in for.
-    def predict(x: pd.Series, t_x: pd.Series, T: pd.Series) -> pd.DataFrame:
-        xa, ta, Ta = x.to_numpy(np.float64), t_x.to_numpy(np.float64), T.to_numpy(np.float64)
+    # pandas_udf: BG/MBG expected purchases need scipy's hyp2f1, which Spark has no built-in for.
+    def alive_horizon(x: pd.Series, T: pd.Series) -> pd.DataFrame:
         with np.errstate(all="ignore"):
-            expected = M.expected_purchases(model, p, horizon, xa, ta, Ta)
-            discounted = M.discounted_clv(model, p, xa, ta, Ta, 1.0, months, rate, units_per_month)
+            expected, discounted = M.alive_purchase_horizon(
+                model, p, x.to_numpy(np.float64), T.to_numpy(np.float64), months, rate, units_per_month
+            )
         return pd.DataFrame({"expected_purchases": expected, "discounted_purchases": discounted})
 
-    return F.pandas_udf(predict, _PRED_SCHEMA)  # type: ignore[call-overload]
+    return F.pandas_udf(alive_horizon, _PRED_SCHEMA)  # type: ignore[call-overload]
 
 
 def _pareto_log_odds_udf(params: Any) -> Any:
@@ -151,21 +150,26 @@ def with_predictions(
             (discounted * F.col(EXPECTED_AVG_VALUE)).alias(CLV),
         )
 
-    udf = _bg_predictions_udf(
-        fit.model, params, horizon, horizon_months, monthly_discount_rate, units_per_month
+    # The hypergeometric part depends on (x, T) only: evaluate it once per distinct (x, T), a table
+    # bounded by the day grid (not by the number of customers), and broadcast it back.
+    udf = _alive_horizon_udf(fit.model, params, horizon_months, monthly_discount_rate, units_per_month)
+    grid = summary.select(F.col(FREQUENCY), F.col(AGE)).distinct()
+    alive_horizon = grid.select(
+        F.col(FREQUENCY), F.col(AGE), udf(F.col(FREQUENCY).cast("double"), F.col(AGE)).alias("alive")
     )
-    staged = summary.select(
+    staged = summary.join(F.broadcast(alive_horizon), on=[FREQUENCY, AGE], how="left").select(
         F.col(CUSTOMER_ID),
         p_alive_col(fit.model, params, x, t_x, T).alias(P_ALIVE),
-        udf(x.cast("double"), t_x, T).alias("pred"),
+        F.col("alive"),
         value.alias(EXPECTED_AVG_VALUE),
     )
+    pa = F.col(P_ALIVE)
     return staged.select(
         F.col(CUSTOMER_ID),
-        F.col(P_ALIVE),
-        F.col("pred.expected_purchases").alias(EXPECTED_PURCHASES),
+        pa,
+        (F.col("alive.expected_purchases") * pa).alias(EXPECTED_PURCHASES),
         F.col(EXPECTED_AVG_VALUE),
-        (F.col("pred.discounted_purchases") * F.col(EXPECTED_AVG_VALUE)).alias(CLV),
+        (F.col("alive.discounted_purchases") * pa * F.col(EXPECTED_AVG_VALUE)).alias(CLV),
     )
 
 

@@ -66,16 +66,25 @@ def unit_days(time_unit: str) -> float:
 
 
 def purchase_days(transactions: DataFrame, end: dt.date, min_amount: float = 0.0) -> DataFrame:
-    """One row per customer and purchase day up to ``end`` (inclusive): [customer_id, purchase_date, purchase_value]."""
+    """One row per customer and purchase day up to ``end`` (inclusive).
+
+    Columns: customer_id, purchase_date, purchase_value.
+    """
     missing = [c for c in (CUSTOMER_ID, ORDER_ID, ORDER_TS, AMOUNT) if c not in transactions.columns]
     if missing:
         raise InputError(f"transactions: column(s) {', '.join(missing)} missing; CLV needs them")
+    # One shuffle by customer: the order, day and customer aggregations below all group by
+    # customer_id (plus more keys), so they run in that one stage; letting each aggregation
+    # shuffle on its own keys moves the data three times.
     orders = (
         transactions.filter(
             F.col(CUSTOMER_ID).isNotNull()
             & F.col(ORDER_TS).isNotNull()
-            & (F.to_date(F.col(ORDER_TS)) <= F.lit(end))
+            # to_date(order_ts) <= end, as one comparison with a constant (no per-row date cast)
+            & (F.col(ORDER_TS) < F.lit(end + dt.timedelta(days=1)).cast("timestamp"))
         )
+        .select(CUSTOMER_ID, ORDER_ID, ORDER_TS, AMOUNT)
+        .repartition(F.col(CUSTOMER_ID))
         .groupBy(CUSTOMER_ID, ORDER_ID)
         .agg(F.sum(F.coalesce(F.col(AMOUNT), F.lit(0.0))).alias("net"), F.min(ORDER_TS).alias("first_ts"))
         .filter(F.col("net") >= F.lit(float(min_amount)))
@@ -106,8 +115,9 @@ def summary_from_purchase_days(
         F.max(F.when(cal, F.col(PURCHASE_DATE))).alias("last"),
         F.count_if(cal).alias("n_days"),
         F.sum(F.when(cal, F.col(PURCHASE_VALUE))).alias("total"),
-        # struct ordering compares the date first: the value of the first purchase day
-        F.min(F.when(cal, F.struct(F.col(PURCHASE_DATE), F.col(PURCHASE_VALUE)))).alias("first_day"),
+        # the value of the first purchase day (rows with a null ordering are skipped); min_by keeps
+        # the aggregation hash-based, where a min over a struct falls back to a sort
+        F.min_by(F.col(PURCHASE_VALUE), F.when(cal, F.col(PURCHASE_DATE))).alias("first_value"),
     ]
     if holdout_end is not None:
         hold = (F.col(PURCHASE_DATE) > F.lit(calibration_end)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
@@ -121,9 +131,7 @@ def summary_from_purchase_days(
         x.alias(FREQUENCY),
         (recency_days / F.lit(unit)).alias(RECENCY),
         (age_days / F.lit(unit)).alias(AGE),
-        F.try_divide(F.col("total") - F.col("first_day")[PURCHASE_VALUE], x.cast("double")).alias(
-            MONETARY_VALUE
-        ),
+        F.try_divide(F.col("total") - F.col("first_value"), x.cast("double")).alias(MONETARY_VALUE),
         recency_days.alias(RECENCY_DAYS),
         age_days.alias(AGE_DAYS),
         F.col("first").alias(FIRST_PURCHASE_DATE),
