@@ -446,7 +446,8 @@ def stage_clusters(ctx: RunContext, table: DataFrame) -> DataFrame | None:
         return None
     buyers = table.where(F.col("frequency") > 0)
     with ctx.timed("clustering_fit"):
-        result = fit_segments(buyers, settings.clustering, previous_profiles(ctx))
+        # buyers filter the materialized model table: fit_segments need not cache them again
+        result = fit_segments(buyers, settings.clustering, previous_profiles(ctx), input_cached=True)
     ctx.results["clustering"] = {"chosen": result.chosen, "sweep": result.sweep, "profiles": result.profiles}
     if settings.tracking.enabled:
         inputs = {n: f"{s.info.location}@{s.info.version}" for n, s in ctx.inputs.items()}
@@ -619,16 +620,20 @@ def cluster_only(ctx: RunContext) -> RunContext:
     feats = ctx.lake.read_output(S.CUSTOMER_FEATURES).where(day).drop(S.RUN_ID, S.AS_OF_DATE)
     segs = ctx.lake.read_output(S.CUSTOMER_SEGMENTS).where(day).drop(S.RUN_ID, S.AS_OF_DATE, "cluster_id", "persona")
     scores = [c for c in ("p_alive", "expected_purchases", "clv", "churn_risk") if c in segs.columns]
-    table = feats.join(segs.select(S.CUSTOMER_ID, *scores), on=S.CUSTOMER_ID, how="left")
+    table = materialize(feats.join(segs.select(S.CUSTOMER_ID, *scores), on=S.CUSTOMER_ID, how="left"))
     with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "cluster"}) as mlflow_id:
         ctx.mlflow_run_id = mlflow_id
-        assignments = stage_clusters(ctx, table)
-        if assignments is not None:
-            segments = segs.join(assignments, on=S.CUSTOMER_ID, how="left").persist()
-            ctx.write(assemble_segments(segments, []), S.CUSTOMER_SEGMENTS)
-            segments.unpersist()
+        try:
+            assignments = stage_clusters(ctx, table)
+            if assignments is not None:
+                segments = segs.join(assignments, on=S.CUSTOMER_ID, how="left").persist()
+                ctx.write(assemble_segments(segments, []), S.CUSTOMER_SEGMENTS)
+                segments.unpersist()
+        finally:
             for release in ctx.releases:
                 release()
+            ctx.releases.clear()
+            table.unpersist()
         record_run(ctx, "succeeded")
     return ctx
 

@@ -95,16 +95,19 @@ def test_profile_clusters_against_pandas(spark) -> None:  # type: ignore[no-unty
         ("c", 0, None, 1.5),  # null raw value: left out of the raw mean, imputed value used for z
         ("d", 1, 100.0, 6.0),
         ("e", 1, -5.0, 7.0),  # edge: negative net spend
+        ("f", 2, 30.0, 3.0),  # edge: a one-customer cluster has no variance of its own
     ]
     df = spark.createDataFrame(rows, schema)
     prof, pop = P.profile_clusters(df, ["monetary"], "prediction")
     pdf = pd.DataFrame(rows, columns=["id", "k", "m", "t"])
     sd = pdf["t"].std(ddof=1)
-    for k in (0, 1):
+    for k in (0, 1, 2):
         g = pdf[pdf["k"] == k]
         row = prof[prof["cluster_id"] == k].iloc[0]
-        assert row["size"] == len(g) and row["share"] == pytest.approx(len(g) / 5)
+        assert row["size"] == len(g) and row["share"] == pytest.approx(len(g) / 6)
         assert row["monetary"] == pytest.approx(g["m"].mean())
         assert row[P.z_col("monetary")] == pytest.approx((g["t"].mean() - pdf["t"].mean()) / sd)
-    assert pop["monetary"]["median"] == 10.0  # percentile_approx: the lower median of (-5, 10, 20, 100)
-    assert math.isclose(pop["monetary"]["mean"], np.nanmean([10, 20, 100, -5]))
+    assert pop["monetary"]["median"] == 20.0  # percentile_approx: the lower median of (-5, 10, 20, 30, 100)
+    assert math.isclose(pop["monetary"]["mean"], np.nanmean([10, 20, 100, -5, 30]))
+    assert pop["monetary"]["t_mean"] == pytest.approx(pdf["t"].mean())
+    assert pop["monetary"]["t_sd"] == pytest.approx(sd, rel=1e-12)

@@ -97,49 +97,70 @@ def profile_clusters(
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Per-cluster size, share, mean/median of each raw feature and z-score of each (logged, imputed) mean.
 
-    One ``rollup`` pass: the cluster rows and the population row come from the same aggregate. The
-    medians (used only in descriptions) come from ``medians_from`` when given, a seeded sample of the
-    same assignments, because approximate percentiles per group are the costly part at scale.
+    One ``groupBy`` pass yields per-cluster sufficient statistics (count, mean and sample variance per
+    feature); the population row is combined from them on the driver (Chan et al.'s pairwise
+    update), so the customers are aggregated once, not twice as a ``rollup`` would. The medians
+    (used only in descriptions) come from ``medians_from`` when given, a seeded sample of the same
+    assignments, because approximate percentiles per group are the costly part at scale.
     Returns (profiles, population) where population maps feature -> {mean, median, t_mean, t_sd}.
     """
     aggs = [F.count(F.lit(1)).alias(SIZE)]
     for i, f in enumerate(features):
         t = F.col(prep.imputed(f))
         aggs += [
+            F.count(F.col(f)).alias(f"c{i}"),
             F.avg(F.col(f).cast("double")).alias(f"m{i}"),
             F.avg(t).alias(f"t{i}"),
-            F.stddev_samp(t).alias(f"s{i}"),
+            F.var_samp(t).alias(f"v{i}"),
         ]
-    rows = assigned.rollup(F.col(prediction_col).alias(CLUSTER_ID)).agg(*aggs).collect()
+    # one row per cluster: an aggregate, never customer-level
+    rows = [r.asDict() for r in assigned.groupBy(F.col(prediction_col).alias(CLUSTER_ID)).agg(*aggs).collect()]
     med = _medians(assigned if medians_from is None else medians_from, features, prediction_col)
     nan_row = [math.nan] * len(features)
-    rows = [
-        {**r.asDict(), **{f"q{i}": v for i, v in enumerate(med.get(r[CLUSTER_ID], nan_row))}} for r in rows
-    ]
-    total = next(r for r in rows if r[CLUSTER_ID] is None)
-    clusters = sorted((r for r in rows if r[CLUSTER_ID] is not None), key=lambda r: r[CLUSTER_ID])
-    n = total[SIZE]
+    clusters = sorted(rows, key=lambda r: r[CLUSTER_ID])
+    n = sum(r[SIZE] for r in clusters)
     population = {
         f: {
-            "mean": _num(total[f"m{i}"]),
-            "median": _num(total[f"q{i}"]),
-            "t_mean": _num(total[f"t{i}"]),
-            "t_sd": _num(total[f"s{i}"]),
+            "mean": _pooled_mean([(r[f"c{i}"], r[f"m{i}"]) for r in clusters]),
+            "median": _num(med.get(None, nan_row)[i]),
+            **_pooled_mean_sd([(r[SIZE], r[f"t{i}"], r[f"v{i}"]) for r in clusters]),
         }
         for i, f in enumerate(features)
     }
     records = []
     for r in clusters:
         rec: dict[str, object] = {CLUSTER_ID: int(r[CLUSTER_ID]), SIZE: int(r[SIZE]), SHARE: r[SIZE] / n}
+        q = med.get(r[CLUSTER_ID], nan_row)
         for i, f in enumerate(features):
             rec[mean_col(f)] = _num(r[f"m{i}"])
-            rec[median_col(f)] = _num(r[f"q{i}"])
+            rec[median_col(f)] = _num(q[i])
         for i, f in enumerate(features):
             sd = population[f]["t_sd"]
             rec[z_col(f)] = (_num(r[f"t{i}"]) - population[f]["t_mean"]) / sd if sd and sd > 0 else 0.0
         records.append(rec)
     cols = [CLUSTER_ID, SIZE, SHARE, *features, *map(median_col, features), *map(z_col, features)]
     return pd.DataFrame.from_records(records, columns=cols), population
+
+
+def _pooled_mean(groups: list[tuple[int, float | None]]) -> float:
+    """Mean over the union of groups given (count of non-null values, group mean)."""
+    n = sum(c for c, m in groups if m is not None)
+    return sum(c * m for c, m in groups if m is not None) / n if n else math.nan
+
+
+def _pooled_mean_sd(groups: list[tuple[int, float | None, float | None]]) -> dict[str, float]:
+    """Population mean and sample standard deviation from per-group (count, mean, sample variance).
+
+    Chan, Golub & LeVeque's pairwise combination: the within-group sums of squares plus the
+    between-group term, with no subtraction of large sums (numerically stable).
+    """
+    live = [(c, m, v) for c, m, v in groups if c and m is not None]
+    n = sum(c for c, _, _ in live)
+    if n == 0:
+        return {"t_mean": math.nan, "t_sd": math.nan}
+    mean = sum(c * m for c, m, _ in live) / n
+    m2 = sum((c - 1) * (v if v is not None and not math.isnan(v) else 0.0) + c * (m - mean) ** 2 for c, m, v in live)
+    return {"t_mean": mean, "t_sd": math.sqrt(m2 / (n - 1)) if n > 1 else math.nan}
 
 
 def _num(v: object) -> float:
