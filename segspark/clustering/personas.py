@@ -114,7 +114,8 @@ def profile_clusters(
             F.var_samp(t).alias(f"v{i}"),
         ]
     # one row per cluster: an aggregate, never customer-level
-    rows = [r.asDict() for r in assigned.groupBy(F.col(prediction_col).alias(CLUSTER_ID)).agg(*aggs).collect()]
+    grouped = assigned.groupBy(F.col(prediction_col).alias(CLUSTER_ID)).agg(*aggs)
+    rows = [r.asDict() for r in grouped.collect()]
     med = _medians(assigned if medians_from is None else medians_from, features, prediction_col)
     nan_row = [math.nan] * len(features)
     clusters = sorted(rows, key=lambda r: r[CLUSTER_ID])
@@ -159,7 +160,9 @@ def _pooled_mean_sd(groups: list[tuple[int, float | None, float | None]]) -> dic
     if n == 0:
         return {"t_mean": math.nan, "t_sd": math.nan}
     mean = sum(c * m for c, m, _ in live) / n
-    m2 = sum((c - 1) * (v if v is not None and not math.isnan(v) else 0.0) + c * (m - mean) ** 2 for c, m, v in live)
+    m2 = sum(
+        (c - 1) * (v if v is not None and not math.isnan(v) else 0.0) + c * (m - mean) ** 2 for c, m, v in live
+    )
     return {"t_mean": mean, "t_sd": math.sqrt(m2 / (n - 1)) if n > 1 else math.nan}
 
 
