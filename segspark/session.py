@@ -93,6 +93,10 @@ def local_conf(cfg: SparkConfig) -> dict[str, str]:
         # no _SUCCESS markers inside Delta table folders
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Spark renders every query's plan for its listeners, and a plan over cached frames prints
+        # each cached frame's own plan inline: the LTV:CAC query reached 65M characters, enough to
+        # exhaust a 1 GB driver. Bounded, the text is still readable and memory stays flat.
+        "spark.sql.maxPlanStringLength": "200000",
         "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }

@@ -143,6 +143,11 @@ class Lakehouse:
             return delta_spark.read_table(self.spark, target, name, version)[0]
         return delta_rs.read_table(self.spark, target, name, version)[0]
 
+    def read_snapshot(self, name: str, as_of_date: dt.date) -> DataFrame:
+        """One ``as_of_date`` partition of a snapshot table, without the run stamp columns."""
+        df = self.read_output(name)
+        return df.where(F.col(S.AS_OF_DATE) == F.lit(as_of_date)).drop(S.RUN_ID, S.AS_OF_DATE)
+
     def read_latest_snapshot(self, name: str, before: dt.date) -> DataFrame | None:
         """The newest ``as_of_date`` partition of a snapshot table strictly before ``before``."""
         if not self.exists(name):
