@@ -242,4 +242,5 @@ def test_boundary_optimum_counts_as_converged(seed: int) -> None:
     stats = M.RfmStats.from_arrays(x, np.round(t_x * 7) / 7, T).compress()
     fit = M.fit_transactions(M.BGNBD, stats, penalizer=0.001)
     assert fit.converged and fit.params["a"] < 1e-6
-    assert fit.params["r"] == pytest.approx(0.5, rel=0.15) and fit.params["alpha"] == pytest.approx(5.0, rel=0.25)
+    assert fit.params["r"] == pytest.approx(0.5, rel=0.15)
+    assert fit.params["alpha"] == pytest.approx(5.0, rel=0.25)
