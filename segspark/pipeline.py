@@ -560,6 +560,14 @@ def materialize(df: DataFrame) -> DataFrame:
     return df.persist()
 
 
+def cut_plan(df: DataFrame) -> DataFrame:
+    """A frame read once (by its own write): over Spark Connect, checkpointed so the request stays
+    under the protocol's nesting limit (see :func:`materialize`); a classic session needs no cache."""
+    from segspark.io.delta_spark import is_remote
+
+    return df.localCheckpoint(eager=True) if is_remote(df.sparkSession) else df
+
+
 def _analyse(ctx: RunContext, data: CleanInputs, upto: str, cluster_mode: str) -> list[DataFrame]:
     """Everything after ingest; returns the frames it cached (the caller releases them)."""
     from segspark import features
@@ -581,7 +589,8 @@ def _analyse(ctx: RunContext, data: CleanInputs, upto: str, cluster_mode: str) -
     assignments = stage_clusters(ctx, model_table) if cluster_mode == "fit" else stage_score(ctx, model_table)
     if assignments is not None:
         extras.append(assignments)
-    segments = materialize(assemble_segments(segmented, extras))
+    # written once, then read back as the committed snapshot: nothing reuses the frame itself
+    segments = cut_plan(assemble_segments(segmented, extras))
     ctx.write(segments, S.CUSTOMER_SEGMENTS)
     # The aggregate tables read the committed snapshot back: its plan is one file scan, where the
     # cached frame's plan carries the whole lineage (features, CLV, churn, clusters), which Spark
