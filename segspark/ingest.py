@@ -649,11 +649,15 @@ def validate(
     helpers: dict[str, Column] = {}
     part = [F.col(S.CUSTOMER_ID)] if plan.keyed else []
     if "duplicate_line" in rules:
-        # Copies share every source column. A 64-bit hash of the row leads the window's keys, so
-        # its sort compares longs (radix sort on the prefix) and reaches the full columns only
-        # on true copies or hash ties; the full columns keep the grouping exact.
+        # Copies share every source column; the full columns keep the grouping exact. A 64-bit
+        # hash of the row comes before them, so the sort reaches them only on true copies or hash
+        # ties. Transactions lead with (customer, order): the clean rows then come sorted as the
+        # order and customer aggregations downstream want them (RFM, CLV), and those need no sort.
         stage = stage.withColumn(_HASH, F.xxhash64(*src_refs))
-        w = Window.partitionBy(F.col(_HASH), *part, *src_refs).orderBy(F.col(_HASH))
+        keys = [F.col(_HASH), *part, *src_refs]
+        if plan.keyed and table == "transactions":
+            keys = [*part, F.col(S.ORDER_ID), F.col(_HASH), *src_refs]
+        w = Window.partitionBy(*keys).orderBy(F.col(_HASH))
         helpers["_dup_rank"] = F.row_number().over(w)
     if "customer_id_conflict" in rules:
         row = F.struct(*src_refs)

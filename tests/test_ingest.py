@@ -175,6 +175,31 @@ def test_reconciliation_and_quarantine_has_no_pii(tx_result) -> None:
         assert "C1" not in (raw["customer_id"] or "")
 
 
+def _plan_above_cache(df, capsys) -> str:
+    """The physical plan of ``df`` down to its scan of the cached frame (the cached plan left out)."""
+    df.explain()
+    plan = capsys.readouterr().out
+    assert "InMemoryTableScan" in plan, plan
+    return plan.split("InMemoryTableScan", 1)[0]
+
+
+def test_clean_rows_feed_rfm_and_clv_without_shuffle_or_hash_tables(spark, tx_result, capsys) -> None:
+    """Clean transactions come partitioned by customer and sorted by (customer, order): RFM and the
+    CLV summary run on them as sort aggregates with no exchange and no sort of the lines."""
+    from segspark import features
+    from segspark.clv import summary as S
+
+    assert spark.conf.get("spark.sql.execution.replaceHashWithSortAgg") == "true"
+    rfm = _plan_above_cache(features.rfm_features(tx_result.clean, NOW.date()), capsys)
+    assert "Exchange" not in rfm and "Sort [" not in rfm and "HashAggregate" not in rfm, rfm
+    assert rfm.count("SortAggregate") == 2, rfm
+    clv = _plan_above_cache(S.summary_statistics(tx_result.clean, NOW.date(), "week"), capsys)
+    assert "Exchange" not in clv and "HashAggregate" not in clv, clv
+    sorts = [part.split("]", 1)[0] for part in clv.split("Sort [")[1:]]
+    assert sorts and all("purchase_date" in keys for keys in sorts), clv  # days only, never the lines
+    assert clv.count("SortAggregate") == 3, clv
+
+
 def test_reconcile_raises_on_mismatch(tx_result) -> None:
     broken = ingest.IngestResult(
         table="transactions",

@@ -68,15 +68,18 @@ def unit_days(time_unit: str) -> float:
 def purchase_days(transactions: DataFrame, end: dt.date, min_amount: float = 0.0) -> DataFrame:
     """One row per customer and purchase day up to ``end`` (inclusive).
 
-    Columns: customer_id, purchase_date, purchase_value.
+    Columns: customer_id, purchase_date, purchase_value; partitioned by customer_id and sorted by
+    (customer_id, purchase_date) within partitions.
     """
     missing = [c for c in (CUSTOMER_ID, ORDER_ID, ORDER_TS, AMOUNT) if c not in transactions.columns]
     if missing:
         raise InputError(f"transactions: column(s) {', '.join(missing)} missing; CLV needs them")
-    # One shuffle by customer: the order, day and customer aggregations below all group by
-    # customer_id (plus more keys), so they run in that one stage; letting each aggregation
-    # shuffle on its own keys moves the data three times.
-    orders = (
+    # One shuffle by customer, then rows sorted by (customer, order): the order, day and customer
+    # groupings below all start with customer_id, so they run in that one stage, and each streams
+    # over sorted input as a single sort aggregate (session.JOB_CONF) instead of building a partial
+    # and a final hash table per level. An order is dated by its first line; to_date is monotone,
+    # so min(to_date(ts)) = to_date(min(ts)).
+    lines = (
         transactions.filter(
             F.col(CUSTOMER_ID).isNotNull()
             & F.col(ORDER_TS).isNotNull()
@@ -85,14 +88,24 @@ def purchase_days(transactions: DataFrame, end: dt.date, min_amount: float = 0.0
         )
         .select(CUSTOMER_ID, ORDER_ID, ORDER_TS, AMOUNT)
         .repartition(F.col(CUSTOMER_ID))
-        .groupBy(CUSTOMER_ID, ORDER_ID)
-        .agg(F.sum(F.coalesce(F.col(AMOUNT), F.lit(0.0))).alias("net"), F.min(ORDER_TS).alias("first_ts"))
-        .filter(F.col("net") >= F.lit(float(min_amount)))
+        .sortWithinPartitions(CUSTOMER_ID, ORDER_ID)
     )
+    orders = (
+        lines.groupBy(CUSTOMER_ID, ORDER_ID)
+        .agg(
+            F.sum(F.coalesce(F.col(AMOUNT), F.lit(0.0))).alias("net"),
+            F.min(F.to_date(F.col(ORDER_TS))).alias(PURCHASE_DATE),
+        )
+        .filter(F.col("net") >= F.lit(float(min_amount)))
+        .sortWithinPartitions(CUSTOMER_ID, PURCHASE_DATE)
+    )
+    # sorted again (a pass over sorted rows) so that the customer grouping of
+    # summary_from_purchase_days sees its input ordered; Spark does not carry the order through
     return (
-        orders.groupBy(CUSTOMER_ID, F.to_date(F.col("first_ts")).alias(PURCHASE_DATE))
+        orders.groupBy(CUSTOMER_ID, PURCHASE_DATE)
         .agg(F.sum("net").alias(PURCHASE_VALUE))
         .select(CUSTOMER_ID, PURCHASE_DATE, PURCHASE_VALUE)
+        .sortWithinPartitions(CUSTOMER_ID, PURCHASE_DATE)
     )
 
 
