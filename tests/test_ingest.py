@@ -401,3 +401,20 @@ def test_generated_dirty_transactions_are_caught(spark) -> None:
     result.release()
     dirty.unpersist()
     clean.unpersist()
+
+
+@pytest.mark.parametrize("q", [0.999, 0.9, 0.75])
+def test_outlier_bound_is_the_exact_quantile_and_the_sketch_agrees(spark, monkeypatch, q: float) -> None:
+    import numpy as np
+
+    values = np.random.default_rng(3).lognormal(3.0, 1.0, 5_000)
+    df = spark.createDataFrame([(float(v),) for v in values], "_a double")
+    cfg = QualityConfig(outlier_quantile=q, outlier_multiple=2.0)
+    exact = spark.range(1).select(ingest.outlier_bound(df, cfg).alias("b")).first()["b"]
+    want = float(np.quantile(values, q, method="inverted_cdf")) * 2.0  # the ceil(q n)-th smallest
+    assert exact == want
+    monkeypatch.setattr(ingest, "OUTLIER_TOP_K", 0)  # a tail too large for the driver: the sketch
+    sketch = spark.range(1).select(ingest.outlier_bound(df, cfg).alias("b")).first()["b"]
+    ranks = np.searchsorted(np.sort(values), [want / 2.0, sketch / 2.0])
+    assert abs(ranks[1] - ranks[0]) <= max(2, 0.001 * len(values)), (exact, sketch)
+    assert spark.range(1).select(ingest.outlier_bound(df.limit(0), cfg).alias("b")).first()["b"] is None
