@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shuffle-partitions", type=int, default=8)
     ap.add_argument("--model", default="bgnbd", choices=["bgnbd", "mbgnbd", "pareto_nbd"])
     ap.add_argument("--repeat", type=int, default=2, help="summary runs: the first cold, the rest warm")
-    ap.add_argument("--after-ingest", action="store_true", help="summary from ingest's clean rows, as the pipeline")
+    ap.add_argument(
+        "--after-ingest", action="store_true", help="summary from ingest's clean rows, as the pipeline"
+    )
     args = ap.parse_args(argv)
     if args.path:
         path = args.path
