@@ -36,6 +36,7 @@ from segspark.clv import summary as S
 from segspark.clv import validation as V
 from segspark.config import ClvConfig
 from segspark.errors import ConfigError, SegsparkError
+from segspark.io.delta_spark import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,11 @@ def run_clv(transactions: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> Clv
     cal_end, hold_end = resolve_windows(as_of_date, cfg)
     unit = cfg.time_unit
     units_per_month = cfg.days_per_month / S.unit_days(unit)
-    days = S.purchase_days(transactions, max(as_of_date, hold_end), cfg.purchase_min_amount).persist()
+    # Over Spark Connect a checkpoint, not a cache: every later request carries the whole plan, and
+    # the customer-segments plan (features joined with these scores) must stay under the protocol's
+    # nesting limit. The sort within partitions survives both.
+    days = S.purchase_days(transactions, max(as_of_date, hold_end), cfg.purchase_min_amount)
+    days = days.localCheckpoint(eager=True) if is_remote(days.sparkSession) else days.persist()
     try:
         has_holdout = hold_end > cal_end and (
             days.filter(
