@@ -119,7 +119,13 @@ def local_conf(cfg: SparkConfig) -> dict[str, str]:
         # exhaust a 1 GB driver. Bounded, the text is still readable and memory stays flat.
         "spark.sql.maxPlanStringLength": "200000",
         **JOB_CONF,
-        "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}",
+        # -XX:-DontCompileHugeMethods: Spark's generated code for a wide projection (the quality
+        # rules, the RFM aggregates) has methods over HotSpot's 8,000-byte limit, which the JIT then
+        # never compiles and runs interpreted; at 10M lines ingest + RFM went from 77.7 s to 68.3 s.
+        "spark.driver.extraJavaOptions": (
+            "-XX:-DontCompileHugeMethods -Duser.timezone=UTC "
+            f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
+        ),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
     if cfg.driver_memory:
