@@ -10,6 +10,9 @@ Engines:
 - ``spark-ingest+rfm``: ``ingest.validate`` (all rules, HMAC pseudonyms, quarantine JSON, counts)
   + ``features.rfm_features`` + scores + segments, written to Spark's ``noop`` sink.
 - ``spark-rfm``: ``features.rfm_features`` + scores + segments on the Parquet as it is.
+- ``spark-sql``: DuckDB's query below, run by Spark SQL on the same Parquet, with the lines
+  distributed by customer so both aggregations share one shuffle (hash aggregates, no ingest, no
+  scores): Spark's own floor for this RFM on the machine, against which the other Spark figures read.
 - ``duckdb`` / ``pandas``: the same RFM feature definitions (see ``features``), result materialized.
 """
 
@@ -60,6 +63,22 @@ SELECT customer_id,
        w AS orders_web, a AS orders_app, s AS orders_store, o AS orders_other
 FROM c
 """
+
+# DUCKDB_RFM in Spark SQL's dialect (DATE_DIFF -> datediff), lines distributed by customer first.
+SPARK_SQL_RFM = (
+    DUCKDB_RFM.replace(
+        "SELECT * FROM read_parquet('{path}/*.parquet') WHERE CAST(order_ts AS DATE) <= DATE '{as_of}'",
+        "SELECT * FROM tx WHERE CAST(order_ts AS DATE) <= DATE '{as_of}' DISTRIBUTE BY customer_id",
+    )
+    .replace(
+        "DATE_DIFF('day', CAST(COALESCE(lp, lo) AS DATE), DATE '{as_of}')",
+        "datediff(DATE '{as_of}', COALESCE(lp, lo))",
+    )
+    .replace(
+        "DATE_DIFF('day', CAST(COALESCE(fp, fo) AS DATE), DATE '{as_of}')",
+        "datediff(DATE '{as_of}', COALESCE(fp, fo))",
+    )
+)
 
 
 def _proc_peak_kb(pid: int) -> int:
@@ -197,6 +216,31 @@ def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, flo
     }
 
 
+def run_spark_sql(path: str, driver_memory: str) -> dict[str, float]:
+    t0 = time.perf_counter()
+    spark = _spark(driver_memory)
+    spark.range(1).count()
+    start = time.perf_counter() - t0
+    jvms = _children(os.getpid())
+    cpu0 = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s()
+    t = time.perf_counter()
+    spark.read.parquet(path).createOrReplaceTempView("tx")
+    out = spark.sql(SPARK_SQL_RFM.format(as_of=AS_OF.isoformat()))
+    out.write.format("noop").mode("overwrite").save()  # every row computed, as the other Spark engines
+    wall = time.perf_counter() - t
+    customers = out.count()  # outside the timing
+    cpu = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s() - cpu0
+    jvm_kb = max((_proc_peak_kb(p) for p in _children(os.getpid())), default=0)
+    spark.stop()
+    return {
+        "wall_s": wall,
+        "jvm_start_s": start,
+        "customers": float(customers),
+        "jvm_peak_mb": jvm_kb / 1024,
+        "cpu_s": cpu,
+    }
+
+
 def run_duckdb(path: str) -> dict[str, float]:
     import duckdb
 
@@ -299,6 +343,8 @@ def worker(engine: str, path: str, driver_memory: str) -> None:
         res = run_spark(path, True, driver_memory)
     elif engine == "spark-rfm":
         res = run_spark(path, False, driver_memory)
+    elif engine == "spark-sql":
+        res = run_spark_sql(path, driver_memory)
     elif engine == "duckdb":
         res = run_duckdb(path)
     else:

@@ -28,7 +28,8 @@ Rules (rule id: which tables, what it catches):
   or lies outside ``[min_age, max_age]``.
 - ``order_id_conflict``: an order id seen with two or more customers (all its lines).
 - ``customer_id_conflict``: a customer id on two or more different CRM rows (all of them).
-- ``duplicate_line``: a row identical to an earlier one in every source column (the extra copies).
+- ``duplicate_line``: a row identical to an earlier one in its trimmed customer id and every other
+  source column (the extra copies).
 - ``amount_outlier``: ``|amount|`` above ``outlier_multiple`` x its ``outlier_quantile`` (exact from
   the top values, or ``percentile_approx`` on a sample for a very large tail: ``outlier_bound``), or
   above ``outlier_abs_cap`` when set. Below about
@@ -290,6 +291,9 @@ class _Plan:
     output: list[tuple[str, str]]  # clean output columns and types, in order
     keyed: bool = True  # partition by customer id (all tables but marketing_spend)
     extra: Callable[[DataFrame], DataFrame] | None = None  # adds helper columns before the rules
+    # aggregates over the input, computed in the scan that counts rows_in (results in ``counted``)
+    counts: dict[str, Column] = field(default_factory=dict)
+    counted: dict[str, int] = field(default_factory=dict)
 
 
 def _col_or_null(df: DataFrame, name: str, kind: str) -> tuple[Column, T.DataType]:
@@ -366,7 +370,7 @@ def order_conflicts(df: DataFrame) -> DataFrame:
     )
 
 
-def outlier_bound(values: DataFrame, cfg: QualityConfig) -> Column:
+def outlier_bound(values: DataFrame, cfg: QualityConfig, n: int | None = None) -> Column:
     """``outlier_multiple`` x the ``outlier_quantile`` of column ``_a`` (finite |amounts|), as a literal.
 
     Exact when the tail above the quantile is at most ``OUTLIER_TOP_K`` rows (every input up to
@@ -374,10 +378,12 @@ def outlier_bound(values: DataFrame, cfg: QualityConfig) -> Column:
     per-partition top-k, then a merge) and the smallest of them is the quantile, the value
     ``percentile_approx`` approximates. Feeding 2M values to a sketch accurate enough for that tail
     costs ~10 s of CPU; the count and the top-k cost ~2 s at 10M lines. Larger tails fall back to
-    the sketch on a seeded sample of about ``OUTLIER_SAMPLE_ROWS`` rows.
+    the sketch on a seeded sample of about ``OUTLIER_SAMPLE_ROWS`` rows. ``n``: the number of rows of
+    ``values`` when the caller has counted them already (``validate`` does, in its input count).
     """
     q = cfg.outlier_quantile
-    n = values.count()
+    if n is None:
+        n = values.count()
     if n == 0:
         return F.lit(None).cast("double")
     k = n - math.ceil(q * n) + 1
@@ -435,6 +441,9 @@ def _transactions_plan(
         "_rate": rate,
     }
 
+    finite_amount = ~not_finite(F.abs(amount * rate))
+    counts = {"_n_amounts": F.count_if(finite_amount)} if severity("amount_outlier", cfg) != "off" else {}
+
     def extra(d: DataFrame) -> DataFrame:
         # Both helpers read the source again (only the columns they need) rather than the
         # pseudonymized, repartitioned frame: cheaper than hashing or shuffling those rows twice.
@@ -447,8 +456,8 @@ def _transactions_plan(
         else:
             d = d.withColumn("_conflict_order", F.lit(None).cast("string"))
         if severity("amount_outlier", cfg) != "off":
-            values = df.select(F.abs(amount * rate).alias("_a")).where(~not_finite(F.col("_a")))
-            d = d.withColumn("_bound", outlier_bound(values, cfg))
+            values = df.select(F.abs(amount * rate).alias("_a")).where(finite_amount)
+            d = d.withColumn("_bound", outlier_bound(values, cfg, plan.counted.get("_n_amounts")))
         else:
             d = d.withColumn("_bound", F.lit(None).cast("double"))
         return d
@@ -478,7 +487,8 @@ def _transactions_plan(
         (S.CHANNEL, "string"),
         (S.CURRENCY, "string"),
     ]
-    return _Plan(parsed, rules, output, extra=extra)
+    plan = _Plan(parsed, rules, output, extra=extra, counts=counts)
+    return plan
 
 
 def _number_rule(raw: Column, dtype: T.DataType) -> tuple[Column, Column]:
@@ -618,7 +628,8 @@ def validate(
     pseudo = key is not None and privacy.pseudonymize
 
     keyed_table = S.CUSTOMER_ID in src_cols
-    rows_in = df.count()
+    # the source columns that travel through the shuffle (with a key, all but the customer id)
+    src_kept = [c for c in src_cols if not (pseudo and c == S.CUSTOMER_ID)]
     base = df
     if keyed_table:
         # The (pseudonymous) id is computed once per line before the one shuffle, which partitions
@@ -627,7 +638,9 @@ def validate(
         if pseudo:
             assert key is not None
             keyed = with_key_columns(df.withColumn(_PID, trimmed_id), key)
-            base = keyed.select(*[F.col(c) for c in src_cols], pseudonym(_PID).alias(_PIDV))
+            # The source id stays behind (a narrower shuffle row): after the shuffle its pseudonym
+            # stands in for it in the quarantine JSON, as it does in the duplicate check.
+            base = keyed.select(*[F.col(c) for c in src_kept], pseudonym(_PID).alias(_PIDV))
         else:
             base = df.withColumn(_PIDV, trimmed_id)
     pid = F.col(_PIDV) if keyed_table else F.lit(None).cast("string")
@@ -640,6 +653,13 @@ def validate(
         plan = _events_plan(df, cfg, processing_ts, pid)
     else:
         plan = _spend_plan(df, cfg)
+    # One scan counts the input rows and whatever the plan needs counted (the outlier rule: the
+    # finite amounts), instead of one scan each.
+    plan_counts = [c.alias(k) for k, c in plan.counts.items()]
+    totals = df.agg(F.count(F.lit(1)).alias("_rows_in"), *plan_counts).first()
+    assert totals is not None  # a global aggregate always returns one row
+    rows_in = int(totals["_rows_in"])
+    plan.counted = {k: int(totals[k]) for k in plan.counts}
 
     # Raw JSON: source columns minus PII, customer id as pseudonym (or left out without a key).
     raw_fields: list[Column] = []
@@ -659,21 +679,23 @@ def validate(
         base = base.repartition(F.col(_PIDV))
     # Parsed columns next to the untouched source columns (renamed so names never clash).
     stage = base.select(
-        *[F.col(c).alias(f"_src_{c}") for c in src_cols],
+        *[F.col(c).alias(f"_src_{c}") for c in src_kept],
         *[expr.alias(name) for name, expr in plan.parsed.items()],
     )
     if plan.extra is not None:
         stage = plan.extra(stage)
     rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off"]
-    src_refs = [F.col(f"_src_{c}") for c in src_cols]
-    helpers: dict[str, Column] = {}
     part = [F.col(S.CUSTOMER_ID)] if plan.keyed else []
+    # the row's other source columns; the customer is compared as ``part`` (trimmed, or its pseudonym)
+    src_refs = [F.col(f"_src_{c}") for c in src_kept if not (plan.keyed and c == S.CUSTOMER_ID)]
+    helpers: dict[str, Column] = {}
     if "duplicate_line" in rules:
-        # Copies share every source column; the full columns keep the grouping exact. A 64-bit
-        # hash of the row comes before them, so the sort reaches them only on true copies or hash
-        # ties. Transactions lead with (customer, order): the clean rows then come sorted as the
-        # order and customer aggregations downstream want them (RFM, CLV), and those need no sort.
-        stage = stage.withColumn(_HASH, F.xxhash64(*src_refs))
+        # Copies share the (trimmed) customer and every other source column; the full columns keep
+        # the grouping exact. A 64-bit hash of the row comes before them, so the sort reaches them
+        # only on true copies or hash ties. Transactions lead with (customer, order): the clean
+        # rows then come sorted as the order and customer aggregations downstream want them (RFM,
+        # CLV), and those need no sort.
+        stage = stage.withColumn(_HASH, F.xxhash64(*part, *src_refs))
         keys = [F.col(_HASH), *part, *src_refs]
         if plan.keyed and table == "transactions":
             keys = [*part, F.col(S.ORDER_ID), F.col(_HASH), *src_refs]

@@ -243,6 +243,27 @@ def test_absolute_outlier_cap_and_no_rates_keeps_currencies(spark) -> None:
     result.release()
 
 
+@pytest.mark.parametrize("key", [KEY, None])
+def test_copies_compare_the_trimmed_customer_id(spark, key: bytes | None) -> None:
+    """With or without a key, a line whose customer id differs from another only by surrounding
+    spaces is a copy; a line differing in any other source column is not."""
+    df = spark.createDataFrame(
+        [
+            tx("d", "C1", "D1", "2025-01-01", "10"),
+            tx("d", " C1 ", "D1", "2025-01-01", "10"),  # the same line: a copy
+            tx("d", "C1", "D1", "2025-01-01", "10.0"),  # another amount text: not a copy
+            tx("d", "C2", "D2", "2025-01-01", "10"),  # another customer: not a copy
+        ],
+        TX_SCHEMA,
+    )
+    result = ingest.validate(df, "transactions", CFG, NOW, key=key, privacy=PrivacyConfig())
+    assert result.by_rule == {"duplicate_line": 1}
+    assert result.rows_clean == 3
+    [raw] = [json.loads(r["raw"]) for r in result.quarantine.collect()]
+    assert raw.get("customer_id") == (pid("C1") if key else None)  # the pseudonym, or left out
+    result.release()
+
+
 def test_currency_rate_table(spark) -> None:
     df = spark.createDataFrame(
         [
