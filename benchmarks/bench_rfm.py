@@ -169,12 +169,8 @@ def generate(path: Path, transactions: int, driver_memory: str) -> int:
 # --- engines (each run in its own process) ----------------------------------------------------------
 
 
-def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, float]:
-    from pyspark.sql import functions as F
-
-    from segspark import features, ingest, privacy
-    from segspark.config import QualityConfig, RfmConfig
-
+def run_spark(path: str, engine: str, driver_memory: str) -> dict[str, float]:
+    """One Spark engine; wall and CPU time cover its work only, not the JVM start or the check count."""
     t0 = time.perf_counter()
     spark = _spark(driver_memory)
     spark.range(1).count()
@@ -183,6 +179,27 @@ def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, flo
     jvms = _children(os.getpid())
     cpu0 = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s()
     t = time.perf_counter()
+    if engine == "spark-sql":
+        customers, quarantined = _spark_sql_rfm(spark, path), None
+    else:
+        customers, quarantined = _segspark_rfm(spark, path, engine == "spark-ingest+rfm")
+    wall = time.perf_counter() - t
+    cpu = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s() - cpu0
+    jvm_kb = max((_proc_peak_kb(p) for p in _children(os.getpid())), default=0)
+    res = {"wall_s": wall, "jvm_start_s": start, "jvm_peak_mb": jvm_kb / 1024, "cpu_s": cpu}
+    res["customers"] = float(customers() if callable(customers) else customers)
+    if quarantined is not None:
+        res["quarantined"] = float(quarantined)
+    spark.stop()
+    return res
+
+
+def _segspark_rfm(spark, path: str, with_ingest: bool) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    from segspark import features, ingest, privacy
+    from segspark.config import QualityConfig, RfmConfig
+
     raw = spark.read.parquet(path)
     quarantined = 0
     if with_ingest:
@@ -201,44 +218,14 @@ def run_spark(path: str, with_ingest: bool, driver_memory: str) -> dict[str, flo
     feats = features.rfm_features(clean, AS_OF).persist()
     scored = features.with_rfm_segment(features.with_rfm_scores(feats, rfm_cfg), rfm_cfg)
     scored.write.format("noop").mode("overwrite").save()
-    grid = features.rfm_grid(scored).agg(F.sum("customers")).first()[0]
-    wall = time.perf_counter() - t
-    cpu = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s() - cpu0
-    jvm_kb = max((_proc_peak_kb(p) for p in _children(os.getpid())), default=0)
-    spark.stop()
-    return {
-        "wall_s": wall,
-        "jvm_start_s": start,
-        "customers": float(grid),
-        "quarantined": float(quarantined),
-        "jvm_peak_mb": jvm_kb / 1024,
-        "cpu_s": cpu,
-    }
+    return int(features.rfm_grid(scored).agg(F.sum("customers")).first()[0]), quarantined
 
 
-def run_spark_sql(path: str, driver_memory: str) -> dict[str, float]:
-    t0 = time.perf_counter()
-    spark = _spark(driver_memory)
-    spark.range(1).count()
-    start = time.perf_counter() - t0
-    jvms = _children(os.getpid())
-    cpu0 = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s()
-    t = time.perf_counter()
+def _spark_sql_rfm(spark, path: str):  # type: ignore[no-untyped-def]
     spark.read.parquet(path).createOrReplaceTempView("tx")
     out = spark.sql(SPARK_SQL_RFM.format(as_of=AS_OF.isoformat()))
     out.write.format("noop").mode("overwrite").save()  # every row computed, as the other Spark engines
-    wall = time.perf_counter() - t
-    customers = out.count()  # outside the timing
-    cpu = sum(_proc_cpu_s(p) for p in jvms) + _self_cpu_s() - cpu0
-    jvm_kb = max((_proc_peak_kb(p) for p in _children(os.getpid())), default=0)
-    spark.stop()
-    return {
-        "wall_s": wall,
-        "jvm_start_s": start,
-        "customers": float(customers),
-        "jvm_peak_mb": jvm_kb / 1024,
-        "cpu_s": cpu,
-    }
+    return out.count  # counted after the timing
 
 
 def run_duckdb(path: str) -> dict[str, float]:
@@ -339,12 +326,8 @@ def pandas_rfm(path: str):  # type: ignore[no-untyped-def]
 
 
 def worker(engine: str, path: str, driver_memory: str) -> None:
-    if engine == "spark-ingest+rfm":
-        res = run_spark(path, True, driver_memory)
-    elif engine == "spark-rfm":
-        res = run_spark(path, False, driver_memory)
-    elif engine == "spark-sql":
-        res = run_spark_sql(path, driver_memory)
+    if engine.startswith("spark"):
+        res = run_spark(path, engine, driver_memory)
     elif engine == "duckdb":
         res = run_duckdb(path)
     else:
@@ -361,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--transactions", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--out", default="/tmp/segspark-bench")
-    ap.add_argument("--engines", nargs="+", default=["spark-ingest+rfm", "spark-rfm", "duckdb", "pandas"])
+    engines = ["spark-ingest+rfm", "spark-rfm", "spark-sql", "duckdb", "pandas"]
+    ap.add_argument("--engines", nargs="+", choices=engines, default=engines)
     ap.add_argument("--driver-memory", default="4g")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
