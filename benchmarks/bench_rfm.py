@@ -378,12 +378,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((n, engine, res))
             print(f"{n:>12,} {engine:<18} " + _fmt(res), flush=True)
 
-    print("\n| transactions | engine | wall (s) | CPU (s) | peak RSS (MB) | customers | load avg |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    # the yardstick: wall time as a multiple of DuckDB's on the same Parquet
+    duck = {n: res["wall_s"] for n, engine, res in rows if engine == "duckdb"}
+    print(
+        "\n| transactions | engine | wall (s) | x DuckDB | CPU (s) | peak RSS (MB) | customers | load avg |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for n, engine, res in rows:
+        ratio = f"{res['wall_s'] / duck[n]:.1f}" if n in duck else "-"
         print(
-            f"| {n:,} | {engine} | {res['wall_s']:.1f} | {res.get('cpu_s', 0):.1f} | {res['peak_mb']:.0f} "
-            f"| {int(res['customers']):,} | {res.get('load_avg_1m', 0):.1f} |"
+            f"| {n:,} | {engine} | {res['wall_s']:.1f} | {ratio} | {res.get('cpu_s', 0):.1f} "
+            f"| {res['peak_mb']:.0f} | {int(res['customers']):,} | {res.get('load_avg_1m', 0):.1f} |"
         )
     return 0
 
