@@ -290,10 +290,9 @@ class _Plan:
     rules: dict[str, Callable[[DataFrame], Column]]  # rule id -> condition on the parsed frame
     output: list[tuple[str, str]]  # clean output columns and types, in order
     keyed: bool = True  # partition by customer id (all tables but marketing_spend)
-    extra: Callable[[DataFrame], DataFrame] | None = None  # adds helper columns before the rules
-    # aggregates over the input, computed in the scan that counts rows_in (results in ``counted``)
-    counts: dict[str, Column] = field(default_factory=dict)
-    counted: dict[str, int] = field(default_factory=dict)
+    # adds helper columns before the rules; gets the values of ``counts``
+    extra: Callable[[DataFrame, Mapping[str, int]], DataFrame] | None = None
+    counts: dict[str, Column] = field(default_factory=dict)  # aggregates over the input, by name
 
 
 def _col_or_null(df: DataFrame, name: str, kind: str) -> tuple[Column, T.DataType]:
@@ -444,7 +443,7 @@ def _transactions_plan(
     finite_amount = ~not_finite(F.abs(amount * rate))
     counts = {"_n_amounts": F.count_if(finite_amount)} if severity("amount_outlier", cfg) != "off" else {}
 
-    def extra(d: DataFrame) -> DataFrame:
+    def extra(d: DataFrame, counted: Mapping[str, int]) -> DataFrame:
         # Both helpers read the source again (only the columns they need) rather than the
         # pseudonymized, repartitioned frame: cheaper than hashing or shuffling those rows twice.
         if severity("order_id_conflict", cfg) != "off":
@@ -457,7 +456,7 @@ def _transactions_plan(
             d = d.withColumn("_conflict_order", F.lit(None).cast("string"))
         if severity("amount_outlier", cfg) != "off":
             values = df.select(F.abs(amount * rate).alias("_a")).where(finite_amount)
-            d = d.withColumn("_bound", outlier_bound(values, cfg, plan.counted.get("_n_amounts")))
+            d = d.withColumn("_bound", outlier_bound(values, cfg, counted.get("_n_amounts")))
         else:
             d = d.withColumn("_bound", F.lit(None).cast("double"))
         return d
@@ -487,8 +486,7 @@ def _transactions_plan(
         (S.CHANNEL, "string"),
         (S.CURRENCY, "string"),
     ]
-    plan = _Plan(parsed, rules, output, extra=extra, counts=counts)
-    return plan
+    return _Plan(parsed, rules, output, extra=extra, counts=counts)
 
 
 def _number_rule(raw: Column, dtype: T.DataType) -> tuple[Column, Column]:
@@ -659,7 +657,7 @@ def validate(
     totals = df.agg(F.count(F.lit(1)).alias("_rows_in"), *plan_counts).first()
     assert totals is not None  # a global aggregate always returns one row
     rows_in = int(totals["_rows_in"])
-    plan.counted = {k: int(totals[k]) for k in plan.counts}
+    counted = {k: int(totals[k]) for k in plan.counts}
 
     # Raw JSON: source columns minus PII, customer id as pseudonym (or left out without a key).
     raw_fields: list[Column] = []
@@ -683,7 +681,7 @@ def validate(
         *[expr.alias(name) for name, expr in plan.parsed.items()],
     )
     if plan.extra is not None:
-        stage = plan.extra(stage)
+        stage = plan.extra(stage, counted)
     rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off"]
     part = [F.col(S.CUSTOMER_ID)] if plan.keyed else []
     # the row's other source columns; the customer is compared as ``part`` (trimmed, or its pseudonym)
