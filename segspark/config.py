@@ -310,6 +310,14 @@ class ClusteringConfig(Section):
         return self
 
 
+class PurchaseConfig(Section):
+    """The one purchase definition every stage uses (RFM, behaviour, CLV, churn, cohorts, LTV:CAC)."""
+
+    # an order is a purchase when its net amount (sum of its lines, returns negative) is greater
+    # than this: with 0, free orders and pure returns are not purchases
+    min_net_amount: float = 0.0
+
+
 class ClvConfig(Section):
     enabled: bool = True
     time_unit: Literal["day", "week"] = "week"
@@ -322,8 +330,6 @@ class ClvConfig(Section):
     value_tier_top_share: float = Field(default=0.2, gt=0, lt=1)
     # calibration end when calibration_end is null: as_of_date minus this many days
     holdout_days: int = Field(default=91, ge=1)
-    # an order is a purchase when its net amount is >= this (0: free orders count, pure returns don't)
-    purchase_min_amount: float = 0.0
     days_per_month: float = Field(default=30.4375, gt=0)  # month length for CLV discounting
     # Gamma-Gamma statistics are grouped on a log-spend grid of this relative width (0: exact values)
     spend_grid_resolution: float = Field(default=1e-4, ge=0, lt=0.1)
@@ -433,6 +439,7 @@ class Settings(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    purchase: PurchaseConfig = Field(default_factory=PurchaseConfig)
     rfm: RfmConfig = Field(default_factory=RfmConfig)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     kpis: KpisConfig = Field(default_factory=KpisConfig)

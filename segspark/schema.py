@@ -88,6 +88,26 @@ RUNS: Final = "runs"
 REPORT_SUMMARY: Final = "report_summary"
 CLUSTER_PROFILES: Final = "cluster_profiles"
 CLV_VALIDATION: Final = "clv_validation"
+CLV_FIT: Final = "clv_fit"
+CHURN_METRICS: Final = "churn_metrics"
+CLUSTERING_SWEEP: Final = "clustering_sweep"
+
+# --- silver tables: built once per run right after ingest, every later stage reads them ----------
+ORDERS: Final = "orders"
+CUSTOMER_DAYS: Final = "customer_days"
+
+# orders columns (one row per customer and order; DESIGN.md "silver")
+ORDER_DATE: Final = "order_date"
+NET_AMOUNT: Final = "net_amount"
+GROSS_AMOUNT: Final = "gross_amount"
+RETURNED_AMOUNT: Final = "returned_amount"
+LINES: Final = "lines"
+CATEGORIES: Final = "categories"
+IS_PURCHASE: Final = "is_purchase"
+# customer_days columns (one row per customer and day with at least one order)
+ORDERS_COUNT: Final = "orders"
+PURCHASES: Final = "purchases"
+PURCHASE_VALUE: Final = "purchase_value"
 
 # Tables that keep one snapshot per as_of_date (a run replaces only its own date's partition).
 SNAPSHOT_TABLES: Final = frozenset(
@@ -104,8 +124,14 @@ SNAPSHOT_TABLES: Final = frozenset(
         REPORT_SUMMARY,
         CLUSTER_PROFILES,
         CLV_VALIDATION,
+        CLV_FIT,
+        CHURN_METRICS,
+        CLUSTERING_SWEEP,
     }
 )
+# Silver tables: replaced whole by every run (one overwrite commit; Delta history keeps the
+# previous versions until vacuum). They hold every clean order, after as_of_date too (holdout).
+SILVER_TABLES: Final = frozenset({ORDERS, CUSTOMER_DAYS})
 # Tables that only ever grow, keyed by run_id.
 APPEND_TABLES: Final = frozenset({QUARANTINE, RUNS})
 
