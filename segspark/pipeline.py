@@ -6,7 +6,6 @@ import contextlib
 import datetime as dt
 import logging
 import secrets
-import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from segspark.config import ClvConfig, Settings
 from segspark.errors import InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
 from segspark.session import get_spark
+from segspark.version import code_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -33,18 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INPUTS = ("transactions", "customers", "events", "marketing_spend")
-
-
-def code_version() -> str:
-    """Package version plus the git commit of the source tree when there is one."""
-    here = Path(segspark.__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        sha = ""
-    return f"{segspark.__version__}+{sha}" if sha else segspark.__version__
 
 
 def new_run_id() -> str:

@@ -682,7 +682,7 @@ def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
 
 def _code_version() -> str:
     try:
-        from segspark.pipeline import code_version  # lazy: the pipeline imports the report
+        from segspark.version import code_version
 
         return code_version()
     except Exception:  # lineage is best effort; the package version is always there
