@@ -74,10 +74,32 @@ CHURN_METRICS_SCHEMA: Final = T.StructType(
         _f("text", STR),
     ]
 )
+CLUSTERING_SWEEP_SCHEMA: Final = T.StructType(
+    [
+        _f("phase", STR),  # sweep (a candidate on the sweep sample) | final (the chosen model as fitted)
+        _f("algorithm", STR),
+        _f("k", LONG),
+        _f("clusters", LONG),  # clusters found (density: excluding noise)
+        _f("wcss", DBL),
+        _f("silhouette", DBL),
+        _f("calinski_harabasz", DBL),
+        _f("davies_bouldin", DBL),
+        _f("min_cluster_share", DBL),
+        _f("stability", DBL),  # adjusted Rand index between half-sample fits (null: not measured)
+        _f("fit_seconds", DBL),
+        _f("engine", STR),  # local | spark | density | mllib (final)
+        _f("knee", LONG),  # the k at the knee of this algorithm's WCSS curve
+        _f("chosen", BOOL),
+        _f("reason", STR),  # why this candidate was chosen (chosen rows only)
+        _f("features", STR),  # the features clustered, comma-separated
+        _f("customers", LONG),  # customers clustered
+    ]
+)
 
 SCHEMAS: dict[str, T.StructType] = {
     S.ORDERS: ORDERS_SCHEMA,
     S.CUSTOMER_DAYS: CUSTOMER_DAYS_SCHEMA,
     S.CLV_FIT: CLV_FIT_SCHEMA,
     S.CHURN_METRICS: CHURN_METRICS_SCHEMA,
+    S.CLUSTERING_SWEEP: CLUSTERING_SWEEP_SCHEMA,
 }
