@@ -1,4 +1,4 @@
-"""Behaviour features (from transactions), engagement features (from events) and the CRM attributes.
+"""Behaviour features (from the silver orders), engagement features (from events) and the CRM attributes.
 
 All three are customer-level tables keyed by ``customer_id`` and computed as of one inclusive date;
 the ``with_*`` functions left-join them onto the RFM feature table without ever dropping a customer.
@@ -104,47 +104,27 @@ def days_before(as_of: dt.date, ts: Column) -> Column:
     return F.datediff(F.lit(as_of), F.to_date(ts))
 
 
-def purchases(transactions: DataFrame, as_of_date: dt.date) -> DataFrame:
-    """Order-level purchases on or before ``as_of_date``: orders whose net amount is positive.
+def purchases(orders: DataFrame, as_of_date: dt.date) -> DataFrame:
+    """Purchase orders on or before ``as_of_date``, from the silver ``orders`` table.
 
-    Columns: customer_id, order_id, order_ts (first line), order_date, net_amount, units (positive
-    lines; null when no quantity is known), channel (smallest non-null line channel), categories.
+    Columns: customer_id, order_id, order_ts, order_date, net_amount, units (positive lines; null
+    when no quantity is known), channel, categories.
     """
-    _require(transactions, "transactions", S.TRANSACTIONS_REQUIRED)
-    transactions = transactions.select(
-        *S.TRANSACTIONS_REQUIRED,
-        *[
-            _col_or_null(transactions, c, t)
-            for c, t in ((S.QUANTITY, "int"), (S.PRODUCT_CATEGORY, "string"), (S.CHANNEL, "string"))
-        ],
-    )
-    bought = F.col(S.AMOUNT) > 0
-    orders = (
-        transactions.where(F.to_date(F.col(S.ORDER_TS)) <= F.lit(as_of_date))
-        .groupBy(S.CUSTOMER_ID, S.ORDER_ID)
-        .agg(
-            F.min(S.ORDER_TS).alias(S.ORDER_TS),
-            F.sum(S.AMOUNT).alias("net_amount"),
-            F.sum(F.when(bought, F.col(S.QUANTITY))).alias("units"),
-            # one order, one channel; min() keeps the choice deterministic if lines disagree
-            F.min(S.CHANNEL).alias(S.CHANNEL),
-            F.collect_set(F.when(bought, F.col(S.PRODUCT_CATEGORY))).alias("categories"),
-        )
-    )
-    return orders.where(F.col("net_amount") > 0).select(
+    _require(orders, S.ORDERS, (S.CUSTOMER_ID, S.ORDER_ID, S.ORDER_TS, S.ORDER_DATE, S.IS_PURCHASE))
+    return orders.where(F.col(S.IS_PURCHASE) & (F.col(S.ORDER_DATE) <= F.lit(as_of_date))).select(
         S.CUSTOMER_ID,
         S.ORDER_ID,
         S.ORDER_TS,
-        F.to_date(F.col(S.ORDER_TS)).alias("order_date"),
-        "net_amount",
-        "units",
+        S.ORDER_DATE,
+        S.NET_AMOUNT,
+        F.col(S.QUANTITY).alias("units"),
         S.CHANNEL,
-        "categories",
+        S.CATEGORIES,
     )
 
 
 def behaviour_features(
-    transactions: DataFrame,
+    orders: DataFrame,
     as_of_date: dt.date,
     channels: Sequence[str] = ("web", "app", "store"),
 ) -> DataFrame:
@@ -156,7 +136,7 @@ def behaviour_features(
     ``channel_share_other`` (shares of the purchases whose channel is known; null if none is).
     Return rate is not repeated here: the RFM feature table has it.
     """
-    orders = purchases(transactions, as_of_date)
+    orders = purchases(orders, as_of_date)
     by_time = Window.partitionBy(S.CUSTOMER_ID).orderBy(S.ORDER_TS, S.ORDER_ID)
     gap = F.datediff(F.col("order_date"), F.lag("order_date").over(by_time))
     age = days_before(as_of_date, F.col(S.ORDER_TS))

@@ -110,9 +110,9 @@ def _print_run(ctx) -> None:  # type: ignore[no-untyped-def]
     print(f"  tables: {out / 'tables'}")
     for name, version in sorted(ctx.outputs.items()):
         print(f"    {name:22s} version {version}")
-    if ctx.results.get("report_dir"):
-        print(f"  report: {ctx.results['report_dir']}")
-    for q in ctx.results.get("quality", []):
+    if ctx.report_dir:
+        print(f"  report: {ctx.report_dir}")
+    for q in ctx.quality:
         rules = ", ".join(f"{r}={n}" for r, n in q["by_rule"].items()) or "none"
         print(f"  {q['table']}: {q['rows_in']:,} rows in = {q['rows_clean']:,} clean + {q['rows_quarantined']:,} quarantined ({rules})")
     if settings.tracking.enabled:

@@ -47,36 +47,40 @@ _ACQUISITION_SCHEMA = StructType(
 )
 
 
-def transaction_view(transactions: DataFrame) -> DataFrame:
-    """The transaction columns the analytical SQL reads (``channel`` null when the source has none)."""
-    missing = [c for c in S.TRANSACTIONS_REQUIRED if c not in transactions.columns]
+ORDER_VIEW_COLUMNS: tuple[str, ...] = (
+    S.CUSTOMER_ID, S.ORDER_ID, S.ORDER_TS, S.ORDER_DATE, S.NET_AMOUNT, S.CHANNEL, S.IS_PURCHASE
+)
+
+
+def order_view(orders: DataFrame) -> DataFrame:
+    """The silver ``orders`` columns the analytical SQL reads."""
+    missing = [c for c in ORDER_VIEW_COLUMNS if c not in orders.columns]
     if missing:
-        raise InputError(f"transactions: missing column(s) {', '.join(missing)}")
-    channel = F.col(S.CHANNEL) if S.CHANNEL in transactions.columns else F.lit(None)
-    return transactions.select(*S.TRANSACTIONS_REQUIRED, channel.cast("string").alias(S.CHANNEL))
+        raise InputError(f"table '{S.ORDERS}': missing column(s) {', '.join(missing)}")
+    return orders.select(*ORDER_VIEW_COLUMNS)
 
 
-def acquisition_view(transactions: DataFrame, customers: DataFrame | None) -> DataFrame:
+def acquisition_view(orders: DataFrame, customers: DataFrame | None) -> DataFrame:
     """customer_id, acquisition_channel from the CRM; an empty table when there is none."""
     if customers is None or S.ACQUISITION_CHANNEL not in customers.columns:
-        return transactions.sparkSession.createDataFrame([], _ACQUISITION_SCHEMA)
+        return orders.sparkSession.createDataFrame([], _ACQUISITION_SCHEMA)
     return customers.where(F.col(S.CUSTOMER_ID).isNotNull()).select(
         S.CUSTOMER_ID, F.col(S.ACQUISITION_CHANNEL).cast("string").alias(S.ACQUISITION_CHANNEL)
     )
 
 
-def cohort_retention(transactions: DataFrame, customers: DataFrame | None, as_of_date: dt.date) -> DataFrame:
+def cohort_retention(orders: DataFrame, customers: DataFrame | None, as_of_date: dt.date) -> DataFrame:
     """Long-format cohort table (see :data:`COHORT_COLUMNS` and the SQL file for definitions).
 
     One row per (dimension, dimension_value, cohort_month, months_since_first) with dimension
     ``all`` and ``acquisition_channel``.
     """
     out = run_sql(
-        transactions.sparkSession,
+        orders.sparkSession,
         "cohort_retention",
         {
-            "transactions": transaction_view(transactions),
-            "acquisition": acquisition_view(transactions, customers),
+            "orders": order_view(orders),
+            "acquisition": acquisition_view(orders, customers),
         },
         {"as_of_date": as_of_date},
     )

@@ -1,22 +1,26 @@
 """RFM features, scores and named segments, as of one inclusive date.
 
-Definitions (one row per customer with at least one order line on or before ``as_of_date``):
+Definitions (one row per customer with at least one order on or before ``as_of_date``), all from
+the silver ``orders`` table (``segspark.silver``: one order and purchase definition for the job):
 
-- An *order* is (customer_id, order_id); its net amount is the sum of its lines (returns are
-  negative lines of the same order), its time the earliest line time, its channel the
-  alphabetically first of its lines' channels that is in ``rfm.channels`` (none: "other"). Lines after ``as_of_date`` (by UTC date) are left out: they are holdout.
-- A *purchase* is an order with positive net amount. ``frequency`` counts purchases.
+- An *order* is (customer_id, order_id) with its net amount (lines summed, returns negative), its
+  time (first line) and channel (smallest line channel). Orders after ``as_of_date`` (by UTC date)
+  are left out: they are holdout.
+- A *purchase* is an order with ``is_purchase`` (net amount > ``purchase.min_net_amount``).
+- ``frequency``: purchase occasions, the days with at least one purchase (several orders on one day
+  are one occasion, as in the BTYD models: ``frequency`` equals the CLV model's x + 1).
+- ``orders``: purchase orders (>= frequency).
 - ``monetary``: net revenue, the sum of all order nets (can be <= 0 for customers who returned more
   than they bought in the window).
-- ``avg_order_value``: monetary / frequency; 0 when the customer has no purchase.
+- ``avg_order_value``: monetary / orders; 0 when the customer has no purchase.
 - ``first_order_ts`` / ``last_order_ts``: first and last purchase; for a customer without any
   purchase, the first and last order instead, so recency and tenure are always defined.
 - ``recency_days``: ``as_of_date`` minus the date of ``last_order_ts`` (0 if bought that day);
   ``tenure_days`` likewise from ``first_order_ts``.
 - ``return_rate``: returned value / gross sales value over the lines (0 without returns, capped at 1,
   1 for a customer with returns and no sales in the window).
-- ``orders_<channel>``: purchases per channel in ``rfm.channels``; ``orders_other`` for the rest
-  (other or missing channel). They add up to ``frequency``.
+- ``orders_<channel>``: purchase orders per channel in ``rfm.channels``; ``orders_other`` for the
+  rest (other or missing channel). They add up to ``orders``.
 
 Scores: quintile (or quartile) edges of recency, frequency and monetary from ``percentile_approx``
 (relative error ``rfm.relative_error``); a value's score is 1 + the number of edges strictly below it
@@ -39,6 +43,7 @@ from segspark.config import RfmConfig
 # Feature and score columns (stage-specific names live here).
 RECENCY_DAYS = "recency_days"
 FREQUENCY = "frequency"
+ORDERS = "orders"
 MONETARY = "monetary"
 AVG_ORDER_VALUE = "avg_order_value"
 FIRST_ORDER_TS = "first_order_ts"
@@ -68,6 +73,7 @@ def rfm_feature_columns(channels: Sequence[str] = DEFAULT_CHANNELS) -> list[str]
         S.CUSTOMER_ID,
         RECENCY_DAYS,
         FREQUENCY,
+        ORDERS,
         MONETARY,
         AVG_ORDER_VALUE,
         FIRST_ORDER_TS,
@@ -85,58 +91,50 @@ def days_between(as_of: Column, ts: Column) -> Column:
 
 
 def rfm_features(
-    transactions: DataFrame, as_of_date: dt.date, channels: Sequence[str] = DEFAULT_CHANNELS
+    orders: DataFrame, as_of_date: dt.date, channels: Sequence[str] = DEFAULT_CHANNELS
 ) -> DataFrame:
-    """Per-customer RFM features as of ``as_of_date`` (inclusive); see the module docstring.
+    """Per-customer RFM features as of ``as_of_date`` (inclusive) from the silver ``orders`` table;
+    see the module docstring.
 
-    Needs customer_id, order_id, order_ts, amount, channel. The input is repartitioned by customer
-    once; both aggregations (order, then customer) run on that partitioning without another shuffle.
+    Orders are repartitioned by customer once; the day and customer aggregations both run on that
+    partitioning without another shuffle.
     """
     as_of = F.lit(as_of_date)
-    amount = F.col(S.AMOUNT)
-    # Channels as small integer codes (position in sorted order, null when not listed): a minimum
-    # over a string column forces Spark into a sort-based aggregation of every line, while an
-    # integer minimum keeps the hash aggregation.
-    known_channels = sorted(channels)
-    code = F.lit(None).cast("int")
-    if known_channels:
-        code = F.when(F.col(S.CHANNEL) == F.lit(known_channels[0]), F.lit(0))
-        for i, ch in enumerate(known_channels[1:], start=1):
-            code = code.when(F.col(S.CHANNEL) == F.lit(ch), F.lit(i))
-    # Sorted by (customer, order) within the customer partitions: both groupings then stream over
-    # sorted rows as single sort aggregates (session.JOB_CONF) rather than a partial and a final
-    # hash table each. A clean frame from ``ingest.validate`` arrives partitioned and sorted so, and
-    # Spark drops both the repartition and the sort.
-    lines = (
-        transactions.where(F.to_date(F.col(S.ORDER_TS)) <= as_of)
+    net = F.col(S.NET_AMOUNT)
+    bought = F.col(S.IS_PURCHASE)
+    listed = F.col(S.CHANNEL).isin(*channels) if channels else F.lit(False)
+    days = (
+        orders.where(F.col(S.ORDER_DATE) <= as_of)
         .repartition(F.col(S.CUSTOMER_ID))
-        .sortWithinPartitions(S.CUSTOMER_ID, S.ORDER_ID)
+        .groupBy(S.CUSTOMER_ID, S.ORDER_DATE)
+        .agg(
+            F.count_if(bought).alias("_purchases"),
+            F.sum(net).alias("_net"),
+            F.sum(S.GROSS_AMOUNT).alias("_gross"),
+            F.sum(S.RETURNED_AMOUNT).alias("_returned"),
+            F.min(F.when(bought, F.col(S.ORDER_TS))).alias("_first_purchase"),
+            F.max(F.when(bought, F.col(S.ORDER_TS))).alias("_last_purchase"),
+            F.min(S.ORDER_TS).alias("_first_order"),
+            F.max(S.ORDER_TS).alias("_last_order"),
+            *[
+                F.count_if(bought & (F.col(S.CHANNEL) == F.lit(ch))).alias(channel_column(ch))
+                for ch in channels
+            ],
+            F.count_if(bought & ~F.coalesce(listed, F.lit(False))).alias(ORDERS_OTHER),
+        )
     )
-    orders = lines.groupBy(S.CUSTOMER_ID, S.ORDER_ID).agg(
-        F.sum(amount).alias("_net"),
-        F.sum(F.when(amount > 0, amount).otherwise(F.lit(0.0))).alias("_gross"),
-        F.sum(F.when(amount < 0, -amount).otherwise(F.lit(0.0))).alias("_returned"),
-        F.min(S.ORDER_TS).alias("_ts"),
-        F.min(code).alias("_channel"),
-    )
-    purchase = F.col("_net") > 0
-    known = F.col("_channel").isNotNull()
-    # already in this order: a pass that lets the customer grouping see it (Spark does not carry
-    # the ordering through the order-level aggregate)
-    customers = orders.sortWithinPartitions(S.CUSTOMER_ID, S.ORDER_ID).groupBy(S.CUSTOMER_ID).agg(
-        F.count_if(purchase).alias(FREQUENCY),
+    customers = days.groupBy(S.CUSTOMER_ID).agg(
+        F.count_if(F.col("_purchases") > 0).alias(FREQUENCY),
+        F.sum("_purchases").alias(ORDERS),
         F.sum("_net").alias(MONETARY),
-        F.min(F.when(purchase, F.col("_ts"))).alias("_first_purchase"),
-        F.max(F.when(purchase, F.col("_ts"))).alias("_last_purchase"),
-        F.min("_ts").alias("_first_order"),
-        F.max("_ts").alias("_last_order"),
+        F.min("_first_purchase").alias("_first_purchase"),
+        F.max("_last_purchase").alias("_last_purchase"),
+        F.min("_first_order").alias("_first_order"),
+        F.max("_last_order").alias("_last_order"),
         F.sum("_gross").alias("_gross"),
         F.sum("_returned").alias("_returned"),
-        *[
-            F.count_if(purchase & (F.col("_channel") == known_channels.index(ch))).alias(channel_column(ch))
-            for ch in channels
-        ],
-        F.count_if(purchase & ~known).alias(ORDERS_OTHER),
+        *[F.sum(channel_column(ch)).alias(channel_column(ch)) for ch in channels],
+        F.sum(ORDERS_OTHER).alias(ORDERS_OTHER),
     )
     first = F.coalesce(F.col("_first_purchase"), F.col("_first_order"))
     last = F.coalesce(F.col("_last_purchase"), F.col("_last_order"))
@@ -146,19 +144,20 @@ def rfm_features(
         .when(returned > 0, F.lit(1.0))
         .otherwise(F.lit(0.0))
     )
-    aov = F.coalesce(F.try_divide(F.col(MONETARY), F.col(FREQUENCY)), F.lit(0.0))
+    aov = F.coalesce(F.try_divide(F.col(MONETARY), F.col(ORDERS)), F.lit(0.0))
     return customers.select(
         F.col(S.CUSTOMER_ID),
         days_between(as_of, last).alias(RECENCY_DAYS),
-        F.col(FREQUENCY),
-        F.col(MONETARY),
+        F.col(FREQUENCY).cast("long").alias(FREQUENCY),
+        F.col(ORDERS).cast("long").alias(ORDERS),
+        F.col(MONETARY).cast("double").alias(MONETARY),
         aov.cast("double").alias(AVG_ORDER_VALUE),
         first.alias(FIRST_ORDER_TS),
         last.alias(LAST_ORDER_TS),
         days_between(as_of, first).alias(TENURE_DAYS),
         return_rate.alias(RETURN_RATE),
-        *[F.col(channel_column(ch)) for ch in channels],
-        F.col(ORDERS_OTHER),
+        *[F.col(channel_column(ch)).cast("long").alias(channel_column(ch)) for ch in channels],
+        F.col(ORDERS_OTHER).cast("long").alias(ORDERS_OTHER),
     )
 
 

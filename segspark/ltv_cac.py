@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, DoubleType, StringType, StructField, StructType
 
 from segspark import schema as S
-from segspark.cohorts import acquisition_view, transaction_view
+from segspark.cohorts import acquisition_view, order_view
 from segspark.errors import ConfigError, InputError
 from segspark.kpis import ALL, CLV, SEGMENT, SEGMENT_TYPE, SEGMENT_TYPES
 from segspark.sql import run_sql
@@ -65,9 +65,9 @@ _MEMBER_SCHEMA = StructType(
 )
 
 
-def _spend_view(transactions: DataFrame, marketing_spend: DataFrame | None) -> DataFrame:
+def _spend_view(orders: DataFrame, marketing_spend: DataFrame | None) -> DataFrame:
     if marketing_spend is None:
-        return transactions.sparkSession.createDataFrame([], _SPEND_SCHEMA)
+        return orders.sparkSession.createDataFrame([], _SPEND_SCHEMA)
     missing = [c for c in S.SPEND_REQUIRED if c not in marketing_spend.columns]
     if missing:
         raise InputError(f"marketing_spend: missing column(s) {', '.join(missing)}")
@@ -78,10 +78,10 @@ def _spend_view(transactions: DataFrame, marketing_spend: DataFrame | None) -> D
     )
 
 
-def _member_view(transactions: DataFrame, segments: DataFrame | None) -> DataFrame:
+def _member_view(orders: DataFrame, segments: DataFrame | None) -> DataFrame:
     """segment_type, segment, customer_id, clv: one row per customer and segment type, plus 'all'."""
     if segments is None:
-        return transactions.sparkSession.createDataFrame([], _MEMBER_SCHEMA)
+        return orders.sparkSession.createDataFrame([], _MEMBER_SCHEMA)
     types = [t for t in SEGMENT_TYPES if t in segments.columns]
     clv = (F.col(CLV) if CLV in segments.columns else F.lit(None)).cast("double").alias(CLV)
     labels = [F.col(t).cast("string").alias(f"seg__{t}") for t in types]
@@ -93,7 +93,7 @@ def _member_view(transactions: DataFrame, segments: DataFrame | None) -> DataFra
 
 
 def ltv_cac(
-    transactions: DataFrame,
+    orders: DataFrame,
     customers: DataFrame | None,
     marketing_spend: DataFrame | None,
     segments: DataFrame | None,
@@ -109,13 +109,13 @@ def ltv_cac(
     if window_months < 1:
         raise ConfigError(f"kpis.ltv_window_months must be >= 1, got {window_months}")
     out = run_sql(
-        transactions.sparkSession,
+        orders.sparkSession,
         "ltv_cac",
         {
-            "transactions": transaction_view(transactions),
-            "acquisition": acquisition_view(transactions, customers),
-            "marketing_spend": _spend_view(transactions, marketing_spend),
-            "segment_members": _member_view(transactions, segments),
+            "orders": order_view(orders),
+            "acquisition": acquisition_view(orders, customers),
+            "marketing_spend": _spend_view(orders, marketing_spend),
+            "segment_members": _member_view(orders, segments),
         },
         {"as_of_date": as_of_date, "window_months": int(window_months)},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -17,10 +18,9 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-import segspark
 from segspark import generate as G
 from segspark import schema as S
-from segspark import tracking
+from segspark import tables, tracking
 from segspark.config import ClvConfig, Settings
 from segspark.errors import InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
@@ -50,7 +50,7 @@ class InputStats:
 
 @dataclass
 class RunContext:
-    """Everything one run knows about itself: identity, lineage, results for the report."""
+    """What one run knows about itself: identity, lineage and timings. Stage results are tables."""
 
     settings: Settings
     spark: SparkSession
@@ -62,15 +62,35 @@ class RunContext:
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     inputs: dict[str, InputStats] = field(default_factory=dict)
     outputs: dict[str, int | None] = field(default_factory=dict)
-    results: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    cluster_mode: str = "fit"
+    clean: CleanInputs | None = None  # ingest's validated frames (transactions feed only the silver stage)
+    quality: list[dict[str, Any]] = field(default_factory=list)  # ingest's per-input summary, for the CLI
+    report_dir: str | None = None
     cached: list[DataFrame] = field(default_factory=list)
     releases: list[Callable[[], None]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def cache(self, df: DataFrame) -> None:
-        """Remember a persisted frame; ``run`` unpersists them all at the end."""
+    def cache(self, df: DataFrame) -> DataFrame:
+        """Remember a persisted frame (released at the end of the run or by ``release_cached``)."""
         self.cached.append(df)
+        return df
+
+    def release_cached(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+        for release in self.releases:
+            release()
+        self.cached.clear()
+        self.releases.clear()
+
+    def read(self, name: str) -> DataFrame:
+        """A table this run wrote (or, for stage commands, the committed one): the run's
+        ``as_of_date`` partition of a snapshot table, or the whole silver table; no stamp columns."""
+        assert self.as_of_date is not None, "as_of_date must be known before reading a stage's table"
+        if name in S.SNAPSHOT_TABLES:
+            return self.lake.read_snapshot(name, self.as_of_date)
+        return self.lake.read_output(name).drop(S.RUN_ID, S.AS_OF_DATE)
 
     def write(self, df: DataFrame, name: str) -> None:
         assert self.as_of_date is not None, "as_of_date must be known before writing"
@@ -90,7 +110,9 @@ class RunContext:
         tracking.log_metrics({f"seconds_{step}": seconds})
 
 
-def open_context(settings: Settings, command: str, *, demo: bool = False, spark: SparkSession | None = None) -> RunContext:
+def open_context(
+    settings: Settings, command: str, *, demo: bool = False, spark: SparkSession | None = None
+) -> RunContext:
     session = spark or get_spark(settings.spark)
     lake = Lakehouse(session, settings)
     run_id = settings.run_id or new_run_id()
@@ -128,7 +150,9 @@ RUNS_SCHEMA = T.StructType(
         ),
         T.StructField(
             "outputs",
-            T.ArrayType(T.StructType([T.StructField("table", T.StringType()), T.StructField("version", T.LongType())])),
+            T.ArrayType(
+                T.StructType([T.StructField("table", T.StringType()), T.StructField("version", T.LongType())])
+            ),
         ),
         T.StructField("step_seconds", T.MapType(T.StringType(), T.DoubleType())),
     ]
@@ -150,7 +174,15 @@ def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
         ctx.lake.engine,
         ctx.mlflow_run_id,
         [
-            (s.info.name, s.info.location, s.info.format, s.info.version, s.rows_in, s.rows_clean, s.rows_quarantined)
+            (
+                s.info.name,
+                s.info.location,
+                s.info.format,
+                s.info.version,
+                s.rows_in,
+                s.rows_clean,
+                s.rows_quarantined,
+            )
             for s in ctx.inputs.values()
         ],
         [(name, version) for name, version in sorted(ctx.outputs.items())],
@@ -159,7 +191,9 @@ def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
     df = ctx.spark.createDataFrame([row], RUNS_SCHEMA)
     as_of = ctx.as_of_date or ended.date()
     # each attempt appends its own row: the txn version is the attempt's start time
-    ctx.lake.write(df, S.RUNS, run_id=ctx.run_id, as_of_date=as_of, txn_version=int(ctx.started.timestamp() * 1000))
+    ctx.lake.write(
+        df, S.RUNS, run_id=ctx.run_id, as_of_date=as_of, txn_version=int(ctx.started.timestamp() * 1000)
+    )
 
 
 # ---- generate --------------------------------------------------------------------------------------
@@ -210,15 +244,27 @@ def demo_overrides(data_paths: dict[str, str]) -> list[str]:
     return items
 
 
-# ---- the pipeline ----------------------------------------------------------------------------------
+# ---- the pipeline: a declared list of stages ------------------------------------------------------
 @dataclass
 class CleanInputs:
-    """Validated, pseudonymous, minimized inputs (no PII past this point)."""
+    """Validated, pseudonymous, minimized inputs (no PII past this point). Transactions only feed the
+    silver tables; customers, events and marketing spend are read by the stages that name them."""
 
     transactions: DataFrame
     customers: DataFrame | None
     events: DataFrame | None
     marketing_spend: DataFrame | None
+    release_transactions: Callable[[], None] | None = None  # drops the lines' cache once silver is written
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: the tables (or clean inputs) it reads, the tables it writes."""
+
+    name: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    run: Callable[[RunContext], None]
 
 
 def read_inputs(ctx: RunContext) -> dict[str, DataFrame]:
@@ -233,18 +279,12 @@ def read_inputs(ctx: RunContext) -> dict[str, DataFrame]:
     return frames
 
 
-def default_as_of(transactions: DataFrame) -> dt.date:
-    row = transactions.agg(F.max(F.to_date(F.col(S.ORDER_TS)))).first()
-    if row is None or row[0] is None:
-        raise InputError("table 'transactions': no clean order to take as_of_date from; set as_of_date")
-    return row[0]  # type: ignore[no-any-return]
-
-
-def stage_ingest(ctx: RunContext, frames: dict[str, DataFrame]) -> CleanInputs:
+def stage_ingest(ctx: RunContext) -> None:
     """Conform, validate (quarantine or fail), reconcile, pseudonymize and minimize every input."""
     from segspark import ingest, privacy
 
     settings = ctx.settings
+    frames = read_inputs(ctx)
     key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     results = []
@@ -252,18 +292,31 @@ def stage_ingest(ctx: RunContext, frames: dict[str, DataFrame]) -> CleanInputs:
     for name, raw in frames.items():
         mapping = getattr(settings.input, name).columns
         conformed = ingest.conform(raw, name, mapping)
-        res = ingest.validate(conformed, name, settings.quality, processing_ts, key=key, privacy=settings.privacy)
+        res = ingest.validate(
+            conformed, name, settings.quality, processing_ts, key=key, privacy=settings.privacy
+        )
         ingest.reconcile(res)
         stats = ctx.inputs[name]
-        stats.rows_in, stats.rows_clean, stats.rows_quarantined = res.rows_in, res.rows_clean, res.rows_quarantined
+        stats.rows_in, stats.rows_clean, stats.rows_quarantined = (
+            res.rows_in,
+            res.rows_clean,
+            res.rows_quarantined,
+        )
         stats.by_rule = dict(res.by_rule)
         results.append(res)
         clean[name] = res.clean  # customer ids are already pseudonyms when a key is given
+        ctx.releases.append(res.release)
     ingest.log_summary(results)
-    ctx.results["quality"] = [r.summary() for r in results]
+    ctx.quality = [r.summary() for r in results]
     tracking.log_metrics(
         {f"quarantined_{r.table}_{rule}": n for r in results for rule, n in r.by_rule.items()}
         | {f"rows_in_{r.table}": r.rows_in for r in results}
+    )
+    tracking.log_input_lineage(
+        [
+            {"name": s.info.name, "location": s.info.location, "version": s.info.version, "rows": s.rows_in}
+            for s in ctx.inputs.values()
+        ]
     )
     ctx.as_of_date = ctx.settings.as_of_date or default_as_of(clean["transactions"])
     quarantine = None
@@ -276,49 +329,133 @@ def stage_ingest(ctx: RunContext, frames: dict[str, DataFrame]) -> CleanInputs:
     customers = clean.get("customers")
     if customers is not None:
         customers = privacy.minimize(customers, settings.privacy, reference_date=ctx.as_of_date)
-    return CleanInputs(
+    ctx.clean = CleanInputs(
         transactions=clean["transactions"],
         customers=customers,
         events=clean.get("events"),
         marketing_spend=clean.get("marketing_spend"),
+        release_transactions=next(r.release for r in results if r.table == "transactions"),
     )
+
+
+def default_as_of(transactions: DataFrame) -> dt.date:
+    row = transactions.agg(F.max(F.to_date(F.col(S.ORDER_TS)))).first()
+    if row is None or row[0] is None:
+        raise InputError("table 'transactions': no clean order to take as_of_date from; set as_of_date")
+    return row[0]  # type: ignore[no-any-return]
+
+
+def stage_silver(ctx: RunContext) -> None:
+    """The clean lines become ``orders`` and ``customer_days``, once; no later stage reads the lines."""
+    from segspark import silver
+
+    assert ctx.clean is not None
+    ctx.write(silver.orders(ctx.clean.transactions, ctx.settings.purchase), S.ORDERS)
+    # the lines are done with: release their cache before the heavy stages
+    if ctx.clean.release_transactions is not None:
+        ctx.clean.release_transactions()
+    ctx.write(silver.customer_days(ctx.read(S.ORDERS)), S.CUSTOMER_DAYS)
 
 
 LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
 
 
-def stage_features(ctx: RunContext, data: CleanInputs) -> DataFrame:
+def stage_features(ctx: RunContext) -> None:
     """One row per customer (buyers and CRM prospects): RFM and behaviour features, RFM scores and
-    segment, lifecycle stage, then engagement and demographics (after the stage adds prospects, so
-    prospects get theirs too)."""
+    segment, lifecycle stage, engagement and demographics; plus the R x F grid."""
     from segspark import behaviour, features, lifecycle
 
-    settings = ctx.settings
-    as_of = ctx.as_of_date
-    assert as_of is not None
+    settings, as_of, clean = ctx.settings, ctx.as_of_date, ctx.clean
+    assert as_of is not None and clean is not None
     channels = settings.rfm.channels
-    engagement = None
-    if data.events is not None:
-        # joined into the features here and read again by the KPIs: computed once
-        engagement = behaviour.engagement_features(data.events, as_of).persist()
-        ctx.cache(engagement)
-    ctx.results["engagement"] = engagement
-    buyers = (
-        features.rfm_features(data.transactions, as_of, channels)
-        .transform(behaviour.with_behaviour, behaviour.behaviour_features(data.transactions, as_of, channels))
-        .persist()  # the score edges are their own job: do not compute the features twice
+    orders = ctx.read(S.ORDERS)
+    engagement = behaviour.engagement_features(clean.events, as_of) if clean.events is not None else None
+    buyers = features.rfm_features(orders, as_of, channels).transform(
+        behaviour.with_behaviour, behaviour.behaviour_features(orders, as_of, channels)
     )
-    ctx.cache(buyers)
+    buyers = ctx.cache(buyers.persist())  # the score edges are their own job: do not compute twice
     edges = features.rfm_edges(buyers, settings.rfm)
-    ctx.results["rfm_edges"] = edges
     tracking.log_dict(edges, "rfm/score_edges.json")
-    return (
+    table = (
         buyers.transform(features.with_rfm_scores, settings.rfm, edges)
         .transform(features.with_rfm_segment, settings.rfm)
-        .transform(lifecycle.with_lifecycle_stage, data.customers, as_of, settings.lifecycle)
+        .transform(lifecycle.with_lifecycle_stage, clean.customers, as_of, settings.lifecycle)
         .transform(behaviour.with_engagement, engagement)
-        .transform(behaviour.with_demographics, data.customers)
+        .transform(behaviour.with_demographics, clean.customers)
     )
+    ctx.write(table, S.CUSTOMER_FEATURES)
+    written = ctx.read(S.CUSTOMER_FEATURES)
+    ctx.write(features.rfm_grid(written.where(F.col("r_score").isNotNull())), S.RFM_GRID)
+
+
+SCORE_COLUMNS = (
+    "p_alive",
+    "expected_purchases",
+    "expected_avg_value",
+    "clv",
+    "value_tier",
+    "churn_risk",
+    "churn_band",
+)
+
+
+def stage_scores(ctx: RunContext) -> None:
+    """CLV (from customer_days) and churn propensity (from orders): fits as small tables, one
+    ``customer_scores`` row per scored customer."""
+    from segspark import churn, clv
+
+    settings, as_of = ctx.settings, ctx.as_of_date
+    assert as_of is not None
+    parts: list[DataFrame] = []
+    if settings.clv.enabled:
+        with ctx.timed("clv_fit_and_score"):
+            res = fit_clv(ctx.read(S.CUSTOMER_DAYS), as_of, settings.clv)
+        ctx.write(
+            ctx.spark.createDataFrame(clv_validation_rows(res.validation), CLV_VALIDATION_SCHEMA),
+            S.CLV_VALIDATION,
+        )
+        ctx.write(_small_frame(ctx, clv.fit_table(res), S.CLV_FIT), S.CLV_FIT)
+        tracking.log_metrics(res.metrics())
+        tracking.log_figures(res.figures, "clv")
+        scalars = {k: v for k, v in res.validation.items() if not isinstance(v, pd.DataFrame)}
+        tracking.log_dict({"fit": res.fit, "validation": scalars}, "clv/fit.json")
+        parts.append(res.customers)
+    if settings.churn.enabled:
+        try:
+            with ctx.timed("churn_model"):
+                cres = churn.run_churn(ctx.read(S.ORDERS), as_of, settings.churn)
+        except InputError as exc:  # too little history or a one-sided label: skip, say why
+            log.warning("churn model skipped: %s", exc)
+            ctx.write(_small_frame(ctx, churn.skipped_table(str(exc)), S.CHURN_METRICS), S.CHURN_METRICS)
+        else:
+            ctx.write(_small_frame(ctx, churn.metrics_table(cres), S.CHURN_METRICS), S.CHURN_METRICS)
+            tracking.log_metrics(cres.scalar_metrics())
+            tracking.log_figures(cres.figures, "churn")
+            parts.append(cres.customers)
+    scores = ctx.spark.createDataFrame([], tables.SCHEMAS[S.CUSTOMER_SCORES])
+    if parts:
+        joined = parts[0]
+        for part in parts[1:]:
+            joined = joined.join(part, on=S.CUSTOMER_ID, how="full")
+        scores = joined.select(
+            S.CUSTOMER_ID,
+            *[
+                (F.col(f.name) if f.name in joined.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                for f in tables.SCHEMAS[S.CUSTOMER_SCORES].fields
+                if f.name != S.CUSTOMER_ID
+            ],
+        )
+    ctx.write(scores, S.CUSTOMER_SCORES)
+
+
+def _small_frame(ctx: RunContext, pdf: pd.DataFrame, name: str) -> DataFrame:
+    """A small pandas result table as a Spark frame with the table's declared schema."""
+    schema = tables.SCHEMAS[name]
+    rows = [
+        tuple(None if (isinstance(v, float) and v != v) else v for v in r)
+        for r in pdf[[f.name for f in schema.fields]].astype(object).itertuples(index=False, name=None)
+    ]
+    return ctx.spark.createDataFrame(rows, schema)
 
 
 PENALIZER_FALLBACK = (0.001, 0.01)
@@ -353,21 +490,39 @@ def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
     hist = validation.get("frequency_histogram")
     if isinstance(hist, pd.DataFrame):
         for i, r in enumerate(hist.itertuples(index=False)):
-            rows.append(("frequency_histogram", float(i), str(r.repeat_purchases), num(r.actual), num(r.expected), None))
+            rows.append(
+                (
+                    "frequency_histogram",
+                    float(i),
+                    str(r.repeat_purchases),
+                    num(r.actual),
+                    num(r.expected),
+                    None,
+                )
+            )
     by_freq = validation.get("holdout_by_frequency")
     if isinstance(by_freq, pd.DataFrame):
         for r in by_freq.itertuples(index=False):
-            rows.append(("holdout_by_frequency", num(r.frequency), str(r.frequency), num(r.actual), num(r.predicted), int(r.customers)))
+            rows.append(
+                (
+                    "holdout_by_frequency",
+                    num(r.frequency),
+                    str(r.frequency),
+                    num(r.actual),
+                    num(r.predicted),
+                    int(r.customers),
+                )
+            )
     return rows
 
 
-def fit_clv(transactions: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
+def fit_clv(customer_days: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
     """``clv.run_clv``; when the unpenalized fit does not converge (parameters running to a boundary,
     common on data that departs from the model), refit with small penalizers and record why."""
     from segspark import clv
 
     try:
-        return clv.run_clv(transactions, as_of, cfg)
+        return clv.run_clv(customer_days, as_of, cfg)
     except SegsparkError as exc:
         if cfg.penalizer > 0 or "did not converge" not in str(exc):
             raise
@@ -375,44 +530,14 @@ def fit_clv(transactions: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
     for penalty in PENALIZER_FALLBACK:
         log.warning("clv: unpenalized fit did not converge; refitting with clv.penalizer=%s", penalty)
         try:
-            res = clv.run_clv(transactions, as_of, cfg.model_copy(update={"penalizer": penalty}))
+            res = clv.run_clv(customer_days, as_of, cfg.model_copy(update={"penalizer": penalty}))
         except SegsparkError:
             continue
-        res.fit["penalizer_fallback"] = f"unpenalized fit did not converge ({first}); used penalizer {penalty}"
+        res.fit["penalizer_fallback"] = (
+            f"unpenalized fit did not converge ({first}); used penalizer {penalty}"
+        )
         return res
     raise first
-
-
-def stage_models(ctx: RunContext, data: CleanInputs) -> list[DataFrame]:
-    """CLV and churn scores per customer (each a DataFrame keyed by customer_id), logged to MLflow."""
-    from segspark import churn
-
-    settings = ctx.settings
-    assert ctx.as_of_date is not None
-    scores: list[DataFrame] = []
-    if settings.clv.enabled:
-        with ctx.timed("clv_fit_and_score"):
-            res = fit_clv(data.transactions, ctx.as_of_date, settings.clv)
-        ctx.results["clv"] = {"fit": res.fit, "validation": res.validation}
-        ctx.write(ctx.spark.createDataFrame(clv_validation_rows(res.validation), CLV_VALIDATION_SCHEMA), S.CLV_VALIDATION)
-        tracking.log_metrics(res.metrics())
-        tracking.log_figures(res.figures, "clv")
-        scalars = {k: v for k, v in res.validation.items() if not isinstance(v, pd.DataFrame)}
-        tracking.log_dict({"fit": res.fit, "validation": scalars}, "clv/fit.json")
-        scores.append(res.customers)
-    if settings.churn.enabled:
-        try:
-            with ctx.timed("churn_model"):
-                cres = churn.run_churn(data.transactions, ctx.as_of_date, settings.churn)
-        except InputError as exc:  # too little history or a one-sided label: skip, say why
-            log.warning("churn model skipped: %s", exc)
-            ctx.results["churn"] = {"skipped": str(exc)}
-            return scores
-        ctx.results["churn"] = cres.metrics
-        tracking.log_metrics(cres.scalar_metrics())
-        tracking.log_figures(cres.figures, "churn")
-        scores.append(cres.customers)
-    return scores
 
 
 def previous_profiles(ctx: RunContext) -> pd.DataFrame | None:
@@ -424,184 +549,237 @@ def previous_profiles(ctx: RunContext) -> pd.DataFrame | None:
     return prev.where(F.col(S.RUN_ID) != F.lit(ctx.run_id)).toPandas()  # a profile row per cluster
 
 
-def stage_clusters(ctx: RunContext, table: DataFrame) -> DataFrame | None:
-    """Sweep, choose, fit and name clusters on buyers; returns customer_id, cluster_id, persona."""
-    from segspark.clustering import fit_segments
-    from segspark.clustering.tracking import log_to_mlflow
-
-    settings = ctx.settings
-    if not settings.clustering.enabled:
-        return None
-    buyers = table.where(F.col("frequency") > 0)
-    with ctx.timed("clustering_fit"):
-        # buyers filter the materialized model table: fit_segments need not cache them again
-        result = fit_segments(buyers, settings.clustering, previous_profiles(ctx), input_cached=True)
-    ctx.results["clustering"] = {"chosen": result.chosen, "sweep": result.sweep, "profiles": result.profiles}
-    if settings.tracking.enabled:
-        inputs = {n: f"{s.info.location}@{s.info.version}" for n, s in ctx.inputs.items()}
-        logged = log_to_mlflow(
-            result, settings.tracking, settings.tracking_uri, input_tables=inputs, alias=settings.clustering.model_alias
-        )
-        ctx.results["clustering"]["model_uri"] = logged.get("model_uri")
-    ctx.releases.append(result.release)  # its assignments stay cached until customer_segments is written
-    profiles = ctx.spark.createDataFrame(result.profiles.astype(object).where(result.profiles.notna(), None))
-    ctx.write(profiles, S.CLUSTER_PROFILES)
-    return result.assignments
-
-
 SEGMENT_COLUMNS = (
-    "r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage",
-    "cluster_id", "persona", "p_alive", "expected_purchases", "expected_avg_value", "clv", "value_tier",
-    "churn_risk", "churn_band", "recency_days", "frequency", "monetary", "avg_order_value", "tenure_days",
+    "r_score",
+    "f_score",
+    "m_score",
+    "rfm_code",
+    "rfm_segment",
+    "lifecycle_stage",
+    "cluster_id",
+    "persona",
+    "p_alive",
+    "expected_purchases",
+    "expected_avg_value",
+    "clv",
+    "value_tier",
+    "churn_risk",
+    "churn_band",
+    "recency_days",
+    "frequency",
+    "monetary",
+    "avg_order_value",
+    "tenure_days",
     "acquisition_channel",
 )
 
 
-def assemble_segments(segmented: DataFrame, extras: list[DataFrame]) -> DataFrame:
-    """customer_segments: one row per customer with every segment label and score (all keyed by id)."""
-    out = segmented
-    for extra in extras:
-        out = out.join(extra, on=S.CUSTOMER_ID, how="left")
-    present = [c for c in SEGMENT_COLUMNS if c in out.columns]
-    return out.select(S.CUSTOMER_ID, *present)
+def stage_segments(ctx: RunContext) -> None:
+    """Clusters and personas on buyers (refit, or the registered model when scoring), then
+    ``customer_segments``: one row per customer with every segment label and score."""
+    from segspark.clustering import fit_segments
+    from segspark.clustering.results import sweep_table
+    from segspark.clustering.tracking import log_to_mlflow, score_segments
+
+    settings = ctx.settings
+    scores = ctx.read(S.CUSTOMER_SCORES)
+    model_table = ctx.read(S.CUSTOMER_FEATURES).join(scores, on=S.CUSTOMER_ID, how="left")
+    assignments = None
+    if settings.clustering.enabled:
+        # the sweep, the sample and the final assignment each read the model table: computed once
+        model_table = ctx.cache(materialize(model_table))
+        buyers = model_table.where(F.col("frequency") > 0)
+        if ctx.cluster_mode == "score":
+            assignments = score_segments(
+                buyers,
+                settings.tracking.registered_model,
+                tracking_uri=settings.tracking_uri,
+                alias=settings.clustering.model_alias,
+            )
+        else:
+            with ctx.timed("clustering_fit"):
+                result = fit_segments(buyers, settings.clustering, previous_profiles(ctx), input_cached=True)
+            if settings.tracking.enabled:
+                inputs = {n: f"{s.info.location}@{s.info.version}" for n, s in ctx.inputs.items()}
+                log_to_mlflow(
+                    result,
+                    settings.tracking,
+                    settings.tracking_uri,
+                    input_tables=inputs,
+                    alias=settings.clustering.model_alias,
+                )
+            ctx.releases.append(result.release)  # its assignments stay cached until the segments are written
+            ctx.write(_small_frame(ctx, sweep_table(result), S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)
+            profiles = result.profiles.astype(object).where(result.profiles.notna(), None)
+            ctx.write(ctx.spark.createDataFrame(profiles), S.CLUSTER_PROFILES)
+            assignments = result.assignments
+    segments = (
+        model_table if assignments is None else model_table.join(assignments, on=S.CUSTOMER_ID, how="left")
+    )
+    present = [c for c in SEGMENT_COLUMNS if c in segments.columns]
+    ctx.write(segments.select(S.CUSTOMER_ID, *present), S.CUSTOMER_SEGMENTS)
 
 
 DRIFT_CATEGORICAL = ("rfm_segment", "lifecycle_stage", "persona", "value_tier", "churn_band")
 DRIFT_NUMERIC = ("recency_days", "frequency", "monetary", "clv", "churn_risk")
 
 
-def stage_tables(ctx: RunContext, data: CleanInputs, segments: DataFrame, engagement: DataFrame | None) -> None:
-    """KPIs, cohorts, LTV:CAC, transitions and drift: aggregate tables for BI."""
-    from segspark import cohorts, drift, kpis, lifecycle, ltv_cac
+def stage_aggregates(ctx: RunContext) -> None:
+    """KPIs, cohorts, LTV:CAC, transitions and drift: aggregate tables for BI, from the written tables."""
+    from segspark import behaviour, cohorts, drift, kpis, lifecycle, ltv_cac
 
-    assert ctx.as_of_date is not None
-    previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=ctx.as_of_date)
+    as_of, clean = ctx.as_of_date, ctx.clean
+    assert as_of is not None
+    customers = clean.customers if clean is not None else None
+    spend = clean.marketing_spend if clean is not None else None
+    segments = ctx.read(S.CUSTOMER_SEGMENTS)
+    orders = ctx.read(S.ORDERS)
+    previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=as_of)
+    feats = ctx.read(S.CUSTOMER_FEATURES)
+    engagement = None
+    if clean is not None and clean.events is not None:  # engagement features exist only with events
+        engagement = feats.select(S.CUSTOMER_ID, *behaviour.ENGAGEMENT_COLUMNS)
     ctx.write(kpis.segment_kpis(segments, engagement), S.SEGMENT_KPIS)
-    ctx.write(cohorts.cohort_retention(data.transactions, data.customers, ctx.as_of_date), S.COHORT_RETENTION)
+    ctx.write(cohorts.cohort_retention(orders, customers, as_of), S.COHORT_RETENTION)
     ctx.write(
-        ltv_cac.ltv_cac(
-            data.transactions, data.customers, data.marketing_spend, segments, ctx.as_of_date,
-            ctx.settings.kpis.ltv_window_months,
-        ),
+        ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, ctx.settings.kpis.ltv_window_months),
         S.LTV_CAC,
     )
     ctx.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)
     ctx.write(drift.segment_drift(segments, previous, DRIFT_CATEGORICAL, DRIFT_NUMERIC), S.DRIFT)
 
 
-STAGES = ("ingest", "features", "clv", "all")
+REPORT_TABLES = (
+    S.CUSTOMER_SEGMENTS,
+    S.SEGMENT_KPIS,
+    S.RFM_GRID,
+    S.COHORT_RETENTION,
+    S.LTV_CAC,
+    S.SEGMENT_TRANSITIONS,
+    S.DRIFT,
+    S.CLUSTER_PROFILES,
+    S.CLV_FIT,
+    S.CLV_VALIDATION,
+    S.CHURN_METRICS,
+    S.CLUSTERING_SWEEP,
+)
+
+
+def stage_report(ctx: RunContext) -> None:
+    """The stakeholder report and its BI tables (report_summary, recommendations), from tables only."""
+    if not ctx.settings.report.enabled:
+        return
+    from segspark.report import RunInfo, build_report
+
+    as_of = ctx.as_of_date
+    assert as_of is not None
+    found: dict[str, DataFrame | None] = {
+        name: ctx.lake.read_snapshot(name, as_of) if ctx.lake.exists(name) else None for name in REPORT_TABLES
+    }
+    for name in (S.QUARANTINE, S.RUNS):
+        found[name] = (
+            ctx.lake.read_output(name).where(F.col(S.RUN_ID) == F.lit(ctx.run_id))
+            if ctx.lake.exists(name)
+            else None
+        )
+    found["previous_report_summary"] = ctx.lake.read_latest_snapshot(S.REPORT_SUMMARY, before=as_of)
+    out_dir = Path(ctx.settings.output.path).resolve() / "reports"
+    with ctx.timed("report_build"):
+        result = build_report(
+            found, RunInfo(run_id=ctx.run_id, as_of_date=as_of, command=ctx.command), out_dir, ctx.settings
+        )
+    ctx.report_dir = str(Path(result.html_path).parent)
+    ctx.write(ctx.spark.createDataFrame(result.summary), S.REPORT_SUMMARY)
+    ctx.write(ctx.spark.createDataFrame(result.recommendations), S.RECOMMENDATIONS)
+    tracking.log_artifacts(Path(result.html_path).parent, "report")
+
+
+# The whole data flow. "input:*" are the configured sources, "clean:*" ingest's validated frames;
+# every other name is a Delta table. A stage reads only what it names.
+# fmt: off
+PIPELINE: tuple[Stage, ...] = (
+    #      name          reads                                             writes
+    Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend"),
+                        (S.QUARANTINE,), stage_ingest),
+    Stage("silver",     ("clean:transactions",),                           (S.ORDERS, S.CUSTOMER_DAYS),
+                        stage_silver),
+    Stage("features",   (S.ORDERS, "clean:customers", "clean:events"),   (S.CUSTOMER_FEATURES, S.RFM_GRID),
+                        stage_features),
+    Stage("scores",     (S.CUSTOMER_DAYS, S.ORDERS),
+                        (S.CLV_VALIDATION, S.CLV_FIT, S.CHURN_METRICS, S.CUSTOMER_SCORES), stage_scores),
+    Stage("segments",   (S.CUSTOMER_FEATURES, S.CUSTOMER_SCORES, S.CLUSTER_PROFILES),
+                        (S.CLUSTERING_SWEEP, S.CLUSTER_PROFILES, S.CUSTOMER_SEGMENTS), stage_segments),
+    Stage("aggregates", (S.CUSTOMER_SEGMENTS, S.CUSTOMER_FEATURES, S.ORDERS, "clean:customers",
+                         "clean:marketing_spend"),
+                        (S.SEGMENT_KPIS, S.COHORT_RETENTION, S.LTV_CAC, S.SEGMENT_TRANSITIONS, S.DRIFT),
+                        stage_aggregates),
+)
+REPORT = Stage("report", (*REPORT_TABLES, S.QUARANTINE, S.RUNS, S.REPORT_SUMMARY),
+               (S.REPORT_SUMMARY, S.RECOMMENDATIONS), stage_report)
+# fmt: on
+# ``segspark <command>`` for a partial run stops after this stage
+UPTO = {"ingest": "silver", "features": "features", "clv": "scores", "all": "aggregates"}
+STAGES = tuple(UPTO)
 
 
 def run(ctx: RunContext, *, upto: str = "all", cluster_mode: str = "fit") -> RunContext:
-    """The pipeline: ingest, features, segments, models, KPIs, report; one commit per table.
+    """The pipeline: the declared stages in order, one commit per table; then the run's lineage row,
+    then the report from the written tables.
 
-    ``upto`` stops after a stage (``ingest``: validate and quarantine only; ``features``: + feature
+    ``upto`` stops early (``ingest``: validate, quarantine and silver tables; ``features``: + feature
     table and RFM grid; ``clv``: + CLV and churn fits). ``cluster_mode``: ``fit`` refits the
     clustering (monthly job), ``score`` applies the registered model without refitting (weekly job).
     """
-    if upto not in STAGES:
+    if upto not in UPTO:
         raise ValueError(f"unknown stage {upto!r}")
-    settings = ctx.settings
-    with tracking.parent_run(settings, ctx.run_id, {"segspark.command": ctx.command}) as mlflow_id:
+    last = UPTO[upto]
+    ctx.cluster_mode = cluster_mode
+    with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": ctx.command}) as mlflow_id:
         ctx.mlflow_run_id = mlflow_id
-        cached: list[DataFrame] = []
         try:
-            frames = read_inputs(ctx)
-            with ctx.timed("ingest_validate"):
-                data = stage_ingest(ctx, frames)
-            tracking.log_input_lineage(
-                [
-                    {"name": s.info.name, "location": s.info.location, "version": s.info.version, "rows": s.rows_in}
-                    for s in ctx.inputs.values()
-                ]
-            )
-            if upto != "ingest":
-                data.transactions = data.transactions.persist()
-                cached.append(data.transactions)
-                cached += _analyse(ctx, data, upto, cluster_mode)
+            for stage in PIPELINE:
+                with ctx.timed(f"stage_{stage.name}"):
+                    stage.run(ctx)
+                if stage.name == last:
+                    break
         except BaseException as exc:
             record_run(ctx, "failed", f"{type(exc).__name__}: {exc}"[:2000])
             log.debug("run failed:\n%s", traceback.format_exc())
+            ctx.release_cached()
             raise
-        finally:
-            for df in [*cached, *ctx.cached]:
-                df.unpersist()
-            for release in ctx.releases:
-                release()
-            ctx.cached.clear()
-            ctx.releases.clear()
+        ctx.release_cached()
         record_run(ctx, "succeeded")
+        if upto == "all":
+            run_report(ctx)
     return ctx
 
 
-def materialize(df: DataFrame) -> DataFrame:
-    """Cache a customer-level frame reused by several stages.
+def run_report(ctx: RunContext) -> None:
+    """The report step, recorded as its own ``runs`` row (command ``report``) of the same run id."""
+    report_ctx = dataclasses.replace(
+        ctx, command="report", started=dt.datetime.now(dt.timezone.utc), outputs={}, timings={}, inputs={}
+    )
+    try:
+        stage_report(report_ctx)
+    except BaseException as exc:
+        record_run(report_ctx, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    ctx.report_dir = report_ctx.report_dir
+    ctx.outputs.update(report_ctx.outputs)
+    record_run(report_ctx, "succeeded")
 
-    Over Spark Connect the whole logical plan travels with every request, and the plans of later
-    stages (features joined with CLV, churn and clusters) outgrow the protocol's nesting limit: a
-    local checkpoint cuts the plan to a reference to the cached data. Classic sessions persist.
+
+def materialize(df: DataFrame) -> DataFrame:
+    """Cache a customer-level frame read several times within a stage (the clustering's input).
+
+    Over Spark Connect a local checkpoint keeps later requests small (the plan becomes a reference
+    to the cached data). Classic sessions persist.
     """
     from segspark.io.delta_spark import is_remote
 
     if is_remote(df.sparkSession):
         return df.localCheckpoint(eager=True)
     return df.persist()
-
-
-def cut_plan(df: DataFrame) -> DataFrame:
-    """A frame read once (by its own write): over Spark Connect, checkpointed so the request stays
-    under the protocol's nesting limit (see :func:`materialize`); a classic session needs no cache."""
-    from segspark.io.delta_spark import is_remote
-
-    return df.localCheckpoint(eager=True) if is_remote(df.sparkSession) else df
-
-
-def _analyse(ctx: RunContext, data: CleanInputs, upto: str, cluster_mode: str) -> list[DataFrame]:
-    """Everything after ingest; returns the frames it cached (the caller releases them)."""
-    from segspark import features
-
-    segmented = materialize(stage_features(ctx, data))
-    ctx.write(segmented.drop(*LABEL_COLUMNS), S.CUSTOMER_FEATURES)
-    ctx.write(features.rfm_grid(segmented.where(F.col("r_score").isNotNull())), S.RFM_GRID)
-    if upto == "features":
-        return [segmented]
-    extras = stage_models(ctx, data)
-    if upto == "clv":
-        return [segmented]
-    model_table = segmented
-    for extra in extras:
-        model_table = model_table.join(extra, on=S.CUSTOMER_ID, how="left")
-    if extras:
-        model_table = materialize(model_table)
-        ctx.cache(model_table)
-    assignments = stage_clusters(ctx, model_table) if cluster_mode == "fit" else stage_score(ctx, model_table)
-    if assignments is not None:
-        extras.append(assignments)
-    # written once, then read back as the committed snapshot: nothing reuses the frame itself
-    segments = cut_plan(assemble_segments(segmented, extras))
-    ctx.write(segments, S.CUSTOMER_SEGMENTS)
-    # The aggregate tables read the committed snapshot back: its plan is one file scan, where the
-    # cached frame's plan carries the whole lineage (features, CLV, churn, clusters), which Spark
-    # re-optimizes and re-renders inside every query that reads it; the LTV:CAC plan reached 65M
-    # characters and took 24 s at 600 customers. It is also exactly what BI tools will read.
-    assert ctx.as_of_date is not None
-    written = ctx.lake.read_snapshot(S.CUSTOMER_SEGMENTS, ctx.as_of_date)
-    stage_tables(ctx, data, written, ctx.results.get("engagement"))
-    stage_report(ctx)
-    return [segmented, segments]
-
-
-def stage_score(ctx: RunContext, table: DataFrame) -> DataFrame | None:
-    """Assign clusters and personas with the registered model, without refitting (weekly scoring)."""
-    from segspark.clustering.tracking import score_segments
-
-    settings = ctx.settings
-    if not settings.clustering.enabled:
-        return None
-    buyers = table.where(F.col("frequency") > 0)
-    return score_segments(
-        buyers, settings.tracking.registered_model, tracking_uri=settings.tracking_uri, alias=settings.clustering.model_alias
-    )
 
 
 def _latest_date(ctx: RunContext, name: str) -> dt.date:
@@ -616,27 +794,16 @@ def _latest_date(ctx: RunContext, name: str) -> dt.date:
 
 
 def cluster_only(ctx: RunContext) -> RunContext:
-    """Refit the clustering on the written feature and segment tables of ``as_of_date`` (latest if
-    unset), then rewrite that date's ``customer_segments`` with the new clusters and personas."""
-    ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
-    day = F.col(S.AS_OF_DATE) == F.lit(ctx.as_of_date)
-    feats = ctx.lake.read_output(S.CUSTOMER_FEATURES).where(day).drop(S.RUN_ID, S.AS_OF_DATE)
-    segs = ctx.lake.read_output(S.CUSTOMER_SEGMENTS).where(day).drop(S.RUN_ID, S.AS_OF_DATE, "cluster_id", "persona")
-    scores = [c for c in ("p_alive", "expected_purchases", "clv", "churn_risk") if c in segs.columns]
-    table = materialize(feats.join(segs.select(S.CUSTOMER_ID, *scores), on=S.CUSTOMER_ID, how="left"))
+    """Refit the clustering on the written ``customer_features`` and ``customer_scores`` of
+    ``as_of_date`` (latest if unset): the segments stage alone, rewriting that date's segments."""
+    ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_FEATURES)
     with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "cluster"}) as mlflow_id:
         ctx.mlflow_run_id = mlflow_id
+        ctx.cluster_mode = "fit"
         try:
-            assignments = stage_clusters(ctx, table)
-            if assignments is not None:
-                segments = segs.join(assignments, on=S.CUSTOMER_ID, how="left").persist()
-                ctx.write(assemble_segments(segments, []), S.CUSTOMER_SEGMENTS)
-                segments.unpersist()
+            stage_segments(ctx)
         finally:
-            for release in ctx.releases:
-                release()
-            ctx.releases.clear()
-            table.unpersist()
+            ctx.release_cached()
         record_run(ctx, "succeeded")
     return ctx
 
@@ -645,19 +812,17 @@ def report_only(ctx: RunContext) -> RunContext:
     """Rebuild the report from the tables a run already wrote for ``as_of_date`` (latest if unset)."""
     date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
     ctx.as_of_date = date
-    last = (
+    row = (
         ctx.lake.read_output(S.CUSTOMER_SEGMENTS)
         .where(F.col(S.AS_OF_DATE) == F.lit(date))
         .select(S.RUN_ID)
         .first()
     )
-    if last is not None:
-        ctx.run_id = last[0]
-    for name in S.SNAPSHOT_TABLES | {S.QUARANTINE}:
-        if ctx.lake.exists(name):
-            ctx.outputs[name] = None
+    if row is not None:
+        ctx.run_id = row[0]
     with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "report"}):
         stage_report(ctx)
+        record_run(ctx, "succeeded")
     return ctx
 
 
@@ -667,10 +832,8 @@ def monitor(ctx: RunContext) -> DataFrame:
 
     if not ctx.lake.exists(S.CUSTOMER_SEGMENTS):
         raise InputError("no customer_segments table yet: run the pipeline first")
-    seg = ctx.lake.read_output(S.CUSTOMER_SEGMENTS)
-    dates = [r[0] for r in seg.select(S.AS_OF_DATE).distinct().orderBy(F.col(S.AS_OF_DATE).desc()).limit(2).collect()]
-    ctx.as_of_date = ctx.settings.as_of_date or dates[0]
-    current = seg.where(F.col(S.AS_OF_DATE) == F.lit(ctx.as_of_date))
+    ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
+    current = ctx.read(S.CUSTOMER_SEGMENTS)
     previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=ctx.as_of_date)
     out = drift.segment_drift(current, previous, DRIFT_CATEGORICAL, DRIFT_NUMERIC)
     ctx.write(out, S.DRIFT)
@@ -691,40 +854,14 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
     else:
         keys = [i.strip() for i in source_ids]
     deleted: dict[str, int] = {}
-    for name in sorted(S.SNAPSHOT_TABLES | S.APPEND_TABLES):
+    for name in sorted(S.SNAPSHOT_TABLES | S.APPEND_TABLES | S.SILVER_TABLES):
         n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
         if n:
             deleted[name] = n
-    log.info("erased %d customer key(s): %s; run 'vacuum' (retention %sh) to purge old file versions",
-             len(keys), deleted, settings.lakehouse.vacuum_retention_hours)
+    log.info(
+        "erased %d customer key(s): %s; old file versions keep them until vacuum (retention %sh)",
+        len(keys),
+        deleted,
+        settings.lakehouse.vacuum_retention_hours,
+    )
     return deleted
-
-
-def stage_report(ctx: RunContext) -> None:
-    """The stakeholder report and its BI tables (report_summary, recommendations)."""
-    if not ctx.settings.report.enabled:
-        return
-    from segspark.report import build_report
-
-    names = [
-        S.CUSTOMER_SEGMENTS, S.SEGMENT_KPIS, S.RFM_GRID, S.COHORT_RETENTION, S.LTV_CAC,
-        S.SEGMENT_TRANSITIONS, S.DRIFT, S.QUARANTINE, S.CLUSTER_PROFILES,
-    ]
-    assert ctx.as_of_date is not None
-    tables = {}
-    for name in names:
-        if name in ctx.outputs:
-            df = ctx.lake.read_output(name)
-            tables[name] = df.where(F.col(S.RUN_ID) == F.lit(ctx.run_id)) if name == S.QUARANTINE else df.where(
-                F.col(S.AS_OF_DATE) == F.lit(ctx.as_of_date)
-            )
-    previous = ctx.lake.read_latest_snapshot(S.REPORT_SUMMARY, before=ctx.as_of_date)
-    if previous is not None:
-        tables["previous_report_summary"] = previous
-    out_dir = Path(ctx.settings.output.path).resolve() / "reports"
-    with ctx.timed("report_build"):
-        result = build_report(ctx, tables, out_dir, ctx.settings)
-    ctx.results["report_dir"] = str(Path(result.html_path).parent)
-    ctx.write(ctx.spark.createDataFrame(result.summary), S.REPORT_SUMMARY)
-    ctx.write(ctx.spark.createDataFrame(result.recommendations), S.RECOMMENDATIONS)
-    tracking.log_artifacts(Path(result.html_path).parent, "report")

@@ -91,6 +91,7 @@ CLV_VALIDATION: Final = "clv_validation"
 CLV_FIT: Final = "clv_fit"
 CHURN_METRICS: Final = "churn_metrics"
 CLUSTERING_SWEEP: Final = "clustering_sweep"
+CUSTOMER_SCORES: Final = "customer_scores"  # per-customer CLV and churn scores (the scores stage)
 
 # --- silver tables: built once per run right after ingest, every later stage reads them ----------
 ORDERS: Final = "orders"
@@ -127,6 +128,7 @@ SNAPSHOT_TABLES: Final = frozenset(
         CLV_FIT,
         CHURN_METRICS,
         CLUSTERING_SWEEP,
+        CUSTOMER_SCORES,
     }
 )
 # Silver tables: replaced whole by every run (one overwrite commit; Delta history keeps the

@@ -96,6 +96,19 @@ CLUSTERING_SWEEP_SCHEMA: Final = T.StructType(
     ]
 )
 
+CUSTOMER_SCORES_SCHEMA: Final = T.StructType(
+    [
+        _f(S.CUSTOMER_ID, STR),
+        _f("p_alive", DBL),
+        _f("expected_purchases", DBL),
+        _f("expected_avg_value", DBL),
+        _f("clv", DBL),
+        _f("value_tier", STR),
+        _f("churn_risk", DBL),
+        _f("churn_band", STR),
+    ]
+)
+
 SCHEMAS: dict[str, T.StructType] = {
     S.ORDERS: ORDERS_SCHEMA,
     S.CUSTOMER_DAYS: CUSTOMER_DAYS_SCHEMA,

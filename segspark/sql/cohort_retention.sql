@@ -1,13 +1,14 @@
 -- Cohort retention: acquisition-month cohorts x months since the first purchase, long format.
 --
 -- Inputs
---   transactions  clean order lines: customer_id, order_id, order_ts, amount (net; returns negative), channel
+--   orders        silver orders: customer_id, order_id, order_ts, order_date, net_amount (returns
+--                 netted), channel, is_purchase (the job's one purchase definition)
 --   acquisition   one row per customer: customer_id, acquisition_channel (may be empty)
 -- Parameter
 --   as_of_date    DATE, inclusive; later orders are ignored
 --
 -- Definitions
---   purchase          an order whose net amount (sum of its lines) is positive
+--   purchase          an order with is_purchase (net amount > purchase.min_net_amount)
 --   cohort_month      month of the customer's first purchase
 --   acquisition channel  the CRM acquisition_channel, else the channel of the first purchase, else 'unknown'
 --   active_customers  cohort members with a purchase in that month (month 0 is always the whole cohort)
@@ -16,27 +17,18 @@
 -- Every cohort has a row for each month from 0 up to the month of as_of_date (the last one partial),
 -- for dimension 'all' (dimension_value 'all') and for dimension 'acquisition_channel'.
 
-WITH order_lines AS (
-  SELECT customer_id, order_id, order_ts, amount, channel
-  FROM transactions
-  WHERE to_date(order_ts) <= :as_of_date
-),
-
-orders AS (
-  SELECT customer_id, order_id,
-         min(order_ts)  AS order_ts,
-         sum(amount)    AS net_amount,
-         min(channel)   AS channel
-  FROM order_lines
-  GROUP BY customer_id, order_id
+WITH orders_as_of AS (
+  SELECT customer_id, order_id, order_ts, net_amount, channel, is_purchase
+  FROM orders
+  WHERE order_date <= :as_of_date
 ),
 
 first_purchase AS (
   SELECT customer_id,
          min(order_ts) AS first_ts,
          min_by(channel, named_struct('ts', order_ts, 'id', order_id)) AS first_channel
-  FROM orders
-  WHERE net_amount > 0
+  FROM orders_as_of
+  WHERE is_purchase
   GROUP BY customer_id
 ),
 
@@ -71,9 +63,9 @@ grid AS (
 customer_months AS (
   SELECT o.customer_id,
          CAST(months_between(trunc(o.order_ts, 'MM'), m.cohort_month) AS INT) AS months_since_first,
-         max(CASE WHEN o.net_amount > 0 THEN 1 ELSE 0 END) AS purchased,
+         max(CASE WHEN o.is_purchase THEN 1 ELSE 0 END) AS purchased,
          sum(o.net_amount) AS revenue
-  FROM orders o
+  FROM orders_as_of o
   JOIN members m ON m.customer_id = o.customer_id
   WHERE trunc(o.order_ts, 'MM') >= m.cohort_month
   GROUP BY o.customer_id, 2

@@ -1,7 +1,8 @@
 -- LTV:CAC by acquisition channel and month, by channel, and by segment.
 --
 -- Inputs
---   transactions      clean order lines: customer_id, order_id, order_ts, amount (net; returns negative), channel
+--   orders            silver orders: customer_id, order_id, order_ts, order_date, net_amount (returns
+--                     netted), channel, is_purchase (the job's one purchase definition)
 --   acquisition       one row per customer: customer_id, acquisition_channel (may be empty)
 --   marketing_spend   month (first of month), channel, spend (may be empty)
 --   segment_members   one row per customer and segment type: segment_type ('all' for every customer),
@@ -11,7 +12,7 @@
 --   window_months     INT, the realized-LTV window
 --
 -- Definitions
---   new customer     acquired in the month of its first purchase (an order with positive net amount),
+--   new customer     acquired in the month of its first purchase (an order with is_purchase),
 --                    through the CRM acquisition_channel, else the first purchase's channel, else 'unknown'
 --   CAC              spend / new customers, counting only months whose spend is known for the channel;
 --                    a channel or month without a spend row has unknown CAC (null), never zero
@@ -23,27 +24,18 @@
 --   segment CAC      mean of the members' channel CAC (so channels weigh by the segment's mix), over
 --                    members whose channel CAC is known
 
-WITH order_lines AS (
-  SELECT customer_id, order_id, order_ts, amount, channel
-  FROM transactions
-  WHERE to_date(order_ts) <= :as_of_date
-),
-
-orders AS (
-  SELECT customer_id, order_id,
-         min(order_ts)  AS order_ts,
-         sum(amount)    AS net_amount,
-         min(channel)   AS channel
-  FROM order_lines
-  GROUP BY customer_id, order_id
+WITH orders_as_of AS (
+  SELECT customer_id, order_id, order_ts, net_amount, channel, is_purchase
+  FROM orders
+  WHERE order_date <= :as_of_date
 ),
 
 first_purchase AS (
   SELECT customer_id,
          min(order_ts) AS first_ts,
          min_by(channel, named_struct('ts', order_ts, 'id', order_id)) AS first_channel
-  FROM orders
-  WHERE net_amount > 0
+  FROM orders_as_of
+  WHERE is_purchase
   GROUP BY customer_id
 ),
 
@@ -63,7 +55,7 @@ customer_value AS (
                    AND to_date(o.order_ts) < add_months(q.first_date, :window_months)
                   THEN o.net_amount ELSE 0D END) AS window_revenue
   FROM acquired q
-  JOIN orders o ON o.customer_id = q.customer_id
+  JOIN orders_as_of o ON o.customer_id = q.customer_id
   GROUP BY q.customer_id, q.channel, q.acquisition_month, q.first_date
 ),
 
