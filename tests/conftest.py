@@ -21,6 +21,7 @@ def spark() -> Iterator[object]:
         SparkConfig(
             master="local[2]",
             shuffle_partitions=2,
+            driver_memory="1g",  # not the job's machine-sized heap: CI runs the suite beside other work
             conf={
                 "spark.default.parallelism": "2",
                 "spark.sql.adaptive.coalescePartitions.enabled": "false",
@@ -30,3 +31,11 @@ def spark() -> Iterator[object]:
     )
     yield session
     session.stop()
+
+
+def orders_of(lines):  # type: ignore[no-untyped-def]
+    """The silver orders of some transaction lines, as the pipeline's silver stage builds them."""
+    from segspark import silver
+    from segspark.config import PurchaseConfig
+
+    return silver.orders(lines, PurchaseConfig())

@@ -18,6 +18,7 @@ from pyspark.sql.types import (
 
 from segspark import behaviour as B
 from segspark.errors import InputError
+from tests.conftest import orders_of
 
 AS_OF = dt.date(2025, 6, 30)
 T = dt.datetime
@@ -96,7 +97,7 @@ def _by_id(df):
 
 
 def test_behaviour_features_hand_computed(transactions):
-    out = B.behaviour_features(transactions, AS_OF, channels=("web", "app", "store"))
+    out = B.behaviour_features(orders_of(transactions), AS_OF, channels=("web", "app", "store"))
     assert out.columns == [
         "customer_id",
         B.MEAN_INTERPURCHASE_DAYS,
@@ -145,12 +146,12 @@ def test_behaviour_features_hand_computed(transactions):
 
 def test_behaviour_features_without_optional_columns(transactions):
     bare = transactions.select("customer_id", "order_id", "order_ts", "amount")
-    rows = _by_id(B.behaviour_features(bare, AS_OF, channels=("web",)))
+    rows = _by_id(B.behaviour_features(orders_of(bare), AS_OF, channels=("web",)))
     assert rows["A"][B.AVG_BASKET_SIZE] is None
     assert rows["A"][B.CATEGORY_BREADTH] == 0
     assert rows["A"]["channel_share_web"] is None  # no channel known: shares unknown, not 0
-    with pytest.raises(InputError, match="transactions: missing column"):
-        B.behaviour_features(bare.drop("order_id"), AS_OF)
+    with pytest.raises(InputError, match="'transactions': column.s. order_id missing"):
+        orders_of(bare.drop("order_id"))
 
 
 def test_engagement_features_windows(events):

@@ -11,6 +11,7 @@ from pyspark.sql.types import DoubleType, StringType, StructField, StructType, T
 from segspark import cohorts as C
 from segspark.errors import InputError, SegsparkError
 from segspark.sql import bind_views, load_sql, run_sql, sql_names
+from tests.conftest import orders_of
 
 AS_OF = dt.date(2025, 3, 15)
 T = dt.datetime
@@ -49,7 +50,7 @@ def cohort_table(spark):
         [("u1", "email"), ("u2", None), ("u4", "social"), ("zz", "email")],
         "customer_id string, acquisition_channel string",
     )
-    return C.cohort_retention(spark.createDataFrame(tx, TX_SCHEMA), crm, AS_OF).cache()
+    return C.cohort_retention(orders_of(spark.createDataFrame(tx, TX_SCHEMA)), crm, AS_OF).cache()
 
 
 def test_cohort_retention_hand_computed(cohort_table):
@@ -111,7 +112,7 @@ def test_cohort_matrix_pivot(cohort_table):
 
 def test_without_crm_the_first_order_channel_is_used(spark):
     tx = spark.createDataFrame([("u1", "o1", T(2025, 1, 3), 10.0, "web")], TX_SCHEMA)
-    rows = C.cohort_retention(tx, None, D(2025, 1, 31)).collect()
+    rows = C.cohort_retention(orders_of(tx), None, D(2025, 1, 31)).collect()
     assert {(r[C.DIMENSION], r[C.DIMENSION_VALUE]) for r in rows} == {
         ("all", "all"),
         ("acquisition_channel", "web"),
@@ -121,7 +122,7 @@ def test_without_crm_the_first_order_channel_is_used(spark):
 def test_sql_files_ship_with_the_package():
     assert {"cohort_retention", "segment_kpis", "ltv_cac"} <= set(sql_names())
     text = load_sql("cohort_retention")
-    assert "FROM transactions" in text and ":as_of_date" in text
+    assert "FROM orders" in text and ":as_of_date" in text
     with pytest.raises(SegsparkError, match="no SQL file"):
         load_sql("nope")
 

@@ -183,21 +183,17 @@ def _plan_above_cache(df, capsys) -> str:
     return plan.split("InMemoryTableScan", 1)[0]
 
 
-def test_clean_rows_feed_rfm_and_clv_without_shuffle_or_hash_tables(spark, tx_result, capsys) -> None:
-    """Clean transactions come partitioned by customer and sorted by (customer, order): RFM and the
-    CLV summary run on them as sort aggregates with no exchange and no sort of the lines."""
-    from segspark import features
-    from segspark.clv import summary as S
+def test_clean_rows_feed_the_silver_orders_without_shuffle_or_hash_tables(spark, tx_result, capsys) -> None:
+    """Clean transactions come partitioned by customer and sorted by (customer, order): the silver
+    orders (the only reader of the lines) group them as one sort aggregate, with no exchange and no
+    sort of the lines."""
+    from segspark import silver
+    from segspark.config import PurchaseConfig
 
     assert spark.conf.get("spark.sql.execution.replaceHashWithSortAgg") == "true"
-    rfm = _plan_above_cache(features.rfm_features(tx_result.clean, NOW.date()), capsys)
-    assert "Exchange" not in rfm and "Sort [" not in rfm and "HashAggregate" not in rfm, rfm
-    assert rfm.count("SortAggregate") == 2, rfm
-    clv = _plan_above_cache(S.summary_statistics(tx_result.clean, NOW.date(), "week"), capsys)
-    assert "Exchange" not in clv and "HashAggregate" not in clv, clv
-    sorts = [part.split("]", 1)[0] for part in clv.split("Sort [")[1:]]
-    assert sorts and all("purchase_date" in keys for keys in sorts), clv  # days only, never the lines
-    assert clv.count("SortAggregate") == 3, clv
+    plan = _plan_above_cache(silver.orders(tx_result.clean, PurchaseConfig()), capsys)
+    assert "Exchange" not in plan and "Sort [" not in plan and "HashAggregate" not in plan, plan
+    assert plan.count("SortAggregate") == 1, plan
 
 
 def test_reconcile_raises_on_mismatch(tx_result) -> None:

@@ -11,6 +11,7 @@ from segspark.behaviour import engagement_features
 from segspark.errors import ConfigError, InputError
 from segspark.kpis import segment_kpis
 from segspark.ltv_cac import LTV_CAC_COLUMNS, ltv_cac
+from tests.conftest import orders_of
 
 T = dt.datetime
 D = dt.date
@@ -174,7 +175,7 @@ def ltv_inputs(spark):
         ],
         "customer_id string, rfm_segment string, clv double",
     )
-    return spark.createDataFrame(tx, tx_schema), crm, spend, segments
+    return orders_of(spark.createDataFrame(tx, tx_schema)), crm, spend, segments
 
 
 def _rows(df):

@@ -19,6 +19,7 @@ from pyspark.sql.types import (
 from segspark import lifecycle as L
 from segspark.config import LifecycleConfig, load_settings
 from segspark.errors import ConfigError, InputError
+from tests.conftest import orders_of
 
 AS_OF = dt.date(2025, 6, 30)
 CFG = LifecycleConfig(
@@ -153,7 +154,7 @@ def test_transitions_across_two_runs_on_changed_data(spark):
         ("d", "d1", dt.datetime(2025, 4, 15), 10.0),  # d's first purchase falls between the runs
     ]
     crm = spark.createDataFrame([("p", dt.datetime(2025, 1, 1))], "customer_id string, signup_ts timestamp")
-    transactions = spark.createDataFrame(tx, tx_schema)
+    transactions = orders_of(spark.createDataFrame(tx, tx_schema))
 
     def run(as_of: dt.date):
         from segspark.behaviour import behaviour_features, purchases
@@ -220,7 +221,7 @@ def test_planted_archetypes_land_in_the_expected_stages_and_segments(spark):
     from segspark.config import RfmConfig
 
     base = G.customer_base(spark, 2000, 42, partitions=2)
-    tx = G.transactions(base, 42)
+    tx = orders_of(G.transactions(base, 42))
     as_of = G.DEFAULT_END
     rfm_cfg = RfmConfig()
     rfm = FE.with_rfm_segment(FE.with_rfm_scores(FE.rfm_features(tx, as_of), rfm_cfg), rfm_cfg)

@@ -14,6 +14,7 @@ from pyspark.sql import types as T
 from segspark import features as FT
 from segspark.config import DEFAULT_RFM_SEGMENTS, RfmConfig, load_settings
 from segspark.errors import ConfigError
+from tests.conftest import orders_of
 
 AS_OF = dt.date(2025, 3, 31)
 TX_SCHEMA = T.StructType(
@@ -40,7 +41,7 @@ HAND = [
     ("C", "O6", ts(2025, 3, 1, 12), 20.0, 1, "web"),
     ("C", "O6", ts(2025, 3, 5, 12), -20.0, -1, "web"),
     # D: a channel outside the configured list, and a free line of the same order via the web: the
-    # order's channel is its first listed channel ("web"), not the alphabetically first ("kiosk")
+    # order's channel is its smallest line channel ("kiosk"), which is not listed: "other"
     ("D", "O7", ts(2024, 12, 31, 12), 10.0, 1, "kiosk"),
     ("D", "O7", ts(2024, 12, 31, 12), 0.0, 1, "web"),
     # E: null quantity
@@ -50,21 +51,23 @@ HAND = [
     # G: only after as_of: no row
     ("G", "O10", ts(2025, 4, 2), 70.0, 1, "web"),
 ]
-# customer: recency, frequency, monetary, aov, first, last, tenure, return_rate, web, app, store, other
+# customer: recency, frequency (purchase days), orders (purchase orders), monetary, aov (per order),
+# first, last, tenure, return_rate, web, app, store, other
 HAND_FEATURES = {
-    "A": (0, 2, 120.0, 60.0, ts(2025, 1, 10, 10), ts(2025, 3, 31, 23, 59, 59), 80, 0.25, 1, 1, 0, 0),
-    "B": (58, 2, 60.0, 30.0, ts(2025, 2, 1, 8), ts(2025, 2, 1, 18), 58, 0.0, 0, 0, 1, 1),
-    "C": (30, 0, 0.0, 0.0, ts(2025, 3, 1, 12), ts(2025, 3, 1, 12), 30, 1.0, 0, 0, 0, 0),
-    "D": (90, 1, 10.0, 10.0, ts(2024, 12, 31, 12), ts(2024, 12, 31, 12), 90, 0.0, 1, 0, 0, 0),
-    "E": (16, 1, 40.0, 40.0, ts(2025, 3, 15), ts(2025, 3, 15), 16, 0.0, 0, 1, 0, 0),
-    "F": (58, 1, 60.0, 60.0, ts(2025, 2, 1), ts(2025, 2, 1), 58, 0.0, 1, 0, 0, 0),
+    "A": (0, 2, 2, 120.0, 60.0, ts(2025, 1, 10, 10), ts(2025, 3, 31, 23, 59, 59), 80, 0.25, 1, 1, 0, 0),
+    # two purchase orders on one day: one purchase occasion (frequency 1), two orders
+    "B": (58, 1, 2, 60.0, 30.0, ts(2025, 2, 1, 8), ts(2025, 2, 1, 18), 58, 0.0, 0, 0, 1, 1),
+    "C": (30, 0, 0, 0.0, 0.0, ts(2025, 3, 1, 12), ts(2025, 3, 1, 12), 30, 1.0, 0, 0, 0, 0),
+    "D": (90, 1, 1, 10.0, 10.0, ts(2024, 12, 31, 12), ts(2024, 12, 31, 12), 90, 0.0, 0, 0, 0, 1),
+    "E": (16, 1, 1, 40.0, 40.0, ts(2025, 3, 15), ts(2025, 3, 15), 16, 0.0, 0, 1, 0, 0),
+    "F": (58, 1, 1, 60.0, 60.0, ts(2025, 2, 1), ts(2025, 2, 1), 58, 0.0, 1, 0, 0, 0),
 }
 # Quintile edges by hand (value at rank ceil(p * 6)): recency 0,16,30,58,58,90 -> [16, 30, 58, 58];
-# frequency 0,1,1,1,2,2 -> [1, 1, 1, 2]; monetary 0,10,40,60,60,120 -> [10, 40, 60, 60].
+# frequency 0,1,1,1,1,2 -> [1, 1, 1, 1]; monetary 0,10,40,60,60,120 -> [10, 40, 60, 60].
 # score = 1 + #edges below (recency: 5 - #edges below); FM = round-half-up((F + M) / 2).
 HAND_SCORES = {
-    "A": (5, 4, 5, "Champions"),  # FM 4.5 -> 5
-    "B": (3, 4, 3, "Loyal"),  # FM 3.5 -> 4
+    "A": (5, 5, 5, "Champions"),
+    "B": (3, 1, 3, "About to Sleep"),  # FM 2
     "C": (4, 1, 1, "Promising"),
     "D": (1, 1, 1, "Lost"),
     "E": (5, 1, 2, "Potential Loyalist"),  # FM 1.5 -> 2
@@ -74,7 +77,7 @@ HAND_SCORES = {
 
 @pytest.fixture(scope="module")
 def hand(spark):
-    return spark.createDataFrame(HAND, TX_SCHEMA)
+    return orders_of(spark.createDataFrame(HAND, TX_SCHEMA))
 
 
 def test_hand_computed_features(hand) -> None:
@@ -91,7 +94,7 @@ def test_hand_computed_scores_segments_and_grid(hand) -> None:
     edges = FT.rfm_edges(feats, cfg)
     assert edges == {
         "recency_days": [16, 30, 58, 58],
-        "frequency": [1, 1, 1, 2],
+        "frequency": [1, 1, 1, 1],
         "monetary": [10, 40, 60, 60],
     }
     scored = FT.with_rfm_segment(FT.with_rfm_scores(feats, cfg, edges), cfg)
@@ -101,17 +104,16 @@ def test_hand_computed_scores_segments_and_grid(hand) -> None:
     }
     assert got == HAND_SCORES
     codes = {r["customer_id"]: r["rfm_code"] for r in scored.collect()}
-    assert codes["A"] == "545" and codes["D"] == "111"
+    assert codes["A"] == "555" and codes["D"] == "111"
     grid = {
         (r["r_score"], r["f_score"]): (r["customers"], r["revenue"]) for r in FT.rfm_grid(scored).collect()
     }
     assert grid == {
-        (5, 4): (1, 120.0),
-        (3, 4): (1, 60.0),
+        (5, 5): (1, 120.0),
         (4, 1): (1, 0.0),
         (1, 1): (1, 10.0),
         (5, 1): (1, 40.0),
-        (3, 1): (1, 60.0),
+        (3, 1): (2, 120.0),
     }
     assert FT.rfm_grid(scored).columns == ["r_score", "f_score", "customers", "revenue"]
 
@@ -154,8 +156,12 @@ def test_segment_rules_must_cover_the_grid() -> None:
     assert [s.name for s in cfg.rfm.segment_rules()] == ["Top", "Rest"]
 
 
-def test_rfm_needs_one_shuffle(hand, capsys) -> None:
-    FT.rfm_features(hand, AS_OF).explain()
+def test_rfm_needs_one_shuffle(spark, hand, capsys) -> None:
+    """From the silver orders (here as written rows, as a stage reads its table) RFM shuffles once."""
+    from segspark.tables import ORDERS_SCHEMA
+
+    table = spark.createDataFrame(hand.collect(), ORDERS_SCHEMA)
+    FT.rfm_features(table, AS_OF).explain()
     plan = capsys.readouterr().out
     assert plan.count("Exchange hashpartitioning") == 1, plan
 
@@ -179,16 +185,16 @@ def _generated_lines(seed: int, customers: int) -> list[tuple]:
 
 DUCKDB_RFM = """
 SET TimeZone = 'UTC';
-WITH lines AS (
-  SELECT * FROM read_parquet('{path}/*.parquet') WHERE CAST(order_ts AS DATE) <= DATE '{as_of}'
-), orders AS (
+WITH orders AS (
   SELECT customer_id, order_id, SUM(amount) AS net,
          SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS gross,
          SUM(CASE WHEN amount < 0 THEN -amount ELSE 0 END) AS ret,
-         MIN(order_ts) AS ts, MIN(CASE WHEN channel IN ('web', 'app', 'store') THEN channel END) AS ch
-  FROM lines GROUP BY customer_id, order_id
+         MIN(order_ts) AS ts, MIN(channel) AS ch
+  FROM read_parquet('{path}/*.parquet') GROUP BY customer_id, order_id
+  HAVING CAST(MIN(order_ts) AS DATE) <= DATE '{as_of}'
 ), c AS (
-  SELECT customer_id, COUNT(*) FILTER (WHERE net > 0) AS frequency, SUM(net) AS monetary,
+  SELECT customer_id, COUNT(DISTINCT CAST(ts AS DATE)) FILTER (WHERE net > 0) AS frequency,
+         COUNT(*) FILTER (WHERE net > 0) AS n_orders, SUM(net) AS monetary,
          MIN(ts) FILTER (WHERE net > 0) AS fp, MAX(ts) FILTER (WHERE net > 0) AS lp,
          MIN(ts) AS fo, MAX(ts) AS lo, SUM(gross) AS g, SUM(ret) AS r,
          COUNT(*) FILTER (WHERE net > 0 AND ch = 'web') AS w,
@@ -199,8 +205,8 @@ WITH lines AS (
 )
 SELECT customer_id,
        DATE_DIFF('day', CAST(COALESCE(lp, lo) AS DATE), DATE '{as_of}') AS recency_days,
-       frequency, monetary,
-       CASE WHEN frequency > 0 THEN monetary / frequency ELSE 0 END AS avg_order_value,
+       frequency, n_orders AS orders, monetary,
+       CASE WHEN n_orders > 0 THEN monetary / n_orders ELSE 0 END AS avg_order_value,
        CAST(COALESCE(fp, fo) AS TIMESTAMP) AS first_order_ts,
        CAST(COALESCE(lp, lo) AS TIMESTAMP) AS last_order_ts,
        DATE_DIFF('day', CAST(COALESCE(fp, fo) AS DATE), DATE '{as_of}') AS tenure_days,
@@ -215,7 +221,7 @@ def test_rfm_matches_duckdb_on_the_same_parquet(spark, tmp_path) -> None:
     path = str(tmp_path / "tx")
     spark.createDataFrame(_generated_lines(7, 600), TX_SCHEMA).repartition(3).write.parquet(path)
     as_of = dt.date(2025, 3, 1)
-    ours = FT.rfm_features(spark.read.parquet(path), as_of).toPandas()  # 600 customers: a test fixture
+    ours = FT.rfm_features(orders_of(spark.read.parquet(path)), as_of).toPandas()  # 600 customers: a fixture
     con = duckdb.connect()
     ref = con.execute(DUCKDB_RFM.format(path=path, as_of=as_of.isoformat())).fetchdf()
     ours = ours.sort_values("customer_id").reset_index(drop=True)
