@@ -1,7 +1,9 @@
-"""The stakeholder report built from small, explicit run tables.
+"""The stakeholder report built from a run's tables.
 
-Known answers come from the Python rows the tables are built from (plain sums and counts), never
-from the report code. The browser test opens the HTML in a real headless Chromium.
+The tables are small and explicit, written the way the pipeline writes them (``Lakehouse.write``
+into a temporary lakehouse) and read back: the report gets nothing from memory. Known answers come
+from the Python rows the tables are built from (plain sums and counts), never from the report code.
+The browser test opens the HTML in a real headless Chromium.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -16,21 +19,44 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
 import pytest
+from pyspark.ml import PipelineModel
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from segspark import schema as S
+from segspark.clustering import ClusterResult
+from segspark.clustering.results import sweep_table
 from segspark.config import Settings, load_settings
-from segspark.report import RECOMMENDATION_COLUMNS, SUMMARY_COLUMNS, ReportResult, build_report
+from segspark.io import Lakehouse
+from segspark.pipeline import RUNS_SCHEMA
+from segspark.report import RECOMMENDATION_COLUMNS, SUMMARY_COLUMNS, ReportResult, RunInfo, build_report
+from segspark.tables import CHURN_METRICS_SCHEMA, CLUSTERING_SWEEP_SCHEMA, CLV_FIT_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 K = 25
 AS_OF = dt.date(2025, 12, 31)
+PREVIOUS_AS_OF = dt.date(2025, 11, 30)
 RUN_ID = "20260105T080000Z-abc123"
+# the snapshot tables the report reads (the pipeline passes each one's as_of_date partition)
+REPORT_SNAPSHOTS = (
+    S.CUSTOMER_SEGMENTS,
+    S.SEGMENT_KPIS,
+    S.RFM_GRID,
+    S.COHORT_RETENTION,
+    S.LTV_CAC,
+    S.SEGMENT_TRANSITIONS,
+    S.DRIFT,
+    S.CLUSTER_PROFILES,
+    S.CLUSTERING_SWEEP,
+    S.CLV_FIT,
+    S.CHURN_METRICS,
+    S.CLV_VALIDATION,
+)
 CHROMIUM_HINT = (
     "headless Chromium is needed for the report browser test: install it with "
     "`apt-get update && apt-get install -y chromium` (Debian package, /usr/bin/chromium), "
@@ -366,15 +392,6 @@ def run_tables(spark: Any, rows: pd.DataFrame) -> dict[str, Any]:
         ],
         "dimension string, from_segment string, to_segment string, customers long",
     )
-    quarantine = spark.createDataFrame(
-        [
-            (RUN_ID, "transactions", "bad_amount", "amount is missing", '{"email": "leak@example.com"}'),
-            (RUN_ID, "transactions", "bad_amount", "amount is missing", '{"amount": "x"}'),
-            (RUN_ID, "transactions", "duplicate_line", "exact copy", '{"order_id": "o1"}'),
-            ("older-run", "transactions", "bad_amount", "amount is missing", "{}"),
-        ],
-        "run_id string, source_table string, rule string, reason string, raw string",
-    )
     return {
         "customer_segments": segs,
         "segment_kpis": kpis,
@@ -382,29 +399,35 @@ def run_tables(spark: Any, rows: pd.DataFrame) -> dict[str, Any]:
         "cohort_retention": cohorts,
         "ltv_cac": ltv,
         "segment_transitions": transitions,
-        "quarantine": quarantine,
     }
 
 
-def stage_results() -> dict[str, Any]:
-    ks = [2, 3, 4, 5, 6]
+KS = [2, 3, 4, 5, 6]
+FEATURES = ["recency_days", "frequency", "monetary"]
+CHOSEN_REASON = "kmeans k=4: best silhouette near the knee"
+RUN_CONFIG_HASH = "0123456789abcdef"  # the hash the run recorded; settings here hash differently
+INPUT_ROWS = (5003, 5000, 3)  # transactions: rows in, clean, quarantined
+
+
+def cluster_result(spark: Any) -> ClusterResult:
+    """A clustering result in the shape the stage returns (sweep, choice, profiles), built by hand."""
     sweep = pd.DataFrame(
         [
             {
                 "algorithm": a,
                 "k": k,
-                "clusters": k,
+                "clusters": float(k),
                 "wcss": 1000.0 / k + (50 if a == "bisecting_kmeans" else 0),
                 "silhouette": 0.30 + (0.1 if k == 4 else 0.0),
                 "calinski_harabasz": 200.0 + 10 * k,
                 "davies_bouldin": 1.2 - 0.05 * k,
                 "min_cluster_share": 0.05,
-                "stability": 0.8,
+                "stability": 0.8 if k < 6 else math.nan,
                 "fit_seconds": 0.1,
                 "engine": "local",
             }
             for a in ("kmeans", "bisecting_kmeans")
-            for k in ks
+            for k in KS
         ]
     )
     names = [
@@ -429,48 +452,153 @@ def stage_results() -> dict[str, Any]:
     chosen = {
         "algorithm": "kmeans",
         "k": 4,
-        "reason": "kmeans k=4: best silhouette near the knee",
-        "final_metrics": {"silhouette": 0.41, "davies_bouldin": 0.93},
+        "reason": CHOSEN_REASON,
+        "knees": {"kmeans": 4, "bisecting_kmeans": 3},
+        "final_metrics": {"silhouette": 0.41, "davies_bouldin": 0.93, "clusters": 4.0, "wcss": 240.0},
+        "customers": 331,
+        "timings": {"fit_seconds": 1.5},
     }
-    clustering = SimpleNamespace(
-        sweep=sweep, profiles=profiles, chosen=chosen, features=["recency_days", "frequency", "monetary"]
+    return ClusterResult(
+        assignments=spark.createDataFrame([], "customer_id string, cluster_id int, persona string"),
+        profiles=profiles,
+        model=PipelineModel(stages=[]),
+        sweep=sweep,
+        chosen=chosen,
+        features=FEATURES,
     )
-    clv = {
-        "fit": {
-            "model": "bgnbd",
-            "reason": "configured (clv.model=bgnbd)",
-            "params": {"r": 0.5, "alpha": 4.0},
-            "spend_model": "gamma_gamma",
-            "calibration_end": "2025-10-01",
-            "holdout_end": "2025-12-31",
-            "value_tier_threshold": 800.0,
-        },
-        "validation": {"has_holdout": True, "holdout_mae": 0.42, "holdout_total_error_pct": -3.1},
-    }
-    return {"clustering": clustering, "clv": clv, "churn": {"auc": 0.83, "brier": 0.17}}
 
 
-def context(results: dict[str, Any] | None = None) -> SimpleNamespace:
-    info = SimpleNamespace(location="/data/transactions", format="delta", version=7)
-    stats = SimpleNamespace(
-        info=info,
-        rows_in=5003,
-        rows_clean=5000,
-        rows_quarantined=3,
-        by_rule={"bad_amount": 2, "duplicate_line": 1},
+def clv_fit_rows() -> list[tuple[Any, ...]]:
+    """``clv_fit`` in its declared long format (model, chosen, section, name, value, text)."""
+    return [
+        ("bgnbd", True, "fit", "reason", None, "configured (clv.model=bgnbd)"),
+        ("bgnbd", True, "fit", "time_unit", None, "week"),
+        ("bgnbd", True, "fit", "calibration_end", None, "2025-10-01"),
+        ("bgnbd", True, "fit", "holdout_end", None, "2025-12-31"),
+        ("bgnbd", True, "fit", "spend_model", None, "gamma_gamma"),
+        ("bgnbd", True, "fit", "value_tier_threshold", 800.0, None),
+        ("bgnbd", True, "fit", "log_likelihood", -1234.5, None),
+        ("bgnbd", True, "fit", "converged", 1.0, None),
+        ("bgnbd", True, "params", "r", 0.5, None),
+        ("bgnbd", True, "params", "alpha", 4.0, None),
+        ("bgnbd", True, "se", "r", 0.05, None),
+        ("gamma_gamma", True, "spend_params", "p", 6.0, None),
+        ("bgnbd", True, "validation", "holdout_mae", 0.42, None),
+        ("bgnbd", True, "validation", "holdout_total_error_pct", -3.1, None),
+        ("bgnbd", True, "validation", "holdout_corr", 0.71, None),
+        ("pareto_nbd", False, "candidate", "bic", 2500.0, None),
+    ]
+
+
+def churn_rows(skipped: str | None = None) -> list[tuple[Any, ...]]:
+    """``churn_metrics`` in its declared long format (section, name, x, value, text)."""
+    if skipped:
+        return [("status", "skipped", None, None, skipped)]
+    return [
+        ("metric", "auc", None, 0.83, None),
+        ("metric", "brier", None, 0.17, None),
+        ("importance", "recency_days", None, 0.4, None),
+        ("roc", "tpr", 0.1, 0.35, None),
+        ("roc", "tpr", 0.5, 0.8, None),
+    ]
+
+
+def runs_rows(config_hash: str) -> list[tuple[Any, ...]]:
+    """Three attempts recorded under the run id: a failed run, the succeeded run (the one a report
+    describes) and a later report command; every row in ``RUNS_SCHEMA`` order."""
+    t0 = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.timezone.utc)
+    inputs = [("transactions", "/data/transactions", "delta", 7, *INPUT_ROWS)]
+    outputs = [("customer_segments", 3), ("segment_kpis", 4), ("clustering_sweep", 2)]
+
+    def row(command: str, status: str, minutes: int, outs: list[Any], hash_: str) -> tuple[Any, ...]:
+        ended = t0 + dt.timedelta(minutes=minutes)
+        return (
+            command,
+            status,
+            None if status == "succeeded" else "OutOfMemoryError: Java heap space",
+            t0,
+            ended,
+            60.0 * minutes,
+            hash_,
+            "0.4.0+g1234567",
+            "delta-rs",
+            "mlflow-run-1",
+            inputs,
+            outs,
+            {"ingest_validate": 1.5},
+        )
+
+    return [
+        row("run", "failed", 1, [], "ffffffffffffffff"),
+        row("run", "succeeded", 9, outputs, config_hash),
+        row("report", "succeeded", 30, [], "eeeeeeeeeeeeeeee"),
+    ]
+
+
+def write_run(spark: Any, lake: Lakehouse, rows: pd.DataFrame, *, churn_skipped: str | None = None) -> None:
+    """Write the run's tables the way the pipeline does: one ``Lakehouse.write`` per table."""
+
+    def write(df: Any, name: str, run_id: str = RUN_ID, as_of: dt.date = AS_OF, txn: int = 0) -> None:
+        lake.write(df, name, run_id=run_id, as_of_date=as_of, txn_version=txn)
+
+    for name, df in run_tables(spark, rows).items():
+        write(df, name)
+    result = cluster_result(spark)
+    profiles = result.profiles.astype(object).where(result.profiles.notna(), None)
+    write(spark.createDataFrame(profiles), S.CLUSTER_PROFILES)
+    write(spark.createDataFrame(sweep_table(result), CLUSTERING_SWEEP_SCHEMA), S.CLUSTERING_SWEEP)
+    write(spark.createDataFrame(clv_fit_rows(), CLV_FIT_SCHEMA), S.CLV_FIT)
+    write(spark.createDataFrame(churn_rows(churn_skipped), CHURN_METRICS_SCHEMA), S.CHURN_METRICS)
+    q = "source_table string, rule string, reason string, raw string"
+    write(
+        spark.createDataFrame(
+            [
+                ("transactions", "bad_amount", "amount is missing", '{"email": "leak@example.com"}'),
+                ("transactions", "bad_amount", "amount is missing", '{"amount": "x"}'),
+                ("transactions", "duplicate_line", "exact copy", '{"order_id": "o1"}'),
+            ],
+            q,
+        ),
+        S.QUARANTINE,
     )
-    return SimpleNamespace(
-        run_id=RUN_ID,
-        as_of_date=AS_OF,
-        inputs={"transactions": stats},
-        outputs={"customer_segments": 3, "segment_kpis": 3},
-        results=results or {},
+    older = [("transactions", "bad_amount", "amount is missing", "{}")]
+    write(spark.createDataFrame(older, q), S.QUARANTINE, run_id="older-run", as_of=PREVIOUS_AS_OF)
+    previous = [("customers", 400.0, "customers", "400"), ("revenue", 90000.0, "currency", "$90,000")]
+    write(
+        spark.createDataFrame(previous, "metric string, value double, unit string, text string"),
+        S.REPORT_SUMMARY,
+        run_id="older-run",
+        as_of=PREVIOUS_AS_OF,
     )
+    # each attempt appends its own row, as record_run does (its txn version is the attempt's start)
+    for i, r in enumerate(runs_rows(lake.settings.config_hash())):
+        write(spark.createDataFrame([r], RUNS_SCHEMA), S.RUNS, txn=i + 1)
+
+
+def read_run(lake: Lakehouse, run_id: str = RUN_ID, as_of: dt.date = AS_OF) -> dict[str, Any]:
+    """The report's tables read back from the lakehouse, as the pipeline passes them: snapshots of
+    ``as_of``; the run's rows of quarantine and runs; the previous report_summary."""
+    tables: dict[str, Any] = {}
+    for name in REPORT_SNAPSHOTS:
+        if lake.exists(name):
+            tables[name] = lake.read_snapshot(name, as_of)
+    for name in (S.QUARANTINE, S.RUNS):
+        if lake.exists(name):
+            tables[name] = lake.read_output(name).where(F.col(S.RUN_ID) == F.lit(run_id))
+    previous = lake.read_latest_snapshot(S.REPORT_SUMMARY, before=as_of)
+    if previous is not None:
+        tables["previous_report_summary"] = previous
+    return tables
 
 
 def settings(**report: Any) -> Settings:
     items = [f"report.min_segment_size={K}", *[f"report.{k}={v}" for k, v in report.items()]]
     return load_settings([], items)
+
+
+def lake_settings(root: Path, **report: Any) -> Settings:
+    items = [f"report.min_segment_size={K}", f"output.path={root}", "lakehouse.engine=delta-rs"]
+    return load_settings([], items + [f"report.{k}={v}" for k, v in report.items()])
 
 
 @pytest.fixture(scope="module")
@@ -479,13 +607,19 @@ def rows() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def built(
-    spark: Any, rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[ReportResult, Path, float]:
+def lake(spark: Any, rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Lakehouse:
+    """A lakehouse holding one run's tables, written by ``Lakehouse.write``."""
+    lake = Lakehouse(spark, lake_settings(tmp_path_factory.mktemp("lake")))
+    write_run(spark, lake, rows)
+    return lake
+
+
+@pytest.fixture(scope="module")
+def built(lake: Lakehouse, tmp_path_factory: pytest.TempPathFactory) -> tuple[ReportResult, Path, float]:
     out = tmp_path_factory.mktemp("reports")
-    tables = run_tables(spark, rows)
+    tables = read_run(lake)
     started = time.perf_counter()
-    result = build_report(context(stage_results()), tables, out, settings())
+    result = build_report(tables, RunInfo(RUN_ID, AS_OF, "run"), out, lake.settings)
     return result, out, time.perf_counter() - started
 
 
@@ -630,13 +764,14 @@ def test_absent_stages_are_reported_not_fatal(spark: Any, rows: pd.DataFrame, tm
     segs = run_tables(spark, rows)["customer_segments"].drop(
         "clv", "p_alive", "churn_risk", "value_tier", "persona", "cluster_id"
     )
-    result = build_report(
-        SimpleNamespace(run_id="bare-run", as_of_date=AS_OF),
-        {"customer_segments": segs},
-        tmp_path,
-        settings(preset="saas"),
-    )
+    conf = settings(preset="saas")
+    result = build_report({"customer_segments": segs}, RunInfo("bare-run", AS_OF, "report"), tmp_path, conf)
     html = result.html_path.read_text()
+    # no runs row: lineage is said to be missing, and the config hash is not recomputed
+    assert "The runs table has no row for run bare-run" in section(html, "data")
+    lineage = section(html, "governance")
+    assert "<th>Config hash</th><td><code>not recorded</code>" in lineage
+    assert conf.config_hash() not in html.replace(section(html, "appendix"), "")
     assert "No cohort retention table in this run" in html
     assert "CAC and LTV:CAC are unknown" in html
     assert "CLV was not modelled" in html
@@ -651,6 +786,177 @@ def test_absent_stages_are_reported_not_fatal(spark: Any, rows: pd.DataFrame, tm
         "prospects x net revenue per buyer",
     }
     assert summary_value(result, "customers") == len(rows)
+
+
+def test_lineage_comes_from_the_runs_table(built: tuple[ReportResult, Path, float], lake: Lakehouse) -> None:
+    result, _, _ = built
+    data = result.data
+    assert data is not None and data.lineage is not None
+    # the succeeded attempt of the pipeline command, not the failed one nor the later report command
+    assert (data.lineage.command, data.lineage.status) == ("run", "succeeded")
+    assert data.lineage.config_hash == lake.settings.config_hash()
+    assert data.outputs == {"customer_segments": 3, "segment_kpis": 4, "clustering_sweep": 2}
+    html = result.html_path.read_text()
+    sources = section(html, "data")
+    rows_in, clean, quarantined = INPUT_ROWS
+    assert (
+        f"<td>transactions</td><td>/data/transactions</td><td>delta</td><td>7</td><td>{rows_in:,}</td>"
+        f"<td>{clean:,}</td><td>{quarantined:,}</td>"
+    ) in sources
+    assert "Input lineage was not recorded" not in html and "no row for run" not in html
+    # quality: this run's quarantine rows only (the older run's row is not counted)
+    assert "<td>transactions</td><td>bad_amount</td><td>2</td>" in sources
+    assert "<td>transactions</td><td>duplicate_line</td><td>1</td>" in sources
+    gov = section(html, "governance")
+    assert f"<th>Config hash</th><td><code>{lake.settings.config_hash()}</code>" in gov
+    assert "<th>Code version</th><td><code>0.4.0+g1234567</code>" in gov
+    assert "<th>MLflow run</th><td><code>mlflow-run-1</code>" in gov
+    assert "<td>segment_kpis</td><td>4</td>" in gov and "<td>clustering_sweep</td><td>2</td>" in gov
+    table = gov[gov.index('<table id="lineage">') : gov.index("</table>", gov.index('<table id="lineage">'))]
+    assert "–" not in table and "not recorded" not in table
+    assert "report_summary and recommendations are written after this report" in gov
+    assert "differs from the run" not in gov
+    md = result.md_path.read_text()
+    assert f"- Config hash: `{lake.settings.config_hash()}`" in md
+
+
+def test_model_results_come_from_their_tables(built: tuple[ReportResult, Path, float]) -> None:
+    result, _, _ = built
+    html = result.html_path.read_text()
+    models = section(html, "data")
+    assert f"<th>Clustering</th><td>{CHOSEN_REASON}</td>" in models
+    assert "<th>Clustering sweep</th><td>10 candidates (bisecting_kmeans, kmeans; k 2 to 6) on 331" in models
+    assert "silhouette 0.410, davies bouldin 0.930" in models
+    assert "clustering features: recency_days, frequency, monetary" in models
+    assert (
+        "<th>CLV model</th><td>bgnbd (configured (clv.model=bgnbd)); spend model gamma_gamma; "
+        "calibration to 2025-10-01, holdout to 2025-12-31</td>" in models
+    )
+    assert "holdout mae 0.420" in models and "holdout corr 0.710" in models
+    assert "<th>Churn model</th><td>auc 0.830, brier 0.170</td>" in models
+    assert summary_value(result, "chosen_k") == 4
+    assert result.summary.set_index("metric").loc["chosen_k", "text"] == CHOSEN_REASON
+    assert summary_value(result, "silhouette") == pytest.approx(0.41)
+    assert summary_value(result, "clv_holdout_mae") == pytest.approx(0.42)
+    assert summary_value(result, "churn_auc") == pytest.approx(0.83)
+    assert result.data is not None and result.data.clustering is not None
+    sweep = result.data.clustering["sweep"]
+    assert sorted(zip(sweep["algorithm"], sweep["k"], strict=True)) == sorted(
+        (a, k) for a in ("kmeans", "bisecting_kmeans") for k in KS
+    )
+    kmeans = sweep[sweep["algorithm"] == "kmeans"].set_index("k")
+    assert kmeans.loc[3, "wcss"] == pytest.approx(1000.0 / 3)
+    assert math.isnan(kmeans.loc[6, "stability"])  # not measured stays unknown, not zero
+    # the value-tier line of the CLV chart comes from clv_fit as well
+    assert result.data.clv_fit is not None and result.data.clv_fit["value_tier_threshold"] == 800.0
+
+
+def test_a_report_rebuilt_from_the_same_tables_is_the_same(
+    built: tuple[ReportResult, Path, float], lake: Lakehouse, tmp_path: Path
+) -> None:
+    first, _, _ = built
+    again = build_report(read_run(lake), RunInfo(RUN_ID, AS_OF, "report"), tmp_path, lake.settings)
+
+    def headings(html: str) -> list[str]:
+        return re.findall(r'<section id="([^"]+)">|<h[234]>(.*?)</h[234]>', html)
+
+    def lineage(result: ReportResult) -> Any:
+        d = result.data
+        assert d is not None
+        return (
+            d.inputs,
+            d.outputs,
+            d.quality.to_dict("records") if d.quality is not None else None,
+            d.lineage,
+        )
+
+    h1, h2 = first.html_path.read_text(), again.html_path.read_text()
+    assert headings(h1) == headings(h2)
+    pd.testing.assert_frame_equal(first.summary, again.summary)
+    pd.testing.assert_frame_equal(first.recommendations, again.recommendations)
+    assert first.figures == again.figures and len(first.figures) == 11
+    assert lineage(first) == lineage(again)
+
+    # the page itself differs only in when it was generated and by which command
+    def masked(html: str) -> str:
+        html = re.sub(r"generated [0-9-]+ [0-9:]+ UTC", "generated -", html)
+        return html.replace("segspark report</code>", "segspark run</code>")
+
+    assert masked(h1) == masked(h2)
+    assert "<th>Report built by</th><td><code>segspark report</code>" in h2
+
+
+def test_report_config_differing_from_the_run_is_said(lake: Lakehouse, tmp_path: Path) -> None:
+    conf = lake.settings.model_copy(
+        update={"report": lake.settings.report.model_copy(update={"title": "Other"})}
+    )
+    assert conf.config_hash() != lake.settings.config_hash()
+    result = build_report(read_run(lake), RunInfo(RUN_ID, AS_OF, "report"), tmp_path, conf)
+    gov = section(result.html_path.read_text(), "governance")
+    assert f"<th>Config hash</th><td><code>{lake.settings.config_hash()}</code>" in gov  # the run's
+    assert f"(hash {conf.config_hash()}) differs from the run's ({lake.settings.config_hash()})" in gov
+
+
+def test_skipped_churn_model_says_why(spark: Any, rows: pd.DataFrame, tmp_path: Path) -> None:
+    lake = Lakehouse(spark, lake_settings(tmp_path / "lake"))
+    write_run(spark, lake, rows, churn_skipped="one-sided label: nobody churned in the window")
+    result = build_report(read_run(lake), RunInfo(RUN_ID, AS_OF, "run"), tmp_path / "r", lake.settings)
+    models = section(result.html_path.read_text(), "data")
+    assert "Churn propensity model skipped: one-sided label: nobody churned in the window" in models
+    assert "<th>Churn model</th>" not in models
+    assert "churn_auc" not in set(result.summary["metric"])
+
+
+def test_sweep_table_of_a_real_fit_round_trips_through_the_lakehouse(spark: Any, tmp_path: Path) -> None:
+    from segspark.clustering import fit_segments
+    from segspark.clustering.results import FINAL, SWEEP, sweep_from_table
+    from segspark.config import ClusteringConfig
+
+    # three planted groups of 60 customers (two features), one null to impute
+    data = []
+    for g, (rec, mon) in enumerate(((10.0, 900.0), (200.0, 100.0), (400.0, 20.0))):
+        for j in range(60):
+            data.append(
+                (f"c{g}-{j:02d}", rec + (j % 7) * 3.0, None if (g, j) == (0, 0) else mon + (j % 5) * 4.0)
+            )
+    feats = spark.createDataFrame(data, "customer_id string, recency_days double, monetary double")
+    cfg = ClusteringConfig(features=["recency_days", "monetary"], k_max=4, seed=3, silhouette_sample=200)
+    res = fit_segments(feats, cfg)
+    try:
+        pdf = sweep_table(res)
+    finally:
+        res.release()
+    assert list(pdf.columns) == CLUSTERING_SWEEP_SCHEMA.fieldNames()
+    assert (pdf["phase"] == SWEEP).sum() == len(res.sweep) and (pdf["phase"] == FINAL).sum() == 1
+    assert pdf["chosen"].sum() == 2  # the chosen candidate and the final model
+    lake = Lakehouse(spark, lake_settings(tmp_path / "lake"))
+    lake.write(
+        spark.createDataFrame(pdf, CLUSTERING_SWEEP_SCHEMA),
+        S.CLUSTERING_SWEEP,
+        run_id=RUN_ID,
+        as_of_date=AS_OF,
+    )
+    back = lake.read_snapshot(S.CLUSTERING_SWEEP, AS_OF).toPandas()
+    info = sweep_from_table(back)
+    assert info is not None
+    expected = res.sweep.sort_values(["algorithm", "k"]).reset_index(drop=True)
+    assert info["sweep"] is not None
+    pd.testing.assert_frame_equal(
+        info["sweep"].drop(columns=["fit_seconds"]),
+        expected.drop(columns=["fit_seconds"]).astype({"k": "int64", "clusters": "float64"}),
+        check_dtype=False,
+    )
+    chosen = info["chosen"]
+    assert (chosen["algorithm"], chosen["k"], chosen["reason"]) == (
+        res.chosen["algorithm"],
+        res.chosen["k"],
+        res.chosen["reason"],
+    )
+    assert chosen["knees"] == res.chosen["knees"]
+    for m, v in res.chosen["final_metrics"].items():
+        assert chosen["final_metrics"][m] == pytest.approx(v), m
+    assert info["features"] == res.features == ["recency_days", "monetary"]
+    assert info["customers"] == 180
 
 
 def _chromium() -> str:

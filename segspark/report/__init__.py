@@ -2,11 +2,13 @@
 visuals, ranked plays with A/B test plans, implementation plan, governance and appendix.
 
 Entry point: :func:`build_report` (HTML + Markdown + PNG charts, plus the ``report_summary`` and
-``recommendations`` tables for BI).
+``recommendations`` tables for BI). It reads only the run's tables (and :class:`RunInfo`, which run
+and which command), so a report rebuilt from a run's tables is that run's report.
 """
 
 from __future__ import annotations
 
+from segspark.report.collect import RunInfo
 from segspark.report.recommend import RECOMMENDATION_COLUMNS, TOO_SMALL, sample_size_per_arm
 from segspark.report.render import SUMMARY_COLUMNS, ReportResult, build_report
 
@@ -15,6 +17,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "TOO_SMALL",
     "ReportResult",
+    "RunInfo",
     "build_report",
     "sample_size_per_arm",
 ]

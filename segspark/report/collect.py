@@ -4,6 +4,12 @@ Only aggregates reach the driver: per-segment sufficient statistics (counts and 
 groups stay exact), the RFM grid, a slice of the cohort table, LTV:CAC rows, transition counts,
 quarantine counts and a CLV histogram. Never a customer row.
 
+The report reads tables only: model results come from ``clv_fit``, ``churn_metrics`` and
+``clustering_sweep``; lineage (inputs with their rows in / clean / quarantined, output table
+versions, config hash, code version, engine) from the run's row of ``runs``, which the pipeline
+writes before the report. Nothing is taken from memory or recomputed, so ``segspark report`` on a
+run's tables rebuilds that run's report.
+
 Every input except ``customer_segments`` is optional: a stage that was disabled or had no input
 leaves its table out, and the report says so in a note instead of failing.
 
@@ -114,6 +120,38 @@ KPI_MERGE: dict[str, str | None] = {
 }
 
 
+# commands that run the pipeline and write the runs row a report describes (a report's own
+# command, or a partial stage command, may have appended rows for the same run id)
+PIPELINE_COMMANDS: tuple[str, ...] = ("run", "score", "demo")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Which run the report describes and which command builds it (``run`` in the pipeline,
+    ``report`` when rebuilt from the tables)."""
+
+    run_id: str
+    as_of_date: dt.date
+    command: str
+
+
+@dataclass
+class RunLineage:
+    """The run's row of the ``runs`` table: what the report says about lineage."""
+
+    command: str | None
+    status: str | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    config_hash: str | None
+    code_version: str | None
+    engine: str | None
+    mlflow_run_id: str | None
+    inputs: list[dict[str, Any]]
+    outputs: dict[str, int | None]
+    step_seconds: dict[str, float]
+
+
 @dataclass
 class SegmentView:
     """One segment type after the k-anonymity merge."""
@@ -158,6 +196,8 @@ class ReportData:
     clv_hist: pd.DataFrame | None = None  # bin_lo, bin_hi, customers
     clv_quantiles: dict[str, float] = field(default_factory=dict)
     quality: pd.DataFrame | None = None  # source_table, rule, rows
+    command: str = ""  # the command building the report
+    lineage: RunLineage | None = None  # the run's row of runs (None: not recorded)
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     clustering: dict[str, Any] | None = None  # sweep, profiles, chosen, features
@@ -176,15 +216,6 @@ class ReportData:
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    """An attribute or a mapping key: stage results may be dataclasses or plain dicts."""
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
 
 
 def _scalars(data: Mapping[str, Any] | None) -> dict[str, float]:
@@ -513,69 +544,131 @@ def clv_histogram(segments: DataFrame, bins: int = 30) -> tuple[pd.DataFrame | N
     return full[["bin_lo", "bin_hi", CUSTOMERS]], quantiles
 
 
-def quality_table(ctx_like: Any, quarantine: DataFrame | None) -> pd.DataFrame | None:
-    """Quarantined rows by source table and rule: from the quarantine table, else the run's counts."""
+def _plain(value: Any) -> Any:
+    """A Spark Row (struct) or map as a plain dict; anything else unchanged."""
+    if hasattr(value, "asDict"):
+        return value.asDict(recursive=True)
+    return value
+
+
+def run_lineage(runs: DataFrame, run_id: str) -> RunLineage | None:
+    """The run's row of ``runs``: the latest ``ended_at`` among the pipeline's commands (succeeded
+    first), else among any command's rows for the run id; None when the run left no row."""
+    q = runs.where(F.col(S.RUN_ID) == F.lit(run_id)) if S.RUN_ID in runs.columns else runs
+    rows = [r.asDict(recursive=True) for r in q.limit(1000).collect()]  # a row per attempt of one run
+    if not rows:
+        return None
+    pipeline = [r for r in rows if r.get("command") in PIPELINE_COMMANDS]
+    pool = pipeline or rows
+    succeeded = [r for r in pool if r.get("status") == "succeeded"]
+    pool = succeeded or pool
+    epoch = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+    def ended(r: dict[str, Any]) -> dt.datetime:
+        t = r.get("ended_at")
+        if not isinstance(t, dt.datetime):
+            return epoch
+        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+    row = max(pool, key=ended)
+    inputs = [
+        {
+            "name": i.get("name"),
+            "location": i.get("location") or "",
+            "format": i.get("format") or "",
+            "version": i.get("version"),
+            "rows_in": i.get("rows_in"),
+            "rows_clean": i.get("rows_clean"),
+            "rows_quarantined": i.get("rows_quarantined"),
+        }
+        for i in (_plain(x) for x in row.get("inputs") or [])
+    ]
+    outputs = {str(o["table"]): o.get("version") for o in (_plain(x) for x in row.get("outputs") or [])}
+    steps = {str(k): float(v) for k, v in (row.get("step_seconds") or {}).items() if v is not None}
+    return RunLineage(
+        command=row.get("command"),
+        status=row.get("status"),
+        started_at=row.get("started_at"),
+        ended_at=row.get("ended_at"),
+        config_hash=row.get("config_hash"),
+        code_version=row.get("code_version"),
+        engine=row.get("engine"),
+        mlflow_run_id=row.get("mlflow_run_id"),
+        inputs=inputs,
+        outputs=outputs,
+        step_seconds=steps,
+    )
+
+
+def quality_table(
+    run_id: str, quarantine: DataFrame | None, lineage: RunLineage | None
+) -> pd.DataFrame | None:
+    """Quarantined rows by source table and rule, from the run's quarantine rows; without that
+    table, the per-input totals of the runs row (rule not recorded)."""
     if quarantine is not None and S.Q_RULE in quarantine.columns:
         q = quarantine
-        run_id = _get(ctx_like, "run_id")
         if S.RUN_ID in q.columns and run_id:
             q = q.where(F.col(S.RUN_ID) == F.lit(run_id))
         src = S.Q_SOURCE_TABLE if S.Q_SOURCE_TABLE in q.columns else None
         keys = [F.col(src).alias("source_table")] if src else [F.lit("").alias("source_table")]
         pdf = q.groupBy(*keys, F.col(S.Q_RULE).alias("rule")).agg(F.count(F.lit(1)).alias("rows")).toPandas()
-        return pdf.sort_values(["source_table", "rows"], ascending=[True, False]).reset_index(drop=True)
-    rows = []
-    for name, stats in (_get(ctx_like, "inputs") or {}).items():
-        for rule, n in (_get(stats, "by_rule") or {}).items():
-            rows.append({"source_table": name, "rule": rule, "rows": int(n)})
-    if not rows and not _get(ctx_like, "inputs"):
+        return pdf.sort_values(["source_table", "rows", "rule"], ascending=[True, False, True]).reset_index(
+            drop=True
+        )
+    if lineage is None or not lineage.inputs:
         return None
+    rows = [
+        {
+            "source_table": i["name"],
+            "rule": "(all rules; no quarantine table)",
+            "rows": int(i["rows_quarantined"]),
+        }
+        for i in lineage.inputs
+        if i.get("rows_quarantined")
+    ]
     return pd.DataFrame(rows, columns=["source_table", "rule", "rows"])
 
 
-def input_lineage(ctx_like: Any) -> list[dict[str, Any]]:
-    out = []
-    for name, stats in (_get(ctx_like, "inputs") or {}).items():
-        info = _get(stats, "info")
-        out.append(
-            {
-                "name": name,
-                "location": _get(info, "location", ""),
-                "format": _get(info, "format", ""),
-                "version": _get(info, "version"),
-                "rows_in": _get(stats, "rows_in"),
-                "rows_clean": _get(stats, "rows_clean"),
-                "rows_quarantined": _get(stats, "rows_quarantined"),
-            }
-        )
-    return out
+def _drop_stamp(df: DataFrame) -> DataFrame:
+    return df.drop(*[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in df.columns])
 
 
-def clustering_info(result: Any, profiles_table: DataFrame | None, k: int) -> dict[str, Any] | None:
-    """Sweep, profiles (clusters below ``k`` dropped) and the choice of the clustering stage."""
-    if result is None and profiles_table is None:
+def clustering_info(
+    sweep_table: DataFrame | None, profiles_table: DataFrame | None, k: int
+) -> dict[str, Any] | None:
+    """The sweep, the choice and its features (from ``clustering_sweep``) and the profiles (from
+    ``cluster_profiles``; clusters below ``k`` customers dropped and counted)."""
+    from segspark.clustering.results import sweep_from_table
+
+    if sweep_table is None and profiles_table is None:
         return None
-    sweep = _get(result, "sweep")
-    profiles = _get(result, "profiles")
-    if profiles is None and profiles_table is not None:
-        profiles = _small(
-            profiles_table.drop(*[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in profiles_table.columns]),
-            S.CLUSTER_PROFILES,
-        )
-    chosen = dict(_get(result, "chosen") or {})
-    features = list(_get(result, "features") or chosen.get("features") or [])
+    result = None
+    if sweep_table is not None:
+        # a row per candidate: a few dozen rows
+        result = sweep_from_table(_small(_drop_stamp(sweep_table), S.CLUSTERING_SWEEP, 5_000))
+    profiles = None
+    if profiles_table is not None:
+        profiles = _small(_drop_stamp(profiles_table), S.CLUSTER_PROFILES)
+        if CLUSTER_ID in profiles.columns:
+            profiles = profiles.sort_values(CLUSTER_ID, kind="stable").reset_index(drop=True)
+    if result is None and profiles is None:
+        return None
+    chosen = dict((result or {}).get("chosen") or {})
+    features = list((result or {}).get("features") or [])
     hidden = 0
-    if isinstance(profiles, pd.DataFrame) and "size" in profiles.columns:
+    if profiles is not None and "size" in profiles.columns:
         small = profiles["size"] < k
         hidden = int(small.sum())
         profiles = profiles[~small].reset_index(drop=True)
-    if not features and isinstance(profiles, pd.DataFrame):
+    if not features and profiles is not None:
         features = [c[2:] for c in profiles.columns if c.startswith("z_")]
+    sweep = (result or {}).get("sweep")
     return {
         "sweep": sweep if isinstance(sweep, pd.DataFrame) and not sweep.empty else None,
-        "profiles": profiles if isinstance(profiles, pd.DataFrame) else None,
+        "profiles": profiles,
         "chosen": chosen,
         "features": features,
+        "customers": (result or {}).get("customers"),
         "hidden_clusters": hidden,
     }
 
@@ -591,11 +684,51 @@ def drift_table(drift: DataFrame) -> pd.DataFrame:
     return pdf.drop(columns=[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in pdf.columns])
 
 
-def clv_info(result: Any) -> dict[str, Any] | None:
+def _cell(value: Any, text: Any) -> Any:
+    """A long-format row's value: the number when there is one, else the text."""
+    if value is not None and not pd.isna(value):
+        return float(value)
+    return None if text is None or pd.isna(text) else str(text)
+
+
+def clv_fit_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
+    """``{"fit": ..., "validation": ...}`` (the CLV stage's shape) from ``clv_fit`` rows.
+
+    Uses ``segspark.clv.fit_from_table`` when the CLV package provides it; otherwise reads the
+    declared long format: the chosen model's ``fit`` rows as scalars, ``params``/``se``/
+    ``spend_params``/``spend_se`` as dicts, ``validation`` rows as scalars; ``candidate`` rows are
+    the models compared and stay out of the report.
+    """
+    import segspark.clv
+
+    fit_from_table = getattr(segspark.clv, "fit_from_table", None)
+    if fit_from_table is not None:
+        return dict(fit_from_table(pdf))
+    rows = pdf[pdf["section"] != "candidate"]
+    chosen = rows[rows["chosen"].astype("boolean").fillna(False).astype(bool)]
+    fit: dict[str, Any] = {}
+    models = chosen.loc[chosen["section"] == "fit", "model"].dropna()
+    if len(models):
+        fit["model"] = str(models.iloc[0])
+    validation: dict[str, Any] = {}
+    for r in rows.itertuples(index=False):
+        section, name = str(r.section), str(r.name)
+        value = _cell(r.value, r.text)
+        if section == "fit":
+            fit.setdefault(name, value)
+        elif section in ("params", "se", "spend_params", "spend_se"):
+            if value is not None:
+                fit.setdefault(section, {})[name] = value
+        elif section == "validation":
+            validation[name] = value
+    return {"fit": fit, "validation": validation}
+
+
+def clv_info(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if result is None:
         return None
-    fit = dict(_get(result, "fit") or {})
-    validation = _get(result, "validation") or {}
+    fit = dict(result.get("fit") or {})
+    validation = result.get("validation") or {}
     return {
         "model": fit.get("model"),
         "reason": fit.get("reason"),
@@ -612,27 +745,36 @@ def clv_info(result: Any) -> dict[str, Any] | None:
     }
 
 
-def churn_info(result: Any) -> dict[str, float] | None:
-    if result is None:
-        return None
-    metrics = _get(result, "metrics")
-    if callable(metrics):
-        metrics = metrics()
-    if metrics is None:
-        metrics = _get(result, "validation") or (result if isinstance(result, Mapping) else {})
-    return _scalars(metrics) or None
+def churn_from_table(pdf: pd.DataFrame) -> tuple[dict[str, float] | None, str | None]:
+    """The churn model's scalar metrics and, for a skipped model, why (from ``churn_metrics`` rows:
+    ``metric`` rows are the scalars; a ``status`` row named ``skipped`` carries the reason)."""
+    status = pdf[(pdf["section"] == "status") & (pdf["name"] == "skipped")]
+    skipped = next((str(t) for t in status["text"] if t is not None and not pd.isna(t)), None)
+    if not status.empty and skipped is None:
+        skipped = "no reason recorded"
+    import segspark.churn
+
+    metrics_from_table = getattr(segspark.churn, "metrics_from_table", None)
+    if metrics_from_table is not None:
+        metrics = dict(metrics_from_table(pdf))
+    else:
+        rows = pdf[pdf["section"] == "metric"]
+        metrics = {str(n): v for n, v in zip(rows["name"], rows["value"], strict=True)}
+    return _scalars(metrics) or None, skipped
 
 
 # --- the entry point --------------------------------------------------------------------------------
 
 
-def collect(ctx_like: Any, tables: Mapping[str, DataFrame | None], settings: Settings) -> ReportData:
+def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Settings) -> ReportData:
     """Reduce the run's tables (by their names in :mod:`segspark.schema`) to :class:`ReportData`.
 
-    ``tables`` holds Spark DataFrames: ``customer_segments`` (required), and any of ``segment_kpis``,
-    ``rfm_grid``, ``cohort_retention``, ``ltv_cac``, ``segment_transitions``, ``quarantine``,
-    ``cluster_profiles``, ``drift`` and ``previous_report_summary`` (Spark or pandas). Missing or
-    None entries are absent stages.
+    ``tables`` holds Spark DataFrames already restricted to the run (its ``as_of_date`` snapshot, or
+    its ``run_id`` rows for ``quarantine`` and ``runs``): ``customer_segments`` (required), and any of
+    ``segment_kpis``, ``rfm_grid``, ``cohort_retention``, ``ltv_cac``, ``segment_transitions``,
+    ``drift``, ``quarantine``, ``cluster_profiles``, ``clustering_sweep``, ``clv_fit``,
+    ``churn_metrics``, ``runs`` and ``previous_report_summary`` (Spark or pandas). Missing or None
+    entries are absent stages.
     """
     t: dict[str, Any] = {name: df for name, df in tables.items() if df is not None}
     segments: DataFrame | None = t.get(S.CUSTOMER_SEGMENTS)
@@ -652,12 +794,13 @@ def collect(ctx_like: Any, tables: Mapping[str, DataFrame | None], settings: Set
         for c in (*SEGMENT_TYPES, CLV, P_ALIVE, CHURN_RISK, R_SCORE, F_SCORE, M_SCORE, CLUSTER_ID)
     }
     data = ReportData(
-        run_id=str(_get(ctx_like, "run_id", "")),
-        as_of_date=_get(ctx_like, "as_of_date"),
+        run_id=str(run.run_id),
+        as_of_date=run.as_of_date,
         k=k,
         totals=totals,
         segments=views,
         has=has,
+        command=str(getattr(run, "command", "") or ""),
     )
     notes = data.notes
     if S.SEGMENT_KPIS in t:
@@ -690,19 +833,32 @@ def collect(ctx_like: Any, tables: Mapping[str, DataFrame | None], settings: Set
         data.clv_hist, data.clv_quantiles = clv_histogram(segments)
     if data.clv_hist is None:
         notes["clv"] = "CLV was not modelled in this run (stage disabled or no repeat purchases)."
-    data.quality = quality_table(ctx_like, t.get(S.QUARANTINE))
-    data.inputs = input_lineage(ctx_like)
-    data.outputs = dict(_get(ctx_like, "outputs") or {})
-    results = _get(ctx_like, "results") or {}
-    data.clustering = clustering_info(results.get("clustering"), t.get(S.CLUSTER_PROFILES), k)
+    if S.RUNS in t:
+        data.lineage = run_lineage(t[S.RUNS], data.run_id)
+    if data.lineage is None:
+        notes["lineage"] = (
+            f"The runs table has no row for run {data.run_id}: input lineage, output versions, "
+            "config hash and code version were not recorded."
+        )
+    else:
+        data.inputs = data.lineage.inputs
+        data.outputs = dict(data.lineage.outputs)
+    data.quality = quality_table(data.run_id, t.get(S.QUARANTINE), data.lineage)
+    data.clustering = clustering_info(t.get(S.CLUSTERING_SWEEP), t.get(S.CLUSTER_PROFILES), k)
     if data.clustering is None:
         notes["clustering"] = "Behavioural clustering did not run (stage disabled)."
-    data.clv_fit = clv_info(results.get("clv"))
-    data.churn = churn_info(results.get("churn"))
-    skipped = _get(results.get("churn"), "skipped")
-    if skipped:
-        notes["churn"] = f"Churn propensity model skipped: {skipped}"
-    elif data.churn is None and not has[CHURN_RISK]:
+    elif data.clustering["sweep"] is None and not data.clustering["chosen"]:
+        notes["clustering"] = "No clustering_sweep table for this run: the sweep and the choice are unknown."
+    if S.CLV_FIT in t:
+        fit_rows = _small(_drop_stamp(t[S.CLV_FIT]), S.CLV_FIT, 5_000)
+        if not fit_rows.empty:
+            data.clv_fit = clv_info(clv_fit_from_table(fit_rows))
+    if S.CHURN_METRICS in t:
+        churn_rows = _small(_drop_stamp(t[S.CHURN_METRICS]), S.CHURN_METRICS, 20_000)
+        data.churn, skipped = churn_from_table(churn_rows)
+        if skipped:
+            notes["churn"] = f"Churn propensity model skipped: {skipped}"
+    if "churn" not in notes and data.churn is None and not has[CHURN_RISK]:
         notes["churn"] = "Churn propensity was not modelled in this run."
     if S.DRIFT in t:
         data.drift = drift_table(t[S.DRIFT])

@@ -16,14 +16,16 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from segspark import schema as S
 from segspark.config import Milestone, Settings
 from segspark.errors import SegsparkError
 from segspark.report import charts as C
@@ -41,14 +43,20 @@ from segspark.report.collect import (
     SEGMENT_TYPES,
     UNASSIGNED,
     ReportData,
+    RunInfo,
     SegmentView,
     collect,
 )
 from segspark.report.recommend import AT_RISK_SEGMENTS, dominant_stage, play_for, play_settings, recommend
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS: tuple[str, ...] = ("metric", "value", "unit", "text")
+# written after the report from what it returns: their versions cannot be in the runs row it reads
+REPORT_TABLES: tuple[str, ...] = (S.REPORT_SUMMARY, S.RECOMMENDATIONS)
 LATEST = "latest"
 FIGURES = "figures"
 
@@ -680,17 +688,6 @@ def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
     return Table(["Milestone", "Owner", "Starts", "From", "To"], rows)
 
 
-def _code_version() -> str:
-    try:
-        from segspark.version import code_version
-
-        return code_version()
-    except Exception:  # lineage is best effort; the package version is always there
-        import segspark
-
-        return segspark.__version__
-
-
 def sql_appendix() -> list[tuple[str, str]]:
     from segspark.sql import load_sql, sql_names
 
@@ -720,7 +717,6 @@ def _context(
     found: list[dict[str, Any]],
     palettes: dict[str, dict[str, str]],
     settings: Settings,
-    ctx_like: Any,
 ) -> dict[str, Any]:
     cfg = settings.report
     fmt = Fmt(cfg.currency_symbol)
@@ -758,27 +754,30 @@ def _context(
         fm = ch.get("final_metrics") or {}
         if ch.get("reason") or ch.get("k") is not None:
             models.append(("Clustering", str(ch.get("reason") or f"k = {ch.get('k')}")))
-        else:  # a report rebuilt from the tables: the profiles are there, the sweep is in MLflow
+        else:  # profiles without a clustering_sweep table
             n = len(cl["profiles"]) if cl.get("profiles") is not None else 0
+            models.append(("Clustering", f"{n} personas profiled; no clustering_sweep table for this run"))
+        if cl.get("sweep") is not None:
+            sw = cl["sweep"]
+            algos = ", ".join(str(a) for a in dict.fromkeys(sw["algorithm"]))
             models.append(
                 (
-                    "Clustering",
-                    f"{n} personas profiled; the sweep and its indices are in the run's MLflow record",
+                    "Clustering sweep",
+                    f"{len(sw)} candidates ({algos}; k {int(sw['k'].min())} to {int(sw['k'].max())})"
+                    + (f" on {fmt.count(cl['customers'])} {w['customers']}" if cl.get("customers") else ""),
                 )
             )
         if fm:
             models.append(
                 (
-                    "Clustering on all customers",
+                    "Chosen model as fitted (indices on the seeded sample)",
                     ", ".join(f"{k.replace('_', ' ')} {fmt.metric(v)}" for k, v in fm.items() if _finite(v)),
                 )
             )
         if cl.get("hidden_clusters"):
             models.append(("Clusters hidden (below minimum size)", fmt.count(cl["hidden_clusters"])))
     if data.clv_fit is None and data.has.get(CLV):
-        models.append(
-            ("CLV model", "scores present; the fit and its holdout validation are in the run's MLflow record")
-        )
+        models.append(("CLV model", "scores present; no clv_fit table for this run"))
     if data.clv_fit:
         c = data.clv_fit
         models.append(
@@ -841,7 +840,35 @@ def _context(
         ["Table", "Delta version"],
         [[n, "–" if v is None else str(v)] for n, v in sorted(data.outputs.items())],
     )
-    features = sorted(set(cl["features"])) if cl and cl.get("features") else []
+    lin = data.lineage
+    lineage_rows = [
+        ("Run id", data.run_id),
+        ("As-of date", data.as_of_date.isoformat() if data.as_of_date else "–"),
+        ("Config hash", (lin.config_hash if lin else None) or "not recorded"),
+        ("Code version", (lin.code_version if lin else None) or "not recorded"),
+    ]
+    if lin is not None:
+        ended = lin.ended_at.strftime("%Y-%m-%d %H:%M:%S UTC") if lin.ended_at else "–"
+        lineage_rows += [
+            ("Pipeline command", f"segspark {lin.command} ({lin.status or '–'}, ended {ended})"),
+            ("Table engine", lin.engine or "–"),
+            ("MLflow run", lin.mlflow_run_id or "not tracked"),
+        ]
+    lineage_rows.append(("Report built by", f"segspark {data.command}" if data.command else "–"))
+    lineage_notes = []
+    if lin is not None and lin.config_hash and lin.config_hash != settings.config_hash():
+        lineage_notes.append(
+            f"The configuration building this report (hash {settings.config_hash()}) differs from the "
+            f"run's ({lin.config_hash}): the figures come from the run's tables; the effective "
+            "configuration in the appendix and the plays' assumptions are this report's."
+        )
+    if lin is not None:
+        lineage_notes.append(
+            "Output versions are the ones the run recorded; "
+            + " and ".join(REPORT_TABLES)
+            + " are written after this report, so their versions are in their Delta logs only."
+        )
+    features = list(dict.fromkeys(cl["features"])) if cl and cl.get("features") else []
     drift_rows = []
     for dim, share in sorted(data.moved_share.items()):
         drift_rows.append(
@@ -936,8 +963,8 @@ def _context(
         "drift_table": frame_table(data.drift, fmt) if data.drift is not None and len(data.drift) else None,
         "first_run": data.first_run,
         "prev": frame_table(prev_table[["metric", "value"]], fmt) if prev_table is not None else None,
-        "config_hash": settings.config_hash(),
-        "code_version": _code_version(),
+        "lineage": lineage_rows,
+        "lineage_notes": lineage_notes,
         "outputs": outputs,
         "notes": data.notes,
         "sql": sql_appendix(),
@@ -954,21 +981,25 @@ def _palettes(data: ReportData) -> dict[str, dict[str, str]]:
     return out
 
 
-def build_report(ctx_like: Any, tables: dict[str, Any], out_dir: Path, settings: Settings) -> ReportResult:
-    """Build the report of one run and return where it is plus the ``report_summary`` and
-    ``recommendations`` tables (pandas; the pipeline writes them).
+def build_report(
+    tables: Mapping[str, DataFrame | None], run: RunInfo, out_dir: Path, settings: Settings
+) -> ReportResult:
+    """Build the report of one run from its tables and return where it is plus the
+    ``report_summary`` and ``recommendations`` tables (pandas; the pipeline writes them).
 
-    ``ctx_like``: the :class:`segspark.pipeline.RunContext` or anything with ``run_id``, ``as_of_date``,
-    and optionally ``inputs``, ``outputs`` and ``results`` (``clustering``, ``clv``, ``churn``).
-    ``tables``: the run's Spark DataFrames by table name (``customer_segments`` required; the others
-    optional). ``out_dir``: the reports root, normally ``<output.path>/reports``.
+    ``tables``: Spark DataFrames read from the lakehouse by table name, restricted to the run
+    (snapshot tables: its ``as_of_date`` partition; ``quarantine`` and ``runs``: its ``run_id``
+    rows); ``customer_segments`` is required, the others optional (see :func:`collect`). ``run``:
+    the run described and the command building the report. ``out_dir``: the reports root,
+    normally ``<output.path>/reports``. Nothing comes from memory: the same tables give the same
+    report.
     """
     started = time.perf_counter()
-    run_id = str(getattr(ctx_like, "run_id", "") or "")
+    run_id = str(run.run_id or "")
     if not run_id or not all(ch.isalnum() or ch in "-_" for ch in run_id):
         raise SegsparkError(f"report: run id {run_id!r} cannot name a report folder")
     cfg = settings.report
-    data = collect(ctx_like, tables, settings)
+    data = collect(run, tables, settings)
     recs = recommend(data, settings)
     fmt = Fmt(cfg.currency_symbol)
     found = findings(data, settings, fmt)
@@ -996,7 +1027,7 @@ def build_report(ctx_like: Any, tables: dict[str, Any], out_dir: Path, settings:
                 "uri": C.data_uri(png),
             }
         )
-    context = _context(data, recs, charts, found, palettes, settings, ctx_like)
+    context = _context(data, recs, charts, found, palettes, settings)
     env = _env()
     (staging / "report.html").write_text(
         env.get_template("report.html.j2").render(**context), encoding="utf-8"
