@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,13 +66,39 @@ class LakehouseConfig(Section):
 
 
 class SparkConfig(Section):
+    """Where Spark runs; ``auto`` sizes apply to a local session the job starts (see ``segspark.session``)."""
+
     master: str = "local[*]"
     remote: str | None = None
     app_name: str = "segspark"
     ui: bool = False
-    shuffle_partitions: int | None = Field(default=None, ge=1)
-    driver_memory: str | None = None
-    conf: dict[str, str] = Field(default_factory=dict)
+    # auto: 4 per local core, at least 8; an integer is used as given wherever the job builds the session
+    shuffle_partitions: int | Literal["auto"] = "auto"
+    # auto: 60% of the machine's (or container's) memory, 1g..31g; or a JVM size such as 8g or 1536m
+    driver_memory: str = "auto"
+    conf: dict[str, str] = Field(default_factory=dict)  # any Spark setting; wins over the two sizes above
+
+    @field_validator("shuffle_partitions", mode="before")
+    @classmethod
+    def _partitions(cls, value: Any) -> Any:
+        # null meant "let the job choose" before auto existed: older config files keep working
+        if value is None or value == "auto":
+            return "auto"
+        try:
+            number = int(value) if not isinstance(value, bool) else 0
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1 or str(number) != str(value).strip():
+            raise ValueError(f"{value!r} is neither auto nor a number of partitions >= 1")
+        return number
+
+    @field_validator("driver_memory", mode="before")
+    @classmethod
+    def _jvm_size(cls, value: Any) -> Any:
+        text = "auto" if value is None else str(value).strip().lower()
+        if not re.fullmatch(r"auto|[1-9][0-9]*(b|k|kb|m|mb|g|gb|t|tb)?", text):
+            raise ValueError(f"{value!r} is neither auto nor a JVM size such as 8g or 1536m")
+        return text
 
 
 class TrackingConfig(Section):

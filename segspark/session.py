@@ -1,17 +1,22 @@
 """The one Spark session factory: embedded local, an active cluster/Databricks session, or Spark Connect.
 
-Nothing here (or anywhere in segspark) uses the driver-side Spark context, RDDs or the JVM gateway, so the job runs on
-Spark Connect, Databricks serverless and shared clusters.
+Nothing here (or anywhere in segspark) uses the driver-side Spark context, RDDs or the JVM gateway, so
+the job runs on Spark Connect, Databricks serverless and shared clusters. A local session the job starts
+itself is sized to the machine (:func:`sized_conf`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +44,9 @@ def stop_owned() -> None:
 
 SUPPORTED_JAVA = (17, 21)
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
-JAVA_HINT = "install a Java 17 or 21 runtime (e.g. 'apt-get install openjdk-17-jre-headless') and set JAVA_HOME"
+JAVA_HINT = (
+    "install a Java 17 or 21 runtime (e.g. 'apt-get install openjdk-17-jre-headless') and set JAVA_HOME"
+)
 
 
 def _java_binary() -> str | None:
@@ -67,7 +74,9 @@ def check_java() -> int:
     if major == 1 and match.group(2):  # "1.8.0" style
         major = int(match.group(2))
     if major not in SUPPORTED_JAVA:
-        raise EnvironmentProblem(f"Java {major} found at {java}, but Spark 4 needs Java 17 or 21: {JAVA_HINT}")
+        raise EnvironmentProblem(
+            f"Java {major} found at {java}, but Spark 4 needs Java 17 or 21: {JAVA_HINT}"
+        )
     return major
 
 
@@ -99,13 +108,161 @@ def apply_job_conf(spark: SparkSession) -> None:
             log.info("spark: cannot set %s (%s); running without it", key, str(exc).splitlines()[0])
 
 
-def local_conf(cfg: SparkConfig) -> dict[str, str]:
-    """The settings of the embedded local session (also used for Spark Connect's local server)."""
-    cores = os.cpu_count() or 2
-    conf = {
+# ---- sizing the embedded session -------------------------------------------------------------------
+# In local mode one JVM is driver and executor: its heap holds the cached and shuffled data, the
+# sort and aggregation buffers and what the driver collects. Spark's 1 GB default is what made a
+# 10M-line run die of OutOfMemoryError on a 24 GB machine. The heap gets 60% of the memory; the
+# other 40% is for the JVM's own off-heap use (metaspace, code cache, GC structures, Arrow and
+# network buffers: 10-20% of the heap), the pandas UDF workers (one Python per core), the driver's
+# own Python (model fits on samples and sufficient statistics, MLflow) and the OS page cache.
+HEAP_SHARE = 0.6
+HEAP_MIN_MIB = 1024  # Spark's own default, and its minimum is ~450 MB
+HEAP_MAX_MIB = 31 * 1024  # from 32 GB up the JVM drops compressed object pointers: more memory per object
+# Four tasks per core: a customer with many orders or a skewed key delays one task of four rather
+# than a whole core's share, and each task's sort/aggregate buffer is a quarter of the core's share,
+# so a 10M-line stage does not spill. Adaptive execution merges the small partitions of a small input.
+PARTITIONS_PER_CORE = 4
+MIN_PARTITIONS = 8
+MIB = 1 << 20
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this process may use: cores (affinity and CPU quota) and memory (RAM or container limit)."""
+
+    cores: int
+    memory_bytes: int
+    memory_source: str  # "physical" or "cgroup limit"
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].lstrip("-").isdigit() else None
+
+
+def _cgroup_dirs(root: Path, controller: str, proc_cgroup: Path) -> list[Path]:
+    """Folders that may hold this process's limits for ``controller``: its own cgroup, then the mount's root.
+
+    ``proc_cgroup`` lines read ``id:controllers:path``; v2 has the one line ``0::path``.
+    """
+    dirs: list[Path] = []
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if controllers == "":
+            dirs.append(root / path.lstrip("/"))
+        elif controller in controllers.split(","):
+            dirs.append(root / controller / path.lstrip("/"))
+    return [*dirs, root, root / controller]
+
+
+def _cgroup_memory_limit(root: Path, proc_cgroup: Path) -> int | None:
+    """The smallest memory limit set on this process's cgroup (v2 or v1), or None without one."""
+    limits = [
+        value
+        for folder in _cgroup_dirs(root, "memory", proc_cgroup)
+        for name in ("memory.max", "memory.limit_in_bytes")
+        # v2 writes "no limit" as "max" (read as None), v1 as about 2^63
+        if (value := _read_int(folder / name)) is not None and 0 < value < (1 << 60)
+    ]
+    return min(limits) if limits else None
+
+
+def _cgroup_cpu_limit(root: Path, proc_cgroup: Path) -> int | None:
+    """Cores allowed by the smallest CPU quota on this process's cgroup (v2 or v1), or None without one."""
+    limits = []
+    for folder in _cgroup_dirs(root, "cpu", proc_cgroup):
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                limits.append(math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError):
+            pass
+        quota_us, period_us = _read_int(folder / "cpu.cfs_quota_us"), _read_int(folder / "cpu.cfs_period_us")
+        if quota_us and period_us and quota_us > 0:  # v1: -1 is no quota
+            limits.append(math.ceil(quota_us / period_us))
+    return max(1, min(limits)) if limits else None
+
+
+def detect_machine(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Machine:
+    """Cores and memory this process may use, container (cgroup) limits included."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cores = min(cores, quota)
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX: assume a small machine
+        physical = 4 << 30
+    limit = _cgroup_memory_limit(cgroup_root, proc_cgroup)
+    if limit is not None and limit < physical:
+        return Machine(cores=max(1, cores), memory_bytes=limit, memory_source="cgroup limit")
+    return Machine(cores=max(1, cores), memory_bytes=physical, memory_source="physical")
+
+
+def local_threads(master: str, machine_cores: int) -> int | None:
+    """Task threads of a ``local``, ``local[N]``, ``local[*]`` or ``local[N,F]`` master; None if not local."""
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if match is None:
+        return None
+    if match.group(1) is None:
+        return 1
+    return machine_cores if match.group(1) == "*" else max(1, int(match.group(1)))
+
+
+def sized_conf(
+    cores: int,
+    memory_bytes: int,
+    *,
+    driver_memory: str = "auto",
+    shuffle_partitions: int | str = "auto",
+    conf: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Driver heap and shuffle partitions of a local session on ``cores`` task threads and ``memory_bytes``.
+
+    ``auto`` sizes: heap = 60% of memory within 1g..31g (whole gigabytes from 2g up), partitions =
+    max(8, 4 x cores). A given size is used as it is; an entry in ``conf`` wins over both.
+    """
+    if driver_memory == "auto":
+        mib = min(HEAP_MAX_MIB, max(HEAP_MIN_MIB, int(memory_bytes * HEAP_SHARE) // MIB))
+        heap = f"{mib // 1024}g" if mib >= 2048 else f"{mib}m"
+    else:
+        heap = driver_memory
+    if shuffle_partitions == "auto":
+        partitions: int | str = max(MIN_PARTITIONS, PARTITIONS_PER_CORE * cores)
+    else:
+        partitions = shuffle_partitions
+    explicit = conf or {}
+    return {
+        "spark.driver.memory": explicit.get("spark.driver.memory", heap),
+        "spark.sql.shuffle.partitions": explicit.get("spark.sql.shuffle.partitions", str(partitions)),
+    }
+
+
+def _launched_jvm() -> bool:
+    """True when spark-submit started the JVM before this Python ran: its heap is already fixed."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def local_conf(cfg: SparkConfig, machine: Machine | None = None) -> dict[str, str]:
+    """The settings of a session the job starts: local, a local Spark Connect server, or on a cluster master.
+
+    Sizes: for a ``local`` master (or local Connect remote) from :func:`sized_conf` on ``machine``
+    (detected when None); for a cluster master only the sizes given explicitly.
+    """
+    base = {
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
-        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions or max(4, cores * 2)),
         "spark.ui.enabled": "true" if cfg.ui else "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.log.level": "ERROR",
@@ -128,10 +285,41 @@ def local_conf(cfg: SparkConfig) -> dict[str, str]:
         ),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
-    if cfg.driver_memory:
-        conf["spark.driver.memory"] = cfg.driver_memory
-    conf.update(cfg.conf)
-    return conf
+    master = cfg.remote if cfg.remote and cfg.remote.startswith("local") else cfg.master
+    machine = machine or detect_machine()
+    threads = local_threads(master, machine.cores)
+    if threads is not None:
+        base.update(
+            sized_conf(
+                threads,
+                machine.memory_bytes,
+                driver_memory=cfg.driver_memory,
+                shuffle_partitions=cfg.shuffle_partitions,
+                conf=cfg.conf,
+            )
+        )
+        if _launched_jvm() and "spark.driver.memory" not in cfg.conf and cfg.driver_memory == "auto":
+            del base["spark.driver.memory"]  # too late to size: spark-submit's --driver-memory holds
+    else:  # a cluster manager sizes its executors; only what the user asked for is set
+        if cfg.driver_memory != "auto":
+            base["spark.driver.memory"] = cfg.driver_memory
+        if cfg.shuffle_partitions != "auto":
+            base["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
+    return {**base, **cfg.conf}
+
+
+def _log_sizes(conf: Mapping[str, str], master: str, machine: Machine) -> None:
+    """One INFO line with the sizes the session starts with and what they came from."""
+    heap = conf.get("spark.driver.memory", "fixed by spark-submit" if _launched_jvm() else "Spark's default")
+    log.info(
+        "spark: %s on a machine with %d cores and %.1f GiB (%s): driver heap %s, %s shuffle partitions",
+        master,
+        machine.cores,
+        machine.memory_bytes / (1 << 30),
+        machine.memory_source,
+        heap,
+        conf.get("spark.sql.shuffle.partitions", "Spark's default"),
+    )
 
 
 def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
@@ -148,15 +336,31 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     if cfg.remote:
-        if cfg.remote.startswith("local"):
-            check_java()
         builder = SparkSession.builder.remote(cfg.remote).appName(cfg.app_name)
-        for key, value in (local_conf(cfg) if cfg.remote.startswith("local") else cfg.conf).items():
-            if key.startswith(("spark.driver.", "spark.executor.", "spark.hadoop.", "spark.ui.")):
-                continue  # static settings cannot be set from a Connect client
+        if cfg.remote.startswith("local"):
+            # pyspark starts the local Connect server as a classic session in this process: static
+            # settings (heap, JVM options) apply to it, and only runtime ones are passed on to the client
+            check_java()
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            machine = detect_machine()
+            settings = local_conf(cfg, machine)
+            _log_sizes(settings, cfg.remote, machine)
+        else:
+            settings = {
+                key: value
+                for key, value in cfg.conf.items()
+                # static settings cannot be set from a Connect client
+                if not key.startswith(("spark.driver.", "spark.executor.", "spark.hadoop.", "spark.ui."))
+            }
+        for key, value in settings.items():
             builder = builder.config(key, value)
         log.info("connecting to Spark Connect at %s", cfg.remote)
-        session = builder.getOrCreate()
+        with warnings.catch_warnings():
+            # pyspark also replays the local server's static settings on the client session, which
+            # refuses them with a warning each; the server started with them, so the refusal is noise
+            static = r"Failed to set spark\..* due to \[CANNOT_MODIFY_CONFIG\]"
+            warnings.filterwarnings("ignore", message=static, category=UserWarning)
+            session = builder.getOrCreate()
         apply_job_conf(session)
         if owned:
             _OWNED.append(session)
@@ -174,9 +378,11 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
         # a local session needs no routable address; avoids the loopback-hostname warning
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
-    for key, value in local_conf(cfg).items():
+    machine = detect_machine()
+    settings = local_conf(cfg, machine)
+    for key, value in settings.items():
         builder = builder.config(key, value)
-    log.info("starting Spark on %s", cfg.master)
+    _log_sizes(settings, cfg.master, machine)
     spark = builder.getOrCreate()
     if owned:
         _OWNED.append(spark)

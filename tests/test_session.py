@@ -30,14 +30,15 @@ def test_wrong_java_version_names_what_to_install(tmp_path: Path, monkeypatch: p
     fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
     fake.chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))
-    with pytest.raises(EnvironmentProblem, match="Java 11 found .* needs Java 17 or 21"):
+    with pytest.raises(EnvironmentProblem, match=r"Java 11 found .* needs Java 17 or 21"):
         check_java()
 
 
 def test_cli_reports_missing_java_without_a_stack_trace(tmp_path: Path) -> None:
     env = {**os.environ, "JAVA_HOME": str(tmp_path / "none"), "PATH": f"{Path(sys.executable).parent}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "segspark", "run", "--set", "input.transactions.path=/x", "--set", f"output.path={tmp_path}"],
+        [sys.executable, "-m", "segspark", "run",
+         "--set", "input.transactions.path=/x", "--set", f"output.path={tmp_path}"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 1
@@ -58,3 +59,192 @@ def test_no_spark_context_rdd_or_jvm_in_the_package() -> None:
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+# ---- sizing the embedded session -------------------------------------------------------------------
+GIB = 1 << 30
+LAPTOP_24G = 25_276_510_208  # what a 24 GB machine reports (SC_PHYS_PAGES x page size)
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory", "heap", "partitions"),
+    [
+        (2, LAPTOP_24G, "14g", "8"),  # 0.6 x 23.54 GiB = 14.1 GiB -> whole gigabytes; 4 x 2 < 8 -> 8
+        (16, 64 * GIB, "31g", "64"),  # 38.4 GiB capped below 32g (compressed pointers); 4 x 16
+        (1, 1 * GIB, "1024m", "8"),  # 614 MiB raised to the 1g floor
+        (4, 3 * GIB, "1843m", "16"),  # 0.6 x 3072 MiB = 1843.2 MiB, under 2g: in megabytes
+        (3, 10 * GIB, "6g", "12"),
+    ],
+)
+def test_auto_sizes_on_known_machines(cores: int, memory: int, heap: str, partitions: str) -> None:
+    from segspark.session import sized_conf
+
+    expected = {"spark.driver.memory": heap, "spark.sql.shuffle.partitions": partitions}
+    assert sized_conf(cores, memory) == expected
+
+
+def test_given_sizes_are_used_and_spark_conf_entries_win() -> None:
+    from segspark.session import sized_conf
+
+    given = sized_conf(2, LAPTOP_24G, driver_memory="6g", shuffle_partitions=3)
+    assert given == {"spark.driver.memory": "6g", "spark.sql.shuffle.partitions": "3"}
+    explicit = {"spark.driver.memory": "2g", "spark.sql.shuffle.partitions": "5"}
+    assert sized_conf(2, LAPTOP_24G, driver_memory="6g", shuffle_partitions=3, conf=explicit) == explicit
+    assert sized_conf(2, LAPTOP_24G, conf={"spark.driver.memory": "3g"}) == {
+        "spark.driver.memory": "3g",
+        "spark.sql.shuffle.partitions": "8",
+    }
+
+
+@pytest.mark.parametrize(
+    ("master", "threads"),
+    [
+        ("local", 1), ("local[*]", 6), ("local[3]", 3), ("local[2, 4]", 2),
+        ("spark://h:7077", None), ("yarn", None), ("local-cluster[2,1,1024]", None),
+    ],
+)
+def test_local_threads_follow_the_master(master: str, threads: int | None) -> None:
+    from segspark.session import local_threads
+
+    assert local_threads(master, 6) == threads
+
+
+def test_local_conf_sizes_local_sessions_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from segspark.config import SparkConfig
+    from segspark.session import Machine, local_conf
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    machine = Machine(cores=6, memory_bytes=32 * GIB, memory_source="physical")
+    local = local_conf(SparkConfig(master="local[*]"), machine)
+    assert (local["spark.driver.memory"], local["spark.sql.shuffle.partitions"]) == ("19g", "24")
+    # the Connect server pyspark starts for a local remote is the job's own session too
+    connect = local_conf(SparkConfig(remote="local[2]"), machine)
+    assert (connect["spark.driver.memory"], connect["spark.sql.shuffle.partitions"]) == ("19g", "8")
+    # a cluster manager sizes the session: nothing set unless asked for
+    cluster = local_conf(SparkConfig(master="spark://h:7077"), machine)
+    assert "spark.driver.memory" not in cluster and "spark.sql.shuffle.partitions" not in cluster
+    asked = local_conf(SparkConfig(master="yarn", driver_memory="8G", shuffle_partitions=400), machine)
+    assert (asked["spark.driver.memory"], asked["spark.sql.shuffle.partitions"]) == ("8g", "400")
+    wins = local_conf(SparkConfig(driver_memory="8g", conf={"spark.driver.memory": "5g"}), machine)
+    assert wins["spark.driver.memory"] == "5g"
+    # started by spark-submit: the JVM's heap is already fixed, so auto must not claim a size
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")
+    assert "spark.driver.memory" not in local_conf(SparkConfig(), machine)
+
+
+def test_config_takes_auto_null_or_a_size() -> None:
+    from segspark.config import load_settings
+    from segspark.errors import ConfigError
+
+    assert load_settings([], []).spark.driver_memory == "auto"
+    assert load_settings([], []).spark.shuffle_partitions == "auto"
+    old = load_settings([], ["spark.driver_memory=null", "spark.shuffle_partitions=null"]).spark
+    assert (old.driver_memory, old.shuffle_partitions) == ("auto", "auto")
+    given = load_settings([], ["spark.driver_memory=12G", "spark.shuffle_partitions=40"]).spark
+    assert (given.driver_memory, given.shuffle_partitions) == ("12g", 40)
+    with pytest.raises(ConfigError, match=r"spark\.driver_memory.*neither auto nor a JVM size"):
+        load_settings([], ["spark.driver_memory=1.5g"])
+    with pytest.raises(ConfigError, match=r"spark\.shuffle_partitions.*neither auto nor a number"):
+        load_settings([], ["spark.shuffle_partitions=0"])
+
+
+def test_container_limits_are_read_from_cgroup_files(tmp_path: Path) -> None:
+    from segspark.session import detect_machine
+
+    affinity = len(os.sched_getaffinity(0))
+    proc = tmp_path / "cgroup"
+    # cgroup v2: the process's own group holds the limits
+    (tmp_path / "v2" / "job").mkdir(parents=True)
+    (tmp_path / "v2" / "job" / "memory.max").write_text(f"{4 * GIB}\n")
+    (tmp_path / "v2" / "job" / "cpu.max").write_text("100000 100000\n")
+    proc.write_text("0::/job\n")
+    v2 = detect_machine(tmp_path / "v2", proc)
+    assert (v2.cores, v2.memory_bytes, v2.memory_source) == (1, 4 * GIB, "cgroup limit")
+    # cgroup v1: unlimited is written as about 2^63, and a quota of -1 means none
+    (tmp_path / "v1" / "memory").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:memory:/\n3:cpu,cpuacct:/\n")
+    v1 = detect_machine(tmp_path / "v1", proc)
+    assert (v1.cores, v1.memory_source) == (affinity, "physical")
+    assert v1.memory_bytes == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").write_text(f"{2 * GIB}\n")
+    assert detect_machine(tmp_path / "v1", proc).memory_bytes == 2 * GIB
+
+
+# Started in a child process (one JVM per process, and the suite's session already has one): the
+# session the factory builds, its conf and the -Xmx of the JVM it launched (read from /proc, so no
+# JVM gateway is needed), and the factory's one INFO line.
+SESSION_PROBE = """
+import json, logging, os, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from segspark.config import SparkConfig
+from segspark.session import detect_machine, get_spark, local_threads, sized_conf, stop_owned
+
+cfg = SparkConfig.model_validate(json.loads(sys.argv[1]))
+spark = get_spark(cfg)
+
+def children(pid):
+    for entry in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{entry}/stat").read() if entry.isdigit() else ""
+            if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                yield int(entry)
+        except OSError:
+            pass
+
+heap, todo = [], [os.getpid()]
+while todo:
+    for child in children(todo.pop()):
+        todo.append(child)
+        heap += [a[4:] for a in open(f"/proc/{child}/cmdline").read().split("\\0") if a.startswith("-Xmx")]
+machine = detect_machine()
+threads = local_threads(cfg.remote or cfg.master, machine.cores)
+print(json.dumps({
+    "conf": spark.conf.get("spark.driver.memory"),
+    "partitions": spark.conf.get("spark.sql.shuffle.partitions"),
+    "xmx": heap,
+    "expected": sized_conf(threads, machine.memory_bytes),
+}))
+stop_owned()
+"""
+
+
+def _probe(cfg: dict[str, object]) -> tuple[dict[str, object], str]:
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_GATEWAY_PORT"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SESSION_PROBE, json.dumps(cfg)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@pytest.mark.slow
+def test_embedded_session_starts_with_the_machine_sized_heap() -> None:
+    result, stderr = _probe({"master": "local[1]"})
+    expected = result["expected"]
+    assert isinstance(expected, dict)
+    heap = expected["spark.driver.memory"]
+    assert heap.endswith("g") or heap.endswith("m")
+    assert result["conf"] == heap
+    assert result["xmx"] == [heap]  # the JVM really got it: -Xmx of the launched java process
+    assert result["partitions"] == expected["spark.sql.shuffle.partitions"]
+    sizes = [line for line in stderr.splitlines() if "driver heap" in line]
+    assert len(sizes) == 1 and f"driver heap {heap}, " in sizes[0], sizes
+
+
+@pytest.mark.slow
+def test_local_connect_server_gets_the_explicit_heap_from_spark_conf() -> None:
+    result, stderr = _probe(
+        {"remote": "local[1]", "driver_memory": "3g", "shuffle_partitions": 3,
+         "conf": {"spark.driver.memory": "1200m"}}
+    )
+    assert result["conf"] == "1200m"
+    assert result["xmx"] == ["1200m"]
+    assert result["partitions"] == "3"
+    assert "Failed to set" not in stderr
