@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from segspark import schema as S
 from segspark.clustering import prep
+from segspark.clustering.sample import hash_fraction, sample_to_numpy
 from segspark.config import ClusteringConfig
 from segspark.errors import InputError
 
@@ -62,7 +63,6 @@ class DensityModel:
 
 def density_sample(sample: DataFrame, cfg: ClusteringConfig) -> DataFrame:
     """A seeded (optionally stratified) sample of about ``density_sample`` rows."""
-    from segspark.clustering.sweep import hash_fraction
 
     strata = cfg.density_strata
     if strata and strata in sample.columns:
@@ -84,7 +84,6 @@ def density_sample(sample: DataFrame, cfg: ClusteringConfig) -> DataFrame:
 
 def fit_density(sample: DataFrame, cfg: ClusteringConfig, algorithm: str) -> DensityModel:
     """Fit DBSCAN or HDBSCAN on a driver-side sample of the prepared ``features`` vectors."""
-    from segspark.clustering.sweep import sample_to_numpy
 
     x, _ = sample_to_numpy(density_sample(sample, cfg), [])
     with threadpool_limits(limits=1):  # see sweep.sweep_local: avoid oversubscribing Spark's cores

@@ -41,7 +41,6 @@ import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml import Estimator, PipelineModel
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
@@ -50,6 +49,8 @@ from segspark import schema as S
 from segspark.clustering import indices as ix
 from segspark.clustering import personas as P
 from segspark.clustering import prep
+from segspark.clustering.figures import cluster_figures
+from segspark.clustering.sample import hash_fraction, sample_to_numpy, seeded_sample
 from segspark.config import ClusteringConfig
 from segspark.errors import ConfigError, InputError
 
@@ -100,35 +101,6 @@ class ClusterResult:
         for df in self._cached:
             df.unpersist()
         self._cached.clear()
-
-
-# --- sampling -----------------------------------------------------------------------------------
-
-
-def hash_fraction(seed: int, salt: int) -> F.Column:
-    """A uniform number in [0, 1) from the customer key: the same rows whatever the partitioning."""
-    return F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), F.col(S.CUSTOMER_ID)), F.lit(1_000_003)) / F.lit(
-        1_000_003.0
-    )
-
-
-def seeded_sample(df: DataFrame, total: int, size: int, seed: int, salt: int = 0) -> DataFrame:
-    """About ``size`` rows of ``df`` (all of them when smaller), chosen by a keyed hash."""
-    if total <= size:
-        return df
-    return df.where(hash_fraction(seed, salt) < F.lit(size / total))
-
-
-def sample_to_numpy(df: DataFrame, columns: list[str]) -> tuple[np.ndarray, list[str]]:
-    """A (sample) DataFrame's vector column as a matrix, ordered by customer key for determinism."""
-    # a sample, sorted on the driver: a Spark sort of a few thousand rows costs a shuffle job
-    pdf = (
-        df.select(S.CUSTOMER_ID, vector_to_array(F.col(prep.FEATURES_COL)).alias("x"))
-        .toPandas()
-        .sort_values(S.CUSTOMER_ID, kind="stable", ignore_index=True)
-    )
-    x = np.vstack(pdf["x"].to_numpy()) if len(pdf) else np.zeros((0, len(columns)))
-    return x.astype(float), pdf[S.CUSTOMER_ID].tolist()
 
 
 # --- estimators ---------------------------------------------------------------------------------
@@ -384,8 +356,6 @@ def _fit(
     cached: list[DataFrame],
     t_start: float,
 ) -> ClusterResult:
-    from segspark.clustering import tracking
-
     density = cfg.algorithm in DENSITY_ALGORITHMS
     check = prep.check_features(base, names)
     n = check.customers
@@ -524,5 +494,5 @@ def _fit(
         density=dens_model,
         _cached=list(cached),
     )
-    result.figures = tracking.make_figures(result)
+    result.figures = cluster_figures(result.sweep, result.chosen, result.profiles, result.features)
     return result
