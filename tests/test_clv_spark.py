@@ -1,4 +1,5 @@
-"""CLV in Spark: hand-computed summary statistics, CDNOW from the raw transactions through run_clv."""
+"""CLV in Spark: hand-computed summary statistics, CDNOW from the raw transactions (through the
+silver orders and customer_days) into run_clv, and the fit as a small table."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from matplotlib.figure import Figure
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from segspark.clv import ClvResult, resolve_windows, run_clv
+from segspark import silver, tables
+from segspark.clv import ClvResult, fit_from_table, fit_table, resolve_windows, run_clv
 from segspark.clv import models as M
 from segspark.clv import predict as P
 from segspark.clv import summary as S
-from segspark.config import ClvConfig
-from segspark.errors import ConfigError
+from segspark.config import ClvConfig, PurchaseConfig
+from segspark.errors import ConfigError, InputError
 
 lifetimes = pytest.importorskip("lifetimes")
 
@@ -42,6 +44,11 @@ def ts(s: str) -> dt.datetime:
     return dt.datetime.fromisoformat(s)
 
 
+def customer_days(tx: DataFrame, min_net_amount: float = 0.0) -> DataFrame:
+    """The silver customer_days of some order lines, built as the pipeline builds them."""
+    return silver.customer_days(silver.orders(tx, PurchaseConfig(min_net_amount=min_net_amount)))
+
+
 def _close(got: dict[str, float], want: dict[str, float], rel: float) -> None:
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=rel), f"{k}: {got[k]} vs {v}"
@@ -55,27 +62,35 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
         # c1: first day 2024-01-01 (two orders that day = one purchase occasion, value 30)
         ("c1", "o1", ts("2024-01-01 09:00:00"), 10.0),
         ("c1", "o2", ts("2024-01-01 18:00:00"), 20.0),
-        # a fully returned order (net < 0 ... here -5): not a purchase
+        # a fully returned order (net -5) and a free order (net 0): not purchases
         ("c1", "o3", ts("2024-01-05 10:00:00"), -5.0),
+        ("c1", "o3b", ts("2024-01-20 10:00:00"), 0.0),
         # repeat on 2024-01-15: an order with a return line, net 40 - 10 = 30
         ("c1", "o4", ts("2024-01-15 10:00:00"), 40.0),
         ("c1", "o4", ts("2024-01-15 10:00:00"), -10.0),
-        # repeat on the calibration end day itself (inclusive): free order, counts, value 0
-        ("c1", "o5", ts("2024-01-29 23:59:59"), 0.0),
+        # repeat on the calibration end day itself (inclusive), value 6
+        ("c1", "o5", ts("2024-01-29 23:59:59"), 6.0),
         # holdout purchase, and one after the holdout end (ignored)
         ("c1", "o6", ts("2024-02-10 12:00:00"), 15.0),
         ("c1", "o7", ts("2024-03-10 12:00:00"), 15.0),
-        # c2: one-time buyer on the calibration end day: x = 0, T = 0
+        # c2: one-time buyer on the calibration end day: x = 0, T = 0; the same day's pure return
+        # order is no purchase and leaves the day's purchase value at 50
         ("c2", "o8", ts("2024-01-29 00:00:00"), 50.0),
+        ("c2", "o8r", ts("2024-01-29 15:00:00"), -10.0),
         # c3: only in the holdout: not in the summary
         ("c3", "o9", ts("2024-02-01 00:00:00"), 25.0),
-        # null customer and null timestamp rows are ignored; null amount counts as 0
+        # null customer and null timestamp rows are ignored; a null amount counts as 0 (so that
+        # order is no purchase), the other order of the same day is
         (None, "o10", ts("2024-01-02 00:00:00"), 99.0),
         ("c4", "o11", None, 99.0),
         ("c4", "o12", ts("2024-01-08 00:00:00"), None),
+        ("c4", "o13", ts("2024-01-08 10:00:00"), 12.0),
+        # c5: only a free order and a pure return: never a buyer
+        ("c5", "o14", ts("2024-01-10 00:00:00"), 0.0),
+        ("c5", "o15", ts("2024-01-11 00:00:00"), -3.0),
     ]
     tx = spark.createDataFrame(rows, TX_SCHEMA)
-    got = S.summary_statistics(tx, dt.date(2024, 1, 29), "week", dt.date(2024, 2, 29))
+    got = S.summary_statistics(customer_days(tx), dt.date(2024, 1, 29), "week", dt.date(2024, 2, 29))
     expected_schema = T.StructType(
         [
             T.StructField("customer_id", T.StringType(), True),
@@ -92,13 +107,15 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
     )
     expected = spark.createDataFrame(
         [
-            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 0.0) / 2, 28, 28, dt.date(2024, 1, 1), 1, 31 / 7),
+            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 6.0) / 2, 28, 28, dt.date(2024, 1, 1), 1, 31 / 7),
             ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 0, 31 / 7),
             ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 0, 31 / 7),
         ],
         expected_schema,
     )
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    with pytest.raises(InputError, match="purchase_value"):
+        S.purchase_days(customer_days(tx).drop("purchase_value"), dt.date(2024, 1, 29))
 
 
 def test_windows_default_and_errors() -> None:
@@ -148,13 +165,20 @@ def cdnow_tx(spark: Any, cdnow_raw: pd.DataFrame) -> DataFrame:
             "amount": cdnow_raw["amount"].astype(float),
         }
     )
-    return spark.createDataFrame(pdf, TX_SCHEMA).cache()
+    return spark.createDataFrame(pdf, TX_SCHEMA)
 
 
 @pytest.fixture(scope="module")
-def cdnow_result(cdnow_tx: DataFrame) -> tuple[ClvResult, pd.DataFrame]:
+def cdnow_days(cdnow_tx: DataFrame) -> DataFrame:
+    # CDNOW has 8 one-time buyers whose only purchase is worth $0.00; the published summary (and
+    # lifetimes) count them, so the purchase threshold sits just below zero here
+    return customer_days(cdnow_tx, min_net_amount=-0.005).cache()
+
+
+@pytest.fixture(scope="module")
+def cdnow_result(cdnow_days: DataFrame) -> tuple[ClvResult, pd.DataFrame]:
     cfg = ClvConfig(model="auto", calibration_end=CAL_END, holdout_end=HOLD_END)
-    result = run_clv(cdnow_tx, CAL_END, cfg)
+    result = run_clv(cdnow_days, CAL_END, cfg)
     return result, result.customers.toPandas()
 
 
@@ -277,8 +301,8 @@ def test_bgnbd_spark_predictions_match_lifetimes_clv(spark: Any, cdnow_published
     )
 
 
-def test_compressed_spark_statistics_give_the_per_customer_fit(spark: Any, cdnow_tx: DataFrame) -> None:
-    summary = S.summary_statistics(cdnow_tx, CAL_END, "week")
+def test_compressed_spark_statistics_give_the_per_customer_fit(spark: Any, cdnow_days: DataFrame) -> None:
+    summary = S.summary_statistics(cdnow_days, CAL_END, "week")
     compressed = S.compressed_rfm(summary, "week")
     per_customer = summary.select("frequency", "recency", "T").toPandas()  # small test data only
     full = M.fit_transactions(
@@ -289,8 +313,8 @@ def test_compressed_spark_statistics_give_the_per_customer_fit(spark: Any, cdnow
     _close(small.params, full.params, 1e-6)
 
 
-def test_no_holdout_fits_on_everything_and_chooses_by_bic(cdnow_tx: DataFrame) -> None:
-    early = cdnow_tx.filter("order_ts < timestamp'1997-07-01 00:00:00'")
+def test_no_holdout_fits_on_everything_and_chooses_by_bic(cdnow_days: DataFrame) -> None:
+    early = cdnow_days.filter("order_date < date'1997-07-01'")
     as_of = dt.date(1997, 9, 30)  # default calibration end as_of - 91 days: an empty holdout window
     result = run_clv(early, as_of, ClvConfig(model="auto"))
     assert result.validation["has_holdout"] is False
@@ -298,7 +322,7 @@ def test_no_holdout_fits_on_everything_and_chooses_by_bic(cdnow_tx: DataFrame) -
     bics = {k: v["bic"] for k, v in result.fit["candidates"].items()}
     assert result.fit["model"] == min(bics, key=bics.__getitem__) and "BIC" in result.fit["reason"]
     assert "holdout_mae" not in result.validation and "clv_conditional_expectation" not in result.figures
-    assert result.customers.count() == early.select("customer_id").distinct().count()
+    assert result.customers.count() == early.where("purchases > 0").select("customer_id").distinct().count()
 
 
 def test_mbgnbd_spark_predictions_per_customer(spark: Any) -> None:
@@ -343,3 +367,63 @@ def test_mbgnbd_spark_predictions_per_customer(spark: Any) -> None:
         got["clv"], M.discounted_clv(M.MBGNBD, params, x, t_x, Tv, value, 6, 0.01, 4.0), rtol=1e-10
     )
     assert got.loc["a", "p_alive"] != got.loc["b", "p_alive"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The fit as a small table (clv_fit) and back
+# ------------------------------------------------------------------------------------------------
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and np.isnan(want):
+        return isinstance(got, float) and np.isnan(got)
+    return bool(got == want) and isinstance(got, bool) == isinstance(want, bool)
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if not isinstance(v, dict | pd.DataFrame | list)}
+
+
+def test_fit_table_round_trips_through_spark(
+    spark: Any, cdnow_result: tuple[ClvResult, pd.DataFrame]
+) -> None:
+    from segspark.report.collect import clv_info
+
+    result, _ = cdnow_result
+    fallback = "unpenalized fit did not converge (x); used penalizer 0.001"
+    res = ClvResult(result.customers, {**result.fit, "penalizer_fallback": fallback}, result.validation)
+    pdf = fit_table(res)
+    assert list(pdf.columns) == [f.name for f in tables.CLV_FIT_SCHEMA.fields]
+    rows = [
+        tuple(None if isinstance(v, float) and v != v else v for v in r)
+        for r in pdf.astype(object).itertuples(index=False, name=None)
+    ]
+    back_pdf = spark.createDataFrame(rows, tables.CLV_FIT_SCHEMA).toPandas()  # as the table holds it
+    back = fit_from_table(back_pdf)
+    fit, chosen = res.fit, res.fit["model"]
+
+    want_fit = _scalars(fit)
+    assert set(_scalars(back["fit"])) == set(want_fit)
+    bad = {k: (back["fit"][k], v) for k, v in want_fit.items() if not _same(back["fit"][k], v)}
+    assert not bad, bad
+    assert back["fit"]["converged"] is True and back["fit"]["penalizer_fallback"] == fallback
+    for section in ("params", "se", "spend_params", "spend_se"):
+        assert back["fit"][section] == fit[section], section
+    want_val = _scalars(res.validation)
+    assert want_val.keys() == back["validation"].keys()
+    assert all(_same(back["validation"][k], v) for k, v in want_val.items())
+    assert back["validation"]["has_holdout"] is True and "holdout_mae" in back["validation"]
+    # every candidate's summary, nested again; the chosen one also carries its calibration fit
+    assert set(back["fit"]["candidates"]) == set(fit["candidates"]) == {"bgnbd", "pareto_nbd", "mbgnbd"}
+    for model, summary in fit["candidates"].items():
+        got = back["fit"]["candidates"][model]
+        assert got["params"] == summary["params"]
+        assert all(_same(got[k], v) for k, v in _scalars(summary).items()), model
+    assert back["fit"]["candidates"][chosen]["iterations"] == fit["calibration_fit"]["iterations"]
+
+    assert set(pdf.loc[pdf["chosen"], "model"]) == {chosen, "gamma_gamma"}
+    assert set(pdf.loc[pdf["section"].isin(["spend_params", "spend_se"]), "model"]) == {"gamma_gamma"}
+    candidates = pdf[pdf["section"] == "candidate"]
+    assert set(candidates.loc[candidates["chosen"], "model"]) == {chosen}
+    # what the report reads from the table
+    info = clv_info(back)
+    assert info is not None and info["model"] == chosen and info["params"] == fit["params"]
+    assert info["validation"]["holdout_mae"] == res.validation["holdout_mae"]

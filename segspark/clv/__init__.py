@@ -25,10 +25,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from threadpoolctl import threadpool_limits
 
 from segspark.clv import models as M
 from segspark.clv import predict as P
@@ -36,11 +38,10 @@ from segspark.clv import summary as S
 from segspark.clv import validation as V
 from segspark.config import ClvConfig
 from segspark.errors import ConfigError, SegsparkError
-from segspark.io.delta_spark import is_remote
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClvResult", "resolve_windows", "run_clv"]
+__all__ = ["ClvResult", "fit_from_table", "fit_table", "resolve_windows", "run_clv"]
 
 _NESTED_PREFIX = {"params": "", "se": "se_", "spend_params": "spend_", "spend_se": "spend_se_"}
 
@@ -59,7 +60,8 @@ class ClvResult:
         out: dict[str, float] = {}
         for section in (self.fit, self.validation):
             for key, value in section.items():
-                if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(float(value))):
+                finite = isinstance(value, int | float) and math.isfinite(float(value))
+                if isinstance(value, bool) or finite:
                     out[f"clv_{key}"] = float(value)
                 elif isinstance(value, dict) and key in _NESTED_PREFIX:
                     prefix = _NESTED_PREFIX[key]
@@ -146,24 +148,24 @@ def _spend_fit(summary: DataFrame, cfg: ClvConfig, fit: dict[str, Any]) -> tuple
     return None, mean_value
 
 
-def run_clv(transactions: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> ClvResult:
+def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> ClvResult:
     """The CLV stage: summary -> compressed fit (+ model choice) -> validation -> per-customer scores.
 
-    ``transactions``: the clean transactions (customer_id, order_id, order_ts, amount).
-    Returns customers [customer_id, p_alive, expected_purchases, expected_avg_value, clv, value_tier]
-    for every customer with a purchase on or before ``as_of_date``.
+    ``customer_days``: the silver table (customer_id, order_date, purchases, purchase_value); its
+    rows with ``purchases > 0`` are the purchase occasions. Returns customers [customer_id, p_alive,
+    expected_purchases, expected_avg_value, clv, value_tier] for every customer with a purchase on
+    or before ``as_of_date``.
     """
     cal_end, hold_end = resolve_windows(as_of_date, cfg)
     unit = cfg.time_unit
     units_per_month = cfg.days_per_month / S.unit_days(unit)
-    # Over Spark Connect a checkpoint, not a cache: every later request carries the whole plan, and
-    # the customer-segments plan (features joined with these scores) must stay under the protocol's
-    # nesting limit. The sort within partitions survives both.
-    days = S.purchase_days(transactions, max(as_of_date, hold_end), cfg.purchase_min_amount)
-    days = days.localCheckpoint(eager=True) if is_remote(days.sparkSession) else days.persist()
-    try:
+    # a filter over the silver table: the few scans below (holdout check, summaries, tracking
+    # curve) read its three columns again rather than caching them
+    days = S.purchase_days(customer_days, max(as_of_date, hold_end))
+    # the fits run on the driver next to Spark's own threads: one BLAS thread each
+    with threadpool_limits(limits=1):
         has_holdout = hold_end > cal_end and (
-            days.filter(
+            days.where(
                 (F.col(S.PURCHASE_DATE) > F.lit(cal_end)) & (F.col(S.PURCHASE_DATE) <= F.lit(hold_end))
             )
             .limit(1)
@@ -172,7 +174,8 @@ def run_clv(transactions: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> Clv
         )
         if not has_holdout:
             log.info(
-                "clv: no purchases in the holdout window (%s, %s]: fitting on everything up to %s, holdout validation skipped",
+                "clv: no purchases in the holdout window (%s, %s]: fitting on everything up to %s, "
+                "holdout validation skipped",
                 cal_end,
                 hold_end,
                 as_of_date,
@@ -193,8 +196,6 @@ def run_clv(transactions: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> Clv
             )
         finally:
             cal_summary.unpersist()
-    finally:
-        days.unpersist()
 
 
 def _run(
@@ -227,6 +228,7 @@ def _run(
         for name, metrics in V.holdout_metrics_many(cal_summary, fitted).items():
             per_model[name].update(metrics)
 
+    chosen: str
     if cfg.model != "auto":
         chosen = cfg.model
         reason = f"configured (clv.model={cfg.model})"
@@ -326,3 +328,128 @@ def summary_table(result: ClvResult) -> pd.DataFrame:
         if isinstance(v, int | float) and not isinstance(v, bool)
     ]
     return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The fit as a small long-format table (tables.CLV_FIT_SCHEMA) and back
+# ------------------------------------------------------------------------------------------------
+FIT_COLUMNS = ("model", "chosen", "section", "name", "value", "text")
+_PARAM_SECTIONS = ("params", "se", "spend_params", "spend_se")
+_SPEND_SECTIONS = ("spend_params", "spend_se")
+# fit entries that are tables of their own (candidates) or repeat a candidate (calibration_fit)
+_NESTED_FIT = ("candidates", "calibration_fit", *_PARAM_SECTIONS)
+_TRUE, _FALSE, _NAN = "true", "false", "nan"
+
+
+def _encode(value: Any) -> tuple[float | None, str | None] | None:
+    """(value, text) of one scalar; None for what is not a scalar (dicts, frames, lists).
+
+    Booleans are 1/0 with the text true/false, NaN a null value with the text nan (a Delta double
+    column would hold NaN, but BI tools and the writer treat it as missing), dates ISO text.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, bool | np.bool_):
+        return (1.0, _TRUE) if value else (0.0, _FALSE)
+    if isinstance(value, int | float | np.integer | np.floating):
+        f = float(value)
+        return (None, _NAN) if math.isnan(f) else (f, None)
+    if isinstance(value, dt.date):
+        return None, value.isoformat()
+    if isinstance(value, str):
+        return None, value
+    return None
+
+
+def _decode(value: Any, text: Any) -> Any:
+    """The scalar :func:`_encode` wrote (integers come back as floats)."""
+    has_value = value is not None and not pd.isna(value)
+    has_text = text is not None and not (isinstance(text, float) and math.isnan(text))
+    if has_value and has_text and text in (_TRUE, _FALSE):
+        return text == _TRUE
+    if has_value:
+        return float(value)
+    if has_text and text == _NAN:
+        return math.nan
+    return str(text) if has_text else None
+
+
+def _flatten(prefix: str, data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Scalars of a nested dict with dotted names (``params.r``); frames and lists are skipped."""
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_flatten(f"{name}.", value))
+        elif _encode(value) is not None:
+            out.append((name, value))
+    return out
+
+
+def fit_table(result: ClvResult) -> pd.DataFrame:
+    """The fit and its checks as rows of ``clv_fit`` (columns of ``tables.CLV_FIT_SCHEMA``).
+
+    Sections: ``fit`` (every scalar of ``result.fit``: model, reason, time unit, dates,
+    log-likelihood, AIC/BIC, convergence and message, penalizer and any penalizer fallback, value
+    tier threshold, spend-model scalars), ``params``/``se`` of the chosen model, ``spend_params``/
+    ``spend_se`` (model = the spend model), ``validation`` (the holdout metrics and other scalar
+    checks; the curves are in ``clv_validation``), and ``candidate`` (each compared model's summary,
+    nested entries with dotted names such as ``params.r``; the chosen candidate also carries its
+    calibration fit's details). Booleans are 1/0 with text true/false; NaN is a null value with
+    text nan.
+    """
+    fit, chosen = result.fit, str(result.fit.get("model"))
+    spend_model = str(fit.get("spend_model") or "spend")
+    rows: list[tuple[str, bool, str, str, float | None, str | None]] = []
+
+    def add(model: str, is_chosen: bool, section: str, name: str, value: Any) -> None:
+        encoded = _encode(value)
+        if encoded is not None:
+            rows.append((model, is_chosen, section, name, *encoded))
+
+    for key, value in fit.items():
+        if key not in _NESTED_FIT:
+            add(chosen, True, "fit", key, value)
+    for section in _PARAM_SECTIONS:
+        model = spend_model if section in _SPEND_SECTIONS else chosen
+        for name, value in (fit.get(section) or {}).items():
+            add(model, True, section, str(name), value)
+    for key, value in result.validation.items():
+        add(chosen, True, "validation", key, value)
+    candidates: dict[str, Any] = dict(fit.get("candidates") or {})
+    calibration = fit.get("calibration_fit")
+    if isinstance(calibration, dict):
+        # the chosen candidate is the calibration fit: its summary plus the fit's own details
+        candidates[chosen] = {**calibration, **candidates.get(chosen, {})}
+    for model, summary in candidates.items():
+        for name, value in _flatten("", summary if isinstance(summary, dict) else {"error": summary}):
+            add(str(model), model == chosen, "candidate", name, value)
+    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
+
+
+def fit_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
+    """``{"fit": {...}, "validation": {...}}`` from :func:`fit_table` rows (the report reads this).
+
+    ``fit`` holds the scalars, the ``params``/``se``/``spend_params``/``spend_se`` dicts and
+    ``candidates`` (model -> summary, dotted names nested again); ``validation`` the scalar checks.
+    """
+    fit: dict[str, Any] = {}
+    validation: dict[str, Any] = {}
+    candidates: dict[str, dict[str, Any]] = {}
+    for r in pdf.itertuples(index=False):
+        section, name, value = str(r.section), str(r.name), _decode(r.value, r.text)
+        if section == "fit":
+            fit[name] = value
+        elif section in _PARAM_SECTIONS:
+            fit.setdefault(section, {})[name] = value
+        elif section == "validation":
+            validation[name] = value
+        elif section == "candidate":
+            node = candidates.setdefault(str(r.model), {})
+            *path, leaf = name.split(".")
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    if candidates:
+        fit["candidates"] = candidates
+    return {"fit": fit, "validation": validation}

@@ -2,10 +2,10 @@
 
 Definitions (the literature's, as in Fader, Hardie & Lee 2005 and the ``lifetimes`` package):
 
-- a *purchase* is an order whose net amount (sum of its lines, returns are negative lines) is at
-  least ``clv.purchase_min_amount`` (default 0: free/promotional orders count, pure returns don't);
-  an order is dated by its first line;
-- purchases are counted per day: several orders on one day are one purchase occasion;
+- the input is the silver ``customer_days`` table (:mod:`segspark.silver`): a *purchase day* is a
+  row with ``purchases > 0`` (at least one order with ``is_purchase``, the job's one purchase
+  definition ``net_amount > purchase.min_net_amount``), its value ``purchase_value`` (the net of
+  that day's purchase orders); several orders on one day are one purchase occasion;
 - ``frequency`` x = distinct purchase days in the calibration period minus one (repeat purchases);
 - ``recency`` t_x = last minus first purchase day; ``T`` = calibration end minus first purchase day;
   both in days divided by the unit length (1 for ``day``, 7 for ``week``), so CDNOW weeks are
@@ -30,11 +30,10 @@ from pyspark.sql import functions as F
 
 from segspark.clv.models import RfmStats, SpendStats
 from segspark.errors import InputError
-from segspark.schema import AMOUNT, CUSTOMER_ID, ORDER_ID, ORDER_TS
+from segspark.schema import CUSTOMER_ID, ORDER_DATE, PURCHASE_VALUE, PURCHASES
 
-# stage-specific column names
+# stage-specific column names (purchase_value is the silver customer_days column)
 PURCHASE_DATE = "purchase_date"
-PURCHASE_VALUE = "purchase_value"
 FREQUENCY = "frequency"
 RECENCY = "recency"
 AGE = "T"
@@ -65,47 +64,19 @@ def unit_days(time_unit: str) -> float:
     return UNIT_DAYS[time_unit]
 
 
-def purchase_days(transactions: DataFrame, end: dt.date, min_amount: float = 0.0) -> DataFrame:
-    """One row per customer and purchase day up to ``end`` (inclusive).
+def purchase_days(customer_days: DataFrame, end: dt.date) -> DataFrame:
+    """The purchase occasions up to ``end`` (inclusive): ``customer_days`` rows with ``purchases > 0``.
 
-    Columns: customer_id, purchase_date, purchase_value; partitioned by customer_id and sorted by
-    (customer_id, purchase_date) within partitions.
+    Columns: customer_id, purchase_date (the day), purchase_value (net of that day's purchase orders).
     """
-    missing = [c for c in (CUSTOMER_ID, ORDER_ID, ORDER_TS, AMOUNT) if c not in transactions.columns]
+    needed = (CUSTOMER_ID, ORDER_DATE, PURCHASES, PURCHASE_VALUE)
+    missing = [c for c in needed if c not in customer_days.columns]
     if missing:
-        raise InputError(f"transactions: column(s) {', '.join(missing)} missing; CLV needs them")
-    # One shuffle by customer, then rows sorted by (customer, order): the order, day and customer
-    # groupings below all start with customer_id, so they run in that one stage, and each streams
-    # over sorted input as a single sort aggregate (session.JOB_CONF) instead of building a partial
-    # and a final hash table per level. An order is dated by its first line; to_date is monotone,
-    # so min(to_date(ts)) = to_date(min(ts)).
-    lines = (
-        transactions.filter(
-            F.col(CUSTOMER_ID).isNotNull()
-            & F.col(ORDER_TS).isNotNull()
-            # to_date(order_ts) <= end, as one comparison with a constant (no per-row date cast)
-            & (F.col(ORDER_TS) < F.lit(end + dt.timedelta(days=1)).cast("timestamp"))
-        )
-        .select(CUSTOMER_ID, ORDER_ID, ORDER_TS, AMOUNT)
-        .repartition(F.col(CUSTOMER_ID))
-        .sortWithinPartitions(CUSTOMER_ID, ORDER_ID)
-    )
-    orders = (
-        lines.groupBy(CUSTOMER_ID, ORDER_ID)
-        .agg(
-            F.sum(F.coalesce(F.col(AMOUNT), F.lit(0.0))).alias("net"),
-            F.min(F.to_date(F.col(ORDER_TS))).alias(PURCHASE_DATE),
-        )
-        .filter(F.col("net") >= F.lit(float(min_amount)))
-        .sortWithinPartitions(CUSTOMER_ID, PURCHASE_DATE)
-    )
-    # sorted again (a pass over sorted rows) so that the customer grouping of
-    # summary_from_purchase_days sees its input ordered; Spark does not carry the order through
-    return (
-        orders.groupBy(CUSTOMER_ID, PURCHASE_DATE)
-        .agg(F.sum("net").alias(PURCHASE_VALUE))
-        .select(CUSTOMER_ID, PURCHASE_DATE, PURCHASE_VALUE)
-        .sortWithinPartitions(CUSTOMER_ID, PURCHASE_DATE)
+        raise InputError(f"customer_days: column(s) {', '.join(missing)} missing; CLV needs them")
+    return customer_days.where((F.col(PURCHASES) > 0) & (F.col(ORDER_DATE) <= F.lit(end))).select(
+        F.col(CUSTOMER_ID),
+        F.col(ORDER_DATE).alias(PURCHASE_DATE),
+        F.col(PURCHASE_VALUE).cast("double").alias(PURCHASE_VALUE),
     )
 
 
@@ -158,16 +129,16 @@ def summary_from_purchase_days(
 
 
 def summary_statistics(
-    transactions: DataFrame,
+    customer_days: DataFrame,
     calibration_end: dt.date,
     time_unit: str = "week",
     holdout_end: dt.date | None = None,
-    min_amount: float = 0.0,
 ) -> DataFrame:
-    """Per-customer (x, t_x, T, mean repeat value[, holdout count]) from clean transactions."""
+    """Per-customer (x, t_x, T, mean repeat value[, holdout count]) from the silver ``customer_days``."""
     end = max(calibration_end, holdout_end) if holdout_end is not None else calibration_end
-    days = purchase_days(transactions, end, min_amount)
-    return summary_from_purchase_days(days, calibration_end, time_unit, holdout_end)
+    return summary_from_purchase_days(
+        purchase_days(customer_days, end), calibration_end, time_unit, holdout_end
+    )
 
 
 def compressed_rfm(summary: DataFrame, time_unit: str) -> RfmStats:
@@ -177,7 +148,7 @@ def compressed_rfm(summary: DataFrame, time_unit: str) -> RfmStats:
     pdf = grouped.toPandas()  # sufficient statistics, bounded by the day grid
     if pdf.empty:
         raise InputError(
-            "transactions: no purchases on or before the calibration end; cannot fit a CLV model"
+            "customer_days: no purchases on or before the calibration end; cannot fit a CLV model"
         )
     pdf = pdf.sort_values([FREQUENCY, RECENCY_DAYS, AGE_DAYS], kind="stable")  # deterministic order
     return RfmStats.from_arrays(
