@@ -749,7 +749,7 @@ def run(ctx: RunContext, *, upto: str = "all", cluster_mode: str = "fit") -> Run
             raise
         ctx.release_cached()
         record_run(ctx, "succeeded")
-        if upto == "all":
+        if upto == "all" and ctx.settings.report.enabled:
             run_report(ctx)
     return ctx
 
