@@ -1,26 +1,78 @@
 """Declared schemas of the output tables: one StructType per table, checked at every write.
 
 ``run_id`` and ``as_of_date`` are added by the writer and are not part of these declarations.
-A table missing from ``SCHEMAS`` is written unchecked only if it is listed in ``UNCHECKED``.
+Every output table has an entry in ``SCHEMAS``; ``check_schema`` (called by ``Lakehouse.write``)
+refuses a frame whose columns differ from the declaration:
+
+- every declared column must be present, unless declared optional (``_opt``: present only with
+  some configuration, such as the cluster columns when clustering is off);
+- a column's type must equal the declared one, nullability aside; a narrower integer (byte, short,
+  int where long is declared; byte, short where int is declared) and an all-null ``void`` column
+  are tolerated and the writer casts them to the declared type, so the table always holds it;
+- a column not declared is refused unless its name fully matches one of the table's ``PATTERNS``
+  (config-dependent columns such as ``orders_<channel>``) with the pattern's type.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Final
 
 from pyspark.sql import types as T
 
+from segspark import behaviour as B
+from segspark import cohorts as C
+from segspark import features as FT
+from segspark import kpis as K
+from segspark import lifecycle as L
+from segspark import ltv_cac as LC
 from segspark import schema as S
+from segspark.errors import SegsparkError
+
+# Names owned by modules this one cannot import without a cycle (clv, churn and clustering import
+# the IO package or this module); spelt here once, equal to the owners' constants (a test checks).
+P_ALIVE: Final = "p_alive"  # segspark.clv.predict.P_ALIVE
+EXPECTED_PURCHASES: Final = "expected_purchases"  # segspark.clv.predict.EXPECTED_PURCHASES
+EXPECTED_AVG_VALUE: Final = "expected_avg_value"  # segspark.clv.predict.EXPECTED_AVG_VALUE
+CHURN_BAND: Final = "churn_band"  # segspark.churn.CHURN_BAND
+CLUSTER_ID: Final = "cluster_id"  # segspark.clustering.personas.CLUSTER_ID
+PERSONA_DESCRIPTION: Final = "persona_description"  # segspark.clustering.personas
+PROFILE_SIZE: Final = "size"  # segspark.clustering.personas.SIZE
+PROFILE_SHARE: Final = "share"  # segspark.clustering.personas.SHARE
+MEDIAN_PREFIX: Final = "median_"  # segspark.clustering.personas.MEDIAN_PREFIX
+Z_PREFIX: Final = "z_"  # segspark.clustering.personas.Z_PREFIX
+
+OPTIONAL_KEY: Final = "segspark.optional"
+
+
+class SchemaMismatch(SegsparkError):
+    """A frame written to an output table does not match the table's declared schema."""
 
 
 def _f(name: str, type_: T.DataType) -> T.StructField:
     return T.StructField(name, type_, True)
 
 
-STR, DBL, LONG, BOOL, DATE, TS = (
+def _opt(name: str, type_: T.DataType) -> T.StructField:
+    """A declared column that only some configurations write."""
+    return T.StructField(name, type_, True, metadata={OPTIONAL_KEY: True})
+
+
+@dataclass(frozen=True)
+class ColumnPattern:
+    """Undeclared columns a table may carry: names that fully match ``regex``, all of type ``type_``."""
+
+    regex: str
+    type_: T.DataType
+    why: str
+
+
+STR, DBL, LONG, INT, BOOL, DATE, TS = (
     T.StringType(),
     T.DoubleType(),
     T.LongType(),
+    T.IntegerType(),
     T.BooleanType(),
     T.DateType(),
     T.TimestampType(),
@@ -39,7 +91,7 @@ ORDERS_SCHEMA: Final = T.StructType(
         _f(S.LINES, LONG),
         _f(S.QUANTITY, LONG),  # units on positive lines; null when no line has a quantity
         _f(S.CHANNEL, STR),  # smallest non-null line channel
-        _f(S.CATEGORIES, T.ArrayType(STR, True)),  # distinct categories of positive lines
+        _f(S.CATEGORIES, T.ArrayType(STR, False)),  # distinct categories of positive lines
         _f(S.IS_PURCHASE, BOOL),  # net_amount > purchase.min_net_amount (the one purchase definition)
     ]
 )
@@ -99,13 +151,231 @@ CLUSTERING_SWEEP_SCHEMA: Final = T.StructType(
 CUSTOMER_SCORES_SCHEMA: Final = T.StructType(
     [
         _f(S.CUSTOMER_ID, STR),
-        _f("p_alive", DBL),
-        _f("expected_purchases", DBL),
-        _f("expected_avg_value", DBL),
-        _f("clv", DBL),
-        _f("value_tier", STR),
-        _f("churn_risk", DBL),
-        _f("churn_band", STR),
+        _f(P_ALIVE, DBL),
+        _f(EXPECTED_PURCHASES, DBL),
+        _f(EXPECTED_AVG_VALUE, DBL),
+        _f(K.CLV, DBL),
+        _f(K.VALUE_TIER, STR),
+        _f(K.CHURN_RISK, DBL),
+        _f(CHURN_BAND, STR),
+    ]
+)
+
+CLV_VALIDATION_SCHEMA: Final = T.StructType(
+    [
+        _f("view", STR),  # tracking_curve | frequency_histogram | holdout_by_frequency
+        _f("x", DBL),
+        _f("label", STR),
+        _f("actual", DBL),
+        _f("predicted", DBL),
+        _f("customers", LONG),
+    ]
+)
+
+# --- gold: one row per customer ---------------------------------------------------------------
+_TYPES: Final = {"string": STR, "timestamp": TS, "double": DBL, "bigint": LONG, "int": INT, "boolean": BOOL}
+CUSTOMER_FEATURES_SCHEMA: Final = T.StructType(
+    [
+        _f(S.CUSTOMER_ID, STR),
+        _f(FT.RECENCY_DAYS, INT),
+        _f(FT.FREQUENCY, LONG),  # purchase days (RFM frequency)
+        _f(FT.ORDERS, LONG),  # purchase orders
+        _f(FT.MONETARY, DBL),
+        _f(FT.AVG_ORDER_VALUE, DBL),
+        _f(FT.FIRST_ORDER_TS, TS),
+        _f(FT.LAST_ORDER_TS, TS),
+        _f(FT.TENURE_DAYS, INT),
+        _f(FT.RETURN_RATE, DBL),
+        # orders_<channel> for each of rfm.channels: PATTERNS
+        _f(FT.ORDERS_OTHER, LONG),
+        _f(B.MEAN_INTERPURCHASE_DAYS, DBL),
+        _f(B.STD_INTERPURCHASE_DAYS, DBL),
+        _f(B.LAST_INTERPURCHASE_DAYS, INT),
+        _f(B.ORDERS_LAST_90D, LONG),
+        _f(B.ORDERS_PREV_90D, LONG),
+        _f(B.TREND_90D, DBL),
+        _f(B.TREND_INDEX_90D, DBL),
+        _f(B.CATEGORY_BREADTH, INT),
+        _f(B.AVG_BASKET_SIZE, DBL),
+        # channel_share_<channel> for each of rfm.channels: PATTERNS
+        _f(B.CHANNEL_SHARE_OTHER, DBL),
+        _f(FT.R_SCORE, INT),
+        _f(FT.F_SCORE, INT),
+        _f(FT.M_SCORE, INT),
+        _f(FT.RFM_CODE, STR),
+        _f(FT.RFM_SEGMENT, STR),
+        _f(L.LIFECYCLE_STAGE, STR),
+        _f(B.HAS_EVENTS, BOOL),
+        *[_f(c, LONG) for c in B.ENGAGEMENT_COUNTS],
+        *[_f(c, DBL) for c in B.ENGAGEMENT_RATES],
+        *[_f(c, INT) for c in B.ENGAGEMENT_DAYS],
+        *[_f(c, _TYPES[t]) for c, t in B.DEMOGRAPHIC_COLUMNS.items()],
+    ]
+)
+CUSTOMER_SEGMENTS_SCHEMA: Final = T.StructType(
+    [
+        _f(S.CUSTOMER_ID, STR),
+        _f(FT.R_SCORE, INT),
+        _f(FT.F_SCORE, INT),
+        _f(FT.M_SCORE, INT),
+        _f(FT.RFM_CODE, STR),
+        _f(FT.RFM_SEGMENT, STR),
+        _f(L.LIFECYCLE_STAGE, STR),
+        _opt(CLUSTER_ID, INT),  # with clustering only
+        _opt(K.PERSONA, STR),  # with clustering only
+        _f(P_ALIVE, DBL),
+        _f(EXPECTED_PURCHASES, DBL),
+        _f(EXPECTED_AVG_VALUE, DBL),
+        _f(K.CLV, DBL),
+        _f(K.VALUE_TIER, STR),
+        _f(K.CHURN_RISK, DBL),
+        _f(CHURN_BAND, STR),
+        _f(FT.RECENCY_DAYS, INT),
+        _f(FT.FREQUENCY, LONG),
+        _f(FT.MONETARY, DBL),
+        _f(FT.AVG_ORDER_VALUE, DBL),
+        _f(FT.TENURE_DAYS, INT),
+        _f(S.ACQUISITION_CHANNEL, STR),
+    ]
+)
+
+# --- gold: aggregates -------------------------------------------------------------------------
+RFM_GRID_SCHEMA: Final = T.StructType(
+    [_f(FT.R_SCORE, INT), _f(FT.F_SCORE, INT), _f(FT.CUSTOMERS, LONG), _f(FT.REVENUE, DBL)]
+)
+SEGMENT_KPIS_SCHEMA: Final = T.StructType(
+    [_f(K.SEGMENT_TYPE, STR), _f(K.SEGMENT, STR), _f(K.KPI, STR), _f(K.VALUE, DBL)]
+)
+COHORT_RETENTION_SCHEMA: Final = T.StructType(
+    [
+        _f(C.COHORT_MONTH, DATE),
+        _f(C.DIMENSION, STR),
+        _f(C.DIMENSION_VALUE, STR),
+        _f(C.MONTHS_SINCE_FIRST, INT),
+        _f(C.COHORT_SIZE, LONG),
+        _f(C.ACTIVE_CUSTOMERS, LONG),
+        _f(C.RETENTION_RATE, DBL),
+        _f(C.REVENUE, DBL),
+        _f(C.CUMULATIVE_REVENUE_PER_CUSTOMER, DBL),
+    ]
+)
+LTV_CAC_SCHEMA: Final = T.StructType(
+    [
+        _f(LC.LEVEL, STR),  # channel_month | channel | segment
+        _f(K.SEGMENT_TYPE, STR),
+        _f(K.SEGMENT, STR),
+        _f(S.MONTH, DATE),
+        _f(LC.NEW_CUSTOMERS, LONG),
+        _f(S.SPEND, DBL),
+        _f(LC.CAC, DBL),
+        _f(LC.CAC_STATUS, STR),
+        _f(LC.CAC_COVERAGE, DBL),
+        _f(LC.LTV_CUSTOMERS, LONG),
+        _f(LC.LTV_REALIZED, DBL),
+        _f(LC.LTV_PREDICTED, DBL),
+        _f(LC.LTV_TO_CAC, DBL),
+        _f(LC.LTV_PREDICTED_TO_CAC, DBL),
+        _f(LC.WINDOW_MONTHS, INT),
+    ]
+)
+SEGMENT_TRANSITIONS_SCHEMA: Final = T.StructType(
+    [_f(L.DIMENSION, STR), _f(L.FROM_SEGMENT, STR), _f(L.TO_SEGMENT, STR), _f(L.CUSTOMERS, LONG)]
+)
+DRIFT_SCHEMA: Final = T.StructType(
+    [
+        _f("dimension", STR),
+        _f("kind", STR),  # categorical | numeric
+        _f("bucket", STR),
+        _f("previous_share", DBL),
+        _f("current_share", DBL),
+        _f("psi", DBL),
+        _f("status", STR),
+    ]
+)
+CLUSTER_PROFILES_SCHEMA: Final = T.StructType(
+    [
+        _f(CLUSTER_ID, LONG),
+        _f(K.PERSONA, STR),
+        _f(PERSONA_DESCRIPTION, STR),
+        _f(PROFILE_SIZE, LONG),
+        _f(PROFILE_SHARE, DBL),
+        # per clustering feature: its mean, median_<feature> and z_<feature>: PATTERNS
+    ]
+)
+
+# --- report and run records -------------------------------------------------------------------
+REPORT_SUMMARY_SCHEMA: Final = T.StructType(
+    [_f("metric", STR), _f("value", DBL), _f("unit", STR), _f("text", STR)]
+)
+RECOMMENDATIONS_SCHEMA: Final = T.StructType(
+    [
+        _f("rank", LONG),
+        _f("play", STR),
+        _f("play_name", STR),
+        _f(K.SEGMENT, STR),
+        _f(K.SEGMENT_TYPE, STR),
+        _f(FT.CUSTOMERS, LONG),
+        _f("value_basis", STR),
+        _f("value_at_stake", DBL),
+        _f("uplift_assumption", DBL),
+        _f("impact", DBL),
+        _f("effort", LONG),
+        _f("priority", DBL),
+        _f("quadrant", STR),
+        _f("baseline_metric", STR),
+        _f("baseline_rate", DBL),
+        _f("mde", DBL),
+        _f("mde_relative", DBL),
+        _f("target_rate", DBL),
+        _f("alpha", DBL),
+        _f("power", DBL),
+        _f("sample_size_per_arm", LONG),
+        _f("weeks_needed", DBL),
+        _f("testable", BOOL),
+        _f("test_flag", STR),
+        _f("owner", STR),
+        _f("action", STR),
+        _f("rationale", STR),
+    ]
+)
+QUARANTINE_SCHEMA: Final = T.StructType(
+    [
+        _f(S.Q_SOURCE_TABLE, STR),
+        _f(S.Q_RULE, STR),
+        _f(S.Q_REASON, STR),
+        _f(S.Q_RAW, STR),  # the rejected row as JSON (its columns depend on the source)
+    ]
+)
+RUNS_SCHEMA: Final = T.StructType(
+    [
+        _f("command", STR),
+        _f("status", STR),
+        _f("error", STR),
+        _f("started_at", TS),
+        _f("ended_at", TS),
+        _f("duration_s", DBL),
+        _f("config_hash", STR),
+        _f("code_version", STR),
+        _f("engine", STR),
+        _f("mlflow_run_id", STR),
+        _f(
+            "inputs",
+            T.ArrayType(
+                T.StructType(
+                    [
+                        _f("name", STR),
+                        _f("location", STR),
+                        _f("format", STR),
+                        _f("version", LONG),
+                        _f("rows_in", LONG),
+                        _f("rows_clean", LONG),
+                        _f("rows_quarantined", LONG),
+                    ]
+                )
+            ),
+        ),
+        _f("outputs", T.ArrayType(T.StructType([_f("table", STR), _f("version", LONG)]))),
+        _f("step_seconds", T.MapType(STR, DBL)),
     ]
 )
 
@@ -115,4 +385,134 @@ SCHEMAS: dict[str, T.StructType] = {
     S.CLV_FIT: CLV_FIT_SCHEMA,
     S.CHURN_METRICS: CHURN_METRICS_SCHEMA,
     S.CLUSTERING_SWEEP: CLUSTERING_SWEEP_SCHEMA,
+    S.CUSTOMER_SCORES: CUSTOMER_SCORES_SCHEMA,
+    S.CLV_VALIDATION: CLV_VALIDATION_SCHEMA,
+    S.CUSTOMER_FEATURES: CUSTOMER_FEATURES_SCHEMA,
+    S.CUSTOMER_SEGMENTS: CUSTOMER_SEGMENTS_SCHEMA,
+    S.RFM_GRID: RFM_GRID_SCHEMA,
+    S.SEGMENT_KPIS: SEGMENT_KPIS_SCHEMA,
+    S.COHORT_RETENTION: COHORT_RETENTION_SCHEMA,
+    S.LTV_CAC: LTV_CAC_SCHEMA,
+    S.SEGMENT_TRANSITIONS: SEGMENT_TRANSITIONS_SCHEMA,
+    S.DRIFT: DRIFT_SCHEMA,
+    S.CLUSTER_PROFILES: CLUSTER_PROFILES_SCHEMA,
+    S.REPORT_SUMMARY: REPORT_SUMMARY_SCHEMA,
+    S.RECOMMENDATIONS: RECOMMENDATIONS_SCHEMA,
+    S.QUARANTINE: QUARANTINE_SCHEMA,
+    S.RUNS: RUNS_SCHEMA,
 }
+
+# The clustering features a profile row may summarize: the numeric per-customer columns.
+_PROFILE_FEATURES: Final = sorted(
+    {
+        f.name
+        for schema in (CUSTOMER_FEATURES_SCHEMA, CUSTOMER_SCORES_SCHEMA)
+        for f in schema.fields
+        if isinstance(f.dataType, T.NumericType)
+    }
+)
+_CHANNEL: Final = r"[A-Za-z0-9_]+"  # an entry of rfm.channels
+_PROFILE_FEATURE: Final = (
+    "(?:"
+    + "|".join(
+        [
+            *map(re.escape, _PROFILE_FEATURES),
+            re.escape(FT.channel_column("")) + _CHANNEL,
+            re.escape(B.channel_share_column("")) + _CHANNEL,
+        ]
+    )
+    + ")"
+)
+PATTERNS: dict[str, tuple[ColumnPattern, ...]] = {
+    S.CUSTOMER_FEATURES: (
+        ColumnPattern(re.escape(FT.channel_column("")) + _CHANNEL, LONG, "purchases per rfm.channels entry"),
+        ColumnPattern(
+            re.escape(B.channel_share_column("")) + _CHANNEL, DBL, "purchase share per rfm.channels entry"
+        ),
+    ),
+    S.CLUSTER_PROFILES: (
+        ColumnPattern(
+            f"(?:{re.escape(MEDIAN_PREFIX)}|{re.escape(Z_PREFIX)})?{_PROFILE_FEATURE}",
+            DBL,
+            "mean, median and centroid z-score of each clustering feature",
+        ),
+    ),
+}
+
+_INTEGERS: Final = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+
+
+def _plain(type_: T.DataType) -> T.DataType:
+    """``type_`` with every nullability flag and field metadata dropped (they are not checked)."""
+    if isinstance(type_, T.StructType):
+        return T.StructType([T.StructField(f.name, _plain(f.dataType), True) for f in type_.fields])
+    if isinstance(type_, T.ArrayType):
+        return T.ArrayType(_plain(type_.elementType), True)
+    if isinstance(type_, T.MapType):
+        return T.MapType(_plain(type_.keyType), _plain(type_.valueType), True)
+    return type_
+
+
+def _type_text(type_: T.DataType) -> str:
+    return (
+        type_.typeName()
+        if not isinstance(type_, T.StructType | T.ArrayType | T.MapType)
+        else type_.simpleString()
+    )
+
+
+def _widens(given: T.DataType, declared: T.DataType) -> bool:
+    """A lossless cast the writer applies: a narrower integer, or an all-null (void) column."""
+    if isinstance(given, T.NullType):
+        return True
+    kinds = [type(given), type(declared)]
+    if all(k in _INTEGERS for k in kinds):
+        return _INTEGERS.index(kinds[0]) < _INTEGERS.index(kinds[1])
+    return False
+
+
+def _is_optional(field: T.StructField) -> bool:
+    return bool((field.metadata or {}).get(OPTIONAL_KEY))
+
+
+def conform_schema(name: str, schema: T.StructType) -> dict[str, T.DataType]:
+    """Check ``schema`` against table ``name``'s declaration; returns the columns to cast to their
+    declared type (tolerated narrower integers and void columns). Raises ``SchemaMismatch`` naming the
+    table, each offending column and the rule it breaks."""
+    declared = SCHEMAS.get(name)
+    if declared is None:
+        raise SchemaMismatch(f"table '{name}' has no declared schema: add it to segspark.tables.SCHEMAS")
+    given = {f.name: f.dataType for f in schema.fields if f.name not in (S.RUN_ID, S.AS_OF_DATE)}
+    problems: list[str] = []
+    casts: dict[str, T.DataType] = {}
+
+    def compare(column: str, type_: T.DataType, rule: str) -> None:
+        actual = given[column]
+        if _plain(actual) == _plain(type_):
+            return
+        if _widens(actual, type_):
+            casts[column] = type_
+            return
+        problems.append(f"column '{column}' has type {_type_text(actual)}, {rule} {_type_text(type_)}")
+
+    for field in declared.fields:
+        if field.name in given:
+            compare(field.name, field.dataType, "declared")
+        elif not _is_optional(field):
+            problems.append(f"column '{field.name}' is missing")
+    for column in given:
+        if column in declared.names:
+            continue
+        pattern = next((p for p in PATTERNS.get(name, ()) if re.fullmatch(p.regex, column)), None)
+        if pattern is None:
+            problems.append(f"column '{column}' is not declared")
+        else:
+            compare(column, pattern.type_, f"declared by pattern {pattern.regex!r} as")
+    if problems:
+        raise SchemaMismatch(f"table '{name}': " + "; ".join(problems))
+    return casts
+
+
+def check_schema(name: str, schema: T.StructType) -> None:
+    """Raise ``SchemaMismatch`` unless ``schema`` matches table ``name``'s declaration (module docstring)."""
+    conform_schema(name, schema)

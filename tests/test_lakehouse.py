@@ -12,33 +12,51 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from segspark import tables
 from segspark.config import Settings
 from segspark.errors import InputError
 from segspark.io import Lakehouse
 
 D1 = dt.date(2024, 1, 31)
 D2 = dt.date(2024, 2, 29)
+# the test tables: declared columns of customer_features (a snapshot table) include these
 SCHEMA = T.StructType(
     [
         T.StructField("customer_id", T.StringType()),
         T.StructField("monetary", T.DoubleType()),
         T.StructField("last_order_ts", T.TimestampType()),
-        T.StructField("segment", T.StringType()),
+        T.StructField("rfm_segment", T.StringType()),
     ]
 )
 
 
 def _lake(spark: SparkSession, tmp_path: Path) -> Lakehouse:
-    return Lakehouse(spark, Settings.model_validate({"output": {"path": str(tmp_path)}, "lakehouse": {"engine": "delta-rs"}}))
+    return Lakehouse(
+        spark,
+        Settings.model_validate({"output": {"path": str(tmp_path)}, "lakehouse": {"engine": "delta-rs"}}),
+    )
 
 
-def _rows(spark: SparkSession, n: int, tag: str) -> DataFrame:
-    data = [(f"{tag}{i}", float(i), dt.datetime(2024, 1, 1, 12, 0, i % 60), "x" * (40 if i == 0 else 3)) for i in range(n)]
+def _rows(spark: SparkSession, n: int, tag: str, table: str = "customer_features") -> DataFrame:
+    """``n`` rows of ``table``'s declared schema (SCHEMA's columns set, the others null) and a null row."""
+    data = [
+        (f"{tag}{i}", float(i), dt.datetime(2024, 1, 1, 12, 0, i % 60), "x" * (40 if i == 0 else 3))
+        for i in range(n)
+    ]
     data.append((None, None, None, None))  # a null edge row
-    return spark.createDataFrame(data, SCHEMA)
+    declared = tables.SCHEMAS[table]
+    given = spark.createDataFrame(data, SCHEMA)
+    return given.select(
+        *[
+            (F.col(f.name) if f.name in SCHEMA.names else F.lit(None)).cast(f.dataType).alias(f.name)
+            for f in declared.fields
+        ]
+    )
 
 
-def test_round_trip_is_readable_by_spark_deltalake_polars_and_duckdb(spark: SparkSession, tmp_path: Path) -> None:
+def test_round_trip_is_readable_by_spark_deltalake_polars_and_duckdb(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     lake = _lake(spark, tmp_path)
     res = lake.write(_rows(spark, 5, "a"), "customer_features", run_id="r1", as_of_date=D1)
     assert (res.version, res.rows, res.skipped) == (0, 6, False)
@@ -76,7 +94,7 @@ def test_add_actions_carry_footer_stats(spark: SparkSession, tmp_path: Path) -> 
     assert actions["max.monetary"] == [4.0]
     assert actions["min.customer_id"] == ["a0"]
     # a string longer than 32 characters has no min/max rather than a wrongly truncated one
-    assert actions["max.segment"] == [None]
+    assert actions["max.rfm_segment"] == [None]
 
 
 def test_same_run_twice_adds_nothing(spark: SparkSession, tmp_path: Path) -> None:
@@ -86,35 +104,46 @@ def test_same_run_twice_adds_nothing(spark: SparkSession, tmp_path: Path) -> Non
     assert again.skipped
     assert DeltaTable(lake.target("customer_features")).version() == 0
     assert lake.read_output("customer_features").count() == 4
-    lake.write(_rows(spark, 1, "q"), "quarantine", run_id="r1", as_of_date=D1)
-    lake.write(_rows(spark, 1, "q"), "quarantine", run_id="r1", as_of_date=D1)
+    lake.write(_rows(spark, 1, "q", "quarantine"), "quarantine", run_id="r1", as_of_date=D1)
+    lake.write(_rows(spark, 1, "q", "quarantine"), "quarantine", run_id="r1", as_of_date=D1)
     assert lake.read_output("quarantine").count() == 2
 
 
 def test_partition_replace_is_one_commit_and_leaves_other_dates(spark: SparkSession, tmp_path: Path) -> None:
     lake = _lake(spark, tmp_path)
-    lake.write(_rows(spark, 3, "a"), "customer_segments", run_id="r1", as_of_date=D1)
-    lake.write(_rows(spark, 4, "b"), "customer_segments", run_id="r2", as_of_date=D2)
+    lake.write(_rows(spark, 3, "a", "customer_segments"), "customer_segments", run_id="r1", as_of_date=D1)
+    lake.write(_rows(spark, 4, "b", "customer_segments"), "customer_segments", run_id="r2", as_of_date=D2)
     before = DeltaTable(lake.target("customer_segments")).version()
-    lake.write(_rows(spark, 1, "c"), "customer_segments", run_id="r3", as_of_date=D1)
+    lake.write(_rows(spark, 1, "c", "customer_segments"), "customer_segments", run_id="r3", as_of_date=D1)
     table = DeltaTable(lake.target("customer_segments"))
     assert table.version() == before + 1
-    counts = {(r.as_of_date, r.run_id): r["count"] for r in lake.read_output("customer_segments").groupBy("as_of_date", "run_id").count().collect()}
+    counts = {
+        (r.as_of_date, r.run_id): r["count"]
+        for r in lake.read_output("customer_segments").groupBy("as_of_date", "run_id").count().collect()
+    }
     assert counts == {(D1, "r3"): 2, (D2, "r2"): 5}
     # time travel still sees the replaced partition
     old = lake.read_output("customer_segments", version=before)
     assert old.where(F.col("run_id") == "r1").count() == 4
 
 
-def test_crash_before_commit_leaves_table_unchanged_and_rerun_succeeds(spark: SparkSession, tmp_path: Path) -> None:
+def test_crash_before_commit_leaves_table_unchanged_and_rerun_succeeds(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     lake = _lake(spark, tmp_path)
-    lake.write(_rows(spark, 3, "a"), "customer_segments", run_id="r1", as_of_date=D1)
+    lake.write(_rows(spark, 3, "a", "customer_segments"), "customer_segments", run_id="r1", as_of_date=D1)
 
     def crash() -> None:
         raise RuntimeError("simulated crash between data files and commit")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        lake.write(_rows(spark, 7, "b"), "customer_segments", run_id="r2", as_of_date=D1, before_commit=crash)
+        lake.write(
+            _rows(spark, 7, "b", "customer_segments"),
+            "customer_segments",
+            run_id="r2",
+            as_of_date=D1,
+            before_commit=crash,
+        )
     path = Path(lake.target("customer_segments"))
     assert DeltaTable(str(path)).version() == 0
     assert lake.read_output("customer_segments").count() == 4
@@ -122,7 +151,9 @@ def test_crash_before_commit_leaves_table_unchanged_and_rerun_succeeds(spark: Sp
     orphans = [p for p in path.rglob("*.parquet") if str(p) not in live]
     assert orphans, "the crashed write should have left uncommitted files behind"
 
-    res = lake.write(_rows(spark, 7, "b"), "customer_segments", run_id="r2", as_of_date=D1)
+    res = lake.write(
+        _rows(spark, 7, "b", "customer_segments"), "customer_segments", run_id="r2", as_of_date=D1
+    )
     assert res.version == 1
     assert lake.read_output("customer_segments").count() == 8
 
@@ -135,11 +166,11 @@ def test_crash_before_commit_leaves_table_unchanged_and_rerun_succeeds(spark: Sp
 
 def test_empty_dataframe_creates_a_table_with_its_schema(spark: SparkSession, tmp_path: Path) -> None:
     lake = _lake(spark, tmp_path)
-    res = lake.write(spark.createDataFrame([], SCHEMA), "drift", run_id="r1", as_of_date=D1)
+    res = lake.write(spark.createDataFrame([], tables.SCHEMAS["drift"]), "drift", run_id="r1", as_of_date=D1)
     assert res.rows == 0
     back = lake.read_output("drift")
     assert back.count() == 0
-    assert "monetary" in back.columns
+    assert "psi" in back.columns
 
 
 def test_inputs_in_parquet_csv_and_delta_with_version(spark: SparkSession, tmp_path: Path) -> None:
@@ -149,10 +180,19 @@ def test_inputs_in_parquet_csv_and_delta_with_version(spark: SparkSession, tmp_p
     csv_path.write_text("customer_id,amount\nc1,1.5\nc2,oops\n")
     delta_path = tmp_path / "tx_delta"
     write_deltalake(str(delta_path), pl.DataFrame({"customer_id": ["d1"], "amount": [1.0]}).to_arrow())
-    write_deltalake(str(delta_path), pl.DataFrame({"customer_id": ["d2"], "amount": [2.0]}).to_arrow(), mode="append")
+    write_deltalake(
+        str(delta_path), pl.DataFrame({"customer_id": ["d2"], "amount": [2.0]}).to_arrow(), mode="append"
+    )
     base = {"output": {"path": str(tmp_path / "out")}, "lakehouse": {"engine": "delta-rs"}}
-    for fmt, path, version, expected in [("parquet", pq_path, None, 4), ("csv", csv_path, None, 2), ("delta", delta_path, 0, 1), ("delta", delta_path, None, 2)]:
-        cfg = Settings.model_validate({**base, "input": {"transactions": {"path": str(path), "format": fmt, "version": version}}})
+    for fmt, path, version, expected in [
+        ("parquet", pq_path, None, 4),
+        ("csv", csv_path, None, 2),
+        ("delta", delta_path, 0, 1),
+        ("delta", delta_path, None, 2),
+    ]:
+        cfg = Settings.model_validate(
+            {**base, "input": {"transactions": {"path": str(path), "format": fmt, "version": version}}}
+        )
         df, info = Lakehouse(spark, cfg).read_input("transactions")
         assert df.count() == expected, (fmt, version)
         if fmt == "csv":
@@ -177,5 +217,7 @@ def test_missing_input_and_unsupported_features_are_clear_errors(spark: SparkSes
     )
     assert "deletionVectors" in (DeltaTable(str(dv)).protocol().reader_features or [])
     cfg = Settings.model_validate({**base, "input": {"transactions": {"path": str(dv)}}})
-    with pytest.raises(InputError, match="table 'transactions' uses deletion vectors.*lakehouse.engine=delta-spark"):
+    with pytest.raises(
+        InputError, match=r"table 'transactions' uses deletion vectors.*lakehouse\.engine=delta-spark"
+    ):
         Lakehouse(spark, cfg).read_input("transactions")

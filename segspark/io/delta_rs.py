@@ -17,6 +17,7 @@ Only the local file system is supported for writes here; object stores go throug
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -26,22 +27,36 @@ import shutil
 import urllib.parse
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segspark.errors import InputError
+from segspark.errors import ConfigError, InputError
+from segspark.io.engine import (
+    Commit,
+    CommitResult,
+    EngineName,
+    PartitionValue,
+    TableNotFound,
+    WriteMode,
+    is_catalog_name,
+    sql_in_list,
+    table_location,
+)
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
 
-WriteMode = Literal["append", "overwrite", "overwrite_partition"]
+__all__ = ["CommitResult", "DeltaRsEngine", "WriteMode", "read_table", "vacuum", "write_table"]
+
 STAGING = "_staging"
 # Delta readers compare string stats by prefix; longer values are left out rather than truncated,
 # because a truncated max would be smaller than the real one and wrongly skip files.
@@ -50,14 +65,6 @@ UNSUPPORTED_READER_FEATURES = {
     "deletionVectors": "deletion vectors",
     "columnMapping": "column mapping",
 }
-
-
-@dataclass(frozen=True)
-class CommitResult:
-    version: int | None  # the new table version, or None when the write was skipped
-    files: int
-    rows: int
-    skipped: bool
 
 
 def _local_path(uri: str) -> Path:
@@ -168,7 +175,13 @@ def write_table(
 ) -> CommitResult:
     """Write ``df`` as one Delta commit; see the module docstring for the protocol."""
     from deltalake import DeltaTable, Schema
-    from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
+    from deltalake.transaction import (
+        AddAction,
+        CommitProperties,
+        RemoveAction,
+        Transaction,
+        create_table_with_add_actions,
+    )
 
     root = _local_path(table_uri).resolve()
     uri = str(root)
@@ -209,10 +222,8 @@ def write_table(
             )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with contextlib.suppress(OSError):  # other writes may still be staging
             (root / STAGING).rmdir()
-        except OSError:
-            pass
 
     if before_commit is not None:
         before_commit()  # tests use this to simulate a crash between data files and commit
@@ -222,28 +233,28 @@ def write_table(
         app_transactions=[Transaction(app_id=app_id, version=txn_version)],
         custom_metadata={"segspark.app_id": app_id, "segspark.write_id": write_id},
     )
-    if not DeltaTable.is_deltatable(uri):
+    if mode == "overwrite" or not DeltaTable.is_deltatable(uri):
+        # creating "over" an existing table replaces its files, schema and partitioning in one commit
+        # (what a silver table needs); a plain overwrite transaction keeps the old partitioning
         create_table_with_add_actions(
             uri,
             schema,
             adds,
-            mode="error",
+            mode="overwrite" if mode == "overwrite" else "error",
             partition_by=partition_by or None,
             commit_properties=props,
         )
     else:
-        table = DeltaTable(uri)
         filters = None
         delta_mode = "append"
-        if mode == "overwrite":
-            delta_mode = "overwrite"
-        elif mode == "overwrite_partition":
+        if mode == "overwrite_partition":
             delta_mode = "overwrite"
             filters = [(k, "=", v) for k, v in (partition_value or {}).items()]
             if not filters:
                 raise ValueError("overwrite_partition needs a partition value")
-        table.create_write_transaction(
-            adds,
+        actions: list[AddAction | RemoveAction] = [*adds]
+        DeltaTable(uri).create_write_transaction(
+            actions,
             delta_mode,
             schema,
             partition_by=partition_by or None,
@@ -271,51 +282,143 @@ def check_readable(table: Any, name: str) -> None:
         )
 
 
-def read_table(spark: SparkSession, table_uri: str, name: str, version: int | None = None) -> tuple[DataFrame, int]:
-    """Read a Delta table's snapshot (optionally at ``version``) with Spark; returns (df, version)."""
+def _open(table_uri: str, name: str, version: int | None = None) -> DeltaTable:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
-    from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
 
+    if is_catalog_name(table_uri):
+        raise InputError(
+            f"table '{name}': catalog table {table_uri} needs lakehouse.engine=delta-spark; "
+            "with the embedded engine give a path"
+        )
     try:
         table = DeltaTable(table_uri, version=version)
     except TableNotFoundError:
-        raise InputError(f"table '{name}': no Delta table at {table_uri}") from None
+        raise TableNotFound(f"table '{name}': no Delta table at {table_uri}") from None
     except Exception as exc:  # delta-rs raises plain errors for a missing version
         raise InputError(f"table '{name}' at {table_uri}: cannot open version {version}: {exc}") from None
     check_readable(table, name)
-    arrow_schema = pa.schema(table.schema().to_arrow())
-    spark_schema = from_arrow_schema(arrow_schema, prefer_timestamp_ntz=False)
-    partition_cols = list(table.metadata().partition_columns)
-    root = table.table_uri.rstrip("/")
-    files = table.file_uris()
-    if not files:
-        return spark.createDataFrame([], spark_schema), table.version()
-    if not partition_cols:
-        return spark.read.schema(spark_schema).parquet(*files), table.version()
+    return table
 
-    data_fields = [f for f in spark_schema.fields if f.name not in partition_cols]
+
+def _spark_schema(table: DeltaTable) -> StructType:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(pa.schema(table.schema().to_arrow()), prefer_timestamp_ntz=False)
+
+
+def _add_actions(table: DeltaTable) -> pa.Table:
+    """The snapshot's add actions: ``path`` (relative) and typed ``partition.<column>`` values."""
+    return pa.table(table.get_add_actions(flatten=True))
+
+
+def _partition_text(value: Any) -> str | None:
+    """A partition value as Hive-style folder names spell it."""
+    if value is None:
+        return None
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _hive_consistent(actions: pa.Table, partition_cols: list[str]) -> bool:
+    """True when every file sits under ``col=value`` folders matching its partition values from the
+    log, so Spark's partition discovery (with the table root as base path) yields the same values."""
+    paths = actions.column("path").to_pylist()
+    columns = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_cols}
+    for i, path in enumerate(paths):
+        found = _partition_values(Path(*PurePosixPath(path).parent.parts))
+        expected = {c: _partition_text(columns[c][i]) for c in partition_cols}
+        if found != expected:
+            return False
+    return True
+
+
+def _scan(spark: SparkSession, table: DeltaTable, actions: pa.Table) -> DataFrame:
+    """ONE Spark scan of the files of ``actions`` with the table's columns in the table's order.
+
+    Partition columns are not in the data files: a constant column when all files share one partition,
+    otherwise Spark's partition discovery from the Hive-style folders (checked against the log first);
+    only tables whose folders do not match the log fall back to one scan per partition.
+    """
+    from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
-    data_schema = StructType(data_fields)
-    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
-    groups: dict[tuple[Any, ...], list[str]] = {}
-    for action in actions:
-        key = tuple(action.get(f"partition.{c}") for c in partition_cols)
-        groups.setdefault(key, []).append(f"{root}/{action['path']}")
-    frames = []
-    for key, paths in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        part = spark.read.schema(data_schema).parquet(*paths)
-        extra = [
-            F.lit(None if v is None else str(v)).cast(spark_schema[c].dataType).alias(c)
-            for c, v in zip(partition_cols, key, strict=True)
+    schema = _spark_schema(table)
+    partition_cols = list(table.metadata().partition_columns)
+    root = table.table_uri.rstrip("/")
+    if actions.num_rows == 0:
+        return spark.createDataFrame([], schema)
+    files = [f"{root}/{p}" for p in actions.column("path").to_pylist()]
+    ordered = [F.col(f.name) for f in schema.fields]
+    if not partition_cols:
+        return spark.read.schema(schema).parquet(*files)
+    data_schema = StructType([f for f in schema.fields if f.name not in partition_cols])
+    rows = list(zip(*[actions.column(f"partition.{c}").to_pylist() for c in partition_cols], strict=True))
+
+    def constants(values: tuple[Any, ...]) -> list[Any]:
+        return [
+            F.lit(_partition_text(v)).cast(schema[c].dataType).alias(c)
+            for c, v in zip(partition_cols, values, strict=True)
         ]
-        frames.append(part.select(*[F.col(f.name) for f in data_fields], *extra))
+
+    distinct = sorted(set(rows), key=str)
+    if len(distinct) == 1:
+        part = spark.read.schema(data_schema).parquet(*files)
+        return part.select(*[F.col(f.name) for f in data_schema.fields], *constants(distinct[0]))
+    if _hive_consistent(actions, partition_cols):
+        # the declared schema fixes the partition columns' types; discovery only parses the folder names
+        return spark.read.schema(schema).option("basePath", root).parquet(*files).select(*ordered)
+    frames = []
+    for values in distinct:
+        chosen = [f for f, key in zip(files, rows, strict=True) if key == values]
+        part = spark.read.schema(data_schema).parquet(*chosen)
+        frames.append(part.select(*[F.col(f.name) for f in data_schema.fields], *constants(values)))
     out = frames[0]
     for frame in frames[1:]:
         out = out.unionByName(frame)
-    return out.select(*[F.col(f.name) for f in spark_schema.fields]), table.version()
+    return out.select(*ordered)
+
+
+def read_table(
+    spark: SparkSession, table_uri: str, name: str, version: int | None = None
+) -> tuple[DataFrame, int]:
+    """Read a Delta table's snapshot (optionally at ``version``) with Spark; returns (df, version)."""
+    table = _open(table_uri, name, version)
+    return _scan(spark, table, _add_actions(table)), table.version()
+
+
+def _partition_column(table: DeltaTable, name: str, column: str, actions: pa.Table) -> pa.ChunkedArray:
+    if column not in table.metadata().partition_columns:
+        raise InputError(f"table '{name}' is not partitioned by {column}")
+    return actions.column(f"partition.{column}")
+
+
+def read_partition(
+    spark: SparkSession, table_uri: str, name: str, column: str, value: PartitionValue
+) -> DataFrame:
+    """The latest snapshot's rows of partition ``column == value``: the log picks the files, Spark
+    scans only those, once."""
+    table = _open(table_uri, name)
+    actions = _add_actions(table)
+    if actions.num_rows:
+        values = _partition_column(table, name, column, actions)
+        actions = actions.filter(pc.equal(values, pa.scalar(value).cast(values.type)))
+    return _scan(spark, table, actions)
+
+
+def latest_partition_before(table_uri: str, column: str, before: PartitionValue) -> PartitionValue | None:
+    """The largest partition value of ``column`` below ``before``, from the add actions in the log."""
+    table = _open(table_uri, table_uri)
+    actions = _add_actions(table)
+    if actions.num_rows == 0:
+        return None
+    values = _partition_column(table, table_uri, column, actions)
+    earlier = values.filter(pc.less(values, pa.scalar(before).cast(values.type)))
+    if len(earlier) == 0:
+        return None
+    found: PartitionValue | None = pc.max(earlier).as_py()
+    return found
 
 
 def vacuum(table_uri: str, retention_hours: int) -> list[str]:
@@ -326,3 +429,91 @@ def vacuum(table_uri: str, retention_hours: int) -> list[str]:
     return table.vacuum(
         retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
     )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+class DeltaRsEngine:
+    """The embedded engine: Spark writes Parquet files, delta-rs commits them (module docstring)."""
+
+    name: EngineName = "delta-rs"
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def locate(self, root: Path, catalog: str | None, schema: str | None, table: str) -> str:
+        if catalog and schema:
+            raise ConfigError("output.catalog/output.schema need lakehouse.engine=delta-spark")
+        return table_location(root, None, None, table)
+
+    def exists(self, target: str) -> bool:
+        from deltalake import DeltaTable
+
+        return not is_catalog_name(target) and bool(DeltaTable.is_deltatable(target))
+
+    def read(self, target: str, name: str, version: int | None = None) -> tuple[DataFrame, int]:
+        return read_table(self.spark, target, name, version)
+
+    def read_partition(self, target: str, name: str, column: str, value: PartitionValue) -> DataFrame:
+        return read_partition(self.spark, target, name, column, value)
+
+    def latest_partition_before(
+        self, target: str, column: str, before: PartitionValue
+    ) -> PartitionValue | None:
+        return latest_partition_before(target, column, before)
+
+    def write(
+        self,
+        df: DataFrame,
+        target: str,
+        *,
+        mode: WriteMode,
+        partition_by: list[str],
+        partition_value: dict[str, str] | None,
+        app_id: str,
+        txn_version: int,
+        before_commit: Callable[[], None] | None = None,
+    ) -> CommitResult:
+        return write_table(
+            df,
+            target,
+            mode=mode,
+            partition_by=partition_by,
+            partition_value=partition_value,
+            app_id=app_id,
+            txn_version=txn_version,
+            before_commit=before_commit,
+        )
+
+    def delete_keys(self, target: str, column: str, values: list[str]) -> int:
+        from deltalake import DeltaTable
+
+        table = DeltaTable(target)
+        if not values or column not in [f.name for f in table.schema().fields]:
+            return 0
+        metrics = table.delete(f"{column} IN ({sql_in_list(values)})")
+        return int(metrics.get("num_deleted_rows", 0) or 0)
+
+    def vacuum(self, target: str, retention_hours: int) -> list[str]:
+        return vacuum(target, retention_hours)
+
+    def history(self, target: str, limit: int | None = None) -> list[Commit]:
+        from deltalake import DeltaTable
+
+        commits = []
+        for entry in DeltaTable(target).history(limit):
+            millis = entry.get("timestamp")
+            commits.append(
+                Commit(
+                    version=int(entry["version"]),
+                    timestamp=None
+                    if millis is None
+                    else dt.datetime.fromtimestamp(int(millis) / 1000, tz=dt.timezone.utc),
+                    operation=str(entry.get("operation", "")),
+                    parameters={k: _text(v) for k, v in (entry.get("operationParameters") or {}).items()},
+                    metrics={k: _text(v) for k, v in (entry.get("operationMetrics") or {}).items()},
+                )
+            )
+        return sorted(commits, key=lambda c: c.version, reverse=True)

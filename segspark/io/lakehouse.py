@@ -5,17 +5,27 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
 from segspark import schema as S
+from segspark import tables
 from segspark.errors import ConfigError, InputError
-from segspark.io import delta_rs, delta_spark
-from segspark.io.delta_rs import CommitResult
+from segspark.io import delta_spark
+from segspark.io.engine import (
+    Commit,
+    CommitResult,
+    EngineName,
+    TableEngine,
+    TableNotFound,
+    WriteMode,
+    make_engine,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -24,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Engine = Literal["delta-spark", "delta-rs"]
+Engine = EngineName
 
 
 @dataclass(frozen=True)
@@ -47,13 +57,37 @@ def resolve_engine(spark: SparkSession, wanted: str) -> Engine:
     return "delta-rs"
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a kind of output table is written: its write mode and partitioning."""
+
+    mode: WriteMode
+    partitioned: bool
+
+
+def _layout(name: str) -> _Layout:
+    if name in S.SNAPSHOT_TABLES:
+        return _Layout("overwrite_partition", partitioned=True)  # replace own as_of_date partition
+    if name in S.APPEND_TABLES:
+        return _Layout("append", partitioned=False)
+    if name in S.SILVER_TABLES:
+        return _Layout("overwrite", partitioned=False)  # the whole table, schema included
+    raise ValueError(f"unknown output table {name!r}: add it to segspark.schema")
+
+
 class Lakehouse:
     """Reads the configured inputs and writes output tables through one Delta engine."""
 
-    def __init__(self, spark: SparkSession, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        engine: Engine | None = None,
+    ) -> None:
         self.spark = spark
         self.settings = settings
         self.engine: Engine = engine or resolve_engine(spark, settings.lakehouse.engine)
+        self._engine: TableEngine = make_engine(spark, self.engine)
         out = settings.output
         if (out.catalog is None) != (out.schema_ is None):
             raise ConfigError("output.catalog and output.schema must be set together (or neither)")
@@ -66,11 +100,7 @@ class Lakehouse:
 
     def target(self, name: str) -> str:
         out = self.settings.output
-        if out.catalog and out.schema_:
-            if self.engine != "delta-spark":
-                raise ConfigError("output.catalog/output.schema need lakehouse.engine=delta-spark")
-            return f"{out.catalog}.{out.schema_}.{name}"
-        return str(self.root / "tables" / name)
+        return self._engine.locate(self.root, out.catalog, out.schema_, name)
 
     def write(
         self,
@@ -84,38 +114,35 @@ class Lakehouse:
     ) -> CommitResult:
         """Write one output table in one commit, stamped with ``run_id`` and ``as_of_date``.
 
-        Snapshot tables replace only their ``as_of_date`` partition; append tables append. A retried
-        run (same ``run_id``) commits nothing twice.
+        The frame must match the table's declared schema (``segspark.tables.check_schema``; narrower
+        integers are widened to the declared type). Snapshot tables replace only their ``as_of_date``
+        partition, append tables append, silver tables are replaced whole. A retried run (same
+        ``run_id``) commits nothing twice.
         """
-        if name not in S.SNAPSHOT_TABLES and name not in S.APPEND_TABLES:
-            raise ValueError(f"unknown output table {name!r}: add it to segspark.schema")
+        layout = _layout(name)
+        widen = tables.conform_schema(name, df.schema)
         stamped = df.withColumns(
-            {S.RUN_ID: F.lit(run_id), S.AS_OF_DATE: F.lit(as_of_date).cast("date")}
+            {
+                **{column: F.col(column).cast(type_) for column, type_ in widen.items()},
+                S.RUN_ID: F.lit(run_id),
+                S.AS_OF_DATE: F.lit(as_of_date).cast("date"),
+            }
         )
-        snapshot = name in S.SNAPSHOT_TABLES
-        mode: delta_rs.WriteMode = "overwrite_partition" if snapshot else "append"
-        spec = {
-            "mode": mode,
-            "partition_by": [S.AS_OF_DATE] if snapshot else [],
-            "partition_value": {S.AS_OF_DATE: as_of_date.isoformat()} if snapshot else None,
-            "app_id": f"segspark-{run_id}",
-            "txn_version": txn_version,
-        }
-        target = self.target(name)
-        if self.engine == "delta-spark":
-            version = delta_spark.write_table(stamped, target, **spec)  # type: ignore[arg-type]
-            return CommitResult(version=version, files=-1, rows=-1, skipped=False)
-        return delta_rs.write_table(stamped, target, before_commit=before_commit, **spec)  # type: ignore[arg-type]
+        return self._engine.write(
+            stamped,
+            self.target(name),
+            mode=layout.mode,
+            partition_by=[S.AS_OF_DATE] if layout.partitioned else [],
+            partition_value={S.AS_OF_DATE: as_of_date.isoformat()} if layout.partitioned else None,
+            app_id=f"segspark-{run_id}",
+            txn_version=txn_version,
+            before_commit=before_commit,
+        )
 
     def write_dataset(self, df: DataFrame, path: str) -> CommitResult:
         """Write a whole Delta table at ``path`` in one commit, replacing any previous content
         (used by ``segspark generate`` for the synthetic input lakehouse)."""
-        if self.engine == "delta-spark":
-            df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
-            return CommitResult(version=None, files=-1, rows=-1, skipped=False)
-        import uuid
-
-        return delta_rs.write_table(
+        return self._engine.write(
             df,
             path,
             mode="overwrite",
@@ -126,37 +153,26 @@ class Lakehouse:
         )
 
     def exists(self, name: str) -> bool:
-        target = self.target(name)
-        if self.engine == "delta-rs":
-            from deltalake import DeltaTable
-
-            return bool(DeltaTable.is_deltatable(target))
-        try:
-            delta_spark.read_table(self.spark, target, name)
-        except InputError:
-            return False
-        return True
+        return self._engine.exists(self.target(name))
 
     def read_output(self, name: str, version: int | None = None) -> DataFrame:
-        target = self.target(name)
-        if self.engine == "delta-spark":
-            return delta_spark.read_table(self.spark, target, name, version)[0]
-        return delta_rs.read_table(self.spark, target, name, version)[0]
+        return self._engine.read(self.target(name), name, version)[0]
 
     def read_snapshot(self, name: str, as_of_date: dt.date) -> DataFrame:
-        """One ``as_of_date`` partition of a snapshot table, without the run stamp columns."""
-        df = self.read_output(name)
-        return df.where(F.col(S.AS_OF_DATE) == F.lit(as_of_date)).drop(S.RUN_ID, S.AS_OF_DATE)
+        """One ``as_of_date`` partition of a snapshot table (one pruned scan), without the stamp columns."""
+        df = self._engine.read_partition(self.target(name), name, S.AS_OF_DATE, as_of_date)
+        return df.drop(S.RUN_ID, S.AS_OF_DATE)
 
     def read_latest_snapshot(self, name: str, before: dt.date) -> DataFrame | None:
-        """The newest ``as_of_date`` partition of a snapshot table strictly before ``before``."""
-        if not self.exists(name):
+        """The newest ``as_of_date`` partition of a snapshot table strictly before ``before`` (with the
+        stamp columns), chosen from the Delta log; None when there is none."""
+        target = self.target(name)
+        if not self._engine.exists(target):
             return None
-        df = self.read_output(name)
-        last = df.where(F.col(S.AS_OF_DATE) < F.lit(before)).agg(F.max(S.AS_OF_DATE)).first()
-        if last is None or last[0] is None:
+        last = self._engine.latest_partition_before(target, S.AS_OF_DATE, before)
+        if last is None:
             return None
-        return df.where(F.col(S.AS_OF_DATE) == F.lit(last[0]))
+        return self._engine.read_partition(target, name, S.AS_OF_DATE, last)
 
     def delete_keys(self, name: str, column: str, values: list[str]) -> int:
         """Delete the rows whose ``column`` is one of ``values`` (right to erasure); returns rows deleted.
@@ -165,29 +181,14 @@ class Lakehouse:
         """
         if not values or not self.exists(name):
             return 0
-        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-        if self.engine == "delta-spark":
-            before = self.read_output(name).where(F.col(column).isin(values)).count()
-            if before:
-                self.spark.sql(f"DELETE FROM {self._sql_ref(name)} WHERE {column} IN ({quoted})")
-            return before
-        from deltalake import DeltaTable
-
-        table = DeltaTable(self.target(name))
-        if column not in [f.name for f in table.schema().fields]:
-            return 0
-        metrics = table.delete(f"{column} IN ({quoted})")
-        return int(metrics.get("num_deleted_rows", 0) or 0)
+        return self._engine.delete_keys(self.target(name), column, values)
 
     def vacuum(self, name: str) -> list[str]:
-        if self.engine != "delta-rs":
-            self.spark.sql(f"VACUUM {self._sql_ref(name)}")
-            return []
-        return delta_rs.vacuum(self.target(name), self.settings.lakehouse.vacuum_retention_hours)
+        return self._engine.vacuum(self.target(name), self.settings.lakehouse.vacuum_retention_hours)
 
-    def _sql_ref(self, name: str) -> str:
-        target = self.target(name)
-        return target if delta_spark.is_catalog_name(target) else f"delta.`{target}`"
+    def history(self, name: str, limit: int | None = None) -> list[Commit]:
+        """The table's commits, newest first."""
+        return self._engine.history(self.target(name), limit)
 
     # ---- inputs -------------------------------------------------------------------------------
     def read_input(self, name: str) -> tuple[DataFrame, InputInfo]:
@@ -199,19 +200,10 @@ class Lakehouse:
             )
         location = cfg.location
         if cfg.format == "delta":
-            if cfg.table:
-                if self.engine != "delta-spark":
-                    raise InputError(
-                        f"input '{name}': catalog table {cfg.table} needs lakehouse.engine=delta-spark; "
-                        f"with the embedded engine give input.{name}.path"
-                    )
-                df, version = delta_spark.read_table(self.spark, cfg.table, name, cfg.version)
-            elif self.engine == "delta-spark":
-                df, version = delta_spark.read_table(self.spark, location, name, cfg.version)
-            else:
-                if not Path(location).exists() and "://" not in location:
-                    raise InputError(f"input '{name}': no table at {location} (input.{name}.path)")
-                df, version = delta_rs.read_table(self.spark, location, name, cfg.version)
+            try:
+                df, version = self._engine.read(cfg.table or location, name, cfg.version)
+            except TableNotFound:
+                raise InputError(f"input '{name}': no table at {location} (input.{name}.path)") from None
             return df, InputInfo(name, location, "delta", version)
         if cfg.version is not None:
             raise ConfigError(f"input.{name}.version applies to Delta tables only, not {cfg.format}")
