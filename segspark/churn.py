@@ -1,5 +1,9 @@
 """Supervised churn propensity with Spark ML: features at a cutoff, label = no purchase in the next N days.
 
+Input: the silver ``orders`` table (:mod:`segspark.silver`); purchases are its ``is_purchase``
+orders (the job's one purchase definition), an order "has a return" when ``returned_amount > 0``,
+its categories and channel are the order's own columns.
+
 Time-based split (``h`` = ``churn.horizon_days``, all dates inclusive):
 
 - train: features as of ``as_of_date - 2h``, label from purchases in the following ``h`` days;
@@ -7,9 +11,15 @@ Time-based split (``h`` = ``churn.horizon_days``, all dates inclusive):
 - score: features as of ``as_of_date``; the model is refitted on the test window first when
   ``churn.refit_on_latest`` (the metrics describe the model trained one window earlier).
 
-Orders after ``as_of_date`` are never used. A purchase is an order with positive net amount.
-Metrics: AUC, PR-AUC, Brier score, lift by risk decile, calibration by probability bin, feature
-importances; figures (ROC, lift, calibration) are returned, not written.
+Both labelled windows come from ONE aggregation over the orders (conditional aggregates per cutoff).
+The model is trained on a seeded sample of at most about ``churn.max_train_rows`` customers of its
+window (a hash of the customer id and the seed picks them, so the sample does not depend on
+partitioning), and evaluated on the driver over a seeded sample of at most about
+``churn.max_eval_rows`` test customers; scoring stays distributed over every customer. Orders after
+``as_of_date`` are never used. Metrics: AUC, PR-AUC (as Spark's ``BinaryClassificationEvaluator``
+computes them), Brier score, lift by risk decile, calibration by probability bin, feature
+importances; figures (ROC, lift, calibration) are returned, not written. :func:`metrics_table`
+turns the result into ``churn_metrics`` rows, :func:`metrics_from_table` reads them back.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +36,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression
-from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
@@ -33,7 +43,15 @@ from pyspark.sql import functions as F
 
 from segspark.config import ChurnConfig
 from segspark.errors import InputError
-from segspark.schema import AMOUNT, CHANNEL, CUSTOMER_ID, ORDER_ID, ORDER_TS, PRODUCT_CATEGORY
+from segspark.schema import (
+    CATEGORIES,
+    CHANNEL,
+    CUSTOMER_ID,
+    IS_PURCHASE,
+    NET_AMOUNT,
+    ORDER_DATE,
+    RETURNED_AMOUNT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +60,7 @@ CHURN_BAND = "churn_band"
 CHURN_LABEL = "churned"
 BAND_LOW, BAND_MEDIUM, BAND_HIGH = "low", "medium", "high"
 CUSTOMER_COLUMNS = (CUSTOMER_ID, CHURN_RISK, CHURN_BAND)
+ORDER_COLUMNS = (CUSTOMER_ID, ORDER_DATE, NET_AMOUNT, RETURNED_AMOUNT, CATEGORIES, CHANNEL, IS_PURCHASE)
 
 FEATURES = (
     "recency_days",
@@ -64,6 +83,7 @@ FEATURES = (
 _LIFT_DECILES = 10
 _CAL_BINS = 10
 _ROC_BINS = 200
+_SAMPLE_GRID = 1_000_000  # resolution of the hash sample's fraction
 
 
 @dataclass
@@ -85,109 +105,135 @@ class ChurnResult:
         return out
 
 
-def _day(col: str) -> Column:
-    return F.to_date(F.col(col))
-
-
-def _orders(transactions: DataFrame, end: dt.date) -> DataFrame:
-    """Order level up to ``end``: net amount, order day, whether any line was a return, category, channel."""
-    missing = [c for c in (CUSTOMER_ID, ORDER_ID, ORDER_TS, AMOUNT) if c not in transactions.columns]
+# ------------------------------------------------------------------------------------------------
+# Features and labels: conditional aggregates, any number of cutoffs in one pass over the orders
+# ------------------------------------------------------------------------------------------------
+def _purchases(orders: DataFrame, end: dt.date) -> DataFrame:
+    """The purchase orders on or before ``end``, with the columns the features need."""
+    missing = [c for c in ORDER_COLUMNS if c not in orders.columns]
     if missing:
-        raise InputError(f"transactions: column(s) {', '.join(missing)} missing; churn needs them")
-    cat = F.col(PRODUCT_CATEGORY) if PRODUCT_CATEGORY in transactions.columns else F.lit(None).cast("string")
-    chan = F.col(CHANNEL) if CHANNEL in transactions.columns else F.lit(None).cast("string")
-    return (
-        transactions.filter(
-            F.col(CUSTOMER_ID).isNotNull() & F.col(ORDER_TS).isNotNull() & (_day(ORDER_TS) <= F.lit(end))
-        )
-        .groupBy(CUSTOMER_ID, ORDER_ID)
-        .agg(
-            F.sum(F.coalesce(F.col(AMOUNT), F.lit(0.0))).alias("net"),
-            F.min(ORDER_TS).alias("ts"),
-            F.max((F.col(AMOUNT) < 0).cast("int")).alias("has_return"),
-            F.first(cat, ignorenulls=True).alias("category"),
-            F.first(chan, ignorenulls=True).alias("order_channel"),
-        )
-        .select(
-            CUSTOMER_ID,
-            ORDER_ID,
-            "net",
-            F.to_date(F.col("ts")).alias("day"),
-            "has_return",
-            "category",
-            "order_channel",
-        )
-    )
-
-
-def churn_features(transactions: DataFrame, cutoff: dt.date) -> DataFrame:
-    """One row per customer with a purchase on or before ``cutoff``: [customer_id, *FEATURES].
-
-    Purchases are orders with positive net amount; recency/tenure are whole days to the cutoff;
-    mean_gap_days is (last - first) / (orders - 1), 0 for one-time buyers.
-    """
-    orders = _orders(transactions, cutoff).filter(F.col("net") > 0)
-    ago = F.datediff(F.lit(cutoff), F.col("day"))
-    agg = orders.groupBy(CUSTOMER_ID).agg(
-        F.max("day").alias("last"),
-        F.min("day").alias("first"),
-        F.count(F.lit(1)).alias("orders"),
-        F.count_if(ago < 30).alias("orders_30d"),
-        F.count_if(ago < 90).alias("orders_90d"),
-        F.count_if((ago >= 90) & (ago < 180)).alias("orders_prev_90d"),
-        F.count_if(ago < 365).alias("orders_365d"),
-        F.sum("net").alias("net_revenue"),
-        F.sum(F.when(ago < 90, F.col("net")).otherwise(F.lit(0.0))).alias("revenue_90d"),
-        F.avg(F.col("has_return").cast("double")).alias("return_rate"),
-        F.count_distinct(F.col("category")).alias("distinct_categories"),
-        F.count_distinct(F.col("order_channel")).alias("distinct_channels"),
-    )
-    recency = F.datediff(F.lit(cutoff), F.col("last"))
-    span = F.datediff(F.col("last"), F.col("first"))
-    gap = F.coalesce(F.try_divide(span.cast("double"), (F.col("orders") - 1).cast("double")), F.lit(0.0))
-    return agg.select(
+        raise InputError(f"orders: column(s) {', '.join(missing)} missing; churn needs them")
+    return orders.where(F.col(IS_PURCHASE) & (F.col(ORDER_DATE) <= F.lit(end))).select(
         F.col(CUSTOMER_ID),
-        recency.cast("double").alias("recency_days"),
-        F.datediff(F.lit(cutoff), F.col("first")).cast("double").alias("tenure_days"),
-        F.col("orders").cast("double").alias("orders"),
-        F.col("orders_30d").cast("double").alias("orders_30d"),
-        F.col("orders_90d").cast("double").alias("orders_90d"),
-        F.col("orders_prev_90d").cast("double").alias("orders_prev_90d"),
-        F.col("orders_365d").cast("double").alias("orders_365d"),
-        F.col("net_revenue"),
-        F.col("revenue_90d"),
-        (F.col("net_revenue") / F.col("orders")).alias("avg_order_value"),
+        F.col(ORDER_DATE),
+        F.col(NET_AMOUNT),
+        (F.col(RETURNED_AMOUNT) > 0).cast("double").alias("has_return"),
+        F.col(CATEGORIES),
+        F.col(CHANNEL),
+    )
+
+
+def _aggs(cutoff: dt.date, p: str, horizon_days: int | None) -> list[Column]:
+    """Aggregates of window ``p`` (column prefix): purchases on or before ``cutoff``, and the label."""
+    day = F.col(ORDER_DATE)
+    seen = day <= F.lit(cutoff)
+    ago = F.datediff(F.lit(cutoff), day)
+
+    def within(days: int) -> Column:
+        return seen & (ago < days)
+
+    aggs = [
+        F.max(F.when(seen, day)).alias(f"{p}last"),
+        F.min(F.when(seen, day)).alias(f"{p}first"),
+        F.count_if(seen).alias(f"{p}orders"),
+        F.count_if(within(30)).alias(f"{p}orders_30d"),
+        F.count_if(within(90)).alias(f"{p}orders_90d"),
+        F.count_if(seen & (ago >= 90) & (ago < 180)).alias(f"{p}orders_prev_90d"),
+        F.count_if(within(365)).alias(f"{p}orders_365d"),
+        F.sum(F.when(seen, F.col(NET_AMOUNT))).alias(f"{p}net_revenue"),
+        F.sum(F.when(within(90), F.col(NET_AMOUNT))).alias(f"{p}revenue_90d"),
+        F.avg(F.when(seen, F.col("has_return"))).alias(f"{p}return_rate"),
+        # sets, not count_distinct: several distinct counts would expand every order row per count
+        F.collect_set(F.when(seen, F.col(CATEGORIES))).alias(f"{p}categories"),
+        F.collect_set(F.when(seen, F.col(CHANNEL))).alias(f"{p}channels"),
+    ]
+    if horizon_days is not None:
+        end = cutoff + dt.timedelta(days=horizon_days)
+        aggs.append(F.count_if(~seen & (day <= F.lit(end))).alias(f"{p}bought_after"))
+    return aggs
+
+
+def _feature_columns(cutoff: dt.date, p: str, horizon_days: int | None) -> list[Column]:
+    """Window ``p``'s aggregates -> the model's FEATURES (and ``churned``), unprefixed names."""
+    c = F.lit(cutoff)
+    n = F.col(f"{p}orders")
+    recency = F.datediff(c, F.col(f"{p}last")).cast("double")
+    span = F.datediff(F.col(f"{p}last"), F.col(f"{p}first")).cast("double")
+    gap = F.coalesce(F.try_divide(span, (n - 1).cast("double")), F.lit(0.0))
+    revenue = F.coalesce(F.col(f"{p}net_revenue"), F.lit(0.0))
+    cols = [
+        recency.alias("recency_days"),
+        F.datediff(c, F.col(f"{p}first")).cast("double").alias("tenure_days"),
+        n.cast("double").alias("orders"),
+        F.col(f"{p}orders_30d").cast("double").alias("orders_30d"),
+        F.col(f"{p}orders_90d").cast("double").alias("orders_90d"),
+        F.col(f"{p}orders_prev_90d").cast("double").alias("orders_prev_90d"),
+        F.col(f"{p}orders_365d").cast("double").alias("orders_365d"),
+        revenue.alias("net_revenue"),
+        F.coalesce(F.col(f"{p}revenue_90d"), F.lit(0.0)).alias("revenue_90d"),
+        F.try_divide(revenue, n.cast("double")).alias("avg_order_value"),
         gap.alias("mean_gap_days"),
         # recency relative to the customer's own rhythm; one-time buyers: recency / 1
-        (recency.cast("double") / F.greatest(gap, F.lit(1.0))).alias("recency_to_gap"),
-        F.coalesce(F.col("return_rate"), F.lit(0.0)).alias("return_rate"),
-        F.col("distinct_categories").cast("double").alias("distinct_categories"),
-        F.col("distinct_channels").cast("double").alias("distinct_channels"),
+        (recency / F.greatest(gap, F.lit(1.0))).alias("recency_to_gap"),
+        F.coalesce(F.col(f"{p}return_rate"), F.lit(0.0)).alias("return_rate"),
+        F.size(F.array_distinct(F.flatten(F.col(f"{p}categories")))).cast("double").alias("distinct_categories"),
+        F.size(F.col(f"{p}channels")).cast("double").alias("distinct_channels"),
+    ]
+    if horizon_days is not None:
+        bought = F.col(f"{p}bought_after") > 0
+        cols.append(F.when(bought, F.lit(0.0)).otherwise(F.lit(1.0)).alias(CHURN_LABEL))
+    return cols
+
+
+def windowed_features(orders: DataFrame, cutoffs: Sequence[dt.date], horizon_days: int | None) -> DataFrame:
+    """One aggregation over the orders: per customer, every cutoff's aggregates (prefix ``w<i>_``).
+
+    One row per customer with a purchase on or before the last cutoff (plus its horizon when
+    ``horizon_days`` is given, for the labels); select a window with :func:`window`.
+    """
+    end = max(cutoffs) + dt.timedelta(days=horizon_days or 0)
+    aggs = [a for i, cut in enumerate(cutoffs) for a in _aggs(cut, f"w{i}_", horizon_days)]
+    return _purchases(orders, end).groupBy(CUSTOMER_ID).agg(*aggs)
+
+
+def window(wide: DataFrame, i: int, cutoff: dt.date, horizon_days: int | None) -> DataFrame:
+    """Window ``i`` of :func:`windowed_features`: its customers (a purchase on or before the cutoff),
+    [customer_id, *FEATURES] (+ churned when labelled)."""
+    return wide.where(F.col(f"w{i}_orders") > 0).select(
+        F.col(CUSTOMER_ID), *_feature_columns(cutoff, f"w{i}_", horizon_days)
     )
 
 
-def churn_labels(transactions: DataFrame, cutoff: dt.date, horizon_days: int) -> DataFrame:
-    """[customer_id, purchased]: customers with a purchase in (cutoff, cutoff + horizon_days]."""
-    end = cutoff + dt.timedelta(days=horizon_days)
-    return (
-        _orders(transactions, end)
-        .filter((F.col("net") > 0) & (F.col("day") > F.lit(cutoff)))
-        .groupBy(CUSTOMER_ID)
-        .agg(F.lit(1).alias("purchased"))
-        .select(CUSTOMER_ID, "purchased")
-    )
+def churn_features(orders: DataFrame, cutoff: dt.date) -> DataFrame:
+    """One row per customer with a purchase on or before ``cutoff``: [customer_id, *FEATURES].
+
+    recency/tenure are whole days to the cutoff; mean_gap_days is (last - first) / (orders - 1),
+    0 for one-time buyers; return_rate is the share of purchase orders with a returned amount;
+    distinct categories and channels are counted over the purchase orders.
+    """
+    return window(windowed_features(orders, [cutoff], None), 0, cutoff, None)
 
 
-def labelled_features(transactions: DataFrame, cutoff: dt.date, horizon_days: int) -> DataFrame:
+def labelled_features(orders: DataFrame, cutoff: dt.date, horizon_days: int) -> DataFrame:
     """Features at ``cutoff`` with ``churned`` = 1.0 when no purchase follows within the horizon."""
-    feats = churn_features(transactions, cutoff)
-    labels = churn_labels(transactions, cutoff, horizon_days)
-    return feats.join(labels, on=CUSTOMER_ID, how="left").select(
-        *[F.col(c) for c in (CUSTOMER_ID, *FEATURES)],
-        F.when(F.col("purchased").isNull(), F.lit(1.0)).otherwise(F.lit(0.0)).alias(CHURN_LABEL),
-    )
+    return window(windowed_features(orders, [cutoff], horizon_days), 0, cutoff, horizon_days)
 
 
+def seeded_sample(df: DataFrame, max_rows: int, rows: int, seed: int, salt: str) -> DataFrame:
+    """About ``max_rows`` of ``df``'s ``rows`` rows, chosen by a hash of (customer_id, seed, salt).
+
+    The same customers whatever the partitioning or the row order; all rows when rows <= max_rows.
+    """
+    if rows <= max_rows:
+        return df
+    keep = math.ceil(_SAMPLE_GRID * max_rows / rows)
+    bucket = F.pmod(F.xxhash64(F.col(CUSTOMER_ID), F.lit(seed), F.lit(salt)), F.lit(_SAMPLE_GRID))
+    return df.where(bucket < F.lit(keep))
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
 def _pipeline(cfg: ChurnConfig) -> Pipeline:
     assembler = VectorAssembler(inputCols=list(FEATURES), outputCol="features_raw", handleInvalid="keep")
     if cfg.model == "gbt":
@@ -212,7 +258,6 @@ def _probability(model: PipelineModel, df: DataFrame) -> DataFrame:
         F.col(CUSTOMER_ID),
         *([F.col(CHURN_LABEL)] if CHURN_LABEL in df.columns else []),
         vector_to_array(F.col("probability"))[1].alias(CHURN_RISK),
-        F.col("rawPrediction"),
     )
 
 
@@ -226,58 +271,66 @@ def _importances(model: PipelineModel, cfg: ChurnConfig) -> dict[str, float]:
     return {name: float(v) for name, v in zip(FEATURES, values, strict=True)}
 
 
-def _class_counts(df: DataFrame) -> tuple[int, int]:
-    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col(CHURN_LABEL)).alias("pos")).first()
-    assert row is not None
-    return int(row["n"]), int(row["pos"] or 0)
+# ------------------------------------------------------------------------------------------------
+# Evaluation on the driver, over a bounded sample of (risk, label) pairs
+# ------------------------------------------------------------------------------------------------
+def _threshold_counts(risk: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Cumulative (true positives, false positives) at each distinct score, highest first."""
+    order = np.argsort(-risk, kind="stable")
+    r, y = risk[order], label[order]
+    last = np.r_[np.flatnonzero(np.diff(r) != 0), len(r) - 1]  # last row of each distinct score
+    tp = np.cumsum(y)[last]
+    fp = np.cumsum(1.0 - y)[last]
+    return tp, fp, float(y.sum()), float(len(y) - y.sum())
 
 
-def evaluate(scored: DataFrame) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
-    """AUC, PR-AUC, Brier, lift by decile, calibration and ROC points of a scored, labelled table."""
-    metrics: dict[str, Any] = {}
-    for name, metric in (("auc", "areaUnderROC"), ("pr_auc", "areaUnderPR")):
-        ev = BinaryClassificationEvaluator(
-            rawPredictionCol="rawPrediction", labelCol=CHURN_LABEL, metricName=metric
-        )
-        metrics[name] = float(ev.evaluate(scored))
-    row = scored.agg(
-        F.avg(F.col(CHURN_LABEL)).alias("rate"),
-        F.avg((F.col(CHURN_RISK) - F.col(CHURN_LABEL)) ** 2).alias("brier"),
-        F.percentile_approx(
-            F.col(CHURN_RISK), [i / _LIFT_DECILES for i in range(1, _LIFT_DECILES)], 10_000
-        ).alias("cuts"),
-    ).first()
-    assert row is not None
-    base_rate = float(row["rate"])
+def roc_auc(risk: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve, trapezoids over the distinct scores (ties count half)."""
+    tp, fp, pos, neg = _threshold_counts(risk, label)
+    if pos == 0 or neg == 0:
+        return math.nan
+    tpr, fpr = np.r_[0.0, tp / pos, 1.0], np.r_[0.0, fp / neg, 1.0]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def pr_auc(risk: np.ndarray, label: np.ndarray) -> float:
+    """Area under the precision-recall curve as Spark computes it: trapezoids over the distinct
+    scores, starting at (recall 0, the precision at the highest score)."""
+    tp, fp, pos, _ = _threshold_counts(risk, label)
+    if pos == 0:
+        return math.nan
+    precision = tp / (tp + fp)
+    recall = tp / pos
+    return float(np.trapezoid(np.r_[precision[0], precision], np.r_[0.0, recall]))
+
+
+def evaluate(scored: pd.DataFrame) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """AUC, PR-AUC, Brier, lift by decile, calibration and ROC points of scored, labelled rows
+    (a pandas frame with churn_risk and churned: a bounded sample, never the whole customer base)."""
+    risk = scored[CHURN_RISK].to_numpy(np.float64)
+    label = scored[CHURN_LABEL].to_numpy(np.float64)
+    metrics: dict[str, Any] = {"auc": roc_auc(risk, label), "pr_auc": pr_auc(risk, label)}
+    base_rate = float(label.mean()) if len(label) else math.nan
     metrics["test_churn_rate"] = base_rate
-    metrics["brier"] = float(row["brier"])
-    # decile 1 = highest risk; ties at a cut go to the lower-risk decile
-    cuts = list(row["cuts"])
-    decile: Column = F.lit(_LIFT_DECILES)
-    for i, cut in enumerate(cuts):
-        decile = F.when(F.col(CHURN_RISK) > F.lit(float(cut)), F.lit(_LIFT_DECILES - 1 - i)).otherwise(decile)
+    metrics["brier"] = float(np.mean((risk - label) ** 2)) if len(label) else math.nan
+    frame = pd.DataFrame({"risk": risk, "label": label})
+    # decile 1 = highest risk; ties at a cut go to the lower-risk decile (the cuts are data values)
+    cuts = np.quantile(risk, [i / _LIFT_DECILES for i in range(1, _LIFT_DECILES)], method="inverted_cdf")
+    frame["decile"] = _LIFT_DECILES - np.searchsorted(cuts, risk, side="left")
     lift = (
-        scored.groupBy(decile.alias("decile"))
-        .agg(
-            F.count(F.lit(1)).alias("customers"),
-            F.avg(F.col(CHURN_LABEL)).alias("churn_rate"),
-            F.avg(CHURN_RISK).alias("mean_risk"),
-        )
-        .toPandas()
+        frame.groupby("decile")
+        .agg(customers=("label", "size"), churn_rate=("label", "mean"), mean_risk=("risk", "mean"))
+        .reset_index()
         .sort_values("decile")
         .reset_index(drop=True)
     )
     lift["lift"] = lift["churn_rate"] / base_rate if base_rate > 0 else np.nan
     metrics["lift_top_decile"] = float(lift["lift"].iloc[0]) if len(lift) else math.nan
-    cal_bin = F.least(F.floor(F.col(CHURN_RISK) * F.lit(_CAL_BINS)), F.lit(_CAL_BINS - 1)).cast("int")
+    frame["bin"] = np.minimum(np.floor(risk * _CAL_BINS), _CAL_BINS - 1).astype(int)
     calib = (
-        scored.groupBy(cal_bin.alias("bin"))
-        .agg(
-            F.count(F.lit(1)).alias("customers"),
-            F.avg(CHURN_RISK).alias("mean_predicted"),
-            F.avg(CHURN_LABEL).alias("observed_rate"),
-        )
-        .toPandas()
+        frame.groupby("bin")
+        .agg(customers=("label", "size"), mean_predicted=("risk", "mean"), observed_rate=("label", "mean"))
+        .reset_index()
         .sort_values("bin")
         .reset_index(drop=True)
     )
@@ -287,14 +340,11 @@ def evaluate(scored: DataFrame) -> tuple[dict[str, Any], dict[str, pd.DataFrame]
         if n
         else math.nan
     )
-    roc_bin = F.least(F.floor(F.col(CHURN_RISK) * F.lit(_ROC_BINS)), F.lit(_ROC_BINS - 1)).cast("int")
-    roc_counts = (
-        scored.groupBy(roc_bin.alias("bin"))
-        .agg(F.sum(F.col(CHURN_LABEL)).alias("pos"), F.sum(F.lit(1.0) - F.col(CHURN_LABEL)).alias("neg"))
-        .toPandas()
-        .sort_values("bin", ascending=False)
-    )
-    pos, neg = roc_counts["pos"].to_numpy(), roc_counts["neg"].to_numpy()
+    roc_bin = np.minimum(np.floor(risk * _ROC_BINS), _ROC_BINS - 1).astype(int)
+    pos = np.bincount(roc_bin, weights=label, minlength=_ROC_BINS)[::-1]
+    neg = np.bincount(roc_bin, weights=1.0 - label, minlength=_ROC_BINS)[::-1]
+    present = (pos + neg) > 0
+    pos, neg = pos[present], neg[present]
     roc = pd.DataFrame(
         {
             "fpr": np.concatenate([[0.0], np.cumsum(neg) / max(neg.sum(), 1.0)]),
@@ -314,33 +364,54 @@ def churn_band(risk: Column, cfg: ChurnConfig) -> Column:
     )
 
 
-def run_churn(transactions: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> ChurnResult:
+def _class_counts(wide: DataFrame, windows: int) -> list[tuple[int, int]]:
+    """(customers, churned) of each labelled window, in one pass."""
+    aggs: list[Column] = []
+    for i in range(windows):
+        present = F.col(f"w{i}_orders") > 0
+        aggs += [
+            F.count_if(present).alias(f"n{i}"),
+            F.count_if(present & ~(F.col(f"w{i}_bought_after") > 0)).alias(f"pos{i}"),
+        ]
+    row = wide.agg(*aggs).first()
+    assert row is not None
+    return [(int(row[f"n{i}"]), int(row[f"pos{i}"])) for i in range(windows)]
+
+
+def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> ChurnResult:
     """The churn stage: time-split train/test, metrics, then churn_risk and churn_band per customer.
 
-    Returns customers [customer_id, churn_risk, churn_band] for every customer with a purchase on or
-    before ``as_of_date``. Raises ``InputError`` when the history is too short for two labelled
-    windows or a window holds only one class.
+    ``orders``: the silver orders table. Returns customers [customer_id, churn_risk, churn_band] for
+    every customer with a purchase on or before ``as_of_date`` (computed lazily from ``orders``).
+    Raises ``InputError`` when the history is too short for two labelled windows or a window holds
+    only one class.
     """
     h = cfg.horizon_days
     test_cutoff = as_of_date - dt.timedelta(days=h)
     train_cutoff = as_of_date - dt.timedelta(days=2 * h)
-    train = labelled_features(transactions, train_cutoff, h).persist()
-    test = labelled_features(transactions, test_cutoff, h).persist()
+    # both labelled windows in one aggregation, cached for the counts, the samples and the fits
+    wide = windowed_features(orders, [train_cutoff, test_cutoff], h).persist()
     try:
-        n_train, pos_train = _class_counts(train)
-        n_test, pos_test = _class_counts(test)
+        (n_train, pos_train), (n_test, pos_test) = _class_counts(wide, 2)
         for name, n, pos, cut in (
             ("training", n_train, pos_train, train_cutoff),
             ("test", n_test, pos_test, test_cutoff),
         ):
             if n == 0 or pos in (0, n):
                 raise InputError(
-                    f"transactions: the churn {name} window (features as of {cut}, label over the next {h} days) "
-                    f"has {n} customers and {pos} churned; churn needs history of at least {2 * h} days before "
-                    f"as_of_date with both outcomes (lower churn.horizon_days or provide more history)"
+                    f"orders: the churn {name} window (features as of {cut}, label over the next {h} "
+                    f"days) has {n} customers and {pos} churned; churn needs history of at least {2 * h} "
+                    f"days before as_of_date with both outcomes (lower churn.horizon_days or provide more "
+                    f"history)"
                 )
+        train_all = window(wide, 0, train_cutoff, h)
+        test_all = window(wide, 1, test_cutoff, h)
+        train = seeded_sample(train_all, cfg.max_train_rows, n_train, cfg.seed, "train")
+        train_rows = train.count() if n_train > cfg.max_train_rows else n_train
         model = _pipeline(cfg).fit(train)
-        scored_test = _probability(model, test)
+        test = seeded_sample(test_all, cfg.max_eval_rows, n_test, cfg.seed, "eval")
+        # a bounded sample of (risk, label) pairs: the metrics are computed on the driver
+        scored_test = _probability(model, test).select(CHURN_RISK, CHURN_LABEL).toPandas()
         metrics, tables = evaluate(scored_test)
         metrics.update(
             model=cfg.model,
@@ -350,19 +421,30 @@ def run_churn(transactions: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) ->
             train_customers=n_train,
             train_churn_rate=pos_train / n_train,
             test_customers=n_test,
+            train_rows=train_rows,
+            eval_customers=len(scored_test),
             feature_importances=_importances(model, cfg),
             lift_by_decile=tables["lift"],
             calibration=tables["calibration"],
+            roc=tables["roc"],
         )
+        if cfg.refit_on_latest:
+            latest = seeded_sample(test_all, cfg.max_train_rows, n_test, cfg.seed, "train")
+            final = _pipeline(cfg).fit(latest)
+            metrics["scored_with"] = "refit on the test window"
+        else:
+            final = model
+            metrics["scored_with"] = "training-window model"
         log.info(
-            "churn: test AUC %.3f, PR-AUC %.3f, top-decile lift %.2f",
+            "churn: test AUC %.3f, PR-AUC %.3f, top-decile lift %.2f (trained on %d of %d customers, "
+            "evaluated on %d of %d)",
             metrics["auc"],
             metrics["pr_auc"],
             metrics["lift_top_decile"],
-        )
-        final = _pipeline(cfg).fit(test) if cfg.refit_on_latest else model
-        metrics["scored_with"] = (
-            "refit on the test window" if cfg.refit_on_latest else "training-window model"
+            train_rows,
+            n_train,
+            len(scored_test),
+            n_test,
         )
         figures = {
             "churn_roc": _roc_figure(tables["roc"], metrics["auc"]),
@@ -370,14 +452,111 @@ def run_churn(transactions: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) ->
             "churn_calibration": _calibration_figure(tables["calibration"]),
         }
     finally:
-        train.unpersist()
-        test.unpersist()
-    current = churn_features(transactions, as_of_date)
-    scored = _probability(final, current)
+        wide.unpersist()
+    scored = _probability(final, churn_features(orders, as_of_date))
     customers = scored.select(
         F.col(CUSTOMER_ID), F.col(CHURN_RISK), churn_band(F.col(CHURN_RISK), cfg).alias(CHURN_BAND)
     )
     return ChurnResult(customers=customers, metrics=metrics, figures=figures)
+
+
+# ------------------------------------------------------------------------------------------------
+# The metrics as a small long-format table (tables.CHURN_METRICS_SCHEMA) and back
+# ------------------------------------------------------------------------------------------------
+METRICS_COLUMNS = ("section", "name", "x", "value", "text")
+STATUS_FITTED, STATUS_SKIPPED = "fitted", "skipped"
+_CURVES = {  # section -> (metrics key, abscissa column, value columns)
+    "lift": ("lift_by_decile", "decile", ("customers", "churn_rate", "mean_risk", "lift")),
+    "calibration": ("calibration", "bin", ("customers", "mean_predicted", "observed_rate")),
+    "roc": ("roc", "fpr", ("tpr",)),
+}
+_NAN = "nan"
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def metrics_table(result: ChurnResult) -> pd.DataFrame:
+    """The model's metrics as rows of ``churn_metrics`` (columns of ``tables.CHURN_METRICS_SCHEMA``).
+
+    Sections: ``status`` (name ``fitted``, text: which model scored), ``metric`` (every scalar:
+    AUC, PR-AUC, Brier, lift, ECE, churn rates, customer counts; model, cutoffs and the like as
+    text; NaN as a null value with text nan), ``importance`` (one row per feature), and the curves
+    ``roc`` (x = false positive rate, value = true positive rate), ``lift`` (x = decile) and
+    ``calibration`` (x = probability bin), named by their column.
+    """
+    m = result.metrics
+    rows: list[tuple[str, str, float | None, float | None, str | None]] = [
+        ("status", STATUS_FITTED, None, None, str(m.get("scored_with", "")))
+    ]
+    for key, value in m.items():
+        if isinstance(value, bool):
+            rows.append(("metric", key, None, float(value), "true" if value else "false"))
+        elif isinstance(value, int | float | np.integer | np.floating):
+            f = float(value)
+            nan = math.isnan(f)
+            rows.append(("metric", key, None, None if nan else f, _NAN if nan else None))
+        elif isinstance(value, str):
+            rows.append(("metric", key, None, None, value))
+    for name, value in (m.get("feature_importances") or {}).items():
+        rows.append(("importance", str(name), None, float(value), None))
+    for section, (key, x_col, value_cols) in _CURVES.items():
+        curve = m.get(key)
+        if not isinstance(curve, pd.DataFrame):
+            continue
+        for r in curve.to_dict("records"):
+            rows += [(section, col, _num(r[x_col]), _num(r[col]), None) for col in value_cols]
+    return pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
+
+
+def skipped_table(reason: str) -> pd.DataFrame:
+    """``churn_metrics`` rows of a model that did not run: one ``status`` row named skipped, with why."""
+    return pd.DataFrame([("status", STATUS_SKIPPED, None, None, reason)], columns=list(METRICS_COLUMNS))
+
+
+def metrics_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
+    """The scalar metrics (``metric`` rows) from :func:`metrics_table` rows; numbers as floats, text
+    as text. A skipped model gives ``{"skipped": reason}``."""
+    out: dict[str, Any] = {}
+    for r in pdf.itertuples(index=False):
+        raw: Any = r.text
+        text = None if raw is None or pd.isna(raw) else str(raw)
+        if r.section == "status" and r.name == STATUS_SKIPPED:
+            out["skipped"] = text or "no reason recorded"
+        elif r.section == "metric":
+            value = _num(r.value)
+            if text in ("true", "false") and value is not None:
+                out[str(r.name)] = text == "true"
+            elif value is not None:
+                out[str(r.name)] = value
+            else:
+                out[str(r.name)] = math.nan if text == _NAN else text
+    return out
+
+
+def curves_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
+    """The importances (dict) and the curves (``lift_by_decile``, ``calibration``, ``roc`` frames,
+    as ``run_churn`` returns them) from ``churn_metrics`` rows, e.g. to redraw the figures."""
+    out: dict[str, Any] = {}
+    imp = pdf[pdf["section"] == "importance"]
+    if len(imp):
+        pairs = zip(imp["name"], imp["value"], strict=True)
+        out["feature_importances"] = {str(n): float(v) for n, v in pairs}
+    for section, (key, x_col, value_cols) in _CURVES.items():
+        part = pdf[pdf["section"] == section]
+        if part.empty:
+            continue
+        if section == "roc":  # the curve rises in both coordinates: sorted points are its order
+            points = part.sort_values(["x", "value"], kind="stable")
+            out[key] = pd.DataFrame(
+                {x_col: points["x"].to_numpy(float), "tpr": points["value"].to_numpy(float)}
+            )
+            continue
+        wide = part.pivot_table(index="x", columns="name", values="value", sort=False, dropna=False)
+        frame = wide.reindex(columns=list(value_cols)).rename_axis(columns=None).reset_index(names=x_col)
+        out[key] = frame.sort_values(x_col).reset_index(drop=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -373,6 +373,11 @@ class ChurnConfig(Section):
     max_depth: int = Field(default=4, ge=1, le=12)  # gbt tree depth
     reg_param: float = Field(default=0.01, ge=0)  # logistic L2 regularization
     refit_on_latest: bool = True  # score with a model refitted on the most recent labelled window
+    # the fits train on a seeded sample of about this many customers of their window (scoring covers
+    # every customer): Spark ML's boosting costs grow with the rows, the model's quality hardly does
+    max_train_rows: int = Field(default=200_000, ge=1_000)
+    # the metrics are computed on the driver over a seeded sample of about this many test customers
+    max_eval_rows: int = Field(default=200_000, ge=1_000)
     medium_risk_threshold: float = Field(default=0.3, gt=0, lt=1)  # churn_band: low below, medium from here
     high_risk_threshold: float = Field(default=0.6, gt=0, lt=1)  # churn_band: high from here
 

@@ -1,19 +1,24 @@
-"""Churn propensity: hand-checked features and labels, and a time-split model on generated data."""
+"""Churn propensity from the silver orders: hand-checked features and labels, the metrics against
+Spark's evaluator, a time-split model on generated data, and the metrics as a small table."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from chispa import assert_df_equality
 from matplotlib.figure import Figure
+from pandas.testing import assert_frame_equal
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segspark import churn as C
-from segspark.config import ChurnConfig
+from segspark import silver, tables
+from segspark.config import ChurnConfig, PurchaseConfig
 from segspark.errors import InputError
 
 TX_SCHEMA = T.StructType(
@@ -34,6 +39,11 @@ def ts(s: str) -> dt.datetime:
     return dt.datetime.fromisoformat(s)
 
 
+def orders(tx: DataFrame) -> DataFrame:
+    """The silver orders of some order lines, built as the pipeline builds them."""
+    return silver.orders(tx, PurchaseConfig())
+
+
 @pytest.fixture(scope="module")
 def small_tx(spark: Any) -> DataFrame:
     rows = [
@@ -45,9 +55,10 @@ def small_tx(spark: Any) -> DataFrame:
         ("b", "5", ts("2023-12-01 10:00:00"), 40.0, "books", "store"),
         ("b", "6", ts("2024-07-01 10:00:00"), 40.0, "books", "store"),  # after the label window
         ("c", "7", ts("2024-02-01 10:00:00"), -15.0, "books", "web"),  # only a return: not a customer
+        ("c", "9", ts("2024-02-02 10:00:00"), 0.0, "books", "web"),  # a free order: not a purchase
         (None, "8", ts("2024-02-01 10:00:00"), 99.0, "books", "web"),
     ]
-    return spark.createDataFrame(rows, TX_SCHEMA)
+    return orders(spark.createDataFrame(rows, TX_SCHEMA))
 
 
 def test_features_and_labels_by_hand(spark: Any, small_tx: DataFrame) -> None:
@@ -87,22 +98,66 @@ def test_short_history_is_a_clear_error(small_tx: DataFrame) -> None:
         C.run_churn(small_tx, dt.date(2024, 6, 30), ChurnConfig(horizon_days=30))
 
 
+def test_two_windows_in_one_pass_equal_each_window_alone(small_tx: DataFrame) -> None:
+    early = CUTOFF - dt.timedelta(days=60)
+    wide = C.windowed_features(small_tx, [early, CUTOFF], 90)
+    for i, cut in enumerate((early, CUTOFF)):
+        assert_df_equality(
+            C.window(wide, i, cut, 90), C.labelled_features(small_tx, cut, 90), ignore_row_order=True
+        )
+
+
+def test_seeded_sample_is_about_the_size_and_independent_of_partitioning(spark: Any) -> None:
+    df = spark.range(20_000).select(F.concat(F.lit("c"), F.col("id").cast("string")).alias("customer_id"))
+    sample = C.seeded_sample(df, 5_000, 20_000, 42, "train")
+    ids = {r[0] for r in sample.collect()}
+    assert abs(len(ids) - 5_000) < 300
+    assert ids == {r[0] for r in C.seeded_sample(df.repartition(7), 5_000, 20_000, 42, "train").collect()}
+    assert ids != {r[0] for r in C.seeded_sample(df, 5_000, 20_000, 43, "train").collect()}
+    assert C.seeded_sample(df, 20_000, 20_000, 42, "train") is df  # small enough: everything
+
+
+def test_auc_and_pr_auc_equal_spark_evaluator(spark: Any) -> None:
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+
+    rng = np.random.default_rng(5)
+    label = (rng.random(3000) < 0.4).astype(float)
+    risk = np.round(np.clip(0.3 * label + rng.random(3000) * 0.7, 0, 1), 2)  # many ties
+    df = spark.createDataFrame(pd.DataFrame({"risk": risk, "churned": label}))
+    for metric, ours in (("areaUnderROC", C.roc_auc), ("areaUnderPR", C.pr_auc)):
+        ev = BinaryClassificationEvaluator(rawPredictionCol="risk", labelCol="churned", metricName=metric)
+        assert ours(risk, label) == pytest.approx(ev.evaluate(df), abs=1e-12), metric
+    assert C.roc_auc(np.array([0.9, 0.1]), np.array([1.0, 0.0])) == 1.0
+    assert C.roc_auc(np.array([0.5, 0.5]), np.array([1.0, 0.0])) == 0.5
+
+
 @pytest.fixture(scope="module")
-def generated_tx(spark: Any) -> DataFrame:
+def generated_orders(spark: Any) -> DataFrame:
     from segspark import generate as G
 
     base = G.customer_base(spark, 1500, 11, partitions=2)
-    return G.transactions(base, 11).cache()
+    return orders(G.transactions(base, 11)).cache()
 
 
-@pytest.mark.slow
-def test_churn_model_on_generated_data(generated_tx: DataFrame) -> None:
+@pytest.fixture(scope="module")
+def gbt_result(generated_orders: DataFrame) -> tuple[C.ChurnResult, ChurnConfig]:
     from segspark import generate as G
 
     cfg = ChurnConfig(model="gbt", max_iter=5, max_depth=3, refit_on_latest=False)
-    result = C.run_churn(generated_tx, G.DEFAULT_END, cfg)
+    return C.run_churn(generated_orders, G.DEFAULT_END, cfg), cfg
+
+
+@pytest.mark.slow
+def test_churn_model_on_generated_data(
+    generated_orders: DataFrame, gbt_result: tuple[C.ChurnResult, ChurnConfig]
+) -> None:
+    from segspark import generate as G
+
+    result, cfg = gbt_result
     m = result.metrics
     assert m["auc"] > MIN_AUC and m["pr_auc"] > m["test_churn_rate"]
+    # the window is smaller than churn.max_train_rows / max_eval_rows: no sampling
+    assert m["train_rows"] == m["train_customers"] and m["eval_customers"] == m["test_customers"]
     lift = m["lift_by_decile"]
     assert lift["customers"].sum() == m["test_customers"]
     assert m["lift_top_decile"] > 1.3 and lift["lift"].iloc[0] >= lift["lift"].iloc[-1]
@@ -112,10 +167,7 @@ def test_churn_model_on_generated_data(generated_tx: DataFrame) -> None:
     assert all(isinstance(f, Figure) for f in result.figures.values())
     customers = result.customers.toPandas()
     buyers = (
-        generated_tx.filter(F.to_date("order_ts") <= F.lit(G.DEFAULT_END))
-        .groupBy("customer_id", "order_id")
-        .agg(F.sum("amount").alias("net"))
-        .filter("net > 0")
+        generated_orders.where((F.col("order_date") <= F.lit(G.DEFAULT_END)) & F.col("is_purchase"))
         .select("customer_id")
         .distinct()
         .count()
@@ -130,11 +182,63 @@ def test_churn_model_on_generated_data(generated_tx: DataFrame) -> None:
 
 
 @pytest.mark.slow
-def test_logistic_churn_model(generated_tx: DataFrame) -> None:
+def test_logistic_churn_model_on_seeded_samples(generated_orders: DataFrame) -> None:
     from segspark import generate as G
 
-    result = C.run_churn(
-        generated_tx, G.DEFAULT_END, ChurnConfig(model="logistic", max_iter=10, refit_on_latest=False)
+    cfg = ChurnConfig(
+        model="logistic", max_iter=10, refit_on_latest=True, max_train_rows=1000, max_eval_rows=1000
     )
-    assert result.metrics["auc"] > MIN_AUC
-    assert len(result.metrics["feature_importances"]) == len(C.FEATURES)
+    result = C.run_churn(generated_orders, G.DEFAULT_END, cfg)
+    m = result.metrics
+    assert m["auc"] > MIN_AUC
+    assert len(m["feature_importances"]) == len(C.FEATURES)
+    # trained and evaluated on seeded samples of about 1000 of the window's customers
+    assert m["train_customers"] > 1100 and m["test_customers"] > 1100
+    assert abs(m["train_rows"] - 1000) < 150 and abs(m["eval_customers"] - 1000) < 150
+    assert m["lift_by_decile"]["customers"].sum() == m["eval_customers"]
+    assert m["scored_with"] == "refit on the test window"
+    again = C.run_churn(generated_orders, G.DEFAULT_END, cfg).metrics
+    assert (again["train_rows"], again["eval_customers"], again["auc"]) == (
+        m["train_rows"],
+        m["eval_customers"],
+        m["auc"],
+    )
+
+
+def _scalar_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if isinstance(v, int | float | str)}
+
+
+def _through_spark(spark: Any, pdf: pd.DataFrame) -> pd.DataFrame:
+    """The rows as the churn_metrics table holds them (declared schema, NaN as null)."""
+    rows = [
+        tuple(None if isinstance(v, float) and v != v else v for v in r)
+        for r in pdf.astype(object).itertuples(index=False, name=None)
+    ]
+    return spark.createDataFrame(rows, tables.CHURN_METRICS_SCHEMA).toPandas()
+
+
+@pytest.mark.slow
+def test_metrics_table_round_trip(spark: Any, gbt_result: tuple[C.ChurnResult, ChurnConfig]) -> None:
+    from segspark.report.collect import churn_from_table
+
+    result, _ = gbt_result
+    pdf = C.metrics_table(result)
+    assert list(pdf.columns) == [f.name for f in tables.CHURN_METRICS_SCHEMA.fields]
+    assert set(pdf["section"]) == {"status", "metric", "importance", "roc", "lift", "calibration"}
+    back_pdf = _through_spark(spark, pdf)
+    m = result.metrics
+    assert C.metrics_from_table(back_pdf) == _scalar_metrics(m)
+    assert C.metrics_from_table(back_pdf)["train_cutoff"] == m["train_cutoff"]  # cutoffs as text
+    curves = C.curves_from_table(back_pdf.sample(frac=1.0, random_state=1))  # any row order
+    assert curves["feature_importances"] == m["feature_importances"]
+    for key in ("lift_by_decile", "calibration", "roc"):
+        want = m[key].astype(float)
+        assert_frame_equal(curves[key][list(want.columns)], want, check_dtype=False)
+    scalars, skipped = churn_from_table(back_pdf)  # what the report reads
+    assert skipped is None and scalars is not None and scalars["auc"] == m["auc"]
+
+    reason = "orders: the churn training window ... has 10 customers and 0 churned"
+    skipped_pdf = _through_spark(spark, C.skipped_table(reason))
+    assert C.metrics_from_table(skipped_pdf) == {"skipped": reason}
+    assert churn_from_table(skipped_pdf) == (None, reason)
