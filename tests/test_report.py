@@ -27,6 +27,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from segspark import clv as clv_stage
 from segspark import schema as S
 from segspark.clustering import ClusterResult
 from segspark.clustering.results import sweep_table
@@ -34,7 +35,12 @@ from segspark.config import Settings, load_settings
 from segspark.io import Lakehouse
 from segspark.pipeline import RUNS_SCHEMA
 from segspark.report import RECOMMENDATION_COLUMNS, SUMMARY_COLUMNS, ReportResult, RunInfo, build_report
-from segspark.tables import CHURN_METRICS_SCHEMA, CLUSTERING_SWEEP_SCHEMA, CLV_FIT_SCHEMA
+from segspark.tables import (
+    CHURN_METRICS_SCHEMA,
+    CLUSTERING_SWEEP_SCHEMA,
+    CLV_FIT_SCHEMA,
+    CUSTOMER_SEGMENTS_SCHEMA,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -113,7 +119,7 @@ SMALL_SEGMENTS = ("Promising", "Need Attention")  # below K: merged into Other w
 SEGMENTS_SCHEMA = T.StructType(
     [
         T.StructField("customer_id", T.StringType(), False),
-        T.StructField("email", T.StringType()),  # must never reach the report
+        T.StructField("email", T.StringType()),  # PII: never written
         T.StructField("recency_days", T.IntegerType()),
         T.StructField("frequency", T.LongType()),
         T.StructField("monetary", T.DoubleType()),
@@ -198,7 +204,21 @@ def pdf_rows() -> pd.DataFrame:
 
 def run_tables(spark: Any, rows: pd.DataFrame) -> dict[str, Any]:
     """The run's tables, built by hand in the shape of the real ones."""
-    segs = spark.createDataFrame(customer_rows(), SEGMENTS_SCHEMA)
+    raw = spark.createDataFrame(customer_rows(), SEGMENTS_SCHEMA)
+    # customer_segments as declared: the columns this test does not model are null or constant, and
+    # the email is dropped (the pipeline drops PII at ingest; the declared schema refuses it)
+    segs = raw.withColumns(
+        {
+            "expected_purchases": F.lit(None).cast("double"),
+            "expected_avg_value": F.lit(None).cast("double"),
+            "churn_band": F.when(F.col("churn_risk") >= 0.6, "high").when(
+                F.col("churn_risk").isNotNull(), "low"
+            ),
+            "avg_order_value": F.try_divide(F.col("monetary"), F.col("frequency").cast("double")),
+            "tenure_days": F.lit(400),
+            "acquisition_channel": F.lit("email"),
+        }
+    ).select(*CUSTOMER_SEGMENTS_SCHEMA.fieldNames())
     # segment_kpis (long): customers, shares, revenue and avg_clv per RFM segment, computed here in pandas
     buyers = rows[rows["rfm_segment"].notna()]
     total_c, total_r = len(rows), rows["monetary"].fillna(0).sum()
@@ -468,26 +488,31 @@ def cluster_result(spark: Any) -> ClusterResult:
     )
 
 
-def clv_fit_rows() -> list[tuple[Any, ...]]:
-    """``clv_fit`` in its declared long format (model, chosen, section, name, value, text)."""
-    return [
-        ("bgnbd", True, "fit", "reason", None, "configured (clv.model=bgnbd)"),
-        ("bgnbd", True, "fit", "time_unit", None, "week"),
-        ("bgnbd", True, "fit", "calibration_end", None, "2025-10-01"),
-        ("bgnbd", True, "fit", "holdout_end", None, "2025-12-31"),
-        ("bgnbd", True, "fit", "spend_model", None, "gamma_gamma"),
-        ("bgnbd", True, "fit", "value_tier_threshold", 800.0, None),
-        ("bgnbd", True, "fit", "log_likelihood", -1234.5, None),
-        ("bgnbd", True, "fit", "converged", 1.0, None),
-        ("bgnbd", True, "params", "r", 0.5, None),
-        ("bgnbd", True, "params", "alpha", 4.0, None),
-        ("bgnbd", True, "se", "r", 0.05, None),
-        ("gamma_gamma", True, "spend_params", "p", 6.0, None),
-        ("bgnbd", True, "validation", "holdout_mae", 0.42, None),
-        ("bgnbd", True, "validation", "holdout_total_error_pct", -3.1, None),
-        ("bgnbd", True, "validation", "holdout_corr", 0.71, None),
-        ("pareto_nbd", False, "candidate", "bic", 2500.0, None),
-    ]
+def clv_fit(spark: Any) -> pd.DataFrame:
+    """``clv_fit`` rows as the CLV stage writes them (``clv.fit_table``) for a fit in the stage's shape."""
+    fit = {
+        "model": "bgnbd",
+        "reason": "configured (clv.model=bgnbd)",
+        "time_unit": "week",
+        "calibration_end": "2025-10-01",
+        "holdout_end": "2025-12-31",
+        "params": {"r": 0.5, "alpha": 4.0, "a": 0.8, "b": 2.5},
+        "se": {"r": 0.05, "alpha": 0.4, "a": 0.1, "b": 0.3},
+        "log_likelihood": -1234.5,
+        "converged": True,
+        "spend_model": "gamma_gamma",
+        "spend_params": {"p": 6.0, "q": 3.0, "v": 15.0},
+        "value_tier_threshold": 800.0,
+        "candidates": {"pareto_nbd": {"bic": 2500.0}},
+    }
+    validation = {
+        "has_holdout": True,
+        "holdout_mae": 0.42,
+        "holdout_total_error_pct": -3.1,
+        "holdout_corr": 0.71,
+    }
+    customers = spark.createDataFrame([], "customer_id string, clv double")
+    return clv_stage.fit_table(clv_stage.ClvResult(customers=customers, fit=fit, validation=validation))
 
 
 def churn_rows(skipped: str | None = None) -> list[tuple[Any, ...]]:
@@ -547,7 +572,7 @@ def write_run(spark: Any, lake: Lakehouse, rows: pd.DataFrame, *, churn_skipped:
     profiles = result.profiles.astype(object).where(result.profiles.notna(), None)
     write(spark.createDataFrame(profiles), S.CLUSTER_PROFILES)
     write(spark.createDataFrame(sweep_table(result), CLUSTERING_SWEEP_SCHEMA), S.CLUSTERING_SWEEP)
-    write(spark.createDataFrame(clv_fit_rows(), CLV_FIT_SCHEMA), S.CLV_FIT)
+    write(spark.createDataFrame(clv_fit(spark), CLV_FIT_SCHEMA), S.CLV_FIT)
     write(spark.createDataFrame(churn_rows(churn_skipped), CHURN_METRICS_SCHEMA), S.CHURN_METRICS)
     q = "source_table string, rule string, reason string, raw string"
     write(
@@ -894,7 +919,7 @@ def test_report_config_differing_from_the_run_is_said(lake: Lakehouse, tmp_path:
     result = build_report(read_run(lake), RunInfo(RUN_ID, AS_OF, "report"), tmp_path, conf)
     gov = section(result.html_path.read_text(), "governance")
     assert f"<th>Config hash</th><td><code>{lake.settings.config_hash()}</code>" in gov  # the run's
-    assert f"(hash {conf.config_hash()}) differs from the run's ({lake.settings.config_hash()})" in gov
+    assert f"(hash {conf.config_hash()}) differs from the run&#39;s ({lake.settings.config_hash()})" in gov
 
 
 def test_skipped_churn_model_says_why(spark: Any, rows: pd.DataFrame, tmp_path: Path) -> None:

@@ -684,44 +684,11 @@ def drift_table(drift: DataFrame) -> pd.DataFrame:
     return pdf.drop(columns=[c for c in (S.RUN_ID, S.AS_OF_DATE) if c in pdf.columns])
 
 
-def _cell(value: Any, text: Any) -> Any:
-    """A long-format row's value: the number when there is one, else the text."""
-    if value is not None and not pd.isna(value):
-        return float(value)
-    return None if text is None or pd.isna(text) else str(text)
-
-
 def clv_fit_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
-    """``{"fit": ..., "validation": ...}`` (the CLV stage's shape) from ``clv_fit`` rows.
+    """``{"fit": ..., "validation": ...}`` (the CLV stage's shape) from ``clv_fit`` rows."""
+    from segspark.clv import fit_from_table
 
-    Uses ``segspark.clv.fit_from_table`` when the CLV package provides it; otherwise reads the
-    declared long format: the chosen model's ``fit`` rows as scalars, ``params``/``se``/
-    ``spend_params``/``spend_se`` as dicts, ``validation`` rows as scalars; ``candidate`` rows are
-    the models compared and stay out of the report.
-    """
-    import segspark.clv
-
-    fit_from_table = getattr(segspark.clv, "fit_from_table", None)
-    if fit_from_table is not None:
-        return dict(fit_from_table(pdf))
-    rows = pdf[pdf["section"] != "candidate"]
-    chosen = rows[rows["chosen"].astype("boolean").fillna(False).astype(bool)]
-    fit: dict[str, Any] = {}
-    models = chosen.loc[chosen["section"] == "fit", "model"].dropna()
-    if len(models):
-        fit["model"] = str(models.iloc[0])
-    validation: dict[str, Any] = {}
-    for r in rows.itertuples(index=False):
-        section, name = str(r.section), str(r.name)
-        value = _cell(r.value, r.text)
-        if section == "fit":
-            fit.setdefault(name, value)
-        elif section in ("params", "se", "spend_params", "spend_se"):
-            if value is not None:
-                fit.setdefault(section, {})[name] = value
-        elif section == "validation":
-            validation[name] = value
-    return {"fit": fit, "validation": validation}
+    return fit_from_table(pdf)
 
 
 def clv_info(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -789,8 +756,9 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         VALUE_TIER: ["high", "standard"],
     }
     views, totals = segment_views(stats, types, k, order)
+    # a score column the run left all null (its stage disabled or skipped) counts as absent
     has = {
-        c: c in segments.columns
+        c: c in segments.columns and (c not in MEAN_MEASURES or totals[f"n_{c}"] > 0)
         for c in (*SEGMENT_TYPES, CLV, P_ALIVE, CHURN_RISK, R_SCORE, F_SCORE, M_SCORE, CLUSTER_ID)
     }
     data = ReportData(
