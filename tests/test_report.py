@@ -932,6 +932,28 @@ def test_skipped_churn_model_says_why(spark: Any, rows: pd.DataFrame, tmp_path: 
     assert "churn_auc" not in set(result.summary["metric"])
 
 
+def test_a_density_model_has_no_sweep_only_its_final_row(spark: Any) -> None:
+    from segspark.clustering.results import FINAL, sweep_from_table
+
+    final = {"clusters": 3.0, "wcss": 12.5, "silhouette": 0.55, "min_cluster_share": 0.2}
+    row = {"algorithm": "dbscan", "k": 3, **final, "stability": math.nan, "fit_seconds": 0.4}
+    result = ClusterResult(
+        assignments=spark.createDataFrame([], "customer_id string, cluster_id int, persona string"),
+        profiles=pd.DataFrame(),
+        model=PipelineModel(stages=[]),
+        sweep=pd.DataFrame([{**row, "engine": "density"}]),
+        chosen={"algorithm": "dbscan", "k": 3, "reason": "configured dbscan", "final_metrics": final},
+        features=["recency_days", "monetary"],
+    )
+    pdf = sweep_table(result)
+    assert list(pdf["phase"]) == [FINAL] and bool(pdf["chosen"].iloc[0])
+    assert pdf["knee"].isna().all() and pdf["customers"].isna().all()  # unknown stays null
+    info = sweep_from_table(pdf)
+    assert info is not None and info["sweep"] is None  # no elbow or indices chart for a density model
+    assert info["chosen"]["final_metrics"] == final
+    assert (info["chosen"]["k"], info["chosen"]["reason"]) == (3, "configured dbscan")
+
+
 def test_sweep_table_of_a_real_fit_round_trips_through_the_lakehouse(spark: Any, tmp_path: Path) -> None:
     from segspark.clustering import fit_segments
     from segspark.clustering.results import FINAL, SWEEP, sweep_from_table

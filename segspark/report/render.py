@@ -771,7 +771,11 @@ def _context(
             models.append(
                 (
                     "Chosen model as fitted (indices on the seeded sample)",
-                    ", ".join(f"{k.replace('_', ' ')} {fmt.metric(v)}" for k, v in fm.items() if _finite(v)),
+                    ", ".join(
+                        f"{k.replace('_', ' ')} {fmt.count(v) if k == 'clusters' else fmt.metric(v)}"
+                        for k, v in fm.items()
+                        if _finite(v)
+                    ),
                 )
             )
         if cl.get("hidden_clusters"):
