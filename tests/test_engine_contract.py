@@ -8,6 +8,7 @@ so the tests write what the pipeline writes.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import urllib.parse
 from pathlib import Path
@@ -21,7 +22,8 @@ from pyspark.sql import types as T
 from segspark import schema as S
 from segspark import tables
 from segspark.config import Settings
-from segspark.io import Lakehouse, make_engine
+from segspark.errors import ConfigError
+from segspark.io import Lakehouse, TableEngine, make_engine
 from segspark.io.delta_spark import delta_available
 from segspark.kpis import SEGMENT
 from segspark.tables import SchemaMismatch, check_schema
@@ -91,8 +93,8 @@ def _counts(df: DataFrame) -> dict[tuple[Any, str], int]:
 
 def _scans(df: DataFrame) -> int:
     """The number of file scans in ``df``'s physical plan."""
-    plan = "\n".join(r[0] for r in df.sparkSession.sql("EXPLAIN " + _view(df)).collect())
-    return plan.count("Scan parquet") + plan.count("Scan delta")
+    plan = "\n".join(r[0] for r in df.sparkSession.sql("EXPLAIN " + _view(df)).collect()).lower()
+    return plan.count("scan parquet") + plan.count("scan delta")
 
 
 def _local(uri: str) -> Path:
@@ -400,3 +402,25 @@ def test_names_spelt_in_tables_equal_their_owners_constants() -> None:
     assert tables.PERSONA_DESCRIPTION == personas.PERSONA_DESCRIPTION
     assert (tables.PROFILE_SIZE, tables.PROFILE_SHARE) == (personas.SIZE, personas.SHARE)
     assert (tables.MEDIAN_PREFIX, tables.Z_PREFIX) == (personas.MEDIAN_PREFIX, personas.Z_PREFIX)
+
+
+def test_both_engines_implement_the_protocol_and_place_tables(spark: SparkSession, tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    for name in ("delta-rs", "delta-spark"):
+        engine = make_engine(spark, name)  # type: ignore[arg-type]
+        assert isinstance(engine, TableEngine)
+        assert engine.name == name
+        assert engine.locate(root, None, None, S.ORDERS) == str(root / "tables" / S.ORDERS)
+    assert make_engine(spark, "delta-spark").locate(root, "main", "crm", S.ORDERS) == "main.crm.orders"
+    with pytest.raises(
+        ConfigError, match=re.escape("output.catalog/output.schema need lakehouse.engine=delta-spark")
+    ):
+        make_engine(spark, "delta-rs").locate(root, "main", "crm", S.ORDERS)
+    settings = Settings.model_validate(
+        {
+            "output": {"path": str(root), "catalog": "main", "schema": "crm"},
+            "lakehouse": {"engine": "delta-rs"},
+        }
+    )
+    with pytest.raises(ConfigError, match=re.escape("need lakehouse.engine=delta-spark")):
+        Lakehouse(spark, settings).target(S.ORDERS)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from segspark.errors import InputError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 EngineName = Literal["delta-spark", "delta-rs"]
 ENGINE_NAMES: tuple[EngineName, ...] = ("delta-rs", "delta-spark")
@@ -129,15 +129,15 @@ class TableEngine(Protocol):
         ...
 
 
-def make_engine(spark: object, name: EngineName) -> TableEngine:
+def make_engine(spark: SparkSession, name: EngineName) -> TableEngine:
     """The engine called ``name`` bound to ``spark``."""
     if name == "delta-spark":
         from segspark.io.delta_spark import DeltaSparkEngine
 
-        return DeltaSparkEngine(spark)  # type: ignore[arg-type]
+        return DeltaSparkEngine(spark)
     from segspark.io.delta_rs import DeltaRsEngine
 
-    return DeltaRsEngine(spark)  # type: ignore[arg-type]
+    return DeltaRsEngine(spark)
 
 
 def sql_in_list(values: list[str]) -> str:
