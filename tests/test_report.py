@@ -948,6 +948,14 @@ def test_a_density_model_has_no_sweep_only_its_final_row(spark: Any) -> None:
     pdf = sweep_table(result)
     assert list(pdf["phase"]) == [FINAL] and bool(pdf["chosen"].iloc[0])
     assert pdf["knee"].isna().all() and pdf["customers"].isna().all()  # unknown stays null
+    # the rows convert to the declared schema from the frame and from plain Python tuples alike
+    rows = [tuple(r) for r in pdf.astype(object).itertuples(index=False, name=None)]
+    for df in (
+        spark.createDataFrame(pdf, CLUSTERING_SWEEP_SCHEMA),
+        spark.createDataFrame(rows, CLUSTERING_SWEEP_SCHEMA),
+    ):
+        (back,) = df.collect()
+        assert (back["k"], back["clusters"], back["knee"], back["customers"]) == (3, 3, None, None)
     info = sweep_from_table(pdf)
     assert info is not None and info["sweep"] is None  # no elbow or indices chart for a density model
     assert info["chosen"]["final_metrics"] == final

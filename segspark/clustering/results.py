@@ -102,8 +102,10 @@ def sweep_table(result: ClusterResult) -> pd.DataFrame:
     for c in _FLOAT:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
     for c in _INT:
-        # counts arrive as floats from the index functions; nullable integers keep a missing knee null
-        out[c] = pd.to_numeric(out[c], errors="coerce").round().astype("Int64")
+        # counts arrive as floats from the index functions; Python ints, and None where unknown (a
+        # density model has no knee), convert to a long column whichever way the frame is written
+        ints = pd.to_numeric(out[c], errors="coerce")
+        out[c] = pd.Series([None if pd.isna(v) else round(v) for v in ints], index=out.index, dtype=object)
     out["chosen"] = out["chosen"].astype(bool)
     for c in ("phase", "algorithm", "engine", "reason", "features"):
         out[c] = out[c].astype(object).where(out[c].notna(), None)
