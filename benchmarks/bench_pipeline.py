@@ -1,0 +1,597 @@
+"""End-to-end benchmark: ``segspark run`` against the notebook a user would write instead, on the same files.
+
+Not a test. For each ``--lines`` size it generates a lakehouse once with the package's own generator
+(``segspark generate``; its archetypes give about 8 transaction lines per customer, measured once on
+a 20,000-customer pilot, so the customer count is chosen to give the wanted lines), and copies the
+transactions to Parquet once (``transactions.parquet``: both sides read the same file). Then, for
+each repetition, alternately:
+
+- ``segspark run`` as a subprocess, end to end (JVM start, ingest ... report, MLflow), for
+  ``tx`` (transactions only) and ``all`` (the four inputs: transactions from the same Parquet, the
+  customers, events and marketing spend tables as generated), once per ``--segspark-cmd``;
+- the reference notebook (``--skip-reference`` to leave it out) in a subprocess of its own: pandas
+  RFM with quintile scores and segments, lifetimes ``summary_data_from_transaction_data`` +
+  ``BetaGeoFitter`` + ``GammaGammaFitter`` and a 12-month CLV and P(alive) for every customer,
+  scikit-learn ``KMeans`` for k = 2..10 with the silhouette on a 10,000-customer sample, and a
+  monthly cohort retention matrix; BLAS/OpenMP limited to one thread (threadpoolctl).
+
+For every run: wall time (parent's clock, process start to exit), the peak resident memory of the
+whole process tree (driver Python + JVM + Python workers: the sum of every descendant's RSS,
+polled every 0.5 s from /proc), and each stage's seconds (``segspark``: the ``step_seconds`` of the
+run's row in the ``runs`` table, read with ``deltalake``; reference: its own step timer). At the end
+a Markdown table and the ratio segspark / reference (target: at most 0.5 at 10M lines).
+
+    python benchmarks/bench_pipeline.py --lines 1000000 10000000 --inputs both
+
+Before/after: give ``--segspark-cmd`` once per checkout, ``LABEL=COMMAND``; every repetition runs
+them in turn on the same files. A command is split like a shell line and run with the run folder as
+working directory, so an older checkout is picked with ``env PYTHONPATH=...``::
+
+    git worktree add /tmp/wt-old <commit>
+    python benchmarks/bench_pipeline.py --lines 10000000 --repeat 2 \\
+        --segspark-cmd "old=env PYTHONPATH=/tmp/wt-old python -m segspark" \\
+        --segspark-cmd "new=python -m segspark"
+
+Results (one JSON object per run) are also appended to ``<out>/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 42
+PILOT = 20_000
+DONE = ".complete"  # Spark, pandas and DuckDB all skip files named with a leading dot
+KEY = "benchmark-key-not-secret"
+CURRENCY_RATES = {"EUR": 1.08, "GBP": 1.27}  # the generator's currencies, as in pipeline.demo_overrides
+RATES = "{" + ", ".join(f"{k}: {v}" for k, v in CURRENCY_RATES.items()) + "}"
+OPTIONAL_INPUTS = ("customers", "events", "marketing_spend")
+POLL_S = 0.5
+PAGE = os.sysconf("SC_PAGE_SIZE")
+GB = 1e9
+
+
+# ---- process tree memory ---------------------------------------------------------------------------
+def _tree(root: int) -> list[int]:
+    """``root`` and every live descendant (from the parent ids in /proc/<pid>/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _kind(pid: int) -> str:
+    """``java``, ``python`` or the process's own name: the breakdown of the peak."""
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            name = fh.read().strip()
+    except OSError:
+        return "?"
+    return next((k for k in ("java", "python") if name.startswith(k)), name)
+
+
+class TreeMemory(threading.Thread):
+    """Polls the summed RSS of a process tree until stopped; keeps the peak."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.peak = 0
+        self.peak_processes = 0
+        self.peak_by_kind: dict[str, int] = {}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            rss = {pid: _rss(pid) for pid in _tree(self.root)}
+            total = sum(rss.values())
+            if total > self.peak:
+                self.peak, self.peak_processes = total, len(rss)
+                self.peak_by_kind = {}
+                for pid, value in rss.items():
+                    kind = _kind(pid)
+                    self.peak_by_kind[kind] = self.peak_by_kind.get(kind, 0) + value
+            self._stop_event.wait(POLL_S)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+@dataclass
+class Measured:
+    code: int
+    wall_s: float
+    peak_rss: int
+    processes: int
+    peak_by_kind: dict[str, int]
+    stdout: str
+    timed_out: bool = False
+
+
+def measure(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout: float) -> Measured:
+    """Run ``cmd`` in its own session; wall time and peak tree RSS; output to ``log`` (stdout kept)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as err:
+        err.write(f"$ (cd {cwd} && {shlex.join(cmd)})\n")
+        err.flush()
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+        )
+        sampler = TreeMemory(proc.pid)
+        sampler.start()
+        timed_out = False
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _stop_group(proc)
+            stdout, _ = proc.communicate()
+        except BaseException:  # Ctrl-C: leave no JVM behind
+            _stop_group(proc)
+            raise
+        finally:
+            sampler.stop()
+        wall = time.perf_counter() - started
+        err.write(f"\n---- stdout ----\n{stdout}")
+    return Measured(
+        proc.returncode, wall, sampler.peak, sampler.peak_processes, sampler.peak_by_kind, stdout, timed_out
+    )
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """Stop the process group this benchmark started for ``proc`` (its JVM and workers included)."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("SEGSPARK_PSEUDO_KEY", KEY)
+    env.pop("PYSPARK_GATEWAY_PORT", None)  # every run starts its own JVM
+    return env
+
+
+def _generate(out: Path, customers: int, log: Path) -> dict[str, Any]:
+    """``segspark generate`` of this checkout; returns the generated row counts."""
+    cmd = [sys.executable, "-m", "segspark", "generate", "--out", str(out), "--customers", str(customers),
+           "--seed", str(SEED)]
+    run = measure(cmd, cwd=REPO, env=_env(), log=log, timeout=4 * 3600)
+    if run.code != 0:
+        raise SystemExit(f"segspark generate failed (exit {run.code}); see {log}")
+    from deltalake import DeltaTable
+
+    rows = {name: _delta_rows(DeltaTable(str(out / name))) for name in ("transactions", *OPTIONAL_INPUTS)}
+    print(f"  generated {customers:,} customers in {run.wall_s:.0f} s (peak RSS {run.peak_rss / GB:.1f} GB): "
+          + ", ".join(f"{k} {v:,}" for k, v in rows.items()), flush=True)
+    return rows
+
+
+def _delta_rows(table: Any) -> int:
+    return int(table.to_pyarrow_dataset().count_rows())  # from the Parquet footers
+
+
+def lines_per_customer(out: Path) -> float:
+    """Transaction lines per generated customer, measured once on a pilot and cached."""
+    cache = out / "lines_per_customer.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["lines_per_customer"])
+    print(f"pilot: {PILOT:,} customers to measure lines per customer", flush=True)
+    pilot = out / "pilot"
+    shutil.rmtree(pilot, ignore_errors=True)
+    rows = _generate(pilot, PILOT, out / "logs" / "pilot.log")
+    ratio = rows["transactions"] / PILOT
+    cache.write_text(json.dumps({"lines_per_customer": ratio, "pilot_customers": PILOT, "seed": SEED}))
+    shutil.rmtree(pilot, ignore_errors=True)
+    return ratio
+
+
+def prepare(out: Path, lines: int) -> dict[str, Any]:
+    """The generated lakehouse for ``lines`` and its transactions as Parquet (made once, then reused)."""
+    data = out / f"data-{lines}"
+    marker = data / DONE
+    if marker.exists():
+        return dict(json.loads(marker.read_text()))
+    customers = max(1, math.ceil(lines / lines_per_customer(out)))
+    print(f"data for {lines:,} lines: {customers:,} customers under {data}", flush=True)
+    shutil.rmtree(data, ignore_errors=True)
+    rows = _generate(data / "delta", customers, out / "logs" / f"generate-{lines}.log")
+    started = time.perf_counter()
+    parquet = data / "transactions.parquet"
+    _to_parquet(data / "delta" / "transactions", parquet)
+    print(f"  transactions copied to Parquet in {time.perf_counter() - started:.0f} s: {parquet}", flush=True)
+    info = {"lines": rows["transactions"], "customers": customers, "rows": rows,
+            "delta": str(data / "delta"), "parquet": str(parquet)}
+    marker.write_text(json.dumps(info))
+    return info
+
+
+def _to_parquet(delta: Path, parquet: Path) -> None:
+    """The Delta table's current snapshot as plain Parquet files (streamed, no Spark needed)."""
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    ds.write_dataset(
+        DeltaTable(str(delta)).to_pyarrow_dataset(),
+        parquet,
+        format="parquet",
+        max_rows_per_file=2_000_000,
+        min_rows_per_group=250_000,
+        max_rows_per_group=500_000,
+        existing_data_behavior="delete_matching",
+    )
+
+
+# ---- segspark run ----------------------------------------------------------------------------------
+def run_overrides(data: dict[str, Any], inputs: str, output: Path) -> list[str]:
+    """``--set`` items: the Parquet transactions, the generated Delta tables for ``all``, the output."""
+    items = [f"output.path={output}", f"input.transactions.path={data['parquet']}",
+             "input.transactions.format=parquet", f"quality.currency.rates={RATES}"]
+    if inputs == "all":
+        for name in OPTIONAL_INPUTS:
+            items += [f"input.{name}.path={Path(data['delta']) / name}", f"input.{name}.format=delta"]
+    return items
+
+
+def read_runs_rows(output: Path) -> dict[str, Any] | None:
+    """The run's ``runs`` rows merged (status, step seconds in order), or None if none was written.
+
+    The output folder is the run's own, so every row is this run's: one per command it recorded
+    (a ``run`` row, and on newer versions a ``report`` row of the same run id).
+    """
+    table = output / "tables" / "runs"
+    if not (table / "_delta_log").is_dir():
+        return None
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(table)).to_pyarrow_table().to_pylist()
+    rows.sort(key=lambda r: str(r.get("started_at")))
+    if not rows:
+        return None
+    steps: dict[str, float] = {}
+    for row in rows:
+        pairs = row.get("step_seconds") or []
+        steps.update(pairs.items() if isinstance(pairs, dict) else pairs)
+    failed = [r for r in rows if r.get("status") != "succeeded"]
+    return {
+        "status": failed[0]["status"] if failed else "succeeded",
+        "error": failed[0].get("error") if failed else None,
+        "commands": [r.get("command") for r in rows],
+        "steps": steps,
+    }
+
+
+def run_segspark(
+    label: str, command: str, data: dict[str, Any], inputs: str, rep: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    name = f"{label}-{data['lines']}-{inputs}-r{rep}"
+    output = Path(args.out) / "runs" / name
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    overrides = [*run_overrides(data, inputs, output), *args.set]
+    cmd = [*shlex.split(command), "run", *(x for item in overrides for x in ("--set", item))]
+    log = Path(args.out) / "logs" / f"{name}.log"
+    measured = measure(cmd, cwd=output, env=_env(), log=log, timeout=args.timeout)
+    row = read_runs_rows(output)
+    status = "ok" if measured.code == 0 else ("timeout" if measured.timed_out else f"exit {measured.code}")
+    result = {
+        "kind": "segspark", "label": label, "lines": data["lines"], "customers": data["customers"],
+        "inputs": inputs, "rep": rep, "status": status, "wall_s": round(measured.wall_s, 1),
+        "peak_rss_gb": round(measured.peak_rss / GB, 2), "processes": measured.processes,
+        "peak_by_kind_gb": {k: round(v / GB, 2) for k, v in sorted(measured.peak_by_kind.items())},
+        "steps": (row or {}).get("steps", {}), "run_status": (row or {}).get("status"), "log": str(log),
+    }
+    if measured.code != 0:
+        result["error"] = _last_error(log)
+    if not args.keep_runs:
+        shutil.rmtree(output, ignore_errors=True)
+    return result
+
+
+def _last_error(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("segspark:") or "Error" in line or "error" in line]
+    return (errors or lines or [""])[-1][:300]
+
+
+# ---- the reference notebook ------------------------------------------------------------------------
+# The classic (R, F) score -> segment map of RFM notebooks.
+RFM_SEGMENTS = {
+    r"[1-2][1-2]": "hibernating", r"[1-2][3-4]": "at_risk", r"[1-2]5": "cant_lose",
+    r"3[1-2]": "about_to_sleep", r"33": "need_attention", r"[3-4][4-5]": "loyal_customers",
+    r"41": "promising", r"51": "new_customers", r"[4-5][2-3]": "potential_loyalists", r"5[4-5]": "champions",
+}
+
+
+def reference(parquet: str, seed: int) -> dict[str, Any]:
+    """What a user writes instead: pandas RFM, lifetimes CLV, scikit-learn k-means, cohort matrix."""
+    import numpy as np
+    import pandas as pd
+    from threadpoolctl import threadpool_limits
+
+    steps: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        steps[name] = round(now - clock, 3)
+        clock = now
+
+    with threadpool_limits(limits=1):
+        from lifetimes import BetaGeoFitter, GammaGammaFitter
+        from lifetimes.utils import ConvergenceError, summary_data_from_transaction_data
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import silhouette_score
+        from sklearn.preprocessing import StandardScaler
+
+        step("imports")
+        tx = pd.read_parquet(parquet)
+        step("read")
+
+        # amounts are in each line's currency: to the base currency, as the job's quality.currency.rates do
+        tx["amount"] = tx["amount"] * tx["currency"].map(CURRENCY_RATES).fillna(1.0)
+        orders = (
+            tx.groupby(["customer_id", "order_id"], sort=False)
+            .agg(order_ts=("order_ts", "min"), net=("amount", "sum"))
+            .reset_index()
+        )
+        orders["order_date"] = orders["order_ts"].dt.tz_convert(None).dt.normalize()
+        as_of = orders["order_date"].max()
+        purchases = orders[orders["net"] > 0]
+        rfm = purchases.groupby("customer_id").agg(
+            last=("order_date", "max"), frequency=("order_id", "count"), monetary=("net", "sum")
+        )
+        rfm["recency"] = (as_of - rfm["last"]).dt.days
+        rfm["R"] = pd.qcut(rfm["recency"].rank(method="first"), 5, labels=[5, 4, 3, 2, 1]).astype(int)
+        rfm["F"] = pd.qcut(rfm["frequency"].rank(method="first"), 5, labels=[1, 2, 3, 4, 5]).astype(int)
+        rfm["M"] = pd.qcut(rfm["monetary"].rank(method="first"), 5, labels=[1, 2, 3, 4, 5]).astype(int)
+        rfm["segment"] = (rfm["R"].astype(str) + rfm["F"].astype(str)).replace(RFM_SEGMENTS, regex=True)
+        step("rfm")
+
+        summary = summary_data_from_transaction_data(
+            purchases, "customer_id", "order_date", monetary_value_col="net",
+            observation_period_end=as_of, freq="W",
+        )
+        step("clv_summary")
+        frt = summary["frequency"], summary["recency"], summary["T"]
+        penalizer = 0.0
+        try:
+            bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(*frt)
+        except ConvergenceError:  # lifetimes' own advice: add a small penalizer
+            penalizer = 0.001
+            bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(*frt)
+        returning = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+        ggf = GammaGammaFitter(penalizer_coef=0.0).fit(returning["frequency"], returning["monetary_value"])
+        step("clv_fit")
+        summary["p_alive"] = bgf.conditional_probability_alive(*frt)
+        summary["clv_12m"] = ggf.customer_lifetime_value(
+            bgf, *frt, summary["monetary_value"], time=12, freq="W", discount_rate=0.01
+        )
+        step("clv_predict")
+
+        features = rfm[["recency", "frequency", "monetary"]].join(summary["clv_12m"], how="left").fillna(0.0)
+        x = StandardScaler().fit_transform(np.log1p(features.clip(lower=0.0)))
+        sweep = {}
+        for k in range(2, 11):
+            labels = KMeans(n_clusters=k, n_init="auto", random_state=seed).fit_predict(x)
+            sweep[k] = float(silhouette_score(x, labels, sample_size=min(10_000, len(x)), random_state=seed))
+        best_k = max(sweep, key=lambda k: sweep[k])
+        step("kmeans_sweep")
+
+        first = purchases.groupby("customer_id")["order_date"].transform("min")
+        cohort = first.dt.to_period("M")
+        period = (purchases["order_date"].dt.to_period("M") - cohort).apply(lambda offset: offset.n)
+        active = (
+            pd.DataFrame({"cohort": cohort, "period": period, "customer_id": purchases["customer_id"]})
+            .groupby(["cohort", "period"])["customer_id"]
+            .nunique()
+            .unstack(fill_value=0)
+        )
+        retention = active.div(active[0], axis=0)
+        step("cohorts")
+
+    return {
+        "steps": steps,
+        "lines": len(tx),
+        "customers": len(rfm),
+        "segments": int(rfm["segment"].nunique()),
+        "bgnbd_penalizer": penalizer,
+        "bgnbd": {k: float(v) for k, v in bgf.params_.items()},
+        "best_k": best_k,
+        "silhouette": round(sweep[best_k], 4),
+        "cohort_matrix": list(retention.shape),
+    }
+
+
+def run_reference(data: dict[str, Any], rep: int, args: argparse.Namespace) -> dict[str, Any]:
+    log = Path(args.out) / "logs" / f"reference-{data['lines']}-r{rep}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--reference-of", data["parquet"]]
+    measured = measure(cmd, cwd=Path(args.out), env=_env(), log=log, timeout=args.timeout)
+    result: dict[str, Any] = {
+        "kind": "reference", "label": "reference", "lines": data["lines"], "customers": data["customers"],
+        "inputs": "tx", "rep": rep, "wall_s": round(measured.wall_s, 1),
+        "peak_rss_gb": round(measured.peak_rss / GB, 2), "processes": measured.processes,
+        "peak_by_kind_gb": {k: round(v / GB, 2) for k, v in sorted(measured.peak_by_kind.items())},
+        "log": str(log),
+    }
+    if measured.code == 0:
+        out = json.loads(measured.stdout.strip().splitlines()[-1])
+        result.update(status="ok", steps=out.pop("steps"), detail=out)
+    else:
+        result.update(status="timeout" if measured.timed_out else f"exit {measured.code}", steps={},
+                      error=_last_error(log))
+    return result
+
+
+# ---- reporting -------------------------------------------------------------------------------------
+def _print_run(result: dict[str, Any]) -> None:
+    who = result["label"] if result["kind"] == "reference" else f"{result['label']} run ({result['inputs']})"
+    print(f"{who} at {result['lines']:,} lines, rep {result['rep']}: {result['status']}, "
+          f"wall {result['wall_s']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB "
+          f"({result['processes']} processes: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result.get("peak_by_kind_gb", {}).items()) + ")", flush=True)
+    for step, seconds in result.get("steps", {}).items():
+        print(f"    {step:32s} {seconds:9.1f} s")
+    if result.get("detail"):
+        print(f"    {json.dumps(result['detail'])}")
+    if result.get("error"):
+        print(f"    error: {result['error']}  (log: {result['log']})")
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summary_table(results: list[dict[str, Any]], min_step_s: float = 1.0) -> str:
+    groups: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["lines"], r["label"], r["inputs"]), []).append(r)
+    ref_wall = {
+        lines: _median([r["wall_s"] for r in rs if r["status"] == "ok"])
+        for (lines, label, _), rs in groups.items()
+        if label == "reference"
+    }
+    head = ["lines", "customers", "what", "inputs", "runs ok", "wall s (median)", "peak RSS GB (max)",
+            "x reference"]
+    rows = [head, ["---:", "---:", "---", "---", "---:", "---:", "---:", "---:"]]
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "reference"))
+    for (lines, label, inputs), rs in order:
+        ok = [r for r in rs if r["status"] == "ok"]
+        wall = _median([r["wall_s"] for r in ok])
+        ratio = wall / ref_wall[lines] if label != "reference" and ok and lines in ref_wall else None
+        rows.append([
+            f"{lines:,}", f"{rs[0]['customers']:,}", label, inputs, f"{len(ok)}/{len(rs)}",
+            f"{wall:.1f}" if ok else "-", f"{max(r['peak_rss_gb'] for r in rs):.2f}",
+            f"{ratio:.2f}" if ratio is not None and ratio == ratio else "-",
+        ])
+    table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+    # stage seconds (median over repetitions), one column per run kind
+    columns = sorted(groups, key=lambda key: (key[0], key[1] == "reference", key[1], key[2]))
+    steps: list[str] = []
+    for key in columns:
+        for r in groups[key]:
+            steps += [s for s in r.get("steps", {}) if s not in steps]
+    head2 = ["step", *[f"{label} {inputs} {lines // 1000:,}k" for lines, label, inputs in columns]]
+    rows2 = [head2, ["---", *["---:"] * len(columns)]]
+    hidden = 0
+    for s in steps:
+        medians = [_median([r["steps"][s] for r in groups[k] if s in r.get("steps", {})]) for k in columns]
+        if max((m for m in medians if m == m), default=0.0) < min_step_s:
+            hidden += 1
+            continue
+        rows2.append([s, *[f"{m:.1f}" if m == m else "" for m in medians]])
+    note = f" ({hidden} steps under {min_step_s:g} s everywhere not shown)" if hidden else ""
+    return table + f"\n\nStep seconds (median over repetitions){note}:\n\n" + "\n".join(
+        "| " + " | ".join(row) + " |" for row in rows2
+    )
+
+
+# ---- main ------------------------------------------------------------------------------------------
+def _commands(values: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for i, value in enumerate(values or [f"segspark={shlex.quote(sys.executable)} -m segspark"]):
+        label, sep, command = value.partition("=")
+        if not sep or " " in label or not label:
+            label, command = (f"segspark{i + 1}" if len(values) > 1 else "segspark"), value
+        out.append((label, command))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--out", default="/tmp/segspark-bench/pipeline", help="data, runs, logs and results")
+    p.add_argument("--lines", type=int, nargs="+", default=[1_000_000], help="transaction lines per size")
+    p.add_argument("--inputs", choices=["tx", "all", "both"], default="both")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--repeat", type=int, default=1, help="repetitions; each runs every command alternately")
+    p.add_argument("--segspark-cmd", action="append", default=[], metavar="[LABEL=]COMMAND",
+                   help="command that runs segspark (repeatable, one per checkout); default: this Python's "
+                        "'-m segspark'; run with the run's output folder as working directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra --set for every segspark run (repeatable)")
+    p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds before a run is stopped")
+    p.add_argument("--keep-runs", action="store_true", help="keep each run's output tables")
+    p.add_argument("--min-step-s", type=float, default=1.0,
+                   help="the final step table leaves out steps shorter than this in every column")
+    p.add_argument("--reference-of", help=argparse.SUPPRESS)  # internal: run the reference on this Parquet
+    args = p.parse_args(argv)
+
+    if args.reference_of:
+        print(json.dumps(reference(args.reference_of, SEED)))
+        return 0
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    args.out = str(out)
+    commands = _commands(args.segspark_cmd)
+    variants = ["tx", "all"] if args.inputs == "both" else [args.inputs]
+    datasets = [prepare(out, lines) for lines in args.lines]
+    results: list[dict[str, Any]] = []
+    with open(out / "results.jsonl", "a") as sink:
+        for rep in range(1, args.repeat + 1):
+            for data in datasets:
+                for inputs in variants:
+                    for label, command in commands:
+                        results.append(run_segspark(label, command, data, inputs, rep, args))
+                        _print_run(results[-1])
+                        sink.write(json.dumps(results[-1]) + "\n")
+                        sink.flush()
+                if not args.skip_reference:
+                    results.append(run_reference(data, rep, args))
+                    _print_run(results[-1])
+                    sink.write(json.dumps(results[-1]) + "\n")
+                    sink.flush()
+    print()
+    print(summary_table(results, args.min_step_s))
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
