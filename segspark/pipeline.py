@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from segspark import generate as G
 from segspark import schema as S
@@ -120,43 +119,7 @@ def open_context(
 
 
 # ---- runs table ----------------------------------------------------------------------------------
-RUNS_SCHEMA = T.StructType(
-    [
-        T.StructField("command", T.StringType()),
-        T.StructField("status", T.StringType()),
-        T.StructField("error", T.StringType()),
-        T.StructField("started_at", T.TimestampType()),
-        T.StructField("ended_at", T.TimestampType()),
-        T.StructField("duration_s", T.DoubleType()),
-        T.StructField("config_hash", T.StringType()),
-        T.StructField("code_version", T.StringType()),
-        T.StructField("engine", T.StringType()),
-        T.StructField("mlflow_run_id", T.StringType()),
-        T.StructField(
-            "inputs",
-            T.ArrayType(
-                T.StructType(
-                    [
-                        T.StructField("name", T.StringType()),
-                        T.StructField("location", T.StringType()),
-                        T.StructField("format", T.StringType()),
-                        T.StructField("version", T.LongType()),
-                        T.StructField("rows_in", T.LongType()),
-                        T.StructField("rows_clean", T.LongType()),
-                        T.StructField("rows_quarantined", T.LongType()),
-                    ]
-                )
-            ),
-        ),
-        T.StructField(
-            "outputs",
-            T.ArrayType(
-                T.StructType([T.StructField("table", T.StringType()), T.StructField("version", T.LongType())])
-            ),
-        ),
-        T.StructField("step_seconds", T.MapType(T.StringType(), T.DoubleType())),
-    ]
-)
+RUNS_SCHEMA = tables.RUNS_SCHEMA
 
 
 def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
@@ -459,16 +422,7 @@ def _small_frame(ctx: RunContext, pdf: pd.DataFrame, name: str) -> DataFrame:
 
 
 PENALIZER_FALLBACK = (0.001, 0.01)
-CLV_VALIDATION_SCHEMA = T.StructType(
-    [
-        T.StructField("view", T.StringType()),
-        T.StructField("x", T.DoubleType()),
-        T.StructField("label", T.StringType()),
-        T.StructField("actual", T.DoubleType()),
-        T.StructField("predicted", T.DoubleType()),
-        T.StructField("customers", T.LongType()),
-    ]
-)
+CLV_VALIDATION_SCHEMA = tables.CLV_VALIDATION_SCHEMA
 
 
 def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:

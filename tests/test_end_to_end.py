@@ -58,6 +58,37 @@ def test_every_quality_rule_fires_and_counts_reconcile(lake: dict[str, Any]) -> 
     assert tx["rows_quarantined"] == sum(1 for q in quarantine if q["source_table"] == "transactions")
 
 
+def _report_parts(root: Path) -> dict[str, Any]:
+    run_dir = next(p for p in (root / "reports").iterdir() if p.name.startswith("e2e-run-1"))
+    md = (run_dir / "report.md").read_text(encoding="utf-8")
+    # the build time is the one line that differs between two builds of the same report
+    lines = [ln for ln in md.splitlines() if " · generated " not in ln]
+    lineage = md.split("### Lineage", 1)[1]
+    return {
+        "text": lines,
+        "sections": [ln for ln in lines if ln.startswith("#")],
+        "charts": sorted(p.name for p in (run_dir / "figures").iterdir()),
+        "lineage": lineage,
+        "summary": sorted((r["metric"], r["value"]) for r in _table(root, "report_summary")),
+    }
+
+
+@pytest.mark.slow
+def test_report_command_rebuilds_the_runs_report_from_tables(lake: dict[str, Any]) -> None:
+    """``segspark report`` on a run's output finds the same sections, headline numbers, charts and
+    lineage as the run's own report: everything it shows comes from the written tables."""
+    root = lake["root"]
+    before = _report_parts(root)
+    assert len(before["charts"]) >= 10 and {"elbow.png", "indices_by_k.png"} <= set(before["charts"])
+    assert "Config hash" in before["lineage"] and "| customer_segments | 0 |" in before["lineage"]
+    sources = "\n".join(before["text"]).split("### Sources", 1)[1].split("###", 1)[0]
+    assert "| transactions | " in sources and "| customers | " in sources  # input lineage from runs
+    assert main(["report", *lake["args"]]) == 0
+    after = _report_parts(root)
+    for part in ("sections", "charts", "lineage", "summary", "text"):
+        assert after[part] == before[part], part
+
+
 @pytest.mark.slow
 def test_segments_are_pseudonymous_one_row_per_customer_and_complete(lake: dict[str, Any]) -> None:
     rows = _table(lake["root"], "customer_segments")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segspark.io.engine import Commit, CommitResult, TableEngine, make_engine
-from segspark.io.lakehouse import InputInfo, Lakehouse, resolve_engine
+from segspark.io.engine import Commit, CommitResult, TableEngine
+from segspark.io.lakehouse import InputInfo, Lakehouse, make_engine, resolve_engine
 
 __all__ = ["Commit", "CommitResult", "InputInfo", "Lakehouse", "TableEngine", "make_engine", "resolve_engine"]

@@ -2,7 +2,7 @@
 
 Two implementations: ``segspark.io.delta_rs.DeltaRsEngine`` (embedded: Spark writes Parquet, delta-rs
 commits) and ``segspark.io.delta_spark.DeltaSparkEngine`` (Delta's own Spark data source). ``Lakehouse``
-picks one with ``make_engine`` and never asks which one it holds.
+picks one with ``lakehouse.make_engine`` and never asks which one it holds.
 
 A *target* is where a table lives: a path, or (delta-spark only) a catalog name ``catalog.schema.table``.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from segspark.errors import InputError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame
 
 EngineName = Literal["delta-spark", "delta-rs"]
 ENGINE_NAMES: tuple[EngineName, ...] = ("delta-rs", "delta-spark")
@@ -127,17 +127,6 @@ class TableEngine(Protocol):
     def history(self, target: str, limit: int | None = None) -> list[Commit]:
         """The table's commits, newest first."""
         ...
-
-
-def make_engine(spark: SparkSession, name: EngineName) -> TableEngine:
-    """The engine called ``name`` bound to ``spark``."""
-    if name == "delta-spark":
-        from segspark.io.delta_spark import DeltaSparkEngine
-
-        return DeltaSparkEngine(spark)
-    from segspark.io.delta_rs import DeltaRsEngine
-
-    return DeltaRsEngine(spark)
 
 
 def sql_in_list(values: list[str]) -> str:

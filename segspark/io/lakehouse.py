@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from segspark import schema as S
 from segspark import tables
 from segspark.errors import ConfigError, InputError
-from segspark.io import delta_spark
+from segspark.io import delta_rs, delta_spark
 from segspark.io.engine import (
     Commit,
     CommitResult,
@@ -24,7 +24,6 @@ from segspark.io.engine import (
     TableEngine,
     TableNotFound,
     WriteMode,
-    make_engine,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Engine = EngineName
+
+
+def make_engine(spark: SparkSession, name: EngineName) -> TableEngine:
+    """The engine called ``name`` bound to ``spark`` (here, not in ``engine``: the implementations
+    import the protocol module, so it must not import them)."""
+    if name == "delta-spark":
+        return delta_spark.DeltaSparkEngine(spark)
+    return delta_rs.DeltaRsEngine(spark)
 
 
 @dataclass(frozen=True)
