@@ -33,13 +33,13 @@ from segspark.clustering import ClusterResult
 from segspark.clustering.results import sweep_table
 from segspark.config import Settings, load_settings
 from segspark.io import Lakehouse
-from segspark.pipeline import RUNS_SCHEMA
 from segspark.report import RECOMMENDATION_COLUMNS, SUMMARY_COLUMNS, ReportResult, RunInfo, build_report
 from segspark.tables import (
     CHURN_METRICS_SCHEMA,
     CLUSTERING_SWEEP_SCHEMA,
     CLV_FIT_SCHEMA,
     CUSTOMER_SEGMENTS_SCHEMA,
+    RUNS_SCHEMA,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
