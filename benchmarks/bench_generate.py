@@ -20,7 +20,9 @@ from segspark.session import get_spark
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--customers", type=int, nargs="+", default=[125_000, 1_250_000])
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--out", default=None, help="folder for the data (default: a temporary one, removed)")

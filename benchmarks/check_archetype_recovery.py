@@ -36,7 +36,13 @@ def main() -> None:
     joined = seg.join(gt, left_on="customer_id", right_on="pid", how="inner")
     ari = adjusted_rand_score(joined["archetype"].to_list(), joined["cluster_id"].to_list())
     print(f"clustered customers {len(seg)}, matched {len(joined)}, ARI vs planted archetypes {ari:.3f}")
-    top = joined.group_by("archetype", "persona").len().sort("len", descending=True).group_by("archetype").head(1)
+    top = (
+        joined.group_by("archetype", "persona")
+        .len()
+        .sort("len", descending=True)
+        .group_by("archetype")
+        .head(1)
+    )
     print(top.sort("archetype"))
 
 

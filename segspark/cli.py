@@ -19,21 +19,41 @@ log = logging.getLogger("segspark")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--conf", action="append", default=[], metavar="FILE", help="YAML config file (repeatable, later wins)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one config key, e.g. --set clv.model=pareto_nbd (repeatable)")
-    p.add_argument("--run-id", default=None, help="reuse a run id to retry a failed run without duplicating commits")
+    p.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML config file (repeatable, later wins)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one config key, e.g. --set clv.model=pareto_nbd (repeatable)",
+    )
+    p.add_argument(
+        "--run-id", default=None, help="reuse a run id to retry a failed run without duplicating commits"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segspark", description="Customer segmentation strategy on Spark and Delta.")
+    parser = argparse.ArgumentParser(
+        prog="segspark", description="Customer segmentation strategy on Spark and Delta."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="generate a synthetic lakehouse and run everything on it")
     _common(p)
-    p.add_argument("--out", default="./segspark-demo", help="folder for the data, tables, report and MLflow store")
-    p.add_argument("--customers", type=int, default=20_000, help="number of synthetic customers (default 20000)")
+    p.add_argument(
+        "--out", default="./segspark-demo", help="folder for the data, tables, report and MLflow store"
+    )
+    p.add_argument(
+        "--customers", type=int, default=20_000, help="number of synthetic customers (default 20000)"
+    )
     p.add_argument("--seed", type=int, default=42)
 
     p = sub.add_parser("generate", help="write a synthetic multi-table lakehouse with planted segments")
@@ -41,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the Delta tables")
     p.add_argument("--customers", type=int, required=True)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--dirty", action="store_true", help="plant bad rows of every kind the quality rules catch")
+    p.add_argument(
+        "--dirty", action="store_true", help="plant bad rows of every kind the quality rules catch"
+    )
 
     p = sub.add_parser("run", help="the whole pipeline (refits the clustering: the monthly job)")
     _common(p)
-    p = sub.add_parser("score", help="the whole pipeline, clusters assigned by the registered model (the weekly job)")
+    p = sub.add_parser(
+        "score", help="the whole pipeline, clusters assigned by the registered model (the weekly job)"
+    )
     _common(p)
     for name, text in [
         ("ingest", "validate the inputs: quarantine, reconciliation, quality summary"),
@@ -54,16 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text)
         _common(p)
-    p = sub.add_parser("cluster", help="refit the clustering on the written tables of as_of_date (latest if unset)")
+    p = sub.add_parser(
+        "cluster", help="refit the clustering on the written tables of as_of_date (latest if unset)"
+    )
     _common(p)
-    p = sub.add_parser("report", help="rebuild the report from the written tables of as_of_date (latest if unset)")
+    p = sub.add_parser(
+        "report", help="rebuild the report from the written tables of as_of_date (latest if unset)"
+    )
     _common(p)
-    p = sub.add_parser("monitor", help="drift of the latest customer_segments snapshot against the previous one")
+    p = sub.add_parser(
+        "monitor", help="drift of the latest customer_segments snapshot against the previous one"
+    )
     _common(p)
     p = sub.add_parser("erase", help="delete customers from every output table (right to erasure)")
     _common(p)
-    p.add_argument("--customer-id", action="append", required=True, dest="customer_ids",
-                   help="source customer id to erase (repeatable); pseudonymized with the configured key")
+    p.add_argument(
+        "--customer-id",
+        action="append",
+        required=True,
+        dest="customer_ids",
+        help="source customer id to erase (repeatable); pseudonymized with the configured key",
+    )
     return parser
 
 
@@ -84,8 +119,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     result = pipeline.generate(settings, args.out, args.customers, seed=args.seed, dirty=args.dirty)
     elapsed = time.perf_counter() - started
     tx = result["rows"].get("transactions", 0)
-    print(f"generated {args.customers} customers, {tx} transactions in {elapsed:.1f} s "
-          f"({tx / elapsed:,.0f} transactions/s) under {Path(args.out).resolve()}")
+    print(
+        f"generated {args.customers} customers, {tx} transactions in {elapsed:.1f} s "
+        f"({tx / elapsed:,.0f} transactions/s) under {Path(args.out).resolve()}"
+    )
     for name, path in result["paths"].items():
         print(f"  {name:16s} {result['rows'][name]:>12,} rows  {path}")
     return 0
@@ -114,7 +151,10 @@ def _print_run(ctx) -> None:  # type: ignore[no-untyped-def]
         print(f"  report: {ctx.report_dir}")
     for q in ctx.quality:
         rules = ", ".join(f"{r}={n}" for r, n in q["by_rule"].items()) or "none"
-        print(f"  {q['table']}: {q['rows_in']:,} rows in = {q['rows_clean']:,} clean + {q['rows_quarantined']:,} quarantined ({rules})")
+        print(
+            f"  {q['table']}: {q['rows_in']:,} rows in = {q['rows_clean']:,} clean"
+            f" + {q['rows_quarantined']:,} quarantined ({rules})"
+        )
     if settings.tracking.enabled:
         print(f"  MLflow: {settings.tracking_uri} (experiment '{settings.tracking.experiment}')")
 
@@ -131,12 +171,17 @@ def cmd_stage(args: argparse.Namespace) -> int:
     elif args.command == "monitor":
         totals = pipeline.monitor(ctx).collect()  # one row per monitored dimension
         if not totals:
-            print(f"no earlier snapshot than {ctx.as_of_date}: nothing to compare (drift table written empty)")
+            print(
+                f"no earlier snapshot than {ctx.as_of_date}: nothing to compare (drift table written empty)"
+            )
         for row in totals:
             print(f"  {row['dimension']:18s} PSI {row['psi']:.3f}  {row['status']}")
     elif args.command == "erase":
         deleted = pipeline.erase(ctx, args.customer_ids)
-        print(f"erased {len(args.customer_ids)} customer(s): " + (", ".join(f"{t}={n}" for t, n in deleted.items()) or "no rows found"))
+        print(
+            f"erased {len(args.customer_ids)} customer(s): "
+            + (", ".join(f"{t}={n}" for t, n in deleted.items()) or "no rows found")
+        )
         return 0
     _print_run(ctx)
     return 0
@@ -157,8 +202,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args, [f"output.path={out}"])
     started = time.perf_counter()
     data = pipeline.generate(settings, str(out / "data"), args.customers, seed=args.seed)
-    print(f"generated {args.customers} customers ({data['rows']['transactions']:,} transactions) "
-          f"in {time.perf_counter() - started:.1f} s under {out / 'data'}")
+    print(
+        f"generated {args.customers} customers ({data['rows']['transactions']:,} transactions) "
+        f"in {time.perf_counter() - started:.1f} s under {out / 'data'}"
+    )
     extra = [f"output.path={out}", *pipeline.demo_overrides(data["paths"])]
     args.command = "demo"
     code = cmd_run(args, extra=extra, demo=True)
@@ -218,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"segspark: unexpected {type(exc).__name__}: {first} (rerun with --verbose for the traceback)",
-              file=sys.stderr)
+        print(
+            f"segspark: unexpected {type(exc).__name__}: {first} (rerun with --verbose for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

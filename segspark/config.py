@@ -313,7 +313,8 @@ class ClusteringConfig(Section):
     seed: int = 42
     persona_names: dict[str, str] = Field(default_factory=dict)
     # --- added by the clustering stage ---
-    sweep_engine: Literal["local", "spark"] = "local"  # local: sample on the driver; spark: MLlib on the sample
+    # local: the sample on the driver; spark: MLlib on the sample
+    sweep_engine: Literal["local", "spark"] = "local"
     final_fit: Literal["all", "sample"] = "sample"  # fit the chosen model on the sample or on everyone
     max_iter: int = Field(default=20, ge=1)
     tol: float = Field(default=1e-4, gt=0)

@@ -58,12 +58,16 @@ def _shares(df: DataFrame, bucket: F.Column) -> dict[str, float]:
     return {str(r["b"]): r["count"] / total for r in rows}
 
 
-def _rows(dimension: str, kind: str, prev: dict[str, float], cur: dict[str, float]) -> list[tuple[object, ...]]:
+def _rows(
+    dimension: str, kind: str, prev: dict[str, float], cur: dict[str, float]
+) -> list[tuple[object, ...]]:
     keys = sorted(set(prev) | set(cur))
     p = [prev.get(k, 0.0) for k in keys]
     c = [cur.get(k, 0.0) for k in keys]
     value = psi(p, c)
-    out: list[tuple[object, ...]] = [(dimension, kind, k, pk, ck, None, None) for k, pk, ck in zip(keys, p, c, strict=True)]
+    out: list[tuple[object, ...]] = [
+        (dimension, kind, k, pk, ck, None, None) for k, pk, ck in zip(keys, p, c, strict=True)
+    ]
     out.append((dimension, kind, "__total__", 1.0, 1.0, value, status(value)))
     return out
 

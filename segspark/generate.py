@@ -56,7 +56,9 @@ ARCHETYPES: tuple[Archetype, ...] = (
     Archetype("new_customers", 0.14, (1, 2), (0, 40), (5, 15), 55.0, 0.05, "web", (3, 10), "paid_search"),
     Archetype("at_risk_regulars", 0.14, (6, 12), (150, 300), (30, 50), 80.0, 0.05, "web", (0, 2), "email"),
     Archetype("lapsed_one_timers", 0.24, (1, 1), (380, 700), (1, 1), 35.0, 0.08, "web", (0, 0), "social"),
-    Archetype("bargain_occasionals", 0.19, (2, 5), (20, 140), (60, 110), 18.0, 0.25, "web", (1, 5), "affiliate"),
+    Archetype(
+        "bargain_occasionals", 0.19, (2, 5), (20, 140), (60, 110), 18.0, 0.25, "web", (1, 5), "affiliate"
+    ),
     Archetype("prospects", 0.05, (0, 0), (0, 0), (1, 1), 0.0, 0.0, "web", (1, 4), "organic"),
 )
 
@@ -138,11 +140,15 @@ def transactions(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> Data
     jitter = _int_between(_u(seed, 10, *key), 0, 6) - 3
     days_ago = F.least(
         F.lit(HISTORY_DAYS),
-        F.col("last_ago") + (F.col("n_orders") - 1 - F.col("k")) * F.col("gap") + F.when(F.col("k") < F.col("n_orders") - 1, jitter).otherwise(0),
+        F.col("last_ago")
+        + (F.col("n_orders") - 1 - F.col("k")) * F.col("gap")
+        + F.when(F.col("k") < F.col("n_orders") - 1, jitter).otherwise(0),
     )
     secs = _int_between(_u(seed, 11, *key), 0, 86_399 - 1)
     order_ts = F.timestamp_seconds(F.lit(end_s) - F.greatest(days_ago, F.lit(0)) * 86_400 - secs)
-    channel = F.when(_u(seed, 12, *key) < 0.7, F.col("pref_channel")).otherwise(_pick(_u(seed, 13, *key), CHANNELS))
+    channel = F.when(_u(seed, 12, *key) < 0.7, F.col("pref_channel")).otherwise(
+        _pick(_u(seed, 13, *key), CHANNELS)
+    )
     u_cur = _u(seed, 14, *key)
     currency = F.when(u_cur < 0.90, F.lit("USD")).when(u_cur < 0.97, F.lit("EUR")).otherwise(F.lit("GBP"))
     orders = orders.select(
@@ -161,7 +167,11 @@ def transactions(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> Data
     lines = orders.select("*", F.explode(F.sequence(F.lit(1), F.col("n_lines"))).alias("line"))
     lkey = [F.col("id"), F.col("k"), F.col("line")]
     value = F.col("aov") * (F.lit(0.4) + F.lit(1.2) * _u(seed, 20, *lkey)) / F.col("n_lines")
-    rate = F.when(F.col(S.CURRENCY) == "EUR", F.lit(1.0 / 1.08)).when(F.col(S.CURRENCY) == "GBP", F.lit(1.0 / 1.27)).otherwise(F.lit(1.0))
+    rate = (
+        F.when(F.col(S.CURRENCY) == "EUR", F.lit(1.0 / 1.08))
+        .when(F.col(S.CURRENCY) == "GBP", F.lit(1.0 / 1.27))
+        .otherwise(F.lit(1.0))
+    )
     sale = lines.select(
         S.CUSTOMER_ID,
         S.ORDER_ID,
@@ -179,9 +189,12 @@ def transactions(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> Data
         S.CUSTOMER_ID,
         S.ORDER_ID,
         F.timestamp_seconds(
-            F.unix_seconds(F.col(S.ORDER_TS)) + _int_between(_u(seed, 30, F.col("id"), F.col("k")), 1, 14) * 86_400
+            F.unix_seconds(F.col(S.ORDER_TS))
+            + _int_between(_u(seed, 30, F.col("id"), F.col("k")), 1, 14) * 86_400
         ).alias(S.ORDER_TS),
-        F.round(-F.col(S.AMOUNT) * (F.lit(0.5) + F.lit(0.5) * _u(seed, 31, F.col("id"), F.col("k"))), 2).alias(S.AMOUNT),
+        F.round(
+            -F.col(S.AMOUNT) * (F.lit(0.5) + F.lit(0.5) * _u(seed, 31, F.col("id"), F.col("k"))), 2
+        ).alias(S.AMOUNT),
         F.lit(-1).alias(S.QUANTITY),
         S.PRODUCT_CATEGORY,
         S.CHANNEL,
@@ -225,7 +238,10 @@ def events(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> DataFrame:
     """Web/app telemetry: sessions in the last 90 days with page views, carts, checkouts, purchases."""
     end_s = _epoch(end) + 23 * 3600
     sess = base.where(F.col("sessions_90d") > 0).select(
-        "id", S.CUSTOMER_ID, "arch", "pref_channel",
+        "id",
+        S.CUSTOMER_ID,
+        "arch",
+        "pref_channel",
         F.explode(F.sequence(F.lit(1), F.col("sessions_90d"))).alias("s"),
     )
     key = [F.col("id"), F.col("s")]
@@ -244,12 +260,18 @@ def events(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> DataFrame:
         F.when(purchase, F.array(F.lit("purchase"))).otherwise(empty),
         F.when(_u(seed, 65, *key) < 0.3, F.array(F.lit("feature_used"))).otherwise(empty),
     )
-    start_s = F.lit(end_s) - _int_between(_u(seed, 66, *key), 0, 89) * 86_400 - _int_between(_u(seed, 67, *key), 0, 22) * 3600
+    start_s = (
+        F.lit(end_s)
+        - _int_between(_u(seed, 66, *key), 0, 89) * 86_400
+        - _int_between(_u(seed, 67, *key), 0, 22) * 3600
+    )
     sessions = sess.select(
         S.CUSTOMER_ID,
         start_s.alias("start"),
         F.col("s"),
-        F.when(F.col("pref_channel") == "store", F.lit("web")).otherwise(F.col("pref_channel")).alias(S.CHANNEL),
+        F.when(F.col("pref_channel") == "store", F.lit("web"))
+        .otherwise(F.col("pref_channel"))
+        .alias(S.CHANNEL),
         _pick(_u(seed, 68, *key), ("desktop", "mobile", "tablet")).alias(S.DEVICE),
         F.posexplode(types).alias("pos", S.EVENT_TYPE),
     )
@@ -308,7 +330,16 @@ def dirty_transactions(clean: DataFrame, seed: int, end: dt.date = DEFAULT_END) 
     )
     spark = clean.sparkSession
     day = end.isoformat()
-    cols = [S.CUSTOMER_ID, S.ORDER_ID, S.ORDER_TS, S.AMOUNT, S.QUANTITY, S.PRODUCT_CATEGORY, S.CHANNEL, S.CURRENCY]
+    cols = [
+        S.CUSTOMER_ID,
+        S.ORDER_ID,
+        S.ORDER_TS,
+        S.AMOUNT,
+        S.QUANTITY,
+        S.PRODUCT_CATEGORY,
+        S.CHANNEL,
+        S.CURRENCY,
+    ]
     planted = spark.createDataFrame(
         [
             (None, "BAD-missing-id", f"{day} 10:00:00", "10.00", "1", "home", "web", "USD"),

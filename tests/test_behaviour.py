@@ -150,7 +150,7 @@ def test_behaviour_features_without_optional_columns(transactions):
     assert rows["A"][B.AVG_BASKET_SIZE] is None
     assert rows["A"][B.CATEGORY_BREADTH] == 0
     assert rows["A"]["channel_share_web"] is None  # no channel known: shares unknown, not 0
-    with pytest.raises(InputError, match="'transactions': column.s. order_id missing"):
+    with pytest.raises(InputError, match=r"'transactions': column\(s\) order_id missing"):
         orders_of(bare.drop("order_id"))
 
 

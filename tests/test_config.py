@@ -25,10 +25,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def test_default_yaml_documents_every_key_with_its_default() -> None:
-    documented = _flat(Settings.model_validate(yaml.safe_load((ROOT / "conf/default.yaml").read_text())).as_dict())
+    documented = _flat(
+        Settings.model_validate(yaml.safe_load((ROOT / "conf/default.yaml").read_text())).as_dict()
+    )
     defaults = _flat(Settings().as_dict())
     raw_keys = set(_flat(yaml.safe_load((ROOT / "conf/default.yaml").read_text())))
-    assert raw_keys == set(defaults), f"undocumented: {set(defaults) - raw_keys}; stale: {raw_keys - set(defaults)}"
+    assert raw_keys == set(defaults), (
+        f"undocumented: {set(defaults) - raw_keys}; stale: {raw_keys - set(defaults)}"
+    )
     assert documented == defaults
 
 
@@ -106,8 +110,13 @@ def test_missing_pseudonymization_key_exits_2_before_spark_starts(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("SEGSPARK_PSEUDO_KEY", raising=False)
-    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))  # Spark could not start: the key check comes first
+    monkeypatch.setenv(
+        "JAVA_HOME", str(tmp_path / "no-java")
+    )  # Spark could not start: the key check comes first
     code = main(["run", "--set", f"input.transactions.path={tmp_path}", "--set", f"output.path={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("segspark: configuration error: no pseudonymization key: set the environment variable SEGSPARK_PSEUDO_KEY")
+    assert err[-1].startswith(
+        "segspark: configuration error: no pseudonymization key: set the environment variable "
+        "SEGSPARK_PSEUDO_KEY"
+    )

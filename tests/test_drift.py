@@ -17,12 +17,20 @@ def test_psi_matches_a_hand_computation() -> None:
 
 def test_segment_drift_first_run_is_empty_and_shift_is_flagged(spark: SparkSession) -> None:
     schema = "customer_id string, rfm_segment string, monetary double"
-    prev = spark.createDataFrame([(f"c{i}", "Champions" if i < 50 else "Lost", float(i)) for i in range(100)], schema)
+    prev = spark.createDataFrame(
+        [(f"c{i}", "Champions" if i < 50 else "Lost", float(i)) for i in range(100)], schema
+    )
     cur = spark.createDataFrame(
-        [(f"c{i}", "Champions" if i < 20 else ("Lost" if i < 95 else None), float(i) * 3) for i in range(100)], schema
+        [
+            (f"c{i}", "Champions" if i < 20 else ("Lost" if i < 95 else None), float(i) * 3)
+            for i in range(100)
+        ],
+        schema,
     )
     assert segment_drift(cur, None, ["rfm_segment"], ["monetary"]).count() == 0
-    rows = {(r.dimension, r.bucket): r for r in segment_drift(cur, prev, ["rfm_segment"], ["monetary"]).collect()}
+    rows = {
+        (r.dimension, r.bucket): r for r in segment_drift(cur, prev, ["rfm_segment"], ["monetary"]).collect()
+    }
     seg = rows[("rfm_segment", "Champions")]
     assert (seg.previous_share, seg.current_share) == (0.5, 0.2)
     assert rows[("rfm_segment", "(none)")].current_share == pytest.approx(0.05)
@@ -31,5 +39,7 @@ def test_segment_drift_first_run_is_empty_and_shift_is_flagged(spark: SparkSessi
     assert total.psi == pytest.approx(expected)
     assert total.status == "major"
     assert rows[("monetary", "__total__")].status == "major"
-    unchanged = segment_drift(prev, prev, ["rfm_segment"], ["monetary"]).where("bucket = '__total__'").collect()
+    unchanged = (
+        segment_drift(prev, prev, ["rfm_segment"], ["monetary"]).where("bucket = '__total__'").collect()
+    )
     assert all(r.psi == pytest.approx(0.0) and r.status == "stable" for r in unchanged)

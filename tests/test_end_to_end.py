@@ -29,9 +29,29 @@ def _table(root: Path, name: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("e2e")
-    assert main(["generate", "--out", str(root / "data"), "--customers", str(CUSTOMERS), "--seed", "11", "--dirty"]) == 0
-    sets = [f"output.path={root}", "lakehouse.engine=delta-rs", f"as_of_date={AS_OF}", "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
-            "clustering.k_max=6", "report.min_segment_size=5"]
+    assert (
+        main(
+            [
+                "generate",
+                "--out",
+                str(root / "data"),
+                "--customers",
+                str(CUSTOMERS),
+                "--seed",
+                "11",
+                "--dirty",
+            ]
+        )
+        == 0
+    )
+    sets = [
+        f"output.path={root}",
+        "lakehouse.engine=delta-rs",
+        f"as_of_date={AS_OF}",
+        "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
+        "clustering.k_max=6",
+        "report.min_segment_size=5",
+    ]
     for name in ("transactions", "customers", "events", "marketing_spend"):
         sets.append(f"input.{name}.path={root / 'data' / name}")
     args = [x for s in sets for x in ("--set", s)]
@@ -46,11 +66,22 @@ def test_every_quality_rule_fires_and_counts_reconcile(lake: dict[str, Any]) -> 
     quarantine = _table(root, "quarantine")
     rules = {(q["source_table"], q["rule"]) for q in quarantine}
     tx_rules = {r for t, r in rules if t == "transactions"}
-    assert {"missing_customer_id", "bad_timestamp", "future_timestamp", "too_early_timestamp", "bad_amount",
-            "duplicate_line", "amount_outlier", "unknown_currency"} <= tx_rules
+    assert {
+        "missing_customer_id",
+        "bad_timestamp",
+        "future_timestamp",
+        "too_early_timestamp",
+        "bad_amount",
+        "duplicate_line",
+        "amount_outlier",
+        "unknown_currency",
+    } <= tx_rules
     assert any(t == "customers" for t, _ in rules)
     runs = _table(root, "runs")
-    assert sorted((r["command"], r["status"]) for r in runs) == [("report", "succeeded"), ("run", "succeeded")]
+    assert sorted((r["command"], r["status"]) for r in runs) == [
+        ("report", "succeeded"),
+        ("run", "succeeded"),
+    ]
     runs = [r for r in runs if r["command"] == "run"]
     for item in runs[0]["inputs"]:
         assert item["rows_in"] == item["rows_clean"] + item["rows_quarantined"], item
@@ -107,7 +138,13 @@ def test_segments_are_pseudonymous_one_row_per_customer_and_complete(lake: dict[
 def test_no_pii_in_any_output_table_report_or_mlflow_store(lake: dict[str, Any]) -> None:
     root = lake["root"]
     scanned = 0
-    for path in [*(root / "tables").rglob("*"), *(root / "reports").rglob("*"), root / "mlflow.db", *root.glob("mlruns/**/*"), *root.glob("mlartifacts/**/*")]:
+    for path in [
+        *(root / "tables").rglob("*"),
+        *(root / "reports").rglob("*"),
+        root / "mlflow.db",
+        *root.glob("mlruns/**/*"),
+        *root.glob("mlartifacts/**/*"),
+    ]:
         if path.is_file():
             data = path.read_bytes()
             scanned += 1
@@ -131,7 +168,9 @@ def test_retry_of_the_same_run_commits_nothing_twice(lake: dict[str, Any]) -> No
 
 
 @pytest.mark.slow
-def test_score_reproduces_run_assignments_and_monitor_reports_drift(lake: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_reproduces_run_assignments_and_monitor_reports_drift(
+    lake: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     root = lake["root"]
     fitted = {r["customer_id"]: (r["cluster_id"], r["persona"]) for r in _table(root, "customer_segments")}
     assert main(["score", "--run-id", "e2e-score", *lake["args"], "--set", "report.enabled=false"]) == 0
@@ -141,7 +180,9 @@ def test_score_reproduces_run_assignments_and_monitor_reports_drift(lake: dict[s
 
 
 @pytest.mark.slow
-def test_erase_removes_a_customer_everywhere(lake: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_erase_removes_a_customer_everywhere(
+    lake: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     import hashlib
     import hmac
 
@@ -159,10 +200,31 @@ def test_erase_removes_a_customer_everywhere(lake: dict[str, Any], capsys: pytes
 def test_demo_and_smoke_over_spark_connect(tmp_path: Path) -> None:
     env = {**os.environ, "SEGSPARK_PSEUDO_KEY": "connect-test-key"}
     proc = subprocess.run(
-        [sys.executable, "-m", "segspark", "demo", "--out", str(tmp_path), "--customers", "300",
-         "--set", "spark.remote=local[2]", "--set", "spark.shuffle_partitions=2", "--set", "clustering.k_max=4",
-         "--set", "churn.enabled=false", "--set", "report.enabled=false"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "segspark",
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--customers",
+            "300",
+            "--set",
+            "spark.remote=local[2]",
+            "--set",
+            "spark.shuffle_partitions=2",
+            "--set",
+            "clustering.k_max=4",
+            "--set",
+            "churn.enabled=false",
+            "--set",
+            "report.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "succeeded" in proc.stdout

@@ -28,7 +28,10 @@ def test_same_seed_same_data_whatever_the_partitioning(spark: SparkSession) -> N
 
 def test_archetype_shares_match_the_plan(spark: SparkSession) -> None:
     n = 20_000
-    shares = {r.archetype: r["count"] / n for r in G.customer_base(spark, n, seed=1).groupBy("archetype").count().collect()}
+    shares = {
+        r.archetype: r["count"] / n
+        for r in G.customer_base(spark, n, seed=1).groupBy("archetype").count().collect()
+    }
     planned = {a.name: a.share for a in G.ARCHETYPES}
     assert set(shares) == set(planned)
     for name, share in planned.items():
@@ -41,12 +44,19 @@ def test_archetypes_differ_as_planted(spark: SparkSession) -> None:
     per = (
         tx.join(base.select("customer_id", "archetype"), "customer_id", how="inner")
         .groupBy("archetype", "customer_id")
-        .agg(F.countDistinct("order_id").alias("orders"), F.sum("amount").alias("spend"),
-             F.max("order_ts").alias("last"), F.sum((F.col("amount") < 0).cast("int")).alias("returns"))
+        .agg(
+            F.countDistinct("order_id").alias("orders"),
+            F.sum("amount").alias("spend"),
+            F.max("order_ts").alias("last"),
+            F.sum((F.col("amount") < 0).cast("int")).alias("returns"),
+        )
         .groupBy("archetype")
-        .agg(F.avg("orders").alias("orders"), F.avg("spend").alias("spend"),
-             F.avg(F.datediff(F.lit(G.DEFAULT_END), F.col("last"))).alias("recency"),
-             F.avg("returns").alias("returns"))
+        .agg(
+            F.avg("orders").alias("orders"),
+            F.avg("spend").alias("spend"),
+            F.avg(F.datediff(F.lit(G.DEFAULT_END), F.col("last"))).alias("recency"),
+            F.avg("returns").alias("returns"),
+        )
     )
     stats = {r.archetype: r for r in per.collect()}
     assert "prospects" not in stats  # prospects never buy
@@ -55,7 +65,9 @@ def test_archetypes_differ_as_planted(spark: SparkSession) -> None:
     assert stats["lapsed_one_timers"].recency > 365 > stats["at_risk_regulars"].recency > 120
     assert stats["new_customers"].recency < 45
     # returns are negative lines of the same order
-    neg = tx.where(F.col("amount") < 0).join(tx.where(F.col("amount") > 0).select("order_id").distinct(), "order_id", how="left_anti")
+    neg = tx.where(F.col("amount") < 0).join(
+        tx.where(F.col("amount") > 0).select("order_id").distinct(), "order_id", how="left_anti"
+    )
     assert neg.count() == 0
 
 
@@ -63,7 +75,16 @@ def test_dirty_plants_every_kind_of_bad_row(spark: SparkSession) -> None:
     base = G.customer_base(spark, 200, seed=2)
     dirty = G.dirty_transactions(G.transactions(base, seed=2), seed=2)
     bad = {r.order_id for r in dirty.where(F.col("order_id").startswith("BAD-")).select("order_id").collect()}
-    assert {"BAD-missing-id", "BAD-bad-ts", "BAD-future-ts", "BAD-early-ts", "BAD-bad-amount", "BAD-outlier", "BAD-currency", "BAD-conflict"} <= bad
+    assert {
+        "BAD-missing-id",
+        "BAD-bad-ts",
+        "BAD-future-ts",
+        "BAD-early-ts",
+        "BAD-bad-amount",
+        "BAD-outlier",
+        "BAD-currency",
+        "BAD-conflict",
+    } <= bad
     dupes = dirty.groupBy(*dirty.columns).count().where(F.col("count") > 1).count()
     assert dupes == 5
     crm = G.dirty_customers(G.customers(base, seed=2))
@@ -71,7 +92,9 @@ def test_dirty_plants_every_kind_of_bad_row(spark: SparkSession) -> None:
 
 
 def test_generate_writes_five_delta_tables(spark: SparkSession, tmp_path: Path) -> None:
-    settings = Settings.model_validate({"output": {"path": str(tmp_path)}, "lakehouse": {"engine": "delta-rs"}})
+    settings = Settings.model_validate(
+        {"output": {"path": str(tmp_path)}, "lakehouse": {"engine": "delta-rs"}}
+    )
     result = pipeline.generate(settings, str(tmp_path / "data"), 300, seed=5, spark=spark)
     assert set(result["paths"]) == {"transactions", "customers", "events", "marketing_spend", "ground_truth"}
     for name, path in result["paths"].items():

@@ -161,7 +161,8 @@ def _pooled_mean_sd(groups: list[tuple[int, float | None, float | None]]) -> dic
         return {"t_mean": math.nan, "t_sd": math.nan}
     mean = sum(c * m for c, m, _ in live) / n
     m2 = sum(
-        (c - 1) * (v if v is not None and not math.isnan(v) else 0.0) + c * (m - mean) ** 2 for c, m, v in live
+        (c - 1) * (v if v is not None and not math.isnan(v) else 0.0) + c * (m - mean) ** 2
+        for c, m, v in live
     )
     return {"t_mean": mean, "t_sd": math.sqrt(m2 / (n - 1)) if n > 1 else math.nan}
 
