@@ -12,10 +12,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segspark.errors import ConfigError, SegsparkError
 
 log = logging.getLogger("segspark")
+
+if TYPE_CHECKING:
+    from segspark.config import Settings
+    from segspark.pipeline import RunContext
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -102,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace, extra: list[str] | None = None):  # type: ignore[no-untyped-def]
+def _settings(args: argparse.Namespace, extra: list[str] | None = None) -> Settings:
     from segspark.config import load_settings
 
     overrides = list(args.overrides) + list(extra or [])
@@ -140,7 +145,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
     return 0
 
 
-def _print_run(ctx) -> None:  # type: ignore[no-untyped-def]
+def _print_run(ctx: RunContext) -> None:
     settings = ctx.settings
     out = Path(settings.output.path).resolve()
     print(f"run {ctx.run_id} succeeded (as_of_date {ctx.as_of_date}, engine {ctx.lake.engine})")
@@ -187,7 +192,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_key(settings, demo: bool) -> None:  # type: ignore[no-untyped-def]
+def _check_key(settings: Settings, demo: bool) -> None:
     """A missing pseudonymization key is a configuration error: say so before Spark starts."""
     if settings.privacy.pseudonymize:
         from segspark import privacy

@@ -296,7 +296,7 @@ class KpisConfig(Section):
 class ClusteringConfig(Section):
     enabled: bool = True
     algorithms: list[Literal["kmeans", "bisecting_kmeans", "gmm"]] = Field(
-        default_factory=lambda: ["kmeans", "bisecting_kmeans"]
+        default_factory=lambda: ["kmeans", "bisecting_kmeans"]  # type: ignore[arg-type]
     )
     algorithm: Literal["kmeans", "bisecting_kmeans", "gmm", "dbscan", "hdbscan"] | None = None
     k_min: int = Field(default=2, ge=2)

@@ -272,8 +272,8 @@ def stage_ingest(ctx: RunContext) -> None:
     ingest.log_summary(results)
     ctx.quality = [r.summary() for r in results]
     tracking.log_metrics(
-        {f"quarantined_{r.table}_{rule}": n for r in results for rule, n in r.by_rule.items()}
-        | {f"rows_in_{r.table}": r.rows_in for r in results}
+        {f"quarantined_{r.table}_{rule}": float(n) for r in results for rule, n in r.by_rule.items()}
+        | {f"rows_in_{r.table}": float(r.rows_in) for r in results}
     )
     tracking.log_input_lineage(
         [
@@ -305,7 +305,7 @@ def default_as_of(transactions: DataFrame) -> dt.date:
     row = transactions.agg(F.max(F.to_date(F.col(S.ORDER_TS)))).first()
     if row is None or row[0] is None:
         raise InputError("table 'transactions': no clean order to take as_of_date from; set as_of_date")
-    return row[0]  # type: ignore[no-any-return]
+    return row[0]
 
 
 def stage_silver(ctx: RunContext) -> None:
@@ -464,7 +464,7 @@ def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
                     str(r.frequency),
                     num(r.actual),
                     num(r.predicted),
-                    int(r.customers),
+                    int(r.customers),  # type: ignore[arg-type]
                 )
             )
     return rows
@@ -744,7 +744,7 @@ def _latest_date(ctx: RunContext, name: str) -> dt.date:
     row = ctx.lake.read_output(name).agg(F.max(S.AS_OF_DATE)).first()
     if row is None or row[0] is None:
         raise InputError(f"{name} is empty: run the pipeline first")
-    return row[0]  # type: ignore[no-any-return]
+    return row[0]
 
 
 def cluster_only(ctx: RunContext) -> RunContext:

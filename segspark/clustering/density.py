@@ -148,7 +148,7 @@ def assign_density(prepared: DataFrame, model: DensityModel) -> DataFrame:
             if len(pdf) == 0:
                 yield pdf.assign(**{prep.PREDICTION_COL: pd.Series([], dtype="int32")})
                 continue
-            dist, idx = index.kneighbors(np.vstack(pdf[_XA].to_numpy()), n_neighbors=1)
+            dist, idx = index.kneighbors(np.vstack(list(pdf[_XA].to_numpy())), n_neighbors=1)
             pred = np.where(dist[:, 0] <= eps, labels[idx[:, 0]], NOISE).astype("int32")
             yield pdf.assign(**{prep.PREDICTION_COL: pred})
 

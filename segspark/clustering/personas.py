@@ -199,7 +199,7 @@ def generate_name(row: pd.Series, features: list[str], cfg: ClusteringConfig, ex
         assert noun is not None
         return noun[0].upper() + noun[1:]
     words = [adjs[0], *[a.lower() for a in adjs[1:]], noun]
-    return " ".join(words)
+    return " ".join(w for w in words if w)
 
 
 def _phrase(f: str, row: pd.Series, population: dict[str, dict[str, float]]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import PCA, Imputer, RobustScaler, SQLTransformer, StandardScaler, VectorAssembler
@@ -162,7 +163,8 @@ def build_prep_pipeline(features: list[str], cfg: ClusteringConfig) -> Pipeline:
         scaler = RobustScaler(inputCol=ASSEMBLED_COL, outputCol=scaled_out, withCentering=True)
     else:
         scaler = StandardScaler(inputCol=ASSEMBLED_COL, outputCol=scaled_out, withMean=True, withStd=True)
-    stages = [SQLTransformer(statement=_transform_sql(features, logged)), imputer, assembler, scaler]
+    sql = SQLTransformer(statement=_transform_sql(features, set(logged)))
+    stages: list[Any] = [sql, imputer, assembler, scaler]
     if cfg.pca_components:
         if cfg.pca_components > len(features):
             raise ConfigError(

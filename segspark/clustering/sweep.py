@@ -108,7 +108,7 @@ class ClusterResult:
 
 def mllib_estimator(algorithm: str, k: int, cfg: ClusteringConfig, seed: int | None = None) -> Estimator:
     """The MLlib estimator for one candidate, reading ``features`` and writing ``prediction``."""
-    common = {"featuresCol": prep.FEATURES_COL, "predictionCol": prep.PREDICTION_COL, "k": k}
+    common: dict[str, Any] = {"featuresCol": prep.FEATURES_COL, "predictionCol": prep.PREDICTION_COL, "k": k}
     s = cfg.seed if seed is None else seed
     if algorithm == "kmeans":
         return KMeans(**common, seed=s, maxIter=cfg.max_iter, tol=cfg.tol)
@@ -383,7 +383,7 @@ def _fit(
     everyone = prep_model.transform(base).select(*keep)
     t_prep = time.perf_counter()
 
-    algorithms = cfg.algorithms if cfg.algorithm is None or density else [cfg.algorithm]
+    algorithms: list[str] = list(cfg.algorithms) if cfg.algorithm is None or density else [cfg.algorithm]
     if density:
         sweep_table = pd.DataFrame(columns=SWEEP_COLUMNS)
     elif cfg.sweep_engine == "local":

@@ -99,7 +99,7 @@ def log_to_mlflow(
                     {"algorithm": row["algorithm"], "k": int(row["k"]), "engine": row["engine"]}
                 )
                 mlflow.log_metrics(
-                    _finite({k: v for k, v in row.items() if k not in ("algorithm", "k", "engine")})
+                    _finite({str(k): v for k, v in row.items() if k not in ("algorithm", "k", "engine")})
                 )
                 mlflow.set_tag("segspark.chosen", str(is_chosen).lower())
                 nested.append(run.info.run_id)
@@ -184,7 +184,7 @@ def resolve_model(
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         try:
-            versions = client.search_model_versions(f"name='{name}'")
+            versions = list(client.search_model_versions(f"name='{name}'"))
         except MlflowException:
             versions = []
         if not versions:
