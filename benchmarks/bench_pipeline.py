@@ -63,26 +63,41 @@ RATES = "{" + ", ".join(f"{k}: {v}" for k, v in CURRENCY_RATES.items()) + "}"
 OPTIONAL_INPUTS = ("customers", "events", "marketing_spend")
 POLL_S = 0.5
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+MIN_AGE_S = 1.0
 GB = 1e9
 
 
 # ---- process tree memory ---------------------------------------------------------------------------
 def _tree(root: int) -> list[int]:
-    """``root`` and every live descendant (from the parent ids in /proc/<pid>/stat)."""
+    """``root`` and every live descendant (from the parent ids in /proc/<pid>/stat), except processes
+    younger than :data:`MIN_AGE_S`.
+
+    The JVM starts each Python worker by forking itself (posix_spawn through jspawnhelper): until the
+    exec, /proc shows the child with the JVM's whole resident set, and a sample then would count the
+    JVM twice. Forks that short never live a second; the workers that stay are counted from then on.
+    """
     children: dict[int, list[int]] = {}
+    young: set[int] = set()
+    with open("/proc/uptime") as fh:
+        uptime = float(fh.read().split()[0])
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ppid, started = int(fields[1]), int(fields[19]) / TICKS
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
+        if uptime - started < MIN_AGE_S:
+            young.add(int(entry))
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
-        out.append(pid)
+        if pid == root or pid not in young:
+            out.append(pid)
         todo.extend(children.get(pid, []))
     return out
 
@@ -306,6 +321,15 @@ def read_runs_rows(output: Path) -> dict[str, Any] | None:
     }
 
 
+def in_log_order(steps: dict[str, float], log: Path) -> dict[str, float]:
+    """``steps`` in the order the run logged them ("<step> took N s" as each ends; the runs table's
+    map does not keep the order), those never logged last."""
+    text = log.read_text(errors="replace")
+    position = {step: text.find(f" {step} took ") for step in steps}
+    ranked = sorted(steps, key=lambda step: (position[step] < 0, position[step]))
+    return {step: steps[step] for step in ranked}
+
+
 def run_segspark(
     label: str, command: str, data: dict[str, Any], inputs: str, rep: int, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -318,6 +342,8 @@ def run_segspark(
     log = Path(args.out) / "logs" / f"{name}.log"
     measured = measure(cmd, cwd=output, env=_env(), log=log, timeout=args.timeout)
     row = read_runs_rows(output)
+    if row:
+        row["steps"] = in_log_order(row["steps"], log)
     status = "ok" if measured.code == 0 else ("timeout" if measured.timed_out else f"exit {measured.code}")
     result = {
         "kind": "segspark", "label": label, "lines": data["lines"], "customers": data["customers"],
