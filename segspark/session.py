@@ -119,8 +119,8 @@ HEAP_SHARE = 0.6
 HEAP_MIN_MIB = 1024  # Spark's own default, and its minimum is ~450 MB
 HEAP_MAX_MIB = 31 * 1024  # from 32 GB up the JVM drops compressed object pointers: more memory per object
 # Four tasks per core: a customer with many orders or a skewed key delays one task of four rather
-# than a whole core's share, and each task's sort/aggregate buffer is a quarter of the core's share,
-# so a 10M-line stage does not spill. Adaptive execution merges the small partitions of a small input.
+# than a whole core's share, and each task sorts or aggregates a quarter of the core's share of a
+# large input, which spills less. Adaptive execution merges the small partitions of a small input.
 PARTITIONS_PER_CORE = 4
 MIN_PARTITIONS = 8
 MIB = 1 << 20
