@@ -105,6 +105,13 @@ def test_two_windows_in_one_pass_equal_each_window_alone(small_tx: DataFrame) ->
         assert_df_equality(
             C.window(wide, i, cut, 90), C.labelled_features(small_tx, cut, 90), ignore_row_order=True
         )
+    # categories and channels as bit masks (the default) or, past 63 values, as sets: same features
+    assert C.value_codes(small_tx, CUTOFF) == C.Codes(
+        categories=("books", "toys"), channels=("app", "store", "web")
+    )
+    by_sets = C.labelled_features(small_tx, CUTOFF, 90, C.Codes(categories=None, channels=None))
+    assert dict(by_sets.dtypes)["distinct_categories"] == "double"
+    assert_df_equality(by_sets, C.labelled_features(small_tx, CUTOFF, 90), ignore_row_order=True)
 
 
 def test_seeded_sample_is_about_the_size_and_independent_of_partitioning(spark: Any) -> None:
