@@ -526,7 +526,7 @@ def summary_table(results: list[dict[str, Any]], min_step_s: float = 1.0) -> str
     head = ["lines", "customers", "what", "inputs", "runs ok", "wall s (median)", "peak RSS GB (max)",
             "x reference"]
     rows = [head, ["---:", "---:", "---", "---", "---:", "---:", "---:", "---:"]]
-    order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "reference"))
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "reference", kv[0][2] != "tx"))
     for (lines, label, inputs), rs in order:
         ok = [r for r in rs if r["status"] == "ok"]
         wall = _median([r["wall_s"] for r in ok])
@@ -539,7 +539,7 @@ def summary_table(results: list[dict[str, Any]], min_step_s: float = 1.0) -> str
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
     # stage seconds (median over repetitions), one column per run kind
-    columns = sorted(groups, key=lambda key: (key[0], key[1] == "reference", key[1], key[2]))
+    columns = sorted(groups, key=lambda key: (key[0], key[1] == "reference", key[1], key[2] != "tx"))
     steps: list[str] = []
     for key in columns:
         for r in groups[key]:
