@@ -1,27 +1,36 @@
-"""CLV in Spark benchmark: summary statistics and per-customer predictions, timed separately.
+"""CLV (and churn) in Spark benchmark: summary statistics, fits, predictions and whole stages, timed.
 
 Not a test. Transactions come from ``segspark.generate``; its archetypes give about 8 order lines
 per customer, so the orders per customer are capped (a fractional cap, drawn per customer) to hit
 the wanted customers and transactions together. The Parquet is written once under ``--out`` and
-reused while its ``.complete`` marker is there; ``--path`` reads any Parquet of transactions instead
-(columns customer_id, order_id, order_ts, amount).
+reused while its ``.complete`` marker is there; ``--path`` reads any Parquet of transactions (columns
+customer_id, order_id, order_ts, amount) or a Delta table folder such as ``segspark generate``'s
+``transactions`` instead. The silver ``orders`` and ``customer_days`` (``segspark.silver``) are built
+from the lines once, written as Parquet next to them (``<path>_silver``) and reused: the model stages
+read them, never the lines.
 
 Steps, each timed on its own (Spark's JVM start is timed separately and excluded):
 
-- ``summary``: ``summary.summary_statistics`` as of the end date, persisted and materialized
-  (as the CLV stage persists it); run ``--repeat`` times, the first on a cold JVM;
+- ``summary``: ``summary.summary_statistics`` on ``customer_days`` as of the end date, persisted and
+  materialized (as the CLV stage persists it); run ``--repeat`` times, the first on a cold JVM;
 - ``sufficient stats``: the grouped (x, t_x, T) and (x, spend bin) tables that reach the driver;
 - ``fit``: BG/NBD + Gamma-Gamma on them (driver);
 - ``prediction``: ``predict.with_predictions`` (P(alive), expected purchases, expected spend,
-  discounted CLV) on the persisted summary, written to Spark's ``noop`` sink.
+  discounted CLV) on the persisted summary, written to Spark's ``noop`` sink;
+- ``clv stage``: ``pipeline.fit_clv`` (``clv.run_clv`` with the penalizer fallback) with the default
+  holdout, then its customer scores to the ``noop`` sink;
+- ``churn stage`` (``--churn``): ``churn.run_churn`` on ``orders`` with the default configuration,
+  then its customer scores to the ``noop`` sink.
 
 Each figure comes with the CPU seconds of the driver, the JVM and its Python workers, and the 1-minute
 load average: other work on the machine inflates wall times (less so CPU times).
 
     python benchmarks/bench_clv_spark.py --customers 2500000 --transactions 10000000 [--after-ingest]
 
-``--after-ingest`` first runs ``ingest.validate`` (timed on its own) and takes the summary from its
-clean rows, as the pipeline does.
+``--after-ingest`` first runs ``ingest.validate`` (timed on its own) and builds the silver tables from
+its clean rows, as the pipeline does.
+
+    python benchmarks/bench_clv_spark.py --path /tmp/ch-data/transactions --churn   # segspark generate's
 """
 
 from __future__ import annotations
@@ -153,8 +162,39 @@ def generate(path: Path, customers: int, transactions: int, driver_memory: str, 
         spark.stop()
 
 
+def _read_lines(spark: Any, path: str) -> Any:
+    """Transactions Parquet, or a Delta table folder (its current files, e.g. ``segspark generate``'s)."""
+    if (Path(path) / "_delta_log").is_dir():
+        import deltalake
+
+        return spark.read.parquet(*deltalake.DeltaTable(path).file_uris())
+    return spark.read.parquet(path)
+
+
+def _silver(spark: Any, tx: Any, path: str) -> tuple[Any, Any]:
+    """The silver orders and customer_days of ``tx``, written once next to ``path`` and read back."""
+    from segspark import silver
+    from segspark.config import PurchaseConfig
+
+    folder = Path(path.rstrip("/") + "_silver")
+    if not (folder / DONE).exists():
+        with _Step() as step:
+            silver.orders(tx, PurchaseConfig()).write.mode("overwrite").parquet(str(folder / "orders"))
+            orders = spark.read.parquet(str(folder / "orders"))
+            silver.customer_days(orders).write.mode("overwrite").parquet(str(folder / "customer_days"))
+        (folder / DONE).write_text("")
+        print(f"silver orders + customer_days (not part of the model stages) in {step}", flush=True)
+    return spark.read.parquet(str(folder / "orders")), spark.read.parquet(str(folder / "customer_days"))
+
+
 def run(
-    path: str, driver_memory: str, partitions: int, model: str, repeat: int = 2, after_ingest: bool = False
+    path: str,
+    driver_memory: str,
+    partitions: int,
+    model: str,
+    repeat: int = 2,
+    after_ingest: bool = False,
+    churn: bool = False,
 ) -> None:
     import datetime as dt
 
@@ -163,38 +203,44 @@ def run(
     from segspark.clv import models as M
     from segspark.clv import predict as P
     from segspark.clv import summary as S
-    from segspark.pipeline import PENALIZER_FALLBACK
+    from segspark.config import ChurnConfig, ClvConfig
+    from segspark.pipeline import PENALIZER_FALLBACK, fit_clv
 
     t0 = time.perf_counter()
     spark = _spark(driver_memory, partitions)
     spark.range(1).count()
     print(f"JVM start {time.perf_counter() - t0:.1f}s (excluded)  {_load()}", flush=True)
     as_of = dt.date.fromisoformat(AS_OF)
-    tx = spark.read.parquet(path)
+    tx = _read_lines(spark, path)
     ingested = None
+    silver_path = path
     if after_ingest:
-        # as in the pipeline: the CLV stage reads ingest's clean rows (pseudonymous ids, partitioned
-        # by customer and sorted by (customer, order), persisted), not the raw Parquet
+        # as in the pipeline: the silver tables come from ingest's clean rows (pseudonymous ids)
         from segspark import ingest
-        from segspark.config import QualityConfig
+        from segspark.config import CurrencyConfig, QualityConfig
 
         processing = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc)
         with _Step() as step:
             ingested = ingest.validate(
                 ingest.conform(tx, "transactions", {}),
                 "transactions",
-                QualityConfig(currency={"rates": {"EUR": 1.08, "GBP": 1.27}}),
+                QualityConfig(currency=CurrencyConfig(rates={"EUR": 1.08, "GBP": 1.27})),
                 processing,
                 key=b"benchmark-key-not-secret",
             )
-        print(f"ingest (not part of the summary): {ingested.rows_clean:,} clean lines in {step}", flush=True)
+        print(
+            f"ingest (not part of the model stages): {ingested.rows_clean:,} clean lines in {step}",
+            flush=True,
+        )
         tx = ingested.clean
+        silver_path = path.rstrip("/") + "_ingested"
+    orders, days = _silver(spark, tx, silver_path)
 
     for i in range(repeat):
         # the first run pays the JVM's warm-up (JIT, code generation); in the pipeline the CLV stage
         # runs after ingest and RFM, on a warm JVM, as the later runs here do
         with _Step() as step:
-            summary = S.summary_statistics(tx, as_of, "week").persist()
+            summary = S.summary_statistics(days, as_of, "week").persist()
             n = summary.count()
         print(f"summary statistics ({'cold' if i == 0 else 'warm'}): {n:,} customers in {step}", flush=True)
         if i < repeat - 1:
@@ -240,6 +286,28 @@ def run(
     assert row is not None
     print(f"    mean P(alive) {row['pa']:.4f}, total CLV {row['clv']:,.0f}, scored {row['n']:,}", flush=True)
     summary.unpersist()
+
+    # the whole stage as the pipeline runs it: holdout validation, model fit and refit, scores
+    with _Step() as step:
+        res = fit_clv(days, as_of, ClvConfig(model=model))  # type: ignore[arg-type]
+    print(f"clv stage (run_clv, default holdout, model {model}): {step}", flush=True)
+    with _Step() as step:
+        res.customers.write.format("noop").mode("overwrite").save()
+    print(f"    its customer scores written (noop): {step}", flush=True)
+    if churn:
+        from segspark import churn as C
+
+        with _Step() as step:
+            cres = C.run_churn(orders, as_of, ChurnConfig())
+        m = cres.metrics
+        print(
+            f"churn stage (run_churn, defaults): {step}; AUC {m['auc']:.3f}, trained on {m['train_rows']:,} "
+            f"of {m['train_customers']:,}, evaluated on {m['eval_customers']:,} of {m['test_customers']:,}",
+            flush=True,
+        )
+        with _Step() as step:
+            cres.customers.write.format("noop").mode("overwrite").save()
+        print(f"    its customer scores written (noop): {step}", flush=True)
     if ingested is not None:
         ingested.release()
     spark.stop()
@@ -250,14 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--customers", type=int, default=2_500_000)
     ap.add_argument("--transactions", type=int, default=10_000_000)
     ap.add_argument("--out", default="/tmp/segspark-bench")
-    ap.add_argument("--path", default=None, help="existing transactions Parquet (skips generation)")
+    ap.add_argument(
+        "--path", default=None, help="existing transactions Parquet or Delta folder (skips generation)"
+    )
     ap.add_argument("--driver-memory", default="4g")
     ap.add_argument("--shuffle-partitions", type=int, default=8)
     ap.add_argument("--model", default="bgnbd", choices=["bgnbd", "mbgnbd", "pareto_nbd"])
     ap.add_argument("--repeat", type=int, default=2, help="summary runs: the first cold, the rest warm")
     ap.add_argument(
-        "--after-ingest", action="store_true", help="summary from ingest's clean rows, as the pipeline"
+        "--after-ingest", action="store_true", help="silver tables from ingest's clean rows, as the pipeline"
     )
+    ap.add_argument("--churn", action="store_true", help="also time the churn stage on the silver orders")
     args = ap.parse_args(argv)
     if args.path:
         path = args.path
@@ -266,7 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         if not (p / DONE).exists():
             generate(p, args.customers, args.transactions, args.driver_memory, args.shuffle_partitions)
         path = str(p)
-    run(path, args.driver_memory, args.shuffle_partitions, args.model, max(1, args.repeat), args.after_ingest)
+    run(
+        path,
+        args.driver_memory,
+        args.shuffle_partitions,
+        args.model,
+        max(1, args.repeat),
+        args.after_ingest,
+        args.churn,
+    )
     return 0
 
 
