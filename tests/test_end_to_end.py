@@ -92,9 +92,11 @@ def test_every_quality_rule_fires_and_counts_reconcile(lake: dict[str, Any]) -> 
 def _report_parts(root: Path) -> dict[str, Any]:
     run_dir = next(p for p in (root / "reports").iterdir() if p.name.startswith("e2e-run-1"))
     md = (run_dir / "report.md").read_text(encoding="utf-8")
-    # the build time is the one line that differs between two builds of the same report
-    lines = [ln for ln in md.splitlines() if " · generated " not in ln]
-    lineage = md.split("### Lineage", 1)[1]
+    # the build time differs between two builds of the same report, and the appendix prints the
+    # configuration of the command that builds it (the run's own is recorded by its hash only)
+    body = md.split("### Effective configuration", 1)[0]
+    lines = [ln for ln in body.splitlines() if " · generated " not in ln]
+    lineage = body.split("### Lineage", 1)[1].split("\n## ", 1)[0]
     return {
         "text": lines,
         "sections": [ln for ln in lines if ln.startswith("#")],
