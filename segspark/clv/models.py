@@ -437,6 +437,12 @@ def _minimize(
 # Relative tolerance below which a negative Hessian eigenvalue counts as zero (see ``_finish``): the
 # central differences of the gradient are accurate to about 1e-6 of the largest curvature.
 HESSIAN_RTOL = 1e-6
+# A parameter below this has run to its boundary at 0 (the fit is unconstrained in log space, so it
+# never reaches 0 itself). The likelihood is flat along such a parameter's log, and where two of them
+# run off together (a, b -> 0 in BG/NBD) along a ridge: the curvature there is rounding noise of
+# either sign. As for an active bound in a constrained fit, the second-order check then covers the
+# free parameters only, which makes the verdict independent of where on the ridge the optimizer stopped.
+BOUNDARY_VALUE = 1e-8
 
 
 def _finish(
@@ -467,10 +473,10 @@ def _finish(
             k: float(pk * math.sqrt(dk)) if dk > 0 else float("nan")
             for k, pk, dk in zip(names, p, diag, strict=True)
         }
-        # Positive definite up to the noise of the finite differences: at a boundary optimum (a
-        # parameter running to 0, where the likelihood is flat in its log) an eigenvalue is zero
-        # up to ~1e-8 of the largest and its sign is differencing noise, not a saddle.
-        eig = np.linalg.eigvalsh(hess)
+        # Positive definite over the free parameters, up to the noise of the finite differences
+        # (see BOUNDARY_VALUE for the parameters at their boundary).
+        free = p >= BOUNDARY_VALUE
+        eig = np.linalg.eigvalsh(hess[np.ix_(free, free)]) if free.any() else np.ones(1)
         hess_ok = bool(np.all(eig > -HESSIAN_RTOL * max(float(np.max(np.abs(eig))), 1.0)))
     except np.linalg.LinAlgError:
         se = {k: float("nan") for k in names}
@@ -489,7 +495,9 @@ def _finish(
         iterations=int(res.nit),
         function_evals=int(res.nfev),
         grad_norm=grad_norm,
-        message=str(res.message) + ("" if hess_ok else "; Hessian not positive definite"),
+        message=str(res.message)
+        + ("" if hess_ok else "; Hessian not positive definite")
+        + "".join(f"; {k} at its boundary 0" for k, v in zip(names, p, strict=True) if v < BOUNDARY_VALUE),
         penalizer=penalizer,
         se=se,
         aic=2 * k - 2 * ll,
