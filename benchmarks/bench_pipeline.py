@@ -433,7 +433,16 @@ def reference(parquet: str, seed: int) -> dict[str, Any]:
             penalizer = 0.001
             bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(*frt)
         returning = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
-        ggf = GammaGammaFitter(penalizer_coef=0.0).fit(returning["frequency"], returning["monetary_value"])
+        gg_penalizer = 0.0
+        try:
+            ggf = GammaGammaFitter(penalizer_coef=gg_penalizer).fit(
+                returning["frequency"], returning["monetary_value"]
+            )
+        except ConvergenceError:  # as for BG/NBD: the small penalizer a notebook would add next
+            gg_penalizer = 0.001
+            ggf = GammaGammaFitter(penalizer_coef=gg_penalizer).fit(
+                returning["frequency"], returning["monetary_value"]
+            )
         step("clv_fit")
         summary["p_alive"] = bgf.conditional_probability_alive(*frt)
         summary["clv_12m"] = ggf.customer_lifetime_value(
@@ -468,6 +477,7 @@ def reference(parquet: str, seed: int) -> dict[str, Any]:
         "customers": len(rfm),
         "segments": int(rfm["segment"].nunique()),
         "bgnbd_penalizer": penalizer,
+        "gamma_gamma_penalizer": gg_penalizer,
         "bgnbd": {k: float(v) for k, v in bgf.params_.items()},
         "best_k": best_k,
         "silhouette": round(sweep[best_k], 4),
@@ -576,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lines", type=int, nargs="+", default=[1_000_000], help="transaction lines per size")
     p.add_argument("--inputs", choices=["tx", "all", "both"], default="both")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--skip-segspark", action="store_true", help="run the reference notebook only")
     p.add_argument("--repeat", type=int, default=1, help="repetitions; each runs every command alternately")
     p.add_argument("--segspark-cmd", action="append", default=[], metavar="[LABEL=]COMMAND",
                    help="command that runs segspark (repeatable, one per checkout); default: this Python's "
@@ -604,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(1, args.repeat + 1):
             for data in datasets:
                 for inputs in variants:
-                    for label, command in commands:
+                    for label, command in [] if args.skip_segspark else commands:
                         results.append(run_segspark(label, command, data, inputs, rep, args))
                         _print_run(results[-1])
                         sink.write(json.dumps(results[-1]) + "\n")
