@@ -217,7 +217,13 @@ class CleanInputs:
     customers: DataFrame | None
     events: DataFrame | None
     marketing_spend: DataFrame | None
-    release_transactions: Callable[[], None] | None = None  # drops the lines' cache once silver is written
+    # drops an input's ingest cache once its last reader has written: transactions after silver,
+    # events after features; customers and spend are small and read until the aggregates
+    releases: dict[str, Callable[[], None]] = field(default_factory=dict)
+
+    def release(self, name: str) -> None:
+        if name in self.releases:
+            self.releases.pop(name)()
 
 
 @dataclass(frozen=True)
@@ -297,7 +303,7 @@ def stage_ingest(ctx: RunContext) -> None:
         customers=customers,
         events=clean.get("events"),
         marketing_spend=clean.get("marketing_spend"),
-        release_transactions=next(r.release for r in results if r.table == "transactions"),
+        releases={r.table: r.release for r in results},
     )
 
 
@@ -315,8 +321,7 @@ def stage_silver(ctx: RunContext) -> None:
     assert ctx.clean is not None
     ctx.write(silver.orders(ctx.clean.transactions, ctx.settings.purchase), S.ORDERS)
     # the lines are done with: release their cache before the heavy stages
-    if ctx.clean.release_transactions is not None:
-        ctx.clean.release_transactions()
+    ctx.clean.release("transactions")
     ctx.write(silver.customer_days(ctx.read(S.ORDERS)), S.CUSTOMER_DAYS)
 
 
@@ -347,19 +352,11 @@ def stage_features(ctx: RunContext) -> None:
         .transform(behaviour.with_demographics, clean.customers)
     )
     ctx.write(table, S.CUSTOMER_FEATURES)
+    # written: later stages read the table, so neither the RFM features nor the events stay cached
+    buyers.unpersist()
+    clean.release("events")
     written = ctx.read(S.CUSTOMER_FEATURES)
     ctx.write(features.rfm_grid(written.where(F.col("r_score").isNotNull())), S.RFM_GRID)
-
-
-SCORE_COLUMNS = (
-    "p_alive",
-    "expected_purchases",
-    "expected_avg_value",
-    "clv",
-    "value_tier",
-    "churn_risk",
-    "churn_band",
-)
 
 
 def stage_scores(ctx: RunContext) -> None:
@@ -503,31 +500,6 @@ def previous_profiles(ctx: RunContext) -> pd.DataFrame | None:
     return prev.where(F.col(S.RUN_ID) != F.lit(ctx.run_id)).toPandas()  # a profile row per cluster
 
 
-SEGMENT_COLUMNS = (
-    "r_score",
-    "f_score",
-    "m_score",
-    "rfm_code",
-    "rfm_segment",
-    "lifecycle_stage",
-    "cluster_id",
-    "persona",
-    "p_alive",
-    "expected_purchases",
-    "expected_avg_value",
-    "clv",
-    "value_tier",
-    "churn_risk",
-    "churn_band",
-    "recency_days",
-    "frequency",
-    "monetary",
-    "avg_order_value",
-    "tenure_days",
-    "acquisition_channel",
-)
-
-
 def stage_segments(ctx: RunContext) -> None:
     """Clusters and personas on buyers (refit, or the registered model when scoring), then
     ``customer_segments``: one row per customer with every segment label and score."""
@@ -570,8 +542,9 @@ def stage_segments(ctx: RunContext) -> None:
     segments = (
         model_table if assignments is None else model_table.join(assignments, on=S.CUSTOMER_ID, how="left")
     )
-    present = [c for c in SEGMENT_COLUMNS if c in segments.columns]
-    ctx.write(segments.select(S.CUSTOMER_ID, *present), S.CUSTOMER_SEGMENTS)
+    # the declared columns (cluster_id and persona are optional: present with clustering only)
+    declared = [f.name for f in tables.SCHEMAS[S.CUSTOMER_SEGMENTS] if f.name in segments.columns]
+    ctx.write(segments.select(*declared), S.CUSTOMER_SEGMENTS)
 
 
 DRIFT_CATEGORICAL = ("rfm_segment", "lifecycle_stage", "persona", "value_tier", "churn_band")

@@ -33,6 +33,7 @@ from segspark.clustering import ClusterResult
 from segspark.clustering.results import sweep_table
 from segspark.config import Settings, load_settings
 from segspark.io import Lakehouse
+from segspark.pipeline import REPORT_TABLES
 from segspark.report import RECOMMENDATION_COLUMNS, SUMMARY_COLUMNS, ReportResult, RunInfo, build_report
 from segspark.tables import (
     CHURN_METRICS_SCHEMA,
@@ -49,6 +50,7 @@ AS_OF = dt.date(2025, 12, 31)
 PREVIOUS_AS_OF = dt.date(2025, 11, 30)
 RUN_ID = "20260105T080000Z-abc123"
 # the snapshot tables the report reads (the pipeline passes each one's as_of_date partition)
+REPORT_SNAPSHOTS = REPORT_TABLES
 REPORT_SNAPSHOTS = (
     S.CUSTOMER_SEGMENTS,
     S.SEGMENT_KPIS,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import types as T
 
 from segspark.clustering.sweep import SWEEP_COLUMNS
 from segspark.tables import CLUSTERING_SWEEP_SCHEMA
@@ -36,16 +37,9 @@ INDICES: tuple[str, ...] = (
     "davies_bouldin",
     "min_cluster_share",
 )
-_INT = ("k", "clusters", "knee", "customers")
-_FLOAT = (
-    "wcss",
-    "silhouette",
-    "calinski_harabasz",
-    "davies_bouldin",
-    "min_cluster_share",
-    "stability",
-    "fit_seconds",
-)
+# column kinds read off the declared schema, so the two cannot drift apart
+_INT = tuple(f.name for f in CLUSTERING_SWEEP_SCHEMA if f.dataType == T.LongType())
+_FLOAT = tuple(f.name for f in CLUSTERING_SWEEP_SCHEMA if f.dataType == T.DoubleType())
 
 
 def _num(v: Any) -> float:
