@@ -159,6 +159,9 @@ class QualityConfig(Section):
     timestamp_formats: list[str] = Field(default_factory=list)
     min_age: int = Field(default=0, ge=0)  # CRM ages outside [min_age, max_age] are malformed
     max_age: int = Field(default=120, ge=1)
+    # a run whose quarantined share of any input exceeds this stops with exit 3 (after the
+    # quarantine table is written, for diagnosis): an absurd share means a broken feed or mapping
+    max_quarantine_share: float = Field(default=0.2, ge=0, le=1)
 
     @field_validator("rules")
     @classmethod
@@ -363,6 +366,11 @@ class ClvConfig(Section):
     spend_grid_resolution: float = Field(default=1e-4, ge=0, lt=0.1)
     spend_corr_warn: float = Field(default=0.3, gt=0, le=1)  # |corr(frequency, spend)| that warns
     min_repeat_buyers: int = Field(default=10, ge=1)  # fewer: no Gamma-Gamma, mean spend instead
+    # a fit is valid only when every parameter is interior, its relative standard errors are finite
+    # and below max_relative_se, and its holdout total error is within max_holdout_error; otherwise
+    # ``auto`` tries the next model and, when none is valid, CLV falls back to the historical spend rate
+    max_relative_se: float = Field(default=10.0, gt=0)
+    max_holdout_error: float = Field(default=0.25, gt=0)
 
 
 class ChurnConfig(Section):
