@@ -743,6 +743,12 @@ def validate(
     clean = flagged.where(F.col(_RULE).isNull()).select(*[F.col(name) for name, _ in plan.output])
     quarantine = flagged.where(F.col(_RULE).isNotNull()).select(
         F.lit(table).alias(S.Q_SOURCE_TABLE),
+        # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too
+        (
+            F.col(S.CUSTOMER_ID).cast("string")
+            if any(name == S.CUSTOMER_ID for name, _ in plan.output)
+            else F.lit(None).cast("string")
+        ).alias(S.CUSTOMER_ID),
         F.col(_RULE).alias(S.Q_RULE),
         F.try_element_at(reason_map, F.col(_RULE)).alias(S.Q_REASON),
         F.col(_RAW).alias(S.Q_RAW),

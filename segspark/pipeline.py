@@ -69,6 +69,12 @@ class RunContext:
     cached: list[DataFrame] = field(default_factory=list)
     releases: list[Callable[[], None]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # degradations, recorded in the runs row
+
+    def warn(self, message: str) -> None:
+        """A degradation the run survives (a fallback, a skipped model): logged and recorded."""
+        log.warning("%s", message)
+        self.warnings.append(message)
 
     def cache(self, df: DataFrame) -> DataFrame:
         """Remember a persisted frame (released at the end of the run or by ``release_cached``)."""
@@ -150,6 +156,7 @@ def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
         ],
         [(name, version) for name, version in sorted(ctx.outputs.items())],
         dict(ctx.timings),
+        list(ctx.warnings),
     )
     df = ctx.spark.createDataFrame([row], RUNS_SCHEMA)
     as_of = ctx.as_of_date or ended.date()
@@ -385,7 +392,7 @@ def stage_scores(ctx: RunContext) -> None:
             with ctx.timed("churn_model"):
                 cres = churn.run_churn(ctx.read(S.ORDERS), as_of, settings.churn)
         except InputError as exc:  # too little history or a one-sided label: skip, say why
-            log.warning("churn model skipped: %s", exc)
+            ctx.warn(f"churn model skipped: {exc}")
             ctx.write(_small_frame(ctx, churn.skipped_table(str(exc)), S.CHURN_METRICS), S.CHURN_METRICS)
         else:
             ctx.write(_small_frame(ctx, churn.metrics_table(cres), S.CHURN_METRICS), S.CHURN_METRICS)

@@ -341,6 +341,9 @@ RECOMMENDATIONS_SCHEMA: Final = T.StructType(
 QUARANTINE_SCHEMA: Final = T.StructType(
     [
         _f(S.Q_SOURCE_TABLE, STR),
+        # the row's pseudonymous customer key when it has a usable one (null otherwise): erasure
+        # reaches quarantined rows through it, as through every other table
+        _f(S.CUSTOMER_ID, STR),
         _f(S.Q_RULE, STR),
         _f(S.Q_REASON, STR),
         _f(S.Q_RAW, STR),  # the rejected row as JSON (its columns depend on the source)
@@ -376,6 +379,8 @@ RUNS_SCHEMA: Final = T.StructType(
         ),
         _f("outputs", T.ArrayType(T.StructType([_f("table", STR), _f("version", LONG)]))),
         _f("step_seconds", T.MapType(STR, DBL)),
+        # what the run degraded to and why (a CLV fallback, a skipped model, a too-small section)
+        _f("warnings", T.ArrayType(STR)),
     ]
 )
 
