@@ -32,7 +32,10 @@ PSEUDONYM_META: str = "segspark.pseudonym"
 _BLOCK = 64  # SHA-256 block size in bytes (RFC 2104 "B")
 _IPAD = "_segspark_ipad"
 _OPAD = "_segspark_opad"
-_DEMO_KEY = hashlib.sha256(b"segspark demo pseudonymization key (not secret)").digest()
+# The demo's documented, public key: ``segspark demo`` prints follow-up commands that pass it in
+# ``$SEGSPARK_PSEUDO_KEY`` so ``erase``/``score``/``monitor`` find the demo's customers. Never for real data.
+DEMO_KEY = "segspark-demo-key-not-secret"
+_DEMO_KEY = DEMO_KEY.encode("utf-8")
 
 # Columns a minimized customers table keeps (besides the age band), in this order.
 CUSTOMER_OUTPUT_COLUMNS: tuple[str, ...] = (
