@@ -377,6 +377,8 @@ def stage_scores(ctx: RunContext) -> None:
     if settings.clv.enabled:
         with ctx.timed("clv_fit_and_score"):
             res = fit_clv(ctx.read(S.CUSTOMER_DAYS), as_of, settings.clv)
+        for message in res.warnings:  # a replaced model, a penalizer, the historical-rate fallback
+            ctx.warn(message)
         ctx.write(
             ctx.spark.createDataFrame(clv_validation_rows(res.validation), CLV_VALIDATION_SCHEMA),
             S.CLV_VALIDATION,
@@ -425,7 +427,7 @@ def _small_frame(ctx: RunContext, pdf: pd.DataFrame, name: str) -> DataFrame:
     return ctx.spark.createDataFrame(rows, schema)
 
 
-PENALIZER_FALLBACK = (0.001, 0.01)
+PENALIZER_FALLBACK = (0.001, 0.01)  # the CLV package's (segspark.clv.PENALIZER_FALLBACK)
 CLV_VALIDATION_SCHEMA = tables.CLV_VALIDATION_SCHEMA
 
 
@@ -475,27 +477,11 @@ def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def fit_clv(customer_days: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
-    """``clv.run_clv``; when the unpenalized fit does not converge (parameters running to a boundary,
-    common on data that departs from the model), refit with small penalizers and record why."""
+    """``clv.run_clv``: valid fits only, with the penalizer and historical-rate fallbacks (the CLV
+    package decides and records them; see ``segspark.clv``)."""
     from segspark import clv
 
-    try:
-        return clv.run_clv(customer_days, as_of, cfg)
-    except SegsparkError as exc:
-        if cfg.penalizer > 0 or "did not converge" not in str(exc):
-            raise
-        first = exc
-    for penalty in PENALIZER_FALLBACK:
-        log.warning("clv: unpenalized fit did not converge; refitting with clv.penalizer=%s", penalty)
-        try:
-            res = clv.run_clv(customer_days, as_of, cfg.model_copy(update={"penalizer": penalty}))
-        except SegsparkError:
-            continue
-        res.fit["penalizer_fallback"] = (
-            f"unpenalized fit did not converge ({first}); used penalizer {penalty}"
-        )
-        return res
-    raise first
+    return clv.run_clv(customer_days, as_of, cfg)
 
 
 def previous_profiles(ctx: RunContext) -> pd.DataFrame | None:

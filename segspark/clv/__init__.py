@@ -13,8 +13,15 @@ Time windows (all dates inclusive):
   model is refitted on the full history up to ``as_of_date`` (starting from the validated
   parameters) before scoring, and both fits are reported.
 
-``clv.model: auto`` fits all three transaction models and keeps the one with the lowest holdout MAE
-(or the lowest BIC when there is no holdout); the reason is recorded.
+Only a *valid* fit is used (:func:`segspark.clv.models.assess`): converged, no parameter at a
+boundary, finite standard errors with se/|value| <= ``clv.max_relative_se``, and a holdout total
+error within ``clv.max_holdout_error``. ``clv.model: auto`` fits all three transaction models and
+keeps the valid one with the lowest holdout MAE (or the lowest BIC when there is no holdout); a
+named model that is not valid gives way to the next valid one in the order bgnbd, pareto_nbd,
+mbgnbd (with a warning). When no model is valid unpenalized (and ``clv.penalizer`` is 0) the round
+is repeated with the penalizers of ``PENALIZER_FALLBACK``; when none is valid then either, CLV is the
+historical spend rate (:func:`segspark.clv.predict.historical_rate_predictions`) and the reason for
+every rejection is recorded (``clv_fit``, MLflow, the run's warnings).
 """
 
 from __future__ import annotations
@@ -41,19 +48,45 @@ from segspark.errors import ConfigError, SegsparkError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClvResult", "fit_from_table", "fit_table", "resolve_windows", "run_clv"]
+__all__ = [
+    "HISTORICAL_RATE",
+    "PENALIZER_FALLBACK",
+    "ClvResult",
+    "fit_from_table",
+    "fit_table",
+    "resolve_windows",
+    "run_clv",
+]
+
+# penalizers tried, in order, when no model is valid unpenalized (lifetimes' scale, see models)
+PENALIZER_FALLBACK = (0.001, 0.01)
+# the stated estimate used when no transaction model is valid
+HISTORICAL_RATE = "historical_rate"
+SPEND_MODEL = "gamma_gamma"
 
 _NESTED_PREFIX = {"params": "", "se": "se_", "spend_params": "spend_", "spend_se": "spend_se_"}
+_VALIDITY_METRICS = ("valid", "holdout_total_error", "max_relative_se", "spend_corr", "spend_corr_ok")
 
 
 @dataclass
 class ClvResult:
-    """What the CLV stage hands to the pipeline (nothing written)."""
+    """What the CLV stage hands to the pipeline (nothing written).
+
+    ``fit["validity"]`` holds, per candidate model (and ``gamma_gamma`` for the spend check), the
+    verdict of the validity rule; ``warnings`` the degradations the run survived (a named model
+    replaced, a penalizer or the historical-rate fallback used), for the run's record.
+    """
 
     customers: DataFrame  # customer_id, p_alive, expected_purchases, expected_avg_value, clv, value_tier
     fit: dict[str, Any]
     validation: dict[str, Any]
     figures: dict[str, Figure] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fallback(self) -> bool:
+        """True when CLV is the historical spend rate (no transaction model was valid)."""
+        return self.fit.get("model") == HISTORICAL_RATE
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric metrics for experiment tracking (names prefixed ``clv_``)."""
@@ -68,6 +101,12 @@ class ClvResult:
                     for k, v in value.items():
                         if isinstance(v, int | float) and math.isfinite(float(v)):
                             out[f"clv_{prefix}{k}"] = float(v)
+        for model, checks in (self.fit.get("validity") or {}).items():
+            for key in _VALIDITY_METRICS:
+                v = checks.get(key)
+                if isinstance(v, bool) or (isinstance(v, int | float) and math.isfinite(float(v))):
+                    out[f"clv_validity_{model}_{key}"] = float(v)
+        out["clv_fallback_historical_rate"] = float(self.fallback)
         return out
 
 
@@ -84,72 +123,218 @@ def resolve_windows(as_of_date: dt.date, cfg: ClvConfig) -> tuple[dt.date, dt.da
     return cal_end, hold_end
 
 
-def _fit_candidates(stats: M.RfmStats, cfg: ClvConfig) -> dict[str, M.FitResult | str]:
+# ------------------------------------------------------------------------------------------------
+# Candidates and the validity rule
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Candidate:
+    """One model fitted at one penalizer, with its holdout metrics and its verdict."""
+
+    model: str
+    penalizer: float
+    fit: M.FitResult | None
+    error: str | None = None
+    holdout: dict[str, float] = field(default_factory=dict)
+    validity: M.Validity | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.validity is not None and self.validity.valid
+
+    @property
+    def reason(self) -> str | None:
+        return self.error if self.validity is None else self.validity.reason
+
+    def summary(self) -> dict[str, Any]:
+        if self.fit is None:
+            return {"error": self.error, "penalizer": self.penalizer}
+        return {
+            "params": self.fit.params,
+            "log_likelihood": self.fit.log_likelihood,
+            "bic": self.fit.bic,
+            "converged": self.fit.converged,
+            "penalizer": self.penalizer,
+            **self.holdout,
+        }
+
+
+def _model_order(cfg: ClvConfig) -> list[str]:
+    """Candidates in the order they are tried: the named model first, then the others."""
+    if cfg.model == "auto":
+        return list(M.TRANSACTION_MODELS)
+    return [cfg.model, *(m for m in M.TRANSACTION_MODELS if m != cfg.model)]
+
+
+def _fit(name: str, stats: M.RfmStats, penalizer: float, initial: Any | None = None) -> M.FitResult | str:
+    try:
+        return M.fit_transactions(name, stats, penalizer, initial=initial, strict=False)
+    except SegsparkError as exc:  # no finite likelihood: not a candidate
+        return str(exc)
+
+
+def _judge(
+    name: str, res: M.FitResult | str, penalizer: float, holdout: dict[str, float], cfg: ClvConfig
+) -> _Candidate:
+    if isinstance(res, str):
+        return _Candidate(name, penalizer, None, error=res)
+    validity = M.assess(
+        res, cfg.max_relative_se, cfg.max_holdout_error, holdout.get("holdout_total_error", math.nan)
+    )
+    return _Candidate(name, penalizer, res, holdout=holdout, validity=validity)
+
+
+def _fit_round(
+    stats: M.RfmStats, cal_summary: DataFrame, has_holdout: bool, penalizer: float, cfg: ClvConfig
+) -> tuple[dict[str, _Candidate], str | None]:
+    """Fit the candidates at one penalizer; (candidates tried, the chosen valid one or None).
+
+    ``auto`` fits every model (holdout metrics in one pass) and keeps the best valid one; a named
+    model is tried first and the others in order only while none is valid.
+    """
+    order = _model_order(cfg)
+    out: dict[str, _Candidate] = {}
     if cfg.model != "auto":
-        return {cfg.model: M.fit_transactions(cfg.model, stats, cfg.penalizer)}
-    out: dict[str, M.FitResult | str] = {}
-    for name in M.TRANSACTION_MODELS:
-        try:
-            out[name] = M.fit_transactions(name, stats, cfg.penalizer)
-        except SegsparkError as exc:
-            log.warning("clv: %s not usable for model choice: %s", name, exc)
-            out[name] = str(exc)
-    if not any(isinstance(v, M.FitResult) for v in out.values()):
-        raise SegsparkError(f"clv: no transaction model converged; {M._FAIL_HINT}")
-    return out
+        for name in order:
+            res = _fit(name, stats, penalizer)
+            holdout = (
+                V.holdout_metrics(cal_summary, res) if has_holdout and isinstance(res, M.FitResult) else {}
+            )
+            out[name] = _judge(name, res, penalizer, holdout, cfg)
+            if out[name].valid:
+                return out, name
+        return out, None
+    fits = {name: _fit(name, stats, penalizer) for name in order}
+    fitted = {k: v for k, v in fits.items() if isinstance(v, M.FitResult)}
+    metrics = V.holdout_metrics_many(cal_summary, fitted) if has_holdout and fitted else {}
+    out = {name: _judge(name, res, penalizer, metrics.get(name, {}), cfg) for name, res in fits.items()}
+    valid = [k for k, c in out.items() if c.valid]
+    if not valid:
+        return out, None
+
+    def rank(k: str) -> tuple[float, str]:
+        c = out[k]
+        assert c.fit is not None
+        key = c.holdout.get("holdout_mae", math.nan) if has_holdout else c.fit.bic
+        return (key if math.isfinite(key) else math.inf, k)
+
+    return out, min(valid, key=rank)
 
 
-def _spend_fit(summary: DataFrame, cfg: ClvConfig, fit: dict[str, Any]) -> tuple[Any | None, float]:
-    """Gamma-Gamma fit (or a mean-value fallback); fills the spend entries of ``fit``."""
+def _choice_reason(
+    cands: dict[str, _Candidate], chosen: str, has_holdout: bool, cfg: ClvConfig
+) -> tuple[str, str | None]:
+    """(why ``chosen`` was chosen, a warning when a named model was replaced)."""
+    invalid = [k for k, c in cands.items() if not c.valid]
+    rejected = f"; not valid: {', '.join(invalid)} (see validity)" if invalid else ""
+    if cfg.model != "auto":
+        if chosen == cfg.model:
+            return f"configured (clv.model={cfg.model})", None
+        why = cands[cfg.model].reason
+        reason = (
+            f"configured clv.model={cfg.model} is not valid ({why}); {chosen} is the next valid model "
+            f"in the order {', '.join(_model_order(cfg))}"
+        )
+        return reason, f"clv: {reason}"
+    valid = {k: c for k, c in cands.items() if c.valid and c.fit is not None}
+    if has_holdout:
+        listing = ", ".join(f"{k} {valid[k].holdout['holdout_mae']:.4f}" for k in sorted(valid))
+        return f"lowest holdout MAE per customer among valid models ({listing}){rejected}", None
+    listing = ", ".join(f"{k} {valid[k].fit.bic:.1f}" for k in sorted(valid))  # type: ignore[union-attr]
+    return f"lowest BIC among valid models, no holdout period ({listing}){rejected}", None
+
+
+def _validity_entry(c: _Candidate) -> dict[str, Any]:
+    v = c.validity
+    return {
+        "valid": c.valid,
+        "reason": c.reason,
+        "holdout_total_error": v.holdout_total_error if v is not None else math.nan,
+        "max_relative_se": v.max_relative_se if v is not None else math.nan,
+        "max_relative_se_param": v.max_relative_se_param if v is not None else None,
+    }
+
+
+def _spend_fit(
+    summary: DataFrame, cfg: ClvConfig, fit: dict[str, Any], penalizer: float, warns: list[str]
+) -> tuple[Any | None, float]:
+    """Gamma-Gamma fit (or a mean-value fallback); fills the spend entries and the spend check of
+    ``fit`` (``fit["validity"]["gamma_gamma"]``)."""
     spend = S.compressed_spend(summary, cfg.spend_grid_resolution)
     fit["spend_repeat_buyers"] = spend.n_repeat_buyers
     fit["spend_excluded_nonpositive"] = spend.n_excluded_nonpositive
     fit["spend_freq_corr"] = spend.freq_spend_corr
     fit["spend_compressed_rows"] = spend.n_rows
-    warn = math.isfinite(spend.freq_spend_corr) and abs(spend.freq_spend_corr) > cfg.spend_corr_warn
+    corr = spend.freq_spend_corr
+    warn = math.isfinite(corr) and abs(corr) > cfg.spend_corr_warn
     fit["spend_independence_warning"] = warn
     if warn:
-        log.warning(
-            "clv: correlation between frequency and mean spend is %.3f (|corr| > %.2f): the Gamma-Gamma "
-            "independence assumption looks violated; treat expected spend with care",
-            spend.freq_spend_corr,
-            cfg.spend_corr_warn,
+        corr_reason: str | None = (
+            f"|corr(frequency, mean spend)| {abs(corr):.3f} > clv.spend_corr_warn {cfg.spend_corr_warn:g}: "
+            "the Gamma-Gamma independence assumption looks violated; treat expected spend with care"
         )
+        warns.append(f"clv: {corr_reason}")
+    elif not math.isfinite(corr):
+        corr_reason = (
+            "corr(frequency, mean spend) undefined: fewer than two repeat buyers with positive spend, "
+            "or frequency or mean spend the same for all of them"
+        )
+    else:
+        corr_reason = None
+    fit.setdefault("validity", {})[SPEND_MODEL] = {
+        "spend_corr": corr,
+        "spend_corr_ok": not warn,
+        "spend_corr_reason": corr_reason,
+    }
     if spend.n_excluded_nonpositive:
         log.info(
             "clv: %d repeat buyers with zero or negative mean spend excluded from the spend fit",
             spend.n_excluded_nonpositive,
         )
+    if fit.get("model") == HISTORICAL_RATE:
+        return None, 0.0  # the check is reported; the fallback does not use a spend model
     usable = spend.stats is not None and spend.stats.n_customers >= cfg.min_repeat_buyers
+    errors: list[str] = []
     if usable:
         assert spend.stats is not None
-        gg = M.fit_gamma_gamma(spend.stats, cfg.penalizer)
-        fit.update(
-            spend_model="gamma_gamma",
-            spend_params=gg.params,
-            spend_se=gg.se,
-            spend_log_likelihood=gg.log_likelihood,
-            spend_converged=gg.converged,
-            spend_iterations=gg.iterations,
-            spend_grad_norm=gg.grad_norm,
-            spend_fit_seconds=gg.fit_seconds,
-        )
-        return gg.values, 0.0
+        for pen in [penalizer, *(p for p in PENALIZER_FALLBACK if p > penalizer)]:
+            try:
+                gg = M.fit_gamma_gamma(spend.stats, pen)
+            except SegsparkError as exc:
+                errors.append(f"penalizer {pen:g}: {exc}")
+                continue
+            if errors:
+                fit["spend_penalizer_fallback"] = f"{'; '.join(errors)}; used penalizer {pen:g}"
+                warns.append(f"clv: Gamma-Gamma fitted with penalizer {pen:g} ({errors[0]})")
+            fit.update(
+                spend_model=SPEND_MODEL,
+                spend_params=gg.params,
+                spend_se=gg.se,
+                spend_log_likelihood=gg.log_likelihood,
+                spend_converged=gg.converged,
+                spend_iterations=gg.iterations,
+                spend_grad_norm=gg.grad_norm,
+                spend_fit_seconds=gg.fit_seconds,
+                spend_penalizer=pen,
+            )
+            return gg.values, 0.0
     row = summary.agg(F.avg(F.col(S.MONETARY_VALUE)).alias("m")).first()
     mean_value = float(row["m"]) if row is not None and row["m"] is not None else 0.0
-    log.warning(
-        "clv: only %d repeat buyers with positive spend (clv.min_repeat_buyers=%d): no Gamma-Gamma fit, "
-        "every purchase valued at the mean repeat purchase value %.2f",
-        spend.n_repeat_buyers - spend.n_excluded_nonpositive,
-        cfg.min_repeat_buyers,
-        mean_value,
+    if usable:
+        why = f"the Gamma-Gamma fit failed ({'; '.join(errors)})"
+    else:
+        why = (
+            f"only {spend.n_repeat_buyers - spend.n_excluded_nonpositive} repeat buyers with positive spend "
+            f"(clv.min_repeat_buyers={cfg.min_repeat_buyers}): no Gamma-Gamma fit"
+        )
+    warns.append(f"clv: {why}; every purchase valued at the mean repeat purchase value {mean_value:.2f}")
+    fit.update(
+        spend_model="mean_value", spend_params={}, spend_se={}, spend_mean_value=mean_value, spend_reason=why
     )
-    fit.update(spend_model="mean_value", spend_params={}, spend_se={}, spend_mean_value=mean_value)
     return None, mean_value
 
 
 def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> ClvResult:
-    """The CLV stage: summary -> compressed fit (+ model choice) -> validation -> per-customer scores.
+    """The CLV stage: summary -> compressed fits (+ validity, model choice) -> validation -> scores.
 
     ``customer_days``: the silver table (customer_id, order_date, purchases, purchase_value); its
     rows with ``purchases > 0`` are the purchase occasions. Returns customers [customer_id, p_alive,
@@ -157,8 +342,7 @@ def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> Cl
     or before ``as_of_date``.
     """
     cal_end, hold_end = resolve_windows(as_of_date, cfg)
-    unit = cfg.time_unit
-    units_per_month = cfg.days_per_month / S.unit_days(unit)
+    units_per_month = cfg.days_per_month / S.unit_days(cfg.time_unit)
     # a filter over the silver table: the few scans below (holdout check, summaries, tracking
     # curve) read its three columns again rather than caching them
     days = S.purchase_days(customer_days, max(as_of_date, hold_end))
@@ -182,7 +366,7 @@ def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> Cl
             )
             cal_end = as_of_date
         cal_summary = S.summary_from_purchase_days(
-            days, cal_end, unit, hold_end if has_holdout else None
+            days, cal_end, cfg.time_unit, hold_end if has_holdout else None
         ).persist()
         try:
             return _run(
@@ -208,49 +392,61 @@ def _run(
     units_per_month: float,
 ) -> ClvResult:
     unit = cfg.time_unit
+    has_holdout = hold_end is not None
     stats = S.compressed_rfm(cal_summary, unit)
-    candidates = _fit_candidates(stats, cfg)
-    fitted = {k: v for k, v in candidates.items() if isinstance(v, M.FitResult)}
-    validation: dict[str, Any] = {"has_holdout": hold_end is not None}
-    per_model: dict[str, dict[str, Any]] = {}
-    for name, res in candidates.items():
-        per_model[name] = (
-            {
-                "params": res.params,
-                "log_likelihood": res.log_likelihood,
-                "bic": res.bic,
-                "converged": res.converged,
-            }
-            if isinstance(res, M.FitResult)
-            else {"error": res}
-        )
-    if hold_end is not None:
-        for name, metrics in V.holdout_metrics_many(cal_summary, fitted).items():
-            per_model[name].update(metrics)
+    warns: list[str] = []
+    penalizers = [cfg.penalizer, *(PENALIZER_FALLBACK if cfg.penalizer == 0 else ())]
+    tried: dict[str, list[_Candidate]] = {}
+    cands: dict[str, _Candidate] = {}
+    chosen: str | None = None
+    for penalizer in penalizers:
+        round_cands, chosen = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg)
+        for name, c in round_cands.items():
+            tried.setdefault(name, []).append(c)
+            cands[name] = c
+            if not c.valid:
+                log.info("clv: %s at penalizer %g not valid: %s", name, penalizer, c.reason)
+        if chosen is not None:
+            break
 
-    chosen: str
-    if cfg.model != "auto":
-        chosen = cfg.model
-        reason = f"configured (clv.model={cfg.model})"
-    elif hold_end is not None:
-        chosen = min(fitted, key=lambda k: (per_model[k]["holdout_mae"], k))
-        listing = ", ".join(f"{k} {per_model[k]['holdout_mae']:.4f}" for k in sorted(fitted))
-        reason = f"lowest holdout MAE per customer ({listing})"
-    else:
-        chosen = min(fitted, key=lambda k: (fitted[k].bic, k))
-        listing = ", ".join(f"{k} {fitted[k].bic:.1f}" for k in sorted(fitted))
-        reason = f"lowest BIC, no holdout period ({listing})"
-    cal_fit = fitted[chosen]
+    per_model = {name: c.summary() for name, c in cands.items()}
+    validity: dict[str, dict[str, Any]] = {}
+    for name, attempts in tried.items():
+        entry = _validity_entry(attempts[-1])
+        if not attempts[-1].valid and len(attempts) > 1:
+            entry["reason"] = ". ".join(f"penalizer {c.penalizer:g}: {c.reason}" for c in attempts)
+        validity[name] = entry
+    common: dict[str, Any] = {
+        "time_unit": unit,
+        "as_of_date": as_of_date.isoformat(),
+        "calibration_end": cal_end.isoformat(),
+        "holdout_end": hold_end.isoformat() if hold_end else None,
+    }
+    if chosen is None:
+        return _fallback(
+            days, cal_summary, as_of_date, cal_end, has_holdout, cfg, common, per_model, validity, warns
+        )
+
+    cal_fit = cands[chosen].fit
+    assert cal_fit is not None
+    reason, replaced = _choice_reason(cands, chosen, has_holdout, cfg)
+    if replaced:
+        warns.append(replaced)
+    penalizer = cands[chosen].penalizer
+    penalizer_note: str | None = None
+    if penalizer != cfg.penalizer:
+        first = "; ".join(f"{k} ({c[0].reason})" for k, c in tried.items())
+        penalizer_note = (
+            f"no model valid at penalizer {cfg.penalizer:g} ({first}); used penalizer {penalizer:g}"
+        )
+        reason = f"{reason}; fitted with penalizer {penalizer:g}"
+        warns.append(f"clv: {penalizer_note}")
     log.info("clv: model %s chosen: %s", chosen, reason)
 
+    validation: dict[str, Any] = {"has_holdout": has_holdout}
     figures: dict[str, Figure] = {}
     if hold_end is not None:
-        chosen_metrics = (
-            per_model[chosen]
-            if "holdout_mae" in per_model[chosen]
-            else V.holdout_metrics(cal_summary, cal_fit)
-        )
-        validation.update({k: v for k, v in chosen_metrics.items() if k.startswith("holdout_")})
+        validation.update({k: v for k, v in cands[chosen].holdout.items() if k.startswith("holdout_")})
         by_freq = V.holdout_by_frequency(cal_summary, cal_fit)
         validation["holdout_by_frequency"] = by_freq
         figures["clv_conditional_expectation"] = V.conditional_figure(by_freq, chosen)
@@ -271,22 +467,35 @@ def _run(
     figures["clv_frequency_histogram"] = V.histogram_figure(hist, chosen)
 
     # Scoring is as of as_of_date: refit the chosen model on the full history when the
-    # calibration period ended earlier.
+    # calibration period ended earlier (the holdout is then part of the data: no holdout check).
+    refit_reason: str | None = None
     if cal_end < as_of_date:
         final_summary = S.summary_from_purchase_days(days, as_of_date, unit)
         final_stats = S.compressed_rfm(final_summary, unit)
-        final_fit = M.fit_transactions(chosen, final_stats, cfg.penalizer, initial=cal_fit.values)
+        refit = _fit(chosen, final_stats, penalizer, initial=cal_fit.values)
+        if isinstance(refit, M.FitResult):
+            check = M.assess(refit, cfg.max_relative_se, cfg.max_holdout_error)
+            refit_reason = check.reason
+        else:
+            refit_reason = refit
+        if isinstance(refit, M.FitResult) and refit_reason is None:
+            final_fit = refit
+        else:
+            final_fit = cal_fit
+            warns.append(
+                f"clv: the {chosen} refit on the full history is not valid ({refit_reason}); "
+                "customers are scored with the validated calibration fit's parameters"
+            )
     else:
         final_summary, final_stats, final_fit = cal_summary, stats, cal_fit
 
     fit: dict[str, Any] = {
         "model": chosen,
         "reason": reason,
-        "time_unit": unit,
-        "as_of_date": as_of_date.isoformat(),
-        "calibration_end": cal_end.isoformat(),
-        "holdout_end": hold_end.isoformat() if hold_end else None,
+        **common,
         "refit_on_full_history": cal_end < as_of_date,
+        "refit_valid": refit_reason is None,
+        "refit_reason": refit_reason,
         "params": final_fit.params,
         "se": final_fit.se,
         "log_likelihood": final_fit.log_likelihood,
@@ -303,8 +512,11 @@ def _run(
         "fit_seconds": final_fit.fit_seconds,
         "calibration_fit": cal_fit.as_dict(),
         "candidates": per_model,
+        "validity": validity,
     }
-    gg_params, fallback = _spend_fit(final_summary, cfg, fit)
+    if penalizer_note is not None:
+        fit["penalizer_fallback"] = penalizer_note
+    gg_params, fallback = _spend_fit(final_summary, cfg, fit, penalizer, warns)
     predictions = P.with_predictions(
         final_summary,
         final_fit,
@@ -317,7 +529,53 @@ def _run(
     threshold = P.value_tier_threshold(predictions, cfg.value_tier_top_share)
     fit["value_tier_threshold"] = threshold if threshold is not None else math.nan
     customers = P.with_value_tier(predictions, threshold)
-    return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures)
+    return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
+
+
+def _fallback(
+    days: DataFrame,
+    cal_summary: DataFrame,
+    as_of_date: dt.date,
+    cal_end: dt.date,
+    has_holdout: bool,
+    cfg: ClvConfig,
+    common: dict[str, Any],
+    per_model: dict[str, Any],
+    validity: dict[str, dict[str, Any]],
+    warns: list[str],
+) -> ClvResult:
+    """No valid transaction model: CLV from each customer's historical spend rate, with the reasons."""
+    tried = (
+        "" if cfg.penalizer else f" (also with penalizers {', '.join(f'{p:g}' for p in PENALIZER_FALLBACK)})"
+    )
+    why = f"no transaction model is valid{tried}: " + "; ".join(
+        f"{name} ({entry['reason']})" for name, entry in validity.items() if name != SPEND_MODEL
+    )
+    warns.append(f"clv: CLV is the historical spend rate, {why}")
+    fit: dict[str, Any] = {
+        "model": HISTORICAL_RATE,
+        "reason": "fallback: historical spend rate (net purchase value per day of tenure, over the horizon, "
+        "discounted)",
+        "fallback_reason": why,
+        **common,
+        "horizon_months": cfg.horizon_months,
+        "monthly_discount_rate": cfg.monthly_discount_rate,
+        "candidates": per_model,
+        "validity": {**validity, HISTORICAL_RATE: {"valid": True, "reason": None}},
+    }
+    final_summary = (
+        cal_summary
+        if cal_end >= as_of_date
+        else S.summary_from_purchase_days(days, as_of_date, cfg.time_unit)
+    )
+    _spend_fit(final_summary, cfg, fit, cfg.penalizer, warns)
+    predictions = P.historical_rate_predictions(
+        days, as_of_date, cfg.horizon_months, cfg.monthly_discount_rate, cfg.days_per_month
+    )
+    threshold = P.value_tier_threshold(predictions, cfg.value_tier_top_share)
+    fit["value_tier_threshold"] = threshold if threshold is not None else math.nan
+    customers = P.with_value_tier(predictions, threshold)
+    return ClvResult(customers=customers, fit=fit, validation={"has_holdout": has_holdout}, warnings=warns)
 
 
 def summary_table(result: ClvResult) -> pd.DataFrame:
@@ -337,7 +595,19 @@ FIT_COLUMNS = ("model", "chosen", "section", "name", "value", "text")
 _PARAM_SECTIONS = ("params", "se", "spend_params", "spend_se")
 _SPEND_SECTIONS = ("spend_params", "spend_se")
 # fit entries that are tables of their own (candidates) or repeat a candidate (calibration_fit)
-_NESTED_FIT = ("candidates", "calibration_fit", *_PARAM_SECTIONS)
+_NESTED_FIT = ("candidates", "calibration_fit", "validity", *_PARAM_SECTIONS)
+VALIDITY = "validity"
+# validity rows whose text is another entry of the model's validity dict (the rest have no text)
+_VALIDITY_TEXT = {
+    "valid": "reason",
+    "max_relative_se": "max_relative_se_param",
+    "spend_corr_ok": "spend_corr_reason",
+}
+_VALIDITY_ROWS = {
+    SPEND_MODEL: ("spend_corr", "spend_corr_ok"),
+    HISTORICAL_RATE: ("valid",),
+}
+_MODEL_VALIDITY_ROWS = ("valid", "holdout_total_error", "max_relative_se")
 _TRUE, _FALSE, _NAN = "true", "false", "nan"
 
 
@@ -397,6 +667,13 @@ def fit_table(result: ClvResult) -> pd.DataFrame:
     nested entries with dotted names such as ``params.r``; the chosen candidate also carries its
     calibration fit's details). Booleans are 1/0 with text true/false; NaN is a null value with
     text nan.
+
+    Section ``validity`` (the contract the report reads): per candidate model M, (M, "valid", 1|0,
+    the reason or null), (M, "holdout_total_error", the signed share or null, null) and
+    (M, "max_relative_se", the value or null, the parameter's name); ("gamma_gamma", "spend_corr",
+    corr or null, null) and ("gamma_gamma", "spend_corr_ok", 1|0, the reason or null), chosen when
+    the chosen CLV uses it; on the fallback ("historical_rate", True, "valid", 1, null), its reason in
+    the ``fit`` row ``fallback_reason``.
     """
     fit, chosen = result.fit, str(result.fit.get("model"))
     spend_model = str(fit.get("spend_model") or "spend")
@@ -424,6 +701,19 @@ def fit_table(result: ClvResult) -> pd.DataFrame:
     for model, summary in candidates.items():
         for name, value in _flatten("", summary if isinstance(summary, dict) else {"error": summary}):
             add(str(model), model == chosen, "candidate", name, value)
+    spend_chosen = chosen != HISTORICAL_RATE and fit.get("spend_model") == SPEND_MODEL
+    for model, checks in (fit.get(VALIDITY) or {}).items():
+        is_chosen = spend_chosen if model == SPEND_MODEL else model == chosen
+        for name in _VALIDITY_ROWS.get(model, _MODEL_VALIDITY_ROWS):
+            value = checks.get(name)
+            if isinstance(value, bool | np.bool_):
+                number: float | None = 1.0 if value else 0.0
+            elif isinstance(value, int | float | np.integer | np.floating) and math.isfinite(float(value)):
+                number = float(value)
+            else:
+                number = None  # undefined, or not finite (a standard error): null, as the contract says
+            text = checks.get(_VALIDITY_TEXT[name]) if name in _VALIDITY_TEXT else None
+            rows.append((str(model), is_chosen, VALIDITY, name, number, None if text is None else str(text)))
     return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
 
 
@@ -431,13 +721,32 @@ def fit_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
     """``{"fit": {...}, "validation": {...}}`` from :func:`fit_table` rows (the report reads this).
 
     ``fit`` holds the scalars, the ``params``/``se``/``spend_params``/``spend_se`` dicts and
-    ``candidates`` (model -> summary, dotted names nested again); ``validation`` the scalar checks.
+    ``candidates`` (model -> summary, dotted names nested again), ``validity`` (model -> its checks:
+    ``valid``/``reason``, ``holdout_total_error``, ``max_relative_se``/``max_relative_se_param``;
+    ``spend_corr``, ``spend_corr_ok``/``spend_corr_reason``; null numbers as NaN); ``validation``
+    the scalar checks.
     """
     fit: dict[str, Any] = {}
     validation: dict[str, Any] = {}
     candidates: dict[str, dict[str, Any]] = {}
+    validity: dict[str, dict[str, Any]] = {}
     for r in pdf.itertuples(index=False):
-        section, name, value = str(r.section), str(r.name), _decode(r.value, r.text)
+        section, name = str(r.section), str(r.name)
+        if section == VALIDITY:
+            raw: Any = r.value
+            number = None if raw is None or pd.isna(raw) else float(raw)
+            text = (
+                None if r.text is None or (isinstance(r.text, float) and math.isnan(r.text)) else str(r.text)
+            )
+            entry = validity.setdefault(str(r.model), {})
+            if name in ("valid", "spend_corr_ok"):
+                entry[name] = number == 1.0
+            else:
+                entry[name] = math.nan if number is None else number
+            if name in _VALIDITY_TEXT:
+                entry[_VALIDITY_TEXT[name]] = text
+            continue
+        value = _decode(r.value, r.text)
         if section == "fit":
             fit[name] = value
         elif section in _PARAM_SECTIONS:
@@ -452,4 +761,6 @@ def fit_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
             node[leaf] = value
     if candidates:
         fit["candidates"] = candidates
+    if validity:
+        fit[VALIDITY] = validity
     return {"fit": fit, "validation": validation}

@@ -8,8 +8,12 @@ Everything here works on arrays (driver side, or inside a vectorized ``pandas_ud
   with a count each, so the cost of a fit depends on the number of distinct rows, not customers;
 - maximum likelihood with ``scipy.optimize`` on log-parameters (positivity for free), analytic
   gradients where the algebra is short (BG/NBD, MBG/NBD, Gamma-Gamma), standard errors from the
-  Hessian, an optional L2 penalizer (same scale as the ``lifetimes`` package: the mean negative
-  log-likelihood per customer plus ``penalizer * sum(params**2)``);
+  Hessian, an optional L2 penalizer with the objective of the ``lifetimes`` package (see
+  :func:`penalty_divisors`): the penalty is on time-free parameters, so a fit does not depend on
+  ``clv.time_unit``;
+- validity (:func:`assess`): a fit is usable only when the optimizer converged, no parameter sits at
+  a boundary, every standard error is finite and small relative to its estimate, and (given a
+  holdout) the predicted holdout total is within a bound of the actual one;
 - closed-form predictions: P(alive), expected purchases for new and existing customers, expected
   average spend, discounted CLV; and simulation from known parameters (for tests and benchmarks).
 
@@ -31,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 from statsmodels.tools.numdiff import approx_fprime
+from threadpoolctl import threadpool_limits
 
 from segspark.errors import SegsparkError
 
@@ -346,7 +351,14 @@ def _gamma_gamma_nll_grad(params: FloatArray, s: SpendStats) -> tuple[float, Flo
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class FitResult:
-    """What a fit found, and how well the optimizer converged."""
+    """What a fit found, and how well the optimizer converged.
+
+    ``converged`` is the optimizer's verdict (a stationary point, positive curvature over the
+    interior parameters); whether the fit is *usable* is :func:`assess`'s (boundaries, standard
+    errors, holdout). ``scale`` holds each parameter's divisor to a unit-free value (the longest
+    customer age for time parameters, the mean spend for Gamma-Gamma's gamma, 1 for shapes);
+    ``at_boundary`` the parameters :func:`boundary_rule` flags on that scale.
+    """
 
     model: str
     params: dict[str, float]
@@ -363,6 +375,8 @@ class FitResult:
     aic: float = float("nan")
     bic: float = float("nan")
     fit_seconds: float = 0.0
+    scale: dict[str, float] = field(default_factory=dict)
+    at_boundary: dict[str, str] = field(default_factory=dict)
 
     @property
     def values(self) -> FloatArray:
@@ -377,6 +391,46 @@ _FAIL_HINT = (
     "a longer calibration period, or check the summary statistics for outliers"
 )
 
+# A parameter whose unit-free value (``FitResult.scale``) is at or below BOUNDARY_LOW, or at or above
+# BOUNDARY_HIGH, has run to a boundary of the parameter space: the fit is unconstrained in log space,
+# so it never reaches 0 or infinity itself, and where it stops on the flat ridge toward it depends on
+# rounding (BG/NBD without dropout: a -> 0 and b -> infinity together). A decision on the value, not on
+# the curvature there (rounding noise of either sign), keeps the verdict deterministic. Interior
+# estimates are of order 1 on this scale (CDNOW: 0.06 to 2.4); 1e-4 and 1e4 leave four decades.
+BOUNDARY_LOW = 1e-4
+BOUNDARY_HIGH = 1e4
+# Relative tolerance below which a negative Hessian eigenvalue counts as zero (see ``_finish``): the
+# central differences of the gradient are accurate to about 1e-6 of the largest curvature.
+HESSIAN_RTOL = 1e-6
+
+
+def penalty_divisors(model: str, max_age: float) -> FloatArray:
+    """Divisors that put the parameters on ``lifetimes``' scale before the L2 penalty.
+
+    ``lifetimes`` fits BG/NBD, MBG/NBD and Pareto/NBD on ages divided by the longest one
+    (``utils._scale_time``: the maximum T is 1), so the penalty sees alpha/max(T) (and beta/max(T)),
+    not alpha in days or weeks; Gamma-Gamma is penalized on its natural scale.
+    """
+    t = max(float(max_age), 1e-12)
+    if model in (BGNBD, MBGNBD):
+        return np.array([1.0, t, 1.0, 1.0])
+    if model == PARETO_NBD:
+        return np.array([1.0, t, 1.0, t])
+    return np.ones(len(PARAM_NAMES[model]))
+
+
+def boundary_rule(params: dict[str, float], scale: dict[str, float]) -> dict[str, str]:
+    """Parameters at a boundary (unit-free value <= BOUNDARY_LOW or >= BOUNDARY_HIGH), with the rule."""
+    out: dict[str, str] = {}
+    for name, value in params.items():
+        v = value / scale.get(name, 1.0)
+        shown = f"{value:.3g}" if scale.get(name, 1.0) == 1.0 else f"{value:.3g} ({v:.3g} unit-free)"
+        if not math.isfinite(v) or v >= BOUNDARY_HIGH:
+            out[name] = f"{name}={shown} at its upper boundary (>= {BOUNDARY_HIGH:g})"
+        elif v <= BOUNDARY_LOW:
+            out[name] = f"{name}={shown} at its boundary 0 (<= {BOUNDARY_LOW:g})"
+    return out
+
 
 def _minimize(
     name: str,
@@ -385,18 +439,20 @@ def _minimize(
     nll_grad: Callable[[FloatArray], tuple[float, FloatArray]] | None,
     theta0: FloatArray,
     penalizer: float,
+    divisors: FloatArray,
 ) -> tuple[optimize.OptimizeResult, Callable[[FloatArray], float], Callable[[FloatArray], FloatArray]]:
-    """Minimize mean negative log-likelihood + penalty over log-parameters.
+    """Minimize mean negative log-likelihood + penalizer * sum((params / divisors)**2) over log-params.
 
     ``nll_grad`` (total negative log-likelihood and its gradient in the natural parameters, from
     one pass over the data) is used where given; otherwise central differences of ``nll``.
     """
+    inv2 = 1.0 / divisors**2
 
     def objective(theta: FloatArray) -> float:
         p = np.exp(theta)
         try:
             with np.errstate(all="ignore"):
-                val = nll(p) / n + penalizer * float(np.sum(p**2))
+                val = nll(p) / n + penalizer * float(np.sum(p**2 * inv2))
         except (ValueError, OverflowError, ZeroDivisionError):  # a parameter under/overflowed
             return 1e300
         return val if np.isfinite(val) else 1e300
@@ -416,8 +472,8 @@ def _minimize(
             try:
                 with np.errstate(all="ignore"):
                     f, g = fg(p)
-                    val = f / n + penalizer * float(np.sum(p**2))
-                    out = g * p / n + penalizer * 2.0 * p**2
+                    val = f / n + penalizer * float(np.sum(p**2 * inv2))
+                    out = g * p / n + penalizer * 2.0 * p**2 * inv2
             except (ValueError, OverflowError, ZeroDivisionError):  # a parameter under/overflowed
                 return 1e300, np.zeros_like(theta)
             return (val if np.isfinite(val) else 1e300), np.where(np.isfinite(out), out, 0.0)
@@ -434,31 +490,22 @@ def _minimize(
     return res, objective, jac
 
 
-# Relative tolerance below which a negative Hessian eigenvalue counts as zero (see ``_finish``): the
-# central differences of the gradient are accurate to about 1e-6 of the largest curvature.
-HESSIAN_RTOL = 1e-6
-# A parameter below this has run to its boundary at 0 (the fit is unconstrained in log space, so it
-# never reaches 0 itself). The likelihood is flat along such a parameter's log, and where two of them
-# run off together (a, b -> 0 in BG/NBD) along a ridge: the curvature there is rounding noise of
-# either sign. As for an active bound in a constrained fit, the second-order check then covers the
-# free parameters only, which makes the verdict independent of where on the ridge the optimizer stopped.
-BOUNDARY_VALUE = 1e-8
-
-
 def _finish(
     model: str,
     res: optimize.OptimizeResult,
-    objective: Callable[[FloatArray], float],
     jac: Callable[[FloatArray], FloatArray],
     ll: float,
     n: float,
     n_rows: int,
     penalizer: float,
     started: float,
+    scale: dict[str, float],
 ) -> FitResult:
     names = PARAM_NAMES[model]
     theta = np.asarray(res.x)
     p = np.exp(theta)
+    params = {kk: float(v) for kk, v in zip(names, p, strict=True)}
+    at_boundary = boundary_rule(params, scale)
     grad = jac(theta)
     grad_norm = float(np.max(np.abs(grad))) * n  # of the total (not mean) negative log-likelihood
     # Hessian of the total negative log-likelihood in log-parameters, by central differences of the
@@ -473,36 +520,44 @@ def _finish(
             k: float(pk * math.sqrt(dk)) if dk > 0 else float("nan")
             for k, pk, dk in zip(names, p, diag, strict=True)
         }
-        # Positive definite over the free parameters, up to the noise of the finite differences
-        # (see BOUNDARY_VALUE for the parameters at their boundary).
-        free = p >= BOUNDARY_VALUE
-        eig = np.linalg.eigvalsh(hess[np.ix_(free, free)]) if free.any() else np.ones(1)
-        hess_ok = bool(np.all(eig > -HESSIAN_RTOL * max(float(np.max(np.abs(eig))), 1.0)))
     except np.linalg.LinAlgError:
         se = {k: float("nan") for k in names}
+    # Positive definite over the interior parameters, up to the noise of the finite differences: along
+    # a parameter at its boundary the curvature is rounding noise of either sign (see BOUNDARY_LOW), and
+    # such a fit is rejected by ``assess`` on the value itself.
+    free = np.array([k not in at_boundary for k in names])
+    sub = hess[np.ix_(free, free)]
+    if not free.any():
+        hess_ok = True  # nothing interior to check; assess() rejects the boundaries
+    elif np.all(np.isfinite(sub)):
+        eig = np.linalg.eigvalsh(sub)
+        hess_ok = bool(np.all(eig > -HESSIAN_RTOL * max(float(np.max(np.abs(eig))), 1.0)))
+    else:
         hess_ok = False
     # L-BFGS-B reports "ABNORMAL" when the line search cannot improve at machine precision; at a
-    # point with a tiny gradient and a positive-definite Hessian that is a converged optimum.
-    converged = bool(res.success) or (hess_ok and float(np.max(np.abs(grad))) < 1e-5)
+    # point with a tiny gradient that is a stationary point all the same.
+    converged = (bool(res.success) or float(np.max(np.abs(grad))) < 1e-5) and hess_ok
     k = len(names)
     return FitResult(
         model=model,
-        params={kk: float(v) for kk, v in zip(names, p, strict=True)},
+        params=params,
         log_likelihood=ll,
         n_customers=round(n),
         n_rows=n_rows,
-        converged=converged and hess_ok,
+        converged=converged,
         iterations=int(res.nit),
         function_evals=int(res.nfev),
         grad_norm=grad_norm,
         message=str(res.message)
         + ("" if hess_ok else "; Hessian not positive definite")
-        + "".join(f"; {k} at its boundary 0" for k, v in zip(names, p, strict=True) if v < BOUNDARY_VALUE),
+        + "".join(f"; {why}" for why in at_boundary.values()),
         penalizer=penalizer,
         se=se,
         aic=2 * k - 2 * ll,
         bic=k * math.log(max(n, 1.0)) - 2 * ll,
         fit_seconds=time.perf_counter() - started,
+        scale=scale,
+        at_boundary=at_boundary,
     )
 
 
@@ -515,15 +570,26 @@ def fit_transactions(
 ) -> FitResult:
     """Maximum-likelihood fit of a transaction model on (compressed) statistics.
 
-    ``strict``: raise ``SegsparkError`` (with what to try) when the optimizer does not converge.
+    ``penalizer`` is ``lifetimes``' ``penalizer_coef``, with its objective: BG/NBD and MBG/NBD
+    minimize the mean negative log-likelihood per customer + penalizer * sum(params**2) with time
+    parameters on ages scaled to a maximum of 1; Pareto/NBD divides the total by the mean weight
+    (1 per customer), so its penalty weighs ``n_customers`` times less. ``strict``: raise
+    ``SegsparkError`` (with what to try) when the optimizer does not converge or a parameter runs to
+    its boundary.
     """
     if model not in TRANSACTION_MODELS:
         raise SegsparkError(f"clv: unknown model {model!r}; allowed: {', '.join(TRANSACTION_MODELS)}")
     started = time.perf_counter()
     n = stats.n_customers
+    max_age = float(stats.T.max())
+    divisors = penalty_divisors(model, max_age)
+    scale = dict(zip(PARAM_NAMES[model], (float(d) for d in divisors), strict=True))
+    # lifetimes' Pareto/NBD objective is the total, not the mean: the same argmin as the mean with
+    # the penalizer divided by the number of customers
+    pen = penalizer / n if model == PARETO_NBD else penalizer
     # Start at 1 for shape parameters and a tenth of the longest age for the time scales: the
     # likelihood is then evaluated on a well-scaled problem whatever the time unit.
-    scale0 = max(float(stats.T.max()) / 10.0, 1e-3)
+    scale0 = max(max_age / 10.0, 1e-3)
     if initial is not None:
         theta0 = np.log(np.asarray(initial, dtype=np.float64))
     elif model == PARETO_NBD:
@@ -549,12 +615,14 @@ def fit_transactions(
 
         nll_grad = None  # central differences: the analytic hyp2f1 derivatives are not worth their bugs
 
-    with warnings.catch_warnings():
+    # one BLAS/OpenMP thread: the reductions over all rows are small, and on a loaded machine a
+    # multi-threaded BLAS next to Spark's threads is many times slower than one thread
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", RuntimeWarning)
-        res, objective, jac = _minimize(model, n, nll, nll_grad, theta0, penalizer)
+        res, _, jac = _minimize(model, n, nll, nll_grad, theta0, pen, divisors)
         ll = -nll(np.exp(res.x))
-        out = _finish(model, res, objective, jac, ll, n, stats.n_rows, penalizer, started)
-    if strict and not out.converged:
+        out = _finish(model, res, jac, ll, n, stats.n_rows, penalizer, started, scale)
+    if strict and (not out.converged or out.at_boundary):
         raise SegsparkError(
             f"clv: the {model} fit did not converge ({out.message}; gradient norm {out.grad_norm:.3g}); "
             + _FAIL_HINT
@@ -563,11 +631,16 @@ def fit_transactions(
 
 
 def fit_gamma_gamma(stats: SpendStats, penalizer: float = 0.0, strict: bool = True) -> FitResult:
-    """Maximum-likelihood Gamma-Gamma fit on repeat buyers' mean spend (compressed)."""
+    """Maximum-likelihood Gamma-Gamma fit on repeat buyers' mean spend (compressed).
+
+    ``penalizer`` as ``lifetimes``' GammaGammaFitter: mean negative log-likelihood per repeat
+    buyer + penalizer * (p**2 + q**2 + gamma**2).
+    """
     started = time.perf_counter()
     n = stats.n_customers
     mean_m = float(np.dot(stats.weight, stats.mean_m) / n)
     theta0 = np.log(np.array([1.0, 1.0, max(mean_m, 1e-3)]))
+    scale = {"p": 1.0, "q": 1.0, "gamma": max(mean_m, 1e-12)}
 
     def nll(p: FloatArray) -> float:
         return -gamma_gamma_log_likelihood(p, stats)
@@ -575,11 +648,13 @@ def fit_gamma_gamma(stats: SpendStats, penalizer: float = 0.0, strict: bool = Tr
     def nll_grad(p: FloatArray) -> tuple[float, FloatArray]:
         return _gamma_gamma_nll_grad(p, stats)
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", RuntimeWarning)
-        res, objective, jac = _minimize("gamma_gamma", n, nll, nll_grad, theta0, penalizer)
+        res, _, jac = _minimize(
+            "gamma_gamma", n, nll, nll_grad, theta0, penalizer, penalty_divisors("gamma_gamma", 1.0)
+        )
         out = _finish(
-            "gamma_gamma", res, objective, jac, -nll(np.exp(res.x)), n, int(stats.x.size), penalizer, started
+            "gamma_gamma", res, jac, -nll(np.exp(res.x)), n, int(stats.x.size), penalizer, started, scale
         )
     if strict and not out.converged:
         raise SegsparkError(
@@ -592,6 +667,71 @@ def fit_gamma_gamma(stats: SpendStats, penalizer: float = 0.0, strict: bool = Tr
             "try a penalizer (--set clv.penalizer=0.001) or cap extreme order values upstream"
         )
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Validity
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Validity:
+    """Whether a fit may be used, and why not (each failed rule, naming the parameters)."""
+
+    valid: bool
+    reasons: tuple[str, ...]
+    holdout_total_error: float  # (predicted - actual) / actual holdout purchases; NaN without holdout
+    max_relative_se: float  # the largest se/|value| (inf where a standard error is not finite)
+    max_relative_se_param: str | None
+
+    @property
+    def reason(self) -> str | None:
+        return "; ".join(self.reasons) or None
+
+
+def relative_se(fit: FitResult) -> dict[str, float]:
+    """se/|value| per parameter; inf where the standard error is not finite."""
+    out: dict[str, float] = {}
+    for k, v in fit.params.items():
+        se = fit.se.get(k, math.nan)
+        out[k] = abs(se) / abs(v) if math.isfinite(se) and v != 0 else math.inf
+    return out
+
+
+def assess(
+    fit: FitResult,
+    max_relative_se: float,
+    max_holdout_error: float,
+    holdout_total_error: float = math.nan,
+) -> Validity:
+    """The validity rule: converged, no parameter at a boundary (:func:`boundary_rule`), every
+    standard error finite with se/|value| <= ``max_relative_se``, and, when a holdout error is given,
+    |(predicted - actual) / actual| <= ``max_holdout_error``."""
+    reasons: list[str] = []
+    if not fit.converged:
+        reasons.append(f"the optimizer did not converge ({fit.message.split(';')[0]})")
+    reasons.extend(fit.at_boundary.values())
+    rel = relative_se(fit)
+    worst = max(rel, key=lambda k: (rel[k], k)) if rel else None
+    bad_se = [k for k, v in rel.items() if not math.isfinite(v)]
+    if bad_se:
+        reasons.append(f"standard error of {', '.join(bad_se)} not finite")
+    big = [k for k, v in rel.items() if math.isfinite(v) and v > max_relative_se]
+    if big:
+        listing = ", ".join(f"{k} {rel[k]:.3g}" for k in big)
+        reasons.append(
+            f"relative standard error (se/|value|) {listing} > clv.max_relative_se {max_relative_se:g}"
+        )
+    if math.isfinite(holdout_total_error) and abs(holdout_total_error) > max_holdout_error:
+        reasons.append(
+            f"holdout total error {holdout_total_error:+.1%} beyond clv.max_holdout_error "
+            f"{max_holdout_error:.0%}"
+        )
+    return Validity(
+        valid=not reasons,
+        reasons=tuple(reasons),
+        holdout_total_error=holdout_total_error,
+        max_relative_se=rel[worst] if worst is not None else math.nan,
+        max_relative_se_param=worst,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segspark.clv import models as M
-from segspark.clv.summary import AGE, FREQUENCY, MONETARY_VALUE, RECENCY
+from segspark.clv.summary import AGE, FREQUENCY, MONETARY_VALUE, PURCHASE_DATE, PURCHASE_VALUE, RECENCY
 from segspark.schema import CUSTOMER_ID
 
 P_ALIVE = "p_alive"
@@ -170,6 +170,50 @@ def with_predictions(
         (F.col("alive.expected_purchases") * pa).alias(EXPECTED_PURCHASES),
         F.col(EXPECTED_AVG_VALUE),
         (F.col("alive.discounted_purchases") * pa * F.col(EXPECTED_AVG_VALUE)).alias(CLV),
+    )
+
+
+def discount_factor(horizon_months: int, monthly_discount_rate: float) -> float:
+    """sum over months i=1..M of 1/(1+d)^i: a constant monthly amount's discounted value (end of month)."""
+    return float(sum(1.0 / (1.0 + monthly_discount_rate) ** i for i in range(1, horizon_months + 1)))
+
+
+def historical_rate_predictions(
+    days: DataFrame,
+    as_of: Any,
+    horizon_months: int,
+    monthly_discount_rate: float,
+    days_per_month: float,
+) -> DataFrame:
+    """The stated fallback when no transaction model is valid: each customer's historical spend rate.
+
+    ``days``: purchase days (customer_id, purchase_date, purchase_value). Per customer with a
+    purchase on or before ``as_of``: rate = net purchase value / observed tenure in days (first
+    purchase day to ``as_of``, both included, and at least one month so that a first purchase today is
+    not read as a daily habit); clv = rate * days per month, discounted month by month as the models
+    are. p_alive and expected_purchases are null (no model says them); expected_avg_value is the
+    customer's mean purchase-day value.
+    """
+    agg = (
+        days.where(F.col(PURCHASE_DATE) <= F.lit(as_of))
+        .groupBy(F.col(CUSTOMER_ID))
+        .agg(
+            F.min(F.col(PURCHASE_DATE)).alias("first"),
+            F.sum(F.col(PURCHASE_VALUE)).alias("total"),
+            F.count(F.lit(1)).alias("n_days"),
+        )
+    )
+    tenure = F.greatest(
+        F.datediff(F.lit(as_of), F.col("first")).cast("double") + F.lit(1.0), _lit(days_per_month)
+    )
+    rate = F.greatest(F.try_divide(F.col("total"), tenure), F.lit(0.0))
+    factor = days_per_month * discount_factor(horizon_months, monthly_discount_rate)
+    return agg.select(
+        F.col(CUSTOMER_ID),
+        F.lit(None).cast("double").alias(P_ALIVE),
+        F.lit(None).cast("double").alias(EXPECTED_PURCHASES),
+        F.try_divide(F.col("total"), F.col("n_days").cast("double")).alias(EXPECTED_AVG_VALUE),
+        (rate * _lit(factor)).alias(CLV),
     )
 
 

@@ -166,8 +166,17 @@ class SpendSummary:
     stats: SpendStats | None
     n_repeat_buyers: int
     n_excluded_nonpositive: int
-    freq_spend_corr: float
+    freq_spend_corr: float  # NaN when undefined (fewer than 2 buyers, or frequency or spend constant)
     n_rows: int
+
+
+def corr_or_null(a: Column, b: Column) -> Column:
+    """Pearson correlation as an aggregate; null when either column is constant or has < 2 rows.
+
+    ``F.corr`` divides by the standard deviations and raises DIVIDE_BY_ZERO under ANSI when one is
+    0; covariance over the product of the (population) standard deviations is the same figure.
+    """
+    return F.try_divide(F.covar_pop(a, b), F.stddev_pop(a) * F.stddev_pop(b))
 
 
 def compressed_spend(summary: DataFrame, resolution: float = 1e-4) -> SpendSummary:
@@ -180,7 +189,7 @@ def compressed_spend(summary: DataFrame, resolution: float = 1e-4) -> SpendSumma
     checks = repeat.agg(
         F.count(F.lit(1)).alias("repeat"),
         F.count_if(F.coalesce(F.col(MONETARY_VALUE), F.lit(0.0)) <= 0).alias("excluded"),
-        F.corr(
+        corr_or_null(
             F.when(F.col(MONETARY_VALUE) > 0, F.col(FREQUENCY).cast("double")),
             F.when(F.col(MONETARY_VALUE) > 0, F.col(MONETARY_VALUE)),
         ).alias("corr"),

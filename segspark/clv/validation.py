@@ -31,6 +31,7 @@ from segspark.clv.summary import (
     FREQUENCY_HOLDOUT,
     PURCHASE_DATE,
     RECENCY,
+    corr_or_null,
     unit_days,
 )
 from segspark.schema import CUSTOMER_ID
@@ -70,7 +71,7 @@ def holdout_metrics_many(summary: DataFrame, fits: dict[str, M.FitResult]) -> di
         aggs += [
             F.avg(F.abs(err)).alias(f"mae_{i}"),
             F.sqrt(F.avg(err * err)).alias(f"rmse_{i}"),
-            F.corr(pred, F.col("actual")).alias(f"corr_{i}"),
+            corr_or_null(pred, F.col("actual")).alias(f"corr_{i}"),  # null, not an ANSI error, if constant
             F.sum(pred).alias(f"pred_{i}"),
         ]
     row = scored.agg(*aggs).first()
@@ -91,6 +92,8 @@ def holdout_metrics_many(summary: DataFrame, fits: dict[str, M.FitResult]) -> di
             "holdout_actual_total": total,
             "holdout_predicted_total": predicted,
             "holdout_total_error_pct": 100.0 * (predicted - total) / total if total else math.nan,
+            # the share the validity rule bounds (clv.max_holdout_error)
+            "holdout_total_error": (predicted - total) / total if total else math.nan,
         }
     return out
 
