@@ -137,6 +137,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
     from segspark import pipeline
 
     settings = _settings(args, extra)
+    check_inputs(settings)
     _check_key(settings, demo)
     ctx = pipeline.open_context(settings, args.command, demo=demo)
     upto = args.command if args.command in pipeline.STAGES else "all"
@@ -190,6 +191,37 @@ def cmd_stage(args: argparse.Namespace) -> int:
         return 0
     _print_run(ctx)
     return 0
+
+
+def check_inputs(settings: Settings) -> None:
+    """Inputs that cannot be there are found before Spark starts (no runs row, no MLflow store):
+    transactions must be configured, and a local input path must exist (a Delta one with its log).
+    Cloud paths, catalog tables and paths on a remote Spark are left to the reader, which names
+    the input too."""
+    from segspark.config import InputConfig
+    from segspark.errors import InputError
+
+    tx = settings.input.transactions
+    if not tx.configured:
+        raise InputError(
+            "input 'transactions' is not configured: set input.transactions.path "
+            "(or input.transactions.table) and input.transactions.format"
+        )
+    remote = settings.spark.remote
+    if remote and not remote.startswith("local"):
+        return  # the paths are the cluster's, not this machine's
+    for name in InputConfig.model_fields:
+        cfg = getattr(settings.input, name)
+        if cfg.table or not cfg.path or "://" in cfg.path or cfg.path.startswith("dbfs:"):
+            continue
+        path = Path(cfg.path)
+        if not path.exists():
+            raise InputError(f"input '{name}': no {cfg.format} data at {cfg.path} (input.{name}.path)")
+        if cfg.format == "delta" and not (path / "_delta_log").is_dir():
+            raise InputError(
+                f"input '{name}': {cfg.path} is not a Delta table (no _delta_log); "
+                f"set input.{name}.format to parquet or csv"
+            )
 
 
 def _check_key(settings: Settings, demo: bool) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -523,6 +523,21 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without implicit timestamps: a date stays text until pydantic validates it, so a bad date
+    (``2025-13-45``) is an error that names its key rather than a ``ValueError`` from the YAML parser."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value``; the value is read as YAML so numbers, booleans, null and lists work."""
     if "=" not in item:
@@ -532,7 +547,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not parts:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
@@ -557,7 +572,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -565,9 +580,50 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """The dotted configuration key of a pydantic error location, without the tags pydantic adds for
+    the arms of a union (``spark.shuffle_partitions.int`` is the key ``spark.shuffle_partitions``)."""
+    parts: list[str] = []
+    node: Any = Settings
+    for part in loc:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            name = str(part)
+            field = node.model_fields.get(name) or next(
+                (f for f in node.model_fields.values() if f.alias == name), None
+            )
+            if field is None:
+                break
+            parts.append(name)
+            node = _section_type(field.annotation)
+        elif node in (dict, list):
+            parts.append(str(part))
+            node = None
+        else:
+            break
+    return ".".join(parts) or "<root>"
+
+
+def _section_type(annotation: Any) -> Any:
+    """The model class, ``dict`` or ``list`` an annotation holds (through ``X | None``); else None."""
+    origin = get_origin(annotation)
+    if origin in (dict, list, tuple):
+        return dict if origin is dict else list
+    if isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    for arm in get_args(annotation):
+        found = _section_type(arm)
+        if found is not None:
+            return found
+    return None
+
+
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    key = (
+        ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden"
+        else _key_path(tuple(first["loc"]))
+    )
     value = first.get("input")
     if first["type"] == "extra_forbidden":
         parent_loc = first["loc"][:-1]

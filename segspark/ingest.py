@@ -195,6 +195,23 @@ def raise_on_fail(result: IngestResult) -> None:
         )
 
 
+def check_quarantine_share(result: IngestResult, max_share: float) -> None:
+    """Raise ``DataQualityError`` (exit code 3) when more than ``max_share`` of the table's rows were
+    quarantined (``quality.max_quarantine_share``): an absurd share means a broken feed or a wrong
+    column mapping, and segments built on the few rows left would mislead."""
+    if result.rows_in == 0 or result.rows_quarantined <= max_share * result.rows_in:
+        return
+    share = result.rows_quarantined / result.rows_in
+    top = sorted(result.by_rule.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    rules = ", ".join(f"{r}={n}" for r, n in top)
+    raise DataQualityError(
+        f"table '{result.table}': {result.rows_quarantined} of {result.rows_in} rows quarantined "
+        f"({share:.0%}, above quality.max_quarantine_share={max_share:g}); top rules: {rules}; "
+        f"look at the quarantine table's rule, reason and raw columns, and check input.{result.table}"
+        f".columns and quality.timestamp_formats"
+    )
+
+
 def log_summary(results: Sequence[IngestResult]) -> None:
     for res in results:
         rules = ", ".join(f"{r}={n}" for r, n in res.by_rule.items()) or "none"
@@ -743,10 +760,11 @@ def validate(
     clean = flagged.where(F.col(_RULE).isNull()).select(*[F.col(name) for name, _ in plan.output])
     quarantine = flagged.where(F.col(_RULE).isNotNull()).select(
         F.lit(table).alias(S.Q_SOURCE_TABLE),
-        # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too
+        # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too; the
+        # source id only where pseudonymization is off, and nothing when it is on but no key is given
         (
             F.col(S.CUSTOMER_ID).cast("string")
-            if any(name == S.CUSTOMER_ID for name, _ in plan.output)
+            if keyed_table and (pseudo or not privacy.pseudonymize)
             else F.lit(None).cast("string")
         ).alias(S.CUSTOMER_ID),
         F.col(_RULE).alias(S.Q_RULE),

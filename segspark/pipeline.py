@@ -21,7 +21,7 @@ from segspark import generate as G
 from segspark import schema as S
 from segspark import tables, tracking
 from segspark.config import ClvConfig, Settings
-from segspark.errors import InputError, SegsparkError
+from segspark.errors import DataQualityError, InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
 from segspark.session import get_spark
 from segspark.version import code_version
@@ -294,7 +294,9 @@ def stage_ingest(ctx: RunContext) -> None:
             for s in ctx.inputs.values()
         ]
     )
-    ctx.as_of_date = ctx.settings.as_of_date or default_as_of(clean["transactions"])
+    as_of = ctx.settings.as_of_date or default_as_of(clean["transactions"])
+    # with no clean order the quarantine is still written (stamped with today), for diagnosis
+    ctx.as_of_date = as_of or processing_ts.date()
     quarantine = None
     for res in results:
         quarantine = res.quarantine if quarantine is None else quarantine.unionByName(res.quarantine)
@@ -302,6 +304,19 @@ def stage_ingest(ctx: RunContext) -> None:
     ctx.write(quarantine, S.QUARANTINE)  # written before a blocking rule stops the run, for diagnosis
     for res in results:
         ingest.raise_on_fail(res)
+    for res in results:
+        ingest.check_quarantine_share(res, settings.quality.max_quarantine_share)
+    tx = ctx.inputs["transactions"]
+    if tx.rows_clean == 0:  # nothing to segment (also when as_of_date is set)
+        if tx.rows_in == 0:
+            raise InputError(
+                f"input 'transactions': no rows at {tx.info.location} (input.transactions.path)"
+            )
+        raise DataQualityError(
+            f"table 'transactions': no clean order among {tx.rows_in} rows (quarantined: "
+            + (", ".join(f"{r}={n}" for r, n in tx.by_rule.items()) or "none")
+            + "); look at the quarantine table's rule, reason and raw columns"
+        )
     customers = clean.get("customers")
     if customers is not None:
         customers = privacy.minimize(customers, settings.privacy, reference_date=ctx.as_of_date)
@@ -314,11 +329,10 @@ def stage_ingest(ctx: RunContext) -> None:
     )
 
 
-def default_as_of(transactions: DataFrame) -> dt.date:
+def default_as_of(transactions: DataFrame) -> dt.date | None:
+    """The date of the last clean order; None when there is none."""
     row = transactions.agg(F.max(F.to_date(F.col(S.ORDER_TS)))).first()
-    if row is None or row[0] is None:
-        raise InputError("table 'transactions': no clean order to take as_of_date from; set as_of_date")
-    return row[0]
+    return None if row is None else row[0]
 
 
 def stage_silver(ctx: RunContext) -> None:
@@ -609,9 +623,39 @@ def stage_report(ctx: RunContext) -> None:
             found, RunInfo(run_id=ctx.run_id, as_of_date=as_of, command=ctx.command), out_dir, ctx.settings
         )
     ctx.report_dir = str(Path(result.html_path).parent)
-    ctx.write(ctx.spark.createDataFrame(result.summary), S.REPORT_SUMMARY)
-    ctx.write(ctx.spark.createDataFrame(result.recommendations), S.RECOMMENDATIONS)
+    # the declared schemas: an empty table (every segment under report.min_segment_size) is written empty
+    ctx.write(_declared_frame(ctx, result.summary, S.REPORT_SUMMARY), S.REPORT_SUMMARY)
+    ctx.write(_declared_frame(ctx, result.recommendations, S.RECOMMENDATIONS), S.RECOMMENDATIONS)
     tracking.log_artifacts(Path(result.html_path).parent, "report")
+
+
+def _declared_frame(ctx: RunContext, pdf: pd.DataFrame, name: str) -> DataFrame:
+    """A few report rows as a Spark frame of table ``name``'s declared schema (never inferred: an
+    empty frame has nothing to infer from); NaN -> null, numbers coerced to the declared kind."""
+    from pyspark.sql import types as T
+
+    schema = tables.SCHEMAS[name]
+    fields = schema.fields
+    frame = pdf.reindex(columns=[f.name for f in fields]).astype(object)
+
+    def value(v: Any, kind: T.DataType) -> Any:
+        if v is None or (isinstance(v, float) and v != v):
+            return None
+        if isinstance(kind, T.IntegralType):
+            return int(v)
+        if isinstance(kind, (T.DoubleType, T.FloatType)):
+            return float(v)
+        if isinstance(kind, T.BooleanType):
+            return bool(v)
+        if isinstance(kind, T.StringType):
+            return str(v)
+        return v
+
+    rows = [
+        tuple(value(v, f.dataType) for v, f in zip(r, fields, strict=True))
+        for r in frame.itertuples(index=False, name=None)
+    ]
+    return ctx.spark.createDataFrame(rows, schema)
 
 
 # The whole data flow. "input:*" are the configured sources, "clean:*" ingest's validated frames;

@@ -435,3 +435,51 @@ def test_outlier_bound_is_the_exact_quantile_and_the_sketch_agrees(spark, monkey
     ranks = np.searchsorted(np.sort(values), [want / 2.0, sketch / 2.0])
     assert abs(ranks[1] - ranks[0]) <= max(2, 0.001 * len(values)), (exact, sketch)
     assert spark.range(1).select(ingest.outlier_bound(df.limit(0), cfg).alias("b")).first()["b"] is None
+
+
+def test_quarantine_rows_carry_the_pseudonym_of_their_customer_and_no_source_id(tx_result) -> None:
+    """The quarantine's customer_id is the key the customer's clean rows carry (so erasure reaches
+    it); neither it nor the raw JSON holds a source id when a key is set."""
+    clean_keys = {r["customer_id"] for r in tx_result.clean.select("customer_id").collect()}
+    rows = tx_result.quarantine.collect()
+    by_line = {json.loads(r["raw"])["line"]: r for r in rows}
+    # C1's planted rows share the key of C1's clean rows; C7/C8 have only quarantined rows
+    for line in ("p3", "p4", "p5", "p6", "p7", "p11"):
+        assert by_line[line]["customer_id"] == pid("C1")
+    assert pid("C1") in clean_keys and pid("C5") in clean_keys
+    assert by_line["c8"]["customer_id"] == pid("C5")  # the extra copy of a clean customer's line
+    assert {by_line["p12"]["customer_id"], by_line["p13"]["customer_id"]} == {pid("C7"), pid("C8")}
+    assert by_line["p1"]["customer_id"] is None and by_line["p2"]["customer_id"] is None
+    source_ids = {f"C{i}" for i in range(1, 10)}
+    for r in rows:
+        raw = json.loads(r["raw"])
+        assert raw["customer_id"] == r["customer_id"]  # the JSON's id is the same pseudonym
+        assert r["customer_id"] not in source_ids
+        assert not source_ids & {str(v).strip() for v in raw.values()}
+
+
+@pytest.mark.parametrize(
+    ("pseudonymize", "key", "expected", "in_raw"), [(True, None, None, None), (False, None, "C1", " C1 ")]
+)
+def test_quarantine_key_without_pseudonym(spark, pseudonymize: bool, key, expected, in_raw) -> None:
+    """Pseudonymization on but no key given: the quarantine keeps no customer id at all; off by
+    configuration: the trimmed source id, as in the clean rows (the raw JSON keeps the source value)."""
+    df = spark.createDataFrame([tx("q", " C1 ", "Q1", "not-a-date", "10")], TX_SCHEMA)
+    privacy = PrivacyConfig(pseudonymize=pseudonymize)
+    result = ingest.validate(df, "transactions", CFG, NOW, key=key, privacy=privacy)
+    [row] = result.quarantine.collect()
+    assert row["customer_id"] == expected
+    assert json.loads(row["raw"]).get("customer_id") == in_raw
+    result.release()
+
+
+def test_quarantine_share_above_the_bound_is_a_data_quality_error(tx_result) -> None:
+    share = tx_result.rows_quarantined / tx_result.rows_in  # 16 of 26
+    ingest.check_quarantine_share(tx_result, max_share=share)  # at the bound: passes
+    with pytest.raises(DataQualityError) as err:
+        ingest.check_quarantine_share(tx_result, max_share=0.2)
+    text = str(err.value)
+    assert text.startswith("table 'transactions': 16 of 26 rows quarantined (62%")
+    assert "quality.max_quarantine_share=0.2" in text
+    assert "top rules: bad_amount=4, missing_customer_id=3, order_id_conflict=2" in text
+    assert err.value.exit_code == 3 and "\n" not in text

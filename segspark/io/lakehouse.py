@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from segspark import schema as S
 from segspark import tables
 from segspark.errors import ConfigError, InputError
-from segspark.io import delta_rs, delta_spark
+from segspark.io import delta_rs, delta_spark, inputs
 from segspark.io.engine import (
     Commit,
     CommitResult,
@@ -219,13 +219,7 @@ class Lakehouse:
             return df, InputInfo(name, location, cfg.format, None)
         if "://" not in location and not Path(location).exists():
             raise InputError(f"input '{name}': no {cfg.format} data at {location} (input.{name}.path)")
-        reader = self.spark.read
-        if cfg.format == "csv":
-            # every column read as a string: ingest casts with ANSI-safe try_cast and quarantines failures
-            reader = reader.option("header", "true").option("inferSchema", "false")
-        for key, value in cfg.options.items():
-            reader = reader.option(key, value)
-        df = reader.format(cfg.format).load(location)
+        df = inputs.read_files(self.spark, name, cfg)  # Parquet from pandas (nanoseconds) included
         return df, InputInfo(name, location, cfg.format, None)
 
     def input_configured(self, name: str) -> bool:
