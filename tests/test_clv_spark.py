@@ -427,3 +427,53 @@ def test_fit_table_round_trips_through_spark(
     info = clv_info(back)
     assert info is not None and info["model"] == chosen and info["params"] == fit["params"]
     assert info["validation"]["holdout_mae"] == res.validation["holdout_mae"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Validity of the fits (the rule itself is tested in test_clv_models and test_clv_validity)
+# ------------------------------------------------------------------------------------------------
+def test_cdnow_fits_are_valid_and_say_so_in_clv_fit(cdnow_result: tuple[ClvResult, pd.DataFrame]) -> None:
+    result, _ = cdnow_result
+    chosen, validity = result.fit["model"], result.fit["validity"]
+    assert not result.fallback and not result.warnings  # CDNOW: every model interior, spend check ok
+    for model in M.TRANSACTION_MODELS:
+        v, cand = validity[model], result.fit["candidates"][model]
+        assert v["valid"] is True and v["reason"] is None
+        want = (cand["holdout_predicted_total"] - cand["holdout_actual_total"]) / cand["holdout_actual_total"]
+        assert v["holdout_total_error"] == pytest.approx(want, rel=1e-12) and abs(want) < 0.25
+        assert 0 < v["max_relative_se"] < 10 and v["max_relative_se_param"] in M.PARAM_NAMES[model]
+    table = fit_table(result)
+    rows = table[table["section"] == "validity"]
+    for model in M.TRANSACTION_MODELS:
+        mine = rows[rows["model"] == model].set_index("name")
+        assert list(mine.index) == ["valid", "holdout_total_error", "max_relative_se"]
+        assert set(mine["chosen"]) == {model == chosen}
+        assert mine.loc["valid", "value"] == 1.0 and mine.loc["valid", "text"] is None
+        assert mine.loc["holdout_total_error", "value"] == validity[model]["holdout_total_error"]
+        assert mine.loc["holdout_total_error", "text"] is None
+        assert mine.loc["max_relative_se", "text"] == validity[model]["max_relative_se_param"]
+    spend = rows[rows["model"] == "gamma_gamma"].set_index("name")
+    assert list(spend.index) == ["spend_corr", "spend_corr_ok"] and spend["chosen"].all()
+    assert spend.loc["spend_corr", "value"] == result.fit["spend_freq_corr"]
+    assert abs(result.fit["spend_freq_corr"]) < 0.3  # CDNOW's spend hardly depends on frequency
+    assert spend.loc["spend_corr_ok", "value"] == 1.0 and spend.loc["spend_corr_ok", "text"] is None
+    assert "historical_rate" not in set(table["model"])
+    assert fit_from_table(table)["fit"]["validity"] == validity
+
+
+def test_a_named_model_beyond_the_holdout_bound_gives_way(
+    cdnow_days: DataFrame, cdnow_result: tuple[ClvResult, pd.DataFrame]
+) -> None:
+    result, _ = cdnow_result
+    errors = {m: abs(result.fit["validity"][m]["holdout_total_error"]) for m in M.TRANSACTION_MODELS}
+    worst, second = sorted(errors, key=errors.__getitem__, reverse=True)[:2]
+    assert errors[worst] > errors[second]  # a bound between them rejects only the worst
+    bound = (errors[worst] + errors[second]) / 2
+    cfg = ClvConfig(model=worst, calibration_end=CAL_END, holdout_end=HOLD_END, max_holdout_error=bound)
+    res = run_clv(cdnow_days, CAL_END, cfg)
+    following = next(m for m in M.TRANSACTION_MODELS if m != worst)
+    assert res.fit["model"] == following and not res.fallback
+    assert res.fit["validity"][worst]["valid"] is False
+    assert "clv.max_holdout_error" in res.fit["validity"][worst]["reason"]
+    assert res.fit["reason"].startswith(f"configured clv.model={worst} is not valid (holdout total error")
+    assert any(w.startswith(f"clv: configured clv.model={worst} is not valid") for w in res.warnings)

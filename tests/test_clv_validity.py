@@ -1,0 +1,155 @@
+"""CLV under bad fits and degenerate data, in Spark: ANSI-safe checks on constant columns, the
+historical spend-rate fallback with its reasons, and the clv_fit validity rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.errors import ArithmeticException
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from segspark import tables
+from segspark.clv import HISTORICAL_RATE, fit_from_table, fit_table, run_clv
+from segspark.clv import models as M
+from segspark.clv import predict as P
+from segspark.clv import summary as S
+from segspark.clv import validation as V
+from segspark.config import ClvConfig
+
+SUMMARY_SCHEMA = T.StructType(
+    [
+        T.StructField("customer_id", T.StringType(), True),
+        T.StructField("frequency", T.LongType(), True),
+        T.StructField("recency", T.DoubleType(), True),
+        T.StructField("T", T.DoubleType(), True),
+        T.StructField("monetary_value", T.DoubleType(), True),
+        T.StructField("frequency_holdout", T.LongType(), True),
+        T.StructField("duration_holdout", T.DoubleType(), True),
+    ]
+)
+DAYS_SCHEMA = T.StructType(
+    [
+        T.StructField("customer_id", T.StringType(), True),
+        T.StructField("order_date", T.DateType(), True),
+        T.StructField("purchases", T.LongType(), True),
+        T.StructField("purchase_value", T.DoubleType(), True),
+    ]
+)
+
+
+def test_ansi_raises_on_a_constant_corr(spark: Any) -> None:
+    # why the guards below exist: Spark's corr divides by a zero standard deviation under ANSI
+    assert spark.conf.get("spark.sql.ansi.enabled") == "true"
+    df = spark.createDataFrame([(1.0, 2.0), (1.0, 3.0)], "a double, b double")
+    with pytest.raises(ArithmeticException, match="DIVIDE_BY_ZERO"):
+        df.agg(F.corr("a", "b")).collect()
+
+
+def test_spend_check_on_constant_frequency_and_spend(spark: Any) -> None:
+    # every repeat buyer has the same frequency (1) and the same spend (10): the correlation is
+    # undefined, a null (NaN on the driver), not a DIVIDE_BY_ZERO; one-time buyers and a null spend
+    # are left out as before
+    rows = [(f"c{i}", 1, 2.0, 5.0, 10.0, 0, 4.0) for i in range(6)] + [
+        ("o1", 0, 0.0, 3.0, None, 0, 4.0),
+        ("o2", 0, 0.0, 0.0, None, 1, 4.0),  # edge: first purchase on the calibration end
+    ]
+    summary = spark.createDataFrame(rows, SUMMARY_SCHEMA)
+    spend = S.compressed_spend(summary)
+    assert np.isnan(spend.freq_spend_corr)
+    assert spend.n_repeat_buyers == 6 and spend.n_excluded_nonpositive == 0
+    assert spend.stats is not None and spend.stats.n_customers == 6
+    # same frequency, different spends: still undefined; varying both: the Pearson figure
+    varied = spark.createDataFrame(
+        [(f"c{i}", 1 + i % 3, 2.0, 5.0, 10.0 + i, 0, 4.0) for i in range(6)], SUMMARY_SCHEMA
+    )
+    want = np.corrcoef([1 + i % 3 for i in range(6)], [10.0 + i for i in range(6)])[0, 1]
+    assert S.compressed_spend(varied).freq_spend_corr == pytest.approx(want, rel=1e-12)
+
+
+def test_holdout_metrics_when_nobody_buys_in_the_holdout(spark: Any) -> None:
+    # a constant actual column (all zero): correlation undefined, total error undefined; no crash
+    rows = [(f"c{i}", i % 3, float(i % 3), 10.0, None, 0, 4.0) for i in range(8)]
+    summary = spark.createDataFrame(rows, SUMMARY_SCHEMA)
+    fit = M.fit_transactions(M.BGNBD, M.RfmStats.from_arrays([0, 1, 3], [0, 1, 2], [4, 5, 6]), strict=False)
+    fit.params = {"r": 0.25, "alpha": 4.0, "a": 0.8, "b": 2.5}
+    got = V.holdout_metrics(summary, fit)
+    assert np.isnan(got["holdout_corr"]) and np.isnan(got["holdout_total_error"])
+    assert got["holdout_actual_total"] == 0.0 and got["holdout_predicted_total"] > 0
+    pred = M.expected_purchases(M.BGNBD, fit.values, 4.0, [r[1] for r in rows], [r[2] for r in rows], 10.0)
+    assert got["holdout_mae"] == pytest.approx(float(np.mean(pred)), rel=1e-10)
+
+
+@pytest.fixture(scope="module")
+def one_time_buyers(spark: Any) -> tuple[Any, dt.date, pd.DataFrame]:
+    """40 customers who never came back (no model has an interior optimum), one null-value edge."""
+    start = dt.date(2024, 1, 1)
+    rows = [(f"c{i:02d}", start + dt.timedelta(days=9 * i), 1, 10.0 + 3 * i) for i in range(40)]
+    pdf = pd.DataFrame(rows, columns=["customer_id", "order_date", "purchases", "purchase_value"])
+    as_of = start + dt.timedelta(days=9 * 39)  # the last customer's first purchase is on as_of
+    return spark.createDataFrame(rows, DAYS_SCHEMA), as_of, pdf
+
+
+def test_no_valid_model_falls_back_to_the_historical_spend_rate(
+    one_time_buyers: tuple[Any, dt.date, pd.DataFrame],
+) -> None:
+    days, as_of, pdf = one_time_buyers
+    cfg = ClvConfig(model="auto", holdout_days=30, horizon_months=12, monthly_discount_rate=0.01)
+    res = run_clv(days, as_of, cfg)
+    assert res.fallback and res.fit["model"] == HISTORICAL_RATE and res.figures == {}
+    why = res.fit["fallback_reason"]
+    assert why.startswith("no transaction model is valid (also with penalizers 0.001, 0.01): ")
+    for model in M.TRANSACTION_MODELS:
+        v = res.fit["validity"][model]
+        assert v["valid"] is False and v["reason"] and f"{model} (" in why
+        assert "penalizer 0: " in v["reason"] and "penalizer 0.01: " in v["reason"]
+    assert any("historical spend rate" in w for w in res.warnings)
+    # every customer's rate by hand: value / max(tenure days incl. both ends, one month) x the
+    # month length, discounted month by month
+    got = res.customers.toPandas().set_index("customer_id").sort_index()  # 40 rows of test data
+    month = cfg.days_per_month
+    factor = sum(1.01**-i for i in range(1, 13))
+    tenure = np.maximum(np.array([(as_of - d).days for d in pdf["order_date"]]) + 1.0, month)
+    want = pdf["purchase_value"].to_numpy() / tenure * month * factor
+    np.testing.assert_allclose(got["clv"].to_numpy(), want, rtol=1e-12)
+    assert got["p_alive"].isna().all() and got["expected_purchases"].isna().all()
+    np.testing.assert_allclose(got["expected_avg_value"].to_numpy(), pdf["purchase_value"].to_numpy())
+    assert set(got["value_tier"]) == {P.VALUE_TIER_HIGH, P.VALUE_TIER_STANDARD}
+
+    # the clv_fit contract, and back
+    table = fit_table(res)
+    validity = table[table["section"] == "validity"]
+    fallback_rows = validity[validity["model"] == HISTORICAL_RATE]
+    assert fallback_rows[["chosen", "name", "value"]].values.tolist() == [[True, "valid", 1.0]]
+    assert fallback_rows["text"].isna().all()
+    reason_row = table[(table["section"] == "fit") & (table["name"] == "fallback_reason")]
+    assert reason_row[["model", "chosen", "text"]].values.tolist() == [[HISTORICAL_RATE, True, why]]
+    assert reason_row["value"].isna().all()
+    for model in M.TRANSACTION_MODELS:
+        rows = validity[validity["model"] == model].set_index("name")
+        assert list(rows.index) == ["valid", "holdout_total_error", "max_relative_se"]
+        assert not rows["chosen"].any() and rows.loc["valid", "value"] == 0.0
+        assert rows.loc["valid", "text"] == res.fit["validity"][model]["reason"]
+    spend = validity[validity["model"] == "gamma_gamma"].set_index("name")
+    assert list(spend.index) == ["spend_corr", "spend_corr_ok"] and not spend["chosen"].any()
+    assert pd.isna(spend.loc["spend_corr", "value"]) and "undefined" in spend.loc["spend_corr_ok", "text"]
+    back = fit_from_table(table)["fit"]
+    assert back["model"] == HISTORICAL_RATE and back["fallback_reason"] == why
+    assert back["validity"][HISTORICAL_RATE] == {"valid": True, "reason": None}
+    assert back["validity"]["bgnbd"]["reason"] == res.fit["validity"]["bgnbd"]["reason"]
+    assert set(tables.CLV_FIT_SCHEMA.fieldNames()) == set(table.columns)
+
+
+def test_a_named_model_that_is_not_valid_gives_way(
+    one_time_buyers: tuple[Any, dt.date, pd.DataFrame],
+) -> None:
+    days, as_of, _ = one_time_buyers
+    res = run_clv(days, as_of, ClvConfig(model="pareto_nbd", holdout_days=30, penalizer=0.01))
+    # a configured penalizer: no penalizer rounds; the named model first, then the others in order
+    assert res.fallback and list(res.fit["validity"])[:3] == ["pareto_nbd", "bgnbd", "mbgnbd"]
+    assert "penalizers" not in res.fit["fallback_reason"]
+    assert all("penalizer 0:" not in res.fit["validity"][m]["reason"] for m in M.TRANSACTION_MODELS)
