@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="customer_ids",
         help="source customer id to erase (repeatable); pseudonymized with the configured key",
     )
+    p = sub.add_parser(
+        "vacuum",
+        help="delete table files older than lakehouse.vacuum_retention_hours that the latest version "
+        "does not use (erased rows in earlier versions, leftovers of crashed writes)",
+    )
+    _common(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="allow a retention under Delta's 168 h safety minimum (no job may be writing or reading "
+        "an older version meanwhile)",
+    )
     return parser
 
 
@@ -169,6 +181,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from segspark import pipeline
 
     settings = _settings(args)
+    if args.command == "vacuum":  # refused before Spark starts
+        from segspark.io.lakehouse import check_vacuum_retention
+
+        check_vacuum_retention(settings.lakehouse.vacuum_retention_hours, args.force)
     ctx = pipeline.open_context(settings, args.command)
     if args.command == "cluster":
         pipeline.cluster_only(ctx)
@@ -187,6 +203,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
         print(
             f"erased {len(args.customer_ids)} customer(s): "
             + (", ".join(f"{t}={n}" for t, n in deleted.items()) or "no rows found")
+        )
+        return 0
+    elif args.command == "vacuum":
+        removed = pipeline.vacuum(ctx, force=args.force)
+        hours = settings.lakehouse.vacuum_retention_hours
+        print(
+            f"vacuumed {len(removed)} table(s) (retention {hours} h): {sum(removed.values())} file(s) deleted"
+            + "".join(f"\n    {name:22s} {n} file(s)" for name, n in sorted(removed.items()) if n)
         )
         return 0
     _print_run(ctx)
@@ -262,6 +286,7 @@ COMMANDS = {
     "report": cmd_stage,
     "monitor": cmd_stage,
     "erase": cmd_stage,
+    "vacuum": cmd_stage,
 }
 
 

@@ -23,6 +23,8 @@ from segspark import tables, tracking
 from segspark.config import ClvConfig, Settings
 from segspark.errors import DataQualityError, InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
+from segspark.io.engine import MIN_SAFE_RETENTION_HOURS
+from segspark.io.lakehouse import OUTPUT_TABLES, check_vacuum_retention
 from segspark.session import get_spark
 from segspark.version import code_version
 
@@ -120,6 +122,8 @@ def open_context(
 ) -> RunContext:
     session = spark or get_spark(settings.spark)
     lake = Lakehouse(session, settings)
+    # the run starts here: a later overwrite of rows another run commits from now on is a conflict
+    lake.pin_versions()
     run_id = settings.run_id or new_run_id()
     return RunContext(settings=settings, spark=session, lake=lake, run_id=run_id, command=command, demo=demo)
 
@@ -164,6 +168,20 @@ def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
     ctx.lake.write(
         df, S.RUNS, run_id=ctx.run_id, as_of_date=as_of, txn_version=int(ctx.started.timestamp() * 1000)
     )
+
+
+@contextlib.contextmanager
+def recorded(ctx: RunContext) -> Iterator[None]:
+    """Record the command's ``runs`` row: succeeded, or failed with the error (which is re-raised)."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            record_run(ctx, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        except Exception as failed:  # the command's own error is the one to report
+            log.warning("could not record the failed %s in runs: %s", ctx.command, failed)
+        raise
+    record_run(ctx, "succeeded")
 
 
 # ---- generate --------------------------------------------------------------------------------------
@@ -764,11 +782,11 @@ def cluster_only(ctx: RunContext) -> RunContext:
     with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "cluster"}) as mlflow_id:
         ctx.mlflow_run_id = mlflow_id
         ctx.cluster_mode = "fit"
-        try:
-            stage_segments(ctx)
-        finally:
-            ctx.release_cached()
-        record_run(ctx, "succeeded")
+        with recorded(ctx):
+            try:
+                stage_segments(ctx)
+            finally:
+                ctx.release_cached()
     return ctx
 
 
@@ -784,9 +802,10 @@ def report_only(ctx: RunContext) -> RunContext:
     )
     if row is not None:
         ctx.run_id = row[0]
-    with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "report"}):
-        stage_report(ctx)
-        record_run(ctx, "succeeded")
+    with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "report"}) as mlflow_id:
+        ctx.mlflow_run_id = mlflow_id
+        with recorded(ctx):
+            stage_report(ctx)
     return ctx
 
 
@@ -794,38 +813,71 @@ def monitor(ctx: RunContext) -> DataFrame:
     """Drift of the latest customer_segments snapshot against the one before; writes ``drift``."""
     from segspark import drift
 
-    if not ctx.lake.exists(S.CUSTOMER_SEGMENTS):
-        raise InputError("no customer_segments table yet: run the pipeline first")
-    ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
-    current = ctx.read(S.CUSTOMER_SEGMENTS)
-    previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=ctx.as_of_date)
-    out = drift.segment_drift(current, previous, DRIFT_CATEGORICAL, DRIFT_NUMERIC)
-    ctx.write(out, S.DRIFT)
+    with recorded(ctx):
+        if not ctx.lake.exists(S.CUSTOMER_SEGMENTS):
+            raise InputError("no customer_segments table yet: run the pipeline first")
+        ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
+        current = ctx.read(S.CUSTOMER_SEGMENTS)
+        previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=ctx.as_of_date)
+        out = drift.segment_drift(current, previous, DRIFT_CATEGORICAL, DRIFT_NUMERIC)
+        ctx.write(out, S.DRIFT)
     return out.where(F.col("bucket") == "__total__")
 
 
 def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
-    """Right to erasure: delete the customers' rows from every output table holding customer keys."""
+    """Right to erasure: delete the customers' rows from every output table holding customer keys
+    (silver, snapshot and quarantine tables: each has ``customer_id``, the pseudonym after ingest).
+
+    One delete commit per table; the files of earlier versions keep the rows until ``vacuum``
+    removes them. Neither the ids nor their pseudonyms are logged or recorded.
+    """
     import hashlib
     import hmac
 
     from segspark import privacy
 
     settings = ctx.settings
-    if settings.privacy.pseudonymize:
-        key = privacy.resolve_key(settings.privacy, demo=False)
-        keys = [hmac.new(key, i.strip().encode("utf-8"), hashlib.sha256).hexdigest() for i in source_ids]
-    else:
-        keys = [i.strip() for i in source_ids]
     deleted: dict[str, int] = {}
-    for name in sorted(S.SNAPSHOT_TABLES | S.APPEND_TABLES | S.SILVER_TABLES):
-        n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
-        if n:
-            deleted[name] = n
+    with recorded(ctx):
+        if settings.privacy.pseudonymize:
+            key = privacy.resolve_key(settings.privacy, demo=False)
+            keys = [hmac.new(key, i.strip().encode("utf-8"), hashlib.sha256).hexdigest() for i in source_ids]
+        else:
+            keys = [i.strip() for i in source_ids]
+        for name in sorted(OUTPUT_TABLES):
+            n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
+            if n:
+                deleted[name] = n
+                ctx.outputs[name] = ctx.lake.version(name)
     log.info(
-        "erased %d customer key(s): %s; old file versions keep them until vacuum (retention %sh)",
+        "erased %d customer key(s): %s; earlier table versions keep them until 'segspark vacuum' "
+        "(lakehouse.vacuum_retention_hours=%s)",
         len(keys),
         deleted,
         settings.lakehouse.vacuum_retention_hours,
     )
     return deleted
+
+
+def vacuum(ctx: RunContext, *, force: bool = False) -> dict[str, int]:
+    """Delete from every output table the files its latest version does not reference and older
+    than ``lakehouse.vacuum_retention_hours`` (what erasure needs to reach earlier versions, and
+    the leftovers of crashed writes); returns files deleted per table.
+
+    Below Delta's safety minimum of 168 h only with ``force`` (``ConfigError`` otherwise): a shorter
+    retention deletes files that a running job or a reader of an older version may still need.
+    """
+    hours = ctx.settings.lakehouse.vacuum_retention_hours
+    removed: dict[str, int] = {}
+    with recorded(ctx):
+        check_vacuum_retention(hours, force)
+        if hours < MIN_SAFE_RETENTION_HOURS:
+            ctx.warn(f"vacuum forced: {hours} h retention, under Delta's {MIN_SAFE_RETENTION_HOURS} h")
+        for name in sorted(OUTPUT_TABLES):
+            if not ctx.lake.exists(name):
+                continue
+            with ctx.timed(f"vacuum_{name}"):
+                removed[name] = len(ctx.lake.vacuum(name, force=force))
+            ctx.outputs[name] = ctx.lake.version(name)
+    log.info("vacuum (retention %s h): %s files deleted", hours, sum(removed.values()))
+    return removed

@@ -276,9 +276,16 @@ def test_delete_keys_removes_rows_in_every_partition_in_one_commit(
     assert left == {"a0", None}
     assert lake.delete_keys(name, S.CUSTOMER_ID, []) == 0
     assert lake.delete_keys(S.DRIFT, S.CUSTOMER_ID, ["a0"]) == 0  # no such table
-    lake.write(rows_for(spark, S.QUARANTINE, 1, "q"), S.QUARANTINE, run_id="r1", as_of_date=D1)
-    assert lake.delete_keys(S.QUARANTINE, S.CUSTOMER_ID, ["a0"]) == 0  # no such column
-    assert len(lake.history(S.QUARANTINE)) == 1
+    assert lake.delete_keys(S.RUNS, S.CUSTOMER_ID, ["a0"]) == 0  # no such table
+    lake.write(rows_for(spark, S.QUARANTINE, 2, "q"), S.QUARANTINE, run_id="r1", as_of_date=D1)
+    # quarantined rows carry the pseudonymous key: erasure reaches them
+    assert lake.delete_keys(S.QUARANTINE, S.CUSTOMER_ID, ["q1"]) == 1
+    left = {r[S.CUSTOMER_ID] for r in lake.read_output(S.QUARANTINE).select(S.CUSTOMER_ID).collect()}
+    assert left == {"q0", None}
+    assert len(lake.history(S.QUARANTINE)) == 2
+    lake.write(rows_for(spark, S.SEGMENT_KPIS, 1, "k"), S.SEGMENT_KPIS, run_id="r1", as_of_date=D1)
+    assert lake.delete_keys(S.SEGMENT_KPIS, S.CUSTOMER_ID, ["a0"]) == 0  # a table without the column
+    assert len(lake.history(S.SEGMENT_KPIS)) == 1
 
 
 def test_vacuum_deletes_replaced_files_and_keeps_the_live_ones(spark: SparkSession, lake: Lakehouse) -> None:
@@ -287,7 +294,9 @@ def test_vacuum_deletes_replaced_files_and_keeps_the_live_ones(spark: SparkSessi
     replaced = set(lake.read_output(name).inputFiles())
     lake.write(rows_for(spark, name, 2, "b"), name, run_id="r2", as_of_date=D1)
     lake.settings.lakehouse.vacuum_retention_hours = 0
-    removed = lake.vacuum(name)
+    with pytest.raises(ConfigError, match="safety minimum"):
+        lake.vacuum(name)
+    removed = lake.vacuum(name, force=True)
     assert {_local(p).name for p in removed} >= {_local(p).name for p in replaced}
     assert not any(_local(p).exists() for p in replaced)
     assert _counts(lake.read_output(name)) == {(D1, "r2"): 3}

@@ -14,8 +14,9 @@ from pyspark.sql import types as T
 
 from segspark import tables
 from segspark.config import Settings
-from segspark.errors import InputError
+from segspark.errors import ConfigError, InputError
 from segspark.io import Lakehouse
+from segspark.io.engine import ConcurrentWriteError
 
 D1 = dt.date(2024, 1, 31)
 D2 = dt.date(2024, 2, 29)
@@ -159,9 +160,85 @@ def test_crash_before_commit_leaves_table_unchanged_and_rerun_succeeds(
 
     # vacuum removes the crashed write's files and the replaced ones
     lake.settings.lakehouse.vacuum_retention_hours = 0
-    removed = lake.vacuum("customer_segments")
+    removed = lake.vacuum("customer_segments", force=True)
     assert {Path(p).name for p in removed} >= {p.name for p in orphans}
     assert lake.read_output("customer_segments").count() == 8
+
+
+def _pinned(spark: SparkSession, tmp_path: Path) -> Lakehouse:
+    lake = _lake(spark, tmp_path)
+    lake.pin_versions()  # what open_context does when a run starts
+    return lake
+
+
+def test_an_overwrite_after_another_runs_commit_is_a_conflict_and_commits_nothing(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    name = "customer_segments"
+    _lake(spark, tmp_path).write(_rows(spark, 2, "old", name), name, run_id="r0", as_of_date=D1)
+    first, second = _pinned(spark, tmp_path), _pinned(spark, tmp_path)  # two runs start together
+    first.write(_rows(spark, 3, "a", name), name, run_id="rA", as_of_date=D1)
+    files_before = sorted(p.name for p in Path(first.target(name)).rglob("*.parquet"))
+    with pytest.raises(ConcurrentWriteError, match=r"table 'customer_segments': concurrent write: run rA"):
+        second.write(_rows(spark, 5, "b", name), name, run_id="rB", as_of_date=D1)
+    assert DeltaTable(first.target(name)).version() == 1
+    counts = first.read_output(name).groupBy("run_id").count().collect()
+    assert {r["run_id"]: r["count"] for r in counts} == {"rA": 4}  # the winner's rows, whole, once
+    # the loser's data files were discarded, not left for vacuum
+    assert sorted(p.name for p in Path(first.target(name)).rglob("*.parquet")) == files_before
+    # the same run retried (an earlier attempt committed) and another date do not conflict
+    second.write(_rows(spark, 1, "c", name), name, run_id="rB", as_of_date=D2)
+    assert first.write(_rows(spark, 3, "a", name), name, run_id="rA", as_of_date=D1).skipped
+    # appends never conflict: their rows are keyed by run
+    second.write(_rows(spark, 1, "q", "quarantine"), "quarantine", run_id="rB", as_of_date=D1)
+    first.write(_rows(spark, 1, "q", "quarantine"), "quarantine", run_id="rA", as_of_date=D1)
+    assert first.read_output("quarantine").count() == 4
+    # a run started after the winner committed replaces the partition normally
+    later = _pinned(spark, tmp_path)
+    assert later.write(_rows(spark, 1, "d", name), name, run_id="rC", as_of_date=D1).version == 3
+    counts = later.read_output(name).groupBy("run_id").count().collect()
+    assert {r["run_id"]: r["count"] for r in counts} == {"rC": 2, "rB": 2}
+
+
+def test_a_silver_overwrite_after_another_runs_commit_is_a_conflict(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    orders = spark.createDataFrame([], tables.SCHEMAS["orders"])
+    first, second = _pinned(spark, tmp_path), _pinned(spark, tmp_path)
+    first.write(orders, "orders", run_id="rA", as_of_date=D1)  # creates the table
+    with pytest.raises(ConcurrentWriteError, match="table 'orders': concurrent write"):
+        second.write(orders, "orders", run_id="rB", as_of_date=D1)
+    assert DeltaTable(first.target("orders")).version() == 0
+    # a write of a run that did not pin (a test, ``generate``) is not checked
+    assert _lake(spark, tmp_path).write(orders, "orders", run_id="rB", as_of_date=D1).version == 1
+
+
+def test_vacuum_refuses_a_retention_under_the_safety_minimum_unless_forced(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = _lake(spark, tmp_path)
+    name = "customer_segments"
+    lake.write(_rows(spark, 2, "a", name), name, run_id="r1", as_of_date=D1)
+    lake.write(_rows(spark, 2, "b", name), name, run_id="r2", as_of_date=D1)
+    lake.settings.lakehouse.vacuum_retention_hours = 167
+    with pytest.raises(ConfigError, match=r"below Delta's safety minimum of 168 h.*--force"):
+        lake.vacuum(name)
+    lake.settings.lakehouse.vacuum_retention_hours = 168
+    assert lake.vacuum(name) == []  # the replaced files are younger than a week
+    # a killed write's staging folder (Spark was still writing) and an uncommitted moved file
+    root = Path(lake.target(name))
+    staged = root / "_staging" / "deadbeef" / "as_of_date=2024-01-31" / "part-0.parquet"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"PAR1")
+    orphan = root / "as_of_date=2024-01-31" / "part-00000-deadbeef.parquet"
+    orphan.write_bytes(b"PAR1")
+    lake.settings.lakehouse.vacuum_retention_hours = 0
+    removed = {Path(p).name for p in lake.vacuum(name, force=True)}
+    assert {"part-0.parquet", orphan.name} <= removed
+    assert not (root / "_staging").exists() and not orphan.exists()
+    live = {Path(u.removeprefix("file://")).resolve() for u in DeltaTable(str(root)).file_uris()}
+    assert {p.resolve() for p in root.rglob("*.parquet")} == live  # only the latest version's files
+    assert lake.read_output(name).count() == 3
 
 
 def test_empty_dataframe_creates_a_table_with_its_schema(spark: SparkSession, tmp_path: Path) -> None:

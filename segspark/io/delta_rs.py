@@ -11,6 +11,13 @@ Write protocol, per table write:
 Files moved in step 3 but never committed (a crash before step 4) are not in the log, so readers
 never see them; ``vacuum`` deletes them.
 
+Concurrent runs: a run pins every table's version when it starts (``Lakehouse.pin_versions``). Before
+committing an overwrite, the write reads the commits made since then; one by another run that added or
+removed files of the rows it replaces (the whole table for a silver overwrite, the partition for a
+snapshot) is a conflict: the write's files are deleted and ``ConcurrentWriteError`` names the table.
+The commit itself is made as exactly the next version of what was checked (no retry inside delta-rs),
+so a racing commit in between sends the write back to the check. Appends never conflict.
+
 Only the local file system is supported for writes here; object stores go through the
 ``delta-spark`` engine (the cluster/Databricks case).
 """
@@ -39,6 +46,7 @@ from segspark.errors import ConfigError, InputError
 from segspark.io.engine import (
     Commit,
     CommitResult,
+    ConcurrentWriteError,
     EngineName,
     PartitionValue,
     TableNotFound,
@@ -49,7 +57,8 @@ from segspark.io.engine import (
 )
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable
+    from deltalake import DeltaTable, Schema
+    from deltalake.transaction import AddAction, CommitProperties, RemoveAction
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -58,6 +67,8 @@ log = logging.getLogger(__name__)
 __all__ = ["CommitResult", "DeltaRsEngine", "WriteMode", "read_table", "vacuum", "write_table"]
 
 STAGING = "_staging"
+# a write re-checks and retries its commit this often when racing writers keep committing first
+MAX_COMMIT_ATTEMPTS = 20
 # Delta readers compare string stats by prefix; longer values are left out rather than truncated,
 # because a truncated max would be smaller than the real one and wrongly skip files.
 MAX_STRING_STAT = 32
@@ -172,16 +183,17 @@ def write_table(
     app_id: str,
     txn_version: int,
     before_commit: Callable[[], None] | None = None,
+    since_version: int | None = None,
 ) -> CommitResult:
-    """Write ``df`` as one Delta commit; see the module docstring for the protocol."""
+    """Write ``df`` as one Delta commit; see the module docstring for the protocol.
+
+    ``since_version``: the table's version when the run started; an overwrite that another run's
+    commit since then would clobber raises ``ConcurrentWriteError`` (the commit is checked and made
+    atomically: a commit lost to a racing writer is re-checked, never blindly retried).
+    """
     from deltalake import DeltaTable, Schema
-    from deltalake.transaction import (
-        AddAction,
-        CommitProperties,
-        RemoveAction,
-        Transaction,
-        create_table_with_add_actions,
-    )
+    from deltalake.exceptions import CommitFailedError, DeltaError
+    from deltalake.transaction import AddAction, CommitProperties, Transaction
 
     root = _local_path(table_uri).resolve()
     uri = str(root)
@@ -232,38 +244,146 @@ def write_table(
     props = CommitProperties(
         app_transactions=[Transaction(app_id=app_id, version=txn_version)],
         custom_metadata={"segspark.app_id": app_id, "segspark.write_id": write_id},
+        # a lost race must come back here, not be resolved by delta-rs: whether another run's
+        # commit conflicts with this one is decided against the run's start (``since_version``)
+        max_commit_retries=0,
     )
-    if mode == "overwrite" or not DeltaTable.is_deltatable(uri):
-        # creating "over" an existing table replaces its files, schema and partitioning in one commit
-        # (what a silver table needs); a plain overwrite transaction keeps the old partitioning
-        create_table_with_add_actions(
-            uri,
-            schema,
-            adds,
-            mode="overwrite" if mode == "overwrite" else "error",
-            partition_by=partition_by or None,
-            commit_properties=props,
-        )
+    for _attempt in range(MAX_COMMIT_ATTEMPTS):
+        latest = latest_log_version(root)
+        if since_version is not None and mode != "append":
+            conflict = conflicting_commit(root, since_version, latest, app_id, mode, partition_value)
+            if conflict is not None:
+                _discard(root, adds)
+                raise ConcurrentWriteError(
+                    f"table '{root.name}': concurrent write: {conflict} after this run started "
+                    f"(version {since_version}); this run's write was not committed, the table keeps the "
+                    "other run's data; rerun when it has finished"
+                )
+        try:
+            _commit(uri, latest, schema, adds, mode, partition_by, partition_value, props)
+        except (CommitFailedError, DeltaError) as exc:
+            if latest_log_version(root) == latest:
+                raise  # not a lost race: a real failure
+            log.info("%s: another writer committed first (%s); checking for a conflict", uri, exc)
+            continue
+        break
     else:
-        filters = None
-        delta_mode = "append"
-        if mode == "overwrite_partition":
-            delta_mode = "overwrite"
-            filters = [(k, "=", v) for k, v in (partition_value or {}).items()]
-            if not filters:
-                raise ValueError("overwrite_partition needs a partition value")
-        actions: list[AddAction | RemoveAction] = [*adds]
-        DeltaTable(uri).create_write_transaction(
-            actions,
-            delta_mode,
-            schema,
-            partition_by=partition_by or None,
-            partition_filters=filters,
-            commit_properties=props,
+        raise ConcurrentWriteError(
+            f"table '{root.name}': concurrent write: lost the commit race {MAX_COMMIT_ATTEMPTS} times"
         )
     version = DeltaTable(uri).version()
     log.info("%s: committed version %s (%d files, %d rows)", uri, version, len(adds), total_rows)
     return CommitResult(version=version, files=len(adds), rows=total_rows, skipped=False)
+
+
+def _commit(
+    uri: str,
+    latest: int,
+    schema: Schema,
+    adds: list[AddAction],
+    mode: WriteMode,
+    partition_by: list[str],
+    partition_value: dict[str, str] | None,
+    props: CommitProperties,
+) -> None:
+    """One commit of ``adds`` (plus the removes the mode implies) as version ``latest + 1`` exactly:
+    when another writer took that version first, delta-rs raises instead of committing."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import create_table_with_add_actions
+
+    if latest < 0:
+        # creates the table; fails when another writer created it first
+        create_table_with_add_actions(
+            uri, schema, adds, mode="error", partition_by=partition_by or None, commit_properties=props
+        )
+        return
+    table = DeltaTable(uri, version=latest)
+    if mode == "overwrite" and (
+        table.schema() != schema or list(table.metadata().partition_columns) != list(partition_by)
+    ):
+        # a new schema or partitioning (a silver table after an upgrade): creating "over" the table
+        # replaces its files, schema and partitioning in one commit, which a plain overwrite
+        # transaction cannot; it commits on the latest version (the race check above still ran)
+        create_table_with_add_actions(
+            uri, schema, adds, mode="overwrite", partition_by=partition_by or None, commit_properties=props
+        )
+        return
+    filters = None
+    delta_mode = "overwrite" if mode == "overwrite" else "append"
+    if mode == "overwrite_partition":
+        delta_mode = "overwrite"
+        filters = [(k, "=", v) for k, v in (partition_value or {}).items()]
+        if not filters:
+            raise ValueError("overwrite_partition needs a partition value")
+    actions: list[AddAction | RemoveAction] = [*adds]
+    table.create_write_transaction(
+        actions,
+        delta_mode,
+        schema,
+        partition_by=partition_by or None,
+        partition_filters=filters,
+        commit_properties=props,
+    )
+
+
+def _discard(root: Path, adds: list[AddAction]) -> None:
+    """Delete this write's never-committed data files (vacuum would, later)."""
+    for add in adds:
+        with contextlib.suppress(OSError):
+            (root / add.path).unlink()
+
+
+def latest_log_version(root: Path) -> int:
+    """The newest commit in ``_delta_log`` (from the file names: no log replay), -1 without a table."""
+    log_dir = root / "_delta_log"
+    if not log_dir.is_dir():
+        return -1
+    versions = [int(p.stem) for p in log_dir.glob("*.json") if p.stem.isdigit()]
+    return max(versions, default=-1)
+
+
+def _commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
+    path = root / "_delta_log" / f"{version:020d}.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:  # cleaned up after a checkpoint: older than any run still writing
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def conflicting_commit(
+    root: Path,
+    since: int,
+    upto: int,
+    app_id: str,
+    mode: WriteMode,
+    partition_value: dict[str, str] | None,
+) -> str | None:
+    """The first commit in (``since``, ``upto``] by another writer that changed the rows a write of
+    ``mode`` replaces (any data file for ``overwrite``, files of ``partition_value`` for
+    ``overwrite_partition``), described for the error; None when there is none.
+
+    Commits of the same ``app_id`` (an earlier attempt of this run) and commits without data changes
+    (vacuum) never conflict.
+    """
+    for version in range(since + 1, upto + 1):
+        actions = _commit_actions(root, version)
+        apps = {a["txn"].get("appId") for a in actions if "txn" in a}
+        if app_id in apps:
+            continue
+        files = [a.get("add") or a.get("remove") for a in actions if "add" in a or "remove" in a]
+        if mode == "overwrite_partition":
+            wanted = partition_value or {}
+            files = [
+                f
+                for f in files
+                if f and all((f.get("partitionValues") or {}).get(k) == v for k, v in wanted.items())
+            ]
+        if files:
+            other = next(iter(sorted(a for a in apps if a)), None)
+            who = f"run {other.removeprefix('segspark-')}" if other else "another writer"
+            return f"{who} committed version {version}"
+    return None
 
 
 def check_readable(table: Any, name: str) -> None:
@@ -421,14 +541,37 @@ def latest_partition_before(table_uri: str, column: str, before: PartitionValue)
     return found
 
 
-def vacuum(table_uri: str, retention_hours: int) -> list[str]:
-    """Delete files no snapshot within the retention needs, including never-committed ones."""
+def vacuum(table_uri: str, retention_hours: int, *, enforce_retention: bool = True) -> list[str]:
+    """Delete the files the latest version does not reference and older than ``retention_hours``:
+    replaced versions, and never-committed files of crashed or conflicting writes (Delta's "full"
+    vacuum lists the folder, not only the log's tombstones), plus staging folders a killed write
+    left behind. ``enforce_retention``: delta-rs refuses a retention under the table's
+    ``delta.deletedFileRetentionDuration`` (168 h by default)."""
+    import time
+
     from deltalake import DeltaTable
 
-    table = DeltaTable(table_uri)
-    return table.vacuum(
-        retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
+    root = _local_path(table_uri).resolve()
+    table = DeltaTable(str(root))
+    deleted = table.vacuum(
+        retention_hours=retention_hours,
+        dry_run=False,
+        enforce_retention_duration=enforce_retention,
+        full=True,
     )
+    # delta-rs skips folders starting with "_" (the log's convention); a SIGKILL during Spark's write
+    # leaves its staging folder there. A staging folder younger than the retention may be a live write.
+    cutoff = time.time() - retention_hours * 3600
+    staging = root / STAGING
+    for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        newest = max((p.stat().st_mtime for p in files), default=folder.stat().st_mtime)
+        if newest <= cutoff:
+            deleted += [str(p.relative_to(root)) for p in files]
+            shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only when empty
+        staging.rmdir()
+    return list(deleted)
 
 
 def _text(value: Any) -> str:
@@ -453,6 +596,9 @@ class DeltaRsEngine:
 
         return not is_catalog_name(target) and bool(DeltaTable.is_deltatable(target))
 
+    def current_version(self, target: str) -> int | None:
+        return latest_log_version(_local_path(target).resolve())
+
     def read(self, target: str, name: str, version: int | None = None) -> tuple[DataFrame, int]:
         return read_table(self.spark, target, name, version)
 
@@ -475,6 +621,7 @@ class DeltaRsEngine:
         app_id: str,
         txn_version: int,
         before_commit: Callable[[], None] | None = None,
+        since_version: int | None = None,
     ) -> CommitResult:
         return write_table(
             df,
@@ -485,6 +632,7 @@ class DeltaRsEngine:
             app_id=app_id,
             txn_version=txn_version,
             before_commit=before_commit,
+            since_version=since_version,
         )
 
     def delete_keys(self, target: str, column: str, values: list[str]) -> int:
@@ -496,8 +644,8 @@ class DeltaRsEngine:
         metrics = table.delete(f"{column} IN ({sql_in_list(values)})")
         return int(metrics.get("num_deleted_rows", 0) or 0)
 
-    def vacuum(self, target: str, retention_hours: int) -> list[str]:
-        return vacuum(target, retention_hours)
+    def vacuum(self, target: str, retention_hours: int, *, enforce_retention: bool = True) -> list[str]:
+        return vacuum(target, retention_hours, enforce_retention=enforce_retention)
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:
         from deltalake import DeltaTable

@@ -207,7 +207,11 @@ class DeltaSparkEngine:
         app_id: str,
         txn_version: int,
         before_commit: Callable[[], None] | None = None,
+        since_version: int | None = None,
     ) -> CommitResult:
+        # ``since_version`` is always None here (``current_version``): Delta's own optimistic
+        # concurrency control decides conflicts (a concurrent replaceWhere of the same partition
+        # fails with a ConcurrentAppend/ConcurrentDeleteRead exception)
         existed = self.exists(target)
         if before_commit is not None:
             before_commit()  # Delta writes files and commits in one call: the hook runs before both
@@ -231,15 +235,26 @@ class DeltaSparkEngine:
             self.spark.sql(f"DELETE FROM {sql_ref(target)} WHERE {column} IN ({sql_in_list(values)})")
         return found
 
-    def vacuum(self, target: str, retention_hours: int) -> list[str]:
-        # Delta refuses a retention under 168 h unless
-        # spark.databricks.delta.retentionDurationCheck.enabled=false
+    def current_version(self, target: str) -> int | None:
+        return None  # Delta Spark checks concurrent writers itself
+
+    def vacuum(self, target: str, retention_hours: int, *, enforce_retention: bool = True) -> list[str]:
+        # Delta refuses a retention under 168 h unless the check is off (forced, for this call only)
         ref = sql_ref(target)
-        doomed = [
-            str(r[0])
-            for r in self.spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS DRY RUN").collect()
-        ]
-        self.spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS").collect()
+        check = "spark.databricks.delta.retentionDurationCheck.enabled"
+        previous = self.spark.conf.get(check, "true")
+        if not enforce_retention:
+            self.spark.conf.set(check, "false")
+        try:
+            doomed = [
+                str(r[0])
+                for r in self.spark.sql(
+                    f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS DRY RUN"
+                ).collect()  # the paths to delete: as many rows as files, listed for the caller
+            ]
+            self.spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS").collect()
+        finally:
+            self.spark.conf.set(check, previous or "true")
         return doomed
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from segspark.errors import InputError
+from segspark.errors import InputError, SegsparkError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -50,6 +50,16 @@ class Commit:
 
 class TableNotFound(InputError):
     """No Delta table at the target (``Lakehouse.read_input`` turns it into an input error)."""
+
+
+class ConcurrentWriteError(SegsparkError):
+    """Another run committed to the same table (or partition) after this run started: this run's
+    write is not committed (exit code 1; the other run's data stays whole)."""
+
+
+# Delta's safety minimum for vacuum (``delta.deletedFileRetentionDuration``, 7 days): a shorter
+# retention can delete files a concurrent reader or writer still needs.
+MIN_SAFE_RETENTION_HOURS = 168
 
 
 def is_catalog_name(target: str) -> bool:
@@ -94,6 +104,11 @@ class TableEngine(Protocol):
         from the Delta log (no data scan); None when there is none."""
         ...
 
+    def current_version(self, target: str) -> int | None:
+        """The table's latest version, -1 when there is no table yet; None when the engine does not
+        check concurrent writers itself (then ``write`` ignores ``since_version``)."""
+        ...
+
     def write(
         self,
         df: DataFrame,
@@ -105,6 +120,7 @@ class TableEngine(Protocol):
         app_id: str,
         txn_version: int,
         before_commit: Callable[[], None] | None = None,
+        since_version: int | None = None,
     ) -> CommitResult:
         """Write ``df`` in ONE commit.
 
@@ -112,6 +128,9 @@ class TableEngine(Protocol):
         ``overwrite_partition`` replaces only the rows of ``partition_value`` (the other partitions stay).
         When the table already records ``app_id`` at ``txn_version`` or later, nothing is written and the
         result says ``skipped``. ``before_commit`` runs just before the commit (tests simulate a crash).
+        ``since_version`` (the table's version when the run started): an overwrite raises
+        ``ConcurrentWriteError`` instead of committing when another writer changed the rows it replaces
+        after that version (appends never conflict: their rows are keyed by run).
         """
         ...
 
@@ -120,8 +139,10 @@ class TableEngine(Protocol):
         (0 without a commit when none match or the table lacks the column)."""
         ...
 
-    def vacuum(self, target: str, retention_hours: int) -> list[str]:
-        """Delete files no snapshot within the retention needs; returns the files deleted."""
+    def vacuum(self, target: str, retention_hours: int, *, enforce_retention: bool = True) -> list[str]:
+        """Delete files the latest snapshot does not reference and older than ``retention_hours``
+        (replaced versions, never-committed files of crashed writes); returns the files deleted.
+        ``enforce_retention``: refuse a retention under Delta's safety minimum."""
         ...
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:

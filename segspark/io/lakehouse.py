@@ -18,6 +18,7 @@ from segspark import tables
 from segspark.errors import ConfigError, InputError
 from segspark.io import delta_rs, delta_spark, inputs
 from segspark.io.engine import (
+    MIN_SAFE_RETENTION_HOURS,
     Commit,
     CommitResult,
     EngineName,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Engine = EngineName
+# every table a run writes under the output location
+OUTPUT_TABLES: frozenset[str] = S.SNAPSHOT_TABLES | S.APPEND_TABLES | S.SILVER_TABLES
 
 
 def make_engine(spark: SparkSession, name: EngineName) -> TableEngine:
@@ -42,6 +45,16 @@ def make_engine(spark: SparkSession, name: EngineName) -> TableEngine:
     if name == "delta-spark":
         return delta_spark.DeltaSparkEngine(spark)
     return delta_rs.DeltaRsEngine(spark)
+
+
+def check_vacuum_retention(hours: int, force: bool) -> None:
+    """Refuse a vacuum retention below Delta's safety minimum unless forced (a ``ConfigError``)."""
+    if hours < MIN_SAFE_RETENTION_HOURS and not force:
+        raise ConfigError(
+            f"lakehouse.vacuum_retention_hours={hours} is below Delta's safety minimum of "
+            f"{MIN_SAFE_RETENTION_HOURS} h: files a running job or a reader of an older version may still "
+            "need would be deleted; pass --force to vacuum anyway"
+        )
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,9 @@ class Lakehouse:
         self.settings = settings
         self.engine: Engine = engine or resolve_engine(spark, settings.lakehouse.engine)
         self._engine: TableEngine = make_engine(spark, self.engine)
+        # output table -> its version when the run started (``pin_versions``): an overwrite fails
+        # rather than replace what another run committed since
+        self._since: dict[str, int | None] = {}
         out = settings.output
         if (out.catalog is None) != (out.schema_ is None):
             raise ConfigError("output.catalog and output.schema must be set together (or neither)")
@@ -108,6 +124,12 @@ class Lakehouse:
     def target(self, name: str) -> str:
         out = self.settings.output
         return self._engine.locate(self.root, out.catalog, out.schema_, name)
+
+    def pin_versions(self) -> None:
+        """Remember every output table's current version (the start of a run): from then on a write
+        that would replace rows another run committed after that version fails with
+        ``ConcurrentWriteError`` instead of silently overwriting them."""
+        self._since = {name: self._engine.current_version(self.target(name)) for name in OUTPUT_TABLES}
 
     def write(
         self,
@@ -144,6 +166,7 @@ class Lakehouse:
             app_id=f"segspark-{run_id}",
             txn_version=txn_version,
             before_commit=before_commit,
+            since_version=self._since.get(name),
         )
 
     def write_dataset(self, df: DataFrame, path: str) -> CommitResult:
@@ -190,8 +213,22 @@ class Lakehouse:
             return 0
         return self._engine.delete_keys(self.target(name), column, values)
 
-    def vacuum(self, name: str) -> list[str]:
-        return self._engine.vacuum(self.target(name), self.settings.lakehouse.vacuum_retention_hours)
+    def vacuum(self, name: str, *, force: bool = False) -> list[str]:
+        """Delete the table's files that its latest version does not reference and older than
+        ``lakehouse.vacuum_retention_hours``; returns them. Below Delta's safety minimum (168 h) only
+        with ``force``: a shorter retention can break a concurrent reader or writer."""
+        hours = self.settings.lakehouse.vacuum_retention_hours
+        check_vacuum_retention(hours, force)
+        if not self.exists(name):
+            return []
+        return self._engine.vacuum(self.target(name), hours, enforce_retention=not force)
+
+    def version(self, name: str) -> int | None:
+        """The table's latest version (None when it does not exist)."""
+        if not self.exists(name):
+            return None
+        history = self._engine.history(self.target(name), 1)
+        return history[0].version if history else None
 
     def history(self, name: str, limit: int | None = None) -> list[Commit]:
         """The table's commits, newest first."""
