@@ -14,7 +14,15 @@ from pyspark.sql import types as T
 from segspark.config import AbTestConfig, Settings, load_settings
 from segspark.errors import ConfigError
 from segspark.report.collect import ReportData, collect, k_anonymize
-from segspark.report.recommend import TOO_SMALL, ab_plan, recommend, sample_size_per_arm, weeks_needed
+from segspark.report.recommend import (
+    FALLBACK_BASIS,
+    RECOMMENDATION_COLUMNS,
+    TOO_SMALL,
+    ab_plan,
+    recommend,
+    sample_size_per_arm,
+    weeks_needed,
+)
 
 K = 30
 
@@ -235,3 +243,53 @@ def test_k_anonymize_merges_and_suppresses() -> None:
     assert list(shown["segment"]) == ["A", "B", "Other"] and suppressed == 0
     assert shown.set_index("segment").loc["Other", "customers"] == 29
     assert shown.set_index("segment").loc["Other", "revenue"] == 3.0
+
+
+FIT_SCHEMA = "model string, chosen boolean, section string, name string, value double, text string"
+VALID_FIT = [
+    ("bgnbd", True, "fit", "model", None, "bgnbd"),
+    ("bgnbd", True, "validity", "valid", 1.0, None),
+    ("bgnbd", True, "validity", "holdout_total_error", 0.05, None),
+]
+FALLBACK_FIT = [
+    ("bgnbd", False, "validity", "valid", 0.0, "parameter at its boundary"),
+    ("historical_rate", True, "validity", "valid", 1.0, None),
+    ("historical_rate", True, "fit", "fallback_reason", None, "bgnbd: parameter at its boundary"),
+]
+
+
+def alive_data(spark: Any, fit_rows: list[tuple[Any, ...]]) -> ReportData:
+    """The groups scored with P(alive) = 1 - churn risk and no churn model, with a ``clv_fit`` table."""
+    alive = [(*r[:10], None if r[10] is None else 1.0 - r[10]) for r in rows()]
+    schema = T.StructType([*SCHEMA.fields[:10], T.StructField("p_alive", T.DoubleType())])
+    tables = {
+        "customer_segments": spark.createDataFrame(alive, schema),
+        "clv_fit": spark.createDataFrame(fit_rows, FIT_SCHEMA),
+    }
+    return collect(SimpleNamespace(run_id="r1", as_of_date=None), tables, settings())
+
+
+def test_p_alive_baselines_only_from_a_valid_clv_model(spark: Any, frame: pd.DataFrame) -> None:
+    valid = recommend(alive_data(spark, VALID_FIT), settings()).set_index("segment")
+    # a valid model: the retention play is tested on 1 - mean P(alive), its value is predicted CLV
+    champions = frame[frame["rfm_segment"] == "Champions"]
+    p_alive = float((1.0 - champions["churn_risk"]).mean())
+    assert valid.loc["Champions", "baseline_metric"] == "churn: 1 - mean P(alive)"
+    assert valid.loc["Champions", "baseline_rate"] == pytest.approx(1.0 - p_alive)
+    assert valid.loc["Champions", "value_basis"] == "predicted CLV"
+    # the fallback: P(alive) is not used even where the table still holds values, and the value at
+    # stake says it is the historical spend-rate estimate
+    data = alive_data(spark, FALLBACK_FIT)
+    assert not data.p_alive_ok() and not data.has["p_alive"]
+    fallback = recommend(data, settings()).set_index("segment")
+    assert not fallback["baseline_metric"].str.contains("P\\(alive\\)").any()
+    assert fallback.loc["Champions", "baseline_metric"] == "one-time buyers (1 - repeat-purchase rate)"
+    assert fallback.loc["Champions", "value_basis"] == FALLBACK_BASIS
+    assert fallback.loc["Champions", "value_at_stake"] == pytest.approx(champions["clv"].sum())
+
+
+def test_no_segment_big_enough_gives_an_empty_ranking(spark: Any) -> None:
+    few = spark.createDataFrame(rows()[:10], SCHEMA)
+    data = collect(SimpleNamespace(run_id="r1", as_of_date=None), {"customer_segments": few}, settings())
+    recs = recommend(data, settings())
+    assert recs.empty and list(recs.columns) == list(RECOMMENDATION_COLUMNS)

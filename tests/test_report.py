@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from markupsafe import escape
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -463,7 +464,11 @@ def cluster_result(spark: Any) -> ClusterResult:
         {
             "cluster_id": list(range(5)),
             "persona": names,
-            "persona_description": [f"{n}: described in numbers." for n in names],
+            # as the clustering stage words them: P(alive) is one of the distinctive traits
+            "persona_description": [
+                f"{n}: spent 2.1x the median; p alive {90 - i}% (all customers: 71%); last order 12 days ago."
+                for i, n in enumerate(names)
+            ],
             "size": [60, 90, 90, 86, 5],
             "share": [0.14, 0.21, 0.21, 0.2, 0.01],
             "z_recency_days": [-1.0, 1.2, 1.5, -0.8, 0.0],
@@ -514,7 +519,46 @@ def clv_fit(spark: Any) -> pd.DataFrame:
         "holdout_corr": 0.71,
     }
     customers = spark.createDataFrame([], "customer_id string, clv double")
-    return clv_stage.fit_table(clv_stage.ClvResult(customers=customers, fit=fit, validation=validation))
+    rows = clv_stage.fit_table(clv_stage.ClvResult(customers=customers, fit=fit, validation=validation))
+    return pd.concat([rows, pd.DataFrame(VALIDITY_ROWS, columns=rows.columns)], ignore_index=True)
+
+
+# The fits' validity rows (issue 14 contract: model, chosen, section, name, value, text): the chosen
+# BG/NBD is valid but over-predicts the holdout by 23.7%, Pareto/NBD ran to a boundary, and the
+# Gamma-Gamma spend/frequency correlation check fails (the demo's figures in the issue).
+HOLDOUT_ERROR = 0.237
+SPEND_CORR = 0.784
+SPEND_REASON = "spend and purchase frequency are correlated (0.784 > 0.3): Gamma-Gamma assumes independence"
+PARETO_REASON = "parameter at its boundary: relative SE of beta 691604 > 10"
+VALIDITY_ROWS: list[tuple[Any, ...]] = [
+    ("bgnbd", True, "validity", "valid", 1.0, None),
+    ("bgnbd", True, "validity", "holdout_total_error", HOLDOUT_ERROR, None),
+    ("bgnbd", True, "validity", "max_relative_se", 0.12, "b"),
+    ("pareto_nbd", False, "validity", "valid", 0.0, PARETO_REASON),
+    ("pareto_nbd", False, "validity", "holdout_total_error", None, None),
+    ("pareto_nbd", False, "validity", "max_relative_se", 691604.0, "beta"),
+    ("gamma_gamma", True, "validity", "spend_corr", SPEND_CORR, None),
+    ("gamma_gamma", True, "validity", "spend_corr_ok", 0.0, SPEND_REASON),
+]
+FALLBACK_REASON = "bgnbd: holdout total error +41.0% > 25%; pareto_nbd: parameter at its boundary"
+
+
+def fallback_clv_fit() -> pd.DataFrame:
+    """``clv_fit`` in the fallback form: every model rejected, CLV from the historical spend rate."""
+    rows = [
+        ("bgnbd", False, "validity", "valid", 0.0, "holdout total error +41.0% > 25%"),
+        ("bgnbd", False, "validity", "holdout_total_error", 0.41, None),
+        ("bgnbd", False, "validity", "max_relative_se", 0.3, "a"),
+        ("pareto_nbd", False, "validity", "valid", 0.0, "parameter at its boundary"),
+        ("pareto_nbd", False, "validity", "holdout_total_error", None, None),
+        ("pareto_nbd", False, "validity", "max_relative_se", None, None),
+        ("historical_rate", True, "validity", "valid", 1.0, None),
+        ("historical_rate", True, "fit", "model", None, "historical_rate"),
+        ("historical_rate", True, "fit", "fallback_reason", None, FALLBACK_REASON),
+        ("gamma_gamma", True, "validity", "spend_corr", None, None),
+        ("gamma_gamma", True, "validity", "spend_corr_ok", 0.0, "too few repeat buyers to check"),
+    ]
+    return pd.DataFrame(rows, columns=list(clv_stage.FIT_COLUMNS))
 
 
 def churn_rows(skipped: str | None = None) -> list[tuple[Any, ...]]:
@@ -530,7 +574,10 @@ def churn_rows(skipped: str | None = None) -> list[tuple[Any, ...]]:
     ]
 
 
-def runs_rows(config_hash: str) -> list[tuple[Any, ...]]:
+RUN_WARNINGS = ["churn model skipped: only 2 weeks of history", "CLV: bgnbd penalizer fallback 0.001"]
+
+
+def runs_rows(config_hash: str, warnings: list[str] | None = None) -> list[tuple[Any, ...]]:
     """Three attempts recorded under the run id: a failed run, the succeeded run (the one a report
     describes) and a later report command; every row in ``RUNS_SCHEMA`` order."""
     t0 = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.timezone.utc)
@@ -553,6 +600,7 @@ def runs_rows(config_hash: str) -> list[tuple[Any, ...]]:
             inputs,
             outs,
             {"ingest_validate": 1.5},
+            list(RUN_WARNINGS if warnings is None else warnings) if status == "succeeded" else [],
         )
 
     return [
@@ -562,7 +610,14 @@ def runs_rows(config_hash: str) -> list[tuple[Any, ...]]:
     ]
 
 
-def write_run(spark: Any, lake: Lakehouse, rows: pd.DataFrame, *, churn_skipped: str | None = None) -> None:
+def write_run(
+    spark: Any,
+    lake: Lakehouse,
+    rows: pd.DataFrame,
+    *,
+    churn_skipped: str | None = None,
+    clv_rows: pd.DataFrame | None = None,
+) -> None:
     """Write the run's tables the way the pipeline does: one ``Lakehouse.write`` per table."""
 
     def write(df: Any, name: str, run_id: str = RUN_ID, as_of: dt.date = AS_OF, txn: int = 0) -> None:
@@ -574,21 +629,31 @@ def write_run(spark: Any, lake: Lakehouse, rows: pd.DataFrame, *, churn_skipped:
     profiles = result.profiles.astype(object).where(result.profiles.notna(), None)
     write(spark.createDataFrame(profiles), S.CLUSTER_PROFILES)
     write(spark.createDataFrame(sweep_table(result), CLUSTERING_SWEEP_SCHEMA), S.CLUSTERING_SWEEP)
-    write(spark.createDataFrame(clv_fit(spark), CLV_FIT_SCHEMA), S.CLV_FIT)
+    fit_rows = clv_fit(spark) if clv_rows is None else clv_rows
+    write(
+        spark.createDataFrame(fit_rows.astype(object).where(fit_rows.notna(), None), CLV_FIT_SCHEMA),
+        S.CLV_FIT,
+    )
     write(spark.createDataFrame(churn_rows(churn_skipped), CHURN_METRICS_SCHEMA), S.CHURN_METRICS)
-    q = "source_table string, rule string, reason string, raw string"
+    q = "source_table string, customer_id string, rule string, reason string, raw string"
     write(
         spark.createDataFrame(
             [
-                ("transactions", "bad_amount", "amount is missing", '{"email": "leak@example.com"}'),
-                ("transactions", "bad_amount", "amount is missing", '{"amount": "x"}'),
-                ("transactions", "duplicate_line", "exact copy", '{"order_id": "o1"}'),
+                (
+                    "transactions",
+                    pseudo(0),
+                    "bad_amount",
+                    "amount is missing",
+                    '{"email": "leak@example.com"}',
+                ),
+                ("transactions", None, "bad_amount", "amount is missing", '{"amount": "x"}'),
+                ("transactions", pseudo(1), "duplicate_line", "exact copy", '{"order_id": "o1"}'),
             ],
             q,
         ),
         S.QUARANTINE,
     )
-    older = [("transactions", "bad_amount", "amount is missing", "{}")]
+    older = [("transactions", None, "bad_amount", "amount is missing", "{}")]
     write(spark.createDataFrame(older, q), S.QUARANTINE, run_id="older-run", as_of=PREVIOUS_AS_OF)
     previous = [("customers", 400.0, "customers", "400"), ("revenue", 90000.0, "currency", "$90,000")]
     write(
@@ -932,6 +997,236 @@ def test_skipped_churn_model_says_why(spark: Any, rows: pd.DataFrame, tmp_path: 
     assert "Churn propensity model skipped: one-sided label: nobody churned in the window" in models
     assert "<th>Churn model</th>" not in models
     assert "churn_auc" not in set(result.summary["metric"])
+
+
+def _finding(html: str, words: str) -> str:
+    """The executive-summary list item holding ``words``."""
+    items = re.findall(r"<li>(.*?)</li>", section(html, "summary"), re.S)
+    hits = [i for i in items if words in i]
+    assert len(hits) == 1, items
+    return hits[0]
+
+
+def test_clv_validity_sits_next_to_every_clv_figure(built: tuple[ReportResult, Path, float]) -> None:
+    result, _, _ = built
+    html, md = result.html_path.read_text(), result.md_path.read_text()
+    error = f"{HOLDOUT_ERROR * 100:+.1f}%"  # +23.7%: the holdout error the clv_fit table holds
+    assert error == "+23.7%"
+    line = (
+        f"CLV model bgnbd: valid; holdout total error {error} (predicted vs actual holdout purchases); "
+        f"Gamma-Gamma check failed: spend/frequency correlation {SPEND_CORR:.3f} ({SPEND_REASON})."
+    )
+    shown = str(escape(line))  # as HTML writes it
+    # the headline finding carries the line in the same list item
+    item = _finding(html, "of predicted CLV sits in At Risk and Cannot Lose Them")
+    assert f'<span class="validity bad">{shown}</span>' in item
+    # ... and so does the CLV card of the headline figures
+    card = re.search(
+        r'<div class="card"><div class="v">[^<]*</div><div class="l">Predicted CLV</div>(.*?)</div></div>',
+        html,
+    )
+    assert card
+    assert card.group(1).endswith(
+        "CLV model bgnbd: valid, holdout error +23.7%, Gamma-Gamma check failed (corr 0.784)"
+    )
+    # every section that shows a CLV figure shows the line: methodology, segment profiles (Avg CLV
+    # columns), KPIs (avg_clv), LTV:CAC (predicted LTV), recommendations (value at stake = CLV)
+    for anchor in ("data", "profiles", "kpis", "recommendations"):
+        assert f'<p class="validity bad">{shown}</p>' in section(html, anchor), anchor
+    assert section(html, "kpis").count(f'<p class="validity bad">{shown}</p>') == 2  # KPI table + LTV:CAC
+    # persona cards: the CLV fact has its badge beside it
+    personas = section(html, "profiles")
+    assert personas.count("<dt>Avg CLV</dt>") == personas.count("<dt>CLV validity</dt>") >= 3
+    # CLV charts: the caption says it
+    visuals = section(html, "visuals") + section(html, "kpis")
+    for name in ("clv_distribution", "revenue_by_segment", "ltv_cac"):
+        fig = re.search(rf'<figure id="fig-{name}">.*?</figure>', visuals, re.S)
+        assert fig and shown in fig.group(0), name
+    assert '<figure id="fig-rfm_grid">' in visuals and shown not in re.search(
+        r'<figure id="fig-rfm_grid">.*?</figure>', visuals, re.S
+    ).group(0)  # type: ignore[union-attr]
+    # every candidate's checks in the methodology: the rejected Pareto/NBD says why
+    models = section(html, "data")
+    assert (
+        f"<td>pareto_nbd</td><td></td><td>not valid</td><td>{escape(PARETO_REASON)}</td><td>–</td>" in models
+    )
+    assert "<td>bgnbd</td><td>yes</td><td>valid</td><td>–</td><td>+23.7%</td><td>0.120 (b)</td>" in models
+    # the Markdown says the same, next to the same figures
+    finding = next(x for x in md.splitlines() if "of predicted CLV sits in At Risk" in x)
+    assert finding.endswith(f"*{line}*")
+    assert md.count(f"> **CLV validity:** {line}") == 6  # models, profiles, KPIs, LTV:CAC, recs, ...
+    assert "- **Predicted CLV:** $" in md and "(CLV model bgnbd: valid, holdout error +23.7%" in md
+    assert md.count("- CLV validity: CLV model bgnbd: valid") >= 3  # persona cards
+    # report_summary carries the checks for BI
+    assert summary_value(result, "clv_valid") == 1.0
+    assert summary_value(result, "clv_holdout_total_error") == pytest.approx(HOLDOUT_ERROR)
+    assert summary_value(result, "clv_spend_corr") == pytest.approx(SPEND_CORR)
+    assert result.summary.set_index("metric").loc["clv_valid", "text"] == line
+    # a valid model keeps its P(alive) statements
+    assert "p alive 90% (all customers: 71%)" in personas
+
+
+def test_run_warnings_are_shown_in_summary_and_appendix(built: tuple[ReportResult, Path, float]) -> None:
+    result, _, _ = built
+    html, md = result.html_path.read_text(), result.md_path.read_text()
+    for where in (section(html, "summary"), section(html, "appendix")):
+        assert "<h3>Run warnings</h3>" in where
+        for w in RUN_WARNINGS:
+            assert f"<li>{w}</li>" in where
+    for w in RUN_WARNINGS:
+        assert md.count(f"- {w}") == 2
+    assert summary_value(result, "run_warnings") == len(RUN_WARNINGS)
+    assert result.summary.set_index("metric").loc["run_warnings", "text"] == " | ".join(RUN_WARNINGS)
+
+
+def test_clv_fallback_is_said_and_p_alive_is_not_shown(
+    spark: Any, rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    lake = Lakehouse(spark, lake_settings(tmp_path / "lake"))
+    write_run(spark, lake, rows, clv_rows=fallback_clv_fit())
+    result = build_report(read_run(lake), RunInfo(RUN_ID, AS_OF, "run"), tmp_path / "r", lake.settings)
+    html, md = result.html_path.read_text(), result.md_path.read_text()
+    line = (
+        "CLV is a historical spend-rate estimate, not a model prediction: no CLV model passed its validity "
+        f"checks ({FALLBACK_REASON}). P(alive) and expected purchases are not estimated."
+    )
+    shown = str(escape(line))  # as HTML writes it
+    at_risk = rows[rows["rfm_segment"].isin(["At Risk", "Cannot Lose Them"])]
+    item = _finding(html, "sits in At Risk and Cannot Lose Them")
+    assert item.startswith(
+        f"${float(at_risk['clv'].sum()):,.0f} of CLV estimated from the historical spend rate sits in At Risk"
+    )
+    assert f'<span class="validity fallback">{shown}</span>' in item
+    assert "predicted CLV" not in section(html, "summary")
+    assert '<div class="l">Estimated CLV (historical spend rate)</div>' in html
+    models = section(html, "data")
+    assert (
+        f"<th>CLV model</th><td>historical spend-rate estimate (fallback: {escape(FALLBACK_REASON)})</td>"
+        in models
+    )
+    assert "<td>bgnbd</td><td></td><td>not valid</td><td>holdout total error +41.0% &gt; 25%</td>" in models
+    for anchor in ("data", "profiles", "kpis", "recommendations"):
+        assert f'<p class="validity fallback">{shown}</p>' in section(html, anchor), anchor
+    # no statement rests on P(alive): persona descriptions lose the phrase, plays use no P(alive)
+    # baseline, even though this table still carries P(alive) values
+    assert rows["p_alive"].notna().any()
+    for text in (html, md):
+        assert "p alive" not in text.lower()
+    assert "Lapsed big spenders: spent 2.1x the median; last order 12 days ago." in html
+    assert not result.recommendations["baseline_metric"].str.contains("P\\(alive\\)").any()
+    assert set(result.recommendations["value_basis"]) >= {"CLV estimate (historical spend rate)"}
+    assert "CLV models: none passed its validity checks" in section(html, "summary")
+    assert summary_value(result, "clv_fallback") == 1.0
+    assert summary_value(result, "clv_valid") == 0.0
+    assert result.summary.set_index("metric").loc["clv_fallback", "text"] == FALLBACK_REASON
+    assert "clv_holdout_total_error" not in set(result.summary["metric"])
+    assert f"2. ${float(at_risk['clv'].sum()):,.0f} of CLV estimated" in md and f"*{line}*" in md
+
+
+def tiny_tables(spark: Any, n: int) -> dict[str, Any]:
+    """A run too small for anything: ``n`` customers (below K), empty aggregate tables, a skipped
+    churn model, no clustering, no cohort, a first run, a clv_fit from before the validity rows and
+    a runs row from before the warnings column."""
+    segs = [
+        (
+            pseudo(i),
+            5 + i,
+            1 + i % 3,
+            40.0 + i,
+            5 - i % 5,
+            1 + i % 3,
+            1 + i % 4,
+            "x",
+            seg,
+            stage,
+            50.0 + i,
+            0.9,
+            0.3 if i else None,
+        )
+        for i, (seg, stage) in enumerate(
+            [("Champions", "active"), ("At Risk", "at_risk"), ("Lost", "churned"), ("New Customers", "new")]
+            * 5
+        )
+    ][:n]
+    schema = (
+        "customer_id string, recency_days int, frequency long, monetary double, r_score int, f_score int, "
+        "m_score int, rfm_code string, rfm_segment string, lifecycle_stage string, clv double, "
+        "p_alive double, churn_risk double"
+    )
+    old_fit = clv_fit(spark)
+    old_fit = old_fit[old_fit["section"] != "validity"]
+    runs_schema = T.StructType([f for f in RUNS_SCHEMA.fields if f.name != "warnings"])
+    run_row = runs_rows(RUN_CONFIG_HASH)[1][:-1]
+    return {
+        S.CUSTOMER_SEGMENTS: spark.createDataFrame(segs, schema),
+        S.SEGMENT_KPIS: spark.createDataFrame(
+            [], "segment_type string, segment string, kpi string, value double"
+        ),
+        S.RFM_GRID: spark.createDataFrame([], "r_score int, f_score int, customers long, revenue double"),
+        S.COHORT_RETENTION: spark.createDataFrame(
+            [],
+            "cohort_month date, dimension string, dimension_value string, months_since_first int, "
+            "cohort_size long, retention_rate double",
+        ),
+        S.SEGMENT_TRANSITIONS: spark.createDataFrame(
+            [("rfm_segment", None, "Champions", 5)],
+            "dimension string, from_segment string, to_segment string, customers long",
+        ),
+        S.CHURN_METRICS: spark.createDataFrame(
+            churn_rows("only 3 weeks of history: at least 26 needed"), CHURN_METRICS_SCHEMA
+        ),
+        S.CLV_FIT: spark.createDataFrame(old_fit.astype(object).where(old_fit.notna(), None), CLV_FIT_SCHEMA),
+        S.RUNS: spark.createDataFrame([run_row], runs_schema),
+    }
+
+
+def test_a_tiny_run_says_what_was_too_small(spark: Any, tmp_path: Path) -> None:
+    tables = tiny_tables(spark, 12)
+    result = build_report(tables, RunInfo(RUN_ID, AS_OF, "run"), tmp_path, settings())
+    html, md = result.html_path.read_text(), result.md_path.read_text()
+    said = [
+        f"Only 12 customers in this run, fewer than the minimum segment size of {K}: no group of customers "
+        "can be shown on its own.",
+        f"By RFM segment: every RFM segment has fewer than {K} customers (4 RFM segment(s), 12 customers): "
+        "not shown.",
+        "Churn propensity model skipped: only 3 weeks of history: at least 26 needed.",
+        "Behavioural clustering did not run: no personas.",
+        "Cohort retention: no acquisition cohort in this run.",
+        f"CLV distribution not shown: 12 customers have a CLV, fewer than the minimum segment size of {K}.",
+        "No previous run: drift and segment transitions are measured from the next run on.",
+        f"Recommendations: no segment reaches the minimum size of {K} customers; no play.",
+    ]
+    summary = section(html, "summary")
+    assert "<h3>What this report could not show</h3>" in summary
+    for text in said:
+        assert f"<li>{text}</li>" in summary, text
+        assert f"- {text}" in md, text
+    assert result.not_shown[: len(said)] == said or set(said) <= set(result.not_shown)
+    # no chart without data: nothing reaches the minimum size, so nothing is drawn
+    assert result.figures == [] and not list(result.figures_dir.glob("*.png"))
+    assert "<figure" not in html and "](figures/" not in md
+    assert result.recommendations.empty and list(result.recommendations.columns) == list(
+        RECOMMENDATION_COLUMNS
+    )
+    assert "No play could be derived" in summary
+    # old tables: no validity rows, no warnings column: said, not guessed
+    assert "CLV model bgnbd: validity not recorded (the clv_fit table has no validity rows)." in html
+    assert "Not recorded: the run&#39;s row in the runs table has no warnings column." in section(
+        html, "appendix"
+    )
+    assert summary_value(result, "not_shown") == len(result.not_shown)
+    assert math.isnan(summary_value(result, "clv_valid"))
+
+
+def test_an_empty_run_builds_a_report(spark: Any, tmp_path: Path) -> None:
+    tables = {name: df.limit(0) for name, df in tiny_tables(spark, 12).items()}
+    result = build_report(tables, RunInfo(RUN_ID, AS_OF, "report"), tmp_path, settings())
+    html = result.html_path.read_text()
+    assert "<li>Only 0 customers in this run, fewer than the minimum segment size of 25" in html
+    assert "The runs table has no row for run" in html
+    assert "Not recorded: the runs table has no row for this run." in section(html, "appendix")
+    assert result.figures == [] and result.recommendations.empty
+    assert summary_value(result, "customers") == 0
 
 
 def test_a_density_model_has_no_sweep_only_its_final_row(spark: Any) -> None:

@@ -30,6 +30,7 @@ from segspark.report.collect import (
     FROM_SEGMENT,
     LIFECYCLE_ORDER,
     LIFECYCLE_STAGE,
+    MODEL_ONLY_FEATURES,
     OTHER,
     R_SCORE,
     RFM_SEGMENT,
@@ -464,6 +465,11 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
     return fig
 
 
+def _named_rows(table: pd.DataFrame) -> bool:
+    """Whether a segment table has a segment of its own (not only Other or unassigned)."""
+    return not table.empty and bool((~table[SEGMENT].isin([OTHER, UNASSIGNED])).any())
+
+
 def make_charts(
     data: ReportData,
     recs: pd.DataFrame,
@@ -472,7 +478,8 @@ def make_charts(
     bins: int,
     ltv_cac_target: float,
 ) -> list[Chart]:
-    """Every chart the data allows, in report order (absent inputs simply give no chart)."""
+    """Every chart the data allows, in report order: absent inputs, and groups all below the
+    minimum size, give no chart (an empty or single-"Other" chart is never drawn)."""
     charts: list[Chart] = []
     primary = data.primary_type()
     if data.rfm_grid is not None and data.rfm_grid[CUSTOMERS].notna().any():
@@ -494,7 +501,8 @@ def make_charts(
             )
         )
     cl = data.clustering
-    if cl and cl.get("sweep") is not None:
+    sweep = cl.get("sweep") if cl else None
+    if cl and sweep is not None and "wcss" in sweep.columns and sweep["wcss"].notna().any():
         charts.append(
             Chart(
                 "elbow",
@@ -503,6 +511,8 @@ def make_charts(
                 elbow_chart(cl["sweep"], cl["chosen"]),
             )
         )
+    indices = ("silhouette", "davies_bouldin", "calinski_harabasz", "stability")
+    if cl and sweep is not None and any(c in sweep.columns and sweep[c].notna().any() for c in indices):
         charts.append(
             Chart(
                 "indices_by_k",
@@ -511,13 +521,16 @@ def make_charts(
                 indices_chart(cl["sweep"], cl["chosen"]),
             )
         )
-    if cl and cl.get("profiles") is not None and not cl["profiles"].empty and cl["features"]:
+    # without a valid CLV model, P(alive) and expected purchases rest on nothing: left out
+    shown = [f for f in (cl or {}).get("features") or [] if data.p_alive_ok() or f not in MODEL_ONLY_FEATURES]
+    profiles = cl.get("profiles") if cl else None
+    if profiles is not None and not profiles.empty and any(f"z_{f}" in profiles.columns for f in shown):
         charts.append(
             Chart(
                 "cluster_profiles",
                 "Cluster profiles",
                 "How far each persona's mean sits from all customers, in standard deviations.",
-                profile_chart(cl["profiles"], cl["features"]),
+                profile_chart(profiles, shown),
             )
         )
     if data.clv_hist is not None:
@@ -532,7 +545,7 @@ def make_charts(
             )
         )
     life = data.segments.get(LIFECYCLE_STAGE)
-    if life is not None and not life.table.empty:
+    if life is not None and _named_rows(life.table):
         charts.append(
             Chart(
                 "lifecycle_funnel",
@@ -558,7 +571,7 @@ def make_charts(
                 transitions_chart(flows, palettes.get(dim, {}), dim, data.first_run),
             )
         )
-    if primary is not None:
+    if primary is not None and _named_rows(data.segments[primary].table):
         view = data.segments[primary]
         charts.append(
             Chart(

@@ -150,6 +150,9 @@ class RunLineage:
     inputs: list[dict[str, Any]]
     outputs: dict[str, int | None]
     step_seconds: dict[str, float]
+    # what the run degraded to (CLV fallback, skipped model, too-small section); None: the runs row
+    # predates the warnings column
+    warnings: list[str] | None = None
 
 
 @dataclass
@@ -169,6 +172,139 @@ class SegmentView:
     def row(self, segment: str) -> pd.Series | None:
         hit = self.table[self.table[SEGMENT] == segment]
         return None if hit.empty else hit.iloc[0]
+
+
+# the clv_fit rows of the fits' validity checks (section "validity"; the fallback's reason is a
+# "fit" row): written by the CLV stage since issue 14, absent from older tables
+VALIDITY = "validity"
+FALLBACK_MODEL = "historical_rate"
+SPEND_CHECKS: tuple[str, ...] = ("spend_corr", "spend_corr_ok")
+# customer columns that exist only with a fitted BG/NBD or Pareto/NBD model (null in the fallback)
+MODEL_ONLY_FEATURES: tuple[str, ...] = (P_ALIVE, "expected_purchases")
+
+
+@dataclass
+class ClvValidity:
+    """What ``clv_fit`` says about the CLV fits' validity (read tolerantly: ``recorded`` is False
+    for tables written before the checks existed)."""
+
+    recorded: bool
+    model: str | None  # the chosen model (``historical_rate`` for the fallback)
+    fallback: bool = False
+    fallback_reason: str | None = None
+    # candidate -> valid (bool | None), reason, holdout_total_error (signed share), max_relative_se,
+    # max_relative_se_param, chosen
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spend_model: str | None = None
+    spend_corr: float | None = None
+    spend_corr_ok: bool | None = None
+    spend_reason: str | None = None
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        return self.models.get(self.model or "", {})
+
+    @property
+    def valid(self) -> bool | None:
+        """The chosen model's verdict (None: not recorded)."""
+        return self.chosen.get("valid") if self.recorded else None
+
+    @property
+    def p_alive_ok(self) -> bool:
+        return not self.fallback and self.valid is not False
+
+
+def _cell(value: Any) -> Any:
+    """A table cell as a plain value: None for nulls and NaN."""
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        return value
+    return value
+
+
+def _number(value: Any) -> float | None:
+    v = _cell(value)
+    try:
+        f = float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _reason(text: Any) -> str | None:
+    """A reason text; the encoder's markers for booleans and NaN are not reasons."""
+    t = _cell(text)
+    if t is None or str(t).strip().lower() in ("", "true", "false", "nan", "none"):
+        return None
+    return str(t)
+
+
+def clv_validity(pdf: pd.DataFrame) -> ClvValidity:
+    """The validity of the CLV fits from ``clv_fit`` rows (model, chosen, section, name, value, text).
+
+    Per candidate model: ``valid`` (1/0, reason in text), ``holdout_total_error`` (signed share
+    (predicted - actual) / actual), ``max_relative_se`` (parameter name in text); for the spend
+    model ``spend_corr`` and ``spend_corr_ok``. The fallback is model ``historical_rate``, chosen,
+    with its reason as the ``fit`` row ``fallback_reason``. Missing rows or columns read as "not
+    recorded", never as valid.
+    """
+    cols = {"model", "section", "name", "value", "text"}
+    if pdf is None or pdf.empty or not cols <= set(pdf.columns):
+        return ClvValidity(recorded=False, model=None)
+    df = pdf.assign(
+        model=pdf["model"].astype("string"),
+        section=pdf["section"].astype("string"),
+        name=pdf["name"].astype("string"),
+        chosen=(pdf["chosen"].fillna(False).astype(bool) if "chosen" in pdf.columns else False),
+    )
+    fit = df[(df["section"] == "fit") & df["chosen"]]
+    fit_model = next((_reason(t) for t in fit.loc[fit["name"] == "model", "text"]), None)
+    spend_named = next((_reason(t) for t in fit.loc[fit["name"] == "spend_model", "text"]), None)
+    fallback_reason = next(
+        (_reason(t) for t in df.loc[(df["section"] == "fit") & (df["name"] == "fallback_reason"), "text"]),
+        None,
+    )
+    rows = df[df["section"] == VALIDITY]
+    spend_rows = rows[rows["name"].isin(SPEND_CHECKS)]
+    spend_model = next(iter(spend_rows["model"].dropna()), None) or spend_named
+    models: dict[str, dict[str, Any]] = {}
+    for r in rows[~rows["name"].isin(SPEND_CHECKS)].itertuples(index=False):
+        m = models.setdefault(str(r.model), {"chosen": False})
+        m["chosen"] = m["chosen"] or bool(r.chosen)
+        value = _number(r.value)
+        if r.name == "valid":
+            m["valid"] = None if value is None else value >= 0.5
+            m["reason"] = _reason(r.text)
+        elif r.name == "holdout_total_error":
+            m["holdout_total_error"] = value
+        elif r.name == "max_relative_se":
+            m["max_relative_se"] = value
+            m["max_relative_se_param"] = _reason(r.text)
+    chosen = [name for name, m in models.items() if m["chosen"]]
+    model = FALLBACK_MODEL if FALLBACK_MODEL in chosen else (chosen[0] if chosen else fit_model)
+    fallback = model == FALLBACK_MODEL or (fit_model == FALLBACK_MODEL)
+    if fallback:
+        model = FALLBACK_MODEL
+    out = ClvValidity(
+        recorded=bool(len(rows)) or fallback,
+        model=model,
+        fallback=fallback,
+        fallback_reason=fallback_reason,
+        models=models,
+        spend_model=spend_model,
+    )
+    for r in spend_rows.itertuples(index=False):
+        if r.name == "spend_corr":
+            out.spend_corr = _number(r.value)
+        else:
+            ok = _number(r.value)
+            out.spend_corr_ok = None if ok is None else ok >= 0.5
+            out.spend_reason = _reason(r.text)
+    return out
 
 
 @dataclass
@@ -202,10 +338,17 @@ class ReportData:
     outputs: dict[str, Any] = field(default_factory=dict)
     clustering: dict[str, Any] | None = None  # sweep, profiles, chosen, features
     clv_fit: dict[str, Any] | None = None  # fit, validation scalars
+    clv_validity: ClvValidity | None = None  # the fit's validity rows (None: no clv_fit table)
     churn: dict[str, float] | None = None
     drift: pd.DataFrame | None = None
     previous_summary: pd.DataFrame | None = None
     notes: dict[str, str] = field(default_factory=dict)  # section -> why something is absent
+
+    def p_alive_ok(self) -> bool:
+        """Whether statements may rest on P(alive): not when CLV fell back to the historical rate
+        or the chosen model is recorded as invalid."""
+        v = self.clv_validity
+        return v is None or v.p_alive_ok
 
     def primary_type(self) -> str | None:
         """The segment type the plays are built on: RFM when present, else lifecycle, else persona."""
@@ -597,6 +740,7 @@ def run_lineage(runs: DataFrame, run_id: str) -> RunLineage | None:
         inputs=inputs,
         outputs=outputs,
         step_seconds=steps,
+        warnings=[str(w) for w in row["warnings"] or [] if w] if "warnings" in row else None,
     )
 
 
@@ -797,10 +941,15 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         )
     else:
         notes["transitions"] = "No segment transition table in this run."
-    if has[CLV]:
+    if has[CLV] and totals[f"n_{CLV}"] >= k:
         data.clv_hist, data.clv_quantiles = clv_histogram(segments)
-    if data.clv_hist is None:
+    if not has[CLV]:
         notes["clv"] = "CLV was not modelled in this run (stage disabled or no repeat purchases)."
+    elif data.clv_hist is None:
+        notes["clv"] = (
+            f"CLV distribution not shown: {int(totals[f'n_{CLV}']):,} customers have a CLV, fewer than "
+            f"the minimum segment size of {k}."
+        )
     if S.RUNS in t:
         data.lineage = run_lineage(t[S.RUNS], data.run_id)
     if data.lineage is None:
@@ -821,6 +970,10 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         fit_rows = _small(_drop_stamp(t[S.CLV_FIT]), S.CLV_FIT, 5_000)
         if not fit_rows.empty:
             data.clv_fit = clv_info(clv_fit_from_table(fit_rows))
+            data.clv_validity = clv_validity(fit_rows)
+    if not data.p_alive_ok():
+        # the fallback leaves P(alive) null; an invalid model's P(alive) is not shown either
+        has[P_ALIVE] = False
     if S.CHURN_METRICS in t:
         churn_rows = _small(_drop_stamp(t[S.CHURN_METRICS]), S.CHURN_METRICS, 20_000)
         data.churn, skipped = churn_from_table(churn_rows)

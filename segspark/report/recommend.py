@@ -4,7 +4,8 @@ A play is one of ``retention``, ``win_back``, ``cross_sell`` (upsell), ``onboard
 chosen for a segment by its name (the standard RFM segments, lifecycle stages, value tiers) or, for
 personas and custom segments, by its dominant lifecycle stage and its mean R and F scores. For each play:
 
-- value at stake: the segment's predicted CLV (``clv``, when modelled), or its net revenue
+- value at stake: the segment's predicted CLV (``clv``, when modelled; the historical spend-rate
+  estimate when CLV fell back to it), or its net revenue
   (``revenue``: win-back plays, and any play when CLV is absent), or for prospects the number of
   prospects x the average net revenue per buyer (``first_value``);
 - impact = value at stake x the uplift assumption (``report.uplift.<play>``, else the preset's
@@ -15,9 +16,10 @@ personas and custom segments, by its dominant lifecycle stage and its mean R and
 
 A/B plan (two-sided z-test of two proportions, equal arms). The outcome metric depends on the play:
 retention and VIP plays aim to lower churn, so their metric is the churn rate (mean churn risk when
-churn is modelled, else 1 - mean P(alive), else the one-time-buyer share) and the test must detect
-p1 = p0 x (1 - ``report.ab_test.mde_relative``); the other plays aim to raise purchases, so their
-metric is the purchase rate (1 - mean churn risk, else mean P(alive), else the repeat-purchase rate;
+churn is modelled, else 1 - mean P(alive), else the one-time-buyer share; P(alive) only from a valid
+CLV model) and the test must detect p1 = p0 x (1 - ``report.ab_test.mde_relative``); the other
+plays aim to raise purchases, so their metric is the purchase rate (1 - mean churn risk, else mean
+P(alive), else the repeat-purchase rate;
 for prospects the recent conversion new buyers / (new buyers + prospects), else the share of known
 customers who have bought) and p1 = p0 x (1 + mde_relative),
 capped below 1. The sample size per arm solves statsmodels' ``NormalIndPower`` for Cohen's
@@ -53,6 +55,7 @@ from segspark.report.collect import (
 )
 
 TOO_SMALL = "too small to test: do not act on it yet"
+FALLBACK_BASIS = "CLV estimate (historical spend rate)"  # when no CLV model passed its checks
 RATE_CAP = 0.999  # a rate cannot reach 1; the treated rate is capped just below it
 RATE_FLOOR = 1e-4
 
@@ -351,7 +354,8 @@ def _baseline(row: pd.Series, play: str, data: ReportData, horizon_days: int) ->
         if decrease:
             return churn, f"churn: no purchase within {horizon_days} days (mean churn risk)"
         return 1.0 - churn, f"purchase within {horizon_days} days (1 - mean churn risk)"
-    alive = _num(row.get("mean_p_alive"))
+    # P(alive) only from a valid fitted model (the historical-rate fallback has none)
+    alive = _num(row.get("mean_p_alive")) if data.p_alive_ok() else math.nan
     if not math.isnan(alive):
         return (1.0 - alive, "churn: 1 - mean P(alive)") if decrease else (alive, "mean P(alive)")
     repeat = _num(row.get("repeat_rate"))
@@ -367,7 +371,8 @@ def _value(row: pd.Series, play: str, data: ReportData) -> tuple[float, str]:
         return float(row[CUSTOMERS]) * per_buyer, "prospects x net revenue per buyer"
     has_clv = _num(row.get("n_clv")) > 0
     if play != "win_back" and has_clv:
-        return float(row["sum_clv"]), "predicted CLV"
+        v = data.clv_validity
+        return float(row["sum_clv"]), (FALLBACK_BASIS if v is not None and v.fallback else "predicted CLV")
     return float(row[REVENUE]), "net revenue to date"
 
 

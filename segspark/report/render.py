@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from segspark.report.collect import (
     CUSTOMERS,
     LIFECYCLE_ORDER,
     LIFECYCLE_STAGE,
+    MODEL_ONLY_FEATURES,
     OTHER,
     PERSONA,
     REVENUE,
@@ -42,12 +44,20 @@ from segspark.report.collect import (
     SEGMENT,
     SEGMENT_TYPES,
     UNASSIGNED,
+    ClvValidity,
     ReportData,
     RunInfo,
     SegmentView,
     collect,
 )
-from segspark.report.recommend import AT_RISK_SEGMENTS, dominant_stage, play_for, play_settings, recommend
+from segspark.report.recommend import (
+    AT_RISK_SEGMENTS,
+    FALLBACK_BASIS,
+    dominant_stage,
+    play_for,
+    play_settings,
+    recommend,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -130,6 +140,9 @@ TYPE_LABELS: dict[str, str] = {
     "all": "all customers",
 }
 ENGAGEMENT_KPIS: tuple[str, ...] = ("conversion_rate_90d", "engaged_share_30d", "sessions_per_customer_30d")
+# charts drawing CLV: their captions carry the CLV validity line
+CLV_CHARTS: tuple[str, ...] = ("clv_distribution", "revenue_by_segment", "ltv_cac")
+FALLBACK_LABEL = "Estimated CLV (historical spend rate)"
 
 
 @dataclass
@@ -145,6 +158,9 @@ class ReportResult:
     figures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     data: ReportData | None = field(default=None, repr=False)  # the collected aggregates
+    # what the report could not show (too small, skipped, absent), one plain sentence each; the
+    # pipeline may record them as the run's warnings
+    not_shown: list[str] = field(default_factory=list)
 
 
 # --- formatting -------------------------------------------------------------------------------------
@@ -178,6 +194,11 @@ def fmt_pct(x: Any, digits: int = 1) -> str:
 
 def fmt_num(x: Any, digits: int = 2) -> str:
     return f"{float(x):,.{digits}f}" if _finite(x) else "–"
+
+
+def fmt_signed_pct(x: Any, digits: int = 1) -> str:
+    """A signed share as a percentage: +23.7%, -3.1%."""
+    return f"{float(x) * 100:+.{digits}f}%" if _finite(x) else "–"
 
 
 def fmt_metric(x: Any) -> str:
@@ -217,6 +238,119 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     swatches: list[str] | None = None  # a colour per row (segment tables)
+
+
+# --- CLV validity -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Validity:
+    """The CLV validity line shown next to every CLV figure."""
+
+    status: str  # ok | bad | unknown | fallback (the badge's colour)
+    text: str  # the full sentence
+    short: str  # the compact badge (persona cards, chart captions)
+
+
+def _spend_check(v: ClvValidity) -> tuple[str, str, bool | None]:
+    """The spend model's check (Gamma-Gamma: spend independent of purchase frequency): the sentence,
+    its compact form and the verdict (None: not recorded)."""
+    label = "Gamma-Gamma" if v.spend_model in (None, "gamma_gamma") else str(v.spend_model)
+    has_corr = v.spend_corr is not None
+    corr = f"spend/frequency correlation {fmt_num(v.spend_corr, 3)}" if has_corr else ""
+    short_corr = f" (corr {fmt_num(v.spend_corr, 3)})" if has_corr else ""
+    if v.spend_corr_ok is None:
+        if corr:
+            return f"{label} check: {corr}", f"{label}{short_corr}", None
+        return f"{label} check not recorded", f"{label} check not recorded", None
+    verdict = "passed" if v.spend_corr_ok else "failed"
+    reason = f" ({v.spend_reason})" if v.spend_reason and not v.spend_corr_ok else ""
+    text = f"{label} check {verdict}{': ' + corr if corr else ''}{reason}"
+    return text, f"{label} check {verdict}{short_corr}", v.spend_corr_ok
+
+
+def clv_validity(data: ReportData) -> Validity | None:
+    """The validity of the run's CLV figures (None when the run has no CLV): the model, valid or
+    not, its holdout total error and the spend model's check; for the fallback, what CLV is then
+    and why no model was used. Tables without validity rows say "validity not recorded"."""
+    if not data.has.get(CLV):
+        return None
+    v = data.clv_validity
+    if v is None:
+        text = "CLV validity not recorded: no clv_fit table for this run."
+        return Validity("unknown", text, "CLV validity not recorded")
+    if v.fallback:
+        why = v.fallback_reason or "no reason recorded"
+        text = (
+            "CLV is a historical spend-rate estimate, not a model prediction: no CLV model passed its "
+            f"validity checks ({why}). P(alive) and expected purchases are not estimated."
+        )
+        return Validity("fallback", text, "historical spend-rate estimate: no CLV model passed its checks")
+    model = v.model or str((data.clv_fit or {}).get("model") or "unknown model")
+    if not v.recorded:
+        text = f"CLV model {model}: validity not recorded (the clv_fit table has no validity rows)."
+        return Validity("unknown", text, f"CLV model {model}: validity not recorded")
+    c, valid = v.chosen, v.valid
+    if valid is None:
+        verdict = "validity not recorded"
+    elif valid:
+        verdict = "valid"
+    else:
+        verdict = "NOT valid" + (f" ({c['reason']})" if c.get("reason") else "")
+    err = c.get("holdout_total_error")
+    err_text = (
+        f"holdout total error {fmt_signed_pct(err)} (predicted vs actual holdout purchases)"
+        if err is not None
+        else "holdout total error not measured"
+    )
+    spend_text, spend_short, spend_ok = _spend_check(v)
+    text = f"CLV model {model}: {verdict}; {err_text}; {spend_text}."
+    short = f"CLV model {model}: {verdict.split(' (')[0]}, holdout error {fmt_signed_pct(err)}, {spend_short}"
+    if valid is False or spend_ok is False:
+        status = "bad"
+    elif valid is None or spend_ok is None:
+        status = "unknown"
+    else:
+        status = "ok"
+    return Validity(status, text, short)
+
+
+def candidate_table(v: ClvValidity | None, fmt: Fmt) -> Table | None:
+    """Every CLV candidate's validity (methodology section); None when not recorded."""
+    if v is None or not v.models:
+        return None
+    rows = []
+    for name, m in sorted(v.models.items(), key=lambda kv: (not kv[1].get("chosen"), kv[0])):
+        valid = m.get("valid")
+        se = m.get("max_relative_se")
+        rows.append(
+            [
+                name,
+                "yes" if m.get("chosen") else "",
+                "–" if valid is None else ("valid" if valid else "not valid"),
+                str(m.get("reason") or "–"),
+                fmt_signed_pct(m.get("holdout_total_error")),
+                "–"
+                if se is None
+                else f"{fmt_metric(se)}"
+                + (f" ({m['max_relative_se_param']})" if m.get("max_relative_se_param") else ""),
+            ]
+        )
+    header = ["Model", "Chosen", "Validity", "Why", "Holdout total error", "Max relative SE (parameter)"]
+    return Table(header, rows)
+
+
+_MODEL_ONLY_PHRASE = re.compile(
+    r"(?:;\s*)?\b(?:" + "|".join(f.replace("_", " ") for f in MODEL_ONLY_FEATURES) + r")\b[^;]*?(?=;|\.?$)"
+)
+
+
+def without_model_only(text: str) -> str:
+    """A persona description without its P(alive) and expected-purchases phrases (for runs whose
+    CLV fell back or whose model is not valid: those figures would rest on nothing)."""
+    out = _MODEL_ONLY_PHRASE.sub("", text)
+    out = re.sub(r":\s*;\s*", ": ", out)
+    return re.sub(r":\s*\.?$", ".", out)
 
 
 # --- findings and summary ---------------------------------------------------------------------------
@@ -262,8 +396,11 @@ def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, A
             risk_rows, label = pd.DataFrame([row]), "the at-risk lifecycle stage"
     if risk_rows is not None:
         n = float(risk_rows[CUSTOMERS].sum())
-        if data.has.get(CLV) and float(risk_rows["n_clv"].sum()) > 0:
-            v, what = float(risk_rows["sum_clv"].sum()), "predicted CLV"
+        clv_based = bool(data.has.get(CLV) and float(risk_rows["n_clv"].sum()) > 0)
+        if clv_based:
+            fallback = data.clv_validity is not None and data.clv_validity.fallback
+            what = "CLV estimated from the historical spend rate" if fallback else "predicted CLV"
+            v = float(risk_rows["sum_clv"].sum())
         else:
             v, what = float(risk_rows[REVENUE].sum()), "net revenue to date"
         out.append(
@@ -273,6 +410,7 @@ def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, A
                 "unit": "currency",
                 "text": f"{fmt.money(v)} of {what} sits in {label} ({fmt.count(n)} {w['customers']}, "
                 f"{fmt.pct(n / t[CUSTOMERS] if t[CUSTOMERS] else math.nan)} of all).",
+                "clv": clv_based,
             }
         )
     if data.has.get(CHURN_RISK) and t[f"n_{CHURN_RISK}"] > 0:
@@ -313,8 +451,83 @@ def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, A
     return out[:3]
 
 
+def not_shown(data: ReportData, recs: pd.DataFrame, settings: Settings) -> list[str]:
+    """What the report could not show, one plain sentence each: groups below the minimum size,
+    a skipped model, a stage that did not run, no cohorts, no previous run, no play."""
+    w = WORDS[settings.report.preset]
+    k, t = data.k, data.totals
+    out: list[str] = []
+    if t[CUSTOMERS] < k:
+        out.append(
+            f"Only {fmt_int(t[CUSTOMERS])} {w['customers']} in this run, fewer than the minimum segment "
+            f"size of {k}: no group of {w['customers']} can be shown on its own."
+        )
+    for st, view in data.segments.items():
+        label = TYPE_LABELS.get(st, st)
+        named = _named(view)
+        if view.merged_segments and named.empty:
+            where = "not shown" if view.table.empty else "merged into Other"
+            out.append(
+                f"By {label}: every {label} has fewer than {k} {w['customers']} "
+                f"({view.merged_segments} {label}(s), {fmt_int(view.merged_customers)} {w['customers']}): "
+                f"{where}."
+            )
+        elif view.merged_segments:
+            out.append(
+                f"By {label}: {view.merged_segments} {label}(s) with fewer than {k} {w['customers']} "
+                f"({fmt_int(view.merged_customers)} {w['customers']} in all) merged into Other"
+                + (" (Other itself too small: not shown)." if view.suppressed_customers else ".")
+            )
+    if data.kpis == {} and "kpis" not in data.notes:
+        out.append(f"Segment KPIs: no segment reaches {k} {w['customers']}.")
+    if data.rfm_grid is not None and not data.rfm_grid[CUSTOMERS].notna().any():
+        out.append(f"RFM grid: every cell has fewer than {k} {w['customers']}; not drawn.")
+    if data.cohorts is None:
+        if data.cohorts_hidden:
+            out.append(
+                f"Cohort retention: all {data.cohorts_hidden} acquisition cohort(s) have fewer than {k} "
+                f"{w['customers']}; not shown."
+            )
+        else:
+            out.append("Cohort retention: no acquisition cohort in this run.")
+    elif data.cohorts_hidden:
+        out.append(f"Cohort retention: {data.cohorts_hidden} cohort(s) below {k} {w['customers']} hidden.")
+    if "churn" in data.notes:
+        out.append(data.notes["churn"].rstrip(".") + ".")
+    cl = data.clustering
+    if cl is None:
+        out.append("Behavioural clustering did not run: no personas.")
+    elif cl.get("profiles") is not None and cl["profiles"].empty and cl.get("hidden_clusters"):
+        out.append(
+            f"Personas: all {cl['hidden_clusters']} cluster(s) have fewer than {k} {w['customers']}; "
+            "not shown."
+        )
+    elif cl.get("hidden_clusters"):
+        out.append(f"Personas: {cl['hidden_clusters']} cluster(s) below {k} {w['customers']} hidden.")
+    if "clv" in data.notes:
+        out.append(data.notes["clv"].rstrip(".") + ".")
+    v = data.clv_validity
+    if data.has.get(CLV) and v is not None and v.fallback:
+        out.append(
+            "CLV models: none passed its validity checks, so CLV is a historical spend-rate estimate and "
+            "P(alive) is not shown."
+        )
+    if data.ltv_cac is not None and data.ltv_cac.empty and data.ltv_cac_hidden:
+        out.append(f"LTV:CAC: every group has fewer than {k} new {w['customers']}; not shown.")
+    if data.first_run and data.previous_summary is None:
+        out.append("No previous run: drift and segment transitions are measured from the next run on.")
+    if recs.empty:
+        out.append(f"Recommendations: no segment reaches the minimum size of {k} {w['customers']}; no play.")
+    return out
+
+
 def summary_table(
-    data: ReportData, recs: pd.DataFrame, found: list[dict[str, Any]], settings: Settings
+    data: ReportData,
+    recs: pd.DataFrame,
+    found: list[dict[str, Any]],
+    settings: Settings,
+    validity: Validity | None = None,
+    missing: list[str] | None = None,
 ) -> pd.DataFrame:
     """``report_summary``: one row per headline figure (metric, value, unit, text)."""
     t = data.totals
@@ -385,6 +598,17 @@ def summary_table(
                 rows.append(
                     (f"clv_{key}", float(v), "pct" if key.endswith("pct") else "purchases", fmt.num(v, 3))
                 )
+    if validity is not None:
+        cv = data.clv_validity
+        valid = None if cv is None or not cv.recorded else (0.0 if cv.fallback else cv.valid)
+        rows.append(("clv_valid", None if valid is None else float(valid), "flag", validity.text))
+        if cv is not None and cv.fallback:
+            rows.append(("clv_fallback", 1.0, "flag", cv.fallback_reason or "no reason recorded"))
+        elif cv is not None:
+            err = cv.chosen.get("holdout_total_error")
+            rows.append(("clv_holdout_total_error", err, "share", fmt_signed_pct(err)))
+            if cv.spend_corr is not None or cv.spend_corr_ok is not None:
+                rows.append(("clv_spend_corr", cv.spend_corr, "correlation", _spend_check(cv)[0]))
     if data.churn:
         for key, v in data.churn.items():
             if "auc" in key.lower():
@@ -396,6 +620,11 @@ def summary_table(
         rows.append(("quarantined_rows", q, "rows", fmt.count(q)))
     for dim, share in sorted(data.moved_share.items()):
         rows.append((f"moved_share_{dim}", share, "share", fmt.pct(share)))
+    warnings = data.lineage.warnings if data.lineage is not None else None
+    if warnings is not None:
+        rows.append(("run_warnings", float(len(warnings)), "count", " | ".join(warnings)))
+    if missing:
+        rows.append(("not_shown", float(len(missing)), "count", " | ".join(missing)))
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     out["value"] = pd.to_numeric(out["value"], errors="coerce").astype("float64")
     return out.drop_duplicates("metric", keep="first").reset_index(drop=True)
@@ -486,7 +715,11 @@ def segment_profile_table(
 
 
 def persona_cards(
-    data: ReportData, settings: Settings, fmt: Fmt, colours: dict[str, str]
+    data: ReportData,
+    settings: Settings,
+    fmt: Fmt,
+    colours: dict[str, str],
+    validity: Validity | None = None,
 ) -> list[dict[str, Any]]:
     view = data.segments.get(PERSONA)
     if view is None:
@@ -496,6 +729,8 @@ def persona_cards(
     prof = (data.clustering or {}).get("profiles")
     if isinstance(prof, pd.DataFrame) and "persona_description" in prof.columns:
         desc = {str(p): str(d) for p, d in zip(prof[PERSONA], prof["persona_description"], strict=True)}
+        if not data.p_alive_ok():
+            desc = {p: without_model_only(d) for p, d in desc.items()}
     cards = []
     for _, r in view.table.iterrows():
         name = str(r[SEGMENT])
@@ -511,7 +746,10 @@ def persona_cards(
             ),
         ]
         if data.has.get(CLV):
-            facts.append(("Avg CLV", fmt.money(r.get("mean_clv"))))
+            label = "Avg CLV (historical rate)" if validity and validity.status == "fallback" else "Avg CLV"
+            facts.append((label, fmt.money(r.get("mean_clv"))))
+            if validity is not None:
+                facts.append(("CLV validity", validity.short))
         if data.has.get(CHURN_RISK):
             facts.append(("Churn risk", fmt.pct(r.get("mean_churn_risk"))))
         facts.append(("Lifecycle mix", _mix_text(view, name, data.k)))
@@ -717,6 +955,7 @@ def _context(
     found: list[dict[str, Any]],
     palettes: dict[str, dict[str, str]],
     settings: Settings,
+    missing: list[str] | None = None,
 ) -> dict[str, Any]:
     cfg = settings.report
     fmt = Fmt(cfg.currency_symbol)
@@ -724,6 +963,8 @@ def _context(
     t = data.totals
     primary = data.primary_type()
     top = recs.head(cfg.top_plays)
+    validity = clv_validity(data)
+    fallback = validity is not None and validity.status == "fallback"
     merges = [
         {
             "type": TYPE_LABELS.get(st, st),
@@ -743,9 +984,13 @@ def _context(
         if st in data.segments
     ]
     kpis = [
-        (TYPE_LABELS.get(st, st), kpi_table(data.kpis[st], fmt, palettes.get(st, {}), w))
+        (
+            TYPE_LABELS.get(st, st),
+            kpi_table(data.kpis[st], fmt, palettes.get(st, {}), w),
+            "avg_clv" in data.kpis[st].columns and data.kpis[st]["avg_clv"].notna().any(),
+        )
         for st in (*SEGMENT_TYPES, "all")
-        if st in data.kpis
+        if st in data.kpis and not data.kpis[st].empty
     ]
     cl = data.clustering
     models: list[tuple[str, str]] = []
@@ -782,7 +1027,11 @@ def _context(
             models.append(("Clusters hidden (below minimum size)", fmt.count(cl["hidden_clusters"])))
     if data.clv_fit is None and data.has.get(CLV):
         models.append(("CLV model", "scores present; no clv_fit table for this run"))
-    if data.clv_fit:
+    if data.clv_fit and fallback:
+        v = data.clv_validity
+        why = (v.fallback_reason if v else None) or "no reason recorded"
+        models.append(("CLV model", f"historical spend-rate estimate (fallback: {why})"))
+    elif data.clv_fit:
         c = data.clv_fit
         models.append(
             (
@@ -901,17 +1150,38 @@ def _context(
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "k": data.k,
         "headline": [
-            (w["Customers"], fmt.count(t[CUSTOMERS])),
-            ("Buyers", fmt.count(t["buyers"])),
-            ("Net revenue", fmt.money(t[REVENUE])),
-            *([("Predicted CLV", fmt.money(t[f"sum_{CLV}"]))] if t[f"n_{CLV}"] > 0 else []),
+            (w["Customers"], fmt.count(t[CUSTOMERS]), None),
+            ("Buyers", fmt.count(t["buyers"]), None),
+            ("Net revenue", fmt.money(t[REVENUE]), None),
             *(
-                [("Avg churn risk", fmt.pct(t[f"sum_{CHURN_RISK}"] / t[f"n_{CHURN_RISK}"]))]
+                [(FALLBACK_LABEL if fallback else "Predicted CLV", fmt.money(t[f"sum_{CLV}"]), validity)]
+                if t[f"n_{CLV}"] > 0
+                else []
+            ),
+            *(
+                [("Avg churn risk", fmt.pct(t[f"sum_{CHURN_RISK}"] / t[f"n_{CHURN_RISK}"]), None)]
                 if t[f"n_{CHURN_RISK}"] > 0
                 else []
             ),
         ],
-        "findings": [f["text"] for f in found],
+        "findings": [{"text": f["text"], "validity": validity if f.get("clv") else None} for f in found],
+        "validity": validity,
+        "clv_candidates": candidate_table(data.clv_validity, fmt) if data.has.get(CLV) else None,
+        "profile_clv": bool(data.has.get(CLV)) and bool(profile_tables),
+        "top3_clv": bool(
+            not recs.empty and recs.head(3)["value_basis"].isin(["predicted CLV", FALLBACK_BASIS]).any()
+        ),
+        "recs_clv": bool(
+            not recs.empty and recs["value_basis"].isin(["predicted CLV", FALLBACK_BASIS]).any()
+        ),
+        "ltv_clv": bool(data.has.get(CLV)) and data.ltv_cac is not None and not data.ltv_cac.empty,
+        "warnings": data.lineage.warnings if data.lineage is not None else None,
+        "not_shown": missing,
+        "warnings_missing": (
+            "Not recorded: the runs table has no row for this run."
+            if data.lineage is None
+            else "Not recorded: the run's row in the runs table has no warnings column."
+        ),
         "top3": [
             {
                 "rank": int(r["rank"]),
@@ -931,7 +1201,7 @@ def _context(
         "features": features,
         "models": models,
         "profile_tables": profile_tables,
-        "personas": persona_cards(data, settings, fmt, palettes.get(PERSONA, {})),
+        "personas": persona_cards(data, settings, fmt, palettes.get(PERSONA, {}), validity),
         "kpis": kpis,
         "retention": retention,
         "life_kpis": life_kpis,
@@ -1007,7 +1277,9 @@ def build_report(
     recs = recommend(data, settings)
     fmt = Fmt(cfg.currency_symbol)
     found = findings(data, settings, fmt)
-    summary = summary_table(data, recs, found, settings)
+    validity = clv_validity(data)
+    missing = not_shown(data, recs, settings)
+    summary = summary_table(data, recs, found, settings, validity, missing)
     palettes = _palettes(data)
 
     out_dir = Path(out_dir)
@@ -1022,16 +1294,20 @@ def build_report(
     charts = []
     for ch in chart_list:
         png = C.to_png(ch.figure, figures_dir / f"{ch.name}.png", cfg.figure_dpi)
+        caption = ch.caption
+        if validity is not None and ch.name in CLV_CHARTS:
+            caption = f"{caption} {validity.text}"
         charts.append(
             {
                 "name": ch.name,
                 "title": ch.title,
-                "caption": ch.caption,
+                "caption": caption,
+                "validity": validity.status if validity is not None and ch.name in CLV_CHARTS else None,
                 "file": f"{FIGURES}/{ch.name}.png",
                 "uri": C.data_uri(png),
             }
         )
-    context = _context(data, recs, charts, found, palettes, settings)
+    context = _context(data, recs, charts, found, palettes, settings, missing)
     env = _env()
     (staging / "report.html").write_text(
         env.get_template("report.html.j2").render(**context), encoding="utf-8"
@@ -1055,7 +1331,8 @@ def build_report(
         latest_dir=latest,
         summary=summary,
         recommendations=recs,
-        figures=[c["name"] for c in charts],
+        figures=[str(c["name"]) for c in charts],
         seconds=seconds,
         data=data,
+        not_shown=missing,
     )
