@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segspark.errors import ConfigError, SegsparkError
 
@@ -267,11 +267,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"generated {args.customers} customers ({data['rows']['transactions']:,} transactions) "
         f"in {time.perf_counter() - started:.1f} s under {out / 'data'}"
     )
-    extra = [f"output.path={out}", *pipeline.demo_overrides(data["paths"])]
+    # the run reads the same config file the follow-up commands are given: what is printed works
+    conf = write_demo_config(out, data["paths"])
+    args.conf = [*args.conf, str(conf)]
     args.command = "demo"
-    code = cmd_run(args, extra=extra, demo=True)
+    code = cmd_run(args, demo=True)
     print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    print(demo_follow_ups(conf, settings, example_id=pipeline.example_customer_id(data["paths"])))
     return code
+
+
+def write_demo_config(out: Path, data_paths: dict[str, str]) -> Path:
+    """``<out>/segspark-demo.yaml``: the demo's inputs and output folder, for follow-up commands."""
+    import yaml
+
+    from segspark import pipeline
+    from segspark.config import parse_override
+
+    data: dict[str, Any] = {}
+    for item in [f"output.path={out}", *pipeline.demo_overrides(data_paths)]:
+        keys, value = parse_override(item)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    path = out / "segspark-demo.yaml"
+    path.write_text(
+        "# Written by `segspark demo`: its generated inputs and output folder.\n"
+        "# Pass it to any command: segspark <command> --conf " + str(path) + "\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+    return path
+
+
+def demo_follow_ups(conf: Path, settings: Settings, example_id: str | None) -> str:
+    """The follow-up commands that work on the demo's output, key included when the demo's own."""
+    import os
+
+    from segspark.privacy import DEMO_KEY
+
+    env = settings.privacy.key_env
+    # the demo pseudonymizes with its public key unless the user set one: erase and score must use it
+    prefix = "" if os.environ.get(env) else f"{env}={DEMO_KEY} "
+    who = example_id or "<source customer id>"
+    lines = [
+        f"config for follow-up commands: {conf}",
+        f"  {prefix}segspark score   --conf {conf}    # the weekly job: personas from the registered model",
+        f"  {prefix}segspark monitor --conf {conf}    # drift against the previous snapshot",
+        f"  {prefix}segspark report  --conf {conf}    # rebuild the report from the tables",
+        f"  {prefix}segspark erase   --conf {conf} --customer-id {who}    # right to erasure",
+        f"  {prefix}segspark vacuum  --conf {conf}    # purge file versions older than the retention",
+    ]
+    if prefix:
+        lines.append(f"  ({env}={DEMO_KEY} is the demo's public key; real data needs your own secret key)")
+    return "\n".join(lines)
 
 
 COMMANDS = {

@@ -232,6 +232,18 @@ def demo_overrides(data_paths: dict[str, str]) -> list[str]:
     return items
 
 
+def example_customer_id(data_paths: dict[str, str]) -> str | None:
+    """One source customer id of a generated lakehouse (for the demo's printed erase command)."""
+    try:
+        from deltalake import DeltaTable
+
+        head = DeltaTable(data_paths["transactions"]).to_pyarrow_dataset().head(1, columns=[S.CUSTOMER_ID])
+    except Exception as exc:  # only a hint in a printed command: never fail the demo for it
+        log.debug("no example customer id: %s", exc)
+        return None
+    return str(head.column(0)[0]) if head.num_rows else None
+
+
 # ---- the pipeline: a declared list of stages ------------------------------------------------------
 @dataclass
 class CleanInputs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -199,8 +200,9 @@ def test_erase_removes_a_customer_everywhere(
 
 
 @pytest.mark.slow
-def test_demo_and_smoke_over_spark_connect(tmp_path: Path) -> None:
-    env = {**os.environ, "SEGSPARK_PSEUDO_KEY": "connect-test-key"}
+def test_demo_over_spark_connect_and_its_printed_follow_up_commands_work(tmp_path: Path) -> None:
+    # no key set: the demo pseudonymizes with its public demo key, and its printed commands pass it
+    env = {k: v for k, v in os.environ.items() if k != "SEGSPARK_PSEUDO_KEY"}
     proc = subprocess.run(
         [
             sys.executable,
@@ -234,3 +236,21 @@ def test_demo_and_smoke_over_spark_connect(tmp_path: Path) -> None:
     assert runs[0]["status"] == "succeeded"
     segs = DeltaTable(str(tmp_path / "tables" / "customer_segments")).to_pyarrow_table()
     assert segs.num_rows > 250
+    # the printed erase command works as printed: the demo's config file and its key reach the customer
+    conf = tmp_path / "segspark-demo.yaml"
+    assert conf.is_file() and f"config for follow-up commands: {conf}" in proc.stdout
+    erase_line = next(line for line in proc.stdout.splitlines() if " segspark erase " in line)
+    words = shlex.split(erase_line.split("#")[0])
+    assigned = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    argv = words[words.index("segspark") + 1 :]
+    assert assigned.keys() == {"SEGSPARK_PSEUDO_KEY"}
+    erased = subprocess.run(
+        [sys.executable, "-m", "segspark", *argv],
+        capture_output=True,
+        text=True,
+        env={**env, **assigned},
+        cwd=REPO,
+        timeout=600,
+    )
+    assert erased.returncode == 0, erased.stderr[-3000:]
+    assert "customer_segments=1" in erased.stdout, erased.stdout
