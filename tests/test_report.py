@@ -864,7 +864,7 @@ def test_absent_stages_are_reported_not_fatal(spark: Any, rows: pd.DataFrame, tm
     lineage = section(html, "governance")
     assert "<th>Config hash</th><td><code>not recorded</code>" in lineage
     assert conf.config_hash() not in html.replace(section(html, "appendix"), "")
-    assert "No cohort retention table in this run" in html
+    assert "No cohort retention in this run" in html
     assert "CAC and LTV:CAC are unknown" in html
     assert "CLV was not modelled" in html
     assert "Behavioural clustering did not run" in html
@@ -1202,6 +1202,12 @@ def test_a_tiny_run_says_what_was_too_small(spark: Any, tmp_path: Path) -> None:
         assert f"<li>{text}</li>" in summary, text
         assert f"- {text}" in md, text
     assert result.not_shown[: len(said)] == said or set(said) <= set(result.not_shown)
+    # no empty table either: the profile and KPI sections say why they have none
+    profiles, kpis = section(html, "profiles"), section(html, "kpis")
+    assert "<table" not in profiles and "<table" not in kpis
+    assert f"No table by RFM segment, lifecycle stage: every group has fewer than {K} customers." in profiles
+    assert f"Segment KPIs not shown: no segment reaches the minimum size of {K}." in kpis
+    assert f"> No table by RFM segment, lifecycle stage: every group has fewer than {K} customers." in md
     # no chart without data: nothing reaches the minimum size, so nothing is drawn
     assert result.figures == [] and not list(result.figures_dir.glob("*.png"))
     assert "<figure" not in html and "](figures/" not in md

@@ -916,21 +916,29 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
     )
     notes = data.notes
     if S.SEGMENT_KPIS in t:
-        data.kpis = kpi_tables(t[S.SEGMENT_KPIS], views, k)
+        data.kpis = {st: w for st, w in kpi_tables(t[S.SEGMENT_KPIS], views, k).items() if not w.empty}
+        if not data.kpis:
+            notes["kpis"] = f"Segment KPIs not shown: no segment reaches the minimum size of {k}."
     else:
         notes["kpis"] = "No segment KPI table in this run."
     if has[R_SCORE] or S.RFM_GRID in t:
         data.rfm_grid, data.rfm_grid_hidden = rfm_grid_table(t.get(S.RFM_GRID), segments, k)
     if data.rfm_grid is None:
         notes["rfm_grid"] = "No RFM scores in this run."
+    elif not data.rfm_grid[CUSTOMERS].notna().any():
+        notes["rfm_grid"] = f"RFM grid not drawn: every cell has fewer than {k} customers."
     if S.COHORT_RETENTION in t:
         data.cohorts, data.cohorts_hidden, data.cohort_retention_at = cohort_table(
             t[S.COHORT_RETENTION], data.as_of_date, k, cfg.max_cohorts
         )
-    if data.cohorts is None:
+    if data.cohorts is None and data.cohorts_hidden:
         notes["cohorts"] = (
-            "No cohort retention table in this run (or every cohort is below the minimum size)."
+            f"Cohort retention not shown: all {data.cohorts_hidden} acquisition cohort(s) have fewer "
+            f"than {k} customers."
         )
+    elif data.cohorts is None:
+        notes["cohorts"] = "No cohort retention in this run (no table, or no acquisition cohort in it)."
+
     if S.LTV_CAC in t:
         data.ltv_cac, data.ltv_cac_hidden = ltv_cac_table(t[S.LTV_CAC], k)
     if data.ltv_cac is None or not data.ltv_cac["cac"].notna().any():

@@ -478,8 +478,8 @@ def not_shown(data: ReportData, recs: pd.DataFrame, settings: Settings) -> list[
                 f"({fmt_int(view.merged_customers)} {w['customers']} in all) merged into Other"
                 + (" (Other itself too small: not shown)." if view.suppressed_customers else ".")
             )
-    if data.kpis == {} and "kpis" not in data.notes:
-        out.append(f"Segment KPIs: no segment reaches {k} {w['customers']}.")
+    if not data.kpis and "kpis" in data.notes:
+        out.append(data.notes["kpis"])
     if data.rfm_grid is not None and not data.rfm_grid[CUSTOMERS].notna().any():
         out.append(f"RFM grid: every cell has fewer than {k} {w['customers']}; not drawn.")
     if data.cohorts is None:
@@ -975,13 +975,19 @@ def _context(
         for st, v in data.segments.items()
         if v.merged_segments
     ]
+    # a segment type whose every segment is below the minimum size has no table (not_shown says so)
     profile_tables = [
         (
             TYPE_LABELS.get(st, st),
             segment_profile_table(data.segments[st], data, settings, fmt, palettes.get(st, {})),
         )
         for st in (RFM_SEGMENT, LIFECYCLE_STAGE, "value_tier")
-        if st in data.segments
+        if st in data.segments and not data.segments[st].table.empty
+    ]
+    empty_types = [
+        TYPE_LABELS.get(st, st)
+        for st in (*SEGMENT_TYPES,)
+        if st in data.segments and data.segments[st].table.empty
     ]
     kpis = [
         (
@@ -1168,6 +1174,7 @@ def _context(
         "validity": validity,
         "clv_candidates": candidate_table(data.clv_validity, fmt) if data.has.get(CLV) else None,
         "profile_clv": bool(data.has.get(CLV)) and bool(profile_tables),
+        "empty_types": empty_types,
         "top3_clv": bool(
             not recs.empty and recs.head(3)["value_basis"].isin(["predicted CLV", FALLBACK_BASIS]).any()
         ),
