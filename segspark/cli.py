@@ -149,8 +149,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
     from segspark import pipeline
 
     settings = _settings(args, extra)
-    check_inputs(settings)
     _check_key(settings, demo)
+    check_inputs(settings)
     ctx = pipeline.open_context(settings, args.command, demo=demo)
     upto = args.command if args.command in pipeline.STAGES else "all"
     pipeline.run(ctx, upto=upto, cluster_mode="score" if args.command == "score" else "fit")

@@ -36,9 +36,10 @@ def test_wrong_java_version_names_what_to_install(tmp_path: Path, monkeypatch: p
 
 def test_cli_reports_missing_java_without_a_stack_trace(tmp_path: Path) -> None:
     env = {**os.environ, "JAVA_HOME": str(tmp_path / "none"), "PATH": f"{Path(sys.executable).parent}"}
+    (tmp_path / "tx" / "_delta_log").mkdir(parents=True)  # an input the preflight accepts: Spark is next
     proc = subprocess.run(
         [sys.executable, "-m", "segspark", "run",
-         "--set", "input.transactions.path=/x", "--set", f"output.path={tmp_path}"],
+         "--set", f"input.transactions.path={tmp_path / 'tx'}", "--set", f"output.path={tmp_path}"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 1
