@@ -6,6 +6,9 @@ the precedence of ``segspark.config.QUALITY_RULE_IDS``. The flagged frame is per
 aggregation counts clean rows and rows per rule, one count reads the input size, and
 ``reconcile`` checks ``rows_in == rows_clean + rows_quarantined``.
 
+``check_quarantine_share`` stops a run (exit code 3) when more than ``quality.max_quarantine_share``
+of a table's rows were quarantined: a broken feed or a wrong column mapping, not data to segment.
+
 Quarantined rows keep their raw values as JSON, without the ``privacy.pii_columns`` fields and with
 the customer id replaced by its pseudonym (or left out when no key is given), so no PII reaches the
 quarantine table.
