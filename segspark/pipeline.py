@@ -529,12 +529,17 @@ def fit_clv(customer_days: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
 
 
 def previous_profiles(ctx: RunContext) -> pd.DataFrame | None:
-    """The previous run's cluster profiles (a few rows), for stable persona names."""
+    """The cluster profiles of the latest earlier date (a few rows), for stable persona names.
+
+    Strictly before ``as_of_date``: a rerun of a date (``segspark cluster``, a retried ``run``) names
+    from the same history as the date's first run, never from that run's own output, so reruns on
+    unchanged data give the same names."""
     assert ctx.as_of_date is not None
-    prev = ctx.lake.read_latest_snapshot(S.CLUSTER_PROFILES, before=ctx.as_of_date + dt.timedelta(days=1))
+    prev = ctx.lake.read_latest_snapshot(S.CLUSTER_PROFILES, before=ctx.as_of_date)
     if prev is None:
         return None
-    return prev.where(F.col(S.RUN_ID) != F.lit(ctx.run_id)).toPandas()  # a profile row per cluster
+    # a profile row per cluster, in cluster order (the matching must not depend on the read order)
+    return prev.toPandas().sort_values("cluster_id", ignore_index=True)
 
 
 def stage_segments(ctx: RunContext) -> None:

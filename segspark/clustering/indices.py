@@ -135,7 +135,10 @@ def spark_silhouette(
     if sample is not None:
         n = data.count() if rows is None else rows
         if n > sample:
-            data = data.sample(fraction=min(1.0, 1.2 * sample / n), seed=seed).limit(sample)
+            # a hash of the point, not ``sample().limit()``: Bernoulli draws and a limit depend on the
+            # partitioning and row order, so a rerun on the same data would report another silhouette
+            u = F.pmod(F.xxhash64(F.lit(seed), _as_array(features_col, df)), F.lit(1_000_003))
+            data = data.where(u < F.lit(1_000_003.0 * sample / n))
     if clusters is None:
         clusters = data.select(prediction_col).distinct().limit(2).count()
     if clusters < 2:

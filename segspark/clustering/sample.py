@@ -30,6 +30,21 @@ def seeded_sample(df: DataFrame, total: int, size: int, seed: int, salt: int = 0
     return df.where(hash_fraction(seed, salt) < F.lit(size / total))
 
 
+def in_key_order(df: DataFrame) -> DataFrame:
+    """A (sample-sized) frame as one partition sorted by customer key.
+
+    MLlib's initializations (k-means||, random splits) and the approximate quantiles of the imputer
+    draw per partition and in row order: the same rows in another layout (file order, join, cache)
+    give other centres. One sorted partition makes every fit on the sample a function of its rows.
+    """
+    return df.repartition(1).sortWithinPartitions(S.CUSTOMER_ID)
+
+
+def in_hash_layout(df: DataFrame, partitions: int) -> DataFrame:
+    """A customer-level frame in a layout fixed by the customer key: hash partitions, each sorted."""
+    return df.repartition(partitions, F.col(S.CUSTOMER_ID)).sortWithinPartitions(S.CUSTOMER_ID)
+
+
 def sample_to_numpy(df: DataFrame, columns: list[str]) -> tuple[np.ndarray, list[str]]:
     """A (sample) DataFrame's vector column as a matrix, ordered by customer key for determinism."""
     # a sample, sorted on the driver: a Spark sort of a few thousand rows costs a shuffle job

@@ -50,7 +50,13 @@ from segspark.clustering import indices as ix
 from segspark.clustering import personas as P
 from segspark.clustering import prep
 from segspark.clustering.figures import cluster_figures
-from segspark.clustering.sample import hash_fraction, sample_to_numpy, seeded_sample
+from segspark.clustering.sample import (
+    hash_fraction,
+    in_hash_layout,
+    in_key_order,
+    sample_to_numpy,
+    seeded_sample,
+)
 from segspark.config import ClusteringConfig
 from segspark.errors import ConfigError, InputError
 
@@ -375,7 +381,9 @@ def _fit(
     # The preparation statistics (medians, means, scales) are estimated on the seeded sample: at
     # clustering.sample_size rows they match the full-table figures to well within the noise, and
     # this saves two passes over every customer.
-    raw_sample = seeded_sample(base, n, cfg.sample_size, cfg.seed).persist()
+    # one sorted partition: every fit on the sample (imputer, scaler, MLlib's seeded init) sees the
+    # same rows in the same order, whatever the layout of the input (reruns give the same clusters)
+    raw_sample = in_key_order(seeded_sample(base, n, cfg.sample_size, cfg.seed)).persist()
     cached.append(raw_sample)
     prep_model = prep.build_prep_pipeline(used, cfg).fit(raw_sample)
     sample = prep_model.transform(raw_sample).select(*keep).persist()
@@ -412,7 +420,9 @@ def _fit(
         chosen = choose_candidate(sweep_table, cfg)
         estimator = mllib_estimator(chosen["algorithm"], chosen["k"], cfg)
         if cfg.final_fit == "all":
-            everyone = everyone.persist()  # MLlib iterates over it
+            # MLlib iterates over it; a layout fixed by the key keeps its seeded init reproducible
+            parts = int(everyone.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
+            everyone = in_hash_layout(everyone, parts).persist()
             cached.append(everyone)
             cluster_model = estimator.fit(everyone)
         else:
