@@ -46,6 +46,21 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _ensure_experiment(settings: Settings) -> None:
+    """With the default SQLite store, create the experiment with its artifacts beside the database
+    (``<output>/mlartifacts``): MLflow's default is ``./mlruns`` in whatever folder the job was
+    started from, outside the output that ``erase``/``vacuum`` and its owner manage."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = settings.tracking_uri
+    if not uri.startswith("sqlite:///") or mlflow.get_experiment_by_name(settings.tracking.experiment):
+        return
+    store = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    with contextlib.suppress(MlflowException):  # created meanwhile by a concurrent run: use it
+        mlflow.create_experiment(settings.tracking.experiment, artifact_location=store.as_uri())
+
+
 @contextlib.contextmanager
 def parent_run(settings: Settings, run_id: str, tags: dict[str, str] | None = None) -> Iterator[str | None]:
     """Open the pipeline's parent MLflow run (or do nothing when tracking is disabled)."""
@@ -58,6 +73,7 @@ def parent_run(settings: Settings, run_id: str, tags: dict[str, str] | None = No
     # MLflow's own chatter would drown the job's log
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _ensure_experiment(settings)
     mlflow.set_experiment(settings.tracking.experiment)
     with mlflow.start_run(run_name=f"segspark-{run_id}") as run:
         mlflow.set_tags({"segspark.run_id": run_id, **(tags or {})})

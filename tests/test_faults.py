@@ -1,0 +1,200 @@
+"""Faults: two runs writing one output at once, and a run killed (SIGKILL) in the middle of a table
+write then retried with its run id. Each compares every table, per run_id and as_of_date, with a clean
+reference run of the same data and configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+
+from segspark import pipeline
+from segspark.config import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+# small and quick: transactions only, no model fits, no report, no MLflow (the table writes are the point)
+SETS = [
+    "lakehouse.engine=delta-rs",
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "as_of_date=2025-12-31",
+    "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
+    "clv.enabled=false",
+    "churn.enabled=false",
+    "clustering.enabled=false",
+    "report.enabled=false",
+    "tracking.enabled=false",
+]
+APPEND = {"quarantine", "runs"}
+
+
+def _command(cmd: str, out: Path, data: dict[str, str], *extra: str) -> list[str]:
+    sets = [*SETS, f"output.path={out}", f"input.transactions.path={data['transactions']}"]
+    return [sys.executable, "-m", "segspark", cmd, *extra, *[x for s in sets for x in ("--set", s)]]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "SEGSPARK_PSEUDO_KEY": "faults-key", "SPARK_LOCAL_IP": "127.0.0.1"}
+
+
+def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=timeout)
+
+
+def counts(out: Path) -> dict[str, Counter[tuple[str, str]]]:
+    """Rows per (run_id, as_of_date) of every table under ``out``, from the latest versions."""
+    found = {}
+    for path in sorted((out / "tables").iterdir()):
+        if not (path / "_delta_log").is_dir():
+            continue
+        table = pa.table(DeltaTable(str(path)).to_pyarrow_table(columns=["run_id", "as_of_date"]))
+        found[path.name] = Counter((r["run_id"], str(r["as_of_date"])) for r in table.to_pylist())
+    return found
+
+
+def versions(out: Path) -> dict[str, int]:
+    tables = (out / "tables").iterdir()
+    return {p.name: DeltaTable(str(p)).version() for p in tables if (p / "_delta_log").is_dir()}
+
+
+def renamed(tables: dict[str, Counter[tuple[str, str]]], run_id: str, to: str) -> dict[str, Counter[Any]]:
+    return {
+        name: Counter({(to if r == run_id else r, d): n for (r, d), n in c.items()})
+        for name, c in tables.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def data(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("faults")
+    settings = load_settings([], ["spark.shuffle_partitions=2"])
+    generated = pipeline.generate(settings, str(root / "data"), 300, seed=3, dirty=True, spark=spark)
+    # the clean reference: one run alone on its own output
+    ref = root / "reference"
+    proc = _run(_command("run", ref, generated["paths"], "--run-id", "ref"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = counts(ref)
+    reference.pop("runs")
+    assert reference["quarantine"], "the dirty data should quarantine rows"
+    return {"root": root, "paths": generated["paths"], "reference": reference}
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_output_one_commits_the_other_fails_with_a_conflict(data: dict[str, Any]) -> None:
+    out = data["root"] / "concurrent"
+    procs = {
+        run_id: subprocess.Popen(
+            _command("run", out, data["paths"], "--run-id", run_id),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            cwd=REPO,
+        )
+        for run_id in ("cA", "cB")
+    }
+    results = {run_id: (p.wait(timeout=900), *p.communicate()) for run_id, p in procs.items()}
+    codes = {run_id: r[0] for run_id, r in results.items()}
+    assert sorted(codes.values()) == [0, 1], {k: r[2][-2000:] for k, r in results.items()}
+    winner = next(k for k, c in codes.items() if c == 0)
+    loser = next(k for k, c in codes.items() if c == 1)
+    # one clear line naming the table and the conflict
+    errors = [line for line in results[loser][2].splitlines() if line.startswith("segspark:")]
+    assert len(errors) == 1, results[loser][2][-2000:]
+    match = re.match(rf"segspark: error: table '(\w+)': concurrent write: run {winner} committed", errors[0])
+    assert match, errors[0]
+    conflicted = match.group(1)
+
+    runs = pa.table(DeltaTable(str(out / "tables" / "runs")).to_pyarrow_table()).to_pylist()
+    status = {(r["run_id"], r["command"]): r["status"] for r in runs}
+    assert status == {(winner, "run"): "succeeded", (loser, "run"): "failed"}
+    failed = next(r for r in runs if r["run_id"] == loser)
+    assert "concurrent" in failed["error"] and conflicted in failed["error"]
+
+    # every table holds the winner's rows exactly as a run alone writes them; the loser's rows are
+    # only in the append tables (its quarantine rows, written before the conflict) and never twice
+    found = counts(out)
+    runs_counts = found.pop("runs")
+    assert sum(runs_counts.values()) == 2
+    reference = data["reference"]
+    assert set(found) == set(reference)
+    for name, ref in reference.items():
+        mine = Counter({k: n for k, n in found[name].items() if k[0] == winner})
+        assert mine == renamed({name: ref}, "ref", winner)[name], name
+        theirs = Counter({k: n for k, n in found[name].items() if k[0] == loser})
+        if name in APPEND:
+            assert theirs in (Counter(), renamed({name: ref}, "ref", loser)[name]), name
+        else:
+            assert not theirs, f"{name} holds rows of the failed run"
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_write_then_retried_commits_every_table_once(data: dict[str, Any]) -> None:
+    out = data["root"] / "killed"
+    victim = out / "tables" / "customer_features"
+    proc = subprocess.Popen(
+        _command("run", out, data["paths"], "--run-id", "k1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=REPO,
+        start_new_session=True,  # its own process group: the kill takes the JVM down with it
+    )
+    try:
+        deadline = time.monotonic() + 600
+        # Spark is writing customer_features' data files (in its staging folder), not yet committed
+        while not any(".parquet" in p.name for p in victim.rglob("*") if p.is_file()):
+            assert proc.poll() is None, "the run ended before its customer_features write was seen"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(1)
+    # partly written: data files in the table folder, no commit of them
+    assert not (victim / "_delta_log").exists() or DeltaTable(str(victim)).version() == 0
+    left_behind = [p for p in victim.rglob("*") if p.is_file()]
+    assert left_behind
+    committed = versions(out)
+    assert {"quarantine", "orders", "customer_days"} <= set(committed)
+    assert "runs" not in committed  # the killed attempt recorded nothing
+
+    retry = _run(_command("run", out, data["paths"], "--run-id", "k1"))
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    # the tables committed before the kill were not written again
+    after = versions(out)
+    for name in ("quarantine", "orders", "customer_days"):
+        assert after[name] == committed[name], name
+    found = counts(out)
+    runs = found.pop("runs")
+    assert runs == Counter({("k1", "2025-12-31"): 1})
+    assert found == renamed(data["reference"], "ref", "k1")
+
+    # the killed write's files are invisible and harmless; vacuum removes them
+    live = {Path(u.removeprefix("file://")).resolve() for u in DeltaTable(str(victim)).file_uris()}
+    orphans = [p for p in left_behind if p.exists() and p.resolve() not in live]
+    assert orphans
+    vac = _run(
+        _command("vacuum", out, data["paths"], "--force", "--set", "lakehouse.vacuum_retention_hours=0")
+    )
+    assert vac.returncode == 0, vac.stderr[-3000:]
+    assert not any(p.exists() for p in orphans)
+    assert not (victim / "_staging").exists()
+    files = {p.resolve() for p in victim.rglob("*.parquet")}
+    assert files == live
+    found = counts(out)
+    runs = found.pop("runs")
+    assert sum(runs.values()) == 2 and runs[("k1", "2025-12-31")] == 1  # the retry, then the vacuum
+    assert found == renamed(data["reference"], "ref", "k1")
