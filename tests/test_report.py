@@ -1123,6 +1123,47 @@ def test_clv_fallback_is_said_and_p_alive_is_not_shown(
     assert f"2. ${float(at_risk['clv'].sum()):,.0f} of CLV estimated" in md and f"*{line}*" in md
 
 
+def test_a_long_fallback_reason_is_cut_beside_figures_and_kept_in_full() -> None:
+    from types import SimpleNamespace
+
+    from segspark.report.collect import clv_validity as read_validity
+    from segspark.report.render import clv_validity as validity_line
+
+    reason = "; ".join(
+        f"model{i}: holdout total error +{i}.0% beyond clv.max_holdout_error 1%" for i in range(8)
+    )
+    fit = fallback_clv_fit()
+    fit.loc[fit["name"] == "fallback_reason", "text"] = reason
+    v = read_validity(fit)
+    assert v.fallback and v.fallback_reason == reason and v.model == "historical_rate"
+    assert v.models["bgnbd"]["valid"] is False and v.models["bgnbd"]["holdout_total_error"] == 0.41
+    assert v.spend_corr is None and v.spend_corr_ok is False
+    line = validity_line(SimpleNamespace(has={"clv": True}, clv_validity=v, clv_fit=None))  # type: ignore[arg-type]
+    assert line is not None and line.status == "fallback"
+    assert line.text.startswith(
+        "CLV is a historical spend-rate estimate, not a model prediction: no CLV model passed its validity "
+        "checks (model0: holdout total error +0.0% beyond clv.max_holdout_error 1%; model1:"
+    )
+    assert reason not in line.text and "… (in full under Models and validation))." in line.text
+    assert len(line.text) < 400 < len(reason) + 190  # the full reason would not stand beside a figure
+    # a table from before the checks: not recorded, never read as valid
+    before = pd.DataFrame(
+        [
+            ("bgnbd", True, "fit", "model", None, "bgnbd"),
+            ("bgnbd", True, "validation", "holdout_mae", 0.4, None),
+        ],
+        columns=list(clv_stage.FIT_COLUMNS),
+    )
+    old = read_validity(before)
+    assert (old.recorded, old.model, old.valid, old.fallback, old.p_alive_ok) == (
+        False,
+        "bgnbd",
+        None,
+        False,
+        True,
+    )
+
+
 def tiny_tables(spark: Any, n: int) -> dict[str, Any]:
     """A run too small for anything: ``n`` customers (below K), empty aggregate tables, a skipped
     churn model, no clustering, no cohort, a first run, a clv_fit from before the validity rows and

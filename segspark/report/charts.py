@@ -241,7 +241,13 @@ def profile_chart(profiles: pd.DataFrame, features: list[str]) -> Figure:
     return fig
 
 
-def clv_chart(hist: pd.DataFrame, quantiles: dict[str, float], threshold: float | None, sym: str) -> Figure:
+def clv_chart(
+    hist: pd.DataFrame,
+    quantiles: dict[str, float],
+    threshold: float | None,
+    sym: str,
+    what: str = "predicted",
+) -> Figure:
     fig = _fig(7.0, 3.8)
     ax = fig.add_subplot()
     width = float(hist["bin_hi"].iloc[0] - hist["bin_lo"].iloc[0])
@@ -256,7 +262,7 @@ def clv_chart(hist: pd.DataFrame, quantiles: dict[str, float], threshold: float 
             threshold, color="#1b7837", linestyle="-", label=f"high value tier from {_money(threshold, sym)}"
         )
     ax.set_xlabel(
-        f"predicted customer lifetime value ({sym}); last bar includes everything above the 99th percentile"
+        f"{what} customer lifetime value ({sym}); last bar includes everything above the 99th percentile"
     )
     ax.set_ylabel("customers")
     ax.set_title("CLV distribution")
@@ -341,7 +347,9 @@ def transitions_chart(
     return fig
 
 
-def revenue_chart(table: pd.DataFrame, colours: dict[str, str], label: str, has_clv: bool) -> Figure:
+def revenue_chart(
+    table: pd.DataFrame, colours: dict[str, str], label: str, has_clv: bool, what: str = "predicted"
+) -> Figure:
     t = table
     n = len(t)
     fig = _fig(max(6.0, 0.9 * n + 2.0), 4.2)
@@ -350,7 +358,7 @@ def revenue_chart(table: pd.DataFrame, colours: dict[str, str], label: str, has_
     series = [("customer_share", "share of customers", 0.55), ("revenue_share", "share of revenue", 1.0)]
     if has_clv and "sum_clv" in t.columns and t["sum_clv"].sum() > 0:
         t = t.assign(clv_share=t["sum_clv"] / t["sum_clv"].sum())
-        series.append(("clv_share", "share of predicted CLV", 0.3))
+        series.append(("clv_share", f"share of {what} CLV", 0.3))
     w = 0.8 / len(series)
     cols = [colours.get(s, OTHER_COLOUR) for s in t[SEGMENT]]
     hatches = ["", "", "//"]
@@ -482,6 +490,9 @@ def make_charts(
     minimum size, give no chart (an empty or single-"Other" chart is never drawn)."""
     charts: list[Chart] = []
     primary = data.primary_type()
+    # the historical-rate fallback is an estimate, not a model's prediction: the labels say so
+    fallback = data.clv_validity is not None and data.clv_validity.fallback
+    what = "estimated (historical spend rate)" if fallback else "predicted"
     if data.rfm_grid is not None and data.rfm_grid[CUSTOMERS].notna().any():
         charts.append(
             Chart(
@@ -540,8 +551,8 @@ def make_charts(
             Chart(
                 "clv_distribution",
                 "CLV distribution",
-                "Predicted customer lifetime value over the configured horizon.",
-                clv_chart(data.clv_hist, data.clv_quantiles, thr_f, sym),
+                f"{what.capitalize()} customer lifetime value over the configured horizon.",
+                clv_chart(data.clv_hist, data.clv_quantiles, thr_f, sym, what),
             )
         )
     life = data.segments.get(LIFECYCLE_STAGE)
@@ -577,9 +588,9 @@ def make_charts(
             Chart(
                 "revenue_by_segment",
                 "Revenue by segment",
-                "Share of customers, net revenue and predicted CLV per segment.",
+                f"Share of customers, net revenue and {what} CLV per segment.",
                 revenue_chart(
-                    view.table, palettes[primary], primary.replace("_", " "), data.has.get("clv", False)
+                    view.table, palettes[primary], primary.replace("_", " "), data.has.get("clv", False), what
                 ),
             )
         )

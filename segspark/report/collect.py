@@ -4,11 +4,11 @@ Only aggregates reach the driver: per-segment sufficient statistics (counts and 
 groups stay exact), the RFM grid, a slice of the cohort table, LTV:CAC rows, transition counts,
 quarantine counts and a CLV histogram. Never a customer row.
 
-The report reads tables only: model results come from ``clv_fit``, ``churn_metrics`` and
-``clustering_sweep``; lineage (inputs with their rows in / clean / quarantined, output table
-versions, config hash, code version, engine) from the run's row of ``runs``, which the pipeline
-writes before the report. Nothing is taken from memory or recomputed, so ``segspark report`` on a
-run's tables rebuilds that run's report.
+The report reads tables only: model results come from ``clv_fit`` (with the fits' validity rows,
+see :func:`clv_validity`), ``churn_metrics`` and ``clustering_sweep``; lineage (inputs with their
+rows in / clean / quarantined, output table versions, config hash, code version, engine, warnings)
+from the run's row of ``runs``, which the pipeline writes before the report. Nothing is taken
+from memory or recomputed, so ``segspark report`` on a run's tables rebuilds that run's report.
 
 Every input except ``customer_segments`` is optional: a stage that was disabled or had no input
 leaves its table out, and the report says so in a note instead of failing.
@@ -938,7 +938,6 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         )
     elif data.cohorts is None:
         notes["cohorts"] = "No cohort retention in this run (no table, or no acquisition cohort in it)."
-
     if S.LTV_CAC in t:
         data.ltv_cac, data.ltv_cac_hidden = ltv_cac_table(t[S.LTV_CAC], k)
     if data.ltv_cac is None or not data.ltv_cac["cac"].notna().any():

@@ -269,6 +269,14 @@ def _spend_check(v: ClvValidity) -> tuple[str, str, bool | None]:
     return text, f"{label} check {verdict}{short_corr}", v.spend_corr_ok
 
 
+def _brief(text: str, limit: int = 160) -> str:
+    """A reason short enough to stand beside a figure: cut at a word, the full text being in the
+    methodology section (CLV model row and candidate table) and in report_summary."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:.(") + "… (in full under Models and validation)"
+
+
 def clv_validity(data: ReportData) -> Validity | None:
     """The validity of the run's CLV figures (None when the run has no CLV): the model, valid or
     not, its holdout total error and the spend model's check; for the fallback, what CLV is then
@@ -280,7 +288,7 @@ def clv_validity(data: ReportData) -> Validity | None:
         text = "CLV validity not recorded: no clv_fit table for this run."
         return Validity("unknown", text, "CLV validity not recorded")
     if v.fallback:
-        why = v.fallback_reason or "no reason recorded"
+        why = _brief(v.fallback_reason or "no reason recorded")
         text = (
             "CLV is a historical spend-rate estimate, not a model prediction: no CLV model passed its "
             f"validity checks ({why}). P(alive) and expected purchases are not estimated."
