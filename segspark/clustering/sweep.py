@@ -125,6 +125,34 @@ def mllib_estimator(algorithm: str, k: int, cfg: ClusteringConfig, seed: int | N
     raise ConfigError(f"clustering.algorithm: '{algorithm}' has no MLlib estimator")
 
 
+# MLlib's k-means|| (and the random splits of bisecting k-means and the GMM's start) can settle in a
+# poor local optimum: the final model is the best of this many seeded starts (seed, seed + 1, ...),
+# as scikit-learn's n_init does. Measured on the demo: one start merged two planted archetypes
+# (silhouette 0.36 where the sweep's fit of the same k had 0.50).
+FINAL_FIT_STARTS = 4
+
+
+def _fit_cost(model: Any) -> float:
+    """What the fit minimises: WCSS for (bisecting) k-means, minus the log-likelihood for a GMM."""
+    summary = model.summary
+    if hasattr(summary, "trainingCost"):
+        return float(summary.trainingCost)
+    return -float(summary.logLikelihood)
+
+
+def fit_best_of(algorithm: str, k: int, cfg: ClusteringConfig, data: DataFrame) -> Any:
+    """The chosen candidate fitted with MLlib from ``FINAL_FIT_STARTS`` seeds; the lowest cost wins
+    (ties: the earlier seed, so the choice is deterministic)."""
+    best, best_cost = None, math.inf
+    for start in range(FINAL_FIT_STARTS):
+        model = mllib_estimator(algorithm, k, cfg, cfg.seed + start).fit(data)
+        cost = _fit_cost(model)
+        if best is None or cost < best_cost - 1e-9 * abs(best_cost):
+            best, best_cost = model, cost
+    log.info("final %s k=%d: best of %d starts, cost %.6g", algorithm, k, FINAL_FIT_STARTS, best_cost)
+    return best
+
+
 def _local_estimator(algorithm: str, k: int, cfg: ClusteringConfig, seed: int) -> Any:
     from sklearn.cluster import BisectingKMeans as SkBisecting
     from sklearn.cluster import KMeans as SkKMeans
@@ -418,15 +446,14 @@ def _fit(
         }
     else:
         chosen = choose_candidate(sweep_table, cfg)
-        estimator = mllib_estimator(chosen["algorithm"], chosen["k"], cfg)
         if cfg.final_fit == "all":
             # MLlib iterates over it; a layout fixed by the key keeps its seeded init reproducible
             parts = int(everyone.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
             everyone = in_hash_layout(everyone, parts).persist()
             cached.append(everyone)
-            cluster_model = estimator.fit(everyone)
+            cluster_model = fit_best_of(chosen["algorithm"], chosen["k"], cfg, everyone)
         else:
-            cluster_model = estimator.fit(sample)
+            cluster_model = fit_best_of(chosen["algorithm"], chosen["k"], cfg, sample)
         model = PipelineModel(stages=[*prep_model.stages, cluster_model])
         assigned = cluster_model.transform(everyone)
         scored_sample = sample_scored = cluster_model.transform(sample)
