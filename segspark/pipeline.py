@@ -795,11 +795,11 @@ def _latest_date(ctx: RunContext, name: str) -> dt.date:
 def cluster_only(ctx: RunContext) -> RunContext:
     """Refit the clustering on the written ``customer_features`` and ``customer_scores`` of
     ``as_of_date`` (latest if unset): the segments stage alone, rewriting that date's segments."""
-    ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_FEATURES)
-    with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "cluster"}) as mlflow_id:
-        ctx.mlflow_run_id = mlflow_id
-        ctx.cluster_mode = "fit"
-        with recorded(ctx):
+    with recorded(ctx):
+        ctx.as_of_date = _latest_date(ctx, S.CUSTOMER_FEATURES)
+        with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "cluster"}) as mlflow_id:
+            ctx.mlflow_run_id = mlflow_id
+            ctx.cluster_mode = "fit"
             try:
                 stage_segments(ctx)
             finally:
@@ -809,19 +809,19 @@ def cluster_only(ctx: RunContext) -> RunContext:
 
 def report_only(ctx: RunContext) -> RunContext:
     """Rebuild the report from the tables a run already wrote for ``as_of_date`` (latest if unset)."""
-    date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
-    ctx.as_of_date = date
-    row = (
-        ctx.lake.read_output(S.CUSTOMER_SEGMENTS)
-        .where(F.col(S.AS_OF_DATE) == F.lit(date))
-        .select(S.RUN_ID)
-        .first()
-    )
-    if row is not None:
-        ctx.run_id = row[0]
-    with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "report"}) as mlflow_id:
-        ctx.mlflow_run_id = mlflow_id
-        with recorded(ctx):
+    with recorded(ctx):
+        date = _latest_date(ctx, S.CUSTOMER_SEGMENTS)
+        ctx.as_of_date = date
+        row = (
+            ctx.lake.read_output(S.CUSTOMER_SEGMENTS)
+            .where(F.col(S.AS_OF_DATE) == F.lit(date))
+            .select(S.RUN_ID)
+            .first()
+        )
+        if row is not None:
+            ctx.run_id = row[0]
+        with tracking.parent_run(ctx.settings, ctx.run_id, {"segspark.command": "report"}) as mlflow_id:
+            ctx.mlflow_run_id = mlflow_id
             stage_report(ctx)
     return ctx
 

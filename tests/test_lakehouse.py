@@ -237,7 +237,12 @@ def test_vacuum_refuses_a_retention_under_the_safety_minimum_unless_forced(
     assert {"part-0.parquet", orphan.name} <= removed
     assert not (root / "_staging").exists() and not orphan.exists()
     live = {Path(u.removeprefix("file://")).resolve() for u in DeltaTable(str(root)).file_uris()}
-    assert {p.resolve() for p in root.rglob("*.parquet")} == live  # only the latest version's files
+    data_files = {p.resolve() for p in root.rglob("*.parquet") if "_delta_log" not in p.parts}
+    assert data_files == live  # only the latest version's files
+    # the log entries before the new checkpoint are expired too (an erase's DELETE names its keys)
+    latest = DeltaTable(str(root)).version()
+    assert [p.name for p in (root / "_delta_log").glob("*.json")] == [f"{latest:020d}.json"]
+    assert DeltaTable(str(root)).metadata().configuration["delta.logRetentionDuration"] == "interval 0 hours"
     assert lake.read_output(name).count() == 3
 
 

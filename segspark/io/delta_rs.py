@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CommitResult", "DeltaRsEngine", "WriteMode", "read_table", "vacuum", "write_table"]
 
 STAGING = "_staging"
+LOG_RETENTION = "delta.logRetentionDuration"
 # a write re-checks and retries its commit this often when racing writers keep committing first
 MAX_COMMIT_ATTEMPTS = 20
 # Delta readers compare string stats by prefix; longer values are left out rather than truncated,
@@ -254,10 +255,11 @@ def write_table(
             conflict = conflicting_commit(root, since_version, latest, app_id, mode, partition_value)
             if conflict is not None:
                 _discard(root, adds)
+                started = "no table yet" if since_version < 0 else f"at version {since_version}"
                 raise ConcurrentWriteError(
                     f"table '{root.name}': concurrent write: {conflict} after this run started "
-                    f"(version {since_version}); this run's write was not committed, the table keeps the "
-                    "other run's data; rerun when it has finished"
+                    f"({started}); this run's write was not committed, the table keeps the other run's "
+                    "data; rerun when it has finished"
                 )
         try:
             _commit(uri, latest, schema, adds, mode, partition_by, partition_value, props)
@@ -571,7 +573,28 @@ def vacuum(table_uri: str, retention_hours: int, *, enforce_retention: bool = Tr
             shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):  # only when empty
         staging.rmdir()
+    expire_log(str(root), retention_hours)
     return list(deleted)
+
+
+def expire_log(table_uri: str, retention_hours: int) -> None:
+    """Delete the Delta log entries older than ``retention_hours`` that precede a new checkpoint.
+
+    An erase's DELETE commit records its predicate, the erased keys included, in the log, which Delta
+    keeps for ``delta.logRetentionDuration`` (30 days by default) and only trims when it writes a
+    checkpoint. Setting that retention to the vacuum's (the versions older than it are unreadable
+    once their files are gone anyway), checkpointing and cleaning up removes those entries; time
+    travel keeps the versions within the retention.
+    """
+    from deltalake import DeltaTable
+
+    table = DeltaTable(table_uri)
+    wanted = f"interval {int(retention_hours)} hours"
+    if (table.metadata().configuration or {}).get(LOG_RETENTION) != wanted:
+        table.alter.set_table_properties({LOG_RETENTION: wanted})
+        table = DeltaTable(table_uri)
+    table.create_checkpoint()
+    table.cleanup_metadata()
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,190 @@
+"""Right to erasure end to end: after ``segspark erase`` and ``segspark vacuum`` the erased customer's
+pseudonym is in no file under the output folder (every Parquet file decoded, every other file as bytes)
+and nowhere in the MLflow store (its SQLite database and every artifact)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+
+from segspark import pipeline
+from segspark.config import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "erasure-test-key"
+CUSTOMERS = 500
+
+
+def _segspark(*args: str, cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SEGSPARK_PSEUDO_KEY": KEY, "SPARK_LOCAL_IP": "127.0.0.1"}
+    return subprocess.run(
+        [sys.executable, "-m", "segspark", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return pa.table(DeltaTable(str(path)).to_pyarrow_table()).to_pylist()
+
+
+def _parquet_text(path: Path) -> str:
+    """Every value of every column (nested ones and JSON strings included) of a Parquet file, as text."""
+    table = pq.read_table(path)
+    return json.dumps(table.to_pylist(), default=str)
+
+
+def find(root: Path, needle: str) -> list[str]:
+    """The files under ``root`` that hold ``needle``: Parquet files decoded (compressed pages hide
+    it from a byte search), every file also as raw bytes (logs, reports, SQLite, footers)."""
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        parquet = path.suffix == ".parquet" and data[:4] == b"PAR1"
+        if needle.encode() in data or (parquet and needle in _parquet_text(path)):
+            found.append(str(path.relative_to(root)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("erasure")
+    data, out, cwd = root / "data", root / "out", root / "cwd"
+    cwd.mkdir()
+    settings = load_settings([], ["spark.shuffle_partitions=2"])
+    generated = pipeline.generate(settings, str(data), CUSTOMERS, seed=5, dirty=True, spark=spark)
+    sets = [
+        f"output.path={out}",
+        "lakehouse.engine=delta-rs",
+        "spark.master=local[2]",
+        "spark.shuffle_partitions=2",
+        "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
+        "clustering.k_max=4",
+        "report.min_segment_size=5",
+    ]
+    for name in pipeline.INPUTS:
+        sets.append(f"input.{name}.path={generated['paths'][name]}")
+    args = [x for s in sets for x in ("--set", s)]
+    proc = _segspark("run", "--run-id", "erasure-run", *args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "data": data, "cwd": cwd, "args": args}
+
+
+def _pseudonym(source_id: str) -> str:
+    return hmac.new(KEY.encode(), source_id.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.slow
+def test_erase_and_vacuum_leave_the_pseudonym_in_no_file_and_no_mlflow_artifact(
+    lake: dict[str, Any],
+) -> None:
+    out, cwd = lake["out"], lake["cwd"]
+    tables = out / "tables"
+    # a customer with a quarantined row as well as segments: erasure must reach both
+    source_ids = {r["customer_id"] for r in _rows(lake["data"] / "transactions") if r["customer_id"]}
+    quarantined = {r["customer_id"] for r in _rows(tables / "quarantine")} - {None}
+    segmented = {r["customer_id"] for r in _rows(tables / "customer_segments")}
+    both = sorted(s for s in source_ids if _pseudonym(s.strip()) in quarantined & segmented)
+    assert both, "the dirty data should quarantine a row of a segmented customer"
+    victim = both[0]
+    pid = _pseudonym(victim.strip())
+
+    # the MLflow store lives beside the tables (nothing in the folder the job was started from)
+    assert (out / "mlflow.db").is_file() and (out / "mlartifacts").is_dir()
+    assert not any(cwd.iterdir()), f"the run wrote into its working folder: {list(cwd.iterdir())}"
+    artifacts = [p for p in (out / "mlartifacts").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in artifacts)  # the Spark model's data files are scanned
+    assert any(p.name.endswith(".html") for p in artifacts)  # and the logged report
+
+    before = find(out, pid)
+    # the scan can fail: the pseudonym is in the customer tables and the quarantine before the erase
+    for name in ("customer_segments", "customer_features", "customer_scores", "orders", "quarantine"):
+        assert any(f.startswith(f"tables/{name}/") for f in before), (name, before)
+    other = _pseudonym(sorted(source_ids - {victim})[0].strip())
+    assert find(out / "mlartifacts", other) == [] and other.encode() not in (out / "mlflow.db").read_bytes()
+
+    proc = _segspark("erase", "--customer-id", victim, *lake["args"], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "quarantine=" in proc.stdout and "customer_segments=1" in proc.stdout
+    assert pid not in proc.stdout + proc.stderr and victim not in proc.stderr  # logs name no one
+    # the latest versions no longer hold it; the files of earlier versions still do
+    for name in ("customer_segments", "quarantine", "orders"):
+        assert all(r["customer_id"] != pid for r in _rows(tables / name))
+    assert find(out, pid), "earlier table versions keep the rows until vacuum"
+
+    # refused under Delta's safety minimum without --force: one line, exit 2, before Spark starts
+    refused = _segspark("vacuum", *lake["args"], "--set", "lakehouse.vacuum_retention_hours=0", cwd=cwd)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0
+    assert "below Delta's safety minimum of 168 h" in refused.stderr and "--force" in refused.stderr
+
+    proc = _segspark(
+        "vacuum", "--force", *lake["args"], "--set", "lakehouse.vacuum_retention_hours=0", cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "file(s) deleted" in proc.stdout
+
+    assert find(out, pid) == []
+    assert find(out, pid[:32]) == []  # not even a truncated statistic in a Delta log
+    assert find(cwd, pid) == []
+    # the other customers are all still there
+    assert len({r["customer_id"] for r in _rows(tables / "customer_segments")}) == len(segmented) - 1
+
+    runs = [r for r in _rows(tables / "runs") if r["command"] in ("erase", "vacuum")]
+    runs.sort(key=lambda r: r["started_at"])
+    assert [(r["command"], r["status"]) for r in runs] == [("erase", "succeeded"), ("vacuum", "succeeded")]
+    erase_row, vacuum_row = runs
+    touched = {o["table"] for o in erase_row["outputs"]}
+    assert {"customer_segments", "customer_features", "quarantine", "orders", "customer_days"} <= touched
+    assert "customer_segments" in {o["table"] for o in vacuum_row["outputs"]}
+    assert any("168 h" in w for w in vacuum_row["warnings"])
+    assert all(pid not in json.dumps(r, default=str) for r in runs)
+
+
+def test_monitor_report_erase_and_vacuum_record_a_runs_row_failed_ones_too(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from segspark.errors import ConfigError, InputError
+
+    def settings(*extra: str) -> Any:
+        base = [f"output.path={tmp_path}", "lakehouse.engine=delta-rs", "tracking.enabled=false"]
+        return load_settings([], [*base, *extra])
+
+    def attempt(command: str, call: Any, *extra: str) -> None:
+        ctx = pipeline.open_context(settings(*extra), command, spark=spark)
+        call(ctx)
+
+    # nothing written yet: monitor and report fail, and say so in runs
+    with pytest.raises(InputError, match="customer_segments"):
+        attempt("monitor", pipeline.monitor)
+    with pytest.raises(InputError, match="customer_segments"):
+        attempt("report", pipeline.report_only)
+    attempt("erase", lambda ctx: pipeline.erase(ctx, ["C1"]))
+    with pytest.raises(ConfigError, match="safety minimum"):
+        attempt("vacuum", pipeline.vacuum, "lakehouse.vacuum_retention_hours=0")
+    attempt("vacuum", lambda ctx: pipeline.vacuum(ctx, force=True), "lakehouse.vacuum_retention_hours=0")
+    rows = sorted(_rows(tmp_path / "tables" / "runs"), key=lambda r: r["started_at"])
+    assert [(r["command"], r["status"]) for r in rows] == [
+        ("monitor", "failed"),
+        ("report", "failed"),
+        ("erase", "succeeded"),
+        ("vacuum", "failed"),
+        ("vacuum", "succeeded"),
+    ]
+    assert "InputError" in rows[0]["error"] and "ConfigError" in rows[3]["error"]
+    assert {o["table"] for o in rows[4]["outputs"]} == {"runs"}  # the only table there was to vacuum
