@@ -4,6 +4,11 @@ Every random draw is a hash of (seed, draw number, row key), not ``rand()``: the
 for a seed whatever the partitioning, from thousands of rows to 100M transactions, and no loop runs
 on the driver. The archetypes differ in purchase timing, spend, returns, channels and engagement;
 ``ground_truth`` names each customer's archetype so tests can check what the pipeline recovers.
+
+Purchases follow a BG/NBD-like process (see :class:`Archetype`): a personal purchase rate while
+alive, and dropout after each purchase with a personal probability or at a planted time, at rates
+that differ by archetype. So the lifetime models have something real to find: customers who lapse
+and stop buying, next to customers who keep buying at their own pace.
 """
 
 from __future__ import annotations
@@ -36,13 +41,23 @@ LAST_NAMES = ("Smith", "Garcia", "Muller", "Rossi", "Khan", "Tanaka", "Dubois", 
 
 @dataclass(frozen=True)
 class Archetype:
-    """Behavioural parameters of one planted archetype."""
+    """Behavioural parameters of one planted archetype (days are counted back from the end date).
+
+    Purchases follow a BG/NBD-like process: a first purchase ``first_days_ago``, then repeat
+    purchases at a personal mean gap (Erlang gaps of ``gap_shape`` phases: 1 is a Poisson process,
+    higher is more regular) while the customer is alive. A customer drops out after each purchase
+    with a personal probability drawn from ``dropout_prob`` and, where set, at a personal time: a
+    lifetime after the first purchase (``life_days``) or a date (``dies_days_ago``).
+    """
 
     name: str
     share: float
-    orders: tuple[int, int]  # inclusive range of orders
-    last_days_ago: tuple[int, int]  # range of days between the last order and the end date
-    gap_days: tuple[int, int]  # range of the typical gap between orders
+    first_days_ago: tuple[int, int]  # range of days between the first purchase and the end date
+    gap_days: tuple[float, float]  # range of the personal mean gap between purchases
+    gap_shape: int  # Erlang phases of a gap: 1 = exponential (Poisson purchases), 3 = fairly regular
+    dropout_prob: tuple[float, float]  # range of the personal chance to drop out after each purchase
+    life_days: tuple[int, int] | None  # range of the lifetime after the first purchase (None: no limit)
+    dies_days_ago: tuple[int, int] | None  # range of the dropout date, in days before the end date
     aov: float  # mean order value
     return_prob: float  # chance an order has a return line
     channel: str  # preferred channel
@@ -50,19 +65,31 @@ class Archetype:
     acq_channel: str  # most likely acquisition channel
 
 
+# fmt: off
 ARCHETYPES: tuple[Archetype, ...] = (
-    Archetype("champions", 0.08, (14, 30), (0, 14), (12, 24), 140.0, 0.03, "app", (12, 30), "referral"),
-    Archetype("loyal_regulars", 0.16, (7, 14), (0, 45), (35, 55), 65.0, 0.05, "store", (4, 12), "email"),
-    Archetype("new_customers", 0.14, (1, 2), (0, 40), (5, 15), 55.0, 0.05, "web", (3, 10), "paid_search"),
-    Archetype("at_risk_regulars", 0.14, (6, 12), (150, 300), (30, 50), 80.0, 0.05, "web", (0, 2), "email"),
-    Archetype("lapsed_one_timers", 0.24, (1, 1), (380, 700), (1, 1), 35.0, 0.08, "web", (0, 0), "social"),
-    Archetype(
-        "bargain_occasionals", 0.19, (2, 5), (20, 140), (60, 110), 18.0, 0.25, "web", (1, 5), "affiliate"
-    ),
-    Archetype("prospects", 0.05, (0, 0), (0, 0), (1, 1), 0.0, 0.0, "web", (1, 4), "organic"),
+    #         name                  share first       gap        shape dropout/purchase life       dies
+    Archetype("champions",           0.08, (420, 730), (10, 20),  3, (0.0, 0.002), None,      None,
+              140.0, 0.03, "app", (12, 30), "referral"),
+    Archetype("loyal_regulars",      0.16, (300, 730), (30, 50),  6, (0.0, 0.002), None,      None,
+              65.0, 0.05, "store", (4, 12), "email"),
+    Archetype("new_customers",       0.14, (2, 40),    (15, 40),  1, (0.2, 0.5),   None,      None,
+              55.0, 0.05, "web", (3, 10), "paid_search"),
+    Archetype("at_risk_regulars",    0.14, (420, 730), (30, 50),  3, (0.0, 0.002), None,      (180, 300),
+              80.0, 0.05, "web", (0, 2), "email"),
+    Archetype("lapsed_one_timers",   0.24, (480, 730), (60, 120), 1, (0.55, 0.85), (20, 110), None,
+              35.0, 0.08, "web", (0, 0), "social"),
+    Archetype("bargain_occasionals", 0.19, (200, 730), (50, 95),  2, (0.0, 0.002), None,      None,
+              18.0, 0.25, "web", (1, 5), "affiliate"),
+    Archetype("prospects",           0.05, (0, 0),     (1, 1),    1, (1.0, 1.0),   (0, 0),    None,
+              0.0, 0.0, "web", (1, 4), "organic"),
 )
+# fmt: on
+PROSPECTS = "prospects"  # the archetype that never buys (CRM rows and telemetry only)
 
 _SCALE = float(1 << 52)
+# Poisson draws by inverse CDF over at most this many terms: the largest mean the archetypes give
+# (730 days x 3 phases / a 10-day gap = 219) is far below it
+_POISSON_TERMS = 600
 
 
 def _epoch(day: dt.date) -> int:
@@ -74,10 +101,21 @@ def _u(seed: int, draw: int, *keys: Column) -> Column:
     return F.pmod(F.xxhash64(F.lit(seed), F.lit(draw), *keys), F.lit(1 << 52)).cast("double") / F.lit(_SCALE)
 
 
+def _u_open(seed: int, draw: int, *keys: Column) -> Column:
+    """Uniform (0, 1): safe under ``log``."""
+    return (F.pmod(F.xxhash64(F.lit(seed), F.lit(draw), *keys), F.lit(1 << 52)).cast("double") + 0.5) / F.lit(
+        _SCALE
+    )
+
+
 def _int_between(u: Column, lo: Column | int, hi: Column | int) -> Column:
     lo_c = lo if isinstance(lo, Column) else F.lit(lo)
     hi_c = hi if isinstance(hi, Column) else F.lit(hi)
     return (lo_c + F.floor(u * (hi_c - lo_c + 1))).cast("int")
+
+
+def _between(u: Column, lo: Column, hi: Column) -> Column:
+    return lo + u * (hi - lo)
 
 
 def _pick(u: Column, options: tuple[str, ...]) -> Column:
@@ -85,18 +123,79 @@ def _pick(u: Column, options: tuple[str, ...]) -> Column:
 
 
 def _by_archetype(attr: str) -> Column:
-    """A column holding ``Archetype.<attr>`` for each row's archetype index ``arch``."""
-    expr = None
-    for i, a in enumerate(ARCHETYPES):
+    """A column holding ``Archetype.<attr>`` for each row's archetype index ``arch``.
+
+    A lookup in one literal array, not a CASE per archetype: the purchase process reads these
+    parameters many times, and CASE chains inlined that often made plans too large for a small
+    driver.
+    """
+    values = []
+    for a in ARCHETYPES:
         value = getattr(a, attr)
-        lit = F.array(*[F.lit(v) for v in value]) if isinstance(value, tuple) else F.lit(value)
-        expr = F.when(F.col("arch") == i, lit) if expr is None else expr.when(F.col("arch") == i, lit)
-    assert expr is not None
-    return expr
+        values.append(F.array(*[F.lit(v) for v in value]) if isinstance(value, tuple) else F.lit(value))
+    return F.element_at(F.array(*values), F.col("arch") + 1)
+
+
+def _range_or_null(attr: str) -> Column:
+    """``Archetype.<attr>`` as array<double> (a (lo, hi) range), null where the archetype has none."""
+    values = [
+        F.array(*[F.lit(float(v)) for v in getattr(a, attr)])
+        if getattr(a, attr) is not None
+        else F.lit(None).cast("array<double>")
+        for a in ARCHETYPES
+    ]
+    return F.element_at(F.array(*values), F.col("arch") + 1)
+
+
+def poisson(u: Column, mean: Column, terms: int = _POISSON_TERMS) -> Column:
+    """A Poisson(``mean``) draw by inverse CDF of the uniform ``u``, as one higher-order function.
+
+    The pmf is built by its recursion p(n) = p(n - 1) mean / n while the CDF is below ``u``; the
+    sequence is as long as the mean needs (mean + 10 sd + 10 terms, at most ``terms``).
+    """
+    length = F.least(F.lit(terms), F.ceil(mean + F.lit(10.0) * F.sqrt(mean) + F.lit(10.0)).cast("int"))
+    start = F.struct(F.exp(-mean).alias("p"), F.exp(-mean).alias("c"), F.lit(0).alias("n"))
+
+    def step(acc: Column, j: Column) -> Column:
+        p = acc["p"] * mean / j
+        return F.when(
+            acc["c"] < u, F.struct(p.alias("p"), (acc["c"] + p).alias("c"), j.alias("n"))
+        ).otherwise(acc)
+
+    return F.aggregate(F.sequence(F.lit(1), length), start, step, lambda acc: acc["n"])
+
+
+def with_purchase_offsets(staged: DataFrame, seed: int) -> DataFrame:
+    """Add ``offsets``: days after the first purchase of every purchase (0 first), ascending.
+
+    The repeat purchases are the points of a renewal process with Erlang(``shape``) gaps of mean
+    ``gap`` on (0, ``span``]: every ``shape``-th point (from a random phase) of a Poisson process of
+    rate shape / gap, whose N ~ Poisson(span x shape / gap) points on the interval are sorted
+    uniforms. Then the BG/NBD dropout: after each purchase the customer leaves with probability
+    ``p_drop``, so only the first ``repeats_allowed`` repeat purchases happen. No loop: array
+    functions per customer row, one select per step so that no step is computed twice.
+    """
+    idc, shape = F.col("id"), F.col("shape")
+    drawn = staged.select("*", poisson(_u(seed, 8, idc), F.col("span") * shape / F.col("gap")).alias("_n"))
+    uniforms = F.transform(F.sequence(F.lit(1), F.col("_n")), lambda j: F.col("span") * _u(seed, 80, idc, j))
+    # sequence(1, 0) counts down: no points is an empty array, not [1, 0]
+    points = drawn.select(
+        "*",
+        F.when(F.col("_n") > 0, F.array_sort(uniforms))
+        .otherwise(F.array().cast("array<double>"))
+        .alias("_p"),
+    )
+    phase = F.floor(_u(seed, 9, idc) * shape).cast("int")
+    kept = points.select(
+        "*", F.filter(F.col("_p"), lambda _x, i: F.pmod(i + F.lit(1) + phase, shape) == 0).alias("_k")
+    )
+    repeats = F.slice(F.col("_k"), 1, F.least(F.size(F.col("_k")), F.col("repeats_allowed")))
+    return kept.select("*", F.concat(F.array(F.lit(0.0)), repeats).alias("offsets")).drop("_n", "_p", "_k")
 
 
 def customer_base(spark: SparkSession, customers: int, seed: int, partitions: int | None = None) -> DataFrame:
-    """One row per customer: id, archetype index and name, and its behavioural draws."""
+    """One row per customer: id, archetype index and name, its behavioural draws and ``order_days``
+    (days before the end date of each purchase, oldest first; empty for prospects)."""
     parts = partitions or max(2, min(400, customers // 250_000 + 2))
     cum = 0.0
     arch = None
@@ -111,21 +210,70 @@ def customer_base(spark: SparkSession, customers: int, seed: int, partitions: in
         _u(seed, 0, F.col("id")).alias("u_arch"),
     )
     base = base.select(F.col("id"), arch.alias("arch"))
-    orders, last_ago, gap = _by_archetype("orders"), _by_archetype("last_days_ago"), _by_archetype("gap_days")
+    idc = F.col("id")
+    first, gap = _by_archetype("first_days_ago"), _by_archetype("gap_days")
+    drop, life, dies = (
+        _by_archetype("dropout_prob"),
+        _range_or_null("life_days"),
+        _range_or_null("dies_days_ago"),
+    )
     sessions = _by_archetype("sessions_90d")
-    return base.select(
-        F.col("id"),
-        F.format_string("C%09d", F.col("id")).alias(S.CUSTOMER_ID),
+    draws = base.select(
+        idc,
+        F.format_string("C%09d", idc).alias(S.CUSTOMER_ID),
         F.col("arch"),
         _by_archetype("name").alias("archetype"),
-        _int_between(_u(seed, 1, F.col("id")), orders[0], orders[1]).alias("n_orders"),
-        _int_between(_u(seed, 2, F.col("id")), last_ago[0], last_ago[1]).alias("last_ago"),
-        _int_between(_u(seed, 3, F.col("id")), gap[0], gap[1]).alias("gap"),
-        (_by_archetype("aov") * (F.lit(0.7) + F.lit(0.6) * _u(seed, 4, F.col("id")))).alias("aov"),
+        _int_between(_u(seed, 1, idc), first[0], first[1]).alias("first_ago"),
+        _between(_u(seed, 2, idc), gap[0].cast("double"), gap[1].cast("double")).alias("gap"),
+        _by_archetype("gap_shape").alias("shape"),
+        _between(_u(seed, 6, idc), drop[0], drop[1]).alias("p_drop"),
+        _between(_u(seed, 3, idc), life[0], life[1]).alias("life"),
+        _between(_u(seed, 3, idc), dies[0], dies[1]).alias("dies_ago"),
+        (_by_archetype("aov") * (F.lit(0.7) + F.lit(0.6) * _u(seed, 4, idc))).alias("aov"),
         _by_archetype("return_prob").alias("return_prob"),
         _by_archetype("channel").alias("pref_channel"),
-        _int_between(_u(seed, 5, F.col("id")), sessions[0], sessions[1]).alias("sessions_90d"),
+        _int_between(_u(seed, 5, idc), sessions[0], sessions[1]).alias("sessions_90d"),
         _by_archetype("acq_channel").alias("pref_acq"),
+    )
+    # alive from the first purchase until the earliest of the lifetime, the dropout date and the end
+    span = F.least(
+        F.col("first_ago").cast("double"),
+        F.coalesce(F.col("life"), F.lit(float(HISTORY_DAYS))),
+        F.coalesce(F.col("first_ago") - F.col("dies_ago"), F.lit(float(HISTORY_DAYS))),
+    )
+    # BG/NBD dropout: the number of repeat purchases before leaving is geometric (0 allowed:
+    # some leave right after their first purchase)
+    log_stay = F.log(F.greatest(F.lit(1e-12), F.lit(1.0) - F.col("p_drop")))
+    allowed = F.when(F.col("p_drop") <= 0, F.lit(1_000_000)).otherwise(
+        F.least(F.lit(1_000_000.0), F.floor(F.log(_u_open(seed, 7, idc)) / F.least(log_stay, F.lit(-1e-12))))
+    )
+    staged = draws.select(
+        "*",
+        F.greatest(span, F.lit(0.0)).alias("span"),
+        allowed.cast("int").alias("repeats_allowed"),
+    )
+    days = F.transform(F.col("offsets"), lambda s: F.col("first_ago") - F.floor(s).cast("int"))
+    is_buyer = F.col("archetype") != F.lit(PROSPECTS)
+    return (
+        with_purchase_offsets(staged, seed)
+        .select(
+            "id",
+            S.CUSTOMER_ID,
+            "arch",
+            "archetype",
+            F.when(is_buyer, days).otherwise(F.array().cast("array<int>")).alias("order_days"),
+            "aov",
+            "return_prob",
+            "pref_channel",
+            "sessions_90d",
+            "pref_acq",
+        )
+        .select(
+            "*",
+            F.size("order_days").alias("n_orders"),
+            F.when(F.size("order_days") > 0, F.element_at("order_days", 1)).alias("first_ago"),
+            F.when(F.size("order_days") > 0, F.element_at("order_days", -1)).alias("last_ago"),
+        )
     )
 
 
@@ -133,17 +281,14 @@ def transactions(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> Data
     """Order lines per the input contract, returns included as negative lines of the same order."""
     end_s = _epoch(end) + 86_399
     end_ts = F.timestamp_seconds(F.lit(end_s))
-    orders = base.where(F.col("n_orders") > 0).select(
-        "*", F.explode(F.sequence(F.lit(0), F.col("n_orders") - 1)).alias("k")
+    # posexplode_outer and a filter on its output: a plain posexplode makes the optimizer infer
+    # size(order_days) > 0 and push it below the projections, inlining the whole purchase process
+    # into one filter expression (a plan too large for a small driver)
+    orders = base.select("*", F.posexplode_outer(F.col("order_days")).alias("k", "days_ago")).where(
+        F.col("k").isNotNull()
     )
     key = [F.col("id"), F.col("k")]
-    jitter = _int_between(_u(seed, 10, *key), 0, 6) - 3
-    days_ago = F.least(
-        F.lit(HISTORY_DAYS),
-        F.col("last_ago")
-        + (F.col("n_orders") - 1 - F.col("k")) * F.col("gap")
-        + F.when(F.col("k") < F.col("n_orders") - 1, jitter).otherwise(0),
-    )
+    days_ago = F.least(F.lit(HISTORY_DAYS), F.col("days_ago"))
     secs = _int_between(_u(seed, 11, *key), 0, 86_399 - 1)
     order_ts = F.timestamp_seconds(F.lit(end_s) - F.greatest(days_ago, F.lit(0)) * 86_400 - secs)
     channel = F.when(_u(seed, 12, *key) < 0.7, F.col("pref_channel")).otherwise(
@@ -210,9 +355,9 @@ def transactions(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> Data
 def customers(base: DataFrame, seed: int, end: dt.date = DEFAULT_END) -> DataFrame:
     """CRM rows: B2C demographics, B2B firmographics, and PII columns (so privacy can be tested)."""
     idc = F.col("id")
-    first_ago = F.least(F.lit(HISTORY_DAYS), F.col("last_ago") + (F.col("n_orders") - 1) * F.col("gap"))
+    # a buyer signed up at most 20 days before the first purchase
     signup_ago = F.when(F.col("n_orders") == 0, _int_between(_u(seed, 40, idc), 0, 365)).otherwise(
-        first_ago + _int_between(_u(seed, 41, idc), 0, 20)
+        F.least(F.lit(HISTORY_DAYS), F.col("first_ago")) + _int_between(_u(seed, 41, idc), 0, 20)
     )
     acq = F.when(_u(seed, 42, idc) < 0.6, F.col("pref_acq")).otherwise(_pick(_u(seed, 43, idc), ACQ_CHANNELS))
     first = _pick(_u(seed, 44, idc), FIRST_NAMES)

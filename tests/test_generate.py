@@ -105,3 +105,95 @@ def test_generate_writes_five_delta_tables(spark: SparkSession, tmp_path: Path) 
     assert {"email", "name", "phone", "address"} <= set(crm.column_names)
     spend = DeltaTable(result["paths"]["marketing_spend"]).to_pyarrow_table()
     assert "organic" not in set(spend.column("channel").to_pylist())  # organic has no spend: CAC unknown
+
+
+def test_poisson_draws_match_the_distribution(spark: SparkSession) -> None:
+    """The generator's inverse-CDF Poisson draw against scipy's pmf (known answer from outside)."""
+    from scipy import stats
+
+    n, mean = 20_000, 3.5
+    draws = spark.range(n, numPartitions=2).select(G.poisson(G._u(5, 0, F.col("id")), F.lit(mean)).alias("k"))
+    counts = {r["k"]: r["count"] for r in draws.groupBy("k").count().collect()}
+    for k in range(9):
+        expected = n * stats.poisson.pmf(k, mean)
+        assert abs(counts.get(k, 0) - expected) < 4.5 * expected**0.5 + 5, (k, counts.get(k), expected)
+    big = spark.range(2000, numPartitions=2).select(
+        G.poisson(G._u(6, 0, F.col("id")), F.lit(200.0)).alias("k")
+    )
+    row = big.agg(F.avg("k"), F.stddev("k")).first()
+    assert row is not None
+    assert row[0] == pytest.approx(200.0, abs=1.5) and row[1] == pytest.approx(200.0**0.5, rel=0.1)
+
+
+def test_customers_drop_out_at_archetype_rates(spark: SparkSession) -> None:
+    """Dropout is planted: at-risk regulars stop at their dropout date, lapsed customers soon after
+    their first purchase; the alive archetypes keep buying until the end date at their own pace."""
+    base = G.customer_base(spark, 4000, seed=9)
+    per = {
+        r["archetype"]: r
+        for r in base.where(F.col("n_orders") > 0)
+        .groupBy("archetype")
+        .agg(
+            F.avg((F.col("last_ago") <= 91).cast("double")).alias("bought_last_91d"),
+            F.min("last_ago").alias("min_last"),
+            F.avg("n_orders").alias("orders"),
+            F.avg((F.col("n_orders") >= 2).cast("double")).alias("repeat"),
+            F.avg(F.col("first_ago") - F.col("last_ago")).alias("lifetime"),
+        )
+        .collect()
+    }
+    risk, lapsed = G.ARCHETYPES[3], G.ARCHETYPES[4]
+    assert risk.dies_days_ago is not None and lapsed.life_days is not None
+    assert per["at_risk_regulars"]["min_last"] >= risk.dies_days_ago[0]  # no purchase after dropout
+    assert per["lapsed_one_timers"]["lifetime"] <= lapsed.life_days[1]
+    assert 0.03 < per["lapsed_one_timers"]["repeat"] < 0.4  # a few came back once before lapsing
+    for alive in ("champions", "loyal_regulars", "bargain_occasionals"):
+        assert per[alive]["bought_last_91d"] > 0.7, alive
+    assert per["champions"]["orders"] > 2 * per["loyal_regulars"]["orders"]
+    # the same customers and orders whatever the partitioning (hash draws inside array functions)
+    again = G.customer_base(spark, 4000, seed=9, partitions=7)
+    assert _fingerprint(base.select("customer_id", F.col("order_days").cast("string"))) == _fingerprint(
+        again.select("customer_id", F.col("order_days").cast("string"))
+    )
+
+
+@pytest.mark.slow
+def test_bgnbd_fit_on_generated_data_is_interior_and_separates_the_lapsed(spark: SparkSession) -> None:
+    """The planted dropout gives the BG/NBD model something to find: interior parameters with
+    finite standard errors, and P(alive) far lower for lapsed and at-risk customers than for
+    champions."""
+    import math
+
+    from segspark import silver
+    from segspark.clv import models as M
+    from segspark.clv import summary as CS
+    from segspark.config import PurchaseConfig
+
+    base = G.customer_base(spark, 2000, seed=42).cache()
+    days = silver.customer_days(silver.orders(G.transactions(base, seed=42), PurchaseConfig()))
+    summary = CS.summary_from_purchase_days(CS.purchase_days(days, G.DEFAULT_END), G.DEFAULT_END, "week")
+    summary = summary.cache()
+    fit = M.fit_transactions("bgnbd", CS.compressed_rfm(summary, "week"), 0.0)
+    assert fit.converged, fit.message
+    for name, value in fit.params.items():
+        se = fit.se[name]
+        assert 1e-3 < value < 1e3 and math.isfinite(se) and se < value, (name, value, se)
+    rows = (
+        summary.join(base.select("customer_id", "archetype"), "customer_id", how="inner")
+        .select(
+            "archetype",
+            F.col(CS.FREQUENCY).cast("double").alias("x"),
+            F.col(CS.RECENCY).alias("t_x"),
+            F.col(CS.AGE).alias("T"),
+        )
+        .toPandas()  # a 2,000-customer test sample
+    )
+    rows["p_alive"] = M.p_alive("bgnbd", fit.values, rows["x"], rows["t_x"], rows["T"])
+    by = rows.groupby("archetype")["p_alive"].mean()
+    assert by["champions"] > 0.9 and by["loyal_regulars"] > 0.85
+    assert by["at_risk_regulars"] < 0.4
+    # BG/NBD deems a customer without a repeat purchase alive; lapsed repeat buyers are not
+    lapsed = rows[(rows["archetype"] == "lapsed_one_timers") & (rows["x"] > 0)]
+    assert len(lapsed) > 20 and lapsed["p_alive"].mean() < 0.5
+    summary.unpersist()
+    base.unpersist()
