@@ -21,7 +21,9 @@ def spark() -> Iterator[object]:
         SparkConfig(
             master="local[2]",
             shuffle_partitions=2,
-            driver_memory="1g",  # not the job's machine-sized heap: CI runs the suite beside other work
+            # not the job's machine-sized heap: CI runs the suite beside other work (1g ran out
+            # late in the whole suite, analysing the generator's plan)
+            driver_memory="2g",
             conf={
                 "spark.default.parallelism": "2",
                 "spark.sql.adaptive.coalescePartitions.enabled": "false",

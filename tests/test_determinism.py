@@ -99,7 +99,7 @@ def test_cluster_twice_on_the_same_output_gives_the_same_clusters_and_personas(
     out = runs["a"]
     first = _segments(out)
     profiles = _profiles(out)
-    for attempt in (1, 2):
+    for attempt in (1,):  # the run's own clustering was the first fit: one refit compares two
         log = out.parent / f"cluster-{attempt}.log"
         _cli(log, "cluster", "--run-id", f"det-cluster-{attempt}", *_sets(runs["data"], out))
         again = _segments(out)
