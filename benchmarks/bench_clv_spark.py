@@ -17,7 +17,7 @@ Steps, each timed on its own (Spark's JVM start is timed separately and excluded
 - ``fit``: BG/NBD + Gamma-Gamma on them (driver);
 - ``prediction``: ``predict.with_predictions`` (P(alive), expected purchases, expected spend,
   discounted CLV) on the persisted summary, written to Spark's ``noop`` sink;
-- ``clv stage``: ``pipeline.fit_clv`` (``clv.run_clv`` with the penalizer fallback) with the default
+- ``clv stage``: ``clv.run_clv`` (valid fits, the penalizer and historical-rate fallbacks) with the default
   holdout, then its customer scores to the ``noop`` sink;
 - ``churn stage`` (``--churn``): ``churn.run_churn`` on ``orders`` with the default configuration,
   then its customer scores to the ``noop`` sink.
@@ -200,11 +200,11 @@ def run(
 
     from pyspark.sql import functions as F
 
+    from segspark.clv import PENALIZER_FALLBACK, run_clv
     from segspark.clv import models as M
     from segspark.clv import predict as P
     from segspark.clv import summary as S
     from segspark.config import ChurnConfig, ClvConfig
-    from segspark.pipeline import PENALIZER_FALLBACK, fit_clv
 
     t0 = time.perf_counter()
     spark = _spark(driver_memory, partitions)
@@ -289,7 +289,7 @@ def run(
 
     # the whole stage as the pipeline runs it: holdout validation, model fit and refit, scores
     with _Step() as step:
-        res = fit_clv(days, as_of, ClvConfig(model=model))  # type: ignore[arg-type]
+        res = run_clv(days, as_of, ClvConfig(model=model))  # type: ignore[arg-type]
     print(f"clv stage (run_clv, default holdout, model {model}): {step}", flush=True)
     with _Step() as step:
         res.customers.write.format("noop").mode("overwrite").save()

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from segspark import generate as G
 from segspark import schema as S
 from segspark import tables, tracking
-from segspark.config import ClvConfig, Settings
+from segspark.config import Settings
 from segspark.errors import DataQualityError, InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
 from segspark.io.engine import MIN_SAFE_RETENTION_HOURS
@@ -420,7 +420,7 @@ def stage_scores(ctx: RunContext) -> None:
     parts: list[DataFrame] = []
     if settings.clv.enabled:
         with ctx.timed("clv_fit_and_score"):
-            res = fit_clv(ctx.read(S.CUSTOMER_DAYS), as_of, settings.clv)
+            res = clv.run_clv(ctx.read(S.CUSTOMER_DAYS), as_of, settings.clv)
         for message in res.warnings:  # a replaced model, a penalizer, the historical-rate fallback
             ctx.warn(message)
         ctx.write(
@@ -471,7 +471,6 @@ def _small_frame(ctx: RunContext, pdf: pd.DataFrame, name: str) -> DataFrame:
     return ctx.spark.createDataFrame(rows, schema)
 
 
-PENALIZER_FALLBACK = (0.001, 0.01)  # the CLV package's (segspark.clv.PENALIZER_FALLBACK)
 CLV_VALIDATION_SCHEMA = tables.CLV_VALIDATION_SCHEMA
 
 
@@ -518,14 +517,6 @@ def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
                 )
             )
     return rows
-
-
-def fit_clv(customer_days: DataFrame, as_of: dt.date, cfg: ClvConfig) -> Any:
-    """``clv.run_clv``: valid fits only, with the penalizer and historical-rate fallbacks (the CLV
-    package decides and records them; see ``segspark.clv``)."""
-    from segspark import clv
-
-    return clv.run_clv(customer_days, as_of, cfg)
 
 
 def previous_profiles(ctx: RunContext) -> pd.DataFrame | None:
