@@ -340,8 +340,9 @@ COMMANDS = {
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from segspark.session import stop_owned
+    from segspark.session import check_pyspark, stop_owned
 
+    check_pyspark()
     try:
         return COMMANDS[args.command](args)
     finally:

@@ -80,6 +80,21 @@ def check_java() -> int:
     return major
 
 
+def check_pyspark() -> None:
+    """Raise one clear line when PySpark is missing.
+
+    The wheel does not require PySpark: Databricks runtimes, serverless environments and clusters bring
+    their own, which a pip-installed copy would shadow. Elsewhere it comes with ``segspark[spark]``.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        raise EnvironmentProblem(
+            "PySpark is not installed: pip install 'segspark[spark]' (or 'segspark[connect]' for a "
+            "Spark Connect client); on Databricks and Spark clusters it comes with the runtime"
+        )
+
+
 def active_session() -> SparkSession | None:
     """The session a cluster, Databricks job or notebook already started, if any."""
     from pyspark.sql import SparkSession
@@ -98,9 +113,20 @@ JOB_CONF = {
 }
 
 
-def apply_job_conf(spark: SparkSession) -> None:
-    """Set :data:`JOB_CONF` on ``spark`` unless the session already sets the key itself."""
-    for key, value in JOB_CONF.items():
+def runtime_sql_conf(settings: Mapping[str, str]) -> dict[str, str]:
+    """The ``spark.sql.*`` entries of ``settings``: those a running session (Connect included) accepts."""
+    return {key: value for key, value in settings.items() if key.startswith("spark.sql.")}
+
+
+def apply_job_conf(spark: SparkSession, settings: Mapping[str, str] | None = None) -> None:
+    """Set ``settings`` (default :data:`JOB_CONF`) on ``spark`` where the session does not set the key.
+
+    A session the job did not build (a Spark Connect server, a cluster's or notebook's session) gets
+    the job's runtime SQL settings this way: microsecond Parquet timestamps (delta-rs, Power BI and
+    DuckDB read them; INT96 they do not all read), the UTC session time zone the dates are cut in,
+    Arrow transfers and adaptive execution; a value its owner set explicitly wins.
+    """
+    for key, value in (JOB_CONF if settings is None else settings).items():
         try:
             if spark.conf.get(key, None) is None:  # not set explicitly by the cluster or the user
                 spark.conf.set(key, value)
@@ -254,11 +280,14 @@ def _launched_jvm() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def local_conf(cfg: SparkConfig, machine: Machine | None = None) -> dict[str, str]:
+def local_conf(
+    cfg: SparkConfig, machine: Machine | None = None, *, master: str | None = None
+) -> dict[str, str]:
     """The settings of a session the job starts: local, a local Spark Connect server, or on a cluster master.
 
     Sizes: for a ``local`` master (or local Connect remote) from :func:`sized_conf` on ``machine``
-    (detected when None); for a cluster master only the sizes given explicitly.
+    (detected when None); for a cluster master only the sizes given explicitly. ``master`` overrides
+    the configured one (the master spark-submit actually started).
     """
     base = {
         "spark.sql.adaptive.enabled": "true",
@@ -285,7 +314,8 @@ def local_conf(cfg: SparkConfig, machine: Machine | None = None) -> dict[str, st
         ),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
-    master = cfg.remote if cfg.remote and cfg.remote.startswith("local") else cfg.master
+    if master is None:
+        master = cfg.remote if cfg.remote and cfg.remote.startswith("local") else cfg.master
     machine = machine or detect_machine()
     threads = local_threads(master, machine.cores)
     if threads is not None:
@@ -346,6 +376,8 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
             settings = local_conf(cfg, machine)
             _log_sizes(settings, cfg.remote, machine)
         else:
+            # a remote server was started with its own static settings; the job's runtime SQL ones
+            # are applied below, and the user's own runtime ones are passed on
             settings = {
                 key: value
                 for key, value in cfg.conf.items()
@@ -361,6 +393,8 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
             static = r"Failed to set spark\..* due to \[CANNOT_MODIFY_CONFIG\]"
             warnings.filterwarnings("ignore", message=static, category=UserWarning)
             session = builder.getOrCreate()
+        if not cfg.remote.startswith("local"):
+            apply_job_conf(session, runtime_sql_conf(local_conf(cfg, master="remote")))
         apply_job_conf(session)
         if owned:
             _OWNED.append(session)
@@ -368,11 +402,14 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
 
     existing = active_session()
     if existing is not None:
+        apply_job_conf(existing, runtime_sql_conf(local_conf(cfg, master="existing")))
         apply_job_conf(existing)
         for key, value in cfg.conf.items():
             existing.conf.set(key, value)
         return existing
 
+    if _launched_jvm():
+        return _submitted_session(cfg, owned=owned)
     check_java()
     if cfg.master.startswith("local"):
         # a local session needs no routable address; avoids the loopback-hostname warning
@@ -384,6 +421,31 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
         builder = builder.config(key, value)
     _log_sizes(settings, cfg.master, machine)
     spark = builder.getOrCreate()
+    if owned:
+        _OWNED.append(spark)
+    return spark
+
+
+def _submitted_session(cfg: SparkConfig, *, owned: bool) -> SparkSession:
+    """The session of a job spark-submit launched: its ``--master`` and JVM sizes hold.
+
+    ``spark.master`` in the job's config is for sessions the job starts itself; under spark-submit
+    the master is already chosen (a cluster's, or ``local[*]`` by default), so it is read back from
+    the session and the shuffle partitions are sized for it (a runtime setting) after the start.
+    """
+    from pyspark.sql import SparkSession
+
+    machine = detect_machine()
+    builder = SparkSession.builder.appName(cfg.app_name)
+    for key, value in local_conf(cfg, machine, master="submitted").items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    master = spark.conf.get("spark.master", None) or "submitted"
+    sized = local_conf(cfg, machine, master=master)
+    partitions = sized.get("spark.sql.shuffle.partitions")
+    if partitions is not None:
+        spark.conf.set("spark.sql.shuffle.partitions", partitions)
+    _log_sizes(sized, master, machine)
     if owned:
         _OWNED.append(spark)
     return spark

@@ -249,3 +249,16 @@ def test_local_connect_server_gets_the_explicit_heap_from_spark_conf() -> None:
     assert result["xmx"] == ["1200m"]
     assert result["partitions"] == "3"
     assert "Failed to set" not in stderr
+
+
+def test_missing_pyspark_is_one_clear_line_naming_the_extra() -> None:
+    # the wheel leaves PySpark to the platform; without it the CLI says what to install, no traceback
+    code = (
+        "import sys; sys.modules['pyspark'] = None\n"
+        "from segspark.cli import main\n"
+        "raise SystemExit(main(['run']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "PySpark is not installed: pip install 'segspark[spark]'" in done.stderr
+    assert "Traceback" not in done.stderr
