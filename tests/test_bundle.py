@@ -502,35 +502,32 @@ def test_the_key_comes_from_the_secret_scope_and_no_literal_key(bundles, monkeyp
     texts["databricks.yaml"] = (ROOT / "conf" / "databricks.yaml").read_text(encoding="utf-8")
     for name, text in texts.items():
         assert privacy.DEMO_KEY not in text, name
-    checked = set()
+    loaded = {}
     for bundle in bundles.values():
+        secret = (bundle.variables["secret_scope"], bundle.variables["secret_key"])
         for job in bundle.jobs.values():
             for task in job.spec["tasks"]:
-                args = cli.build_parser().parse_args(task_argv(job, task))
-                privacy_keys = {
-                    item.partition("=")[0] for item in args.overrides if item.startswith("privacy.")
-                }
-                assert privacy_keys == {"privacy.secret_scope", "privacy.secret_key"}, privacy_keys
+                argv, settings = check_task(bundle, job, task)
+                args = cli.build_parser().parse_args(argv)
+                # the privacy settings a task sets: the secret's scope and key, nothing else
+                keys = {o.partition("=")[0] for o in args.overrides if o.startswith("privacy.")}
+                assert keys == {"privacy.secret_scope", "privacy.secret_key"}, keys
+                loaded[secret] = settings
             for cluster in job.spec.get("job_clusters") or []:
                 for name, value in (cluster["new_cluster"].get("spark_env_vars") or {}).items():
                     if re.search("KEY|SECRET|TOKEN|PASSWORD", name):
                         match = _SECRET_REF.fullmatch(value)
                         assert match, f"{job.key}: {name} must be a {{{{secrets/scope/key}}}} reference"
-                        assert match.groups() == (
-                            bundle.variables["secret_scope"],
-                            bundle.variables["secret_key"],
-                        )
-            checked.add((bundle.variables["secret_scope"], bundle.variables["secret_key"]))
+                        assert match.groups() == secret, f"{job.key}: {name}"
     # without the key in the environment the job looks in the secret scope and says which one
     # (no Databricks credentials here: the SDK's dbutils cannot be built, nothing is contacted)
     for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
     monkeypatch.delenv("SEGSPARK_PSEUDO_KEY", raising=False)
-    for scope, key in checked:
-        cfg = Settings.model_validate({"privacy": {"secret_scope": scope, "secret_key": key}}).privacy
+    for (scope, key), settings in loaded.items():
         with pytest.raises(SegsparkError, match=f"secret '{re.escape(key)}' in scope '{re.escape(scope)}'"):
-            privacy.resolve_key(cfg)
+            privacy.resolve_key(settings.privacy)
 
 
 def _entry_point_env(tmp_path: Path) -> dict[str, str]:
@@ -542,6 +539,7 @@ def _entry_point_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_the_entry_point_runs_each_task_up_to_the_secret(bundles, tmp_path):
     """The installed ``segspark-job`` console script (jobs.run_pipeline:main, as the wheel task calls
     it) with the task parameters of both commands, one from each compute variant (the in-process
@@ -616,6 +614,7 @@ def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheel
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_what_the_tasks_run(built_wheel):
     with zipfile.ZipFile(built_wheel) as whl:
         names = set(whl.namelist())
