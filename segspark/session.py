@@ -401,11 +401,18 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
         return session
 
     existing = active_session()
+    if existing is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        # a Databricks job or serverless task: the platform's session exists but need not be the
+        # active one of this thread; the builder returns it (never a local one)
+        existing = SparkSession.builder.getOrCreate()
     if existing is not None:
         apply_job_conf(existing, runtime_sql_conf(local_conf(cfg, master="existing")))
         apply_job_conf(existing)
         for key, value in cfg.conf.items():
-            existing.conf.set(key, value)
+            try:
+                existing.conf.set(key, value)
+            except Exception as exc:  # a managed platform refuses some settings: say which, go on
+                log.warning("spark: cannot set %s on this session (%s)", key, str(exc).splitlines()[0])
         return existing
 
     if _launched_jvm():

@@ -289,7 +289,8 @@ _QUARTZ_FIELDS = [
 
 def parse_quartz(expression: str) -> list[set[int] | None]:
     """The values each field of a Quartz expression allows (None for '?'); AssertionError if invalid.
-    The special characters L, W and # are refused: this bundle does not use them."""
+    Of the special characters, '#' (the nth weekday of the month, day-of-week only) is understood;
+    L and W are refused: this bundle does not use them."""
     parts = expression.split()
     assert len(parts) in (6, 7), f"'{expression}': Quartz takes 6 or 7 fields, not {len(parts)}"
     fields: list[set[int] | None] = []
@@ -300,6 +301,10 @@ def parse_quartz(expression: str) -> list[set[int] | None]:
             continue
         values: set[int] = set()
         for item in text.split(","):
+            item, _, nth = item.partition("#")
+            assert not nth or (name == "day-of-week" and nth in "12345" and len(nth) == 1), (
+                f"'{expression}': bad '#{nth}' in {name}"
+            )
             base, _, step = item.partition("/")
 
             def number(token: str, name: str = name, names: dict[str, int] = names) -> int:
@@ -325,7 +330,8 @@ def parse_quartz(expression: str) -> list[set[int] | None]:
 
 
 def cadence(expression: str) -> str:
-    """'monthly' (one time on one day of every month), 'weekly' (one time on one weekday) or 'other'."""
+    """'monthly' (one time on one day of every month, or on its nth weekday), 'weekly' (one time on
+    one weekday) or 'other'."""
     second, minute, hour, day, month, weekday, *_ = parse_quartz(expression)
     once_a_day = all(f is not None and len(f) == 1 for f in (second, minute, hour))
     if not once_a_day or month != set(range(1, 13)):
@@ -333,8 +339,15 @@ def cadence(expression: str) -> str:
     if day is not None and len(day) == 1 and weekday is None:
         return "monthly"
     if weekday is not None and len(weekday) == 1 and day is None:
-        return "weekly"
+        return "monthly" if "#" in expression.split()[5] else "weekly"
     return "other"
+
+
+def weekly_start_hour(expression: str) -> int:
+    """Hours from Sunday 00:00 to the start of a schedule that runs on one weekday."""
+    _, _, hour, _, _, weekday, *_ = parse_quartz(expression)
+    assert weekday is not None and len(weekday) == 1 and hour is not None
+    return (min(weekday) - 1) * 24 + min(hour)
 
 
 def wheel_reference(job: Job, reference: str) -> str:
@@ -464,6 +477,20 @@ def test_schedules_are_valid_quartz_monthly_refit_and_weekly_score(bundles):
             command = task_argv(job, job.spec["tasks"][0])[0]
             found[command] = cadence(schedule["quartz_cron_expression"])
         assert found == {"run": "monthly", "score": "weekly"}, bundle.target
+
+
+def test_the_refit_ends_before_the_weekly_score_starts(bundles):
+    # both jobs write the same tables: a score that starts while the refit still writes fails with
+    # the job's concurrent-write error, so the refit's day and timeout must leave room before it
+    for bundle in bundles.values():
+        by_command = {task_argv(job, job.spec["tasks"][0])[0]: job.spec for job in bundle.jobs.values()}
+        run, score = by_command["run"], by_command["score"]
+        gap = (
+            weekly_start_hour(score["schedule"]["quartz_cron_expression"])
+            - weekly_start_hour(run["schedule"]["quartz_cron_expression"])
+        ) % (7 * 24)
+        assert gap * 3600 >= run["timeout_seconds"], f"{bundle.target}: refit may overlap the score"
+        assert (7 * 24 - gap) * 3600 >= score["timeout_seconds"], f"{bundle.target}: score may overlap"
 
 
 def test_every_job_installs_the_wheel_artifact(bundles):
@@ -686,6 +713,8 @@ def test_check_task_rejects_a_broken_task(bundles, old, new, message):
         ("0 0 3 1 * MON", "exactly one of day-of-month and day-of-week"),
         ("0 0 25 1 * ?", "outside 0-23"),
         ("0 0 3 ? * FUNDAY", "bad day-of-week value"),
+        ("0 0 3 ? * SUN#6", "bad '#6' in day-of-week"),
+        ("0 0 3 1#1 * ?", "bad '#1' in day-of-month"),
     ],
 )
 def test_quartz_check_rejects_invalid_expressions(expression, message):
@@ -695,6 +724,9 @@ def test_quartz_check_rejects_invalid_expressions(expression, message):
 
 def test_quartz_cadence():
     assert cadence("0 0 3 1 * ?") == "monthly"
+    assert cadence("0 0 3 ? * SUN#1") == "monthly"
+    assert weekly_start_hour("0 0 3 ? * SUN#1") == 3
+    assert weekly_start_hour("0 0 4 ? * MON") == 28
     assert cadence("0 0 4 ? * MON") == "weekly"
     assert cadence("0 0 4 ? * MON-FRI") == "other"
     assert cadence("0 0/30 4 ? * MON") == "other"
