@@ -538,7 +538,7 @@ def stage_segments(ctx: RunContext) -> None:
     ``customer_segments``: one row per customer with every segment label and score."""
     from segspark.clustering import fit_segments
     from segspark.clustering.results import sweep_table
-    from segspark.clustering.tracking import log_to_mlflow, score_segments
+    from segspark.clustering.tracking import log_to_mlflow, score_segments, staging_dir
 
     settings = ctx.settings
     scores = ctx.read(S.CUSTOMER_SCORES)
@@ -554,6 +554,7 @@ def stage_segments(ctx: RunContext) -> None:
                 settings.tracking.registered_model,
                 tracking_uri=settings.tracking_uri,
                 alias=settings.clustering.model_alias,
+                staging_dir=staging_dir(settings.output.path),
             )
         else:
             with ctx.timed("clustering_fit"):
@@ -566,6 +567,7 @@ def stage_segments(ctx: RunContext) -> None:
                     settings.tracking_uri,
                     input_tables=inputs,
                     alias=settings.clustering.model_alias,
+                    staging_dir=staging_dir(settings.output.path),
                 )
             ctx.releases.append(result.release)  # its assignments stay cached until the segments are written
             ctx.write(_small_frame(ctx, sweep_table(result), S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)

@@ -58,6 +58,39 @@ def _registry_uri(name: str, tracking_uri: str) -> str:
     return "databricks-uc" if name.count(".") == 2 else tracking_uri
 
 
+# What MLflow's requirement inference finds for the PipelineModel (the modules that loading it imports).
+MODEL_PACKAGES = ("mlflow", "numpy", "pandas", "pyspark", "scipy")
+
+
+def model_requirements() -> list[str] | None:
+    """The logged model's pip requirements: ``MODEL_PACKAGES`` pinned to the installed versions.
+
+    Given explicitly because MLflow's inference (``pip_requirements=None``) reloads the logged model
+    in a new Python process with its own local Spark session, a second JVM, on every run, only to
+    find this same list: seconds of every run's fixed time. ``None`` (MLflow infers) where one of
+    them is not an installed distribution, e.g. a runtime's own PySpark."""
+    from importlib import metadata
+
+    try:
+        return [f"{name}=={metadata.version(name)}" for name in MODEL_PACKAGES]
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def model_signature(features: list[str]) -> Any:
+    """The registered model's MLflow signature: the feature columns in, the cluster id out.
+
+    Unity Catalog's model registry refuses a model version without one; the feature columns may
+    hold nulls (the pipeline's imputer fills them), hence not required."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("double", name, required=False) for name in features]),
+        outputs=Schema([ColSpec("integer", prep.PREDICTION_COL)]),
+    )
+
+
 def log_to_mlflow(
     result: ClusterResult,
     tracking: TrackingConfig,
@@ -66,10 +99,13 @@ def log_to_mlflow(
     params: dict[str, Any] | None = None,
     input_tables: dict[str, str] | None = None,
     alias: str = "champion",
+    staging_dir: str | None = None,
 ) -> dict[str, Any]:
     """Nested runs per candidate, chosen metrics/plots/profiles, and the registered PipelineModel.
 
     Uses the active run as parent (the pipeline opens it); opens one itself when none is active.
+    ``staging_dir``: a folder the Spark Connect server and this client share (see
+    :func:`_log_model_through_folder`); the system's temporary folder when None.
     Returns {"parent_run_id", "nested_run_ids", "model_uri", "model_version"}.
     """
     import mlflow
@@ -122,10 +158,23 @@ def log_to_mlflow(
         mlflow.log_text(json.dumps(chosen, default=str, indent=2), f"{ARTIFACT_DIR}/chosen.json")
         if result.density is not None:
             _log_density(result.density)
-        info = mlflow.spark.log_model(
-            result.model, f"{ARTIFACT_DIR}/{MODEL_NAME}", registered_model_name=tracking.registered_model
-        )
-        version = str(info.registered_model_version)
+        if _connect_client():
+            version = _log_model_through_folder(
+                result.model,
+                f"{ARTIFACT_DIR}/{MODEL_NAME}",
+                tracking.registered_model,
+                staging_dir,
+                model_signature(result.features),
+            )
+        else:
+            info = mlflow.spark.log_model(
+                result.model,
+                f"{ARTIFACT_DIR}/{MODEL_NAME}",
+                registered_model_name=tracking.registered_model,
+                pip_requirements=model_requirements(),
+                signature=model_signature(result.features),
+            )
+            version = str(info.registered_model_version)
         client = MlflowClient(registry_uri=registry_uri)
         client.set_registered_model_alias(tracking.registered_model, alias, version)
         client.set_model_version_tag(
@@ -142,6 +191,77 @@ def log_to_mlflow(
         "model_uri": model_uri,
         "model_version": version,
     }
+
+
+
+# --- the model over Spark Connect -----------------------------------------------------------------
+# MLflow's spark flavor moves a PipelineModel between Spark's Hadoop file system and the local disk
+# through the driver's JVM gateway (mlflow.spark._HadoopFileSystem), which a Spark Connect client does
+# not have: log_model and load_model fail there with "'NoneType' object has no attribute 'jvm'". On
+# Connect the server saves and loads the model itself (Spark 4 ML over Connect), so the model goes
+# through a folder both see, in the spark flavor's own layout (MLmodel + sparkml/), and a model
+# logged either way loads either way.
+SPARK_MODEL_DATA = "sparkml"  # the spark flavor's folder for the Spark ML model
+
+
+def staging_dir(output_path: str | None) -> str | None:
+    """The folder a Spark Connect server and its client share for the model: the job's output folder
+    (they share it already: the server writes the tables' files, the client commits them), when it is
+    a local or mounted path; None (the system's temporary folder, same machine only) otherwise."""
+    if output_path and "://" not in output_path and os.path.isdir(output_path):
+        return output_path
+    return None
+
+
+def _connect_client() -> bool:
+    from pyspark.sql.utils import is_remote
+
+    return is_remote()
+
+
+def _log_model_through_folder(
+    model: PipelineModel,
+    artifact_path: str,
+    registered_model: str,
+    staging_dir: str | None,
+    signature: Any = None,
+) -> str:
+    """Log ``model`` as a spark-flavor MLflow model on the active run and register it; the version."""
+    import mlflow
+    import pyspark
+    from mlflow.models import Model
+
+    run = mlflow.active_run()
+    assert run is not None
+    with tempfile.TemporaryDirectory(prefix=".segspark-model-", dir=staging_dir) as tmp:
+        local = os.path.join(tmp, "model")
+        model.write().save(os.path.join(local, SPARK_MODEL_DATA))  # written by the server
+        mlmodel = Model(artifact_path=artifact_path, run_id=run.info.run_id, signature=signature)
+        mlmodel.add_flavor(
+            "spark",
+            pyspark_version=pyspark.__version__,
+            model_data=SPARK_MODEL_DATA,
+            model_class=f"{type(model).__module__}.{type(model).__name__}",
+        )
+        mlflow.pyfunc.add_to_model(mlmodel, loader_module="mlflow.spark", data=SPARK_MODEL_DATA)
+        mlmodel.save(os.path.join(local, "MLmodel"))
+        with open(os.path.join(local, "requirements.txt"), "w", encoding="utf-8") as fh:
+            fh.write("\n".join(model_requirements() or ["mlflow", "pyspark"]))
+        mlflow.log_artifacts(local, artifact_path)
+    registered = mlflow.register_model(f"runs:/{run.info.run_id}/{artifact_path}", registered_model)
+    return str(registered.version)
+
+
+def _load_model_through_folder(uri: str, staging_dir: str | None) -> PipelineModel:
+    """The PipelineModel of a spark-flavor MLflow model, loaded by the Spark Connect server."""
+    import mlflow
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix=".segspark-model-", dir=staging_dir) as tmp:
+        local = mlflow.artifacts.download_artifacts(uri, dst_path=tmp)
+        data = Model.load(local).flavors["spark"]["model_data"]
+        # the server reads the files while loading; the model then lives in the server's session
+        return PipelineModel.load(os.path.join(local, data))
 
 
 def _log_density(model: DensityModel) -> None:
@@ -197,16 +317,25 @@ def resolve_model(
 
 
 def load_registered(
-    model_uri_or_name: str, tracking_uri: str | None = None, alias: str = "champion"
+    model_uri_or_name: str,
+    tracking_uri: str | None = None,
+    alias: str = "champion",
+    staging_dir: str | None = None,
 ) -> tuple[PipelineModel, pd.DataFrame | None, DensityModel | None]:
-    """The registered PipelineModel plus the profiles and density core points logged next to it."""
+    """The registered PipelineModel plus the profiles and density core points logged next to it.
+
+    ``staging_dir``: on Spark Connect, a folder the server and this client share (see
+    :func:`_load_model_through_folder`)."""
     import mlflow
     import mlflow.spark
     from mlflow.exceptions import MlflowException
 
     uri, run_id = resolve_model(model_uri_or_name, tracking_uri, alias)
     try:
-        model = mlflow.spark.load_model(uri)
+        if _connect_client():
+            model = _load_model_through_folder(uri, staging_dir)
+        else:
+            model = mlflow.spark.load_model(uri)
     except MlflowException as exc:
         raise InputError(f"cannot load clustering model {uri}: {exc.message}") from None
     profiles, density = None, None
@@ -257,6 +386,7 @@ def score_segments(
     *,
     tracking_uri: str | None = None,
     alias: str = "champion",
+    staging_dir: str | None = None,
 ) -> DataFrame:
     """Assign clusters and personas to fresh features with the registered model, without refitting.
 
@@ -267,7 +397,7 @@ def score_segments(
     if isinstance(model_uri_or_name, PipelineModel):
         model = model_uri_or_name
     else:
-        model, logged, density = load_registered(model_uri_or_name, tracking_uri, alias)
+        model, logged, density = load_registered(model_uri_or_name, tracking_uri, alias, staging_dir)
         profiles = profiles if profiles is not None else logged
     needed = model_features(model)
     missing = [c for c in needed if c not in features.columns]
