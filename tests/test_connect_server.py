@@ -1,0 +1,296 @@
+"""The job against a real Spark Connect server, from a separate client process (issue 15, item 2).
+
+A ``SparkConnectServer`` is started with the pyspark package's own ``spark-submit`` on 127.0.0.1, as
+README's "Deploy -> Spark Connect" tells a user to. The demo runs classically (generated data, local
+Spark, its printed follow-up commands); ``segspark run --conf <the demo's config> --set
+spark.remote=sc://...`` then runs on the same data in a process that starts no JVM of its own, and its
+``customer_segments`` and ``segment_kpis`` equal the classic run's. With the embedded Delta engine the
+server writes the Parquet files and the client commits them, so both see the same folders (one machine
+here; a shared file system or object store for a remote server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
+from deltalake import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+# the job's settings besides the data (the demo's config file holds the inputs and the output folder):
+# the same on both runs; small, so that two pipeline runs stay within the suite's budget
+JOB_SETS = [
+    "spark.shuffle_partitions=2",
+    "clustering.k_max=4",
+    "churn.enabled=false",
+    "report.enabled=false",
+]
+CLASSIC_SETS = ["spark.master=local[2]", "spark.driver_memory=2g"]
+# run-specific columns: everything else of a table must be equal between the two runs
+RUN_COLUMNS = ["run_id"]
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [x for item in items for x in ("--set", item)]
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback address right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def server_command(port: int) -> list[str]:
+    """The server start line of README's "Deploy -> Spark Connect" (SPARK_HOME = the pyspark package)."""
+    return [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--class",
+        SERVER_CLASS,
+        "--master",
+        "local[2]",
+        "--driver-memory",
+        "2g",
+        "--conf",
+        f"spark.connect.grpc.binding.address={LOOPBACK}",
+        "--conf",
+        f"spark.connect.grpc.binding.port={port}",
+        "--conf",
+        "spark.ui.enabled=false",
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _group(pgid: int) -> list[int]:
+    """Live pids of the process group ``pgid`` (the server's JVM and the Python workers it started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return found
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> list[int]:
+    """Stop a process started in its own session and everything in its group, by the group's id:
+    SIGTERM (Spark's shutdown hooks run), SIGKILL after ``timeout``. Returns the pids still alive."""
+    pgid = proc.pid  # start_new_session: the group id is the leader's pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group(pgid):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.2)
+        if not _group(pgid):
+            break
+    return _group(pgid)
+
+
+@dataclass
+class ConnectServer:
+    """A started server: :meth:`ready` waits until it accepts connections (it boots while the classic
+    run works, which uses the time the JVM start takes)."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started: float
+    ready_after_s: float | None = None
+
+    @property
+    def remote(self) -> str:
+        return f"sc://{LOOPBACK}:{self.port}"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def ready(self, timeout: float = 300) -> ConnectServer:
+        """Wait until the server accepts connections; ``ready_after_s``: seconds from its start until
+        this call saw it listening (its boot time when this is called right after the start)."""
+        deadline = time.monotonic() + timeout
+        while self.ready_after_s is None:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                raise RuntimeError(f"the Connect server exited with {code}:\n{self.log_tail()}")
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=1):
+                    self.ready_after_s = time.perf_counter() - self.started
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no Connect server on {self.port}:\n{self.log_tail()}") from None
+                time.sleep(0.25)
+        return self
+
+
+@pytest.fixture(scope="module")
+def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
+    """A Spark Connect server on 127.0.0.1 (local[2], 2g), stopped by its pid after the module's tests
+    (also when they fail); no process of it may be left."""
+    base = tmp_path_factory.mktemp("connect-server")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "SPARK_"))}
+    # the server's Python workers run segspark's pandas UDFs: the interpreter segspark is installed in
+    env.update(
+        SPARK_HOME=str(spark_home()),
+        SPARK_LOCAL_IP=LOOPBACK,
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_LOG_DIR=str(base),
+    )
+    log = base / "server.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            server_command(port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=base,
+            start_new_session=True,  # its own process group: teardown stops the JVM and its workers
+        )
+    try:
+        yield ConnectServer(port=port, proc=proc, log=log, started=started)
+    finally:
+        left = stop_group(proc)
+        assert not left, f"processes of the Connect server still running: {left}"
+        assert not _alive(proc.pid)
+
+
+def _table(spark: SparkSession, root: Path, name: str) -> DataFrame:
+    """A Delta table's current snapshot as a DataFrame of the suite's session (read by delta-rs)."""
+    arrow = DeltaTable(str(root / "tables" / name)).to_pyarrow_table()
+    return spark.createDataFrame(pa.table(arrow)).drop(*RUN_COLUMNS)
+
+
+def _runs(root: Path) -> list[dict[str, object]]:
+    return pa.table(DeltaTable(str(root / "tables" / "runs")).to_pyarrow_table()).to_pylist()
+
+
+def _no_java(folder: Path) -> dict[str, str]:
+    """A JAVA_HOME whose ``bin/java`` records that it was called and fails: the client must start no JVM."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True)
+    java = bin_dir / "java"
+    java.write_text(f"#!/bin/sh\necho \"$@\" >> {folder / 'called'}\nexit 1\n")
+    java.chmod(0o755)
+    return {"JAVA_HOME": str(folder), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _segspark(
+    argv: list[str], env: dict[str, str], cwd: Path
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "segspark", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=1200,
+    )
+    return proc, time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_job_over_a_spark_connect_server_equals_the_classic_run_and_the_demos_commands_work(
+    spark: SparkSession, connect_server: ConnectServer, tmp_path: Path
+) -> None:
+    # the classic run: the demo (no key set: it pseudonymizes with its public demo key and prints it)
+    env = {k: v for k, v in os.environ.items() if k != "SEGSPARK_PSEUDO_KEY"}
+    env["SPARK_LOCAL_IP"] = LOOPBACK
+    classic = tmp_path / "classic"
+    demo, demo_s = _segspark(
+        ["demo", "--out", str(classic), "--customers", "300", *_sets([*CLASSIC_SETS, *JOB_SETS])], env, REPO
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    conf = classic / "segspark-demo.yaml"
+    assert conf.is_file() and f"config for follow-up commands: {conf}" in demo.stdout
+    # every printed command carries the demo's key and its config file: a user copies the prefix
+    erase_line = next(line for line in demo.stdout.splitlines() if " segspark erase " in line)
+    words = shlex.split(erase_line.split("#")[0])
+    key = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    assert key.keys() == {"SEGSPARK_PSEUDO_KEY"}
+
+    # the same job on the same data against the server, from a separate process that starts no JVM
+    waited = time.perf_counter()
+    server = connect_server.ready()
+    print(f"\nSpark Connect server on {server.remote}: waited {time.perf_counter() - waited:.1f} s for it")
+    connect = tmp_path / "connect"
+    client_env = {**env, **key, **_no_java(tmp_path / "no-java")}
+    run_argv = ["run", "--conf", str(conf), "--set", f"output.path={connect}"]
+    run_argv += _sets([f"spark.remote={connect_server.remote}", *JOB_SETS])
+    run, run_s = _segspark(run_argv, client_env, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:] + "\n--- server log\n" + connect_server.log_tail()
+    assert f"connecting to Spark Connect at {connect_server.remote}" in run.stderr
+    assert not (tmp_path / "no-java" / "called").exists(), "the Connect client tried to start a JVM"
+
+    [classic_run] = _runs(classic)
+    [connect_run] = _runs(connect)
+    assert (classic_run["status"], connect_run["status"]) == ("succeeded", "succeeded")
+    assert connect_run["engine"] == "delta-rs" and connect_run["command"] == "run"
+    print(
+        f"\nsame data, 300 customers: classic pipeline {classic_run['duration_s']:.1f} s "
+        f"(demo process {demo_s:.1f} s, with generation), Spark Connect pipeline "
+        f"{connect_run['duration_s']:.1f} s (client process {run_s:.1f} s)"
+    )
+
+    # the same tables and numbers: segments exactly; KPIs are sums over customers, whose order of
+    # addition follows the shuffle's arrival order, so they agree to the last bits, not bit for bit
+    segments = _table(spark, connect, "customer_segments")
+    assert segments.count() > 250
+    assert_df_equality(
+        _table(spark, classic, "customer_segments"), segments, ignore_row_order=True, ignore_nullable=True
+    )
+    kpis = _table(spark, connect, "segment_kpis")
+    assert kpis.count() > 50
+    assert_approx_df_equality(
+        _table(spark, classic, "segment_kpis"), kpis, 1e-6, ignore_row_order=True, ignore_nullable=True
+    )
+    # the clustering model was registered through the folder the server and client share, and is gone from it
+    assert "Created version '1' of model" in run.stdout + run.stderr
+    assert not list(connect.glob(".segspark-model-*"))
+
+    # the demo's printed erase works as printed (its key, its config), here over the Connect server
+    argv = words[words.index("segspark") + 1 :]
+    erased, _ = _segspark([*argv, *_sets([f"spark.remote={connect_server.remote}"])], client_env, tmp_path)
+    assert erased.returncode == 0, erased.stderr[-3000:]
+    assert "customer_segments=1" in erased.stdout, erased.stdout
+    assert not (tmp_path / "no-java" / "called").exists()
+    assert _table(spark, classic, "customer_segments").count() == segments.count() - 1
