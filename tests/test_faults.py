@@ -20,6 +20,7 @@ from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
 from segspark import pipeline
+from segspark.cli import main
 from segspark.config import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +40,14 @@ SETS = [
 APPEND = {"quarantine", "runs"}
 
 
-def _command(cmd: str, out: Path, data: dict[str, str], *extra: str) -> list[str]:
+def _args(cmd: str, out: Path, data: dict[str, str], *extra: str, spark: bool = True) -> list[str]:
     sets = [*SETS, f"output.path={out}", f"input.transactions.path={data['transactions']}"]
-    return [sys.executable, "-m", "segspark", cmd, *extra, *[x for s in sets for x in ("--set", s)]]
+    sets = [s for s in sets if spark or not s.startswith("spark.")]
+    return [cmd, *extra, *[x for s in sets for x in ("--set", s)]]
+
+
+def _command(cmd: str, out: Path, data: dict[str, str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "segspark", *_args(cmd, out, data, *extra)]
 
 
 def _env() -> dict[str, str]:
@@ -80,14 +86,17 @@ def data(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[
     root = tmp_path_factory.mktemp("faults")
     settings = load_settings([], ["spark.shuffle_partitions=2"])
     generated = pipeline.generate(settings, str(root / "data"), 300, seed=3, dirty=True, spark=spark)
-    # the clean reference: one run alone on its own output
+    # the clean reference: one run alone on its own output. In-process on the suite's session (no
+    # second JVM to start): only its row counts are compared, and those do not depend on the session.
     ref = root / "reference"
-    proc = _run(_command("run", ref, generated["paths"], "--run-id", "ref"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SEGSPARK_PSEUDO_KEY", _env()["SEGSPARK_PSEUDO_KEY"])
+        # no spark.* items: the suite's session is used as it is
+        assert main(_args("run", ref, generated["paths"], "--run-id", "ref", spark=False)) == 0
     reference = counts(ref)
     reference.pop("runs")
     assert reference["quarantine"], "the dirty data should quarantine rows"
-    return {"root": root, "paths": generated["paths"], "reference": reference}
+    return {"root": root, "paths": generated["paths"], "reference": reference, "ref": ref}
 
 
 @pytest.mark.slow
@@ -186,10 +195,9 @@ def test_a_run_killed_mid_write_then_retried_commits_every_table_once(data: dict
     live = {Path(u.removeprefix("file://")).resolve() for u in DeltaTable(str(victim)).file_uris()}
     orphans = [p for p in left_behind if p.exists() and p.resolve() not in live]
     assert orphans
-    vac = _run(
-        _command("vacuum", out, data["paths"], "--force", "--set", "lakehouse.vacuum_retention_hours=0")
-    )
-    assert vac.returncode == 0, vac.stderr[-3000:]
+    # in-process (the suite's session): the vacuum's effect on the folder is the point, not its process
+    forced = ("--force", "--set", "lakehouse.vacuum_retention_hours=0")
+    assert main(_args("vacuum", out, data["paths"], *forced, spark=False)) == 0
     assert not any(p.exists() for p in orphans)
     assert not (victim / "_staging").exists()
     files = {p.resolve() for p in victim.rglob("*.parquet") if "_delta_log" not in p.parts}
@@ -198,3 +206,22 @@ def test_a_run_killed_mid_write_then_retried_commits_every_table_once(data: dict
     runs = found.pop("runs")
     assert sum(runs.values()) == 2 and runs[("k1", "2025-12-31")] == 1  # the retry, then the vacuum
     assert found == renamed(data["reference"], "ref", "k1")
+
+
+@pytest.mark.slow
+def test_a_retry_of_a_succeeded_run_commits_nothing_but_its_runs_row(data: dict[str, Any]) -> None:
+    """Retrying a run that succeeded (same run id, same data and configuration) recomputes every stage
+    and commits none of its tables again: only the attempt's lineage row is appended."""
+    ref = data["ref"]
+    before = versions(ref)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SEGSPARK_PSEUDO_KEY", _env()["SEGSPARK_PSEUDO_KEY"])
+        assert main(_args("run", ref, data["paths"], "--run-id", "ref", spark=False)) == 0
+    after = versions(ref)
+    assert after.keys() == before.keys()
+    assert {k for k in after if after[k] != before[k]} == {"runs"}
+    runs = pa.table(DeltaTable(str(ref / "tables" / "runs")).to_pyarrow_table()).to_pylist()
+    assert [(r["run_id"], r["command"], r["status"]) for r in runs] == [("ref", "run", "succeeded")] * 2
+    found = counts(ref)
+    found.pop("runs")
+    assert found == data["reference"]
