@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nbclient
+import nbformat
 import pytest
 import yaml
 from deltalake import DeltaTable
@@ -32,9 +34,6 @@ from segspark import cli
 from segspark import notebook as nbh
 from segspark.config import load_settings
 from segspark.errors import ConfigError
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
