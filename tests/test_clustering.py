@@ -233,6 +233,13 @@ def test_mlflow_runs_registration_and_scoring(tmp_path, planted, fitted) -> None
     assert "clustering.calinski_harabasz" in top.data.metrics
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "clustering")}
     assert {"clustering/elbow.png", "clustering/profiles.json"} <= arts
+    # a registry such as Unity Catalog refuses a version without a signature: features in, cluster out
+    from mlflow.models import get_model_info
+
+    signature = get_model_info(out["model_uri"]).signature
+    assert signature is not None
+    assert signature.inputs.input_names() == fitted.features
+    assert signature.outputs.input_names() == ["prediction"]
 
     scored = score_segments(df, "seg-test", tracking_uri=uri)
     a = fitted.assignments.toPandas().sort_values("customer_id").reset_index(drop=True)
