@@ -10,12 +10,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
-from pyspark.sql import SparkSession
 
 from segspark.cli import main
+from tests.conftest import REFERENCE_RUN_ID, ReferenceRun
 
-CUSTOMERS = 600
-AS_OF = "2025-12-31"
 PII_PATTERNS = [re.compile(rb"@example\.com"), re.compile(rb"Market Street"), re.compile(rb"\+1-555-\d{7}")]
 
 
@@ -24,37 +22,14 @@ def _table(root: Path, name: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("e2e")
-    assert (
-        main(
-            [
-                "generate",
-                "--out",
-                str(root / "data"),
-                "--customers",
-                str(CUSTOMERS),
-                "--seed",
-                "11",
-                "--dirty",
-            ]
-        )
-        == 0
-    )
-    sets = [
-        f"output.path={root}",
-        "lakehouse.engine=delta-rs",
-        f"as_of_date={AS_OF}",
-        "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
-        "clustering.k_max=6",
-        "report.min_segment_size=5",
-    ]
-    for name in ("transactions", "customers", "events", "marketing_spend"):
-        sets.append(f"input.{name}.path={root / 'data' / name}")
-    args = [x for s in sets for x in ("--set", s)]
-    code = main(["run", "--run-id", "e2e-run-1", *args])
-    assert code == 0
-    return {"root": root, "args": args}
+def lake(reference_run: ReferenceRun) -> dict[str, Any]:
+    """The suite's reference run (600 dirty generated customers, ``segspark run`` with everything on):
+    these tests rebuild its report, score and erase in its own folder, in-process (the other
+    modules read a copy taken when it ended)."""
+    root = reference_run.live
+    # the run's own configuration (its hash is in the report): on the suite's existing session the
+    # spark.* items change nothing (the session keeps the settings it was built with)
+    return {"root": root, "data": reference_run.data, "args": reference_run.sets(root)}
 
 
 @pytest.mark.slow
@@ -87,7 +62,7 @@ def test_every_quality_rule_fires_and_counts_reconcile(lake: dict[str, Any]) -> 
 
 
 def _report_parts(root: Path) -> dict[str, Any]:
-    run_dir = next(p for p in (root / "reports").iterdir() if p.name.startswith("e2e-run-1"))
+    run_dir = next(p for p in (root / "reports").iterdir() if p.name.startswith(REFERENCE_RUN_ID))
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     # the build time differs between two builds of the same report, and the appendix prints the
     # configuration of the command that builds it (the run's own is recorded by its hash only)
@@ -151,19 +126,21 @@ def test_no_pii_in_any_output_table_report_or_mlflow_store(lake: dict[str, Any])
                 assert not pattern.search(data), f"{pattern.pattern!r} found in {path}"
     assert scanned > 20
     # the planted PII really is in the input, so the scan can fail
-    crm = b"".join(p.read_bytes() for p in (root / "data" / "customers").rglob("*.parquet"))
+    crm = b"".join(p.read_bytes() for p in (lake["data"] / "customers").rglob("*.parquet"))
     assert all(p.search(crm) for p in PII_PATTERNS)
 
 
 @pytest.mark.slow
-def test_retry_of_the_same_run_commits_nothing_twice(lake: dict[str, Any]) -> None:
-    root = lake["root"]
-    before = {p.name: DeltaTable(str(p)).version() for p in (root / "tables").iterdir()}
-    assert main(["run", "--run-id", "e2e-run-1", *lake["args"], "--set", "report.enabled=false"]) == 0
-    after = {p.name: DeltaTable(str(p)).version() for p in (root / "tables").iterdir()}
-    changed = {k for k in after if after[k] != before.get(k)}
-    assert changed == {"runs"}  # only the attempt's lineage row is appended
-    assert [r["status"] for r in _table(root, "runs") if r["command"] == "run"] == ["succeeded", "succeeded"]
+def test_the_registered_model_pins_what_loading_it_needs(reference_run: ReferenceRun) -> None:
+    """The model's requirements are given, not inferred (inference reloads the model in a second
+    process and JVM on every run): the packages loading a PipelineModel imports, at their versions."""
+    from importlib import metadata
+
+    artifacts = reference_run.out / "mlartifacts"
+    found = [p for p in artifacts.rglob("requirements.txt") if "clustering_model" in p.parts]
+    assert len(found) == 1, found
+    pins = found[0].read_text(encoding="utf-8").split()
+    assert pins == [f"{n}=={metadata.version(n)}" for n in ("mlflow", "numpy", "pandas", "pyspark", "scipy")]
 
 
 @pytest.mark.slow

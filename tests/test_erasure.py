@@ -21,10 +21,10 @@ from pyspark.sql import SparkSession
 
 from segspark import pipeline
 from segspark.config import load_settings
+from tests.conftest import ReferenceRun, copy_output
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "erasure-test-key"
-CUSTOMERS = 500
+KEY = os.environ["SEGSPARK_PSEUDO_KEY"]  # the suite's, which the reference run pseudonymized with
 
 
 def _segspark(*args: str, cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
@@ -62,27 +62,21 @@ def find(root: Path, needle: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def lake(reference_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A copy of the suite's reference run (600 dirty generated customers, the whole pipeline with its
+    report and MLflow store, started from an empty folder): erase and vacuum change the copy."""
+    assert reference_run.key == KEY
     root = tmp_path_factory.mktemp("erasure")
-    data, out, cwd = root / "data", root / "out", root / "cwd"
+    out = copy_output(reference_run.out, root / "out")
+    cwd = root / "cwd"
     cwd.mkdir()
-    settings = load_settings([], ["spark.shuffle_partitions=2"])
-    generated = pipeline.generate(settings, str(data), CUSTOMERS, seed=5, dirty=True, spark=spark)
-    sets = [
-        f"output.path={out}",
-        "lakehouse.engine=delta-rs",
-        "spark.master=local[2]",
-        "spark.shuffle_partitions=2",
-        "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
-        "clustering.k_max=4",
-        "report.min_segment_size=5",
-    ]
-    for name in pipeline.INPUTS:
-        sets.append(f"input.{name}.path={generated['paths'][name]}")
-    args = [x for s in sets for x in ("--set", s)]
-    proc = _segspark("run", "--run-id", "erasure-run", *args, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"out": out, "data": data, "cwd": cwd, "args": args}
+    return {
+        "out": out,
+        "data": reference_run.data,
+        "run_cwd": reference_run.cwd,
+        "cwd": cwd,
+        "args": reference_run.sets(out),
+    }
 
 
 def _pseudonym(source_id: str) -> str:
@@ -106,7 +100,8 @@ def test_erase_and_vacuum_leave_the_pseudonym_in_no_file_and_no_mlflow_artifact(
 
     # the MLflow store lives beside the tables (nothing in the folder the job was started from)
     assert (out / "mlflow.db").is_file() and (out / "mlartifacts").is_dir()
-    assert not any(cwd.iterdir()), f"the run wrote into its working folder: {list(cwd.iterdir())}"
+    run_cwd = lake["run_cwd"]
+    assert not any(run_cwd.iterdir()), f"the run wrote into its working folder: {list(run_cwd.iterdir())}"
     artifacts = [p for p in (out / "mlartifacts").rglob("*") if p.is_file()]
     assert any(p.suffix == ".parquet" for p in artifacts)  # the Spark model's data files are scanned
     assert any(p.name.endswith(".html") for p in artifacts)  # and the logged report
