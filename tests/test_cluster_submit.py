@@ -108,7 +108,7 @@ def lake(spark: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _job_config(path: Path, data: Path, output: Path) -> Path:
-    """The job's YAML as a cluster user writes it: inputs, output folder, a small clustering sweep."""
+    """The job's YAML as a cluster user writes it: inputs, output folder, small models."""
     inputs = "\n".join(
         f"  {name}: {{path: {data / name}, format: delta}}"
         for name in ("transactions", "customers", "events", "marketing_spend")
@@ -119,7 +119,9 @@ def _job_config(path: Path, data: Path, output: Path) -> Path:
         f"output: {{path: {output}}}\n"
         "lakehouse: {engine: delta-rs}\n"
         "spark: {shuffle_partitions: 4}\n"
-        "clustering: {k_max: 4, algorithms: [kmeans]}\n"
+        # the models' own tests cover their choices; here they only need to run on the executors
+        "clustering: {k_max: 4, algorithms: [kmeans], stability: false}\n"
+        "churn: {model: logistic}\n"
         "report: {min_segment_size: 5}\n",
         encoding="utf-8",
     )
