@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from pyspark.sql import functions as F
 
-from segspark import cohorts
+from segspark import cli, cohorts
 from segspark import schema as S
 from segspark.config import Settings, load_settings
 from segspark.io.lakehouse import OUTPUT_TABLES, Lakehouse
@@ -359,7 +359,10 @@ JOB_WIDGETS: dict[str, tuple[str, str]] = {
     "schema": ("", "schema of the output tables"),
     "output_path": ("", "folder for the report and MLflow artifacts (a volume path)"),
 }
-JOB_COMMANDS: tuple[str, ...] = ("run", "score", "ingest", "features", "clv", "cluster", "report", "monitor")
+# the job's commands, not the interactive or data-changing ones a scheduled notebook must not run
+JOB_COMMANDS: tuple[str, ...] = tuple(
+    c for c in cli.COMMANDS if c not in ("demo", "generate", "erase", "vacuum")
+)
 
 
 def job_args(

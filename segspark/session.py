@@ -393,9 +393,8 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
             static = r"Failed to set spark\..* due to \[CANNOT_MODIFY_CONFIG\]"
             warnings.filterwarnings("ignore", message=static, category=UserWarning)
             session = builder.getOrCreate()
-        if not cfg.remote.startswith("local"):
+        if not cfg.remote.startswith("local"):  # a local server was built with all of local_conf
             apply_job_conf(session, runtime_sql_conf(local_conf(cfg, master="remote")))
-        apply_job_conf(session)
         if owned:
             _OWNED.append(session)
         return session
@@ -406,8 +405,7 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
         # active one of this thread; the builder returns it (never a local one)
         existing = SparkSession.builder.getOrCreate()
     if existing is not None:
-        apply_job_conf(existing, runtime_sql_conf(local_conf(cfg, master="existing")))
-        apply_job_conf(existing)
+        apply_job_conf(existing, runtime_sql_conf(local_conf(cfg, master="existing")))  # JOB_CONF too
         for key, value in cfg.conf.items():
             try:
                 existing.conf.set(key, value)

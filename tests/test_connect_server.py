@@ -27,10 +27,10 @@ import pyarrow as pa
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from deltalake import DeltaTable
+from deploy_procs import LOOPBACK, alive, free_port, spark_home
 from pyspark.sql import DataFrame, SparkSession
 
 REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 # the job's settings besides the data (the demo's config file holds the inputs and the output folder):
 # the same on both runs; small, so that two pipeline runs stay within the suite's budget
@@ -47,19 +47,6 @@ RUN_COLUMNS = ["run_id"]
 
 def _sets(items: list[str]) -> list[str]:
     return [x for item in items for x in ("--set", item)]
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback address right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def spark_home() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent
 
 
 def server_command(port: int) -> list[str]:
@@ -81,24 +68,13 @@ def server_command(port: int) -> list[str]:
     ]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie has exited
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _group(pgid: int) -> list[int]:
     """Live pids of the process group ``pgid`` (the server's JVM and the Python workers it started)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
+                if os.getpgid(int(entry.name)) == pgid and alive(int(entry.name)):
                     found.append(int(entry.name))
             except (ProcessLookupError, PermissionError):
                 continue
@@ -190,7 +166,7 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
     finally:
         left = stop_group(proc)
         assert not left, f"processes of the Connect server still running: {left}"
-        assert not _alive(proc.pid)
+        assert not alive(proc.pid)
 
 
 def _table(spark: SparkSession, root: Path, name: str) -> DataFrame:
