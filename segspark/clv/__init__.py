@@ -264,6 +264,9 @@ def _spend_fit(
     fit["spend_excluded_nonpositive"] = spend.n_excluded_nonpositive
     fit["spend_freq_corr"] = spend.freq_spend_corr
     fit["spend_compressed_rows"] = spend.n_rows
+    # how the spend statistics were bounded for the driver (summary.MAX_FIT_ROWS)
+    fit["spend_resolution_used"] = spend.resolution
+    fit["spend_sample_fraction"] = spend.sample_fraction
     corr = spend.freq_spend_corr
     warn = math.isfinite(corr) and abs(corr) > cfg.spend_corr_warn
     fit["spend_independence_warning"] = warn
@@ -509,6 +512,9 @@ def _run(
         "penalizer": final_fit.penalizer,
         "n_customers": final_fit.n_customers,
         "compressed_rows": final_stats.n_rows,
+        # how the fit's statistics were bounded for the driver (summary.MAX_FIT_ROWS): 1 and 1.0 = exact
+        "compressed_grid_days": final_stats.grid_days,
+        "compressed_sample_fraction": final_stats.sample_fraction,
         "fit_seconds": final_fit.fit_seconds,
         "calibration_fit": cal_fit.as_dict(),
         "candidates": per_model,

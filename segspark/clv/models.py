@@ -79,12 +79,18 @@ class _ByFrequency:
 
 @dataclass(frozen=True)
 class RfmStats(_ByFrequency):
-    """Compressed BTYD statistics: one row per distinct (x, t_x, T) with its customer count."""
+    """Compressed BTYD statistics: one row per distinct (x, t_x, T) with its customer count.
+
+    ``grid_days`` and ``sample_fraction`` say how :func:`segspark.clv.summary.compressed_rfm` bounded
+    the rows (1 and 1.0: exact distinct triples on the day grid, every customer).
+    """
 
     x: FloatArray
     t_x: FloatArray
     T: FloatArray
     weight: FloatArray
+    grid_days: int = 1
+    sample_fraction: float = 1.0
 
     @classmethod
     def from_arrays(
