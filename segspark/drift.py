@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from segspark.errors import InputError
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
@@ -22,6 +24,9 @@ PSI_MODERATE = 0.1
 PSI_MAJOR = 0.25
 # An empty bin would make the log ratio infinite; floor shares as is customary.
 SHARE_FLOOR = 1e-4
+# Buckets per dimension that may reach the driver: segment labels and deciles are a few dozen; a
+# column with more distinct values (an id, a raw amount) is no segment dimension and is refused.
+MAX_BUCKETS = 1_000
 
 DRIFT_SCHEMA = T.StructType(
     [
@@ -52,8 +57,16 @@ def status(value: float) -> str:
     return "stable"
 
 
-def _shares(df: DataFrame, bucket: F.Column) -> dict[str, float]:
-    rows = df.groupBy(bucket.alias("b")).count().collect()
+def _shares(
+    df: DataFrame, bucket: F.Column, dimension: str, max_buckets: int = MAX_BUCKETS
+) -> dict[str, float]:
+    """Share of rows per bucket; at most ``max_buckets`` rows reach the driver (else InputError)."""
+    rows = df.groupBy(bucket.alias("b")).count().limit(max_buckets + 1).collect()
+    if len(rows) > max_buckets:
+        raise InputError(
+            f"drift: column '{dimension}' has more than {max_buckets} distinct values; drift compares "
+            "low-cardinality segment labels and binned numeric features"
+        )
     total = sum(r["count"] for r in rows) or 1
     return {str(r["b"]): r["count"] / total for r in rows}
 
@@ -77,10 +90,13 @@ def segment_drift(
     previous: DataFrame | None,
     categorical: Sequence[str],
     numeric: Sequence[str],
+    max_buckets: int = MAX_BUCKETS,
 ) -> DataFrame:
     """Drift rows per dimension: one row per bucket with both shares, plus a ``__total__`` row with PSI.
 
-    The first run (no previous snapshot) returns an empty table with the schema.
+    The first run (no previous snapshot) returns an empty table with the schema. Numeric columns
+    have at most 11 buckets (deciles and null); a categorical one with more than ``max_buckets``
+    values raises ``InputError`` rather than bring them to the driver.
     """
     spark = current.sparkSession
     if previous is None:
@@ -89,7 +105,12 @@ def segment_drift(
     for col in categorical:
         if col in current.columns and col in previous.columns:
             bucket = F.coalesce(F.col(col).cast("string"), F.lit("(none)"))
-            rows += _rows(col, "categorical", _shares(previous, bucket), _shares(current, bucket))
+            rows += _rows(
+                col,
+                "categorical",
+                _shares(previous, bucket, col, max_buckets),
+                _shares(current, bucket, col, max_buckets),
+            )
     for col in numeric:
         if col not in current.columns or col not in previous.columns:
             continue
@@ -104,5 +125,5 @@ def segment_drift(
         for i, edge in enumerate(edges):
             bucket = bucket.when(value <= F.lit(edge), F.lit(f"{i:02d}: <= {edge:.6g}"))
         bucket = bucket.otherwise(F.lit(f"{len(edges):02d}: > {edges[-1]:.6g}"))
-        rows += _rows(col, "numeric", _shares(previous, bucket), _shares(current, bucket))
+        rows += _rows(col, "numeric", _shares(previous, bucket, col), _shares(current, bucket, col))
     return spark.createDataFrame(rows, DRIFT_SCHEMA)

@@ -6,6 +6,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from segspark.drift import psi, segment_drift
+from segspark.errors import InputError
 
 
 def test_psi_matches_a_hand_computation() -> None:
@@ -43,3 +44,14 @@ def test_segment_drift_first_run_is_empty_and_shift_is_flagged(spark: SparkSessi
         segment_drift(prev, prev, ["rfm_segment"], ["monetary"]).where("bucket = '__total__'").collect()
     )
     assert all(r.psi == pytest.approx(0.0) and r.status == "stable" for r in unchanged)
+
+
+def test_a_high_cardinality_column_is_refused_not_collected(spark: SparkSession) -> None:
+    # the driver receives at most max_buckets + 1 shares per dimension: a customer id (or any
+    # column with more values) is refused; the deciles of a numeric column stay within 11 buckets
+    schema = "customer_id string, monetary double"
+    df = spark.createDataFrame([(f"c{i}", float(i)) for i in range(40)], schema)
+    with pytest.raises(InputError, match="'customer_id' has more than 10 distinct values"):
+        segment_drift(df, df, ["customer_id"], [], max_buckets=10)
+    rows = segment_drift(df, df, [], ["monetary"], max_buckets=10).where("bucket != '__total__'").count()
+    assert rows <= 11

@@ -755,7 +755,9 @@ def quality_table(
             q = q.where(F.col(S.RUN_ID) == F.lit(run_id))
         src = S.Q_SOURCE_TABLE if S.Q_SOURCE_TABLE in q.columns else None
         keys = [F.col(src).alias("source_table")] if src else [F.lit("").alias("source_table")]
-        pdf = q.groupBy(*keys, F.col(S.Q_RULE).alias("rule")).agg(F.count(F.lit(1)).alias("rows")).toPandas()
+        # one row per (source table, rule): the quality rules are a fixed list
+        counts = q.groupBy(*keys, F.col(S.Q_RULE).alias("rule")).agg(F.count(F.lit(1)).alias("rows"))
+        pdf = _small(counts, S.QUARANTINE + " (rule counts)", 5_000)
         return pdf.sort_values(["source_table", "rows", "rule"], ascending=[True, False, True]).reset_index(
             drop=True
         )
