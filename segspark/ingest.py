@@ -56,7 +56,7 @@ from pyspark.sql import types as T
 from segspark import schema as S
 from segspark.config import QUALITY_RULE_IDS, PrivacyConfig, QualityConfig
 from segspark.errors import DataQualityError, InputError, SegsparkError
-from segspark.privacy import mark_pseudonymized, pseudonym, with_key_columns
+from segspark.privacy import mark_pseudonymized, pseudonym_of
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,10 @@ for _rules in TABLE_RULES.values():  # each table's rules keep the global preced
 # Internal column names of the flagged frame.
 _RULE = "_dq_rule"
 _RAW = "_dq_raw"
-_PID = "_dq_pid"
-_PIDV = "_dq_pidv"
 _HASH = "_dq_hash"
+_ID = "_dq_id"
+_PSEUDONYM = "_dq_pseudonym"
+SOURCE_KEY = S.SOURCE_KEY
 # The outlier quantile is exact while the tail above it has at most OUTLIER_TOP_K rows; beyond, it is
 # estimated on a seeded sample of OUTLIER_SAMPLE_ROWS rows.
 OUTLIER_TOP_K = 100_000
@@ -490,7 +491,7 @@ def _transactions_plan(
         "bad_amount": lambda d: not_finite(F.col("_amount_src")),
         "unknown_currency": lambda d: F.col("_rate").isNull(),
         "order_id_conflict": lambda d: F.col("_conflict_order").isNotNull(),
-        "duplicate_line": lambda d: F.col("_dup_rank") > 1,
+        "duplicate_line": lambda d: F.col("_dup"),
         "amount_outlier": lambda d: (
             (F.abs(F.col(S.AMOUNT)) > F.col("_bound"))
             | (F.lit(cap is not None) & (F.abs(F.col(S.AMOUNT)) > F.lit(cap if cap is not None else 0.0)))
@@ -546,7 +547,7 @@ def _customers_plan(df: DataFrame, cfg: QualityConfig, processing_ts: dt.datetim
         **_time_rules(S.SIGNUP_TS, cfg, processing_ts),
         "malformed_customer": lambda d: F.col("_malformed"),
         "customer_id_conflict": lambda d: F.col("_row_min") != F.col("_row_max"),
-        "duplicate_line": lambda d: F.col("_dup_rank") > 1,
+        "duplicate_line": lambda d: F.col("_dup"),
     }
     output = [
         (S.CUSTOMER_ID, "string"),
@@ -578,7 +579,7 @@ def _events_plan(df: DataFrame, cfg: QualityConfig, processing_ts: dt.datetime, 
         "bad_timestamp": lambda d: F.col(S.EVENT_TS).isNull(),
         **_time_rules(S.EVENT_TS, cfg, processing_ts),
         "unknown_event_type": lambda d: ~_true(F.col(S.EVENT_TYPE).isin(*S.EVENT_TYPES)),
-        "duplicate_line": lambda d: F.col("_dup_rank") > 1,
+        "duplicate_line": lambda d: F.col("_dup"),
     }
     output = [
         (S.CUSTOMER_ID, "string"),
@@ -602,7 +603,7 @@ def _spend_plan(df: DataFrame, cfg: QualityConfig) -> _Plan:
         "missing_channel": lambda d: F.col(S.CHANNEL).isNull(),
         "bad_timestamp": lambda d: F.col(S.MONTH).isNull(),
         "bad_amount": lambda d: not_finite(F.col(S.SPEND)) | (F.col(S.SPEND) < 0),
-        "duplicate_line": lambda d: F.col("_dup_rank") > 1,
+        "duplicate_line": lambda d: F.col("_dup"),
     }
     output = [(S.MONTH, "date"), (S.CHANNEL, "string"), (S.SPEND, "double")]
     return _Plan(parsed, rules, output, keyed=False)
@@ -646,22 +647,13 @@ def validate(
     pseudo = key is not None and privacy.pseudonymize
 
     keyed_table = S.CUSTOMER_ID in src_cols
-    # the source columns that travel through the shuffle (with a key, all but the customer id)
+    # The source columns that travel through the one shuffle; the customer id goes trimmed, as the
+    # shuffle key. Its pseudonym is computed after the shuffle, once per distinct id (see below).
     src_kept = [c for c in src_cols if not (pseudo and c == S.CUSTOMER_ID)]
     base = df
     if keyed_table:
-        # The (pseudonymous) id is computed once per line before the one shuffle, which partitions
-        # by it; parsing runs after the shuffle, so only the source columns and the id move.
-        trimmed_id = blank_to_null(F.col(S.CUSTOMER_ID))
-        if pseudo:
-            assert key is not None
-            keyed = with_key_columns(df.withColumn(_PID, trimmed_id), key)
-            # The source id stays behind (a narrower shuffle row): after the shuffle its pseudonym
-            # stands in for it in the quarantine JSON, as it does in the duplicate check.
-            base = keyed.select(*[F.col(c) for c in src_kept], pseudonym(_PID).alias(_PIDV))
-        else:
-            base = df.withColumn(_PIDV, trimmed_id)
-    pid = F.col(_PIDV) if keyed_table else F.lit(None).cast("string")
+        base = df.select(*[F.col(c) for c in src_kept], blank_to_null(F.col(S.CUSTOMER_ID)).alias(SOURCE_KEY))
+    pid = F.col(SOURCE_KEY) if keyed_table else F.lit(None).cast("string")
 
     if table == "transactions":
         plan = _transactions_plan(df, cfg, processing_ts, _rates(cfg, currency_rates), pid)
@@ -692,9 +684,9 @@ def validate(
             continue
         raw_fields.append(F.col(f"_src_{c}").alias(c))
 
-    # One shuffle, by (pseudonymous) customer: the duplicate window and later RFM reuse it.
+    # One shuffle, by customer: the windows below and the silver orders reuse it.
     if plan.keyed:
-        base = base.repartition(F.col(_PIDV))
+        base = base.repartition(F.col(SOURCE_KEY))
     # Parsed columns next to the untouched source columns (renamed so names never clash).
     stage = base.select(
         *[F.col(c).alias(f"_src_{c}") for c in src_kept],
@@ -703,29 +695,54 @@ def validate(
     if plan.extra is not None:
         stage = plan.extra(stage, counted)
     rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off"]
+    # ``customer_id`` is the trimmed source id until the pseudonym replaces it below
     part = [F.col(S.CUSTOMER_ID)] if plan.keyed else []
-    # the row's other source columns; the customer is compared as ``part`` (trimmed, or its pseudonym)
+    within = [F.col(S.ORDER_ID)] if plan.keyed and table == "transactions" else []
+    # the row's other source columns; the customer is compared as ``part`` (trimmed)
     src_refs = [F.col(f"_src_{c}") for c in src_kept if not (plan.keyed and c == S.CUSTOMER_ID)]
+    # A 64-bit hash of the whole row (trimmed customer and every other source column) stands for
+    # it: copies are adjacent rows of equal (customer, [order,] hash) in the sort below, so the sort
+    # and the window compare three keys rather than every column. Two different lines of one
+    # customer (and order) are taken for copies only if their xxhash64 collide: about 2**-64 per
+    # pair of such lines.
+    stage = stage.withColumn(_HASH, F.xxhash64(*part, *src_refs))
+    order = [*within, F.col(_HASH)]
     helpers: dict[str, Column] = {}
-    if "duplicate_line" in rules:
-        # Copies share the (trimmed) customer and every other source column; the full columns keep
-        # the grouping exact. A 64-bit hash of the row comes before them, so the sort reaches them
-        # only on true copies or hash ties. Transactions lead with (customer, order): the clean
-        # rows then come sorted as the order and customer aggregations downstream want them (RFM,
-        # CLV), and those need no sort.
-        stage = stage.withColumn(_HASH, F.xxhash64(*part, *src_refs))
-        keys = [F.col(_HASH), *part, *src_refs]
-        if plan.keyed and table == "transactions":
-            keys = [*part, F.col(S.ORDER_ID), F.col(_HASH), *src_refs]
-        w = Window.partitionBy(*keys).orderBy(F.col(_HASH))
-        helpers["_dup_rank"] = F.row_number().over(w)
-    if "customer_id_conflict" in rules:
-        row = F.struct(*src_refs)
-        wc = Window.partitionBy(F.col(S.CUSTOMER_ID))
-        helpers["_row_min"] = F.min(row).over(wc)
-        helpers["_row_max"] = F.max(row).over(wc)
+    if plan.keyed:
+        # ONE window per customer, sorted by ([order,] hash): Spark copies every row into a buffer
+        # once per window node, so the copies and the CRM conflicts share this one. The
+        # transactions leave it sorted by (customer, order), as the silver orders want them.
+        per_customer = Window.partitionBy(*part).orderBy(*order)
+        if "duplicate_line" in rules:
+            helpers["_prev"] = F.lag(F.struct(*order)).over(per_customer)
+        if "customer_id_conflict" in rules:
+            whole = per_customer.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+            helpers["_row_min"] = F.min(F.struct(*src_refs)).over(whole)
+            helpers["_row_max"] = F.max(F.struct(*src_refs)).over(whole)
+    elif "duplicate_line" in rules:
+        helpers["_dup"] = F.row_number().over(Window.partitionBy(F.col(_HASH)).orderBy(F.col(_HASH))) > 1
     if helpers:
         stage = stage.withColumns(helpers)
+    if "_prev" in helpers:  # a copy: the same (customer, [order,] hash) as the row before it
+        prev = F.col("_prev")
+        stage = stage.withColumn("_dup", prev.isNotNull() & prev.eqNullSafe(F.struct(*order)))
+    if pseudo and plan.keyed:
+        assert key is not None
+        # The keyed pseudonym once per distinct source id, not per line: the distinct ids (a
+        # partial aggregate of the id column, shuffled like the lines) get their HMAC, and a hash
+        # join hands it to the lines. The join keeps the lines where they are, partitioned and
+        # sorted by customer, and the 64-character pseudonyms never go through the sort.
+        ids = (
+            df.select(blank_to_null(F.col(S.CUSTOMER_ID)).alias(_ID))
+            .where(F.col(_ID).isNotNull())
+            .distinct()
+            .select(F.col(_ID), pseudonym_of(F.col(_ID), df.sparkSession, key).alias(_PSEUDONYM))
+        )
+        stage = (
+            stage.join(ids.hint("shuffle_hash"), on=F.col(S.CUSTOMER_ID) == F.col(_ID), how="left")
+            .withColumns({SOURCE_KEY: F.col(S.CUSTOMER_ID), S.CUSTOMER_ID: F.col(_PSEUDONYM)})
+            .drop(_ID, _PSEUDONYM)
+        )
 
     rule_expr: Column = F.lit(None).cast("string")
     if rules:
@@ -743,8 +760,10 @@ def validate(
         )
         for name, kind in plan.output
     ]
+    keep_key = [F.col(SOURCE_KEY) if pseudo else F.col(S.CUSTOMER_ID).alias(SOURCE_KEY)] if plan.keyed else []
     flagged = stage.select(
         *out_cols,
+        *keep_key,
         F.col(_RULE),
         F.when(
             F.col(_RULE).isNotNull(),
@@ -760,7 +779,10 @@ def validate(
     by_rule = {r: counts[r] for r in TABLE_RULES[table] if counts.get(r)}
     reasons = rule_reasons(cfg)
     reason_map = F.create_map(*[F.lit(x) for r in TABLE_RULES[table] for x in (r, reasons[r])])
-    clean = flagged.where(F.col(_RULE).isNull()).select(*[F.col(name) for name, _ in plan.output])
+    clean_cols = [F.col(name) for name, _ in plan.output]
+    if plan.keyed and table == "transactions":
+        clean_cols.append(F.col(SOURCE_KEY))  # for silver.orders only (see SOURCE_KEY)
+    clean = flagged.where(F.col(_RULE).isNull()).select(*clean_cols)
     quarantine = flagged.where(F.col(_RULE).isNotNull()).select(
         F.lit(table).alias(S.Q_SOURCE_TABLE),
         # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too; the

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
@@ -109,20 +109,20 @@ def hmac_hex(message: Column, ipad: Column, opad: Column) -> Column:
     return F.sha2(F.concat(opad, inner), 256)
 
 
-def with_key_columns(df: DataFrame, key: bytes) -> DataFrame:
-    """``df`` plus the two padded-key columns (internal names), joined from a one-row frame.
-
-    A join rather than literals keeps the key out of printed query plans.
-    """
+def key_columns(spark: SparkSession, key: bytes) -> tuple[Column, Column]:
+    """The two padded keys as scalar subqueries over a one-row frame: usable in any expression of
+    any frame, evaluated once per query, and absent from printed query plans (which show the
+    subquery, never its value; a literal would print the key)."""
     ipad, opad = _pads(key)
     schema = StructType([StructField(_IPAD, BinaryType(), False), StructField(_OPAD, BinaryType(), False)])
-    keys = df.sparkSession.createDataFrame([(bytearray(ipad), bytearray(opad))], schema)
-    return df.crossJoin(F.broadcast(keys))
+    keys = spark.createDataFrame([(bytearray(ipad), bytearray(opad))], schema)
+    return keys.select(_IPAD).scalar(), keys.select(_OPAD).scalar()
 
 
-def pseudonym(column: str) -> Column:
-    """The pseudonym of ``column`` on a frame from :func:`with_key_columns`."""
-    return hmac_hex(F.col(column), F.col(_IPAD), F.col(_OPAD))
+def pseudonym_of(column: Column, spark: SparkSession, key: bytes) -> Column:
+    """The keyed pseudonym (HMAC-SHA256 hex) of ``column``."""
+    ipad, opad = key_columns(spark, key)
+    return hmac_hex(column, ipad, opad)
 
 
 def mark_pseudonymized(column: Column, name: str) -> Column:
@@ -146,8 +146,9 @@ def pseudonymize(df: DataFrame, key: bytes, columns: Sequence[str] = (S.CUSTOMER
     todo = [c for c in columns if not is_pseudonymized(df, c)]
     if not todo:
         return df
-    keyed = with_key_columns(df, key)
-    return keyed.select(*[mark_pseudonymized(pseudonym(c), c) if c in todo else F.col(c) for c in df.columns])
+    ipad, opad = key_columns(df.sparkSession, key)
+    hashed = {c: mark_pseudonymized(hmac_hex(F.col(c), ipad, opad), c) for c in todo}
+    return df.select(*[hashed.get(c, F.col(c)) for c in df.columns])
 
 
 def age_band(age: Column, bands: Sequence[int]) -> Column:

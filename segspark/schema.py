@@ -38,6 +38,11 @@ DEVICE: Final = "device"
 MONTH: Final = "month"
 SPEND: Final = "spend"
 
+# Internal: the trimmed source customer id next to the clean transactions' (pseudonymous)
+# customer_id. ``ingest.validate`` hands the lines partitioned and sorted by it, so
+# ``silver.orders`` groups by it and the order with no shuffle; it never reaches a table.
+SOURCE_KEY: Final = "_segspark_source_key"
+
 EVENT_TYPES: Final = (
     "session_start",
     "page_view",

@@ -39,11 +39,14 @@ def _optional(df: DataFrame, name: str, type_: str) -> Column:
 def orders(transactions: DataFrame, purchase: PurchaseConfig) -> DataFrame:
     """Clean order lines -> one row per order (columns of ``tables.ORDERS_SCHEMA``).
 
-    Lines from ``ingest.validate`` arrive partitioned by customer and sorted by (customer, order):
-    the grouping then streams over them with no shuffle (session.JOB_CONF sort aggregates).
+    Lines from ``ingest.validate`` arrive partitioned and sorted by (source customer id, order) and
+    carry the source id (``schema.SOURCE_KEY``) next to its pseudonym: grouping by it streams over
+    them with no shuffle (session.JOB_CONF sort aggregates). Lines without it group by customer_id.
     """
     _require(transactions, "transactions", S.TRANSACTIONS_REQUIRED)
+    keyed = S.SOURCE_KEY in transactions.columns
     lines = transactions.select(
+        *([F.col(S.SOURCE_KEY)] if keyed else []),
         *S.TRANSACTIONS_REQUIRED,
         _optional(transactions, S.QUANTITY, "long"),
         _optional(transactions, S.PRODUCT_CATEGORY, "string"),
@@ -51,7 +54,14 @@ def orders(transactions: DataFrame, purchase: PurchaseConfig) -> DataFrame:
     ).where(F.col(S.CUSTOMER_ID).isNotNull() & F.col(S.ORDER_ID).isNotNull() & F.col(S.ORDER_TS).isNotNull())
     amount = F.coalesce(F.col(S.AMOUNT).cast("double"), F.lit(0.0))
     positive = amount > 0
-    grouped = lines.groupBy(S.CUSTOMER_ID, S.ORDER_ID).agg(
+    # one pseudonym per source id: any value of the group is the customer's
+    by, customer = (
+        ([S.SOURCE_KEY, S.ORDER_ID], [F.any_value(S.CUSTOMER_ID).alias(S.CUSTOMER_ID)])
+        if keyed
+        else ([S.CUSTOMER_ID, S.ORDER_ID], [])
+    )
+    grouped = lines.groupBy(*by).agg(
+        *customer,
         F.min(S.ORDER_TS).alias(S.ORDER_TS),
         F.sum(amount).alias(S.NET_AMOUNT),
         F.sum(F.when(positive, amount).otherwise(F.lit(0.0))).alias(S.GROSS_AMOUNT),

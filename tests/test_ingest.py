@@ -11,6 +11,7 @@ import pytest
 from pyspark.sql import types as T
 
 from segspark import ingest
+from segspark import schema as S
 from segspark.config import QUALITY_RULE_IDS, PrivacyConfig, QualityConfig, load_settings
 from segspark.errors import ConfigError, DataQualityError, InputError, SegsparkError
 
@@ -144,8 +145,11 @@ def test_no_clean_transaction_is_quarantined_and_values_are_parsed(tx_result) ->
         "product_category",
         "channel",
         "currency",
+        S.SOURCE_KEY,  # the trimmed source id, for silver.orders' grouping only
     ]
     rows = sorted(clean.collect(), key=lambda r: (r["order_id"], r["amount"]))
+    # every line's pseudonym is its trimmed source id's
+    assert all(r["customer_id"] == pid(r[S.SOURCE_KEY]) for r in rows)
     assert [r["order_id"] for r in rows] == ["O1", "O1", "O2", "O3", "O4", "O5", "O6", "O7", "O8", "O9"]
     by_order = {(r["order_id"], round(r["amount"], 6)): r for r in rows}
     assert by_order[("O1", -15.5)]["quantity"] == -1  # returns are kept, not rejected
