@@ -25,7 +25,7 @@ from segspark.errors import DataQualityError, InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
 from segspark.io.engine import MIN_SAFE_RETENTION_HOURS
 from segspark.io.lakehouse import OUTPUT_TABLES, check_vacuum_retention
-from segspark.session import get_spark
+from segspark.session import get_spark, scale_shuffle_partitions
 from segspark.version import code_version
 
 if TYPE_CHECKING:
@@ -291,6 +291,9 @@ def stage_ingest(ctx: RunContext) -> None:
 
     settings = ctx.settings
     frames = read_inputs(ctx)
+    # the largest input sets the shuffle partitions of the run (a row count: no column is read)
+    largest = max(df.count() for df in frames.values())
+    scale_shuffle_partitions(ctx.spark, settings.spark, largest)
     key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     results = []

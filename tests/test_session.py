@@ -262,3 +262,25 @@ def test_missing_pyspark_is_one_clear_line_naming_the_extra() -> None:
     assert done.returncode == 1
     assert "PySpark is not installed: pip install 'segspark[spark]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_shuffle_partitions_grow_with_the_input_only_when_the_job_sizes_them(spark) -> None:
+    from segspark.config import SparkConfig
+    from segspark.session import ROWS_PER_PARTITION, scale_shuffle_partitions
+
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        spark.conf.set("spark.sql.shuffle.partitions", "4")
+        auto = SparkConfig()
+        assert scale_shuffle_partitions(spark, auto, 4 * ROWS_PER_PARTITION) is None  # never lowers
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+        # a user's choice holds: a given count, or the setting in spark.conf
+        assert scale_shuffle_partitions(spark, SparkConfig(shuffle_partitions=4), 50 * ROWS_PER_PARTITION) is None
+        given = SparkConfig(conf={"spark.sql.shuffle.partitions": "4"})
+        assert scale_shuffle_partitions(spark, given, 50 * ROWS_PER_PARTITION) is None
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+        # 100M lines: 50 partitions of 2M lines
+        assert scale_shuffle_partitions(spark, auto, 50 * ROWS_PER_PARTITION - 1) == 50
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "50"
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
