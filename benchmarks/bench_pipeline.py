@@ -338,6 +338,11 @@ def run_segspark(
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
     overrides = [*run_overrides(data, inputs, output), *args.set]
+    events = Path(args.out) / "eventlogs" / name
+    if args.event_log:
+        shutil.rmtree(events, ignore_errors=True)
+        events.mkdir(parents=True)
+        overrides.append(f'spark.conf={{spark.eventLog.enabled: "true", spark.eventLog.dir: "{events}"}}')
     cmd = [*shlex.split(command), "run", *(x for item in overrides for x in ("--set", item))]
     log = Path(args.out) / "logs" / f"{name}.log"
     measured = measure(cmd, cwd=output, env=_env(), log=log, timeout=args.timeout)
@@ -354,9 +359,46 @@ def run_segspark(
     }
     if measured.code != 0:
         result["error"] = _last_error(log)
+    if args.event_log:
+        result["spark"] = spark_task_totals(events)
     if not args.keep_runs:
         shutil.rmtree(output, ignore_errors=True)
     return result
+
+
+# TaskEnd metrics summed over every task of a run (Spark's event log, one JSON event per line)
+TASK_TOTALS = {
+    "spill_memory_gb": ("Memory Bytes Spilled",),
+    "spill_disk_gb": ("Disk Bytes Spilled",),
+    "shuffle_write_gb": ("Shuffle Write Metrics", "Shuffle Bytes Written"),
+    "input_gb": ("Input Metrics", "Bytes Read"),
+}
+
+
+def spark_task_totals(folder: Path) -> dict[str, float]:
+    """Spill, shuffle and input bytes (GB) and the task count of the run whose event log is in ``folder``."""
+    totals = dict.fromkeys(TASK_TOTALS, 0.0)
+    tasks = 0
+    import io
+
+    import pyarrow as pa
+
+    parts = sorted(x for x in folder.rglob("events_*") if x.is_file())  # rolling logs: a folder of parts
+    for log in parts:
+        codec = log.suffix.lstrip(".")  # Spark 4 compresses event logs (zstd by default)
+        stream = pa.input_stream(str(log), compression=codec if codec in ("zstd", "lz4", "gzip") else None)
+        with io.TextIOWrapper(stream, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if '"SparkListenerTaskEnd"' not in line:
+                    continue
+                metrics = json.loads(line).get("Task Metrics") or {}
+                tasks += 1
+                for key, path in TASK_TOTALS.items():
+                    value: Any = metrics
+                    for part in path:
+                        value = value.get(part, 0) if isinstance(value, dict) else 0
+                    totals[key] += float(value or 0) / GB
+    return {k: round(v, 2) for k, v in totals.items()} | {"tasks": tasks}
 
 
 def _last_error(log: Path) -> str:
@@ -514,6 +556,8 @@ def _print_run(result: dict[str, Any]) -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in result.get("peak_by_kind_gb", {}).items()) + ")", flush=True)
     for step, seconds in result.get("steps", {}).items():
         print(f"    {step:32s} {seconds:9.1f} s")
+    if result.get("spark"):
+        print("    spark tasks: " + ", ".join(f"{k} {v}" for k, v in result["spark"].items()))
     if result.get("detail"):
         print(f"    {json.dumps(result['detail'])}")
     if result.get("error"):
@@ -595,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra --set for every segspark run (repeatable)")
     p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds before a run is stopped")
     p.add_argument("--keep-runs", action="store_true", help="keep each run's output tables")
+    p.add_argument("--event-log", action="store_true",
+                   help="write each run's Spark event log under <out>/eventlogs and report its spill, "
+                        "shuffle and input bytes (sets spark.conf: do not also --set spark.conf)")
     p.add_argument("--min-step-s", type=float, default=1.0,
                    help="the final step table leaves out steps shorter than this in every column")
     p.add_argument("--reference-of", help=argparse.SUPPRESS)  # internal: run the reference on this Parquet

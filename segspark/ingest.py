@@ -107,6 +107,9 @@ SOURCE_KEY = S.SOURCE_KEY
 # estimated on a seeded sample of OUTLIER_SAMPLE_ROWS rows.
 OUTLIER_TOP_K = 100_000
 OUTLIER_SAMPLE_ROWS = 2_000_000
+# Conflicting order ids broadcast from the driver up to this many (about 100 MB as a hash relation of
+# ids); more (a feed whose order id is not an order key) join by a shuffle of the lines instead.
+CONFLICTS_BROADCAST_ROWS = 1_000_000
 
 
 def rule_reasons(cfg: QualityConfig) -> dict[str, str]:
@@ -314,6 +317,7 @@ class _Plan:
     # adds helper columns before the rules; gets the values of ``counts``
     extra: Callable[[DataFrame, Mapping[str, int]], DataFrame] | None = None
     counts: dict[str, Column] = field(default_factory=dict)  # aggregates over the input, by name
+    held: list[DataFrame] = field(default_factory=list)  # persisted by ``extra``, released after the counts
 
 
 def _col_or_null(df: DataFrame, name: str, kind: str) -> tuple[Column, T.DataType]:
@@ -362,15 +366,18 @@ def _time_rules(
     }
 
 
-def order_conflicts(df: DataFrame) -> DataFrame:
-    """Order ids carried by two or more customers (column ``_conflict_order``), exactly.
+def order_conflicts(df: DataFrame, held: list[DataFrame] | None = None) -> tuple[DataFrame, bool]:
+    """Order ids carried by two or more customers (column ``_conflict_order``), exactly, and whether
+    they are few enough to broadcast (at most ``CONFLICTS_BROADCAST_ROWS``).
 
     Grouping 10M string order ids costs as much as the main shuffle, so the search runs in two
     passes: first over 64-bit hashes (order hash -> min and max customer hash, partially aggregated
     before its shuffle), which finds every conflicting order plus rare hash collisions between
     orders; then the string ids of just those candidate orders are grouped and checked exactly.
     A conflict is missed only if two different customer ids of one order share their xxhash64
-    (probability about 2**-64 per pair).
+    (probability about 2**-64 per pair). The candidates are persisted and counted (appended to
+    ``held`` for the caller to release): their number is the source's, not the configuration's, so
+    above the limit both steps join by shuffling instead of broadcasting them from the driver.
     """
     pairs = df.select(
         blank_to_null(F.col(S.ORDER_ID)).alias("_o"), blank_to_null(F.col(S.CUSTOMER_ID)).alias("_c")
@@ -380,14 +387,20 @@ def order_conflicts(df: DataFrame) -> DataFrame:
         .agg(F.min(F.xxhash64("_c")).alias("_lo"), F.max(F.xxhash64("_c")).alias("_hi"))
         .where(F.col("_lo") != F.col("_hi"))
         .select("_oh")
+        .persist()
     )
-    return (  # conflicting orders are few: both steps broadcast them
-        pairs.join(F.broadcast(candidates), on=F.xxhash64("_o") == F.col("_oh"), how="left_semi")
+    if held is not None:
+        held.append(candidates)
+    few = candidates.count() <= CONFLICTS_BROADCAST_ROWS
+    shipped = F.broadcast(candidates) if few else candidates
+    conflicts = (
+        pairs.join(shipped, on=F.xxhash64("_o") == F.col("_oh"), how="left_semi")
         .groupBy("_o")
         .agg(F.min("_c").alias("_lo"), F.max("_c").alias("_hi"))
         .where(F.col("_lo") != F.col("_hi"))
         .select(F.col("_o").alias("_conflict_order"))
     )
+    return conflicts, few
 
 
 def outlier_bound(values: DataFrame, cfg: QualityConfig, n: int | None = None) -> Column:
@@ -462,14 +475,16 @@ def _transactions_plan(
     }
 
     finite_amount = ~not_finite(F.abs(amount * rate))
+    held: list[DataFrame] = []
     counts = {"_n_amounts": F.count_if(finite_amount)} if severity("amount_outlier", cfg) != "off" else {}
 
     def extra(d: DataFrame, counted: Mapping[str, int]) -> DataFrame:
         # Both helpers read the source again (only the columns they need) rather than the
         # pseudonymized, repartitioned frame: cheaper than hashing or shuffling those rows twice.
         if severity("order_id_conflict", cfg) != "off":
+            conflicts, few = order_conflicts(df, held)
             d = d.join(
-                F.broadcast(order_conflicts(df)),
+                F.broadcast(conflicts) if few else conflicts,
                 on=F.col(S.ORDER_ID) == F.col("_conflict_order"),
                 how="left",
             )
@@ -507,7 +522,7 @@ def _transactions_plan(
         (S.CHANNEL, "string"),
         (S.CURRENCY, "string"),
     ]
-    return _Plan(parsed, rules, output, extra=extra, counts=counts)
+    return _Plan(parsed, rules, output, extra=extra, counts=counts, held=held)
 
 
 def _number_rule(raw: Column, dtype: T.DataType) -> tuple[Column, Column]:
@@ -776,6 +791,8 @@ def validate(
         for row in flagged.groupBy(_RULE).agg(F.count(F.lit(1)).alias("n")).collect()
     }
     rows_clean = counts.pop(None, 0)
+    for frame in plan.held:  # in the cached frame now
+        frame.unpersist()
     by_rule = {r: counts[r] for r in TABLE_RULES[table] if counts.get(r)}
     reasons = rule_reasons(cfg)
     reason_map = F.create_map(*[F.lit(x) for r in TABLE_RULES[table] for x in (r, reasons[r])])

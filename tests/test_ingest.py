@@ -164,6 +164,22 @@ def test_no_clean_transaction_is_quarantined_and_values_are_parsed(tx_result) ->
     assert clean.schema["order_ts"].dataType == T.TimestampType()
 
 
+def test_many_conflicting_orders_join_by_shuffle_with_the_same_result(spark, tx_result, monkeypatch) -> None:
+    """Above CONFLICTS_BROADCAST_ROWS conflicting orders nothing is broadcast from the driver; the
+    rules fire on the same rows."""
+    monkeypatch.setattr(ingest, "CONFLICTS_BROADCAST_ROWS", 0)
+    df = spark.createDataFrame(CLEAN + list(PLANTED.values()), TX_SCHEMA)
+    _, few = ingest.order_conflicts(df)
+    assert not few
+    result = ingest.validate(df, "transactions", CFG, NOW, key=KEY, privacy=PrivacyConfig())
+    try:
+        assert result.by_rule == tx_result.by_rule and result.by_rule["order_id_conflict"] == 2
+        shuffled = sorted((json.loads(r["raw"])["line"], r["rule"]) for r in result.quarantine.collect())
+        assert shuffled == sorted(EXPECTED_RULE.items())
+    finally:
+        result.release()
+
+
 def test_reconciliation_and_quarantine_has_no_pii(tx_result) -> None:
     assert tx_result.rows_in == len(CLEAN) + len(PLANTED)
     assert tx_result.rows_clean == len(CLEAN)  # the first copy of the duplicated line is clean

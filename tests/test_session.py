@@ -275,7 +275,8 @@ def test_shuffle_partitions_grow_with_the_input_only_when_the_job_sizes_them(spa
         assert scale_shuffle_partitions(spark, auto, 4 * ROWS_PER_PARTITION) is None  # never lowers
         assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
         # a user's choice holds: a given count, or the setting in spark.conf
-        assert scale_shuffle_partitions(spark, SparkConfig(shuffle_partitions=4), 50 * ROWS_PER_PARTITION) is None
+        fixed = SparkConfig(shuffle_partitions=4)
+        assert scale_shuffle_partitions(spark, fixed, 50 * ROWS_PER_PARTITION) is None
         given = SparkConfig(conf={"spark.sql.shuffle.partitions": "4"})
         assert scale_shuffle_partitions(spark, given, 50 * ROWS_PER_PARTITION) is None
         assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
