@@ -254,8 +254,12 @@ class CleanInputs:
     customers: DataFrame | None
     events: DataFrame | None
     marketing_spend: DataFrame | None
-    # drops an input's ingest cache once its last reader has written: transactions after silver,
-    # events after features; customers and spend are small and read until the aggregates
+    # the events' one row per customer (``behaviour.engagement_features``), cached: the events
+    # themselves (the largest input, 2-3 per line) are released at the end of ingest, so their cache
+    # does not hold memory and disk through silver
+    engagement: DataFrame | None = None
+    # drops an input's ingest cache once its last reader has written: transactions after silver;
+    # customers and spend are small and read until the aggregates
     releases: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     def release(self, name: str) -> None:
@@ -360,6 +364,15 @@ def stage_ingest(ctx: RunContext) -> None:
         marketing_spend=clean.get("marketing_spend"),
         releases={r.table: r.release for r in results},
     )
+    events = clean.get("events")
+    if events is not None:
+        from segspark import behaviour
+
+        # summarized now, while the events are cached, then released: one row per customer stays
+        engagement = ctx.cache(materialize(behaviour.engagement_features(events, ctx.as_of_date)))
+        engagement.count()
+        ctx.clean.engagement = engagement
+        ctx.clean.release("events")
 
 
 def default_as_of(transactions: DataFrame) -> dt.date | None:
@@ -391,7 +404,7 @@ def stage_features(ctx: RunContext) -> None:
     assert as_of is not None and clean is not None
     channels = settings.rfm.channels
     orders = ctx.read(S.ORDERS)
-    engagement = behaviour.engagement_features(clean.events, as_of) if clean.events is not None else None
+    engagement = clean.engagement  # summarized by ingest when there are events
     buyers = features.rfm_features(orders, as_of, channels).transform(
         behaviour.with_behaviour, behaviour.behaviour_features(orders, as_of, channels)
     )
@@ -406,9 +419,10 @@ def stage_features(ctx: RunContext) -> None:
         .transform(behaviour.with_demographics, clean.customers)
     )
     ctx.write(table, S.CUSTOMER_FEATURES)
-    # written: later stages read the table, so neither the RFM features nor the events stay cached
+    # written: later stages read the table, so neither the RFM features nor the engagement stay cached
     buyers.unpersist()
-    clean.release("events")
+    if engagement is not None:
+        engagement.unpersist()
     written = ctx.read(S.CUSTOMER_FEATURES)
     ctx.write(features.rfm_grid(written.where(F.col("r_score").isNotNull())), S.RFM_GRID)
 
@@ -602,7 +616,7 @@ def stage_aggregates(ctx: RunContext) -> None:
     previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=as_of)
     feats = ctx.read(S.CUSTOMER_FEATURES)
     engagement = None
-    if clean is not None and clean.events is not None:  # engagement features exist only with events
+    if clean is not None and clean.engagement is not None:  # engagement features exist only with events
         engagement = feats.select(S.CUSTOMER_ID, *behaviour.ENGAGEMENT_COLUMNS)
     ctx.write(kpis.segment_kpis(segments, engagement), S.SEGMENT_KPIS)
     ctx.write(cohorts.cohort_retention(orders, customers, as_of), S.COHORT_RETENTION)
@@ -698,7 +712,7 @@ PIPELINE: tuple[Stage, ...] = (
                         (S.QUARANTINE,), stage_ingest),
     Stage("silver",     ("clean:transactions",),                           (S.ORDERS, S.CUSTOMER_DAYS),
                         stage_silver),
-    Stage("features",   (S.ORDERS, "clean:customers", "clean:events"),   (S.CUSTOMER_FEATURES, S.RFM_GRID),
+    Stage("features",   (S.ORDERS, "clean:customers", "clean:engagement"), (S.CUSTOMER_FEATURES, S.RFM_GRID),
                         stage_features),
     Stage("scores",     (S.CUSTOMER_DAYS, S.ORDERS),
                         (S.CLV_VALIDATION, S.CLV_FIT, S.CHURN_METRICS, S.CUSTOMER_SCORES), stage_scores),

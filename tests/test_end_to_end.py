@@ -109,6 +109,18 @@ def test_segments_are_pseudonymous_one_row_per_customer_and_complete(lake: dict[
 
 
 @pytest.mark.slow
+def test_events_reach_the_features_through_ingests_engagement_summary(lake: dict[str, Any]) -> None:
+    """Ingest summarizes the events per customer and releases them; features join that summary."""
+    rows = _table(lake["root"], "customer_features")
+    engaged = [r for r in rows if r["has_events"]]
+    assert engaged and len(engaged) < len(rows)  # generated customers with and without events
+    assert any(r["sessions_90d"] > 0 for r in engaged)
+    assert all(r["days_since_last_visit"] is not None and r["days_since_last_visit"] >= 0 for r in engaged)
+    kpis = {r["kpi"] for r in _table(lake["root"], "segment_kpis")}
+    assert {"conversion_rate_90d", "sessions_per_customer_30d"} <= kpis
+
+
+@pytest.mark.slow
 def test_no_pii_in_any_output_table_report_or_mlflow_store(lake: dict[str, Any]) -> None:
     root = lake["root"]
     scanned = 0
