@@ -18,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backend_bases import RendererBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Polygon
+from matplotlib.text import Annotation, Text
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import Bbox
 
 from segspark.report.collect import (
     CUSTOMERS,
@@ -118,6 +122,77 @@ def _money(x: float, sym: str) -> str:
     return f"{'-' if x < 0 else ''}{sym}{a:,.0f}"
 
 
+# Offsets (points) tried for a label, nearest first: 8 directions at growing distances.
+_LABEL_RADII = (5, 10, 16, 24, 34, 46, 60, 76, 94)
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def text_box(text: Text, renderer: RendererBase) -> Bbox:
+    """A text's own extent in display units (an annotation's without its leader line, at the
+    position its offset gives: computed here, not only at the next draw)."""
+    if isinstance(text, Annotation):
+        text.update_positions(renderer)
+    return Text.get_window_extent(text, renderer)
+
+
+def place_labels(
+    ax: Axes, anchors: list[tuple[float, float]], labels: list[str], fontsize: float = 7
+) -> list[Text]:
+    """Annotate each anchor (data coordinates) with its label where the label's box overlaps no
+    other text of the axes and stays inside them, trying the offsets above nearest first; a label
+    set away from its point gets a leader line. Labels are placed in the order given (the first gets
+    the nearest free spot).
+
+    Hand-written: adjustText (the usual library) moves labels by repulsion and does not promise
+    that no two overlap, which a printed report needs. The figure's layout is settled first and
+    then frozen, so the measured boxes are the drawn ones.
+    """
+    fig = ax.get_figure()
+    assert isinstance(fig, Figure)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    fig.set_layout_engine("none")  # later draws must not move the axes under the measured boxes
+    renderer = canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = [text_box(t, renderer) for t in ax.texts]
+    placed: list[Text] = []
+    for (x, y), label in zip(anchors, labels, strict=True):
+        best = None
+        for radius in _LABEL_RADII:
+            for dx, dy in _LABEL_DIRECTIONS:
+                ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+                ann = ax.annotate(
+                    label, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points",
+                    fontsize=fontsize, ha=ha, va=va,
+                )
+                box = text_box(ann, renderer)
+                ann.remove()
+                inside = frame.x0 <= box.x0 <= box.x1 <= frame.x1 and frame.y0 <= box.y0 <= box.y1 <= frame.y1
+                if inside and not any(box.overlaps(t) for t in taken):
+                    best = (dx * radius, dy * radius, ha, va)
+                    break
+            if best is not None:
+                break
+        if best is None:  # nowhere free (dozens of labels on one spot): the nearest spot
+            best = (_LABEL_RADII[0], _LABEL_RADII[0], "left", "bottom")
+        ox, oy, ha, va = best
+        far = max(abs(ox), abs(oy)) > _LABEL_RADII[1]
+        ann = ax.annotate(
+            label,
+            (x, y),
+            xytext=(ox, oy),
+            textcoords="offset points",
+            fontsize=fontsize,
+            ha=ha,
+            va=va,
+            arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6, "shrinkB": 3} if far else None,
+        )
+        taken.append(text_box(ann, renderer))
+        placed.append(ann)
+    return placed
+
+
 # --- the charts ---------------------------------------------------------------------------------------
 
 
@@ -162,20 +237,15 @@ def cohort_chart(matrix: pd.DataFrame) -> Figure:
     ax.set_yticks(range(rows), list(matrix.index), fontsize=7)
     ax.set_xlabel("months since first purchase")
     ax.set_ylabel("acquisition cohort (month of first purchase)")
-    if rows * cols <= 400:
-        for i in range(rows):
-            for j in range(cols):
-                v = values[i, j]
-                if np.isfinite(v) and j > 0:
-                    ax.text(
-                        j,
-                        i,
-                        f"{v:.0%}",
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color="white" if v > 0.5 else INK,
-                    )
+    # every cell carries its value (rounded to a whole percent); smaller type in a large matrix
+    size = 6.0 if rows * cols <= 400 else 5.0
+    top = float(np.nanmax(values[:, 1:])) if cols > 1 else 1.0
+    for i in range(rows):
+        for j in range(1, cols):
+            v = values[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=size,
+                        color="white" if v > 0.6 * top else INK)
     fig.colorbar(im, ax=ax, label="share of the cohort purchasing that month")
     ax.set_title("Cohort retention (month 0 is the whole cohort)")
     return fig
@@ -281,7 +351,7 @@ def funnel_chart(table: pd.DataFrame, colours: dict[str, str]) -> Figure:
     ax.barh(y, t[CUSTOMERS], color=[colours.get(s, OTHER_COLOUR) for s in t.index])
     ax.set_yticks(y, [s.replace("_", " ") for s in t.index])
     for yi, (c, share) in zip(y, zip(t[CUSTOMERS], t["customer_share"], strict=True), strict=True):
-        ax.text(c, yi, f"  {int(c):,} ({share:.0%})", va="center", fontsize=8)
+        ax.text(c, yi, f"  {round(c):,} ({share:.0%})", va="center", fontsize=8)
     ax.set_xlabel("customers")
     ax.set_ylabel("lifecycle stage")
     ax.set_xlim(0, float(t[CUSTOMERS].max()) * 1.25)
@@ -334,7 +404,8 @@ def transitions_chart(
                 )
             )
             tx, ha = (-0.01, "right") if side == "l" else (1.01, "left")
-            ax.text(tx, (y0 + y1) / 2, f"{n} ({int(y1 - y0):,})", ha=ha, va="center", fontsize=8)
+            # band ends are float sums: rounded, not truncated (2999.9999 is 3,000 customers)
+            ax.text(tx, (y0 + y1) / 2, f"{n} ({round(y1 - y0):,})", ha=ha, va="center", fontsize=8)
     top = max(max(p[1] for p in left.values()), max(p[1] for p in right.values()))
     ax.set_xlim(-0.45, 1.45)
     ax.set_ylim(top + gap, -gap)
@@ -436,14 +507,6 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
         alpha=0.75,
         edgecolors=INK,
     )
-    for xi, (_, row) in zip(x, r.iterrows(), strict=True):
-        ax.annotate(
-            f"#{row['rank']} {row['segment']}",
-            (xi, row["impact"]),
-            textcoords="offset points",
-            xytext=(8, 4),
-            fontsize=7,
-        )
     if len(r):
         ax.axhline(float(np.nanmedian(r["impact"])), color="grey", linestyle=":")
     ax.axvline(2.5, color="grey", linestyle=":")
@@ -470,6 +533,31 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
             va="top" if ty > 0.5 else "bottom",
         )
     ax.set_title("Impact-effort matrix (bubble size = customers; #rank)")
+    # labels last, best rank first, each where it overlaps no other text
+    order = np.argsort(r["rank"].to_numpy(), kind="stable")
+    place_labels(
+        ax,
+        [(float(x.iloc[i]), float(r["impact"].iloc[i])) for i in order],
+        [f"#{r['rank'].iloc[i]} {r['segment'].iloc[i]}" for i in order],
+    )
+    return fig
+
+
+def baseline_chart(flows: pd.DataFrame, colours: dict[str, str], dimension: str) -> Figure:
+    """A first run's segments (the baseline the next run's transitions start from): customers per
+    segment, largest first."""
+    sizes = flows.groupby(TO_SEGMENT)[CUSTOMERS].sum().sort_values(ascending=True)
+    total = float(sizes.sum()) or 1.0
+    fig = _fig(7.0, 0.9 + 0.4 * len(sizes))
+    ax = fig.add_subplot()
+    y = np.arange(len(sizes))
+    ax.barh(y, sizes.to_numpy(dtype=float), color=[colours.get(n, OTHER_COLOUR) for n in sizes.index])
+    ax.set_yticks(y, [str(n) for n in sizes.index])
+    for yi, c in zip(y, sizes.to_numpy(dtype=float), strict=True):
+        ax.text(c, float(yi), f"  {round(c):,} ({c / total:.0%})", va="center", fontsize=8)
+    ax.set_xlim(0, float(sizes.max()) * 1.3 if len(sizes) else 1.0)
+    ax.set_xlabel("customers")
+    ax.set_title(f"Baseline for transitions ({dimension.replace('_', ' ')}): customers per segment")
     return fig
 
 
@@ -569,19 +657,25 @@ def make_charts(
         dims = list(dict.fromkeys(data.transitions[DIMENSION]))
         dim = RFM_SEGMENT if RFM_SEGMENT in dims else dims[0]
         flows = data.transitions[data.transitions[DIMENSION] == dim]
-        note = (
-            "First run: no previous run yet, so the bands show this run's segments."
-            if data.first_run
-            else "Customers moving between segments since the previous run."
-        )
-        charts.append(
-            Chart(
-                "segment_transitions",
-                "Segment transition flows",
-                note,
-                transitions_chart(flows, palettes.get(dim, {}), dim, data.first_run),
+        if data.first_run:  # nothing has moved yet: the sizes the next run's flows start from
+            charts.append(
+                Chart(
+                    "segment_transitions",
+                    "Segment baseline",
+                    "First run: no previous run to compare with, so this is the baseline; the next "
+                    "run shows how customers moved between these segments.",
+                    baseline_chart(flows, palettes.get(dim, {}), dim),
+                )
             )
-        )
+        else:
+            charts.append(
+                Chart(
+                    "segment_transitions",
+                    "Segment transition flows",
+                    "Customers moving between segments since the previous run.",
+                    transitions_chart(flows, palettes.get(dim, {}), dim, data.first_run),
+                )
+            )
     if primary is not None and _named_rows(data.segments[primary].table):
         view = data.segments[primary]
         charts.append(

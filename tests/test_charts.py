@@ -1,0 +1,102 @@
+"""The report's charts read as printed: no label over another, values in the cohort cells, counts
+rounded, a first run's transitions chart replaced by the baseline. Pure matplotlib on small frames."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from segspark.report import charts as C
+from segspark.report.collect import CUSTOMERS, FROM_SEGMENT, TO_SEGMENT
+
+
+def _texts(fig: Figure) -> list[tuple[str, object]]:
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    return [(t.get_text(), C.text_box(t, renderer)) for ax in fig.axes for t in ax.texts]
+
+
+def _crowded_plays() -> pd.DataFrame:
+    """Eleven plays, several on one spot (same effort and impact), as the demo's #8/#9 and #10/#11."""
+    rows = [
+        ("Champions", 1, 9.0e5, 3464), ("Loyal", 2, 7.5e5, 9000), ("At Risk", 3, 7.4e5, 5000),
+        ("Cannot Lose Them", 2, 5.0e5, 1200), ("Need Attention", 3, 3.0e5, 8000),
+        ("Promising", 1, 2.0e5, 4000), ("New Customers", 1, 2.0e5, 4100), ("Hibernating", 4, 1.0e5, 7000),
+        ("Lost", 4, 1.0e5, 7000), ("About to Sleep", 2, 0.9e5, 2500), ("Potential Loyalist", 2, 0.9e5, 2600),
+    ]
+    return pd.DataFrame(
+        [
+            {"rank": i + 1, "segment_type": "rfm_segment", "segment": s, "effort": e, "impact": v,
+             "customers": n}
+            for i, (s, e, v, n) in enumerate(rows)
+        ]
+    )
+
+
+def test_impact_effort_labels_overlap_no_other_text_and_stay_inside(tmp_path: Path) -> None:
+    plays = _crowded_plays()
+    fig = C.impact_effort_chart(plays, {"rfm_segment": C.palette(plays["segment"])}, "$")
+    C.to_png(fig, tmp_path / "impact_effort.png", dpi=110)  # the report's own rendering
+    texts = _texts(fig)
+    labels = {t for t, _ in texts}
+    assert {f"#{r} {s}" for r, s in zip(plays["rank"], plays["segment"], strict=True)} <= labels
+    overlapping = [(a, b) for (a, ba), (b, bb) in combinations(texts, 2) if ba.overlaps(bb)]  # type: ignore[attr-defined]
+    assert overlapping == []
+    frame = fig.axes[0].get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
+    for text, box in texts:
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1, text  # type: ignore[attr-defined]
+        assert frame.y0 <= box.y0 and box.y1 <= frame.y1, text  # type: ignore[attr-defined]
+
+
+def test_labels_on_one_point_without_placement_would_overlap(tmp_path: Path) -> None:
+    """The check above can fail: the same labels at one fixed offset (the former drawing) overlap."""
+    fig = C._fig(7.5, 5.0)
+    ax = fig.add_subplot()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    for label in ("#8 Hibernating", "#9 Lost"):
+        ax.annotate(label, (0.5, 0.5), textcoords="offset points", xytext=(8, 4), fontsize=7)
+    C.to_png(fig, tmp_path / "naive.png", dpi=110)
+    (_, a), (_, b) = _texts(fig)
+    assert a.overlaps(b)  # type: ignore[attr-defined]
+
+
+def test_every_cohort_cell_shows_its_value_even_in_a_large_matrix(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    cohorts, months = 24, 25
+    values = rng.uniform(0.02, 0.6, size=(cohorts, months))
+    values[:, 0] = 1.0
+    for i in range(cohorts):  # the newest cohorts have the fewest months behind them
+        values[i, cohorts - i + 1 :] = np.nan
+    cohort_names = [f"2024-{i:02d}" for i in range(cohorts)]
+    matrix = pd.DataFrame(values, index=cohort_names, columns=list(range(months)))
+    fig = C.cohort_chart(matrix)
+    C.to_png(fig, tmp_path / "cohorts.png", dpi=110)
+    shown = [t.get_text() for t in fig.axes[0].texts]
+    expected = [f"{v:.0%}" for v in values[:, 1:].ravel() if np.isfinite(v)]
+    assert sorted(shown) == sorted(expected)
+    assert matrix.size > 400 and len(shown) == 300  # the former drawing dropped every value above 400 cells
+
+
+def test_flow_labels_round_the_band_sizes() -> None:
+    # float sums just under a whole number: 0.1 * 30 = 2.9999999999999996 customers
+    flows = pd.DataFrame(
+        {FROM_SEGMENT: ["A"] * 30 + ["B"], TO_SEGMENT: ["B"] * 30 + ["A"], CUSTOMERS: [0.1] * 30 + [1000.0]}
+    )
+    fig = C.transitions_chart(flows, {"A": "#1b7837", "B": "#2166ac"}, "rfm_segment", first_run=False)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert "A (3)" in texts and "B (3)" in texts
+    assert "A (2)" not in texts
+
+
+def test_a_first_runs_baseline_shows_counts_and_shares() -> None:
+    flows = pd.DataFrame(
+        {FROM_SEGMENT: [None] * 3, TO_SEGMENT: ["Champions", "Lost", "Loyal"], CUSTOMERS: [300, 600, 100]}
+    )
+    fig = C.baseline_chart(flows, {}, "rfm_segment")
+    texts = [t.get_text().strip() for t in fig.axes[0].texts]
+    assert texts == ["100 (10%)", "300 (30%)", "600 (60%)"]  # smallest at the bottom, largest on top
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Loyal", "Champions", "Lost"]
