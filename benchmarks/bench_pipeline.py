@@ -1,7 +1,7 @@
 """End-to-end benchmark: ``segspark run`` against the notebook a user would write instead, on the same files.
 
 Not a test. For each ``--lines`` size it generates a lakehouse once with the package's own generator
-(``segspark generate``; its archetypes give about 8 transaction lines per customer, measured once on
+(``segspark generate``; its archetypes give about 12 transaction lines per customer, measured once on
 a 20,000-customer pilot, so the customer count is chosen to give the wanted lines), and copies the
 transactions to Parquet once (``transactions.parquet``: both sides read the same file). Then, for
 each repetition, alternately:
