@@ -408,6 +408,12 @@ class AbTestConfig(Section):
     # share of a segment that can be enrolled in a test per week (contact cadence); weeks needed =
     # 2 x sample size per arm / (segment customers x weekly_reach)
     weekly_reach: float = Field(default=0.25, gt=0, le=1)
+    # when the planned test cannot detect the effect, the alternatives tried (report.recommend):
+    # the longest test the business accepts (weeks), the holdout kept back in a rollout, and the
+    # largest relative lift such a holdout may need to detect for the rollout to count as measured
+    long_test_weeks: int = Field(default=26, ge=1)
+    holdout_share: float = Field(default=0.10, gt=0, lt=0.5)
+    max_holdout_lift: float = Field(default=0.25, gt=0)
 
 
 # Play ids of the recommendations (report.uplift / report.effort / report.owners keys).

@@ -99,6 +99,7 @@ ADDITIVE: tuple[str, ...] = (
     "high_churn_risk",
     *[f"sum_{m}" for m in MEAN_MEASURES],
     *[f"n_{m}" for m in MEAN_MEASURES],
+    "sumsq_monetary",  # for the spread of revenue per customer (power of a revenue test)
 )
 # segment_kpis: how a KPI of merged segments is recomputed from its members (None: not shown).
 KPI_MERGE: dict[str, str | None] = {
@@ -421,6 +422,8 @@ def segment_statistics(
     for m in MEAN_MEASURES:
         x = _opt(segments, m, "double")
         aggs += [F.sum(x).alias(f"sum_{m}"), F.count(x).alias(f"n_{m}")]
+    spend = F.col(MONETARY).cast("double")
+    aggs.append(F.sum(spend * spend).alias("sumsq_monetary"))
     cells = _small(
         segments.groupBy(*labels, stage).agg(*aggs), S.CUSTOMER_SEGMENTS + " (segment cells)", max_cells
     )
@@ -443,6 +446,9 @@ def _derive(table: pd.DataFrame, type_customers: float, type_revenue: float) -> 
     out["revenue_share"] = out[REVENUE] / type_revenue if type_revenue else np.nan
     for m in MEAN_MEASURES:
         out[f"mean_{m}"] = _ratio(out[f"sum_{m}"], out[f"n_{m}"])
+    # population standard deviation of revenue per customer, from the sums (exact, additive)
+    var = _ratio(out["sumsq_monetary"], out[f"n_{MONETARY}"]) - out[f"mean_{MONETARY}"] ** 2
+    out["sd_monetary"] = np.sqrt(var.clip(lower=0.0))
     out["repeat_rate"] = _ratio(out["repeat_buyers"], out["buyers"])
     out["high_churn_risk_share"] = _ratio(out["high_churn_risk"], out[f"n_{CHURN_RISK}"])
     return out

@@ -590,7 +590,8 @@ def summary_table(
                     float(r["impact"]),
                     "currency",
                     f"{r['play_name']} for {r['segment']}: {fmt.money(r['impact'])} impact (assumed), "
-                    f"effort {r['effort']}" + ("" if r["testable"] else f"; {r['test_flag']}"),
+                    f"effort {r['effort']}"
+                    + (f"; measured by a {r['test_design']}" if r["testable"] else f"; {r['test_flag']}"),
                 )
             )
     cl = data.clustering
@@ -884,13 +885,20 @@ def ab_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
         "Baseline metric",
         "MDE (abs.)",
         "Target rate",
-        "Sample / arm",
-        "Weeks needed",
-        "Verdict",
+        "Rate test: sample / arm",
+        "Rate test: weeks",
+        "How it is measured",
     ]
     rows = []
     for _, r in recs.iterrows():
-        weeks = fmt.count(r["weeks_needed"]) if _finite(r["weeks_needed"]) else "never (segment too small)"
+        weeks = fmt.count(r["weeks_needed"]) if _finite(r["weeks_needed"]) else "–"
+        design = str(r.get("test_design") or "")
+        note = str(r.get("design_note") or "")
+        verdict = (
+            "conversion test" if design == "conversion test"
+            else f"{design}: {note}" if design
+            else str(r["test_flag"])
+        )
         rows.append(
             [
                 str(r["rank"]),
@@ -902,7 +910,7 @@ def ab_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
                 fmt.pct(r["target_rate"]),
                 fmt.count(r["sample_size_per_arm"]) if _finite(r["sample_size_per_arm"]) else "–",
                 weeks,
-                "testable" if r["testable"] else str(r["test_flag"]),
+                verdict,
             ]
         )
     return Table(header, rows)
@@ -1206,6 +1214,7 @@ def _context(
                 "effort": int(r["effort"]),
                 "testable": bool(r["testable"]),
                 "flag": r["test_flag"],
+                "design": r.get("test_design") or "",
                 "action": r["action"],
             }
             for _, r in recs.head(3).iterrows()
