@@ -429,6 +429,20 @@ class Milestone(Section):
     weeks: int = Field(default=1, ge=1)
 
 
+class GovernanceConfig(Section):
+    """The decisions a segmentation programme records (shown in the report's Governance section;
+    an unset item is shown as a decision still open, not hidden)."""
+
+    legal_basis: str | None = None  # e.g. "legitimate interests (GDPR Art. 6(1)(f)) for analytics"
+    # CRM column (true/false) that must be true for a customer to enter an activation list
+    consent_column: str | None = None
+    retention_period: str | None = None  # how long segment tables and reports are kept, e.g. "13 months"
+    owner_role: str | None = None  # accountable for the segmentation, e.g. "Head of CRM"
+    reviewer_role: str | None = None  # reviews it, e.g. "Data protection officer"
+    review_every_months: int = Field(default=6, ge=1, le=36)
+    last_review: dt.date | None = None  # the next review is due review_every_months after it
+
+
 class ReportConfig(Section):
     enabled: bool = True
     preset: Literal["retail", "saas"] = "retail"
@@ -448,6 +462,7 @@ class ReportConfig(Section):
     max_cohorts: int = Field(default=24, ge=1)  # newest cohorts drawn in the retention heatmap
     figure_dpi: int = Field(default=110, ge=50, le=300)
     ltv_cac_target: float = Field(default=3.0, gt=0)  # healthy LTV:CAC drawn as the chart's target line
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
 
     @field_validator("uplift", "effort")
     @classmethod

@@ -930,6 +930,39 @@ def frame_table(df: pd.DataFrame, fmt: Fmt, limit: int = 40) -> Table:
     )
 
 
+def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str, str, bool]]:
+    """(item, what is decided, whether it is decided) from ``report.governance``; an item not set
+    names the setting that records it."""
+    g = settings.report.governance
+
+    def item(name: str, value: str | None, key: str) -> tuple[str, str, bool]:
+        if value:
+            return name, value, True
+        return name, f"not decided yet (set report.governance.{key})", False
+
+    base = g.last_review or as_of or dt.date.today()
+    due = (pd.Timestamp(base) + pd.DateOffset(months=g.review_every_months)).date()
+    consent = (
+        f"only customers whose CRM column '{g.consent_column}' is true enter an activation list"
+        if g.consent_column
+        else None
+    )
+    months = f"{g.review_every_months} months after"
+    since = (
+        f"{months} the last review ({g.last_review.isoformat()})"
+        if g.last_review
+        else f"{months} this run (no review recorded: report.governance.last_review)"
+    )
+    return [
+        item("Legal basis", g.legal_basis, "legal_basis"),
+        item("Consent for activation", consent, "consent_column"),
+        item("Retention period", g.retention_period, "retention_period"),
+        item("Owner", g.owner_role, "owner_role"),
+        item("Reviewer", g.reviewer_role, "reviewer_role"),
+        ("Next review", f"{due.isoformat()}: {since}", g.last_review is not None),
+    ]
+
+
 def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
     cfg = settings.report
     start = cfg.start_date or ((as_of or dt.date.today()) + dt.timedelta(days=7))
@@ -1257,6 +1290,7 @@ def _context(
             "flows": data.transitions_hidden,
         },
         "retention_hours": settings.lakehouse.vacuum_retention_hours,
+        "governance": governance_rows(settings, data.as_of_date),
         "drift": drift_rows,
         "drift_table": frame_table(data.drift, fmt) if data.drift is not None and len(data.drift) else None,
         "first_run": data.first_run,
