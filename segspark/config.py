@@ -463,6 +463,8 @@ class ReportConfig(Section):
     figure_dpi: int = Field(default=110, ge=50, le=300)
     ltv_cac_target: float = Field(default=3.0, gt=0)  # healthy LTV:CAC drawn as the chart's target line
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+    # report.pdf next to the HTML, printed by headless Chromium: auto = when one is found
+    pdf: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("uplift", "effort")
     @classmethod

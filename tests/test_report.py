@@ -1443,3 +1443,37 @@ def test_html_renders_in_headless_chromium(built: tuple[ReportResult, Path, floa
         assert (
             shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
         )
+
+
+def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportResult, Path, float]) -> None:
+    """report.pdf (headless Chromium print): A4 pages that render, one image per chart."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    result, _, _ = built
+    _chromium()  # the suite requires Chromium, so report.pdf: auto must have printed
+    assert result.pdf_path == result.html_path.with_suffix(".pdf")
+    assert (result.latest_dir / "report.pdf").is_file()
+    doc = pdfium.PdfDocument(result.pdf_path)
+    try:
+        assert len(doc) >= 5
+        images, text = 0, []
+        ARTIFACTS.mkdir(exist_ok=True)
+        for i in range(len(doc)):
+            page = doc[i]
+            width, height = page.get_size()
+            assert (round(width), round(height)) == (595, 842)  # A4 in points
+            images += len(list(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4)))
+            text.append(page.get_textpage().get_text_range())
+            image = page.render(scale=1.5).to_pil().convert("L")
+            darkest, _ = image.getextrema()
+            assert darkest < 100, f"page {i + 1} renders blank"
+            if i < 4:
+                image.save(ARTIFACTS / f"report-pdf-page{i + 1}.png")
+            page.close()
+        assert images == len(result.figures)
+        printed = "\n".join(text)
+        for heading in ("Summary", "Recommendations", "Governance"):
+            assert heading in printed
+    finally:
+        doc.close()

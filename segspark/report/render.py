@@ -28,7 +28,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from segspark import schema as S
 from segspark.config import Milestone, Settings
-from segspark.errors import SegsparkError
+from segspark.errors import EnvironmentProblem, SegsparkError
 from segspark.report import charts as C
 from segspark.report.collect import (
     CHURN_RISK,
@@ -151,6 +151,7 @@ class ReportResult:
 
     html_path: Path
     md_path: Path
+    pdf_path: Path | None  # None when report.pdf is off, or auto and no Chromium was found
     figures_dir: Path
     latest_dir: Path
     summary: pd.DataFrame  # report_summary: metric, value, unit, text
@@ -963,6 +964,26 @@ def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str
     ]
 
 
+def _print_pdf(folder: Path, mode: str) -> bool:
+    """``report.pdf`` from ``report.html`` in ``folder`` (see :mod:`segspark.report.pdf`)."""
+    from segspark.report import pdf
+
+    if mode == "off":
+        return False
+    exe = pdf.find_chromium()
+    if exe is None:
+        if mode == "on":
+            raise EnvironmentProblem(
+                "report.pdf is on but no Chromium was found: install chromium or set SEGSPARK_CHROMIUM"
+            )
+        log.info("report PDF not written: no Chromium found (install chromium or set SEGSPARK_CHROMIUM)")
+        return False
+    started = time.perf_counter()
+    pdf.print_pdf(folder / "report.html", folder / "report.pdf", exe)
+    log.info("report PDF printed in %.1f s", time.perf_counter() - started)
+    return True
+
+
 def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
     cfg = settings.report
     start = cfg.start_date or ((as_of or dt.date.today()) + dt.timedelta(days=7))
@@ -1371,6 +1392,7 @@ def build_report(
         env.get_template("report.html.j2").render(**context), encoding="utf-8"
     )
     (staging / "report.md").write_text(env.get_template("report.md.j2").render(**context), encoding="utf-8")
+    pdf_written = _print_pdf(staging, cfg.pdf)
     # replace this run's folder and latest/ in one step each, so readers never see half a report
     shutil.rmtree(run_dir, ignore_errors=True)
     staging.rename(run_dir)
@@ -1385,6 +1407,7 @@ def build_report(
     return ReportResult(
         html_path=run_dir / "report.html",
         md_path=run_dir / "report.md",
+        pdf_path=run_dir / "report.pdf" if pdf_written else None,
         figures_dir=run_dir / FIGURES,
         latest_dir=latest,
         summary=summary,
