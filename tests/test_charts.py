@@ -100,3 +100,30 @@ def test_a_first_runs_baseline_shows_counts_and_shares() -> None:
     texts = [t.get_text().strip() for t in fig.axes[0].texts]
     assert texts == ["100 (10%)", "300 (30%)", "600 (60%)"]  # smallest at the bottom, largest on top
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Loyal", "Champions", "Lost"]
+
+
+def test_every_kpi_the_sql_can_emit_has_a_label_and_a_definition() -> None:
+    import re
+
+    from segspark.report import render
+
+    sql = (Path(render.__file__).parents[1] / "sql" / "segment_kpis.sql").read_text()
+    emitted = re.search(r"FOR kpi IN \((.*?)\)\)", sql, re.S)
+    assert emitted
+    names = {n.strip() for n in emitted.group(1).split(",")}
+    shown = set(render.KPI_LABELS)
+    assert shown <= names and shown == set(render.KPI_DEFINITIONS)
+    wide = {"rfm_segment": pd.DataFrame(columns=["customers", "churn_rate", "not_a_kpi"])}
+    assert render.kpi_definitions(wide) == [
+        ("Customers", render.KPI_DEFINITIONS["customers"]),
+        ("Churned", render.KPI_DEFINITIONS["churn_rate"]),
+    ]
+
+
+def test_extreme_ltv_to_cac_is_capped_with_its_note() -> None:
+    from segspark.report import render
+
+    fmt = render.Fmt("$")
+    assert render._ratio_text(fmt, 92.8) == ">20"
+    assert render._ratio_text(fmt, 3.456) == fmt.num(3.456, 2)
+    assert any(">20" in text for _, text in render.LTV_CAC_DEFINITIONS)

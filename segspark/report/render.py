@@ -793,6 +793,49 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
+# One line per KPI, shown under the KPI tables (the SQL's own definitions, segment_kpis.sql).
+KPI_DEFINITIONS: dict[str, str] = {
+    "customers": "members of the segment (buyers and, for lifecycle, prospects).",
+    "revenue": "net revenue to date (orders net of returns) of the segment's members.",
+    "revenue_share": "the segment's revenue as a share of all revenue.",
+    "avg_order_value": "revenue / purchases.",
+    "orders_per_customer": "purchases / members.",
+    "repeat_purchase_rate": "buyers with 2 or more purchases / buyers.",
+    "retention_rate": "buyers in lifecycle stage new, active or reactivated at the as-of date / buyers.",
+    "churn_rate": "buyers in lifecycle stage churned (recency beyond lifecycle.churned_days) / buyers.",
+    "avg_clv": "mean predicted customer lifetime value over the configured horizon.",
+    "avg_churn_risk": "mean predicted probability of no purchase within the churn horizon.",
+    "conversion_rate_90d": "purchase events / sessions in the last 90 days, summed over the segment.",
+    "engaged_share_30d": "members with a session in the last 30 days / members.",
+    "sessions_per_customer_30d": "sessions in the last 30 days per member (members without events count 0).",
+}
+# LTV:CAC above this is shown as ">cap": at that level the ratio says more about missing spend than efficiency
+LTV_CAC_CAP = 20.0
+LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
+    ("CAC", "marketing spend / new customers of the channel, over the months whose spend is known "
+     "(a segment's CAC: the mean of its members' channel CAC)."),
+    ("Realized LTV", "mean net revenue in the first kpis.ltv_window_months after the first purchase, over "
+     "the customers observed that long."),
+    ("Predicted LTV", "mean predicted CLV of the same new customers."),
+    (
+        "LTV:CAC",
+        f"LTV / CAC; 3 or more is usually called healthy. Ratios above {LTV_CAC_CAP:.0f} are shown as "
+        f">{LTV_CAC_CAP:.0f}: they mean little spend is recorded for the group (organic or referral "
+        "channels, or spend missing from marketing_spend), not an efficient channel; check the spend first.",
+    ),
+)
+
+
+def kpi_definitions(kpis: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
+    """(label, definition) for every KPI column the report's KPI tables show, in table order."""
+    shown = {c for wide in kpis.values() for c in wide.columns}
+    return [(KPI_LABELS[c][0], KPI_DEFINITIONS[c]) for c in KPI_LABELS if c in shown]
+
+
+def _ratio_text(fmt: Fmt, v: Any) -> str:
+    return f">{LTV_CAC_CAP:.0f}" if _finite(v) and float(v) > LTV_CAC_CAP else fmt.num(v, 2)
+
+
 def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict[str, str]) -> Table:
     cols = [c for c in KPI_LABELS if c in wide.columns]
     header = ["Segment", *[KPI_LABELS[c][0].replace("Customers", words["Customers"]) for c in cols]]
@@ -828,8 +871,8 @@ def ltv_cac_tables(
                 str(r["cac_status"]),
                 fmt.money(r["ltv_realized"]),
                 fmt.money(r["ltv_predicted"]),
-                fmt.num(r["ltv_to_cac"], 2),
-                fmt.num(r["ltv_predicted_to_cac"], 2),
+                _ratio_text(fmt, r["ltv_to_cac"]),
+                _ratio_text(fmt, r["ltv_predicted_to_cac"]),
             ]
             for _, r in df.iterrows()
         ]
@@ -1281,6 +1324,8 @@ def _context(
         "profile_tables": profile_tables,
         "personas": persona_cards(data, settings, fmt, palettes.get(PERSONA, {}), validity),
         "kpis": kpis,
+        "kpi_defs": kpi_definitions(data.kpis),
+        "ltv_defs": LTV_CAC_DEFINITIONS,
         "retention": retention,
         "life_kpis": life_kpis,
         "has_engagement": any(k in wide.columns for wide in data.kpis.values() for k in ENGAGEMENT_KPIS),
