@@ -127,3 +127,15 @@ def test_extreme_ltv_to_cac_is_capped_with_its_note() -> None:
     assert render._ratio_text(fmt, 92.8) == ">20"
     assert render._ratio_text(fmt, 3.456) == fmt.num(3.456, 2)
     assert any(">20" in text for _, text in render.LTV_CAC_DEFINITIONS)
+
+
+def test_model_metrics_read_as_words_not_raw_dumps() -> None:
+    from segspark.report import render
+
+    fmt = render.Fmt("$")
+    assert render.metric_words("clusters", 6.0, fmt) == "6 clusters"
+    assert render.metric_words("histogram_chi2", 133.981, fmt).startswith(
+        "chi-square of the purchase-count histogram 134.0 (predicted vs. actual"
+    )
+    assert render.metric_words("calinski_harabasz", 1234.56, fmt).startswith("Calinski-Harabasz index 1,235")
+    assert render.metric_words("some_new_metric", 0.5, fmt) == f"some new metric {fmt.metric(0.5)}"

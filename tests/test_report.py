@@ -918,14 +918,22 @@ def test_model_results_come_from_their_tables(built: tuple[ReportResult, Path, f
     models = section(html, "data")
     assert f"<th>Clustering</th><td>{CHOSEN_REASON}</td>" in models
     assert "<th>Clustering sweep</th><td>10 candidates (bisecting_kmeans, kmeans; k 2 to 6) on 331" in models
-    assert "silhouette 0.410, davies bouldin 0.930" in models
+    # metrics in words, with how to read them (no raw dumps such as "clusters 6.000")
+    assert (
+        "silhouette 0.41 (-1 to 1; higher means better separated clusters); Davies-Bouldin index 0.93"
+        in models
+    )
     assert "clustering features: recency_days, frequency, monetary" in models
     assert (
         "<th>CLV model</th><td>bgnbd (configured (clv.model=bgnbd)); spend model gamma_gamma; "
         "calibration to 2025-10-01, holdout to 2025-12-31</td>" in models
     )
-    assert "holdout mae 0.420" in models and "holdout corr 0.710" in models
-    assert "<th>Churn model</th><td>auc 0.830, brier 0.170</td>" in models
+    assert "mean absolute error 0.420 (" in models
+    assert "correlation of predicted and actual purchases 0.71" in models
+    assert (
+        "<th>Churn model</th><td>ROC AUC 0.830 (0.5 = chance, 1 = perfect ranking of churners); "
+        "Brier score 0.170" in models
+    )
     assert summary_value(result, "chosen_k") == 4
     assert result.summary.set_index("metric").loc["chosen_k", "text"] == CHOSEN_REASON
     assert summary_value(result, "silhouette") == pytest.approx(0.41)

@@ -826,6 +826,42 @@ LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Model metrics in words: label, digits, and how to read the value (None: no reading added).
+METRIC_WORDS: dict[str, tuple[str, int, str | None]] = {
+    "silhouette": ("silhouette", 2, "-1 to 1; higher means better separated clusters"),
+    "davies_bouldin": ("Davies-Bouldin index", 2, "lower is better"),
+    "calinski_harabasz": ("Calinski-Harabasz index", 0, "higher is better"),
+    "stability": ("stability", 2, "agreement of refits on resamples, 1 = identical"),
+    "wcss": ("within-cluster sum of squares", 0, None),
+    "holdout_mae": ("mean absolute error", 3, "repeat purchases per customer in the holdout period"),
+    "holdout_rmse": ("root mean squared error", 3, "repeat purchases per customer in the holdout period"),
+    "holdout_corr": ("correlation of predicted and actual purchases", 2, "1 = perfect ranking"),
+    "holdout_total_error_pct": ("error of the total holdout purchases", 1, "percent; 0 = exact"),
+    "histogram_chi2": (
+        "chi-square of the purchase-count histogram",
+        1,
+        "predicted vs. actual customers per repeat count; lower is closer",
+    ),
+    "auc": ("ROC AUC", 3, "0.5 = chance, 1 = perfect ranking of churners"),
+    "pr_auc": ("PR AUC", 3, "precision over recall; compare with the churn base rate"),
+    "brier": ("Brier score", 3, "mean squared error of the probabilities; lower is better"),
+    "lift_top_decile": ("top-decile lift", 2, "churn rate of the riskiest 10% / the base rate"),
+    "ece": ("expected calibration error", 3, "0 = predicted probabilities match observed rates"),
+}
+
+
+def metric_words(name: str, value: Any, fmt: Fmt) -> str:
+    """One model metric as a reader reads it: "silhouette 0.41 (-1 to 1; higher ...)"; counts as
+    whole numbers ("6 clusters"); a metric not listed keeps its name with spaces."""
+    if name in {"clusters", "k"}:
+        return f"{fmt.count(value)} clusters"
+    if name not in METRIC_WORDS:
+        return f"{name.replace('_', ' ')} {fmt.metric(value)}"
+    label, digits, reading = METRIC_WORDS[name]
+    number = fmt.count(value) if digits == 0 else fmt.num(value, digits)
+    return f"{label} {number}" + (f" ({reading})" if reading else "")
+
+
 def kpi_definitions(kpis: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
     """(label, definition) for every KPI column the report's KPI tables show, in table order."""
     shown = {c for wide in kpis.values() for c in wide.columns}
@@ -1135,11 +1171,7 @@ def _context(
             models.append(
                 (
                     "Chosen model as fitted (indices on the seeded sample)",
-                    ", ".join(
-                        f"{k.replace('_', ' ')} {fmt.count(v) if k == 'clusters' else fmt.metric(v)}"
-                        for k, v in fm.items()
-                        if _finite(v)
-                    ),
+                    "; ".join(metric_words(k, v, fmt) for k, v in fm.items() if _finite(v)),
                 )
             )
         if cl.get("hidden_clusters"):
@@ -1175,14 +1207,14 @@ def _context(
             models.append(
                 (
                     "CLV holdout validation",
-                    ", ".join(f"{k.replace('_', ' ')} {fmt.metric(val[k])}" for k in keys),
+                    "; ".join(metric_words(k, val[k], fmt) for k in keys),
                 )
             )
     if data.churn:
         models.append(
             (
                 "Churn model",
-                ", ".join(f"{k.replace('_', ' ')} {fmt.metric(v)}" for k, v in sorted(data.churn.items())),
+                "; ".join(metric_words(k, v, fmt) for k, v in sorted(data.churn.items())),
             )
         )
     inputs = Table(
