@@ -630,6 +630,7 @@ def stage_aggregates(ctx: RunContext) -> None:
 
 REPORT_TABLES = (
     S.CUSTOMER_SEGMENTS,
+    S.CUSTOMER_FEATURES,  # demographic attributes for the report's demographic section
     S.SEGMENT_KPIS,
     S.RFM_GRID,
     S.COHORT_RETENTION,

@@ -121,6 +121,15 @@ def test_events_reach_the_features_through_ingests_engagement_summary(lake: dict
 
 
 @pytest.mark.slow
+def test_the_runs_report_breaks_customers_down_by_demographics(lake: dict[str, Any]) -> None:
+    parts = _report_parts(lake["root"])
+    assert "### Demographic segments" in parts["sections"]
+    for label in ("age band", "country", "gender", "income band"):
+        assert f"#### By {label}" in parts["sections"], label
+    assert (lake["root"] / "reports" / "latest" / "report.pdf").is_file()
+
+
+@pytest.mark.slow
 def test_no_pii_in_any_output_table_report_or_mlflow_store(lake: dict[str, Any]) -> None:
     root = lake["root"]
     scanned = 0

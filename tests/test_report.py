@@ -1485,3 +1485,44 @@ def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportRes
             assert heading in printed
     finally:
         doc.close()
+
+
+def test_demographic_groups_come_from_customer_features_k_anonymous(spark: Any) -> None:
+    from segspark.report.collect import DEMOGRAPHICS_B2C, demographic_tables
+
+    n = 100
+    ages = ["25-34"] * 50 + ["35-44"] * 45 + ["65+"] * 5
+    countries = ["US"] * 60 + ["DE"] * 39 + [""]  # an empty value is unknown
+    segs = pd.DataFrame(
+        {
+            "customer_id": [pseudo(i) for i in range(n)],
+            "monetary": [float(10 + i) for i in range(n)],
+            "frequency": [1 + i % 3 for i in range(n)],
+            "clv": [float(i % 7) for i in range(n)],
+            "churn_risk": [(i % 10) / 10 for i in range(n)],
+        }
+    )
+    feats = pd.DataFrame(
+        {"customer_id": segs["customer_id"], "age_band": ages, "country": countries, "gender": [None] * n}
+    )
+    segments = spark.createDataFrame(segs)
+    features = spark.createDataFrame(
+        feats, "customer_id string, age_band string, country string, gender string"
+    )
+    tables, notes = demographic_tables(segments, features, DEMOGRAPHICS_B2C, k=10)
+    assert set(tables) == {"age_band", "country"}
+    assert notes == ["income band: not in customer_features", "gender: no customer has it"]
+    joined = segs.assign(age_band=ages, country=[c or "unknown" for c in countries])
+    age = tables["age_band"].set_index("segment")
+    assert list(age.index) == ["25-34", "35-44"]  # 65+ (5) is below k and Other alone is too: hidden
+    for band, g in joined.groupby("age_band"):
+        if band == "65+":
+            continue
+        assert age.loc[band, "customers"] == len(g)
+        assert age.loc[band, "revenue"] == pytest.approx(g["monetary"].sum())
+        assert age.loc[band, "mean_clv"] == pytest.approx(g["clv"].mean())
+        assert age.loc[band, "mean_churn_risk"] == pytest.approx(g["churn_risk"].mean())
+        assert age.loc[band, "customer_share"] == pytest.approx(len(g) / n)
+    country = tables["country"].set_index("segment")
+    assert country.loc["US", "customers"] == 60 and country.loc["DE", "customers"] == 39
+    assert "unknown" not in country.index  # one customer: merged, and Other (1) hidden

@@ -862,6 +862,35 @@ def metric_words(name: str, value: Any, fmt: Fmt) -> str:
     return f"{label} {number}" + (f" ({reading})" if reading else "")
 
 
+DEMOGRAPHIC_LABELS: dict[str, str] = {
+    "age_band": "age band",
+    "country": "country",
+    "gender": "gender",
+    "income_band": "income band",
+    "industry": "industry",
+    "company_size": "company size",
+}
+
+
+def demographic_tables(data: ReportData, fmt: Fmt, words: dict[str, str]) -> list[tuple[str, Table]]:
+    """One table per demographic attribute: customers and revenue with their shares, mean CLV and
+    mean churn risk (when modelled), for groups of at least the minimum segment size."""
+    out = []
+    for attribute, t in data.demographics.items():
+        header = [DEMOGRAPHIC_LABELS.get(attribute, attribute).capitalize(), words["Customers"],
+                  f"% {words['customers']}", "Revenue", "% revenue"]
+        has_clv, has_churn = f"mean_{CLV}" in t.columns, f"mean_{CHURN_RISK}" in t.columns
+        header += ["Avg CLV"] * has_clv + ["Avg churn risk"] * has_churn
+        rows = []
+        for _, r in t.iterrows():
+            row = [str(r[SEGMENT]), fmt.count(r[CUSTOMERS]), fmt.pct(r["customer_share"]),
+                   fmt.money(r[REVENUE]), fmt.pct(r["revenue_share"])]
+            row += [fmt.money(r[f"mean_{CLV}"])] * has_clv + [fmt.pct(r[f"mean_{CHURN_RISK}"])] * has_churn
+            rows.append(row)
+        out.append((DEMOGRAPHIC_LABELS.get(attribute, attribute), Table(header, rows)))
+    return out
+
+
 def kpi_definitions(kpis: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
     """(label, definition) for every KPI column the report's KPI tables show, in table order."""
     shown = {c for wide in kpis.values() for c in wide.columns}
@@ -1354,6 +1383,7 @@ def _context(
         "features": features,
         "models": models,
         "profile_tables": profile_tables,
+        "demographics": demographic_tables(data, fmt, w),
         "personas": persona_cards(data, settings, fmt, palettes.get(PERSONA, {}), validity),
         "kpis": kpis,
         "kpi_defs": kpi_definitions(data.kpis),
