@@ -748,7 +748,8 @@ def persona_cards(
             continue
         pid = play_for(PERSONA, r, settings.rfm.bins, dominant_stage(view, name))
         facts = [
-            ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])})"),
+            # all customers (prospects included); the description's share is of the buyers clustered
+            ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])} of all customers)"),
             ("Revenue share", fmt.pct(r["revenue_share"])),
             (
                 "R / F / M",
