@@ -139,3 +139,27 @@ def test_model_metrics_read_as_words_not_raw_dumps() -> None:
     )
     assert render.metric_words("calinski_harabasz", 1234.56, fmt).startswith("Calinski-Harabasz index 1,235")
     assert render.metric_words("some_new_metric", 0.5, fmt) == f"some new metric {fmt.metric(0.5)}"
+
+
+def test_what_changed_since_the_last_run_compares_headline_figures() -> None:
+    from segspark.report import render
+
+    fmt = render.Fmt("$")
+    summary = pd.DataFrame(
+        {
+            "metric": ["customers", "revenue", "avg_churn_risk", "finding_1", "plays"],
+            "value": [1100.0, 50_000.0, 0.25, 1.0, 5.0],
+            "unit": ["customers", "currency", "share", "count", "count"],
+            "text": [""] * 5,
+        }
+    )
+    previous = pd.DataFrame({"metric": ["customers", "revenue", "avg_churn_risk", "finding_1"],
+                             "value": [1000.0, 40_000.0, 0.20, 2.0]})
+    table = render.changes_since_previous(summary, previous, fmt)
+    assert table is not None
+    rows = {r[0]: r[1:] for r in table.rows}
+    assert set(rows) == {"Customers", "Revenue", "Avg churn risk"}  # plays: no previous value
+    assert rows["Customers"] == [fmt.count(1000), fmt.count(1100), f"+{fmt.count(100)} (+10.0%)"]
+    assert rows["Revenue"][2] == f"+{fmt.money(10_000)} (+25.0%)"
+    assert rows["Avg churn risk"][2] == "+5.0 pts"
+    assert render.changes_since_previous(summary, None, fmt) is None

@@ -892,6 +892,42 @@ def demographic_tables(data: ReportData, fmt: Fmt, words: dict[str, str]) -> lis
     return out
 
 
+# Headline figures compared with the previous run's report_summary (in this order, when both have them).
+CHANGE_METRICS: tuple[str, ...] = (
+    "customers", "buyers", "revenue", "total_clv", "avg_clv", "avg_churn_risk",
+    "retention_month_1", "retention_month_3", "retention_month_6", "chosen_k", "silhouette",
+    "plays", "testable_plays", "total_impact",
+)
+
+
+def changes_since_previous(summary: pd.DataFrame, previous: pd.DataFrame | None, fmt: Fmt) -> Table | None:
+    """Previous value, this run's, and the change of each headline figure both runs report; shares
+    change in percentage points, amounts and counts also by percent."""
+    if previous is None or summary.empty or not {"metric", "value"} <= set(previous.columns):
+        return None
+    before = {str(m): v for m, v in zip(previous["metric"], previous["value"], strict=True) if _finite(v)}
+    cols = (summary["metric"], summary["value"], summary["unit"])
+    now = {str(m): (v, u) for m, v, u in zip(*cols, strict=True)}
+    rows = []
+    for m in CHANGE_METRICS:
+        if m not in before or m not in now or not _finite(now[m][0]):
+            continue
+        (v, unit), b = now[m], float(before[m])
+        v = float(v)
+        if unit == "share":
+            shown = [fmt.pct(b), fmt.pct(v), f"{(v - b) * 100:+.1f} pts"]
+        else:
+            show = fmt.money if unit == "currency" else fmt.metric
+            if unit in ("count", "customers"):
+                show = fmt.count
+            rel = f" ({(v - b) / abs(b):+.1%})" if b else ""
+            diff = v - b
+            sign = "+" if diff >= 0 else "-"
+            shown = [show(b), show(v), f"{sign}{show(abs(diff))}{rel}"]
+        rows.append([m.replace("_", " ").capitalize(), *shown])
+    return Table(["Figure", "Previous run", "This run", "Change"], rows) if rows else None
+
+
 def kpi_definitions(kpis: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
     """(label, definition) for every KPI column the report's KPI tables show, in table order."""
     shown = {c for wide in kpis.values() for c in wide.columns}
@@ -1135,6 +1171,7 @@ def _context(
     palettes: dict[str, dict[str, str]],
     settings: Settings,
     missing: list[str] | None = None,
+    summary: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     cfg = settings.report
     fmt = Fmt(cfg.currency_symbol)
@@ -1421,6 +1458,9 @@ def _context(
         "retention_hours": settings.lakehouse.vacuum_retention_hours,
         "governance": governance_rows(settings, data.as_of_date),
         "drift": drift_rows,
+        "changes": (
+            None if summary is None or data.first_run else changes_since_previous(summary, prev_table, fmt)
+        ),
         "drift_table": frame_table(data.drift, fmt) if data.drift is not None and len(data.drift) else None,
         "first_run": data.first_run,
         "prev": frame_table(prev_table[["metric", "value"]], fmt) if prev_table is not None else None,
@@ -1494,7 +1534,7 @@ def build_report(
                 "uri": C.data_uri(png),
             }
         )
-    context = _context(data, recs, charts, found, palettes, settings, missing)
+    context = _context(data, recs, charts, found, palettes, settings, missing, summary)
     env = _env()
     (staging / "report.html").write_text(
         env.get_template("report.html.j2").render(**context), encoding="utf-8"
