@@ -1124,7 +1124,15 @@ def _print_pdf(folder: Path, mode: str) -> bool:
         log.info("report PDF not written: no Chromium found (install chromium or set SEGSPARK_CHROMIUM)")
         return False
     started = time.perf_counter()
-    pdf.print_pdf(folder / "report.html", folder / "report.pdf", exe)
+    try:
+        pdf.print_pdf(folder / "report.html", folder / "report.pdf", exe)
+    except EnvironmentProblem as exc:
+        if mode == "on":
+            raise
+        # auto: the HTML and Markdown are the report; a browser that cannot print does not fail the run
+        log.warning("report PDF not written: %s", exc)
+        (folder / "report.pdf").unlink(missing_ok=True)
+        return False
     log.info("report PDF printed in %.1f s", time.perf_counter() - started)
     return True
 
