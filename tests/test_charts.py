@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
 from segspark.report import charts as C
@@ -163,3 +165,19 @@ def test_what_changed_since_the_last_run_compares_headline_figures() -> None:
     assert rows["Revenue"][2] == f"+{fmt.money(10_000)} (+25.0%)"
     assert rows["Avg churn risk"][2] == "+5.0 pts"
     assert render.changes_since_previous(summary, None, fmt) is None
+
+
+def test_pdf_printing_follows_report_pdf_and_fails_clearly(tmp_path: Path, monkeypatch: Any) -> None:
+    from segspark.errors import EnvironmentProblem
+    from segspark.report import pdf, render
+
+    (tmp_path / "report.html").write_text("<html><body><h1>r</h1></body></html>")
+    assert render._print_pdf(tmp_path, "off") is False and not (tmp_path / "report.pdf").exists()
+    missing = str(tmp_path / "no-such-browser")
+    monkeypatch.setenv("SEGSPARK_CHROMIUM", missing)
+    assert pdf.find_chromium() == missing
+    with pytest.raises(EnvironmentProblem, match="could not print"):
+        pdf.print_pdf(tmp_path / "report.html", tmp_path / "report.pdf", missing)
+    assert render._print_pdf(tmp_path, "auto") is False  # auto: logged, the run goes on
+    with pytest.raises(EnvironmentProblem):
+        render._print_pdf(tmp_path, "on")
