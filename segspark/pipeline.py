@@ -586,6 +586,12 @@ def stage_segments(ctx: RunContext) -> None:
             row = applied_model_row(uri, alias, clusters, algorithm, model_features(model))
             ctx.write(_small_frame(ctx, row, S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)
             if logged is not None and not logged.empty:
+                # JSON turns whole-number floats into ints: the declared profile columns are doubles
+                profile_schema = tables.SCHEMAS[S.CLUSTER_PROFILES]
+                whole = {f.name for f in profile_schema if f.dataType.typeName() in ("integer", "long")}
+                numeric = [c for c in logged.columns if pd.api.types.is_numeric_dtype(logged[c])]
+                floats = {c: "float64" for c in numeric if c not in whole and logged[c].dtype != bool}
+                logged = logged.astype(floats)
                 logged_rows = logged.astype(object).where(logged.notna(), None)
                 ctx.write(ctx.spark.createDataFrame(logged_rows), S.CLUSTER_PROFILES)
         else:

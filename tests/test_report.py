@@ -849,7 +849,17 @@ def test_no_personal_data_reaches_any_output(
         assert "@example.com" not in text
         assert not any(cid in text for cid in rows["customer_id"])
     for p in out.rglob("*"):
-        assert p.suffix in {".html", ".md", ".png"} or p.is_dir()
+        assert p.suffix in {".html", ".md", ".png", ".pdf"} or p.is_dir()
+    import pypdfium2 as pdfium
+
+    assert result.pdf_path is not None
+    doc = pdfium.PdfDocument(result.pdf_path)
+    try:
+        printed = "\n".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
+    finally:
+        doc.close()
+    assert "Executive summary" in printed and "@example.com" not in printed
+    assert not any(cid in printed for cid in rows["customer_id"])
 
 
 def test_absent_stages_are_reported_not_fatal(spark: Any, rows: pd.DataFrame, tmp_path: Path) -> None:
@@ -1481,7 +1491,7 @@ def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportRes
             page.close()
         assert images == len(result.figures)
         printed = "\n".join(text)
-        for heading in ("Summary", "Recommendations", "Governance"):
+        for heading in ("Executive summary", "Recommendations", "Governance"):
             assert heading in printed
     finally:
         doc.close()
