@@ -408,6 +408,12 @@ class AbTestConfig(Section):
     # share of a segment that can be enrolled in a test per week (contact cadence); weeks needed =
     # 2 x sample size per arm / (segment customers x weekly_reach)
     weekly_reach: float = Field(default=0.25, gt=0, le=1)
+    # when the planned test cannot detect the effect, the alternatives tried (report.recommend):
+    # the longest test the business accepts (weeks), the holdout kept back in a rollout, and the
+    # largest relative lift such a holdout may need to detect for the rollout to count as measured
+    long_test_weeks: int = Field(default=26, ge=1)
+    holdout_share: float = Field(default=0.10, gt=0, lt=0.5)
+    max_holdout_lift: float = Field(default=0.25, gt=0)
 
 
 # Play ids of the recommendations (report.uplift / report.effort / report.owners keys).
@@ -421,6 +427,20 @@ class Milestone(Section):
     owner: str
     start_week: int = Field(ge=0)
     weeks: int = Field(default=1, ge=1)
+
+
+class GovernanceConfig(Section):
+    """The decisions a segmentation programme records (shown in the report's Governance section;
+    an unset item is shown as a decision still open, not hidden)."""
+
+    legal_basis: str | None = None  # e.g. "legitimate interests (GDPR Art. 6(1)(f)) for analytics"
+    # CRM column (true/false) that must be true for a customer to enter an activation list
+    consent_column: str | None = None
+    retention_period: str | None = None  # how long segment tables and reports are kept, e.g. "13 months"
+    owner_role: str | None = None  # accountable for the segmentation, e.g. "Head of CRM"
+    reviewer_role: str | None = None  # reviews it, e.g. "Data protection officer"
+    review_every_months: int = Field(default=6, ge=1, le=36)
+    last_review: dt.date | None = None  # the next review is due review_every_months after it
 
 
 class ReportConfig(Section):
@@ -442,6 +462,9 @@ class ReportConfig(Section):
     max_cohorts: int = Field(default=24, ge=1)  # newest cohorts drawn in the retention heatmap
     figure_dpi: int = Field(default=110, ge=50, le=300)
     ltv_cac_target: float = Field(default=3.0, gt=0)  # healthy LTV:CAC drawn as the chart's target line
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+    # report.pdf next to the HTML, printed by headless Chromium: auto = when one is found
+    pdf: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("uplift", "effort")
     @classmethod

@@ -554,8 +554,15 @@ def stage_segments(ctx: RunContext) -> None:
     """Clusters and personas on buyers (refit, or the registered model when scoring), then
     ``customer_segments``: one row per customer with every segment label and score."""
     from segspark.clustering import fit_segments
-    from segspark.clustering.results import sweep_table
-    from segspark.clustering.tracking import log_to_mlflow, score_segments, staging_dir
+    from segspark.clustering.results import applied_model_row, sweep_table
+    from segspark.clustering.tracking import (
+        load_registered,
+        log_to_mlflow,
+        model_features,
+        resolve_model,
+        score_segments,
+        staging_dir,
+    )
 
     settings = ctx.settings
     scores = ctx.read(S.CUSTOMER_SCORES)
@@ -566,13 +573,27 @@ def stage_segments(ctx: RunContext) -> None:
         model_table = ctx.cache(materialize(model_table))
         buyers = model_table.where(F.col("frequency") > 0)
         if ctx.cluster_mode == "score":
-            assignments = score_segments(
-                buyers,
-                settings.tracking.registered_model,
-                tracking_uri=settings.tracking_uri,
-                alias=settings.clustering.model_alias,
-                staging_dir=staging_dir(settings.output.path),
+            name, alias = settings.tracking.registered_model, settings.clustering.model_alias
+            uri, _ = resolve_model(name, settings.tracking_uri, alias)
+            model, logged, density = load_registered(
+                name, settings.tracking_uri, alias, staging_dir(settings.output.path)
             )
+            assignments = score_segments(buyers, model, logged, density=density)
+            # the run's record of which model assigned the personas (the report names its version),
+            # and that model's profiles, so the score run's tables and report stand on their own
+            clusters = int((logged["cluster_id"] >= 0).sum()) if logged is not None else 0
+            algorithm = density.algorithm if density is not None else None
+            row = applied_model_row(uri, alias, clusters, algorithm, model_features(model))
+            ctx.write(_small_frame(ctx, row, S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)
+            if logged is not None and not logged.empty:
+                # JSON turns whole-number floats into ints: the declared profile columns are doubles
+                profile_schema = tables.SCHEMAS[S.CLUSTER_PROFILES]
+                whole = {f.name for f in profile_schema if f.dataType.typeName() in ("integer", "long")}
+                numeric = [c for c in logged.columns if pd.api.types.is_numeric_dtype(logged[c])]
+                floats = {c: "float64" for c in numeric if c not in whole and logged[c].dtype != bool}
+                logged = logged.astype(floats)
+                logged_rows = logged.astype(object).where(logged.notna(), None)
+                ctx.write(ctx.spark.createDataFrame(logged_rows), S.CLUSTER_PROFILES)
         else:
             with ctx.timed("clustering_fit"):
                 result = fit_segments(buyers, settings.clustering, previous_profiles(ctx), input_cached=True)
@@ -630,6 +651,7 @@ def stage_aggregates(ctx: RunContext) -> None:
 
 REPORT_TABLES = (
     S.CUSTOMER_SEGMENTS,
+    S.CUSTOMER_FEATURES,  # demographic attributes for the report's demographic section
     S.SEGMENT_KPIS,
     S.RFM_GRID,
     S.COHORT_RETENTION,

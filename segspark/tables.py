@@ -333,6 +333,8 @@ RECOMMENDATIONS_SCHEMA: Final = T.StructType(
         _f("weeks_needed", DBL),
         _f("testable", BOOL),
         _f("test_flag", STR),
+        _f("test_design", STR),
+        _f("design_note", STR),
         _f("owner", STR),
         _f("action", STR),
         _f("rationale", STR),

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
 from segspark.report import charts as C
@@ -100,3 +102,82 @@ def test_a_first_runs_baseline_shows_counts_and_shares() -> None:
     texts = [t.get_text().strip() for t in fig.axes[0].texts]
     assert texts == ["100 (10%)", "300 (30%)", "600 (60%)"]  # smallest at the bottom, largest on top
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Loyal", "Champions", "Lost"]
+
+
+def test_every_kpi_the_sql_can_emit_has_a_label_and_a_definition() -> None:
+    import re
+
+    from segspark.report import render
+
+    sql = (Path(render.__file__).parents[1] / "sql" / "segment_kpis.sql").read_text()
+    emitted = re.search(r"FOR kpi IN \((.*?)\)\)", sql, re.S)
+    assert emitted
+    names = {n.strip() for n in emitted.group(1).split(",")}
+    shown = set(render.KPI_LABELS)
+    assert shown <= names and shown == set(render.KPI_DEFINITIONS)
+    wide = {"rfm_segment": pd.DataFrame(columns=["customers", "churn_rate", "not_a_kpi"])}
+    assert render.kpi_definitions(wide) == [
+        ("Customers", render.KPI_DEFINITIONS["customers"]),
+        ("Churned", render.KPI_DEFINITIONS["churn_rate"]),
+    ]
+
+
+def test_extreme_ltv_to_cac_is_capped_with_its_note() -> None:
+    from segspark.report import render
+
+    fmt = render.Fmt("$")
+    assert render._ratio_text(fmt, 92.8) == ">20"
+    assert render._ratio_text(fmt, 3.456) == fmt.num(3.456, 2)
+    assert any(">20" in text for _, text in render.LTV_CAC_DEFINITIONS)
+
+
+def test_model_metrics_read_as_words_not_raw_dumps() -> None:
+    from segspark.report import render
+
+    fmt = render.Fmt("$")
+    assert render.metric_words("clusters", 6.0, fmt) == "6 clusters"
+    assert render.metric_words("histogram_chi2", 133.981, fmt).startswith(
+        "chi-square of the purchase-count histogram 134.0 (predicted vs. actual"
+    )
+    assert render.metric_words("calinski_harabasz", 1234.56, fmt).startswith("Calinski-Harabasz index 1,235")
+    assert render.metric_words("some_new_metric", 0.5, fmt) == f"some new metric {fmt.metric(0.5)}"
+
+
+def test_what_changed_since_the_last_run_compares_headline_figures() -> None:
+    from segspark.report import render
+
+    fmt = render.Fmt("$")
+    summary = pd.DataFrame(
+        {
+            "metric": ["customers", "revenue", "avg_churn_risk", "finding_1", "plays"],
+            "value": [1100.0, 50_000.0, 0.25, 1.0, 5.0],
+            "unit": ["customers", "currency", "share", "count", "count"],
+            "text": [""] * 5,
+        }
+    )
+    previous = pd.DataFrame({"metric": ["customers", "revenue", "avg_churn_risk", "finding_1"],
+                             "value": [1000.0, 40_000.0, 0.20, 2.0]})
+    table = render.changes_since_previous(summary, previous, fmt)
+    assert table is not None
+    rows = {r[0]: r[1:] for r in table.rows}
+    assert set(rows) == {"Customers", "Revenue", "Avg churn risk"}  # plays: no previous value
+    assert rows["Customers"] == [fmt.count(1000), fmt.count(1100), f"+{fmt.count(100)} (+10.0%)"]
+    assert rows["Revenue"][2] == f"+{fmt.money(10_000)} (+25.0%)"
+    assert rows["Avg churn risk"][2] == "+5.0 pts"
+    assert render.changes_since_previous(summary, None, fmt) is None
+
+
+def test_pdf_printing_follows_report_pdf_and_fails_clearly(tmp_path: Path, monkeypatch: Any) -> None:
+    from segspark.errors import EnvironmentProblem
+    from segspark.report import pdf, render
+
+    (tmp_path / "report.html").write_text("<html><body><h1>r</h1></body></html>")
+    assert render._print_pdf(tmp_path, "off") is False and not (tmp_path / "report.pdf").exists()
+    missing = str(tmp_path / "no-such-browser")
+    monkeypatch.setenv("SEGSPARK_CHROMIUM", missing)
+    assert pdf.find_chromium() == missing
+    with pytest.raises(EnvironmentProblem, match="could not print"):
+        pdf.print_pdf(tmp_path / "report.html", tmp_path / "report.pdf", missing)
+    assert render._print_pdf(tmp_path, "auto") is False  # auto: logged, the run goes on
+    with pytest.raises(EnvironmentProblem):
+        render._print_pdf(tmp_path, "on")

@@ -120,3 +120,30 @@ def test_missing_pseudonymization_key_exits_2_before_spark_starts(
         "segspark: configuration error: no pseudonymization key: set the environment variable "
         "SEGSPARK_PSEUDO_KEY"
     )
+
+
+def test_governance_decisions_come_from_config_and_open_ones_are_named() -> None:
+    from segspark.report.render import governance_rows
+
+    open_items = governance_rows(load_settings([], []), dt.date(2026, 3, 31))
+    assert [name for name, _, decided in open_items if not decided] == [
+        "Legal basis", "Consent for activation", "Retention period", "Owner", "Reviewer", "Next review",
+    ]
+    assert "report.governance.legal_basis" in open_items[0][1]
+    assert open_items[-1][1].startswith("2026-09-30:")  # six months after the run, end of month kept
+    items = [
+        "report.governance.legal_basis=legitimate interests (GDPR Art. 6(1)(f))",
+        "report.governance.consent_column=marketing_opt_in",
+        "report.governance.retention_period=13 months",
+        "report.governance.owner_role=Head of CRM",
+        "report.governance.reviewer_role=Data protection officer",
+        "report.governance.review_every_months=3",
+        "report.governance.last_review=2026-01-31",
+    ]
+    decided = dict((n, v) for n, v, ok in governance_rows(load_settings([], items), None) if ok)
+    assert decided["Legal basis"] == "legitimate interests (GDPR Art. 6(1)(f))"
+    assert "'marketing_opt_in' is true" in decided["Consent for activation"]
+    assert decided["Owner"] == "Head of CRM" and decided["Reviewer"] == "Data protection officer"
+    assert decided["Next review"].startswith("2026-04-30:")
+    with pytest.raises(ConfigError):
+        load_settings([], ["report.governance.review_every_months=0"])

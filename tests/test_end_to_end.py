@@ -121,6 +121,15 @@ def test_events_reach_the_features_through_ingests_engagement_summary(lake: dict
 
 
 @pytest.mark.slow
+def test_the_runs_report_breaks_customers_down_by_demographics(lake: dict[str, Any]) -> None:
+    parts = _report_parts(lake["root"])
+    assert "### Demographic segments" in parts["sections"]
+    for label in ("age band", "country", "gender", "income band"):
+        assert f"#### By {label}" in parts["sections"], label
+    assert (lake["root"] / "reports" / "latest" / "report.pdf").is_file()
+
+
+@pytest.mark.slow
 def test_no_pii_in_any_output_table_report_or_mlflow_store(lake: dict[str, Any]) -> None:
     root = lake["root"]
     scanned = 0
@@ -164,6 +173,13 @@ def test_score_reproduces_run_assignments_and_monitor_reports_drift(
     assert main(["score", "--run-id", "e2e-score", *lake["args"], "--set", "report.enabled=false"]) == 0
     scored = {r["customer_id"]: (r["cluster_id"], r["persona"]) for r in _table(root, "customer_segments")}
     assert scored == fitted
+    # the score run records which registered model assigned the personas (its report names it)
+    sweep = [r for r in _table(root, "clustering_sweep") if r["run_id"] == "e2e-score"]
+    assert len(sweep) == 1 and sweep[0]["chosen"] and sweep[0]["engine"] == "registered"
+    applied = r"registered model models:/\S+/\d+ \(alias \w+\), applied without refitting"
+    assert re.fullmatch(applied, sweep[0]["reason"])
+    profiles = [r for r in _table(root, "cluster_profiles") if r["run_id"] == "e2e-score"]
+    assert {r["persona"] for r in profiles} >= {p for _, p in scored.values() if p}
     assert main(["monitor", "--set", f"output.path={root}"]) == 0
 
 

@@ -41,7 +41,7 @@ def test_names_from_most_distinctive_traits() -> None:
     assert names[2] == P.TYPICAL_PERSONA  # no |z| above persona_min_z
     desc = out.loc[out["cluster_id"] == 0, "persona_description"].iloc[0]
     # hand computed: median monetary 250 vs population 100 -> 2.5x; recency 300 days vs 100
-    assert desc.startswith("30 customers (30.0%)")
+    assert desc.startswith("30 customers (30.0% of the buyers clustered)")
     assert "spent 2.5x the median" in desc and "last order 300 days ago (all customers: 100)" in desc
     assert list(out.columns[:5]) == ["cluster_id", "persona", "persona_description", "size", "share"]
 
@@ -111,3 +111,13 @@ def test_profile_clusters_against_pandas(spark) -> None:  # type: ignore[no-unty
     assert math.isclose(pop["monetary"]["mean"], np.nanmean([10, 20, 100, -5, 30]))
     assert pop["monetary"]["t_mean"] == pytest.approx(pdf["t"].mean())
     assert pop["monetary"]["t_sd"] == pytest.approx(sd, rel=1e-12)
+
+
+def test_a_lapsing_group_is_named_for_it_whichever_trait_is_larger() -> None:
+    """Run to run, spend can edge past recency; the name still says the group is lapsing."""
+    cfg = ClusteringConfig()
+    # recency third of three distinctive traits (the name keeps two), then first
+    spend_first = P.name_personas(_profiles([[1.3, 1.6, 1.5]], [10]), POPULATION, FEATURES, cfg)
+    recency_first = P.name_personas(_profiles([[1.7, 1.6, 1.5]], [10]), POPULATION, FEATURES, cfg)
+    assert spend_first.loc[0, "persona"] == recency_first.loc[0, "persona"]
+    assert spend_first.loc[0, "persona"].startswith("Lapsed")

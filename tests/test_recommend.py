@@ -7,6 +7,7 @@ from statistics import NormalDist
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import types as T
@@ -19,7 +20,11 @@ from segspark.report.recommend import (
     RECOMMENDATION_COLUMNS,
     TOO_SMALL,
     ab_plan,
+    design_for,
+    holdout_lift,
     recommend,
+    revenue_cv,
+    revenue_sample_size,
     sample_size_per_arm,
     weeks_needed,
 )
@@ -111,6 +116,46 @@ def test_weeks_needed_and_the_too_small_flag() -> None:
     assert not ab_plan(math.nan, 10_000, cfg).testable
 
 
+def test_revenue_spread_of_a_window_from_the_segments_spend() -> None:
+    # X = B * Y, B ~ Bernoulli(p), Y with mean m and sd s: simulate and compare the closed form
+    rng = np.random.default_rng(7)
+    p, m, s = 0.3, 120.0, 90.0
+    y = rng.gamma((m / s) ** 2, s**2 / m, 400_000)
+    x = np.where(rng.random(y.size) < p, y, 0.0)
+    assert revenue_cv(m, s, p) == pytest.approx(x.std() / x.mean(), rel=0.01)
+    assert revenue_cv(m, 0.0, 1.0) == 0.0 and math.isnan(revenue_cv(0.0, 1.0, 0.5))
+
+
+def test_revenue_sample_size_is_the_t_test_formula() -> None:
+    cv, mde = 0.9, 0.1
+    n = revenue_sample_size(cv, mde, 0.05, 0.8)
+    normal = 2 * (z(0.975) + z(0.8)) ** 2 * (cv / mde) ** 2  # the t-test needs a customer or two more
+    assert normal <= n <= normal + 3
+
+
+def test_an_underpowered_churn_test_gets_a_powered_design_not_do_not_act() -> None:
+    """The demo's case: VIP for 3,464 Champions with 3.3% churn needs ~44,000 customers per arm."""
+    cfg = AbTestConfig()
+    plan = ab_plan(0.033, 3464, cfg, decrease=True)
+    assert not plan.testable and plan.sample_size_per_arm is not None and plan.sample_size_per_arm > 40_000
+    cv = revenue_cv(850.0, 700.0, 1 - 0.033)
+    d = design_for(plan, cv, 3464, cfg, decrease=True)
+    assert d.kind == "revenue test" and d.powered
+    assert d.sample_size_per_arm == revenue_sample_size(cv, cfg.mde_relative, cfg.alpha, cfg.power)
+    assert d.weeks == weeks_needed(d.sample_size_per_arm, 3464, cfg.weekly_reach) <= cfg.max_weeks
+    # noisier spend (rare buyers): the revenue test is too slow in 8 weeks but fits in the long limit
+    slow_cfg = cfg.model_copy(update={"weekly_reach": 0.05})
+    slow = design_for(ab_plan(0.033, 20_000, slow_cfg, True), revenue_cv(850.0, 1500.0, 0.967), 20_000,
+                      slow_cfg, True)
+    assert slow.kind == "longer test" and cfg.max_weeks < (slow.weeks or 0) <= cfg.long_test_weeks
+    # nothing fits: a rollout with a holdout, powered when its detectable lift is small enough
+    big = design_for(ab_plan(0.033, 200_000, slow_cfg.model_copy(update={"long_test_weeks": 8}), True),
+                     math.nan, 200_000, slow_cfg.model_copy(update={"long_test_weeks": 8}), True)
+    assert big.kind == "holdout rollout"
+    lift = holdout_lift(200_000, cfg, math.nan, 0.033, True)
+    assert big.powered == (lift <= cfg.max_holdout_lift) and f"{lift:.0%}" in big.note
+
+
 def rows() -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     i = 0
@@ -171,7 +216,7 @@ def test_plays_impact_rank_and_ab_plan_from_the_data(data: ReportData, frame: pd
     per_buyer = frame["monetary"].sum() / buyers
     assert by.loc["prospect", "impact"] == pytest.approx(PROSPECTS * per_buyer * 0.3)
     assert list(recs["rank"]) == list(range(1, len(recs) + 1))
-    priority = recs["impact"] / recs["effort"]
+    priority = (recs["impact"] / recs["effort"])[recs["testable"]]  # measurable plays rank first
     assert list(priority) == sorted(priority, reverse=True)
     # VIP is tested on churn (decrease): baseline = the Champions' mean churn risk (null row excluded)
     p0 = float(frame.loc[frame["rfm_segment"] == "Champions", "churn_risk"].mean())
@@ -184,8 +229,11 @@ def test_plays_impact_rank_and_ab_plan_from_the_data(data: ReportData, frame: pd
     q0 = 1 - float(frame.loc[frame["rfm_segment"] == "Lost", "churn_risk"].mean())
     assert by.loc["Lost", "baseline_rate"] == pytest.approx(q0)
     assert abs(by.loc["Lost", "sample_size_per_arm"] - hand_n(q0, q0 * 1.5)) <= 1
-    assert not by.loc["Lost", "testable"] and by.loc["Lost", "test_flag"] == TOO_SMALL
+    # ... and no other design measures it (60 customers): the only play left with "do not act", last
+    assert not by.loc["Lost", "testable"] and TOO_SMALL in by.loc["Lost", "test_flag"]
+    assert by.loc["Lost", "test_design"] == "" and "held back" in by.loc["Lost", "design_note"]
     assert pd.isna(by.loc["Lost", "weeks_needed"])
+    assert list(recs["testable"]) == sorted(recs["testable"], reverse=True)
     # prospects: baseline = recent conversion, new buyers / (new buyers + prospects)
     new = int((frame["lifecycle_stage"] == "new").sum())
     assert new == 65 and by.loc["prospect", "baseline_rate"] == pytest.approx(new / (new + PROSPECTS))

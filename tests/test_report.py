@@ -849,7 +849,17 @@ def test_no_personal_data_reaches_any_output(
         assert "@example.com" not in text
         assert not any(cid in text for cid in rows["customer_id"])
     for p in out.rglob("*"):
-        assert p.suffix in {".html", ".md", ".png"} or p.is_dir()
+        assert p.suffix in {".html", ".md", ".png", ".pdf"} or p.is_dir()
+    import pypdfium2 as pdfium
+
+    assert result.pdf_path is not None
+    doc = pdfium.PdfDocument(result.pdf_path)
+    try:
+        printed = "\n".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
+    finally:
+        doc.close()
+    assert "Executive summary" in printed and "@example.com" not in printed
+    assert not any(cid in printed for cid in rows["customer_id"])
 
 
 def test_absent_stages_are_reported_not_fatal(spark: Any, rows: pd.DataFrame, tmp_path: Path) -> None:
@@ -918,14 +928,22 @@ def test_model_results_come_from_their_tables(built: tuple[ReportResult, Path, f
     models = section(html, "data")
     assert f"<th>Clustering</th><td>{CHOSEN_REASON}</td>" in models
     assert "<th>Clustering sweep</th><td>10 candidates (bisecting_kmeans, kmeans; k 2 to 6) on 331" in models
-    assert "silhouette 0.410, davies bouldin 0.930" in models
+    # metrics in words, with how to read them (no raw dumps such as "clusters 6.000")
+    assert (
+        "silhouette 0.41 (-1 to 1; higher means better separated clusters); Davies-Bouldin index 0.93"
+        in models
+    )
     assert "clustering features: recency_days, frequency, monetary" in models
     assert (
         "<th>CLV model</th><td>bgnbd (configured (clv.model=bgnbd)); spend model gamma_gamma; "
         "calibration to 2025-10-01, holdout to 2025-12-31</td>" in models
     )
-    assert "holdout mae 0.420" in models and "holdout corr 0.710" in models
-    assert "<th>Churn model</th><td>auc 0.830, brier 0.170</td>" in models
+    assert "mean absolute error 0.420 (" in models
+    assert "correlation of predicted and actual purchases 0.71" in models
+    assert (
+        "<th>Churn model</th><td>ROC AUC 0.830 (0.5 = chance, 1 = perfect ranking of churners); "
+        "Brier score 0.170" in models
+    )
     assert summary_value(result, "chosen_k") == 4
     assert result.summary.set_index("metric").loc["chosen_k", "text"] == CHOSEN_REASON
     assert summary_value(result, "silhouette") == pytest.approx(0.41)
@@ -1443,3 +1461,78 @@ def test_html_renders_in_headless_chromium(built: tuple[ReportResult, Path, floa
         assert (
             shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
         )
+
+
+def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportResult, Path, float]) -> None:
+    """report.pdf (headless Chromium print): A4 pages that render, one image per chart."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    result, _, _ = built
+    _chromium()  # the suite requires Chromium, so report.pdf: auto must have printed
+    assert result.pdf_path == result.html_path.with_suffix(".pdf")
+    assert (result.latest_dir / "report.pdf").is_file()
+    doc = pdfium.PdfDocument(result.pdf_path)
+    try:
+        assert len(doc) >= 5
+        images, text = 0, []
+        ARTIFACTS.mkdir(exist_ok=True)
+        for i in range(len(doc)):
+            page = doc[i]
+            width, height = page.get_size()
+            assert (round(width), round(height)) == (595, 842)  # A4 in points
+            images += len(list(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4)))
+            text.append(page.get_textpage().get_text_range())
+            image = page.render(scale=1.5).to_pil().convert("L")
+            darkest, _ = image.getextrema()
+            assert darkest < 100, f"page {i + 1} renders blank"
+            if i < 4:
+                image.save(ARTIFACTS / f"report-pdf-page{i + 1}.png")
+            page.close()
+        assert images == len(result.figures)
+        printed = "\n".join(text)
+        for heading in ("Executive summary", "Recommendations", "Governance"):
+            assert heading in printed
+    finally:
+        doc.close()
+
+
+def test_demographic_groups_come_from_customer_features_k_anonymous(spark: Any) -> None:
+    from segspark.report.collect import DEMOGRAPHICS_B2C, demographic_tables
+
+    n = 100
+    ages = ["25-34"] * 50 + ["35-44"] * 45 + ["65+"] * 5
+    countries = ["US"] * 60 + ["DE"] * 39 + [""]  # an empty value is unknown
+    segs = pd.DataFrame(
+        {
+            "customer_id": [pseudo(i) for i in range(n)],
+            "monetary": [float(10 + i) for i in range(n)],
+            "frequency": [1 + i % 3 for i in range(n)],
+            "clv": [float(i % 7) for i in range(n)],
+            "churn_risk": [(i % 10) / 10 for i in range(n)],
+        }
+    )
+    feats = pd.DataFrame(
+        {"customer_id": segs["customer_id"], "age_band": ages, "country": countries, "gender": [None] * n}
+    )
+    segments = spark.createDataFrame(segs)
+    features = spark.createDataFrame(
+        feats, "customer_id string, age_band string, country string, gender string"
+    )
+    tables, notes = demographic_tables(segments, features, DEMOGRAPHICS_B2C, k=10)
+    assert set(tables) == {"age_band", "country"}
+    assert notes == ["income band: not in customer_features", "gender: no customer has it"]
+    joined = segs.assign(age_band=ages, country=[c or "unknown" for c in countries])
+    age = tables["age_band"].set_index("segment")
+    assert list(age.index) == ["25-34", "35-44"]  # 65+ (5) is below k and Other alone is too: hidden
+    for band, g in joined.groupby("age_band"):
+        if band == "65+":
+            continue
+        assert age.loc[band, "customers"] == len(g)
+        assert age.loc[band, "revenue"] == pytest.approx(g["monetary"].sum())
+        assert age.loc[band, "mean_clv"] == pytest.approx(g["clv"].mean())
+        assert age.loc[band, "mean_churn_risk"] == pytest.approx(g["churn_risk"].mean())
+        assert age.loc[band, "customer_share"] == pytest.approx(len(g) / n)
+    country = tables["country"].set_index("segment")
+    assert country.loc["US", "customers"] == 60 and country.loc["DE", "customers"] == 39
+    assert "unknown" not in country.index  # one customer: merged, and Other (1) hidden

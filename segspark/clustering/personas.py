@@ -188,6 +188,10 @@ def _words(f: str, z: float) -> tuple[str, str | None]:
 def generate_name(row: pd.Series, features: list[str], cfg: ClusteringConfig, extra: int = 0) -> str:
     """A short name from the most distinctive traits: an adjective, then a noun ("Lapsed big spenders")."""
     every = _ranked_traits(row, features, cfg.persona_min_z)
+    # recent or lapsing decides the play: when recency is distinctive it leads the name on every run,
+    # so a lapsing group is not "Fading big spenders" once and "Broad-basket big spenders" the next
+    # time spend edges past recency (a stable sort: the other traits keep their order)
+    every = sorted(every, key=lambda t: t[0] != "recency_days")
     ranked = every[: cfg.persona_traits + extra]
     if not ranked:
         return TYPICAL_PERSONA
@@ -223,7 +227,7 @@ def _phrase(f: str, row: pd.Series, population: dict[str, dict[str, float]]) -> 
 def describe(row: pd.Series, features: list[str], population: dict[str, dict[str, float]]) -> str:
     """One sentence with numbers for the cluster's most distinctive traits."""
     ranked = _ranked_traits(row, features, 0.0)[:3]
-    head = f"{int(row[SIZE]):,} customers ({float(row[SHARE]):.1%})"
+    head = f"{int(row[SIZE]):,} customers ({float(row[SHARE]):.1%} of the buyers clustered)"
     if int(row[CLUSTER_ID]) < 0:
         return f"{head} far from every dense group (density noise)"
     parts = [_phrase(f, row, population) for f, _ in ranked]
@@ -267,6 +271,10 @@ def name_personas(
     )
     names: dict[int, str] = {}
     taken: set[str] = set(inherited.values())
+    if previous is not None and PERSONA in previous.columns:
+        # a group that matches no previous persona never takes one's name: readers would take it for
+        # the same customers
+        taken |= {str(p) for p in previous[PERSONA].dropna()}
     for cid, name in inherited.items():
         names[cid] = name
     if (profiles[CLUSTER_ID] < 0).any():

@@ -106,6 +106,28 @@ def sweep_table(result: ClusterResult) -> pd.DataFrame:
     return out.loc[:, list(COLUMNS)].reset_index(drop=True)
 
 
+def applied_model_row(
+    model_uri: str, alias: str, clusters: int, algorithm: str | None, features: list[str]
+) -> pd.DataFrame:
+    """The ``clustering_sweep`` row of a score run: the registered model it applied (named with its
+    version), marked chosen, with no indices (nothing was fitted)."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(
+        phase=FINAL,
+        algorithm=algorithm or "registered",
+        k=int(clusters),
+        clusters=int(clusters),
+        engine="registered",
+        chosen=True,
+        reason=f"registered model {model_uri} (alias {alias}), applied without refitting",
+        features=",".join(features),
+    )
+    out = pd.DataFrame([row], columns=list(COLUMNS))
+    for c in _FLOAT:
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
+    return out.astype(object).where(out.notna(), None)
+
+
 def sweep_from_table(table: pd.DataFrame) -> dict[str, Any] | None:
     """What the report needs from ``clustering_sweep`` rows: ``sweep`` (the candidates, columns of the
     stage's sweep, or None for a density model), ``chosen`` (algorithm, k, reason, knees and the final

@@ -387,13 +387,14 @@ def score_segments(
     tracking_uri: str | None = None,
     alias: str = "champion",
     staging_dir: str | None = None,
+    density: DensityModel | None = None,
 ) -> DataFrame:
     """Assign clusters and personas to fresh features with the registered model, without refitting.
 
     Returns customer_id, cluster_id (int) and persona. ``profiles`` defaults to the ones logged with
-    the model; a cluster missing from them gets the persona "Cluster <id>".
+    the model; a cluster missing from them gets the persona "Cluster <id>". ``density``: the density
+    model's core points when a loaded density model is passed as a PipelineModel.
     """
-    density = None
     if isinstance(model_uri_or_name, PipelineModel):
         model = model_uri_or_name
     else:

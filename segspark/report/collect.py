@@ -99,6 +99,7 @@ ADDITIVE: tuple[str, ...] = (
     "high_churn_risk",
     *[f"sum_{m}" for m in MEAN_MEASURES],
     *[f"n_{m}" for m in MEAN_MEASURES],
+    "sumsq_monetary",  # for the spread of revenue per customer (power of a revenue test)
 )
 # segment_kpis: how a KPI of merged segments is recomputed from its members (None: not shown).
 KPI_MERGE: dict[str, str | None] = {
@@ -343,6 +344,8 @@ class ReportData:
     drift: pd.DataFrame | None = None
     previous_summary: pd.DataFrame | None = None
     notes: dict[str, str] = field(default_factory=dict)  # section -> why something is absent
+    # demographic attribute -> group x (customers, shares, revenue, mean CLV, mean churn risk), k-anonymous
+    demographics: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def p_alive_ok(self) -> bool:
         """Whether statements may rest on P(alive): not when CLV fell back to the historical rate
@@ -421,6 +424,8 @@ def segment_statistics(
     for m in MEAN_MEASURES:
         x = _opt(segments, m, "double")
         aggs += [F.sum(x).alias(f"sum_{m}"), F.count(x).alias(f"n_{m}")]
+    spend = F.col(MONETARY).cast("double")
+    aggs.append(F.sum(spend * spend).alias("sumsq_monetary"))
     cells = _small(
         segments.groupBy(*labels, stage).agg(*aggs), S.CUSTOMER_SEGMENTS + " (segment cells)", max_cells
     )
@@ -437,12 +442,87 @@ def segment_statistics(
     return stats[[SEGMENT_TYPE, SEGMENT, "_stage", *ADDITIVE]], types
 
 
+# Demographic segmentation: the attributes of customer_features the report breaks down by.
+DEMOGRAPHICS_B2C: tuple[str, ...] = ("age_band", S.COUNTRY, S.GENDER, S.INCOME_BAND)
+DEMOGRAPHICS_B2B: tuple[str, ...] = (S.INDUSTRY, S.COMPANY_SIZE)
+UNKNOWN = "unknown"  # a customer without the attribute (no CRM row, or the CRM left it empty)
+
+
+def blank_null(c: Column) -> Column:
+    """A value as trimmed text, null when empty."""
+    text = F.trim(c.cast("string"))
+    return F.when(text != F.lit(""), text)
+
+
+def demographic_tables(
+    segments: DataFrame, features: DataFrame, attributes: tuple[str, ...], k: int, max_groups: int = 20_000
+) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Customers, revenue, mean CLV and mean churn risk per value of each demographic attribute.
+
+    One Spark aggregation: the customers' attribute values are stacked as (attribute, value) pairs
+    and grouped, so only counts and sums per group reach the driver (groups are the attributes'
+    values: bands, countries; at most ``max_groups``). Groups smaller than ``k`` merge into "Other"
+    (:func:`k_anonymize`). An attribute no customer has is left out and named in the notes.
+    """
+    present = [a for a in attributes if a in features.columns]
+    notes = [f"{a.replace('_', ' ')}: not in customer_features" for a in attributes if a not in present]
+    if not present:
+        return {}, notes
+    demo = features.select(S.CUSTOMER_ID, *present)
+    scores = [c for c in (CLV, CHURN_RISK) if c in segments.columns]
+    base = segments.select(S.CUSTOMER_ID, MONETARY, FREQUENCY, *scores)
+    joined = base.join(demo, on=S.CUSTOMER_ID, how="left")
+    pairs = F.explode(
+        F.array(
+            *[
+                F.struct(
+                    F.lit(a).alias("attribute"),
+                    F.coalesce(blank_null(F.col(a)), F.lit(UNKNOWN)).alias("value"),
+                )
+                for a in present
+            ]
+        )
+    ).alias("d")
+    aggs = [
+        F.count(F.lit(1)).alias(CUSTOMERS),
+        F.count_if(F.col(FREQUENCY) > 0).alias("buyers"),
+        F.sum(F.coalesce(F.col(MONETARY).cast("double"), F.lit(0.0))).alias(REVENUE),
+    ]
+    for m in scores:
+        aggs += [F.sum(F.col(m).cast("double")).alias(f"sum_{m}"), F.count(F.col(m)).alias(f"n_{m}")]
+    grouped = (
+        joined.select(pairs, MONETARY, FREQUENCY, *scores)
+        .groupBy(F.col("d.attribute").alias("attribute"), F.col("d.value").alias(SEGMENT))
+        .agg(*aggs)
+    )
+    cells = _small(grouped, S.CUSTOMER_FEATURES + " (demographic groups)", max_groups)
+    out: dict[str, pd.DataFrame] = {}
+    for a in present:
+        part = cells[cells["attribute"] == a].drop(columns=["attribute"])
+        if part.empty or set(part[SEGMENT]) == {UNKNOWN}:
+            notes.append(f"{a.replace('_', ' ')}: no customer has it")
+            continue
+        total_c, total_r = float(part[CUSTOMERS].sum()), float(part[REVENUE].sum())
+        shown, _, _, _ = k_anonymize(part.reset_index(drop=True), k)
+        shown = shown.assign(
+            customer_share=shown[CUSTOMERS] / total_c if total_c else np.nan,
+            revenue_share=shown[REVENUE] / total_r if total_r else np.nan,
+        )
+        for m in scores:
+            shown[f"mean_{m}"] = _ratio(shown[f"sum_{m}"], shown[f"n_{m}"])
+        out[a] = shown.reset_index(drop=True)
+    return out, notes
+
+
 def _derive(table: pd.DataFrame, type_customers: float, type_revenue: float) -> pd.DataFrame:
     out = table.copy()
     out["customer_share"] = out[CUSTOMERS] / type_customers if type_customers else np.nan
     out["revenue_share"] = out[REVENUE] / type_revenue if type_revenue else np.nan
     for m in MEAN_MEASURES:
         out[f"mean_{m}"] = _ratio(out[f"sum_{m}"], out[f"n_{m}"])
+    # population standard deviation of revenue per customer, from the sums (exact, additive)
+    var = _ratio(out["sumsq_monetary"], out[f"n_{MONETARY}"]) - out[f"mean_{MONETARY}"] ** 2
+    out["sd_monetary"] = np.sqrt(var.clip(lower=0.0))
     out["repeat_rate"] = _ratio(out["repeat_buyers"], out["buyers"])
     out["high_churn_risk_share"] = _ratio(out["high_churn_risk"], out[f"n_{CHURN_RISK}"])
     return out
@@ -886,7 +966,8 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
     its ``run_id`` rows for ``quarantine`` and ``runs``): ``customer_segments`` (required), and any of
     ``segment_kpis``, ``rfm_grid``, ``cohort_retention``, ``ltv_cac``, ``segment_transitions``,
     ``drift``, ``quarantine``, ``cluster_profiles``, ``clustering_sweep``, ``clv_fit``,
-    ``churn_metrics``, ``runs`` and ``previous_report_summary`` (Spark or pandas). Missing or None
+    ``churn_metrics``, ``runs``, ``customer_features`` (demographics) and ``previous_report_summary``
+    (Spark or pandas). Missing or None
     entries are absent stages.
     """
     t: dict[str, Any] = {name: df for name, df in tables.items() if df is not None}
@@ -975,6 +1056,14 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         notes["clustering"] = "Behavioural clustering did not run (stage disabled)."
     elif data.clustering["sweep"] is None and not data.clustering["chosen"]:
         notes["clustering"] = "No clustering_sweep table for this run: the sweep and the choice are unknown."
+    features = t.get(S.CUSTOMER_FEATURES)
+    attributes = DEMOGRAPHICS_B2B if cfg.preset == "saas" else DEMOGRAPHICS_B2C
+    if features is not None and not isinstance(features, pd.DataFrame):
+        data.demographics, missing_attrs = demographic_tables(segments, features, attributes, k)
+        if missing_attrs:
+            notes["demographics"] = "Not shown: " + "; ".join(missing_attrs) + "."
+    else:
+        notes["demographics"] = "No customer_features table for this run: demographics are not shown."
     if S.CLV_FIT in t:
         fit_rows = _small(_drop_stamp(t[S.CLV_FIT]), S.CLV_FIT, 5_000)
         if not fit_rows.empty:

@@ -28,22 +28,44 @@ n = 2 (z_{1-alpha/2} + z_{power})^2 / h^2. The segment can enrol ``customers x w
 a week, so weeks needed = ceil(2n / (customers x weekly_reach)); a play needing more than
 ``max_weeks`` (or more customers than the segment has) is flagged "too small to test: do not act on
 it yet".
+
+When that test cannot detect the effect in time, the play is not dropped: the designs below are
+tried in order and the first one that is powered is proposed (column ``test_design``):
+
+1. ``conversion test``: the test above.
+2. ``revenue test``: revenue per customer over the test window, a two-sample t-test (statsmodels'
+   ``TTestIndPower``) for the same relative effect. Its spread comes from the data: a customer buys
+   in the window with the play's purchase probability p and then spends like the segment's customers
+   (mean m, standard deviation s of revenue per customer, from the segment's sums and sums of
+   squares), so the coefficient of variation is CV^2 = (1 + (s/m)^2) / p - 1 and Cohen's
+   d = mde_relative / CV. Spend carries more signal than a rare event such as a 3% churn rate.
+3. ``longer test``: the better of the two runs up to ``ab_test.long_test_weeks``.
+4. ``pooled test``: the same play for every segment that gets it, randomized within each segment
+   and analysed together (the pooled rate, customers and spend).
+5. ``holdout rollout``: roll the play out to the segment and keep ``ab_test.holdout_share`` back;
+   powered when the lift it can detect (on revenue per customer, else on the rate) is at most
+   ``ab_test.max_holdout_lift``.
+
+Plays with a powered design rank first (by priority); "do not act on it yet" is left only for a play
+no design can measure.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from segspark.config import REPORT_PLAYS, AbTestConfig, Settings
 from segspark.report.collect import (
     CUSTOMERS,
     LIFECYCLE_STAGE,
+    MONETARY,
     OTHER,
     REVENUE,
     RFM_SEGMENT,
@@ -84,6 +106,8 @@ RECOMMENDATION_COLUMNS: tuple[str, ...] = (
     "weeks_needed",
     "testable",
     "test_flag",
+    "test_design",
+    "design_note",
     "owner",
     "action",
     "rationale",
@@ -313,6 +337,93 @@ def weeks_needed(n_per_arm: int, customers: float, weekly_reach: float) -> float
 
 
 @dataclass(frozen=True)
+class Design:
+    """How a play is measured: the design, its size and length, and whether it is powered."""
+
+    kind: str  # conversion test, revenue test, longer test, pooled test, holdout rollout; "" for none
+    sample_size_per_arm: int | None
+    weeks: float | None
+    powered: bool
+    note: str
+
+
+def revenue_cv(mean_spend: float, sd_spend: float, p_buy: float) -> float:
+    """Coefficient of variation of revenue per customer over a test window (module docstring, 2.)."""
+    if not (mean_spend > 0 and math.isfinite(sd_spend) and 0 < p_buy <= 1):
+        return math.nan
+    return math.sqrt(max((1.0 + (sd_spend / mean_spend) ** 2) / p_buy - 1.0, 0.0))
+
+
+def revenue_sample_size(cv: float, mde_relative: float, alpha: float, power: float) -> int:
+    """Customers per arm for a t-test of revenue per customer to detect a relative lift."""
+    if not cv > 0:
+        return 2  # no spread: any lift shows
+    n = TTestIndPower().solve_power(
+        effect_size=mde_relative / cv, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
+    )
+    return math.ceil(float(n))
+
+
+def holdout_lift(customers: float, cfg: AbTestConfig, cv: float, p0: float, decrease: bool) -> float:
+    """The relative lift a rollout with a ``holdout_share`` holdout detects at ``alpha``/``power``:
+    on revenue per customer when its spread is known (``cv``), else on the rate ``p0``."""
+    h = cfg.holdout_share
+    treated, held = customers * (1.0 - h), customers * h
+    if held < 2:
+        return math.inf
+    if math.isfinite(cv):
+        d = TTestIndPower().solve_power(
+            effect_size=None, nobs1=treated, ratio=h / (1.0 - h), alpha=cfg.alpha, power=cfg.power
+        )
+        return float(d) * cv
+    if not 0 < p0 < 1:
+        return math.inf
+    es = NormalIndPower().solve_power(
+        effect_size=None, nobs1=treated, ratio=h / (1.0 - h), alpha=cfg.alpha, power=cfg.power
+    )
+    # invert Cohen's h = 2 asin(sqrt p1) - 2 asin(sqrt p0) for the detectable rate
+    angle = math.asin(math.sqrt(p0)) + (-1 if decrease else 1) * float(es) / 2
+    p1 = math.sin(min(max(angle, 0.0), math.pi / 2)) ** 2
+    return abs(p1 - p0) / p0
+
+
+def design_for(
+    plan: AbPlan, cv: float, customers: float, cfg: AbTestConfig, decrease: bool
+) -> Design:
+    """The first powered design among 1-3 and 5 of the module docstring (4, pooling, needs every
+    play and is tried by :func:`recommend`); an unpowered holdout rollout when none is."""
+    if plan.testable:
+        return Design("conversion test", plan.sample_size_per_arm, plan.weeks_needed, True, "")
+    n_rev = revenue_sample_size(cv, cfg.mde_relative, cfg.alpha, cfg.power) if math.isfinite(cv) else None
+    w_rev = weeks_needed(n_rev, customers, cfg.weekly_reach) if n_rev is not None else math.inf
+    if w_rev <= cfg.max_weeks:
+        note = (
+            f"revenue per customer instead of the rate: {n_rev:,} per arm, {w_rev:.0f} weeks "
+            f"(spread from the data: CV {cv:.2f})"
+        )
+        return Design("revenue test", n_rev, w_rev, True, note)
+    options = [(w_rev, n_rev, "revenue per customer")]
+    if plan.sample_size_per_arm is not None and plan.weeks_needed is not None:
+        options.append((plan.weeks_needed, plan.sample_size_per_arm, "the rate"))
+    weeks, n, metric = min(options, key=lambda o: o[0])
+    limit = max(cfg.long_test_weeks, cfg.max_weeks)
+    if weeks <= limit:
+        note = f"run {weeks:.0f} weeks instead of {cfg.max_weeks} on {metric}: {n:,} per arm"
+        return Design("longer test", n, weeks, True, note)
+    lift = holdout_lift(customers, cfg, cv, plan.baseline_rate, decrease)
+    on = "revenue per customer" if math.isfinite(cv) else "the rate"
+    note = (
+        f"roll out with {cfg.holdout_share:.0%} held back: detects a {lift:.0%} lift in {on}"
+        if math.isfinite(lift)
+        else "too few customers to hold any back"
+    )
+    powered = lift <= cfg.max_holdout_lift
+    if not powered:
+        note += f" (more than ab_test.max_holdout_lift {cfg.max_holdout_lift:.0%}): {TOO_SMALL}"
+    return Design("holdout rollout", None, None, powered, note)
+
+
+@dataclass(frozen=True)
 class AbPlan:
     baseline_rate: float
     target_rate: float
@@ -389,12 +500,49 @@ def _candidates(data: ReportData) -> list[tuple[SegmentView, pd.Series]]:
     return rows
 
 
+def _pool_designs(records: list[dict[str, Any]], cfg: AbTestConfig) -> None:
+    """Design 4: a play no single-segment design measures is tested with every segment that gets
+    the same play (pooled customers, customer-weighted rate and spend moments), if that is powered."""
+    by_play: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec["segment_type"] != LIFECYCLE_STAGE or rec["segment"] != "prospect":
+            by_play.setdefault(rec["play"], []).append(rec)
+    for members in by_play.values():
+        if len(members) < 2 or all(m["_design"].kind != "holdout rollout" for m in members):
+            continue
+        pool = [m["_pool"] for m in members]
+        total = sum(c for c, *_ in pool)
+        decrease = pool[0][4]
+        rates = [(c, p) for c, p, *_ in pool if not math.isnan(p)]
+        p0 = sum(c * p for c, p in rates) / sum(c for c, _ in rates) if rates else math.nan
+        spends = [(c, m, sd) for c, _, m, sd, _ in pool if m > 0 and math.isfinite(sd)]
+        cv = math.nan
+        if spends and not math.isnan(p0):
+            w = sum(c for c, _, _ in spends)
+            mean = sum(c * m for c, m, _ in spends) / w
+            ex2 = sum(c * (sd * sd + m * m) for c, m, sd in spends) / w
+            cv = revenue_cv(mean, math.sqrt(max(ex2 - mean * mean, 0.0)), 1.0 - p0 if decrease else p0)
+        plan = ab_plan(p0, total, cfg, decrease)
+        pooled = design_for(plan, cv, total, cfg, decrease)
+        if not pooled.powered or pooled.kind == "holdout rollout":
+            continue
+        names = [str(m["segment"]) for m in members]
+        for m in members:
+            if m["_design"].kind == "holdout rollout":
+                others = ", ".join(n for n in names if n != m["segment"])
+                how = pooled.note or f"{pooled.sample_size_per_arm:,} per arm, {pooled.weeks:.0f} weeks"
+                m["_design"] = Design(
+                    "pooled test", pooled.sample_size_per_arm, pooled.weeks, True,
+                    f"pooled with {others} ({int(total):,} customers): {how}",
+                )
+
+
 def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
     """Ranked plays with impact, effort, quadrant and A/B plan (columns :data:`RECOMMENDATION_COLUMNS`)."""
     plays = play_settings(settings)
     ab = settings.report.ab_test
     sym = settings.report.currency_symbol
-    records = []
+    records: list[dict[str, Any]] = []
     for view, row in _candidates(data):
         pid = play_for(view.segment_type, row, settings.rfm.bins, dominant_stage(view, str(row[SEGMENT])))
         if pid is None:
@@ -402,17 +550,14 @@ def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
         play = plays[pid]
         value, basis = _value(row, pid, data)
         baseline, metric = _baseline(row, pid, data, settings.churn.horizon_days)
-        plan = ab_plan(baseline, float(row[CUSTOMERS]), ab, pid in DECREASE_PLAYS)
+        decrease = pid in DECREASE_PLAYS
+        customers = float(row[CUSTOMERS])
+        plan = ab_plan(baseline, customers, ab, decrease)
+        spend, spread = _num(row.get(f"mean_{MONETARY}")), _num(row.get("sd_monetary"))
+        p_buy = 1.0 - plan.baseline_rate if decrease else plan.baseline_rate
+        cv = revenue_cv(spend, spread, p_buy) if not math.isnan(plan.baseline_rate) else math.nan
+        design = design_for(plan, cv, customers, ab, decrease)
         impact = value * play.uplift if math.isfinite(value) else math.nan
-        weeks = "" if plan.weeks_needed is None else f", {plan.weeks_needed:.0f} weeks"
-        size = "" if plan.sample_size_per_arm is None else f"{plan.sample_size_per_arm:,} per arm{weeks}"
-        rationale = (
-            f"{row[SEGMENT]}: {int(row[CUSTOMERS]):,} customers, {sym}{value:,.0f} {basis}; "
-            f"assumed uplift {play.uplift:.0%} (report.uplift.{pid}) gives {sym}{impact:,.0f}. "
-            f"Test: baseline {plan.baseline_rate:.1%} ({metric}), {size or 'no test possible'}"
-            + (f"; {plan.flag}" if plan.flag else "")
-            + "."
-        )
         records.append(
             {
                 "play": pid,
@@ -437,19 +582,39 @@ def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
                 "weeks_needed": plan.weeks_needed,
                 "testable": plan.testable,
                 "test_flag": plan.flag,
+                "_design": design,
+                "_pool": (customers, plan.baseline_rate, spend, spread, decrease),
                 "owner": play.owner,
                 "action": play.action,
-                "rationale": rationale,
+                "_basis_text": f"{row[SEGMENT]}: {int(customers):,} customers, {sym}{value:,.0f} {basis}; "
+                f"assumed uplift {play.uplift:.0%} (report.uplift.{pid}) gives {sym}{impact:,.0f}. "
+                f"Conversion test: baseline {plan.baseline_rate:.1%} ({metric})",
             }
         )
     if not records:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in RECOMMENDATION_COLUMNS})
+    _pool_designs(records, ab)
+    for rec in records:
+        chosen: Design = rec.pop("_design")
+        rec.pop("_pool")
+        # sample_size_per_arm and weeks_needed stay the conversion test's; the design's are in its note
+        n, weeks = chosen.sample_size_per_arm, chosen.weeks
+        size = "" if n is None else f", {n:,} per arm" + ("" if weeks is None else f", {weeks:.0f} weeks")
+        rec["testable"] = chosen.powered
+        rec["test_flag"] = "" if chosen.powered else chosen.note
+        rec["test_design"] = chosen.kind if chosen.powered else ""
+        rec["design_note"] = chosen.note
+        how = f"{size}."
+        if chosen.kind != "conversion test":
+            how = f" is underpowered; {chosen.kind}: {chosen.note}."
+        rec["rationale"] = str(rec.pop("_basis_text")) + how
     df = pd.DataFrame.from_records(records)
-    df = df.sort_values(
-        ["priority", "impact", "customers", "segment"],
-        ascending=[False, False, False, True],
+    # plays that can be measured first, then by impact per effort
+    df = df.assign(_unmeasured=~df["testable"].astype(bool)).sort_values(
+        ["_unmeasured", "priority", "impact", "customers", "segment"],
+        ascending=[True, False, False, False, True],
         na_position="last",
-    )
+    ).drop(columns=["_unmeasured"])
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     threshold = float(np.nanmedian(df["impact"])) if df["impact"].notna().any() else math.nan
     high = df["impact"] >= threshold

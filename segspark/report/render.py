@@ -28,7 +28,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from segspark import schema as S
 from segspark.config import Milestone, Settings
-from segspark.errors import SegsparkError
+from segspark.errors import EnvironmentProblem, SegsparkError
 from segspark.report import charts as C
 from segspark.report.collect import (
     CHURN_RISK,
@@ -151,6 +151,7 @@ class ReportResult:
 
     html_path: Path
     md_path: Path
+    pdf_path: Path | None  # None when report.pdf is off, or auto and no Chromium was found
     figures_dir: Path
     latest_dir: Path
     summary: pd.DataFrame  # report_summary: metric, value, unit, text
@@ -590,7 +591,8 @@ def summary_table(
                     float(r["impact"]),
                     "currency",
                     f"{r['play_name']} for {r['segment']}: {fmt.money(r['impact'])} impact (assumed), "
-                    f"effort {r['effort']}" + ("" if r["testable"] else f"; {r['test_flag']}"),
+                    f"effort {r['effort']}"
+                    + (f"; measured by a {r['test_design']}" if r["testable"] else f"; {r['test_flag']}"),
                 )
             )
     cl = data.clustering
@@ -746,7 +748,8 @@ def persona_cards(
             continue
         pid = play_for(PERSONA, r, settings.rfm.bins, dominant_stage(view, name))
         facts = [
-            ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])})"),
+            # all customers (prospects included); the description's share is of the buyers clustered
+            ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])} of all customers)"),
             ("Revenue share", fmt.pct(r["revenue_share"])),
             (
                 "R / F / M",
@@ -791,6 +794,150 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
+# One line per KPI, shown under the KPI tables (the SQL's own definitions, segment_kpis.sql).
+KPI_DEFINITIONS: dict[str, str] = {
+    "customers": "members of the segment (buyers and, for lifecycle, prospects).",
+    "revenue": "net revenue to date (orders net of returns) of the segment's members.",
+    "revenue_share": "the segment's revenue as a share of all revenue.",
+    "avg_order_value": "revenue / purchases.",
+    "orders_per_customer": "purchases / members.",
+    "repeat_purchase_rate": "buyers with 2 or more purchases / buyers.",
+    "retention_rate": "buyers in lifecycle stage new, active or reactivated at the as-of date / buyers.",
+    "churn_rate": "buyers in lifecycle stage churned (recency beyond lifecycle.churned_days) / buyers.",
+    "avg_clv": "mean predicted customer lifetime value over the configured horizon.",
+    "avg_churn_risk": "mean predicted probability of no purchase within the churn horizon.",
+    "conversion_rate_90d": "purchase events / sessions in the last 90 days, summed over the segment.",
+    "engaged_share_30d": "members with a session in the last 30 days / members.",
+    "sessions_per_customer_30d": "sessions in the last 30 days per member (members without events count 0).",
+}
+# LTV:CAC above this is shown as ">cap": at that level the ratio says more about missing spend than efficiency
+LTV_CAC_CAP = 20.0
+LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
+    ("CAC", "marketing spend / new customers of the channel, over the months whose spend is known "
+     "(a segment's CAC: the mean of its members' channel CAC)."),
+    ("Realized LTV", "mean net revenue in the first kpis.ltv_window_months after the first purchase, over "
+     "the customers observed that long."),
+    ("Predicted LTV", "mean predicted CLV of the same new customers."),
+    (
+        "LTV:CAC",
+        f"LTV / CAC; 3 or more is usually called healthy. Ratios above {LTV_CAC_CAP:.0f} are shown as "
+        f">{LTV_CAC_CAP:.0f}: they mean little spend is recorded for the group (organic or referral "
+        "channels, or spend missing from marketing_spend), not an efficient channel; check the spend first.",
+    ),
+)
+
+
+# Model metrics in words: label, digits, and how to read the value (None: no reading added).
+METRIC_WORDS: dict[str, tuple[str, int, str | None]] = {
+    "silhouette": ("silhouette", 2, "-1 to 1; higher means better separated clusters"),
+    "davies_bouldin": ("Davies-Bouldin index", 2, "lower is better"),
+    "calinski_harabasz": ("Calinski-Harabasz index", 0, "higher is better"),
+    "stability": ("stability", 2, "agreement of refits on resamples, 1 = identical"),
+    "wcss": ("within-cluster sum of squares", 0, None),
+    "holdout_mae": ("mean absolute error", 3, "repeat purchases per customer in the holdout period"),
+    "holdout_rmse": ("root mean squared error", 3, "repeat purchases per customer in the holdout period"),
+    "holdout_corr": ("correlation of predicted and actual purchases", 2, "1 = perfect ranking"),
+    "holdout_total_error_pct": ("error of the total holdout purchases", 1, "percent; 0 = exact"),
+    "histogram_chi2": (
+        "chi-square of the purchase-count histogram",
+        1,
+        "predicted vs. actual customers per repeat count; lower is closer",
+    ),
+    "auc": ("ROC AUC", 3, "0.5 = chance, 1 = perfect ranking of churners"),
+    "pr_auc": ("PR AUC", 3, "precision over recall; compare with the churn base rate"),
+    "brier": ("Brier score", 3, "mean squared error of the probabilities; lower is better"),
+    "lift_top_decile": ("top-decile lift", 2, "churn rate of the riskiest 10% / the base rate"),
+    "ece": ("expected calibration error", 3, "0 = predicted probabilities match observed rates"),
+}
+
+
+def metric_words(name: str, value: Any, fmt: Fmt) -> str:
+    """One model metric as a reader reads it: "silhouette 0.41 (-1 to 1; higher ...)"; counts as
+    whole numbers ("6 clusters"); a metric not listed keeps its name with spaces."""
+    if name in {"clusters", "k"}:
+        return f"{fmt.count(value)} clusters"
+    if name not in METRIC_WORDS:
+        return f"{name.replace('_', ' ')} {fmt.metric(value)}"
+    label, digits, reading = METRIC_WORDS[name]
+    number = fmt.count(value) if digits == 0 else fmt.num(value, digits)
+    return f"{label} {number}" + (f" ({reading})" if reading else "")
+
+
+DEMOGRAPHIC_LABELS: dict[str, str] = {
+    "age_band": "age band",
+    "country": "country",
+    "gender": "gender",
+    "income_band": "income band",
+    "industry": "industry",
+    "company_size": "company size",
+}
+
+
+def demographic_tables(data: ReportData, fmt: Fmt, words: dict[str, str]) -> list[tuple[str, Table]]:
+    """One table per demographic attribute: customers and revenue with their shares, mean CLV and
+    mean churn risk (when modelled), for groups of at least the minimum segment size."""
+    out = []
+    for attribute, t in data.demographics.items():
+        header = [DEMOGRAPHIC_LABELS.get(attribute, attribute).capitalize(), words["Customers"],
+                  f"% {words['customers']}", "Revenue", "% revenue"]
+        has_clv, has_churn = f"mean_{CLV}" in t.columns, f"mean_{CHURN_RISK}" in t.columns
+        header += ["Avg CLV"] * has_clv + ["Avg churn risk"] * has_churn
+        rows = []
+        for _, r in t.iterrows():
+            row = [str(r[SEGMENT]), fmt.count(r[CUSTOMERS]), fmt.pct(r["customer_share"]),
+                   fmt.money(r[REVENUE]), fmt.pct(r["revenue_share"])]
+            row += [fmt.money(r[f"mean_{CLV}"])] * has_clv + [fmt.pct(r[f"mean_{CHURN_RISK}"])] * has_churn
+            rows.append(row)
+        out.append((DEMOGRAPHIC_LABELS.get(attribute, attribute), Table(header, rows)))
+    return out
+
+
+# Headline figures compared with the previous run's report_summary (in this order, when both have them).
+CHANGE_METRICS: tuple[str, ...] = (
+    "customers", "buyers", "revenue", "total_clv", "avg_clv", "avg_churn_risk",
+    "retention_month_1", "retention_month_3", "retention_month_6", "chosen_k", "silhouette",
+    "plays", "testable_plays", "total_impact",
+)
+
+
+def changes_since_previous(summary: pd.DataFrame, previous: pd.DataFrame | None, fmt: Fmt) -> Table | None:
+    """Previous value, this run's, and the change of each headline figure both runs report; shares
+    change in percentage points, amounts and counts also by percent."""
+    if previous is None or summary.empty or not {"metric", "value"} <= set(previous.columns):
+        return None
+    before = {str(m): v for m, v in zip(previous["metric"], previous["value"], strict=True) if _finite(v)}
+    cols = (summary["metric"], summary["value"], summary["unit"])
+    now = {str(m): (v, u) for m, v, u in zip(*cols, strict=True)}
+    rows = []
+    for m in CHANGE_METRICS:
+        if m not in before or m not in now or not _finite(now[m][0]):
+            continue
+        (v, unit), b = now[m], float(before[m])
+        v = float(v)
+        if unit == "share":
+            shown = [fmt.pct(b), fmt.pct(v), f"{(v - b) * 100:+.1f} pts"]
+        else:
+            show = fmt.money if unit == "currency" else fmt.metric
+            if unit in ("count", "customers"):
+                show = fmt.count
+            rel = f" ({(v - b) / abs(b):+.1%})" if b else ""
+            diff = v - b
+            sign = "+" if diff >= 0 else "-"
+            shown = [show(b), show(v), f"{sign}{show(abs(diff))}{rel}"]
+        rows.append([m.replace("_", " ").capitalize(), *shown])
+    return Table(["Figure", "Previous run", "This run", "Change"], rows) if rows else None
+
+
+def kpi_definitions(kpis: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
+    """(label, definition) for every KPI column the report's KPI tables show, in table order."""
+    shown = {c for wide in kpis.values() for c in wide.columns}
+    return [(KPI_LABELS[c][0], KPI_DEFINITIONS[c]) for c in KPI_LABELS if c in shown]
+
+
+def _ratio_text(fmt: Fmt, v: Any) -> str:
+    return f">{LTV_CAC_CAP:.0f}" if _finite(v) and float(v) > LTV_CAC_CAP else fmt.num(v, 2)
+
+
 def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict[str, str]) -> Table:
     cols = [c for c in KPI_LABELS if c in wide.columns]
     header = ["Segment", *[KPI_LABELS[c][0].replace("Customers", words["Customers"]) for c in cols]]
@@ -826,8 +973,8 @@ def ltv_cac_tables(
                 str(r["cac_status"]),
                 fmt.money(r["ltv_realized"]),
                 fmt.money(r["ltv_predicted"]),
-                fmt.num(r["ltv_to_cac"], 2),
-                fmt.num(r["ltv_predicted_to_cac"], 2),
+                _ratio_text(fmt, r["ltv_to_cac"]),
+                _ratio_text(fmt, r["ltv_predicted_to_cac"]),
             ]
             for _, r in df.iterrows()
         ]
@@ -884,13 +1031,20 @@ def ab_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
         "Baseline metric",
         "MDE (abs.)",
         "Target rate",
-        "Sample / arm",
-        "Weeks needed",
-        "Verdict",
+        "Rate test: sample / arm",
+        "Rate test: weeks",
+        "How it is measured",
     ]
     rows = []
     for _, r in recs.iterrows():
-        weeks = fmt.count(r["weeks_needed"]) if _finite(r["weeks_needed"]) else "never (segment too small)"
+        weeks = fmt.count(r["weeks_needed"]) if _finite(r["weeks_needed"]) else "–"
+        design = str(r.get("test_design") or "")
+        note = str(r.get("design_note") or "")
+        verdict = (
+            "conversion test" if design == "conversion test"
+            else f"{design}: {note}" if design
+            else str(r["test_flag"])
+        )
         rows.append(
             [
                 str(r["rank"]),
@@ -902,7 +1056,7 @@ def ab_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
                 fmt.pct(r["target_rate"]),
                 fmt.count(r["sample_size_per_arm"]) if _finite(r["sample_size_per_arm"]) else "–",
                 weeks,
-                "testable" if r["testable"] else str(r["test_flag"]),
+                verdict,
             ]
         )
     return Table(header, rows)
@@ -920,6 +1074,67 @@ def frame_table(df: pd.DataFrame, fmt: Fmt, limit: int = 40) -> Table:
         [str(c) for c in df.columns],
         [[cell(v) for v in row] for row in df.head(limit).itertuples(index=False)],
     )
+
+
+def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str, str, bool]]:
+    """(item, what is decided, whether it is decided) from ``report.governance``; an item not set
+    names the setting that records it."""
+    g = settings.report.governance
+
+    def item(name: str, value: str | None, key: str) -> tuple[str, str, bool]:
+        if value:
+            return name, value, True
+        return name, f"not decided yet (set report.governance.{key})", False
+
+    base = g.last_review or as_of or dt.date.today()
+    due = (pd.Timestamp(base) + pd.DateOffset(months=g.review_every_months)).date()
+    consent = (
+        f"only customers whose CRM column '{g.consent_column}' is true enter an activation list"
+        if g.consent_column
+        else None
+    )
+    months = f"{g.review_every_months} months after"
+    since = (
+        f"{months} the last review ({g.last_review.isoformat()})"
+        if g.last_review
+        else f"{months} this run (no review recorded: report.governance.last_review)"
+    )
+    return [
+        item("Legal basis", g.legal_basis, "legal_basis"),
+        item("Consent for activation", consent, "consent_column"),
+        item("Retention period", g.retention_period, "retention_period"),
+        item("Owner", g.owner_role, "owner_role"),
+        item("Reviewer", g.reviewer_role, "reviewer_role"),
+        ("Next review", f"{due.isoformat()}: {since}", g.last_review is not None),
+    ]
+
+
+def _print_pdf(folder: Path, mode: str) -> bool:
+    """``report.pdf`` from ``report.html`` in ``folder`` (see :mod:`segspark.report.pdf`)."""
+    from segspark.report import pdf
+
+    if mode == "off":
+        return False
+    exe = pdf.find_chromium()
+    if exe is None:
+        if mode == "on":
+            raise EnvironmentProblem(
+                "report.pdf is on but no Chromium was found: install chromium or set SEGSPARK_CHROMIUM"
+            )
+        log.info("report PDF not written: no Chromium found (install chromium or set SEGSPARK_CHROMIUM)")
+        return False
+    started = time.perf_counter()
+    try:
+        pdf.print_pdf(folder / "report.html", folder / "report.pdf", exe)
+    except EnvironmentProblem as exc:
+        if mode == "on":
+            raise
+        # auto: the HTML and Markdown are the report; a browser that cannot print does not fail the run
+        log.warning("report PDF not written: %s", exc)
+        (folder / "report.pdf").unlink(missing_ok=True)
+        return False
+    log.info("report PDF printed in %.1f s", time.perf_counter() - started)
+    return True
 
 
 def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
@@ -964,6 +1179,7 @@ def _context(
     palettes: dict[str, dict[str, str]],
     settings: Settings,
     missing: list[str] | None = None,
+    summary: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     cfg = settings.report
     fmt = Fmt(cfg.currency_symbol)
@@ -1030,11 +1246,7 @@ def _context(
             models.append(
                 (
                     "Chosen model as fitted (indices on the seeded sample)",
-                    ", ".join(
-                        f"{k.replace('_', ' ')} {fmt.count(v) if k == 'clusters' else fmt.metric(v)}"
-                        for k, v in fm.items()
-                        if _finite(v)
-                    ),
+                    "; ".join(metric_words(k, v, fmt) for k, v in fm.items() if _finite(v)),
                 )
             )
         if cl.get("hidden_clusters"):
@@ -1070,14 +1282,14 @@ def _context(
             models.append(
                 (
                     "CLV holdout validation",
-                    ", ".join(f"{k.replace('_', ' ')} {fmt.metric(val[k])}" for k in keys),
+                    "; ".join(metric_words(k, val[k], fmt) for k in keys),
                 )
             )
     if data.churn:
         models.append(
             (
                 "Churn model",
-                ", ".join(f"{k.replace('_', ' ')} {fmt.metric(v)}" for k, v in sorted(data.churn.items())),
+                "; ".join(metric_words(k, v, fmt) for k, v in sorted(data.churn.items())),
             )
         )
     inputs = Table(
@@ -1206,6 +1418,7 @@ def _context(
                 "effort": int(r["effort"]),
                 "testable": bool(r["testable"]),
                 "flag": r["test_flag"],
+                "design": r.get("test_design") or "",
                 "action": r["action"],
             }
             for _, r in recs.head(3).iterrows()
@@ -1216,8 +1429,11 @@ def _context(
         "features": features,
         "models": models,
         "profile_tables": profile_tables,
+        "demographics": demographic_tables(data, fmt, w),
         "personas": persona_cards(data, settings, fmt, palettes.get(PERSONA, {}), validity),
         "kpis": kpis,
+        "kpi_defs": kpi_definitions(data.kpis),
+        "ltv_defs": LTV_CAC_DEFINITIONS,
         "retention": retention,
         "life_kpis": life_kpis,
         "has_engagement": any(k in wide.columns for wide in data.kpis.values() for k in ENGAGEMENT_KPIS),
@@ -1248,7 +1464,11 @@ def _context(
             "flows": data.transitions_hidden,
         },
         "retention_hours": settings.lakehouse.vacuum_retention_hours,
+        "governance": governance_rows(settings, data.as_of_date),
         "drift": drift_rows,
+        "changes": (
+            None if summary is None or data.first_run else changes_since_previous(summary, prev_table, fmt)
+        ),
         "drift_table": frame_table(data.drift, fmt) if data.drift is not None and len(data.drift) else None,
         "first_run": data.first_run,
         "prev": frame_table(prev_table[["metric", "value"]], fmt) if prev_table is not None else None,
@@ -1322,12 +1542,13 @@ def build_report(
                 "uri": C.data_uri(png),
             }
         )
-    context = _context(data, recs, charts, found, palettes, settings, missing)
+    context = _context(data, recs, charts, found, palettes, settings, missing, summary)
     env = _env()
     (staging / "report.html").write_text(
         env.get_template("report.html.j2").render(**context), encoding="utf-8"
     )
     (staging / "report.md").write_text(env.get_template("report.md.j2").render(**context), encoding="utf-8")
+    pdf_written = _print_pdf(staging, cfg.pdf)
     # replace this run's folder and latest/ in one step each, so readers never see half a report
     shutil.rmtree(run_dir, ignore_errors=True)
     staging.rename(run_dir)
@@ -1342,6 +1563,7 @@ def build_report(
     return ReportResult(
         html_path=run_dir / "report.html",
         md_path=run_dir / "report.md",
+        pdf_path=run_dir / "report.pdf" if pdf_written else None,
         figures_dir=run_dir / FIGURES,
         latest_dir=latest,
         summary=summary,
