@@ -214,16 +214,29 @@ def _env() -> dict[str, str]:
 
 def _generate(out: Path, customers: int, log: Path) -> dict[str, Any]:
     """``segspark generate`` of this checkout; returns the generated row counts."""
-    cmd = [sys.executable, "-m", "segspark", "generate", "--out", str(out), "--customers", str(customers),
-           "--seed", str(SEED)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segspark",
+        "generate",
+        "--out",
+        str(out),
+        "--customers",
+        str(customers),
+        "--seed",
+        str(SEED),
+    ]
     run = measure(cmd, cwd=REPO, env=_env(), log=log, timeout=4 * 3600)
     if run.code != 0:
         raise SystemExit(f"segspark generate failed (exit {run.code}); see {log}")
     from deltalake import DeltaTable
 
     rows = {name: _delta_rows(DeltaTable(str(out / name))) for name in ("transactions", *OPTIONAL_INPUTS)}
-    print(f"  generated {customers:,} customers in {run.wall_s:.0f} s (peak RSS {run.peak_rss / GB:.1f} GB): "
-          + ", ".join(f"{k} {v:,}" for k, v in rows.items()), flush=True)
+    print(
+        f"  generated {customers:,} customers in {run.wall_s:.0f} s (peak RSS {run.peak_rss / GB:.1f} GB): "
+        + ", ".join(f"{k} {v:,}" for k, v in rows.items()),
+        flush=True,
+    )
     return rows
 
 
@@ -260,8 +273,13 @@ def prepare(out: Path, lines: int) -> dict[str, Any]:
     parquet = data / "transactions.parquet"
     _to_parquet(data / "delta" / "transactions", parquet)
     print(f"  transactions copied to Parquet in {time.perf_counter() - started:.0f} s: {parquet}", flush=True)
-    info = {"lines": rows["transactions"], "customers": customers, "rows": rows,
-            "delta": str(data / "delta"), "parquet": str(parquet)}
+    info = {
+        "lines": rows["transactions"],
+        "customers": customers,
+        "rows": rows,
+        "delta": str(data / "delta"),
+        "parquet": str(parquet),
+    }
     marker.write_text(json.dumps(info))
     return info
 
@@ -285,8 +303,12 @@ def _to_parquet(delta: Path, parquet: Path) -> None:
 # ---- segspark run ----------------------------------------------------------------------------------
 def run_overrides(data: dict[str, Any], inputs: str, output: Path) -> list[str]:
     """``--set`` items: the Parquet transactions, the generated Delta tables for ``all``, the output."""
-    items = [f"output.path={output}", f"input.transactions.path={data['parquet']}",
-             "input.transactions.format=parquet", f"quality.currency.rates={RATES}"]
+    items = [
+        f"output.path={output}",
+        f"input.transactions.path={data['parquet']}",
+        "input.transactions.format=parquet",
+        f"quality.currency.rates={RATES}",
+    ]
     if inputs == "all":
         for name in OPTIONAL_INPUTS:
             items += [f"input.{name}.path={Path(data['delta']) / name}", f"input.{name}.format=delta"]
@@ -351,11 +373,20 @@ def run_segspark(
         row["steps"] = in_log_order(row["steps"], log)
     status = "ok" if measured.code == 0 else ("timeout" if measured.timed_out else f"exit {measured.code}")
     result = {
-        "kind": "segspark", "label": label, "lines": data["lines"], "customers": data["customers"],
-        "inputs": inputs, "rep": rep, "status": status, "wall_s": round(measured.wall_s, 1),
-        "peak_rss_gb": round(measured.peak_rss / GB, 2), "processes": measured.processes,
+        "kind": "segspark",
+        "label": label,
+        "lines": data["lines"],
+        "customers": data["customers"],
+        "inputs": inputs,
+        "rep": rep,
+        "status": status,
+        "wall_s": round(measured.wall_s, 1),
+        "peak_rss_gb": round(measured.peak_rss / GB, 2),
+        "processes": measured.processes,
         "peak_by_kind_gb": {k: round(v / GB, 2) for k, v in sorted(measured.peak_by_kind.items())},
-        "steps": (row or {}).get("steps", {}), "run_status": (row or {}).get("status"), "log": str(log),
+        "steps": (row or {}).get("steps", {}),
+        "run_status": (row or {}).get("status"),
+        "log": str(log),
     }
     if measured.code != 0:
         result["error"] = _last_error(log)
@@ -410,9 +441,16 @@ def _last_error(log: Path) -> str:
 # ---- the reference notebook ------------------------------------------------------------------------
 # The classic (R, F) score -> segment map of RFM notebooks.
 RFM_SEGMENTS = {
-    r"[1-2][1-2]": "hibernating", r"[1-2][3-4]": "at_risk", r"[1-2]5": "cant_lose",
-    r"3[1-2]": "about_to_sleep", r"33": "need_attention", r"[3-4][4-5]": "loyal_customers",
-    r"41": "promising", r"51": "new_customers", r"[4-5][2-3]": "potential_loyalists", r"5[4-5]": "champions",
+    r"[1-2][1-2]": "hibernating",
+    r"[1-2][3-4]": "at_risk",
+    r"[1-2]5": "cant_lose",
+    r"3[1-2]": "about_to_sleep",
+    r"33": "need_attention",
+    r"[3-4][4-5]": "loyal_customers",
+    r"41": "promising",
+    r"51": "new_customers",
+    r"[4-5][2-3]": "potential_loyalists",
+    r"5[4-5]": "champions",
 }
 
 
@@ -463,8 +501,12 @@ def reference(parquet: str, seed: int) -> dict[str, Any]:
         step("rfm")
 
         summary = summary_data_from_transaction_data(
-            purchases, "customer_id", "order_date", monetary_value_col="net",
-            observation_period_end=as_of, freq="W",
+            purchases,
+            "customer_id",
+            "order_date",
+            monetary_value_col="net",
+            observation_period_end=as_of,
+            freq="W",
         )
         step("clv_summary")
         frt = summary["frequency"], summary["recency"], summary["T"]
@@ -532,9 +574,15 @@ def run_reference(data: dict[str, Any], rep: int, args: argparse.Namespace) -> d
     cmd = [sys.executable, str(Path(__file__).resolve()), "--reference-of", data["parquet"]]
     measured = measure(cmd, cwd=Path(args.out), env=_env(), log=log, timeout=args.timeout)
     result: dict[str, Any] = {
-        "kind": "reference", "label": "reference", "lines": data["lines"], "customers": data["customers"],
-        "inputs": "tx", "rep": rep, "wall_s": round(measured.wall_s, 1),
-        "peak_rss_gb": round(measured.peak_rss / GB, 2), "processes": measured.processes,
+        "kind": "reference",
+        "label": "reference",
+        "lines": data["lines"],
+        "customers": data["customers"],
+        "inputs": "tx",
+        "rep": rep,
+        "wall_s": round(measured.wall_s, 1),
+        "peak_rss_gb": round(measured.peak_rss / GB, 2),
+        "processes": measured.processes,
         "peak_by_kind_gb": {k: round(v / GB, 2) for k, v in sorted(measured.peak_by_kind.items())},
         "log": str(log),
     }
@@ -542,18 +590,25 @@ def run_reference(data: dict[str, Any], rep: int, args: argparse.Namespace) -> d
         out = json.loads(measured.stdout.strip().splitlines()[-1])
         result.update(status="ok", steps=out.pop("steps"), detail=out)
     else:
-        result.update(status="timeout" if measured.timed_out else f"exit {measured.code}", steps={},
-                      error=_last_error(log))
+        result.update(
+            status="timeout" if measured.timed_out else f"exit {measured.code}",
+            steps={},
+            error=_last_error(log),
+        )
     return result
 
 
 # ---- reporting -------------------------------------------------------------------------------------
 def _print_run(result: dict[str, Any]) -> None:
     who = result["label"] if result["kind"] == "reference" else f"{result['label']} run ({result['inputs']})"
-    print(f"{who} at {result['lines']:,} lines, rep {result['rep']}: {result['status']}, "
-          f"wall {result['wall_s']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB "
-          f"({result['processes']} processes: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in result.get("peak_by_kind_gb", {}).items()) + ")", flush=True)
+    print(
+        f"{who} at {result['lines']:,} lines, rep {result['rep']}: {result['status']}, "
+        f"wall {result['wall_s']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB "
+        f"({result['processes']} processes: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result.get("peak_by_kind_gb", {}).items())
+        + ")",
+        flush=True,
+    )
     for step, seconds in result.get("steps", {}).items():
         print(f"    {step:32s} {seconds:9.1f} s")
     if result.get("spark"):
@@ -577,19 +632,34 @@ def summary_table(results: list[dict[str, Any]], min_step_s: float = 1.0) -> str
         for (lines, label, _), rs in groups.items()
         if label == "reference"
     }
-    head = ["lines", "customers", "what", "inputs", "runs ok", "wall s (median)", "peak RSS GB (max)",
-            "x reference"]
+    head = [
+        "lines",
+        "customers",
+        "what",
+        "inputs",
+        "runs ok",
+        "wall s (median)",
+        "peak RSS GB (max)",
+        "x reference",
+    ]
     rows = [head, ["---:", "---:", "---", "---", "---:", "---:", "---:", "---:"]]
     order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "reference", kv[0][2] != "tx"))
     for (lines, label, inputs), rs in order:
         ok = [r for r in rs if r["status"] == "ok"]
         wall = _median([r["wall_s"] for r in ok])
         ratio = wall / ref_wall[lines] if label != "reference" and ok and lines in ref_wall else None
-        rows.append([
-            f"{lines:,}", f"{rs[0]['customers']:,}", label, inputs, f"{len(ok)}/{len(rs)}",
-            f"{wall:.1f}" if ok else "-", f"{max(r['peak_rss_gb'] for r in rs):.2f}",
-            f"{ratio:.2f}" if ratio is not None and ratio == ratio else "-",
-        ])
+        rows.append(
+            [
+                f"{lines:,}",
+                f"{rs[0]['customers']:,}",
+                label,
+                inputs,
+                f"{len(ok)}/{len(rs)}",
+                f"{wall:.1f}" if ok else "-",
+                f"{max(r['peak_rss_gb'] for r in rs):.2f}",
+                f"{ratio:.2f}" if ratio is not None and ratio == ratio else "-",
+            ]
+        )
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
     # stage seconds (median over repetitions), one column per run kind
@@ -608,8 +678,10 @@ def summary_table(results: list[dict[str, Any]], min_step_s: float = 1.0) -> str
             continue
         rows2.append([s, *[f"{m:.1f}" if m == m else "" for m in medians]])
     note = f" ({hidden} steps under {min_step_s:g} s everywhere not shown)" if hidden else ""
-    return table + f"\n\nStep seconds (median over repetitions){note}:\n\n" + "\n".join(
-        "| " + " | ".join(row) + " |" for row in rows2
+    return (
+        table
+        + f"\n\nStep seconds (median over repetitions){note}:\n\n"
+        + "\n".join("| " + " | ".join(row) + " |" for row in rows2)
     )
 
 
@@ -632,18 +704,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--skip-segspark", action="store_true", help="run the reference notebook only")
     p.add_argument("--repeat", type=int, default=1, help="repetitions; each runs every command alternately")
-    p.add_argument("--segspark-cmd", action="append", default=[], metavar="[LABEL=]COMMAND",
-                   help="command that runs segspark (repeatable, one per checkout); default: this Python's "
-                        "'-m segspark'; run with the run's output folder as working directory")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra --set for every segspark run (repeatable)")
+    p.add_argument(
+        "--segspark-cmd",
+        action="append",
+        default=[],
+        metavar="[LABEL=]COMMAND",
+        help="command that runs segspark (repeatable, one per checkout); default: this Python's "
+        "'-m segspark'; run with the run's output folder as working directory",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra --set for every segspark run (repeatable)",
+    )
     p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds before a run is stopped")
     p.add_argument("--keep-runs", action="store_true", help="keep each run's output tables")
-    p.add_argument("--event-log", action="store_true",
-                   help="write each run's Spark event log under <out>/eventlogs and report its spill, "
-                        "shuffle and input bytes (sets spark.conf: do not also --set spark.conf)")
-    p.add_argument("--min-step-s", type=float, default=1.0,
-                   help="the final step table leaves out steps shorter than this in every column")
+    p.add_argument(
+        "--event-log",
+        action="store_true",
+        help="write each run's Spark event log under <out>/eventlogs and report its spill, "
+        "shuffle and input bytes (sets spark.conf: do not also --set spark.conf)",
+    )
+    p.add_argument(
+        "--min-step-s",
+        type=float,
+        default=1.0,
+        help="the final step table leaves out steps shorter than this in every column",
+    )
     p.add_argument("--reference-of", help=argparse.SUPPRESS)  # internal: run the reference on this Parquet
     args = p.parse_args(argv)
 

@@ -294,7 +294,9 @@ def write_demo_config(out: Path, data_paths: dict[str, str]) -> Path:
     path = out / "segspark-demo.yaml"
     path.write_text(
         "# Written by `segspark demo`: its generated inputs and output folder.\n"
-        "# Pass it to any command: segspark <command> --conf " + str(path) + "\n"
+        "# Pass it to any command: segspark <command> --conf "
+        + str(path)
+        + "\n"
         + yaml.safe_dump(data, sort_keys=False)
     )
     return path

@@ -275,6 +275,7 @@ def conform(df: DataFrame, table: str, mapping: Mapping[str, str]) -> DataFrame:
 
 
 def blank_to_null(c: Column) -> Column:
+    """A value as trimmed text, null when empty (ingest's rule for every text column; the report's too)."""
     trimmed = F.trim(c.cast("string"))
     return F.when(trimmed != "", trimmed)
 

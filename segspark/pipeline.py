@@ -346,9 +346,7 @@ def stage_ingest(ctx: RunContext) -> None:
     tx = ctx.inputs["transactions"]
     if tx.rows_clean == 0:  # nothing to segment (also when as_of_date is set)
         if tx.rows_in == 0:
-            raise InputError(
-                f"input 'transactions': no rows at {tx.info.location} (input.transactions.path)"
-            )
+            raise InputError(f"input 'transactions': no rows at {tx.info.location} (input.transactions.path)")
         raise DataQualityError(
             f"table 'transactions': no clean order among {tx.rows_in} rows (quarantined: "
             + (", ".join(f"{r}={n}" for r, n in tx.by_rule.items()) or "none")
@@ -556,7 +554,7 @@ def stage_segments(ctx: RunContext) -> None:
     from segspark.clustering import fit_segments
     from segspark.clustering.results import applied_model_row, sweep_table
     from segspark.clustering.tracking import (
-        load_registered,
+        load_resolved,
         log_to_mlflow,
         model_features,
         resolve_model,
@@ -574,10 +572,9 @@ def stage_segments(ctx: RunContext) -> None:
         buyers = model_table.where(F.col("frequency") > 0)
         if ctx.cluster_mode == "score":
             name, alias = settings.tracking.registered_model, settings.clustering.model_alias
-            uri, _ = resolve_model(name, settings.tracking_uri, alias)
-            model, logged, density = load_registered(
-                name, settings.tracking_uri, alias, staging_dir(settings.output.path)
-            )
+            # one registry lookup: the version recorded below is the version loaded
+            uri, run_id = resolve_model(name, settings.tracking_uri, alias)
+            model, logged, density = load_resolved(uri, run_id, staging_dir(settings.output.path))
             assignments = score_segments(buyers, model, logged, density=density)
             # the run's record of which model assigned the personas (the report names its version),
             # and that model's profiles, so the score run's tables and report stand on their own

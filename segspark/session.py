@@ -42,6 +42,7 @@ def stop_owned() -> None:
         except Exception as exc:  # stopping must never mask the command's own result
             log.debug("stopping Spark failed: %s", exc)
 
+
 SUPPORTED_JAVA = (17, 21)
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
 JAVA_HINT = (

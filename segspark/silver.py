@@ -113,4 +113,3 @@ def customer_days(orders: DataFrame) -> DataFrame:
 def purchase_days(days: DataFrame) -> DataFrame:
     """The purchase occasions: ``customer_days`` rows with at least one purchase order."""
     return days.where(F.col(S.PURCHASES) > 0)
-

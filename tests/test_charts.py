@@ -24,15 +24,28 @@ def _texts(fig: Figure) -> list[tuple[str, object]]:
 def _crowded_plays() -> pd.DataFrame:
     """Eleven plays, several on one spot (same effort and impact), as the demo's #8/#9 and #10/#11."""
     rows = [
-        ("Champions", 1, 9.0e5, 3464), ("Loyal", 2, 7.5e5, 9000), ("At Risk", 3, 7.4e5, 5000),
-        ("Cannot Lose Them", 2, 5.0e5, 1200), ("Need Attention", 3, 3.0e5, 8000),
-        ("Promising", 1, 2.0e5, 4000), ("New Customers", 1, 2.0e5, 4100), ("Hibernating", 4, 1.0e5, 7000),
-        ("Lost", 4, 1.0e5, 7000), ("About to Sleep", 2, 0.9e5, 2500), ("Potential Loyalist", 2, 0.9e5, 2600),
+        ("Champions", 1, 9.0e5, 3464),
+        ("Loyal", 2, 7.5e5, 9000),
+        ("At Risk", 3, 7.4e5, 5000),
+        ("Cannot Lose Them", 2, 5.0e5, 1200),
+        ("Need Attention", 3, 3.0e5, 8000),
+        ("Promising", 1, 2.0e5, 4000),
+        ("New Customers", 1, 2.0e5, 4100),
+        ("Hibernating", 4, 1.0e5, 7000),
+        ("Lost", 4, 1.0e5, 7000),
+        ("About to Sleep", 2, 0.9e5, 2500),
+        ("Potential Loyalist", 2, 0.9e5, 2600),
     ]
     return pd.DataFrame(
         [
-            {"rank": i + 1, "segment_type": "rfm_segment", "segment": s, "effort": e, "impact": v,
-             "customers": n}
+            {
+                "rank": i + 1,
+                "segment_type": "rfm_segment",
+                "segment": s,
+                "effort": e,
+                "impact": v,
+                "customers": n,
+            }
             for i, (s, e, v, n) in enumerate(rows)
         ]
     )
@@ -155,8 +168,12 @@ def test_what_changed_since_the_last_run_compares_headline_figures() -> None:
             "text": [""] * 5,
         }
     )
-    previous = pd.DataFrame({"metric": ["customers", "revenue", "avg_churn_risk", "finding_1"],
-                             "value": [1000.0, 40_000.0, 0.20, 2.0]})
+    previous = pd.DataFrame(
+        {
+            "metric": ["customers", "revenue", "avg_churn_risk", "finding_1"],
+            "value": [1000.0, 40_000.0, 0.20, 2.0],
+        }
+    )
     table = render.changes_since_previous(summary, previous, fmt)
     assert table is not None
     rows = {r[0]: r[1:] for r in table.rows}

@@ -127,7 +127,12 @@ def test_governance_decisions_come_from_config_and_open_ones_are_named() -> None
 
     open_items = governance_rows(load_settings([], []), dt.date(2026, 3, 31))
     assert [name for name, _, decided in open_items if not decided] == [
-        "Legal basis", "Consent for activation", "Retention period", "Owner", "Reviewer", "Next review",
+        "Legal basis",
+        "Consent for activation",
+        "Retention period",
+        "Owner",
+        "Reviewer",
+        "Next review",
     ]
     assert "report.governance.legal_basis" in open_items[0][1]
     assert open_items[-1][1].startswith("2026-09-30:")  # six months after the run, end of month kept

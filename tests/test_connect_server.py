@@ -184,7 +184,7 @@ def _no_java(folder: Path) -> dict[str, str]:
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True)
     java = bin_dir / "java"
-    java.write_text(f"#!/bin/sh\necho \"$@\" >> {folder / 'called'}\nexit 1\n")
+    java.write_text(f'#!/bin/sh\necho "$@" >> {folder / "called"}\nexit 1\n')
     java.chmod(0o755)
     return {"JAVA_HOME": str(folder), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 

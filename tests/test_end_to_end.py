@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import shots
 from deltalake import DeltaTable
 
 from segspark.cli import main
@@ -126,7 +127,11 @@ def test_the_runs_report_breaks_customers_down_by_demographics(lake: dict[str, A
     assert "### Demographic segments" in parts["sections"]
     for label in ("age band", "country", "gender", "income band"):
         assert f"#### By {label}" in parts["sections"], label
-    assert (lake["root"] / "reports" / "latest" / "report.pdf").is_file()
+    latest = lake["root"] / "reports" / "latest"
+    # the real run's report for a person to look at (the report tests' fixture has no demographics)
+    shots.screenshot(latest / "report.html", "e2e-report.png", height=12000)
+    printed = "\n".join(shots.pdf_pages(latest / "report.pdf", "e2e-report-pdf", keep=20))
+    assert "Demographic segments" in printed and "By age band" in printed
 
 
 @pytest.mark.slow

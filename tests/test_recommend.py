@@ -145,12 +145,18 @@ def test_an_underpowered_churn_test_gets_a_powered_design_not_do_not_act() -> No
     assert d.weeks == weeks_needed(d.sample_size_per_arm, 3464, cfg.weekly_reach) <= cfg.max_weeks
     # noisier spend (rare buyers): the revenue test is too slow in 8 weeks but fits in the long limit
     slow_cfg = cfg.model_copy(update={"weekly_reach": 0.05})
-    slow = design_for(ab_plan(0.033, 20_000, slow_cfg, True), revenue_cv(850.0, 1500.0, 0.967), 20_000,
-                      slow_cfg, True)
+    slow = design_for(
+        ab_plan(0.033, 20_000, slow_cfg, True), revenue_cv(850.0, 1500.0, 0.967), 20_000, slow_cfg, True
+    )
     assert slow.kind == "longer test" and cfg.max_weeks < (slow.weeks or 0) <= cfg.long_test_weeks
     # nothing fits: a rollout with a holdout, powered when its detectable lift is small enough
-    big = design_for(ab_plan(0.033, 200_000, slow_cfg.model_copy(update={"long_test_weeks": 8}), True),
-                     math.nan, 200_000, slow_cfg.model_copy(update={"long_test_weeks": 8}), True)
+    big = design_for(
+        ab_plan(0.033, 200_000, slow_cfg.model_copy(update={"long_test_weeks": 8}), True),
+        math.nan,
+        200_000,
+        slow_cfg.model_copy(update={"long_test_weeks": 8}),
+        True,
+    )
     assert big.kind == "holdout rollout"
     lift = holdout_lift(200_000, cfg, math.nan, 0.033, True)
     assert big.powered == (lift <= cfg.max_holdout_lift) and f"{lift:.0%}" in big.note

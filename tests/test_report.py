@@ -12,9 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -23,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import shots
 from markupsafe import escape
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
@@ -44,8 +43,7 @@ from segspark.tables import (
     RUNS_SCHEMA,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = shots.ARTIFACTS
 K = 25
 AS_OF = dt.date(2025, 12, 31)
 PREVIOUS_AS_OF = dt.date(2025, 11, 30)
@@ -66,12 +64,6 @@ REPORT_SNAPSHOTS = (
     S.CHURN_METRICS,
     S.CLV_VALIDATION,
 )
-CHROMIUM_HINT = (
-    "headless Chromium is needed for the report browser test: install it with "
-    "`apt-get update && apt-get install -y chromium` (Debian package, /usr/bin/chromium), "
-    "or point SEGSPARK_CHROMIUM at a Chromium binary"
-)
-
 # (rfm_segment, customers, lifecycle, r, f, m, monetary, frequency, recency, clv, churn, p_alive, persona,
 #  value tier)
 SPECS: list[tuple[Any, ...]] = [
@@ -1376,13 +1368,6 @@ def test_sweep_table_of_a_real_fit_round_trips_through_the_lakehouse(spark: Any,
     assert info["customers"] == 180
 
 
-def _chromium() -> str:
-    exe = os.environ.get("SEGSPARK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        pytest.fail(CHROMIUM_HINT)
-    return exe
-
-
 PROBE = """<script>
 window.__errors = [];
 window.addEventListener('error', function (e) {
@@ -1405,24 +1390,11 @@ window.addEventListener('load', function () {
 
 def test_html_renders_in_headless_chromium(built: tuple[ReportResult, Path, float]) -> None:
     result, _, _ = built
-    exe = _chromium()
+    exe = shots.chromium()
     html = result.html_path.read_text()
     assert "<script" not in html.lower()  # the report itself runs no script ...
     assert not re.search(r'(src|href)="(https?:)?//', html)  # ... and loads nothing from the network
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        "--virtual-time-budget=10000",
-        "--disable-dev-shm-usage",
-        "--enable-logging=stderr",
-        "--v=0",
-    ]
+    flags = shots.FLAGS
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.html"
         probe.write_text(html.replace("<head>", "<head>" + PROBE, 1))
@@ -1441,26 +1413,7 @@ def test_html_renders_in_headless_chromium(built: tuple[ReportResult, Path, floa
         assert report["errors"] == [], report
         assert all(w > 100 and h > 100 for _, w, h in report["sizes"]), report
         assert "Uncaught" not in dom.stderr
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "report.png"
-        shot.unlink(missing_ok=True)
-        cap = subprocess.run(
-            [
-                exe,
-                *flags,
-                f"--user-data-dir={tmp}/profile2",
-                "--window-size=1280,6000",
-                f"--screenshot={shot}",
-                result.html_path.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert cap.returncode == 0, cap.stderr[-2000:]
-        assert (
-            shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
-        )
+    shots.screenshot(result.html_path, "report.png")
 
 
 def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportResult, Path, float]) -> None:
@@ -1469,7 +1422,7 @@ def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportRes
     import pypdfium2.raw as pdfium_c
 
     result, _, _ = built
-    _chromium()  # the suite requires Chromium, so report.pdf: auto must have printed
+    shots.chromium()  # the suite requires Chromium, so report.pdf: auto must have printed
     assert result.pdf_path == result.html_path.with_suffix(".pdf")
     assert (result.latest_dir / "report.pdf").is_file()
     doc = pdfium.PdfDocument(result.pdf_path)

@@ -27,7 +27,7 @@ def test_missing_java_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.Monk
 def test_wrong_java_version_names_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "bin" / "java"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
     fake.chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))
     with pytest.raises(EnvironmentProblem, match=r"Java 11 found .* needs Java 17 or 21"):
@@ -38,14 +38,28 @@ def test_cli_reports_missing_java_without_a_stack_trace(tmp_path: Path) -> None:
     env = {**os.environ, "JAVA_HOME": str(tmp_path / "none"), "PATH": f"{Path(sys.executable).parent}"}
     (tmp_path / "tx" / "_delta_log").mkdir(parents=True)  # an input the preflight accepts: Spark is next
     proc = subprocess.run(
-        [sys.executable, "-m", "segspark", "run",
-         "--set", f"input.transactions.path={tmp_path / 'tx'}", "--set", f"output.path={tmp_path}"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "segspark",
+            "run",
+            "--set",
+            f"input.transactions.path={tmp_path / 'tx'}",
+            "--set",
+            f"output.path={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.startswith("segspark:")]
-    assert lines == ["segspark: error: no Java runtime found: install a Java 17 or 21 runtime "
-                     "(e.g. 'apt-get install openjdk-17-jre-headless') and set JAVA_HOME"]
+    assert lines == [
+        "segspark: error: no Java runtime found: install a Java 17 or 21 runtime "
+        "(e.g. 'apt-get install openjdk-17-jre-headless') and set JAVA_HOME"
+    ]
     assert "Traceback" not in proc.stderr
 
 
@@ -100,8 +114,13 @@ def test_given_sizes_are_used_and_spark_conf_entries_win() -> None:
 @pytest.mark.parametrize(
     ("master", "threads"),
     [
-        ("local", 1), ("local[*]", 6), ("local[3]", 3), ("local[2, 4]", 2),
-        ("spark://h:7077", None), ("yarn", None), ("local-cluster[2,1,1024]", None),
+        ("local", 1),
+        ("local[*]", 6),
+        ("local[3]", 3),
+        ("local[2, 4]", 2),
+        ("spark://h:7077", None),
+        ("yarn", None),
+        ("local-cluster[2,1,1024]", None),
     ],
 )
 def test_local_threads_follow_the_master(master: str, threads: int | None) -> None:
@@ -219,7 +238,11 @@ def _probe(cfg: dict[str, object]) -> tuple[dict[str, object], str]:
     env = {k: v for k, v in os.environ.items() if k != "PYSPARK_GATEWAY_PORT"}
     proc = subprocess.run(
         [sys.executable, "-c", SESSION_PROBE, json.dumps(cfg)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
@@ -242,8 +265,12 @@ def test_embedded_session_starts_with_the_machine_sized_heap() -> None:
 @pytest.mark.slow
 def test_local_connect_server_gets_the_explicit_heap_from_spark_conf() -> None:
     result, stderr = _probe(
-        {"remote": "local[1]", "driver_memory": "3g", "shuffle_partitions": 3,
-         "conf": {"spark.driver.memory": "1200m"}}
+        {
+            "remote": "local[1]",
+            "driver_memory": "3g",
+            "shuffle_partitions": 3,
+            "conf": {"spark.driver.memory": "1200m"},
+        }
     )
     assert result["conf"] == "1200m"
     assert result["xmx"] == ["1200m"]

@@ -193,7 +193,6 @@ def log_to_mlflow(
     }
 
 
-
 # --- the model over Spark Connect -----------------------------------------------------------------
 # MLflow's spark flavor moves a PipelineModel between Spark's Hadoop file system and the local disk
 # through the driver's JVM gateway (mlflow.spark._HadoopFileSystem), which a Spark Connect client does
@@ -326,11 +325,19 @@ def load_registered(
 
     ``staging_dir``: on Spark Connect, a folder the server and this client share (see
     :func:`_load_model_through_folder`)."""
+    uri, run_id = resolve_model(model_uri_or_name, tracking_uri, alias)
+    return load_resolved(uri, run_id, staging_dir)
+
+
+def load_resolved(
+    uri: str, run_id: str | None, staging_dir: str | None = None
+) -> tuple[PipelineModel, pd.DataFrame | None, DensityModel | None]:
+    """:func:`load_registered` for a model :func:`resolve_model` already resolved: a caller that
+    records the version it applies loads that very version, even if the alias moves meanwhile."""
     import mlflow
     import mlflow.spark
     from mlflow.exceptions import MlflowException
 
-    uri, run_id = resolve_model(model_uri_or_name, tracking_uri, alias)
     try:
         if _connect_client():
             model = _load_model_through_folder(uri, staging_dir)

@@ -163,8 +163,13 @@ def place_labels(
                 ha = "left" if dx > 0 else "right" if dx < 0 else "center"
                 va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
                 ann = ax.annotate(
-                    label, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points",
-                    fontsize=fontsize, ha=ha, va=va,
+                    label,
+                    (x, y),
+                    xytext=(dx * radius, dy * radius),
+                    textcoords="offset points",
+                    fontsize=fontsize,
+                    ha=ha,
+                    va=va,
                 )
                 box = text_box(ann, renderer)
                 ann.remove()
@@ -244,8 +249,15 @@ def cohort_chart(matrix: pd.DataFrame) -> Figure:
         for j in range(1, cols):
             v = values[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=size,
-                        color="white" if v > 0.6 * top else INK)
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="white" if v > 0.6 * top else INK,
+                )
     fig.colorbar(im, ax=ax, label="share of the cohort purchasing that month")
     ax.set_title("Cohort retention (month 0 is the whole cohort)")
     return fig

@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 from segspark import schema as S
 from segspark.config import Settings
 from segspark.errors import InputError
+from segspark.ingest import blank_to_null
 
 log = logging.getLogger(__name__)
 
@@ -448,12 +449,6 @@ DEMOGRAPHICS_B2B: tuple[str, ...] = (S.INDUSTRY, S.COMPANY_SIZE)
 UNKNOWN = "unknown"  # a customer without the attribute (no CRM row, or the CRM left it empty)
 
 
-def blank_null(c: Column) -> Column:
-    """A value as trimmed text, null when empty."""
-    text = F.trim(c.cast("string"))
-    return F.when(text != F.lit(""), text)
-
-
 def demographic_tables(
     segments: DataFrame, features: DataFrame, attributes: tuple[str, ...], k: int, max_groups: int = 20_000
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -477,7 +472,7 @@ def demographic_tables(
             *[
                 F.struct(
                     F.lit(a).alias("attribute"),
-                    F.coalesce(blank_null(F.col(a)), F.lit(UNKNOWN)).alias("value"),
+                    F.coalesce(blank_to_null(F.col(a)), F.lit(UNKNOWN)).alias("value"),
                 )
                 for a in present
             ]

@@ -387,9 +387,7 @@ def holdout_lift(customers: float, cfg: AbTestConfig, cv: float, p0: float, decr
     return abs(p1 - p0) / p0
 
 
-def design_for(
-    plan: AbPlan, cv: float, customers: float, cfg: AbTestConfig, decrease: bool
-) -> Design:
+def design_for(plan: AbPlan, cv: float, customers: float, cfg: AbTestConfig, decrease: bool) -> Design:
     """The first powered design among 1-3 and 5 of the module docstring (4, pooling, needs every
     play and is tried by :func:`recommend`); an unpowered holdout rollout when none is."""
     if plan.testable:
@@ -532,7 +530,10 @@ def _pool_designs(records: list[dict[str, Any]], cfg: AbTestConfig) -> None:
                 others = ", ".join(n for n in names if n != m["segment"])
                 how = pooled.note or f"{pooled.sample_size_per_arm:,} per arm, {pooled.weeks:.0f} weeks"
                 m["_design"] = Design(
-                    "pooled test", pooled.sample_size_per_arm, pooled.weeks, True,
+                    "pooled test",
+                    pooled.sample_size_per_arm,
+                    pooled.weeks,
+                    True,
                     f"pooled with {others} ({int(total):,} customers): {how}",
                 )
 
@@ -610,11 +611,15 @@ def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
         rec["rationale"] = str(rec.pop("_basis_text")) + how
     df = pd.DataFrame.from_records(records)
     # plays that can be measured first, then by impact per effort
-    df = df.assign(_unmeasured=~df["testable"].astype(bool)).sort_values(
-        ["_unmeasured", "priority", "impact", "customers", "segment"],
-        ascending=[True, False, False, False, True],
-        na_position="last",
-    ).drop(columns=["_unmeasured"])
+    df = (
+        df.assign(_unmeasured=~df["testable"].astype(bool))
+        .sort_values(
+            ["_unmeasured", "priority", "impact", "customers", "segment"],
+            ascending=[True, False, False, False, True],
+            na_position="last",
+        )
+        .drop(columns=["_unmeasured"])
+    )
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     threshold = float(np.nanmedian(df["impact"])) if df["impact"].notna().any() else math.nan
     high = df["impact"] >= threshold

@@ -813,10 +813,16 @@ KPI_DEFINITIONS: dict[str, str] = {
 # LTV:CAC above this is shown as ">cap": at that level the ratio says more about missing spend than efficiency
 LTV_CAC_CAP = 20.0
 LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
-    ("CAC", "marketing spend / new customers of the channel, over the months whose spend is known "
-     "(a segment's CAC: the mean of its members' channel CAC)."),
-    ("Realized LTV", "mean net revenue in the first kpis.ltv_window_months after the first purchase, over "
-     "the customers observed that long."),
+    (
+        "CAC",
+        "marketing spend / new customers of the channel, over the months whose spend is known "
+        "(a segment's CAC: the mean of its members' channel CAC).",
+    ),
+    (
+        "Realized LTV",
+        "mean net revenue in the first kpis.ltv_window_months after the first purchase, over "
+        "the customers observed that long.",
+    ),
     ("Predicted LTV", "mean predicted CLV of the same new customers."),
     (
         "LTV:CAC",
@@ -878,14 +884,24 @@ def demographic_tables(data: ReportData, fmt: Fmt, words: dict[str, str]) -> lis
     mean churn risk (when modelled), for groups of at least the minimum segment size."""
     out = []
     for attribute, t in data.demographics.items():
-        header = [DEMOGRAPHIC_LABELS.get(attribute, attribute).capitalize(), words["Customers"],
-                  f"% {words['customers']}", "Revenue", "% revenue"]
+        header = [
+            DEMOGRAPHIC_LABELS.get(attribute, attribute).capitalize(),
+            words["Customers"],
+            f"% {words['customers']}",
+            "Revenue",
+            "% revenue",
+        ]
         has_clv, has_churn = f"mean_{CLV}" in t.columns, f"mean_{CHURN_RISK}" in t.columns
         header += ["Avg CLV"] * has_clv + ["Avg churn risk"] * has_churn
         rows = []
         for _, r in t.iterrows():
-            row = [str(r[SEGMENT]), fmt.count(r[CUSTOMERS]), fmt.pct(r["customer_share"]),
-                   fmt.money(r[REVENUE]), fmt.pct(r["revenue_share"])]
+            row = [
+                str(r[SEGMENT]),
+                fmt.count(r[CUSTOMERS]),
+                fmt.pct(r["customer_share"]),
+                fmt.money(r[REVENUE]),
+                fmt.pct(r["revenue_share"]),
+            ]
             row += [fmt.money(r[f"mean_{CLV}"])] * has_clv + [fmt.pct(r[f"mean_{CHURN_RISK}"])] * has_churn
             rows.append(row)
         out.append((DEMOGRAPHIC_LABELS.get(attribute, attribute), Table(header, rows)))
@@ -894,9 +910,20 @@ def demographic_tables(data: ReportData, fmt: Fmt, words: dict[str, str]) -> lis
 
 # Headline figures compared with the previous run's report_summary (in this order, when both have them).
 CHANGE_METRICS: tuple[str, ...] = (
-    "customers", "buyers", "revenue", "total_clv", "avg_clv", "avg_churn_risk",
-    "retention_month_1", "retention_month_3", "retention_month_6", "chosen_k", "silhouette",
-    "plays", "testable_plays", "total_impact",
+    "customers",
+    "buyers",
+    "revenue",
+    "total_clv",
+    "avg_clv",
+    "avg_churn_risk",
+    "retention_month_1",
+    "retention_month_3",
+    "retention_month_6",
+    "chosen_k",
+    "silhouette",
+    "plays",
+    "testable_plays",
+    "total_impact",
 )
 
 
@@ -1041,8 +1068,10 @@ def ab_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
         design = str(r.get("test_design") or "")
         note = str(r.get("design_note") or "")
         verdict = (
-            "conversion test" if design == "conversion test"
-            else f"{design}: {note}" if design
+            "conversion test"
+            if design == "conversion test"
+            else f"{design}: {note}"
+            if design
             else str(r["test_flag"])
         )
         rows.append(
