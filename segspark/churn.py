@@ -396,6 +396,49 @@ def pr_auc(risk: np.ndarray, label: np.ndarray) -> float:
     return float(np.trapezoid(np.r_[precision[0], precision], np.r_[0.0, recall]))
 
 
+def lift_by_decile(risk: np.ndarray, label: np.ndarray, deciles: int = _LIFT_DECILES) -> pd.DataFrame:
+    """Customers, churn rate and mean risk per risk decile (1 = the riskiest tenth), with ties split.
+
+    A model often gives one score to many customers (a tree ensemble's leaves), so a decile cut can
+    fall inside a block of equal scores; assigning the whole block to one side leaves a decile
+    nearly empty (one customer in the top decile, lift 0). Each decile is instead exactly a tenth of
+    the positions in the ranking, and a tie block spread over a cut counts in each decile in
+    proportion to its positions there: the expected figures under a random order of the ties,
+    deterministic. (Hand-written: scikit-learn and statsmodels have no lift table.)
+    """
+    n = len(risk)
+    if n == 0:
+        return pd.DataFrame(columns=["decile", "customers", "churn_rate", "mean_risk"])
+    blocks = (
+        pd.DataFrame({"risk": risk, "label": label})
+        .groupby("risk", sort=True)
+        .agg(count=("label", "size"), churned=("label", "sum"))
+        .iloc[::-1]  # riskiest first
+    )
+    count = blocks["count"].to_numpy(np.float64)
+    end = np.cumsum(count)
+    start = end - count
+    edges = np.linspace(0.0, float(n), deciles + 1)
+    # positions each block has in each decile: overlap of [start, end) with [edge_d, edge_d+1)
+    overlap = np.clip(
+        np.minimum(end[None, :], edges[1:, None]) - np.maximum(start[None, :], edges[:-1, None]), 0.0, None
+    )
+    share = overlap / count[None, :]
+    customers = overlap.sum(axis=1)
+    churned = share @ blocks["churned"].to_numpy(np.float64)
+    risk_sum = overlap @ blocks.index.to_numpy(np.float64)
+    keep = customers > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame(
+            {
+                "decile": np.arange(1, deciles + 1)[keep],
+                "customers": customers[keep],
+                "churn_rate": (churned / customers)[keep],
+                "mean_risk": (risk_sum / customers)[keep],
+            }
+        )
+
+
 def evaluate(scored: pd.DataFrame) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """AUC, PR-AUC, Brier, lift by decile, calibration and ROC points of scored, labelled rows
     (a pandas frame with churn_risk and churned: a bounded sample, never the whole customer base)."""
@@ -406,16 +449,7 @@ def evaluate(scored: pd.DataFrame) -> tuple[dict[str, Any], dict[str, pd.DataFra
     metrics["test_churn_rate"] = base_rate
     metrics["brier"] = float(np.mean((risk - label) ** 2)) if len(label) else math.nan
     frame = pd.DataFrame({"risk": risk, "label": label})
-    # decile 1 = highest risk; ties at a cut go to the lower-risk decile (the cuts are data values)
-    cuts = np.quantile(risk, [i / _LIFT_DECILES for i in range(1, _LIFT_DECILES)], method="inverted_cdf")
-    frame["decile"] = _LIFT_DECILES - np.searchsorted(cuts, risk, side="left")
-    lift = (
-        frame.groupby("decile")
-        .agg(customers=("label", "size"), churn_rate=("label", "mean"), mean_risk=("risk", "mean"))
-        .reset_index()
-        .sort_values("decile")
-        .reset_index(drop=True)
-    )
+    lift = lift_by_decile(risk, label)
     lift["lift"] = lift["churn_rate"] / base_rate if base_rate > 0 else np.nan
     metrics["lift_top_decile"] = float(lift["lift"].iloc[0]) if len(lift) else math.nan
     frame["bin"] = np.minimum(np.floor(risk * _CAL_BINS), _CAL_BINS - 1).astype(int)

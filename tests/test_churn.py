@@ -166,7 +166,7 @@ def test_churn_model_on_generated_data(
     # the window is smaller than churn.max_train_rows / max_eval_rows: no sampling
     assert m["train_rows"] == m["train_customers"] and m["eval_customers"] == m["test_customers"]
     lift = m["lift_by_decile"]
-    assert lift["customers"].sum() == m["test_customers"]
+    assert lift["customers"].sum() == pytest.approx(m["test_customers"])
     assert m["lift_top_decile"] > 1.3 and lift["lift"].iloc[0] >= lift["lift"].iloc[-1]
     assert m["calibration"]["customers"].sum() == m["test_customers"] and 0 <= m["brier"] < 0.25
     assert sum(m["feature_importances"].values()) == pytest.approx(1.0)
@@ -202,7 +202,7 @@ def test_logistic_churn_model_on_seeded_samples(generated_orders: DataFrame) -> 
     # trained and evaluated on seeded samples of about 1000 of the window's customers
     assert m["train_customers"] > 1100 and m["test_customers"] > 1100
     assert abs(m["train_rows"] - 1000) < 150 and abs(m["eval_customers"] - 1000) < 150
-    assert m["lift_by_decile"]["customers"].sum() == m["eval_customers"]
+    assert m["lift_by_decile"]["customers"].sum() == pytest.approx(m["eval_customers"])
     assert m["scored_with"] == "refit on the test window"
     again = C.run_churn(generated_orders, G.DEFAULT_END, cfg).metrics
     assert (again["train_rows"], again["eval_customers"], again["auc"]) == (
@@ -249,3 +249,21 @@ def test_metrics_table_round_trip(spark: Any, gbt_result: tuple[C.ChurnResult, C
     skipped_pdf = _through_spark(spark, C.skipped_table(reason))
     assert C.metrics_from_table(skipped_pdf) == {"skipped": reason}
     assert churn_from_table(skipped_pdf) == (None, reason)
+
+
+def test_lift_deciles_split_a_block_of_tied_scores_evenly() -> None:
+    """A tree model gives one score to many customers: a decile cut inside such a block used to
+    leave the top decile with the one customer above it (lift 0 in the demo's report)."""
+    # 100 customers: one at 0.99 (not churned), 40 tied at 0.9 (30 churned), 59 at 0.1 (10 churned)
+    risk = np.array([0.99] + [0.9] * 40 + [0.1] * 59)
+    label = np.array([0.0] + [1.0] * 30 + [0.0] * 10 + [1.0] * 10 + [0.0] * 49)
+    lift = C.lift_by_decile(risk, label)
+    assert list(lift["decile"]) == list(range(1, 11))
+    assert np.allclose(lift["customers"], 10.0)
+    # top decile: the 0.99 customer and 9 of the tied block, whose churn rate is 30/40
+    assert lift["churn_rate"].iloc[0] == pytest.approx((0 + 9 * 0.75) / 10)
+    assert lift["mean_risk"].iloc[0] == pytest.approx((0.99 + 9 * 0.9) / 10)
+    # every churner is counted once; the expected churners per decile add up to them
+    assert (lift["churn_rate"] * lift["customers"]).sum() == pytest.approx(label.sum())
+    # decile 5 (positions 40-49) straddles the block's end: 1 tied customer and 9 at 0.1
+    assert lift["churn_rate"].iloc[4] == pytest.approx((1 * 0.75 + 9 * 10 / 59) / 10)
