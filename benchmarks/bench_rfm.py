@@ -124,11 +124,17 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _spark(driver_memory: str):  # type: ignore[no-untyped-def]
+def _spark(driver_memory: str, rows: int | None = None):  # type: ignore[no-untyped-def]
+    """A local session as the job makes it: shuffle partitions ``auto`` (the cores' floor, 8 here),
+    raised for an input of ``rows`` rows as ``segspark run`` raises them (one per 2M rows)."""
     from segspark.config import SparkConfig
-    from segspark.session import get_spark
+    from segspark.session import get_spark, scale_shuffle_partitions
 
-    return get_spark(SparkConfig(master="local[2]", driver_memory=driver_memory, shuffle_partitions=8))
+    cfg = SparkConfig(master="local[2]", driver_memory=driver_memory)
+    spark = get_spark(cfg)
+    if rows is not None:
+        scale_shuffle_partitions(spark, cfg, rows)
+    return spark
 
 
 # --- generation -------------------------------------------------------------------------------------
@@ -177,8 +183,10 @@ def generate(path: Path, transactions: int, driver_memory: str) -> int:
 
 def run_spark(path: str, engine: str, driver_memory: str) -> dict[str, float]:
     """One Spark engine; wall and CPU time cover its work only, not the JVM start or the check count."""
+    import pyarrow.dataset as ds
+
     t0 = time.perf_counter()
-    spark = _spark(driver_memory)
+    spark = _spark(driver_memory, ds.dataset(path, format="parquet").count_rows())
     spark.range(1).count()
     start = time.perf_counter() - t0
 
