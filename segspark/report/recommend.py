@@ -410,14 +410,18 @@ def design_for(plan: AbPlan, cv: float, customers: float, cfg: AbTestConfig, dec
         return Design("longer test", n, weeks, True, note)
     lift = holdout_lift(customers, cfg, cv, plan.baseline_rate, decrease)
     on = "revenue per customer" if math.isfinite(cv) else "the rate"
-    note = (
-        f"roll out with {cfg.holdout_share:.0%} held back: detects a {lift:.0%} lift in {on}"
-        if math.isfinite(lift)
-        else "too few customers to hold any back"
-    )
     powered = lift <= cfg.max_holdout_lift
-    if not powered:
-        note += f" (more than ab_test.max_holdout_lift {cfg.max_holdout_lift:.0%}): {TOO_SMALL}"
+    held = f"{cfg.holdout_share:.0%} held back"
+    if powered:
+        note = f"roll out with {held}: detects a {lift:.0%} lift in {on}"
+    elif math.isfinite(lift):
+        # the verdict first: a reader stops at "do not act", the reason follows for who asks why
+        note = (
+            f"{TOO_SMALL} (even a rollout with {held} detects only a lift of {lift:.0%} or more in {on}; "
+            f"ab_test.max_holdout_lift is {cfg.max_holdout_lift:.0%})"
+        )
+    else:
+        note = f"{TOO_SMALL} (too few customers to hold any back)"
     return Design("holdout rollout", None, None, powered, note)
 
 
