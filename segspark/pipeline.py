@@ -25,7 +25,7 @@ from segspark.errors import DataQualityError, InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
 from segspark.io.engine import MIN_SAFE_RETENTION_HOURS
 from segspark.io.lakehouse import OUTPUT_TABLES, check_vacuum_retention
-from segspark.session import get_spark, scale_shuffle_partitions
+from segspark.session import finalizers_at_safe_points, get_spark, scale_shuffle_partitions
 from segspark.version import code_version
 
 if TYPE_CHECKING:
@@ -450,7 +450,7 @@ def stage_scores(ctx: RunContext) -> None:
         parts.append(res.customers)
     if settings.churn.enabled:
         try:
-            with ctx.timed("churn_model"):
+            with ctx.timed("churn_model"), finalizers_at_safe_points():
                 cres = churn.run_churn(ctx.read(S.ORDERS), as_of, settings.churn)
         except InputError as exc:  # too little history or a one-sided label: skip, say why
             ctx.warn(f"churn model skipped: {exc}")

@@ -7,6 +7,8 @@ itself is sized to the machine (:func:`sized_conf`).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import os
@@ -15,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -479,3 +481,25 @@ def _submitted_session(cfg: SparkConfig, *, owned: bool) -> SparkSession:
     if owned:
         _OWNED.append(spark)
     return spark
+
+
+@contextlib.contextmanager
+def finalizers_at_safe_points() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while MLlib models are fitted over Spark Connect.
+
+    A Connect model's finalizer sends an RPC that frees its server-side cache. When the cyclic
+    collector runs that finalizer in the middle of another RPC on the same thread, the client waits
+    on itself for ever (seen: ``DataFrame.collect`` blocked in ``_delete_ml_cache``). Paused during
+    the fit, the collector runs once after it, outside any RPC. Classic sessions are left alone.
+    """
+    from pyspark.sql.utils import is_remote
+
+    if not is_remote() or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()

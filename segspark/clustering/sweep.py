@@ -59,6 +59,7 @@ from segspark.clustering.sample import (
 )
 from segspark.config import ClusteringConfig
 from segspark.errors import ConfigError, InputError
+from segspark.session import finalizers_at_safe_points
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -374,7 +375,8 @@ def fit_segments(
         base = base.persist()
         cached.append(base)
     try:
-        return _fit(base, names, extras, cfg, previous_profiles, cached, t_start)
+        with finalizers_at_safe_points():
+            return _fit(base, names, extras, cfg, previous_profiles, cached, t_start)
     except BaseException:
         for df in cached:
             df.unpersist()
