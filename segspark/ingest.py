@@ -100,7 +100,6 @@ for _rules in TABLE_RULES.values():  # each table's rules keep the global preced
 _RULE = "_dq_rule"
 _RAW = "_dq_raw"
 _HASH = "_dq_hash"
-_ID = "_dq_id"
 _PSEUDONYM = "_dq_pseudonym"
 SOURCE_KEY = S.SOURCE_KEY
 # The outlier quantile is exact while the tail above it has at most OUTLIER_TOP_K rows; beyond, it is
@@ -664,7 +663,7 @@ def validate(
 
     keyed_table = S.CUSTOMER_ID in src_cols
     # The source columns that travel through the one shuffle; the customer id goes trimmed, as the
-    # shuffle key. Its pseudonym is computed after the shuffle, once per distinct id (see below).
+    # shuffle key. Its pseudonym is computed after the shuffle, once per customer (see below).
     src_kept = [c for c in src_cols if not (pseudo and c == S.CUSTOMER_ID)]
     base = df
     if keyed_table:
@@ -726,8 +725,8 @@ def validate(
     helpers: dict[str, Column] = {}
     if plan.keyed:
         # ONE window per customer, sorted by ([order,] hash): Spark copies every row into a buffer
-        # once per window node, so the copies and the CRM conflicts share this one. The
-        # transactions leave it sorted by (customer, order), as the silver orders want them.
+        # once per window node, so the copies, the CRM conflicts and the line numbers share this one.
+        # The transactions leave it sorted by (customer, order), as the silver orders want them.
         per_customer = Window.partitionBy(*part).orderBy(*order)
         if "duplicate_line" in rules:
             helpers["_prev"] = F.lag(F.struct(*order)).over(per_customer)
@@ -735,6 +734,8 @@ def validate(
             whole = per_customer.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
             helpers["_row_min"] = F.min(F.struct(*src_refs)).over(whole)
             helpers["_row_max"] = F.max(F.struct(*src_refs)).over(whole)
+        if pseudo:
+            helpers["_line_no"] = F.row_number().over(per_customer)
     elif "duplicate_line" in rules:
         helpers["_dup"] = F.row_number().over(Window.partitionBy(F.col(_HASH)).orderBy(F.col(_HASH))) > 1
     if helpers:
@@ -742,22 +743,19 @@ def validate(
     if "_prev" in helpers:  # a copy: the same (customer, [order,] hash) as the row before it
         prev = F.col("_prev")
         stage = stage.withColumn("_dup", prev.isNotNull() & prev.eqNullSafe(F.struct(*order)))
-    if pseudo and plan.keyed:
+    if "_line_no" in helpers:
         assert key is not None
-        # The keyed pseudonym once per distinct source id, not per line: the distinct ids (a
-        # partial aggregate of the id column, shuffled like the lines) get their HMAC, and a hash
-        # join hands it to the lines. The join keeps the lines where they are, partitioned and
-        # sorted by customer, and the 64-character pseudonyms never go through the sort.
-        ids = (
-            df.select(blank_to_null(F.col(S.CUSTOMER_ID)).alias(_ID))
-            .where(F.col(_ID).isNotNull())
-            .distinct()
-            .select(F.col(_ID), pseudonym_of(F.col(_ID), df.sparkSession, key).alias(_PSEUDONYM))
-        )
+        # The keyed pseudonym once per customer, not per line: the HMAC runs on each customer's
+        # first line and a second pass over the same sorted partition carries it to the others
+        # (no shuffle, no sort). At 10M lines that is ~0.8M HMACs instead of 10M, and no second
+        # scan, shuffle and join of the distinct ids (the former design).
+        first = F.when(F.col("_line_no") == 1, pseudonym_of(F.col(S.CUSTOMER_ID), df.sparkSession, key))
+        growing = per_customer.rowsBetween(Window.unboundedPreceding, Window.currentRow)
         stage = (
-            stage.join(ids.hint("shuffle_hash"), on=F.col(S.CUSTOMER_ID) == F.col(_ID), how="left")
+            stage.withColumn(_PSEUDONYM, first)
+            .withColumn(_PSEUDONYM, F.last(F.col(_PSEUDONYM), ignorenulls=True).over(growing))
             .withColumns({SOURCE_KEY: F.col(S.CUSTOMER_ID), S.CUSTOMER_ID: F.col(_PSEUDONYM)})
-            .drop(_ID, _PSEUDONYM)
+            .drop(_PSEUDONYM, "_line_no")
         )
 
     rule_expr: Column = F.lit(None).cast("string")

@@ -503,3 +503,29 @@ def test_quarantine_share_above_the_bound_is_a_data_quality_error(tx_result) -> 
     assert "quality.max_quarantine_share=0.2" in text
     assert "top rules: bad_amount=4, missing_customer_id=3, order_id_conflict=2" in text
     assert err.value.exit_code == 3 and "\n" not in text
+
+
+def test_every_line_of_a_customer_carries_its_pseudonym_even_after_a_quarantined_first_line(spark) -> None:
+    """The HMAC runs once per customer, on its first line in the window's order, and is carried to
+    the others: customers of many lines spread over the partitions, whose first line (the smallest
+    order id) is quarantined, still get their own pseudonym on every clean line, and quarantined
+    lines carry it too."""
+    rows = []
+    for c in range(12):
+        cid = f" K{c} " if c % 3 == 0 else f"K{c}"  # trimmed before hashing
+        rows.append(tx(f"bad{c}", cid, f"A{c}", "2025-01-05 10:00:00", "not-a-number"))  # first in order
+        rows += [
+            tx(f"k{c}-{i}", cid, f"B{c}-{i:03d}", "2025-01-05 10:00:00", f"{i + 1}.00") for i in range(25)
+        ]
+    df = spark.createDataFrame(rows, TX_SCHEMA).repartition(5)
+    result = ingest.validate(df, "transactions", QualityConfig(), NOW, key=KEY, privacy=PrivacyConfig())
+    try:
+        assert result.rows_clean == 12 * 25 and result.by_rule == {"bad_amount": 12}
+        clean = result.clean.select("customer_id", S.SOURCE_KEY).collect()
+        assert {r[S.SOURCE_KEY] for r in clean} == {f"K{c}" for c in range(12)}
+        assert all(r["customer_id"] == pid(r[S.SOURCE_KEY]) for r in clean)
+        for r in result.quarantine.collect():
+            assert r["customer_id"] == json.loads(r["raw"])["customer_id"]
+            assert r["customer_id"] in {pid(f"K{c}") for c in range(12)}
+    finally:
+        result.release()
