@@ -638,9 +638,11 @@ def validate(
 
     ``key``: when given (and ``privacy.pseudonymize``), ``clean.customer_id`` and the customer id in
     the quarantine JSON are HMAC pseudonyms (``result.pseudonymized`` is True and
-    ``privacy.pseudonymize`` leaves the column alone), and the clean rows come hash-partitioned by
-    the pseudonymous customer id, so the RFM aggregations need no further shuffle. Without a key the
-    clean ids are the trimmed source ids and the quarantine JSON omits them.
+    ``privacy.pseudonymize`` leaves the column alone). The HMAC runs once per customer (on its first
+    line in the duplicate window) and is carried to its other lines. The clean rows come partitioned
+    and sorted by the trimmed source id (``schema.SOURCE_KEY``), so ``silver.orders`` groups them
+    with no further shuffle. Without a key the clean ids are the trimmed source ids and the
+    quarantine JSON omits them.
     ``currency_rates``: optional table (currency, rate = units of the base currency per unit), on top
     of ``quality.currency.rates``. Clean amounts are in the base currency.
 
