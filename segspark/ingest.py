@@ -749,8 +749,10 @@ def validate(
         assert key is not None
         # The keyed pseudonym once per customer, not per line: the HMAC runs on each customer's
         # first line and a second pass over the same sorted partition carries it to the others
-        # (no shuffle, no sort). At 10M lines that is ~0.8M HMACs instead of 10M, and no second
-        # scan, shuffle and join of the distinct ids (the former design).
+        # (no shuffle, no sort). At 10M lines that is ~0.8M HMACs instead of 10M. The former design
+        # hashed the distinct ids apart (a second scan and shuffle) and joined them back: this one
+        # measured the same time at 10M lines, 4% more at 100M, and 18-23% less peak memory.
+        # (``first(hmac)`` over the window would read simpler, but Spark evaluates it on every row.)
         first = F.when(F.col("_line_no") == 1, pseudonym_of(F.col(S.CUSTOMER_ID), df.sparkSession, key))
         growing = per_customer.rowsBetween(Window.unboundedPreceding, Window.currentRow)
         stage = (
