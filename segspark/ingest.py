@@ -756,8 +756,7 @@ def validate(
         first = F.when(F.col("_line_no") == 1, pseudonym_of(F.col(S.CUSTOMER_ID), df.sparkSession, key))
         growing = per_customer.rowsBetween(Window.unboundedPreceding, Window.currentRow)
         stage = (
-            stage.withColumn(_PSEUDONYM, first)
-            .withColumn(_PSEUDONYM, F.last(F.col(_PSEUDONYM), ignorenulls=True).over(growing))
+            stage.withColumn(_PSEUDONYM, F.last(first, ignorenulls=True).over(growing))
             .withColumns({SOURCE_KEY: F.col(S.CUSTOMER_ID), S.CUSTOMER_ID: F.col(_PSEUDONYM)})
             .drop(_PSEUDONYM, "_line_no")
         )
