@@ -44,6 +44,7 @@ from pyspark.sql import types as T
 
 from segspark.config import ChurnConfig
 from segspark.errors import InputError
+from segspark.local_models import LocalClassifier, fit_classifier
 from segspark.schema import (
     CATEGORIES,
     CHANNEL,
@@ -333,6 +334,48 @@ def _pipeline(cfg: ChurnConfig) -> Pipeline:
     return Pipeline(stages=[assembler, scaler, lr])
 
 
+def _to_driver(df: DataFrame, label: bool) -> pd.DataFrame:
+    """A bounded sample's features (and label) on the driver, in customer order: the local fit does
+    not depend on Spark's partitioning or row order."""
+    cols = [CUSTOMER_ID, *FEATURES, *([CHURN_LABEL] if label else [])]
+    return df.select(*cols).toPandas().sort_values(CUSTOMER_ID, ignore_index=True)
+
+
+Model = PipelineModel | LocalClassifier
+
+
+def _train(cfg: ChurnConfig, df: DataFrame, rows: int) -> Model:
+    """The configured model fitted on ``df`` (a bounded sample of ``rows`` rows): on the driver
+    (``churn.engine: local``) or with Spark ML (``spark``)."""
+    if cfg.engine == "spark":
+        return _fit(cfg, df, rows)
+    return fit_classifier(
+        cfg.model,
+        _to_driver(df, label=True),
+        FEATURES,
+        CHURN_LABEL,
+        max_iter=cfg.max_iter,
+        max_depth=cfg.max_depth,
+        reg_param=cfg.reg_param,
+        seed=cfg.seed,
+    )
+
+
+def _scored_sample(model: Model, df: DataFrame) -> pd.DataFrame:
+    """(churn_risk, churned) of a bounded labelled sample, on the driver."""
+    if isinstance(model, LocalClassifier):
+        pdf = _to_driver(df, label=True)
+        return pd.DataFrame({CHURN_RISK: model.predict_proba(pdf), CHURN_LABEL: pdf[CHURN_LABEL]})
+    return _probability(model, df).select(CHURN_RISK, CHURN_LABEL).toPandas()
+
+
+def _score(model: Model, df: DataFrame) -> DataFrame:
+    """[customer_id, churn_risk] of every row of ``df`` (distributed)."""
+    if isinstance(model, LocalClassifier):
+        return df.select(F.col(CUSTOMER_ID), model.probability().alias(CHURN_RISK))
+    return _probability(model, df)
+
+
 def _fit(cfg: ChurnConfig, df: DataFrame, rows: int) -> PipelineModel:
     """Fit on ``df`` (``rows`` rows, a sample) spread over few partitions: MLlib's trees build a
     histogram per partition and node at every level and then merge them, so partitions cost more
@@ -353,7 +396,9 @@ def _probability(model: PipelineModel, df: DataFrame) -> DataFrame:
     )
 
 
-def _importances(model: PipelineModel, cfg: ChurnConfig) -> dict[str, float]:
+def _importances(model: Model, cfg: ChurnConfig) -> dict[str, float]:
+    if isinstance(model, LocalClassifier):
+        return model.importances()
     last = model.stages[-1]
     if cfg.model == "gbt":
         values = np.asarray(last.featureImportances.toArray(), dtype=np.float64)  # type: ignore[attr-defined]
@@ -534,13 +579,14 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
         test_all = window(wide, 1, test_cutoff, h)
         train = seeded_sample(train_all, cfg.max_train_rows, n_train, cfg.seed, "train")
         train_rows = train.count() if n_train > cfg.max_train_rows else n_train
-        model = _fit(cfg, train, train_rows)
+        model = _train(cfg, train, train_rows)
         test = seeded_sample(test_all, cfg.max_eval_rows, n_test, cfg.seed, "eval")
         # a bounded sample of (risk, label) pairs: the metrics are computed on the driver
-        scored_test = _probability(model, test).select(CHURN_RISK, CHURN_LABEL).toPandas()
+        scored_test = _scored_sample(model, test)
         metrics, tables = evaluate(scored_test)
         metrics.update(
             model=cfg.model,
+            engine=cfg.engine,
             train_cutoff=train_cutoff.isoformat(),
             test_cutoff=test_cutoff.isoformat(),
             horizon_days=h,
@@ -556,7 +602,7 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
         )
         if cfg.refit_on_latest:
             latest = seeded_sample(test_all, cfg.max_train_rows, n_test, cfg.seed, "train")
-            final = _fit(cfg, latest, min(n_test, cfg.max_train_rows))
+            final = _train(cfg, latest, min(n_test, cfg.max_train_rows))
             metrics["scored_with"] = "refit on the test window"
         else:
             final = model
@@ -579,7 +625,7 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
         }
     finally:
         wide.unpersist()
-    scored = _probability(final, churn_features(orders, as_of_date, codes))
+    scored = _score(final, churn_features(orders, as_of_date, codes))
     customers = scored.select(
         F.col(CUSTOMER_ID), F.col(CHURN_RISK), churn_band(F.col(CHURN_RISK), cfg).alias(CHURN_BAND)
     )

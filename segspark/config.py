@@ -377,6 +377,9 @@ class ChurnConfig(Section):
     enabled: bool = True
     horizon_days: int = Field(default=90, ge=1)
     model: Literal["gbt", "logistic"] = "gbt"
+    # local: the fits on the driver over the bounded training sample (scikit-learn), the scoring in
+    # Spark as one column expression; spark: Spark ML fits (each boosting round several Spark jobs)
+    engine: Literal["local", "spark"] = "local"
     seed: int = 42
     max_iter: int = Field(default=30, ge=1)  # boosting rounds (gbt) or iterations (logistic)
     max_depth: int = Field(default=4, ge=1, le=12)  # gbt tree depth

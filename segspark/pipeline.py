@@ -72,11 +72,17 @@ class RunContext:
     releases: list[Callable[[], None]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # degradations, recorded in the runs row
+    choices: dict[str, str] = field(default_factory=dict)  # what the job sized to the data (runs row)
 
     def warn(self, message: str) -> None:
         """A degradation the run survives (a fallback, a skipped model): logged and recorded."""
         log.warning("%s", message)
         self.warnings.append(message)
+
+    def choose(self, key: str, value: object) -> None:
+        """Record a choice the job made by the data's size (logged; the runs row's ``choices``)."""
+        log.info("chose %s: %s", key, value)
+        self.choices[key] = str(value)
 
     def cache(self, df: DataFrame) -> DataFrame:
         """Remember a persisted frame (released at the end of the run or by ``release_cached``)."""
@@ -110,7 +116,14 @@ class RunContext:
     def timed(self, step: str) -> Iterator[None]:
         """Time a step (Spark is lazy: a table's write time includes computing it); logged and tracked."""
         started = time.perf_counter()
-        yield
+        # the step's Spark jobs carry its name as a job tag (event log, Spark UI), so a benchmark can
+        # count a step's jobs; a Connect-safe session API
+        tag = f"segspark-{step}"
+        self.spark.addTag(tag)
+        try:
+            yield
+        finally:
+            self.spark.removeTag(tag)
         seconds = time.perf_counter() - started
         self.timings[step] = round(seconds, 3)
         log.info("%s took %.1f s", step, seconds)
@@ -161,8 +174,12 @@ def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
         [(name, version) for name, version in sorted(ctx.outputs.items())],
         dict(ctx.timings),
         list(ctx.warnings),
+        dict(ctx.choices),
     )
     df = ctx.spark.createDataFrame([row], RUNS_SCHEMA)
+    if ctx.lake.exists(S.RUNS) and "choices" not in ctx.lake.read_output(S.RUNS).columns:
+        # a runs table from before the column: its schema holds (the choices are in the log)
+        df = df.drop("choices")
     as_of = ctx.as_of_date or ended.date()
     # each attempt appends its own row: the txn version is the attempt's start time
     ctx.lake.write(
@@ -215,10 +232,12 @@ def generate(
     started = time.perf_counter()
     for name, df in tables.items():
         path = str(root / name)
+        t0 = time.perf_counter()
         res = lake.write_dataset(df, path)
         paths[name] = path
         rows[name] = res.rows
         log.info("generated %s: %s rows", name, res.rows)
+        log.info("generate_%s took %.1f s", name, time.perf_counter() - t0)
     base.unpersist()
     return {"paths": paths, "rows": rows, "seconds": time.perf_counter() - started, "end": end.isoformat()}
 
@@ -297,7 +316,8 @@ def stage_ingest(ctx: RunContext) -> None:
     frames = read_inputs(ctx)
     # the largest input sets the shuffle partitions of the run (a row count: no column is read)
     largest = max(df.count() for df in frames.values())
-    scale_shuffle_partitions(ctx.spark, settings.spark, largest)
+    scaled = scale_shuffle_partitions(ctx.spark, settings.spark, largest)
+    ctx.choose("spark.shuffle_partitions", scaled or ctx.spark.conf.get("spark.sql.shuffle.partitions"))
     key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     results = []
@@ -456,6 +476,8 @@ def stage_scores(ctx: RunContext) -> None:
             ctx.warn(f"churn model skipped: {exc}")
             ctx.write(_small_frame(ctx, churn.skipped_table(str(exc)), S.CHURN_METRICS), S.CHURN_METRICS)
         else:
+            m = cres.metrics
+            ctx.choose("churn.fit", f"{m['engine']}, {m['train_rows']} of {m['train_customers']} customers")
             ctx.write(_small_frame(ctx, churn.metrics_table(cres), S.CHURN_METRICS), S.CHURN_METRICS)
             tracking.log_metrics(cres.scalar_metrics())
             tracking.log_figures(cres.figures, "churn")
@@ -594,16 +616,19 @@ def stage_segments(ctx: RunContext) -> None:
         else:
             with ctx.timed("clustering_fit"):
                 result = fit_segments(buyers, settings.clustering, previous_profiles(ctx), input_cached=True)
+            for key, value in result.chosen.get("sizing", {}).items():
+                ctx.choose(f"clustering.{key}", value)
             if settings.tracking.enabled:
                 inputs = {n: f"{s.info.location}@{s.info.version}" for n, s in ctx.inputs.items()}
-                log_to_mlflow(
-                    result,
-                    settings.tracking,
-                    settings.tracking_uri,
-                    input_tables=inputs,
-                    alias=settings.clustering.model_alias,
-                    staging_dir=staging_dir(settings.output.path),
-                )
+                with ctx.timed("clustering_mlflow"):
+                    log_to_mlflow(
+                        result,
+                        settings.tracking,
+                        settings.tracking_uri,
+                        input_tables=inputs,
+                        alias=settings.clustering.model_alias,
+                        staging_dir=staging_dir(settings.output.path),
+                    )
             ctx.releases.append(result.release)  # its assignments stay cached until the segments are written
             ctx.write(_small_frame(ctx, sweep_table(result), S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)
             profiles = result.profiles.astype(object).where(result.profiles.notna(), None)

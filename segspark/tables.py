@@ -383,6 +383,9 @@ RUNS_SCHEMA: Final = T.StructType(
         _f("step_seconds", T.MapType(STR, DBL)),
         # what the run degraded to and why (a CLV fallback, a skipped model, a too-small section)
         _f("warnings", T.ArrayType(STR)),
+        # what the job chose by the data's size (shuffle partitions, the churn fit's engine and
+        # rows, the clustering sweep's fits, the final fit's starts): README, "What the job sizes"
+        _f("choices", T.MapType(STR, STR)),
     ]
 )
 

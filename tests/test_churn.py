@@ -192,8 +192,14 @@ def test_churn_model_on_generated_data(
 def test_logistic_churn_model_on_seeded_samples(generated_orders: DataFrame) -> None:
     from segspark import generate as G
 
+    # the Spark ML engine (the default gbt fixture runs the driver-side engine)
     cfg = ChurnConfig(
-        model="logistic", max_iter=10, refit_on_latest=True, max_train_rows=1000, max_eval_rows=1000
+        model="logistic",
+        engine="spark",
+        max_iter=10,
+        refit_on_latest=True,
+        max_train_rows=1000,
+        max_eval_rows=1000,
     )
     result = C.run_churn(generated_orders, G.DEFAULT_END, cfg)
     m = result.metrics
@@ -267,3 +273,40 @@ def test_lift_deciles_split_a_block_of_tied_scores_evenly() -> None:
     assert (lift["churn_rate"] * lift["customers"]).sum() == pytest.approx(label.sum())
     # decile 5 (positions 40-49) straddles the block's end: 1 tied customer and 9 at 0.1
     assert lift["churn_rate"].iloc[4] == pytest.approx((1 * 0.75 + 9 * 10 / 59) / 10)
+
+
+@pytest.mark.parametrize("kind", ["gbt", "logistic"])
+def test_a_driver_fitted_model_scores_in_spark_as_it_does_on_the_driver(
+    spark: Any, generated_orders: DataFrame, kind: str
+) -> None:
+    """churn.engine local: the model fitted by scikit-learn on the driver, applied in Spark as one
+    column expression, gives the fitted model's own probabilities (missing values included)."""
+    from segspark import generate as G
+    from segspark.local_models import fit_classifier
+
+    cutoff = G.DEFAULT_END - dt.timedelta(days=90)
+    window = C.labelled_features(generated_orders, cutoff, 90)
+    # two edge rows: every feature missing, and a recency far beyond any training value
+    nulls = spark.createDataFrame(
+        [
+            ("zz-null", *[None] * len(C.FEATURES), 1.0),
+            ("zz-far", 9999.0, *[None] * (len(C.FEATURES) - 1), 0.0),
+        ],
+        T.StructType([T.StructField(f.name, f.dataType, True) for f in window.schema]),
+    )
+    rows = window.unionByName(nulls).toPandas().sort_values("customer_id", ignore_index=True)
+    model = fit_classifier(
+        kind, rows, C.FEATURES, C.CHURN_LABEL, max_iter=10, max_depth=3, reg_param=0.01, seed=7
+    )
+    expected = model.predict_proba(rows)
+    got = (
+        window.unionByName(nulls)
+        .select("customer_id", model.probability().alias("p"))
+        .toPandas()
+        .sort_values("customer_id", ignore_index=True)
+    )
+    assert len(got) == len(rows) > 100
+    np.testing.assert_allclose(got["p"].to_numpy(), expected, rtol=0, atol=1e-12)
+    assert expected.min() > 0 and expected.max() < 1 and expected.std() > 0.05
+    importances = model.importances()
+    assert list(importances) == list(C.FEATURES) and sum(importances.values()) == pytest.approx(1.0)

@@ -80,6 +80,26 @@ def _report_parts(root: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: ReferenceRun) -> None:
+    """README "What the job sizes to the data": every choice is in the run's ``choices``."""
+    (run,) = [r for r in _table(reference_run.out, "runs") if r["command"] == "run"]
+    choices = dict(run["choices"])
+    assert set(choices) == {
+        "spark.shuffle_partitions",
+        "churn.fit",
+        "clustering.sweep",
+        "clustering.final_fit",
+    }, choices
+    assert choices["spark.shuffle_partitions"] == "3"  # as the run set it (spark.shuffle_partitions=3)
+    # the churn window of 600 customers is under churn.max_train_rows: every customer, on the driver
+    engine, rows = re.fullmatch(r"(\w+), (\d+) of (\d+) customers", choices["churn.fit"]).group(1, 2)  # type: ignore[union-attr]
+    assert engine == "local" and 300 < int(rows) <= 600
+    # clustering.k_max=6: k 2..6 for both algorithms, each fitted on the sample and two halves
+    assert re.fullmatch(r"30 local fits on \d+ sampled customers \(k 2\.\.6\)", choices["clustering.sweep"])
+    assert re.fullmatch(r"\w+ k=\d on sample, [1-4] of 4 starts", choices["clustering.final_fit"])
+
+
+@pytest.mark.slow
 def test_report_command_rebuilds_the_runs_report_from_tables(lake: dict[str, Any]) -> None:
     """``segspark report`` on a run's output finds the same sections, headline numbers, charts and
     lineage as the run's own report: everything it shows comes from the written tables."""

@@ -593,6 +593,7 @@ def runs_rows(config_hash: str, warnings: list[str] | None = None) -> list[tuple
             outs,
             {"ingest_validate": 1.5},
             list(RUN_WARNINGS if warnings is None else warnings) if status == "succeeded" else [],
+            {"spark.shuffle_partitions": "8"},
         )
 
     return [
@@ -1206,8 +1207,8 @@ def tiny_tables(spark: Any, n: int) -> dict[str, Any]:
     )
     old_fit = clv_fit(spark)
     old_fit = old_fit[old_fit["section"] != "validity"]
-    runs_schema = T.StructType([f for f in RUNS_SCHEMA.fields if f.name != "warnings"])
-    run_row = runs_rows(RUN_CONFIG_HASH)[1][:-1]
+    runs_schema = T.StructType([f for f in RUNS_SCHEMA.fields if f.name not in ("warnings", "choices")])
+    run_row = runs_rows(RUN_CONFIG_HASH)[1][:-2]
     return {
         S.CUSTOMER_SEGMENTS: spark.createDataFrame(segs, schema),
         S.SEGMENT_KPIS: spark.createDataFrame(
