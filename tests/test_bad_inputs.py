@@ -1,9 +1,12 @@
 """Bad inputs end in one line on stderr naming the table, column or key, and the documented exit code.
 
-One table of cases, each run as a user would: ``python -m segspark <command>`` in a subprocess.
-Configuration and missing-input cases fail before Spark starts (seconds); the data cases start a
-local Spark on tiny inputs. Exit codes (README): 2 configuration or missing input, 3 data that
-failed a blocking rule, 1 anything else.
+One table of cases. Configuration and missing-input cases run as a user would, ``python -m segspark
+<command>`` in a subprocess, and must fail before Spark starts (seconds). One data case does too (a
+blocking rule's exit code and line from a real process); the other data cases call the same entry
+point, ``segspark.cli.main``, in-process on the suite's Spark session (a JVM start and its warm-up
+each saved), their exit code, last stderr line and the output tables checked the same way.
+Exit codes (README): 2 configuration or missing input, 3 data that failed a blocking rule, 1
+anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from segspark.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 JAVA_FRAME = re.compile(r"^\s+at [\w.$]+\(.*\)$", re.MULTILINE)  # a line of a Java stack trace
@@ -134,6 +139,8 @@ class Case:
     command: str = "run"
     spark: bool = True  # False: must fail before Spark starts
     env: dict[str, str] = field(default_factory=dict)
+    # a data case in its own process (False: in-process, on the suite's session)
+    process: bool = False
 
 
 def _missing(tmp: Path) -> list[str]:
@@ -224,6 +231,7 @@ CASES: dict[str, Case] = {
             "quarantine table",
         ),
         lambda out: check_quarantine_written(out, 20),
+        process=True,
     ),
     "all_garbage_without_the_share_rule": Case(
         all_garbage,
@@ -243,28 +251,46 @@ CASES: dict[str, Case] = {
     "name",
     [pytest.param(n, marks=() if not c.spark else (pytest.mark.slow,)) for n, c in CASES.items()],
 )
-def test_bad_input(name: str, tmp_path: Path) -> None:
+def test_bad_input(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     case = CASES[name]
     out = tmp_path / "out"
     items = case.setup(tmp_path) if case.setup else []
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SEGSPARK_PSEUDO_KEY": "bad-inputs-key", **case.env}
-    cmd = [
-        sys.executable, "-m", "segspark", case.command, *items, *case.args,
+    env = {"SPARK_LOCAL_IP": "127.0.0.1", "SEGSPARK_PSEUDO_KEY": "bad-inputs-key", **case.env}
+    argv = [
+        case.command, *items, *case.args,
         "--set", f"output.path={out}", "--set", "spark.master=local[2]",
         "--set", "spark.shuffle_partitions=2", "--set", "spark.driver_memory=1g",
         "--set", "clustering.k_max=3",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if case.spark and not case.process:
+        request.getfixturevalue("spark")  # the suite's session: main() runs on it
+        capfd = request.getfixturevalue("capfd")
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code = main(argv)
+        stderr = capfd.readouterr().err
+    else:
+        proc = subprocess.run(
+            [sys.executable, "-m", "segspark", *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=REPO,
+            timeout=900,
+        )
+        code, stderr = proc.returncode, proc.stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
-    assert proc.returncode == case.code, proc.stderr[-3000:]
+    assert code == case.code, stderr[-3000:]
     if case.code:
         assert last.startswith("segspark: "), last
         for text in case.says:
             assert text in last, last
-    assert not JAVA_FRAME.search(proc.stderr), proc.stderr[-3000:]
+    assert not JAVA_FRAME.search(stderr), stderr[-3000:]
     if not case.spark:
-        assert SPARK_STARTED not in proc.stderr
+        assert SPARK_STARTED not in stderr
     if case.check is not None:
         case.check(out)
 
