@@ -115,15 +115,12 @@ class RunContext:
     @contextlib.contextmanager
     def timed(self, step: str) -> Iterator[None]:
         """Time a step (Spark is lazy: a table's write time includes computing it); logged and tracked."""
+        # No Spark job tag per step (SparkSession.addTag): on Spark 4.2 a tagged session can no longer
+        # be serialized, and Spark ML's logistic regression ships its training summary (which holds
+        # the session) to the executors: "Task not serializable". bench_fixed_cost.py attributes the
+        # jobs to steps by time from these log lines instead.
         started = time.perf_counter()
-        # the step's Spark jobs carry its name as a job tag (event log, Spark UI), so a benchmark can
-        # count a step's jobs; a Connect-safe session API
-        tag = f"segspark-{step}"
-        self.spark.addTag(tag)
-        try:
-            yield
-        finally:
-            self.spark.removeTag(tag)
+        yield
         seconds = time.perf_counter() - started
         self.timings[step] = round(seconds, 3)
         log.info("%s took %.1f s", step, seconds)
