@@ -25,7 +25,12 @@ from segspark.errors import DataQualityError, InputError, SegsparkError
 from segspark.io import InputInfo, Lakehouse
 from segspark.io.engine import MIN_SAFE_RETENTION_HOURS
 from segspark.io.lakehouse import OUTPUT_TABLES, check_vacuum_retention
-from segspark.session import finalizers_at_safe_points, get_spark, scale_shuffle_partitions
+from segspark.session import (
+    finalizers_at_safe_points,
+    get_spark,
+    scale_shuffle_partitions,
+    sizes_shuffle_partitions,
+)
 from segspark.version import code_version
 
 if TYPE_CHECKING:
@@ -311,9 +316,12 @@ def stage_ingest(ctx: RunContext) -> None:
 
     settings = ctx.settings
     frames = read_inputs(ctx)
-    # the largest input sets the shuffle partitions of the run (a row count: no column is read)
-    largest = max(df.count() for df in frames.values())
-    scaled = scale_shuffle_partitions(ctx.spark, settings.spark, largest)
+    # the largest input sets the shuffle partitions of the run (a row count: no column is read),
+    # when the job sizes them: a count job per input spared otherwise
+    scaled = None
+    if sizes_shuffle_partitions(settings.spark):
+        largest = max(df.count() for df in frames.values())
+        scaled = scale_shuffle_partitions(ctx.spark, settings.spark, largest)
     ctx.choose("spark.shuffle_partitions", scaled or ctx.spark.conf.get("spark.sql.shuffle.partitions"))
     key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

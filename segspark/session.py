@@ -438,16 +438,22 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
     return spark
 
 
-def scale_shuffle_partitions(spark: SparkSession, cfg: SparkConfig, rows: int) -> int | None:
-    """Raise the shuffle partitions to ``rows / ROWS_PER_PARTITION`` for an input of ``rows`` rows
-    when the job sizes them (``spark.shuffle_partitions: auto``, not set in ``spark.conf``, not on
-    Databricks, whose platform sizes its own); never lowers them. Returns the new count, or None.
-    Adaptive execution still merges the partitions a smaller intermediate table leaves small."""
-    if (
+def sizes_shuffle_partitions(cfg: SparkConfig) -> bool:
+    """Whether the job sizes the shuffle partitions from the input (``spark.shuffle_partitions:
+    auto``, not set in ``spark.conf``, not on Databricks, whose platform sizes its own)."""
+    return not (
         cfg.shuffle_partitions != "auto"
         or "spark.sql.shuffle.partitions" in cfg.conf
         or "DATABRICKS_RUNTIME_VERSION" in os.environ
-    ):
+    )
+
+
+def scale_shuffle_partitions(spark: SparkSession, cfg: SparkConfig, rows: int) -> int | None:
+    """Raise the shuffle partitions to ``rows / ROWS_PER_PARTITION`` for an input of ``rows`` rows
+    when the job sizes them (:func:`sizes_shuffle_partitions`); never lowers them. Returns the new
+    count, or None. Adaptive execution still merges the partitions a smaller intermediate table
+    leaves small."""
+    if not sizes_shuffle_partitions(cfg):
         return None
     current = int(spark.conf.get("spark.sql.shuffle.partitions") or MIN_PARTITIONS)
     wanted = math.ceil(rows / ROWS_PER_PARTITION)
