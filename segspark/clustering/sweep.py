@@ -141,6 +141,12 @@ def _fit_cost(model: Any) -> float:
     return -float(summary.logLikelihood)
 
 
+# Two fits that settle in the same local optimum differ in cost only by their convergence residue
+# (k-means stops when no centre moves more than tol): measured on the demo, MLlib's kmeans k=5 cost
+# 114046 against the sweep's 114046, equal to 6 digits but not to 9, so 1e-9 fitted 3 starts for nothing
+SAME_OPTIMUM_RTOL = 1e-4
+
+
 def fit_best_of(
     algorithm: str, k: int, cfg: ClusteringConfig, data: DataFrame, reference_cost: float | None = None
 ) -> tuple[Any, int]:
@@ -158,7 +164,7 @@ def fit_best_of(
         starts += 1
         if best is None or cost < best_cost - 1e-9 * abs(best_cost):
             best, best_cost = model, cost
-        if reference_cost is not None and best_cost <= reference_cost * (1 + 1e-9):
+        if reference_cost is not None and best_cost <= reference_cost * (1 + SAME_OPTIMUM_RTOL):
             break
     log.info(
         "final %s k=%d: best of %d start(s), cost %.6g (sweep's cost %s)",
