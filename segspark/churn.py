@@ -344,14 +344,14 @@ def _to_driver(df: DataFrame, label: bool) -> pd.DataFrame:
 Model = PipelineModel | LocalClassifier
 
 
-def _train(cfg: ChurnConfig, df: DataFrame, rows: int) -> Model:
+def _train(cfg: ChurnConfig, df: DataFrame, rows: int, pulled: pd.DataFrame | None = None) -> Model:
     """The configured model fitted on ``df`` (a bounded sample of ``rows`` rows): on the driver
-    (``churn.engine: local``) or with Spark ML (``spark``)."""
+    (``churn.engine: local``; ``pulled``: ``df`` already there) or with Spark ML (``spark``)."""
     if cfg.engine == "spark":
         return _fit(cfg, df, rows)
     return fit_classifier(
         cfg.model,
-        _to_driver(df, label=True),
+        pulled if pulled is not None else _to_driver(df, label=True),
         FEATURES,
         CHURN_LABEL,
         max_iter=cfg.max_iter,
@@ -361,10 +361,11 @@ def _train(cfg: ChurnConfig, df: DataFrame, rows: int) -> Model:
     )
 
 
-def _scored_sample(model: Model, df: DataFrame) -> pd.DataFrame:
-    """(churn_risk, churned) of a bounded labelled sample, on the driver."""
+def _scored_sample(model: Model, df: DataFrame, pulled: pd.DataFrame | None = None) -> pd.DataFrame:
+    """(churn_risk, churned) of a bounded labelled sample, on the driver (``pulled``: ``df`` already
+    there, for a local model)."""
     if isinstance(model, LocalClassifier):
-        pdf = _to_driver(df, label=True)
+        pdf = pulled if pulled is not None else _to_driver(df, label=True)
         return pd.DataFrame({CHURN_RISK: model.predict_proba(pdf), CHURN_LABEL: pdf[CHURN_LABEL]})
     return _probability(model, df).select(CHURN_RISK, CHURN_LABEL).toPandas()
 
@@ -581,8 +582,10 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
         train_rows = train.count() if n_train > cfg.max_train_rows else n_train
         model = _train(cfg, train, train_rows)
         test = seeded_sample(test_all, cfg.max_eval_rows, n_test, cfg.seed, "eval")
-        # a bounded sample of (risk, label) pairs: the metrics are computed on the driver
-        scored_test = _scored_sample(model, test)
+        # a bounded sample of (risk, label) pairs: the metrics are computed on the driver; a local
+        # engine pulls the test sample once when the refit below trains on the same rows
+        pulled = _to_driver(test, label=True) if cfg.engine == "local" else None
+        scored_test = _scored_sample(model, test, pulled)
         metrics, tables = evaluate(scored_test)
         metrics.update(
             model=cfg.model,
@@ -602,7 +605,7 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
         )
         if cfg.refit_on_latest:
             latest = seeded_sample(test_all, cfg.max_train_rows, n_test, cfg.seed, "train")
-            final = _train(cfg, latest, min(n_test, cfg.max_train_rows))
+            final = _train(cfg, latest, min(n_test, cfg.max_train_rows), pulled if latest is test else None)
             metrics["scored_with"] = "refit on the test window"
         else:
             final = model

@@ -106,11 +106,10 @@ def fit_classifier(
             return LocalClassifier(kind, names, est)
         fill = np.nanmean(x, axis=0) if len(x) else np.zeros(len(names))
         fill = np.where(np.isnan(fill), 0.0, fill)
-        scaler = StandardScaler().fit(np.where(np.isnan(x), fill, x))
+        filled = np.where(np.isnan(x), fill, x)
+        scaler = StandardScaler().fit(filled)
         c = 1.0 / (reg_param * len(x)) if reg_param > 0 else 1e12
-        est = LogisticRegression(C=c, max_iter=max(max_iter, 100)).fit(
-            scaler.transform(np.where(np.isnan(x), fill, x)), y
-        )
+        est = LogisticRegression(C=c, max_iter=max(max_iter, 100)).fit(scaler.transform(filled), y)
         return LocalClassifier(kind, names, est, scaler=scaler, fill=fill)
 
 

@@ -179,9 +179,6 @@ def record_run(ctx: RunContext, status: str, error: str | None = None) -> None:
         dict(ctx.choices),
     )
     df = ctx.spark.createDataFrame([row], RUNS_SCHEMA)
-    if ctx.lake.exists(S.RUNS) and "choices" not in ctx.lake.read_output(S.RUNS).columns:
-        # a runs table from before the column: its schema holds (the choices are in the log)
-        df = df.drop("choices")
     as_of = ctx.as_of_date or ended.date()
     # each attempt appends its own row: the txn version is the attempt's start time
     ctx.lake.write(
@@ -310,19 +307,23 @@ def read_inputs(ctx: RunContext) -> dict[str, DataFrame]:
     return frames
 
 
+def size_shuffle_partitions(ctx: RunContext, frames: dict[str, DataFrame]) -> None:
+    """The largest input sets the shuffle partitions of the run (a row count: no column is read),
+    when the job sizes them: a count job per input spared otherwise."""
+    scaled = None
+    if sizes_shuffle_partitions(ctx.settings.spark):
+        largest = max(df.count() for df in frames.values())
+        scaled = scale_shuffle_partitions(ctx.spark, ctx.settings.spark, largest)
+    ctx.choose("spark.shuffle_partitions", scaled or ctx.spark.conf.get("spark.sql.shuffle.partitions"))
+
+
 def stage_ingest(ctx: RunContext) -> None:
     """Conform, validate (quarantine or fail), reconcile, pseudonymize and minimize every input."""
     from segspark import ingest, privacy
 
     settings = ctx.settings
     frames = read_inputs(ctx)
-    # the largest input sets the shuffle partitions of the run (a row count: no column is read),
-    # when the job sizes them: a count job per input spared otherwise
-    scaled = None
-    if sizes_shuffle_partitions(settings.spark):
-        largest = max(df.count() for df in frames.values())
-        scaled = scale_shuffle_partitions(ctx.spark, settings.spark, largest)
-    ctx.choose("spark.shuffle_partitions", scaled or ctx.spark.conf.get("spark.sql.shuffle.partitions"))
+    size_shuffle_partitions(ctx, frames)
     key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     results = []

@@ -385,7 +385,7 @@ RUNS_SCHEMA: Final = T.StructType(
         _f("warnings", T.ArrayType(STR)),
         # what the job chose by the data's size (shuffle partitions, the churn fit's engine and
         # rows, the clustering sweep's fits, the final fit's starts): README, "What the job sizes"
-        _f("choices", T.MapType(STR, STR)),
+        _opt("choices", T.MapType(STR, STR)),
     ]
 )
 
@@ -481,7 +481,7 @@ def _widens(given: T.DataType, declared: T.DataType) -> bool:
     return False
 
 
-def _is_optional(field: T.StructField) -> bool:
+def is_optional(field: T.StructField) -> bool:
     return bool((field.metadata or {}).get(OPTIONAL_KEY))
 
 
@@ -508,7 +508,7 @@ def conform_schema(name: str, schema: T.StructType) -> dict[str, T.DataType]:
     for field in declared.fields:
         if field.name in given:
             compare(field.name, field.dataType, "declared")
-        elif not _is_optional(field):
+        elif not is_optional(field):
             problems.append(f"column '{field.name}' is missing")
     for column in given:
         if column in declared.names:

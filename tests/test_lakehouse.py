@@ -6,6 +6,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import DataFrame, SparkSession
@@ -303,3 +304,38 @@ def test_missing_input_and_unsupported_features_are_clear_errors(spark: SparkSes
         InputError, match=r"table 'transactions' uses deletion vectors.*lakehouse\.engine=delta-spark"
     ):
         Lakehouse(spark, cfg).read_input("transactions")
+
+
+def test_an_append_to_a_table_from_before_an_optional_column_keeps_its_schema(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """``runs.choices`` came later: a runs table written without it takes new rows without it (the
+    table's schema holds; delta-rs alone would drop the column silently), a new table has it."""
+    row = (
+        "run",
+        "succeeded",
+        None,
+        dt.datetime(2026, 1, 1),
+        dt.datetime(2026, 1, 1),
+        1.0,
+        "h",
+        "v",
+        "delta-rs",
+    )
+    full = spark.createDataFrame(
+        [(*row, None, [], [], {"stage_ingest": 1.0}, [], {"spark.shuffle_partitions": "8"})],
+        tables.RUNS_SCHEMA,
+    )
+    old_lake, new_lake = _lake(spark, tmp_path / "old"), _lake(spark, tmp_path / "new")
+    old_lake.write(full.drop("choices"), "runs", run_id="r0", as_of_date=dt.date(2026, 1, 1))
+    old_lake.write(full, "runs", run_id="r1", as_of_date=dt.date(2026, 1, 2))
+    old = DeltaTable(str(tmp_path / "old" / "tables" / "runs"))
+    assert "choices" not in old.schema().to_arrow().names
+    assert sorted(old.to_pyarrow_table(columns=["run_id"]).column(0).to_pylist()) == ["r0", "r1"]
+    # what was written matches the table: no data file carries a column its schema does not know
+    names = set(old.schema().to_arrow().names)
+    for uri in old.file_uris():
+        assert set(pq.read_schema(uri.removeprefix("file://")).names) <= names, uri
+    new_lake.write(full, "runs", run_id="r1", as_of_date=dt.date(2026, 1, 2))
+    (got,) = DeltaTable(str(tmp_path / "new" / "tables" / "runs")).to_pyarrow_table().to_pylist()
+    assert dict(got["choices"]) == {"spark.shuffle_partitions": "8"}

@@ -158,10 +158,9 @@ def fit_best_of(
     reference is not in one, so the later starts are not fitted (each is a hundred small Spark jobs:
     6-7 s on the demo's 19,000 customers, where the first start already matched the sweep)."""
     best, best_cost, starts = None, math.inf, 0
-    for start in range(FINAL_FIT_STARTS):
-        model = mllib_estimator(algorithm, k, cfg, cfg.seed + start).fit(data)
+    for starts in range(1, FINAL_FIT_STARTS + 1):
+        model = mllib_estimator(algorithm, k, cfg, cfg.seed + starts - 1).fit(data)
         cost = _fit_cost(model)
-        starts += 1
         if best is None or cost < best_cost - 1e-9 * abs(best_cost):
             best, best_cost = model, cost
         if reference_cost is not None and best_cost <= reference_cost * (1 + SAME_OPTIMUM_RTOL):
@@ -506,7 +505,6 @@ def _fit(
             cluster_model, starts = fit_best_of(
                 chosen["algorithm"], chosen["k"], cfg, sample, _reference_cost(sweep_table, chosen)
             )
-        chosen["final_starts"] = starts
         sizing["final_fit"] = (
             f"{chosen['algorithm']} k={chosen['k']} on {cfg.final_fit}, {starts} of {FINAL_FIT_STARTS} starts"
         )

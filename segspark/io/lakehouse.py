@@ -150,6 +150,8 @@ class Lakehouse:
         """
         layout = _layout(name)
         widen = tables.conform_schema(name, df.schema)
+        if layout.mode == "append" and self.exists(name):
+            df = self._within_existing(df, name)
         stamped = df.withColumns(
             {
                 **{column: F.col(column).cast(type_) for column, type_ in widen.items()},
@@ -168,6 +170,17 @@ class Lakehouse:
             before_commit=before_commit,
             since_version=self._since.get(name),
         )
+
+    def _within_existing(self, df: DataFrame, name: str) -> DataFrame:
+        """An append to a table written before an optional column was declared (``runs.choices``)
+        leaves the column out: the table's schema holds, where an append with an extra column would
+        fail (delta-spark) or lose it without a word (delta-rs)."""
+        have = set(self.read_output(name).columns)
+        optional = {f.name for f in tables.SCHEMAS[name].fields if tables.is_optional(f)}
+        newer = [c for c in df.columns if c not in have and c in optional]
+        if newer:
+            log.info("%s: written before column(s) %s: appended without them", name, ", ".join(newer))
+        return df.drop(*newer)
 
     def write_dataset(self, df: DataFrame, path: str) -> CommitResult:
         """Write a whole Delta table at ``path`` in one commit, replacing any previous content
