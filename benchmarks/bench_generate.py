@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from segspark import pipeline
+from segspark import generate
 from segspark.config import load_settings
 from segspark.session import get_spark
 
@@ -35,7 +35,7 @@ def main() -> None:
         out = root / f"gen-{n}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        result = pipeline.generate(settings, str(out), n, seed=42, spark=spark)
+        result = generate.write_lakehouse(settings, str(out), n, seed=42, spark=spark)
         elapsed = time.perf_counter() - started
         tx = result["rows"]["transactions"]
         print(f"{n:>12,} {tx:>14,} {elapsed:>9.1f} {tx / elapsed:>12,.0f}", flush=True)

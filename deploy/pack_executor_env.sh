@@ -36,7 +36,13 @@ step venv "$python" -m venv "$out/segspark-env"
 # pip compiles the bytecode (not --no-compile, though that installs 3x faster): Spark starts its Python
 # workers with PYTHONDONTWRITEBYTECODE=1, so without shipped .pyc files every worker would compile
 # pandas, pyarrow, scipy and segspark anew each time it starts.
-step install "$out/segspark-env/bin/python" -m pip install --quiet "${wheel[0]}"
+# uv when it is installed (pip install uv): it installs the same wheels 4x faster (13 s against 50 s here,
+# its cache empty) and compiles the bytecode on every core; pip otherwise.
+if command -v uv >/dev/null 2>&1; then
+  step install uv pip install --quiet --python "$out/segspark-env/bin/python" --compile-bytecode "${wheel[0]}"
+else
+  step install "$out/segspark-env/bin/python" -m pip install --quiet "${wheel[0]}"
+fi
 # Level 1 gzip: a third of the compression time of the default level 4 (17 s against 54 s on the same
 # environment) for a tenth more bytes (371 MB against 339 MB).
 step pack "$python" -m venv_pack --prefix "$out/segspark-env" --output "$out/segspark-env.tar.gz" \

@@ -20,7 +20,7 @@ log = logging.getLogger("segspark")
 
 if TYPE_CHECKING:
     from segspark.config import Settings
-    from segspark.pipeline import RunContext
+    from segspark.context import RunContext
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -129,11 +129,11 @@ def _settings(args: argparse.Namespace, extra: list[str] | None = None) -> Setti
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from segspark import pipeline
+    from segspark import generate
 
     settings = _settings(args)
     started = time.perf_counter()
-    result = pipeline.generate(settings, args.out, args.customers, seed=args.seed, dirty=args.dirty)
+    result = generate.write_lakehouse(settings, args.out, args.customers, seed=args.seed, dirty=args.dirty)
     elapsed = time.perf_counter() - started
     tx = result["rows"].get("transactions", 0)
     print(
@@ -147,13 +147,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool = False) -> int:
     from segspark import pipeline
+    from segspark.context import open_context
 
     settings = _settings(args, extra)
     _check_key(settings, demo)
     check_inputs(settings)
-    ctx = pipeline.open_context(settings, args.command, demo=demo)
-    upto = args.command if args.command in pipeline.STAGES else "all"
-    pipeline.run(ctx, upto=upto, cluster_mode="score" if args.command == "score" else "fit")
+    ctx = open_context(settings, args.command, demo=demo)
+    pipeline.run(ctx)
     _print_run(ctx)
     return 0
 
@@ -178,20 +178,19 @@ def _print_run(ctx: RunContext) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from segspark import pipeline
+    from segspark import drift, maintenance, pipeline
+    from segspark.context import open_context
 
     settings = _settings(args)
     if args.command == "vacuum":  # refused before Spark starts
         from segspark.io.lakehouse import check_vacuum_retention
 
         check_vacuum_retention(settings.lakehouse.vacuum_retention_hours, args.force)
-    ctx = pipeline.open_context(settings, args.command)
-    if args.command == "cluster":
-        pipeline.cluster_only(ctx)
-    elif args.command == "report":
-        pipeline.report_only(ctx)
+    ctx = open_context(settings, args.command)
+    if args.command in pipeline.SELECTIONS:  # cluster, report: stages of the pipeline on written tables
+        pipeline.run(ctx)
     elif args.command == "monitor":
-        totals = pipeline.monitor(ctx).collect()  # one row per monitored dimension
+        totals = drift.monitor(ctx).collect()  # one row per monitored dimension
         if not totals:
             print(
                 f"no earlier snapshot than {ctx.as_of_date}: nothing to compare (drift table written empty)"
@@ -199,14 +198,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
         for row in totals:
             print(f"  {row['dimension']:18s} PSI {row['psi']:.3f}  {row['status']}")
     elif args.command == "erase":
-        deleted = pipeline.erase(ctx, args.customer_ids)
+        deleted = maintenance.erase(ctx, args.customer_ids)
         print(
             f"erased {len(args.customer_ids)} customer(s): "
             + (", ".join(f"{t}={n}" for t, n in deleted.items()) or "no rows found")
         )
         return 0
     elif args.command == "vacuum":
-        removed = pipeline.vacuum(ctx, force=args.force)
+        removed = maintenance.vacuum(ctx, force=args.force)
         hours = settings.lakehouse.vacuum_retention_hours
         print(
             f"vacuumed {len(removed)} table(s) (retention {hours} h): {sum(removed.values())} file(s) deleted"
@@ -257,12 +256,12 @@ def _check_key(settings: Settings, demo: bool) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from segspark import pipeline
+    from segspark import generate
 
     out = Path(args.out).resolve()
     settings = _settings(args, [f"output.path={out}"])
     started = time.perf_counter()
-    data = pipeline.generate(settings, str(out / "data"), args.customers, seed=args.seed)
+    data = generate.write_lakehouse(settings, str(out / "data"), args.customers, seed=args.seed)
     print(
         f"generated {args.customers} customers ({data['rows']['transactions']:,} transactions) "
         f"in {time.perf_counter() - started:.1f} s under {out / 'data'}"
@@ -273,7 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.command = "demo"
     code = cmd_run(args, demo=True)
     print(f"demo finished in {time.perf_counter() - started:.1f} s")
-    print(demo_follow_ups(conf, settings, example_id=pipeline.example_customer_id(data["paths"])))
+    print(demo_follow_ups(conf, settings, example_id=generate.example_customer_id(data["paths"])))
     return code
 
 
@@ -281,11 +280,11 @@ def write_demo_config(out: Path, data_paths: dict[str, str]) -> Path:
     """``<out>/segspark-demo.yaml``: the demo's inputs and output folder, for follow-up commands."""
     import yaml
 
-    from segspark import pipeline
+    from segspark import generate
     from segspark.config import parse_override
 
     data: dict[str, Any] = {}
-    for item in [f"output.path={out}", *pipeline.demo_overrides(data_paths)]:
+    for item in [f"output.path={out}", *generate.demo_overrides(data_paths)]:
         keys, value = parse_override(item)
         node = data
         for key in keys[:-1]:

@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from segspark import schema as S
 from segspark.errors import InputError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+    from segspark.context import RunContext
 
 # Conventional PSI reading: below 0.1 stable, 0.1-0.25 moderate shift, above 0.25 major shift.
 PSI_MODERATE = 0.1
@@ -127,3 +130,23 @@ def segment_drift(
         bucket = bucket.otherwise(F.lit(f"{len(edges):02d}: > {edges[-1]:.6g}"))
         rows += _rows(col, "numeric", _shares(previous, bucket, col), _shares(current, bucket, col))
     return spark.createDataFrame(rows, DRIFT_SCHEMA)
+
+
+# the dimensions ``segspark monitor`` and the aggregates stage compare between two snapshots
+DRIFT_CATEGORICAL = ("rfm_segment", "lifecycle_stage", "persona", "value_tier", "churn_band")
+DRIFT_NUMERIC = ("recency_days", "frequency", "monetary", "clv", "churn_risk")
+
+
+def monitor(ctx: RunContext) -> DataFrame:
+    """Drift of the latest customer_segments snapshot against the one before; writes ``drift``."""
+    from segspark.context import latest_date, recorded
+
+    with recorded(ctx):
+        if not ctx.lake.exists(S.CUSTOMER_SEGMENTS):
+            raise InputError("no customer_segments table yet: run the pipeline first")
+        ctx.as_of_date = latest_date(ctx, S.CUSTOMER_SEGMENTS)
+        current = ctx.read(S.CUSTOMER_SEGMENTS)
+        previous = ctx.lake.read_latest_snapshot(S.CUSTOMER_SEGMENTS, before=ctx.as_of_date)
+        out = segment_drift(current, previous, DRIFT_CATEGORICAL, DRIFT_NUMERIC)
+        ctx.write(out, S.DRIFT)
+    return out.where(F.col("bucket") == "__total__")

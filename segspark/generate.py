@@ -14,16 +14,25 @@ and stop buying, next to customers who keep buying at their own pace.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from segspark import schema as S
+from segspark.errors import SegsparkError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from segspark.config import Settings
+
+log = logging.getLogger(__name__)
+INPUTS = ("transactions", "customers", "events", "marketing_spend")
 
 DEFAULT_END = dt.date(2025, 12, 31)
 HISTORY_DAYS = 730
@@ -519,3 +528,68 @@ def dirty_customers(clean: DataFrame) -> DataFrame:
         schema=f"{S.CUSTOMER_ID} string, {S.SIGNUP_TS} string, {S.AGE} string",
     )
     return raw.unionByName(planted, allowMissingColumns=True)
+
+
+# ---- the generated input lakehouse (``segspark generate``, the demo) ------------------------------
+def write_lakehouse(
+    settings: Settings,
+    out_dir: str,
+    customer_count: int,
+    seed: int = 42,
+    dirty: bool = False,
+    end: dt.date = DEFAULT_END,
+    spark: SparkSession | None = None,
+) -> dict[str, Any]:
+    """Write a synthetic input lakehouse (Delta tables) under ``out_dir``; returns paths and counts."""
+    if customer_count < 1:
+        raise SegsparkError("--customers must be at least 1")
+    from segspark.io import Lakehouse
+    from segspark.session import get_spark
+
+    session = spark or get_spark(settings.spark)
+    lake = Lakehouse(session, settings)
+    root = Path(out_dir).resolve()
+    base = customer_base(session, customer_count, seed).persist()
+    tx = transactions(base, seed, end)
+    crm = customers(base, seed, end)
+    frames: dict[str, DataFrame] = {
+        "transactions": dirty_transactions(tx, seed, end) if dirty else tx,
+        "customers": dirty_customers(crm) if dirty else crm,
+        "events": events(base, seed, end),
+        "marketing_spend": marketing_spend(crm, seed, end),
+        "ground_truth": ground_truth(base),
+    }
+    paths: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    started = time.perf_counter()
+    for name, df in frames.items():
+        path = str(root / name)
+        t0 = time.perf_counter()
+        res = lake.write_dataset(df, path)
+        paths[name] = path
+        rows[name] = res.rows
+        log.info("generated %s: %s rows", name, res.rows)
+        log.info("generate_%s took %.1f s", name, time.perf_counter() - t0)
+    base.unpersist()
+    return {"paths": paths, "rows": rows, "seconds": time.perf_counter() - started, "end": end.isoformat()}
+
+
+def demo_overrides(data_paths: dict[str, str]) -> list[str]:
+    """``--set`` items that point the inputs at a generated lakehouse."""
+    items = []
+    for name in INPUTS:
+        items += [f"input.{name}.path={data_paths[name]}", f"input.{name}.format=delta"]
+    items += ["quality.currency.rates={EUR: 1.08, GBP: 1.27}"]
+    return items
+
+
+def example_customer_id(data_paths: dict[str, str]) -> str | None:
+    """One source customer id of a generated lakehouse (for the demo's printed erase command)."""
+    try:
+        from deltalake import DeltaTable
+
+        head = DeltaTable(data_paths["transactions"]).to_pyarrow_dataset().head(1, columns=[S.CUSTOMER_ID])
+    except Exception as exc:  # only a hint in a printed command: never fail the demo for it
+        log.debug("no example customer id: %s", exc)
+        return None
+    return str(head.column(0)[0]) if head.num_rows else None

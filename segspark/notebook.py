@@ -83,10 +83,10 @@ def run_cli(args: Sequence[str]) -> None:
 
 def generated_inputs(data_dir: str | Path) -> list[str]:
     """The ``--set`` items pointing a run at the tables ``segspark generate --out data_dir`` wrote."""
-    from segspark import pipeline
+    from segspark import generate
 
     root = Path(data_dir).resolve()
-    return pipeline.demo_overrides({name: str(root / name) for name in pipeline.INPUTS})
+    return generate.demo_overrides({name: str(root / name) for name in generate.INPUTS})
 
 
 def session(conf: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> SparkSession:

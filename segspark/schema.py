@@ -102,7 +102,7 @@ CUSTOMER_SCORES: Final = "customer_scores"  # per-customer CLV and churn scores 
 ORDERS: Final = "orders"
 CUSTOMER_DAYS: Final = "customer_days"
 
-# orders columns (one row per customer and order; DESIGN.md "silver")
+# orders columns (one row per customer and order; docs/architecture.md, "The tables")
 ORDER_DATE: Final = "order_date"
 NET_AMOUNT: Final = "net_amount"
 GROSS_AMOUNT: Final = "gross_amount"

@@ -19,8 +19,9 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from segspark import pipeline
+from segspark import drift, maintenance, pipeline
 from segspark.config import load_settings
+from segspark.context import open_context
 from tests.conftest import ReferenceRun, copy_output
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,18 +162,18 @@ def test_monitor_report_erase_and_vacuum_record_a_runs_row_failed_ones_too(
         return load_settings([], [*base, *extra])
 
     def attempt(command: str, call: Any, *extra: str) -> None:
-        ctx = pipeline.open_context(settings(*extra), command, spark=spark)
+        ctx = open_context(settings(*extra), command, spark=spark)
         call(ctx)
 
     # nothing written yet: monitor and report fail, and say so in runs
     with pytest.raises(InputError, match="customer_segments"):
-        attempt("monitor", pipeline.monitor)
+        attempt("monitor", drift.monitor)
     with pytest.raises(InputError, match="customer_segments"):
-        attempt("report", pipeline.report_only)
-    attempt("erase", lambda ctx: pipeline.erase(ctx, ["C1"]))
+        attempt("report", pipeline.run)  # the report stage alone
+    attempt("erase", lambda ctx: maintenance.erase(ctx, ["C1"]))
     with pytest.raises(ConfigError, match="safety minimum"):
-        attempt("vacuum", pipeline.vacuum, "lakehouse.vacuum_retention_hours=0")
-    attempt("vacuum", lambda ctx: pipeline.vacuum(ctx, force=True), "lakehouse.vacuum_retention_hours=0")
+        attempt("vacuum", maintenance.vacuum, "lakehouse.vacuum_retention_hours=0")
+    attempt("vacuum", lambda ctx: maintenance.vacuum(ctx, force=True), "lakehouse.vacuum_retention_hours=0")
     rows = sorted(_rows(tmp_path / "tables" / "runs"), key=lambda r: r["started_at"])
     assert [(r["command"], r["status"]) for r in rows] == [
         ("monitor", "failed"),

@@ -19,7 +19,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from segspark import pipeline
+from segspark import generate
 from segspark.cli import main
 from segspark.config import load_settings
 
@@ -85,7 +85,7 @@ def renamed(tables: dict[str, Counter[tuple[str, str]]], run_id: str, to: str) -
 def data(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("faults")
     settings = load_settings([], ["spark.shuffle_partitions=2"])
-    generated = pipeline.generate(settings, str(root / "data"), 300, seed=3, dirty=True, spark=spark)
+    generated = generate.write_lakehouse(settings, str(root / "data"), 300, seed=3, dirty=True, spark=spark)
     # the clean reference: one run alone on its own output. In-process on the suite's session (no
     # second JVM to start): only its row counts are compared, and those do not depend on the session.
     ref = root / "reference"

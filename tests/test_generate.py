@@ -8,7 +8,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from segspark import generate as G
-from segspark import pipeline
 from segspark.config import Settings
 
 
@@ -95,7 +94,7 @@ def test_generate_writes_five_delta_tables(spark: SparkSession, tmp_path: Path) 
     settings = Settings.model_validate(
         {"output": {"path": str(tmp_path)}, "lakehouse": {"engine": "delta-rs"}}
     )
-    result = pipeline.generate(settings, str(tmp_path / "data"), 300, seed=5, spark=spark)
+    result = G.write_lakehouse(settings, str(tmp_path / "data"), 300, seed=5, spark=spark)
     assert set(result["paths"]) == {"transactions", "customers", "events", "marketing_spend", "ground_truth"}
     for name, path in result["paths"].items():
         table = DeltaTable(path)

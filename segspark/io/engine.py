@@ -1,4 +1,4 @@
-"""The table-engine protocol: what ``Lakehouse`` asks of a Delta engine (DESIGN.md, "Table engines").
+"""The table-engine protocol: what ``Lakehouse`` asks of a Delta engine (docs/architecture.md).
 
 Two implementations: ``segspark.io.delta_rs.DeltaRsEngine`` (embedded: Spark writes Parquet, delta-rs
 commits) and ``segspark.io.delta_spark.DeltaSparkEngine`` (Delta's own Spark data source). ``Lakehouse``

@@ -1,4 +1,4 @@
-"""The only place segspark reads inputs and writes outputs (DESIGN.md, "Table engines")."""
+"""The only place segspark reads inputs and writes outputs (docs/architecture.md, "The table engines")."""
 
 from __future__ import annotations
 

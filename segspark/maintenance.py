@@ -1,0 +1,72 @@
+"""Commands on the whole output lakehouse that are not the pipeline: ``erase`` (right to erasure) and
+``vacuum`` (purge file versions older than the retention), each recorded as a ``runs`` row."""
+
+from __future__ import annotations
+
+import logging
+
+from segspark import schema as S
+from segspark.context import RunContext, recorded
+from segspark.io.engine import MIN_SAFE_RETENTION_HOURS
+from segspark.io.lakehouse import OUTPUT_TABLES, check_vacuum_retention
+
+log = logging.getLogger(__name__)
+
+
+def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
+    """Right to erasure: delete the customers' rows from every output table holding customer keys
+    (silver, snapshot and quarantine tables: each has ``customer_id``, the pseudonym after ingest).
+
+    One delete commit per table; the files of earlier versions keep the rows until ``vacuum``
+    removes them. Neither the ids nor their pseudonyms are logged or recorded.
+    """
+    import hashlib
+    import hmac
+
+    from segspark import privacy
+
+    settings = ctx.settings
+    deleted: dict[str, int] = {}
+    with recorded(ctx):
+        if settings.privacy.pseudonymize:
+            key = privacy.resolve_key(settings.privacy, demo=False)
+            keys = [hmac.new(key, i.strip().encode("utf-8"), hashlib.sha256).hexdigest() for i in source_ids]
+        else:
+            keys = [i.strip() for i in source_ids]
+        for name in sorted(OUTPUT_TABLES):
+            n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
+            if n:
+                deleted[name] = n
+                ctx.outputs[name] = ctx.lake.version(name)
+    log.info(
+        "erased %d customer key(s): %s; earlier table versions keep them until 'segspark vacuum' "
+        "(lakehouse.vacuum_retention_hours=%s)",
+        len(keys),
+        deleted,
+        settings.lakehouse.vacuum_retention_hours,
+    )
+    return deleted
+
+
+def vacuum(ctx: RunContext, *, force: bool = False) -> dict[str, int]:
+    """Delete from every output table the files its latest version does not reference and older
+    than ``lakehouse.vacuum_retention_hours`` (what erasure needs to reach earlier versions, and
+    the leftovers of crashed writes); returns files deleted per table.
+
+    Below Delta's safety minimum of 168 h only with ``force`` (``ConfigError`` otherwise): a shorter
+    retention deletes files that a running job or a reader of an older version may still need.
+    """
+    hours = ctx.settings.lakehouse.vacuum_retention_hours
+    removed: dict[str, int] = {}
+    with recorded(ctx):
+        check_vacuum_retention(hours, force)
+        if hours < MIN_SAFE_RETENTION_HOURS:
+            ctx.warn(f"vacuum forced: {hours} h retention, under Delta's {MIN_SAFE_RETENTION_HOURS} h")
+        for name in sorted(OUTPUT_TABLES):
+            if not ctx.lake.exists(name):
+                continue
+            with ctx.timed(f"vacuum_{name}"):
+                removed[name] = len(ctx.lake.vacuum(name, force=force))
+            ctx.outputs[name] = ctx.lake.version(name)
+    log.info("vacuum (retention %s h): %s files deleted", hours, sum(removed.values()))
+    return removed
