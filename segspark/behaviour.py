@@ -19,68 +19,44 @@ from pyspark.sql import functions as F
 
 from segspark import schema as S
 from segspark.errors import InputError
-
-# --- behaviour columns ---------------------------------------------------------------------------
-MEAN_INTERPURCHASE_DAYS = "mean_interpurchase_days"  # mean days between consecutive purchases
-STD_INTERPURCHASE_DAYS = "std_interpurchase_days"  # sample standard deviation of those gaps
-LAST_INTERPURCHASE_DAYS = "last_interpurchase_days"  # gap that ended with the latest purchase
-ORDERS_LAST_90D = "orders_last_90d"
-ORDERS_PREV_90D = "orders_prev_90d"
-TREND_90D = "trend_90d"  # orders_last_90d / orders_prev_90d; null when the previous window is empty
-TREND_INDEX_90D = "trend_index_90d"  # (last - prev) / (last + prev) in [-1, 1]; null when both 0
-CATEGORY_BREADTH = "category_breadth"  # distinct product categories bought
-AVG_BASKET_SIZE = "avg_basket_size"  # mean units per purchase (orders with a known quantity)
-CHANNEL_SHARE_PREFIX = "channel_share_"  # + channel: share of purchases with a known channel
-CHANNEL_SHARE_OTHER = "channel_share_other"
+from segspark.schema import (  # the columns' one spelling
+    ACTIVE_DAYS_30D,
+    ACTIVE_DAYS_90D,
+    ADD_TO_CART_90D,
+    AVG_BASKET_SIZE,
+    CATEGORY_BREADTH,
+    CHANNEL_SHARE_OTHER,
+    CHECKOUTS_90D,
+    CONVERSION_RATE_90D,
+    DAYS_SINCE_LAST_LOGIN,
+    DAYS_SINCE_LAST_VISIT,
+    DEMOGRAPHIC_COLUMNS,
+    ENGAGEMENT_COUNTS,
+    ENGAGEMENT_DAYS,
+    ENGAGEMENT_RATES,
+    FEATURE_USES_90D,
+    HAS_EVENTS,
+    LAST_INTERPURCHASE_DAYS,
+    MEAN_INTERPURCHASE_DAYS,
+    ORDERS_LAST_90D,
+    ORDERS_PREV_90D,
+    PAGE_VIEWS_90D,
+    PURCHASES_90D,
+    SESSIONS_30D,
+    SESSIONS_90D,
+    STD_INTERPURCHASE_DAYS,
+    TREND_90D,
+    TREND_INDEX_90D,
+    channel_share_column,
+)
 
 # Windows are part of the column names (``*_30d``, ``*_90d``), so they are fixed here, not config.
 TREND_WINDOW_DAYS = 90
 SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = 90
 
-# --- engagement columns --------------------------------------------------------------------------
-HAS_EVENTS = "has_events"
-SESSIONS_30D = "sessions_30d"
-SESSIONS_90D = "sessions_90d"
-ACTIVE_DAYS_30D = "active_days_30d"
-ACTIVE_DAYS_90D = "active_days_90d"
-PAGE_VIEWS_90D = "page_views_90d"
-ADD_TO_CART_90D = "add_to_cart_90d"
-CHECKOUTS_90D = "checkouts_90d"
-PURCHASES_90D = "purchase_events_90d"
-FEATURE_USES_90D = "feature_uses_90d"
-CONVERSION_RATE_90D = "conversion_rate_90d"  # purchase events / sessions, last 90 days
-DAYS_SINCE_LAST_LOGIN = "days_since_last_login"
-DAYS_SINCE_LAST_VISIT = "days_since_last_visit"  # days since the latest event of any type
 
-ENGAGEMENT_COUNTS: tuple[str, ...] = (
-    SESSIONS_30D,
-    SESSIONS_90D,
-    ACTIVE_DAYS_30D,
-    ACTIVE_DAYS_90D,
-    PAGE_VIEWS_90D,
-    ADD_TO_CART_90D,
-    CHECKOUTS_90D,
-    PURCHASES_90D,
-    FEATURE_USES_90D,
-)
-ENGAGEMENT_RATES: tuple[str, ...] = (CONVERSION_RATE_90D,)
-ENGAGEMENT_DAYS: tuple[str, ...] = (DAYS_SINCE_LAST_LOGIN, DAYS_SINCE_LAST_VISIT)
 ENGAGEMENT_COLUMNS: tuple[str, ...] = (HAS_EVENTS, *ENGAGEMENT_COUNTS, *ENGAGEMENT_RATES, *ENGAGEMENT_DAYS)
-
-# --- demographics --------------------------------------------------------------------------------
-AGE_BAND = "age_band"
-# The only CRM columns that may reach the feature table (an allow-list: PII can never slip through).
-DEMOGRAPHIC_COLUMNS: dict[str, str] = {
-    S.SIGNUP_TS: "timestamp",
-    S.ACQUISITION_CHANNEL: "string",
-    S.COUNTRY: "string",
-    AGE_BAND: "string",
-    S.GENDER: "string",
-    S.INCOME_BAND: "string",
-    S.INDUSTRY: "string",
-    S.COMPANY_SIZE: "string",
-}
 
 
 def _require(df: DataFrame, table: str, columns: Sequence[str]) -> None:
@@ -92,11 +68,6 @@ def _require(df: DataFrame, table: str, columns: Sequence[str]) -> None:
 def _col_or_null(df: DataFrame, name: str, type_: str) -> Column:
     """An optional input column, or a typed null when the source does not have it."""
     return (F.col(name) if name in df.columns else F.lit(None)).cast(type_).alias(name)
-
-
-def channel_share_column(channel: str) -> str:
-    """The feature column holding the share of purchases made through ``channel``."""
-    return f"{CHANNEL_SHARE_PREFIX}{channel}"
 
 
 def days_before(as_of: dt.date, ts: Column) -> Column:

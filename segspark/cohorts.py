@@ -15,20 +15,22 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from segspark import schema as S
 from segspark.errors import InputError
+from segspark.schema import (  # the columns' one spelling
+    ACTIVE_CUSTOMERS,
+    COHORT_MONTH,
+    COHORT_SIZE,
+    CUMULATIVE_REVENUE_PER_CUSTOMER,
+    DIMENSION,
+    DIMENSION_VALUE,
+    MONTHS_SINCE_FIRST,
+    RETENTION_RATE,
+    REVENUE,
+)
 from segspark.sql import run_sql
 
 if TYPE_CHECKING:
     import pandas as pd
 
-COHORT_MONTH = "cohort_month"
-DIMENSION = "dimension"
-DIMENSION_VALUE = "dimension_value"
-MONTHS_SINCE_FIRST = "months_since_first"
-COHORT_SIZE = "cohort_size"
-ACTIVE_CUSTOMERS = "active_customers"
-RETENTION_RATE = "retention_rate"
-REVENUE = "revenue"
-CUMULATIVE_REVENUE_PER_CUSTOMER = "cumulative_revenue_per_customer"
 COHORT_COLUMNS: tuple[str, ...] = (
     COHORT_MONTH,
     DIMENSION,

@@ -133,8 +133,8 @@ def segment_drift(
 
 
 # the dimensions ``segspark monitor`` and the aggregates stage compare between two snapshots
-DRIFT_CATEGORICAL = ("rfm_segment", "lifecycle_stage", "persona", "value_tier", "churn_band")
-DRIFT_NUMERIC = ("recency_days", "frequency", "monetary", "clv", "churn_risk")
+DRIFT_CATEGORICAL = (S.RFM_SEGMENT, S.LIFECYCLE_STAGE, S.PERSONA, S.VALUE_TIER, "churn_band")
+DRIFT_NUMERIC = (S.RECENCY_DAYS, S.FREQUENCY, S.MONETARY, S.CLV, S.CHURN_RISK)
 
 
 def monitor(ctx: RunContext) -> DataFrame:

@@ -39,32 +39,29 @@ from pyspark.sql import functions as F
 
 from segspark import schema as S
 from segspark.config import RfmConfig
-
-# Feature and score columns (stage-specific names live here).
-RECENCY_DAYS = "recency_days"
-FREQUENCY = "frequency"
-ORDERS = "orders"
-MONETARY = "monetary"
-AVG_ORDER_VALUE = "avg_order_value"
-FIRST_ORDER_TS = "first_order_ts"
-LAST_ORDER_TS = "last_order_ts"
-TENURE_DAYS = "tenure_days"
-RETURN_RATE = "return_rate"
-ORDERS_OTHER = "orders_other"
-R_SCORE = "r_score"
-F_SCORE = "f_score"
-M_SCORE = "m_score"
-RFM_CODE = "rfm_code"
-RFM_SEGMENT = "rfm_segment"
-CUSTOMERS = "customers"
-REVENUE = "revenue"
+from segspark.schema import (  # the columns' one spelling
+    AVG_ORDER_VALUE,
+    CUSTOMERS,
+    F_SCORE,
+    FIRST_ORDER_TS,
+    FREQUENCY,
+    LAST_ORDER_TS,
+    M_SCORE,
+    MONETARY,
+    ORDERS,
+    ORDERS_OTHER,
+    R_SCORE,
+    RECENCY_DAYS,
+    RETURN_RATE,
+    REVENUE,
+    RFM_CODE,
+    RFM_SEGMENT,
+    TENURE_DAYS,
+    channel_column,
+)
 
 DEFAULT_CHANNELS: tuple[str, ...] = ("web", "app", "store")
 SCORE_COLUMNS: tuple[str, ...] = (R_SCORE, F_SCORE, M_SCORE, RFM_CODE)
-
-
-def channel_column(channel: str) -> str:
-    return f"orders_{channel}"
 
 
 def rfm_feature_columns(channels: Sequence[str] = DEFAULT_CHANNELS) -> list[str]:

@@ -624,6 +624,94 @@ def _spend_plan(df: DataFrame, cfg: QualityConfig) -> _Plan:
     return _Plan(parsed, rules, output, keyed=False)
 
 
+def _raw_fields(src_cols: list[str], privacy: PrivacyConfig, pseudo: bool) -> list[Column]:
+    """The quarantine's raw JSON: source columns minus PII, the customer id as its pseudonym (left
+    out when pseudonymization is on but no key is given)."""
+    raw_fields: list[Column] = []
+    pii = {c.lower() for c in privacy.pii_columns}
+    for c in src_cols:
+        if c.lower() in pii:
+            continue
+        if c == S.CUSTOMER_ID:
+            if pseudo:
+                raw_fields.append(F.col(S.CUSTOMER_ID).alias(c))  # the parsed column: the pseudonym
+            elif not privacy.pseudonymize:
+                raw_fields.append(F.col(f"_src_{c}").alias(c))
+            continue
+        raw_fields.append(F.col(f"_src_{c}").alias(c))
+    return raw_fields
+
+
+def _with_row_keys(
+    stage: DataFrame, table: str, plan: _Plan, rules: list[str], src_kept: list[str], key: bytes | None
+) -> DataFrame:
+    """The row hash, the copy flag (``_dup``), the CRM conflict bounds and, with ``key``, the keyed
+    pseudonym: one window per customer over the shuffled lines."""
+    # ``customer_id`` is the trimmed source id until the pseudonym replaces it below
+    part = [F.col(S.CUSTOMER_ID)] if plan.keyed else []
+    within = [F.col(S.ORDER_ID)] if plan.keyed and table == "transactions" else []
+    # the row's other source columns; the customer is compared as ``part`` (trimmed)
+    src_refs = [F.col(f"_src_{c}") for c in src_kept if not (plan.keyed and c == S.CUSTOMER_ID)]
+    # A 64-bit hash of the whole row (trimmed customer and every other source column) stands for
+    # it: copies are adjacent rows of equal (customer, [order,] hash) in the sort below, so the sort
+    # and the window compare three keys rather than every column. Two different lines of one
+    # customer (and order) are taken for copies only if their xxhash64 collide: about 2**-64 per
+    # pair of such lines.
+    stage = stage.withColumn(_HASH, F.xxhash64(*part, *src_refs))
+    order = [*within, F.col(_HASH)]
+    helpers: dict[str, Column] = {}
+    per_customer = None
+    if plan.keyed:
+        # ONE window per customer, sorted by ([order,] hash): Spark copies every row into a buffer
+        # once per window node, so the copies, the CRM conflicts and the line numbers share this one.
+        # The transactions leave it sorted by (customer, order), as the silver orders want them.
+        per_customer = Window.partitionBy(*part).orderBy(*order)
+        if "duplicate_line" in rules:
+            helpers["_prev"] = F.lag(F.struct(*order)).over(per_customer)
+        if "customer_id_conflict" in rules:
+            whole = per_customer.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+            helpers["_row_min"] = F.min(F.struct(*src_refs)).over(whole)
+            helpers["_row_max"] = F.max(F.struct(*src_refs)).over(whole)
+        if key is not None:
+            helpers["_line_no"] = F.row_number().over(per_customer)
+    elif "duplicate_line" in rules:
+        helpers["_dup"] = F.row_number().over(Window.partitionBy(F.col(_HASH)).orderBy(F.col(_HASH))) > 1
+    if helpers:
+        stage = stage.withColumns(helpers)
+    if "_prev" in helpers:  # a copy: the same (customer, [order,] hash) as the row before it
+        prev = F.col("_prev")
+        stage = stage.withColumn("_dup", prev.isNotNull() & prev.eqNullSafe(F.struct(*order)))
+    if "_line_no" in helpers:
+        assert key is not None and per_customer is not None
+        # The keyed pseudonym once per customer, not per line: the HMAC runs on each customer's
+        # first line and a second pass over the same sorted partition carries it to the others
+        # (no shuffle, no sort). At 10M lines that is ~0.8M HMACs instead of 10M. The former design
+        # hashed the distinct ids apart (a second scan and shuffle) and joined them back: this one
+        # measured the same time at 10M lines, 4% more at 100M, and 18-23% less peak memory.
+        # (``first(hmac)`` over the window would read simpler, but Spark evaluates it on every row.)
+        first = F.when(F.col("_line_no") == 1, pseudonym_of(F.col(S.CUSTOMER_ID), stage.sparkSession, key))
+        growing = per_customer.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        stage = (
+            stage.withColumn(_PSEUDONYM, F.last(first, ignorenulls=True).over(growing))
+            .withColumns({SOURCE_KEY: F.col(S.CUSTOMER_ID), S.CUSTOMER_ID: F.col(_PSEUDONYM)})
+            .drop(_PSEUDONYM, "_line_no")
+        )
+    return stage
+
+
+def _quarantine(flagged: DataFrame, table: str, cfg: QualityConfig, with_id: bool) -> DataFrame:
+    """The flagged rows as quarantine rows: table, customer key (``with_id``), rule, reason, raw JSON."""
+    reasons = rule_reasons(cfg)
+    reason_map = F.create_map(*[F.lit(x) for r in TABLE_RULES[table] for x in (r, reasons[r])])
+    return flagged.where(F.col(_RULE).isNotNull()).select(
+        F.lit(table).alias(S.Q_SOURCE_TABLE),
+        (F.col(S.CUSTOMER_ID).cast("string") if with_id else F.lit(None).cast("string")).alias(S.CUSTOMER_ID),
+        F.col(_RULE).alias(S.Q_RULE),
+        F.try_element_at(reason_map, F.col(_RULE)).alias(S.Q_REASON),
+        F.col(_RAW).alias(S.Q_RAW),
+    )
+
+
 def validate(
     df: DataFrame,
     table: str,
@@ -659,7 +747,6 @@ def validate(
         if name not in df.columns:
             raise InputError(f"{table}: required column '{name}' is missing; columns are {df.columns}")
     privacy = privacy or PrivacyConfig()
-    pii = {c.lower() for c in privacy.pii_columns}
     src_cols = list(df.columns)
     pseudo = key is not None and privacy.pseudonymize
 
@@ -688,18 +775,7 @@ def validate(
     rows_in = int(totals["_rows_in"])
     counted = {k: int(totals[k]) for k in plan.counts}
 
-    # Raw JSON: source columns minus PII, customer id as pseudonym (or left out without a key).
-    raw_fields: list[Column] = []
-    for c in src_cols:
-        if c.lower() in pii:
-            continue
-        if c == S.CUSTOMER_ID:
-            if pseudo:
-                raw_fields.append(F.col(S.CUSTOMER_ID).alias(c))  # the parsed column: the pseudonym
-            elif not privacy.pseudonymize:
-                raw_fields.append(F.col(f"_src_{c}").alias(c))
-            continue
-        raw_fields.append(F.col(f"_src_{c}").alias(c))
+    raw_fields = _raw_fields(src_cols, privacy, pseudo)
 
     # One shuffle, by customer: the windows below and the silver orders reuse it.
     if plan.keyed:
@@ -712,55 +788,7 @@ def validate(
     if plan.extra is not None:
         stage = plan.extra(stage, counted)
     rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off"]
-    # ``customer_id`` is the trimmed source id until the pseudonym replaces it below
-    part = [F.col(S.CUSTOMER_ID)] if plan.keyed else []
-    within = [F.col(S.ORDER_ID)] if plan.keyed and table == "transactions" else []
-    # the row's other source columns; the customer is compared as ``part`` (trimmed)
-    src_refs = [F.col(f"_src_{c}") for c in src_kept if not (plan.keyed and c == S.CUSTOMER_ID)]
-    # A 64-bit hash of the whole row (trimmed customer and every other source column) stands for
-    # it: copies are adjacent rows of equal (customer, [order,] hash) in the sort below, so the sort
-    # and the window compare three keys rather than every column. Two different lines of one
-    # customer (and order) are taken for copies only if their xxhash64 collide: about 2**-64 per
-    # pair of such lines.
-    stage = stage.withColumn(_HASH, F.xxhash64(*part, *src_refs))
-    order = [*within, F.col(_HASH)]
-    helpers: dict[str, Column] = {}
-    if plan.keyed:
-        # ONE window per customer, sorted by ([order,] hash): Spark copies every row into a buffer
-        # once per window node, so the copies, the CRM conflicts and the line numbers share this one.
-        # The transactions leave it sorted by (customer, order), as the silver orders want them.
-        per_customer = Window.partitionBy(*part).orderBy(*order)
-        if "duplicate_line" in rules:
-            helpers["_prev"] = F.lag(F.struct(*order)).over(per_customer)
-        if "customer_id_conflict" in rules:
-            whole = per_customer.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-            helpers["_row_min"] = F.min(F.struct(*src_refs)).over(whole)
-            helpers["_row_max"] = F.max(F.struct(*src_refs)).over(whole)
-        if pseudo:
-            helpers["_line_no"] = F.row_number().over(per_customer)
-    elif "duplicate_line" in rules:
-        helpers["_dup"] = F.row_number().over(Window.partitionBy(F.col(_HASH)).orderBy(F.col(_HASH))) > 1
-    if helpers:
-        stage = stage.withColumns(helpers)
-    if "_prev" in helpers:  # a copy: the same (customer, [order,] hash) as the row before it
-        prev = F.col("_prev")
-        stage = stage.withColumn("_dup", prev.isNotNull() & prev.eqNullSafe(F.struct(*order)))
-    if "_line_no" in helpers:
-        assert key is not None
-        # The keyed pseudonym once per customer, not per line: the HMAC runs on each customer's
-        # first line and a second pass over the same sorted partition carries it to the others
-        # (no shuffle, no sort). At 10M lines that is ~0.8M HMACs instead of 10M. The former design
-        # hashed the distinct ids apart (a second scan and shuffle) and joined them back: this one
-        # measured the same time at 10M lines, 4% more at 100M, and 18-23% less peak memory.
-        # (``first(hmac)`` over the window would read simpler, but Spark evaluates it on every row.)
-        first = F.when(F.col("_line_no") == 1, pseudonym_of(F.col(S.CUSTOMER_ID), df.sparkSession, key))
-        growing = per_customer.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-        stage = (
-            stage.withColumn(_PSEUDONYM, F.last(first, ignorenulls=True).over(growing))
-            .withColumns({SOURCE_KEY: F.col(S.CUSTOMER_ID), S.CUSTOMER_ID: F.col(_PSEUDONYM)})
-            .drop(_PSEUDONYM, "_line_no")
-        )
-
+    stage = _with_row_keys(stage, table, plan, rules, src_kept, key if pseudo else None)
     rule_expr: Column = F.lit(None).cast("string")
     if rules:
         conds = [(r, _true(plan.rules[r](stage))) for r in rules]
@@ -796,25 +824,14 @@ def validate(
     for frame in plan.held:  # in the cached frame now
         frame.unpersist()
     by_rule = {r: counts[r] for r in TABLE_RULES[table] if counts.get(r)}
-    reasons = rule_reasons(cfg)
-    reason_map = F.create_map(*[F.lit(x) for r in TABLE_RULES[table] for x in (r, reasons[r])])
     clean_cols = [F.col(name) for name, _ in plan.output]
     if plan.keyed and table == "transactions":
         clean_cols.append(F.col(SOURCE_KEY))  # for silver.orders only (see SOURCE_KEY)
     clean = flagged.where(F.col(_RULE).isNull()).select(*clean_cols)
-    quarantine = flagged.where(F.col(_RULE).isNotNull()).select(
-        F.lit(table).alias(S.Q_SOURCE_TABLE),
-        # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too; the
-        # source id only where pseudonymization is off, and nothing when it is on but no key is given
-        (
-            F.col(S.CUSTOMER_ID).cast("string")
-            if keyed_table and (pseudo or not privacy.pseudonymize)
-            else F.lit(None).cast("string")
-        ).alias(S.CUSTOMER_ID),
-        F.col(_RULE).alias(S.Q_RULE),
-        F.try_element_at(reason_map, F.col(_RULE)).alias(S.Q_REASON),
-        F.col(_RAW).alias(S.Q_RAW),
-    )
+    # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too; the
+    # source id only where pseudonymization is off, and nothing when it is on but no key is given
+    with_id = keyed_table and (pseudo or not privacy.pseudonymize)
+    quarantine = _quarantine(flagged, table, cfg, with_id)
     result = IngestResult(
         table=table,
         clean=clean,

@@ -19,18 +19,20 @@ from segspark.behaviour import (
 )
 from segspark.errors import InputError
 from segspark.lifecycle import FREQUENCY, LIFECYCLE_STAGE, RFM_SEGMENT
+from segspark.schema import (  # the columns' one spelling
+    CHURN_RISK,
+    CLV,
+    KPI,
+    PERSONA,
+    SEGMENT,
+    SEGMENT_TYPE,
+    VALUE,
+    VALUE_TIER,
+)
 from segspark.sql import run_sql
 
 MONETARY = "monetary"
-PERSONA = "persona"
-VALUE_TIER = "value_tier"
-CLV = "clv"
-CHURN_RISK = "churn_risk"
 
-SEGMENT_TYPE = "segment_type"
-SEGMENT = "segment"
-KPI = "kpi"
-VALUE = "value"
 ALL = "all"
 UNASSIGNED = "unassigned"  # a customer without a segment of that type (e.g. a prospect has no RFM)
 

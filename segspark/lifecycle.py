@@ -23,8 +23,14 @@ from segspark import schema as S
 from segspark.behaviour import LAST_INTERPURCHASE_DAYS, MEAN_INTERPURCHASE_DAYS
 from segspark.config import LifecycleConfig
 from segspark.errors import InputError
+from segspark.schema import (  # the columns' one spelling
+    CUSTOMERS,
+    DIMENSION,
+    FROM_SEGMENT,
+    LIFECYCLE_STAGE,
+    TO_SEGMENT,
+)
 
-LIFECYCLE_STAGE = "lifecycle_stage"
 RFM_SEGMENT = "rfm_segment"
 RECENCY_DAYS = "recency_days"
 FREQUENCY = "frequency"
@@ -39,11 +45,6 @@ REACTIVATED = "reactivated"
 LIFECYCLE_STAGES: tuple[str, ...] = (PROSPECT, NEW, ACTIVE, AT_RISK, CHURNED, REACTIVATED)
 RETAINED_STAGES: tuple[str, ...] = (NEW, ACTIVE, REACTIVATED)
 
-# segment_transitions output
-DIMENSION = "dimension"
-FROM_SEGMENT = "from_segment"
-TO_SEGMENT = "to_segment"
-CUSTOMERS = "customers"
 TRANSITION_DIMENSIONS: tuple[str, ...] = (RFM_SEGMENT, LIFECYCLE_STAGE)
 
 _REQUIRED = (

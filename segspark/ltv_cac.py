@@ -16,19 +16,20 @@ from segspark import schema as S
 from segspark.cohorts import acquisition_view, order_view
 from segspark.errors import ConfigError, InputError
 from segspark.kpis import ALL, CLV, SEGMENT, SEGMENT_TYPE, SEGMENT_TYPES
+from segspark.schema import (  # the columns' one spelling
+    CAC,
+    CAC_COVERAGE,
+    CAC_STATUS,
+    LEVEL,
+    LTV_CUSTOMERS,
+    LTV_PREDICTED,
+    LTV_PREDICTED_TO_CAC,
+    LTV_REALIZED,
+    LTV_TO_CAC,
+    NEW_CUSTOMERS,
+    WINDOW_MONTHS,
+)
 from segspark.sql import run_sql
-
-LEVEL = "level"  # channel_month | channel | segment
-NEW_CUSTOMERS = "new_customers"
-CAC = "cac"
-CAC_STATUS = "cac_status"
-CAC_COVERAGE = "cac_coverage"
-LTV_CUSTOMERS = "ltv_customers"
-LTV_REALIZED = "ltv_realized"
-LTV_PREDICTED = "ltv_predicted"
-LTV_TO_CAC = "ltv_to_cac"
-LTV_PREDICTED_TO_CAC = "ltv_predicted_to_cac"
-WINDOW_MONTHS = "window_months"
 
 LTV_CAC_COLUMNS: dict[str, str] = {
     LEVEL: "string",

@@ -498,7 +498,7 @@ def previous_profiles(io: StageIO) -> pd.DataFrame | None:
     if prev is None:
         return None
     # a profile row per cluster, in cluster order (the matching must not depend on the read order)
-    return prev.toPandas().sort_values("cluster_id", ignore_index=True)
+    return prev.toPandas().sort_values(S.CLUSTER_ID, ignore_index=True)
 
 
 def stage_segments(io: StageIO) -> None:
@@ -531,7 +531,7 @@ def stage_segments(io: StageIO) -> None:
             assignments = score_segments(buyers, model, logged, density=density)
             # the run's record of which model assigned the personas (the report names its version),
             # and that model's profiles, so the score run's tables and report stand on their own
-            clusters = int((logged["cluster_id"] >= 0).sum()) if logged is not None else 0
+            clusters = int((logged[S.CLUSTER_ID] >= 0).sum()) if logged is not None else 0
             algorithm = density.algorithm if density is not None else None
             row = applied_model_row(uri, alias, clusters, algorithm, model_features(model))
             io.write(declared_frame(io.spark, row, S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)

@@ -147,3 +147,132 @@ Q_SOURCE_TABLE: Final = "source_table"
 Q_RULE: Final = "rule"
 Q_REASON: Final = "reason"
 Q_RAW: Final = "raw"
+
+
+# ---- columns of the derived tables: spelt here once; the stage modules and tables.py import them -----
+# behaviour
+# --- behaviour columns ---------------------------------------------------------------------------
+MEAN_INTERPURCHASE_DAYS = "mean_interpurchase_days"  # mean days between consecutive purchases
+STD_INTERPURCHASE_DAYS = "std_interpurchase_days"  # sample standard deviation of those gaps
+LAST_INTERPURCHASE_DAYS = "last_interpurchase_days"  # gap that ended with the latest purchase
+ORDERS_LAST_90D = "orders_last_90d"
+ORDERS_PREV_90D = "orders_prev_90d"
+TREND_90D = "trend_90d"  # orders_last_90d / orders_prev_90d; null when the previous window is empty
+TREND_INDEX_90D = "trend_index_90d"  # (last - prev) / (last + prev) in [-1, 1]; null when both 0
+CATEGORY_BREADTH = "category_breadth"  # distinct product categories bought
+AVG_BASKET_SIZE = "avg_basket_size"  # mean units per purchase (orders with a known quantity)
+CHANNEL_SHARE_PREFIX = "channel_share_"  # + channel: share of purchases with a known channel
+CHANNEL_SHARE_OTHER = "channel_share_other"
+# --- engagement columns --------------------------------------------------------------------------
+HAS_EVENTS = "has_events"
+SESSIONS_30D = "sessions_30d"
+SESSIONS_90D = "sessions_90d"
+ACTIVE_DAYS_30D = "active_days_30d"
+ACTIVE_DAYS_90D = "active_days_90d"
+PAGE_VIEWS_90D = "page_views_90d"
+ADD_TO_CART_90D = "add_to_cart_90d"
+CHECKOUTS_90D = "checkouts_90d"
+PURCHASES_90D = "purchase_events_90d"
+FEATURE_USES_90D = "feature_uses_90d"
+CONVERSION_RATE_90D = "conversion_rate_90d"  # purchase events / sessions, last 90 days
+DAYS_SINCE_LAST_LOGIN = "days_since_last_login"
+DAYS_SINCE_LAST_VISIT = "days_since_last_visit"  # days since the latest event of any type
+ENGAGEMENT_COUNTS: tuple[str, ...] = (
+    SESSIONS_30D,
+    SESSIONS_90D,
+    ACTIVE_DAYS_30D,
+    ACTIVE_DAYS_90D,
+    PAGE_VIEWS_90D,
+    ADD_TO_CART_90D,
+    CHECKOUTS_90D,
+    PURCHASES_90D,
+    FEATURE_USES_90D,
+)
+ENGAGEMENT_RATES: tuple[str, ...] = (CONVERSION_RATE_90D,)
+ENGAGEMENT_DAYS: tuple[str, ...] = (DAYS_SINCE_LAST_LOGIN, DAYS_SINCE_LAST_VISIT)
+# --- demographics --------------------------------------------------------------------------------
+AGE_BAND = "age_band"
+# The only CRM columns that may reach the feature table (an allow-list: PII can never slip through).
+DEMOGRAPHIC_COLUMNS: dict[str, str] = {
+    SIGNUP_TS: "timestamp",
+    ACQUISITION_CHANNEL: "string",
+    COUNTRY: "string",
+    AGE_BAND: "string",
+    GENDER: "string",
+    INCOME_BAND: "string",
+    INDUSTRY: "string",
+    COMPANY_SIZE: "string",
+}
+
+
+def channel_share_column(channel: str) -> str:
+    """The feature column holding the share of purchases made through ``channel``."""
+    return f"{CHANNEL_SHARE_PREFIX}{channel}"
+
+
+# cohorts
+COHORT_MONTH = "cohort_month"
+DIMENSION = "dimension"
+DIMENSION_VALUE = "dimension_value"
+MONTHS_SINCE_FIRST = "months_since_first"
+COHORT_SIZE = "cohort_size"
+ACTIVE_CUSTOMERS = "active_customers"
+RETENTION_RATE = "retention_rate"
+REVENUE = "revenue"
+CUMULATIVE_REVENUE_PER_CUSTOMER = "cumulative_revenue_per_customer"
+
+# features
+RECENCY_DAYS = "recency_days"
+FREQUENCY = "frequency"
+MONETARY = "monetary"
+AVG_ORDER_VALUE = "avg_order_value"
+FIRST_ORDER_TS = "first_order_ts"
+LAST_ORDER_TS = "last_order_ts"
+TENURE_DAYS = "tenure_days"
+RETURN_RATE = "return_rate"
+ORDERS_OTHER = "orders_other"
+R_SCORE = "r_score"
+F_SCORE = "f_score"
+M_SCORE = "m_score"
+RFM_CODE = "rfm_code"
+RFM_SEGMENT = "rfm_segment"
+CUSTOMERS = "customers"
+REVENUE = "revenue"
+
+
+def channel_column(channel: str) -> str:
+    return f"orders_{channel}"
+
+
+# kpis
+PERSONA = "persona"
+CLUSTER_ID = "cluster_id"
+VALUE_TIER = "value_tier"
+CLV = "clv"
+CHURN_RISK = "churn_risk"
+SEGMENT_TYPE = "segment_type"
+SEGMENT = "segment"
+KPI = "kpi"
+VALUE = "value"
+
+# lifecycle
+LIFECYCLE_STAGE = "lifecycle_stage"
+# segment_transitions output
+DIMENSION = "dimension"
+FROM_SEGMENT = "from_segment"
+TO_SEGMENT = "to_segment"
+CUSTOMERS = "customers"
+
+# ltv_cac
+LEVEL = "level"  # channel_month | channel | segment
+NEW_CUSTOMERS = "new_customers"
+CAC = "cac"
+CAC_STATUS = "cac_status"
+CAC_COVERAGE = "cac_coverage"
+LTV_CUSTOMERS = "ltv_customers"
+LTV_REALIZED = "ltv_realized"
+LTV_PREDICTED = "ltv_predicted"
+LTV_TO_CAC = "ltv_to_cac"
+LTV_PREDICTED_TO_CAC = "ltv_predicted_to_cac"
+WINDOW_MONTHS = "window_months"
+

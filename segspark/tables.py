@@ -21,12 +21,6 @@ from typing import Final
 
 from pyspark.sql import types as T
 
-from segspark import behaviour as B
-from segspark import cohorts as C
-from segspark import features as FT
-from segspark import kpis as K
-from segspark import lifecycle as L
-from segspark import ltv_cac as LC
 from segspark import schema as S
 from segspark.errors import SegsparkError
 
@@ -36,7 +30,7 @@ P_ALIVE: Final = "p_alive"  # segspark.clv.predict.P_ALIVE
 EXPECTED_PURCHASES: Final = "expected_purchases"  # segspark.clv.predict.EXPECTED_PURCHASES
 EXPECTED_AVG_VALUE: Final = "expected_avg_value"  # segspark.clv.predict.EXPECTED_AVG_VALUE
 CHURN_BAND: Final = "churn_band"  # segspark.churn.CHURN_BAND
-CLUSTER_ID: Final = "cluster_id"  # segspark.clustering.personas.CLUSTER_ID
+CLUSTER_ID: Final = S.CLUSTER_ID
 PERSONA_DESCRIPTION: Final = "persona_description"  # segspark.clustering.personas
 PROFILE_SIZE: Final = "size"  # segspark.clustering.personas.SIZE
 PROFILE_SHARE: Final = "share"  # segspark.clustering.personas.SHARE
@@ -154,9 +148,9 @@ CUSTOMER_SCORES_SCHEMA: Final = T.StructType(
         _f(P_ALIVE, DBL),
         _f(EXPECTED_PURCHASES, DBL),
         _f(EXPECTED_AVG_VALUE, DBL),
-        _f(K.CLV, DBL),
-        _f(K.VALUE_TIER, STR),
-        _f(K.CHURN_RISK, DBL),
+        _f(S.CLV, DBL),
+        _f(S.VALUE_TIER, STR),
+        _f(S.CHURN_RISK, DBL),
         _f(CHURN_BAND, STR),
     ]
 )
@@ -177,109 +171,109 @@ _TYPES: Final = {"string": STR, "timestamp": TS, "double": DBL, "bigint": LONG, 
 CUSTOMER_FEATURES_SCHEMA: Final = T.StructType(
     [
         _f(S.CUSTOMER_ID, STR),
-        _f(FT.RECENCY_DAYS, INT),
-        _f(FT.FREQUENCY, LONG),  # purchase days (RFM frequency)
-        _f(FT.ORDERS, LONG),  # purchase orders
-        _f(FT.MONETARY, DBL),
-        _f(FT.AVG_ORDER_VALUE, DBL),
-        _f(FT.FIRST_ORDER_TS, TS),
-        _f(FT.LAST_ORDER_TS, TS),
-        _f(FT.TENURE_DAYS, INT),
-        _f(FT.RETURN_RATE, DBL),
+        _f(S.RECENCY_DAYS, INT),
+        _f(S.FREQUENCY, LONG),  # purchase days (RFM frequency)
+        _f(S.ORDERS, LONG),  # purchase orders
+        _f(S.MONETARY, DBL),
+        _f(S.AVG_ORDER_VALUE, DBL),
+        _f(S.FIRST_ORDER_TS, TS),
+        _f(S.LAST_ORDER_TS, TS),
+        _f(S.TENURE_DAYS, INT),
+        _f(S.RETURN_RATE, DBL),
         # orders_<channel> for each of rfm.channels: PATTERNS
-        _f(FT.ORDERS_OTHER, LONG),
-        _f(B.MEAN_INTERPURCHASE_DAYS, DBL),
-        _f(B.STD_INTERPURCHASE_DAYS, DBL),
-        _f(B.LAST_INTERPURCHASE_DAYS, INT),
-        _f(B.ORDERS_LAST_90D, LONG),
-        _f(B.ORDERS_PREV_90D, LONG),
-        _f(B.TREND_90D, DBL),
-        _f(B.TREND_INDEX_90D, DBL),
-        _f(B.CATEGORY_BREADTH, INT),
-        _f(B.AVG_BASKET_SIZE, DBL),
+        _f(S.ORDERS_OTHER, LONG),
+        _f(S.MEAN_INTERPURCHASE_DAYS, DBL),
+        _f(S.STD_INTERPURCHASE_DAYS, DBL),
+        _f(S.LAST_INTERPURCHASE_DAYS, INT),
+        _f(S.ORDERS_LAST_90D, LONG),
+        _f(S.ORDERS_PREV_90D, LONG),
+        _f(S.TREND_90D, DBL),
+        _f(S.TREND_INDEX_90D, DBL),
+        _f(S.CATEGORY_BREADTH, INT),
+        _f(S.AVG_BASKET_SIZE, DBL),
         # channel_share_<channel> for each of rfm.channels: PATTERNS
-        _f(B.CHANNEL_SHARE_OTHER, DBL),
-        _f(FT.R_SCORE, INT),
-        _f(FT.F_SCORE, INT),
-        _f(FT.M_SCORE, INT),
-        _f(FT.RFM_CODE, STR),
-        _f(FT.RFM_SEGMENT, STR),
-        _f(L.LIFECYCLE_STAGE, STR),
-        _f(B.HAS_EVENTS, BOOL),
-        *[_f(c, LONG) for c in B.ENGAGEMENT_COUNTS],
-        *[_f(c, DBL) for c in B.ENGAGEMENT_RATES],
-        *[_f(c, INT) for c in B.ENGAGEMENT_DAYS],
-        *[_f(c, _TYPES[t]) for c, t in B.DEMOGRAPHIC_COLUMNS.items()],
+        _f(S.CHANNEL_SHARE_OTHER, DBL),
+        _f(S.R_SCORE, INT),
+        _f(S.F_SCORE, INT),
+        _f(S.M_SCORE, INT),
+        _f(S.RFM_CODE, STR),
+        _f(S.RFM_SEGMENT, STR),
+        _f(S.LIFECYCLE_STAGE, STR),
+        _f(S.HAS_EVENTS, BOOL),
+        *[_f(c, LONG) for c in S.ENGAGEMENT_COUNTS],
+        *[_f(c, DBL) for c in S.ENGAGEMENT_RATES],
+        *[_f(c, INT) for c in S.ENGAGEMENT_DAYS],
+        *[_f(c, _TYPES[t]) for c, t in S.DEMOGRAPHIC_COLUMNS.items()],
     ]
 )
 CUSTOMER_SEGMENTS_SCHEMA: Final = T.StructType(
     [
         _f(S.CUSTOMER_ID, STR),
-        _f(FT.R_SCORE, INT),
-        _f(FT.F_SCORE, INT),
-        _f(FT.M_SCORE, INT),
-        _f(FT.RFM_CODE, STR),
-        _f(FT.RFM_SEGMENT, STR),
-        _f(L.LIFECYCLE_STAGE, STR),
+        _f(S.R_SCORE, INT),
+        _f(S.F_SCORE, INT),
+        _f(S.M_SCORE, INT),
+        _f(S.RFM_CODE, STR),
+        _f(S.RFM_SEGMENT, STR),
+        _f(S.LIFECYCLE_STAGE, STR),
         _opt(CLUSTER_ID, INT),  # with clustering only
-        _opt(K.PERSONA, STR),  # with clustering only
+        _opt(S.PERSONA, STR),  # with clustering only
         _f(P_ALIVE, DBL),
         _f(EXPECTED_PURCHASES, DBL),
         _f(EXPECTED_AVG_VALUE, DBL),
-        _f(K.CLV, DBL),
-        _f(K.VALUE_TIER, STR),
-        _f(K.CHURN_RISK, DBL),
+        _f(S.CLV, DBL),
+        _f(S.VALUE_TIER, STR),
+        _f(S.CHURN_RISK, DBL),
         _f(CHURN_BAND, STR),
-        _f(FT.RECENCY_DAYS, INT),
-        _f(FT.FREQUENCY, LONG),
-        _f(FT.MONETARY, DBL),
-        _f(FT.AVG_ORDER_VALUE, DBL),
-        _f(FT.TENURE_DAYS, INT),
+        _f(S.RECENCY_DAYS, INT),
+        _f(S.FREQUENCY, LONG),
+        _f(S.MONETARY, DBL),
+        _f(S.AVG_ORDER_VALUE, DBL),
+        _f(S.TENURE_DAYS, INT),
         _f(S.ACQUISITION_CHANNEL, STR),
     ]
 )
 
 # --- gold: aggregates -------------------------------------------------------------------------
 RFM_GRID_SCHEMA: Final = T.StructType(
-    [_f(FT.R_SCORE, INT), _f(FT.F_SCORE, INT), _f(FT.CUSTOMERS, LONG), _f(FT.REVENUE, DBL)]
+    [_f(S.R_SCORE, INT), _f(S.F_SCORE, INT), _f(S.CUSTOMERS, LONG), _f(S.REVENUE, DBL)]
 )
 SEGMENT_KPIS_SCHEMA: Final = T.StructType(
-    [_f(K.SEGMENT_TYPE, STR), _f(K.SEGMENT, STR), _f(K.KPI, STR), _f(K.VALUE, DBL)]
+    [_f(S.SEGMENT_TYPE, STR), _f(S.SEGMENT, STR), _f(S.KPI, STR), _f(S.VALUE, DBL)]
 )
 COHORT_RETENTION_SCHEMA: Final = T.StructType(
     [
-        _f(C.COHORT_MONTH, DATE),
-        _f(C.DIMENSION, STR),
-        _f(C.DIMENSION_VALUE, STR),
-        _f(C.MONTHS_SINCE_FIRST, INT),
-        _f(C.COHORT_SIZE, LONG),
-        _f(C.ACTIVE_CUSTOMERS, LONG),
-        _f(C.RETENTION_RATE, DBL),
-        _f(C.REVENUE, DBL),
-        _f(C.CUMULATIVE_REVENUE_PER_CUSTOMER, DBL),
+        _f(S.COHORT_MONTH, DATE),
+        _f(S.DIMENSION, STR),
+        _f(S.DIMENSION_VALUE, STR),
+        _f(S.MONTHS_SINCE_FIRST, INT),
+        _f(S.COHORT_SIZE, LONG),
+        _f(S.ACTIVE_CUSTOMERS, LONG),
+        _f(S.RETENTION_RATE, DBL),
+        _f(S.REVENUE, DBL),
+        _f(S.CUMULATIVE_REVENUE_PER_CUSTOMER, DBL),
     ]
 )
 LTV_CAC_SCHEMA: Final = T.StructType(
     [
-        _f(LC.LEVEL, STR),  # channel_month | channel | segment
-        _f(K.SEGMENT_TYPE, STR),
-        _f(K.SEGMENT, STR),
+        _f(S.LEVEL, STR),  # channel_month | channel | segment
+        _f(S.SEGMENT_TYPE, STR),
+        _f(S.SEGMENT, STR),
         _f(S.MONTH, DATE),
-        _f(LC.NEW_CUSTOMERS, LONG),
+        _f(S.NEW_CUSTOMERS, LONG),
         _f(S.SPEND, DBL),
-        _f(LC.CAC, DBL),
-        _f(LC.CAC_STATUS, STR),
-        _f(LC.CAC_COVERAGE, DBL),
-        _f(LC.LTV_CUSTOMERS, LONG),
-        _f(LC.LTV_REALIZED, DBL),
-        _f(LC.LTV_PREDICTED, DBL),
-        _f(LC.LTV_TO_CAC, DBL),
-        _f(LC.LTV_PREDICTED_TO_CAC, DBL),
-        _f(LC.WINDOW_MONTHS, INT),
+        _f(S.CAC, DBL),
+        _f(S.CAC_STATUS, STR),
+        _f(S.CAC_COVERAGE, DBL),
+        _f(S.LTV_CUSTOMERS, LONG),
+        _f(S.LTV_REALIZED, DBL),
+        _f(S.LTV_PREDICTED, DBL),
+        _f(S.LTV_TO_CAC, DBL),
+        _f(S.LTV_PREDICTED_TO_CAC, DBL),
+        _f(S.WINDOW_MONTHS, INT),
     ]
 )
 SEGMENT_TRANSITIONS_SCHEMA: Final = T.StructType(
-    [_f(L.DIMENSION, STR), _f(L.FROM_SEGMENT, STR), _f(L.TO_SEGMENT, STR), _f(L.CUSTOMERS, LONG)]
+    [_f(S.DIMENSION, STR), _f(S.FROM_SEGMENT, STR), _f(S.TO_SEGMENT, STR), _f(S.CUSTOMERS, LONG)]
 )
 DRIFT_SCHEMA: Final = T.StructType(
     [
@@ -295,7 +289,7 @@ DRIFT_SCHEMA: Final = T.StructType(
 CLUSTER_PROFILES_SCHEMA: Final = T.StructType(
     [
         _f(CLUSTER_ID, LONG),
-        _f(K.PERSONA, STR),
+        _f(S.PERSONA, STR),
         _f(PERSONA_DESCRIPTION, STR),
         _f(PROFILE_SIZE, LONG),
         _f(PROFILE_SHARE, DBL),
@@ -312,9 +306,9 @@ RECOMMENDATIONS_SCHEMA: Final = T.StructType(
         _f("rank", LONG),
         _f("play", STR),
         _f("play_name", STR),
-        _f(K.SEGMENT, STR),
-        _f(K.SEGMENT_TYPE, STR),
-        _f(FT.CUSTOMERS, LONG),
+        _f(S.SEGMENT, STR),
+        _f(S.SEGMENT_TYPE, STR),
+        _f(S.CUSTOMERS, LONG),
         _f("value_basis", STR),
         _f("value_at_stake", DBL),
         _f("uplift_assumption", DBL),
@@ -427,17 +421,17 @@ _PROFILE_FEATURE: Final = (
     + "|".join(
         [
             *map(re.escape, _PROFILE_FEATURES),
-            re.escape(FT.channel_column("")) + _CHANNEL,
-            re.escape(B.channel_share_column("")) + _CHANNEL,
+            re.escape(S.channel_column("")) + _CHANNEL,
+            re.escape(S.channel_share_column("")) + _CHANNEL,
         ]
     )
     + ")"
 )
 PATTERNS: dict[str, tuple[ColumnPattern, ...]] = {
     S.CUSTOMER_FEATURES: (
-        ColumnPattern(re.escape(FT.channel_column("")) + _CHANNEL, LONG, "purchases per rfm.channels entry"),
+        ColumnPattern(re.escape(S.channel_column("")) + _CHANNEL, LONG, "purchases per rfm.channels entry"),
         ColumnPattern(
-            re.escape(B.channel_share_column("")) + _CHANNEL, DBL, "purchase share per rfm.channels entry"
+            re.escape(S.channel_share_column("")) + _CHANNEL, DBL, "purchase share per rfm.channels entry"
         ),
     ),
     S.CLUSTER_PROFILES: (

@@ -9,8 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from segspark.clustering import personas as P
-
-PERSONA = "persona"
+from segspark.schema import PERSONA
 
 
 def cluster_figures(

@@ -23,11 +23,10 @@ from scipy.optimize import linear_sum_assignment
 
 from segspark.clustering import prep
 from segspark.config import ClusteringConfig
+from segspark.schema import CLUSTER_ID, PERSONA
 
 log = logging.getLogger(__name__)
 
-CLUSTER_ID = "cluster_id"
-PERSONA = "persona"
 PERSONA_DESCRIPTION = "persona_description"
 SIZE = "size"
 SHARE = "share"

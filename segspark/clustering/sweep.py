@@ -59,6 +59,7 @@ from segspark.clustering.sample import (
 )
 from segspark.config import ClusteringConfig
 from segspark.errors import ConfigError, InputError
+from segspark.schema import CLUSTER_ID, PERSONA
 from segspark.session import finalizers_at_safe_points
 
 if TYPE_CHECKING:
@@ -68,8 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLUSTER_ID = "cluster_id"
-PERSONA = "persona"
 DENSITY_ALGORITHMS = ("dbscan", "hdbscan")
 SWEEP_COLUMNS = [
     "algorithm",

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from segspark import schema as S
 from segspark.clustering import prep
 from segspark.errors import InputError
+from segspark.schema import CLUSTER_ID, PERSONA
 
 if TYPE_CHECKING:
     from segspark.clustering.density import DensityModel
@@ -38,8 +39,6 @@ ARTIFACT_DIR = "clustering"
 MODEL_NAME = "clustering_model"
 PROFILES_ARTIFACT = "profiles.json"
 DENSITY_ARTIFACT = "density_core.npz"
-CLUSTER_ID = "cluster_id"
-PERSONA = "persona"
 
 
 # --- logging and registration -------------------------------------------------------------------

@@ -588,11 +588,21 @@ def make_charts(
 ) -> list[Chart]:
     """Every chart the data allows, in report order: absent inputs, and groups all below the
     minimum size, give no chart (an empty or single-"Other" chart is never drawn)."""
-    charts: list[Chart] = []
-    primary = data.primary_type()
     # the historical-rate fallback is an estimate, not a model's prediction: the labels say so
     fallback = data.clv_validity is not None and data.clv_validity.fallback
     what = "estimated (historical spend rate)" if fallback else "predicted"
+    return [
+        *_customer_charts(data, bins),
+        *_clustering_charts(data),
+        *_clv_and_lifecycle_charts(data, palettes, sym, what),
+        *_transition_charts(data, palettes),
+        *_value_charts(data, recs, palettes, sym, ltv_cac_target, what),
+    ]
+
+
+def _customer_charts(data: ReportData, bins: int) -> list[Chart]:
+    """The RFM grid and the cohort retention heatmap."""
+    charts: list[Chart] = []
     if data.rfm_grid is not None and data.rfm_grid[CUSTOMERS].notna().any():
         charts.append(
             Chart(
@@ -611,6 +621,12 @@ def make_charts(
                 cohort_chart(data.cohorts),
             )
         )
+    return charts
+
+
+def _clustering_charts(data: ReportData) -> list[Chart]:
+    """The clustering's elbow curve, validity indices by k and persona profiles."""
+    charts: list[Chart] = []
     cl = data.clustering
     sweep = cl.get("sweep") if cl else None
     if cl and sweep is not None and "wcss" in sweep.columns and sweep["wcss"].notna().any():
@@ -644,6 +660,14 @@ def make_charts(
                 profile_chart(profiles, shown),
             )
         )
+    return charts
+
+
+def _clv_and_lifecycle_charts(
+    data: ReportData, palettes: dict[str, dict[str, str]], sym: str, what: str
+) -> list[Chart]:
+    """The CLV distribution and the lifecycle funnel."""
+    charts: list[Chart] = []
     if data.clv_hist is not None:
         thr = (data.clv_fit or {}).get("value_tier_threshold")
         thr_f = float(thr) if isinstance(thr, int | float) else None
@@ -665,6 +689,12 @@ def make_charts(
                 funnel_chart(life.table, palettes.get(LIFECYCLE_STAGE, {})),
             )
         )
+    return charts
+
+
+def _transition_charts(data: ReportData, palettes: dict[str, dict[str, str]]) -> list[Chart]:
+    """Flows between segments since the previous run (the baseline on a first run)."""
+    charts: list[Chart] = []
     if data.transitions is not None and not data.transitions.empty:
         dims = list(dict.fromkeys(data.transitions[DIMENSION]))
         dim = RFM_SEGMENT if RFM_SEGMENT in dims else dims[0]
@@ -688,6 +718,20 @@ def make_charts(
                     transitions_chart(flows, palettes.get(dim, {}), dim, data.first_run),
                 )
             )
+    return charts
+
+
+def _value_charts(
+    data: ReportData,
+    recs: pd.DataFrame,
+    palettes: dict[str, dict[str, str]],
+    sym: str,
+    ltv_cac_target: float,
+    what: str,
+) -> list[Chart]:
+    """Revenue by segment, LTV:CAC and the plays' impact-effort matrix."""
+    charts: list[Chart] = []
+    primary = data.primary_type()
     if primary is not None and _named_rows(data.segments[primary].table):
         view = data.segments[primary]
         charts.append(

@@ -37,15 +37,14 @@ from segspark import schema as S
 from segspark.config import Settings
 from segspark.errors import InputError
 from segspark.ingest import blank_to_null
+from segspark.schema import CLUSTER_ID, PERSONA
 
 log = logging.getLogger(__name__)
 
 # --- columns of the run's tables (names as their stages define them) ------------------------------
 RFM_SEGMENT = "rfm_segment"
 LIFECYCLE_STAGE = "lifecycle_stage"
-PERSONA = "persona"
 VALUE_TIER = "value_tier"
-CLUSTER_ID = "cluster_id"
 R_SCORE = "r_score"
 F_SCORE = "f_score"
 M_SCORE = "m_score"
@@ -992,6 +991,18 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         has=has,
         command=str(getattr(run, "command", "") or ""),
     )
+    _collect_segment_tables(data, t, segments, views, settings)
+    _collect_lineage(data, t)
+    _collect_models(data, t, segments, settings)
+    return data
+
+
+def _collect_segment_tables(
+    data: ReportData, t: dict[str, Any], segments: DataFrame, views: dict[str, Any], settings: Settings
+) -> None:
+    """KPIs, the RFM grid, cohorts, LTV:CAC, transitions and the CLV histogram, with a note for each
+    one absent or all below the minimum size."""
+    cfg, k, has, totals = settings.report, data.k, data.has, data.totals
     notes = data.notes
     if S.SEGMENT_KPIS in t:
         data.kpis = {st: w for st, w in kpi_tables(t[S.SEGMENT_KPIS], views, k).items() if not w.empty}
@@ -1035,6 +1046,11 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
             f"CLV distribution not shown: {int(totals[f'n_{CLV}']):,} customers have a CLV, fewer than "
             f"the minimum segment size of {k}."
         )
+
+
+def _collect_lineage(data: ReportData, t: dict[str, Any]) -> None:
+    """The run's lineage (inputs, outputs) and its quarantine counts."""
+    notes = data.notes
     if S.RUNS in t:
         data.lineage = run_lineage(t[S.RUNS], data.run_id)
     if data.lineage is None:
@@ -1046,6 +1062,11 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         data.inputs = data.lineage.inputs
         data.outputs = dict(data.lineage.outputs)
     data.quality = quality_table(data.run_id, t.get(S.QUARANTINE), data.lineage)
+
+
+def _collect_models(data: ReportData, t: dict[str, Any], segments: DataFrame, settings: Settings) -> None:
+    """Clustering, demographics, the CLV fit and its validity, churn, drift and the previous summary."""
+    cfg, k, has, notes = settings.report, data.k, data.has, data.notes
     data.clustering = clustering_info(t.get(S.CLUSTERING_SWEEP), t.get(S.CLUSTER_PROFILES), k)
     if data.clustering is None:
         notes["clustering"] = "Behavioural clustering did not run (stage disabled)."
@@ -1083,4 +1104,3 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         )
     if not has[LIFECYCLE_STAGE]:
         notes["lifecycle"] = "No lifecycle stages in this run."
-    return data

@@ -1,0 +1,606 @@
+"""Customer lifetime value: BG/NBD, Pareto/NBD or MBG/NBD with Gamma-Gamma spend, fitted on
+compressed sufficient statistics, validated on a holdout, scored per customer in Spark.
+
+Time windows (all dates inclusive):
+
+- ``calibration_end`` = ``clv.calibration_end``, or ``as_of_date - clv.holdout_days`` when null;
+- ``holdout_end`` = ``clv.holdout_end``, or ``as_of_date`` when null; orders after ``as_of_date``
+  may serve as holdout only when ``clv.holdout_end`` says so explicitly;
+- the model is fitted and validated on (.., calibration_end] vs (calibration_end, holdout_end];
+- when the holdout window holds no purchases, the model is fitted on everything up to
+  ``as_of_date`` and holdout validation is skipped (logged);
+- customer predictions are always as of ``as_of_date``: when calibration_end is earlier, the chosen
+  model is refitted on the full history up to ``as_of_date`` (starting from the validated
+  parameters) before scoring, and both fits are reported.
+
+Only a *valid* fit is used (:func:`segspark.clv.models.assess`): converged, no parameter at a
+boundary, finite standard errors with se/|value| <= ``clv.max_relative_se``, and a holdout total
+error within ``clv.max_holdout_error``. ``clv.model: auto`` fits all three transaction models and
+keeps the valid one with the lowest holdout MAE (or the lowest BIC when there is no holdout); a
+named model that is not valid gives way to the next valid one in the order bgnbd, pareto_nbd,
+mbgnbd (with a warning). When no model is valid unpenalized (and ``clv.penalizer`` is 0) the round
+is repeated with the penalizers of ``PENALIZER_FALLBACK``; when none is valid then either, CLV is the
+historical spend rate (:func:`segspark.clv.predict.historical_rate_predictions`) and the reason for
+every rejection is recorded (``clv_fit``, MLflow, the run's warnings).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from matplotlib.figure import Figure
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from threadpoolctl import threadpool_limits
+
+from segspark.clv import models as M
+from segspark.clv import predict as P
+from segspark.clv import summary as S
+from segspark.clv import validation as V
+from segspark.config import ClvConfig
+from segspark.errors import ConfigError, SegsparkError
+
+log = logging.getLogger(__name__)
+
+
+# penalizers tried, in order, when no model is valid unpenalized (lifetimes' scale, see models)
+PENALIZER_FALLBACK = (0.001, 0.01)
+# the stated estimate used when no transaction model is valid
+HISTORICAL_RATE = "historical_rate"
+SPEND_MODEL = "gamma_gamma"
+
+_NESTED_PREFIX = {"params": "", "se": "se_", "spend_params": "spend_", "spend_se": "spend_se_"}
+_VALIDITY_METRICS = ("valid", "holdout_total_error", "max_relative_se", "spend_corr", "spend_corr_ok")
+
+
+@dataclass
+class ClvResult:
+    """What the CLV stage hands to the pipeline (nothing written).
+
+    ``fit["validity"]`` holds, per candidate model (and ``gamma_gamma`` for the spend check), the
+    verdict of the validity rule; ``warnings`` the degradations the run survived (a named model
+    replaced, a penalizer or the historical-rate fallback used), for the run's record.
+    """
+
+    customers: DataFrame  # customer_id, p_alive, expected_purchases, expected_avg_value, clv, value_tier
+    fit: dict[str, Any]
+    validation: dict[str, Any]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fallback(self) -> bool:
+        """True when CLV is the historical spend rate (no transaction model was valid)."""
+        return self.fit.get("model") == HISTORICAL_RATE
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics for experiment tracking (names prefixed ``clv_``)."""
+        out: dict[str, float] = {}
+        for section in (self.fit, self.validation):
+            for key, value in section.items():
+                finite = isinstance(value, int | float) and math.isfinite(float(value))
+                if isinstance(value, bool) or finite:
+                    out[f"clv_{key}"] = float(value)
+                elif isinstance(value, dict) and key in _NESTED_PREFIX:
+                    prefix = _NESTED_PREFIX[key]
+                    for k, v in value.items():
+                        if isinstance(v, int | float) and math.isfinite(float(v)):
+                            out[f"clv_{prefix}{k}"] = float(v)
+        for model, checks in (self.fit.get("validity") or {}).items():
+            for key in _VALIDITY_METRICS:
+                v = checks.get(key)
+                if isinstance(v, bool) or (isinstance(v, int | float) and math.isfinite(float(v))):
+                    out[f"clv_validity_{model}_{key}"] = float(v)
+        out["clv_fallback_historical_rate"] = float(self.fallback)
+        return out
+
+
+def resolve_windows(as_of_date: dt.date, cfg: ClvConfig) -> tuple[dt.date, dt.date]:
+    """(calibration_end, holdout_end) from the config and the as-of date (see the module doc)."""
+    cal_end = cfg.calibration_end or (as_of_date - dt.timedelta(days=cfg.holdout_days))
+    if cal_end > as_of_date:
+        raise ConfigError(
+            f"clv.calibration_end {cal_end} is after as_of_date {as_of_date}; it must be on or before it"
+        )
+    hold_end = cfg.holdout_end or as_of_date
+    if hold_end < cal_end:
+        raise ConfigError(f"clv.holdout_end {hold_end} is before clv.calibration_end {cal_end}")
+    return cal_end, hold_end
+
+
+# ------------------------------------------------------------------------------------------------
+# Candidates and the validity rule
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Candidate:
+    """One model fitted at one penalizer, with its holdout metrics and its verdict."""
+
+    model: str
+    penalizer: float
+    fit: M.FitResult | None
+    error: str | None = None
+    holdout: dict[str, float] = field(default_factory=dict)
+    validity: M.Validity | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.validity is not None and self.validity.valid
+
+    @property
+    def reason(self) -> str | None:
+        return self.error if self.validity is None else self.validity.reason
+
+    def summary(self) -> dict[str, Any]:
+        if self.fit is None:
+            return {"error": self.error, "penalizer": self.penalizer}
+        return {
+            "params": self.fit.params,
+            "log_likelihood": self.fit.log_likelihood,
+            "bic": self.fit.bic,
+            "converged": self.fit.converged,
+            "penalizer": self.penalizer,
+            **self.holdout,
+        }
+
+
+def _model_order(cfg: ClvConfig) -> list[str]:
+    """Candidates in the order they are tried: the named model first, then the others."""
+    if cfg.model == "auto":
+        return list(M.TRANSACTION_MODELS)
+    return [cfg.model, *(m for m in M.TRANSACTION_MODELS if m != cfg.model)]
+
+
+def _fit(name: str, stats: M.RfmStats, penalizer: float, initial: Any | None = None) -> M.FitResult | str:
+    try:
+        return M.fit_transactions(name, stats, penalizer, initial=initial, strict=False)
+    except SegsparkError as exc:  # no finite likelihood: not a candidate
+        return str(exc)
+
+
+def _judge(
+    name: str, res: M.FitResult | str, penalizer: float, holdout: dict[str, float], cfg: ClvConfig
+) -> _Candidate:
+    if isinstance(res, str):
+        return _Candidate(name, penalizer, None, error=res)
+    validity = M.assess(
+        res, cfg.max_relative_se, cfg.max_holdout_error, holdout.get("holdout_total_error", math.nan)
+    )
+    return _Candidate(name, penalizer, res, holdout=holdout, validity=validity)
+
+
+def _fit_round(
+    stats: M.RfmStats, cal_summary: DataFrame, has_holdout: bool, penalizer: float, cfg: ClvConfig
+) -> tuple[dict[str, _Candidate], str | None]:
+    """Fit the candidates at one penalizer; (candidates tried, the chosen valid one or None).
+
+    ``auto`` fits every model (holdout metrics in one pass) and keeps the best valid one; a named
+    model is tried first and the others in order only while none is valid.
+    """
+    order = _model_order(cfg)
+    out: dict[str, _Candidate] = {}
+    if cfg.model != "auto":
+        for name in order:
+            res = _fit(name, stats, penalizer)
+            holdout = (
+                V.holdout_metrics(cal_summary, res) if has_holdout and isinstance(res, M.FitResult) else {}
+            )
+            out[name] = _judge(name, res, penalizer, holdout, cfg)
+            if out[name].valid:
+                return out, name
+        return out, None
+    fits = {name: _fit(name, stats, penalizer) for name in order}
+    fitted = {k: v for k, v in fits.items() if isinstance(v, M.FitResult)}
+    metrics = V.holdout_metrics_many(cal_summary, fitted) if has_holdout and fitted else {}
+    out = {name: _judge(name, res, penalizer, metrics.get(name, {}), cfg) for name, res in fits.items()}
+    valid = [k for k, c in out.items() if c.valid]
+    if not valid:
+        return out, None
+
+    def rank(k: str) -> tuple[float, str]:
+        c = out[k]
+        assert c.fit is not None
+        key = c.holdout.get("holdout_mae", math.nan) if has_holdout else c.fit.bic
+        return (key if math.isfinite(key) else math.inf, k)
+
+    return out, min(valid, key=rank)
+
+
+def _choice_reason(
+    cands: dict[str, _Candidate], chosen: str, has_holdout: bool, cfg: ClvConfig
+) -> tuple[str, str | None]:
+    """(why ``chosen`` was chosen, a warning when a named model was replaced)."""
+    invalid = [k for k, c in cands.items() if not c.valid]
+    rejected = f"; not valid: {', '.join(invalid)} (see validity)" if invalid else ""
+    if cfg.model != "auto":
+        if chosen == cfg.model:
+            return f"configured (clv.model={cfg.model})", None
+        why = cands[cfg.model].reason
+        reason = (
+            f"configured clv.model={cfg.model} is not valid ({why}); {chosen} is the next valid model "
+            f"in the order {', '.join(_model_order(cfg))}"
+        )
+        return reason, f"clv: {reason}"
+    valid = {k: c for k, c in cands.items() if c.valid and c.fit is not None}
+    if has_holdout:
+        listing = ", ".join(f"{k} {valid[k].holdout['holdout_mae']:.4f}" for k in sorted(valid))
+        return f"lowest holdout MAE per customer among valid models ({listing}){rejected}", None
+    listing = ", ".join(f"{k} {valid[k].fit.bic:.1f}" for k in sorted(valid))  # type: ignore[union-attr]
+    return f"lowest BIC among valid models, no holdout period ({listing}){rejected}", None
+
+
+def _validity_entry(c: _Candidate) -> dict[str, Any]:
+    v = c.validity
+    return {
+        "valid": c.valid,
+        "reason": c.reason,
+        "holdout_total_error": v.holdout_total_error if v is not None else math.nan,
+        "max_relative_se": v.max_relative_se if v is not None else math.nan,
+        "max_relative_se_param": v.max_relative_se_param if v is not None else None,
+    }
+
+
+def _spend_fit(
+    summary: DataFrame, cfg: ClvConfig, fit: dict[str, Any], penalizer: float, warns: list[str]
+) -> tuple[Any | None, float]:
+    """Gamma-Gamma fit (or a mean-value fallback); fills the spend entries and the spend check of
+    ``fit`` (``fit["validity"]["gamma_gamma"]``)."""
+    spend = S.compressed_spend(summary, cfg.spend_grid_resolution)
+    fit["spend_repeat_buyers"] = spend.n_repeat_buyers
+    fit["spend_excluded_nonpositive"] = spend.n_excluded_nonpositive
+    fit["spend_freq_corr"] = spend.freq_spend_corr
+    fit["spend_compressed_rows"] = spend.n_rows
+    # how the spend statistics were bounded for the driver (summary.MAX_FIT_ROWS)
+    fit["spend_resolution_used"] = spend.resolution
+    fit["spend_sample_fraction"] = spend.sample_fraction
+    corr = spend.freq_spend_corr
+    warn = math.isfinite(corr) and abs(corr) > cfg.spend_corr_warn
+    fit["spend_independence_warning"] = warn
+    if warn:
+        corr_reason: str | None = (
+            f"|corr(frequency, mean spend)| {abs(corr):.3f} > clv.spend_corr_warn {cfg.spend_corr_warn:g}: "
+            "the Gamma-Gamma independence assumption looks violated; treat expected spend with care"
+        )
+        warns.append(f"clv: {corr_reason}")
+    elif not math.isfinite(corr):
+        corr_reason = (
+            "corr(frequency, mean spend) undefined: fewer than two repeat buyers with positive spend, "
+            "or frequency or mean spend the same for all of them"
+        )
+    else:
+        corr_reason = None
+    fit.setdefault("validity", {})[SPEND_MODEL] = {
+        "spend_corr": corr,
+        "spend_corr_ok": not warn,
+        "spend_corr_reason": corr_reason,
+    }
+    if spend.n_excluded_nonpositive:
+        log.info(
+            "clv: %d repeat buyers with zero or negative mean spend excluded from the spend fit",
+            spend.n_excluded_nonpositive,
+        )
+    if fit.get("model") == HISTORICAL_RATE:
+        return None, 0.0  # the check is reported; the fallback does not use a spend model
+    usable = spend.stats is not None and spend.stats.n_customers >= cfg.min_repeat_buyers
+    errors: list[str] = []
+    if usable:
+        assert spend.stats is not None
+        for pen in [penalizer, *(p for p in PENALIZER_FALLBACK if p > penalizer)]:
+            try:
+                gg = M.fit_gamma_gamma(spend.stats, pen)
+            except SegsparkError as exc:
+                errors.append(f"penalizer {pen:g}: {exc}")
+                continue
+            if errors:
+                fit["spend_penalizer_fallback"] = f"{'; '.join(errors)}; used penalizer {pen:g}"
+                warns.append(f"clv: Gamma-Gamma fitted with penalizer {pen:g} ({errors[0]})")
+            fit.update(
+                spend_model=SPEND_MODEL,
+                spend_params=gg.params,
+                spend_se=gg.se,
+                spend_log_likelihood=gg.log_likelihood,
+                spend_converged=gg.converged,
+                spend_iterations=gg.iterations,
+                spend_grad_norm=gg.grad_norm,
+                spend_fit_seconds=gg.fit_seconds,
+                spend_penalizer=pen,
+            )
+            return gg.values, 0.0
+    row = summary.agg(F.avg(F.col(S.MONETARY_VALUE)).alias("m")).first()
+    mean_value = float(row["m"]) if row is not None and row["m"] is not None else 0.0
+    if usable:
+        why = f"the Gamma-Gamma fit failed ({'; '.join(errors)})"
+    else:
+        why = (
+            f"only {spend.n_repeat_buyers - spend.n_excluded_nonpositive} repeat buyers with positive spend "
+            f"(clv.min_repeat_buyers={cfg.min_repeat_buyers}): no Gamma-Gamma fit"
+        )
+    warns.append(f"clv: {why}; every purchase valued at the mean repeat purchase value {mean_value:.2f}")
+    fit.update(
+        spend_model="mean_value", spend_params={}, spend_se={}, spend_mean_value=mean_value, spend_reason=why
+    )
+    return None, mean_value
+
+
+def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> ClvResult:
+    """The CLV stage: summary -> compressed fits (+ validity, model choice) -> validation -> scores.
+
+    ``customer_days``: the silver table (customer_id, order_date, purchases, purchase_value); its
+    rows with ``purchases > 0`` are the purchase occasions. Returns customers [customer_id, p_alive,
+    expected_purchases, expected_avg_value, clv, value_tier] for every customer with a purchase on
+    or before ``as_of_date``.
+    """
+    cal_end, hold_end = resolve_windows(as_of_date, cfg)
+    units_per_month = cfg.days_per_month / S.unit_days(cfg.time_unit)
+    # a filter over the silver table: the few scans below (holdout check, summaries, tracking
+    # curve) read its three columns again rather than caching them
+    days = S.purchase_days(customer_days, max(as_of_date, hold_end))
+    # the fits run on the driver next to Spark's own threads: one BLAS thread each
+    with threadpool_limits(limits=1):
+        has_holdout = hold_end > cal_end and (
+            days.where(
+                (F.col(S.PURCHASE_DATE) > F.lit(cal_end)) & (F.col(S.PURCHASE_DATE) <= F.lit(hold_end))
+            )
+            .limit(1)
+            .count()
+            > 0
+        )
+        if not has_holdout:
+            log.info(
+                "clv: no purchases in the holdout window (%s, %s]: fitting on everything up to %s, "
+                "holdout validation skipped",
+                cal_end,
+                hold_end,
+                as_of_date,
+            )
+            cal_end = as_of_date
+        cal_summary = S.summary_from_purchase_days(
+            days, cal_end, cfg.time_unit, hold_end if has_holdout else None
+        ).persist()
+        try:
+            return _run(
+                days,
+                cal_summary,
+                as_of_date,
+                cal_end,
+                hold_end if has_holdout else None,
+                cfg,
+                units_per_month,
+            )
+        finally:
+            cal_summary.unpersist()
+
+
+def _run(
+    days: DataFrame,
+    cal_summary: DataFrame,
+    as_of_date: dt.date,
+    cal_end: dt.date,
+    hold_end: dt.date | None,
+    cfg: ClvConfig,
+    units_per_month: float,
+) -> ClvResult:
+    unit = cfg.time_unit
+    has_holdout = hold_end is not None
+    stats = S.compressed_rfm(cal_summary, unit)
+    warns: list[str] = []
+    penalizers = [cfg.penalizer, *(PENALIZER_FALLBACK if cfg.penalizer == 0 else ())]
+    tried: dict[str, list[_Candidate]] = {}
+    cands: dict[str, _Candidate] = {}
+    chosen: str | None = None
+    for penalizer in penalizers:
+        round_cands, chosen = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg)
+        for name, c in round_cands.items():
+            tried.setdefault(name, []).append(c)
+            cands[name] = c
+            if not c.valid:
+                log.info("clv: %s at penalizer %g not valid: %s", name, penalizer, c.reason)
+        if chosen is not None:
+            break
+
+    per_model = {name: c.summary() for name, c in cands.items()}
+    validity: dict[str, dict[str, Any]] = {}
+    for name, attempts in tried.items():
+        entry = _validity_entry(attempts[-1])
+        if not attempts[-1].valid and len(attempts) > 1:
+            entry["reason"] = ". ".join(f"penalizer {c.penalizer:g}: {c.reason}" for c in attempts)
+        validity[name] = entry
+    common: dict[str, Any] = {
+        "time_unit": unit,
+        "as_of_date": as_of_date.isoformat(),
+        "calibration_end": cal_end.isoformat(),
+        "holdout_end": hold_end.isoformat() if hold_end else None,
+    }
+    if chosen is None:
+        return _fallback(
+            days, cal_summary, as_of_date, cal_end, has_holdout, cfg, common, per_model, validity, warns
+        )
+
+    cal_fit = cands[chosen].fit
+    assert cal_fit is not None
+    reason, replaced = _choice_reason(cands, chosen, has_holdout, cfg)
+    if replaced:
+        warns.append(replaced)
+    penalizer = cands[chosen].penalizer
+    penalizer_note: str | None = None
+    if penalizer != cfg.penalizer:
+        first = "; ".join(f"{k} ({c[0].reason})" for k, c in tried.items())
+        penalizer_note = (
+            f"no model valid at penalizer {cfg.penalizer:g} ({first}); used penalizer {penalizer:g}"
+        )
+        reason = f"{reason}; fitted with penalizer {penalizer:g}"
+        warns.append(f"clv: {penalizer_note}")
+    log.info("clv: model %s chosen: %s", chosen, reason)
+
+    validation, figures = _validation(
+        days, cal_summary, stats, cands[chosen], chosen, cal_end, hold_end, unit
+    )
+    # Scoring is as of as_of_date: refit the chosen model on the full history when the
+    # calibration period ended earlier (the holdout is then part of the data: no holdout check).
+    refit_reason: str | None = None
+    if cal_end < as_of_date:
+        final_summary, final_stats, final_fit, refit_reason = _refit_on_full_history(
+            days, chosen, cal_fit, penalizer, as_of_date, cfg, warns
+        )
+    else:
+        final_summary, final_stats, final_fit = cal_summary, stats, cal_fit
+
+    fit: dict[str, Any] = {
+        "model": chosen,
+        "reason": reason,
+        **common,
+        "refit_on_full_history": cal_end < as_of_date,
+        "refit_valid": refit_reason is None,
+        "refit_reason": refit_reason,
+        "params": final_fit.params,
+        "se": final_fit.se,
+        "log_likelihood": final_fit.log_likelihood,
+        "aic": final_fit.aic,
+        "bic": final_fit.bic,
+        "converged": final_fit.converged,
+        "iterations": final_fit.iterations,
+        "function_evals": final_fit.function_evals,
+        "grad_norm": final_fit.grad_norm,
+        "message": final_fit.message,
+        "penalizer": final_fit.penalizer,
+        "n_customers": final_fit.n_customers,
+        "compressed_rows": final_stats.n_rows,
+        # how the fit's statistics were bounded for the driver (summary.MAX_FIT_ROWS): 1 and 1.0 = exact
+        "compressed_grid_days": final_stats.grid_days,
+        "compressed_sample_fraction": final_stats.sample_fraction,
+        "fit_seconds": final_fit.fit_seconds,
+        "calibration_fit": cal_fit.as_dict(),
+        "candidates": per_model,
+        "validity": validity,
+    }
+    if penalizer_note is not None:
+        fit["penalizer_fallback"] = penalizer_note
+    gg_params, fallback = _spend_fit(final_summary, cfg, fit, penalizer, warns)
+    predictions = P.with_predictions(
+        final_summary,
+        final_fit,
+        gg_params,
+        cfg.horizon_months,
+        cfg.monthly_discount_rate,
+        units_per_month,
+        fallback,
+    )
+    threshold = P.value_tier_threshold(predictions, cfg.value_tier_top_share)
+    fit["value_tier_threshold"] = threshold if threshold is not None else math.nan
+    customers = P.with_value_tier(predictions, threshold)
+    return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
+
+
+def _validation(
+    days: DataFrame,
+    cal_summary: DataFrame,
+    stats: M.RfmStats,
+    cand: _Candidate,
+    chosen: str,
+    cal_end: dt.date,
+    hold_end: dt.date | None,
+    unit: str,
+) -> tuple[dict[str, Any], dict[str, Figure]]:
+    """The chosen calibration fit's checks: holdout by frequency, tracking curve, frequency histogram."""
+    cal_fit = cand.fit
+    assert cal_fit is not None
+    validation: dict[str, Any] = {"has_holdout": hold_end is not None}
+    figures: dict[str, Figure] = {}
+    if hold_end is not None:
+        validation.update({k: v for k, v in cand.holdout.items() if k.startswith("holdout_")})
+        by_freq = V.holdout_by_frequency(cal_summary, cal_fit)
+        validation["holdout_by_frequency"] = by_freq
+        figures["clv_conditional_expectation"] = V.conditional_figure(by_freq, chosen)
+    curve = V.tracking_curve(days, cal_summary, cal_fit, cal_end, hold_end or cal_end, unit)
+    hist = V.frequency_histogram(stats, cal_fit)
+    validation["tracking_curve"] = curve
+    validation["frequency_histogram"] = hist
+    validation["histogram_chi2"] = V.histogram_chi2(hist)
+    if len(curve):
+        last = curve.iloc[-1]
+        validation["tracking_final_actual"] = float(last["actual_cum"])
+        validation["tracking_final_expected"] = float(last["expected_cum"])
+        cal_rows = curve[curve["calibration"]]
+        if len(cal_rows):
+            validation["tracking_calibration_expected"] = float(cal_rows["expected_cum"].iloc[-1])
+            validation["tracking_calibration_actual"] = float(cal_rows["actual_cum"].iloc[-1])
+    figures["clv_tracking"] = V.tracking_figure(curve, chosen, cal_end)
+    figures["clv_frequency_histogram"] = V.histogram_figure(hist, chosen)
+    return validation, figures
+
+
+def _refit_on_full_history(
+    days: DataFrame,
+    chosen: str,
+    cal_fit: M.FitResult,
+    penalizer: float,
+    as_of_date: dt.date,
+    cfg: ClvConfig,
+    warns: list[str],
+) -> tuple[DataFrame, M.RfmStats, M.FitResult, str | None]:
+    """The chosen model refitted on the history up to ``as_of_date`` (from the calibration fit's
+    parameters); the calibration fit when the refit is not valid (said in ``warns``)."""
+    unit = cfg.time_unit
+    final_summary = S.summary_from_purchase_days(days, as_of_date, unit)
+    final_stats = S.compressed_rfm(final_summary, unit)
+    refit = _fit(chosen, final_stats, penalizer, initial=cal_fit.values)
+    if isinstance(refit, M.FitResult):
+        refit_reason = M.assess(refit, cfg.max_relative_se, cfg.max_holdout_error).reason
+    else:
+        refit_reason = refit
+    if isinstance(refit, M.FitResult) and refit_reason is None:
+        return final_summary, final_stats, refit, None
+    warns.append(
+        f"clv: the {chosen} refit on the full history is not valid ({refit_reason}); "
+        "customers are scored with the validated calibration fit's parameters"
+    )
+    return final_summary, final_stats, cal_fit, refit_reason
+
+
+def _fallback(
+    days: DataFrame,
+    cal_summary: DataFrame,
+    as_of_date: dt.date,
+    cal_end: dt.date,
+    has_holdout: bool,
+    cfg: ClvConfig,
+    common: dict[str, Any],
+    per_model: dict[str, Any],
+    validity: dict[str, dict[str, Any]],
+    warns: list[str],
+) -> ClvResult:
+    """No valid transaction model: CLV from each customer's historical spend rate, with the reasons."""
+    tried = (
+        "" if cfg.penalizer else f" (also with penalizers {', '.join(f'{p:g}' for p in PENALIZER_FALLBACK)})"
+    )
+    why = f"no transaction model is valid{tried}: " + "; ".join(
+        f"{name} ({entry['reason']})" for name, entry in validity.items() if name != SPEND_MODEL
+    )
+    warns.append(f"clv: CLV is the historical spend rate, {why}")
+    fit: dict[str, Any] = {
+        "model": HISTORICAL_RATE,
+        "reason": "fallback: historical spend rate (net purchase value per day of tenure, over the horizon, "
+        "discounted)",
+        "fallback_reason": why,
+        **common,
+        "horizon_months": cfg.horizon_months,
+        "monthly_discount_rate": cfg.monthly_discount_rate,
+        "candidates": per_model,
+        "validity": {**validity, HISTORICAL_RATE: {"valid": True, "reason": None}},
+    }
+    final_summary = (
+        cal_summary
+        if cal_end >= as_of_date
+        else S.summary_from_purchase_days(days, as_of_date, cfg.time_unit)
+    )
+    _spend_fit(final_summary, cfg, fit, cfg.penalizer, warns)
+    predictions = P.historical_rate_predictions(
+        days, as_of_date, cfg.horizon_months, cfg.monthly_discount_rate, cfg.days_per_month
+    )
+    threshold = P.value_tier_threshold(predictions, cfg.value_tier_top_share)
+    fit["value_tier_threshold"] = threshold if threshold is not None else math.nan
+    customers = P.with_value_tier(predictions, threshold)
+    return ClvResult(customers=customers, fit=fit, validation={"has_holdout": has_holdout}, warnings=warns)
