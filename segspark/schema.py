@@ -275,4 +275,3 @@ LTV_PREDICTED = "ltv_predicted"
 LTV_TO_CAC = "ltv_to_cac"
 LTV_PREDICTED_TO_CAC = "ltv_predicted_to_cac"
 WINDOW_MONTHS = "window_months"
-

@@ -120,46 +120,50 @@ def test_a_first_runs_baseline_shows_counts_and_shares() -> None:
 def test_every_kpi_the_sql_can_emit_has_a_label_and_a_definition() -> None:
     import re
 
-    from segspark.report import render
+    from segspark.report import section_tables
 
-    sql = (Path(render.__file__).parents[1] / "sql" / "segment_kpis.sql").read_text()
+    sql = (Path(section_tables.__file__).parents[1] / "sql" / "segment_kpis.sql").read_text()
     emitted = re.search(r"FOR kpi IN \((.*?)\)\)", sql, re.S)
     assert emitted
     names = {n.strip() for n in emitted.group(1).split(",")}
-    shown = set(render.KPI_LABELS)
-    assert shown <= names and shown == set(render.KPI_DEFINITIONS)
+    shown = set(section_tables.KPI_LABELS)
+    assert shown <= names and shown == set(section_tables.KPI_DEFINITIONS)
     wide = {"rfm_segment": pd.DataFrame(columns=["customers", "churn_rate", "not_a_kpi"])}
-    assert render.kpi_definitions(wide) == [
-        ("Customers", render.KPI_DEFINITIONS["customers"]),
-        ("Churned", render.KPI_DEFINITIONS["churn_rate"]),
+    assert section_tables.kpi_definitions(wide) == [
+        ("Customers", section_tables.KPI_DEFINITIONS["customers"]),
+        ("Churned", section_tables.KPI_DEFINITIONS["churn_rate"]),
     ]
 
 
 def test_extreme_ltv_to_cac_is_capped_with_its_note() -> None:
-    from segspark.report import render
+    from segspark.report import fmt as fmt_module
+    from segspark.report import section_tables
 
-    fmt = render.Fmt("$")
-    assert render._ratio_text(fmt, 92.8) == ">20"
-    assert render._ratio_text(fmt, 3.456) == fmt.num(3.456, 2)
-    assert any(">20" in text for _, text in render.LTV_CAC_DEFINITIONS)
+    fmt = fmt_module.Fmt("$")
+    assert section_tables._ratio_text(fmt, 92.8) == ">20"
+    assert section_tables._ratio_text(fmt, 3.456) == fmt.num(3.456, 2)
+    assert any(">20" in text for _, text in section_tables.LTV_CAC_DEFINITIONS)
 
 
 def test_model_metrics_read_as_words_not_raw_dumps() -> None:
-    from segspark.report import render
+    from segspark.report import fmt as fmt_module
+    from segspark.report import section_tables
 
-    fmt = render.Fmt("$")
-    assert render.metric_words("clusters", 6.0, fmt) == "6 clusters"
-    assert render.metric_words("histogram_chi2", 133.981, fmt).startswith(
+    fmt = fmt_module.Fmt("$")
+    assert section_tables.metric_words("clusters", 6.0, fmt) == "6 clusters"
+    assert section_tables.metric_words("histogram_chi2", 133.981, fmt).startswith(
         "chi-square of the purchase-count histogram 134.0 (predicted vs. actual"
     )
-    assert render.metric_words("calinski_harabasz", 1234.56, fmt).startswith("Calinski-Harabasz index 1,235")
-    assert render.metric_words("some_new_metric", 0.5, fmt) == f"some new metric {fmt.metric(0.5)}"
+    calinski = section_tables.metric_words("calinski_harabasz", 1234.56, fmt)
+    assert calinski.startswith("Calinski-Harabasz index 1,235")
+    assert section_tables.metric_words("some_new_metric", 0.5, fmt) == f"some new metric {fmt.metric(0.5)}"
 
 
 def test_what_changed_since_the_last_run_compares_headline_figures() -> None:
-    from segspark.report import render
+    from segspark.report import fmt as fmt_module
+    from segspark.report import sections
 
-    fmt = render.Fmt("$")
+    fmt = fmt_module.Fmt("$")
     summary = pd.DataFrame(
         {
             "metric": ["customers", "revenue", "avg_churn_risk", "finding_1", "plays"],
@@ -174,14 +178,14 @@ def test_what_changed_since_the_last_run_compares_headline_figures() -> None:
             "value": [1000.0, 40_000.0, 0.20, 2.0],
         }
     )
-    table = render.changes_since_previous(summary, previous, fmt)
+    table = sections.changes_since_previous(summary, previous, fmt)
     assert table is not None
     rows = {r[0]: r[1:] for r in table.rows}
     assert set(rows) == {"Customers", "Revenue", "Avg churn risk"}  # plays: no previous value
     assert rows["Customers"] == [fmt.count(1000), fmt.count(1100), f"+{fmt.count(100)} (+10.0%)"]
     assert rows["Revenue"][2] == f"+{fmt.money(10_000)} (+25.0%)"
     assert rows["Avg churn risk"][2] == "+5.0 pts"
-    assert render.changes_since_previous(summary, None, fmt) is None
+    assert sections.changes_since_previous(summary, None, fmt) is None
 
 
 def test_pdf_printing_follows_report_pdf_and_fails_clearly(tmp_path: Path, monkeypatch: Any) -> None:

@@ -123,7 +123,7 @@ def test_missing_pseudonymization_key_exits_2_before_spark_starts(
 
 
 def test_governance_decisions_come_from_config_and_open_ones_are_named() -> None:
-    from segspark.report.render import governance_rows
+    from segspark.report.section_tables import governance_rows
 
     open_items = governance_rows(load_settings([], []), dt.date(2026, 3, 31))
     assert [name for name, _, decided in open_items if not decided] == [

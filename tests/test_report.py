@@ -1138,7 +1138,7 @@ def test_a_long_fallback_reason_is_cut_beside_figures_and_kept_in_full() -> None
     from types import SimpleNamespace
 
     from segspark.report.collect import clv_validity as read_validity
-    from segspark.report.render import clv_validity as validity_line
+    from segspark.report.sections import clv_validity as validity_line
 
     reason = "; ".join(
         f"model{i}: holdout total error +{i}.0% beyond clv.max_holdout_error 1%" for i in range(8)

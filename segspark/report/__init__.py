@@ -9,8 +9,9 @@ and which command), so a report rebuilt from a run's tables is that run's report
 from __future__ import annotations
 
 from segspark.report.collect import RunInfo
+from segspark.report.fmt import SUMMARY_COLUMNS
 from segspark.report.recommend import RECOMMENDATION_COLUMNS, TOO_SMALL, sample_size_per_arm
-from segspark.report.render import SUMMARY_COLUMNS, ReportResult, build_report
+from segspark.report.render import ReportResult, build_report
 
 __all__ = [
     "RECOMMENDATION_COLUMNS",

@@ -62,19 +62,8 @@ from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from segspark.config import REPORT_PLAYS, AbTestConfig, Settings
-from segspark.report.collect import (
-    CUSTOMERS,
-    LIFECYCLE_STAGE,
-    MONETARY,
-    OTHER,
-    REVENUE,
-    RFM_SEGMENT,
-    SEGMENT,
-    UNASSIGNED,
-    VALUE_TIER,
-    ReportData,
-    SegmentView,
-)
+from segspark.report.collect import OTHER, UNASSIGNED, ReportData, SegmentView
+from segspark.schema import CUSTOMERS, LIFECYCLE_STAGE, MONETARY, REVENUE, RFM_SEGMENT, SEGMENT, VALUE_TIER
 
 TOO_SMALL = "too small to test: do not act on it yet"
 FALLBACK_BASIS = "CLV estimate (historical spend rate)"  # when no CLV model passed its checks
