@@ -18,8 +18,9 @@ partitioning), and evaluated on the driver over a seeded sample of at most about
 ``churn.max_eval_rows`` test customers; scoring stays distributed over every customer. Orders after
 ``as_of_date`` are never used. Metrics: AUC, PR-AUC (as Spark's ``BinaryClassificationEvaluator``
 computes them), Brier score, lift by risk decile, calibration by probability bin, feature
-importances; figures (ROC, lift, calibration) are returned, not written. :func:`metrics_table`
-turns the result into ``churn_metrics`` rows, :func:`metrics_from_table` reads them back.
+importances; figures (ROC, lift, calibration) are returned, not written.
+:func:`segspark.churn_table.metrics_table` turns the result into ``churn_metrics`` rows,
+:func:`segspark.churn_table.metrics_from_table` reads them back.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+# re-exported: the churn_metrics rows' encoding moved to churn_table; callers and tests reach it here
+from segspark.churn_table import curves_from_table as curves_from_table
+from segspark.churn_table import metrics_from_table as metrics_from_table
+from segspark.churn_table import metrics_table as metrics_table
+from segspark.churn_table import skipped_table as skipped_table
 from segspark.config import ChurnConfig
 from segspark.errors import InputError
 from segspark.local_models import LocalClassifier, fit_classifier
@@ -564,68 +570,7 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
     # both labelled windows in one aggregation, cached for the counts, the samples and the fits
     wide = windowed_features(orders, [train_cutoff, test_cutoff], h, codes).persist()
     try:
-        (n_train, pos_train), (n_test, pos_test) = _class_counts(wide, 2)
-        for name, n, pos, cut in (
-            ("training", n_train, pos_train, train_cutoff),
-            ("test", n_test, pos_test, test_cutoff),
-        ):
-            if n == 0 or pos in (0, n):
-                raise InputError(
-                    f"orders: the churn {name} window (features as of {cut}, label over the next {h} "
-                    f"days) has {n} customers and {pos} churned; churn needs history of at least {2 * h} "
-                    f"days before as_of_date with both outcomes (lower churn.horizon_days or provide more "
-                    f"history)"
-                )
-        train_all = window(wide, 0, train_cutoff, h)
-        test_all = window(wide, 1, test_cutoff, h)
-        train = seeded_sample(train_all, cfg.max_train_rows, n_train, cfg.seed, "train")
-        train_rows = train.count() if n_train > cfg.max_train_rows else n_train
-        model = _train(cfg, train, train_rows)
-        test = seeded_sample(test_all, cfg.max_eval_rows, n_test, cfg.seed, "eval")
-        # a bounded sample of (risk, label) pairs: the metrics are computed on the driver; a local
-        # engine pulls the test sample once when the refit below trains on the same rows
-        pulled = _to_driver(test, label=True) if cfg.engine == "local" else None
-        scored_test = _scored_sample(model, test, pulled)
-        metrics, tables = evaluate(scored_test)
-        metrics.update(
-            model=cfg.model,
-            engine=cfg.engine,
-            train_cutoff=train_cutoff.isoformat(),
-            test_cutoff=test_cutoff.isoformat(),
-            horizon_days=h,
-            train_customers=n_train,
-            train_churn_rate=pos_train / n_train,
-            test_customers=n_test,
-            train_rows=train_rows,
-            eval_customers=len(scored_test),
-            feature_importances=_importances(model, cfg),
-            lift_by_decile=tables["lift"],
-            calibration=tables["calibration"],
-            roc=tables["roc"],
-        )
-        if cfg.refit_on_latest:
-            latest = seeded_sample(test_all, cfg.max_train_rows, n_test, cfg.seed, "train")
-            final = _train(cfg, latest, min(n_test, cfg.max_train_rows), pulled if latest is test else None)
-            metrics["scored_with"] = "refit on the test window"
-        else:
-            final = model
-            metrics["scored_with"] = "training-window model"
-        log.info(
-            "churn: test AUC %.3f, PR-AUC %.3f, top-decile lift %.2f (trained on %d of %d customers, "
-            "evaluated on %d of %d)",
-            metrics["auc"],
-            metrics["pr_auc"],
-            metrics["lift_top_decile"],
-            train_rows,
-            n_train,
-            len(scored_test),
-            n_test,
-        )
-        figures = {
-            "churn_roc": _roc_figure(tables["roc"], metrics["auc"]),
-            "churn_lift": _lift_figure(tables["lift"]),
-            "churn_calibration": _calibration_figure(tables["calibration"]),
-        }
+        final, metrics, figures = _train_and_evaluate(wide, train_cutoff, test_cutoff, cfg)
     finally:
         wide.unpersist()
     scored = _score(final, churn_features(orders, as_of_date, codes))
@@ -635,103 +580,104 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
     return ChurnResult(customers=customers, metrics=metrics, figures=figures)
 
 
-# ------------------------------------------------------------------------------------------------
-# The metrics as a small long-format table (tables.CHURN_METRICS_SCHEMA) and back
-# ------------------------------------------------------------------------------------------------
-METRICS_COLUMNS = ("section", "name", "x", "value", "text")
-STATUS_FITTED, STATUS_SKIPPED = "fitted", "skipped"
-_CURVES = {  # section -> (metrics key, abscissa column, value columns)
-    "lift": ("lift_by_decile", "decile", ("customers", "churn_rate", "mean_risk", "lift")),
-    "calibration": ("calibration", "bin", ("customers", "mean_predicted", "observed_rate")),
-    "roc": ("roc", "fpr", ("tpr",)),
-}
-_NAN = "nan"
+def _train_and_evaluate(
+    wide: DataFrame, train_cutoff: dt.date, test_cutoff: dt.date, cfg: ChurnConfig
+) -> tuple[Model, dict[str, Any], dict[str, Figure]]:
+    """Train on window 0 of ``wide``, evaluate on window 1: (the model to score with, the metrics,
+    the figures)."""
+    h = cfg.horizon_days
+    (n_train, pos_train), (n_test, pos_test) = _class_counts(wide, 2)
+    _require_both_classes(
+        h, [("training", n_train, pos_train, train_cutoff), ("test", n_test, pos_test, test_cutoff)]
+    )
+    train_all = window(wide, 0, train_cutoff, h)
+    test_all = window(wide, 1, test_cutoff, h)
+    train = seeded_sample(train_all, cfg.max_train_rows, n_train, cfg.seed, "train")
+    train_rows = train.count() if n_train > cfg.max_train_rows else n_train
+    model = _train(cfg, train, train_rows)
+    test = seeded_sample(test_all, cfg.max_eval_rows, n_test, cfg.seed, "eval")
+    # a bounded sample of (risk, label) pairs: the metrics are computed on the driver; a local
+    # engine pulls the test sample once when the refit below trains on the same rows
+    pulled = _to_driver(test, label=True) if cfg.engine == "local" else None
+    scored_test = _scored_sample(model, test, pulled)
+    metrics, tables = evaluate(scored_test)
+    metrics.update(
+        model=cfg.model,
+        engine=cfg.engine,
+        train_cutoff=train_cutoff.isoformat(),
+        test_cutoff=test_cutoff.isoformat(),
+        horizon_days=h,
+        train_customers=n_train,
+        train_churn_rate=pos_train / n_train,
+        test_customers=n_test,
+        train_rows=train_rows,
+        eval_customers=len(scored_test),
+        feature_importances=_importances(model, cfg),
+        lift_by_decile=tables["lift"],
+        calibration=tables["calibration"],
+        roc=tables["roc"],
+    )
+    final = _scoring_model(cfg, model, test_all, test, n_test, pulled, metrics)
+    _log_evaluation(metrics, n_train, n_test)
+    return final, metrics, _figures(metrics, tables)
 
 
-def _num(v: Any) -> float | None:
-    return None if v is None or pd.isna(v) else float(v)
-
-
-def metrics_table(result: ChurnResult) -> pd.DataFrame:
-    """The model's metrics as rows of ``churn_metrics`` (columns of ``tables.CHURN_METRICS_SCHEMA``).
-
-    Sections: ``status`` (name ``fitted``, text: which model scored), ``metric`` (every scalar:
-    AUC, PR-AUC, Brier, lift, ECE, churn rates, customer counts; model, cutoffs and the like as
-    text; NaN as a null value with text nan), ``importance`` (one row per feature), and the curves
-    ``roc`` (x = false positive rate, value = true positive rate), ``lift`` (x = decile) and
-    ``calibration`` (x = probability bin), named by their column.
-    """
-    m = result.metrics
-    rows: list[tuple[str, str, float | None, float | None, str | None]] = [
-        ("status", STATUS_FITTED, None, None, str(m.get("scored_with", "")))
-    ]
-    for key, value in m.items():
-        if isinstance(value, bool):
-            rows.append(("metric", key, None, float(value), "true" if value else "false"))
-        elif isinstance(value, int | float | np.integer | np.floating):
-            f = float(value)
-            nan = math.isnan(f)
-            rows.append(("metric", key, None, None if nan else f, _NAN if nan else None))
-        elif isinstance(value, str):
-            rows.append(("metric", key, None, None, value))
-    for name, value in (m.get("feature_importances") or {}).items():
-        rows.append(("importance", str(name), None, float(value), None))
-    for section, (key, x_col, value_cols) in _CURVES.items():
-        curve = m.get(key)
-        if not isinstance(curve, pd.DataFrame):
-            continue
-        for r in curve.to_dict("records"):
-            rows += [(section, col, _num(r[x_col]), _num(r[col]), None) for col in value_cols]
-    return pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
-
-
-def skipped_table(reason: str) -> pd.DataFrame:
-    """``churn_metrics`` rows of a model that did not run: one ``status`` row named skipped, with why."""
-    return pd.DataFrame([("status", STATUS_SKIPPED, None, None, reason)], columns=list(METRICS_COLUMNS))
-
-
-def metrics_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
-    """The scalar metrics (``metric`` rows) from :func:`metrics_table` rows; numbers as floats, text
-    as text. A skipped model gives ``{"skipped": reason}``."""
-    out: dict[str, Any] = {}
-    for r in pdf.itertuples(index=False):
-        raw: Any = r.text
-        text = None if raw is None or pd.isna(raw) else str(raw)
-        if r.section == "status" and r.name == STATUS_SKIPPED:
-            out["skipped"] = text or "no reason recorded"
-        elif r.section == "metric":
-            value = _num(r.value)
-            if text in ("true", "false") and value is not None:
-                out[str(r.name)] = text == "true"
-            elif value is not None:
-                out[str(r.name)] = value
-            else:
-                out[str(r.name)] = math.nan if text == _NAN else text
-    return out
-
-
-def curves_from_table(pdf: pd.DataFrame) -> dict[str, Any]:
-    """The importances (dict) and the curves (``lift_by_decile``, ``calibration``, ``roc`` frames,
-    as ``run_churn`` returns them) from ``churn_metrics`` rows, e.g. to redraw the figures."""
-    out: dict[str, Any] = {}
-    imp = pdf[pdf["section"] == "importance"]
-    if len(imp):
-        pairs = zip(imp["name"], imp["value"], strict=True)
-        out["feature_importances"] = {str(n): float(v) for n, v in pairs}
-    for section, (key, x_col, value_cols) in _CURVES.items():
-        part = pdf[pdf["section"] == section]
-        if part.empty:
-            continue
-        if section == "roc":  # the curve rises in both coordinates: sorted points are its order
-            points = part.sort_values(["x", "value"], kind="stable")
-            out[key] = pd.DataFrame(
-                {x_col: points["x"].to_numpy(float), "tpr": points["value"].to_numpy(float)}
+def _require_both_classes(h: int, windows: list[tuple[str, int, int, dt.date]]) -> None:
+    """Raise ``InputError`` unless each labelled window (name, customers, churned, cutoff) has
+    customers of both outcomes: a model cannot be trained or evaluated on one class."""
+    for name, n, pos, cut in windows:
+        if n == 0 or pos in (0, n):
+            raise InputError(
+                f"orders: the churn {name} window (features as of {cut}, label over the next {h} "
+                f"days) has {n} customers and {pos} churned; churn needs history of at least {2 * h} "
+                f"days before as_of_date with both outcomes (lower churn.horizon_days or provide more "
+                f"history)"
             )
-            continue
-        wide = part.pivot_table(index="x", columns="name", values="value", sort=False, dropna=False)
-        frame = wide.reindex(columns=list(value_cols)).rename_axis(columns=None).reset_index(names=x_col)
-        out[key] = frame.sort_values(x_col).reset_index(drop=True)
-    return out
+
+
+def _scoring_model(
+    cfg: ChurnConfig,
+    model: Model,
+    test_all: DataFrame,
+    test: DataFrame,
+    n_test: int,
+    pulled: pd.DataFrame | None,
+    metrics: dict[str, Any],
+) -> Model:
+    """The model that scores the customers: refitted on the test window when
+    ``churn.refit_on_latest``, else the evaluated one; ``metrics["scored_with"]`` says which."""
+    if cfg.refit_on_latest:
+        latest = seeded_sample(test_all, cfg.max_train_rows, n_test, cfg.seed, "train")
+        final = _train(cfg, latest, min(n_test, cfg.max_train_rows), pulled if latest is test else None)
+        metrics["scored_with"] = "refit on the test window"
+    else:
+        final = model
+        metrics["scored_with"] = "training-window model"
+    return final
+
+
+def _log_evaluation(metrics: dict[str, Any], n_train: int, n_test: int) -> None:
+    """One line on the test metrics and the sample sizes behind them."""
+    log.info(
+        "churn: test AUC %.3f, PR-AUC %.3f, top-decile lift %.2f (trained on %d of %d customers, "
+        "evaluated on %d of %d)",
+        metrics["auc"],
+        metrics["pr_auc"],
+        metrics["lift_top_decile"],
+        metrics["train_rows"],
+        n_train,
+        metrics["eval_customers"],
+        n_test,
+    )
+
+
+def _figures(metrics: dict[str, Any], tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
+    """The evaluation's ROC, lift and calibration figures."""
+    return {
+        "churn_roc": _roc_figure(tables["roc"], metrics["auc"]),
+        "churn_lift": _lift_figure(tables["lift"]),
+        "churn_calibration": _calibration_figure(tables["calibration"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Time windows (all dates inclusive):
   model is refitted on the full history up to ``as_of_date`` (starting from the validated
   parameters) before scoring, and both fits are reported.
 
-Only a *valid* fit is used (:func:`segspark.clv.models.assess`): converged, no parameter at a
+Only a *valid* fit is used (:func:`segspark.clv.validity.assess`): converged, no parameter at a
 boundary, finite standard errors with se/|value| <= ``clv.max_relative_se``, and a holdout total
 error within ``clv.max_holdout_error``. ``clv.model: auto`` fits all three transaction models and
 keeps the valid one with the lowest holdout MAE (or the lowest BIC when there is no holdout); a
@@ -383,37 +383,17 @@ def _run(
     cfg: ClvConfig,
     units_per_month: float,
 ) -> ClvResult:
+    """Choose a valid model on the calibration summary, validate it, and score as of ``as_of_date``
+    (or fall back to the historical spend rate when no model is valid)."""
     unit = cfg.time_unit
     has_holdout = hold_end is not None
     stats = S.compressed_rfm(cal_summary, unit)
     warns: list[str] = []
-    penalizers = [cfg.penalizer, *(PENALIZER_FALLBACK if cfg.penalizer == 0 else ())]
-    tried: dict[str, list[_Candidate]] = {}
-    cands: dict[str, _Candidate] = {}
-    chosen: str | None = None
-    for penalizer in penalizers:
-        round_cands, chosen = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg)
-        for name, c in round_cands.items():
-            tried.setdefault(name, []).append(c)
-            cands[name] = c
-            if not c.valid:
-                log.info("clv: %s at penalizer %g not valid: %s", name, penalizer, c.reason)
-        if chosen is not None:
-            break
-
+    tried, chosen = _search(stats, cal_summary, has_holdout, cfg)
+    cands = {name: attempts[-1] for name, attempts in tried.items()}
     per_model = {name: c.summary() for name, c in cands.items()}
-    validity: dict[str, dict[str, Any]] = {}
-    for name, attempts in tried.items():
-        entry = _validity_entry(attempts[-1])
-        if not attempts[-1].valid and len(attempts) > 1:
-            entry["reason"] = ". ".join(f"penalizer {c.penalizer:g}: {c.reason}" for c in attempts)
-        validity[name] = entry
-    common: dict[str, Any] = {
-        "time_unit": unit,
-        "as_of_date": as_of_date.isoformat(),
-        "calibration_end": cal_end.isoformat(),
-        "holdout_end": hold_end.isoformat() if hold_end else None,
-    }
+    validity = _validity_entries(tried)
+    common = _window_entries(unit, as_of_date, cal_end, hold_end)
     if chosen is None:
         return _fallback(
             days, cal_summary, as_of_date, cal_end, has_holdout, cfg, common, per_model, validity, warns
@@ -421,20 +401,8 @@ def _run(
 
     cal_fit = cands[chosen].fit
     assert cal_fit is not None
-    reason, replaced = _choice_reason(cands, chosen, has_holdout, cfg)
-    if replaced:
-        warns.append(replaced)
     penalizer = cands[chosen].penalizer
-    penalizer_note: str | None = None
-    if penalizer != cfg.penalizer:
-        first = "; ".join(f"{k} ({c[0].reason})" for k, c in tried.items())
-        penalizer_note = (
-            f"no model valid at penalizer {cfg.penalizer:g} ({first}); used penalizer {penalizer:g}"
-        )
-        reason = f"{reason}; fitted with penalizer {penalizer:g}"
-        warns.append(f"clv: {penalizer_note}")
-    log.info("clv: model %s chosen: %s", chosen, reason)
-
+    reason, penalizer_note = _choice(cands, tried, chosen, has_holdout, cfg, warns)
     validation, figures = _validation(
         days, cal_summary, stats, cands[chosen], chosen, cal_end, hold_end, unit
     )
@@ -455,6 +423,99 @@ def _run(
         "refit_on_full_history": cal_end < as_of_date,
         "refit_valid": refit_reason is None,
         "refit_reason": refit_reason,
+        **_fit_entries(final_fit, final_stats),
+        "calibration_fit": cal_fit.as_dict(),
+        "candidates": per_model,
+        "validity": validity,
+    }
+    if penalizer_note is not None:
+        fit["penalizer_fallback"] = penalizer_note
+    gg_params, fallback = _spend_fit(final_summary, cfg, fit, penalizer, warns)
+    predictions = P.with_predictions(
+        final_summary,
+        final_fit,
+        gg_params,
+        cfg.horizon_months,
+        cfg.monthly_discount_rate,
+        units_per_month,
+        fallback,
+    )
+    customers = _with_value_tier(predictions, cfg, fit)
+    return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
+
+
+def _search(
+    stats: M.RfmStats, cal_summary: DataFrame, has_holdout: bool, cfg: ClvConfig
+) -> tuple[dict[str, list[_Candidate]], str | None]:
+    """Fit rounds at ``clv.penalizer``, then (when it is 0) at each of ``PENALIZER_FALLBACK``, until
+    one gives a valid model: (every attempt per model, in order; the chosen model or None)."""
+    penalizers = [cfg.penalizer, *(PENALIZER_FALLBACK if cfg.penalizer == 0 else ())]
+    tried: dict[str, list[_Candidate]] = {}
+    chosen: str | None = None
+    for penalizer in penalizers:
+        round_cands, chosen = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg)
+        for name, c in round_cands.items():
+            tried.setdefault(name, []).append(c)
+            if not c.valid:
+                log.info("clv: %s at penalizer %g not valid: %s", name, penalizer, c.reason)
+        if chosen is not None:
+            break
+    return tried, chosen
+
+
+def _validity_entries(tried: dict[str, list[_Candidate]]) -> dict[str, dict[str, Any]]:
+    """Each model's verdict at its last attempt; an invalid model tried at several penalizers gets
+    the reason of every attempt."""
+    validity: dict[str, dict[str, Any]] = {}
+    for name, attempts in tried.items():
+        entry = _validity_entry(attempts[-1])
+        if not attempts[-1].valid and len(attempts) > 1:
+            entry["reason"] = ". ".join(f"penalizer {c.penalizer:g}: {c.reason}" for c in attempts)
+        validity[name] = entry
+    return validity
+
+
+def _window_entries(
+    unit: str, as_of_date: dt.date, cal_end: dt.date, hold_end: dt.date | None
+) -> dict[str, Any]:
+    """The time unit and windows, recorded alike by a model fit and the fallback."""
+    return {
+        "time_unit": unit,
+        "as_of_date": as_of_date.isoformat(),
+        "calibration_end": cal_end.isoformat(),
+        "holdout_end": hold_end.isoformat() if hold_end else None,
+    }
+
+
+def _choice(
+    cands: dict[str, _Candidate],
+    tried: dict[str, list[_Candidate]],
+    chosen: str,
+    has_holdout: bool,
+    cfg: ClvConfig,
+    warns: list[str],
+) -> tuple[str, str | None]:
+    """(why ``chosen`` was chosen, the note when it needed a fallback penalizer); logs the choice and
+    adds the degradations (a named model replaced, a fallback penalizer) to ``warns``."""
+    reason, replaced = _choice_reason(cands, chosen, has_holdout, cfg)
+    if replaced:
+        warns.append(replaced)
+    penalizer = cands[chosen].penalizer
+    penalizer_note: str | None = None
+    if penalizer != cfg.penalizer:
+        first = "; ".join(f"{k} ({c[0].reason})" for k, c in tried.items())
+        penalizer_note = (
+            f"no model valid at penalizer {cfg.penalizer:g} ({first}); used penalizer {penalizer:g}"
+        )
+        reason = f"{reason}; fitted with penalizer {penalizer:g}"
+        warns.append(f"clv: {penalizer_note}")
+    log.info("clv: model %s chosen: %s", chosen, reason)
+    return reason, penalizer_note
+
+
+def _fit_entries(final_fit: M.FitResult, final_stats: M.RfmStats) -> dict[str, Any]:
+    """The scoring fit's parameters, diagnostics and statistics' size, for ``ClvResult.fit``."""
+    return {
         "params": final_fit.params,
         "se": final_fit.se,
         "log_likelihood": final_fit.log_likelihood,
@@ -472,26 +533,14 @@ def _run(
         "compressed_grid_days": final_stats.grid_days,
         "compressed_sample_fraction": final_stats.sample_fraction,
         "fit_seconds": final_fit.fit_seconds,
-        "calibration_fit": cal_fit.as_dict(),
-        "candidates": per_model,
-        "validity": validity,
     }
-    if penalizer_note is not None:
-        fit["penalizer_fallback"] = penalizer_note
-    gg_params, fallback = _spend_fit(final_summary, cfg, fit, penalizer, warns)
-    predictions = P.with_predictions(
-        final_summary,
-        final_fit,
-        gg_params,
-        cfg.horizon_months,
-        cfg.monthly_discount_rate,
-        units_per_month,
-        fallback,
-    )
+
+
+def _with_value_tier(predictions: DataFrame, cfg: ClvConfig, fit: dict[str, Any]) -> DataFrame:
+    """The customers with their value tier; the tier's threshold recorded in ``fit``."""
     threshold = P.value_tier_threshold(predictions, cfg.value_tier_top_share)
     fit["value_tier_threshold"] = threshold if threshold is not None else math.nan
-    customers = P.with_value_tier(predictions, threshold)
-    return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
+    return P.with_value_tier(predictions, threshold)
 
 
 def _validation(
@@ -600,7 +649,5 @@ def _fallback(
     predictions = P.historical_rate_predictions(
         days, as_of_date, cfg.horizon_months, cfg.monthly_discount_rate, cfg.days_per_month
     )
-    threshold = P.value_tier_threshold(predictions, cfg.value_tier_top_share)
-    fit["value_tier_threshold"] = threshold if threshold is not None else math.nan
-    customers = P.with_value_tier(predictions, threshold)
+    customers = _with_value_tier(predictions, cfg, fit)
     return ClvResult(customers=customers, fit=fit, validation={"has_holdout": has_holdout}, warnings=warns)

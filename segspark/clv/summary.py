@@ -37,7 +37,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from segspark.clv.models import RfmStats, SpendStats
+from segspark.clv.stats import RfmStats, SpendStats
 from segspark.errors import InputError
 from segspark.schema import CUSTOMER_ID, ORDER_DATE, PURCHASE_VALUE, PURCHASES
 
