@@ -13,7 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from segspark.report import charts as C
-from segspark.report.collect import CUSTOMERS, FROM_SEGMENT, TO_SEGMENT
+from segspark.schema import CUSTOMERS, FROM_SEGMENT, TO_SEGMENT
 
 
 def _texts(fig: Figure) -> list[tuple[str, object]]:

@@ -233,7 +233,7 @@ def _through_spark(spark: Any, pdf: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_metrics_table_round_trip(spark: Any, gbt_result: tuple[C.ChurnResult, ChurnConfig]) -> None:
-    from segspark.report.collect import churn_from_table
+    from segspark.report.model_results import churn_from_table
 
     result, _ = gbt_result
     pdf = C.metrics_table(result)

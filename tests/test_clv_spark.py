@@ -444,7 +444,7 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
 def test_fit_table_round_trips_through_spark(
     spark: Any, cdnow_result: tuple[ClvResult, pd.DataFrame]
 ) -> None:
-    from segspark.report.collect import clv_info
+    from segspark.report.model_results import clv_info
 
     result, _ = cdnow_result
     fallback = "unpenalized fit did not converge (x); used penalizer 0.001"

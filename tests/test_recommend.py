@@ -14,7 +14,8 @@ from pyspark.sql import types as T
 
 from segspark.config import AbTestConfig, Settings, load_settings
 from segspark.errors import ConfigError
-from segspark.report.collect import ReportData, collect, k_anonymize
+from segspark.report.collect import collect
+from segspark.report.data import ReportData
 from segspark.report.recommend import (
     FALLBACK_BASIS,
     RECOMMENDATION_COLUMNS,
@@ -28,6 +29,7 @@ from segspark.report.recommend import (
     sample_size_per_arm,
     weeks_needed,
 )
+from segspark.report.segment_stats import k_anonymize
 
 K = 30
 

@@ -1137,7 +1137,7 @@ def test_clv_fallback_is_said_and_p_alive_is_not_shown(
 def test_a_long_fallback_reason_is_cut_beside_figures_and_kept_in_full() -> None:
     from types import SimpleNamespace
 
-    from segspark.report.collect import clv_validity as read_validity
+    from segspark.report.data import clv_validity as read_validity
     from segspark.report.sections import clv_validity as validity_line
 
     reason = "; ".join(
@@ -1452,7 +1452,7 @@ def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportRes
 
 
 def test_demographic_groups_come_from_customer_features_k_anonymous(spark: Any) -> None:
-    from segspark.report.collect import DEMOGRAPHICS_B2C, demographic_tables
+    from segspark.report.segment_stats import DEMOGRAPHICS_B2C, demographic_tables
 
     n = 100
     ages = ["25-34"] * 50 + ["35-44"] * 45 + ["65+"] * 5

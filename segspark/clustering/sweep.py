@@ -421,16 +421,20 @@ def fit_segments(
         raise
 
 
-def _fit(
-    base: DataFrame,
-    names: list[str],
-    extras: list[str],
-    cfg: ClusteringConfig,
-    previous_profiles: pd.DataFrame | None,
-    cached: list[DataFrame],
-    t_start: float,
-) -> ClusterResult:
-    density = cfg.algorithm in DENSITY_ALGORITHMS
+@dataclass
+class _FinalFit:
+    """The final model and what it assigned (:func:`_fit_final_centroids` or :func:`_fit_final_density`)."""
+
+    model: PipelineModel
+    chosen: dict[str, Any]
+    assigned: DataFrame  # every customer with its prediction
+    sample_scored: DataFrame  # the sample with its prediction (density noise included)
+    scored_sample: DataFrame  # the rows the final indices are measured on (density noise left out)
+    density: DensityModel | None = None
+
+
+def _checked_features(base: DataFrame, names: list[str]) -> prep.FeatureCheck:
+    """Count the customers and drop unusable features; refuse input with nothing to cluster."""
     check = prep.check_features(base, names)
     n = check.customers
     if n == 0:
@@ -442,9 +446,19 @@ def _fit(
             f"customer_features: every clustering feature is constant or null ({check.dropped}); "
             "all customers look alike, so there is nothing to cluster"
         )
-    used = check.features
-    dim = cfg.pca_components or len(used)
+    return check
 
+
+def _prepare(
+    base: DataFrame,
+    used: list[str],
+    extras: list[str],
+    cfg: ClusteringConfig,
+    n: int,
+    cached: list[DataFrame],
+) -> tuple[PipelineModel, DataFrame, DataFrame, list[str]]:
+    """The fitted preparation, the prepared sample (cached), every customer prepared (lazy) and the
+    columns kept."""
     keep = [*used, *extras, *prep.prepared_columns(used)]
     # The preparation statistics (medians, means, scales) are estimated on the seeded sample: at
     # clustering.sample_size rows they match the full-table figures to well within the noise, and
@@ -457,59 +471,84 @@ def _fit(
     sample = prep_model.transform(raw_sample).select(*keep).persist()
     cached.append(sample)
     everyone = prep_model.transform(base).select(*keep)
-    t_prep = time.perf_counter()
-    log.info("clustering_prepare took %.1f s", t_prep - t_start)
+    return prep_model, sample, everyone, keep
 
-    algorithms: list[str] = list(cfg.algorithms) if cfg.algorithm is None or density else [cfg.algorithm]
-    sizing: dict[str, str] = {}
-    if density:
-        sweep_table = pd.DataFrame(columns=SWEEP_COLUMNS)
-    elif cfg.sweep_engine == "local":
+
+def _sweep(
+    sample: DataFrame, used: list[str], n: int, dim: int, cfg: ClusteringConfig, sizing: dict[str, str]
+) -> pd.DataFrame:
+    """The sweep table with the configured engine (empty for a density algorithm, which has no
+    sweep); its size goes to ``sizing["sweep"]``."""
+    if cfg.algorithm in DENSITY_ALGORITHMS:
+        return pd.DataFrame(columns=SWEEP_COLUMNS)
+    algorithms: list[str] = list(cfg.algorithms) if cfg.algorithm is None else [cfg.algorithm]
+    if cfg.sweep_engine == "local":
         x, _ = sample_to_numpy(sample, used)
         ks = _k_range(cfg, n, len(x))
         sweep_table = sweep_local(x, algorithms, ks, cfg)
         sizing["sweep"] = _sweep_size("local", algorithms, ks, len(x), cfg)
-    else:
-        sampled = sample.count()
-        ks = _k_range(cfg, n, sampled)
-        sweep_table = sweep_spark(sample, algorithms, ks, cfg, dim)
-        sizing["sweep"] = _sweep_size("spark", algorithms, ks, sampled, cfg)
-    t_sweep = time.perf_counter()
-    log.info("clustering_sweep took %.1f s", t_sweep - t_prep)
+        return sweep_table
+    sampled = sample.count()
+    ks = _k_range(cfg, n, sampled)
+    sweep_table = sweep_spark(sample, algorithms, ks, cfg, dim)
+    sizing["sweep"] = _sweep_size("spark", algorithms, ks, sampled, cfg)
+    return sweep_table
 
-    dens_model = None
-    if density:
-        from segspark.clustering import density as D
 
-        assert cfg.algorithm is not None
-        dens_model = D.fit_density(sample, cfg, cfg.algorithm)
-        assigned = D.assign_density(everyone, dens_model)
-        sample_scored = D.assign_density(sample, dens_model)
-        scored_sample = sample_scored.where(F.col(prep.PREDICTION_COL) >= 0)
-        model = prep_model
-        chosen: dict[str, Any] = {
-            "algorithm": cfg.algorithm,
-            "k": dens_model.n_clusters,
-            "reason": f"configured clustering.algorithm={cfg.algorithm}; {dens_model.describe()}",
-        }
+def _fit_final_density(
+    sample: DataFrame, everyone: DataFrame, prep_model: PipelineModel, cfg: ClusteringConfig
+) -> _FinalFit:
+    """The configured density algorithm fitted on the sample; customers go to their nearest core."""
+    from segspark.clustering import density as D
+
+    assert cfg.algorithm is not None
+    dens_model = D.fit_density(sample, cfg, cfg.algorithm)
+    assigned = D.assign_density(everyone, dens_model)
+    sample_scored = D.assign_density(sample, dens_model)
+    scored_sample = sample_scored.where(F.col(prep.PREDICTION_COL) >= 0)
+    chosen: dict[str, Any] = {
+        "algorithm": cfg.algorithm,
+        "k": dens_model.n_clusters,
+        "reason": f"configured clustering.algorithm={cfg.algorithm}; {dens_model.describe()}",
+    }
+    return _FinalFit(prep_model, chosen, assigned, sample_scored, scored_sample, dens_model)
+
+
+def _fit_final_centroids(
+    sweep_table: pd.DataFrame,
+    sample: DataFrame,
+    everyone: DataFrame,
+    prep_model: PipelineModel,
+    cfg: ClusteringConfig,
+    cached: list[DataFrame],
+    sizing: dict[str, str],
+) -> _FinalFit:
+    """The chosen candidate fitted with MLlib (on the sample or on everyone) and appended to the
+    preparation; its fit goes to ``sizing["final_fit"]``."""
+    chosen = choose_candidate(sweep_table, cfg)
+    if cfg.final_fit == "all":
+        # MLlib iterates over it; a layout fixed by the key keeps its seeded init reproducible
+        parts = int(everyone.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
+        everyone = in_hash_layout(everyone, parts).persist()
+        cached.append(everyone)
+        cluster_model, starts = fit_best_of(chosen["algorithm"], chosen["k"], cfg, everyone)
     else:
-        chosen = choose_candidate(sweep_table, cfg)
-        if cfg.final_fit == "all":
-            # MLlib iterates over it; a layout fixed by the key keeps its seeded init reproducible
-            parts = int(everyone.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
-            everyone = in_hash_layout(everyone, parts).persist()
-            cached.append(everyone)
-            cluster_model, starts = fit_best_of(chosen["algorithm"], chosen["k"], cfg, everyone)
-        else:
-            cluster_model, starts = fit_best_of(
-                chosen["algorithm"], chosen["k"], cfg, sample, _reference_cost(sweep_table, chosen)
-            )
-        sizing["final_fit"] = (
-            f"{chosen['algorithm']} k={chosen['k']} on {cfg.final_fit}, {starts} of {FINAL_FIT_STARTS} starts"
+        cluster_model, starts = fit_best_of(
+            chosen["algorithm"], chosen["k"], cfg, sample, _reference_cost(sweep_table, chosen)
         )
-        model = PipelineModel(stages=[*prep_model.stages, cluster_model])
-        assigned = cluster_model.transform(everyone)
-        scored_sample = sample_scored = cluster_model.transform(sample)
+    sizing["final_fit"] = (
+        f"{chosen['algorithm']} k={chosen['k']} on {cfg.final_fit}, {starts} of {FINAL_FIT_STARTS} starts"
+    )
+    model = PipelineModel(stages=[*prep_model.stages, cluster_model])
+    assigned = cluster_model.transform(everyone)
+    scored_sample = sample_scored = cluster_model.transform(sample)
+    return _FinalFit(model, chosen, assigned, sample_scored, scored_sample)
+
+
+def _slim_assignments(
+    assigned: DataFrame, keep: list[str], density: bool, cached: list[DataFrame]
+) -> DataFrame:
+    """Every customer's prepared columns (without the model vector) and integer prediction."""
     slim = [c for c in keep if c != prep.FEATURES_COL]
     assigned = assigned.select(*slim, F.col(prep.PREDICTION_COL).cast("int"))
     if density:
@@ -520,10 +559,22 @@ def _fit(
     # (customer_segments) each recompute it from the cached features, which costs less than writing
     # the wide frame to the cache and reading it back (measured at 2.5M customers: 6.1 s to cache,
     # 3.0 s to recompute).
-    t_fit = time.perf_counter()
-    log.info("clustering_final_fit took %.1f s", t_fit - t_sweep)
+    return assigned
 
-    # Indices of the final model, computed in Spark on the seeded sample (silhouette on a sub-sample).
+
+def _timings(t_start: float, t_prep: float, t_sweep: float, t_fit: float, t_end: float) -> dict[str, float]:
+    """Seconds per step of the stage, from the clock readings between them."""
+    return {
+        "prepare_seconds": t_prep - t_start,
+        "sweep_seconds": t_sweep - t_prep,
+        "fit_seconds": t_fit - t_sweep,
+        "profile_seconds": t_end - t_fit,
+        "total_seconds": t_end - t_start,
+    }
+
+
+def _final_indices(scored_sample: DataFrame, cfg: ClusteringConfig, dim: int) -> dict[str, float]:
+    """Indices of the final model, computed in Spark on the seeded sample (silhouette on a sub-sample)."""
     final = ix.spark_indices(scored_sample, prep.FEATURES_COL, prep.PREDICTION_COL, dim)
     final["silhouette"] = ix.spark_silhouette(
         scored_sample,
@@ -534,17 +585,24 @@ def _fit(
         rows=int(final.pop("rows")),
         clusters=int(final["clusters"]),
     )
-    chosen["final_metrics"] = final
-    if density:
-        # the density fit has no sweep: its one row holds the indices of the non-noise sample
-        row = {"algorithm": cfg.algorithm, "k": chosen["k"], **final, "stability": math.nan}
-        sweep_table = pd.DataFrame([{**row, "fit_seconds": t_fit - t_sweep, "engine": "density"}])
-        sweep_table = sweep_table.reindex(columns=SWEEP_COLUMNS)
-    chosen["customers"] = n
-    chosen["sizing"] = sizing
-    chosen["features"] = used
-    chosen["dropped_features"] = check.dropped
+    return final
 
+
+def _density_sweep(cfg: ClusteringConfig, k: int, final: dict[str, float], seconds: float) -> pd.DataFrame:
+    """The density fit has no sweep: its one row holds the indices of the non-noise sample."""
+    row = {"algorithm": cfg.algorithm, "k": k, **final, "stability": math.nan}
+    sweep_table = pd.DataFrame([{**row, "fit_seconds": seconds, "engine": "density"}])
+    return sweep_table.reindex(columns=SWEEP_COLUMNS)
+
+
+def _personas(
+    assigned: DataFrame,
+    sample_scored: DataFrame,
+    used: list[str],
+    cfg: ClusteringConfig,
+    previous_profiles: pd.DataFrame | None,
+) -> tuple[pd.DataFrame, DataFrame]:
+    """The cluster profiles with their persona names, and every customer's cluster and persona."""
     medians_from = sample_scored.select(*used, F.col(prep.PREDICTION_COL).cast("int"))
     profiles, population = P.profile_clusters(assigned, used, prep.PREDICTION_COL, medians_from)
     profiles = P.name_personas(profiles, population, used, cfg, previous_profiles)
@@ -560,6 +618,11 @@ def _fit(
         F.col(prep.PREDICTION_COL).alias(CLUSTER_ID),
         F.element_at(persona_of, F.col(prep.PREDICTION_COL)).alias(PERSONA),
     )
+    return profiles, assignments
+
+
+def _release_samples(cached: list[DataFrame], assigned: DataFrame, base: DataFrame) -> None:
+    """Unpersist every frame cached here except the ones the assignments are read from."""
     # Assignments are read from the features (base) or, for density, from their own cache: every
     # other frame cached here (the samples) is no longer needed.
     alive = [df for df in cached if df is assigned or df is base]
@@ -567,24 +630,64 @@ def _fit(
         if not any(df is a for a in alive):
             df.unpersist()
     cached[:] = alive
+
+
+def _fit(
+    base: DataFrame,
+    names: list[str],
+    extras: list[str],
+    cfg: ClusteringConfig,
+    previous_profiles: pd.DataFrame | None,
+    cached: list[DataFrame],
+    t_start: float,
+) -> ClusterResult:
+    """Check, prepare, sweep, fit the final model, measure it and name its clusters; every frame
+    cached on the way is appended to ``cached``, and each step's time is logged."""
+    density = cfg.algorithm in DENSITY_ALGORITHMS
+    check = _checked_features(base, names)
+    n, used = check.customers, check.features
+    dim = cfg.pca_components or len(used)
+    prep_model, sample, everyone, keep = _prepare(base, used, extras, cfg, n, cached)
+    t_prep = time.perf_counter()
+    log.info("clustering_prepare took %.1f s", t_prep - t_start)
+
+    sizing: dict[str, str] = {}
+    sweep_table = _sweep(sample, used, n, dim, cfg, sizing)
+    t_sweep = time.perf_counter()
+    log.info("clustering_sweep took %.1f s", t_sweep - t_prep)
+
+    if density:
+        fitted = _fit_final_density(sample, everyone, prep_model, cfg)
+    else:
+        fitted = _fit_final_centroids(sweep_table, sample, everyone, prep_model, cfg, cached, sizing)
+    chosen = fitted.chosen
+    assigned = _slim_assignments(fitted.assigned, keep, density, cached)
+    t_fit = time.perf_counter()
+    log.info("clustering_final_fit took %.1f s", t_fit - t_sweep)
+
+    final = _final_indices(fitted.scored_sample, cfg, dim)
+    chosen["final_metrics"] = final
+    if density:
+        sweep_table = _density_sweep(cfg, chosen["k"], final, t_fit - t_sweep)
+    chosen["customers"] = n
+    chosen["sizing"] = sizing
+    chosen["features"] = used
+    chosen["dropped_features"] = check.dropped
+
+    profiles, assignments = _personas(assigned, fitted.sample_scored, used, cfg, previous_profiles)
+    _release_samples(cached, assigned, base)
     t_end = time.perf_counter()
     log.info("clustering_indices_and_profiles took %.1f s", t_end - t_fit)
-    chosen["timings"] = {
-        "prepare_seconds": t_prep - t_start,
-        "sweep_seconds": t_sweep - t_prep,
-        "fit_seconds": t_fit - t_sweep,
-        "profile_seconds": t_end - t_fit,
-        "total_seconds": t_end - t_start,
-    }
+    chosen["timings"] = _timings(t_start, t_prep, t_sweep, t_fit, t_end)
     log.info("clustering chose %s", chosen["reason"])
     result = ClusterResult(
         assignments=assignments,
         profiles=profiles,
-        model=model,
+        model=fitted.model,
         sweep=sweep_table,
         chosen=chosen,
         features=used,
-        density=dens_model,
+        density=fitted.density,
         _cached=list(cached),
     )
     result.figures = cluster_figures(result.sweep, result.chosen, result.profiles, result.features)

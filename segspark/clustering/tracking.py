@@ -90,6 +90,88 @@ def model_signature(features: list[str]) -> Any:
     )
 
 
+def _log_candidates(result: ClusterResult) -> list[str]:
+    """One nested run per (algorithm, k) candidate of the sweep, tagged whether it was chosen; their ids."""
+    import mlflow
+
+    chosen = result.chosen
+    nested: list[str] = []
+    for row in result.sweep.to_dict("records"):
+        is_chosen = row["algorithm"] == chosen["algorithm"] and int(row["k"]) == chosen["k"]
+        with mlflow.start_run(run_name=f"{row['algorithm']}-k{int(row['k'])}", nested=True) as run:
+            mlflow.log_params({"algorithm": row["algorithm"], "k": int(row["k"]), "engine": row["engine"]})
+            mlflow.log_metrics(
+                _finite({str(k): v for k, v in row.items() if k not in ("algorithm", "k", "engine")})
+            )
+            mlflow.set_tag("segspark.chosen", str(is_chosen).lower())
+            nested.append(run.info.run_id)
+    return nested
+
+
+def _log_chosen(result: ClusterResult) -> None:
+    """The choice on the parent run: its params, reason, metrics and timings, the figures, the sweep,
+    the profiles and the choice as artifacts (and the density model's core points)."""
+    import mlflow
+
+    chosen = result.chosen
+    mlflow.log_params(
+        {
+            "clustering.chosen_algorithm": chosen["algorithm"],
+            "clustering.chosen_k": chosen["k"],
+            "clustering.features_used": ",".join(result.features),
+        }
+    )
+    mlflow.set_tag("clustering.reason", chosen["reason"][:5000])
+    mlflow.log_metrics({f"clustering.{k}": v for k, v in _finite(chosen.get("final_metrics", {})).items()})
+    mlflow.log_metrics({f"clustering.{k}": v for k, v in _finite(chosen.get("timings", {})).items()})
+    for name, fig in result.figures.items():
+        mlflow.log_figure(fig, f"{ARTIFACT_DIR}/{name}.png")
+    mlflow.log_text(result.sweep.to_csv(index=False), f"{ARTIFACT_DIR}/sweep.csv")
+    mlflow.log_text(result.profiles.to_json(orient="records"), f"{ARTIFACT_DIR}/{PROFILES_ARTIFACT}")
+    mlflow.log_text(json.dumps(chosen, default=str, indent=2), f"{ARTIFACT_DIR}/chosen.json")
+    if result.density is not None:
+        _log_density(result.density)
+
+
+def _register_model(
+    result: ClusterResult,
+    tracking: TrackingConfig,
+    registry_uri: str,
+    parent_run_id: str,
+    alias: str,
+    staging_dir: str | None,
+) -> tuple[str, str]:
+    """Log the PipelineModel on the active run, register it, point ``alias`` at the new version and
+    tag it with the parent run; returns (model URI, version)."""
+    import mlflow
+    import mlflow.spark
+    from mlflow import MlflowClient
+
+    if _connect_client():
+        version = _log_model_through_folder(
+            result.model,
+            f"{ARTIFACT_DIR}/{MODEL_NAME}",
+            tracking.registered_model,
+            staging_dir,
+            model_signature(result.features),
+        )
+    else:
+        info = mlflow.spark.log_model(
+            result.model,
+            f"{ARTIFACT_DIR}/{MODEL_NAME}",
+            registered_model_name=tracking.registered_model,
+            pip_requirements=model_requirements(),
+            signature=model_signature(result.features),
+        )
+        version = str(info.registered_model_version)
+    client = MlflowClient(registry_uri=registry_uri)
+    client.set_registered_model_alias(tracking.registered_model, alias, version)
+    client.set_model_version_tag(tracking.registered_model, version, "segspark.run_id", parent_run_id)
+    model_uri = f"models:/{tracking.registered_model}/{version}"
+    log.info("registered %s (alias %s)", model_uri, alias)
+    return model_uri, version
+
+
 def log_to_mlflow(
     result: ClusterResult,
     tracking: TrackingConfig,
@@ -108,8 +190,7 @@ def log_to_mlflow(
     Returns {"parent_run_id", "nested_run_ids", "model_uri", "model_version"}.
     """
     import mlflow
-    import mlflow.spark
-    from mlflow import MlflowClient
+    import mlflow.spark  # before any run is opened: a flavor that cannot load leaves no half-logged run
 
     own_parent = mlflow.active_run() is None
     if own_parent:
@@ -120,67 +201,16 @@ def log_to_mlflow(
     mlflow.set_registry_uri(registry_uri)
     parent = mlflow.active_run()
     assert parent is not None
-    nested: list[str] = []
     try:
         if params:
             mlflow.log_params({f"clustering.{k}": str(v)[:500] for k, v in params.items()})
         if input_tables:
             mlflow.set_tags({f"input.{k}": str(v) for k, v in input_tables.items()})
-        chosen = result.chosen
-        for row in result.sweep.to_dict("records"):
-            is_chosen = row["algorithm"] == chosen["algorithm"] and int(row["k"]) == chosen["k"]
-            with mlflow.start_run(run_name=f"{row['algorithm']}-k{int(row['k'])}", nested=True) as run:
-                mlflow.log_params(
-                    {"algorithm": row["algorithm"], "k": int(row["k"]), "engine": row["engine"]}
-                )
-                mlflow.log_metrics(
-                    _finite({str(k): v for k, v in row.items() if k not in ("algorithm", "k", "engine")})
-                )
-                mlflow.set_tag("segspark.chosen", str(is_chosen).lower())
-                nested.append(run.info.run_id)
-        mlflow.log_params(
-            {
-                "clustering.chosen_algorithm": chosen["algorithm"],
-                "clustering.chosen_k": chosen["k"],
-                "clustering.features_used": ",".join(result.features),
-            }
+        nested = _log_candidates(result)
+        _log_chosen(result)
+        model_uri, version = _register_model(
+            result, tracking, registry_uri, parent.info.run_id, alias, staging_dir
         )
-        mlflow.set_tag("clustering.reason", chosen["reason"][:5000])
-        mlflow.log_metrics(
-            {f"clustering.{k}": v for k, v in _finite(chosen.get("final_metrics", {})).items()}
-        )
-        mlflow.log_metrics({f"clustering.{k}": v for k, v in _finite(chosen.get("timings", {})).items()})
-        for name, fig in result.figures.items():
-            mlflow.log_figure(fig, f"{ARTIFACT_DIR}/{name}.png")
-        mlflow.log_text(result.sweep.to_csv(index=False), f"{ARTIFACT_DIR}/sweep.csv")
-        mlflow.log_text(result.profiles.to_json(orient="records"), f"{ARTIFACT_DIR}/{PROFILES_ARTIFACT}")
-        mlflow.log_text(json.dumps(chosen, default=str, indent=2), f"{ARTIFACT_DIR}/chosen.json")
-        if result.density is not None:
-            _log_density(result.density)
-        if _connect_client():
-            version = _log_model_through_folder(
-                result.model,
-                f"{ARTIFACT_DIR}/{MODEL_NAME}",
-                tracking.registered_model,
-                staging_dir,
-                model_signature(result.features),
-            )
-        else:
-            info = mlflow.spark.log_model(
-                result.model,
-                f"{ARTIFACT_DIR}/{MODEL_NAME}",
-                registered_model_name=tracking.registered_model,
-                pip_requirements=model_requirements(),
-                signature=model_signature(result.features),
-            )
-            version = str(info.registered_model_version)
-        client = MlflowClient(registry_uri=registry_uri)
-        client.set_registered_model_alias(tracking.registered_model, alias, version)
-        client.set_model_version_tag(
-            tracking.registered_model, version, "segspark.run_id", parent.info.run_id
-        )
-        model_uri = f"models:/{tracking.registered_model}/{version}"
-        log.info("registered %s (alias %s)", model_uri, alias)
     finally:
         if own_parent:
             mlflow.end_run()

@@ -8,7 +8,7 @@ and which command), so a report rebuilt from a run's tables is that run's report
 
 from __future__ import annotations
 
-from segspark.report.collect import RunInfo
+from segspark.report.data import RunInfo
 from segspark.report.fmt import SUMMARY_COLUMNS
 from segspark.report.recommend import RECOMMENDATION_COLUMNS, TOO_SMALL, sample_size_per_arm
 from segspark.report.render import ReportResult, build_report

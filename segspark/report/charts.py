@@ -27,17 +27,18 @@ from matplotlib.text import Annotation, Text
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
-from segspark.report.collect import (
+from segspark.report.data import LIFECYCLE_ORDER, MODEL_ONLY_FEATURES, OTHER, UNASSIGNED, ReportData
+from segspark.schema import (
+    CUSTOMERS,
     DIMENSION,
+    F_SCORE,
     FROM_SEGMENT,
-    LIFECYCLE_ORDER,
-    OTHER,
+    LIFECYCLE_STAGE,
+    R_SCORE,
+    RFM_SEGMENT,
+    SEGMENT,
     TO_SEGMENT,
-    UNASSIGNED,
-    ReportData,
 )
-from segspark.report.data import MODEL_ONLY_FEATURES
-from segspark.schema import CUSTOMERS, F_SCORE, LIFECYCLE_STAGE, R_SCORE, RFM_SEGMENT, SEGMENT
 
 OTHER_COLOUR = "#9e9e9e"
 UNASSIGNED_COLOUR = "#d0d0d0"

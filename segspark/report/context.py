@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from segspark.config import Settings
-from segspark.report.collect import LIFECYCLE_ORDER, SEGMENT_TYPES, ReportData
+from segspark.report.data import LIFECYCLE_ORDER, SEGMENT_TYPES, ReportData
 from segspark.report.fmt import (
     ENGAGEMENT_KPIS,
     FALLBACK_LABEL,

@@ -62,7 +62,7 @@ from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from segspark.config import REPORT_PLAYS, AbTestConfig, Settings
-from segspark.report.collect import OTHER, UNASSIGNED, ReportData, SegmentView
+from segspark.report.data import OTHER, UNASSIGNED, ReportData, SegmentView
 from segspark.schema import CUSTOMERS, LIFECYCLE_STAGE, MONETARY, REVENUE, RFM_SEGMENT, SEGMENT, VALUE_TIER
 
 TOO_SMALL = "too small to test: do not act on it yet"
@@ -531,77 +531,75 @@ def _pool_designs(records: list[dict[str, Any]], cfg: AbTestConfig) -> None:
                 )
 
 
-def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
-    """Ranked plays with impact, effort, quadrant and A/B plan (columns :data:`RECOMMENDATION_COLUMNS`)."""
-    plays = play_settings(settings)
+def _play_record(
+    view: SegmentView, row: pd.Series, pid: str, play: Play, data: ReportData, settings: Settings
+) -> dict[str, Any]:
+    """One play for one segment: its value, impact and conversion-test plan, plus the working
+    fields (``_design``, ``_pool``, ``_basis_text``) that :func:`_finish_record` resolves."""
     ab = settings.report.ab_test
     sym = settings.report.currency_symbol
-    records: list[dict[str, Any]] = []
-    for view, row in _candidates(data):
-        pid = play_for(view.segment_type, row, settings.rfm.bins, dominant_stage(view, str(row[SEGMENT])))
-        if pid is None:
-            continue
-        play = plays[pid]
-        value, basis = _value(row, pid, data)
-        baseline, metric = _baseline(row, pid, data, settings.churn.horizon_days)
-        decrease = pid in DECREASE_PLAYS
-        customers = float(row[CUSTOMERS])
-        plan = ab_plan(baseline, customers, ab, decrease)
-        spend, spread = _num(row.get(f"mean_{MONETARY}")), _num(row.get("sd_monetary"))
-        p_buy = 1.0 - plan.baseline_rate if decrease else plan.baseline_rate
-        cv = revenue_cv(spend, spread, p_buy) if not math.isnan(plan.baseline_rate) else math.nan
-        design = design_for(plan, cv, customers, ab, decrease)
-        impact = value * play.uplift if math.isfinite(value) else math.nan
-        records.append(
-            {
-                "play": pid,
-                "play_name": play.name,
-                "segment": str(row[SEGMENT]),
-                "segment_type": view.segment_type,
-                "customers": int(row[CUSTOMERS]),
-                "value_basis": basis,
-                "value_at_stake": value,
-                "uplift_assumption": play.uplift,
-                "impact": impact,
-                "effort": play.effort,
-                "priority": impact / play.effort if math.isfinite(impact) else math.nan,
-                "baseline_metric": metric,
-                "baseline_rate": plan.baseline_rate,
-                "mde": abs(plan.target_rate - plan.baseline_rate),
-                "mde_relative": ab.mde_relative,
-                "target_rate": plan.target_rate,
-                "alpha": ab.alpha,
-                "power": ab.power,
-                "sample_size_per_arm": plan.sample_size_per_arm,
-                "weeks_needed": plan.weeks_needed,
-                "testable": plan.testable,
-                "test_flag": plan.flag,
-                "_design": design,
-                "_pool": (customers, plan.baseline_rate, spend, spread, decrease),
-                "owner": play.owner,
-                "action": play.action,
-                "_basis_text": f"{row[SEGMENT]}: {int(customers):,} customers, {sym}{value:,.0f} {basis}; "
-                f"assumed uplift {play.uplift:.0%} (report.uplift.{pid}) gives {sym}{impact:,.0f}. "
-                f"Conversion test: baseline {plan.baseline_rate:.1%} ({metric})",
-            }
-        )
-    if not records:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in RECOMMENDATION_COLUMNS})
-    _pool_designs(records, ab)
-    for rec in records:
-        chosen: Design = rec.pop("_design")
-        rec.pop("_pool")
-        # sample_size_per_arm and weeks_needed stay the conversion test's; the design's are in its note
-        n, weeks = chosen.sample_size_per_arm, chosen.weeks
-        size = "" if n is None else f", {n:,} per arm" + ("" if weeks is None else f", {weeks:.0f} weeks")
-        rec["testable"] = chosen.powered
-        rec["test_flag"] = "" if chosen.powered else chosen.note
-        rec["test_design"] = chosen.kind if chosen.powered else ""
-        rec["design_note"] = chosen.note
-        how = f"{size}."
-        if chosen.kind != "conversion test":
-            how = f" is underpowered; {chosen.kind}: {chosen.note}."
-        rec["rationale"] = str(rec.pop("_basis_text")) + how
+    value, basis = _value(row, pid, data)
+    baseline, metric = _baseline(row, pid, data, settings.churn.horizon_days)
+    decrease = pid in DECREASE_PLAYS
+    customers = float(row[CUSTOMERS])
+    plan = ab_plan(baseline, customers, ab, decrease)
+    spend, spread = _num(row.get(f"mean_{MONETARY}")), _num(row.get("sd_monetary"))
+    p_buy = 1.0 - plan.baseline_rate if decrease else plan.baseline_rate
+    cv = revenue_cv(spend, spread, p_buy) if not math.isnan(plan.baseline_rate) else math.nan
+    design = design_for(plan, cv, customers, ab, decrease)
+    impact = value * play.uplift if math.isfinite(value) else math.nan
+    return {
+        "play": pid,
+        "play_name": play.name,
+        "segment": str(row[SEGMENT]),
+        "segment_type": view.segment_type,
+        "customers": int(row[CUSTOMERS]),
+        "value_basis": basis,
+        "value_at_stake": value,
+        "uplift_assumption": play.uplift,
+        "impact": impact,
+        "effort": play.effort,
+        "priority": impact / play.effort if math.isfinite(impact) else math.nan,
+        "baseline_metric": metric,
+        "baseline_rate": plan.baseline_rate,
+        "mde": abs(plan.target_rate - plan.baseline_rate),
+        "mde_relative": ab.mde_relative,
+        "target_rate": plan.target_rate,
+        "alpha": ab.alpha,
+        "power": ab.power,
+        "sample_size_per_arm": plan.sample_size_per_arm,
+        "weeks_needed": plan.weeks_needed,
+        "testable": plan.testable,
+        "test_flag": plan.flag,
+        "_design": design,
+        "_pool": (customers, plan.baseline_rate, spend, spread, decrease),
+        "owner": play.owner,
+        "action": play.action,
+        "_basis_text": f"{row[SEGMENT]}: {int(customers):,} customers, {sym}{value:,.0f} {basis}; "
+        f"assumed uplift {play.uplift:.0%} (report.uplift.{pid}) gives {sym}{impact:,.0f}. "
+        f"Conversion test: baseline {plan.baseline_rate:.1%} ({metric})",
+    }
+
+
+def _finish_record(rec: dict[str, Any]) -> None:
+    """Replace a record's working fields by the chosen design's columns and the rationale."""
+    chosen: Design = rec.pop("_design")
+    rec.pop("_pool")
+    # sample_size_per_arm and weeks_needed stay the conversion test's; the design's are in its note
+    n, weeks = chosen.sample_size_per_arm, chosen.weeks
+    size = "" if n is None else f", {n:,} per arm" + ("" if weeks is None else f", {weeks:.0f} weeks")
+    rec["testable"] = chosen.powered
+    rec["test_flag"] = "" if chosen.powered else chosen.note
+    rec["test_design"] = chosen.kind if chosen.powered else ""
+    rec["design_note"] = chosen.note
+    how = f"{size}."
+    if chosen.kind != "conversion test":
+        how = f" is underpowered; {chosen.kind}: {chosen.note}."
+    rec["rationale"] = str(rec.pop("_basis_text")) + how
+
+
+def _ranked(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The finished records ranked (measurable plays first, then priority), with their quadrant."""
     df = pd.DataFrame.from_records(records)
     # plays that can be measured first, then by impact per effort
     df = (
@@ -625,3 +623,20 @@ def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
     df["sample_size_per_arm"] = df["sample_size_per_arm"].astype("Int64")
     df["weeks_needed"] = pd.to_numeric(df["weeks_needed"], errors="coerce")
     return df[list(RECOMMENDATION_COLUMNS)].reset_index(drop=True)
+
+
+def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
+    """Ranked plays with impact, effort, quadrant and A/B plan (columns :data:`RECOMMENDATION_COLUMNS`)."""
+    plays = play_settings(settings)
+    records: list[dict[str, Any]] = []
+    for view, row in _candidates(data):
+        pid = play_for(view.segment_type, row, settings.rfm.bins, dominant_stage(view, str(row[SEGMENT])))
+        if pid is None:
+            continue
+        records.append(_play_record(view, row, pid, plays[pid], data, settings))
+    if not records:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in RECOMMENDATION_COLUMNS})
+    _pool_designs(records, settings.report.ab_test)
+    for rec in records:
+        _finish_record(rec)
+    return _ranked(records)

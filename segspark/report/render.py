@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -25,16 +25,14 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from segspark.config import Settings
 from segspark.errors import EnvironmentProblem, SegsparkError
 from segspark.report import charts as C
-from segspark.report.collect import (
-    ReportData,
-    RunInfo,
-    collect,
-)
+from segspark.report.collect import collect
 from segspark.report.context import report_context
+from segspark.report.data import ReportData, RunInfo
 from segspark.report.fmt import Fmt
 from segspark.report.recommend import (
     recommend,
 )
+from segspark.report.section_tables import Validity
 from segspark.report.sections import clv_validity, findings, not_shown, summary_table
 
 if TYPE_CHECKING:
@@ -122,6 +120,62 @@ def _palettes(data: ReportData) -> dict[str, dict[str, str]]:
     return out
 
 
+def _draw_charts(
+    data: ReportData,
+    recs: pd.DataFrame,
+    palettes: dict[str, dict[str, str]],
+    validity: Validity | None,
+    figures_dir: Path,
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """Draw every chart to ``figures_dir`` as PNG; the templates' chart entries (CLV charts carry
+    the CLV validity line in their caption)."""
+    cfg = settings.report
+    chart_list = C.make_charts(
+        data, recs, palettes, cfg.currency_symbol, settings.rfm.bins, cfg.ltv_cac_target
+    )
+    charts = []
+    for ch in chart_list:
+        png = C.to_png(ch.figure, figures_dir / f"{ch.name}.png", cfg.figure_dpi)
+        caption = ch.caption
+        if validity is not None and ch.name in CLV_CHARTS:
+            caption = f"{caption} {validity.text}"
+        charts.append(
+            {
+                "name": ch.name,
+                "title": ch.title,
+                "caption": caption,
+                "validity": validity.status if validity is not None and ch.name in CLV_CHARTS else None,
+                "file": f"{FIGURES}/{ch.name}.png",
+                "uri": C.data_uri(png),
+            }
+        )
+    return charts
+
+
+def _render_templates(context: dict[str, Any], folder: Path) -> None:
+    """``report.html`` and ``report.md`` in ``folder``, from the same context."""
+    env = _env()
+    (folder / "report.html").write_text(
+        env.get_template("report.html.j2").render(**context), encoding="utf-8"
+    )
+    (folder / "report.md").write_text(env.get_template("report.md.j2").render(**context), encoding="utf-8")
+
+
+def _publish(staging: Path, run_dir: Path, out_dir: Path) -> Path:
+    """Move the staged report to ``run_dir`` and copy it to ``latest/``; returns ``latest/``."""
+    # replace this run's folder and latest/ in one step each, so readers never see half a report
+    shutil.rmtree(run_dir, ignore_errors=True)
+    staging.rename(run_dir)
+    latest = out_dir / LATEST
+    latest_tmp = out_dir / f".{LATEST}.tmp"
+    shutil.rmtree(latest_tmp, ignore_errors=True)
+    shutil.copytree(run_dir, latest_tmp)
+    shutil.rmtree(latest, ignore_errors=True)
+    latest_tmp.rename(latest)
+    return latest
+
+
 def build_report(
     tables: Mapping[str, DataFrame | None], run: RunInfo, out_dir: Path, settings: Settings
 ) -> ReportResult:
@@ -155,41 +209,11 @@ def build_report(
     shutil.rmtree(staging, ignore_errors=True)
     figures_dir = staging / FIGURES
     figures_dir.mkdir(parents=True)
-    chart_list = C.make_charts(
-        data, recs, palettes, cfg.currency_symbol, settings.rfm.bins, cfg.ltv_cac_target
-    )
-    charts = []
-    for ch in chart_list:
-        png = C.to_png(ch.figure, figures_dir / f"{ch.name}.png", cfg.figure_dpi)
-        caption = ch.caption
-        if validity is not None and ch.name in CLV_CHARTS:
-            caption = f"{caption} {validity.text}"
-        charts.append(
-            {
-                "name": ch.name,
-                "title": ch.title,
-                "caption": caption,
-                "validity": validity.status if validity is not None and ch.name in CLV_CHARTS else None,
-                "file": f"{FIGURES}/{ch.name}.png",
-                "uri": C.data_uri(png),
-            }
-        )
+    charts = _draw_charts(data, recs, palettes, validity, figures_dir, settings)
     context = report_context(data, recs, charts, found, palettes, settings, missing, summary)
-    env = _env()
-    (staging / "report.html").write_text(
-        env.get_template("report.html.j2").render(**context), encoding="utf-8"
-    )
-    (staging / "report.md").write_text(env.get_template("report.md.j2").render(**context), encoding="utf-8")
+    _render_templates(context, staging)
     pdf_written = _print_pdf(staging, cfg.pdf)
-    # replace this run's folder and latest/ in one step each, so readers never see half a report
-    shutil.rmtree(run_dir, ignore_errors=True)
-    staging.rename(run_dir)
-    latest = out_dir / LATEST
-    latest_tmp = out_dir / f".{LATEST}.tmp"
-    shutil.rmtree(latest_tmp, ignore_errors=True)
-    shutil.copytree(run_dir, latest_tmp)
-    shutil.rmtree(latest, ignore_errors=True)
-    latest_tmp.rename(latest)
+    latest = _publish(staging, run_dir, out_dir)
     seconds = time.perf_counter() - started
     log.info("report written to %s in %.1f s (%d charts)", run_dir, seconds, len(charts))
     return ReportResult(

@@ -13,8 +13,7 @@ import pandas as pd
 
 from segspark.config import Milestone, Settings
 from segspark.report import charts as C
-from segspark.report.collect import UNASSIGNED, ReportData, SegmentView
-from segspark.report.data import MODEL_ONLY_FEATURES
+from segspark.report.data import MODEL_ONLY_FEATURES, UNASSIGNED, ReportData, SegmentView
 from segspark.report.fmt import TYPE_LABELS, WORDS, Fmt, Table, _as_float, _finite
 from segspark.report.recommend import (
     dominant_stage,

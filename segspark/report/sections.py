@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from segspark.config import Settings
-from segspark.report.collect import OTHER, UNASSIGNED, ReportData, SegmentView
-from segspark.report.data import ClvValidity
+from segspark.report.data import OTHER, UNASSIGNED, ClvValidity, ReportData, SegmentView
 from segspark.report.fmt import (
     SUMMARY_COLUMNS,
     TYPE_LABELS,
@@ -135,28 +134,29 @@ def _named(view: SegmentView) -> pd.DataFrame:
     return t[~t[SEGMENT].isin([OTHER, UNASSIGNED])]
 
 
-def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, Any]]:
-    """The three computed findings of the executive summary (metric, value, unit, text)."""
-    w = WORDS[settings.report.preset]
-    out: list[dict[str, Any]] = []
-    t = data.totals
+def _top_segment_finding(data: ReportData, fmt: Fmt, w: dict[str, str]) -> dict[str, Any] | None:
+    """The named segment of the primary type whose revenue share most exceeds its customer share."""
     primary = data.primary_type()
-    if primary is not None:
-        named = _named(data.segments[primary])
-        named = named[named[REVENUE] > 0]
-        if not named.empty:
-            r = named.loc[(named["revenue_share"] - named["customer_share"]).idxmax()]
-            out.append(
-                {
-                    "metric": "top_segment_revenue_share",
-                    "value": float(r["revenue_share"]),
-                    "unit": "share",
-                    "text": f"{r[SEGMENT]} are {fmt.pct(r['customer_share'])} of {w['customers']} and "
-                    f"{fmt.pct(r['revenue_share'])} of net revenue.",
-                    "segment": str(r[SEGMENT]),
-                    "customer_share": float(r["customer_share"]),
-                }
-            )
+    if primary is None:
+        return None
+    named = _named(data.segments[primary])
+    named = named[named[REVENUE] > 0]
+    if named.empty:
+        return None
+    r = named.loc[(named["revenue_share"] - named["customer_share"]).idxmax()]
+    return {
+        "metric": "top_segment_revenue_share",
+        "value": float(r["revenue_share"]),
+        "unit": "share",
+        "text": f"{r[SEGMENT]} are {fmt.pct(r['customer_share'])} of {w['customers']} and "
+        f"{fmt.pct(r['revenue_share'])} of net revenue.",
+        "segment": str(r[SEGMENT]),
+        "customer_share": float(r["customer_share"]),
+    }
+
+
+def _at_risk_rows(data: ReportData) -> tuple[pd.DataFrame | None, str]:
+    """The at-risk RFM segments (else the at-risk lifecycle stage) and how the finding names them."""
     risk_rows, label = None, ""
     if RFM_SEGMENT in data.segments:
         view = data.segments[RFM_SEGMENT]
@@ -168,60 +168,103 @@ def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, A
         row = data.segments[LIFECYCLE_STAGE].row("at_risk")
         if row is not None:
             risk_rows, label = pd.DataFrame([row]), "the at-risk lifecycle stage"
-    if risk_rows is not None:
-        n = float(risk_rows[CUSTOMERS].sum())
-        clv_based = bool(data.has.get(CLV) and float(risk_rows["n_clv"].sum()) > 0)
-        if clv_based:
-            fallback = data.clv_validity is not None and data.clv_validity.fallback
-            what = "CLV estimated from the historical spend rate" if fallback else "predicted CLV"
-            v = float(risk_rows["sum_clv"].sum())
-        else:
-            v, what = float(risk_rows[REVENUE].sum()), "net revenue to date"
-        out.append(
-            {
-                "metric": "value_at_risk",
-                "value": v,
-                "unit": "currency",
-                "text": f"{fmt.money(v)} of {what} sits in {label} ({fmt.count(n)} {w['customers']}, "
-                f"{fmt.pct(n / t[CUSTOMERS] if t[CUSTOMERS] else math.nan)} of all).",
-                "clv": clv_based,
-            }
-        )
-    if data.has.get(CHURN_RISK) and t[f"n_{CHURN_RISK}"] > 0:
-        share = t["high_churn_risk"] / t[f"n_{CHURN_RISK}"]
-        out.append(
-            {
-                "metric": "high_churn_risk_share",
-                "value": share,
-                "unit": "share",
-                "text": f"{fmt.pct(share)} of scored {w['customers']} have a high churn risk "
-                f"(at least {fmt.pct(settings.churn.high_risk_threshold, 0)} of not buying within "
-                f"{settings.churn.horizon_days} days).",
-            }
-        )
-    if LIFECYCLE_STAGE in data.segments and len(out) < 3:
-        row = data.segments[LIFECYCLE_STAGE].row("churned")
-        if row is not None and t["buyers"]:
-            share = float(row[CUSTOMERS]) / t["buyers"]
-            out.append(
-                {
-                    "metric": "churned_buyer_share",
-                    "value": share,
-                    "unit": "share",
-                    "text": f"{fmt.pct(share)} of buyers have lapsed (no purchase for more than "
-                    f"{settings.lifecycle.churned_days} days).",
-                }
-            )
-    if len(out) < 3 and t["buyers"]:
-        share = (t["buyers"] - t["repeat_buyers"]) / t["buyers"]
-        out.append(
-            {
-                "metric": "one_time_buyer_share",
-                "value": share,
-                "unit": "share",
-                "text": f"{fmt.pct(share)} of buyers have bought only once.",
-            }
-        )
+    return risk_rows, label
+
+
+def _value_at_risk_finding(data: ReportData, fmt: Fmt, w: dict[str, str]) -> dict[str, Any] | None:
+    """The CLV (else net revenue) held by the at-risk customers."""
+    risk_rows, label = _at_risk_rows(data)
+    if risk_rows is None:
+        return None
+    t = data.totals
+    n = float(risk_rows[CUSTOMERS].sum())
+    clv_based = bool(data.has.get(CLV) and float(risk_rows["n_clv"].sum()) > 0)
+    if clv_based:
+        fallback = data.clv_validity is not None and data.clv_validity.fallback
+        what = "CLV estimated from the historical spend rate" if fallback else "predicted CLV"
+        v = float(risk_rows["sum_clv"].sum())
+    else:
+        v, what = float(risk_rows[REVENUE].sum()), "net revenue to date"
+    return {
+        "metric": "value_at_risk",
+        "value": v,
+        "unit": "currency",
+        "text": f"{fmt.money(v)} of {what} sits in {label} ({fmt.count(n)} {w['customers']}, "
+        f"{fmt.pct(n / t[CUSTOMERS] if t[CUSTOMERS] else math.nan)} of all).",
+        "clv": clv_based,
+    }
+
+
+def _high_churn_risk_finding(
+    data: ReportData, settings: Settings, fmt: Fmt, w: dict[str, str]
+) -> dict[str, Any] | None:
+    """The share of scored customers above the high churn-risk threshold."""
+    t = data.totals
+    if not (data.has.get(CHURN_RISK) and t[f"n_{CHURN_RISK}"] > 0):
+        return None
+    share = t["high_churn_risk"] / t[f"n_{CHURN_RISK}"]
+    return {
+        "metric": "high_churn_risk_share",
+        "value": share,
+        "unit": "share",
+        "text": f"{fmt.pct(share)} of scored {w['customers']} have a high churn risk "
+        f"(at least {fmt.pct(settings.churn.high_risk_threshold, 0)} of not buying within "
+        f"{settings.churn.horizon_days} days).",
+    }
+
+
+def _churned_buyer_finding(data: ReportData, settings: Settings, fmt: Fmt) -> dict[str, Any] | None:
+    """The share of buyers in the churned lifecycle stage."""
+    t = data.totals
+    if LIFECYCLE_STAGE not in data.segments:
+        return None
+    row = data.segments[LIFECYCLE_STAGE].row("churned")
+    if row is None or not t["buyers"]:
+        return None
+    share = float(row[CUSTOMERS]) / t["buyers"]
+    return {
+        "metric": "churned_buyer_share",
+        "value": share,
+        "unit": "share",
+        "text": f"{fmt.pct(share)} of buyers have lapsed (no purchase for more than "
+        f"{settings.lifecycle.churned_days} days).",
+    }
+
+
+def _one_time_buyer_finding(data: ReportData, fmt: Fmt) -> dict[str, Any] | None:
+    """The share of buyers who bought only once."""
+    t = data.totals
+    if not t["buyers"]:
+        return None
+    share = (t["buyers"] - t["repeat_buyers"]) / t["buyers"]
+    return {
+        "metric": "one_time_buyer_share",
+        "value": share,
+        "unit": "share",
+        "text": f"{fmt.pct(share)} of buyers have bought only once.",
+    }
+
+
+def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, Any]]:
+    """The three computed findings of the executive summary (metric, value, unit, text)."""
+    w = WORDS[settings.report.preset]
+    out: list[dict[str, Any]] = []
+    for found in (
+        _top_segment_finding(data, fmt, w),
+        _value_at_risk_finding(data, fmt, w),
+        _high_churn_risk_finding(data, settings, fmt, w),
+    ):
+        if found is not None:
+            out.append(found)
+    # the fallbacks fill the summary's three findings when a model or a segment type is missing
+    if len(out) < 3:
+        churned = _churned_buyer_finding(data, settings, fmt)
+        if churned is not None:
+            out.append(churned)
+    if len(out) < 3:
+        one_time = _one_time_buyer_finding(data, fmt)
+        if one_time is not None:
+            out.append(one_time)
     return out[:3]
 
 
@@ -295,19 +338,13 @@ def not_shown(data: ReportData, recs: pd.DataFrame, settings: Settings) -> list[
     return out
 
 
-def summary_table(
-    data: ReportData,
-    recs: pd.DataFrame,
-    found: list[dict[str, Any]],
-    settings: Settings,
-    validity: Validity | None = None,
-    missing: list[str] | None = None,
-) -> pd.DataFrame:
-    """``report_summary``: one row per headline figure (metric, value, unit, text)."""
+SummaryRow = tuple[str, float | None, str, str]  # a report_summary row: metric, value, unit, text
+
+
+def _headline_rows(data: ReportData, fmt: Fmt) -> list[SummaryRow]:
+    """Customers, buyers, revenue, CLV and churn risk over the whole run."""
     t = data.totals
-    sym = settings.report.currency_symbol
-    fmt = Fmt(sym)
-    rows: list[tuple[str, float | None, str, str]] = [
+    rows: list[SummaryRow] = [
         ("customers", t[CUSTOMERS], "customers", fmt.count(t[CUSTOMERS])),
         ("buyers", t["buyers"], "customers", fmt.count(t["buyers"])),
         ("revenue", t[REVENUE], "currency", fmt.money(t[REVENUE])),
@@ -331,6 +368,12 @@ def summary_table(
     if t[f"n_{CHURN_RISK}"] > 0:
         avg = t[f"sum_{CHURN_RISK}"] / t[f"n_{CHURN_RISK}"]
         rows.append(("avg_churn_risk", avg, "share", fmt.pct(avg)))
+    return rows
+
+
+def _segment_rows(data: ReportData, found: list[dict[str, Any]], fmt: Fmt) -> list[SummaryRow]:
+    """The findings (numbered and by metric), cohort retention and how many segments are shown."""
+    rows: list[SummaryRow] = []
     for i, f in enumerate(found, start=1):
         rows.append((f"finding_{i}", f["value"], f["unit"], f["text"]))
         rows.append((f["metric"], f["value"], f["unit"], f["text"]))
@@ -343,23 +386,35 @@ def summary_table(
     ]
     for st, view in data.segments.items():
         rows.append((f"segments_shown_{st}", float(len(view.table)), "count", fmt.count(len(view.table))))
-    if not recs.empty:
-        rows += [
-            ("plays", float(len(recs)), "count", fmt.count(len(recs))),
-            ("testable_plays", float(recs["testable"].sum()), "count", fmt.count(recs["testable"].sum())),
-            ("total_impact", float(recs["impact"].sum()), "currency", fmt.money(recs["impact"].sum())),
-        ]
-        for _, r in recs.head(3).iterrows():
-            rows.append(
-                (
-                    f"top_play_{int(r['rank'])}",
-                    float(r["impact"]),
-                    "currency",
-                    f"{r['play_name']} for {r['segment']}: {fmt.money(r['impact'])} impact (assumed), "
-                    f"effort {r['effort']}"
-                    + (f"; measured by a {r['test_design']}" if r["testable"] else f"; {r['test_flag']}"),
-                )
+    return rows
+
+
+def _play_rows(recs: pd.DataFrame, fmt: Fmt) -> list[SummaryRow]:
+    """The plays: how many, how many testable, their total impact and the top three."""
+    if recs.empty:
+        return []
+    rows: list[SummaryRow] = [
+        ("plays", float(len(recs)), "count", fmt.count(len(recs))),
+        ("testable_plays", float(recs["testable"].sum()), "count", fmt.count(recs["testable"].sum())),
+        ("total_impact", float(recs["impact"].sum()), "currency", fmt.money(recs["impact"].sum())),
+    ]
+    for _, r in recs.head(3).iterrows():
+        rows.append(
+            (
+                f"top_play_{int(r['rank'])}",
+                float(r["impact"]),
+                "currency",
+                f"{r['play_name']} for {r['segment']}: {fmt.money(r['impact'])} impact (assumed), "
+                f"effort {r['effort']}"
+                + (f"; measured by a {r['test_design']}" if r["testable"] else f"; {r['test_flag']}"),
             )
+        )
+    return rows
+
+
+def _clustering_and_clv_rows(data: ReportData, fmt: Fmt) -> list[SummaryRow]:
+    """The chosen k and its silhouette, and the CLV model's holdout errors."""
+    rows: list[SummaryRow] = []
     cl = data.clustering
     if cl and cl["chosen"].get("k") is not None:
         rows.append(("chosen_k", float(cl["chosen"]["k"]), "count", str(cl["chosen"].get("reason", ""))))
@@ -373,17 +428,30 @@ def summary_table(
                 rows.append(
                     (f"clv_{key}", float(v), "pct" if key.endswith("pct") else "purchases", fmt.num(v, 3))
                 )
-    if validity is not None:
-        cv = data.clv_validity
-        valid = None if cv is None or not cv.recorded else (0.0 if cv.fallback else cv.valid)
-        rows.append(("clv_valid", None if valid is None else float(valid), "flag", validity.text))
-        if cv is not None and cv.fallback:
-            rows.append(("clv_fallback", 1.0, "flag", cv.fallback_reason or "no reason recorded"))
-        elif cv is not None:
-            err = cv.chosen.get("holdout_total_error")
-            rows.append(("clv_holdout_total_error", err, "share", fmt_signed_pct(err)))
-            if cv.spend_corr is not None or cv.spend_corr_ok is not None:
-                rows.append(("clv_spend_corr", cv.spend_corr, "correlation", _spend_check(cv)[0]))
+    return rows
+
+
+def _validity_rows(data: ReportData, validity: Validity | None) -> list[SummaryRow]:
+    """The CLV validity line and, for the fallback, why; else the holdout error and spend check."""
+    if validity is None:
+        return []
+    rows: list[SummaryRow] = []
+    cv = data.clv_validity
+    valid = None if cv is None or not cv.recorded else (0.0 if cv.fallback else cv.valid)
+    rows.append(("clv_valid", None if valid is None else float(valid), "flag", validity.text))
+    if cv is not None and cv.fallback:
+        rows.append(("clv_fallback", 1.0, "flag", cv.fallback_reason or "no reason recorded"))
+    elif cv is not None:
+        err = cv.chosen.get("holdout_total_error")
+        rows.append(("clv_holdout_total_error", err, "share", fmt_signed_pct(err)))
+        if cv.spend_corr is not None or cv.spend_corr_ok is not None:
+            rows.append(("clv_spend_corr", cv.spend_corr, "correlation", _spend_check(cv)[0]))
+    return rows
+
+
+def _run_rows(data: ReportData, missing: list[str] | None, fmt: Fmt) -> list[SummaryRow]:
+    """Churn AUCs, quarantined rows, segment drift, the run's warnings and what is not shown."""
+    rows: list[SummaryRow] = []
     if data.churn:
         for key, v in data.churn.items():
             if "auc" in key.lower():
@@ -400,6 +468,27 @@ def summary_table(
         rows.append(("run_warnings", float(len(warnings)), "count", " | ".join(warnings)))
     if missing:
         rows.append(("not_shown", float(len(missing)), "count", " | ".join(missing)))
+    return rows
+
+
+def summary_table(
+    data: ReportData,
+    recs: pd.DataFrame,
+    found: list[dict[str, Any]],
+    settings: Settings,
+    validity: Validity | None = None,
+    missing: list[str] | None = None,
+) -> pd.DataFrame:
+    """``report_summary``: one row per headline figure (metric, value, unit, text)."""
+    fmt = Fmt(settings.report.currency_symbol)
+    rows = [
+        *_headline_rows(data, fmt),
+        *_segment_rows(data, found, fmt),
+        *_play_rows(recs, fmt),
+        *_clustering_and_clv_rows(data, fmt),
+        *_validity_rows(data, validity),
+        *_run_rows(data, missing, fmt),
+    ]
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     out["value"] = pd.to_numeric(out["value"], errors="coerce").astype("float64")
     return out.drop_duplicates("metric", keep="first").reset_index(drop=True)
