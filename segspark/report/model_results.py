@@ -13,6 +13,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 
 from segspark import schema as S
+from segspark.churn_table import metrics_from_table
 from segspark.report.aggregates import drop_stamp, small_table
 from segspark.schema import CLUSTER_ID
 
@@ -104,12 +105,5 @@ def churn_from_table(pdf: pd.DataFrame) -> tuple[dict[str, float] | None, str | 
     skipped = next((str(t) for t in status["text"] if t is not None and not pd.isna(t)), None)
     if not status.empty and skipped is None:
         skipped = "no reason recorded"
-    import segspark.churn
-
-    metrics_from_table = getattr(segspark.churn, "metrics_from_table", None)
-    if metrics_from_table is not None:
-        metrics = dict(metrics_from_table(pdf))
-    else:
-        rows = pdf[pdf["section"] == "metric"]
-        metrics = {str(n): v for n, v in zip(rows["name"], rows["value"], strict=True)}
+    metrics = dict(metrics_from_table(pdf))
     return _scalars(metrics) or None, skipped
