@@ -206,6 +206,18 @@ def customer_base(spark: SparkSession, customers: int, seed: int, partitions: in
     """One row per customer: id, archetype index and name, its behavioural draws and ``order_days``
     (days before the end date of each purchase, oldest first; empty for prospects)."""
     parts = partitions or max(2, min(400, customers // 250_000 + 2))
+    arch = _archetype_index()
+    base = spark.range(0, customers, 1, parts).select(
+        F.col("id"),
+        _u(seed, 0, F.col("id")).alias("u_arch"),
+    )
+    base = base.select(F.col("id"), arch.alias("arch"))
+    staged = _with_lifetime(_customer_draws(base, seed), seed)
+    return _with_order_days(staged, seed)
+
+
+def _archetype_index() -> Column:
+    """The archetype index of the uniform ``u_arch``: archetype i takes its ``share`` of [0, 1)."""
     cum = 0.0
     arch = None
     for i, a in enumerate(ARCHETYPES):
@@ -213,12 +225,12 @@ def customer_base(spark: SparkSession, customers: int, seed: int, partitions: in
         cond = F.col("u_arch") < F.lit(cum)
         arch = F.when(cond, F.lit(i)) if arch is None else arch.when(cond, F.lit(i))
     assert arch is not None
-    arch = arch.otherwise(F.lit(len(ARCHETYPES) - 1))
-    base = spark.range(0, customers, 1, parts).select(
-        F.col("id"),
-        _u(seed, 0, F.col("id")).alias("u_arch"),
-    )
-    base = base.select(F.col("id"), arch.alias("arch"))
+    return arch.otherwise(F.lit(len(ARCHETYPES) - 1))
+
+
+def _customer_draws(base: DataFrame, seed: int) -> DataFrame:
+    """The customer id, the archetype's name and parameters, and the personal draws within its
+    ranges (draws 1 to 6)."""
     idc = F.col("id")
     first, gap = _by_archetype("first_days_ago"), _by_archetype("gap_days")
     drop, life, dies = (
@@ -227,7 +239,7 @@ def customer_base(spark: SparkSession, customers: int, seed: int, partitions: in
         _range_or_null("dies_days_ago"),
     )
     sessions = _by_archetype("sessions_90d")
-    draws = base.select(
+    return base.select(
         idc,
         F.format_string("C%09d", idc).alias(S.CUSTOMER_ID),
         F.col("arch"),
@@ -244,6 +256,11 @@ def customer_base(spark: SparkSession, customers: int, seed: int, partitions: in
         _int_between(_u(seed, 5, idc), sessions[0], sessions[1]).alias("sessions_90d"),
         _by_archetype("acq_channel").alias("pref_acq"),
     )
+
+
+def _with_lifetime(draws: DataFrame, seed: int) -> DataFrame:
+    """Add ``span`` (days alive after the first purchase) and ``repeats_allowed`` (draw 7)."""
+    idc = F.col("id")
     # alive from the first purchase until the earliest of the lifetime, the dropout date and the end
     span = F.least(
         F.col("first_ago").cast("double"),
@@ -256,11 +273,16 @@ def customer_base(spark: SparkSession, customers: int, seed: int, partitions: in
     allowed = F.when(F.col("p_drop") <= 0, F.lit(1_000_000)).otherwise(
         F.least(F.lit(1_000_000.0), F.floor(F.log(_u_open(seed, 7, idc)) / F.least(log_stay, F.lit(-1e-12))))
     )
-    staged = draws.select(
+    return draws.select(
         "*",
         F.greatest(span, F.lit(0.0)).alias("span"),
         allowed.cast("int").alias("repeats_allowed"),
     )
+
+
+def _with_order_days(staged: DataFrame, seed: int) -> DataFrame:
+    """The customer columns with ``order_days`` (the purchases, draws 8 and up), ``n_orders``,
+    ``first_ago`` and ``last_ago``; prospects never buy."""
     days = F.transform(F.col("offsets"), lambda s: F.col("first_ago") - F.floor(s).cast("int"))
     is_buyer = F.col("archetype") != F.lit(PROSPECTS)
     return (

@@ -193,8 +193,7 @@ def write_table(
     atomically: a commit lost to a racing writer is re-checked, never blindly retried).
     """
     from deltalake import DeltaTable, Schema
-    from deltalake.exceptions import CommitFailedError, DeltaError
-    from deltalake.transaction import AddAction, CommitProperties, Transaction
+    from deltalake.transaction import CommitProperties, Transaction
 
     root = _local_path(table_uri).resolve()
     uri = str(root)
@@ -204,6 +203,42 @@ def write_table(
         return CommitResult(version=None, files=0, rows=0, skipped=True)
 
     write_id = uuid.uuid4().hex[:16]
+    adds, total_rows = _write_files(df, root, write_id, partition_by)
+
+    if before_commit is not None:
+        before_commit()  # tests use this to simulate a crash between data files and commit
+
+    schema = Schema.from_arrow(arrow_schema_for(df))
+    props = CommitProperties(
+        app_transactions=[Transaction(app_id=app_id, version=txn_version)],
+        custom_metadata={"segspark.app_id": app_id, "segspark.write_id": write_id},
+        # a lost race must come back here, not be resolved by delta-rs: whether another run's
+        # commit conflicts with this one is decided against the run's start (``since_version``)
+        max_commit_retries=0,
+    )
+    _commit_checked(
+        root,
+        schema,
+        adds,
+        mode,
+        partition_by,
+        partition_value,
+        props,
+        app_id=app_id,
+        since_version=since_version,
+    )
+    version = DeltaTable(uri).version()
+    log.info("%s: committed version %s (%d files, %d rows)", uri, version, len(adds), total_rows)
+    return CommitResult(version=version, files=len(adds), rows=total_rows, skipped=False)
+
+
+def _write_files(
+    df: DataFrame, root: Path, write_id: str, partition_by: list[str]
+) -> tuple[list[AddAction], int]:
+    """Steps 2 and 3 of the protocol: Spark writes the files into the staging folder, each moves to
+    its partition folder and becomes an add with its footer's stats. Returns the adds and their rows."""
+    from deltalake.transaction import AddAction
+
     staging = root / STAGING / write_id
     writer = df.write.mode("error")
     if partition_by:
@@ -237,18 +272,26 @@ def write_table(
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):  # other writes may still be staging
             (root / STAGING).rmdir()
+    return adds, total_rows
 
-    if before_commit is not None:
-        before_commit()  # tests use this to simulate a crash between data files and commit
 
-    schema = Schema.from_arrow(arrow_schema_for(df))
-    props = CommitProperties(
-        app_transactions=[Transaction(app_id=app_id, version=txn_version)],
-        custom_metadata={"segspark.app_id": app_id, "segspark.write_id": write_id},
-        # a lost race must come back here, not be resolved by delta-rs: whether another run's
-        # commit conflicts with this one is decided against the run's start (``since_version``)
-        max_commit_retries=0,
-    )
+def _commit_checked(
+    root: Path,
+    schema: Schema,
+    adds: list[AddAction],
+    mode: WriteMode,
+    partition_by: list[str],
+    partition_value: dict[str, str] | None,
+    props: CommitProperties,
+    *,
+    app_id: str,
+    since_version: int | None,
+) -> None:
+    """Step 4: check the commits since ``since_version`` for a conflict (overwrites only), then commit
+    as the next version; a commit lost to a racing writer goes back to the check."""
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    uri = str(root)
     for _attempt in range(MAX_COMMIT_ATTEMPTS):
         latest = latest_log_version(root)
         if since_version is not None and mode != "append":
@@ -268,14 +311,10 @@ def write_table(
                 raise  # not a lost race: a real failure
             log.info("%s: another writer committed first (%s); checking for a conflict", uri, exc)
             continue
-        break
-    else:
-        raise ConcurrentWriteError(
-            f"table '{root.name}': concurrent write: lost the commit race {MAX_COMMIT_ATTEMPTS} times"
-        )
-    version = DeltaTable(uri).version()
-    log.info("%s: committed version %s (%d files, %d rows)", uri, version, len(adds), total_rows)
-    return CommitResult(version=version, files=len(adds), rows=total_rows, skipped=False)
+        return
+    raise ConcurrentWriteError(
+        f"table '{root.name}': concurrent write: lost the commit race {MAX_COMMIT_ATTEMPTS} times"
+    )
 
 
 def _commit(

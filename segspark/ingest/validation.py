@@ -1,0 +1,201 @@
+"""``validate``: one conformed input table to clean rows, quarantine rows and counts.
+
+In order: check the columns, build the table's plan (``plans``), count the input in one scan, shuffle
+once by customer and parse, add the row keys (``keys``), flag each row with the first rule it breaks,
+persist the flagged frame and count it by rule.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from segspark import schema as S
+from segspark.config import PrivacyConfig, QualityConfig
+from segspark.errors import InputError
+from segspark.ingest.columns import blank_to_null, is_true
+from segspark.ingest.keys import with_row_keys
+from segspark.ingest.plans import Plan, table_plan
+from segspark.ingest.quarantine import RAW, RULE, quarantine_rows, raw_fields
+from segspark.ingest.result import IngestResult
+from segspark.ingest.rules import TABLE_RULES, severity
+from segspark.privacy import mark_pseudonymized
+
+# the package's logger: log lines keep the name they had when ingest was one module
+log = logging.getLogger("segspark.ingest")
+
+
+def validate(
+    df: DataFrame,
+    table: str,
+    cfg: QualityConfig,
+    processing_ts: dt.datetime,
+    currency_rates: DataFrame | None = None,
+    *,
+    key: bytes | None = None,
+    privacy: PrivacyConfig | None = None,
+) -> IngestResult:
+    """Apply the quality rules of ``table`` to a conformed input; return clean rows, quarantine and counts.
+
+    ``key``: when given (and ``privacy.pseudonymize``), ``clean.customer_id`` and the customer id in
+    the quarantine JSON are HMAC pseudonyms (``result.pseudonymized`` is True and
+    ``privacy.pseudonymize`` leaves the column alone). The HMAC runs once per customer (on its first
+    line in the duplicate window) and is carried to its other lines. The clean rows come partitioned
+    and sorted by the trimmed source id (``schema.SOURCE_KEY``), so ``silver.orders`` groups them
+    with no further shuffle. Without a key the clean ids are the trimmed source ids and the
+    quarantine JSON omits them.
+    ``currency_rates``: optional table (currency, rate = units of the base currency per unit), on top
+    of ``quality.currency.rates``. Clean amounts are in the base currency.
+
+    Clean columns: transactions: customer_id, order_id, order_ts, amount, quantity, product_category,
+    channel, currency; customers: customer_id, signup_ts, acquisition_channel, country, age,
+    birth_year, gender, income_band, industry, company_size (PII dropped; ``privacy.minimize`` makes
+    the age band); events: customer_id, event_ts, event_type, channel, device; marketing_spend:
+    month (first of month), channel, spend. Quarantine columns: source_table, rule, reason, raw.
+    """
+    _check_columns(df, table)
+    privacy = privacy or PrivacyConfig()
+    src_cols = list(df.columns)
+    pseudo = key is not None and privacy.pseudonymize
+    keyed_table = S.CUSTOMER_ID in src_cols
+    # The source columns that travel through the one shuffle; the customer id goes trimmed, as the
+    # shuffle key. Its pseudonym is computed after the shuffle, once per customer (``keys``).
+    src_kept = [c for c in src_cols if not (pseudo and c == S.CUSTOMER_ID)]
+    pid = F.col(S.SOURCE_KEY) if keyed_table else F.lit(None).cast("string")
+    plan = table_plan(df, table, cfg, processing_ts, currency_rates, pid)
+    rows_in, counted = _count_input(df, plan)
+    stage = _parsed_stage(df, plan, src_kept, keyed_table, counted)
+    rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off"]
+    stage = with_row_keys(stage, table, plan, rules, src_kept, key if pseudo else None)
+    stage = stage.withColumn(RULE, _first_broken_rule(stage, plan, rules))
+    flagged = _flagged(stage, plan, raw_fields(src_cols, privacy, pseudo), pseudo)
+    # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too; the
+    # source id only where pseudonymization is off, and nothing when it is on but no key is given
+    with_id = keyed_table and (pseudo or not privacy.pseudonymize)
+    result = _result(flagged, table, cfg, plan, rows_in, pseudo=pseudo, with_id=with_id)
+    log.info(
+        "%s: %d rows in, %d clean, %d quarantined %s",
+        table,
+        rows_in,
+        result.rows_clean,
+        result.rows_quarantined,
+        result.by_rule,
+    )
+    return result
+
+
+def _check_columns(df: DataFrame, table: str) -> None:
+    """``InputError`` for an unknown table or a missing required column."""
+    if table not in TABLE_RULES:
+        raise InputError(f"unknown input table '{table}'; expected one of {', '.join(TABLE_RULES)}")
+    required, _ = S.INPUT_COLUMNS[table]
+    for name in required:
+        if name not in df.columns:
+            raise InputError(f"{table}: required column '{name}' is missing; columns are {df.columns}")
+
+
+def _count_input(df: DataFrame, plan: Plan) -> tuple[int, dict[str, int]]:
+    """The input's rows and the plan's counts (the outlier rule: the finite amounts)."""
+    # One scan counts the input rows and whatever the plan needs counted, instead of one scan each.
+    plan_counts = [c.alias(k) for k, c in plan.counts.items()]
+    totals = df.agg(F.count(F.lit(1)).alias("_rows_in"), *plan_counts).first()
+    assert totals is not None  # a global aggregate always returns one row
+    return int(totals["_rows_in"]), {k: int(totals[k]) for k in plan.counts}
+
+
+def _parsed_stage(
+    df: DataFrame, plan: Plan, src_kept: list[str], keyed_table: bool, counted: dict[str, int]
+) -> DataFrame:
+    """The plan's parsed columns next to the untouched source columns, after the one shuffle by
+    customer, with the plan's helper columns (``extra``)."""
+    base = df
+    if keyed_table:
+        base = df.select(
+            *[F.col(c) for c in src_kept], blank_to_null(F.col(S.CUSTOMER_ID)).alias(S.SOURCE_KEY)
+        )
+    # One shuffle, by customer: the row keys' window and the silver orders reuse it.
+    if plan.keyed:
+        base = base.repartition(F.col(S.SOURCE_KEY))
+    # Parsed columns next to the untouched source columns (renamed so names never clash).
+    stage = base.select(
+        *[F.col(c).alias(f"_src_{c}") for c in src_kept],
+        *[expr.alias(name) for name, expr in plan.parsed.items()],
+    )
+    if plan.extra is not None:
+        stage = plan.extra(stage, counted)
+    return stage
+
+
+def _first_broken_rule(stage: DataFrame, plan: Plan, rules: list[str]) -> Column:
+    """The id of the first of ``rules`` (in precedence order) the row breaks; null for a clean row."""
+    if not rules:
+        return F.lit(None).cast("string")
+    conds = [(r, is_true(plan.rules[r](stage))) for r in rules]
+    chain = F.when(conds[0][1], F.lit(conds[0][0]))
+    for r, cond in conds[1:]:
+        chain = chain.when(cond, F.lit(r))
+    return chain
+
+
+def _flagged(stage: DataFrame, plan: Plan, raw: list[Column], pseudo: bool) -> DataFrame:
+    """The output columns, the source key, the rule and (flagged rows only) the raw JSON, persisted:
+    the counts, the clean rows and the quarantine all read it."""
+    out_cols = [
+        (
+            mark_pseudonymized(F.col(name), name)
+            if (name == S.CUSTOMER_ID and pseudo)
+            else F.col(name).cast(kind).alias(name)
+        )
+        for name, kind in plan.output
+    ]
+    keep_key = (
+        [F.col(S.SOURCE_KEY) if pseudo else F.col(S.CUSTOMER_ID).alias(S.SOURCE_KEY)] if plan.keyed else []
+    )
+    return stage.select(
+        *out_cols,
+        *keep_key,
+        F.col(RULE),
+        F.when(
+            F.col(RULE).isNotNull(),
+            F.to_json(F.struct(*raw), {"ignoreNullFields": "false"}),
+        ).alias(RAW),
+    ).persist(StorageLevel.MEMORY_AND_DISK_DESER)  # the DataFrame default; serialized costs ~2x here
+
+
+def _result(
+    flagged: DataFrame,
+    table: str,
+    cfg: QualityConfig,
+    plan: Plan,
+    rows_in: int,
+    *,
+    pseudo: bool,
+    with_id: bool,
+) -> IngestResult:
+    """Counts by rule (one aggregation of the flagged frame), the clean rows and the quarantine rows."""
+    counts = {
+        row[RULE]: int(row["n"]) for row in flagged.groupBy(RULE).agg(F.count(F.lit(1)).alias("n")).collect()
+    }
+    rows_clean = counts.pop(None, 0)
+    for frame in plan.held:  # in the cached frame now
+        frame.unpersist()
+    by_rule = {r: counts[r] for r in TABLE_RULES[table] if counts.get(r)}
+    clean_cols = [F.col(name) for name, _ in plan.output]
+    if plan.keyed and table == "transactions":
+        clean_cols.append(F.col(S.SOURCE_KEY))  # for silver.orders only (see schema.SOURCE_KEY)
+    return IngestResult(
+        table=table,
+        clean=flagged.where(F.col(RULE).isNull()).select(*clean_cols),
+        quarantine=quarantine_rows(flagged, table, cfg, with_id),
+        rows_in=rows_in,
+        rows_clean=rows_clean,
+        rows_quarantined=sum(by_rule.values()),
+        by_rule=by_rule,
+        severities={r: severity(r, cfg) for r in by_rule},
+        pseudonymized=pseudo,
+        flagged=flagged,
+    )
