@@ -43,11 +43,6 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-# re-exported: the churn_metrics rows' encoding moved to churn_table; callers and tests reach it here
-from segspark.churn_table import curves_from_table as curves_from_table
-from segspark.churn_table import metrics_from_table as metrics_from_table
-from segspark.churn_table import metrics_table as metrics_table
-from segspark.churn_table import skipped_table as skipped_table
 from segspark.config import ChurnConfig
 from segspark.errors import InputError
 from segspark.local_models import LocalClassifier, fit_classifier

@@ -391,7 +391,7 @@ def stage_features(io: StageIO) -> None:
 def stage_scores(io: StageIO) -> None:
     """CLV (from customer_days) and churn propensity (from orders): fits as small tables, one
     ``customer_scores`` row per scored customer."""
-    from segspark import churn, clv
+    from segspark import churn, churn_table, clv
 
     settings, as_of = io.settings, io.as_of_date
     assert as_of is not None
@@ -417,12 +417,13 @@ def stage_scores(io: StageIO) -> None:
                 cres = churn.run_churn(io.read(S.ORDERS), as_of, settings.churn)
         except InputError as exc:  # too little history or a one-sided label: skip, say why
             io.warn(f"churn model skipped: {exc}")
-            skipped = churn.skipped_table(str(exc))
+            skipped = churn_table.skipped_table(str(exc))
             io.write(declared_frame(io.spark, skipped, S.CHURN_METRICS), S.CHURN_METRICS)
         else:
             m = cres.metrics
             io.choose("churn.fit", f"{m['engine']}, {m['train_rows']} of {m['train_customers']} customers")
-            io.write(declared_frame(io.spark, churn.metrics_table(cres), S.CHURN_METRICS), S.CHURN_METRICS)
+            metrics = churn_table.metrics_table(cres)
+            io.write(declared_frame(io.spark, metrics, S.CHURN_METRICS), S.CHURN_METRICS)
             tracking.log_metrics(cres.scalar_metrics())
             tracking.log_figures(cres.figures, "churn")
             parts.append(cres.customers)

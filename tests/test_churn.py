@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segspark import churn as C
+from segspark import churn_table as CT
 from segspark import silver, tables
 from segspark.config import ChurnConfig, PurchaseConfig
 from segspark.errors import InputError
@@ -236,14 +237,14 @@ def test_metrics_table_round_trip(spark: Any, gbt_result: tuple[C.ChurnResult, C
     from segspark.report.model_results import churn_from_table
 
     result, _ = gbt_result
-    pdf = C.metrics_table(result)
+    pdf = CT.metrics_table(result)
     assert list(pdf.columns) == [f.name for f in tables.CHURN_METRICS_SCHEMA.fields]
     assert set(pdf["section"]) == {"status", "metric", "importance", "roc", "lift", "calibration"}
     back_pdf = _through_spark(spark, pdf)
     m = result.metrics
-    assert C.metrics_from_table(back_pdf) == _scalar_metrics(m)
-    assert C.metrics_from_table(back_pdf)["train_cutoff"] == m["train_cutoff"]  # cutoffs as text
-    curves = C.curves_from_table(back_pdf.sample(frac=1.0, random_state=1))  # any row order
+    assert CT.metrics_from_table(back_pdf) == _scalar_metrics(m)
+    assert CT.metrics_from_table(back_pdf)["train_cutoff"] == m["train_cutoff"]  # cutoffs as text
+    curves = CT.curves_from_table(back_pdf.sample(frac=1.0, random_state=1))  # any row order
     assert curves["feature_importances"] == m["feature_importances"]
     for key in ("lift_by_decile", "calibration", "roc"):
         want = m[key].astype(float)
@@ -252,8 +253,8 @@ def test_metrics_table_round_trip(spark: Any, gbt_result: tuple[C.ChurnResult, C
     assert skipped is None and scalars is not None and scalars["auc"] == m["auc"]
 
     reason = "orders: the churn training window ... has 10 customers and 0 churned"
-    skipped_pdf = _through_spark(spark, C.skipped_table(reason))
-    assert C.metrics_from_table(skipped_pdf) == {"skipped": reason}
+    skipped_pdf = _through_spark(spark, CT.skipped_table(reason))
+    assert CT.metrics_from_table(skipped_pdf) == {"skipped": reason}
     assert churn_from_table(skipped_pdf) == (None, reason)
 
 
