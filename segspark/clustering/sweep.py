@@ -9,12 +9,13 @@ The sweep runs on a seeded sample of the prepared features, with one of two engi
 * ``spark``: each candidate is an MLlib fit on the cached sample, with the indices computed in Spark
   (``indices.spark_*``). Use it on a cluster when the sample is large.
 
-Either way the chosen algorithm and k are then fitted with MLlib on the sample (default,
+Either way the chosen algorithm and k are then fitted on the sample (default,
 ``clustering.final_fit: sample``; measured 5-25x faster at 2.5M customers) or on every customer
-(``final_fit: all``), appended to the preparation pipeline, and every customer is assigned by it:
-that ``PipelineModel`` is what gets registered and what ``score`` reuses. Its indices are computed in
-Spark on the sample. The preparation statistics (imputation medians, scaling) are estimated on the
-sample too.
+(``final_fit: all``) as an MLlib model (k-means of the local engine's sample: fitted on the driver
+and handed to MLlib as its centres), appended to the preparation pipeline, and every customer is
+assigned by it: that ``PipelineModel`` is what gets registered and what ``score`` reuses. Its
+indices are computed in Spark on the sample. The preparation statistics (imputation medians,
+scaling) are estimated on the sample too.
 
 Choice rule (recorded in ``chosen["reason"]``):
 1. a candidate is admissible if its smallest cluster holds at least ``min_cluster_share`` of the sample
@@ -41,6 +42,7 @@ import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml import Estimator, PipelineModel
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
+from pyspark.ml.linalg import Vectors
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
@@ -64,6 +66,7 @@ from segspark.session import finalizers_at_safe_points
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from pyspark.sql import SparkSession
 
     from segspark.clustering.density import DensityModel
 
@@ -476,23 +479,24 @@ def _prepare(
 
 def _sweep(
     sample: DataFrame, used: list[str], n: int, dim: int, cfg: ClusteringConfig, sizing: dict[str, str]
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, np.ndarray | None]:
     """The sweep table with the configured engine (empty for a density algorithm, which has no
-    sweep); its size goes to ``sizing["sweep"]``."""
+    sweep) and, with the local engine, the sample as the driver-side matrix it fitted; its size goes
+    to ``sizing["sweep"]``."""
     if cfg.algorithm in DENSITY_ALGORITHMS:
-        return pd.DataFrame(columns=SWEEP_COLUMNS)
+        return pd.DataFrame(columns=SWEEP_COLUMNS), None
     algorithms: list[str] = list(cfg.algorithms) if cfg.algorithm is None else [cfg.algorithm]
     if cfg.sweep_engine == "local":
         x, _ = sample_to_numpy(sample, used)
         ks = _k_range(cfg, n, len(x))
         sweep_table = sweep_local(x, algorithms, ks, cfg)
         sizing["sweep"] = _sweep_size("local", algorithms, ks, len(x), cfg)
-        return sweep_table
+        return sweep_table, x
     sampled = sample.count()
     ks = _k_range(cfg, n, sampled)
     sweep_table = sweep_spark(sample, algorithms, ks, cfg, dim)
     sizing["sweep"] = _sweep_size("spark", algorithms, ks, sampled, cfg)
-    return sweep_table
+    return sweep_table, None
 
 
 def _fit_final_density(
@@ -517,32 +521,81 @@ def _fit_final_density(
 def _fit_final_centroids(
     sweep_table: pd.DataFrame,
     sample: DataFrame,
+    x: np.ndarray | None,
     everyone: DataFrame,
     prep_model: PipelineModel,
     cfg: ClusteringConfig,
     cached: list[DataFrame],
     sizing: dict[str, str],
 ) -> _FinalFit:
-    """The chosen candidate fitted with MLlib (on the sample or on everyone) and appended to the
-    preparation; its fit goes to ``sizing["final_fit"]``."""
+    """The chosen candidate fitted (on the sample or on everyone) as an MLlib model and appended to
+    the preparation; its fit goes to ``sizing["final_fit"]``."""
     chosen = choose_candidate(sweep_table, cfg)
-    if cfg.final_fit == "all":
-        # MLlib iterates over it; a layout fixed by the key keeps its seeded init reproducible
-        parts = int(everyone.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
-        everyone = in_hash_layout(everyone, parts).persist()
-        cached.append(everyone)
-        cluster_model, starts = fit_best_of(chosen["algorithm"], chosen["k"], cfg, everyone)
-    else:
-        cluster_model, starts = fit_best_of(
-            chosen["algorithm"], chosen["k"], cfg, sample, _reference_cost(sweep_table, chosen)
+    cluster_model = None
+    if cfg.final_fit == "sample" and chosen["algorithm"] == "kmeans" and x is not None:
+        cluster_model = fit_kmeans_on_driver(sample.sparkSession, x, chosen["k"], cfg)
+        if cluster_model is not None:
+            sizing["final_fit"] = (
+                f"kmeans k={chosen['k']} on sample, best of {FINAL_FIT_STARTS} scikit-learn starts "
+                "on the driver"
+            )
+    if cluster_model is None:
+        if cfg.final_fit == "all":
+            # MLlib iterates over it; a layout fixed by the key keeps its seeded init reproducible
+            parts = int(everyone.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
+            everyone = in_hash_layout(everyone, parts).persist()
+            cached.append(everyone)
+            cluster_model, starts = fit_best_of(chosen["algorithm"], chosen["k"], cfg, everyone)
+        else:
+            cluster_model, starts = fit_best_of(
+                chosen["algorithm"], chosen["k"], cfg, sample, _reference_cost(sweep_table, chosen)
+            )
+        sizing["final_fit"] = (
+            f"{chosen['algorithm']} k={chosen['k']} on {cfg.final_fit}, {starts} of {FINAL_FIT_STARTS} starts"
         )
-    sizing["final_fit"] = (
-        f"{chosen['algorithm']} k={chosen['k']} on {cfg.final_fit}, {starts} of {FINAL_FIT_STARTS} starts"
-    )
     model = PipelineModel(stages=[*prep_model.stages, cluster_model])
     assigned = cluster_model.transform(everyone)
     scored_sample = sample_scored = cluster_model.transform(sample)
     return _FinalFit(model, chosen, assigned, sample_scored, scored_sample)
+
+
+def fit_kmeans_on_driver(spark: SparkSession, x: np.ndarray, k: int, cfg: ClusteringConfig) -> Any | None:
+    """k-means of the driver-side sample ``x``: the best of ``FINAL_FIT_STARTS`` seeded scikit-learn
+    fits, returned as an MLlib ``KMeansModel`` with exactly those centres (None if MLlib did not
+    take them: the caller then fits with MLlib).
+
+    The sample is on the driver already (the local sweep fitted it), where a fit costs milliseconds;
+    each of MLlib's starts is a hundred small Spark jobs (13-16 s of the demo). The model must still
+    be MLlib's: it is what the preparation pipeline is registered and scored with. MLlib's DataFrame
+    ``KMeans`` takes no initial model, so it is fitted with random initialisation on exactly the k
+    distinct centres: it samples all k of them (a sample of k rows without replacement) and Lloyd's
+    step leaves each where it is."""
+    with threadpool_limits(limits=1):
+        fits = [_local_estimator("kmeans", k, cfg, cfg.seed + i).fit(x) for i in range(FINAL_FIT_STARTS)]
+    best = min(fits, key=lambda f: float(f.inertia_))  # ties: the earlier seed
+    centres = np.asarray(best.cluster_centers_, dtype=float)
+    if len(np.unique(centres, axis=0)) < k:
+        return None
+    frame = spark.createDataFrame([(Vectors.dense(c),) for c in centres], [prep.FEATURES_COL]).repartition(1)
+    estimator = KMeans(
+        featuresCol=prep.FEATURES_COL,
+        predictionCol=prep.PREDICTION_COL,
+        k=k,
+        initMode="random",
+        maxIter=2,
+        seed=cfg.seed,
+    )
+    model = estimator.fit(frame)
+    got = np.asarray(model.clusterCenters(), dtype=float)
+    scale = max(1.0, float(np.abs(centres).max()))
+    if got.shape != centres.shape:
+        return None
+    nearest = np.linalg.norm(got[:, None, :] - centres[None, :, :], axis=2)
+    if sorted(nearest.argmin(axis=1).tolist()) != list(range(k)) or nearest.min(axis=1).max() > 1e-9 * scale:
+        log.warning("final kmeans k=%d: MLlib did not take the driver's centres; fitting with MLlib", k)
+        return None
+    log.info("final kmeans k=%d: best of %d start(s) on the driver, cost %.6g", k, len(fits), best.inertia_)
+    return model
 
 
 def _slim_assignments(
@@ -652,14 +705,14 @@ def _fit(
     log.info("clustering_prepare took %.1f s", t_prep - t_start)
 
     sizing: dict[str, str] = {}
-    sweep_table = _sweep(sample, used, n, dim, cfg, sizing)
+    sweep_table, x = _sweep(sample, used, n, dim, cfg, sizing)
     t_sweep = time.perf_counter()
     log.info("clustering_sweep took %.1f s", t_sweep - t_prep)
 
     if density:
         fitted = _fit_final_density(sample, everyone, prep_model, cfg)
     else:
-        fitted = _fit_final_centroids(sweep_table, sample, everyone, prep_model, cfg, cached, sizing)
+        fitted = _fit_final_centroids(sweep_table, sample, x, everyone, prep_model, cfg, cached, sizing)
     chosen = fitted.chosen
     assigned = _slim_assignments(fitted.assigned, keep, density, cached)
     t_fit = time.perf_counter()
