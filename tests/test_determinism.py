@@ -1,14 +1,15 @@
 """Reruns on unchanged data and config give the same clusters and persona names.
 
-``segspark run`` twice (two output folders) and ``segspark cluster`` twice on one output, each in its
-own process (its own Spark session, task scheduling and file listing), must write identical
-``customer_segments`` assignments and personas. The first run is the suite's reference run.
+``segspark run`` twice (two output folders) and ``segspark cluster`` twice on one output, each pair
+in two processes (two Spark sessions, task scheduling and file listing), must write identical
+``customer_segments`` assignments and personas. The first run is the suite's reference run, in a
+process of its own; the second runs in the suite's process, on the suite's session (which also has
+another number of shuffle partitions: the clusters do not depend on the layout).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,12 @@ from tests.conftest import REFERENCE_AS_OF, REFERENCE_CUSTOMERS, ReferenceRun, c
 OFF = ["--set", "report.enabled=false", "--set", "churn.enabled=false", "--set", "tracking.enabled=false"]
 
 
-def _cli(log: Path, ref: ReferenceRun, *args: str) -> None:
-    with log.open("w", encoding="utf-8") as out:
-        code = subprocess.run(
-            [sys.executable, "-m", "segspark", *args], env=ref.env(), stdout=out, stderr=out, timeout=1200
-        ).returncode
-    assert code == 0, log.read_text(encoding="utf-8")[-3000:]
+def _cli(ref: ReferenceRun, *args: str) -> None:
+    """A command in this process, on the suite's session, with the reference run's key."""
+    from segspark.cli import main
+
+    assert os.environ["SEGSPARK_PSEUDO_KEY"] == ref.key
+    assert main(list(args)) == 0
 
 
 def _segments(out: Path) -> dict[str, tuple[int, str]]:
@@ -56,11 +57,11 @@ def _profiles(out: Path) -> list[tuple[int, str, int]]:
 
 @pytest.fixture(scope="module")
 def runs(reference_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run "a" is the suite's reference run; "b" runs again on its data and configuration (``OFF``
-    aside), in its own process, into another output folder."""
+    """Run "a" is the suite's reference run (its own process); "b" runs again on its data and
+    configuration (``OFF`` aside) in this process, into another output folder."""
     root = tmp_path_factory.mktemp("determinism")
     b = root / "b"
-    _cli(root / "run-b.log", reference_run, "run", "--run-id", "det-b", *reference_run.sets(b), *OFF)
+    _cli(reference_run, "run", "--run-id", "det-b", *reference_run.job_sets(b), *OFF)
     return {"ref": reference_run, "a": reference_run.out, "b": b, "root": root}
 
 
@@ -83,7 +84,7 @@ def test_cluster_twice_on_the_same_output_gives_the_same_clusters_and_personas(
     first = _segments(out)
     profiles = _profiles(out)
     ref: ReferenceRun = runs["ref"]
-    _cli(runs["root"] / "cluster.log", ref, "cluster", "--run-id", "det-cluster", *ref.sets(out), *OFF)
+    _cli(ref, "cluster", "--run-id", "det-cluster", *ref.job_sets(out), *OFF)
     again = _segments(out)
     moved = sum(first[k] != again.get(k) for k in first)
     assert moved == 0 and first.keys() == again.keys(), (
