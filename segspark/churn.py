@@ -49,6 +49,7 @@ from segspark.local_models import LocalClassifier, fit_classifier
 from segspark.schema import (
     CATEGORIES,
     CHANNEL,
+    CHURN_BAND,
     CUSTOMER_ID,
     IS_PURCHASE,
     NET_AMOUNT,
@@ -59,7 +60,6 @@ from segspark.schema import (
 log = logging.getLogger(__name__)
 
 CHURN_RISK = "churn_risk"
-CHURN_BAND = "churn_band"
 CHURN_LABEL = "churned"
 BAND_LOW, BAND_MEDIUM, BAND_HIGH = "low", "medium", "high"
 CUSTOMER_COLUMNS = (CUSTOMER_ID, CHURN_RISK, CHURN_BAND)

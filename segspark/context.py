@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import secrets
 import time
 import traceback
@@ -252,9 +253,24 @@ def declared_frame(
     inferred: an empty frame has nothing to infer from), NaN -> null, numbers coerced to the declared
     kind. A declared column the frame lacks is an error, or null with ``fill_missing`` (the report's
     tables, whose optional parts may be absent)."""
-    schema = tables.SCHEMAS[name]
+    declared = tables.SCHEMAS[name].fields
+    # the table's pattern columns (cluster_profiles' per-feature columns) with their declared type
+    names = {f.name for f in declared}
+    patterns = tables.PATTERNS.get(name, ())
+    extra = [
+        T.StructField(str(c), next(p.type_ for p in patterns if re.fullmatch(p.regex, str(c))), True)
+        for c in pdf.columns
+        if c not in names and any(re.fullmatch(p.regex, str(c)) for p in patterns)
+    ]
+    if patterns:  # a table with pattern columns: one that matches nothing would be lost here
+        stray = [str(c) for c in pdf.columns if c not in names and str(c) not in {f.name for f in extra}]
+        if stray:
+            raise tables.SchemaMismatch(
+                f"table '{name}': column(s) {stray} are neither declared nor one of its patterns"
+            )
+    schema = T.StructType([*declared, *extra])
     fields = schema.fields
-    missing = [f.name for f in fields if f.name not in pdf.columns]
+    missing = [f.name for f in declared if f.name not in pdf.columns]
     if missing and not fill_missing:
         raise tables.SchemaMismatch(f"table '{name}': the frame lacks declared column(s) {missing}")
     frame = pdf.reindex(columns=[f.name for f in fields]).astype(object)

@@ -537,14 +537,9 @@ def stage_segments(io: StageIO) -> None:
             row = applied_model_row(uri, alias, clusters, algorithm, model_features(model))
             io.write(declared_frame(io.spark, row, S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)
             if logged is not None and not logged.empty:
-                # JSON turns whole-number floats into ints: the declared profile columns are doubles
-                profile_schema = tables.SCHEMAS[S.CLUSTER_PROFILES]
-                whole = {f.name for f in profile_schema if f.dataType.typeName() in ("integer", "long")}
-                numeric = [c for c in logged.columns if pd.api.types.is_numeric_dtype(logged[c])]
-                floats = {c: "float64" for c in numeric if c not in whole and logged[c].dtype != bool}
-                logged = logged.astype(floats)
-                logged_rows = logged.astype(object).where(logged.notna(), None)
-                io.write(io.spark.createDataFrame(logged_rows), S.CLUSTER_PROFILES)
+                # the logged profiles come back from JSON (whole-number doubles as ints): the declared
+                # schema types them again
+                io.write(declared_frame(io.spark, logged, S.CLUSTER_PROFILES), S.CLUSTER_PROFILES)
         else:
             with io.timed("clustering_fit"):
                 result = fit_segments(buyers, settings.clustering, previous_profiles(io), input_cached=True)
@@ -563,8 +558,7 @@ def stage_segments(io: StageIO) -> None:
                     )
             io.releases.append(result.release)  # its assignments stay cached until the segments are written
             io.write(declared_frame(io.spark, sweep_table(result), S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)
-            profiles = result.profiles.astype(object).where(result.profiles.notna(), None)
-            io.write(io.spark.createDataFrame(profiles), S.CLUSTER_PROFILES)
+            io.write(declared_frame(io.spark, result.profiles, S.CLUSTER_PROFILES), S.CLUSTER_PROFILES)
             assignments = result.assignments
     segments = (
         model_table if assignments is None else model_table.join(assignments, on=S.CUSTOMER_ID, how="left")

@@ -24,18 +24,17 @@ from pyspark.sql import types as T
 from segspark import schema as S
 from segspark.errors import SegsparkError
 
-# Names owned by modules this one cannot import without a cycle (clv, churn and clustering import
-# the IO package or this module); spelt here once, equal to the owners' constants (a test checks).
-P_ALIVE: Final = "p_alive"  # segspark.clv.predict.P_ALIVE
-EXPECTED_PURCHASES: Final = "expected_purchases"  # segspark.clv.predict.EXPECTED_PURCHASES
-EXPECTED_AVG_VALUE: Final = "expected_avg_value"  # segspark.clv.predict.EXPECTED_AVG_VALUE
-CHURN_BAND: Final = "churn_band"  # segspark.churn.CHURN_BAND
+# the stage-owned column names, from their one spelling in schema.py
+P_ALIVE: Final = S.P_ALIVE
+EXPECTED_PURCHASES: Final = S.EXPECTED_PURCHASES
+EXPECTED_AVG_VALUE: Final = S.EXPECTED_AVG_VALUE
+CHURN_BAND: Final = S.CHURN_BAND
 CLUSTER_ID: Final = S.CLUSTER_ID
-PERSONA_DESCRIPTION: Final = "persona_description"  # segspark.clustering.personas
-PROFILE_SIZE: Final = "size"  # segspark.clustering.personas.SIZE
-PROFILE_SHARE: Final = "share"  # segspark.clustering.personas.SHARE
-MEDIAN_PREFIX: Final = "median_"  # segspark.clustering.personas.MEDIAN_PREFIX
-Z_PREFIX: Final = "z_"  # segspark.clustering.personas.Z_PREFIX
+PERSONA_DESCRIPTION: Final = S.PERSONA_DESCRIPTION
+PROFILE_SIZE: Final = S.PROFILE_SIZE
+PROFILE_SHARE: Final = S.PROFILE_SHARE
+MEDIAN_PREFIX: Final = S.MEDIAN_PREFIX
+Z_PREFIX: Final = S.Z_PREFIX
 
 OPTIONAL_KEY: Final = "segspark.optional"
 

@@ -97,3 +97,27 @@ def test_every_command_runs_a_part_of_the_list_in_its_order() -> None:
     assert SELECTIONS["run"] == tuple(order) and order[-1] == "report"
     with pytest.raises(ValueError, match="vacuum"):
         pipeline.select("vacuum")  # not a pipeline command
+
+
+def test_profiles_take_the_declared_schema_and_their_pattern_columns(spark: SparkSession) -> None:
+    import pandas as pd
+
+    from segspark.context import declared_frame
+
+    pdf = pd.DataFrame(
+        {
+            S.CLUSTER_ID: [0, 1],
+            S.PERSONA: ["Recent big spenders", None],
+            S.PERSONA_DESCRIPTION: ["a", "b"],
+            S.PROFILE_SIZE: [10, 5],
+            S.PROFILE_SHARE: [2 / 3, 1 / 3],
+            "recency_days": [3, 40],  # whole numbers, as JSON gives a logged profile back
+            "median_recency_days": [3.0, float("nan")],
+        }
+    )
+    frame = declared_frame(spark, pdf, S.CLUSTER_PROFILES)
+    types = {f.name: f.dataType.typeName() for f in frame.schema.fields}
+    assert types[S.CLUSTER_ID] == "long" and types["recency_days"] == types["median_recency_days"] == "double"
+    assert [r["median_recency_days"] for r in frame.orderBy(S.CLUSTER_ID).collect()] == [3.0, None]
+    with pytest.raises(tables.SchemaMismatch, match="not_a_feature"):
+        declared_frame(spark, pdf.assign(not_a_feature=1), S.CLUSTER_PROFILES)

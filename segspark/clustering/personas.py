@@ -23,17 +23,14 @@ from scipy.optimize import linear_sum_assignment
 
 from segspark.clustering import prep
 from segspark.config import ClusteringConfig
-from segspark.schema import CLUSTER_ID, PERSONA
+from segspark.schema import CLUSTER_ID, MEDIAN_PREFIX, PERSONA, PERSONA_DESCRIPTION, Z_PREFIX
+from segspark.schema import PROFILE_SHARE as SHARE
+from segspark.schema import PROFILE_SIZE as SIZE
 
 log = logging.getLogger(__name__)
 
-PERSONA_DESCRIPTION = "persona_description"
-SIZE = "size"
-SHARE = "share"
 NOISE_PERSONA = "Outliers"
 TYPICAL_PERSONA = "Typical customers"
-MEDIAN_PREFIX = "median_"
-Z_PREFIX = "z_"
 MEDIAN_ACCURACY = 1000
 
 

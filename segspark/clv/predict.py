@@ -20,11 +20,8 @@ from pyspark.sql import functions as F
 
 from segspark.clv import models as M
 from segspark.clv.summary import AGE, FREQUENCY, MONETARY_VALUE, PURCHASE_DATE, PURCHASE_VALUE, RECENCY
-from segspark.schema import CUSTOMER_ID
+from segspark.schema import CUSTOMER_ID, EXPECTED_AVG_VALUE, EXPECTED_PURCHASES, P_ALIVE
 
-P_ALIVE = "p_alive"
-EXPECTED_PURCHASES = "expected_purchases"
-EXPECTED_AVG_VALUE = "expected_avg_value"
 CLV = "clv"
 VALUE_TIER = "value_tier"
 VALUE_TIER_HIGH = "high"

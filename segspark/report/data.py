@@ -19,6 +19,7 @@ from segspark.schema import (  # the columns' one spelling
     LIFECYCLE_STAGE,
     M_SCORE,
     MONETARY,
+    P_ALIVE,
     PERSONA,
     R_SCORE,
     RECENCY_DAYS,
@@ -29,9 +30,6 @@ from segspark.schema import (  # the columns' one spelling
 )
 
 # --- columns of the run's tables (names as their stages define them) ------------------------------
-
-
-P_ALIVE = "p_alive"
 
 
 SEGMENT_TYPES: tuple[str, ...] = (RFM_SEGMENT, LIFECYCLE_STAGE, PERSONA, VALUE_TIER)
