@@ -14,6 +14,7 @@ from segspark import ingest
 from segspark import schema as S
 from segspark.config import QUALITY_RULE_IDS, PrivacyConfig, QualityConfig, load_settings
 from segspark.errors import ConfigError, DataQualityError, InputError, SegsparkError
+from segspark.ingest import checks as ingest_checks
 
 KEY = b"ingest-test-key"
 NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.timezone.utc)
@@ -167,7 +168,7 @@ def test_no_clean_transaction_is_quarantined_and_values_are_parsed(tx_result) ->
 def test_many_conflicting_orders_join_by_shuffle_with_the_same_result(spark, tx_result, monkeypatch) -> None:
     """Above CONFLICTS_BROADCAST_ROWS conflicting orders nothing is broadcast from the driver; the
     rules fire on the same rows."""
-    monkeypatch.setattr(ingest, "CONFLICTS_BROADCAST_ROWS", 0)
+    monkeypatch.setattr(ingest_checks, "CONFLICTS_BROADCAST_ROWS", 0)
     df = spark.createDataFrame(CLEAN + list(PLANTED.values()), TX_SCHEMA)
     _, few = ingest.order_conflicts(df)
     assert not few
@@ -450,7 +451,7 @@ def test_outlier_bound_is_the_exact_quantile_and_the_sketch_agrees(spark, monkey
     exact = spark.range(1).select(ingest.outlier_bound(df, cfg).alias("b")).first()["b"]
     want = float(np.quantile(values, q, method="inverted_cdf")) * 2.0  # the ceil(q n)-th smallest
     assert exact == want
-    monkeypatch.setattr(ingest, "OUTLIER_TOP_K", 0)  # a tail too large for the driver: the sketch
+    monkeypatch.setattr(ingest_checks, "OUTLIER_TOP_K", 0)  # a tail too large for the driver: the sketch
     sketch = spark.range(1).select(ingest.outlier_bound(df, cfg).alias("b")).first()["b"]
     ranks = np.searchsorted(np.sort(values), [want / 2.0, sketch / 2.0])
     assert abs(ranks[1] - ranks[0]) <= max(2, 0.001 * len(values)), (exact, sketch)

@@ -47,21 +47,18 @@ CRM conflicts, pseudonyms), ``quarantine`` (the quarantine rows) and ``validatio
 
 from __future__ import annotations
 
-from segspark.ingest.checks import order_conflicts, outlier_bound
+from segspark.ingest.checks import (
+    CONFLICTS_BROADCAST_ROWS,
+    OUTLIER_SAMPLE_ROWS,
+    OUTLIER_TOP_K,
+    order_conflicts,
+    outlier_bound,
+)
 from segspark.ingest.columns import blank_to_null, conform, not_finite, parse_double, parse_timestamp
 from segspark.ingest.result import IngestResult, check_quarantine_share, log_summary, raise_on_fail, reconcile
 from segspark.ingest.rules import DEFAULT_SEVERITY, TABLE_RULES, rule_reasons, severity
 from segspark.ingest.validation import validate
 from segspark.schema import SOURCE_KEY
-
-# Driver-memory limits, read by ``checks`` from here on each call (so setting them here takes effect).
-# The outlier quantile is exact while the tail above it has at most OUTLIER_TOP_K rows; beyond, it is
-# estimated on a seeded sample of OUTLIER_SAMPLE_ROWS rows.
-OUTLIER_TOP_K = 100_000
-OUTLIER_SAMPLE_ROWS = 2_000_000
-# Conflicting order ids broadcast from the driver up to this many (about 100 MB as a hash relation of
-# ids); more (a feed whose order id is not an order key) join by a shuffle of the lines instead.
-CONFLICTS_BROADCAST_ROWS = 1_000_000
 
 __all__ = [
     "CONFLICTS_BROADCAST_ROWS",

@@ -9,13 +9,18 @@ import math
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-# The limits (OUTLIER_TOP_K, OUTLIER_SAMPLE_ROWS, CONFLICTS_BROADCAST_ROWS) are the package's and read
-# from it on each call, so ``ingest.<LIMIT> = n`` takes effect (the tests shrink them).
-from segspark import ingest
 from segspark import schema as S
 from segspark.config import QualityConfig
 from segspark.errors import InputError
 from segspark.ingest.columns import blank_to_null
+
+# Driver-memory limits (docs/driver_memory.md). The outlier quantile is exact while the tail above it
+# has at most OUTLIER_TOP_K rows; beyond, it is estimated on a seeded sample of OUTLIER_SAMPLE_ROWS rows.
+OUTLIER_TOP_K = 100_000
+OUTLIER_SAMPLE_ROWS = 2_000_000
+# Conflicting order ids broadcast from the driver up to this many (about 100 MB as a hash relation of
+# ids); more (a feed whose order id is not an order key) join by a shuffle of the lines instead.
+CONFLICTS_BROADCAST_ROWS = 1_000_000
 
 
 def order_conflicts(df: DataFrame, held: list[DataFrame] | None = None) -> tuple[DataFrame, bool]:
@@ -43,7 +48,7 @@ def order_conflicts(df: DataFrame, held: list[DataFrame] | None = None) -> tuple
     )
     if held is not None:
         held.append(candidates)
-    few = candidates.count() <= ingest.CONFLICTS_BROADCAST_ROWS
+    few = candidates.count() <= CONFLICTS_BROADCAST_ROWS
     shipped = F.broadcast(candidates) if few else candidates
     conflicts = (
         pairs.join(shipped, on=F.xxhash64("_o") == F.col("_oh"), how="left_semi")
@@ -72,15 +77,15 @@ def outlier_bound(values: DataFrame, cfg: QualityConfig, n: int | None = None) -
     if n == 0:
         return F.lit(None).cast("double")
     k = n - math.ceil(q * n) + 1
-    if k <= ingest.OUTLIER_TOP_K:
+    if k <= OUTLIER_TOP_K:
         top = values.orderBy(F.col("_a").desc()).limit(k).collect()  # k numbers, no customer data
         return F.lit(float(top[-1]["_a"]) * cfg.outlier_multiple).cast("double")
     # rank error (relative_error x n) must stay well inside the tail above the quantile
     acc = max(round(1.0 / cfg.relative_error), round(10.0 / (1.0 - q)))
-    if n > ingest.OUTLIER_SAMPLE_ROWS:
+    if n > OUTLIER_SAMPLE_ROWS:
         # a seeded sample of ~2M rows leaves ~2,000 rows above p99.9: the bound moves by well
         # under 1% while the sketch's cost stops growing with the input
-        values = values.sample(fraction=ingest.OUTLIER_SAMPLE_ROWS / n, seed=20_241_124)
+        values = values.sample(fraction=OUTLIER_SAMPLE_ROWS / n, seed=20_241_124)
     row = values.agg(F.percentile_approx(F.col("_a"), q, acc).alias("_q")).first()
     if row is None or row["_q"] is None:
         return F.lit(None).cast("double")
