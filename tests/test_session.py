@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -312,3 +313,17 @@ def test_shuffle_partitions_grow_with_the_input_only_when_the_job_sizes_them(spa
         assert spark.conf.get("spark.sql.shuffle.partitions") == "50"
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", before)
+
+
+def test_readmes_delta_packages_are_the_installed_delta_spark_for_this_spark() -> None:
+    """README's spark-submit line names the Delta jars the installed Python packages need: Delta's own
+    rule (``delta.pip_utils.configure_spark_with_delta_pip``): ``delta-spark_<spark major.minor>_2.13``
+    at the version of the ``delta-spark`` package."""
+    import importlib.metadata
+
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    wanted = f"io.delta:delta-spark_{spark_minor}_2.13:{importlib.metadata.version('delta_spark')}"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert re.findall(r"--packages (io\.delta:\S+)", readme) == [wanted]

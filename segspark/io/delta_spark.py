@@ -3,7 +3,7 @@
 Kept deliberately thin and standard: ``format("delta")`` with Delta's idempotent-write options
 ``txnAppId``/``txnVersion``, ``replaceWhere`` for a snapshot table's own partition, ``overwriteSchema``
 for a whole-table overwrite, Unity Catalog three-part names or paths. Run a cluster with it via
-``spark-submit --packages io.delta:delta-spark_2.13:4.4.1
+``spark-submit --packages io.delta:delta-spark_4.2_2.13:4.4.0
 --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension
 --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog``;
 Databricks has it built in.
