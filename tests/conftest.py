@@ -157,3 +157,33 @@ def copy_output(src: Path, dest: Path) -> Path:
             con.close()
         assert str(src).encode() not in db.read_bytes()
     return dest
+
+
+# ---- running the suite on several workers ------------------------------------------------------------
+# The suite runs on two worker processes (pytest-xdist, ``-n 2 --dist loadgroup`` in pyproject.toml): much
+# of its time is one process waiting on a Spark job's latency or on a subprocess (spark-submit, a Connect
+# server, a whole-job run), which the other worker fills. Each module is one group, so a module's fixtures
+# are built once; the modules that read the shared reference run are one group, so it runs once.
+REFERENCE_MODULES = frozenset({"test_determinism", "test_end_to_end", "test_erasure"})
+# the slowest groups first (minutes each on 2 cores), so the workers start on them and end together
+SLOWEST_FIRST = (
+    "reference-run",
+    "test_cluster_submit",
+    "test_connect_server",
+    "test_faults",
+    "test_bad_inputs",
+    "test_notebooks",
+    "test_lifecycle",
+)
+
+
+def _group(item: pytest.Item) -> str:
+    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return "reference-run" if module in REFERENCE_MODULES else module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {group: i for i, group in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order otherwise
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
