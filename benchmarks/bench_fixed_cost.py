@@ -147,6 +147,7 @@ def run_once(label: str, command: str, rep: int, args: argparse.Namespace, data:
             else ["transactions", "customers", "events", "marketing_spend"]
         )
         verb = ["run", "--set", f"output.path={folder / 'out'}", "--set", f"quality.currency.rates={RATES}"]
+        verb += ["--set", "lakehouse.engine=delta-rs"]  # the demo's engine; "-- --set ..." compares another
         for name in inputs:
             verb += ["--set", f"input.{name}.path={data / name}", "--set", f"input.{name}.format=delta"]
     # the event log through spark-submit's arguments (a local session launches its JVM with them),

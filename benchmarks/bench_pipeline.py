@@ -302,8 +302,11 @@ def _to_parquet(delta: Path, parquet: Path) -> None:
 
 # ---- segspark run ----------------------------------------------------------------------------------
 def run_overrides(data: dict[str, Any], inputs: str, output: Path) -> list[str]:
-    """``--set`` items: the Parquet transactions, the generated Delta tables for ``all``, the output."""
+    """``--set`` items: the Parquet transactions, the generated Delta tables for ``all``, the output,
+    and the embedded engine (README's figures; ``--set lakehouse.engine=delta-spark`` measures Delta's
+    own Spark engine: the extra ``--set`` items come after these)."""
     items = [
+        "lakehouse.engine=delta-rs",
         f"output.path={output}",
         f"input.transactions.path={data['parquet']}",
         "input.transactions.format=parquet",

@@ -255,11 +255,16 @@ def _check_key(settings: Settings, demo: bool) -> None:
         privacy.resolve_key(settings.privacy, demo=demo)
 
 
+DEMO_ENGINE = "delta-rs"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from segspark import generate
 
     out = Path(args.out).resolve()
-    settings = _settings(args, [f"output.path={out}"])
+    # the embedded engine unless the user chose one: no Maven download on a newcomer's first run
+    engine = [] if _settings(args).lakehouse.engine != "auto" else [f"lakehouse.engine={DEMO_ENGINE}"]
+    settings = _settings(args, [f"output.path={out}", *engine])
     started = time.perf_counter()
     data = generate.write_lakehouse(settings, str(out / "data"), args.customers, seed=args.seed)
     print(
@@ -267,7 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f} s under {out / 'data'}"
     )
     # the run reads the same config file the follow-up commands are given: what is printed works
-    conf = write_demo_config(out, data["paths"])
+    conf = write_demo_config(out, data["paths"], engine)
     args.conf = [*args.conf, str(conf)]
     args.command = "demo"
     code = cmd_run(args, demo=True)
@@ -276,15 +281,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-def write_demo_config(out: Path, data_paths: dict[str, str]) -> Path:
-    """``<out>/segspark-demo.yaml``: the demo's inputs and output folder, for follow-up commands."""
+def write_demo_config(out: Path, data_paths: dict[str, str], extra: list[str] | None = None) -> Path:
+    """``<out>/segspark-demo.yaml``: the demo's inputs, output folder and engine, for follow-up commands."""
     import yaml
 
     from segspark import generate
     from segspark.config import parse_override
 
     data: dict[str, Any] = {}
-    for item in [f"output.path={out}", *generate.demo_overrides(data_paths)]:
+    for item in [f"output.path={out}", *generate.demo_overrides(data_paths), *(extra or [])]:
         keys, value = parse_override(item)
         node = data
         for key in keys[:-1]:

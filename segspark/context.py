@@ -27,7 +27,7 @@ from segspark import tables, tracking
 from segspark.config import Settings
 from segspark.errors import InputError
 from segspark.io import InputInfo, Lakehouse
-from segspark.session import get_spark
+from segspark.session import delta_jars_for, get_spark
 from segspark.version import code_version
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class RunContext:
 def open_context(
     settings: Settings, command: str, *, demo: bool = False, spark: SparkSession | None = None
 ) -> RunContext:
-    session = spark or get_spark(settings.spark)
+    session = spark or get_spark(settings.spark, delta=delta_jars_for(settings.lakehouse.engine))
     lake = Lakehouse(session, settings)
     # the run starts here: a later overwrite of rows another run commits from now on is a conflict
     lake.pin_versions()

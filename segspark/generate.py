@@ -566,9 +566,9 @@ def write_lakehouse(
     if customer_count < 1:
         raise SegsparkError("--customers must be at least 1")
     from segspark.io import Lakehouse
-    from segspark.session import get_spark
+    from segspark.session import delta_jars_for, get_spark
 
-    session = spark or get_spark(settings.spark)
+    session = spark or get_spark(settings.spark, delta=delta_jars_for(settings.lakehouse.engine))
     lake = Lakehouse(session, settings)
     root = Path(out_dir).resolve()
     base = customer_base(session, customer_count, seed).persist()

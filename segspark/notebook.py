@@ -26,7 +26,7 @@ from segspark.config import Settings, load_settings
 from segspark.io.lakehouse import OUTPUT_TABLES, Lakehouse
 from segspark.kpis import UNASSIGNED
 from segspark.report.render import FIGURES, LATEST
-from segspark.session import get_spark
+from segspark.session import delta_jars_for, get_spark
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -96,7 +96,7 @@ def session(conf: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> S
     running, so generate, run and the reading cells share one JVM. Stop it in the last cell.
     """
     settings = load_settings(list(conf), list(overrides))
-    return get_spark(settings.spark, owned=False)
+    return get_spark(settings.spark, owned=False, delta=delta_jars_for(settings.lakehouse.engine))
 
 
 def figure_image(fig: Figure, dpi: int = 100) -> Any:
@@ -139,7 +139,9 @@ class RunOutput:
         session the config describes, kept running)."""
         items = list(overrides) + ([f"output.path={Path(path).resolve()}"] if path is not None else [])
         settings = load_settings(list(conf), items)
-        session_ = spark or get_spark(settings.spark, owned=False)
+        session_ = spark or get_spark(
+            settings.spark, owned=False, delta=delta_jars_for(settings.lakehouse.engine)
+        )
         return cls(Lakehouse(session_, settings))
 
     @property

@@ -20,9 +20,10 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from segspark.errors import EnvironmentProblem
+from segspark import delta_jars
+from segspark.errors import ConfigError, EnvironmentProblem
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from segspark.config import SparkConfig
 
 log = logging.getLogger(__name__)
+
+# Whether a session the job starts loads Delta's Spark jars: not at all (the embedded engine writes),
+# if they can be had (engine auto), or as a requirement (engine delta-spark: exit 2 without them).
+DeltaJars = Literal["off", "try", "require"]
 
 # Sessions this process started (not one a cluster or notebook already had): the CLI stops them on
 # exit, which also shuts down a local Spark Connect server.
@@ -359,12 +364,19 @@ def _log_sizes(conf: Mapping[str, str], master: str, machine: Machine) -> None:
     )
 
 
-def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
+def delta_jars_for(engine: str) -> DeltaJars:
+    """What a session the job starts does about Delta's jars for ``lakehouse.engine``."""
+    return "off" if engine == "delta-rs" else "require" if engine == "delta-spark" else "try"
+
+
+def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off") -> SparkSession:
     """Build or reuse the Spark session described by ``cfg``.
 
     Order: ``spark.remote`` (Spark Connect) if set; else an already active session (cluster,
     Databricks); else an embedded local session on ``spark.master``. ``owned``: a session this call
     starts is stopped by :func:`stop_owned` (the CLI's exit); pass False to keep it (tests, notebooks).
+    ``delta``: whether a local session (or local Connect server) this call starts loads Delta's Spark
+    jars (:func:`delta_jars_for`); a cluster's, Databricks' or a remote server's session has its own.
     """
     from pyspark.sql import SparkSession
 
@@ -381,6 +393,7 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             machine = detect_machine()
             settings = local_conf(cfg, machine)
+            settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
             _log_sizes(settings, cfg.remote, machine)
         else:
             # a remote server was started with its own static settings; the job's runtime SQL ones
@@ -429,6 +442,7 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
     builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
     machine = detect_machine()
     settings = local_conf(cfg, machine)
+    settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
     for key, value in settings.items():
         builder = builder.config(key, value)
     _log_sizes(settings, cfg.master, machine)
@@ -436,6 +450,25 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True) -> SparkSession:
     if owned:
         _OWNED.append(spark)
     return spark
+
+
+def delta_conf(cfg: SparkConfig, delta: DeltaJars, partitions: str | None = None) -> dict[str, str]:
+    """The settings that load Delta's Spark jars into a local session (``delta_jars``), or none.
+
+    ``try``: without them (no network, no repository holding them) one log line and the embedded
+    engine; ``require``: a ``ConfigError`` (exit 2) naming the setting and what is missing. Jars the
+    user loads in ``spark.conf`` are left as given."""
+    if delta == "off" or delta_jars.user_supplies_delta(cfg.conf):
+        return {}
+    try:
+        coords, jars = delta_jars.resolve(cfg.conf)
+    except delta_jars.DeltaJarsUnavailable as exc:
+        if delta == "require":
+            raise ConfigError(f"lakehouse.engine: delta-spark needs Delta's Spark jars: {exc}") from None
+        log.info("spark: Delta's Spark jars are unavailable (%s): the embedded engine writes the tables", exc)
+        return {}
+    log.info("spark: Delta's Spark jars %s (%d files, resolved once and cached)", coords, len(jars))
+    return delta_jars.session_conf(jars, cfg.conf, partitions)
 
 
 def sizes_shuffle_partitions(cfg: SparkConfig) -> bool:

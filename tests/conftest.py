@@ -37,6 +37,7 @@ def spark() -> Iterator[object]:
             },
         ),
         owned=False,  # the CLI tests run in-process and must not stop the suite's session
+        delta="require",  # Delta's Spark jars: both table engines are tested (.ci/run fetches them)
     )
     yield session
     session.stop()

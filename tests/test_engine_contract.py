@@ -433,3 +433,46 @@ def test_both_engines_implement_the_protocol_and_place_tables(spark: SparkSessio
     )
     with pytest.raises(ConfigError, match=re.escape("need lakehouse.engine=delta-spark")):
         Lakehouse(spark, settings).target(S.ORDERS)
+
+
+# ---- the two engines on one table ------------------------------------------------------------------
+@pytest.mark.parametrize("first", ["delta-rs", "delta-spark"])
+def test_a_table_written_by_one_engine_is_read_and_written_by_the_other_and_by_readers(
+    spark: SparkSession, tmp_path: Path, first: str
+) -> None:
+    """A run on a laptop (delta-rs) and one on a cluster (delta-spark) share an output folder: each
+    engine reads, appends to and replaces a partition of the other's tables, and delta-rs, Polars and
+    DuckDB (the snapshot's Parquet files) read the result (reader 1 / writer 2: no table feature those
+    readers lack)."""
+    import duckdb
+    import polars as pl
+    from deltalake import DeltaTable
+
+    reason = _delta_spark_missing(spark)
+    if reason:
+        pytest.fail(reason)  # the suite's session loads Delta's jars: both engines must run here
+    second = "delta-spark" if first == "delta-rs" else "delta-rs"
+
+    def lake_of(engine: str) -> Lakehouse:
+        return Lakehouse(spark, Settings.model_validate({"output": {"path": str(tmp_path)}}), engine)  # type: ignore[arg-type]
+
+    a, b = lake_of(first), lake_of(second)
+    name = S.CUSTOMER_SEGMENTS
+    a.write(rows_for(spark, name, 3, "a"), name, run_id="r1", as_of_date=D1)
+    b.write(rows_for(spark, name, 4, "b"), name, run_id="r2", as_of_date=D2)  # a new partition
+    b.write(rows_for(spark, name, 1, "c"), name, run_id="r3", as_of_date=D1)  # replaces a's partition
+    b.write(rows_for(spark, S.QUARANTINE, 2, "q"), S.QUARANTINE, run_id="r1", as_of_date=D1)
+    a.write(rows_for(spark, S.QUARANTINE, 1, "q"), S.QUARANTINE, run_id="r2", as_of_date=D1)
+    for lake in (a, b):
+        assert _counts(lake.read_output(name)) == {(D1, "r3"): 2, (D2, "r2"): 5}, lake.engine
+        assert _counts(lake.read_output(S.QUARANTINE)) == {(D1, "r1"): 3, (D1, "r2"): 2}, lake.engine
+        assert [c.version for c in lake.history(name)] == [2, 1, 0], lake.engine
+
+    target = a.target(name)
+    table = DeltaTable(target)
+    assert (table.protocol().min_reader_version, table.protocol().min_writer_version) == (1, 2)
+    assert table.to_pyarrow_table().num_rows == 7
+    assert pl.read_delta(target).height == 7
+    files = [_local(f) for f in table.file_uris()]  # the snapshot's files, as DuckDB is pointed at them
+    query = f"SELECT count(*) FROM read_parquet({[str(f) for f in files]!r})"
+    assert duckdb.connect().execute(query).fetchone() == (7,)

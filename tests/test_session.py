@@ -327,3 +327,72 @@ def test_readmes_delta_packages_are_the_installed_delta_spark_for_this_spark() -
     wanted = f"io.delta:delta-spark_{spark_minor}_2.13:{importlib.metadata.version('delta_spark')}"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert re.findall(r"--packages (io\.delta:\S+)", readme) == [wanted]
+
+
+def test_delta_jar_coordinates_are_the_ones_delta_pip_names() -> None:
+    """The session loads what delta-spark's own ``configure_spark_with_delta_pip`` would ask Maven for."""
+    from delta.pip_utils import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    from segspark import delta_jars
+
+    builder = configure_spark_with_delta_pip(SparkSession.builder)
+    assert builder._options["spark.jars.packages"] == delta_jars.coordinates()
+
+
+def _offline_resolver(tmp_path: Path) -> str:
+    """``spark.conf`` of a machine that cannot fetch Delta's jars: an empty Ivy cache and one empty
+    local repository (no network resolver)."""
+    repo = tmp_path / "empty-repo"
+    repo.mkdir()
+    settings = tmp_path / "ivysettings.xml"
+    settings.write_text(
+        '<ivysettings><settings defaultResolver="offline"/><resolvers><filesystem name="offline">'
+        f'<artifact pattern="{repo}/[organisation]/[module]/[revision]/[artifact]-[revision].[ext]"/>'
+        "</filesystem></resolvers></ivysettings>",
+        encoding="utf-8",
+    )
+    return f"spark.conf={{spark.jars.ivy: {tmp_path / 'ivy'}, spark.jars.ivySettings: {settings}}}"
+
+
+def _generate(tmp_path: Path, *sets: str) -> subprocess.CompletedProcess[str]:
+    out = tmp_path / "data"
+    args = ["generate", "--customers", "20", "--out", str(out)]
+    return subprocess.run(
+        [sys.executable, "-m", "segspark", *args, *[x for s in sets for x in ("--set", s)]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_without_delta_jars_auto_writes_with_the_embedded_engine_and_says_why_in_one_line(
+    tmp_path: Path,
+) -> None:
+    proc = _generate(tmp_path, _offline_resolver(tmp_path), "spark.master=local[1]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if "Delta's Spark jars are unavailable" in line]
+    assert len(said) == 1, proc.stderr[-3000:]
+    assert "io.delta:delta-spark_" in said[0] and "the embedded engine writes the tables" in said[0]
+    assert (
+        "lakehouse engine: delta-rs (auto: Delta's Spark jars are not loaded in this session)" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr and ":: resolution report ::" not in proc.stderr
+    assert (tmp_path / "data" / "transactions" / "_delta_log").is_dir()
+
+
+@pytest.mark.slow
+def test_delta_spark_engine_without_its_jars_is_exit_2_naming_the_setting(tmp_path: Path) -> None:
+    proc = _generate(tmp_path, _offline_resolver(tmp_path), "lakehouse.engine=delta-spark")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("segspark:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(
+        "segspark: configuration error: lakehouse.engine: delta-spark needs Delta's Spark jars: cannot fetch "
+        "io.delta:delta-spark_"
+    ), lines
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data" / "transactions").exists()

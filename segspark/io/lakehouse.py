@@ -67,14 +67,22 @@ class InputInfo:
     version: int | None
 
 
-def resolve_engine(spark: SparkSession, wanted: str) -> Engine:
-    if wanted == "delta-spark":
-        return "delta-spark"
+def resolve_engine(spark: SparkSession, wanted: str) -> tuple[Engine, str]:
+    """The engine for ``lakehouse.engine`` on ``spark`` and why (one phrase, for the log line)."""
     if wanted == "delta-rs":
-        return "delta-rs"
-    if os.environ.get("DATABRICKS_RUNTIME_VERSION") or delta_spark.delta_available(spark):
-        return "delta-spark"
-    return "delta-rs"
+        return "delta-rs", "lakehouse.engine: delta-rs"
+    if wanted == "delta-spark":
+        if not delta_spark.is_remote(spark) and not delta_spark.delta_available(spark):
+            raise ConfigError(
+                "lakehouse.engine: delta-spark, but this Spark session cannot load Delta's Spark data "
+                "source (io.delta:delta-spark): start it with Delta's jars, or set lakehouse.engine: auto"
+            )
+        return "delta-spark", "lakehouse.engine: delta-spark"
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return "delta-spark", "auto: Databricks has Delta built in"
+    if delta_spark.delta_available(spark):
+        return "delta-spark", "auto: Delta's Spark jars are loaded in this session"
+    return "delta-rs", "auto: Delta's Spark jars are not loaded in this session"
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,10 @@ class Lakehouse:
     ) -> None:
         self.spark = spark
         self.settings = settings
-        self.engine: Engine = engine or resolve_engine(spark, settings.lakehouse.engine)
+        why = "chosen by the caller"
+        if engine is None:
+            engine, why = resolve_engine(spark, settings.lakehouse.engine)
+        self.engine: Engine = engine
         self._engine: TableEngine = make_engine(spark, self.engine)
         # output table -> its version when the run started (``pin_versions``): an overwrite fails
         # rather than replace what another run committed since
@@ -114,7 +125,7 @@ class Lakehouse:
         out = settings.output
         if (out.catalog is None) != (out.schema_ is None):
             raise ConfigError("output.catalog and output.schema must be set together (or neither)")
-        log.info("lakehouse engine: %s", self.engine)
+        log.info("lakehouse engine: %s (%s)", self.engine, why)
 
     # ---- outputs ------------------------------------------------------------------------------
     @property
