@@ -44,6 +44,8 @@ def _crowded_plays() -> pd.DataFrame:
                 "segment": s,
                 "effort": e,
                 "impact": v,
+                "net_value": v,
+                "horizon_months": 12,
                 "customers": n,
             }
             for i, (s, e, v, n) in enumerate(rows)

@@ -498,15 +498,18 @@ def ltv_cac_chart(
 
 
 def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]], sym: str) -> Figure:
+    """Ranked plays by effort (x) and net value over the horizon (y); labels placed where they
+    overlap no other text."""
     fig = _fig(7.5, 5.0)
     ax = fig.add_subplot()
-    r = recs[recs["impact"].notna()]
+    r = recs[recs["net_value"].notna()]
     sizes = 60 + 600 * (r["customers"] / max(1.0, float(r["customers"].max())))
     rng = np.random.default_rng(0)  # deterministic jitter so plays with equal effort do not overlap
     x = r["effort"].astype(float) + rng.uniform(-0.15, 0.15, len(r))
+    y = r["net_value"].astype(float)
     ax.scatter(
         x,
-        r["impact"],
+        y,
         s=sizes,
         c=[
             palettes.get(t, {}).get(s, OTHER_COLOUR)
@@ -516,15 +519,18 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
         edgecolors=INK,
     )
     if len(r):
-        ax.axhline(float(np.nanmedian(r["impact"])), color="grey", linestyle=":")
+        ax.axhline(float(np.nanmedian(y)), color="grey", linestyle=":")
+    ax.axhline(0.0, color=INK, linewidth=0.6)
     ax.axvline(2.5, color="grey", linestyle=":")
     ax.set_xlim(0.5, 5.5)
     ax.set_xticks(range(1, 6), ["1\nlow", "2", "3", "4", "5\nhigh"])
-    ax.set_xlabel("effort (from configuration)")
-    ax.set_ylabel(f"impact ({sym}, value at stake x assumed uplift)")
+    ax.set_xlabel("effort")
+    months = int(r["horizon_months"].iloc[0]) if len(r) and "horizon_months" in r.columns else None
+    ax.set_ylabel(f"net value ({sym}, next {months} months)" if months else f"net value ({sym})")
     ax.yaxis.set_major_formatter(lambda v, _p: _money(v, sym))
-    ymax = float(r["impact"].max()) if len(r) else 1.0
-    ax.set_ylim(0, ymax * 1.2 if ymax > 0 else 1.0)
+    ymax, ymin = (float(y.max()), float(y.min())) if len(r) else (1.0, 0.0)
+    span = max(ymax - min(ymin, 0.0), 1.0)
+    ax.set_ylim(min(ymin, 0.0) - 0.08 * span, ymax + 0.2 * span)
     for tx, ty, label in (
         (0.6, 0.97, "Quick wins"),
         (4.4, 0.97, "Big bets"),
@@ -540,13 +546,14 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
             color="grey",
             va="top" if ty > 0.5 else "bottom",
         )
-    ax.set_title("Impact-effort matrix (bubble size = customers; #rank)")
+    ax.set_title("Plays by net value and effort (bubble size = customers; #rank)")
     # labels last, best rank first, each where it overlaps no other text
     order = np.argsort(r["rank"].to_numpy(), kind="stable")
     place_labels(
         ax,
-        [(float(x.iloc[i]), float(r["impact"].iloc[i])) for i in order],
-        [f"#{r['rank'].iloc[i]} {r['segment'].iloc[i]}" for i in order],
+        [(float(x.iloc[i]), float(y.iloc[i])) for i in order],
+        [f"#{r['rank'].iloc[i]} {str(r['segment'].iloc[i]).replace('_', ' ')}" for i in order],
+        fontsize=8,
     )
     return fig
 
@@ -734,7 +741,8 @@ def _value_charts(
             Chart(
                 "revenue_by_segment",
                 "Revenue by segment",
-                f"Share of customers, net revenue and {what} CLV per segment.",
+                f"Share of customers, of net revenue to date and of {what} spend over the forecast "
+                "horizon, per segment.",
                 revenue_chart(
                     view.table, palettes[primary], primary.replace("_", " "), data.has.get("clv", False), what
                 ),
@@ -751,12 +759,12 @@ def _value_charts(
                     fig,
                 )
             )
-    if not recs.empty and recs["impact"].notna().any():
+    if not recs.empty and recs["net_value"].notna().any():
         charts.append(
             Chart(
                 "impact_effort",
-                "Impact-effort matrix",
-                "Plays placed by assumed impact and configured effort.",
+                "Plays by value and effort",
+                "Each ranked play by its net value (extra margin minus cost) and the effort it takes.",
                 impact_effort_chart(recs, palettes, sym),
             )
         )

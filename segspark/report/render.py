@@ -29,9 +29,7 @@ from segspark.report.collect import collect
 from segspark.report.context import report_context
 from segspark.report.data import ReportData, RunInfo
 from segspark.report.fmt import Fmt
-from segspark.report.recommend import (
-    recommend,
-)
+from segspark.report.recommend import plays_and_gaps
 from segspark.report.section_tables import Validity
 from segspark.report.sections import clv_validity, findings, not_shown, summary_table
 
@@ -48,7 +46,8 @@ FIGURES = "figures"
 
 
 # charts drawing CLV: their captions carry the CLV validity line
-CLV_CHARTS: tuple[str, ...] = ("clv_distribution", "revenue_by_segment", "ltv_cac")
+# (annex charts only: the executive part states the caveat once, on page 1)
+CLV_CHARTS: tuple[str, ...] = ("clv_distribution", "ltv_cac")
 
 
 @dataclass
@@ -195,11 +194,11 @@ def build_report(
         raise SegsparkError(f"report: run id {run_id!r} cannot name a report folder")
     cfg = settings.report
     data = collect(run, tables, settings)
-    recs = recommend(data, settings)
+    recs, gaps = plays_and_gaps(data, settings)
     fmt = Fmt(cfg.currency_symbol)
     found = findings(data, settings, fmt)
     validity = clv_validity(data)
-    missing = not_shown(data, recs, settings)
+    missing = not_shown(data, recs, settings) + gaps
     summary = summary_table(data, recs, found, settings, validity, missing)
     palettes = _palettes(data)
 
@@ -210,7 +209,7 @@ def build_report(
     figures_dir = staging / FIGURES
     figures_dir.mkdir(parents=True)
     charts = _draw_charts(data, recs, palettes, validity, figures_dir, settings)
-    context = report_context(data, recs, charts, found, palettes, settings, missing, summary)
+    context = report_context(data, recs, charts, found, palettes, settings, missing, summary, gaps)
     _render_templates(context, staging)
     pdf_written = _print_pdf(staging, cfg.pdf)
     latest = _publish(staging, run_dir, out_dir)

@@ -31,7 +31,7 @@ DEFAULT_MILESTONES: dict[str, list[Milestone]] = {
             name="Approve plays, assumptions and test plans", owner="Head of CRM", start_week=0, weeks=1
         ),
         Milestone(
-            name="Build audiences from customer_segments in the CRM / ESP",
+            name="Build audiences from the segment table in the CRM and email platform",
             owner="Data engineering",
             start_week=1,
             weeks=1,
@@ -43,7 +43,7 @@ DEFAULT_MILESTONES: dict[str, list[Milestone]] = {
             name="Read out tests; scale winners, stop losers", owner="Analytics", start_week=10, weeks=1
         ),
         Milestone(
-            name="Refresh assumptions in the config from test results",
+            name="Update the plays' assumptions with the test results",
             owner="Analytics",
             start_week=11,
             weeks=1,
@@ -64,7 +64,7 @@ DEFAULT_MILESTONES: dict[str, list[Milestone]] = {
             name="Read out tests; scale winners into playbooks", owner="Analytics", start_week=11, weeks=1
         ),
         Milestone(
-            name="Refresh assumptions in the config from test results",
+            name="Update the plays' assumptions with the test results",
             owner="Analytics",
             start_week=12,
             weeks=1,
@@ -514,9 +514,10 @@ def frame_table(df: pd.DataFrame, fmt: Fmt, limit: int = 40) -> Table:
     )
 
 
-def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str, str, bool]]:
+def governance_rows(settings: Settings, run_date: dt.date | None) -> list[tuple[str, str, bool]]:
     """(item, what is decided, whether it is decided) from ``report.governance``; an item not set
-    names the setting that records it."""
+    names the setting that records it. Without a recorded review the next one is due
+    ``review_every_months`` after ``run_date`` (the day the report is built)."""
     g = settings.report.governance
 
     def item(name: str, value: str | None, key: str) -> tuple[str, str, bool]:
@@ -524,7 +525,7 @@ def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str
             return name, value, True
         return name, f"not decided yet (set report.governance.{key})", False
 
-    base = g.last_review or as_of or dt.date.today()
+    base = g.last_review or run_date or dt.date.today()
     due = (pd.Timestamp(base) + pd.DateOffset(months=g.review_every_months)).date()
     consent = (
         f"only customers whose CRM column '{g.consent_column}' is true enter an activation list"
@@ -547,9 +548,13 @@ def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str
     ]
 
 
-def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
+def plan_rows(settings: Settings, run_date: dt.date) -> Table:
+    """The implementation plan, dated from the day the report is built (the data's as-of date may
+    lie long before it): ``report.start_date`` when it is not in the past, else a week after."""
     cfg = settings.report
-    start = cfg.start_date or ((as_of or dt.date.today()) + dt.timedelta(days=7))
+    start = (
+        cfg.start_date if cfg.start_date and cfg.start_date >= run_date else run_date + dt.timedelta(days=7)
+    )
     steps = cfg.milestones or DEFAULT_MILESTONES[cfg.preset]
     rows = []
     for m in sorted(steps, key=lambda s: (s.start_week, s.name)):
