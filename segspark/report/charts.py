@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
 from segspark.report.data import LIFECYCLE_ORDER, MODEL_ONLY_FEATURES, OTHER, UNASSIGNED, ReportData
+from segspark.report.print_check import MIN_PRINTED_PT, PRINT_WIDTH_IN
 from segspark.schema import (
     CUSTOMERS,
     DIMENSION,
@@ -224,7 +225,8 @@ def rfm_grid_chart(grid: pd.DataFrame, bins: int, k: int) -> Figure:
 
 def cohort_chart(matrix: pd.DataFrame) -> Figure:
     rows, cols = matrix.shape
-    fig = _fig(min(max(6.5, 2.5 + 0.42 * cols), 13.0), min(max(3.6, 1.6 + 0.32 * rows), 10.0))
+    # the width of an A4 page, so nothing is shrunk in print: cell values stay at 7 pt on paper
+    fig = _fig(0.96 * PRINT_WIDTH_IN, min(max(3.6, 1.8 + 0.27 * rows), 10.0))
     ax = fig.add_subplot()
     values = matrix.to_numpy(dtype=float)
     im = ax.imshow(
@@ -234,12 +236,13 @@ def cohort_chart(matrix: pd.DataFrame) -> Figure:
         vmax=max(0.01, np.nanmax(values[:, 1:]) if cols > 1 else 1.0),
         aspect="auto",
     )
-    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], fontsize=7)
-    ax.set_yticks(range(rows), list(matrix.index), fontsize=7)
+    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], fontsize=MIN_PRINTED_PT)
+    ax.set_yticks(range(rows), list(matrix.index), fontsize=MIN_PRINTED_PT)
     ax.set_xlabel("months since first purchase")
     ax.set_ylabel("acquisition cohort (month of first purchase)")
-    # every cell carries its value (rounded to a whole percent); smaller type in a large matrix
-    size = 6.0 if rows * cols <= 400 else 5.0
+    # every cell carries its value in whole percent (no % sign: it fits the cell), at the smallest
+    # printed size
+    size = MIN_PRINTED_PT
     top = float(np.nanmax(values[:, 1:])) if cols > 1 else 1.0
     for i in range(rows):
         for j in range(1, cols):
@@ -248,14 +251,15 @@ def cohort_chart(matrix: pd.DataFrame) -> Figure:
                 ax.text(
                     j,
                     i,
-                    f"{v:.0%}",
+                    f"{v * 100:.0f}",
                     ha="center",
                     va="center",
                     fontsize=size,
                     color="white" if v > 0.6 * top else INK,
                 )
-    fig.colorbar(im, ax=ax, label="share of the cohort purchasing that month")
-    ax.set_title("Cohort retention (month 0 is the whole cohort)")
+    # below the matrix, so the cells get the page's full width
+    fig.colorbar(im, ax=ax, location="bottom", shrink=0.5, format=lambda v, _p: f"{v * 100:.0f}%")
+    ax.set_title("Cohort retention: % of the cohort buying in each month", fontsize=10)
     return fig
 
 
@@ -468,32 +472,20 @@ def revenue_chart(
 def ltv_cac_chart(
     ltv: pd.DataFrame, colours: dict[str, str], segment_type: str, target: float
 ) -> Figure | None:
-    ch = ltv[(ltv["level"] == "channel") & ltv["ltv_to_cac"].notna()]
-    seg = ltv[
-        (ltv["level"] == "segment")
-        & (ltv["segment_type"] == segment_type)
-        & ltv["ltv_predicted_to_cac"].notna()
-    ]
-    panels = [(ch, "segment", "ltv_to_cac", "acquisition channel", "realized LTV : CAC")]
-    if not seg.empty:
-        panels.append(
-            (seg, "segment", "ltv_predicted_to_cac", segment_type.replace("_", " "), "predicted LTV : CAC")
-        )
-    panels = [p for p in panels if not p[0].empty]
-    if not panels:
+    """Realized LTV:CAC of the channels whose spend is complete (status ``known``), with the target."""
+    ch = ltv[(ltv["level"] == "channel") & ltv["ltv_to_cac"].notna() & (ltv["cac_status"] == "known")]
+    if ch.empty:
         return None
-    fig = _fig(5.0 * len(panels) + 1.0, 4.2)
-    for i, (df, key, col, xl, yl) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        df = df.sort_values(col, ascending=False)
-        colour = [colours.get(s, "#67a9cf") if i else "#67a9cf" for s in df[key]]
-        ax.bar(range(len(df)), df[col], color=colour)
-        ax.axhline(target, color="#b2182b", linestyle="--", label=f"target {target:g} : 1")
-        ax.set_xticks(range(len(df)), [str(s) for s in df[key]], rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.legend(fontsize=8)
-    fig.suptitle("LTV : CAC (CAC unknown where spend is missing: those groups are left out)", fontsize=10)
+    fig = _fig(6.5, 4.0)
+    ax = fig.add_subplot()
+    df = ch.sort_values("ltv_to_cac", ascending=False)
+    ax.bar(range(len(df)), df["ltv_to_cac"], color="#67a9cf")
+    ax.axhline(target, color="#b2182b", linestyle="--", label=f"target {target:g} : 1")
+    ax.set_xticks(range(len(df)), [str(s) for s in df["segment"]], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("acquisition channel")
+    ax.set_ylabel("realized LTV : CAC")
+    ax.legend(fontsize=8)
+    ax.set_title("LTV : CAC of channels with complete spend", fontsize=10)
     return fig
 
 
@@ -620,7 +612,12 @@ def _customer_charts(data: ReportData, bins: int) -> list[Chart]:
             Chart(
                 "cohort_retention",
                 "Cohort retention",
-                "Share of each acquisition cohort buying again in each month after the first purchase.",
+                "Share of each acquisition cohort buying again in each month after the first purchase."
+                + (
+                    f" {data.cohorts_hidden} cohort(s) with fewer than {data.k} customers are left out."
+                    if data.cohorts_hidden
+                    else ""
+                ),
                 cohort_chart(data.cohorts),
             )
         )
@@ -755,7 +752,8 @@ def _value_charts(
                 Chart(
                     "ltv_cac",
                     "LTV:CAC",
-                    "Lifetime value per acquisition cost, by acquisition channel and by segment.",
+                    "Realized lifetime value per acquisition cost, for the channels whose marketing "
+                    "spend is recorded for every month they acquired customers.",
                     fig,
                 )
             )

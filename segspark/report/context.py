@@ -27,6 +27,7 @@ from segspark.report.recommend import (
 )
 from segspark.report.section_tables import (
     LTV_CAC_DEFINITIONS,
+    LTV_CAC_RULE,
     ab_table,
     demographic_tables,
     frame_table,
@@ -328,6 +329,7 @@ def _value_context(data: ReportData, fmt: Fmt) -> dict[str, Any]:
     primary = data.primary_type()
     return {
         "ltv_defs": LTV_CAC_DEFINITIONS,
+        "ltv_rule": LTV_CAC_RULE,
         "ltv_cac": (
             ltv_cac_tables(data.ltv_cac, fmt, primary, data.segments[primary].names() if primary else None)
             if data.ltv_cac is not None

@@ -344,6 +344,14 @@ def not_shown_plainly(data: ReportData, settings: Settings) -> list[str]:
             "Marketing spend is missing, so acquisition cost and its payback (LTV to CAC) are not shown; "
             "no cost is assumed."
         )
+    elif (ltv["level"] == "channel").any():
+        known = ltv[ltv["level"] == "channel"]["cac_status"] == "known"
+        if not known.all():
+            out.append(
+                f"Acquisition cost and its payback are shown only for the {int(known.sum())} channel(s) "
+                f"whose marketing spend is recorded for every month they brought in {w['customers']}; "
+                f"{int((~known).sum())} other channel(s) have gaps in their spend records."
+            )
     if data.cohorts is None or data.cohorts_hidden:
         n = data.cohorts_hidden
         out.append(

@@ -14,7 +14,7 @@ import pandas as pd
 from segspark.config import Milestone, Settings
 from segspark.report import charts as C
 from segspark.report.data import MODEL_ONLY_FEATURES, UNASSIGNED, ReportData, SegmentView
-from segspark.report.fmt import TYPE_LABELS, WORDS, Fmt, Table, _as_float, _finite
+from segspark.report.fmt import WORDS, Fmt, Table, _as_float, _finite
 from segspark.report.recommend import (
     dominant_stage,
     play_for,
@@ -264,15 +264,29 @@ KPI_DEFINITIONS: dict[str, str] = {
 }
 
 
-# LTV:CAC above this is shown as ">cap": at that level the ratio says more about missing spend than efficiency
-LTV_CAC_CAP = 20.0
+# CAC status -> how the LTV:CAC table says it; a ratio is shown only for ``known`` (complete spend)
+CAC_STATUS_WORDS: dict[str, str] = {
+    "known": "complete",
+    "partial_spend": "spend missing for some months: no ratio",
+    "unknown_spend": "no spend recorded: no ratio",
+    "no_new_customers": "no new customers",
+}
+
+
+LTV_CAC_RULE = (
+    "A channel's LTV:CAC is shown only when its spend is complete: marketing_spend has a row for every "
+    "month in which the channel acquired customers (cac_status = known). A channel with spend missing "
+    "for any such month, or with none, shows no CAC and no ratio: a partial CAC would be too low and its "
+    "ratio too high. LTV:CAC is not shown by segment: a segment holds customers acquired at any time "
+    "(every Champion was once new), so it has no acquisition cost of its own."
+)
 
 
 LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
     (
         "CAC",
-        "marketing spend / new customers of the channel, over the months whose spend is known "
-        "(a segment's CAC: the mean of its members' channel CAC).",
+        "marketing spend / new customers of the channel over the months it acquired customers; shown "
+        "only when the spend of every such month is known.",
     ),
     (
         "Realized LTV",
@@ -280,13 +294,13 @@ LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
         "the customers observed that long.",
     ),
     ("Predicted LTV", "mean predicted CLV of the same new customers."),
-    (
-        "LTV:CAC",
-        f"LTV / CAC; 3 or more is usually called healthy. Ratios above {LTV_CAC_CAP:.0f} are shown as "
-        f">{LTV_CAC_CAP:.0f}: they mean little spend is recorded for the group (organic or referral "
-        "channels, or spend missing from marketing_spend), not an efficient channel; check the spend first.",
-    ),
+    ("LTV:CAC", "LTV / CAC for channels with complete spend; 3 or more is usually called healthy."),
 )
+
+
+def complete_spend(ltv: pd.DataFrame) -> pd.Series:
+    """Whether each LTV:CAC row's CAC rests on complete spend (status ``known``)."""
+    return ltv["cac_status"].astype("string").fillna("") == "known"
 
 
 # Model metrics in words: label, digits, and how to read the value (None: no reading added).
@@ -370,8 +384,8 @@ def kpi_definitions(kpis: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
     return [(KPI_LABELS[c][0], KPI_DEFINITIONS[c]) for c in KPI_LABELS if c in shown]
 
 
-def _ratio_text(fmt: Fmt, v: Any) -> str:
-    return f">{LTV_CAC_CAP:.0f}" if _finite(v) and float(v) > LTV_CAC_CAP else fmt.num(v, 2)
+def _ratio_text(fmt: Fmt, v: Any, complete: bool = True) -> str:
+    return fmt.num(v, 2) if complete else "–"
 
 
 def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict[str, str]) -> Table:
@@ -384,47 +398,39 @@ def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict
 
 
 def ltv_cac_tables(
-    ltv: pd.DataFrame, fmt: Fmt, primary: str | None, order: list[str] | None = None
+    ltv: pd.DataFrame, fmt: Fmt, primary: str | None = None, order: list[str] | None = None
 ) -> list[tuple[str, Table]]:
-    out = []
+    """The channel table of LTV:CAC (:data:`LTV_CAC_RULE`: ratios only where spend is complete)."""
     header = [
-        "Group",
+        "Channel",
         "New customers",
         "Spend",
         "CAC",
-        "CAC status",
+        "Spend status",
         "Realized LTV",
         "Predicted LTV",
         "LTV:CAC",
         "Predicted LTV:CAC",
     ]
-
-    def rows(df: pd.DataFrame) -> list[list[str]]:
-        return [
+    ch = ltv[ltv["level"] == "channel"].sort_values("segment")
+    if ch.empty:
+        return []
+    rows = []
+    for (_, r), ok in zip(ch.iterrows(), complete_spend(ch), strict=True):
+        rows.append(
             [
                 str(r["segment"]),
                 fmt.count(r["new_customers"]),
                 fmt.money(r.get("spend")),
-                fmt.money(r["cac"]),
-                str(r["cac_status"]),
+                fmt.money(r["cac"]) if ok else "–",
+                CAC_STATUS_WORDS.get(str(r["cac_status"]), str(r["cac_status"])),
                 fmt.money(r["ltv_realized"]),
                 fmt.money(r["ltv_predicted"]),
-                _ratio_text(fmt, r["ltv_to_cac"]),
-                _ratio_text(fmt, r["ltv_predicted_to_cac"]),
+                _ratio_text(fmt, r["ltv_to_cac"], ok),
+                _ratio_text(fmt, r["ltv_predicted_to_cac"], ok),
             ]
-            for _, r in df.iterrows()
-        ]
-
-    ch = ltv[ltv["level"] == "channel"]
-    if not ch.empty:
-        out.append(("By acquisition channel", Table(header, rows(ch.sort_values("segment")))))
-    seg = ltv[(ltv["level"] == "segment") & (ltv["segment_type"].isin([primary, "all"]))]
-    if order:  # the segment order of the profile tables, 'all' last
-        rank = {name: i for i, name in enumerate([*order, "all"])}
-        seg = seg.sort_values("segment", key=lambda c: c.map(lambda v: rank.get(v, len(rank))))
-    if not seg.empty:
-        out.append((f"By {TYPE_LABELS.get(primary or '', 'segment')}", Table(header, rows(seg))))
-    return out
+        )
+    return [("By acquisition channel", Table(header, rows))]
 
 
 def recommendation_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
