@@ -823,8 +823,13 @@ def test_small_segments_are_merged_into_other(
     assert data.clustering is not None and "Tiny cluster" not in set(data.clustering["profiles"]["persona"])
     assert data.transitions is not None and (data.transitions["customers"] >= K).all()
     assert data.rfm_grid is not None and data.rfm_grid["customers"].dropna().min() >= K
-    # lifecycle mix of Other: every stage has fewer than K customers in it, so only the pooled share shows
-    assert "other stages 100%" in profiles
+    # the primary cross-tab shows no combination below K: the small ones are pooled in its last row
+    cross = re.search(r"How the segmentations fit together.*?</table>", section(html, "segments"), re.S)
+    assert cross is not None and "all other combinations" in cross.group(0)
+    counts = [
+        int(c.replace(",", "")) for c in re.findall(r"<td>([\d,]+)</td><td>[\d.]+%</td>", cross.group(0))
+    ]
+    assert len(counts) >= 3 and all(c >= K for c in counts[:-1])
     assert summary_value(result, "segments_merged") >= 3
 
 
@@ -1553,3 +1558,11 @@ def test_plan_dates_start_after_the_run_date(built: tuple[ReportResult, Path, fl
     assert plan_dates and all(dt.date.fromisoformat(d) > today for d in plan_dates)
     review = re.search(r"<th>Next review</th><td>.*?(\d{4}-\d{2}-\d{2})", section(html, "governance"), re.S)
     assert review and dt.date.fromisoformat(review.group(1)) > today > AS_OF
+
+
+def test_every_chart_prints_legibly_on_a4(built: tuple[ReportResult, Path, float]) -> None:
+    """Item 6: measured on each rendered chart (report.print_check): no text under 7 pt at A4 print
+    size and no two texts overlapping."""
+    result, _, _ = built
+    assert len(result.figures) == 11
+    assert result.print_problems == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,13 @@ def data_uri(png: bytes) -> str:
 
 
 def _fig(w: float, h: float) -> Figure:
-    fig = Figure(figsize=(w, h), layout="constrained")
+    """A figure no wider than an A4 page's text, so the PNG is never shrunk in print and its type
+    prints at the size it was set in (report.print_check)."""
+    fig = Figure(figsize=(min(w, PAGE_FIG_WIDTH), h), layout="constrained")
     return fig
+
+
+PAGE_FIG_WIDTH = 0.96 * PRINT_WIDTH_IN  # a little under the page: the saved (tight) box adds a margin
 
 
 def _money(x: float, sym: str) -> str:
@@ -226,7 +232,7 @@ def rfm_grid_chart(grid: pd.DataFrame, bins: int, k: int) -> Figure:
 def cohort_chart(matrix: pd.DataFrame) -> Figure:
     rows, cols = matrix.shape
     # the width of an A4 page, so nothing is shrunk in print: cell values stay at 7 pt on paper
-    fig = _fig(0.96 * PRINT_WIDTH_IN, min(max(3.6, 1.8 + 0.27 * rows), 10.0))
+    fig = _fig(PAGE_FIG_WIDTH, min(max(3.6, 1.8 + 0.27 * rows), 10.0))
     ax = fig.add_subplot()
     values = matrix.to_numpy(dtype=float)
     im = ax.imshow(
@@ -305,21 +311,23 @@ def indices_chart(sweep: pd.DataFrame, chosen: dict) -> Figure:
 
 
 def profile_chart(profiles: pd.DataFrame, features: list[str]) -> Figure:
+    """Persona x feature z-scores; features down the side and personas across with wrapped names,
+    so every label is horizontal and none overlaps its neighbour in print."""
     zcols = [f"z_{f}" for f in features if f"z_{f}" in profiles.columns]
-    z = profiles[zcols].to_numpy(dtype=float)
-    fig = _fig(max(6.0, 2.5 + 0.65 * len(zcols)), max(3.0, 1.6 + 0.45 * len(profiles)))
+    z = profiles[zcols].to_numpy(dtype=float).T  # feature x persona
+    fig = _fig(PAGE_FIG_WIDTH, max(3.2, 1.8 + 0.32 * len(zcols)))
     ax = fig.add_subplot()
     lim = max(1.0, float(np.nanmax(np.abs(z)))) if z.size and np.isfinite(z).any() else 1.0
     im = ax.imshow(z, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_xticks(
-        range(len(zcols)), [c[2:].replace("_", " ") for c in zcols], rotation=45, ha="right", fontsize=8
-    )
+    ax.set_yticks(range(len(zcols)), [c[2:].replace("_", " ") for c in zcols], fontsize=8)
     labels = profiles["persona"] if "persona" in profiles.columns else profiles["cluster_id"].astype(str)
-    ax.set_yticks(range(len(profiles)), [str(v) for v in labels], fontsize=8)
-    ax.set_xlabel("feature")
-    ax.set_ylabel("persona (cluster)")
-    fig.colorbar(im, ax=ax, label="z-score of the cluster mean vs all customers")
-    ax.set_title("Cluster profiles")
+    width = max(6, int(64 / max(1, len(profiles))))  # characters per line that fit one column
+    ax.set_xticks(
+        range(len(profiles)), [textwrap.fill(str(v), width) for v in labels], fontsize=MIN_PRINTED_PT
+    )
+    ax.set_ylabel("feature")
+    fig.colorbar(im, ax=ax, label="z-score vs all customers", shrink=0.8)
+    ax.set_title("Cluster profiles", fontsize=10)
     return fig
 
 
@@ -433,39 +441,40 @@ def transitions_chart(
 def revenue_chart(
     table: pd.DataFrame, colours: dict[str, str], label: str, has_clv: bool, what: str = "predicted"
 ) -> Figure:
+    """Share of customers, revenue and CLV per segment: horizontal bars, segment names down the side."""
     t = table
     n = len(t)
-    fig = _fig(max(6.0, 0.9 * n + 2.0), 4.2)
+    fig = _fig(PAGE_FIG_WIDTH, max(3.0, 1.2 + 0.42 * n))
     ax = fig.add_subplot()
-    x = np.arange(n)
+    y = np.arange(n)[::-1]
     series = [("customer_share", "share of customers", 0.55), ("revenue_share", "share of revenue", 1.0)]
     if has_clv and "sum_clv" in t.columns and t["sum_clv"].sum() > 0:
         t = t.assign(clv_share=t["sum_clv"] / t["sum_clv"].sum())
-        series.append(("clv_share", f"share of {what} CLV", 0.3))
-    w = 0.8 / len(series)
+        series.append(("clv_share", f"share of {what} spend", 0.3))
+    h = 0.8 / len(series)
     cols = [colours.get(s, OTHER_COLOUR) for s in t[SEGMENT]]
     hatches = ["", "", "//"]
     for i, (col, name, alpha) in enumerate(series):
-        ax.bar(
-            x + (i - (len(series) - 1) / 2) * w,
+        ax.barh(
+            y - (i - (len(series) - 1) / 2) * h,
             t[col],
-            width=w,
+            height=h,
             color=cols,
             alpha=alpha,
             hatch=hatches[i],
             edgecolor="white",
             label=name,
         )
-    ax.set_xticks(x, [str(s) for s in t[SEGMENT]], rotation=30, ha="right", fontsize=8)
-    ax.set_xlabel(label)
-    ax.set_ylabel("share of total")
-    ax.yaxis.set_major_formatter(lambda v, _p: f"{v:.0%}")
+    ax.set_yticks(y, [str(s).replace("_", " ") for s in t[SEGMENT]], fontsize=8)
+    ax.set_ylabel(label)
+    ax.set_xlabel("share of total")
+    ax.xaxis.set_major_formatter(lambda v, _p: f"{v:.0%}")
     proxies = [
         Patch(facecolor="#777777", alpha=alpha, hatch=hatches[i], edgecolor="white", label=name)
         for i, (_c, name, alpha) in enumerate(series)
     ]
-    ax.legend(handles=proxies, fontsize=8)
-    ax.set_title(f"Customers, revenue and CLV by {label}", fontsize=10)
+    ax.legend(handles=proxies, fontsize=8, loc="lower right")
+    ax.set_title(f"Customers, revenue and expected spend by {label}", fontsize=10)
     return fig
 
 
@@ -544,7 +553,7 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
     place_labels(
         ax,
         [(float(x.iloc[i]), float(y.iloc[i])) for i in order],
-        [f"#{r['rank'].iloc[i]} {str(r['segment'].iloc[i]).replace('_', ' ')}" for i in order],
+        [f"#{r['rank'].iloc[i]} {_label(r['segment'].iloc[i])}" for i in order],
         fontsize=8,
     )
     return fig
@@ -566,6 +575,11 @@ def baseline_chart(flows: pd.DataFrame, colours: dict[str, str], dimension: str)
     ax.set_xlabel("customers")
     ax.set_title(f"Baseline for transitions ({dimension.replace('_', ' ')}): customers per segment")
     return fig
+
+
+def _label(segment: object) -> str:
+    """A segment as the report's text writes it (``prospect`` -> ``Prospects``, no underscores)."""
+    return {"prospect": "Prospects"}.get(str(segment), str(segment).replace("_", " "))
 
 
 def _named_rows(table: pd.DataFrame) -> bool:
@@ -741,7 +755,11 @@ def _value_charts(
                 f"Share of customers, of net revenue to date and of {what} spend over the forecast "
                 "horizon, per segment.",
                 revenue_chart(
-                    view.table, palettes[primary], primary.replace("_", " "), data.has.get("clv", False), what
+                    view.table,
+                    palettes[primary],
+                    {RFM_SEGMENT: "RFM segment"}.get(primary, primary.replace("_", " ")),
+                    data.has.get("clv", False),
+                    what,
                 ),
             )
         )

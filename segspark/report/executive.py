@@ -41,9 +41,13 @@ SEPARATES_VALUE = 0.25  # relative difference of spend per customer between the 
 SEPARATES_CHURN = 0.05  # difference of mean churn risk (probability) between the extreme groups
 
 
+# lifecycle stages that stand alone as a segment of plays read as a group of customers
+SEGMENT_WORDS: dict[str, str] = {"prospect": "Prospects"}
+
+
 def words(text: Any) -> str:
-    """A label as a reader writes it: ``at_risk`` -> ``at risk``."""
-    return str(text).replace("_", " ")
+    """A label as a reader writes it: ``at_risk`` -> ``at risk``, ``prospect`` -> ``Prospects``."""
+    return SEGMENT_WORDS.get(str(text), str(text).replace("_", " "))
 
 
 def value_label(data: ReportData, months: int) -> str:
@@ -104,9 +108,10 @@ def clv_caveat(data: ReportData, settings: Settings) -> str | None:
         )
     if v.spend_corr_ok is False and v.spend_model in (None, "gamma_gamma"):
         parts.append(
-            "it assumes a customer's order size does not depend on how often they buy, which does not hold "
-            "here (frequent buyers also place larger orders), so customers with one or two orders are "
-            "credited with larger orders than they are likely to place: their figures are overstated most"
+            "the forecast assumes a customer's order size does not depend on how often they buy, which "
+            "does not hold here (frequent buyers also place larger orders), so customers with one or two "
+            "orders are credited with larger orders than they are likely to place: their figures are "
+            "overstated most"
         )
     if not parts:
         return None
@@ -298,10 +303,15 @@ def value_assumptions(settings: Settings, recs: pd.DataFrame, fmt: Fmt) -> list[
     for pid in shown:
         p = plays[pid]
         configured = pid in v.cost_per_contact or pid in v.fixed_cost
+        effect = {
+            "first_purchase": f"turns {p.uplift:.0%} of prospects into first-time buyers, each worth what a "
+            "recent first-time buyer is expected to spend",
+            "win_back": f"brings back {p.uplift:.0%} of lapsed customers, each worth what a returning "
+            "customer is expected to spend",
+        }.get(pid, f"raises its segment's expected spend by {p.uplift:.0%}")
         out.append(
-            f"{p.name}: adds {p.uplift:.0%} of the reference value; costs {fmt.money(p.cost_per_contact)} "
-            f"per customer contacted plus {fmt.money(p.fixed_cost)} to run"
-            + ("." if configured else " (default costs).")
+            f"{p.name}: {effect}; costs {fmt.sym}{p.cost_per_contact:,.2f} per customer contacted plus "
+            f"{fmt.money(p.fixed_cost)} to run" + ("." if configured else " (default costs).")
         )
     return out
 

@@ -34,9 +34,10 @@ def print_problems(fig: Figure, dpi: float, name: str = "chart") -> list[str]:
     renderer = canvas.get_renderer()
     scale = printed_scale(fig, dpi)
     problems, boxes = [], []
+    hidden = _undrawn_tick_labels(fig)
     for t in fig.findobj(match=Text):
         text = t.get_text().strip()
-        if not (t.get_visible() and text):
+        if not (t.get_visible() and text) or id(t) in hidden:
             continue
         box = t.get_window_extent(renderer)
         if box.width <= 0 or not fig.bbox.overlaps(box):  # a tick outside the axes is not drawn
@@ -49,3 +50,17 @@ def print_problems(fig: Figure, dpi: float, name: str = "chart") -> list[str]:
         if ba.overlaps(bb):
             problems.append(f"{name}: {a!r} overlaps {b!r}")
     return problems
+
+
+def _undrawn_tick_labels(fig: Figure) -> set[int]:
+    """Tick labels a locator made but the axis does not draw: their tick lies outside the view."""
+    out: set[int] = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            pad = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in (*axis.get_major_ticks(), *axis.get_minor_ticks()):
+                loc = tick.get_loc()
+                if loc is None or not lo - pad <= loc <= hi + pad:
+                    out.update({id(tick.label1), id(tick.label2)})
+    return out

@@ -134,14 +134,15 @@ def _traits(row: pd.Series, data: ReportData, fmt: Fmt) -> str:
 def segment_profile_table(
     view: SegmentView, data: ReportData, settings: Settings, fmt: Fmt, colours: dict[str, str]
 ) -> Table:
-    plays = play_settings(settings)
     w = WORDS[settings.report.preset]
+    # at most 12 short columns, so the table fits the A4 width (the lifecycle mix is in the primary
+    # cross-tab, the play in the executive part's segment table)
     header = [
         "Segment",
         w["Customers"],
         f"% {w['customers']}",
         "% revenue",
-        "R / F / M",
+        "R/F/M",
         "Recency (days)",
         "Purchases",
         f"Revenue / {w['customer']}",
@@ -151,10 +152,10 @@ def segment_profile_table(
         header += ["Avg CLV", "CLV total"]
     if has_churn:
         header += ["Churn risk", "High risk"]
-    header += ["Lifecycle mix", "Suggested play"]
     rows = []
     for _, r in view.table.iterrows():
-        rfm = " / ".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score"))
+        # no spaces: the scores never wrap over several lines
+        rfm = "/".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score"))
         row = [
             str(r[SEGMENT]),
             fmt.count(r[CUSTOMERS]),
@@ -170,8 +171,6 @@ def segment_profile_table(
             row += [fmt.money(r.get("mean_clv")), fmt.money(total_clv)]
         if has_churn:
             row += [fmt.pct(r.get("mean_churn_risk")), fmt.pct(r.get("high_churn_risk_share"))]
-        pid = play_for(view.segment_type, r, settings.rfm.bins, dominant_stage(view, str(r[SEGMENT])))
-        row += [_mix_text(view, str(r[SEGMENT]), data.k), plays[pid].name if pid else "–"]
         rows.append(row)
     return Table(header, rows, [colours.get(str(s), C.OTHER_COLOUR) for s in view.table[SEGMENT]])
 
@@ -204,8 +203,8 @@ def persona_cards(
             ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])} of all customers)"),
             ("Revenue share", fmt.pct(r["revenue_share"])),
             (
-                "R / F / M",
-                " / ".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score")),
+                "R/F/M",
+                "/".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score")),
             ),
         ]
         if data.has.get(CLV):
