@@ -420,3 +420,10 @@ def test_every_segment_with_material_revenue_gets_a_play(data: ReportData) -> No
     # every standard RFM segment and lifecycle stage has its play in the preset's library
     for name in [*RFM_PLAYS.values(), *LIFECYCLE_PLAYS.values()]:
         assert name in PRESET_PLAYS["retail"] and name in PRESET_PLAYS["saas"]
+
+
+def test_the_recommendations_table_declares_every_column_of_the_ranking() -> None:
+    # the pipeline writes the ranking through the declared schema: an undeclared column would be lost
+    from segspark.tables import RECOMMENDATIONS_SCHEMA
+
+    assert [f.name for f in RECOMMENDATIONS_SCHEMA.fields] == list(RECOMMENDATION_COLUMNS)
