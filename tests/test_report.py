@@ -815,6 +815,11 @@ def test_small_segments_are_merged_into_other(
     )
     assert view.table["customers"].min() >= K
     assert "3 RFM segment(s) with 30 customers merged into &ldquo;Other&rdquo;" in profiles
+    # ... and the executive part says it in one plain sentence
+    assert (
+        f"3 RFM segment group(s) with fewer than {K} customers each ({other} customers in all) are grouped "
+        "as Other, to protect privacy." in section(html, "summary")
+    )
     # the same rule for the other groupings: small cohort, acquisition channel, flow and cluster are hidden
     data = result.data
     assert data.cohorts is not None and list(data.cohorts.index) == ["2025-09", "2025-10", "2025-12"]

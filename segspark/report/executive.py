@@ -16,7 +16,7 @@ import pandas as pd
 
 from segspark.config import Settings
 from segspark.report.data import OTHER, UNASSIGNED, ReportData
-from segspark.report.fmt import TYPE_LABELS, WORDS, Fmt, Table, _finite
+from segspark.report.fmt import TYPE_LABELS, WORDS, Fmt, Table, _as_float, _finite
 from segspark.report.recommend import dominant_stage, play_for, play_settings
 from segspark.schema import (
     CHURN_RISK,
@@ -97,13 +97,13 @@ def clv_caveat(data: ReportData, settings: Settings) -> str | None:
             "overstate lapsed and occasional customers."
         )
     parts = []
-    err = v.chosen.get("holdout_total_error")
+    err = _as_float(v.chosen.get("holdout_total_error"))
     if v.valid is False:
         parts.append("the forecasting model failed its accuracy check on recent months held back from it")
-    elif _finite(err) and abs(float(err)) >= 0.10:
-        more = "more" if float(err) > 0 else "fewer"
+    elif _finite(err) and abs(err) >= 0.10:
+        more = "more" if err > 0 else "fewer"
         parts.append(
-            f"on recent months held back from it, the forecast expected {abs(float(err)):.0%} {more} "
+            f"on recent months held back from it, the forecast expected {abs(err):.0%} {more} "
             "purchases than customers made"
         )
     if v.spend_corr_ok is False and v.spend_model in (None, "gamma_gamma"):
@@ -145,7 +145,7 @@ def segment_table(data: ReportData, settings: Settings, fmt: Fmt) -> tuple[str, 
     return CROSS_TAB_LABELS.get(primary, words(primary)), Table(header, rows)
 
 
-def cross_tab(data: ReportData, fmt: Fmt, months: int, limit: int = 12) -> Table | None:
+def cross_tab(data: ReportData, fmt: Fmt, months: int, limit: int = 10) -> Table | None:
     """RFM segment x lifecycle x value tier x persona (the types present), long format: customers,
     revenue and expected spend of each combination with at least the minimum segment size, largest
     revenue first; the rest pooled in one row so nothing below the minimum shows on its own."""
@@ -161,7 +161,7 @@ def cross_tab(data: ReportData, fmt: Fmt, months: int, limit: int = 12) -> Table
     has_clv = bool(data.has.get(CLV)) and f"sum_{CLV}" in g.columns
     total_rev = float(g[REVENUE].sum()) or math.nan
     header = [*(CROSS_TAB_LABELS[t] for t in types), "Customers", "% of revenue"]
-    header += [f"Expected spend, next {months} months"] * has_clv
+    header += [f"Expected spend, next {months} months (total)"] * has_clv
 
     def line(labels: list[str], part: pd.DataFrame) -> list[str]:
         out = [*labels, fmt.count(part[CUSTOMERS].sum()), fmt.pct(float(part[REVENUE].sum()) / total_rev)]
@@ -204,7 +204,7 @@ def persona_cards(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[s
             ),
         ]
         if data.has.get(CLV):
-            facts.append((f"Expected spend, next {months} months", f"{fmt.money(r.get(f'mean_{CLV}'))} each"))
+            facts.append((f"Expected spend ({months} months)", f"{fmt.money(r.get(f'mean_{CLV}'))} each"))
         channels = _channel_text(data, name)
         main = ""
         if channels != "not recorded":  # the executive part says once that channels are not recorded
