@@ -822,8 +822,17 @@ def test_small_segments_are_merged_into_other(
     )
     # the same rule for the other groupings: small cohort, acquisition channel, flow and cluster are hidden
     data = result.data
-    assert data.cohorts is not None and list(data.cohorts.index) == ["2025-09", "2025-10", "2025-12"]
-    assert data.cohorts_hidden == 1
+    assert data.cohorts is not None and list(data.cohorts.index) == [
+        "2025-09",
+        "2025-10",
+        "2025-11",
+        "2025-12",
+    ]
+    assert data.cohorts_hidden == 1 and data.cohorts.loc["2025-11"].isna().all()  # an empty row, not gone
+    heatmap = re.search(r'<figure id="fig-cohort_retention">.*?</figure>', html, re.S)
+    assert (
+        heatmap and "Empty rows (2025-11): months with no new customers, or fewer than 25" in heatmap.group(0)
+    )
     assert "social" not in section(html, "kpis") and ">paid_search<" in section(html, "kpis")
     assert data.clustering is not None and "Tiny cluster" not in set(data.clustering["profiles"]["persona"])
     assert data.transitions is not None and (data.transitions["customers"] >= K).all()

@@ -627,15 +627,23 @@ def _customer_charts(data: ReportData, bins: int) -> list[Chart]:
                 "cohort_retention",
                 "Cohort retention",
                 "Share of each acquisition cohort buying again in each month after the first purchase."
-                + (
-                    f" {data.cohorts_hidden} cohort(s) with fewer than {data.k} customers are left out."
-                    if data.cohorts_hidden
-                    else ""
-                ),
+                + _empty_cohorts(data),
                 cohort_chart(data.cohorts),
             )
         )
     return charts
+
+
+def _empty_cohorts(data: ReportData) -> str:
+    """The caption's sentence on the heatmap's empty rows: months without new customers, or with
+    fewer than the minimum segment size (hidden)."""
+    if data.cohorts is None:
+        return ""
+    empty = [str(m) for m in data.cohorts.index[data.cohorts.isna().all(axis=1)]]
+    if not empty:
+        return ""
+    hidden = f", or fewer than {data.k} (hidden; {data.cohorts_hidden} in all)" if data.cohorts_hidden else ""
+    return f" Empty rows ({', '.join(empty)}): months with no new customers{hidden}."
 
 
 def _clustering_charts(data: ReportData) -> list[Chart]:

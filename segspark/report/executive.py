@@ -371,6 +371,17 @@ def not_shown_plainly(data: ReportData, settings: Settings) -> list[str]:
             else "Retention by month of first purchase is not available."
         )
     out += _merged_sentences(data, w)
+    primary = data.primary_type()
+    if primary is not None:  # a pooled group gets no play: say so when it carries material revenue
+        t = data.segments[primary].table
+        material = t[
+            (t[SEGMENT] == OTHER) & (t["revenue_share"] >= settings.report.value.material_revenue_share)
+        ]
+        for _, r in material.iterrows():
+            out.append(
+                f"The pooled group Other holds {r['revenue_share']:.0%} of revenue but gets no play of its "
+                "own: its small segments have too few customers to target and test."
+            )
     if data.clustering is None:
         out.append("Behavioural personas were not built in this run.")
     elif data.persona_channels is None:
