@@ -4,7 +4,8 @@ The executive part (HTML: ``<div class="part" id="executive">``; Markdown: every
 ``# Technical annex`` heading) is read by a marketing lead. :func:`executive_problems` lists what
 in its visible text belongs in the technical annex instead: a configuration key (``clv.horizon_months``
 or a bare ``spend_corr_warn``), any other snake_case identifier, a file path or URL, a model's
-internals (WCSS, ARI, Gamma-Gamma, P(alive), ...) and any sentence said twice (a repeated caveat).
+internals (WCSS, ARI, Gamma-Gamma, P(alive), ...) and any sentence (ending in a full stop) said
+twice, such as a repeated caveat.
 """
 
 from __future__ import annotations
@@ -130,7 +131,12 @@ def executive_problems(text: str, settings: Settings | None = None) -> list[str]
     sentences = [
         " ".join(s.split()) for block in text.splitlines() for s in _SENTENCE.split(block) if s.strip()
     ]
-    # words, not table rules or bare figures: a separator row or a column of numbers repeats by design
-    counts = Counter(s for s in sentences if len(re.findall(r"[A-Za-z]{2,}", s)) >= MIN_REPEAT_WORDS)
+    # sentences (a caveat is one), not labels, table rules or figures: a persona card's "Offer: ..." or
+    # a column of numbers may repeat by design
+    counts = Counter(
+        s
+        for s in sentences
+        if s.endswith((".", "!", "?")) and len(re.findall(r"[A-Za-z]{2,}", s)) >= MIN_REPEAT_WORDS
+    )
     problems += [f"repeated sentence ({n}x): {s}" for s, n in counts.items() if n > 1]
     return problems
