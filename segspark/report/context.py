@@ -95,6 +95,7 @@ def _executive_context(
         "demographic_sentence": X.demographic_conclusion(data, settings, fmt),
         "ranking": X.ranking_table(recs, fmt) if not recs.empty else None,
         "total_net": fmt.money(recs["net_value"].sum()) if not recs.empty else None,
+        "losing": int((recs["net_value"] < 0).sum()) if not recs.empty else 0,
         "assumptions": X.value_assumptions(settings, recs, fmt),
         "gaps": gaps,
         "exec_not_shown": X.not_shown_plainly(data, settings),

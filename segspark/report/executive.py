@@ -42,7 +42,7 @@ SEPARATES_CHURN = 0.05  # difference of mean churn risk (probability) between th
 
 
 # lifecycle stages that stand alone as a segment of plays read as a group of customers
-SEGMENT_WORDS: dict[str, str] = {"prospect": "Prospects"}
+SEGMENT_WORDS: dict[str, str] = {"prospect": "Prospects", UNASSIGNED: "No purchase yet"}
 
 
 def words(text: Any) -> str:
@@ -135,6 +135,8 @@ def segment_table(data: ReportData, settings: Settings, fmt: Fmt) -> tuple[str, 
     rows = []
     for _, r in view.table.iterrows():
         pid = play_for(primary, r, settings.rfm.bins, dominant_stage(view, str(r[SEGMENT])))
+        if str(r[SEGMENT]) == UNASSIGNED and primary != LIFECYCLE_STAGE:
+            pid = "first_purchase"  # no RFM segment without a purchase: the prospects' play
         row = [words(r[SEGMENT]), fmt.pct(r["customer_share"]), fmt.pct(r["revenue_share"])]
         row.append(fmt.money(r[REVENUE] / r[CUSTOMERS] if r[CUSTOMERS] else None))
         row += [fmt.money(r.get(f"mean_{CLV}"))] * has_clv + [
