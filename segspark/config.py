@@ -420,7 +420,36 @@ class AbTestConfig(Section):
 
 
 # Play ids of the recommendations (report.uplift / report.effort / report.owners keys).
-REPORT_PLAYS: tuple[str, ...] = ("retention", "win_back", "cross_sell", "onboarding", "vip")
+REPORT_PLAYS: tuple[str, ...] = ("retention", "win_back", "cross_sell", "onboarding", "first_purchase", "vip")
+
+
+def _check_plays(v: dict[str, Any], what: str, low: float, high: float | None = None) -> dict[str, Any]:
+    """Keys must be known plays and values lie in [low, high]; the error names the play and the range."""
+    for play, value in v.items():
+        if play not in REPORT_PLAYS:
+            raise ValueError(f"unknown play '{play}'; known plays: {', '.join(REPORT_PLAYS)}")
+        if value < low or (high is not None and value > high):
+            bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"play '{play}': {what} {value} must be {bound}")
+    return v
+
+
+class PlayValueConfig(Section):
+    """How a play is valued (report.recommend): expected incremental gross margin over the CLV
+    horizon (clv.horizon_months) minus the play's cost; plays are ranked by that net value."""
+
+    gross_margin: float = Field(default=0.4, gt=0, le=1)  # gross margin as a share of net revenue
+    # play -> cost per customer contacted (offer, postage, staff time); preset defaults fill the gaps
+    cost_per_contact: dict[str, float] = Field(default_factory=dict)
+    # play -> fixed cost of running the play once (set-up, creative, tooling); preset defaults fill the gaps
+    fixed_cost: dict[str, float] = Field(default_factory=dict)
+    # a segment with at least this share of net revenue is material: the play library must cover it
+    material_revenue_share: float = Field(default=0.02, ge=0, le=1)
+
+    @field_validator("cost_per_contact", "fixed_cost")
+    @classmethod
+    def _costs(cls, v: dict[str, float]) -> dict[str, float]:
+        return _check_plays(v, "cost", 0.0)
 
 
 class Milestone(Section):
@@ -456,6 +485,7 @@ class ReportConfig(Section):
     uplift: dict[str, float] = Field(default_factory=dict)  # play -> assumed relative uplift
     effort: dict[str, int] = Field(default_factory=dict)  # play -> effort 1 (low) .. 5 (high)
     owners: dict[str, str] = Field(default_factory=dict)
+    value: PlayValueConfig = Field(default_factory=PlayValueConfig)  # play value: margin, costs
     # --- added by the report stage ---
     top_plays: int = Field(default=5, ge=1)  # plays with an A/B test plan in the report
     milestones: list[Milestone] = Field(default_factory=list)  # empty: the preset's plan

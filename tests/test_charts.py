@@ -13,6 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from segspark.report import charts as C
+from segspark.report.print_check import PRINT_WIDTH_IN, print_problems, printed_scale
 from segspark.schema import CUSTOMERS, FROM_SEGMENT, TO_SEGMENT
 
 
@@ -44,6 +45,8 @@ def _crowded_plays() -> pd.DataFrame:
                 "segment": s,
                 "effort": e,
                 "impact": v,
+                "net_value": v,
+                "horizon_months": 12,
                 "customers": n,
             }
             for i, (s, e, v, n) in enumerate(rows)
@@ -60,6 +63,7 @@ def test_impact_effort_labels_overlap_no_other_text_and_stay_inside(tmp_path: Pa
     assert {f"#{r} {s}" for r, s in zip(plays["rank"], plays["segment"], strict=True)} <= labels
     overlapping = [(a, b) for (a, ba), (b, bb) in combinations(texts, 2) if ba.overlaps(bb)]  # type: ignore[attr-defined]
     assert overlapping == []
+    assert print_problems(fig, 110, "impact_effort") == []  # every text of the figure, as printed
     frame = fig.axes[0].get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
     for text, box in texts:
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1, text  # type: ignore[attr-defined]
@@ -91,9 +95,25 @@ def test_every_cohort_cell_shows_its_value_even_in_a_large_matrix(tmp_path: Path
     fig = C.cohort_chart(matrix)
     C.to_png(fig, tmp_path / "cohorts.png", dpi=110)
     shown = [t.get_text() for t in fig.axes[0].texts]
-    expected = [f"{v:.0%}" for v in values[:, 1:].ravel() if np.isfinite(v)]
+    expected = [f"{v * 100:.0f}" for v in values[:, 1:].ravel() if np.isfinite(v)]  # whole percent
     assert sorted(shown) == sorted(expected)
     assert matrix.size > 400 and len(shown) == 300  # the former drawing dropped every value above 400 cells
+    # ... and each prints at 7 pt or more on A4 without touching its neighbour (the former 5-6 pt
+    # type in a 13-inch figure printed at about 3 pt)
+    assert print_problems(fig, 110, "cohorts") == []
+
+
+def test_the_print_check_can_fail(tmp_path: Path) -> None:
+    """A figure wider than the page shrinks in print (7 pt type falls under 7 pt); crowded texts overlap."""
+    fig = Figure(figsize=(13.0, 4.0))  # the former cohort heatmap's width (charts now cap it)
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, "12%", fontsize=7)
+    ax.text(0.505, 0.5, "34%", fontsize=7)
+    C.to_png(fig, tmp_path / "wide.png", dpi=110)
+    problems = print_problems(fig, 110, "wide")
+    assert any("'12%' prints at" in p for p in problems)
+    assert "wide: '12%' overlaps '34%'" in problems
+    assert printed_scale(fig, 110) == pytest.approx(PRINT_WIDTH_IN / fig.get_tightbbox().width, rel=1e-3)
 
 
 def test_flow_labels_round_the_band_sizes() -> None:
@@ -135,14 +155,40 @@ def test_every_kpi_the_sql_can_emit_has_a_label_and_a_definition() -> None:
     ]
 
 
-def test_extreme_ltv_to_cac_is_capped_with_its_note() -> None:
+def test_ltv_to_cac_only_where_the_channels_spend_is_complete() -> None:
     from segspark.report import fmt as fmt_module
     from segspark.report import section_tables
 
     fmt = fmt_module.Fmt("$")
-    assert section_tables._ratio_text(fmt, 92.8) == ">20"
-    assert section_tables._ratio_text(fmt, 3.456) == fmt.num(3.456, 2)
-    assert any(">20" in text for _, text in section_tables.LTV_CAC_DEFINITIONS)
+    ltv = pd.DataFrame(
+        {
+            "level": ["channel", "channel", "channel", "segment"],
+            "segment_type": ["acquisition_channel"] * 3 + ["rfm_segment"],
+            "segment": ["email", "referral", "search", "Champions"],
+            "new_customers": [500, 300, 800, 3532],
+            "spend": [4_000.0, 100.0, None, None],
+            "cac": [8.0, 0.5, None, 12.0],
+            "cac_status": ["known", "partial_spend", "unknown_spend", "known"],
+            "ltv_realized": [600.0, 75.0, 90.0, 900.0],
+            "ltv_predicted": [700.0, 80.0, 95.0, 1000.0],
+            "ltv_to_cac": [75.0, 150.0, None, 75.0],
+            "ltv_predicted_to_cac": [87.5, 160.0, None, 83.3],
+        }
+    )
+    ((label, table),) = section_tables.ltv_cac_tables(ltv, fmt, "rfm_segment", ["Champions"])
+    assert label == "By acquisition channel"  # never by segment: every member counted as new
+    rows = {r[0]: r for r in table.rows}
+    assert set(rows) == {"email", "referral", "search"}
+    assert (
+        rows["email"][3:5] == ["$8", "complete"] and rows["email"][7] == "75.00"
+    )  # a real ratio, not capped
+    assert rows["referral"][3] == "–" and rows["referral"][7:] == ["–", "–"]  # partial spend: no ratio
+    assert "no ratio" in rows["referral"][4] and "no spend recorded" in rows["search"][4]
+    assert "every month in which the channel acquired customers" in section_tables.LTV_CAC_RULE
+    fig = C.ltv_cac_chart(ltv, {}, "rfm_segment", 3.0)
+    assert fig is not None
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["email"]
+    assert len(fig.axes) == 1
 
 
 def test_model_metrics_read_as_words_not_raw_dumps() -> None:

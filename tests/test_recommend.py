@@ -17,12 +17,16 @@ from segspark.errors import ConfigError
 from segspark.report.collect import collect
 from segspark.report.data import ReportData
 from segspark.report.recommend import (
-    FALLBACK_BASIS,
+    LIFECYCLE_PLAYS,
+    PRESET_PLAYS,
     RECOMMENDATION_COLUMNS,
+    RFM_PLAYS,
     TOO_SMALL,
     ab_plan,
     design_for,
     holdout_lift,
+    play_for,
+    plays_and_gaps,
     recommend,
     revenue_cv,
     revenue_sample_size,
@@ -55,6 +59,7 @@ GROUPS = [
     ("Lost", 60, "churned", 50.0, 4.0, 0.90),
     ("New Customers", 60, "new", 60.0, 80.0, 0.50),
     ("Promising", 5, "new", 40.0, 60.0, 0.40),  # below K: merged, no play of its own
+    ("Need Attention", 90, "reactivated", 200.0, 150.0, 0.35),  # came back: values a win-back
 ]
 PROSPECTS = 40
 
@@ -187,6 +192,8 @@ def settings(**extra: Any) -> Settings:
         "report.ab_test.mde_relative=0.5",
         "report.uplift={vip: 0.2, retention: 0.1, win_back: 0.05, onboarding: 0.3}",
         "report.effort={vip: 4, retention: 2, win_back: 1, onboarding: 3}",
+        "report.value.cost_per_contact={vip: 2.0, retention: 0.5, win_back: 1.0, first_purchase: 0.25}",
+        "report.value.fixed_cost={vip: 500, win_back: 100}",
         *[f"{k}={v}" for k, v in extra.items()],
     ]
     return load_settings([], items)
@@ -208,24 +215,36 @@ def test_plays_impact_rank_and_ab_plan_from_the_data(data: ReportData, frame: pd
     by = recs.set_index("segment")
     assert set(zip(recs["play"], recs["segment"], strict=True)) == {
         ("vip", "Champions"),
-        ("retention", "At Risk"),
+        ("win_back", "At Risk"),  # long past their usual gap: win-back, not a reminder
         ("win_back", "Lost"),
-        ("onboarding", "prospect"),
+        ("first_purchase", "prospect"),  # prospects have no first purchase yet
         ("onboarding", "New Customers"),
+        ("retention", "Need Attention"),
     }
     g = frame.groupby("rfm_segment")
-    # impact = value at stake x the configured uplift
-    assert by.loc["Champions", "impact"] == pytest.approx(g["clv"].sum()["Champions"] * 0.2)
-    assert by.loc["At Risk", "impact"] == pytest.approx(g["clv"].sum()["At Risk"] * 0.1)
-    assert by.loc["Lost", "impact"] == pytest.approx(
-        g["monetary"].sum()["Lost"] * 0.05
-    )  # win-back: past revenue
-    buyers = int((frame["frequency"].fillna(0) > 0).sum())
-    per_buyer = frame["monetary"].sum() / buyers
-    assert by.loc["prospect", "impact"] == pytest.approx(PROSPECTS * per_buyer * 0.3)
+    clv_of = frame.groupby("lifecycle_stage")["clv"].mean()
+    margin = 0.4  # the stated default
+    # one basis: customers x reference value over the horizon x uplift x margin - cost
+    champions = by.loc["Champions"]
+    assert champions["impact"] == pytest.approx(g["clv"].sum()["Champions"] * 0.2 * margin)
+    assert champions["play_cost"] == pytest.approx(1200 * 2.0 + 500)  # configured costs
+    assert champions["net_value"] == pytest.approx(champions["impact"] - champions["play_cost"])
+    assert champions["horizon_months"] == 12 and champions["gross_margin"] == margin
+    # win-back: what a customer who came back after lapsing is worth (lifecycle 'reactivated')
+    at_risk = by.loc["At Risk"]
+    assert at_risk["value_per_customer"] == pytest.approx(clv_of["reactivated"])
+    assert at_risk["impact"] == pytest.approx(300 * clv_of["reactivated"] * 0.05 * margin)
+    assert at_risk["play_cost"] == pytest.approx(300 * 1.0 + 100)
+    # prospects: what a recent first-time buyer is worth (lifecycle 'new'); preset fixed cost 2,000
+    prospect = by.loc["prospect"]
+    assert prospect["value_per_customer"] == pytest.approx(clv_of["new"])
+    assert prospect["impact"] == pytest.approx(PROSPECTS * clv_of["new"] * 0.05 * margin)  # preset uplift
+    assert prospect["play_cost"] == pytest.approx(PROSPECTS * 0.25 + 2_000)
+    assert "first-time buyer" in prospect["value_basis"] and "12 months" in prospect["value_basis"]
+    # one rule: net value, highest first; rank 1..n
     assert list(recs["rank"]) == list(range(1, len(recs) + 1))
-    priority = (recs["impact"] / recs["effort"])[recs["testable"]]  # measurable plays rank first
-    assert list(priority) == sorted(priority, reverse=True)
+    assert list(recs["net_value"]) == sorted(recs["net_value"], reverse=True)
+    assert (recs["priority"] == recs["net_value"]).all()
     # VIP is tested on churn (decrease): baseline = the Champions' mean churn risk (null row excluded)
     p0 = float(frame.loc[frame["rfm_segment"] == "Champions", "churn_risk"].mean())
     n = by.loc["Champions", "sample_size_per_arm"]
@@ -237,18 +256,17 @@ def test_plays_impact_rank_and_ab_plan_from_the_data(data: ReportData, frame: pd
     q0 = 1 - float(frame.loc[frame["rfm_segment"] == "Lost", "churn_risk"].mean())
     assert by.loc["Lost", "baseline_rate"] == pytest.approx(q0)
     assert abs(by.loc["Lost", "sample_size_per_arm"] - hand_n(q0, q0 * 1.5)) <= 1
-    # ... and no other design measures it (60 customers): the only play left with "do not act", last
-    assert not by.loc["Lost", "testable"] and TOO_SMALL in by.loc["Lost", "test_flag"]
-    assert by.loc["Lost", "test_design"] == "" and "held back" in by.loc["Lost", "design_note"]
-    assert pd.isna(by.loc["Lost", "weeks_needed"])
-    assert list(recs["testable"]) == sorted(recs["testable"], reverse=True)
+    # ... on its own (60 customers); pooled with At Risk, which gets the same win-back play, it is
+    assert not by.loc["Lost", "sample_size_per_arm"] <= 30 and pd.isna(by.loc["Lost", "weeks_needed"])
+    assert by.loc["Lost", "testable"] and by.loc["Lost", "test_design"] == "pooled test"
+    assert by.loc["Lost", "design_note"].startswith("pooled with At Risk (360 customers)")
     # prospects: baseline = recent conversion, new buyers / (new buyers + prospects)
     new = int((frame["lifecycle_stage"] == "new").sum())
     assert new == 65 and by.loc["prospect", "baseline_rate"] == pytest.approx(new / (new + PROSPECTS))
-    # quadrants: high impact = at least the median impact, low effort = 1 or 2
-    median = float(recs["impact"].median())
+    # quadrants: high value = at least the median net value, low effort = 1 or 2
+    median = float(recs["net_value"].median())
     for seg, r in by.iterrows():
-        high, easy = r["impact"] >= median, r["effort"] <= 2
+        high, easy = r["net_value"] >= median, r["effort"] <= 2
         expected = {(True, True): "Quick win", (True, False): "Big bet", (False, True): "Fill-in"}
         assert r["quadrant"] == expected.get((high, easy), "Deprioritise"), seg
     assert len(set(by["quadrant"])) >= 2
@@ -259,7 +277,7 @@ def test_small_segments_get_no_play(data: ReportData) -> None:
     # Promising (5) is merged; Other (5) is itself below K and suppressed; the 40 prospects without
     # an RFM segment are shown as 'unassigned' (a mix: no play; they get the lifecycle onboarding play)
     assert (view.merged_segments, view.merged_customers, view.suppressed_customers) == (1, 5, 5)
-    assert view.names() == ["Champions", "New Customers", "At Risk", "Lost", "unassigned"]
+    assert view.names() == ["Champions", "New Customers", "Need Attention", "At Risk", "Lost", "unassigned"]
     segments = set(recommend(data, settings())["segment"])
     assert "Promising" not in segments and "Other" not in segments and "unassigned" not in segments
 
@@ -269,10 +287,10 @@ def test_saas_preset_changes_plays_and_wording(data: ReportData) -> None:
     saas = recommend(data, settings(**{"report.preset": "saas", "report.uplift": "{}"})).set_index("segment")
     vip = saas.loc["Champions"]
     assert vip["play_name"] == "Executive sponsor programme" != retail.loc["Champions", "play_name"]
-    assert saas.loc["prospect", "play_name"] == "Onboarding and activation"
+    assert saas.loc["prospect", "play_name"] == "Trial-to-paid conversion"
     # without configured uplifts the preset's assumption is used, and shown
     assert vip["uplift_assumption"] != 0.2
-    assert vip["impact"] == pytest.approx(vip["value_at_stake"] * vip["uplift_assumption"])
+    assert vip["impact"] == pytest.approx(vip["value_at_stake"] * vip["uplift_assumption"] * 0.4)
 
 
 def test_configured_plays_are_validated() -> None:
@@ -332,7 +350,10 @@ def test_p_alive_baselines_only_from_a_valid_clv_model(spark: Any, frame: pd.Dat
     p_alive = float((1.0 - champions["churn_risk"]).mean())
     assert valid.loc["Champions", "baseline_metric"] == "churn: 1 - mean P(alive)"
     assert valid.loc["Champions", "baseline_rate"] == pytest.approx(1.0 - p_alive)
-    assert valid.loc["Champions", "value_basis"] == "predicted CLV"
+    assert (
+        valid.loc["Champions", "value_basis"]
+        == "the segment's expected spend per customer over the next 12 months"
+    )
     # the fallback: P(alive) is not used even where the table still holds values, and the value at
     # stake says it is the historical spend-rate estimate
     data = alive_data(spark, FALLBACK_FIT)
@@ -340,7 +361,7 @@ def test_p_alive_baselines_only_from_a_valid_clv_model(spark: Any, frame: pd.Dat
     fallback = recommend(data, settings()).set_index("segment")
     assert not fallback["baseline_metric"].str.contains("P\\(alive\\)").any()
     assert fallback.loc["Champions", "baseline_metric"] == "one-time buyers (1 - repeat-purchase rate)"
-    assert fallback.loc["Champions", "value_basis"] == FALLBACK_BASIS
+    assert fallback.loc["Champions", "value_basis"].endswith("(estimated from past spending)")
     assert fallback.loc["Champions", "value_at_stake"] == pytest.approx(champions["clv"].sum())
 
 
@@ -349,3 +370,60 @@ def test_no_segment_big_enough_gives_an_empty_ranking(spark: Any) -> None:
     data = collect(SimpleNamespace(run_id="r1", as_of_date=None), {"customer_segments": few}, settings())
     recs = recommend(data, settings())
     assert recs.empty and list(recs.columns) == list(RECOMMENDATION_COLUMNS)
+
+
+def test_a_play_without_the_input_to_value_it_is_left_out_and_said(spark: Any) -> None:
+    # no customer came back after lapsing: win-back has no reference value, and none is assumed
+    no_return = [r for r in rows() if r[8] != "reactivated"]
+    df = spark.createDataFrame(no_return, SCHEMA)
+    data = collect(SimpleNamespace(run_id="r1", as_of_date=None), {"customer_segments": df}, settings())
+    recs, gaps = plays_and_gaps(data, settings())
+    assert "win_back" not in set(recs["play"]) and {"vip", "first_purchase"} <= set(recs["play"])
+    assert gaps == [
+        "Win-back offer for At Risk and Lost are not valued or ranked: this run has too few customers "
+        "who came back after lapsing to show what the play would bring."
+    ]
+    # no lifetime value at all: nothing is ranked, one sentence says why
+    no_clv = spark.createDataFrame([(*r[:9], None, r[10]) for r in rows()], SCHEMA)
+    data = collect(SimpleNamespace(run_id="r1", as_of_date=None), {"customer_segments": no_clv}, settings())
+    recs, gaps = plays_and_gaps(data, settings())
+    assert recs.empty and list(recs.columns) == list(RECOMMENDATION_COLUMNS)
+    assert gaps and all("no lifetime-value estimate" in g for g in gaps)
+
+
+LAPSED = ("At Risk", "Cannot Lose Them", "Hibernating", "Lost")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_PLAYS))
+def test_plays_fit_their_audience(preset: str) -> None:
+    plays = PRESET_PLAYS[preset]
+    # lapsed RFM segments and churned customers get a comeback play; prospects a first purchase
+    assert {RFM_PLAYS[s] for s in LAPSED} == {"win_back"} and LIFECYCLE_PLAYS["churned"] == "win_back"
+    assert LIFECYCLE_PLAYS["prospect"] == "first_purchase"
+    row = pd.Series({"segment": "x", "mean_r_score": 4.0, "mean_f_score": 1.0, "mean_frequency": 1.0})
+    assert play_for("persona", row, 5, "prospect") == "first_purchase"
+    assert play_for("persona", row, 5, "churned") == "win_back"
+    # the copy says what the mechanism is: prospects have no purchase to repeat, lapsed ones no gap left
+    first = plays["first_purchase"].action.lower()
+    assert "second" not in first and "repeat" not in first
+    assert "before" not in plays["win_back"].action and "gap" not in plays["win_back"].action
+    assert "stopped buying" in plays["win_back"].action or "lapsed" in plays["win_back"].action
+    assert all(p.cost_per_contact > 0 and p.fixed_cost > 0 for p in plays.values())
+
+
+def test_every_segment_with_material_revenue_gets_a_play(data: ReportData) -> None:
+    material = settings().report.value.material_revenue_share
+    view = data.segments["rfm_segment"]
+    named = view.table[~view.table["segment"].isin(["Other", "unassigned"])]
+    for _, r in named[named["revenue_share"] >= material].iterrows():
+        assert play_for("rfm_segment", r, 5, None) is not None, r["segment"]
+    # every standard RFM segment and lifecycle stage has its play in the preset's library
+    for name in [*RFM_PLAYS.values(), *LIFECYCLE_PLAYS.values()]:
+        assert name in PRESET_PLAYS["retail"] and name in PRESET_PLAYS["saas"]
+
+
+def test_the_recommendations_table_declares_every_column_of_the_ranking() -> None:
+    # the pipeline writes the ranking through the declared schema: an undeclared column would be lost
+    from segspark.tables import RECOMMENDATIONS_SCHEMA
+
+    assert [f.name for f in RECOMMENDATIONS_SCHEMA.fields] == list(RECOMMENDATION_COLUMNS)

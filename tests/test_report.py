@@ -786,8 +786,8 @@ def test_executive_summary_numbers_equal_the_tables(
     share = 100 * 60 / customers
     assert f"Champions are {share:.1f}% of customers and {champions_share:.1f}% of net revenue" in html
     assert (
-        f"${float(at_risk['clv'].sum()):,.0f} of predicted CLV sits in At Risk and Cannot Lose Them "
-        "(90 customers" in html
+        f"${float(at_risk['clv'].sum()):,.0f} of expected spend over the next 12 months sits in At Risk and "
+        "Cannot Lose Them (90 customers" in html
     )
     top = result.recommendations.head(3)
     for name, seg in zip(top["play_name"], top["segment"], strict=True):
@@ -815,16 +815,35 @@ def test_small_segments_are_merged_into_other(
     )
     assert view.table["customers"].min() >= K
     assert "3 RFM segment(s) with 30 customers merged into &ldquo;Other&rdquo;" in profiles
+    # ... and the executive part says it in one plain sentence
+    assert (
+        f"3 RFM segment group(s) with fewer than {K} customers each ({other} customers in all) are grouped "
+        "as Other, to protect privacy." in section(html, "summary")
+    )
     # the same rule for the other groupings: small cohort, acquisition channel, flow and cluster are hidden
     data = result.data
-    assert data.cohorts is not None and list(data.cohorts.index) == ["2025-09", "2025-10", "2025-12"]
-    assert data.cohorts_hidden == 1
+    assert data.cohorts is not None and list(data.cohorts.index) == [
+        "2025-09",
+        "2025-10",
+        "2025-11",
+        "2025-12",
+    ]
+    assert data.cohorts_hidden == 1 and data.cohorts.loc["2025-11"].isna().all()  # an empty row, not gone
+    heatmap = re.search(r'<figure id="fig-cohort_retention">.*?</figure>', html, re.S)
+    assert (
+        heatmap and "Empty rows (2025-11): months with no new customers, or fewer than 25" in heatmap.group(0)
+    )
     assert "social" not in section(html, "kpis") and ">paid_search<" in section(html, "kpis")
     assert data.clustering is not None and "Tiny cluster" not in set(data.clustering["profiles"]["persona"])
     assert data.transitions is not None and (data.transitions["customers"] >= K).all()
     assert data.rfm_grid is not None and data.rfm_grid["customers"].dropna().min() >= K
-    # lifecycle mix of Other: every stage has fewer than K customers in it, so only the pooled share shows
-    assert "other stages 100%" in profiles
+    # the primary cross-tab shows no combination below K: the small ones are pooled in its last row
+    cross = re.search(r"How the segmentations fit together.*?</table>", section(html, "segments"), re.S)
+    assert cross is not None and "all other combinations" in cross.group(0)
+    counts = [
+        int(c.replace(",", "")) for c in re.findall(r"<td>([\d,]+)</td><td>[\d.]+%</td>", cross.group(0))
+    ]
+    assert len(counts) >= 3 and all(c >= K for c in counts[:-1])
     assert summary_value(result, "segments_merged") >= 3
 
 
@@ -851,7 +870,7 @@ def test_no_personal_data_reaches_any_output(
         printed = "\n".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
     finally:
         doc.close()
-    assert "Executive summary" in printed and "@example.com" not in printed
+    assert "1. Summary" in printed and "Technical annex" in printed and "@example.com" not in printed
     assert not any(cid in printed for cid in rows["customer_id"])
 
 
@@ -871,15 +890,20 @@ def test_absent_stages_are_reported_not_fatal(spark: Any, rows: pd.DataFrame, tm
     assert "CAC and LTV:CAC are unknown" in html
     assert "CLV was not modelled" in html
     assert "Behavioural clustering did not run" in html
-    assert {"rfm_grid", "revenue_by_segment", "lifecycle_funnel", "impact_effort"} <= set(result.figures)
+    assert {"rfm_grid", "revenue_by_segment", "lifecycle_funnel"} <= set(result.figures)
     assert "cohort_retention" not in result.figures and "clv_distribution" not in result.figures
-    # saas wording and plays; without CLV the plays value revenue
+    # saas wording; without CLV no play has a value: none is ranked on revenue or a default, and
+    # the executive part says so in plain sentences
     assert "accounts" in section(html, "summary")
-    assert "Executive sponsor programme" in set(result.recommendations["play_name"])
-    assert set(result.recommendations["value_basis"]) <= {
-        "net revenue to date",
-        "prospects x net revenue per buyer",
-    }
+    assert result.recommendations.empty and "impact_effort" not in result.figures
+    summary, plays = section(html, "summary"), section(html, "recommendations")
+    assert "Lifetime value was not estimated in this run, so no play can be valued or ranked." in summary
+    assert "Churn risk was not estimated in this run." in summary
+    assert "Marketing spend is missing" in summary
+    assert (
+        "Executive sponsor programme for Champions is not valued or ranked: this run has no lifetime-value "
+        "estimate to value it with." in plays
+    )
     assert summary_value(result, "customers") == len(rows)
 
 
@@ -1018,7 +1042,9 @@ def _finding(html: str, words: str) -> str:
     return hits[0]
 
 
-def test_clv_validity_sits_next_to_every_clv_figure(built: tuple[ReportResult, Path, float]) -> None:
+def test_clv_caveat_is_said_once_plainly_and_in_full_in_the_annex(
+    built: tuple[ReportResult, Path, float],
+) -> None:
     result, _, _ = built
     html, md = result.html_path.read_text(), result.md_path.read_text()
     error = f"{HOLDOUT_ERROR * 100:+.1f}%"  # +23.7%: the holdout error the clv_fit table holds
@@ -1028,64 +1054,54 @@ def test_clv_validity_sits_next_to_every_clv_figure(built: tuple[ReportResult, P
         f"Gamma-Gamma check failed: spend/frequency correlation {SPEND_CORR:.3f} ({SPEND_REASON})."
     )
     shown = str(escape(line))  # as HTML writes it
-    # the headline finding carries the line in the same list item
-    item = _finding(html, "of predicted CLV sits in At Risk and Cannot Lose Them")
-    assert f'<span class="validity bad">{shown}</span>' in item
-    # ... and so does the CLV card of the headline figures
-    card = re.search(
-        r'<div class="card"><div class="v">[^<]*</div><div class="l">Predicted CLV</div>(.*?)</div></div>',
-        html,
-    )
-    assert card
-    assert card.group(1).endswith(
-        "CLV model bgnbd: valid, holdout error +23.7%, Gamma-Gamma check failed (corr 0.784)"
-    )
-    # every section that shows a CLV figure shows the line: methodology, segment profiles (Avg CLV
-    # columns), KPIs (avg_clv), LTV:CAC (predicted LTV), recommendations (value at stake = CLV)
-    for anchor in ("data", "profiles", "kpis", "recommendations"):
+    # page 1: one caveat, in terms of what it does to the numbers, and nowhere else in the executive part
+    summary = section(html, "summary")
+    caveats = re.findall(r'<p class="caveat">(.*?)</p>', html, re.S)
+    assert len(caveats) == 1 and caveats[0] in summary
+    assert "forecast expected 24% more purchases than customers made" in caveats[0]
+    assert "credited with larger orders than they are likely to place" in caveats[0]
+    executive = html[html.index('id="executive"') : html.index('id="annex"')]
+    assert "validity" not in executive and shown not in executive
+    assert "Gamma-Gamma" not in executive and "0.784" not in executive
+    # the technical annex keeps the full line next to its CLV figures: methodology, profiles, KPIs
+    # (KPI table + LTV:CAC), the plays' values
+    for anchor in ("data", "profiles", "kpis", "playdetail"):
         assert f'<p class="validity bad">{shown}</p>' in section(html, anchor), anchor
-    assert section(html, "kpis").count(f'<p class="validity bad">{shown}</p>') == 2  # KPI table + LTV:CAC
-    # persona cards: the CLV fact has its badge beside it
+    assert section(html, "kpis").count(f'<p class="validity bad">{shown}</p>') == 2
     personas = section(html, "profiles")
     assert personas.count("<dt>Avg CLV</dt>") == personas.count("<dt>CLV validity</dt>") >= 3
-    # CLV charts: the caption says it
     visuals = section(html, "visuals") + section(html, "kpis")
-    for name in ("clv_distribution", "revenue_by_segment", "ltv_cac"):
+    for name in ("clv_distribution", "ltv_cac"):
         fig = re.search(rf'<figure id="fig-{name}">.*?</figure>', visuals, re.S)
         assert fig and shown in fig.group(0), name
-    assert '<figure id="fig-rfm_grid">' in visuals and shown not in re.search(
-        r'<figure id="fig-rfm_grid">.*?</figure>', visuals, re.S
-    ).group(0)  # type: ignore[union-attr]
     # every candidate's checks in the methodology: the rejected Pareto/NBD says why
     models = section(html, "data")
     assert (
         f"<td>pareto_nbd</td><td></td><td>not valid</td><td>{escape(PARETO_REASON)}</td><td>–</td>" in models
     )
     assert "<td>bgnbd</td><td>yes</td><td>valid</td><td>–</td><td>+23.7%</td><td>0.120 (b)</td>" in models
-    # the Markdown says the same, next to the same figures
-    finding = next(x for x in md.splitlines() if "of predicted CLV sits in At Risk" in x)
-    assert finding.endswith(f"*{line}*")
-    assert md.count(f"> **CLV validity:** {line}") == 6  # models, profiles, KPIs, LTV:CAC, recs, ...
-    assert "- **Predicted CLV:** $" in md and "(CLV model bgnbd: valid, holdout error +23.7%" in md
-    assert md.count("- CLV validity: CLV model bgnbd: valid") >= 3  # persona cards
+    # the Markdown: the caveat once before the annex, the full line only after it
+    exec_md, annex_md = md.split("\n# Technical annex", 1)
+    assert exec_md.count("credited with larger orders") == 1 and line not in exec_md
+    assert annex_md.count(f"> **CLV validity:** {line}") >= 4
     # report_summary carries the checks for BI
     assert summary_value(result, "clv_valid") == 1.0
     assert summary_value(result, "clv_holdout_total_error") == pytest.approx(HOLDOUT_ERROR)
     assert summary_value(result, "clv_spend_corr") == pytest.approx(SPEND_CORR)
     assert result.summary.set_index("metric").loc["clv_valid", "text"] == line
-    # a valid model keeps its P(alive) statements
+    # a valid model keeps its P(alive) statements (in the annex)
     assert "p alive 90% (all customers: 71%)" in personas
 
 
 def test_run_warnings_are_shown_in_summary_and_appendix(built: tuple[ReportResult, Path, float]) -> None:
     result, _, _ = built
     html, md = result.html_path.read_text(), result.md_path.read_text()
-    for where in (section(html, "summary"), section(html, "appendix")):
-        assert "<h3>Run warnings</h3>" in where
-        for w in RUN_WARNINGS:
-            assert f"<li>{w}</li>" in where
+    # the run's warnings are system text: the technical annex shows them, the executive part does not
+    assert "<h3>Run warnings</h3>" in section(html, "appendix")
     for w in RUN_WARNINGS:
-        assert md.count(f"- {w}") == 2
+        assert f"<li>{w}</li>" in section(html, "appendix")
+        assert w not in section(html, "summary")
+        assert md.count(f"- {w}") == 1
     assert summary_value(result, "run_warnings") == len(RUN_WARNINGS)
     assert result.summary.set_index("metric").loc["run_warnings", "text"] == " | ".join(RUN_WARNINGS)
 
@@ -1105,18 +1121,22 @@ def test_clv_fallback_is_said_and_p_alive_is_not_shown(
     at_risk = rows[rows["rfm_segment"].isin(["At Risk", "Cannot Lose Them"])]
     item = _finding(html, "sits in At Risk and Cannot Lose Them")
     assert item.startswith(
-        f"${float(at_risk['clv'].sum()):,.0f} of CLV estimated from the historical spend rate sits in At Risk"
+        f"${float(at_risk['clv'].sum()):,.0f} of spend over the next 12 months, estimated from past "
+        "spending, sits in At Risk"
     )
-    assert f'<span class="validity fallback">{shown}</span>' in item
-    assert "predicted CLV" not in section(html, "summary")
-    assert '<div class="l">Estimated CLV (historical spend rate)</div>' in html
+    # page 1 says once what the fallback does to the numbers; the annex says why, in full
+    summary = section(html, "summary")
+    assert summary.count('<p class="caveat">') == 1 and shown not in summary
+    assert "project each customer&#39;s past spending rate forward" in summary
+    assert "predicted CLV" not in summary
+    assert '<div class="l">Estimated spend, next 12 months</div>' in html
     models = section(html, "data")
     assert (
         f"<th>CLV model</th><td>historical spend-rate estimate (fallback: {escape(FALLBACK_REASON)})</td>"
         in models
     )
     assert "<td>bgnbd</td><td></td><td>not valid</td><td>holdout total error +41.0% &gt; 25%</td>" in models
-    for anchor in ("data", "profiles", "kpis", "recommendations"):
+    for anchor in ("data", "profiles", "kpis", "playdetail"):
         assert f'<p class="validity fallback">{shown}</p>' in section(html, anchor), anchor
     # no statement rests on P(alive): persona descriptions lose the phrase, plays use no P(alive)
     # baseline, even though this table still carries P(alive) values
@@ -1125,13 +1145,14 @@ def test_clv_fallback_is_said_and_p_alive_is_not_shown(
         assert "p alive" not in text.lower()
     assert "Lapsed big spenders: spent 2.1x the median; last order 12 days ago." in html
     assert not result.recommendations["baseline_metric"].str.contains("P\\(alive\\)").any()
-    assert set(result.recommendations["value_basis"]) >= {"CLV estimate (historical spend rate)"}
-    assert "CLV models: none passed its validity checks" in section(html, "summary")
+    assert result.recommendations["value_basis"].str.endswith("(estimated from past spending)").all()
+    assert "CLV models: none passed its validity checks" in section(html, "data")
     assert summary_value(result, "clv_fallback") == 1.0
     assert summary_value(result, "clv_valid") == 0.0
     assert result.summary.set_index("metric").loc["clv_fallback", "text"] == FALLBACK_REASON
     assert "clv_holdout_total_error" not in set(result.summary["metric"])
-    assert f"2. ${float(at_risk['clv'].sum()):,.0f} of CLV estimated" in md and f"*{line}*" in md
+    assert f"2. ${float(at_risk['clv'].sum()):,.0f} of spend over the next 12 months, estimated" in md
+    assert f"> **CLV validity:** {line}" in md
 
 
 def test_a_long_fallback_reason_is_cut_beside_figures_and_kept_in_full() -> None:
@@ -1248,10 +1269,11 @@ def test_a_tiny_run_says_what_was_too_small(spark: Any, tmp_path: Path) -> None:
         "No previous run: drift and segment transitions are measured from the next run on.",
         f"Recommendations: no segment reaches the minimum size of {K} customers; no play.",
     ]
-    summary = section(html, "summary")
+    summary, details = section(html, "summary"), section(html, "data")
     assert "<h3>What this report could not show</h3>" in summary
-    for text in said:
-        assert f"<li>{text}</li>" in summary, text
+    assert f"<li>{said[0]}</li>" in summary  # the executive part says it plainly ...
+    for text in said:  # ... and the annex in detail
+        assert f"<li>{text}</li>" in details, text
         assert f"- {text}" in md, text
     assert result.not_shown[: len(said)] == said or set(said) <= set(result.not_shown)
     # no empty table either: the profile and KPI sections say why they have none
@@ -1266,7 +1288,7 @@ def test_a_tiny_run_says_what_was_too_small(spark: Any, tmp_path: Path) -> None:
     assert result.recommendations.empty and list(result.recommendations.columns) == list(
         RECOMMENDATION_COLUMNS
     )
-    assert "No play could be derived" in summary
+    assert f"No play could be ranked: no segment reaches the minimum size of {K} customers." in summary
     # old tables: no validity rows, no warnings column: said, not guessed
     assert "CLV model bgnbd: validity not recorded (the clv_fit table has no validity rows)." in html
     assert "Not recorded: the run&#39;s row in the runs table has no warnings column." in section(
@@ -1445,7 +1467,7 @@ def test_pdf_is_printed_next_to_the_html_with_every_chart(built: tuple[ReportRes
             page.close()
         assert images == len(result.figures)
         printed = "\n".join(text)
-        for heading in ("Executive summary", "Recommendations", "Governance"):
+        for heading in ("1. Summary", "Recommended plays", "Technical annex", "Governance"):
             assert heading in printed
     finally:
         doc.close()
@@ -1490,3 +1512,71 @@ def test_demographic_groups_come_from_customer_features_k_anonymous(spark: Any) 
     country = tables["country"].set_index("segment")
     assert country.loc["US", "customers"] == 60 and country.loc["DE", "customers"] == 39
     assert "unknown" not in country.index  # one customer: merged, and Other (1) hidden
+
+
+def test_executive_part_has_no_system_text(built: tuple[ReportResult, Path, float]) -> None:
+    """Item 4: no config key, file path, model internals or repeated caveat before the annex."""
+    from segspark.report.audience import (
+        executive_html,
+        executive_markdown,
+        executive_problems,
+        visible_text,
+    )
+
+    result, _, _ = built
+    html, md = result.html_path.read_text(), result.md_path.read_text()
+    executive = visible_text(executive_html(html))
+    assert (
+        "1. Summary" in executive and "Recommended plays" in executive and "Technical annex" not in executive
+    )
+    assert executive_problems(executive) == []
+    assert executive_problems(executive_markdown(md).replace("](figures/", "](")) == []
+    # the check can fail: the annex holds exactly what the executive part may not
+    annex = visible_text(html[html.index('<div class="part" id="annex">') :])
+    found = executive_problems(annex)
+    assert any(p.startswith("config key report.") for p in found)
+    assert any(p.startswith("model internals") for p in found)
+    for text, problem in (
+        ("Raise clv.spend_corr_warn to 0.5.", "config key clv.spend_corr_warn"),
+        ("Spend status partial_spend.", "identifier partial_spend"),
+        ("Written to /tmp/x/report.html today.", "path /tmp/x/report.html"),
+        ("Chosen by WCSS.", "model internals WCSS"),
+    ):
+        assert problem in executive_problems(text), text
+    twice = "Read the figures with care because the model is not valid. " * 2
+    assert [p for p in executive_problems(twice) if p.startswith("repeated sentence (2x)")]
+
+
+def test_plays_are_ranked_by_the_rule_the_page_states(built: tuple[ReportResult, Path, float]) -> None:
+    """Item 2: one value basis, the ranking obeys its stated rule, and a total across plays."""
+    result, _, _ = built
+    recs = result.recommendations
+    assert list(recs["net_value"]) == sorted(recs["net_value"], reverse=True)
+    assert recs["net_value"].to_numpy() == pytest.approx((recs["impact"] - recs["play_cost"]).to_numpy())
+    assert (recs["horizon_months"] == 12).all() and (recs["gross_margin"] == 0.4).all()
+    page = section(result.html_path.read_text(), "recommendations")
+    assert "Plays are ranked by this net value, highest first." in page
+    assert "Gross margin: 40% of net revenue (the default)." in page
+    total = f"${recs['net_value'].sum():,.0f}" if recs["net_value"].sum() >= 0 else None
+    shown = total or f"-${-recs['net_value'].sum():,.0f}"
+    assert f"<td>Total</td><td></td><td>{int(recs['customers'].sum()):,}</td>" in page and shown in page
+    assert summary_value(result, "total_net_value") == pytest.approx(recs["net_value"].sum())
+
+
+def test_plan_dates_start_after_the_run_date(built: tuple[ReportResult, Path, float]) -> None:
+    """Item 6: the demo's as-of date lies in the past; the plan and the next review do not."""
+    result, _, _ = built
+    html = result.html_path.read_text()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    plan_dates = re.findall(r"<td>(\d{4}-\d{2}-\d{2})</td>", section(html, "plan"))
+    assert plan_dates and all(dt.date.fromisoformat(d) > today for d in plan_dates)
+    review = re.search(r"<th>Next review</th><td>.*?(\d{4}-\d{2}-\d{2})", section(html, "governance"), re.S)
+    assert review and dt.date.fromisoformat(review.group(1)) > today > AS_OF
+
+
+def test_every_chart_prints_legibly_on_a4(built: tuple[ReportResult, Path, float]) -> None:
+    """Item 6: measured on each rendered chart (report.print_check): no text under 7 pt at A4 print
+    size and no two texts overlapping."""
+    result, _, _ = built
+    assert len(result.figures) == 11
+    assert result.print_problems == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
 from segspark.report.data import LIFECYCLE_ORDER, MODEL_ONLY_FEATURES, OTHER, UNASSIGNED, ReportData
+from segspark.report.print_check import MIN_PRINTED_PT, PRINT_WIDTH_IN
 from segspark.schema import (
     CUSTOMERS,
     DIMENSION,
@@ -106,8 +108,13 @@ def data_uri(png: bytes) -> str:
 
 
 def _fig(w: float, h: float) -> Figure:
-    fig = Figure(figsize=(w, h), layout="constrained")
+    """A figure no wider than an A4 page's text, so the PNG is never shrunk in print and its type
+    prints at the size it was set in (report.print_check)."""
+    fig = Figure(figsize=(min(w, PAGE_FIG_WIDTH), h), layout="constrained")
     return fig
+
+
+PAGE_FIG_WIDTH = 0.96 * PRINT_WIDTH_IN  # a little under the page: the saved (tight) box adds a margin
 
 
 def _money(x: float, sym: str) -> str:
@@ -224,7 +231,8 @@ def rfm_grid_chart(grid: pd.DataFrame, bins: int, k: int) -> Figure:
 
 def cohort_chart(matrix: pd.DataFrame) -> Figure:
     rows, cols = matrix.shape
-    fig = _fig(min(max(6.5, 2.5 + 0.42 * cols), 13.0), min(max(3.6, 1.6 + 0.32 * rows), 10.0))
+    # the width of an A4 page, so nothing is shrunk in print: cell values stay at 7 pt on paper
+    fig = _fig(PAGE_FIG_WIDTH, min(max(3.6, 1.8 + 0.27 * rows), 10.0))
     ax = fig.add_subplot()
     values = matrix.to_numpy(dtype=float)
     im = ax.imshow(
@@ -234,12 +242,13 @@ def cohort_chart(matrix: pd.DataFrame) -> Figure:
         vmax=max(0.01, np.nanmax(values[:, 1:]) if cols > 1 else 1.0),
         aspect="auto",
     )
-    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], fontsize=7)
-    ax.set_yticks(range(rows), list(matrix.index), fontsize=7)
+    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], fontsize=MIN_PRINTED_PT)
+    ax.set_yticks(range(rows), list(matrix.index), fontsize=MIN_PRINTED_PT)
     ax.set_xlabel("months since first purchase")
     ax.set_ylabel("acquisition cohort (month of first purchase)")
-    # every cell carries its value (rounded to a whole percent); smaller type in a large matrix
-    size = 6.0 if rows * cols <= 400 else 5.0
+    # every cell carries its value in whole percent (no % sign: it fits the cell), at the smallest
+    # printed size
+    size = MIN_PRINTED_PT
     top = float(np.nanmax(values[:, 1:])) if cols > 1 else 1.0
     for i in range(rows):
         for j in range(1, cols):
@@ -248,14 +257,15 @@ def cohort_chart(matrix: pd.DataFrame) -> Figure:
                 ax.text(
                     j,
                     i,
-                    f"{v:.0%}",
+                    f"{v * 100:.0f}",
                     ha="center",
                     va="center",
                     fontsize=size,
                     color="white" if v > 0.6 * top else INK,
                 )
-    fig.colorbar(im, ax=ax, label="share of the cohort purchasing that month")
-    ax.set_title("Cohort retention (month 0 is the whole cohort)")
+    # below the matrix, so the cells get the page's full width
+    fig.colorbar(im, ax=ax, location="bottom", shrink=0.5, format=lambda v, _p: f"{v * 100:.0f}%")
+    ax.set_title("Cohort retention: % of the cohort buying in each month", fontsize=10)
     return fig
 
 
@@ -301,21 +311,23 @@ def indices_chart(sweep: pd.DataFrame, chosen: dict) -> Figure:
 
 
 def profile_chart(profiles: pd.DataFrame, features: list[str]) -> Figure:
+    """Persona x feature z-scores; features down the side and personas across with wrapped names,
+    so every label is horizontal and none overlaps its neighbour in print."""
     zcols = [f"z_{f}" for f in features if f"z_{f}" in profiles.columns]
-    z = profiles[zcols].to_numpy(dtype=float)
-    fig = _fig(max(6.0, 2.5 + 0.65 * len(zcols)), max(3.0, 1.6 + 0.45 * len(profiles)))
+    z = profiles[zcols].to_numpy(dtype=float).T  # feature x persona
+    fig = _fig(PAGE_FIG_WIDTH, max(3.2, 1.8 + 0.32 * len(zcols)))
     ax = fig.add_subplot()
     lim = max(1.0, float(np.nanmax(np.abs(z)))) if z.size and np.isfinite(z).any() else 1.0
     im = ax.imshow(z, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_xticks(
-        range(len(zcols)), [c[2:].replace("_", " ") for c in zcols], rotation=45, ha="right", fontsize=8
-    )
+    ax.set_yticks(range(len(zcols)), [c[2:].replace("_", " ") for c in zcols], fontsize=8)
     labels = profiles["persona"] if "persona" in profiles.columns else profiles["cluster_id"].astype(str)
-    ax.set_yticks(range(len(profiles)), [str(v) for v in labels], fontsize=8)
-    ax.set_xlabel("feature")
-    ax.set_ylabel("persona (cluster)")
-    fig.colorbar(im, ax=ax, label="z-score of the cluster mean vs all customers")
-    ax.set_title("Cluster profiles")
+    width = max(6, int(64 / max(1, len(profiles))))  # characters per line that fit one column
+    ax.set_xticks(
+        range(len(profiles)), [textwrap.fill(str(v), width) for v in labels], fontsize=MIN_PRINTED_PT
+    )
+    ax.set_ylabel("feature")
+    fig.colorbar(im, ax=ax, label="z-score vs all customers", shrink=0.8)
+    ax.set_title("Cluster profiles", fontsize=10)
     return fig
 
 
@@ -429,84 +441,76 @@ def transitions_chart(
 def revenue_chart(
     table: pd.DataFrame, colours: dict[str, str], label: str, has_clv: bool, what: str = "predicted"
 ) -> Figure:
+    """Share of customers, revenue and CLV per segment: horizontal bars, segment names down the side."""
     t = table
     n = len(t)
-    fig = _fig(max(6.0, 0.9 * n + 2.0), 4.2)
+    fig = _fig(PAGE_FIG_WIDTH, max(3.0, 1.2 + 0.42 * n))
     ax = fig.add_subplot()
-    x = np.arange(n)
+    y = np.arange(n)[::-1]
     series = [("customer_share", "share of customers", 0.55), ("revenue_share", "share of revenue", 1.0)]
     if has_clv and "sum_clv" in t.columns and t["sum_clv"].sum() > 0:
         t = t.assign(clv_share=t["sum_clv"] / t["sum_clv"].sum())
-        series.append(("clv_share", f"share of {what} CLV", 0.3))
-    w = 0.8 / len(series)
+        series.append(("clv_share", f"share of {what} spend", 0.3))
+    h = 0.8 / len(series)
     cols = [colours.get(s, OTHER_COLOUR) for s in t[SEGMENT]]
     hatches = ["", "", "//"]
     for i, (col, name, alpha) in enumerate(series):
-        ax.bar(
-            x + (i - (len(series) - 1) / 2) * w,
+        ax.barh(
+            y - (i - (len(series) - 1) / 2) * h,
             t[col],
-            width=w,
+            height=h,
             color=cols,
             alpha=alpha,
             hatch=hatches[i],
             edgecolor="white",
             label=name,
         )
-    ax.set_xticks(x, [str(s) for s in t[SEGMENT]], rotation=30, ha="right", fontsize=8)
-    ax.set_xlabel(label)
-    ax.set_ylabel("share of total")
-    ax.yaxis.set_major_formatter(lambda v, _p: f"{v:.0%}")
+    ax.set_yticks(y, [str(s).replace("_", " ") for s in t[SEGMENT]], fontsize=8)
+    ax.set_ylabel(label)
+    ax.set_xlabel("share of total")
+    ax.xaxis.set_major_formatter(lambda v, _p: f"{v:.0%}")
     proxies = [
         Patch(facecolor="#777777", alpha=alpha, hatch=hatches[i], edgecolor="white", label=name)
         for i, (_c, name, alpha) in enumerate(series)
     ]
-    ax.legend(handles=proxies, fontsize=8)
-    ax.set_title(f"Customers, revenue and CLV by {label}", fontsize=10)
+    ax.legend(handles=proxies, fontsize=8, loc="lower right")
+    ax.set_title(f"Customers, revenue and expected spend by {label}", fontsize=10)
     return fig
 
 
 def ltv_cac_chart(
     ltv: pd.DataFrame, colours: dict[str, str], segment_type: str, target: float
 ) -> Figure | None:
-    ch = ltv[(ltv["level"] == "channel") & ltv["ltv_to_cac"].notna()]
-    seg = ltv[
-        (ltv["level"] == "segment")
-        & (ltv["segment_type"] == segment_type)
-        & ltv["ltv_predicted_to_cac"].notna()
-    ]
-    panels = [(ch, "segment", "ltv_to_cac", "acquisition channel", "realized LTV : CAC")]
-    if not seg.empty:
-        panels.append(
-            (seg, "segment", "ltv_predicted_to_cac", segment_type.replace("_", " "), "predicted LTV : CAC")
-        )
-    panels = [p for p in panels if not p[0].empty]
-    if not panels:
+    """Realized LTV:CAC of the channels whose spend is complete (status ``known``), with the target."""
+    ch = ltv[(ltv["level"] == "channel") & ltv["ltv_to_cac"].notna() & (ltv["cac_status"] == "known")]
+    if ch.empty:
         return None
-    fig = _fig(5.0 * len(panels) + 1.0, 4.2)
-    for i, (df, key, col, xl, yl) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        df = df.sort_values(col, ascending=False)
-        colour = [colours.get(s, "#67a9cf") if i else "#67a9cf" for s in df[key]]
-        ax.bar(range(len(df)), df[col], color=colour)
-        ax.axhline(target, color="#b2182b", linestyle="--", label=f"target {target:g} : 1")
-        ax.set_xticks(range(len(df)), [str(s) for s in df[key]], rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.legend(fontsize=8)
-    fig.suptitle("LTV : CAC (CAC unknown where spend is missing: those groups are left out)", fontsize=10)
+    fig = _fig(6.5, 4.0)
+    ax = fig.add_subplot()
+    df = ch.sort_values("ltv_to_cac", ascending=False)
+    ax.bar(range(len(df)), df["ltv_to_cac"], color="#67a9cf")
+    ax.axhline(target, color="#b2182b", linestyle="--", label=f"target {target:g} : 1")
+    ax.set_xticks(range(len(df)), [str(s) for s in df["segment"]], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("acquisition channel")
+    ax.set_ylabel("realized LTV : CAC")
+    ax.legend(fontsize=8)
+    ax.set_title("LTV : CAC of channels with complete spend", fontsize=10)
     return fig
 
 
 def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]], sym: str) -> Figure:
+    """Ranked plays by effort (x) and net value over the horizon (y); labels placed where they
+    overlap no other text."""
     fig = _fig(7.5, 5.0)
     ax = fig.add_subplot()
-    r = recs[recs["impact"].notna()]
+    r = recs[recs["net_value"].notna()]
     sizes = 60 + 600 * (r["customers"] / max(1.0, float(r["customers"].max())))
     rng = np.random.default_rng(0)  # deterministic jitter so plays with equal effort do not overlap
     x = r["effort"].astype(float) + rng.uniform(-0.15, 0.15, len(r))
+    y = r["net_value"].astype(float)
     ax.scatter(
         x,
-        r["impact"],
+        y,
         s=sizes,
         c=[
             palettes.get(t, {}).get(s, OTHER_COLOUR)
@@ -516,15 +520,18 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
         edgecolors=INK,
     )
     if len(r):
-        ax.axhline(float(np.nanmedian(r["impact"])), color="grey", linestyle=":")
+        ax.axhline(float(np.nanmedian(y)), color="grey", linestyle=":")
+    ax.axhline(0.0, color=INK, linewidth=0.6)
     ax.axvline(2.5, color="grey", linestyle=":")
     ax.set_xlim(0.5, 5.5)
     ax.set_xticks(range(1, 6), ["1\nlow", "2", "3", "4", "5\nhigh"])
-    ax.set_xlabel("effort (from configuration)")
-    ax.set_ylabel(f"impact ({sym}, value at stake x assumed uplift)")
+    ax.set_xlabel("effort")
+    months = int(r["horizon_months"].iloc[0]) if len(r) and "horizon_months" in r.columns else None
+    ax.set_ylabel(f"net value ({sym}, next {months} months)" if months else f"net value ({sym})")
     ax.yaxis.set_major_formatter(lambda v, _p: _money(v, sym))
-    ymax = float(r["impact"].max()) if len(r) else 1.0
-    ax.set_ylim(0, ymax * 1.2 if ymax > 0 else 1.0)
+    ymax, ymin = (float(y.max()), float(y.min())) if len(r) else (1.0, 0.0)
+    span = max(ymax - min(ymin, 0.0), 1.0)
+    ax.set_ylim(min(ymin, 0.0) - 0.08 * span, ymax + 0.2 * span)
     for tx, ty, label in (
         (0.6, 0.97, "Quick wins"),
         (4.4, 0.97, "Big bets"),
@@ -540,13 +547,14 @@ def impact_effort_chart(recs: pd.DataFrame, palettes: dict[str, dict[str, str]],
             color="grey",
             va="top" if ty > 0.5 else "bottom",
         )
-    ax.set_title("Impact-effort matrix (bubble size = customers; #rank)")
+    ax.set_title("Plays by net value and effort (bubble size = customers; #rank)")
     # labels last, best rank first, each where it overlaps no other text
     order = np.argsort(r["rank"].to_numpy(), kind="stable")
     place_labels(
         ax,
-        [(float(x.iloc[i]), float(r["impact"].iloc[i])) for i in order],
-        [f"#{r['rank'].iloc[i]} {r['segment'].iloc[i]}" for i in order],
+        [(float(x.iloc[i]), float(y.iloc[i])) for i in order],
+        [f"#{r['rank'].iloc[i]} {_label(r['segment'].iloc[i])}" for i in order],
+        fontsize=8,
     )
     return fig
 
@@ -567,6 +575,11 @@ def baseline_chart(flows: pd.DataFrame, colours: dict[str, str], dimension: str)
     ax.set_xlabel("customers")
     ax.set_title(f"Baseline for transitions ({dimension.replace('_', ' ')}): customers per segment")
     return fig
+
+
+def _label(segment: object) -> str:
+    """A segment as the report's text writes it (``prospect`` -> ``Prospects``, no underscores)."""
+    return {"prospect": "Prospects"}.get(str(segment), str(segment).replace("_", " "))
 
 
 def _named_rows(table: pd.DataFrame) -> bool:
@@ -613,11 +626,24 @@ def _customer_charts(data: ReportData, bins: int) -> list[Chart]:
             Chart(
                 "cohort_retention",
                 "Cohort retention",
-                "Share of each acquisition cohort buying again in each month after the first purchase.",
+                "Share of each acquisition cohort buying again in each month after the first purchase."
+                + _empty_cohorts(data),
                 cohort_chart(data.cohorts),
             )
         )
     return charts
+
+
+def _empty_cohorts(data: ReportData) -> str:
+    """The caption's sentence on the heatmap's empty rows: months without new customers, or with
+    fewer than the minimum segment size (hidden)."""
+    if data.cohorts is None:
+        return ""
+    empty = [str(m) for m in data.cohorts.index[data.cohorts.isna().all(axis=1)]]
+    if not empty:
+        return ""
+    hidden = f", or fewer than {data.k} (hidden; {data.cohorts_hidden} in all)" if data.cohorts_hidden else ""
+    return f" Empty rows ({', '.join(empty)}): months with no new customers{hidden}."
 
 
 def _clustering_charts(data: ReportData) -> list[Chart]:
@@ -734,9 +760,14 @@ def _value_charts(
             Chart(
                 "revenue_by_segment",
                 "Revenue by segment",
-                f"Share of customers, net revenue and {what} CLV per segment.",
+                f"Share of customers, of net revenue to date and of {what} spend over the forecast "
+                "horizon, per segment.",
                 revenue_chart(
-                    view.table, palettes[primary], primary.replace("_", " "), data.has.get("clv", False), what
+                    view.table,
+                    palettes[primary],
+                    {RFM_SEGMENT: "RFM segment"}.get(primary, primary.replace("_", " ")),
+                    data.has.get("clv", False),
+                    what,
                 ),
             )
         )
@@ -747,16 +778,17 @@ def _value_charts(
                 Chart(
                     "ltv_cac",
                     "LTV:CAC",
-                    "Lifetime value per acquisition cost, by acquisition channel and by segment.",
+                    "Realized lifetime value per acquisition cost, for the channels whose marketing "
+                    "spend is recorded for every month they acquired customers.",
                     fig,
                 )
             )
-    if not recs.empty and recs["impact"].notna().any():
+    if not recs.empty and recs["net_value"].notna().any():
         charts.append(
             Chart(
                 "impact_effort",
-                "Impact-effort matrix",
-                "Plays placed by assumed impact and configured effort.",
+                "Plays by value and effort",
+                "Each ranked play by its net value (extra margin minus cost) and the effort it takes.",
                 impact_effort_chart(recs, palettes, sym),
             )
         )

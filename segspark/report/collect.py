@@ -54,6 +54,7 @@ from segspark.report.model_results import churn_from_table, clustering_info, clv
 from segspark.report.segment_stats import (
     DEMOGRAPHICS_B2B,
     DEMOGRAPHICS_B2C,
+    channel_mix,
     demographic_tables,
     kpi_tables,
     segment_statistics,
@@ -75,6 +76,7 @@ from segspark.schema import (
     F_SCORE,
     LIFECYCLE_STAGE,
     M_SCORE,
+    PERSONA,
     R_SCORE,
     RFM_SEGMENT,
     VALUE_TIER,
@@ -100,7 +102,7 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         raise InputError("report: table 'customer_segments' is required (one row per customer)")
     cfg = settings.report
     k = cfg.min_segment_size
-    stats, types = segment_statistics(segments, settings.churn.high_risk_threshold)
+    stats, types, cells = segment_statistics(segments, settings.churn.high_risk_threshold)
     order = {
         RFM_SEGMENT: list(dict.fromkeys(r.name for r in settings.rfm.segment_rules())),
         LIFECYCLE_STAGE: list(LIFECYCLE_ORDER),
@@ -120,6 +122,7 @@ def collect(run: RunInfo, tables: Mapping[str, DataFrame | None], settings: Sett
         segments=views,
         has=has,
         command=str(getattr(run, "command", "") or ""),
+        cells=cells,
     )
     _collect_segment_tables(data, t, segments, views, settings)
     _collect_lineage(data, t)
@@ -206,6 +209,7 @@ def _collect_models(data: ReportData, t: dict[str, Any], segments: DataFrame, se
     attributes = DEMOGRAPHICS_B2B if cfg.preset == "saas" else DEMOGRAPHICS_B2C
     if features is not None and not isinstance(features, pd.DataFrame):
         data.demographics, missing_attrs = demographic_tables(segments, features, attributes, k)
+        data.persona_channels = channel_mix(segments, features, PERSONA, settings.rfm.channels, k)
         if missing_attrs:
             notes["demographics"] = "Not shown: " + "; ".join(missing_attrs) + "."
     else:

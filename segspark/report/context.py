@@ -10,6 +10,7 @@ import pandas as pd
 import yaml
 
 from segspark.config import Settings
+from segspark.report import executive as X
 from segspark.report.data import LIFECYCLE_ORDER, SEGMENT_TYPES, ReportData
 from segspark.report.fmt import (
     ENGAGEMENT_KPIS,
@@ -22,11 +23,11 @@ from segspark.report.fmt import (
     _finite,
 )
 from segspark.report.recommend import (
-    FALLBACK_BASIS,
     play_settings,
 )
 from segspark.report.section_tables import (
     LTV_CAC_DEFINITIONS,
+    LTV_CAC_RULE,
     ab_table,
     demographic_tables,
     frame_table,
@@ -57,6 +58,7 @@ def report_context(
     settings: Settings,
     missing: list[str] | None = None,
     summary: pd.DataFrame | None = None,
+    gaps: list[str] | None = None,
 ) -> dict[str, Any]:
     """The templates' context: one builder per report section, merged."""
     cfg = settings.report
@@ -73,6 +75,31 @@ def report_context(
         **_plays_context(data, recs, settings, fmt),
         **_changes_context(data, summary, fmt, w),
         **_lineage_context(data, settings, fmt),
+        **_executive_context(data, recs, settings, fmt, gaps or []),
+    }
+
+
+def _executive_context(
+    data: ReportData, recs: pd.DataFrame, settings: Settings, fmt: Fmt, gaps: list[str]
+) -> dict[str, Any]:
+    """The executive part: headline with definitions, the one caveat, segments, plays, gaps."""
+    months = settings.clv.horizon_months
+    return {
+        "months": months,
+        "churn_days": settings.churn.horizon_days,
+        "cards": X.headline(data, settings, fmt),
+        "caveat": X.clv_caveat(data, settings),
+        "segment_glance": X.segment_table(data, settings, fmt),
+        "cross_tab": X.cross_tab(data, fmt, months),
+        "persona_offers": X.persona_cards(data, settings, fmt),
+        "demographic_sentence": X.demographic_conclusion(data, settings, fmt),
+        "ranking": X.ranking_table(recs, fmt) if not recs.empty else None,
+        "total_net": fmt.money(recs["net_value"].sum()) if not recs.empty else None,
+        "losing": int((recs["net_value"] < 0).sum()) if not recs.empty else 0,
+        "assumptions": X.value_assumptions(settings, recs, fmt),
+        "gaps": gaps,
+        "exec_not_shown": X.not_shown_plainly(data, settings),
+        "value_cfg": settings.report.value,
     }
 
 
@@ -109,7 +136,6 @@ def _summary_context(
 ) -> dict[str, Any]:
     """The executive summary: headline figures, findings, the top three plays, the run's warnings."""
     cfg = settings.report
-    clv_basis = ["predicted CLV", FALLBACK_BASIS]
     return {
         "title": cfg.title,
         "preset": cfg.preset,
@@ -123,8 +149,8 @@ def _summary_context(
         "findings": [{"text": f["text"], "validity": validity if f.get("clv") else None} for f in found],
         "validity": validity,
         "clv_candidates": candidate_table(data.clv_validity, fmt) if data.has.get(CLV) else None,
-        "top3_clv": bool(not recs.empty and recs.head(3)["value_basis"].isin(clv_basis).any()),
-        "recs_clv": bool(not recs.empty and recs["value_basis"].isin(clv_basis).any()),
+        # every ranked play is valued on CLV (report.play_value): its section carries the validity line
+        "recs_clv": bool(not recs.empty and data.has.get(CLV)),
         "ltv_clv": bool(data.has.get(CLV)) and data.ltv_cac is not None and not data.ltv_cac.empty,
         "warnings": data.lineage.warnings if data.lineage is not None else None,
         "not_shown": missing,
@@ -137,15 +163,19 @@ def _summary_context(
             {
                 "rank": int(r["rank"]),
                 "name": r["play_name"],
-                "segment": r["segment"],
+                "segment": X.words(r["segment"]),
                 "impact": fmt.money(r["impact"]),
+                "net": fmt.money(r["net_value"]),
+                "margin": fmt.money(r["impact"]),
+                "cost": fmt.money(r["play_cost"]),
                 "effort": int(r["effort"]),
                 "testable": bool(r["testable"]),
                 "flag": r["test_flag"],
                 "design": r.get("test_design") or "",
-                "action": r["action"],
+                # a play's action is said once, with its first segment
+                "action": r["action"] if r["play"] not in set(recs.head(3)["play"].iloc[:i]) else "",
             }
-            for _, r in recs.head(3).iterrows()
+            for i, (_, r) in enumerate(recs.head(3).iterrows())
         ],
         "primary": TYPE_LABELS.get(data.primary_type() or "", "segment"),
     }
@@ -300,6 +330,7 @@ def _value_context(data: ReportData, fmt: Fmt) -> dict[str, Any]:
     primary = data.primary_type()
     return {
         "ltv_defs": LTV_CAC_DEFINITIONS,
+        "ltv_rule": LTV_CAC_RULE,
         "ltv_cac": (
             ltv_cac_tables(data.ltv_cac, fmt, primary, data.segments[primary].names() if primary else None)
             if data.ltv_cac is not None
@@ -318,10 +349,19 @@ def _plays_context(data: ReportData, recs: pd.DataFrame, settings: Settings, fmt
         "ab_cfg": cfg.ab_test,
         "top_n": cfg.top_plays,
         "plays": [
-            (p.name, p.action, fmt.pct(p.uplift, 0), p.effort, p.owner)
-            for p in play_settings(settings).values()
+            (
+                pid,
+                p.name,
+                p.action,
+                fmt.pct(p.uplift, 0),
+                fmt.money(p.cost_per_contact),
+                fmt.money(p.fixed_cost),
+                p.effort,
+                p.owner,
+            )
+            for pid, p in play_settings(settings).items()
         ],
-        "plan": plan_rows(settings, data.as_of_date),
+        "plan": plan_rows(settings, dt.datetime.now(dt.timezone.utc).date()),
         "scoring_cadence": cfg.scoring_cadence,
         "refit_cadence": cfg.refit_cadence,
     }
@@ -420,7 +460,7 @@ def _lineage_context(data: ReportData, settings: Settings, fmt: Fmt) -> dict[str
         "lineage_notes": notes,
         "privacy": settings.privacy,
         "retention_hours": settings.lakehouse.vacuum_retention_hours,
-        "governance": governance_rows(settings, data.as_of_date),
+        "governance": governance_rows(settings, dt.datetime.now(dt.timezone.utc).date()),
         "notes": data.notes,
         "sql": sql_appendix(),
         "config_yaml": yaml.safe_dump(settings.as_dict(), sort_keys=False, default_flow_style=False),

@@ -331,6 +331,9 @@ class ReportData:
     notes: dict[str, str] = field(default_factory=dict)  # section -> why something is absent
     # demographic attribute -> group x (customers, shares, revenue, mean CLV, mean churn risk), k-anonymous
     demographics: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # customers x every segment label and lifecycle stage: counts and sums (the primary cross-tab)
+    cells: pd.DataFrame | None = None
+    persona_channels: pd.DataFrame | None = None  # persona x channel: share of purchase orders
 
     def p_alive_ok(self) -> bool:
         """Whether statements may rest on P(alive): not when CLV fell back to the historical rate

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 SUMMARY_COLUMNS: tuple[str, ...] = ("metric", "value", "unit", "text")
 
 
+MAX_TABLE_COLUMNS = 9  # wider tables print as column groups (Table.parts): A4 fits about nine
+
+
 # written after the report from what it returns: their versions cannot be in the runs row it reads
 REPORT_TABLES: tuple[str, ...] = (S.REPORT_SUMMARY, S.RECOMMENDATIONS)
 
@@ -127,3 +130,19 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     swatches: list[str] | None = None  # a colour per row (segment tables)
+
+    def parts(self, max_cols: int = MAX_TABLE_COLUMNS) -> list[Table]:
+        """The table as column groups of at most ``max_cols`` columns, each repeating the first
+        (the key), so a wide table fits an A4 page instead of wrapping every cell."""
+        if len(self.header) <= max_cols:
+            return [self]
+        step = max_cols - 1
+        out = []
+        for start in range(1, len(self.header), step):
+            cols = [0, *range(start, min(start + step, len(self.header)))]
+            out.append(
+                Table(
+                    [self.header[c] for c in cols], [[r[c] for c in cols] for r in self.rows], self.swatches
+                )
+            )
+        return out

@@ -1,18 +1,16 @@
 """Plays per segment, their impact and effort, the ranking, and an A/B test plan for each play.
 
-A play is one of ``retention``, ``win_back``, ``cross_sell`` (upsell), ``onboarding`` and ``vip``,
-chosen for a segment by its name (the standard RFM segments, lifecycle stages, value tiers) or, for
-personas and custom segments, by its dominant lifecycle stage and its mean R and F scores. For each play:
+A play is one of ``retention``, ``win_back``, ``cross_sell`` (upsell), ``onboarding`` (first-time
+buyers: the second purchase), ``first_purchase`` (prospects) and ``vip``, chosen for a segment by its
+name (the standard RFM segments, lifecycle stages, value tiers) or, for personas and custom segments,
+by its dominant lifecycle stage and its mean R and F scores. Lapsed segments (At Risk, Cannot Lose
+Them, Hibernating, Lost, churned) get win-back; prospects get first purchase.
 
-- value at stake: the segment's predicted CLV (``clv``, when modelled; the historical spend-rate
-  estimate when CLV fell back to it), or its net revenue
-  (``revenue``: win-back plays, and any play when CLV is absent), or for prospects the number of
-  prospects x the average net revenue per buyer (``first_value``);
-- impact = value at stake x the uplift assumption (``report.uplift.<play>``, else the preset's
-  default), shown in the report as an assumption, not a forecast;
-- effort 1 (low) .. 5 (high) from ``report.effort.<play>`` or the preset;
-- rank by priority = impact / effort (ties: higher impact, then the larger segment);
-- impact-effort quadrant: high impact = at least the median impact of all plays, low effort <= 2.
+Every play is valued on one basis (:mod:`segspark.report.play_value`): expected incremental gross
+margin over the CLV horizon minus the play's cost (per customer contacted plus fixed), and ranked by
+that net value, highest first (ties: more customers, then the segment's name). A play whose value
+has a missing input is left out of the ranking with the reason (:func:`plays_and_gaps`).
+Impact-effort quadrant: high value = at least the median net value, low effort <= 2.
 
 A/B plan (two-sided z-test of two proportions, equal arms). The outcome metric depends on the play:
 retention and VIP plays aim to lower churn, so their metric is the churn rate (mean churn risk when
@@ -63,7 +61,8 @@ from statsmodels.stats.proportion import proportion_effectsize
 
 from segspark.config import REPORT_PLAYS, AbTestConfig, Settings
 from segspark.report.data import OTHER, UNASSIGNED, ReportData, SegmentView
-from segspark.schema import CUSTOMERS, LIFECYCLE_STAGE, MONETARY, REVENUE, RFM_SEGMENT, SEGMENT, VALUE_TIER
+from segspark.report.play_value import Valuation, valuation, value_fields
+from segspark.schema import CUSTOMERS, LIFECYCLE_STAGE, MONETARY, RFM_SEGMENT, SEGMENT, VALUE_TIER
 
 TOO_SMALL = "too small to test: do not act on it yet"
 FALLBACK_BASIS = "CLV estimate (historical spend rate)"  # when no CLV model passed its checks
@@ -78,9 +77,16 @@ RECOMMENDATION_COLUMNS: tuple[str, ...] = (
     "segment_type",
     "customers",
     "value_basis",
+    "horizon_months",
+    "value_per_customer",
     "value_at_stake",
     "uplift_assumption",
+    "gross_margin",
     "impact",
+    "cost_per_contact",
+    "fixed_cost",
+    "play_cost",
+    "net_value",
     "effort",
     "priority",
     "quadrant",
@@ -105,32 +111,39 @@ RECOMMENDATION_COLUMNS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Play:
-    """A play as a preset describes it."""
+    """A play as a preset describes it. ``uplift`` is the assumed share of the play's reference
+    value it adds (module docstring); costs are per customer contacted and fixed per run of the play."""
 
     name: str
     action: str
     uplift: float
     effort: int
     owner: str
+    cost_per_contact: float = 0.0
+    fixed_cost: float = 0.0
 
 
 PRESET_PLAYS: dict[str, dict[str, Play]] = {
     "retail": {
         "retention": Play(
             "Retention nudge",
-            "Personalised reminders and replenishment offers before the customer's usual purchase gap"
-            " runs out.",
+            "Personalised reminders and replenishment offers timed to each customer's usual gap between"
+            " purchases.",
             0.10,
             2,
             "CRM / lifecycle marketing",
+            0.30,
+            2_000.0,
         ),
         "win_back": Play(
             "Win-back offer",
-            "Time-limited comeback incentive with a 'what changed' survey; suppress after two unanswered"
-            " contacts.",
+            "Time-limited comeback offer for customers who have stopped buying, with a short 'what"
+            " changed' survey; stop after two unanswered contacts.",
             0.05,
             2,
             "CRM / lifecycle marketing",
+            1.50,
+            3_000.0,
         ),
         "cross_sell": Play(
             "Cross-sell and upsell",
@@ -139,13 +152,28 @@ PRESET_PLAYS: dict[str, dict[str, Play]] = {
             0.08,
             3,
             "Merchandising and e-commerce",
+            0.20,
+            5_000.0,
         ),
         "onboarding": Play(
             "Welcome series",
-            "Three-step welcome journey that pushes the second purchase within 30 days.",
+            "Three-step welcome journey for first-time buyers that leads to the second purchase within"
+            " 30 days.",
             0.10,
             1,
             "CRM / lifecycle marketing",
+            0.30,
+            2_000.0,
+        ),
+        "first_purchase": Play(
+            "First-purchase offer",
+            "Welcome offer and product guidance for registered prospects who have not bought yet, aimed"
+            " at their first order.",
+            0.05,
+            1,
+            "CRM / lifecycle marketing",
+            0.50,
+            2_000.0,
         ),
         "vip": Play(
             "VIP programme",
@@ -153,6 +181,8 @@ PRESET_PLAYS: dict[str, dict[str, Play]] = {
             0.05,
             3,
             "Loyalty programme",
+            5.00,
+            10_000.0,
         ),
     },
     "saas": {
@@ -163,14 +193,18 @@ PRESET_PLAYS: dict[str, dict[str, Play]] = {
             0.08,
             3,
             "Customer success",
+            150.0,
+            5_000.0,
         ),
         "win_back": Play(
             "Win-back campaign",
-            "Re-engagement offer on the features the account never used; sales-assisted for former large"
-            " accounts.",
+            "Re-engagement offer for lapsed accounts on the features they never used; sales-assisted for"
+            " former large accounts.",
             0.03,
             2,
             "Sales development",
+            60.0,
+            5_000.0,
         ),
         "cross_sell": Play(
             "Expansion (upsell seats and tiers)",
@@ -179,6 +213,8 @@ PRESET_PLAYS: dict[str, dict[str, Play]] = {
             0.10,
             3,
             "Account management",
+            120.0,
+            8_000.0,
         ),
         "onboarding": Play(
             "Onboarding and activation",
@@ -187,6 +223,18 @@ PRESET_PLAYS: dict[str, dict[str, Play]] = {
             0.15,
             3,
             "Customer success / product",
+            200.0,
+            10_000.0,
+        ),
+        "first_purchase": Play(
+            "Trial-to-paid conversion",
+            "Guided trial, usage nudges and a sales-assisted offer that turn trial and free accounts into"
+            " paying ones.",
+            0.05,
+            2,
+            "Growth / sales development",
+            40.0,
+            5_000.0,
         ),
         "vip": Play(
             "Executive sponsor programme",
@@ -194,6 +242,8 @@ PRESET_PLAYS: dict[str, dict[str, Play]] = {
             0.03,
             4,
             "Account management",
+            500.0,
+            20_000.0,
         ),
     },
 }
@@ -207,13 +257,13 @@ RFM_PLAYS: dict[str, str] = {
     "Promising": "onboarding",
     "Need Attention": "retention",
     "About to Sleep": "retention",
-    "At Risk": "retention",
+    "At Risk": "win_back",  # long past their usual gap: a comeback offer, not a reminder
     "Cannot Lose Them": "win_back",
     "Hibernating": "win_back",
     "Lost": "win_back",
 }
 LIFECYCLE_PLAYS: dict[str, str] = {
-    "prospect": "onboarding",
+    "prospect": "first_purchase",
     "new": "onboarding",
     "active": "cross_sell",
     "reactivated": "retention",
@@ -226,7 +276,8 @@ AT_RISK_SEGMENTS: tuple[str, ...] = ("At Risk", "Cannot Lose Them")
 
 
 def play_settings(settings: Settings) -> dict[str, Play]:
-    """The preset's plays with ``report.uplift``, ``report.effort`` and ``report.owners`` applied."""
+    """The preset's plays with ``report.uplift``, ``report.effort``, ``report.owners`` and
+    ``report.value.cost_per_contact`` / ``fixed_cost`` applied."""
     cfg = settings.report
     out = {}
     for pid, p in PRESET_PLAYS[cfg.preset].items():
@@ -236,6 +287,8 @@ def play_settings(settings: Settings) -> dict[str, Play]:
             float(cfg.uplift.get(pid, p.uplift)),
             int(cfg.effort.get(pid, p.effort)),
             cfg.owners.get(pid, p.owner),
+            float(cfg.value.cost_per_contact.get(pid, p.cost_per_contact)),
+            float(cfg.value.fixed_cost.get(pid, p.fixed_cost)),
         )
     assert set(out) == set(REPORT_PLAYS)
     return out
@@ -442,7 +495,7 @@ def ab_plan(baseline: float, customers: float, cfg: AbTestConfig, decrease: bool
 def _baseline(row: pd.Series, play: str, data: ReportData, horizon_days: int) -> tuple[float, str]:
     """The baseline rate of the play's outcome metric, and its description."""
     decrease = play in DECREASE_PLAYS
-    if play == "onboarding" and str(row[SEGMENT]) == "prospect":
+    if play == "first_purchase":
         life = data.segments.get(LIFECYCLE_STAGE)
         new = life.row("new") if life is not None else None
         if new is not None:  # recent conversion: first-time buyers of the last new_days vs. prospects
@@ -466,18 +519,6 @@ def _baseline(row: pd.Series, play: str, data: ReportData, horizon_days: int) ->
     return repeat, "repeat-purchase rate (buyers with 2+ purchases)"
 
 
-def _value(row: pd.Series, play: str, data: ReportData) -> tuple[float, str]:
-    if play == "onboarding" and str(row[SEGMENT]) == "prospect":
-        t = data.totals
-        per_buyer = t[REVENUE] / t["buyers"] if t["buyers"] else math.nan
-        return float(row[CUSTOMERS]) * per_buyer, "prospects x net revenue per buyer"
-    has_clv = _num(row.get("n_clv")) > 0
-    if play != "win_back" and has_clv:
-        v = data.clv_validity
-        return float(row["sum_clv"]), (FALLBACK_BASIS if v is not None and v.fallback else "predicted CLV")
-    return float(row[REVENUE]), "net revenue to date"
-
-
 def _candidates(data: ReportData) -> list[tuple[SegmentView, pd.Series]]:
     primary = data.primary_type()
     if primary is None:
@@ -486,7 +527,7 @@ def _candidates(data: ReportData) -> list[tuple[SegmentView, pd.Series]]:
     life = data.segments.get(LIFECYCLE_STAGE)
     if primary != LIFECYCLE_STAGE and life is not None:
         prospect = life.row("prospect")
-        if prospect is not None:  # prospects have no RFM segment: they get their own onboarding play
+        if prospect is not None:  # prospects have no RFM segment: they get their own first-purchase play
             rows.append((life, prospect))
     return rows
 
@@ -532,13 +573,19 @@ def _pool_designs(records: list[dict[str, Any]], cfg: AbTestConfig) -> None:
 
 
 def _play_record(
-    view: SegmentView, row: pd.Series, pid: str, play: Play, data: ReportData, settings: Settings
+    view: SegmentView,
+    row: pd.Series,
+    pid: str,
+    play: Play,
+    val: Valuation,
+    data: ReportData,
+    settings: Settings,
 ) -> dict[str, Any]:
-    """One play for one segment: its value, impact and conversion-test plan, plus the working
-    fields (``_design``, ``_pool``, ``_basis_text``) that :func:`_finish_record` resolves."""
+    """One valued play for one segment: its value (:mod:`play_value`) and conversion-test plan, plus
+    the working fields (``_design``, ``_pool``, ``_basis_text``) that :func:`_finish_record` resolves."""
     ab = settings.report.ab_test
     sym = settings.report.currency_symbol
-    value, basis = _value(row, pid, data)
+    margin = settings.report.value.gross_margin
     baseline, metric = _baseline(row, pid, data, settings.churn.horizon_days)
     decrease = pid in DECREASE_PLAYS
     customers = float(row[CUSTOMERS])
@@ -547,19 +594,22 @@ def _play_record(
     p_buy = 1.0 - plan.baseline_rate if decrease else plan.baseline_rate
     cv = revenue_cv(spend, spread, p_buy) if not math.isnan(plan.baseline_rate) else math.nan
     design = design_for(plan, cv, customers, ab, decrease)
-    impact = value * play.uplift if math.isfinite(value) else math.nan
+    money = value_fields(customers, val, play.uplift, margin, play.cost_per_contact, play.fixed_cost)
     return {
         "play": pid,
         "play_name": play.name,
         "segment": str(row[SEGMENT]),
         "segment_type": view.segment_type,
         "customers": int(row[CUSTOMERS]),
-        "value_basis": basis,
-        "value_at_stake": value,
+        "value_basis": val.basis,
+        **money,
+        "horizon_months": settings.clv.horizon_months,
+        "gross_margin": margin,
+        "cost_per_contact": play.cost_per_contact,
+        "fixed_cost": play.fixed_cost,
         "uplift_assumption": play.uplift,
-        "impact": impact,
         "effort": play.effort,
-        "priority": impact / play.effort if math.isfinite(impact) else math.nan,
+        "priority": money["net_value"],
         "baseline_metric": metric,
         "baseline_rate": plan.baseline_rate,
         "mde": abs(plan.target_rate - plan.baseline_rate),
@@ -575,8 +625,9 @@ def _play_record(
         "_pool": (customers, plan.baseline_rate, spend, spread, decrease),
         "owner": play.owner,
         "action": play.action,
-        "_basis_text": f"{row[SEGMENT]}: {int(customers):,} customers, {sym}{value:,.0f} {basis}; "
-        f"assumed uplift {play.uplift:.0%} (report.uplift.{pid}) gives {sym}{impact:,.0f}. "
+        "_basis_text": f"{row[SEGMENT]}: {int(customers):,} customers x {sym}{val.per_customer:,.0f} "
+        f"({val.basis}) x uplift {play.uplift:.0%} x margin {margin:.0%} = {sym}{money['impact']:,.0f}, "
+        f"minus cost {sym}{money['play_cost']:,.0f} = net {sym}{money['net_value']:,.0f}. "
         f"Conversion test: baseline {plan.baseline_rate:.1%} ({metric})",
     }
 
@@ -599,21 +650,14 @@ def _finish_record(rec: dict[str, Any]) -> None:
 
 
 def _ranked(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The finished records ranked (measurable plays first, then priority), with their quadrant."""
-    df = pd.DataFrame.from_records(records)
-    # plays that can be measured first, then by impact per effort
-    df = (
-        df.assign(_unmeasured=~df["testable"].astype(bool))
-        .sort_values(
-            ["_unmeasured", "priority", "impact", "customers", "segment"],
-            ascending=[True, False, False, False, True],
-            na_position="last",
-        )
-        .drop(columns=["_unmeasured"])
+    """The finished records ranked by one rule, net value highest first (ties: more customers, then
+    the segment's name), with their quadrant (high value: at least the median net value)."""
+    df = pd.DataFrame.from_records(records).sort_values(
+        ["net_value", "customers", "segment"], ascending=[False, False, True], na_position="last"
     )
     df.insert(0, "rank", np.arange(1, len(df) + 1))
-    threshold = float(np.nanmedian(df["impact"])) if df["impact"].notna().any() else math.nan
-    high = df["impact"] >= threshold
+    threshold = float(np.nanmedian(df["net_value"])) if df["net_value"].notna().any() else math.nan
+    high = df["net_value"] >= threshold
     low_effort = df["effort"] <= 2
     df["quadrant"] = np.select(
         [high & low_effort, high & ~low_effort, ~high & low_effort],
@@ -625,18 +669,37 @@ def _ranked(records: list[dict[str, Any]]) -> pd.DataFrame:
     return df[list(RECOMMENDATION_COLUMNS)].reset_index(drop=True)
 
 
-def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
-    """Ranked plays with impact, effort, quadrant and A/B plan (columns :data:`RECOMMENDATION_COLUMNS`)."""
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def plays_and_gaps(data: ReportData, settings: Settings) -> tuple[pd.DataFrame, list[str]]:
+    """The ranked plays (columns :data:`RECOMMENDATION_COLUMNS`) and, one plain sentence each, the
+    plays left out of the ranking because an input to value them is missing."""
     plays = play_settings(settings)
     records: list[dict[str, Any]] = []
+    missing: dict[tuple[str, str], list[str]] = {}  # (play, reason) -> segments
     for view, row in _candidates(data):
         pid = play_for(view.segment_type, row, settings.rfm.bins, dominant_stage(view, str(row[SEGMENT])))
         if pid is None:
             continue
-        records.append(_play_record(view, row, pid, plays[pid], data, settings))
+        val = valuation(row, pid, data, settings.clv.horizon_months)
+        if not val.ok:
+            missing.setdefault((plays[pid].name, val.missing), []).append(str(row[SEGMENT]).replace("_", " "))
+            continue
+        records.append(_play_record(view, row, pid, plays[pid], val, data, settings))
+    gaps = [
+        f"{name} for {_and(segs)} {'is' if len(segs) == 1 else 'are'} not valued or ranked: {why}."
+        for (name, why), segs in missing.items()
+    ]
     if not records:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in RECOMMENDATION_COLUMNS})
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in RECOMMENDATION_COLUMNS}), gaps
     _pool_designs(records, settings.report.ab_test)
     for rec in records:
         _finish_record(rec)
-    return _ranked(records)
+    return _ranked(records), gaps
+
+
+def recommend(data: ReportData, settings: Settings) -> pd.DataFrame:
+    """Ranked plays with value, cost, quadrant and A/B plan (columns :data:`RECOMMENDATION_COLUMNS`)."""
+    return plays_and_gaps(data, settings)[0]

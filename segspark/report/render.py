@@ -29,9 +29,8 @@ from segspark.report.collect import collect
 from segspark.report.context import report_context
 from segspark.report.data import ReportData, RunInfo
 from segspark.report.fmt import Fmt
-from segspark.report.recommend import (
-    recommend,
-)
+from segspark.report.print_check import print_problems
+from segspark.report.recommend import plays_and_gaps
 from segspark.report.section_tables import Validity
 from segspark.report.sections import clv_validity, findings, not_shown, summary_table
 
@@ -48,7 +47,8 @@ FIGURES = "figures"
 
 
 # charts drawing CLV: their captions carry the CLV validity line
-CLV_CHARTS: tuple[str, ...] = ("clv_distribution", "revenue_by_segment", "ltv_cac")
+# (annex charts only: the executive part states the caveat once, on page 1)
+CLV_CHARTS: tuple[str, ...] = ("clv_distribution", "ltv_cac")
 
 
 @dataclass
@@ -68,6 +68,8 @@ class ReportResult:
     # what the report could not show (too small, skipped, absent), one plain sentence each; the
     # pipeline may record them as the run's warnings
     not_shown: list[str] = field(default_factory=list)
+    # chart texts under 7 pt or overlapping at A4 print size (report.print_check); empty when legible
+    print_problems: list[str] = field(default_factory=list)
 
 
 def _print_pdf(folder: Path, mode: str) -> bool:
@@ -137,6 +139,9 @@ def _draw_charts(
     charts = []
     for ch in chart_list:
         png = C.to_png(ch.figure, figures_dir / f"{ch.name}.png", cfg.figure_dpi)
+        problems = print_problems(ch.figure, cfg.figure_dpi, ch.name)
+        for text in problems:
+            log.warning("chart not legible at A4: %s", text)
         caption = ch.caption
         if validity is not None and ch.name in CLV_CHARTS:
             caption = f"{caption} {validity.text}"
@@ -148,6 +153,7 @@ def _draw_charts(
                 "validity": validity.status if validity is not None and ch.name in CLV_CHARTS else None,
                 "file": f"{FIGURES}/{ch.name}.png",
                 "uri": C.data_uri(png),
+                "print_problems": problems,
             }
         )
     return charts
@@ -195,11 +201,11 @@ def build_report(
         raise SegsparkError(f"report: run id {run_id!r} cannot name a report folder")
     cfg = settings.report
     data = collect(run, tables, settings)
-    recs = recommend(data, settings)
+    recs, gaps = plays_and_gaps(data, settings)
     fmt = Fmt(cfg.currency_symbol)
     found = findings(data, settings, fmt)
     validity = clv_validity(data)
-    missing = not_shown(data, recs, settings)
+    missing = not_shown(data, recs, settings) + gaps
     summary = summary_table(data, recs, found, settings, validity, missing)
     palettes = _palettes(data)
 
@@ -210,7 +216,7 @@ def build_report(
     figures_dir = staging / FIGURES
     figures_dir.mkdir(parents=True)
     charts = _draw_charts(data, recs, palettes, validity, figures_dir, settings)
-    context = report_context(data, recs, charts, found, palettes, settings, missing, summary)
+    context = report_context(data, recs, charts, found, palettes, settings, missing, summary, gaps)
     _render_templates(context, staging)
     pdf_written = _print_pdf(staging, cfg.pdf)
     latest = _publish(staging, run_dir, out_dir)
@@ -228,4 +234,5 @@ def build_report(
         seconds=seconds,
         data=data,
         not_shown=missing,
+        print_problems=[p for c in charts for p in c["print_problems"]],
     )

@@ -14,7 +14,7 @@ import pandas as pd
 from segspark.config import Milestone, Settings
 from segspark.report import charts as C
 from segspark.report.data import MODEL_ONLY_FEATURES, UNASSIGNED, ReportData, SegmentView
-from segspark.report.fmt import TYPE_LABELS, WORDS, Fmt, Table, _as_float, _finite
+from segspark.report.fmt import WORDS, Fmt, Table, _as_float, _finite
 from segspark.report.recommend import (
     dominant_stage,
     play_for,
@@ -31,7 +31,7 @@ DEFAULT_MILESTONES: dict[str, list[Milestone]] = {
             name="Approve plays, assumptions and test plans", owner="Head of CRM", start_week=0, weeks=1
         ),
         Milestone(
-            name="Build audiences from customer_segments in the CRM / ESP",
+            name="Build audiences from the segment table in the CRM and email platform",
             owner="Data engineering",
             start_week=1,
             weeks=1,
@@ -43,7 +43,7 @@ DEFAULT_MILESTONES: dict[str, list[Milestone]] = {
             name="Read out tests; scale winners, stop losers", owner="Analytics", start_week=10, weeks=1
         ),
         Milestone(
-            name="Refresh assumptions in the config from test results",
+            name="Update the plays' assumptions with the test results",
             owner="Analytics",
             start_week=11,
             weeks=1,
@@ -64,7 +64,7 @@ DEFAULT_MILESTONES: dict[str, list[Milestone]] = {
             name="Read out tests; scale winners into playbooks", owner="Analytics", start_week=11, weeks=1
         ),
         Milestone(
-            name="Refresh assumptions in the config from test results",
+            name="Update the plays' assumptions with the test results",
             owner="Analytics",
             start_week=12,
             weeks=1,
@@ -134,14 +134,15 @@ def _traits(row: pd.Series, data: ReportData, fmt: Fmt) -> str:
 def segment_profile_table(
     view: SegmentView, data: ReportData, settings: Settings, fmt: Fmt, colours: dict[str, str]
 ) -> Table:
-    plays = play_settings(settings)
     w = WORDS[settings.report.preset]
+    # at most 12 short columns, so the table fits the A4 width (the lifecycle mix is in the primary
+    # cross-tab, the play in the executive part's segment table)
     header = [
         "Segment",
         w["Customers"],
         f"% {w['customers']}",
         "% revenue",
-        "R / F / M",
+        "R/F/M",
         "Recency (days)",
         "Purchases",
         f"Revenue / {w['customer']}",
@@ -151,10 +152,10 @@ def segment_profile_table(
         header += ["Avg CLV", "CLV total"]
     if has_churn:
         header += ["Churn risk", "High risk"]
-    header += ["Lifecycle mix", "Suggested play"]
     rows = []
     for _, r in view.table.iterrows():
-        rfm = " / ".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score"))
+        # no spaces: the scores never wrap over several lines
+        rfm = "/".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score"))
         row = [
             str(r[SEGMENT]),
             fmt.count(r[CUSTOMERS]),
@@ -170,8 +171,6 @@ def segment_profile_table(
             row += [fmt.money(r.get("mean_clv")), fmt.money(total_clv)]
         if has_churn:
             row += [fmt.pct(r.get("mean_churn_risk")), fmt.pct(r.get("high_churn_risk_share"))]
-        pid = play_for(view.segment_type, r, settings.rfm.bins, dominant_stage(view, str(r[SEGMENT])))
-        row += [_mix_text(view, str(r[SEGMENT]), data.k), plays[pid].name if pid else "–"]
         rows.append(row)
     return Table(header, rows, [colours.get(str(s), C.OTHER_COLOUR) for s in view.table[SEGMENT]])
 
@@ -204,8 +203,8 @@ def persona_cards(
             ("Size", f"{fmt.count(r[CUSTOMERS])} ({fmt.pct(r['customer_share'])} of all customers)"),
             ("Revenue share", fmt.pct(r["revenue_share"])),
             (
-                "R / F / M",
-                " / ".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score")),
+                "R/F/M",
+                "/".join(fmt.num(r.get(f"mean_{c}"), 1) for c in ("r_score", "f_score", "m_score")),
             ),
         ]
         if data.has.get(CLV):
@@ -264,15 +263,29 @@ KPI_DEFINITIONS: dict[str, str] = {
 }
 
 
-# LTV:CAC above this is shown as ">cap": at that level the ratio says more about missing spend than efficiency
-LTV_CAC_CAP = 20.0
+# CAC status -> how the LTV:CAC table says it; a ratio is shown only for ``known`` (complete spend)
+CAC_STATUS_WORDS: dict[str, str] = {
+    "known": "complete",
+    "partial_spend": "spend missing for some months: no ratio",
+    "unknown_spend": "no spend recorded: no ratio",
+    "no_new_customers": "no new customers",
+}
+
+
+LTV_CAC_RULE = (
+    "A channel's LTV:CAC is shown only when its spend is complete: marketing_spend has a row for every "
+    "month in which the channel acquired customers (cac_status = known). A channel with spend missing "
+    "for any such month, or with none, shows no CAC and no ratio: a partial CAC would be too low and its "
+    "ratio too high. LTV:CAC is not shown by segment: a segment holds customers acquired at any time "
+    "(every Champion was once new), so it has no acquisition cost of its own."
+)
 
 
 LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
     (
         "CAC",
-        "marketing spend / new customers of the channel, over the months whose spend is known "
-        "(a segment's CAC: the mean of its members' channel CAC).",
+        "marketing spend / new customers of the channel over the months it acquired customers; shown "
+        "only when the spend of every such month is known.",
     ),
     (
         "Realized LTV",
@@ -280,13 +293,13 @@ LTV_CAC_DEFINITIONS: tuple[tuple[str, str], ...] = (
         "the customers observed that long.",
     ),
     ("Predicted LTV", "mean predicted CLV of the same new customers."),
-    (
-        "LTV:CAC",
-        f"LTV / CAC; 3 or more is usually called healthy. Ratios above {LTV_CAC_CAP:.0f} are shown as "
-        f">{LTV_CAC_CAP:.0f}: they mean little spend is recorded for the group (organic or referral "
-        "channels, or spend missing from marketing_spend), not an efficient channel; check the spend first.",
-    ),
+    ("LTV:CAC", "LTV / CAC for channels with complete spend; 3 or more is usually called healthy."),
 )
+
+
+def complete_spend(ltv: pd.DataFrame) -> pd.Series:
+    """Whether each LTV:CAC row's CAC rests on complete spend (status ``known``)."""
+    return ltv["cac_status"].astype("string").fillna("") == "known"
 
 
 # Model metrics in words: label, digits, and how to read the value (None: no reading added).
@@ -370,8 +383,8 @@ def kpi_definitions(kpis: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
     return [(KPI_LABELS[c][0], KPI_DEFINITIONS[c]) for c in KPI_LABELS if c in shown]
 
 
-def _ratio_text(fmt: Fmt, v: Any) -> str:
-    return f">{LTV_CAC_CAP:.0f}" if _finite(v) and float(v) > LTV_CAC_CAP else fmt.num(v, 2)
+def _ratio_text(fmt: Fmt, v: Any, complete: bool = True) -> str:
+    return fmt.num(v, 2) if complete else "–"
 
 
 def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict[str, str]) -> Table:
@@ -384,47 +397,39 @@ def kpi_table(wide: pd.DataFrame, fmt: Fmt, colours: dict[str, str], words: dict
 
 
 def ltv_cac_tables(
-    ltv: pd.DataFrame, fmt: Fmt, primary: str | None, order: list[str] | None = None
+    ltv: pd.DataFrame, fmt: Fmt, primary: str | None = None, order: list[str] | None = None
 ) -> list[tuple[str, Table]]:
-    out = []
+    """The channel table of LTV:CAC (:data:`LTV_CAC_RULE`: ratios only where spend is complete)."""
     header = [
-        "Group",
+        "Channel",
         "New customers",
         "Spend",
         "CAC",
-        "CAC status",
+        "Spend status",
         "Realized LTV",
         "Predicted LTV",
         "LTV:CAC",
         "Predicted LTV:CAC",
     ]
-
-    def rows(df: pd.DataFrame) -> list[list[str]]:
-        return [
+    ch = ltv[ltv["level"] == "channel"].sort_values("segment")
+    if ch.empty:
+        return []
+    rows = []
+    for (_, r), ok in zip(ch.iterrows(), complete_spend(ch), strict=True):
+        rows.append(
             [
                 str(r["segment"]),
                 fmt.count(r["new_customers"]),
                 fmt.money(r.get("spend")),
-                fmt.money(r["cac"]),
-                str(r["cac_status"]),
+                fmt.money(r["cac"]) if ok else "–",
+                CAC_STATUS_WORDS.get(str(r["cac_status"]), str(r["cac_status"])),
                 fmt.money(r["ltv_realized"]),
                 fmt.money(r["ltv_predicted"]),
-                _ratio_text(fmt, r["ltv_to_cac"]),
-                _ratio_text(fmt, r["ltv_predicted_to_cac"]),
+                _ratio_text(fmt, r["ltv_to_cac"], ok),
+                _ratio_text(fmt, r["ltv_predicted_to_cac"], ok),
             ]
-            for _, r in df.iterrows()
-        ]
-
-    ch = ltv[ltv["level"] == "channel"]
-    if not ch.empty:
-        out.append(("By acquisition channel", Table(header, rows(ch.sort_values("segment")))))
-    seg = ltv[(ltv["level"] == "segment") & (ltv["segment_type"].isin([primary, "all"]))]
-    if order:  # the segment order of the profile tables, 'all' last
-        rank = {name: i for i, name in enumerate([*order, "all"])}
-        seg = seg.sort_values("segment", key=lambda c: c.map(lambda v: rank.get(v, len(rank))))
-    if not seg.empty:
-        out.append((f"By {TYPE_LABELS.get(primary or '', 'segment')}", Table(header, rows(seg))))
-    return out
+        )
+    return [("By acquisition channel", Table(header, rows))]
 
 
 def recommendation_table(recs: pd.DataFrame, fmt: Fmt) -> Table:
@@ -514,9 +519,10 @@ def frame_table(df: pd.DataFrame, fmt: Fmt, limit: int = 40) -> Table:
     )
 
 
-def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str, str, bool]]:
+def governance_rows(settings: Settings, run_date: dt.date | None) -> list[tuple[str, str, bool]]:
     """(item, what is decided, whether it is decided) from ``report.governance``; an item not set
-    names the setting that records it."""
+    names the setting that records it. Without a recorded review the next one is due
+    ``review_every_months`` after ``run_date`` (the day the report is built)."""
     g = settings.report.governance
 
     def item(name: str, value: str | None, key: str) -> tuple[str, str, bool]:
@@ -524,7 +530,7 @@ def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str
             return name, value, True
         return name, f"not decided yet (set report.governance.{key})", False
 
-    base = g.last_review or as_of or dt.date.today()
+    base = g.last_review or run_date or dt.date.today()
     due = (pd.Timestamp(base) + pd.DateOffset(months=g.review_every_months)).date()
     consent = (
         f"only customers whose CRM column '{g.consent_column}' is true enter an activation list"
@@ -547,9 +553,13 @@ def governance_rows(settings: Settings, as_of: dt.date | None) -> list[tuple[str
     ]
 
 
-def plan_rows(settings: Settings, as_of: dt.date | None) -> Table:
+def plan_rows(settings: Settings, run_date: dt.date) -> Table:
+    """The implementation plan, dated from the day the report is built (the data's as-of date may
+    lie long before it): ``report.start_date`` when it is not in the past, else a week after."""
     cfg = settings.report
-    start = cfg.start_date or ((as_of or dt.date.today()) + dt.timedelta(days=7))
+    start = (
+        cfg.start_date if cfg.start_date and cfg.start_date >= run_date else run_date + dt.timedelta(days=7)
+    )
     steps = cfg.milestones or DEFAULT_MILESTONES[cfg.preset]
     rows = []
     for m in sorted(steps, key=lambda s: (s.start_week, s.name)):

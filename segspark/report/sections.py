@@ -171,8 +171,10 @@ def _at_risk_rows(data: ReportData) -> tuple[pd.DataFrame | None, str]:
     return risk_rows, label
 
 
-def _value_at_risk_finding(data: ReportData, fmt: Fmt, w: dict[str, str]) -> dict[str, Any] | None:
-    """The CLV (else net revenue) held by the at-risk customers."""
+def _value_at_risk_finding(
+    data: ReportData, fmt: Fmt, w: dict[str, str], months: int
+) -> dict[str, Any] | None:
+    """The CLV (expected spend over the horizon; else net revenue) held by the at-risk customers."""
     risk_rows, label = _at_risk_rows(data)
     if risk_rows is None:
         return None
@@ -181,7 +183,11 @@ def _value_at_risk_finding(data: ReportData, fmt: Fmt, w: dict[str, str]) -> dic
     clv_based = bool(data.has.get(CLV) and float(risk_rows["n_clv"].sum()) > 0)
     if clv_based:
         fallback = data.clv_validity is not None and data.clv_validity.fallback
-        what = "CLV estimated from the historical spend rate" if fallback else "predicted CLV"
+        what = (
+            f"spend over the next {months} months, estimated from past spending,"
+            if fallback
+            else f"expected spend over the next {months} months"
+        )
         v = float(risk_rows["sum_clv"].sum())
     else:
         v, what = float(risk_rows[REVENUE].sum()), "net revenue to date"
@@ -207,8 +213,8 @@ def _high_churn_risk_finding(
         "metric": "high_churn_risk_share",
         "value": share,
         "unit": "share",
-        "text": f"{fmt.pct(share)} of scored {w['customers']} have a high churn risk "
-        f"(at least {fmt.pct(settings.churn.high_risk_threshold, 0)} of not buying within "
+        "text": f"{fmt.pct(share)} of {w['customers']} with a churn-risk score have a high churn risk "
+        f"(a probability of at least {fmt.pct(settings.churn.high_risk_threshold, 0)} of not buying within "
         f"{settings.churn.horizon_days} days).",
     }
 
@@ -251,7 +257,7 @@ def findings(data: ReportData, settings: Settings, fmt: Fmt) -> list[dict[str, A
     out: list[dict[str, Any]] = []
     for found in (
         _top_segment_finding(data, fmt, w),
-        _value_at_risk_finding(data, fmt, w),
+        _value_at_risk_finding(data, fmt, w, settings.clv.horizon_months),
         _high_churn_risk_finding(data, settings, fmt, w),
     ):
         if found is not None:
@@ -397,15 +403,17 @@ def _play_rows(recs: pd.DataFrame, fmt: Fmt) -> list[SummaryRow]:
         ("plays", float(len(recs)), "count", fmt.count(len(recs))),
         ("testable_plays", float(recs["testable"].sum()), "count", fmt.count(recs["testable"].sum())),
         ("total_impact", float(recs["impact"].sum()), "currency", fmt.money(recs["impact"].sum())),
+        ("total_net_value", float(recs["net_value"].sum()), "currency", fmt.money(recs["net_value"].sum())),
     ]
     for _, r in recs.head(3).iterrows():
         rows.append(
             (
                 f"top_play_{int(r['rank'])}",
-                float(r["impact"]),
+                float(r["net_value"]),
                 "currency",
-                f"{r['play_name']} for {r['segment']}: {fmt.money(r['impact'])} impact (assumed), "
-                f"effort {r['effort']}"
+                f"{r['play_name']} for {r['segment']}: {fmt.money(r['net_value'])} net value over "
+                f"{int(r['horizon_months'])} months (margin {fmt.money(r['impact'])} - cost "
+                f"{fmt.money(r['play_cost'])}), effort {r['effort']}"
                 + (f"; measured by a {r['test_design']}" if r["testable"] else f"; {r['test_flag']}"),
             )
         )
@@ -510,6 +518,7 @@ CHANGE_METRICS: tuple[str, ...] = (
     "plays",
     "testable_plays",
     "total_impact",
+    "total_net_value",
 )
 
 

@@ -59,13 +59,14 @@ def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
 
 def segment_statistics(
     segments: DataFrame, high_churn_risk: float, max_cells: int = 200_000
-) -> tuple[pd.DataFrame, list[str]]:
+) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
     """Sufficient statistics per (segment_type, segment, lifecycle stage), from one Spark aggregation.
 
     Spark groups the customers by every combination of their segment labels and lifecycle stage
     (a few hundred cells: the labels have low cardinality) into counts and sums; pandas then rolls
     the cells up per segment type (and ``all``). Counts and sums add up, so the result is exact.
-    Returns the statistics and the segment types present.
+    Returns the statistics, the segment types present and the cells themselves (``seg__<type>``
+    labels, ``_stage`` and the additive columns: the cross-tab of every segment type).
     """
     missing = [c for c in (S.CUSTOMER_ID, MONETARY, FREQUENCY) if c not in segments.columns]
     if missing:
@@ -99,7 +100,7 @@ def segment_statistics(
         ]
         parts.append(g.sum().assign(**{SEGMENT_TYPE: t}))
     stats = pd.concat(parts, ignore_index=True)
-    return stats[[SEGMENT_TYPE, SEGMENT, "_stage", *ADDITIVE]], types
+    return stats[[SEGMENT_TYPE, SEGMENT, "_stage", *ADDITIVE]], types, cells
 
 
 # Demographic segmentation: the attributes of customer_features the report breaks down by.
@@ -292,3 +293,32 @@ def kpi_tables(kpis: DataFrame, views: dict[str, SegmentView], k: int) -> dict[s
             big = big.reindex(order)
         out[str(t)] = big
     return out
+
+
+def channel_mix(
+    segments: DataFrame, features: DataFrame, segment_type: str, channels: list[str], k: int
+) -> pd.DataFrame | None:
+    """Share of purchase orders per channel (``orders_<channel>`` of customer_features, plus
+    ``orders_other``) for each segment of ``segment_type`` with at least ``k`` customers; None when
+    the features have no channel columns. One Spark aggregation; only the sums reach the driver."""
+    cols = [
+        c
+        for c in [*(S.channel_column(ch) for ch in channels), S.channel_column("other")]
+        if c in features.columns
+    ]
+    if not cols or segment_type not in segments.columns:
+        return None
+    joined = segments.select(S.CUSTOMER_ID, F.col(segment_type).cast("string").alias(SEGMENT)).join(
+        features.select(S.CUSTOMER_ID, *cols), on=S.CUSTOMER_ID, how="left"
+    )
+    sums = [F.sum(F.coalesce(F.col(c).cast("double"), F.lit(0.0))).alias(c) for c in cols]
+    grouped = (
+        joined.where(F.col(SEGMENT).isNotNull())
+        .groupBy(SEGMENT)
+        .agg(F.count(F.lit(1)).alias(CUSTOMERS), *sums)
+    )
+    t = small_table(grouped, S.CUSTOMER_FEATURES + " (channel mix)", 10_000)
+    t = t[pd.to_numeric(t[CUSTOMERS]) >= k].set_index(SEGMENT)[cols].astype(float)
+    t.columns = [c.removeprefix("orders_") for c in cols]
+    total = t.sum(axis=1)
+    return t.div(total.where(total > 0), axis=0)

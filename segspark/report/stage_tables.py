@@ -86,6 +86,10 @@ def cohort_table(
     matrix = cells.pivot_table(
         index=COHORT_MONTH, columns=MONTHS_SINCE_FIRST, values=RETENTION_RATE, aggfunc="first"
     )
+    # every month between the first and the last cohort keeps its row: a month without new customers
+    # (or hidden below k) shows empty instead of vanishing from the heatmap
+    months = pd.date_range(matrix.index.min(), matrix.index.max(), freq="MS")
+    matrix = matrix.reindex(months)
     matrix.index = [d.strftime("%Y-%m") for d in matrix.index]
     return matrix.sort_index(), hidden, at
 
