@@ -385,39 +385,7 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off")
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     if cfg.remote:
-        builder = SparkSession.builder.remote(cfg.remote).appName(cfg.app_name)
-        if cfg.remote.startswith("local"):
-            # pyspark starts the local Connect server as a classic session in this process: static
-            # settings (heap, JVM options) apply to it, and only runtime ones are passed on to the client
-            check_java()
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-            machine = detect_machine()
-            settings = local_conf(cfg, machine)
-            settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
-            _log_sizes(settings, cfg.remote, machine)
-        else:
-            # a remote server was started with its own static settings; the job's runtime SQL ones
-            # are applied below, and the user's own runtime ones are passed on
-            settings = {
-                key: value
-                for key, value in cfg.conf.items()
-                # static settings cannot be set from a Connect client
-                if not key.startswith(("spark.driver.", "spark.executor.", "spark.hadoop.", "spark.ui."))
-            }
-        for key, value in settings.items():
-            builder = builder.config(key, value)
-        log.info("connecting to Spark Connect at %s", cfg.remote)
-        with warnings.catch_warnings():
-            # pyspark also replays the local server's static settings on the client session, which
-            # refuses them with a warning each; the server started with them, so the refusal is noise
-            static = r"Failed to set spark\..* due to \[CANNOT_MODIFY_CONFIG\]"
-            warnings.filterwarnings("ignore", message=static, category=UserWarning)
-            session = builder.getOrCreate()
-        if not cfg.remote.startswith("local"):  # a local server was built with all of local_conf
-            apply_job_conf(session, runtime_sql_conf(local_conf(cfg, master="remote")))
-        if owned:
-            _OWNED.append(session)
-        return session
+        return _connect_session(cfg, owned=owned, delta=delta)
 
     existing = active_session()
     if existing is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
@@ -450,6 +418,47 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off")
     if owned:
         _OWNED.append(spark)
     return spark
+
+
+def _connect_session(cfg: SparkConfig, *, owned: bool, delta: DeltaJars) -> SparkSession:
+    """A Spark Connect session: a local server this process starts (sized like a local session,
+    Delta's jars as ``delta`` says), or a remote server's (the job's runtime SQL settings applied)."""
+    from pyspark.sql import SparkSession
+
+    assert cfg.remote is not None
+    builder = SparkSession.builder.remote(cfg.remote).appName(cfg.app_name)
+    if cfg.remote.startswith("local"):
+        # pyspark starts the local Connect server as a classic session in this process: static
+        # settings (heap, JVM options) apply to it, and only runtime ones are passed on to the client
+        check_java()
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        machine = detect_machine()
+        settings = local_conf(cfg, machine)
+        settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
+        _log_sizes(settings, cfg.remote, machine)
+    else:
+        # a remote server was started with its own static settings; the job's runtime SQL ones
+        # are applied below, and the user's own runtime ones are passed on
+        settings = {
+            key: value
+            for key, value in cfg.conf.items()
+            # static settings cannot be set from a Connect client
+            if not key.startswith(("spark.driver.", "spark.executor.", "spark.hadoop.", "spark.ui."))
+        }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    log.info("connecting to Spark Connect at %s", cfg.remote)
+    with warnings.catch_warnings():
+        # pyspark also replays the local server's static settings on the client session, which
+        # refuses them with a warning each; the server started with them, so the refusal is noise
+        static = r"Failed to set spark\..* due to \[CANNOT_MODIFY_CONFIG\]"
+        warnings.filterwarnings("ignore", message=static, category=UserWarning)
+        session = builder.getOrCreate()
+    if not cfg.remote.startswith("local"):  # a local server was built with all of local_conf
+        apply_job_conf(session, runtime_sql_conf(local_conf(cfg, master="remote")))
+    if owned:
+        _OWNED.append(session)
+    return session
 
 
 def delta_conf(cfg: SparkConfig, delta: DeltaJars, partitions: str | None = None) -> dict[str, str]:
