@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,10 +162,11 @@ def copy_output(src: Path, dest: Path) -> Path:
 
 
 # ---- running the suite on several workers ------------------------------------------------------------
-# The suite runs on two worker processes (pytest-xdist, ``-n 2 --dist loadgroup`` in pyproject.toml): much
-# of its time is one process waiting on a Spark job's latency or on a subprocess (spark-submit, a Connect
-# server, a whole-job run), which the other worker fills. Each module is one group, so a module's fixtures
-# are built once; the modules that read the shared reference run are one group, so it runs once.
+# The suite runs on two worker processes (pytest-xdist, ``-n 2`` in pyproject.toml): much of its time is
+# one process waiting on a Spark job's latency or on a subprocess (spark-submit, a Connect server, a
+# whole-job run), which the other worker fills. Each module goes to one worker, so its fixtures are built
+# once; the modules that read the shared reference run go to one worker, so it runs once. (A scheduler of
+# our own rather than ``--dist loadgroup``: with pytest 9, xdist's group suffix on the test ids is lost.)
 REFERENCE_MODULES = frozenset({"test_determinism", "test_end_to_end", "test_erasure"})
 # the slowest groups first (minutes each on 2 cores), so the workers start on them and end together
 SLOWEST_FIRST = (
@@ -178,13 +180,23 @@ SLOWEST_FIRST = (
 )
 
 
-def _group(item: pytest.Item) -> str:
-    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+def _group(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
     return "reference-run" if module in REFERENCE_MODULES else module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {group: i for i, group in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order otherwise
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))  # stable: file order otherwise
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):  # type: ignore[misc]
+        """xdist's scope scheduling with a module (or the reference run's modules) as the scope."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return ModuleGroups(config, log)
