@@ -12,14 +12,41 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segspark.errors import ConfigError
 
-Severity = Literal["quarantine", "fail", "off"]
+
+def _on_off_word(value: Any) -> Any:
+    """YAML 1.1 reads the bare words on/off (and yes/no, true/false) as booleans, in a file and in
+    ``--set`` alike; a setting documented with the words on/off takes the booleans back as those words."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+def _off_word(value: Any) -> Any:
+    """As :func:`_on_off_word` for a setting whose only switch word is ``off`` (a YAML false);
+    a YAML true names no value of it and is refused with the allowed ones."""
+    return "off" if value is False else value
+
+
+Severity = Annotated[Literal["quarantine", "fail", "off"], BeforeValidator(_off_word)]
+# auto | on | off settings (report.pdf)
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off_word)]
 
 
 class Section(BaseModel):
@@ -467,7 +494,7 @@ class ReportConfig(Section):
     ltv_cac_target: float = Field(default=3.0, gt=0)  # healthy LTV:CAC drawn as the chart's target line
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     # report.pdf next to the HTML, printed by headless Chromium: auto = when one is found
-    pdf: Literal["auto", "on", "off"] = "auto"
+    pdf: Switch = "auto"
 
     @field_validator("uplift", "effort")
     @classmethod
