@@ -393,6 +393,10 @@ class ClvConfig(Section):
     spend_grid_resolution: float = Field(default=1e-4, ge=0, lt=0.1)
     spend_corr_warn: float = Field(default=0.3, gt=0, le=1)  # |corr(frequency, spend)| that warns
     min_repeat_buyers: int = Field(default=10, ge=1)  # fewer: no Gamma-Gamma, mean spend instead
+    # the spend model (segspark.clv.spend): auto = Gamma-Gamma per frequency stratum when the
+    # independence check fails (spend_corr_warn), else Gamma-Gamma
+    spend_model: Literal["auto", "gamma_gamma", "gamma_gamma_by_frequency"] = "auto"
+    spend_min_stratum_buyers: int = Field(default=200, ge=2)  # fewer: the stratum joins its neighbour
     # a fit is valid only when every parameter is interior, its relative standard errors are finite
     # and below max_relative_se, and its holdout total error is within max_holdout_error; otherwise
     # ``auto`` tries the next model and, when none is valid, CLV falls back to the historical spend rate

@@ -10,6 +10,7 @@ import pandas as pd
 import yaml
 
 from segspark.config import Settings
+from segspark.report.clv_holdout import holdout_value_table
 from segspark.report.data import LIFECYCLE_ORDER, SEGMENT_TYPES, ReportData
 from segspark.report.fmt import (
     ENGAGEMENT_KPIS,
@@ -73,6 +74,9 @@ def report_context(
         **_plays_context(data, recs, settings, fmt),
         **_changes_context(data, summary, fmt, w),
         **_lineage_context(data, settings, fmt),
+        "clv_holdout": holdout_value_table(
+            data.clv_holdout, fmt, list(dict.fromkeys(r.name for r in settings.rfm.segment_rules()))
+        ),
     }
 
 

@@ -325,6 +325,8 @@ class ReportData:
     clustering: dict[str, Any] | None = None  # sweep, profiles, chosen, features
     clv_fit: dict[str, Any] | None = None  # fit, validation scalars
     clv_validity: ClvValidity | None = None  # the fit's validity rows (None: no clv_fit table)
+    # clv_validation's holdout value by repeat-purchase band and RFM segment (report.clv_holdout)
+    clv_holdout: pd.DataFrame | None = None
     churn: dict[str, float] | None = None
     drift: pd.DataFrame | None = None
     previous_summary: pd.DataFrame | None = None
