@@ -226,3 +226,26 @@ def test_holdout_value_rows_and_report_table(runs: dict[str, Any]) -> None:
     first = band.iloc[0]
     assert table.rows[0][4] == f"{first['predicted'] / first['actual']:.2f}"
     assert holdout_value_table(None, Fmt("$"), []) is None
+
+
+def test_the_report_says_spend_is_conditioned_on_frequency_not_that_the_check_failed() -> None:
+    """clv_fit rows of a run that chose the stratified spend model: Gamma-Gamma's check failed (its
+    validity rows say so), but the figures no longer rest on that assumption."""
+    from segspark.clv import FIT_COLUMNS
+    from segspark.report.data import clv_validity as read_validity
+    from segspark.report.sections import _spend_check
+
+    rows = [
+        ("bgnbd", True, "fit", "model", None, "bgnbd"),
+        ("bgnbd", True, "fit", "spend_model", None, SP.BY_FREQUENCY),
+        ("bgnbd", True, "validity", "valid", 1.0, None),
+        ("gamma_gamma", False, "validity", "spend_corr", 0.699, None),
+        ("gamma_gamma", False, "validity", "spend_corr_ok", 0.0, "|corr(frequency, mean spend)| 0.699 > 0.3"),
+    ]
+    v = read_validity(pd.DataFrame(rows, columns=list(FIT_COLUMNS)))
+    assert v.spend_model == SP.BY_FREQUENCY and v.spend_corr_ok is False
+    text, short, ok = _spend_check(v)
+    assert ok is True and "conditioned on purchase frequency" in text and "0.699" in short
+    # the same rows with Gamma-Gamma as the spend model: the failed check stays a failure
+    plain = read_validity(pd.DataFrame([r for r in rows if r[3] != "spend_model"], columns=list(FIT_COLUMNS)))
+    assert _spend_check(plain)[2] is False
