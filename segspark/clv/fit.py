@@ -382,6 +382,9 @@ def spend_model_for(
         warns.append(f"clv: {reason}; treat expected spend with care")
     warns.extend(notes)
     _record_spend(model, why, fit)
+    used = max((s.fit.penalizer for s in model.strata), default=penalizer)
+    if used > penalizer:  # a spend fit needed a fallback penalizer: said as for the transaction models
+        fit["spend_penalizer_fallback"] = f"{why}; used penalizer {used:g}"
     log.info("clv: spend model %s chosen: %s", model.name, why)
     return model
 
