@@ -225,6 +225,7 @@ def test_holdout_value_rows_and_report_table(runs: dict[str, Any]) -> None:
     ]
     first = band.iloc[0]
     assert table.rows[0][4] == f"{first['predicted'] / first['actual']:.2f}"
+    assert table.rows[0][2:4] == [f"${first['predicted']:,.2f}", f"${first['actual']:,.2f}"]
     assert holdout_value_table(None, Fmt("$"), []) is None
 
 

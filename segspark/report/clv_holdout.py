@@ -16,7 +16,13 @@ from segspark.report.aggregates import drop_stamp, small_table
 from segspark.report.fmt import Fmt, Table
 
 VIEWS = (S.CLV_VIEW_HOLDOUT_VALUE_BY_BAND, S.CLV_VIEW_HOLDOUT_VALUE_BY_SEGMENT)
-HEADER = ["Customers at the calibration end", "Customers", "Predicted", "Actual", "Predicted / actual"]
+HEADER = [
+    "Group at the calibration end",
+    "Customers",
+    "Predicted value per customer",
+    "Actual value per customer",
+    "Predicted / actual",
+]
 
 
 def holdout_value_rows(validation: DataFrame) -> pd.DataFrame | None:
@@ -25,6 +31,12 @@ def holdout_value_rows(validation: DataFrame) -> pd.DataFrame | None:
         drop_stamp(validation).where(F.col("view").isin(*VIEWS)), S.CLV_VALIDATION, limit=1_000
     )
     return None if rows.empty else rows
+
+
+def _money(x: Any, sym: str) -> str:
+    """Cents shown: a holdout window's value per customer is often a few dollars or less."""
+    v = float(x)
+    return "–" if not math.isfinite(v) else f"{'-' if v < 0 else ''}{sym}{abs(v):,.2f}"
 
 
 def _ratio(predicted: Any, actual: Any) -> str:
@@ -51,8 +63,8 @@ def holdout_value_table(rows: pd.DataFrame | None, fmt: Fmt, segment_order: list
                 [
                     f"{prefix}{r.label}",
                     fmt.count(r.customers),
-                    fmt.money(r.predicted),
-                    fmt.money(r.actual),
+                    _money(r.predicted, fmt.sym),
+                    _money(r.actual, fmt.sym),
                     _ratio(r.predicted, r.actual),
                 ]
             )
