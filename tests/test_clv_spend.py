@@ -250,3 +250,18 @@ def test_the_report_says_spend_is_conditioned_on_frequency_not_that_the_check_fa
     # the same rows with Gamma-Gamma as the spend model: the failed check stays a failure
     plain = read_validity(pd.DataFrame([r for r in rows if r[3] != "spend_model"], columns=list(FIT_COLUMNS)))
     assert _spend_check(plain)[2] is False
+
+
+def test_segments_at_the_calibration_end_see_no_later_order(spark: Any, tx: pd.DataFrame) -> None:
+    from segspark.config import RfmConfig
+    from segspark.features import rfm_segments_as_of
+
+    orders = silver.orders(spark.createDataFrame(tx, TX_SCHEMA), PurchaseConfig())
+    got = rfm_segments_as_of(orders, CAL_END, RfmConfig(), SEGMENT).toPandas().set_index(SC.CUSTOMER_ID)
+    cal = tx[tx["order_ts"].dt.date <= CAL_END]
+    assert set(got.index) == set(cal["customer_id"])  # buyers of that date only, one row each
+    assert got[SEGMENT].notna().all() and got.index.is_unique
+    # a buyer's segment then is not her segment after the holdout's purchases
+    later = rfm_segments_as_of(orders, AS_OF, RfmConfig(), SEGMENT).toPandas().set_index(SC.CUSTOMER_ID)
+    both = got.join(later, rsuffix="_later", how="inner")
+    assert (both[SEGMENT] != both[f"{SEGMENT}_later"]).any()
