@@ -265,3 +265,12 @@ def test_segments_at_the_calibration_end_see_no_later_order(spark: Any, tx: pd.D
     later = rfm_segments_as_of(orders, AS_OF, RfmConfig(), SEGMENT).toPandas().set_index(SC.CUSTOMER_ID)
     both = got.join(later, rsuffix="_later", how="inner")
     assert (both[SEGMENT] != both[f"{SEGMENT}_later"]).any()
+
+
+def test_the_holdout_window_is_said_in_days_and_dates() -> None:
+    from segspark.report.clv_holdout import holdout_window
+
+    fit = {"calibration_end": "2023-12-31", "holdout_end": "2024-03-31"}
+    assert holdout_window(fit) == "the 91 days from 2023-12-31 to 2024-03-31"
+    assert holdout_window({"calibration_end": "2023-12-31", "holdout_end": None}) == ""
+    assert holdout_window(None) == ""

@@ -4,6 +4,7 @@ views ``holdout_value_by_band`` and ``holdout_value_by_segment``), as one report
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -44,6 +45,17 @@ def _ratio(predicted: Any, actual: Any) -> str:
     if not (math.isfinite(p) and math.isfinite(a)) or a <= 0:
         return "–"
     return f"{p / a:.2f}"
+
+
+def holdout_window(clv_fit: dict[str, Any] | None) -> str:
+    """ "the N days from <calibration end> to <holdout end>" of the run's CLV fit, or "" unknown."""
+    fit = clv_fit or {}
+    try:
+        cal = dt.date.fromisoformat(str(fit.get("calibration_end")))
+        end = dt.date.fromisoformat(str(fit.get("holdout_end")))
+    except ValueError:
+        return ""
+    return f"the {(end - cal).days} days from {cal.isoformat()} to {end.isoformat()}"
 
 
 def holdout_value_table(rows: pd.DataFrame | None, fmt: Fmt, segment_order: list[str]) -> Table | None:

@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from segspark.config import Settings
-from segspark.report.clv_holdout import holdout_value_table
+from segspark.report.clv_holdout import holdout_value_table, holdout_window
 from segspark.report.data import LIFECYCLE_ORDER, SEGMENT_TYPES, ReportData
 from segspark.report.fmt import (
     ENGAGEMENT_KPIS,
@@ -77,6 +77,7 @@ def report_context(
         "clv_holdout": holdout_value_table(
             data.clv_holdout, fmt, list(dict.fromkeys(r.name for r in settings.rfm.segment_rules()))
         ),
+        "clv_holdout_window": holdout_window(data.clv_fit),
     }
 
 
