@@ -12,14 +12,41 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segspark.errors import ConfigError
 
-Severity = Literal["quarantine", "fail", "off"]
+
+def _on_off_word(value: Any) -> Any:
+    """YAML 1.1 reads the bare words on/off (and yes/no, true/false) as booleans, in a file and in
+    ``--set`` alike; a setting documented with the words on/off takes the booleans back as those words."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+def _off_word(value: Any) -> Any:
+    """As :func:`_on_off_word` for a setting whose only switch word is ``off`` (a YAML false);
+    a YAML true names no value of it and is refused with the allowed ones."""
+    return "off" if value is False else value
+
+
+Severity = Annotated[Literal["quarantine", "fail", "off"], BeforeValidator(_off_word)]
+# auto | on | off settings (report.pdf)
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off_word)]
 
 
 class Section(BaseModel):
@@ -366,6 +393,10 @@ class ClvConfig(Section):
     spend_grid_resolution: float = Field(default=1e-4, ge=0, lt=0.1)
     spend_corr_warn: float = Field(default=0.3, gt=0, le=1)  # |corr(frequency, spend)| that warns
     min_repeat_buyers: int = Field(default=10, ge=1)  # fewer: no Gamma-Gamma, mean spend instead
+    # the spend model (segspark.clv.spend): auto = Gamma-Gamma per frequency stratum when the
+    # independence check fails (spend_corr_warn), else Gamma-Gamma
+    spend_model: Literal["auto", "gamma_gamma", "gamma_gamma_by_frequency"] = "auto"
+    spend_min_stratum_buyers: int = Field(default=200, ge=2)  # fewer: the stratum joins its neighbour
     # a fit is valid only when every parameter is interior, its relative standard errors are finite
     # and below max_relative_se, and its holdout total error is within max_holdout_error; otherwise
     # ``auto`` tries the next model and, when none is valid, CLV falls back to the historical spend rate
@@ -497,7 +528,7 @@ class ReportConfig(Section):
     ltv_cac_target: float = Field(default=3.0, gt=0)  # healthy LTV:CAC drawn as the chart's target line
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     # report.pdf next to the HTML, printed by headless Chromium: auto = when one is found
-    pdf: Literal["auto", "on", "off"] = "auto"
+    pdf: Switch = "auto"
 
     @field_validator("uplift", "effort")
     @classmethod

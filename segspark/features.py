@@ -227,6 +227,17 @@ def with_rfm_segment(df: DataFrame, cfg: RfmConfig) -> DataFrame:
     return df.select(*keep, seg.alias(RFM_SEGMENT))
 
 
+def rfm_segments_as_of(
+    orders: DataFrame, as_of_date: dt.date, cfg: RfmConfig, segment_col: str = RFM_SEGMENT
+) -> DataFrame:
+    """(customer_id, ``segment_col``): the RFM segment every buyer had as of ``as_of_date``, with the
+    score edges of that date's buyers (e.g. the CLV check of holdout value by segment at the
+    calibration end, which must not see the holdout purchases)."""
+    buyers = rfm_features(orders, as_of_date)
+    scored = buyers.transform(with_rfm_scores, cfg).transform(with_rfm_segment, cfg)
+    return scored.select(F.col(S.CUSTOMER_ID), F.col(RFM_SEGMENT).alias(segment_col))
+
+
 def rfm_grid(df: DataFrame) -> DataFrame:
     """R score x F score: customers and net revenue per cell (the heatmap behind the report)."""
     return (

@@ -391,14 +391,26 @@ def stage_features(io: StageIO) -> None:
 def stage_scores(io: StageIO) -> None:
     """CLV (from customer_days) and churn propensity (from orders): fits as small tables, one
     ``customer_scores`` row per scored customer."""
-    from segspark import churn, churn_table, clv
+    from segspark import churn, churn_table, clv, features
 
     settings, as_of = io.settings, io.as_of_date
     assert as_of is not None
     parts: list[DataFrame] = []
     if settings.clv.enabled:
         with io.timed("clv_fit_and_score"):
-            res = clv.run_clv(io.read(S.CUSTOMER_DAYS), as_of, settings.clv)
+            orders = io.read(S.ORDERS)
+            res = clv.run_clv(
+                io.read(S.CUSTOMER_DAYS),
+                as_of,
+                settings.clv,
+                # the holdout value by the RFM segment customers had at the calibration end
+                segments_at=lambda day: features.rfm_segments_as_of(orders, day, settings.rfm, clv.SEGMENT),
+            )
+            io.choose("clv.model", f"{res.fit.get('model')}: {res.fit.get('reason')}")
+            if res.fit.get("spend_model"):
+                io.choose("clv.spend_model", f"{res.fit['spend_model']}: {res.fit.get('spend_reason')}")
+            chosen = {"clv.chosen_model": res.fit.get("model")}
+            tracking.log_params({**chosen, "clv.chosen_spend_model": res.fit.get("spend_model")})
         for message in res.warnings:  # a replaced model, a penalizer, the historical-rate fallback
             io.warn(message)
         io.write(
@@ -458,13 +470,15 @@ def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
     if isinstance(curve, pd.DataFrame):
         for r in curve.itertuples(index=False):
             label = f"{r.week_end} ({'calibration' if r.calibration else 'holdout'})"
-            rows.append(("tracking_curve", num(r.week), label, num(r.actual_cum), num(r.expected_cum), None))
+            rows.append(
+                (S.CLV_VIEW_TRACKING, num(r.week), label, num(r.actual_cum), num(r.expected_cum), None)
+            )
     hist = validation.get("frequency_histogram")
     if isinstance(hist, pd.DataFrame):
         for i, r in enumerate(hist.itertuples(index=False)):
             rows.append(
                 (
-                    "frequency_histogram",
+                    S.CLV_VIEW_HISTOGRAM,
                     float(i),
                     str(r.repeat_purchases),
                     num(r.actual),
@@ -477,7 +491,7 @@ def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
         for r in by_freq.itertuples(index=False):
             rows.append(
                 (
-                    "holdout_by_frequency",
+                    S.CLV_VIEW_HOLDOUT_BY_FREQUENCY,
                     num(r.frequency),
                     str(r.frequency),
                     num(r.actual),
@@ -485,6 +499,13 @@ def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
                     int(r.customers),  # type: ignore[arg-type]
                 )
             )
+    for view in (S.CLV_VIEW_HOLDOUT_VALUE_BY_BAND, S.CLV_VIEW_HOLDOUT_VALUE_BY_SEGMENT):
+        frame = validation.get(view)
+        if isinstance(frame, pd.DataFrame):
+            for i, r in enumerate(frame.itertuples(index=False)):
+                rows.append(
+                    (view, float(i), str(r.label), num(r.actual), num(r.predicted), int(r.customers))  # type: ignore[arg-type]
+                )
     return rows
 
 

@@ -149,6 +149,15 @@ Q_REASON: Final = "reason"
 Q_RAW: Final = "raw"
 
 
+# --- clv_validation: the values of its ``view`` column (one spelling; pipeline writes, report reads)
+CLV_VIEW_TRACKING: Final = "tracking_curve"
+CLV_VIEW_HISTOGRAM: Final = "frequency_histogram"
+CLV_VIEW_HOLDOUT_BY_FREQUENCY: Final = "holdout_by_frequency"
+# predicted vs actual holdout value per customer, by repeat-purchase band (0, 1, 2-3, 4+) and by the
+# RFM segment at the calibration end: label = band or segment, actual/predicted = means per customer
+CLV_VIEW_HOLDOUT_VALUE_BY_BAND: Final = "holdout_value_by_band"
+CLV_VIEW_HOLDOUT_VALUE_BY_SEGMENT: Final = "holdout_value_by_segment"
+
 # ---- columns of the derived tables: spelt here once; the stage modules and tables.py import them -----
 # behaviour
 # --- behaviour columns ---------------------------------------------------------------------------

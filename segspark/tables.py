@@ -156,7 +156,9 @@ CUSTOMER_SCORES_SCHEMA: Final = T.StructType(
 
 CLV_VALIDATION_SCHEMA: Final = T.StructType(
     [
-        _f("view", STR),  # tracking_curve | frequency_histogram | holdout_by_frequency
+        # S.CLV_VIEW_*: tracking_curve | frequency_histogram | holdout_by_frequency |
+        # holdout_value_by_band | holdout_value_by_segment (x: the row's order within its view)
+        _f("view", STR),
         _f("x", DBL),
         _f("label", STR),
         _f("actual", DBL),

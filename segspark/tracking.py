@@ -111,6 +111,15 @@ def log_metrics(metrics: dict[str, float], prefix: str = "") -> None:
         mlflow.log_metrics(clean)
 
 
+def log_params(params: dict[str, Any]) -> None:
+    """Params of the active run (a choice the job made, e.g. the CLV models); None values skipped."""
+    if not active():
+        return
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items() if v is not None})
+
+
 def log_dict(data: dict[str, Any], name: str) -> None:
     if active():
         import mlflow

@@ -152,3 +152,35 @@ def test_governance_decisions_come_from_config_and_open_ones_are_named() -> None
     assert decided["Next review"].startswith("2026-04-30:")
     with pytest.raises(ConfigError):
         load_settings([], ["report.governance.review_every_months=0"])
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"), [("off", "off"), ("on", "on"), ("auto", "auto"), ("no", "off")]
+)
+def test_on_off_settings_take_yaml_booleans_in_a_file_and_in_set(
+    tmp_path: Path, word: str, expected: str
+) -> None:
+    # YAML 1.1 reads bare on/off/no as booleans; README documents report.pdf as auto | on | off
+    conf = tmp_path / "pdf.yaml"
+    conf.write_text(f"report:\n  pdf: {word}\nquality:\n  rules: {{future_timestamp: off}}\n")
+    assert yaml.safe_load(conf.read_text())["quality"]["rules"]["future_timestamp"] is False
+    from_file = load_settings([conf])
+    assert from_file.report.pdf == expected
+    assert from_file.quality.rules == {"future_timestamp": "off"}
+    from_set = load_settings([], [f"report.pdf={word}", "quality.rules.too_early_timestamp=off"])
+    assert from_set.report.pdf == expected
+    assert from_set.quality.rules == {"too_early_timestamp": "off"}
+
+
+def test_a_yaml_true_is_no_severity_and_off_still_guards_structural_rules() -> None:
+    cases = {
+        "quality.rules.future_timestamp=on": (
+            "'quality.rules.future_timestamp': true: Input should be 'quarantine', 'fail' or 'off'"
+        ),
+        "quality.rules.bad_amount=off": "'bad_amount' keeps unusable rows out and cannot be 'off'",
+        "report.pdf=1": "'report.pdf': 1: Input should be 'auto', 'on' or 'off'",
+    }
+    for override, expected in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_settings([], [override])
+        assert expected in str(err.value)

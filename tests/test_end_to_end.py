@@ -89,7 +89,12 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
         "churn.fit",
         "clustering.sweep",
         "clustering.final_fit",
+        "clv.model",
+        "clv.spend_model",
     }, choices
+    assert choices["clv.spend_model"].startswith(
+        ("gamma_gamma: clv.spend_model=auto", "gamma_gamma_by_frequency: ")
+    )
     assert choices["spark.shuffle_partitions"] == "3"  # as the run set it (spark.shuffle_partitions=3)
     # the churn window of 600 customers is under churn.max_train_rows: every customer, on the driver
     engine, rows = re.fullmatch(r"(\w+), (\d+) of (\d+) customers", choices["churn.fit"]).group(1, 2)  # type: ignore[union-attr]

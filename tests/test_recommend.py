@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import types as T
+from statsmodels.stats.power import NormalIndPower, TTestIndPower
 
 from segspark.config import AbTestConfig, Settings, load_settings
 from segspark.errors import ConfigError
@@ -34,6 +35,7 @@ from segspark.report.recommend import (
     weeks_needed,
 )
 from segspark.report.segment_stats import k_anonymize
+from segspark.report.sizing import CANNOT_SIZE, CannotSize, solve
 
 K = 30
 
@@ -167,6 +169,52 @@ def test_an_underpowered_churn_test_gets_a_powered_design_not_do_not_act() -> No
     assert big.kind == "holdout rollout"
     lift = holdout_lift(200_000, cfg, math.nan, 0.033, True)
     assert big.powered == (lift <= cfg.max_holdout_lift) and f"{lift:.0%}" in big.note
+
+
+def test_a_holdout_statsmodels_sizes_with_an_array_is_sized_not_a_crash() -> None:
+    """The bad input kept: a segment of 11,053 customers with a 10% holdout. statsmodels' bracketing
+    solver does not converge there and its fsolve fallback returns a one-element array, which
+    ``float()`` refused under NumPy 2 ("only 0-dimensional arrays ...") and failed the run."""
+    cfg = AbTestConfig()
+    customers = 11_053
+    treated, ratio = customers * 0.9, 0.1 / 0.9
+    raw = TTestIndPower().solve_power(
+        effect_size=None, nobs1=treated, ratio=ratio, alpha=cfg.alpha, power=cfg.power
+    )
+    assert np.ndim(raw) == 1, "statsmodels answers this input with a scalar now: keep another that fails"
+    cv = 1.3
+    lift = holdout_lift(customers, cfg, cv, 0.3, False)
+    # the detectable lift is the one the holdout finds with the configured power
+    achieved = TTestIndPower().power(effect_size=lift / cv, nobs1=treated, ratio=ratio, alpha=cfg.alpha)
+    assert achieved == pytest.approx(cfg.power, abs=1e-4)
+    slow = cfg.model_copy(update={"weekly_reach": 0.001})  # no test fits: the rollout is proposed
+    d = design_for(ab_plan(0.3, customers, slow), cv, customers, slow, False)
+    assert d.kind == "holdout rollout" and f"{lift:.0%}" in d.note
+
+
+def test_a_design_the_power_calculation_cannot_size_is_said_so_with_the_reason() -> None:
+    # one customer per arm leaves the t-test no degrees of freedom: statsmodels raises ValueError
+    with pytest.raises(CannotSize, match="no detectable effect: f\\(a\\) and f\\(b\\)"):
+        solve(
+            TTestIndPower(),
+            "detectable effect",
+            effect_size=None,
+            nobs1=1.0,
+            ratio=1.0,
+            alpha=0.05,
+            power=0.8,
+        )
+    # an effect so large that the root finder never converges: statsmodels warns and returns NaN
+    assert math.isnan(NormalIndPower().solve_power(effect_size=10.0, alpha=0.05, power=0.8, ratio=1.0))
+    with pytest.raises(CannotSize, match="no sample size: it did not converge"):
+        revenue_sample_size(0.01, 0.1, 0.05, 0.8)
+    # the conversion test of a 1% rate pushed to 99.9% cannot be sized; the play still gets a design
+    cfg = AbTestConfig(mde_relative=100)
+    plan = ab_plan(0.01, 10_000, cfg)
+    assert plan.flag.startswith(CANNOT_SIZE) and "did not converge" in plan.flag
+    assert plan.sample_size_per_arm is None and not plan.testable
+    d = design_for(plan, revenue_cv(100.0, 1.0, 1.0), 10_000, cfg, False)
+    assert d.kind == "holdout rollout" and d.powered
 
 
 def rows() -> list[tuple[Any, ...]]:

@@ -8,6 +8,7 @@ score), the ``clv_fit`` table's encoding in :mod:`segspark.clv.table`; this pack
 from segspark.clv.fit import (
     HISTORICAL_RATE,
     PENALIZER_FALLBACK,
+    SEGMENT,
     SPEND_MODEL,
     ClvResult,
     resolve_windows,
@@ -19,6 +20,7 @@ __all__ = [
     "FIT_COLUMNS",
     "HISTORICAL_RATE",
     "PENALIZER_FALLBACK",
+    "SEGMENT",
     "SPEND_MODEL",
     "ClvResult",
     "fit_from_table",

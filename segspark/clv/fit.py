@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +40,12 @@ from threadpoolctl import threadpool_limits
 
 from segspark.clv import models as M
 from segspark.clv import predict as P
+from segspark.clv import spend as SP
 from segspark.clv import summary as S
 from segspark.clv import validation as V
 from segspark.config import ClvConfig
 from segspark.errors import ConfigError, SegsparkError
+from segspark.schema import CLV_VIEW_HOLDOUT_VALUE_BY_BAND, CLV_VIEW_HOLDOUT_VALUE_BY_SEGMENT
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ PENALIZER_FALLBACK = (0.001, 0.01)
 # the stated estimate used when no transaction model is valid
 HISTORICAL_RATE = "historical_rate"
 SPEND_MODEL = "gamma_gamma"
+
+SEGMENT = "segment"
+# customer_id, segment as of the given date (one row per customer)
+SegmentsAt = Callable[[dt.date], DataFrame]
 
 _NESTED_PREFIX = {"params": "", "se": "se_", "spend_params": "spend_", "spend_se": "spend_se_"}
 _VALIDITY_METRICS = ("valid", "holdout_total_error", "max_relative_se", "spend_corr", "spend_corr_ok")
@@ -243,12 +250,9 @@ def _validity_entry(c: _Candidate) -> dict[str, Any]:
     }
 
 
-def _spend_fit(
-    summary: DataFrame, cfg: ClvConfig, fit: dict[str, Any], penalizer: float, warns: list[str]
-) -> tuple[Any | None, float]:
-    """Gamma-Gamma fit (or a mean-value fallback); fills the spend entries and the spend check of
-    ``fit`` (``fit["validity"]["gamma_gamma"]``)."""
-    spend = S.compressed_spend(summary, cfg.spend_grid_resolution)
+def _spend_checks(spend: S.SpendSummary, cfg: ClvConfig, fit: dict[str, Any], warns: list[str]) -> bool:
+    """Record the spend statistics' size and the independence check in ``fit`` (the check under
+    ``fit["validity"]["gamma_gamma"]``); True when the check fails."""
     fit["spend_repeat_buyers"] = spend.n_repeat_buyers
     fit["spend_excluded_nonpositive"] = spend.n_excluded_nonpositive
     fit["spend_freq_corr"] = spend.freq_spend_corr
@@ -262,9 +266,8 @@ def _spend_fit(
     if warn:
         corr_reason: str | None = (
             f"|corr(frequency, mean spend)| {abs(corr):.3f} > clv.spend_corr_warn {cfg.spend_corr_warn:g}: "
-            "the Gamma-Gamma independence assumption looks violated; treat expected spend with care"
+            "the Gamma-Gamma independence assumption looks violated"
         )
-        warns.append(f"clv: {corr_reason}")
     elif not math.isfinite(corr):
         corr_reason = (
             "corr(frequency, mean spend) undefined: fewer than two repeat buyers with positive spend, "
@@ -282,56 +285,124 @@ def _spend_fit(
             "clv: %d repeat buyers with zero or negative mean spend excluded from the spend fit",
             spend.n_excluded_nonpositive,
         )
-    if fit.get("model") == HISTORICAL_RATE:
-        return None, 0.0  # the check is reported; the fallback does not use a spend model
+    return warn
+
+
+def _choose_spend(
+    spend: S.SpendSummary, summary: DataFrame, cfg: ClvConfig, corr_failed: bool, penalizer: float
+) -> tuple[SP.SpendModel, str, list[str]]:
+    """(the spend model, why it was chosen, the degradations to warn about): see
+    :mod:`segspark.clv.spend` for the rule."""
+    penalizers = [penalizer, *(p for p in PENALIZER_FALLBACK if p > penalizer)]
+    notes: list[str] = []
     usable = spend.stats is not None and spend.stats.n_customers >= cfg.min_repeat_buyers
-    errors: list[str] = []
-    if usable:
-        assert spend.stats is not None
-        for pen in [penalizer, *(p for p in PENALIZER_FALLBACK if p > penalizer)]:
-            try:
-                gg = M.fit_gamma_gamma(spend.stats, pen)
-            except SegsparkError as exc:
-                errors.append(f"penalizer {pen:g}: {exc}")
-                continue
-            if errors:
-                fit["spend_penalizer_fallback"] = f"{'; '.join(errors)}; used penalizer {pen:g}"
-                warns.append(f"clv: Gamma-Gamma fitted with penalizer {pen:g} ({errors[0]})")
-            fit.update(
-                spend_model=SPEND_MODEL,
-                spend_params=gg.params,
-                spend_se=gg.se,
-                spend_log_likelihood=gg.log_likelihood,
-                spend_converged=gg.converged,
-                spend_iterations=gg.iterations,
-                spend_grad_norm=gg.grad_norm,
-                spend_fit_seconds=gg.fit_seconds,
-                spend_penalizer=pen,
-            )
-            return gg.values, 0.0
-    row = summary.agg(F.avg(F.col(S.MONETARY_VALUE)).alias("m")).first()
-    mean_value = float(row["m"]) if row is not None and row["m"] is not None else 0.0
-    if usable:
-        why = f"the Gamma-Gamma fit failed ({'; '.join(errors)})"
-    else:
+    if not usable:
+        mean_value = _mean_value(summary)
         why = (
             f"only {spend.n_repeat_buyers - spend.n_excluded_nonpositive} repeat buyers with positive spend "
             f"(clv.min_repeat_buyers={cfg.min_repeat_buyers}): no Gamma-Gamma fit"
         )
-    warns.append(f"clv: {why}; every purchase valued at the mean repeat purchase value {mean_value:.2f}")
+        notes.append(f"clv: {why}; every purchase valued at the mean repeat purchase value {mean_value:.2f}")
+        return SP.SpendModel(SP.MEAN_VALUE, (), mean_value), why, notes
+    assert spend.stats is not None
+    want: str = cfg.spend_model
+    if want == "auto":
+        want = SP.BY_FREQUENCY if corr_failed else SP.GAMMA_GAMMA
+        why = (
+            "the independence check failed (validity of gamma_gamma): spend conditioned on frequency"
+            if corr_failed
+            else "the independence check passed"
+        )
+        why = f"clv.spend_model=auto; {why}"
+    else:
+        why = f"configured (clv.spend_model={want})"
+    if want == SP.BY_FREQUENCY:
+        try:
+            model = SP.fit_by_frequency(spend.stats, penalizers, cfg.spend_min_stratum_buyers)
+            return model, f"{why}; strata of repeat purchases {model.strata_text()}", notes
+        except SegsparkError as exc:
+            why = f"{why}, but the stratified fit is not possible ({exc}): one Gamma-Gamma instead"
+            notes.append(f"clv: spend model: {why}")
+    try:
+        gg, errors = SP.fit_with_penalizers(spend.stats, penalizers)
+    except SegsparkError as exc:
+        mean_value = _mean_value(summary)
+        why = f"the Gamma-Gamma fit failed ({exc})"
+        notes.append(f"clv: {why}; every purchase valued at the mean repeat purchase value {mean_value:.2f}")
+        return SP.SpendModel(SP.MEAN_VALUE, (), mean_value), why, notes
+    if errors:
+        notes.append(f"clv: Gamma-Gamma fitted with penalizer {gg.penalizer:g} ({errors[0]})")
+        why = f"{why}; {'; '.join(errors)}; used penalizer {gg.penalizer:g}"
+    return SP.SpendModel(SP.GAMMA_GAMMA, (SP.Stratum(1, None, gg),)), why, notes
+
+
+def _mean_value(summary: DataFrame) -> float:
+    """The mean repeat purchase value of the customers with one (one aggregate)."""
+    row = summary.agg(F.avg(F.col(S.MONETARY_VALUE)).alias("m")).first()
+    return float(row["m"]) if row is not None and row["m"] is not None else 0.0
+
+
+def _record_spend(model: SP.SpendModel, why: str, fit: dict[str, Any]) -> None:
+    """The chosen spend model's name, reason, parameters and fit diagnostics in ``fit``."""
+    fits = [(s.key, s.fit) for s in model.strata]
+    if model.name == SP.GAMMA_GAMMA:
+        fits = [("", model.strata[0].fit)]
     fit.update(
-        spend_model="mean_value", spend_params={}, spend_se={}, spend_mean_value=mean_value, spend_reason=why
+        spend_model=model.name,
+        spend_reason=why,
+        spend_params={f"{k}.{n}" if k else n: v for k, f in fits for n, v in f.params.items()},
+        spend_se={f"{k}.{n}" if k else n: v for k, f in fits for n, v in f.se.items()},
     )
-    return None, mean_value
+    if model.name == SP.MEAN_VALUE:
+        fit["spend_mean_value"] = model.mean_value
+        return
+    if model.name == SP.BY_FREQUENCY:
+        fit["spend_strata"] = model.strata_text()
+        fit["spend_zero_repeat_value"] = model.strata[0].population_mean
+    fit.update(
+        spend_log_likelihood=sum(f.log_likelihood for _, f in fits),
+        spend_converged=all(f.converged for _, f in fits),
+        spend_iterations=sum(f.iterations for _, f in fits),
+        spend_grad_norm=max(f.grad_norm for _, f in fits),
+        spend_fit_seconds=sum(f.fit_seconds for _, f in fits),
+        spend_penalizer=max(f.penalizer for _, f in fits),
+    )
 
 
-def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> ClvResult:
+def spend_model_for(
+    summary: DataFrame, cfg: ClvConfig, penalizer: float, fit: dict[str, Any], warns: list[str]
+) -> SP.SpendModel:
+    """The spend model of ``summary``'s repeat buyers, chosen by ``clv.spend_model`` and recorded in
+    ``fit`` (with the independence check); degradations appended to ``warns``."""
+    spend = S.compressed_spend(summary, cfg.spend_grid_resolution)
+    corr_failed = _spend_checks(spend, cfg, fit, warns)
+    model, why, notes = _choose_spend(spend, summary, cfg, corr_failed, penalizer)
+    if corr_failed and model.name != SP.BY_FREQUENCY:
+        reason = fit["validity"][SPEND_MODEL]["spend_corr_reason"]
+        warns.append(f"clv: {reason}; treat expected spend with care")
+    warns.extend(notes)
+    _record_spend(model, why, fit)
+    used = max((s.fit.penalizer for s in model.strata), default=penalizer)
+    if used > penalizer:  # a spend fit needed a fallback penalizer: said as for the transaction models
+        fit["spend_penalizer_fallback"] = f"{why}; used penalizer {used:g}"
+    log.info("clv: spend model %s chosen: %s", model.name, why)
+    return model
+
+
+def run_clv(
+    customer_days: DataFrame,
+    as_of_date: dt.date,
+    cfg: ClvConfig,
+    segments_at: SegmentsAt | None = None,
+) -> ClvResult:
     """The CLV stage: summary -> compressed fits (+ validity, model choice) -> validation -> scores.
 
     ``customer_days``: the silver table (customer_id, order_date, purchases, purchase_value); its
     rows with ``purchases > 0`` are the purchase occasions. Returns customers [customer_id, p_alive,
     expected_purchases, expected_avg_value, clv, value_tier] for every customer with a purchase on
-    or before ``as_of_date``.
+    or before ``as_of_date``. ``segments_at(date)``, when given, says each customer's segment as of
+    a date (customer_id, :data:`SEGMENT`): the holdout value is also checked by the segment customers
+    had at the calibration end.
     """
     cal_end, hold_end = resolve_windows(as_of_date, cfg)
     units_per_month = cfg.days_per_month / S.unit_days(cfg.time_unit)
@@ -361,6 +432,7 @@ def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> Cl
             days, cal_end, cfg.time_unit, hold_end if has_holdout else None
         ).persist()
         try:
+            segments = segments_at(cal_end) if segments_at is not None and has_holdout else None
             return _run(
                 days,
                 cal_summary,
@@ -369,6 +441,7 @@ def run_clv(customer_days: DataFrame, as_of_date: dt.date, cfg: ClvConfig) -> Cl
                 hold_end if has_holdout else None,
                 cfg,
                 units_per_month,
+                segments,
             )
         finally:
             cal_summary.unpersist()
@@ -382,6 +455,7 @@ def _run(
     hold_end: dt.date | None,
     cfg: ClvConfig,
     units_per_month: float,
+    segments: DataFrame | None = None,
 ) -> ClvResult:
     """Choose a valid model on the calibration summary, validate it, and score as of ``as_of_date``
     (or fall back to the historical spend rate when no model is valid)."""
@@ -406,6 +480,8 @@ def _run(
     validation, figures = _validation(
         days, cal_summary, stats, cands[chosen], chosen, cal_end, hold_end, unit
     )
+    if has_holdout:
+        validation.update(_holdout_value(cal_summary, cands[chosen], penalizer, cfg, segments))
     # Scoring is as of as_of_date: refit the chosen model on the full history when the
     # calibration period ended earlier (the holdout is then part of the data: no holdout check).
     refit_reason: str | None = None
@@ -430,15 +506,15 @@ def _run(
     }
     if penalizer_note is not None:
         fit["penalizer_fallback"] = penalizer_note
-    gg_params, fallback = _spend_fit(final_summary, cfg, fit, penalizer, warns)
+    spend_model = spend_model_for(final_summary, cfg, penalizer, fit, warns)
     predictions = P.with_predictions(
         final_summary,
         final_fit,
-        gg_params,
+        None,
         cfg.horizon_months,
         cfg.monthly_discount_rate,
         units_per_month,
-        fallback,
+        avg_value=spend_model.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE)),
     )
     customers = _with_value_tier(predictions, cfg, fit)
     return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
@@ -581,6 +657,27 @@ def _validation(
     return validation, figures
 
 
+def _holdout_value(
+    cal_summary: DataFrame, cand: _Candidate, penalizer: float, cfg: ClvConfig, segments: DataFrame | None
+) -> dict[str, Any]:
+    """Predicted (calibration fit and spend model) vs actual holdout value, by repeat-purchase band
+    and by segment at the calibration end; the calibration spend model's name."""
+    assert cand.fit is not None
+    record: dict[str, Any] = {}
+    spend = spend_model_for(cal_summary, cfg, penalizer, record, [])  # its warnings repeat the final fit's
+    by_band, by_segment = V.holdout_value(
+        cal_summary,
+        cand.fit,
+        spend.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE)),
+        segments,
+        SEGMENT,
+    )
+    out: dict[str, Any] = {"holdout_value_spend_model": spend.name, CLV_VIEW_HOLDOUT_VALUE_BY_BAND: by_band}
+    if segments is not None:
+        out[CLV_VIEW_HOLDOUT_VALUE_BY_SEGMENT] = by_segment
+    return out
+
+
 def _refit_on_full_history(
     days: DataFrame,
     chosen: str,
@@ -645,7 +742,10 @@ def _fallback(
         if cal_end >= as_of_date
         else S.summary_from_purchase_days(days, as_of_date, cfg.time_unit)
     )
-    _spend_fit(final_summary, cfg, fit, cfg.penalizer, warns)
+    # the check is reported; the fallback does not use a spend model
+    if _spend_checks(S.compressed_spend(final_summary, cfg.spend_grid_resolution), cfg, fit, warns):
+        reason = fit["validity"][SPEND_MODEL]["spend_corr_reason"]
+        warns.append(f"clv: {reason}; treat expected spend with care")
     predictions = P.historical_rate_predictions(
         days, as_of_date, cfg.horizon_months, cfg.monthly_discount_rate, cfg.days_per_month
     )

@@ -108,17 +108,22 @@ def with_predictions(
     monthly_discount_rate: float,
     units_per_month: float,
     fallback_avg_value: float = 0.0,
+    avg_value: Column | None = None,
 ) -> DataFrame:
     """Per customer: p_alive, expected_purchases (next ``horizon_months``), expected_avg_value, clv.
 
     Needs summary columns customer_id, frequency, recency, T, monetary_value. ``gg_params`` None
-    (no usable spend model) values every purchase at ``fallback_avg_value``. CLV discounts each
+    (no usable spend model) values every purchase at ``fallback_avg_value``; ``avg_value``, when
+    given, is the expected spend per purchase instead (a spend model's column, over the summary's
+    columns). CLV discounts each
     month's expected purchases at ``monthly_discount_rate`` (end of month i divided by (1+d)^i).
     """
     x, t_x, T = F.col(FREQUENCY), F.col(RECENCY), F.col(AGE)
     horizon = horizon_months * units_per_month
     params = fit.values
-    if gg_params is not None:
+    if avg_value is not None:
+        value = avg_value
+    elif gg_params is not None:
         value = expected_avg_value_col(gg_params, x, F.col(MONETARY_VALUE))
     else:
         value = F.lit(float(fallback_avg_value))

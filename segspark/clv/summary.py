@@ -51,6 +51,7 @@ RECENCY_DAYS = "recency_days"
 AGE_DAYS = "T_days"
 FIRST_PURCHASE_DATE = "first_purchase_date"
 FREQUENCY_HOLDOUT = "frequency_holdout"
+VALUE_HOLDOUT = "value_holdout"
 DURATION_HOLDOUT = "duration_holdout"
 COUNT = "n"
 
@@ -117,8 +118,9 @@ def summary_from_purchase_days(
     """Summary statistics from :func:`purchase_days`; one aggregation pass.
 
     Columns: customer_id, frequency (long), recency, T, monetary_value (double), recency_days,
-    T_days (int), first_purchase_date; plus frequency_holdout (long), duration_holdout (double)
-    when ``holdout_end`` is given. Only customers with a purchase on or before ``calibration_end``.
+    T_days (int), first_purchase_date; plus frequency_holdout (long), value_holdout (the net value of
+    those purchase days), duration_holdout (double) when ``holdout_end`` is given. Only customers
+    with a purchase on or before ``calibration_end``.
     """
     unit = unit_days(time_unit)
     cal = F.col(PURCHASE_DATE) <= F.lit(calibration_end)
@@ -134,6 +136,7 @@ def summary_from_purchase_days(
     if holdout_end is not None:
         hold = (F.col(PURCHASE_DATE) > F.lit(calibration_end)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
         aggs.append(F.count_if(hold).alias("n_hold"))
+        aggs.append(F.sum(F.when(hold, F.col(PURCHASE_VALUE)).otherwise(F.lit(0.0))).alias("v_hold"))
     agg = days.groupBy(CUSTOMER_ID).agg(*aggs).filter(F.col("n_days") > 0)
     x = (F.col("n_days") - 1).cast("long")
     recency_days = F.datediff(F.col("last"), F.col("first"))
@@ -150,6 +153,7 @@ def summary_from_purchase_days(
     ]
     if holdout_end is not None:
         cols.append(F.col("n_hold").cast("long").alias(FREQUENCY_HOLDOUT))
+        cols.append(F.col("v_hold").alias(VALUE_HOLDOUT))
         cols.append(
             (F.lit(float((holdout_end - calibration_end).days)) / F.lit(unit)).alias(DURATION_HOLDOUT)
         )

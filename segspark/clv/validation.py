@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segspark.clv import models as M
@@ -31,11 +31,20 @@ from segspark.clv.summary import (
     FREQUENCY_HOLDOUT,
     PURCHASE_DATE,
     RECENCY,
+    VALUE_HOLDOUT,
     corr_or_null,
     unit_days,
 )
 from segspark.schema import CUSTOMER_ID
 
+# repeat-purchase bands of the holdout value check: (label, lowest x, highest x or None)
+REPEAT_BANDS: tuple[tuple[str, int, int | None], ...] = (
+    ("0", 0, 0),
+    ("1", 1, 1),
+    ("2-3", 2, 3),
+    ("4+", 4, None),
+)
+SEGMENT_UNKNOWN = "(no segment)"
 HISTOGRAM_BUCKETS = 7  # 0..6 and "7+", as in Fader, Hardie & Lee (2005), figure 2
 SIMULATION_DRAWS = 200_000
 
@@ -114,6 +123,68 @@ def holdout_by_frequency(
         .toPandas()
     )
     return pdf.sort_values("frequency").reset_index(drop=True)
+
+
+def repeat_band(x: Column) -> Column:
+    """The label of :data:`REPEAT_BANDS` that holds ``x`` repeat purchases."""
+    out = F.when(F.lit(False), F.lit(None).cast("string"))
+    for label, _, hi in REPEAT_BANDS:
+        out = out.when(x <= F.lit(hi), F.lit(label)) if hi is not None else out.otherwise(F.lit(label))
+    return out
+
+
+def holdout_value(
+    summary: DataFrame,
+    fit: M.FitResult,
+    avg_value: Column,
+    segments: DataFrame | None,
+    segment_col: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predicted vs actual holdout value per customer, by repeat-purchase band and by segment.
+
+    Predicted: E[purchases in the holdout | calibration history] x ``avg_value`` (the calibration
+    spend model's expected spend per purchase, a column over the summary); actual: the net value of
+    the holdout purchase days. ``segments`` (customer_id, ``segment_col``; one row per customer, e.g.
+    the RFM segment as of the calibration end) is joined to the summary, missing as
+    :data:`SEGMENT_UNKNOWN`. One Spark aggregation by (band, segment); the two views are summed on
+    the driver. Each frame: label, customers, actual and predicted (means per customer), in band
+    order / by label.
+    """
+    pred_n = expected_purchases_udf(fit.model, fit.values)(
+        F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE)
+    )
+    scored = summary.select(
+        F.col(CUSTOMER_ID),
+        repeat_band(F.col(FREQUENCY)).alias("band"),
+        (pred_n * avg_value).alias("predicted"),
+        F.col(VALUE_HOLDOUT).alias("actual"),
+    )
+    if segments is not None:
+        seg = segments.select(F.col(CUSTOMER_ID), F.col(segment_col).alias("segment"))
+        scored = scored.join(seg, on=CUSTOMER_ID, how="left")
+    else:
+        scored = scored.withColumn("segment", F.lit(None).cast("string"))
+    cells = (
+        scored.groupBy("band", F.coalesce(F.col("segment"), F.lit(SEGMENT_UNKNOWN)).alias("segment"))
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.sum("actual").alias("actual"),
+            F.sum("predicted").alias("predicted"),
+        )
+        .toPandas()
+    )
+
+    def view(key: str, order: list[str] | None) -> pd.DataFrame:
+        g = cells.groupby(key, as_index=False)[["customers", "actual", "predicted"]].sum()
+        g["actual"] = g["actual"] / g["customers"]
+        g["predicted"] = g["predicted"] / g["customers"]
+        g = g.rename(columns={key: "label"})
+        if order is not None:
+            g["_o"] = g["label"].map({b: i for i, b in enumerate(order)})
+            return g.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+        return g.sort_values("label").reset_index(drop=True)
+
+    return view("band", [b for b, _, _ in REPEAT_BANDS]), view("segment", None)
 
 
 def tracking_curve(

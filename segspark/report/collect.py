@@ -39,6 +39,7 @@ from segspark import schema as S
 from segspark.config import Settings
 from segspark.errors import InputError
 from segspark.report.aggregates import drop_stamp, small_table
+from segspark.report.clv_holdout import holdout_value_rows
 from segspark.report.data import (
     LIFECYCLE_ORDER,
     MEAN_MEASURES,
@@ -219,6 +220,8 @@ def _collect_models(data: ReportData, t: dict[str, Any], segments: DataFrame, se
         if not fit_rows.empty:
             data.clv_fit = clv_info(clv_fit_from_table(fit_rows))
             data.clv_validity = clv_validity(fit_rows)
+    if S.CLV_VALIDATION in t:
+        data.clv_holdout = holdout_value_rows(t[S.CLV_VALIDATION])
     if not data.p_alive_ok():
         # the fallback leaves P(alive) null; an invalid model's P(alive) is not shown either
         has[P_ALIVE] = False

@@ -11,6 +11,7 @@ import yaml
 
 from segspark.config import Settings
 from segspark.report import executive as X
+from segspark.report.clv_holdout import holdout_value_table, holdout_window
 from segspark.report.data import LIFECYCLE_ORDER, SEGMENT_TYPES, ReportData
 from segspark.report.fmt import (
     ENGAGEMENT_KPIS,
@@ -75,6 +76,10 @@ def report_context(
         **_plays_context(data, recs, settings, fmt),
         **_changes_context(data, summary, fmt, w),
         **_lineage_context(data, settings, fmt),
+        "clv_holdout": holdout_value_table(
+            data.clv_holdout, fmt, list(dict.fromkeys(r.name for r in settings.rfm.segment_rules()))
+        ),
+        "clv_holdout_window": holdout_window(data.clv_fit),
         **_executive_context(data, recs, settings, fmt, gaps or []),
     }
 

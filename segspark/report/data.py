@@ -160,6 +160,9 @@ VALIDITY = "validity"
 
 
 FALLBACK_MODEL = "historical_rate"
+# the spend model that conditions spend on frequency (segspark.clv.spend.BY_FREQUENCY): it answers a
+# failed Gamma-Gamma independence check instead of carrying it
+SPEND_BY_FREQUENCY = "gamma_gamma_by_frequency"
 
 
 SPEND_CHECKS: tuple[str, ...] = ("spend_corr", "spend_corr_ok")
@@ -257,6 +260,8 @@ def clv_validity(pdf: pd.DataFrame) -> ClvValidity:
     rows = df[df["section"] == VALIDITY]
     spend_rows = rows[rows["name"].isin(SPEND_CHECKS)]
     spend_model = next(iter(spend_rows["model"].dropna()), None) or spend_named
+    if spend_named == SPEND_BY_FREQUENCY:  # the check's rows stay Gamma-Gamma's, the model is another
+        spend_model = spend_named
     models: dict[str, dict[str, Any]] = {}
     for r in rows[~rows["name"].isin(SPEND_CHECKS)].itertuples(index=False):
         m = models.setdefault(str(r.model), {"chosen": False})
@@ -325,6 +330,8 @@ class ReportData:
     clustering: dict[str, Any] | None = None  # sweep, profiles, chosen, features
     clv_fit: dict[str, Any] | None = None  # fit, validation scalars
     clv_validity: ClvValidity | None = None  # the fit's validity rows (None: no clv_fit table)
+    # clv_validation's holdout value by repeat-purchase band and RFM segment (report.clv_holdout)
+    clv_holdout: pd.DataFrame | None = None
     churn: dict[str, float] | None = None
     drift: pd.DataFrame | None = None
     previous_summary: pd.DataFrame | None = None

@@ -45,11 +45,13 @@ tried in order and the first one that is powered is proposed (column ``test_desi
    ``ab_test.max_holdout_lift``.
 
 Plays with a powered design rank first (by priority); "do not act on it yet" is left only for a play
-no design can measure.
+no design can measure. A design the power calculation cannot size (statsmodels finds no solution)
+is not a failed run: the play says "cannot be sized" with the reason (:mod:`segspark.report.sizing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,7 @@ from statsmodels.stats.proportion import proportion_effectsize
 from segspark.config import REPORT_PLAYS, AbTestConfig, Settings
 from segspark.report.data import OTHER, UNASSIGNED, ReportData, SegmentView
 from segspark.report.play_value import Valuation, valuation, value_fields
+from segspark.report.sizing import CANNOT_SIZE, CannotSize, solve
 from segspark.schema import CUSTOMERS, LIFECYCLE_STAGE, MONETARY, RFM_SEGMENT, SEGMENT, VALUE_TIER
 
 TOO_SMALL = "too small to test: do not act on it yet"
@@ -365,10 +368,16 @@ def sample_size_per_arm(
             f"baseline rate {baseline:.4f} leaves no room for a {mde_relative:.0%} relative effect"
         )
     h = proportion_effectsize(p1, p0)
-    n = NormalIndPower().solve_power(
-        effect_size=abs(h), alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
+    n = solve(
+        NormalIndPower(),
+        "sample size",
+        effect_size=abs(h),
+        alpha=alpha,
+        power=power,
+        ratio=1.0,
+        alternative="two-sided",
     )
-    return math.ceil(float(n))
+    return math.ceil(n)
 
 
 def weeks_needed(n_per_arm: int, customers: float, weekly_reach: float) -> float:
@@ -400,31 +409,50 @@ def revenue_sample_size(cv: float, mde_relative: float, alpha: float, power: flo
     """Customers per arm for a t-test of revenue per customer to detect a relative lift."""
     if not cv > 0:
         return 2  # no spread: any lift shows
-    n = TTestIndPower().solve_power(
-        effect_size=mde_relative / cv, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
+    n = solve(
+        TTestIndPower(),
+        "sample size",
+        effect_size=mde_relative / cv,
+        alpha=alpha,
+        power=power,
+        ratio=1.0,
+        alternative="two-sided",
     )
-    return math.ceil(float(n))
+    return math.ceil(n)
 
 
 def holdout_lift(customers: float, cfg: AbTestConfig, cv: float, p0: float, decrease: bool) -> float:
     """The relative lift a rollout with a ``holdout_share`` holdout detects at ``alpha``/``power``:
-    on revenue per customer when its spread is known (``cv``), else on the rate ``p0``."""
+    on revenue per customer when its spread is known (``cv``), else on the rate ``p0``.
+    :class:`CannotSize` when the power calculation has no answer for these customers."""
     h = cfg.holdout_share
     treated, held = customers * (1.0 - h), customers * h
     if held < 2:
         return math.inf
     if math.isfinite(cv):
-        d = TTestIndPower().solve_power(
-            effect_size=None, nobs1=treated, ratio=h / (1.0 - h), alpha=cfg.alpha, power=cfg.power
+        d = solve(
+            TTestIndPower(),
+            "detectable effect",
+            effect_size=None,
+            nobs1=treated,
+            ratio=h / (1.0 - h),
+            alpha=cfg.alpha,
+            power=cfg.power,
         )
-        return float(d) * cv
+        return d * cv
     if not 0 < p0 < 1:
         return math.inf
-    es = NormalIndPower().solve_power(
-        effect_size=None, nobs1=treated, ratio=h / (1.0 - h), alpha=cfg.alpha, power=cfg.power
+    es = solve(
+        NormalIndPower(),
+        "detectable effect",
+        effect_size=None,
+        nobs1=treated,
+        ratio=h / (1.0 - h),
+        alpha=cfg.alpha,
+        power=cfg.power,
     )
     # invert Cohen's h = 2 asin(sqrt p1) - 2 asin(sqrt p0) for the detectable rate
-    angle = math.asin(math.sqrt(p0)) + (-1 if decrease else 1) * float(es) / 2
+    angle = math.asin(math.sqrt(p0)) + (-1 if decrease else 1) * es / 2
     p1 = math.sin(min(max(angle, 0.0), math.pi / 2)) ** 2
     return abs(p1 - p0) / p0
 
@@ -434,7 +462,10 @@ def design_for(plan: AbPlan, cv: float, customers: float, cfg: AbTestConfig, dec
     play and is tried by :func:`recommend`); an unpowered holdout rollout when none is."""
     if plan.testable:
         return Design("conversion test", plan.sample_size_per_arm, plan.weeks_needed, True, "")
-    n_rev = revenue_sample_size(cv, cfg.mde_relative, cfg.alpha, cfg.power) if math.isfinite(cv) else None
+    n_rev = None
+    if math.isfinite(cv):
+        with contextlib.suppress(CannotSize):  # the rate and the holdout designs below are still tried
+            n_rev = revenue_sample_size(cv, cfg.mde_relative, cfg.alpha, cfg.power)
     w_rev = weeks_needed(n_rev, customers, cfg.weekly_reach) if n_rev is not None else math.inf
     if w_rev <= cfg.max_weeks:
         note = (
@@ -450,8 +481,11 @@ def design_for(plan: AbPlan, cv: float, customers: float, cfg: AbTestConfig, dec
     if weeks <= limit:
         note = f"run {weeks:.0f} weeks instead of {cfg.max_weeks} on {metric}: {n:,} per arm"
         return Design("longer test", n, weeks, True, note)
-    lift = holdout_lift(customers, cfg, cv, plan.baseline_rate, decrease)
     on = "revenue per customer" if math.isfinite(cv) else "the rate"
+    try:
+        lift = holdout_lift(customers, cfg, cv, plan.baseline_rate, decrease)
+    except CannotSize as exc:
+        return Design("holdout rollout", None, None, False, f"{CANNOT_SIZE} (a rollout on {on}: {exc})")
     powered = lift <= cfg.max_holdout_lift
     held = f"{cfg.holdout_share:.0%} held back"
     if powered:
@@ -486,7 +520,10 @@ def ab_plan(baseline: float, customers: float, cfg: AbTestConfig, decrease: bool
     p0, p1 = target_rate(baseline, cfg.mde_relative, decrease)
     if p1 == p0:
         return AbPlan(p0, p1, None, None, False, "baseline rate at its ceiling: nothing to detect")
-    n = sample_size_per_arm(p0, cfg.mde_relative, cfg.alpha, cfg.power, decrease)
+    try:
+        n = sample_size_per_arm(p0, cfg.mde_relative, cfg.alpha, cfg.power, decrease)
+    except CannotSize as exc:
+        return AbPlan(p0, p1, None, None, False, f"{CANNOT_SIZE} ({exc})")
     weeks = weeks_needed(n, customers, cfg.weekly_reach)
     ok = weeks <= cfg.max_weeks
     return AbPlan(p0, p1, n, None if math.isinf(weeks) else weeks, ok, "" if ok else TOO_SMALL)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from segspark.config import Settings
-from segspark.report.data import OTHER, UNASSIGNED, ClvValidity, ReportData, SegmentView
+from segspark.report.data import OTHER, SPEND_BY_FREQUENCY, UNASSIGNED, ClvValidity, ReportData, SegmentView
 from segspark.report.fmt import (
     SUMMARY_COLUMNS,
     TYPE_LABELS,
@@ -38,6 +38,10 @@ def _spend_check(v: ClvValidity) -> tuple[str, str, bool | None]:
     its compact form and the verdict (None: not recorded)."""
     label = "Gamma-Gamma" if v.spend_model in (None, "gamma_gamma") else str(v.spend_model)
     has_corr = v.spend_corr is not None
+    if v.spend_model == SPEND_BY_FREQUENCY:
+        corr = f" (corr {fmt_num(v.spend_corr, 3)})" if has_corr else ""
+        text = f"spend per purchase conditioned on purchase frequency{corr}"
+        return text, f"spend by purchase frequency{corr}", True
     corr = f"spend/frequency correlation {fmt_num(v.spend_corr, 3)}" if has_corr else ""
     short_corr = f" (corr {fmt_num(v.spend_corr, 3)})" if has_corr else ""
     if v.spend_corr_ok is None:
