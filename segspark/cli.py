@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dirty", action="store_true", help="plant bad rows of every kind the quality rules catch"
     )
+    p.add_argument(
+        "--uniform-spend",
+        action="store_true",
+        help="one mean order value for every archetype: spend does not depend on purchase frequency",
+    )
 
     p = sub.add_parser("run", help="the whole pipeline (refits the clustering: the monthly job)")
     _common(p)
@@ -133,7 +138,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     started = time.perf_counter()
-    result = generate.write_lakehouse(settings, args.out, args.customers, seed=args.seed, dirty=args.dirty)
+    result = generate.write_lakehouse(
+        settings, args.out, args.customers, seed=args.seed, dirty=args.dirty, uniform_spend=args.uniform_spend
+    )
     elapsed = time.perf_counter() - started
     tx = result["rows"].get("transactions", 0)
     print(

@@ -93,6 +93,9 @@ ARCHETYPES: tuple[Archetype, ...] = (
               0.0, 0.0, "web", (1, 4), "organic"),
 )
 # fmt: on
+_BUYERS = [a for a in ARCHETYPES if a.aov > 0]
+# the buyers' share-weighted mean order value (``generate --uniform-spend``: the same for every archetype)
+UNIFORM_AOV = sum(a.share * a.aov for a in _BUYERS) / sum(a.share for a in _BUYERS)
 PROSPECTS = "prospects"  # the archetype that never buys (CRM rows and telemetry only)
 
 _SCALE = float(1 << 52)
@@ -202,9 +205,13 @@ def with_purchase_offsets(staged: DataFrame, seed: int) -> DataFrame:
     return kept.select("*", F.concat(F.array(F.lit(0.0)), repeats).alias("offsets")).drop("_n", "_p", "_k")
 
 
-def customer_base(spark: SparkSession, customers: int, seed: int, partitions: int | None = None) -> DataFrame:
+def customer_base(
+    spark: SparkSession, customers: int, seed: int, partitions: int | None = None, uniform_spend: bool = False
+) -> DataFrame:
     """One row per customer: id, archetype index and name, its behavioural draws and ``order_days``
-    (days before the end date of each purchase, oldest first; empty for prospects)."""
+    (days before the end date of each purchase, oldest first; empty for prospects).
+    ``uniform_spend``: every archetype's mean order value is :data:`UNIFORM_AOV` (the same draws
+    otherwise), so order value does not depend on how often a customer buys."""
     parts = partitions or max(2, min(400, customers // 250_000 + 2))
     arch = _archetype_index()
     base = spark.range(0, customers, 1, parts).select(
@@ -212,7 +219,7 @@ def customer_base(spark: SparkSession, customers: int, seed: int, partitions: in
         _u(seed, 0, F.col("id")).alias("u_arch"),
     )
     base = base.select(F.col("id"), arch.alias("arch"))
-    staged = _with_lifetime(_customer_draws(base, seed), seed)
+    staged = _with_lifetime(_customer_draws(base, seed, uniform_spend), seed)
     return _with_order_days(staged, seed)
 
 
@@ -228,7 +235,7 @@ def _archetype_index() -> Column:
     return arch.otherwise(F.lit(len(ARCHETYPES) - 1))
 
 
-def _customer_draws(base: DataFrame, seed: int) -> DataFrame:
+def _customer_draws(base: DataFrame, seed: int, uniform_spend: bool = False) -> DataFrame:
     """The customer id, the archetype's name and parameters, and the personal draws within its
     ranges (draws 1 to 6)."""
     idc = F.col("id")
@@ -239,6 +246,7 @@ def _customer_draws(base: DataFrame, seed: int) -> DataFrame:
         _range_or_null("dies_days_ago"),
     )
     sessions = _by_archetype("sessions_90d")
+    aov = F.lit(UNIFORM_AOV) if uniform_spend else _by_archetype("aov")
     return base.select(
         idc,
         F.format_string("C%09d", idc).alias(S.CUSTOMER_ID),
@@ -250,7 +258,7 @@ def _customer_draws(base: DataFrame, seed: int) -> DataFrame:
         _between(_u(seed, 6, idc), drop[0], drop[1]).alias("p_drop"),
         _between(_u(seed, 3, idc), life[0], life[1]).alias("life"),
         _between(_u(seed, 3, idc), dies[0], dies[1]).alias("dies_ago"),
-        (_by_archetype("aov") * (F.lit(0.7) + F.lit(0.6) * _u(seed, 4, idc))).alias("aov"),
+        (aov * (F.lit(0.7) + F.lit(0.6) * _u(seed, 4, idc))).alias("aov"),
         _by_archetype("return_prob").alias("return_prob"),
         _by_archetype("channel").alias("pref_channel"),
         _int_between(_u(seed, 5, idc), sessions[0], sessions[1]).alias("sessions_90d"),
@@ -561,8 +569,10 @@ def write_lakehouse(
     dirty: bool = False,
     end: dt.date = DEFAULT_END,
     spark: SparkSession | None = None,
+    uniform_spend: bool = False,
 ) -> dict[str, Any]:
-    """Write a synthetic input lakehouse (Delta tables) under ``out_dir``; returns paths and counts."""
+    """Write a synthetic input lakehouse (Delta tables) under ``out_dir``; returns paths and counts.
+    ``uniform_spend``: one mean order value for every archetype (see :func:`customer_base`)."""
     if customer_count < 1:
         raise SegsparkError("--customers must be at least 1")
     from segspark.io import Lakehouse
@@ -571,7 +581,7 @@ def write_lakehouse(
     session = spark or get_spark(settings.spark, delta=delta_jars_for(settings.lakehouse.engine))
     lake = Lakehouse(session, settings)
     root = Path(out_dir).resolve()
-    base = customer_base(session, customer_count, seed).persist()
+    base = customer_base(session, customer_count, seed, uniform_spend=uniform_spend).persist()
     tx = transactions(base, seed, end)
     crm = customers(base, seed, end)
     frames: dict[str, DataFrame] = {

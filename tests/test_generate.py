@@ -196,3 +196,25 @@ def test_bgnbd_fit_on_generated_data_is_interior_and_separates_the_lapsed(spark:
     assert len(lapsed) > 20 and lapsed["p_alive"].mean() < 0.5
     summary.unpersist()
     base.unpersist()
+
+
+def test_uniform_spend_gives_every_archetype_one_mean_order_value_and_the_same_purchases(
+    spark: SparkSession,
+) -> None:
+    """``generate --uniform-spend``: order value no longer depends on the archetype (so not on purchase
+    frequency); every other draw, the purchase days included, is the same as the planted data's."""
+    planted = G.customer_base(spark, 3000, seed=5)
+    uniform = G.customer_base(spark, 3000, seed=5, uniform_spend=True)
+    buyers = F.col("archetype") != G.PROSPECTS
+
+    def mean_aov(df: DataFrame) -> dict[str, float]:
+        rows = df.where(buyers).groupBy("archetype").agg(F.avg("aov").alias("m")).collect()
+        return {r["archetype"]: r["m"] for r in rows}
+
+    flat, planted_aov = mean_aov(uniform), mean_aov(planted)
+    assert set(flat) == {a.name for a in G.ARCHETYPES if a.aov > 0}
+    # draws of 0.7..1.3 x the mean: each archetype's average within 5% of the one mean
+    assert all(abs(m / G.UNIFORM_AOV - 1) < 0.05 for m in flat.values()), flat
+    assert planted_aov["champions"] > 5 * planted_aov["bargain_occasionals"]
+    same = ["customer_id", "archetype", "order_days"]
+    assert planted.select(*same).exceptAll(uniform.select(*same)).count() == 0
