@@ -396,3 +396,13 @@ def test_delta_spark_engine_without_its_jars_is_exit_2_naming_the_setting(tmp_pa
     ), lines
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data" / "transactions").exists()
+
+
+def test_parameterized_sql_binds_behind_deltas_parser(spark) -> None:
+    """The job's SQL files take ``:name`` parameters; a parser an extension injects (Delta's, which this
+    session loads) dropped them on Spark 4.2 (UNBOUND_SQL_PARAMETER) until the job's settings bound
+    them in analysis."""
+    assert "DeltaSparkSessionExtension" in (spark.conf.get("spark.sql.extensions", "") or "")
+    df = spark.range(3)
+    query = "WITH a AS (SELECT * FROM {t}) SELECT * FROM a WHERE :flag OR id = :one"
+    assert spark.sql(query, args={"flag": False, "one": 1}, t=df).count() == 1
