@@ -429,21 +429,12 @@ def holdout_lift(customers: float, cfg: AbTestConfig, cv: float, p0: float, decr
     treated, held = customers * (1.0 - h), customers * h
     if held < 2:
         return math.inf
-    if math.isfinite(cv):
-        d = solve(
-            TTestIndPower(),
-            "detectable effect",
-            effect_size=None,
-            nobs1=treated,
-            ratio=h / (1.0 - h),
-            alpha=cfg.alpha,
-            power=cfg.power,
-        )
-        return d * cv
-    if not 0 < p0 < 1:
+    on_revenue = math.isfinite(cv)
+    if not on_revenue and not 0 < p0 < 1:
         return math.inf
+    # the detectable standardized effect: Cohen's d (revenue, a t test) or Cohen's h (the rate)
     es = solve(
-        NormalIndPower(),
+        TTestIndPower() if on_revenue else NormalIndPower(),
         "detectable effect",
         effect_size=None,
         nobs1=treated,
@@ -451,6 +442,8 @@ def holdout_lift(customers: float, cfg: AbTestConfig, cv: float, p0: float, decr
         alpha=cfg.alpha,
         power=cfg.power,
     )
+    if on_revenue:
+        return es * cv
     # invert Cohen's h = 2 asin(sqrt p1) - 2 asin(sqrt p0) for the detectable rate
     angle = math.asin(math.sqrt(p0)) + (-1 if decrease else 1) * es / 2
     p1 = math.sin(min(max(angle, 0.0), math.pi / 2)) ** 2
