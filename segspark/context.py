@@ -26,7 +26,7 @@ from segspark import schema as S
 from segspark import tables, tracking
 from segspark.config import Settings
 from segspark.errors import InputError
-from segspark.io import InputInfo, Lakehouse
+from segspark.io import InputInfo, Lakehouse, storage
 from segspark.session import delta_jars_for, get_spark
 from segspark.version import code_version
 
@@ -130,7 +130,9 @@ class RunContext:
 def open_context(
     settings: Settings, command: str, *, demo: bool = False, spark: SparkSession | None = None
 ) -> RunContext:
-    session = spark or get_spark(settings.spark, delta=delta_jars_for(settings.lakehouse.engine))
+    session = spark or get_spark(
+        settings.spark, delta=delta_jars_for(settings.lakehouse.engine), s3a=storage.s3a_conf(settings)
+    )
     lake = Lakehouse(session, settings)
     # the run starts here: a later overwrite of rows another run commits from now on is a conflict
     lake.pin_versions()
@@ -276,8 +278,8 @@ def declared_frame(
     frame = pdf.reindex(columns=[f.name for f in fields]).astype(object)
 
     def value(v: Any, kind: T.DataType) -> Any:
-        if v is None or (isinstance(v, float) and v != v):
-            return None
+        if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
+            return None  # a nullable pandas column's missing value (pd.NA) too
         if isinstance(kind, T.IntegralType):
             return int(v)
         if isinstance(kind, (T.DoubleType, T.FloatType)):
