@@ -87,9 +87,45 @@ class OutputConfig(Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# delta-rs storage options that would hold a credential: credentials come from the environment
+_SECRET_OPTION_WORDS = ("SECRET", "ACCESS_KEY", "TOKEN", "PASSWORD")
+
+
+class S3Config(Section):
+    """An S3 object store for ``s3a://`` locations (``segspark.io.storage``). No credentials here:
+    they come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or an instance role."""
+
+    endpoint: str | None = None  # null: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS itself
+    region: str | None = None  # null: $AWS_REGION or $AWS_DEFAULT_REGION
+    path_style: bool | None = None  # bucket in the path, not the host name; null: when an endpoint is set
+    # what keeps delta-rs's concurrent commits safe: conditional-put (If-None-Match), dynamodb (a
+    # lock table, delta-rs's DELTA_DYNAMO_TABLE_NAME), single-writer (no protection: one writer only)
+    commit: Literal["conditional-put", "dynamodb", "single-writer"] = "conditional-put"
+    delta_rs_options: dict[str, str] = Field(default_factory=dict)  # more delta-rs storage options
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^/\s]+/?", v):
+            raise ValueError(f"{v!r} is not an endpoint URL such as https://s3.example.com:9000")
+        return v
+
+    @field_validator("delta_rs_options")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if any(word in key.upper() for word in _SECRET_OPTION_WORDS):
+                raise ValueError(
+                    f"'{key}' looks like a credential: credentials come from the environment "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never from configuration files"
+                )
+        return v
+
+
 class LakehouseConfig(Section):
     engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
     vacuum_retention_hours: int = Field(default=168, ge=0)
+    s3: S3Config = Field(default_factory=S3Config)
 
 
 class SparkConfig(Section):
@@ -587,6 +623,13 @@ class Settings(Section):
     def tracking_uri(self) -> str:
         if self.tracking.uri:
             return self.tracking.uri
+        if "://" in self.output.path:
+            # MLflow's SQLite store is a local file: it cannot live on an object store
+            raise ConfigError(
+                f"output.path {self.output.path} is not a local folder, so the MLflow store cannot be "
+                "kept beside the tables: set tracking.uri (a tracking server, databricks, or "
+                "sqlite:////local/folder/mlflow.db) or tracking.enabled: false"
+            )
         return f"sqlite:///{Path(self.output.path).resolve() / 'mlflow.db'}"
 
     def as_dict(self) -> dict[str, Any]:

@@ -18,8 +18,10 @@ snapshot) is a conflict: the write's files are deleted and ``ConcurrentWriteErro
 The commit itself is made as exactly the next version of what was checked (no retry inside delta-rs),
 so a racing commit in between sends the write back to the check. Appends never conflict.
 
-Only the local file system is supported for writes here; object stores go through the
-``delta-spark`` engine (the cluster/Databricks case).
+Tables may live in a local folder or on S3 (``s3a://bucket/prefix``, ``segspark.io.storage``): Spark
+writes through Hadoop's S3A connector, the driver moves and reads files with pyarrow and commits with
+delta-rs, whose commit is safe against a concurrent writer through a conditional put (or a DynamoDB
+lock: ``lakehouse.s3.commit``). On S3 the move of step 3 is a server-side copy and a delete.
 """
 
 from __future__ import annotations
@@ -30,12 +32,11 @@ import json
 import logging
 import math
 import os
-import shutil
 import urllib.parse
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -43,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from segspark.errors import ConfigError, InputError
+from segspark.io import storage
 from segspark.io.engine import (
     Commit,
     CommitResult,
@@ -59,6 +61,7 @@ from segspark.io.engine import (
 if TYPE_CHECKING:
     from deltalake import DeltaTable, Schema
     from deltalake.transaction import AddAction, CommitProperties, RemoveAction
+    from pyarrow import fs as pafs
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -84,10 +87,33 @@ def _local_path(uri: str) -> Path:
         return Path(urllib.parse.urlparse(uri).path)
     if "://" in uri:
         raise InputError(
-            f"the embedded delta-rs engine writes to local paths only, not {uri}; "
+            f"the embedded delta-rs engine writes to local paths and S3 (s3a://) only, not {uri}; "
             "use lakehouse.engine=delta-spark on a cluster"
         )
     return Path(uri)
+
+
+def _location(table_uri: str) -> str:
+    """A table's location: an object-store URI as given, a local path (or ``file://`` URI) absolute."""
+    if storage.is_s3(table_uri):
+        return table_uri.rstrip("/")
+    return str(_local_path(table_uri).resolve())
+
+
+def delta_table(location: str, version: int | None = None) -> DeltaTable:
+    """The delta-rs table at ``location`` (``s3a://`` as delta-rs names it, with the store's options)."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(
+        storage.delta_rs_uri(location), version=version, storage_options=storage.delta_rs_options(location)
+    )
+
+
+def is_delta_table(location: str) -> bool:
+    from deltalake import DeltaTable
+
+    uri, options = storage.delta_rs_uri(location), storage.delta_rs_options(location)
+    return bool(DeltaTable.is_deltatable(uri, storage_options=options))
 
 
 def arrow_schema_for(df: DataFrame) -> pa.Schema:
@@ -115,9 +141,14 @@ def _stat_value(value: Any) -> Any:
     return value
 
 
-def parquet_stats(path: Path) -> tuple[int, str]:
-    """numRecords, minValues, maxValues and nullCount from a Parquet footer, as Delta stats JSON."""
-    meta = pq.read_metadata(path)
+def parquet_stats(path: Path | str, filesystem: pafs.FileSystem | None = None) -> tuple[int, str]:
+    """numRecords, minValues, maxValues and nullCount from a Parquet footer, as Delta stats JSON
+    (``path`` in ``filesystem`` when given: a file on an object store)."""
+    if filesystem is None:
+        meta = pq.read_metadata(path)
+    else:
+        with filesystem.open_input_file(str(path)) as handle:
+            meta = pq.read_metadata(handle)
     names = meta.schema.to_arrow_schema().names
     mins: dict[str, Any] = {}
     maxs: dict[str, Any] = {}
@@ -155,15 +186,13 @@ def parquet_stats(path: Path) -> tuple[int, str]:
 
 
 def committed_txn_version(table_path: str, app_id: str) -> int | None:
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(table_path):
+    if not is_delta_table(table_path):
         return None
-    version = DeltaTable(table_path).transaction_version(app_id)
+    version = delta_table(table_path).transaction_version(app_id)
     return None if version is None else int(version)
 
 
-def _partition_values(rel_dir: Path) -> dict[str, str | None]:
+def _partition_values(rel_dir: PurePath) -> dict[str, str | None]:
     values: dict[str, str | None] = {}
     for part in rel_dir.parts:
         key, sep, raw = part.partition("=")
@@ -192,11 +221,11 @@ def write_table(
     commit since then would clobber raises ``ConcurrentWriteError`` (the commit is checked and made
     atomically: a commit lost to a racing writer is re-checked, never blindly retried).
     """
-    from deltalake import DeltaTable, Schema
+    from deltalake import Schema
     from deltalake.transaction import CommitProperties, Transaction
 
-    root = _local_path(table_uri).resolve()
-    uri = str(root)
+    root = _location(table_uri)
+    uri = root
     done = committed_txn_version(uri, app_id)
     if done is not None and done >= txn_version:
         log.info("%s: already committed by %s (txn %s); skipping", uri, app_id, done)
@@ -227,56 +256,59 @@ def write_table(
         app_id=app_id,
         since_version=since_version,
     )
-    version = DeltaTable(uri).version()
+    version = delta_table(uri).version()
     log.info("%s: committed version %s (%d files, %d rows)", uri, version, len(adds), total_rows)
     return CommitResult(version=version, files=len(adds), rows=total_rows, skipped=False)
 
 
 def _write_files(
-    df: DataFrame, root: Path, write_id: str, partition_by: list[str]
+    df: DataFrame, root: str, write_id: str, partition_by: list[str]
 ) -> tuple[list[AddAction], int]:
     """Steps 2 and 3 of the protocol: Spark writes the files into the staging folder, each moves to
     its partition folder and becomes an add with its footer's stats. Returns the adds and their rows."""
     from deltalake.transaction import AddAction
 
-    staging = root / STAGING / write_id
     writer = df.write.mode("error")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.parquet(str(staging))
+    writer.parquet(storage.spark_uri(storage.join(root, STAGING, write_id)))
 
+    files, base = storage.filesystem(root)
+    staging = f"{base}/{STAGING}/{write_id}"
     adds: list[AddAction] = []
     total_rows = 0
     try:
-        staged = sorted(p for p in staging.rglob("*.parquet") if p.is_file())
-        for n, src in enumerate(staged):
-            rel_dir = src.parent.relative_to(staging)
-            dest_dir = root / rel_dir
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            dest = dest_dir / f"part-{n:05d}-{write_id}.parquet"
-            os.replace(src, dest)
-            rows, stats = parquet_stats(dest)
+        for n, src in enumerate(storage.data_files(files, staging, ".parquet")):
+            rel_dir = PurePosixPath(src).parent.relative_to(staging)
+            rel = (rel_dir / f"part-{n:05d}-{write_id}.parquet").as_posix()
+            dest = f"{base}/{rel}"
+            if storage.is_local(files):
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+            files.move(src, dest)  # a rename; on S3 a server-side copy and a delete
+            rows, stats = parquet_stats(dest, files)
             total_rows += rows
-            st = dest.stat()
+            info = files.get_file_info(dest)
             adds.append(
                 AddAction(
-                    path=dest.relative_to(root).as_posix(),
-                    size=st.st_size,
+                    path=rel,
+                    size=int(info.size or 0),
                     partition_values=_partition_values(rel_dir),
-                    modification_time=int(st.st_mtime * 1000),
+                    modification_time=(info.mtime_ns or 0) // 1_000_000,
                     data_change=True,
                     stats=stats,
                 )
             )
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):  # other writes may still be staging
-            (root / STAGING).rmdir()
+        with contextlib.suppress(OSError):
+            files.delete_dir(staging)
+        if storage.is_local(files):
+            with contextlib.suppress(OSError):  # other writes may still be staging
+                os.rmdir(f"{base}/{STAGING}")
     return adds, total_rows
 
 
 def _commit_checked(
-    root: Path,
+    root: str,
     schema: Schema,
     adds: list[AddAction],
     mode: WriteMode,
@@ -291,7 +323,8 @@ def _commit_checked(
     as the next version; a commit lost to a racing writer goes back to the check."""
     from deltalake.exceptions import CommitFailedError, DeltaError
 
-    uri = str(root)
+    uri = root
+    name = storage.basename(root)
     for _attempt in range(MAX_COMMIT_ATTEMPTS):
         latest = latest_log_version(root)
         if since_version is not None and mode != "append":
@@ -300,7 +333,7 @@ def _commit_checked(
                 _discard(root, adds)
                 started = "no table yet" if since_version < 0 else f"at version {since_version}"
                 raise ConcurrentWriteError(
-                    f"table '{root.name}': concurrent write: {conflict} after this run started "
+                    f"table '{name}': concurrent write: {conflict} after this run started "
                     f"({started}); this run's write was not committed, the table keeps the other run's "
                     "data; rerun when it has finished"
                 )
@@ -313,7 +346,7 @@ def _commit_checked(
             continue
         return
     raise ConcurrentWriteError(
-        f"table '{root.name}': concurrent write: lost the commit race {MAX_COMMIT_ATTEMPTS} times"
+        f"table '{name}': concurrent write: lost the commit race {MAX_COMMIT_ATTEMPTS} times"
     )
 
 
@@ -329,16 +362,22 @@ def _commit(
 ) -> None:
     """One commit of ``adds`` (plus the removes the mode implies) as version ``latest + 1`` exactly:
     when another writer took that version first, delta-rs raises instead of committing."""
-    from deltalake import DeltaTable
     from deltalake.transaction import create_table_with_add_actions
 
+    rs_uri, options = storage.delta_rs_uri(uri), storage.delta_rs_options(uri)
     if latest < 0:
         # creates the table; fails when another writer created it first
         create_table_with_add_actions(
-            uri, schema, adds, mode="error", partition_by=partition_by or None, commit_properties=props
+            rs_uri,
+            schema,
+            adds,
+            mode="error",
+            partition_by=partition_by or None,
+            storage_options=options,
+            commit_properties=props,
         )
         return
-    table = DeltaTable(uri, version=latest)
+    table = delta_table(uri, version=latest)
     if mode == "overwrite" and (
         table.schema() != schema or list(table.metadata().partition_columns) != list(partition_by)
     ):
@@ -346,7 +385,13 @@ def _commit(
         # replaces its files, schema and partitioning in one commit, which a plain overwrite
         # transaction cannot; it commits on the latest version (the race check above still ran)
         create_table_with_add_actions(
-            uri, schema, adds, mode="overwrite", partition_by=partition_by or None, commit_properties=props
+            rs_uri,
+            schema,
+            adds,
+            mode="overwrite",
+            partition_by=partition_by or None,
+            storage_options=options,
+            commit_properties=props,
         )
         return
     filters = None
@@ -367,33 +412,40 @@ def _commit(
     )
 
 
-def _discard(root: Path, adds: list[AddAction]) -> None:
+def _discard(root: str, adds: list[AddAction]) -> None:
     """Delete this write's never-committed data files (vacuum would, later)."""
+    files, base = storage.filesystem(root)
     for add in adds:
         with contextlib.suppress(OSError):
-            (root / add.path).unlink()
+            files.delete_file(f"{base}/{add.path}")
 
 
-def latest_log_version(root: Path) -> int:
+def latest_log_version(root: Path | str) -> int:
     """The newest commit in ``_delta_log`` (from the file names: no log replay), -1 without a table."""
-    log_dir = root / "_delta_log"
-    if not log_dir.is_dir():
-        return -1
-    versions = [int(p.stem) for p in log_dir.glob("*.json") if p.stem.isdigit()]
+    from pyarrow import fs
+
+    files, base = storage.filesystem(str(root))
+    listed = files.get_file_info(fs.FileSelector(f"{base}/_delta_log", allow_not_found=True))
+    versions = [
+        int(i.base_name[:-5]) for i in listed if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()
+    ]
     return max(versions, default=-1)
 
 
-def _commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
-    path = root / "_delta_log" / f"{version:020d}.json"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:  # cleaned up after a checkpoint: older than any run still writing
-        return []
+def _commit_actions(root: Path | str, version: int) -> list[dict[str, Any]]:
+    from pyarrow import fs
+
+    files, base = storage.filesystem(str(root))
+    path = f"{base}/_delta_log/{version:020d}.json"
+    if files.get_file_info(path).type == fs.FileType.NotFound:
+        return []  # cleaned up after a checkpoint: older than any run still writing
+    with files.open_input_stream(path) as handle:
+        text = handle.read().decode("utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def conflicting_commit(
-    root: Path,
+    root: Path | str,
     since: int,
     upto: int,
     app_id: str,
@@ -444,7 +496,6 @@ def check_readable(table: Any, name: str) -> None:
 
 
 def _open(table_uri: str, name: str, version: int | None = None) -> DeltaTable:
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     if is_catalog_name(table_uri):
@@ -453,7 +504,7 @@ def _open(table_uri: str, name: str, version: int | None = None) -> DeltaTable:
             "with the embedded engine give a path"
         )
     try:
-        table = DeltaTable(table_uri, version=version)
+        table = delta_table(table_uri, version=version)
     except TableNotFoundError:
         raise TableNotFound(f"table '{name}': no Delta table at {table_uri}") from None
     except Exception as exc:  # delta-rs raises plain errors for a missing version
@@ -488,7 +539,7 @@ def _hive_consistent(actions: pa.Table, partition_cols: list[str]) -> bool:
     paths = actions.column("path").to_pylist()
     columns = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_cols}
     for i, path in enumerate(paths):
-        found = _partition_values(Path(*PurePosixPath(path).parent.parts))
+        found = _partition_values(PurePosixPath(path).parent)
         expected = {c: _partition_text(columns[c][i]) for c in partition_cols}
         if found != expected:
             return False
@@ -507,7 +558,7 @@ def _scan(spark: SparkSession, table: DeltaTable, actions: pa.Table) -> DataFram
 
     schema = _spark_schema(table)
     partition_cols = list(table.metadata().partition_columns)
-    root = table.table_uri.rstrip("/")
+    root = storage.spark_uri(table.table_uri.rstrip("/"))
     if actions.num_rows == 0:
         return spark.createDataFrame([], schema)
     files = [f"{root}/{p}" for p in actions.column("path").to_pylist()]
@@ -588,32 +639,44 @@ def vacuum(table_uri: str, retention_hours: int, *, enforce_retention: bool = Tr
     vacuum lists the folder, not only the log's tombstones), plus staging folders a killed write
     left behind. ``enforce_retention``: delta-rs refuses a retention under the table's
     ``delta.deletedFileRetentionDuration`` (168 h by default)."""
-    import time
-
-    from deltalake import DeltaTable
-
-    root = _local_path(table_uri).resolve()
-    table = DeltaTable(str(root))
-    deleted = table.vacuum(
+    root = _location(table_uri)
+    deleted = delta_table(root).vacuum(
         retention_hours=retention_hours,
         dry_run=False,
         enforce_retention_duration=enforce_retention,
         full=True,
     )
-    # delta-rs skips folders starting with "_" (the log's convention); a SIGKILL during Spark's write
-    # leaves its staging folder there. A staging folder younger than the retention may be a live write.
-    cutoff = time.time() - retention_hours * 3600
-    staging = root / STAGING
-    for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
-        files = [p for p in folder.rglob("*") if p.is_file()]
-        newest = max((p.stat().st_mtime for p in files), default=folder.stat().st_mtime)
-        if newest <= cutoff:
-            deleted += [str(p.relative_to(root)) for p in files]
-            shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):  # only when empty
-        staging.rmdir()
-    expire_log(str(root), retention_hours)
+    deleted += _vacuum_staging(root, retention_hours)
+    expire_log(root, retention_hours)
     return list(deleted)
+
+
+def _vacuum_staging(root: str, retention_hours: int) -> list[str]:
+    """delta-rs skips folders starting with "_" (the log's convention); a SIGKILL during Spark's write
+    leaves its staging folder there. A staging folder younger than the retention may be a live write.
+    Returns the files deleted, relative to the table."""
+    import time
+
+    from pyarrow import fs
+
+    files, base = storage.filesystem(root)
+    staging = f"{base}/{STAGING}"
+    cutoff_ns = int((time.time() - retention_hours * 3600) * 1e9)
+    folders: dict[str, list[fs.FileInfo]] = {}
+    for info in files.get_file_info(fs.FileSelector(staging, recursive=True, allow_not_found=True)):
+        folders.setdefault(info.path[len(staging) + 1 :].split("/", 1)[0], []).append(info)
+    deleted: list[str] = []
+    for folder, infos in sorted(folders.items()):
+        found = [i for i in infos if i.type == fs.FileType.File]
+        newest = max((i.mtime_ns or 0 for i in found or infos), default=0)
+        if newest <= cutoff_ns:
+            deleted += [i.path[len(base) + 1 :] for i in found]
+            with contextlib.suppress(OSError):
+                files.delete_dir(f"{staging}/{folder}")
+    if storage.is_local(files):
+        with contextlib.suppress(OSError):  # only when empty
+            os.rmdir(staging)
+    return deleted
 
 
 def expire_log(table_uri: str, retention_hours: int) -> None:
@@ -625,13 +688,11 @@ def expire_log(table_uri: str, retention_hours: int) -> None:
     once their files are gone anyway), checkpointing and cleaning up removes those entries; time
     travel keeps the versions within the retention.
     """
-    from deltalake import DeltaTable
-
-    table = DeltaTable(table_uri)
+    table = delta_table(table_uri)
     wanted = f"interval {int(retention_hours)} hours"
     if (table.metadata().configuration or {}).get(LOG_RETENTION) != wanted:
         table.alter.set_table_properties({LOG_RETENTION: wanted})
-        table = DeltaTable(table_uri)
+        table = delta_table(table_uri)
     table.create_checkpoint()
     table.cleanup_metadata()
 
@@ -648,18 +709,16 @@ class DeltaRsEngine:
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
 
-    def locate(self, root: Path, catalog: str | None, schema: str | None, table: str) -> str:
+    def locate(self, root: str, catalog: str | None, schema: str | None, table: str) -> str:
         if catalog and schema:
             raise ConfigError("output.catalog/output.schema need lakehouse.engine=delta-spark")
         return table_location(root, None, None, table)
 
     def exists(self, target: str) -> bool:
-        from deltalake import DeltaTable
-
-        return not is_catalog_name(target) and bool(DeltaTable.is_deltatable(target))
+        return not is_catalog_name(target) and is_delta_table(target)
 
     def current_version(self, target: str) -> int | None:
-        return latest_log_version(_local_path(target).resolve())
+        return latest_log_version(_location(target))
 
     def read(self, target: str, name: str, version: int | None = None) -> tuple[DataFrame, int]:
         return read_table(self.spark, target, name, version)
@@ -698,9 +757,7 @@ class DeltaRsEngine:
         )
 
     def delete_keys(self, target: str, column: str, values: list[str]) -> int:
-        from deltalake import DeltaTable
-
-        table = DeltaTable(target)
+        table = delta_table(target)
         if not values or column not in [f.name for f in table.schema().fields]:
             return 0
         metrics = table.delete(f"{column} IN ({sql_in_list(values)})")
@@ -710,10 +767,8 @@ class DeltaRsEngine:
         return vacuum(target, retention_hours, enforce_retention=enforce_retention)
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:
-        from deltalake import DeltaTable
-
         commits = []
-        for entry in DeltaTable(target).history(limit):
+        for entry in delta_table(target).history(limit):
             millis = entry.get("timestamp")
             commits.append(
                 Commit(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
@@ -169,7 +168,7 @@ class DeltaSparkEngine:
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
 
-    def locate(self, root: Path, catalog: str | None, schema: str | None, table: str) -> str:
+    def locate(self, root: str, catalog: str | None, schema: str | None, table: str) -> str:
         return table_location(root, catalog, schema, table)
 
     def exists(self, target: str) -> bool:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from segspark.errors import InputError, SegsparkError
+from segspark.io import storage
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -67,11 +67,12 @@ def is_catalog_name(target: str) -> bool:
     return "/" not in target and ":" not in target and target.count(".") >= 1
 
 
-def table_location(root: Path, catalog: str | None, schema: str | None, name: str) -> str:
-    """``catalog.schema.name`` when both are configured, else ``<root>/tables/<name>``."""
+def table_location(root: str, catalog: str | None, schema: str | None, name: str) -> str:
+    """``catalog.schema.name`` when both are configured, else ``<root>/tables/<name>`` (``root`` a
+    local folder or a URI such as ``s3a://bucket/prefix``)."""
     if catalog and schema:
         return f"{catalog}.{schema}.{name}"
-    return str(root / "tables" / name)
+    return storage.join(root, "tables", name)
 
 
 @runtime_checkable
@@ -80,7 +81,7 @@ class TableEngine(Protocol):
 
     name: EngineName
 
-    def locate(self, root: Path, catalog: str | None, schema: str | None, table: str) -> str:
+    def locate(self, root: str, catalog: str | None, schema: str | None, table: str) -> str:
         """The target of output ``table``; raises ``ConfigError`` for a location the engine cannot use."""
         ...
 

@@ -112,7 +112,9 @@ def footer_nanos_columns(location: str) -> set[str] | None:
         import pyarrow.parquet as pq
         from pyarrow import fs
 
-        filesystem, path = fs.FileSystem.from_uri(location if "://" in location else _absolute(location))
+        from segspark.io import storage
+
+        filesystem, path = storage.filesystem(location)  # S3 (s3a://) as pyarrow names it
         info = filesystem.get_file_info(path)
         if info.type == fs.FileType.Directory:
             files = [
@@ -131,9 +133,3 @@ def footer_nanos_columns(location: str) -> set[str] | None:
         log.debug("parquet footer of %s not readable here (%s): timestamp roles decide", location, exc)
         return None
     return {f.name for f in arrow if pa.types.is_timestamp(f.type) and f.type.unit == "ns"}
-
-
-def _absolute(location: str) -> str:
-    from pathlib import Path
-
-    return str(Path(location).resolve())

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from segspark import schema as S
 from segspark import tables
 from segspark.errors import ConfigError, InputError
-from segspark.io import delta_rs, delta_spark, inputs
+from segspark.io import delta_rs, delta_spark, inputs, storage
 from segspark.io.engine import (
     MIN_SAFE_RETENTION_HOURS,
     Commit,
@@ -114,6 +114,7 @@ class Lakehouse:
     ) -> None:
         self.spark = spark
         self.settings = settings
+        storage.configure(settings.lakehouse.s3)
         why = "chosen by the caller"
         if engine is None:
             engine, why = resolve_engine(spark, settings.lakehouse.engine)
@@ -130,11 +131,17 @@ class Lakehouse:
     # ---- outputs ------------------------------------------------------------------------------
     @property
     def root(self) -> Path:
+        """The output folder (a local ``output.path``; ``location`` names any)."""
         return Path(self.settings.output.path).resolve()
+
+    @property
+    def location(self) -> str:
+        """``output.path`` as a location: an absolute local path or an object-store URI."""
+        return storage.root_of(self.settings.output.path)
 
     def target(self, name: str) -> str:
         out = self.settings.output
-        return self._engine.locate(self.root, out.catalog, out.schema_, name)
+        return self._engine.locate(self.location, out.catalog, out.schema_, name)
 
     def pin_versions(self) -> None:
         """Remember every output table's current version (the start of a run): from then on a write
