@@ -1,4 +1,5 @@
-"""Delta Lake's Spark jars for a session the job starts: resolved once from Maven, then loaded from disk.
+"""Delta Lake's Spark jars (and Hadoop's S3A connector) for a session the job starts: resolved once
+from Maven, then loaded from disk.
 
 The coordinates are the ones delta-spark's own ``configure_spark_with_delta_pip`` names for the installed
 ``delta-spark`` and ``pyspark`` packages: ``io.delta:delta-spark_<Spark major.minor>_2.13:<version>``.
@@ -8,7 +9,13 @@ in a child process whose output is kept: Ivy prints a resolution report of some 
 The list of jar files it resolved is remembered (``~/.cache/segspark``), so a job's own start loads them
 with ``spark.jars``: no report, no resolution, no network.
 
-Nothing here runs on a cluster, Databricks or a Spark Connect server: they bring their own Delta.
+Hadoop's S3A connector (``s3a://`` paths) is resolved the same way when a location is on S3:
+``org.apache.hadoop:hadoop-aws`` at the Hadoop version of pyspark's own jars, with the AWS SDK bundle
+its POM names (``resolve_s3a``).
+
+Nothing here runs on a cluster, Databricks or a Spark Connect server: they bring their own Delta and
+file systems. Nothing here needs Maven at import time. ``python -m segspark.delta_jars [delta] [s3a]``
+resolves ahead of time (CI does, before the tests).
 """
 
 from __future__ import annotations
@@ -51,8 +58,16 @@ spark.stop()
 """
 
 
-class DeltaJarsUnavailable(EnvironmentProblem):
+class JarsUnavailable(EnvironmentProblem):
+    """A package's jars could not be resolved (no network, no repository holds them)."""
+
+
+class DeltaJarsUnavailable(JarsUnavailable):
     """Delta's Spark jars could not be resolved (no network, no repository holds them)."""
+
+
+class S3AJarsUnavailable(JarsUnavailable):
+    """Hadoop's S3A connector could not be resolved."""
 
 
 def coordinates() -> str | None:
@@ -67,6 +82,30 @@ def coordinates() -> str | None:
     return f"io.delta:delta-spark_{spark}_{SCALA}:{version}"
 
 
+def hadoop_version() -> str | None:
+    """The Hadoop version of pyspark's own jars (``jars/hadoop-client-api-<version>.jar``)."""
+    import pyspark
+
+    folders = [Path(pyspark.__file__).parent / "jars"]
+    if os.environ.get("SPARK_HOME"):
+        folders.append(Path(os.environ["SPARK_HOME"]) / "jars")
+    for folder in folders:
+        for jar in sorted(folder.glob("hadoop-client-api-*.jar")):
+            return jar.name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+    return None
+
+
+def s3a_coordinates() -> str | None:
+    """``org.apache.hadoop:hadoop-aws:<the Hadoop of pyspark's jars>`` (None without those jars)."""
+    version = hadoop_version()
+    return None if version is None else f"org.apache.hadoop:hadoop-aws:{version}"
+
+
+def user_supplies_s3a(conf: Mapping[str, str]) -> bool:
+    """True when ``spark.conf`` already loads Hadoop's S3A connector (``spark.jars[.packages]``)."""
+    return "hadoop-aws" in f"{conf.get('spark.jars', '')},{conf.get('spark.jars.packages', '')}"
+
+
 def user_supplies_delta(conf: Mapping[str, str]) -> bool:
     """True when ``spark.conf`` already loads Delta's jars (``spark.jars`` or ``spark.jars.packages``)."""
     given = f"{conf.get('spark.jars', '')},{conf.get('spark.jars.packages', '')}"
@@ -78,10 +117,10 @@ def cache_dir() -> Path:
     return Path(base) / "segspark"
 
 
-def _cache_file(coords: str, resolver: Mapping[str, str]) -> Path:
+def _cache_file(coords: str, resolver: Mapping[str, str], prefix: str = "delta-jars") -> Path:
     key = json.dumps({"coordinates": coords, **resolver}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / f"delta-jars-{digest}.json"
+    return cache_dir() / f"{prefix}-{digest}.json"
 
 
 @contextlib.contextmanager
@@ -116,20 +155,39 @@ def resolve(conf: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
         raise DeltaJarsUnavailable(
             "the delta-spark Python package is not installed (pip install 'segspark[spark]')"
         )
+    return coords, resolve_package(coords, conf, "delta-jars", DeltaJarsUnavailable)
+
+
+def resolve_s3a(conf: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+    """Hadoop's S3A connector for pyspark's Hadoop and the local jar files that load it (with the AWS
+    SDK bundle), resolved on the first call, then cached. Raises ``S3AJarsUnavailable``."""
+    coords = s3a_coordinates()
+    if coords is None:
+        raise S3AJarsUnavailable("pyspark's jars name no Hadoop version (no jars/hadoop-client-api-*.jar)")
+    return coords, resolve_package(coords, conf, "hadoop-aws-jars", S3AJarsUnavailable)
+
+
+def resolve_package(
+    coords: str, conf: Mapping[str, str] | None, prefix: str, error: type[JarsUnavailable]
+) -> list[str]:
+    """The local jar files of Maven package ``coords`` and its dependencies: from the cache file
+    ``<prefix>-<digest>.json``, else resolved by Spark's resolver in a child process (one at a time)."""
     resolver = {k: v for k, v in (conf or {}).items() if k in RESOLVER_KEYS}
-    file = _cache_file(coords, resolver)
+    file = _cache_file(coords, resolver, prefix)
     jars = _cached(file)
     if jars is not None:
-        return coords, jars
+        return jars
     with _locked(file.with_suffix(".lock")):
         jars = _cached(file)  # another process may have resolved them meanwhile
         if jars is None:
-            jars = _resolve_in_child(coords, resolver)
+            jars = _resolve_in_child(coords, resolver, error)
             file.write_text(json.dumps({"coordinates": coords, "jars": jars}, indent=1), encoding="utf-8")
-    return coords, jars
+    return jars
 
 
-def _resolve_in_child(coords: str, resolver: Mapping[str, str]) -> list[str]:
+def _resolve_in_child(
+    coords: str, resolver: Mapping[str, str], error: type[JarsUnavailable] = DeltaJarsUnavailable
+) -> list[str]:
     pairs = [f"spark.jars.packages={coords}", *[f"{k}={v}" for k, v in resolver.items()]]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -142,11 +200,12 @@ def _resolve_in_child(coords: str, resolver: Mapping[str, str]) -> list[str]:
             timeout=RESOLVE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        raise DeltaJarsUnavailable(f"resolving {coords} took over {RESOLVE_TIMEOUT_S} s") from None
+        raise error(f"resolving {coords} took over {RESOLVE_TIMEOUT_S} s") from None
     listed = [line for line in proc.stdout.splitlines() if line.startswith("SEGSPARK_JARS=")]
     jars = [j for j in listed[-1].removeprefix("SEGSPARK_JARS=").split(",") if j] if listed else []
-    if proc.returncode != 0 or not any("delta" in j for j in jars):
-        raise DeltaJarsUnavailable(f"cannot fetch {coords}: {_reason(proc.stderr + proc.stdout)}")
+    artifact = coords.split(":")[1]
+    if proc.returncode != 0 or not any(artifact in j for j in jars):
+        raise error(f"cannot fetch {coords}: {_reason(proc.stderr + proc.stdout)}")
     return jars
 
 
@@ -182,3 +241,16 @@ def session_conf(jars: list[str], conf: Mapping[str, str], partitions: str | Non
         **out,
         **{k: v for k, v in conf.items() if k in out and k not in ("spark.jars", "spark.sql.extensions")},
     }
+
+
+def _main(argv: list[str]) -> int:
+    """Resolve ahead of time: ``delta`` (Delta's jars), ``s3a`` (Hadoop's S3A connector), or both."""
+    wanted = argv or ["delta"]
+    for what in wanted:
+        coords, jars = resolve() if what == "delta" else resolve_s3a()
+        print(f"{coords}: {len(jars)} jar file(s), cached in {cache_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

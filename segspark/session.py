@@ -375,7 +375,13 @@ def delta_jars_for(engine: str) -> DeltaJars:
     return "off" if engine == "delta-rs" else "require" if engine == "delta-spark" else "try"
 
 
-def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off") -> SparkSession:
+def get_spark(
+    cfg: SparkConfig,
+    *,
+    owned: bool = True,
+    delta: DeltaJars = "off",
+    s3a: Mapping[str, str] | None = None,
+) -> SparkSession:
     """Build or reuse the Spark session described by ``cfg``.
 
     Order: ``spark.remote`` (Spark Connect) if set; else an already active session (cluster,
@@ -383,6 +389,9 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off")
     starts is stopped by :func:`stop_owned` (the CLI's exit); pass False to keep it (tests, notebooks).
     ``delta``: whether a local session (or local Connect server) this call starts loads Delta's Spark
     jars (:func:`delta_jars_for`); a cluster's, Databricks' or a remote server's session has its own.
+    ``s3a``: a location is on S3 (``segspark.io.storage.s3a_conf``): a session this call starts loads
+    Hadoop's S3A connector with these ``fs.s3a`` settings (:func:`s3a_conf`); an active local session
+    gets the settings it lacks at run time.
     """
     from pyspark.sql import SparkSession
 
@@ -391,7 +400,7 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off")
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     if cfg.remote:
-        return _connect_session(cfg, owned=owned, delta=delta)
+        return _connect_session(cfg, owned=owned, delta=delta, s3a=s3a)
 
     existing = active_session()
     if existing is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
@@ -400,6 +409,7 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off")
         existing = SparkSession.builder.getOrCreate()
     if existing is not None:
         apply_job_conf(existing, runtime_sql_conf(local_conf(cfg, master="existing")))  # JOB_CONF too
+        _apply_s3a_runtime(existing, s3a)
         for key, value in cfg.conf.items():
             try:
                 existing.conf.set(key, value)
@@ -417,6 +427,7 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off")
     machine = detect_machine()
     settings = local_conf(cfg, machine)
     settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
+    settings.update(s3a_conf(cfg, s3a, settings.get("spark.jars", "")))
     for key, value in settings.items():
         builder = builder.config(key, value)
     _log_sizes(settings, cfg.master, machine)
@@ -426,7 +437,9 @@ def get_spark(cfg: SparkConfig, *, owned: bool = True, delta: DeltaJars = "off")
     return spark
 
 
-def _connect_session(cfg: SparkConfig, *, owned: bool, delta: DeltaJars) -> SparkSession:
+def _connect_session(
+    cfg: SparkConfig, *, owned: bool, delta: DeltaJars, s3a: Mapping[str, str] | None = None
+) -> SparkSession:
     """A Spark Connect session: a local server this process starts (sized like a local session,
     Delta's jars as ``delta`` says), or a remote server's (the job's runtime SQL settings applied)."""
     from pyspark.sql import SparkSession
@@ -441,6 +454,7 @@ def _connect_session(cfg: SparkConfig, *, owned: bool, delta: DeltaJars) -> Spar
         machine = detect_machine()
         settings = local_conf(cfg, machine)
         settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
+        settings.update(s3a_conf(cfg, s3a, settings.get("spark.jars", "")))
         _log_sizes(settings, cfg.remote, machine)
     else:
         # a remote server was started with its own static settings; the job's runtime SQL ones
@@ -484,6 +498,39 @@ def delta_conf(cfg: SparkConfig, delta: DeltaJars, partitions: str | None = None
         return {}
     log.info("spark: Delta's Spark jars %s (%d files, resolved once and cached)", coords, len(jars))
     return delta_jars.session_conf(jars, cfg.conf, partitions)
+
+
+def s3a_conf(cfg: SparkConfig, s3a: Mapping[str, str] | None, jars: str = "") -> dict[str, str]:
+    """The settings that load Hadoop's S3A connector into a session the job starts, or none.
+
+    ``s3a``: the ``fs.s3a`` settings (endpoint, region, addressing, TLS, credentials provider), set as
+    ``spark.hadoop.*`` unless ``spark.conf`` sets them; ``jars``: the session's ``spark.jars`` so far,
+    to which the connector's jars (``delta_jars.resolve_s3a``, cached) are added unless the user loads
+    it. Without them: a ``ConfigError`` (exit 2) naming what is missing."""
+    if s3a is None:
+        return {}
+    out = {f"spark.hadoop.{k}": v for k, v in s3a.items() if f"spark.hadoop.{k}" not in cfg.conf}
+    if delta_jars.user_supplies_s3a(cfg.conf):
+        return out
+    try:
+        coords, found = delta_jars.resolve_s3a(cfg.conf)
+    except delta_jars.JarsUnavailable as exc:
+        raise ConfigError(f"a path on s3a:// needs Hadoop's S3A connector (hadoop-aws): {exc}") from None
+    log.info("spark: Hadoop's S3A connector %s (%d files, resolved once and cached)", coords, len(found))
+    out["spark.jars"] = ",".join(x for x in (jars, *found) if x)
+    return out
+
+
+def _apply_s3a_runtime(spark: SparkSession, s3a: Mapping[str, str] | None) -> None:
+    """The ``fs.s3a`` settings an active local session lacks (a notebook's or a test suite's), set at
+    run time: data sources and Delta read Hadoop settings from the session. A cluster's or Databricks'
+    file systems are their own: left alone."""
+    master = spark.conf.get("spark.master", "") or ""
+    if not s3a or not master.startswith("local") or "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        return
+    for key, value in s3a.items():
+        if spark.conf.get(f"spark.hadoop.{key}", None) is None and spark.conf.get(key, None) is None:
+            spark.conf.set(key, value)
 
 
 def sizes_shuffle_partitions(cfg: SparkConfig) -> bool:
