@@ -135,8 +135,10 @@ def _settings(args: argparse.Namespace, extra: list[str] | None = None) -> Setti
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from segspark import generate
+    from segspark.io import storage
 
     settings = _settings(args)
+    storage.check(args.out, "--out")
     started = time.perf_counter()
     result = generate.write_lakehouse(
         settings, args.out, args.customers, seed=args.seed, dirty=args.dirty, uniform_spend=args.uniform_spend
@@ -145,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tx = result["rows"].get("transactions", 0)
     print(
         f"generated {args.customers} customers, {tx} transactions in {elapsed:.1f} s "
-        f"({tx / elapsed:,.0f} transactions/s) under {Path(args.out).resolve()}"
+        f"({tx / elapsed:,.0f} transactions/s) under {storage.root_of(args.out)}"
     )
     for name, path in result["paths"].items():
         print(f"  {name:16s} {result['rows'][name]:>12,} rows  {path}")
@@ -159,6 +161,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
     settings = _settings(args, extra)
     _check_key(settings, demo)
     check_inputs(settings)
+    check_storage(settings)
     ctx = open_context(settings, args.command, demo=demo)
     pipeline.run(ctx)
     _print_run(ctx)
@@ -166,10 +169,11 @@ def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool
 
 
 def _print_run(ctx: RunContext) -> None:
+    from segspark.io import storage
+
     settings = ctx.settings
-    out = Path(settings.output.path).resolve()
     print(f"run {ctx.run_id} succeeded (as_of_date {ctx.as_of_date}, engine {ctx.lake.engine})")
-    print(f"  tables: {out / 'tables'}")
+    print(f"  tables: {storage.join(ctx.lake.location, 'tables')}")
     for name, version in sorted(ctx.outputs.items()):
         print(f"    {name:22s} version {version}")
     if ctx.report_dir:
@@ -193,6 +197,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         from segspark.io.lakehouse import check_vacuum_retention
 
         check_vacuum_retention(settings.lakehouse.vacuum_retention_hours, args.force)
+    check_storage(settings)
     ctx = open_context(settings, args.command)
     if args.command in pipeline.SELECTIONS:  # cluster, report: stages of the pipeline on written tables
         pipeline.run(ctx)
@@ -252,6 +257,21 @@ def check_inputs(settings: Settings) -> None:
                 f"input '{name}': {cfg.path} is not a Delta table (no _delta_log); "
                 f"set input.{name}.format to parquet or csv"
             )
+
+
+def check_storage(settings: Settings) -> None:
+    """Object-store locations are checked before Spark starts (exit 2 with one line naming the path
+    and the problem: no such bucket, refused credentials, unreachable endpoint), and a run whose
+    output is on an object store has somewhere to keep its MLflow store (``tracking.uri``). Paths on
+    a remote Spark are the cluster's: left to it."""
+    from segspark.io import storage
+
+    if settings.tracking.enabled:
+        settings.tracking_uri  # noqa: B018  (raises ConfigError when it has nowhere to go)
+    remote = settings.spark.remote
+    if remote and not remote.startswith("local"):
+        return
+    storage.check_locations(settings)
 
 
 def _check_key(settings: Settings, demo: bool) -> None:

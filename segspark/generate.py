@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import Column
@@ -575,12 +574,14 @@ def write_lakehouse(
     ``uniform_spend``: one mean order value for every archetype (see :func:`customer_base`)."""
     if customer_count < 1:
         raise SegsparkError("--customers must be at least 1")
-    from segspark.io import Lakehouse
+    from segspark.io import Lakehouse, storage
     from segspark.session import delta_jars_for, get_spark
 
-    session = spark or get_spark(settings.spark, delta=delta_jars_for(settings.lakehouse.engine))
+    storage.configure(settings.lakehouse.s3)
+    s3a = storage.hadoop_conf() if storage.is_s3(str(out_dir)) else None
+    session = spark or get_spark(settings.spark, delta=delta_jars_for(settings.lakehouse.engine), s3a=s3a)
     lake = Lakehouse(session, settings)
-    root = Path(out_dir).resolve()
+    root = storage.root_of(str(out_dir))
     base = customer_base(session, customer_count, seed, uniform_spend=uniform_spend).persist()
     tx = transactions(base, seed, end)
     crm = customers(base, seed, end)
@@ -595,7 +596,7 @@ def write_lakehouse(
     rows: dict[str, int] = {}
     started = time.perf_counter()
     for name, df in frames.items():
-        path = str(root / name)
+        path = storage.join(root, name)
         t0 = time.perf_counter()
         res = lake.write_dataset(df, path)
         paths[name] = path

@@ -37,7 +37,7 @@ from segspark.context import (
     recorded,
 )
 from segspark.errors import DataQualityError, InputError
-from segspark.io import InputInfo
+from segspark.io import InputInfo, storage
 from segspark.session import finalizers_at_safe_points, scale_shuffle_partitions, sizes_shuffle_partitions
 
 if TYPE_CHECKING:
@@ -642,17 +642,18 @@ def stage_report(io: StageIO) -> None:
     for name in (S.QUARANTINE, S.RUNS):
         found[name] = io.run_rows(name)
     found["previous_report_summary"] = io.previous(S.REPORT_SUMMARY)
-    out_dir = Path(io.settings.output.path).resolve() / "reports"
-    with io.timed("report_build"):
+    reports = storage.join(storage.root_of(io.settings.output.path), "reports")
+    # on an object store the report is built in a local folder and uploaded beside the tables
+    with io.timed("report_build"), storage.local_folder(reports) as out_dir:
         result = build_report(
             found, RunInfo(run_id=io.run_id, as_of_date=as_of, command=io.command), out_dir, io.settings
         )
-    io.report_dir = str(Path(result.html_path).parent)
+        tracking.log_artifacts(Path(result.html_path).parent, "report")
+    io.report_dir = storage.join(reports, io.run_id)
     # the declared schemas: an empty table (every segment under report.min_segment_size) is written empty
     frame = functools.partial(declared_frame, io.spark, fill_missing=True)
     io.write(frame(result.summary, S.REPORT_SUMMARY), S.REPORT_SUMMARY)
     io.write(frame(result.recommendations, S.RECOMMENDATIONS), S.RECOMMENDATIONS)
-    tracking.log_artifacts(Path(result.html_path).parent, "report")
 
 
 # The whole data flow. A stage reads and writes only what it names (StageIO enforces it).

@@ -8,12 +8,15 @@ with the alias ``clustering.model_alias``. :func:`score_segments` reloads it for
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import math
 import os
 import tempfile
+import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +29,7 @@ from pyspark.sql import functions as F
 from segspark import schema as S
 from segspark.clustering import prep
 from segspark.errors import InputError
+from segspark.io import storage
 from segspark.schema import CLUSTER_ID, PERSONA
 
 if TYPE_CHECKING:
@@ -233,12 +237,33 @@ SPARK_MODEL_DATA = "sparkml"  # the spark flavor's folder for the Spark ML model
 
 
 def staging_dir(output_path: str | None) -> str | None:
-    """The folder a Spark Connect server and its client share for the model: the job's output folder
-    (they share it already: the server writes the tables' files, the client commits them), when it is
-    a local or mounted path; None (the system's temporary folder, same machine only) otherwise."""
+    """The folder a Spark Connect server and its client share for the model: the job's output
+    location (they share it already: the server writes the tables' files, the client commits them),
+    a local or mounted folder or an S3 location (the client copies the model through pyarrow); None
+    (the system's temporary folder, same machine only) otherwise."""
+    if output_path and storage.is_s3(output_path):
+        return storage.root_of(output_path)
     if output_path and "://" not in output_path and os.path.isdir(output_path):
         return output_path
     return None
+
+
+@contextlib.contextmanager
+def _model_folders(staging_dir: str | None) -> Iterator[tuple[str, str]]:
+    """``(shared, local)``: the folder the Spark Connect server saves or loads the Spark ML model in,
+    and the client's local folder of the MLflow model. One folder where both see the same file
+    system; on an object store a prefix there (removed afterwards) and a local temporary folder."""
+    if staging_dir is None or not storage.is_uri(staging_dir):
+        with tempfile.TemporaryDirectory(prefix=".segspark-model-", dir=staging_dir) as tmp:
+            local = os.path.join(tmp, "model")
+            yield local, local
+        return
+    shared = storage.join(staging_dir, f".segspark-model-{uuid.uuid4().hex[:12]}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="segspark-model-") as tmp:
+            yield storage.spark_uri(storage.join(shared, "model")), os.path.join(tmp, "model")
+    finally:
+        storage.delete_tree(shared)
 
 
 def _connect_client() -> bool:
@@ -261,9 +286,10 @@ def _log_model_through_folder(
 
     run = mlflow.active_run()
     assert run is not None
-    with tempfile.TemporaryDirectory(prefix=".segspark-model-", dir=staging_dir) as tmp:
-        local = os.path.join(tmp, "model")
-        model.write().save(os.path.join(local, SPARK_MODEL_DATA))  # written by the server
+    with _model_folders(staging_dir) as (shared, local):
+        model.write().save(storage.join(shared, SPARK_MODEL_DATA))  # written by the server
+        if shared != local:
+            storage.copy_tree(storage.join(shared, SPARK_MODEL_DATA), os.path.join(local, SPARK_MODEL_DATA))
         mlmodel = Model(artifact_path=artifact_path, run_id=run.info.run_id, signature=signature)
         mlmodel.add_flavor(
             "spark",
@@ -285,11 +311,15 @@ def _load_model_through_folder(uri: str, staging_dir: str | None) -> PipelineMod
     import mlflow
     from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix=".segspark-model-", dir=staging_dir) as tmp:
-        local = mlflow.artifacts.download_artifacts(uri, dst_path=tmp)
-        data = Model.load(local).flavors["spark"]["model_data"]
-        # the server reads the files while loading; the model then lives in the server's session
-        return PipelineModel.load(os.path.join(local, data))
+    with _model_folders(staging_dir) as (shared, local):
+        os.makedirs(local)
+        downloaded = mlflow.artifacts.download_artifacts(uri, dst_path=local)
+        data = Model.load(downloaded).flavors["spark"]["model_data"]
+        if shared == local:
+            # the server reads the files while loading; the model then lives in the server's session
+            return PipelineModel.load(os.path.join(downloaded, data))
+        storage.copy_tree(os.path.join(downloaded, data), storage.join(shared, data))
+        return PipelineModel.load(storage.join(shared, data))
 
 
 def _log_density(model: DensityModel) -> None:
