@@ -15,9 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import s3_server
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SEGSPARK_PSEUDO_KEY", "test-key-not-secret")
+# The S3 tests' object store (tests/s3_server.py) and its credentials. Spark's S3A connector reads them
+# from its JVM's environment, which is fixed when the suite's session starts: they are set before it,
+# in place of any real account's (no test may reach a real store), and no lookup of an instance role.
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
+os.environ.update(
+    AWS_ACCESS_KEY_ID=s3_server.ACCESS_KEY,
+    AWS_SECRET_ACCESS_KEY=s3_server.SECRET_KEY,
+    AWS_REGION=s3_server.REGION,
+    AWS_EC2_METADATA_DISABLED="true",
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +51,7 @@ def spark() -> Iterator[object]:
         ),
         owned=False,  # the CLI tests run in-process and must not stop the suite's session
         delta="require",  # Delta's Spark jars: both table engines are tested (.ci/run fetches them)
+        s3a={},  # Hadoop's S3A connector, for tests/test_s3.py (its settings come with each job)
     )
     yield session
     session.stop()
@@ -171,6 +184,7 @@ REFERENCE_MODULES = frozenset({"test_determinism", "test_end_to_end", "test_eras
 # the slowest groups first (minutes each on 2 cores), so the workers start on them and end together
 SLOWEST_FIRST = (
     "reference-run",
+    "test_s3",
     "test_cluster_submit",
     "test_connect_server",
     "test_faults",
