@@ -72,7 +72,7 @@ def table_location(root: str, catalog: str | None, schema: str | None, name: str
     local folder or a URI such as ``s3a://bucket/prefix``)."""
     if catalog and schema:
         return f"{catalog}.{schema}.{name}"
-    return storage.join(root, "tables", name)
+    return storage.join(str(root), "tables", name)
 
 
 @runtime_checkable
