@@ -263,14 +263,16 @@ def check_storage(settings: Settings) -> None:
     """Object-store locations are checked before Spark starts (exit 2 with one line naming the path
     and the problem: no such bucket, refused credentials, unreachable endpoint), and a run whose
     output is on an object store has somewhere to keep its MLflow store (``tracking.uri``). Paths on
-    a remote Spark are the cluster's: left to it."""
+    a remote Spark or on Databricks are reached with the cluster's credentials: left to it."""
+    import os
+
     from segspark.io import storage
 
     if settings.tracking.enabled:
         settings.tracking_uri  # noqa: B018  (raises ConfigError when it has nowhere to go)
     remote = settings.spark.remote
-    if remote and not remote.startswith("local"):
-        return
+    if (remote and not remote.startswith("local")) or "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        return  # a cluster's or the platform's own credentials (an instance profile, Unity Catalog)
     storage.check_locations(settings)
 
 
