@@ -51,6 +51,7 @@ from segspark.io.engine import (
     PartitionValue,
     TableNotFound,
     WriteMode,
+    conflict_error,
     is_catalog_name,
     sql_in_list,
     table_location,
@@ -298,12 +299,7 @@ def _commit_checked(
             conflict = conflicting_commit(root, since_version, latest, app_id, mode, partition_value)
             if conflict is not None:
                 _discard(root, adds)
-                started = "no table yet" if since_version < 0 else f"at version {since_version}"
-                raise ConcurrentWriteError(
-                    f"table '{root.name}': concurrent write: {conflict} after this run started "
-                    f"({started}); this run's write was not committed, the table keeps the other run's "
-                    "data; rerun when it has finished"
-                )
+                raise conflict_error(root.name, conflict, since_version)
         try:
             _commit(uri, latest, schema, adds, mode, partition_by, partition_value, props)
         except (CommitFailedError, DeltaError) as exc:
@@ -383,7 +379,7 @@ def latest_log_version(root: Path) -> int:
     return max(versions, default=-1)
 
 
-def _commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
+def commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
     path = root / "_delta_log" / f"{version:020d}.json"
     try:
         text = path.read_text()
@@ -408,7 +404,7 @@ def conflicting_commit(
     (vacuum) never conflict.
     """
     for version in range(since + 1, upto + 1):
-        actions = _commit_actions(root, version)
+        actions = commit_actions(root, version)
         apps = {a["txn"].get("appId") for a in actions if "txn" in a}
         if app_id in apps:
             continue
@@ -634,6 +630,23 @@ def expire_log(table_uri: str, retention_hours: int) -> None:
         table = DeltaTable(table_uri)
     table.create_checkpoint()
     table.cleanup_metadata()
+    drop_stale_checksums(_local_path(table_uri))
+
+
+def drop_stale_checksums(root: Path) -> None:
+    """Delete the version checksum files (``<version>.crc``) of versions whose log entry is gone.
+
+    Delta's Spark engine writes one per commit, holding the table's whole file list with each file's
+    statistics (the min and max customer keys too); delta-rs's log cleanup knows only the files it
+    writes itself, so after an erase these would keep the erased keys."""
+    log_dir = root / "_delta_log"
+    kept = [int(p.stem) for p in log_dir.glob("*.json") if p.stem.isdigit()]
+    if not kept:
+        return
+    for crc in log_dir.glob("*.crc"):
+        if crc.stem.isdigit() and int(crc.stem) < min(kept):
+            crc.unlink(missing_ok=True)
+            (log_dir / f".{crc.name}.crc").unlink(missing_ok=True)  # Hadoop's checksum of it
 
 
 def _text(value: Any) -> str:

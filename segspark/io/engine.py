@@ -57,6 +57,15 @@ class ConcurrentWriteError(SegsparkError):
     write is not committed (exit code 1; the other run's data stays whole)."""
 
 
+def conflict_error(name: str, conflict: str, since_version: int) -> ConcurrentWriteError:
+    """The error of a write that another run's commit (``conflict``, described) got ahead of."""
+    started = "no table yet" if since_version < 0 else f"at version {since_version}"
+    return ConcurrentWriteError(
+        f"table '{name}': concurrent write: {conflict} after this run started ({started}); this run's "
+        "write was not committed, the table keeps the other run's data; rerun when it has finished"
+    )
+
+
 # Delta's safety minimum for vacuum (``delta.deletedFileRetentionDuration``, 7 days): a shorter
 # retention can delete files a concurrent reader or writer still needs.
 MIN_SAFE_RETENTION_HOURS = 168

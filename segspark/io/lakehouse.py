@@ -82,7 +82,10 @@ def resolve_engine(spark: SparkSession, wanted: str) -> tuple[Engine, str]:
         return "delta-spark", "auto: Databricks has Delta built in"
     if delta_spark.delta_available(spark):
         return "delta-spark", "auto: Delta's Spark jars are loaded in this session"
-    return "delta-rs", "auto: Delta's Spark jars are not loaded in this session"
+    return "delta-rs", (
+        "auto: Delta's Spark jars are not loaded in this session; a local session loads them only "
+        "for lakehouse.engine: delta-spark"
+    )
 
 
 @dataclass(frozen=True)
