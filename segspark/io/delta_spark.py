@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from segspark.errors import InputError
+from segspark.io.delta_spark_ops import DeltaSparkOperations
 from segspark.io.engine import (
     Commit,
     CommitResult,
@@ -161,8 +162,9 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-class DeltaSparkEngine:
-    """Delta's own Spark data source: paths or catalog names (``catalog.schema.table``)."""
+class DeltaSparkEngine(DeltaSparkOperations):
+    """Delta's own Spark data source: paths or catalog names (``catalog.schema.table``); MERGE,
+    compaction and table properties come from ``DeltaSparkOperations``."""
 
     name: EngineName = "delta-spark"
 

@@ -21,7 +21,9 @@ from segspark.io.engine import (
     MIN_SAFE_RETENTION_HOURS,
     Commit,
     CommitResult,
+    Compaction,
     EngineName,
+    MergeResult,
     TableEngine,
     TableNotFound,
     WriteMode,
@@ -182,6 +184,61 @@ class Lakehouse:
             since_version=self._since.get(name),
         )
 
+    def merge(
+        self,
+        df: DataFrame,
+        name: str,
+        keys: list[str],
+        *,
+        run_id: str,
+        as_of_date: dt.date,
+        txn_version: int = 0,
+        delete_column: str | None = None,
+    ) -> MergeResult:
+        """Upsert ``df`` into output table ``name`` by ``keys`` in one commit (``TableEngine.merge``):
+        matched rows are replaced, the others inserted (rows flagged in ``delete_column`` delete their
+        match); merged rows are stamped with ``run_id`` and ``as_of_date``, the others keep theirs.
+
+        The frame (without ``delete_column``) must match the table's declared schema, as for ``write``.
+        No table yet: the rows (less the flagged ones) are written as its first commit. A retried run
+        (same ``run_id``) merges nothing twice; a data commit by another run since this run started is
+        a ``ConcurrentWriteError``.
+        """
+        layout = _layout(name)
+        widen = tables.conform_schema(name, df.drop(delete_column).schema if delete_column else df.schema)
+        stamped = df.withColumns(
+            {
+                **{column: F.col(column).cast(type_) for column, type_ in widen.items()},
+                S.RUN_ID: F.lit(run_id),
+                S.AS_OF_DATE: F.lit(as_of_date).cast("date"),
+            }
+        )
+        target, app_id = self.target(name), f"segspark-{run_id}"
+        if not self._engine.exists(target):
+            rows = stamped
+            if delete_column:
+                rows = stamped.where(~F.coalesce(F.col(delete_column), F.lit(False))).drop(delete_column)
+            first = self._engine.write(
+                rows,
+                target,
+                mode="append",
+                partition_by=[S.AS_OF_DATE] if layout.partitioned else [],
+                partition_value=None,
+                app_id=app_id,
+                txn_version=txn_version,
+                since_version=self._since.get(name),
+            )
+            return MergeResult(first.version, first.files, first.rows, first.skipped, inserted=first.rows)
+        return self._engine.merge(
+            stamped,
+            target,
+            keys,
+            app_id=app_id,
+            txn_version=txn_version,
+            delete_column=delete_column,
+            since_version=self._since.get(name),
+        )
+
     def _within_existing(self, df: DataFrame, name: str) -> DataFrame:
         """An append to a table written before an optional column was declared (``runs.choices``)
         leaves the column out: the table's schema holds, where an append with an extra column would
@@ -246,6 +303,13 @@ class Lakehouse:
         if not self.exists(name):
             return []
         return self._engine.vacuum(self.target(name), hours, enforce_retention=not force)
+
+    def compact(self, name: str) -> Compaction | None:
+        """Rewrite the table's small files into larger ones (OPTIMIZE; one commit that changes no
+        rows); the live files and bytes before and after, None when there is no table."""
+        if not self.exists(name):
+            return None
+        return self._engine.compact(self.target(name))
 
     def version(self, name: str) -> int | None:
         """The table's latest version (None when it does not exist)."""

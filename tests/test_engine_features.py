@@ -1,0 +1,194 @@
+"""The engine contract, continued: MERGE, the change data feed setting and compaction, each on delta-rs
+and on delta-spark (``tests/test_engine_contract.py`` holds the reads and writes).
+
+Tables are read back with both engines' own readers where it matters: a change feed written by one
+engine is read by Delta Spark (``readChangeFeed``) and by delta-rs (``load_cdf``), and the protocol
+each setting leaves is read from the Delta log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from segspark import schema as S
+from segspark import tables
+from segspark.config import Settings
+from segspark.io import Lakehouse, make_engine
+from segspark.tables import SchemaMismatch
+from tests.test_engine_contract import _delta_spark_missing, _local
+
+D1 = dt.date(2024, 1, 31)
+D2 = dt.date(2024, 2, 29)
+KEYS = [S.CUSTOMER_ID, S.ORDER_ID]
+CDF = "delta.enableChangeDataFeed"
+
+
+def _settings(path: Path, engine: str, **lakehouse: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "output": {"path": str(path)},
+            "lakehouse": {"engine": engine, **lakehouse},
+            "tracking": {"enabled": False},
+        }
+    )
+
+
+@pytest.fixture(params=["delta-rs", "delta-spark"])
+def engine(request: pytest.FixtureRequest, spark: SparkSession) -> str:
+    name: str = request.param
+    if name == "delta-spark":
+        reason = _delta_spark_missing(spark)
+        if reason:
+            pytest.fail(reason)  # the suite's session loads Delta's jars: both engines must run here
+        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    return name
+
+
+def _orders(spark: SparkSession, rows: list[tuple[str | None, str | None, float]], **extra: Any) -> DataFrame:
+    """Orders of the declared schema with the given keys and net amounts (the other columns null)."""
+    given = spark.createDataFrame(rows, "customer_id string, order_id string, net_amount double")
+    return given.select(
+        *[
+            (F.col(f.name) if f.name in given.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+            for f in tables.ORDERS_SCHEMA.fields
+        ],
+        *[F.lit(v).alias(k) for k, v in extra.items()],
+    )
+
+
+def _content(lake: Lakehouse) -> dict[tuple[Any, Any], tuple[float, str]]:
+    rows = lake.read_output(S.ORDERS).select(*KEYS, S.NET_AMOUNT, S.RUN_ID).collect()  # a handful of rows
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
+BASE = [("c1", "o1", 1.0), ("c2", "o2", 2.0), ("c3", "o3", 3.0)]
+UPSERT = [("c2", "o2", 20.0), ("c4", "o4", 4.0), (None, "o9", 9.0)]  # one update, two inserts
+AFTER_UPSERT = {
+    ("c1", "o1"): (1.0, "r1"),
+    ("c2", "o2"): (20.0, "r2"),
+    ("c3", "o3"): (3.0, "r1"),
+    ("c4", "o4"): (4.0, "r2"),
+    (None, "o9"): (9.0, "r2"),  # a null key never matches: inserted, as SQL MERGE does
+}
+
+
+# ---- MERGE ----------------------------------------------------------------------------------------
+def test_merge_updates_and_inserts_in_one_commit_and_a_retry_merges_nothing(
+    spark: SparkSession, engine: str, tmp_path: Path
+) -> None:
+    lake = Lakehouse(spark, _settings(tmp_path, engine))
+    lake.write(_orders(spark, BASE), S.ORDERS, run_id="r1", as_of_date=D1)
+    res = lake.merge(_orders(spark, UPSERT), S.ORDERS, KEYS, run_id="r2", as_of_date=D2)
+    assert (res.version, res.skipped) == (1, False)
+    assert (res.inserted, res.updated, res.deleted) == (2, 1, 0)
+    assert res.files >= 1
+    assert _content(lake) == AFTER_UPSERT
+    history = lake.history(S.ORDERS)
+    assert [c.version for c in history] == [1, 0]
+    assert history[0].operation.upper() == "MERGE"
+    # the same run again: nothing merged, nothing committed
+    again = lake.merge(_orders(spark, [("c1", "o1", 100.0)]), S.ORDERS, KEYS, run_id="r2", as_of_date=D2)
+    assert (again.version, again.skipped, again.inserted, again.updated) == (None, True, 0, 0)
+    assert len(lake.history(S.ORDERS)) == 2
+    assert _content(lake) == AFTER_UPSERT
+    # a later attempt of the same run (a higher txn version) does merge
+    later = lake.merge(
+        _orders(spark, [("c1", "o1", 100.0)]), S.ORDERS, KEYS, run_id="r2", as_of_date=D2, txn_version=1
+    )
+    assert (later.version, later.updated, later.inserted) == (2, 1, 0)
+    assert _content(lake)[("c1", "o1")] == (100.0, "r2")
+
+
+def test_merge_with_a_delete_column_and_into_a_missing_table(
+    spark: SparkSession, engine: str, tmp_path: Path
+) -> None:
+    lake = Lakehouse(spark, _settings(tmp_path, engine))
+    # no table yet: the rows not flagged are its first commit
+    first = lake.merge(
+        _orders(spark, BASE).withColumn("gone", F.col(S.ORDER_ID) == "o3"),
+        S.ORDERS,
+        KEYS,
+        run_id="r1",
+        as_of_date=D1,
+        delete_column="gone",
+    )
+    assert (first.version, first.inserted) == (0, 2)
+    assert set(_content(lake)) == {("c1", "o1"), ("c2", "o2")}
+    flagged = _orders(spark, [("c1", "o1", 0.0), ("c2", "o2", 22.0), ("c5", "o5", 5.0), ("c6", "o6", 6.0)])
+    gone = F.when(F.col(S.ORDER_ID).isin("o1", "o5"), True).when(F.col(S.ORDER_ID) == "o2", False)
+    res = lake.merge(
+        flagged.withColumn("gone", gone), S.ORDERS, KEYS, run_id="r2", as_of_date=D2, delete_column="gone"
+    )
+    # o1 deleted, o2 updated (flag false), o5 flagged without a match: dropped, o6 (flag null) inserted
+    assert (res.deleted, res.updated, res.inserted) == (1, 1, 1)
+    assert _content(lake) == {("c2", "o2"): (22.0, "r2"), ("c6", "o6"): (6.0, "r2")}
+    assert "gone" not in lake.read_output(S.ORDERS).columns
+
+
+def test_merge_refuses_a_source_that_does_not_match_the_table(
+    spark: SparkSession, engine: str, tmp_path: Path
+) -> None:
+    lake = Lakehouse(spark, _settings(tmp_path, engine))
+    lake.write(_orders(spark, BASE), S.ORDERS, run_id="r1", as_of_date=D1)
+    stamped = lake.read_output(S.ORDERS)  # the table's own columns, run_id and as_of_date included
+    table = make_engine(spark, engine)  # type: ignore[arg-type]
+    target = lake.target(S.ORDERS)
+    cases = {
+        "column 'net_amount' has type string in the MERGE source, double in the table": stamped.withColumn(
+            S.NET_AMOUNT, F.col(S.NET_AMOUNT).cast("string")
+        ),
+        "column 'channel' is missing from the MERGE source": stamped.drop(S.CHANNEL),
+        "column 'extra' of the MERGE source is not in the table": stamped.withColumn("extra", F.lit(1)),
+        "MERGE key 'nope' is not a column of the table": stamped,
+    }
+    for message, frame in cases.items():
+        keys = ["nope"] if "nope" in message else KEYS
+        with pytest.raises(SchemaMismatch, match=f"^table 'orders': {message}$"):
+            table.merge(frame, target, keys, app_id="segspark-r2", txn_version=0)
+    # through the lakehouse, the declared schema is checked first
+    with pytest.raises(SchemaMismatch, match="table 'orders': column 'net_amount' has type string, declared"):
+        lake.merge(
+            _orders(spark, UPSERT).withColumn(S.NET_AMOUNT, F.lit("1")),
+            S.ORDERS,
+            KEYS,
+            run_id="r2",
+            as_of_date=D2,
+        )
+    assert [c.version for c in lake.history(S.ORDERS)] == [0]  # refused before anything was committed
+
+
+@pytest.mark.parametrize("first", ["delta-rs", "delta-spark"])
+def test_one_engine_merges_into_the_others_table_and_readers_follow(
+    spark: SparkSession, tmp_path: Path, first: str
+) -> None:
+    import duckdb
+    import polars as pl
+
+    reason = _delta_spark_missing(spark)
+    if reason:
+        pytest.fail(reason)
+    second = "delta-spark" if first == "delta-rs" else "delta-rs"
+    a, b = (Lakehouse(spark, _settings(tmp_path, e)) for e in (first, second))
+    a.write(_orders(spark, BASE), S.ORDERS, run_id="r1", as_of_date=D1)
+    res = b.merge(_orders(spark, UPSERT), S.ORDERS, KEYS, run_id="r2", as_of_date=D2)
+    assert (res.inserted, res.updated) == (2, 1)
+    back = a.merge(_orders(spark, [("c4", "o4", 40.0)]), S.ORDERS, KEYS, run_id="r3", as_of_date=D2)
+    assert (back.inserted, back.updated, back.version) == (0, 1, 2)
+    expected = {**AFTER_UPSERT, ("c4", "o4"): (40.0, "r3")}
+    assert _content(a) == _content(b) == expected
+    target = a.target(S.ORDERS)
+    table = DeltaTable(target)
+    assert (table.protocol().min_reader_version, table.protocol().min_writer_version) == (1, 2)
+    assert table.to_pyarrow_table().num_rows == 5
+    assert pl.read_delta(target).filter(pl.col("order_id") == "o4")["net_amount"].to_list() == [40.0]
+    files = [str(_local(f)) for f in table.file_uris()]
+    assert duckdb.connect().execute(f"SELECT sum(net_amount) FROM read_parquet({files!r})").fetchone() == (
+        1.0 + 20.0 + 3.0 + 40.0 + 9.0,
+    )
