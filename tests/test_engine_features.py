@@ -12,6 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -22,7 +23,7 @@ from segspark import tables
 from segspark.config import Settings
 from segspark.io import Lakehouse, make_engine
 from segspark.tables import SchemaMismatch
-from tests.test_engine_contract import _delta_spark_missing, _local
+from tests.test_engine_contract import _delta_spark_missing, _local, rows_for
 
 D1 = dt.date(2024, 1, 31)
 D2 = dt.date(2024, 2, 29)
@@ -192,3 +193,81 @@ def test_one_engine_merges_into_the_others_table_and_readers_follow(
     assert duckdb.connect().execute(f"SELECT sum(net_amount) FROM read_parquet({files!r})").fetchone() == (
         1.0 + 20.0 + 3.0 + 40.0 + 9.0,
     )
+
+
+# ---- change data feed -------------------------------------------------------------------------------
+def _protocol(target: str) -> tuple[int, int, tuple[str, ...]]:
+    p = DeltaTable(target).protocol()
+    return p.min_reader_version, p.min_writer_version, tuple(sorted(p.writer_features or []))
+
+
+def _changes_by_spark(spark: SparkSession, target: str, version: int) -> set[tuple[Any, ...]]:
+    feed = spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", version)
+    rows = feed.load(target).select(S.ORDER_ID, S.NET_AMOUNT, "_change_type", "_commit_version").collect()
+    return {tuple(r) for r in rows}
+
+
+def _changes_by_delta_rs(
+    target: str, version: int, columns: tuple[str, ...] = (S.ORDER_ID, S.NET_AMOUNT)
+) -> list[tuple[Any, ...]]:
+    feed = pa.table(DeltaTable(target).load_cdf(starting_version=version))
+    return [tuple(r.values()) for r in feed.select([*columns, "_change_type", "_commit_version"]).to_pylist()]
+
+
+def test_change_data_feed_setting_records_a_merges_changes_for_both_readers(
+    spark: SparkSession, engine: str, tmp_path: Path
+) -> None:
+    lake = Lakehouse(spark, _settings(tmp_path, engine, change_data_feed=True))
+    lake.write(_orders(spark, BASE), S.ORDERS, run_id="r1", as_of_date=D1)
+    target = lake.target(S.ORDERS)
+    assert DeltaTable(target).metadata().configuration[CDF] == "true"
+    res = lake.merge(_orders(spark, UPSERT), S.ORDERS, KEYS, run_id="r2", as_of_date=D2)
+    assert res.version is not None
+    expected = {
+        ("o2", 2.0, "update_preimage", res.version),
+        ("o2", 20.0, "update_postimage", res.version),
+        ("o4", 4.0, "insert", res.version),
+        ("o9", 9.0, "insert", res.version),
+    }
+    assert _changes_by_spark(spark, target, res.version) == expected
+    assert sorted(_changes_by_delta_rs(target, res.version)) == sorted(expected)
+    # the table's first data commit is in the feed too (created empty with the property)
+    assert {c[2] for c in _changes_by_delta_rs(target, 0) if c[3] < res.version} == {"insert"}
+    on = _protocol(target)
+    assert on[0] == 1  # no reader feature: delta-rs, Polars, DuckDB and Power BI read it as before
+    assert on in {(1, 4, ()), (1, 7, ("appendOnly", "changeDataFeed", "invariants"))}, on
+    if engine == "delta-rs":
+        assert on == (1, 4, ())
+    # the setting off: the property goes off in one commit on the next write; the protocol stays
+    off = Lakehouse(spark, _settings(tmp_path, engine))
+    before = len(off.history(S.ORDERS))
+    off.write(_orders(spark, BASE), S.ORDERS, run_id="r3", as_of_date=D2)
+    assert DeltaTable(target).metadata().configuration[CDF] == "false"
+    assert len(off.history(S.ORDERS)) == before + 2
+    assert _protocol(target) == on
+
+
+def test_change_data_feed_turned_on_for_an_existing_table(
+    spark: SparkSession, engine: str, tmp_path: Path
+) -> None:
+    name = S.CUSTOMER_SEGMENTS
+    Lakehouse(spark, _settings(tmp_path, engine)).write(
+        rows_for(spark, name, 2, "a"), name, run_id="r1", as_of_date=D1
+    )
+    assert _protocol(str(tmp_path / "tables" / name))[:2] == (1, 2)
+    lake = Lakehouse(spark, _settings(tmp_path, engine, change_data_feed=True))
+    lake.write(rows_for(spark, name, 1, "b"), name, run_id="r2", as_of_date=D1)  # replaces D1
+    target = lake.target(name)
+    assert DeltaTable(target).metadata().configuration[CDF] == "true"
+    assert [c.version for c in lake.history(name)] == [2, 1, 0]  # the property commit, then the data
+    changes = _changes_by_delta_rs(target, 2, (S.CUSTOMER_ID,))
+    kinds = sorted((c[1], c[2]) for c in changes)
+    assert kinds == [("delete", 2)] * 3 + [("insert", 2)] * 2  # the replaced partition's rows, then the new
+    # an erasure's deleted rows in the feed's files are purged by vacuum, like earlier versions' files
+    assert lake.delete_keys(name, S.CUSTOMER_ID, ["b0"]) == 1
+    assert _changes_by_delta_rs(target, 3, (S.CUSTOMER_ID,)) == [("b0", "delete", 3)]
+    feed_files = [p for p in (Path(target) / "_change_data").rglob("*.parquet")]
+    assert feed_files  # the DELETE wrote the deleted row into the feed
+    lake.settings.lakehouse.vacuum_retention_hours = 0
+    lake.vacuum(name, force=True)
+    assert not any(p.exists() for p in feed_files)

@@ -18,6 +18,7 @@ from segspark import tables
 from segspark.errors import ConfigError, InputError
 from segspark.io import delta_rs, delta_spark, inputs
 from segspark.io.engine import (
+    CHANGE_DATA_FEED,
     MIN_SAFE_RETENTION_HOURS,
     Commit,
     CommitResult,
@@ -124,6 +125,8 @@ class Lakehouse:
         # output table -> its version when the run started (``pin_versions``): an overwrite fails
         # rather than replace what another run committed since
         self._since: dict[str, int | None] = {}
+        # output tables whose change data feed property was checked against the setting (once a run)
+        self._feed_checked: set[str] = set()
         out = settings.output
         if (out.catalog is None) != (out.schema_ is None):
             raise ConfigError("output.catalog and output.schema must be set together (or neither)")
@@ -172,6 +175,7 @@ class Lakehouse:
                 S.AS_OF_DATE: F.lit(as_of_date).cast("date"),
             }
         )
+        self._align_change_data_feed(name, stamped, layout)
         return self._engine.write(
             stamped,
             self.target(name),
@@ -214,6 +218,7 @@ class Lakehouse:
             }
         )
         target, app_id = self.target(name), f"segspark-{run_id}"
+        self._align_change_data_feed(name, stamped.drop(delete_column) if delete_column else stamped, layout)
         if not self._engine.exists(target):
             rows = stamped
             if delete_column:
@@ -238,6 +243,27 @@ class Lakehouse:
             delete_column=delete_column,
             since_version=self._since.get(name),
         )
+
+    def _align_change_data_feed(self, name: str, df: DataFrame, layout: _Layout) -> None:
+        """Make the table's change data feed what ``lakehouse.change_data_feed`` says, once a run: a
+        new table is created empty with the property (so the feed covers its first data commit), an
+        existing one gets one property commit when it differs."""
+        if name in self._feed_checked:
+            return
+        wanted = self.settings.lakehouse.change_data_feed
+        target = self.target(name)
+        if not self._engine.exists(target):
+            if wanted:
+                partition_by = [S.AS_OF_DATE] if layout.partitioned else []
+                self._engine.create_table(target, df.schema, partition_by, {CHANGE_DATA_FEED: "true"})
+                log.info("%s: created with the change data feed on (lakehouse.change_data_feed)", name)
+        else:
+            on = self._engine.table_properties(target).get(CHANGE_DATA_FEED, "false").lower() == "true"
+            if on != wanted:
+                self._engine.set_table_properties(target, {CHANGE_DATA_FEED: str(wanted).lower()})
+                state = "on" if wanted else "off"
+                log.info("%s: change data feed turned %s (lakehouse.change_data_feed)", name, state)
+        self._feed_checked.add(name)
 
     def _within_existing(self, df: DataFrame, name: str) -> DataFrame:
         """An append to a table written before an optional column was declared (``runs.choices``)
