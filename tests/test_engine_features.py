@@ -18,9 +18,10 @@ from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from segspark import maintenance, tables
 from segspark import schema as S
-from segspark import tables
 from segspark.config import Settings
+from segspark.context import open_context
 from segspark.io import Lakehouse, make_engine
 from segspark.tables import SchemaMismatch
 from tests.test_engine_contract import _delta_spark_missing, _local, rows_for
@@ -271,3 +272,40 @@ def test_change_data_feed_turned_on_for_an_existing_table(
     lake.settings.lakehouse.vacuum_retention_hours = 0
     lake.vacuum(name, force=True)
     assert not any(p.exists() for p in feed_files)
+
+
+# ---- compaction (segspark vacuum) -------------------------------------------------------------------
+def _log_files(target: str) -> tuple[int, int]:
+    actions = pa.table(DeltaTable(target).get_add_actions(flatten=True))
+    return actions.num_rows, sum(actions.column("size_bytes").to_pylist())
+
+
+def test_vacuum_compacts_small_files_and_records_files_before_and_after(
+    spark: SparkSession, engine: str, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path, engine, vacuum_retention_hours=0)
+    lake = Lakehouse(spark, settings)
+    name = S.CUSTOMER_SEGMENTS
+    for day, run in ((D1, "r1"), (D2, "r2")):
+        lake.write(rows_for(spark, name, 7, run).repartition(4), name, run_id=run, as_of_date=day)
+    target = lake.target(name)
+    files, size = _log_files(target)
+    assert files == 8  # 4 per date
+    small = {_local(u) for u in DeltaTable(target).file_uris()}
+    counts = lake.read_output(name).groupBy(S.AS_OF_DATE, S.RUN_ID).count().collect()
+
+    skipped = maintenance.vacuum(open_context(settings, "vacuum", spark=spark), force=True, compact=False)
+    assert skipped[name] == 0 and _log_files(target) == (files, size)
+    ctx = open_context(settings, "vacuum", spark=spark)
+    maintenance.vacuum(ctx, force=True)
+    after, after_size = _log_files(target)
+    assert after == 2  # one per date
+    assert ctx.choices[f"compaction.{name}"] == f"files 8 -> 2, bytes {size} -> {after_size}"
+    assert sorted(lake.read_output(name).groupBy(S.AS_OF_DATE, S.RUN_ID).count().collect()) == sorted(counts)
+    assert not any(p.exists() for p in small)  # replaced, then vacuumed (0 h retention, forced)
+    runs = lake.read_output(S.RUNS).where(F.col("command") == "vacuum").select("choices").collect()
+    recorded = [r[0] for r in runs]
+    assert len(recorded) == 2
+    assert {k: v for m in recorded for k, v in (m or {}).items()}.get(f"compaction.{name}") == (
+        f"files 8 -> 2, bytes {size} -> {after_size}"
+    )
