@@ -197,6 +197,13 @@ def test_one_engine_merges_into_the_others_table_and_readers_follow(
 
 
 # ---- change data feed -------------------------------------------------------------------------------
+# what turning the feed on leaves: delta-rs the legacy writer 4, Delta Spark writer 7 with table features
+FEED_PROTOCOL = {
+    "delta-rs": (1, 4, ()),
+    "delta-spark": (1, 7, ("appendOnly", "changeDataFeed", "invariants")),
+}
+
+
 def _protocol(target: str) -> tuple[int, int, tuple[str, ...]]:
     p = DeltaTable(target).protocol()
     return p.min_reader_version, p.min_writer_version, tuple(sorted(p.writer_features or []))
@@ -235,10 +242,8 @@ def test_change_data_feed_setting_records_a_merges_changes_for_both_readers(
     # the table's first data commit is in the feed too (created empty with the property)
     assert {c[2] for c in _changes_by_delta_rs(target, 0) if c[3] < res.version} == {"insert"}
     on = _protocol(target)
-    assert on[0] == 1  # no reader feature: delta-rs, Polars, DuckDB and Power BI read it as before
-    assert on in {(1, 4, ()), (1, 7, ("appendOnly", "changeDataFeed", "invariants"))}, on
-    if engine == "delta-rs":
-        assert on == (1, 4, ())
+    # reader 1, no reader feature: delta-rs, Polars, DuckDB and Power BI read it as before
+    assert on == FEED_PROTOCOL[engine]
     # the setting off: the property goes off in one commit on the next write; the protocol stays
     off = Lakehouse(spark, _settings(tmp_path, engine))
     before = len(off.history(S.ORDERS))
@@ -260,6 +265,7 @@ def test_change_data_feed_turned_on_for_an_existing_table(
     lake.write(rows_for(spark, name, 1, "b"), name, run_id="r2", as_of_date=D1)  # replaces D1
     target = lake.target(name)
     assert DeltaTable(target).metadata().configuration[CDF] == "true"
+    assert _protocol(target) == FEED_PROTOCOL[engine]
     assert [c.version for c in lake.history(name)] == [2, 1, 0]  # the property commit, then the data
     changes = _changes_by_delta_rs(target, 2, (S.CUSTOMER_ID,))
     kinds = sorted((c[1], c[2]) for c in changes)

@@ -217,9 +217,8 @@ def compact(table_uri: str) -> Compaction:
 
 
 def table_properties(table_uri: str) -> dict[str, str]:
-    from deltalake import DeltaTable
-
-    config = DeltaTable(table_uri).metadata().configuration or {}
+    """The table's properties from its log; ``TableNotFound`` without a table."""
+    config = rs._open(table_uri, rs._local_path(table_uri).name).metadata().configuration or {}
     return {k: str(v) for k, v in config.items() if v is not None}
 
 

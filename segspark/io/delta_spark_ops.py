@@ -23,6 +23,7 @@ from segspark.io.engine import (
     Compaction,
     ConcurrentWriteError,
     MergeResult,
+    TableNotFound,
     check_merge_schema,
     table_name,
 )
@@ -149,7 +150,16 @@ def compact(spark: SparkSession, target: str) -> Compaction:
 
 
 def table_properties(spark: SparkSession, target: str) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (_detail(spark, target)["properties"] or {}).items()}
+    """The table's properties from one ``DESCRIBE DETAIL``; ``TableNotFound`` without a Delta table."""
+    try:
+        detail = _detail(spark, target)
+    except Exception as exc:
+        if any(marker in str(exc) for marker in ds._NOT_FOUND):
+            raise TableNotFound(f"table '{table_name(target)}': no Delta table at {target}") from None
+        raise
+    if str(detail["format"]).lower() != "delta":
+        raise TableNotFound(f"table '{table_name(target)}': no Delta table at {target}")
+    return {str(k): str(v) for k, v in (detail["properties"] or {}).items()}
 
 
 def _literal(text: str) -> str:

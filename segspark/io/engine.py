@@ -207,7 +207,8 @@ class TableEngine(Protocol):
         ...
 
     def table_properties(self, target: str) -> dict[str, str]:
-        """The table's properties (``delta.*`` configuration)."""
+        """The table's properties (``delta.*`` configuration); ``TableNotFound`` without a table (one
+        look-up answers both, where ``exists`` and a read of the properties would take two)."""
         ...
 
     def set_table_properties(self, target: str, properties: dict[str, str]) -> None:

@@ -252,13 +252,15 @@ class Lakehouse:
             return
         wanted = self.settings.lakehouse.change_data_feed
         target = self.target(name)
-        if not self._engine.exists(target):
+        try:
+            properties = self._engine.table_properties(target)
+        except TableNotFound:
             if wanted:
                 partition_by = [S.AS_OF_DATE] if layout.partitioned else []
                 self._engine.create_table(target, df.schema, partition_by, {CHANGE_DATA_FEED: "true"})
                 log.info("%s: created with the change data feed on (lakehouse.change_data_feed)", name)
         else:
-            on = self._engine.table_properties(target).get(CHANGE_DATA_FEED, "false").lower() == "true"
+            on = properties.get(CHANGE_DATA_FEED, "false").lower() == "true"
             if on != wanted:
                 self._engine.set_table_properties(target, {CHANGE_DATA_FEED: str(wanted).lower()})
                 state = "on" if wanted else "off"
