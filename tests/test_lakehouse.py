@@ -236,6 +236,19 @@ def test_a_merge_after_another_runs_commit_is_a_conflict_and_commits_nothing(
     assert (later.version, later.inserted) == (2, 2)
 
 
+def test_a_compaction_during_a_run_does_not_make_its_writes_conflict(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    name = "customer_segments"
+    _lake(spark, tmp_path).write(_rows(spark, 5, "a", name).repartition(3), name, run_id="r0", as_of_date=D1)
+    run = _pinned(spark, tmp_path)  # a run starts
+    done = _lake(spark, tmp_path).compact(name)  # a vacuum compacts meanwhile
+    assert done is not None and (done.files_before, done.files_after) == (3, 1)
+    assert run.write(_rows(spark, 1, "b", name), name, run_id="rB", as_of_date=D1).version == 2
+    counts = run.read_output(name).groupBy("run_id").count().collect()
+    assert {r["run_id"]: r["count"] for r in counts} == {"rB": 2}  # the compacted files were replaced
+
+
 def test_vacuum_refuses_a_retention_under_the_safety_minimum_unless_forced(
     spark: SparkSession, tmp_path: Path
 ) -> None:
