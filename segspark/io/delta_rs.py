@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from segspark.errors import ConfigError, InputError
+from segspark.io.delta_rs_ops import DeltaRsOperations
 from segspark.io.engine import (
     Commit,
     CommitResult,
@@ -340,9 +341,16 @@ def _commit(
     ):
         # a new schema or partitioning (a silver table after an upgrade): creating "over" the table
         # replaces its files, schema and partitioning in one commit, which a plain overwrite
-        # transaction cannot; it commits on the latest version (the race check above still ran)
+        # transaction cannot; it commits on the latest version (the race check above still ran).
+        # It would also reset the table's properties (and so its protocol): they are carried over.
         create_table_with_add_actions(
-            uri, schema, adds, mode="overwrite", partition_by=partition_by or None, commit_properties=props
+            uri,
+            schema,
+            adds,
+            mode="overwrite",
+            partition_by=partition_by or None,
+            configuration=table.metadata().configuration or None,
+            commit_properties=props,
         )
         return
     filters = None
@@ -401,7 +409,8 @@ def conflicting_commit(
     ``overwrite_partition``), described for the error; None when there is none.
 
     Commits of the same ``app_id`` (an earlier attempt of this run) and commits without data changes
-    (vacuum) never conflict.
+    (vacuum, a compaction's ``dataChange=false`` files: the replacing write's removes are derived
+    from the latest version, so they remove the compacted files) never conflict.
     """
     for version in range(since + 1, upto + 1):
         actions = commit_actions(root, version)
@@ -409,6 +418,7 @@ def conflicting_commit(
         if app_id in apps:
             continue
         files = [a.get("add") or a.get("remove") for a in actions if "add" in a or "remove" in a]
+        files = [f for f in files if f and f.get("dataChange", True)]
         if mode == "overwrite_partition":
             wanted = partition_value or {}
             files = [
@@ -653,8 +663,9 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-class DeltaRsEngine:
-    """The embedded engine: Spark writes Parquet files, delta-rs commits them (module docstring)."""
+class DeltaRsEngine(DeltaRsOperations):
+    """The embedded engine: Spark writes Parquet files, delta-rs commits them (module docstring);
+    MERGE, compaction and table properties come from ``DeltaRsOperations``."""
 
     name: EngineName = "delta-rs"
 

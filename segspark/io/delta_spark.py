@@ -27,6 +27,7 @@ from segspark.io.delta_rs import (
     expire_log,
     latest_log_version,
 )
+from segspark.io.delta_spark_ops import DeltaSparkOperations
 from segspark.io.engine import (
     Commit,
     CommitResult,
@@ -60,7 +61,7 @@ _NOT_FOUND = (
 
 
 # Delta's optimistic concurrency control: another transaction committed what this one read or wrote
-_CONCURRENT = (
+CONCURRENT_ERRORS = (
     "DELTA_CONCURRENT",
     "ConcurrentAppendException",
     "ConcurrentDeleteReadException",
@@ -177,10 +178,10 @@ def write_table(
         else:
             writer.save(target)
     except Exception as exc:
-        if not any(marker in str(exc) for marker in _CONCURRENT):
+        if not any(marker in str(exc) for marker in CONCURRENT_ERRORS):
             raise
         lines = str(exc).splitlines()
-        detail = next((x.strip() for x in lines if any(m in x for m in _CONCURRENT)), lines[0])[:240]
+        detail = next((x.strip() for x in lines if any(m in x for m in CONCURRENT_ERRORS)), lines[0])[:240]
         raise ConcurrentWriteError(
             f"table '{_name(target)}': concurrent write: another writer committed to it during this "
             f"write, which was not committed ({detail}); rerun when it has finished"
@@ -244,8 +245,9 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-class DeltaSparkEngine:
-    """Delta's own Spark data source: paths or catalog names (``catalog.schema.table``)."""
+class DeltaSparkEngine(DeltaSparkOperations):
+    """Delta's own Spark data source: paths or catalog names (``catalog.schema.table``); MERGE,
+    compaction and table properties come from ``DeltaSparkOperations``."""
 
     name: EngineName = "delta-spark"
 
