@@ -38,6 +38,7 @@ Results (one JSON object per run) are also appended to ``<out>/results.jsonl``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -356,13 +357,21 @@ def in_log_order(steps: dict[str, float], log: Path) -> dict[str, float]:
 
 
 def run_segspark(
-    label: str, command: str, data: dict[str, Any], inputs: str, rep: int, args: argparse.Namespace
+    label: str,
+    command: str,
+    data: dict[str, Any],
+    inputs: str,
+    rep: int,
+    args: argparse.Namespace,
+    engine: str | None = None,
 ) -> dict[str, Any]:
+    label = f"{label}-{engine}" if engine else label
     name = f"{label}-{data['lines']}-{inputs}-r{rep}"
     output = Path(args.out) / "runs" / name
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    overrides = [*run_overrides(data, inputs, output), *args.set]
+    engine_set = [f"lakehouse.engine={engine}"] if engine else []
+    overrides = [*run_overrides(data, inputs, output), *engine_set, *args.set]
     events = Path(args.out) / "eventlogs" / name
     if args.event_log:
         shutil.rmtree(events, ignore_errors=True)
@@ -722,6 +731,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra --set for every segspark run (repeatable)",
     )
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["delta-rs", "delta-spark"],
+        default=[],
+        help="table engines to run each command with, alternately (the label gains the engine); "
+        "default: the embedded engine only",
+    )
     p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds before a run is stopped")
     p.add_argument("--keep-runs", action="store_true", help="keep each run's output tables")
     p.add_argument(
@@ -754,8 +771,9 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(1, args.repeat + 1):
             for data in datasets:
                 for inputs in variants:
-                    for label, command in [] if args.skip_segspark else commands:
-                        results.append(run_segspark(label, command, data, inputs, rep, args))
+                    runs = [] if args.skip_segspark else commands
+                    for (label, command), engine in itertools.product(runs, args.engines or [None]):
+                        results.append(run_segspark(label, command, data, inputs, rep, args, engine))
                         _print_run(results[-1])
                         sink.write(json.dumps(results[-1]) + "\n")
                         sink.flush()

@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser(
         "vacuum",
-        help="delete table files older than lakehouse.vacuum_retention_hours that the latest version "
-        "does not use (erased rows in earlier versions, leftovers of crashed writes)",
+        help="compact small files, then delete table files older than lakehouse.vacuum_retention_hours "
+        "that the latest version does not use (erased rows in earlier versions, leftovers of crashed "
+        "writes, files a compaction replaced)",
     )
     _common(p)
     p.add_argument(
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a retention under Delta's 168 h safety minimum (no job may be writing or reading "
         "an older version meanwhile)",
+    )
+    p.add_argument(
+        "--no-compact",
+        dest="compact",
+        action="store_false",
+        help="skip compacting small files (OPTIMIZE) before the vacuum; compaction is on by default",
     )
     return parser
 
@@ -217,12 +224,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
         )
         return 0
     elif args.command == "vacuum":
-        removed = maintenance.vacuum(ctx, force=args.force)
+        removed = maintenance.vacuum(ctx, force=args.force, compact=args.compact)
         hours = settings.lakehouse.vacuum_retention_hours
         print(
             f"vacuumed {len(removed)} table(s) (retention {hours} h): {sum(removed.values())} file(s) deleted"
             + "".join(f"\n    {name:22s} {n} file(s)" for name, n in sorted(removed.items()) if n)
         )
+        for key, figures in sorted(ctx.choices.items()):
+            if key.startswith("compaction."):
+                print(f"  compacted {key.removeprefix('compaction.'):22s} {figures}")
         return 0
     _print_run(ctx)
     return 0

@@ -126,6 +126,9 @@ class LakehouseConfig(Section):
     engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
     vacuum_retention_hours: int = Field(default=168, ge=0)
     s3: S3Config = Field(default_factory=S3Config)
+    # Delta's change data feed on every output table (delta.enableChangeDataFeed): raises the tables'
+    # writer protocol (README, "Table engines"); false leaves it off, and turns it off where it was on
+    change_data_feed: bool = False
 
 
 class SparkConfig(Section):

@@ -1,5 +1,6 @@
 """Commands on the whole output lakehouse that are not the pipeline: ``erase`` (right to erasure) and
-``vacuum`` (purge file versions older than the retention), each recorded as a ``runs`` row."""
+``vacuum`` (compact small files, then purge file versions older than the retention), each recorded as
+a ``runs`` row."""
 
 from __future__ import annotations
 
@@ -48,13 +49,16 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
     return deleted
 
 
-def vacuum(ctx: RunContext, *, force: bool = False) -> dict[str, int]:
-    """Delete from every output table the files its latest version does not reference and older
-    than ``lakehouse.vacuum_retention_hours`` (what erasure needs to reach earlier versions, and
-    the leftovers of crashed writes); returns files deleted per table.
+def vacuum(ctx: RunContext, *, force: bool = False, compact: bool = True) -> dict[str, int]:
+    """Compact every output table's small files (``compact``, the default), then delete from it the
+    files its latest version does not reference and older than ``lakehouse.vacuum_retention_hours``
+    (what erasure needs to reach earlier versions, the leftovers of crashed writes, and files a
+    compaction replaced); returns files deleted per table.
 
-    Below Delta's safety minimum of 168 h only with ``force`` (``ConfigError`` otherwise): a shorter
-    retention deletes files that a running job or a reader of an older version may still need.
+    Per table, the live files and bytes before and after compaction are logged and recorded in the
+    ``runs`` row's ``choices`` (``compaction.<table>``). Below Delta's safety minimum of 168 h only
+    with ``force`` (``ConfigError`` otherwise): a shorter retention deletes files that a running job or
+    a reader of an older version may still need.
     """
     hours = ctx.settings.lakehouse.vacuum_retention_hours
     removed: dict[str, int] = {}
@@ -65,6 +69,12 @@ def vacuum(ctx: RunContext, *, force: bool = False) -> dict[str, int]:
         for name in sorted(OUTPUT_TABLES):
             if not ctx.lake.exists(name):
                 continue
+            if compact:
+                with ctx.timed(f"compact_{name}"):
+                    done = ctx.lake.compact(name)
+                if done is not None:
+                    log.info("compacted %s: %s", name, done.describe())
+                    ctx.choices[f"compaction.{name}"] = done.describe()
             with ctx.timed(f"vacuum_{name}"):
                 removed[name] = len(ctx.lake.vacuum(name, force=force))
             ctx.outputs[name] = ctx.lake.version(name)

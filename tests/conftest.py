@@ -71,6 +71,9 @@ REFERENCE_SEED = 11
 REFERENCE_AS_OF = "2025-12-31"
 REFERENCE_RUN_ID = "reference-run"
 INPUTS = ("transactions", "customers", "events", "marketing_spend")
+# Delta's own Spark engine, which lakehouse.engine: auto picks where its jars load (as here): the
+# end-to-end, determinism and erasure tests read its tables (test_erasure also erases with delta-rs)
+REFERENCE_ENGINE = "delta-spark"
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class ReferenceRun:
         """The run's ``--set`` arguments (without the Spark ones) for an output folder ``out``."""
         sets = [
             f"output.path={out}",
-            "lakehouse.engine=delta-rs",
+            f"lakehouse.engine={REFERENCE_ENGINE}",
             f"as_of_date={REFERENCE_AS_OF}",
             "quality.currency.rates={EUR: 1.08, GBP: 1.27}",
             "clustering.k_max=6",

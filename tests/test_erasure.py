@@ -62,12 +62,15 @@ def find(root: Path, needle: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def lake(reference_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["delta-rs", "delta-spark"])
+def lake(
+    reference_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> dict[str, Any]:
     """A copy of the suite's reference run (600 dirty generated customers, the whole pipeline with its
-    report and MLflow store, started from an empty folder): erase and vacuum change the copy."""
+    report and MLflow store, started from an empty folder): erase and vacuum change the copy, with
+    each table engine (the run wrote the tables with ``REFERENCE_ENGINE``)."""
     assert reference_run.key == KEY
-    root = tmp_path_factory.mktemp("erasure")
+    root = tmp_path_factory.mktemp(f"erasure-{request.param}")
     out = copy_output(reference_run.out, root / "out")
     cwd = root / "cwd"
     cwd.mkdir()
@@ -76,7 +79,7 @@ def lake(reference_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory) 
         "data": reference_run.data,
         "run_cwd": reference_run.cwd,
         "cwd": cwd,
-        "args": reference_run.sets(out),
+        "args": [*reference_run.sets(out), "--set", f"lakehouse.engine={request.param}"],
     }
 
 

@@ -26,7 +26,6 @@ from segspark.config import load_settings
 REPO = Path(__file__).resolve().parents[1]
 # small and quick: transactions only, no model fits, no report, no MLflow (the table writes are the point)
 SETS = [
-    "lakehouse.engine=delta-rs",
     "spark.master=local[2]",
     "spark.shuffle_partitions=2",
     "as_of_date=2025-12-31",
@@ -38,16 +37,25 @@ SETS = [
     "tracking.enabled=false",
 ]
 APPEND = {"quarantine", "runs"}
+# both table engines: the embedded one, and Delta's own Spark data source (jars in the suite's cache)
+ENGINES = ("delta-rs", "delta-spark")
 
 
-def _args(cmd: str, out: Path, data: dict[str, str], *extra: str, spark: bool = True) -> list[str]:
-    sets = [*SETS, f"output.path={out}", f"input.transactions.path={data['transactions']}"]
+def _args(
+    cmd: str, out: Path, data: dict[str, str], *extra: str, spark: bool = True, engine: str = "delta-rs"
+) -> list[str]:
+    sets = [
+        f"lakehouse.engine={engine}",
+        *SETS,
+        f"output.path={out}",
+        f"input.transactions.path={data['transactions']}",
+    ]
     sets = [s for s in sets if spark or not s.startswith("spark.")]
     return [cmd, *extra, *[x for s in sets for x in ("--set", s)]]
 
 
-def _command(cmd: str, out: Path, data: dict[str, str], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "segspark", *_args(cmd, out, data, *extra)]
+def _command(cmd: str, out: Path, data: dict[str, str], *extra: str, engine: str) -> list[str]:
+    return [sys.executable, "-m", "segspark", *_args(cmd, out, data, *extra, engine=engine)]
 
 
 def _env() -> dict[str, str]:
@@ -58,11 +66,16 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess[str
     return subprocess.run(args, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=timeout)
 
 
+def has_commit(path: Path) -> bool:
+    """A table folder with a commit (a write killed before its first commit may leave an empty log)."""
+    return any((path / "_delta_log").glob("*.json"))
+
+
 def counts(out: Path) -> dict[str, Counter[tuple[str, str]]]:
     """Rows per (run_id, as_of_date) of every table under ``out``, from the latest versions."""
     found = {}
     for path in sorted((out / "tables").iterdir()):
-        if not (path / "_delta_log").is_dir():
+        if not has_commit(path):
             continue
         table = pa.table(DeltaTable(str(path)).to_pyarrow_table(columns=["run_id", "as_of_date"]))
         found[path.name] = Counter((r["run_id"], str(r["as_of_date"])) for r in table.to_pylist())
@@ -71,7 +84,7 @@ def counts(out: Path) -> dict[str, Counter[tuple[str, str]]]:
 
 def versions(out: Path) -> dict[str, int]:
     tables = (out / "tables").iterdir()
-    return {p.name: DeltaTable(str(p)).version() for p in tables if (p / "_delta_log").is_dir()}
+    return {p.name: DeltaTable(str(p)).version() for p in tables if has_commit(p)}
 
 
 def renamed(tables: dict[str, Counter[tuple[str, str]]], run_id: str, to: str) -> dict[str, Counter[Any]]:
@@ -100,11 +113,14 @@ def data(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 @pytest.mark.slow
-def test_two_runs_on_one_output_one_commits_the_other_fails_with_a_conflict(data: dict[str, Any]) -> None:
-    out = data["root"] / "concurrent"
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_runs_on_one_output_one_commits_the_other_fails_with_a_conflict(
+    data: dict[str, Any], engine: str
+) -> None:
+    out = data["root"] / f"concurrent-{engine}"
     procs = {
         run_id: subprocess.Popen(
-            _command("run", out, data["paths"], "--run-id", run_id),
+            _command("run", out, data["paths"], "--run-id", run_id, engine=engine),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -149,11 +165,14 @@ def test_two_runs_on_one_output_one_commits_the_other_fails_with_a_conflict(data
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_write_then_retried_commits_every_table_once(data: dict[str, Any]) -> None:
-    out = data["root"] / "killed"
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_run_killed_mid_write_then_retried_commits_every_table_once(
+    data: dict[str, Any], engine: str
+) -> None:
+    out = data["root"] / f"killed-{engine}"
     victim = out / "tables" / "customer_features"
     proc = subprocess.Popen(
-        _command("run", out, data["paths"], "--run-id", "k1"),
+        _command("run", out, data["paths"], "--run-id", "k1", engine=engine),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_env(),
@@ -173,14 +192,14 @@ def test_a_run_killed_mid_write_then_retried_commits_every_table_once(data: dict
     assert proc.returncode == -signal.SIGKILL
     time.sleep(1)
     # partly written: data files in the table folder, no commit of them
-    assert not (victim / "_delta_log").exists() or DeltaTable(str(victim)).version() == 0
+    assert not has_commit(victim) or DeltaTable(str(victim)).version() == 0
     left_behind = [p for p in victim.rglob("*") if p.is_file()]
     assert left_behind
     committed = versions(out)
     assert {"quarantine", "orders", "customer_days"} <= set(committed)
     assert "runs" not in committed  # the killed attempt recorded nothing
 
-    retry = _run(_command("run", out, data["paths"], "--run-id", "k1"))
+    retry = _run(_command("run", out, data["paths"], "--run-id", "k1", engine=engine))
     assert retry.returncode == 0, retry.stderr[-3000:]
     # the tables committed before the kill were not written again
     after = versions(out)
@@ -197,11 +216,12 @@ def test_a_run_killed_mid_write_then_retried_commits_every_table_once(data: dict
     assert orphans
     # in-process (the suite's session): the vacuum's effect on the folder is the point, not its process
     forced = ("--force", "--set", "lakehouse.vacuum_retention_hours=0")
-    assert main(_args("vacuum", out, data["paths"], *forced, spark=False)) == 0
+    assert main(_args("vacuum", out, data["paths"], *forced, spark=False, engine=engine)) == 0
     assert not any(p.exists() for p in orphans)
     assert not (victim / "_staging").exists()
     files = {p.resolve() for p in victim.rglob("*.parquet") if "_delta_log" not in p.parts}
-    assert files == live
+    # only the latest version's files are left (the vacuum's compaction may have replaced them)
+    assert files == {Path(u.removeprefix("file://")).resolve() for u in DeltaTable(str(victim)).file_uris()}
     found = counts(out)
     runs = found.pop("runs")
     assert sum(runs.values()) == 2 and runs[("k1", "2025-12-31")] == 1  # the retry, then the vacuum

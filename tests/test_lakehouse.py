@@ -214,6 +214,41 @@ def test_a_silver_overwrite_after_another_runs_commit_is_a_conflict(
     assert _lake(spark, tmp_path).write(orders, "orders", run_id="rB", as_of_date=D1).version == 1
 
 
+def test_a_merge_after_another_runs_commit_is_a_conflict_and_commits_nothing(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    name, keys = "orders", ["customer_id"]
+    _lake(spark, tmp_path).write(_rows(spark, 2, "a", name), name, run_id="r0", as_of_date=D1)
+    first, second = _pinned(spark, tmp_path), _pinned(spark, tmp_path)  # two runs start together
+    assert first.merge(_rows(spark, 1, "a", name), name, keys, run_id="rA", as_of_date=D1).updated == 1
+    with pytest.raises(
+        ConcurrentWriteError, match=r"table 'orders': concurrent write: run rA committed version 1"
+    ):
+        second.merge(_rows(spark, 1, "b", name), name, keys, run_id="rB", as_of_date=D1)
+    root = Path(first.target(name))
+    assert DeltaTable(str(root)).version() == 1
+    assert not (root / "_staging").exists()  # the refused MERGE's staged source is gone
+    counts = first.read_output(name).groupBy("run_id").count().collect()
+    assert {r["run_id"]: r["count"] for r in counts} == {"r0": 2, "rA": 2}  # a0 updated, a null added
+    # the same run retried merges nothing; a run started after the winner merges normally
+    assert first.merge(_rows(spark, 1, "a", name), name, keys, run_id="rA", as_of_date=D1).skipped
+    later = _pinned(spark, tmp_path).merge(_rows(spark, 1, "b", name), name, keys, run_id="rC", as_of_date=D1)
+    assert (later.version, later.inserted) == (2, 2)
+
+
+def test_a_compaction_during_a_run_does_not_make_its_writes_conflict(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    name = "customer_segments"
+    _lake(spark, tmp_path).write(_rows(spark, 5, "a", name).repartition(3), name, run_id="r0", as_of_date=D1)
+    run = _pinned(spark, tmp_path)  # a run starts
+    done = _lake(spark, tmp_path).compact(name)  # a vacuum compacts meanwhile
+    assert done is not None and (done.files_before, done.files_after) == (3, 1)
+    assert run.write(_rows(spark, 1, "b", name), name, run_id="rB", as_of_date=D1).version == 2
+    counts = run.read_output(name).groupBy("run_id").count().collect()
+    assert {r["run_id"]: r["count"] for r in counts} == {"rB": 2}  # the compacted files were replaced
+
+
 def test_vacuum_refuses_a_retention_under_the_safety_minimum_unless_forced(
     spark: SparkSession, tmp_path: Path
 ) -> None:

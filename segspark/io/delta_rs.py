@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from segspark.errors import ConfigError, InputError
 from segspark.io import storage
+from segspark.io.delta_rs_ops import DeltaRsOperations
 from segspark.io.engine import (
     Commit,
     CommitResult,
@@ -53,6 +54,7 @@ from segspark.io.engine import (
     PartitionValue,
     TableNotFound,
     WriteMode,
+    conflict_error,
     is_catalog_name,
     sql_in_list,
     table_location,
@@ -331,12 +333,7 @@ def _commit_checked(
             conflict = conflicting_commit(root, since_version, latest, app_id, mode, partition_value)
             if conflict is not None:
                 _discard(root, adds)
-                started = "no table yet" if since_version < 0 else f"at version {since_version}"
-                raise ConcurrentWriteError(
-                    f"table '{name}': concurrent write: {conflict} after this run started "
-                    f"({started}); this run's write was not committed, the table keeps the other run's "
-                    "data; rerun when it has finished"
-                )
+                raise conflict_error(name, conflict, since_version)
         try:
             _commit(uri, latest, schema, adds, mode, partition_by, partition_value, props)
         except (CommitFailedError, DeltaError) as exc:
@@ -383,7 +380,8 @@ def _commit(
     ):
         # a new schema or partitioning (a silver table after an upgrade): creating "over" the table
         # replaces its files, schema and partitioning in one commit, which a plain overwrite
-        # transaction cannot; it commits on the latest version (the race check above still ran)
+        # transaction cannot; it commits on the latest version (the race check above still ran).
+        # It would also reset the table's properties (and so its protocol): they are carried over.
         create_table_with_add_actions(
             rs_uri,
             schema,
@@ -391,6 +389,7 @@ def _commit(
             mode="overwrite",
             partition_by=partition_by or None,
             storage_options=options,
+            configuration=table.metadata().configuration or None,
             commit_properties=props,
         )
         return
@@ -432,7 +431,7 @@ def latest_log_version(root: Path | str) -> int:
     return max(versions, default=-1)
 
 
-def _commit_actions(root: Path | str, version: int) -> list[dict[str, Any]]:
+def commit_actions(root: Path | str, version: int) -> list[dict[str, Any]]:
     from pyarrow import fs
 
     files, base = storage.filesystem(str(root))
@@ -457,14 +456,16 @@ def conflicting_commit(
     ``overwrite_partition``), described for the error; None when there is none.
 
     Commits of the same ``app_id`` (an earlier attempt of this run) and commits without data changes
-    (vacuum) never conflict.
+    (vacuum, a compaction's ``dataChange=false`` files: the replacing write's removes are derived
+    from the latest version, so they remove the compacted files) never conflict.
     """
     for version in range(since + 1, upto + 1):
-        actions = _commit_actions(root, version)
+        actions = commit_actions(root, version)
         apps = {a["txn"].get("appId") for a in actions if "txn" in a}
         if app_id in apps:
             continue
         files = [a.get("add") or a.get("remove") for a in actions if "add" in a or "remove" in a]
+        files = [f for f in files if f and f.get("dataChange", True)]
         if mode == "overwrite_partition":
             wanted = partition_value or {}
             files = [
@@ -695,14 +696,42 @@ def expire_log(table_uri: str, retention_hours: int) -> None:
         table = delta_table(table_uri)
     table.create_checkpoint()
     table.cleanup_metadata()
+    drop_stale_checksums(_location(table_uri))
+
+
+def drop_stale_checksums(root: Path | str) -> None:
+    """Delete the version checksum files (``<version>.crc``) of versions whose log entry is gone.
+
+    Delta's Spark engine writes one per commit, holding the table's whole file list with each file's
+    statistics (the min and max customer keys too); delta-rs's log cleanup knows only the files it
+    writes itself, so after an erase these would keep the erased keys."""
+    from pyarrow import fs
+
+    files, base = storage.filesystem(str(root))
+    listed = files.get_file_info(fs.FileSelector(f"{base}/_delta_log", allow_not_found=True))
+    kept = [
+        int(i.base_name[:-5]) for i in listed if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()
+    ]
+    if not kept:
+        return
+    for info in listed:
+        stem = info.base_name.removesuffix(".crc")
+        if info.base_name.endswith(".crc") and stem.isdigit() and int(stem) < min(kept):
+            for path in (
+                info.path,
+                f"{base}/_delta_log/.{info.base_name}.crc",
+            ):  # and Hadoop's checksum of it
+                with contextlib.suppress(FileNotFoundError):
+                    files.delete_file(path)
 
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-class DeltaRsEngine:
-    """The embedded engine: Spark writes Parquet files, delta-rs commits them (module docstring)."""
+class DeltaRsEngine(DeltaRsOperations):
+    """The embedded engine: Spark writes Parquet files, delta-rs commits them (module docstring);
+    MERGE, compaction and table properties come from ``DeltaRsOperations``."""
 
     name: EngineName = "delta-rs"
 

@@ -14,18 +14,29 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
 from segspark.errors import InputError
+from segspark.io.delta_rs import (
+    LOG_RETENTION,
+    commit_actions,
+    conflicting_commit,
+    expire_log,
+    latest_log_version,
+)
+from segspark.io.delta_spark_ops import DeltaSparkOperations
 from segspark.io.engine import (
     Commit,
     CommitResult,
+    ConcurrentWriteError,
     EngineName,
     PartitionValue,
     TableNotFound,
     WriteMode,
+    conflict_error,
     is_catalog_name,
     sql_in_list,
     table_location,
@@ -47,6 +58,32 @@ _NOT_FOUND = (
     "doesn't exist",
     "TABLE_OR_VIEW_NOT_FOUND",
 )
+
+
+# Delta's optimistic concurrency control: another transaction committed what this one read or wrote
+CONCURRENT_ERRORS = (
+    "DELTA_CONCURRENT",
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "DELTA_METADATA_CHANGED",
+    "DELTA_PROTOCOL_CHANGED",
+)
+
+
+# an append that loses Delta's commit race to another writer is written again this often
+MAX_APPEND_ATTEMPTS = 5
+
+
+def local_root(target: str) -> Path | None:
+    """The folder of a path table on a local (or mounted) file system, whose log the job reads as
+    files; None for a catalog name or a table on an object store."""
+    if is_catalog_name(target) or ("://" in target and not target.startswith("file:")):
+        return None
+    return Path(target.removeprefix("file://").removeprefix("file:"))
 
 
 def delta_available(spark: SparkSession) -> bool:
@@ -81,8 +118,23 @@ def _history(spark: SparkSession, target: str, limit: int | None = None) -> list
 
 
 def _history_version(spark: SparkSession, target: str) -> int:
+    return _last_commit(spark, target)[0]
+
+
+def _last_commit(spark: SparkSession, target: str) -> tuple[int, dict[str, str] | None]:
+    """The table's newest version and that commit's operation metrics. A path table on a local or
+    mounted file system: from its log's files, with no Spark job (DESCRIBE HISTORY replays the log
+    in one; a small write paid for three); elsewhere DESCRIBE HISTORY."""
+    root = local_root(target)
+    if root is not None:
+        version = latest_log_version(root)
+        if version >= 0:
+            actions = commit_actions(root, version)
+            info: dict[str, Any] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+            metrics = info.get("operationMetrics")
+            return version, {k: str(v) for k, v in metrics.items()} if metrics else None
     rows = _history(spark, target, 1)
-    return int(rows[0]["version"]) if rows else 0
+    return (int(rows[0]["version"]), rows[0]["operationMetrics"]) if rows else (0, None)
 
 
 def _metric(metrics: dict[str, str] | None, *names: str) -> int:
@@ -120,22 +172,55 @@ def write_table(
         if not condition:
             raise ValueError("overwrite_partition needs a partition value")
         writer = writer.mode("overwrite").option("replaceWhere", condition).option("mergeSchema", "true")
-    if is_catalog_name(target):
-        writer.saveAsTable(target)
-    else:
-        writer.save(target)
-    last = _history(spark, target, 1)[0]
-    version = int(last["version"])
+    try:
+        if is_catalog_name(target):
+            writer.saveAsTable(target)
+        else:
+            writer.save(target)
+    except Exception as exc:
+        if not any(marker in str(exc) for marker in CONCURRENT_ERRORS):
+            raise
+        lines = str(exc).splitlines()
+        detail = next((x.strip() for x in lines if any(m in x for m in CONCURRENT_ERRORS)), lines[0])[:240]
+        raise ConcurrentWriteError(
+            f"table '{_name(target)}': concurrent write: another writer committed to it during this "
+            f"write, which was not committed ({detail}); rerun when it has finished"
+        ) from None
+    version, metrics = _last_commit(spark, target)
     if before is not None and version == before:
         log.info("%s: already committed by %s (txn %s); skipping", target, app_id, txn_version)
         return CommitResult(version=None, files=0, rows=0, skipped=True)
-    metrics = last["operationMetrics"]
     return CommitResult(
         version=version,
         files=_metric(metrics, "numAddedFiles", "numFiles"),
         rows=_metric(metrics, "numOutputRows"),
         skipped=False,
     )
+
+
+def _name(target: str) -> str:
+    return target.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+
+
+def check_conflict(
+    target: str,
+    since_version: int | None,
+    app_id: str,
+    mode: WriteMode,
+    partition_value: dict[str, str] | None,
+) -> None:
+    """Raise ``ConcurrentWriteError`` when another run committed rows this overwrite would replace
+    after this run started (``since_version``), as the embedded engine does. Only path tables on a
+    local or mounted file system, whose log is read as files; elsewhere Delta's own optimistic
+    concurrency control decides (it catches writers whose transactions overlap, not a run that
+    committed between this run's start and this write)."""
+    root = local_root(target)
+    if root is None or since_version is None or mode == "append":
+        return
+    latest = latest_log_version(root)
+    conflict = conflicting_commit(root, since_version, latest, app_id, mode, partition_value)
+    if conflict is not None:
+        raise conflict_error(_name(target), conflict, since_version)
 
 
 def read_table(
@@ -160,8 +245,9 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-class DeltaSparkEngine:
-    """Delta's own Spark data source: paths or catalog names (``catalog.schema.table``)."""
+class DeltaSparkEngine(DeltaSparkOperations):
+    """Delta's own Spark data source: paths or catalog names (``catalog.schema.table``); MERGE,
+    compaction and table properties come from ``DeltaSparkOperations``."""
 
     name: EngineName = "delta-spark"
 
@@ -172,6 +258,9 @@ class DeltaSparkEngine:
         return table_location(root, catalog, schema, table)
 
     def exists(self, target: str) -> bool:
+        root = local_root(target)
+        if root is not None:  # the log's files say it, with no Spark job
+            return latest_log_version(root) >= 0
         try:
             read_table(self.spark, target, target)
         except InputError:
@@ -208,22 +297,34 @@ class DeltaSparkEngine:
         before_commit: Callable[[], None] | None = None,
         since_version: int | None = None,
     ) -> CommitResult:
-        # ``since_version`` is always None here (``current_version``): Delta's own optimistic
-        # concurrency control decides conflicts (a concurrent replaceWhere of the same partition
-        # fails with a ConcurrentAppend/ConcurrentDeleteRead exception)
-        existed = self.exists(target)
+        # a path table's log is checked for another run's commit since this run started (as the
+        # embedded engine does); Delta's optimistic concurrency control catches overlapping writes
         if before_commit is not None:
             before_commit()  # Delta writes files and commits in one call: the hook runs before both
-        return write_table(
-            df,
-            target,
-            mode=mode,
-            partition_by=partition_by,
-            partition_value=partition_value,
-            app_id=app_id,
-            txn_version=txn_version,
-            existed=existed,
-        )
+        check_conflict(target, since_version, app_id, mode, partition_value)
+        for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
+            existed = self.exists(target)
+            try:
+                return write_table(
+                    df,
+                    target,
+                    mode=mode,
+                    partition_by=partition_by,
+                    partition_value=partition_value,
+                    app_id=app_id,
+                    txn_version=txn_version,
+                    existed=existed,
+                )
+            except ConcurrentWriteError:
+                # appends never conflict (as on the embedded engine): one that lost a race (two
+                # runs creating the table at once) is written again; its app transaction makes a
+                # second commit of the same rows impossible
+                if mode == "append" and attempt < MAX_APPEND_ATTEMPTS:
+                    log.info("%s: another writer committed first; appending again", target)
+                    continue
+                check_conflict(target, since_version, app_id, mode, partition_value)  # names the run
+                raise
+        raise AssertionError("unreachable")
 
     def delete_keys(self, target: str, column: str, values: list[str]) -> int:
         df = self.read(target, target)[0]
@@ -235,7 +336,10 @@ class DeltaSparkEngine:
         return found
 
     def current_version(self, target: str) -> int | None:
-        return None  # Delta Spark checks concurrent writers itself
+        # a path table's newest commit from its log's file names (no Spark job); None elsewhere:
+        # Delta's own optimistic concurrency control decides there (``check_conflict``)
+        root = local_root(target)
+        return None if root is None else latest_log_version(root)
 
     def vacuum(self, target: str, retention_hours: int, *, enforce_retention: bool = True) -> list[str]:
         # Delta refuses a retention under 168 h unless the check is off (forced, for this call only)
@@ -254,7 +358,26 @@ class DeltaSparkEngine:
             self.spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS").collect()
         finally:
             self.spark.conf.set(check, previous or "true")
+        self._expire_log(target, retention_hours)
         return doomed
+
+    def _expire_log(self, target: str, retention_hours: int) -> None:
+        """Trim the Delta log to the vacuum's retention: an erase's DELETE commit records the erased
+        keys in its predicate, and every commit's file statistics hold the min and max keys of its
+        files, for ``delta.logRetentionDuration`` (30 days by default).
+
+        A path table on a local or mounted file system is checkpointed and trimmed now (delta-rs does
+        it as for its own tables: Delta's Spark engine trims only at its next automatic checkpoint, and
+        only entries from before that day). Elsewhere the table's log retention is set to the vacuum's,
+        and Delta trims at its next checkpoint."""
+        root = local_root(target)
+        if root is not None:
+            expire_log(str(root), retention_hours)
+            return
+        self.spark.sql(
+            f"ALTER TABLE {sql_ref(target)} SET TBLPROPERTIES "
+            f"('{LOG_RETENTION}' = 'interval {int(retention_hours)} hours')"
+        )
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:
         commits = []

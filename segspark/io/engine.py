@@ -10,6 +10,7 @@ A *target* is where a table lives: a path, or (delta-spark only) a catalog name 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -19,6 +20,7 @@ from segspark.io import storage
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+    from pyspark.sql.types import StructType
 
 EngineName = Literal["delta-spark", "delta-rs"]
 ENGINE_NAMES: tuple[EngineName, ...] = ("delta-rs", "delta-spark")
@@ -35,6 +37,32 @@ class CommitResult:
     files: int
     rows: int
     skipped: bool
+
+
+@dataclass(frozen=True)
+class MergeResult(CommitResult):
+    """What one MERGE did, from the engine's commit metrics: target rows inserted, updated and deleted
+    (0 each when skipped)."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """Live data files (and their bytes) of a table's latest version before and after compaction."""
+
+    files_before: int
+    files_after: int
+    bytes_before: int
+    bytes_after: int
+
+    def describe(self) -> str:
+        return (
+            f"files {self.files_before} -> {self.files_after}, "
+            f"bytes {self.bytes_before} -> {self.bytes_after}"
+        )
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,15 @@ class TableNotFound(InputError):
 class ConcurrentWriteError(SegsparkError):
     """Another run committed to the same table (or partition) after this run started: this run's
     write is not committed (exit code 1; the other run's data stays whole)."""
+
+
+def conflict_error(name: str, conflict: str, since_version: int) -> ConcurrentWriteError:
+    """The error of a write that another run's commit (``conflict``, described) got ahead of."""
+    started = "no table yet" if since_version < 0 else f"at version {since_version}"
+    return ConcurrentWriteError(
+        f"table '{name}': concurrent write: {conflict} after this run started ({started}); this run's "
+        "write was not committed, the table keeps the other run's data; rerun when it has finished"
+    )
 
 
 # Delta's safety minimum for vacuum (``delta.deletedFileRetentionDuration``, 7 days): a shorter
@@ -150,7 +187,100 @@ class TableEngine(Protocol):
         """The table's commits, newest first."""
         ...
 
+    def merge(
+        self,
+        df: DataFrame,
+        target: str,
+        keys: list[str],
+        *,
+        app_id: str,
+        txn_version: int,
+        delete_column: str | None = None,
+        since_version: int | None = None,
+    ) -> MergeResult:
+        """Upsert ``df`` into the existing table ``target`` by ``keys`` in ONE commit (MERGE).
+
+        A source row whose keys match a target row replaces it (every column); the others are
+        inserted. ``delete_column`` (a boolean source column, not a table column): matched rows
+        flagged true are deleted instead, and flagged rows without a match are dropped. A null key
+        never matches (SQL MERGE): such rows are inserted. Each key may occur once in the source.
+        Idempotent per ``app_id``/``txn_version`` like ``write``; ``since_version``: a data commit by
+        another writer after it is a ``ConcurrentWriteError`` (the MERGE commits nothing). A source
+        column the table lacks, a table column the source lacks, or another type: ``SchemaMismatch``
+        naming the table and the column; no table: ``TableNotFound``.
+        """
+        ...
+
+    def compact(self, target: str) -> Compaction:
+        """Rewrite small data files into larger ones in one commit that changes no data (OPTIMIZE);
+        returns the live files and bytes before and after."""
+        ...
+
+    def table_properties(self, target: str) -> dict[str, str]:
+        """The table's properties (``delta.*`` configuration); ``TableNotFound`` without a table (one
+        look-up answers both, where ``exists`` and a read of the properties would take two)."""
+        ...
+
+    def set_table_properties(self, target: str, properties: dict[str, str]) -> None:
+        """Set table properties in one metadata commit (Delta raises the protocol a property needs)."""
+        ...
+
+    def create_table(
+        self, target: str, schema: StructType, partition_by: list[str], properties: dict[str, str]
+    ) -> None:
+        """Create an empty table with ``schema``, ``partition_by`` and ``properties`` (one commit)."""
+        ...
+
 
 def sql_in_list(values: list[str]) -> str:
     """``'a', 'b'`` with quotes doubled: the IN list of a delete predicate."""
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+# ---- MERGE ------------------------------------------------------------------------------------------
+CHANGE_DATA_FEED = "delta.enableChangeDataFeed"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_merge_schema(
+    name: str, table: StructType, source: StructType, keys: list[str], delete_column: str | None
+) -> None:
+    """Refuse a MERGE whose source does not match the table column for column (``SchemaMismatch``
+    naming the table and each column; an all-null source column is cast to the table's type)."""
+    from pyspark.sql import types as T
+
+    from segspark.tables import SchemaMismatch
+
+    problems: list[str] = []
+    given = {f.name: f.dataType for f in source.fields if f.name != delete_column}
+    have = {f.name: f.dataType for f in table.fields}
+    for column in [*keys, *([delete_column] if delete_column else [])]:
+        if not _IDENTIFIER.fullmatch(column):
+            problems.append(f"MERGE column name {column!r} is not a plain identifier")
+    for key in keys:
+        if key not in have:
+            problems.append(f"MERGE key '{key}' is not a column of the table")
+    if not keys:
+        problems.append("MERGE needs at least one key column")
+    if delete_column and not isinstance(source[delete_column].dataType, T.BooleanType):
+        problems.append(f"MERGE delete column '{delete_column}' must be boolean")
+    for column, type_ in have.items():
+        if column not in given:
+            problems.append(f"column '{column}' is missing from the MERGE source")
+        elif given[column].simpleString() != type_.simpleString() and not isinstance(
+            given[column], T.NullType
+        ):  # nullability aside (an array's containsNull differs between Spark and delta-rs)
+            problems.append(
+                f"column '{column}' has type {given[column].simpleString()} in the MERGE source, "
+                f"{type_.simpleString()} in the table"
+            )
+    problems += [f"column '{c}' of the MERGE source is not in the table" for c in given if c not in have]
+    if problems:
+        raise SchemaMismatch(f"table '{name}': " + "; ".join(problems))
+
+
+def table_name(target: str) -> str:
+    """The table's name in messages: the last part of a path or of a catalog name."""
+    if is_catalog_name(target):
+        return target.rsplit(".", 1)[-1]
+    return target.rstrip("/").rsplit("/", 1)[-1]

@@ -18,10 +18,13 @@ from segspark import tables
 from segspark.errors import ConfigError, InputError
 from segspark.io import delta_rs, delta_spark, inputs, storage
 from segspark.io.engine import (
+    CHANGE_DATA_FEED,
     MIN_SAFE_RETENTION_HOURS,
     Commit,
     CommitResult,
+    Compaction,
     EngineName,
+    MergeResult,
     TableEngine,
     TableNotFound,
     WriteMode,
@@ -82,7 +85,10 @@ def resolve_engine(spark: SparkSession, wanted: str) -> tuple[Engine, str]:
         return "delta-spark", "auto: Databricks has Delta built in"
     if delta_spark.delta_available(spark):
         return "delta-spark", "auto: Delta's Spark jars are loaded in this session"
-    return "delta-rs", "auto: Delta's Spark jars are not loaded in this session"
+    return "delta-rs", (
+        "auto: Delta's Spark jars are not loaded in this session; a local session loads them only "
+        "for lakehouse.engine: delta-spark"
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ class Lakehouse:
         # output table -> its version when the run started (``pin_versions``): an overwrite fails
         # rather than replace what another run committed since
         self._since: dict[str, int | None] = {}
+        # output tables whose change data feed property was checked against the setting (once a run)
+        self._feed_checked: set[str] = set()
         out = settings.output
         if (out.catalog is None) != (out.schema_ is None):
             raise ConfigError("output.catalog and output.schema must be set together (or neither)")
@@ -177,6 +185,7 @@ class Lakehouse:
                 S.AS_OF_DATE: F.lit(as_of_date).cast("date"),
             }
         )
+        self._align_change_data_feed(name, stamped, layout)
         return self._engine.write(
             stamped,
             self.target(name),
@@ -188,6 +197,85 @@ class Lakehouse:
             before_commit=before_commit,
             since_version=self._since.get(name),
         )
+
+    def merge(
+        self,
+        df: DataFrame,
+        name: str,
+        keys: list[str],
+        *,
+        run_id: str,
+        as_of_date: dt.date,
+        txn_version: int = 0,
+        delete_column: str | None = None,
+    ) -> MergeResult:
+        """Upsert ``df`` into output table ``name`` by ``keys`` in one commit (``TableEngine.merge``):
+        matched rows are replaced, the others inserted (rows flagged in ``delete_column`` delete their
+        match); merged rows are stamped with ``run_id`` and ``as_of_date``, the others keep theirs.
+
+        The frame (without ``delete_column``) must match the table's declared schema, as for ``write``.
+        No table yet: the rows (less the flagged ones) are written as its first commit. A retried run
+        (same ``run_id``) merges nothing twice; a data commit by another run since this run started is
+        a ``ConcurrentWriteError``.
+        """
+        layout = _layout(name)
+        widen = tables.conform_schema(name, df.drop(delete_column).schema if delete_column else df.schema)
+        stamped = df.withColumns(
+            {
+                **{column: F.col(column).cast(type_) for column, type_ in widen.items()},
+                S.RUN_ID: F.lit(run_id),
+                S.AS_OF_DATE: F.lit(as_of_date).cast("date"),
+            }
+        )
+        target, app_id = self.target(name), f"segspark-{run_id}"
+        self._align_change_data_feed(name, stamped.drop(delete_column) if delete_column else stamped, layout)
+        if not self._engine.exists(target):
+            rows = stamped
+            if delete_column:
+                rows = stamped.where(~F.coalesce(F.col(delete_column), F.lit(False))).drop(delete_column)
+            first = self._engine.write(
+                rows,
+                target,
+                mode="append",
+                partition_by=[S.AS_OF_DATE] if layout.partitioned else [],
+                partition_value=None,
+                app_id=app_id,
+                txn_version=txn_version,
+                since_version=self._since.get(name),
+            )
+            return MergeResult(first.version, first.files, first.rows, first.skipped, inserted=first.rows)
+        return self._engine.merge(
+            stamped,
+            target,
+            keys,
+            app_id=app_id,
+            txn_version=txn_version,
+            delete_column=delete_column,
+            since_version=self._since.get(name),
+        )
+
+    def _align_change_data_feed(self, name: str, df: DataFrame, layout: _Layout) -> None:
+        """Make the table's change data feed what ``lakehouse.change_data_feed`` says, once a run: a
+        new table is created empty with the property (so the feed covers its first data commit), an
+        existing one gets one property commit when it differs."""
+        if name in self._feed_checked:
+            return
+        wanted = self.settings.lakehouse.change_data_feed
+        target = self.target(name)
+        try:
+            properties = self._engine.table_properties(target)
+        except TableNotFound:
+            if wanted:
+                partition_by = [S.AS_OF_DATE] if layout.partitioned else []
+                self._engine.create_table(target, df.schema, partition_by, {CHANGE_DATA_FEED: "true"})
+                log.info("%s: created with the change data feed on (lakehouse.change_data_feed)", name)
+        else:
+            on = properties.get(CHANGE_DATA_FEED, "false").lower() == "true"
+            if on != wanted:
+                self._engine.set_table_properties(target, {CHANGE_DATA_FEED: str(wanted).lower()})
+                state = "on" if wanted else "off"
+                log.info("%s: change data feed turned %s (lakehouse.change_data_feed)", name, state)
+        self._feed_checked.add(name)
 
     def _within_existing(self, df: DataFrame, name: str) -> DataFrame:
         """An append to a table written before an optional column was declared (``runs.choices``)
@@ -253,6 +341,13 @@ class Lakehouse:
         if not self.exists(name):
             return []
         return self._engine.vacuum(self.target(name), hours, enforce_retention=not force)
+
+    def compact(self, name: str) -> Compaction | None:
+        """Rewrite the table's small files into larger ones (OPTIMIZE; one commit that changes no
+        rows); the live files and bytes before and after, None when there is no table."""
+        if not self.exists(name):
+            return None
+        return self._engine.compact(self.target(name))
 
     def version(self, name: str) -> int | None:
         """The table's latest version (None when it does not exist)."""

@@ -1,0 +1,282 @@
+"""The embedded engine's table operations beyond writes: MERGE, compaction and table properties.
+
+MERGE, scalable without the driver holding the source: Spark writes the source DataFrame as Parquet
+into ``<table>/_staging/merge-<id>/`` (the executors write, nothing is collected), then delta-rs merges
+it read as a pyarrow dataset through a ``RecordBatchReader`` of ``MERGE_BATCH_ROWS`` rows, with its
+streamed execution (the source is consumed batch by batch, never whole). Memory: delta-rs reads and
+rewrites the target files that hold matched keys (streamed execution turns off the source-statistics
+pruning, so with keys spread over the table that is every file) and joins them with the source in
+DataFusion; with ``delta.enableChangeDataFeed`` on, delta-rs materializes the source in memory (the
+change rows need it twice). For tables of tens of millions of rows per MERGE, the ``delta-spark``
+engine does the same MERGE on the executors. The staging folder is deleted after the MERGE; a killed
+MERGE leaves it to ``vacuum``.
+
+Conflicts and retries follow ``delta_rs.write_table``: a commit by another writer since the run
+started (``since_version``) that changed data is a ``ConcurrentWriteError``; the MERGE commits as
+exactly the next version of what was checked, so a racing commit sends it back to the check; the
+commit records ``app_transactions=(app_id, txn_version)``, so a retried run merges nothing twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# the module, not its names: delta_rs imports this module for ``DeltaRsOperations``
+from segspark.io import delta_rs as rs
+from segspark.io import storage
+from segspark.io.engine import Compaction, ConcurrentWriteError, MergeResult, check_merge_schema
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+    from deltalake.transaction import CommitProperties
+    from pyspark.sql import DataFrame
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+# rows per Arrow batch handed to delta-rs: a few MB for the job's widest tables
+MERGE_BATCH_ROWS = 65_536
+
+
+def merge_table(
+    df: DataFrame,
+    table_uri: str,
+    keys: list[str],
+    *,
+    app_id: str,
+    txn_version: int,
+    delete_column: str | None = None,
+    since_version: int | None = None,
+) -> MergeResult:
+    """MERGE ``df`` into the table by ``keys`` in one commit (``TableEngine.merge``; module docstring)."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import CommitProperties, Transaction
+
+    root = rs._local_path(table_uri).resolve()
+    uri = str(root)
+    table = rs._open(uri, root.name)
+    check_merge_schema(root.name, rs._spark_schema(table), df.schema, keys, delete_column)
+    done = rs.committed_txn_version(uri, app_id)
+    if done is not None and done >= txn_version:
+        log.info("%s: already merged by %s (txn %s); skipping", uri, app_id, done)
+        return MergeResult(version=None, files=0, rows=0, skipped=True)
+
+    write_id = uuid.uuid4().hex[:16]
+    staging = root / rs.STAGING / f"merge-{write_id}"
+    df.write.mode("error").parquet(str(staging))
+    props = CommitProperties(
+        app_transactions=[Transaction(app_id=app_id, version=txn_version)],
+        custom_metadata={"segspark.app_id": app_id, "segspark.write_id": write_id},
+        max_commit_retries=0,  # a lost race comes back to the conflict check (module docstring)
+    )
+    try:
+        metrics = _merge_checked(
+            root, staging, rs.arrow_schema_for(df), keys, delete_column, props, app_id, since_version
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other writes may still be staging
+            (root / rs.STAGING).rmdir()
+    version = DeltaTable(uri).version()
+    result = MergeResult(
+        version=version,
+        files=_count(metrics, "num_target_files_added"),
+        rows=_count(metrics, "num_output_rows"),
+        skipped=False,
+        inserted=_count(metrics, "num_target_rows_inserted"),
+        updated=_count(metrics, "num_target_rows_updated"),
+        deleted=_count(metrics, "num_target_rows_deleted"),
+    )
+    log.info(
+        "%s: merged as version %s (%d inserted, %d updated, %d deleted)",
+        uri,
+        version,
+        result.inserted,
+        result.updated,
+        result.deleted,
+    )
+    return result
+
+
+def _count(metrics: dict[str, Any], name: str) -> int:
+    value = metrics.get(name)
+    return -1 if value is None else int(value)
+
+
+def _merge_checked(
+    root: Path,
+    staging: Path,
+    schema: pa.Schema,
+    keys: list[str],
+    delete_column: str | None,
+    props: CommitProperties,
+    app_id: str,
+    since_version: int | None,
+) -> dict[str, Any]:
+    """Check the commits since ``since_version`` for another writer's data change, then MERGE as the
+    next version; a MERGE that lost the commit race goes back to the check."""
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    for _attempt in range(rs.MAX_COMMIT_ATTEMPTS):
+        latest = rs.latest_log_version(root)
+        if since_version is not None:
+            conflict = rs.conflicting_commit(root, since_version, latest, app_id, "overwrite", None)
+            if conflict is not None:
+                started = "no table yet" if since_version < 0 else f"at version {since_version}"
+                raise ConcurrentWriteError(
+                    f"table '{root.name}': concurrent write: {conflict} after this run started "
+                    f"({started}); this run's MERGE was not committed; rerun when it has finished"
+                )
+        try:
+            return _merge_once(str(root), latest, staging, schema, keys, delete_column, props)
+        except (CommitFailedError, DeltaError) as exc:
+            if rs.latest_log_version(root) == latest:
+                raise  # not a lost race: a real failure
+            log.info("%s: another writer committed first (%s); checking for a conflict", root, exc)
+    raise ConcurrentWriteError(
+        f"table '{root.name}': concurrent write: lost the commit race {rs.MAX_COMMIT_ATTEMPTS} times"
+    )
+
+
+def _merge_once(
+    uri: str,
+    latest: int,
+    staging: Path,
+    schema: pa.Schema,
+    keys: list[str],
+    delete_column: str | None,
+    props: CommitProperties,
+) -> dict[str, Any]:
+    """One delta-rs MERGE of the staged source on version ``latest``, committed as ``latest + 1``."""
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    table = DeltaTable(uri, version=latest)
+    # files named _SUCCESS or .crc are skipped by the dataset's default ignore prefixes
+    source = ds.dataset(str(staging), format="parquet", schema=schema)
+    reader = source.scanner(batch_size=MERGE_BATCH_ROWS).to_reader()
+    predicate = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in keys)
+    merger = table.merge(
+        reader,
+        predicate,
+        source_alias="s",
+        target_alias="t",
+        streamed_exec=True,
+        commit_properties=props,
+    )
+    if delete_column is None:
+        merger = merger.when_matched_update_all().when_not_matched_insert_all()
+    else:
+        flagged = f"coalesce(s.{_q(delete_column)}, false)"
+        columns = {f.name: f"s.{_q(f.name)}" for f in table.schema().fields}
+        merger = (
+            merger.when_matched_delete(predicate=flagged)
+            .when_matched_update(updates=columns)
+            .when_not_matched_insert(updates=columns, predicate=f"NOT {flagged}")
+        )
+    metrics: dict[str, Any] = merger.execute()
+    return metrics
+
+
+def _q(column: str) -> str:
+    """A column as delta-rs's SQL parser reads it (quoted: no case folding)."""
+    return f'"{column}"'
+
+
+# ---- compaction and properties ------------------------------------------------------------------------
+def live_files(table: DeltaTable) -> tuple[int, int]:
+    """The latest snapshot's data files and their bytes, from the log."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return 0, 0
+    return actions.num_rows, int(pc.sum(actions.column("size_bytes")).as_py() or 0)
+
+
+def compact(table_uri: str) -> Compaction:
+    """delta-rs ``optimize.compact()``: small files of each partition binned into files of the table's
+    ``delta.targetFileSize`` (100 MB by default), one commit with ``dataChange=false``; delta-rs reads
+    and writes a bin at a time (as many bins at once as the machine has cores)."""
+    uri = rs._location(table_uri)  # a local folder or S3
+    table = rs.delta_table(uri)
+    files_before, bytes_before = live_files(table)
+    metrics = table.optimize.compact()
+    files_after, bytes_after = live_files(rs.delta_table(uri))
+    log.info(
+        "%s: compacted %s files into %s", uri, metrics.get("numFilesRemoved"), metrics.get("numFilesAdded")
+    )
+    return Compaction(files_before, files_after, bytes_before, bytes_after)
+
+
+def table_properties(table_uri: str) -> dict[str, str]:
+    """The table's properties from its log; ``TableNotFound`` without a table."""
+    config = rs._open(table_uri, storage.basename(table_uri)).metadata().configuration or {}
+    return {k: str(v) for k, v in config.items() if v is not None}
+
+
+def set_table_properties(table_uri: str, properties: dict[str, str]) -> None:
+    rs.delta_table(table_uri).alter.set_table_properties(properties)
+
+
+def create_table(
+    table_uri: str, schema: StructType, partition_by: list[str], properties: dict[str, str]
+) -> None:
+    from deltalake import DeltaTable, Schema
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    uri = rs._location(table_uri)  # a local folder or S3
+    arrow = to_arrow_schema(schema, timezone="UTC")
+    DeltaTable.create(
+        storage.delta_rs_uri(uri),
+        Schema.from_arrow(arrow),
+        mode="error",
+        partition_by=partition_by or None,
+        configuration=properties,
+        storage_options=storage.delta_rs_options(uri),
+    )
+
+
+class DeltaRsOperations:
+    """``TableEngine``'s MERGE, compaction and property methods for ``delta_rs.DeltaRsEngine``."""
+
+    def merge(
+        self,
+        df: DataFrame,
+        target: str,
+        keys: list[str],
+        *,
+        app_id: str,
+        txn_version: int,
+        delete_column: str | None = None,
+        since_version: int | None = None,
+    ) -> MergeResult:
+        return merge_table(
+            df,
+            target,
+            keys,
+            app_id=app_id,
+            txn_version=txn_version,
+            delete_column=delete_column,
+            since_version=since_version,
+        )
+
+    def compact(self, target: str) -> Compaction:
+        return compact(target)
+
+    def table_properties(self, target: str) -> dict[str, str]:
+        return table_properties(target)
+
+    def set_table_properties(self, target: str, properties: dict[str, str]) -> None:
+        set_table_properties(target, properties)
+
+    def create_table(
+        self, target: str, schema: StructType, partition_by: list[str], properties: dict[str, str]
+    ) -> None:
+        create_table(target, schema, partition_by, properties)
