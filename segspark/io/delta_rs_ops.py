@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # the module, not its names: delta_rs imports this module for ``DeltaRsOperations``
+from segspark.errors import InputError
 from segspark.io import delta_rs as rs
 from segspark.io import storage
 from segspark.io.engine import Compaction, ConcurrentWriteError, MergeResult, check_merge_schema
@@ -60,6 +61,11 @@ def merge_table(
     from deltalake import DeltaTable
     from deltalake.transaction import CommitProperties, Transaction
 
+    if storage.is_s3(table_uri):
+        raise InputError(
+            f"MERGE into {table_uri}: the embedded delta-rs engine merges into local folders only; "
+            "use lakehouse.engine=delta-spark for tables on S3"
+        )
     root = rs._local_path(table_uri).resolve()
     uri = str(root)
     table = rs._open(uri, root.name)
