@@ -194,6 +194,8 @@ SLOWEST_FIRST = (
     "test_bad_inputs",
     "test_notebooks",
     "test_lifecycle",
+    "test_engine_features",
+    "test_engine_contract",
 )
 
 
