@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -337,6 +338,9 @@ def local_conf(
     machine = machine or detect_machine()
     threads = local_threads(master, machine.cores)
     if threads is not None:
+        # Spark creates its catalog's warehouse folder in the working folder the first time a query
+        # touches the catalog (Delta's SQL does): a local run leaves nothing where it was started
+        base["spark.sql.warehouse.dir"] = str(Path(tempfile.gettempdir()) / "segspark-spark-warehouse")
         base.update(
             sized_conf(
                 threads,

@@ -29,6 +29,7 @@ from segspark.io.delta_rs import (
 )
 from segspark.io.delta_spark_ops import DeltaSparkOperations
 from segspark.io.engine import (
+    MIN_SAFE_RETENTION_HOURS,
     Commit,
     CommitResult,
     ConcurrentWriteError,
@@ -366,17 +367,17 @@ class DeltaSparkEngine(DeltaSparkOperations):
         keys in its predicate, and every commit's file statistics hold the min and max keys of its
         files, for ``delta.logRetentionDuration`` (30 days by default).
 
-        A path table on a local or mounted file system is checkpointed and trimmed now (delta-rs does
-        it as for its own tables: Delta's Spark engine trims only at its next automatic checkpoint, and
-        only entries from before that day). Elsewhere the table's log retention is set to the vacuum's,
-        and Delta trims at its next checkpoint."""
-        root = local_root(target)
-        if root is not None:
-            expire_log(str(root), retention_hours)
+        A path table (local, mounted or on an object store) is checkpointed and trimmed now by
+        delta-rs, as for its own tables: Delta's Spark engine trims only at its next automatic
+        checkpoint, and only entries from before that day. A catalog table gets the vacuum's log
+        retention, at least Delta's deleted-file retention (Delta refuses a shorter one), and Delta
+        trims at its next checkpoint."""
+        if not is_catalog_name(target):
+            expire_log(target, retention_hours)
             return
+        hours = max(int(retention_hours), MIN_SAFE_RETENTION_HOURS)
         self.spark.sql(
-            f"ALTER TABLE {sql_ref(target)} SET TBLPROPERTIES "
-            f"('{LOG_RETENTION}' = 'interval {int(retention_hours)} hours')"
+            f"ALTER TABLE {sql_ref(target)} SET TBLPROPERTIES ('{LOG_RETENTION}' = 'interval {hours} hours')"
         )
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:
