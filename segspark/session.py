@@ -479,7 +479,7 @@ def _connect_session(
     with warnings.catch_warnings():
         # pyspark also replays the local server's static settings on the client session, which
         # refuses them with a warning each; the server started with them, so the refusal is noise
-        static = r"Failed to set spark\..* due to \[CANNOT_MODIFY_CONFIG\]"
+        static = r"Failed to set spark\..* due to \[CANNOT_MODIFY_(STATIC_)?CONFIG\]"
         warnings.filterwarnings("ignore", message=static, category=UserWarning)
         session = builder.getOrCreate()
     if not cfg.remote.startswith("local"):  # a local server was built with all of local_conf
