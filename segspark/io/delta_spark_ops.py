@@ -201,7 +201,9 @@ class DeltaSparkOperations:
         delete_column: str | None = None,
         since_version: int | None = None,
     ) -> MergeResult:
-        # ``since_version`` is always None here (``current_version``): Delta's own concurrency control
+        # a path table's log is checked for another run's commit since this run started, as for
+        # writes (any data change conflicts, as on the embedded engine); elsewhere Delta's own control
+        ds.check_conflict(target, since_version, app_id, "overwrite", None)
         return merge_table(
             df, target, keys, app_id=app_id, txn_version=txn_version, delete_column=delete_column
         )
