@@ -142,6 +142,9 @@ class SparkConfig(Section):
     shuffle_partitions: int | Literal["auto"] = "auto"
     # auto: 60% of the machine's (or container's) memory, 1g..31g; or a JVM size such as 8g or 1536m
     driver_memory: str = "auto"
+    # the JIT of a local session the job starts: quick = HotSpot's client compiler only (short runs),
+    # full = the JVM's default tiers; auto: quick when the local inputs are small (segspark.session)
+    jit: Literal["auto", "quick", "full"] = "auto"
     conf: dict[str, str] = Field(default_factory=dict)  # any Spark setting; wins over the two sizes above
 
     @field_validator("shuffle_partitions", mode="before")

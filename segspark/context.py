@@ -27,7 +27,7 @@ from segspark import tables, tracking
 from segspark.config import Settings
 from segspark.errors import InputError
 from segspark.io import InputInfo, Lakehouse, storage
-from segspark.session import delta_jars_for, get_spark
+from segspark.session import delta_jars_for, get_spark, local_bytes, session_jit
 from segspark.version import code_version
 
 if TYPE_CHECKING:
@@ -130,14 +130,20 @@ class RunContext:
 def open_context(
     settings: Settings, command: str, *, demo: bool = False, spark: SparkSession | None = None
 ) -> RunContext:
+    tx = settings.input.transactions
     session = spark or get_spark(
-        settings.spark, delta=delta_jars_for(settings.lakehouse.engine), s3a=storage.s3a_conf(settings)
+        settings.spark,
+        delta=delta_jars_for(settings.lakehouse.engine),
+        s3a=storage.s3a_conf(settings),
+        tx_bytes=None if tx.table else local_bytes(tx.path),
     )
     lake = Lakehouse(session, settings)
     # the run starts here: a later overwrite of rows another run commits from now on is a conflict
     lake.pin_versions()
     run_id = settings.run_id or new_run_id()
-    return RunContext(settings=settings, spark=session, lake=lake, run_id=run_id, command=command, demo=demo)
+    ctx = RunContext(settings=settings, spark=session, lake=lake, run_id=run_id, command=command, demo=demo)
+    ctx.choices["spark.jit"] = session_jit(session)
+    return ctx
 
 
 # ---- runs table ----------------------------------------------------------------------------------

@@ -575,11 +575,16 @@ def write_lakehouse(
     if customer_count < 1:
         raise SegsparkError("--customers must be at least 1")
     from segspark.io import Lakehouse, storage
-    from segspark.session import delta_jars_for, get_spark
+    from segspark.session import GENERATED_TX_BYTES_PER_CUSTOMER, delta_jars_for, get_spark
 
     storage.configure(settings.lakehouse.s3)
     s3a = storage.hadoop_conf() if storage.is_s3(str(out_dir)) else None
-    session = spark or get_spark(settings.spark, delta=delta_jars_for(settings.lakehouse.engine), s3a=s3a)
+    session = spark or get_spark(
+        settings.spark,
+        delta=delta_jars_for(settings.lakehouse.engine),
+        s3a=s3a,
+        tx_bytes=customer_count * GENERATED_TX_BYTES_PER_CUSTOMER,  # the demo's run reuses this session
+    )
     lake = Lakehouse(session, settings)
     root = storage.root_of(str(out_dir))
     base = customer_base(session, customer_count, seed, uniform_spend=uniform_spend).persist()

@@ -44,6 +44,7 @@ def spark() -> Iterator[object]:
             # not the job's machine-sized heap: CI runs the suite beside other work (1g ran out
             # late in the whole suite, analysing the generator's plan)
             driver_memory="2g",
+            jit="quick",  # HotSpot's client compiler only: every run of the suite is a short one
             conf={
                 "spark.default.parallelism": "2",
                 "spark.sql.adaptive.coalescePartitions.enabled": "false",

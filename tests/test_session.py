@@ -153,6 +153,43 @@ def test_local_conf_sizes_local_sessions_only(monkeypatch: pytest.MonkeyPatch) -
     assert "spark.driver.memory" not in local_conf(SparkConfig(), machine)
 
 
+def test_a_short_local_run_compiles_with_the_client_compiler_only(tmp_path: Path, spark) -> None:
+    """``spark.jit: auto``: quick (HotSpot's C1 only) for a small transaction input on a local disk,
+    the JVM's default tiers for a large one or one whose size Spark alone can tell; the option goes
+    first in the driver's JVM options and keeps the job's own; the suite's session runs with it."""
+    from segspark.config import SparkConfig, load_settings
+    from segspark.errors import ConfigError
+    from segspark.session import (
+        QUICK_JIT_MAX_TX_BYTES,
+        QUICK_JIT_OPTION,
+        Machine,
+        jit_choice,
+        local_bytes,
+        local_conf,
+        session_jit,
+    )
+
+    folder = tmp_path / "transactions"
+    (folder / "_delta_log").mkdir(parents=True)
+    (folder / "part-0.parquet").write_bytes(b"x" * 1000)
+    (folder / "_delta_log" / "00000000000000000000.json").write_bytes(b"y" * 24)
+    assert local_bytes(str(folder)) == local_bytes(f"file://{folder}") == 1024
+    assert local_bytes("s3a://bucket/transactions") is None and local_bytes(str(tmp_path / "nope")) is None
+    assert jit_choice("auto", 1024)[0] == "quick"
+    assert jit_choice("auto", QUICK_JIT_MAX_TX_BYTES + 1) == ("full", "transactions 8.0 MiB > 8 MiB")
+    assert jit_choice("auto", None)[0] == "full"
+    assert jit_choice("full", 1024) == ("full", "spark.jit: full")
+    assert jit_choice("quick", None)[0] == "quick"
+
+    machine = Machine(cores=2, memory_bytes=8 * GIB, memory_source="physical")
+    quick = local_conf(SparkConfig(), machine, quick_jit=True)["spark.driver.extraJavaOptions"].split()
+    default = local_conf(SparkConfig(), machine)["spark.driver.extraJavaOptions"].split()
+    assert quick == [QUICK_JIT_OPTION, *default] and QUICK_JIT_OPTION not in default
+    with pytest.raises(ConfigError, match="spark.jit"):
+        load_settings(None, ["spark.jit=fast"])
+    assert session_jit(spark) == "quick"  # tests/conftest.py asks for it: the suite is all short runs
+
+
 def test_config_takes_auto_null_or_a_size() -> None:
     from segspark.config import load_settings
     from segspark.errors import ConfigError
