@@ -332,6 +332,13 @@ def jit_choice(jit: str, tx_bytes: int | None) -> tuple[str, str]:
     return "full", f"transactions {size} > {limit}"
 
 
+def _quick_jit(cfg: SparkConfig, tx_bytes: int | None) -> bool:
+    """:func:`jit_choice` for a local session (or local Connect server) about to start, logged."""
+    jit, why = jit_choice(cfg.jit, tx_bytes)
+    log.info("spark: %s JIT (%s)", jit, why)
+    return jit == "quick"
+
+
 def session_jit(spark: SparkSession) -> str:
     """``quick`` when the session's driver JVM runs HotSpot's client compiler only, else ``full``
     (a cluster's, Databricks' or a Connect server's JVM: whatever its own options say)."""
@@ -459,7 +466,7 @@ def get_spark(
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     if cfg.remote:
-        return _connect_session(cfg, owned=owned, delta=delta, s3a=s3a)
+        return _connect_session(cfg, owned=owned, delta=delta, s3a=s3a, tx_bytes=tx_bytes)
 
     existing = active_session()
     if existing is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
@@ -484,9 +491,7 @@ def get_spark(
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
     machine = detect_machine()
-    jit, why = jit_choice(cfg.jit, tx_bytes)
-    log.info("spark: %s JIT (%s)", jit, why)
-    settings = local_conf(cfg, machine, quick_jit=jit == "quick")
+    settings = local_conf(cfg, machine, quick_jit=_quick_jit(cfg, tx_bytes))
     settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
     settings.update(s3a_conf(cfg, s3a, settings.get("spark.jars", "")))
     for key, value in settings.items():
@@ -499,7 +504,12 @@ def get_spark(
 
 
 def _connect_session(
-    cfg: SparkConfig, *, owned: bool, delta: DeltaJars, s3a: Mapping[str, str] | None = None
+    cfg: SparkConfig,
+    *,
+    owned: bool,
+    delta: DeltaJars,
+    s3a: Mapping[str, str] | None = None,
+    tx_bytes: int | None = None,
 ) -> SparkSession:
     """A Spark Connect session: a local server this process starts (sized like a local session,
     Delta's jars as ``delta`` says), or a remote server's (the job's runtime SQL settings applied)."""
@@ -513,7 +523,7 @@ def _connect_session(
         check_java()
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         machine = detect_machine()
-        settings = local_conf(cfg, machine)
+        settings = local_conf(cfg, machine, quick_jit=_quick_jit(cfg, tx_bytes))
         settings.update(delta_conf(cfg, delta, settings.get("spark.sql.shuffle.partitions")))
         settings.update(s3a_conf(cfg, s3a, settings.get("spark.jars", "")))
         _log_sizes(settings, cfg.remote, machine)
