@@ -29,10 +29,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# the module, not its names: delta_rs imports this module for ``DeltaRsOperations``
 from segspark.errors import InputError
-from segspark.io import delta_rs as rs
-from segspark.io import storage
+from segspark.io import delta_log, storage
 from segspark.io.engine import Compaction, ConcurrentWriteError, MergeResult, check_merge_schema
 
 if TYPE_CHECKING:
@@ -66,17 +64,17 @@ def merge_table(
             f"MERGE into {table_uri}: the embedded delta-rs engine merges into local folders only; "
             "use lakehouse.engine=delta-spark for tables on S3"
         )
-    root = rs._local_path(table_uri).resolve()
+    root = delta_log.local_path(table_uri).resolve()
     uri = str(root)
-    table = rs._open(uri, root.name)
-    check_merge_schema(root.name, rs._spark_schema(table), df.schema, keys, delete_column)
-    done = rs.committed_txn_version(uri, app_id)
+    table = delta_log.open_table(uri, root.name)
+    check_merge_schema(root.name, delta_log.spark_schema(table), df.schema, keys, delete_column)
+    done = delta_log.committed_txn_version(uri, app_id)
     if done is not None and done >= txn_version:
         log.info("%s: already merged by %s (txn %s); skipping", uri, app_id, done)
         return MergeResult(version=None, files=0, rows=0, skipped=True)
 
     write_id = uuid.uuid4().hex[:16]
-    staging = root / rs.STAGING / f"merge-{write_id}"
+    staging = root / delta_log.STAGING / f"merge-{write_id}"
     df.write.mode("error").parquet(str(staging))
     props = CommitProperties(
         app_transactions=[Transaction(app_id=app_id, version=txn_version)],
@@ -85,12 +83,12 @@ def merge_table(
     )
     try:
         metrics = _merge_checked(
-            root, staging, rs.arrow_schema_for(df), keys, delete_column, props, app_id, since_version
+            root, staging, delta_log.arrow_schema_for(df), keys, delete_column, props, app_id, since_version
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):  # other writes may still be staging
-            (root / rs.STAGING).rmdir()
+            (root / delta_log.STAGING).rmdir()
     version = DeltaTable(uri).version()
     result = MergeResult(
         version=version,
@@ -131,10 +129,10 @@ def _merge_checked(
     next version; a MERGE that lost the commit race goes back to the check."""
     from deltalake.exceptions import CommitFailedError, DeltaError
 
-    for _attempt in range(rs.MAX_COMMIT_ATTEMPTS):
-        latest = rs.latest_log_version(root)
+    for _attempt in range(delta_log.MAX_COMMIT_ATTEMPTS):
+        latest = delta_log.latest_log_version(root)
         if since_version is not None:
-            conflict = rs.conflicting_commit(root, since_version, latest, app_id, "overwrite", None)
+            conflict = delta_log.conflicting_commit(root, since_version, latest, app_id, "overwrite", None)
             if conflict is not None:
                 started = "no table yet" if since_version < 0 else f"at version {since_version}"
                 raise ConcurrentWriteError(
@@ -144,11 +142,11 @@ def _merge_checked(
         try:
             return _merge_once(str(root), latest, staging, schema, keys, delete_column, props)
         except (CommitFailedError, DeltaError) as exc:
-            if rs.latest_log_version(root) == latest:
+            if delta_log.latest_log_version(root) == latest:
                 raise  # not a lost race: a real failure
             log.info("%s: another writer committed first (%s); checking for a conflict", root, exc)
     raise ConcurrentWriteError(
-        f"table '{root.name}': concurrent write: lost the commit race {rs.MAX_COMMIT_ATTEMPTS} times"
+        f"table '{root.name}': concurrent write: lost the commit race {delta_log.MAX_COMMIT_ATTEMPTS} times"
     )
 
 
@@ -210,11 +208,11 @@ def compact(table_uri: str) -> Compaction:
     """delta-rs ``optimize.compact()``: small files of each partition binned into files of the table's
     ``delta.targetFileSize`` (100 MB by default), one commit with ``dataChange=false``; delta-rs reads
     and writes a bin at a time (as many bins at once as the machine has cores)."""
-    uri = rs._location(table_uri)  # a local folder or S3
-    table = rs.delta_table(uri)
+    uri = delta_log.location(table_uri)  # a local folder or S3
+    table = delta_log.delta_table(uri)
     files_before, bytes_before = live_files(table)
     metrics = table.optimize.compact()
-    files_after, bytes_after = live_files(rs.delta_table(uri))
+    files_after, bytes_after = live_files(delta_log.delta_table(uri))
     log.info(
         "%s: compacted %s files into %s", uri, metrics.get("numFilesRemoved"), metrics.get("numFilesAdded")
     )
@@ -223,12 +221,12 @@ def compact(table_uri: str) -> Compaction:
 
 def table_properties(table_uri: str) -> dict[str, str]:
     """The table's properties from its log; ``TableNotFound`` without a table."""
-    config = rs._open(table_uri, storage.basename(table_uri)).metadata().configuration or {}
+    config = delta_log.open_table(table_uri, storage.basename(table_uri)).metadata().configuration or {}
     return {k: str(v) for k, v in config.items() if v is not None}
 
 
 def set_table_properties(table_uri: str, properties: dict[str, str]) -> None:
-    rs.delta_table(table_uri).alter.set_table_properties(properties)
+    delta_log.delta_table(table_uri).alter.set_table_properties(properties)
 
 
 def create_table(
@@ -237,7 +235,7 @@ def create_table(
     from deltalake import DeltaTable, Schema
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    uri = rs._location(table_uri)  # a local folder or S3
+    uri = delta_log.location(table_uri)  # a local folder or S3
     arrow = to_arrow_schema(schema, timezone="UTC")
     DeltaTable.create(
         storage.delta_rs_uri(uri),

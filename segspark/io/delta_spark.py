@@ -14,20 +14,24 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
 from segspark.errors import InputError
-from segspark.io.delta_rs import (
-    LOG_RETENTION,
-    commit_actions,
-    conflicting_commit,
-    expire_log,
-    latest_log_version,
-)
+from segspark.io.delta_log import LOG_RETENTION, expire_log, latest_log_version
 from segspark.io.delta_spark_ops import DeltaSparkOperations
+from segspark.io.delta_spark_table import (
+    CONCURRENT_ERRORS,
+    check_conflict,
+    history,
+    history_version,
+    last_commit,
+    local_root,
+    metric,
+    read_table,
+    sql_ref,
+)
 from segspark.io.engine import (
     MIN_SAFE_RETENTION_HOURS,
     Commit,
@@ -35,56 +39,22 @@ from segspark.io.engine import (
     ConcurrentWriteError,
     EngineName,
     PartitionValue,
-    TableNotFound,
     WriteMode,
-    conflict_error,
     is_catalog_name,
     sql_in_list,
     table_location,
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, Row, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DeltaSparkEngine", "delta_available", "is_catalog_name", "is_remote", "read_table", "write_table"]
 
-# Spark/Delta error texts that mean "nothing there" rather than "something is wrong with it".
-_NOT_FOUND = (
-    "PATH_NOT_FOUND",
-    "DELTA_PATH_DOES_NOT_EXIST",
-    "DELTA_MISSING_DELTA_TABLE",
-    "is not a Delta table",
-    "doesn't exist",
-    "TABLE_OR_VIEW_NOT_FOUND",
-)
-
-
-# Delta's optimistic concurrency control: another transaction committed what this one read or wrote
-CONCURRENT_ERRORS = (
-    "DELTA_CONCURRENT",
-    "ConcurrentAppendException",
-    "ConcurrentDeleteReadException",
-    "ConcurrentDeleteDeleteException",
-    "ConcurrentTransactionException",
-    "MetadataChangedException",
-    "ProtocolChangedException",
-    "DELTA_METADATA_CHANGED",
-    "DELTA_PROTOCOL_CHANGED",
-)
-
 
 # an append that loses Delta's commit race to another writer is written again this often
 MAX_APPEND_ATTEMPTS = 5
-
-
-def local_root(target: str) -> Path | None:
-    """The folder of a path table on a local (or mounted) file system, whose log the job reads as
-    files; None for a catalog name or a table on an object store."""
-    if is_catalog_name(target) or ("://" in target and not target.startswith("file:")):
-        return None
-    return Path(target.removeprefix("file://").removeprefix("file:"))
 
 
 def delta_available(spark: SparkSession) -> bool:
@@ -108,44 +78,6 @@ def is_remote(spark: SparkSession) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
-def sql_ref(target: str) -> str:
-    """``target`` as SQL names it: a catalog name as is, a path as ``delta.`path```."""
-    return target if is_catalog_name(target) else f"delta.`{target}`"
-
-
-def _history(spark: SparkSession, target: str, limit: int | None = None) -> list[Row]:
-    query = f"DESCRIBE HISTORY {sql_ref(target)}" + (f" LIMIT {int(limit)}" if limit else "")
-    return spark.sql(query).collect()  # one row per commit, bounded by the limit: small
-
-
-def _history_version(spark: SparkSession, target: str) -> int:
-    return _last_commit(spark, target)[0]
-
-
-def _last_commit(spark: SparkSession, target: str) -> tuple[int, dict[str, str] | None]:
-    """The table's newest version and that commit's operation metrics. A path table on a local or
-    mounted file system: from its log's files, with no Spark job (DESCRIBE HISTORY replays the log
-    in one; a small write paid for three); elsewhere DESCRIBE HISTORY."""
-    root = local_root(target)
-    if root is not None:
-        version = latest_log_version(root)
-        if version >= 0:
-            actions = commit_actions(root, version)
-            info: dict[str, Any] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
-            metrics = info.get("operationMetrics")
-            return version, {k: str(v) for k, v in metrics.items()} if metrics else None
-    rows = _history(spark, target, 1)
-    return (int(rows[0]["version"]), rows[0]["operationMetrics"]) if rows else (0, None)
-
-
-def _metric(metrics: dict[str, str] | None, *names: str) -> int:
-    for name in names:
-        value = (metrics or {}).get(name)
-        if value is not None:
-            return int(value)
-    return -1
-
-
 def write_table(
     df: DataFrame,
     target: str,
@@ -159,7 +91,7 @@ def write_table(
 ) -> CommitResult:
     """Write with Delta's own writer in one commit; Delta skips a (txnAppId, txnVersion) it has seen."""
     spark = df.sparkSession
-    before = _history_version(spark, target) if existed else None
+    before = history_version(spark, target) if existed else None
     writer = df.write.format("delta").option("txnAppId", app_id).option("txnVersion", txn_version)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
@@ -184,62 +116,23 @@ def write_table(
         lines = str(exc).splitlines()
         detail = next((x.strip() for x in lines if any(m in x for m in CONCURRENT_ERRORS)), lines[0])[:240]
         raise ConcurrentWriteError(
-            f"table '{_name(target)}': concurrent write: another writer committed to it during this "
+            f"table '{table_name(target)}': concurrent write: another writer committed to it during this "
             f"write, which was not committed ({detail}); rerun when it has finished"
         ) from None
-    version, metrics = _last_commit(spark, target)
+    version, metrics = last_commit(spark, target)
     if before is not None and version == before:
         log.info("%s: already committed by %s (txn %s); skipping", target, app_id, txn_version)
         return CommitResult(version=None, files=0, rows=0, skipped=True)
     return CommitResult(
         version=version,
-        files=_metric(metrics, "numAddedFiles", "numFiles"),
-        rows=_metric(metrics, "numOutputRows"),
+        files=metric(metrics, "numAddedFiles", "numFiles"),
+        rows=metric(metrics, "numOutputRows"),
         skipped=False,
     )
 
 
-def _name(target: str) -> str:
+def table_name(target: str) -> str:
     return target.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[-1]
-
-
-def check_conflict(
-    target: str,
-    since_version: int | None,
-    app_id: str,
-    mode: WriteMode,
-    partition_value: dict[str, str] | None,
-) -> None:
-    """Raise ``ConcurrentWriteError`` when another run committed rows this overwrite would replace
-    after this run started (``since_version``), as the embedded engine does. Only path tables on a
-    local or mounted file system, whose log is read as files; elsewhere Delta's own optimistic
-    concurrency control decides (it catches writers whose transactions overlap, not a run that
-    committed between this run's start and this write)."""
-    root = local_root(target)
-    if root is None or since_version is None or mode == "append":
-        return
-    latest = latest_log_version(root)
-    conflict = conflicting_commit(root, since_version, latest, app_id, mode, partition_value)
-    if conflict is not None:
-        raise conflict_error(_name(target), conflict, since_version)
-
-
-def read_table(
-    spark: SparkSession, target: str, name: str, version: int | None = None
-) -> tuple[DataFrame, int]:
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", version)
-    try:
-        df = reader.table(target) if is_catalog_name(target) else reader.load(target)
-        df.schema  # noqa: B018  (resolves the table now, so a missing one fails here)
-        found = version if version is not None else _history_version(spark, target)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if version is None and any(marker in str(exc) for marker in _NOT_FOUND):
-            raise TableNotFound(f"table '{name}': no Delta table at {target}") from None
-        raise InputError(f"table '{name}': cannot read Delta table {target}: {first}") from None
-    return df, found
 
 
 def _text(value: Any) -> str:
@@ -382,7 +275,7 @@ class DeltaSparkEngine(DeltaSparkOperations):
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:
         commits = []
-        for row in _history(self.spark, target, limit):
+        for row in history(self.spark, target, limit):
             stamp = row["timestamp"]
             commits.append(
                 Commit(

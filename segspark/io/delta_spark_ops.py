@@ -17,14 +17,14 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-# the module, not its names: delta_spark imports this module for ``DeltaSparkOperations``
-from segspark.io import delta_spark as ds
+from segspark.io import delta_spark_table as ds
 from segspark.io.engine import (
     Compaction,
     ConcurrentWriteError,
     MergeResult,
     TableNotFound,
     check_merge_schema,
+    is_catalog_name,
     table_name,
 )
 
@@ -84,7 +84,7 @@ def merge_table(
         raise
     finally:
         spark.catalog.dropTempView(view)
-    last = ds._history(spark, target, 1)[0]
+    last = ds.history(spark, target, 1)[0]
     version = int(last["version"])
     if version == before:
         log.info("%s: already merged by %s (txn %s); skipping", target, app_id, txn_version)
@@ -92,12 +92,12 @@ def merge_table(
     metrics: dict[str, Any] = last["operationMetrics"] or {}
     result = MergeResult(
         version=version,
-        files=ds._metric(metrics, "numTargetFilesAdded"),
-        rows=ds._metric(metrics, "numOutputRows"),
+        files=ds.metric(metrics, "numTargetFilesAdded"),
+        rows=ds.metric(metrics, "numOutputRows"),
         skipped=False,
-        inserted=ds._metric(metrics, "numTargetRowsInserted"),
-        updated=ds._metric(metrics, "numTargetRowsUpdated"),
-        deleted=ds._metric(metrics, "numTargetRowsDeleted"),
+        inserted=ds.metric(metrics, "numTargetRowsInserted"),
+        updated=ds.metric(metrics, "numTargetRowsUpdated"),
+        deleted=ds.metric(metrics, "numTargetRowsDeleted"),
     )
     log.info(
         "%s: merged as version %s (%d inserted, %d updated, %d deleted)",
@@ -152,7 +152,7 @@ def table_properties(spark: SparkSession, target: str) -> dict[str, str]:
     try:
         detail = _detail(spark, target)
     except Exception as exc:
-        if any(marker in str(exc) for marker in ds._NOT_FOUND):
+        if any(marker in str(exc) for marker in ds.NOT_FOUND):
             raise TableNotFound(f"table '{table_name(target)}': no Delta table at {target}") from None
         raise
     if str(detail["format"]).lower() != "delta":
@@ -179,7 +179,7 @@ def create_table(
         writer = writer.partitionBy(*partition_by)
     for key, value in properties.items():
         writer = writer.option(key, value)
-    if ds.is_catalog_name(target):
+    if is_catalog_name(target):
         writer.saveAsTable(target)
     else:
         writer.save(target)
