@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from segspark.errors import InputError
 from segspark.io import storage
-from segspark.io.engine import TableNotFound, WriteMode, is_catalog_name
+from segspark.io.engine import FileLayout, TableNotFound, WriteMode, is_catalog_name
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # the folder under a table where writes stage their files before they are committed
 STAGING = "_staging"
 LOG_RETENTION = "delta.logRetentionDuration"
+FEED = "delta.enableChangeDataFeed"
 # a write re-checks and retries its commit this often when racing writers keep committing first
 MAX_COMMIT_ATTEMPTS = 20
 UNSUPPORTED_READER_FEATURES = {
@@ -231,3 +233,56 @@ def drop_stale_checksums(root: Path | str) -> None:
             ):  # and Hadoop's checksum of it
                 with contextlib.suppress(FileNotFoundError):
                     files.delete_file(path)
+
+
+def file_layout(table: DeltaTable) -> FileLayout:
+    """The latest snapshot's data files, their bytes and the most files in one partition, from the
+    log's add actions (no Spark job)."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return FileLayout(0, 0, 0)
+    columns = [c for c in actions.column_names if c.startswith("partition.")]
+    counts = actions.group_by(columns).aggregate([([], "count_all")]) if columns else None
+    most = actions.num_rows if counts is None else int(pc.max(counts.column("count_all")).as_py() or 0)
+    return FileLayout(actions.num_rows, int(pc.sum(actions.column("size_bytes")).as_py() or 0), most)
+
+
+def unreferenced_files(where: str) -> list[str]:
+    """The files under the table that its latest snapshot does not reference and that a vacuum may
+    delete: data files of replaced versions or of writes never committed, and change data files.
+    Hidden entries (``.`` or ``_`` first, as Delta's vacuum skips them, the change data folder apart)
+    are left out; locations as the table's are written."""
+    from pyarrow import fs
+
+    root = location(where)
+    files, base = storage.filesystem(root)
+    live = set(delta_table(root).file_uris())
+    found = []
+    for info in files.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True)):
+        rel = info.path[len(base) + 1 :]
+        parts = rel.split("/")
+        hidden = any(p.startswith((".", "_")) for p in parts) and parts[0] != "_change_data"
+        if info.type != fs.FileType.File or hidden or parts[0] == "_delta_log":
+            continue
+        path = storage.join(root, rel)
+        if storage.delta_rs_uri(path) not in live and path not in live:
+            found.append(path)
+    return found
+
+
+def check_feed_recorded(where: str, name: str, start: int, end: int) -> None:
+    """``InputError`` unless the table recorded its change data feed at every version from ``start``
+    to ``end``: the property as of ``start``, then as each commit's metadata in the range leaves it
+    (a version no longer in the log is an error too)."""
+    root = location(where)
+    config = open_table(where, name, start).metadata().configuration or {}
+    recording = config.get(FEED) == "true"
+    for version in range(start, end + 1):
+        actions = commit_actions(root, version)
+        if not actions:
+            raise InputError(f"table '{name}': version {version} is not in its log")
+        meta = next((a["metaData"] for a in actions if "metaData" in a), None)
+        if meta is not None:
+            recording = (meta.get("configuration") or {}).get(FEED) == "true"
+        if not recording:
+            raise InputError(f"table '{name}' does not record its changes at version {version} ({FEED})")

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from segspark.errors import InputError
-from segspark.io.delta_log import LOG_RETENTION, expire_log, latest_log_version
+from segspark.io.delta_log import (
+    LOG_RETENTION,
+    delta_table,
+    expire_log,
+    latest_log_version,
+    unreferenced_files,
+)
 from segspark.io.delta_spark_ops import DeltaSparkOperations
 from segspark.io.delta_spark_table import (
     CONCURRENT_ERRORS,
@@ -27,7 +33,7 @@ from segspark.io.delta_spark_table import (
     history,
     history_version,
     last_commit,
-    local_root,
+    log_root,
     metric,
     read_table,
     sql_ref,
@@ -46,7 +52,7 @@ from segspark.io.engine import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame, Row, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +158,7 @@ class DeltaSparkEngine(DeltaSparkOperations):
         return table_location(root, catalog, schema, table)
 
     def exists(self, target: str) -> bool:
-        root = local_root(target)
+        root = log_root(target)
         if root is not None:  # the log's files say it, with no Spark job
             return latest_log_version(root) >= 0
         try:
@@ -221,39 +227,58 @@ class DeltaSparkEngine(DeltaSparkOperations):
         raise AssertionError("unreachable")
 
     def delete_keys(self, target: str, column: str, values: list[str]) -> int:
-        df = self.read(target, target)[0]
-        if not values or column not in df.columns:
+        # one DELETE, which returns the rows it deleted and commits nothing when none match; a path
+        # table's columns come from its log (no Spark job)
+        root = log_root(target)
+        if root is not None:
+            columns = [f.name for f in delta_table(root).schema().fields]
+        else:
+            columns = self.read(target, target)[0].columns
+        if not values or column not in columns:
             return 0
-        found = df.where(F.col(column).isin(values)).count()
-        if found:
-            self.spark.sql(f"DELETE FROM {sql_ref(target)} WHERE {column} IN ({sql_in_list(values)})")
-        return found
+        statement = f"DELETE FROM {sql_ref(target)} WHERE {column} IN ({sql_in_list(values)})"
+        rows = self.spark.sql(statement).collect()  # one row: num_affected_rows
+        return int(rows[0][0]) if rows else 0
 
     def current_version(self, target: str) -> int | None:
         # a path table's newest commit from its log's file names (no Spark job); None elsewhere:
         # Delta's own optimistic concurrency control decides there (``check_conflict``)
-        root = local_root(target)
+        root = log_root(target)
         return None if root is None else latest_log_version(root)
 
     def vacuum(self, target: str, retention_hours: int, *, enforce_retention: bool = True) -> list[str]:
-        # Delta refuses a retention under 168 h unless the check is off (forced, for this call only)
-        ref = sql_ref(target)
+        # A path table's unreferenced files are listed by the driver (no Spark job): with none there
+        # is nothing a VACUUM could delete and it is skipped; otherwise ONE VACUUM, the files gone
+        # afterwards being what it deleted. Elsewhere a DRY RUN lists them, then the VACUUM.
+        root = log_root(target)
+        if root is None:
+            doomed = [
+                str(r[0]) for r in self._vacuum_sql(target, retention_hours, enforce_retention, dry=True)
+            ]
+            self._vacuum_sql(target, retention_hours, enforce_retention)
+        else:
+            candidates = unreferenced_files(root)
+            if candidates:
+                self._vacuum_sql(target, retention_hours, enforce_retention)
+            left = set(unreferenced_files(root)) if candidates else set()
+            doomed = [path for path in candidates if path not in left]
+        self._expire_log(target, retention_hours)
+        return doomed
+
+    def _vacuum_sql(
+        self, target: str, hours: int, enforce_retention: bool, *, dry: bool = False
+    ) -> list[Row]:
+        """One VACUUM statement (a DRY RUN returns as many rows as files it would delete). Delta
+        refuses a retention under 168 h unless its check is off: off for this call only when forced."""
         check = "spark.databricks.delta.retentionDurationCheck.enabled"
         previous = self.spark.conf.get(check, "true")
         if not enforce_retention:
             self.spark.conf.set(check, "false")
         try:
-            doomed = [
-                str(r[0])
-                for r in self.spark.sql(
-                    f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS DRY RUN"
-                ).collect()  # the paths to delete: as many rows as files, listed for the caller
-            ]
-            self.spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS").collect()
+            statement = f"VACUUM {sql_ref(target)} RETAIN {int(hours)} HOURS" + (" DRY RUN" if dry else "")
+            return self.spark.sql(statement).collect()
         finally:
             self.spark.conf.set(check, previous or "true")
-        self._expire_log(target, retention_hours)
-        return doomed
 
     def _expire_log(self, target: str, retention_hours: int) -> None:
         """Trim the Delta log to the vacuum's retention: an erase's DELETE commit records the erased

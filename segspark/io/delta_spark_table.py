@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segspark.errors import InputError
+from segspark.io import storage
 from segspark.io.delta_log import commit_actions, conflicting_commit, latest_log_version
 from segspark.io.engine import TableNotFound, WriteMode, conflict_error, is_catalog_name, table_name
 
@@ -44,12 +45,16 @@ CONCURRENT_ERRORS = (
 )
 
 
-def local_root(target: str) -> Path | None:
-    """The folder of a path table on a local (or mounted) file system, whose log the job reads as
-    files; None for a catalog name or a table on an object store."""
-    if is_catalog_name(target) or ("://" in target and not target.startswith("file:")):
+def log_root(target: str) -> str | None:
+    """Where a path table's log is read as files (``delta_log``, with no Spark job): its folder on a
+    local (or mounted) file system, or its location on S3; None for a catalog name or another store."""
+    if is_catalog_name(target):
         return None
-    return Path(target.removeprefix("file://").removeprefix("file:"))
+    if storage.is_s3(target):
+        return target.rstrip("/")
+    if "://" in target and not target.startswith("file:"):
+        return None
+    return str(Path(target.removeprefix("file://").removeprefix("file:")))
 
 
 def sql_ref(target: str) -> str:
@@ -68,9 +73,9 @@ def history_version(spark: SparkSession, target: str) -> int:
 
 def last_commit(spark: SparkSession, target: str) -> tuple[int, dict[str, str] | None]:
     """The table's newest version and that commit's operation metrics. A path table on a local or
-    mounted file system: from its log's files, with no Spark job (DESCRIBE HISTORY replays the log
+    mounted file system or on S3: from its log's files, with no Spark job (DESCRIBE HISTORY replays the log
     in one; a small write paid for three); elsewhere DESCRIBE HISTORY."""
-    root = local_root(target)
+    root = log_root(target)
     if root is not None:
         version = latest_log_version(root)
         if version >= 0:
@@ -99,10 +104,10 @@ def check_conflict(
 ) -> None:
     """Raise ``ConcurrentWriteError`` when another run committed rows this overwrite would replace
     after this run started (``since_version``), as the embedded engine does. Only path tables on a
-    local or mounted file system, whose log is read as files; elsewhere Delta's own optimistic
+    local or mounted file system or on S3, whose log is read as files; elsewhere Delta's own optimistic
     concurrency control decides (it catches writers whose transactions overlap, not a run that
     committed between this run's start and this write)."""
-    root = local_root(target)
+    root = log_root(target)
     if root is None or since_version is None or mode == "append":
         return
     latest = latest_log_version(root)
