@@ -50,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="segspark", description="Customer segmentation strategy on Spark and Delta."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_commands(sub)
+    _pipeline_commands(sub)
+    _maintenance_commands(sub)
+    return parser
 
+
+def _data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``demo`` and ``generate``: synthetic data."""
     p = sub.add_parser("demo", help="generate a synthetic lakehouse and run everything on it")
     _common(p)
     p.add_argument(
@@ -75,31 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="one mean order value for every archetype: spend does not depend on purchase frequency",
     )
 
-    p = sub.add_parser("run", help="the whole pipeline (refits the clustering: the monthly job)")
-    _common(p)
-    p = sub.add_parser(
-        "score", help="the whole pipeline, clusters assigned by the registered model (the weekly job)"
-    )
-    _common(p)
+
+def _pipeline_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The pipeline and its stages, each with the common options only."""
     for name, text in [
+        ("run", "the whole pipeline (refits the clustering: the monthly job)"),
+        ("score", "the whole pipeline, clusters assigned by the registered model (the weekly job)"),
         ("ingest", "validate the inputs: quarantine, reconciliation, quality summary"),
         ("features", "ingest + the customer_features and rfm_grid tables"),
         ("clv", "ingest + features + CLV and churn fits (logged to MLflow)"),
+        ("cluster", "refit the clustering on the written tables of as_of_date (latest if unset)"),
+        ("report", "rebuild the report from the written tables of as_of_date (latest if unset)"),
+        ("monitor", "drift of the latest customer_segments snapshot against the previous one"),
     ]:
-        p = sub.add_parser(name, help=text)
-        _common(p)
-    p = sub.add_parser(
-        "cluster", help="refit the clustering on the written tables of as_of_date (latest if unset)"
-    )
-    _common(p)
-    p = sub.add_parser(
-        "report", help="rebuild the report from the written tables of as_of_date (latest if unset)"
-    )
-    _common(p)
-    p = sub.add_parser(
-        "monitor", help="drift of the latest customer_segments snapshot against the previous one"
-    )
-    _common(p)
+        _common(sub.add_parser(name, help=text))
+
+
+def _maintenance_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``erase`` and ``vacuum``: commands on the whole output lakehouse."""
     p = sub.add_parser("erase", help="delete customers from every output table (right to erasure)")
     _common(p)
     p.add_argument(
@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser(
         "vacuum",
-        help="compact small files, then delete table files older than lakehouse.vacuum_retention_hours "
-        "that the latest version does not use (erased rows in earlier versions, leftovers of crashed "
-        "writes, files a compaction replaced)",
+        help="compact the tables with a partition of lakehouse.compact_min_files small files or more, "
+        "then delete table files older than lakehouse.vacuum_retention_hours that the latest version "
+        "does not use (erased rows in earlier versions, leftovers of crashed writes, files a "
+        "compaction replaced)",
     )
     _common(p)
     p.add_argument(
@@ -128,7 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip compacting small files (OPTIMIZE) before the vacuum; compaction is on by default",
     )
-    return parser
 
 
 def _settings(args: argparse.Namespace, extra: list[str] | None = None) -> Settings:
@@ -232,7 +232,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         )
         for key, figures in sorted(ctx.choices.items()):
             if key.startswith("compaction."):
-                print(f"  compacted {key.removeprefix('compaction.'):22s} {figures}")
+                print(f"  compaction {key.removeprefix('compaction.'):22s} {figures}")
         return 0
     _print_run(ctx)
     return 0

@@ -125,6 +125,9 @@ class S3Config(Section):
 class LakehouseConfig(Section):
     engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
     vacuum_retention_hours: int = Field(default=168, ge=0)
+    # vacuum compacts a table only when one of its partitions holds at least this many data files
+    # (Delta's own auto-compaction threshold, spark.databricks.delta.autoCompact.minNumFiles)
+    compact_min_files: int = Field(default=50, ge=1)
     s3: S3Config = Field(default_factory=S3Config)
     # Delta's change data feed on every output table (delta.enableChangeDataFeed): raises the tables'
     # writer protocol (README, "Table engines"); false leaves it off, and turns it off where it was on

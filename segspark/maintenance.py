@@ -50,15 +50,16 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
 
 
 def vacuum(ctx: RunContext, *, force: bool = False, compact: bool = True) -> dict[str, int]:
-    """Compact every output table's small files (``compact``, the default), then delete from it the
+    """Compact every output table's small files (``compact``, the default; only a table with a partition
+    of ``lakehouse.compact_min_files`` files or more), then delete from it the
     files its latest version does not reference and older than ``lakehouse.vacuum_retention_hours``
     (what erasure needs to reach earlier versions, the leftovers of crashed writes, and files a
     compaction replaced); returns files deleted per table.
 
-    Per table, the live files and bytes before and after compaction are logged and recorded in the
-    ``runs`` row's ``choices`` (``compaction.<table>``). Below Delta's safety minimum of 168 h only
-    with ``force`` (``ConfigError`` otherwise): a shorter retention deletes files that a running job or
-    a reader of an older version may still need.
+    Per table, the live files and bytes before and after compaction (or why it was left alone) are
+    logged and recorded in the ``runs`` row's ``choices`` (``compaction.<table>``). Below Delta's
+    safety minimum of 168 h only with ``force`` (``ConfigError`` otherwise): a shorter retention
+    deletes files that a running job or a reader of an older version may still need.
     """
     hours = ctx.settings.lakehouse.vacuum_retention_hours
     removed: dict[str, int] = {}
@@ -73,7 +74,7 @@ def vacuum(ctx: RunContext, *, force: bool = False, compact: bool = True) -> dic
                 with ctx.timed(f"compact_{name}"):
                     done = ctx.lake.compact(name)
                 if done is not None:
-                    log.info("compacted %s: %s", name, done.describe())
+                    log.info("compaction of %s: %s", name, done.describe())
                     ctx.choices[f"compaction.{name}"] = done.describe()
             with ctx.timed(f"vacuum_{name}"):
                 removed[name] = len(ctx.lake.vacuum(name, force=force))

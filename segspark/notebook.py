@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from segspark import cli, cohorts
 from segspark import schema as S
 from segspark.config import Settings, load_settings
+from segspark.io import storage
 from segspark.io.lakehouse import OUTPUT_TABLES, Lakehouse
 from segspark.kpis import UNASSIGNED
 from segspark.report.render import FIGURES, LATEST
@@ -95,8 +96,15 @@ def session(conf: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> S
     Not owned by the CLI: :func:`segspark.cli.main` called in the notebook reuses it and leaves it
     running, so generate, run and the reading cells share one JVM. Stop it in the last cell.
     """
-    settings = load_settings(list(conf), list(overrides))
-    return get_spark(settings.spark, owned=False, delta=delta_jars_for(settings.lakehouse.engine))
+    return _session(load_settings(list(conf), list(overrides)))
+
+
+def _session(settings: Settings) -> SparkSession:
+    """The session of ``settings``, kept running: Delta's jars as the engine asks, and Hadoop's S3A
+    connector with the store's settings where a location is on ``s3a://`` (a session already
+    running gets the settings it lacks)."""
+    delta = delta_jars_for(settings.lakehouse.engine)
+    return get_spark(settings.spark, owned=False, delta=delta, s3a=storage.s3a_conf(settings))
 
 
 def figure_image(fig: Figure, dpi: int = 100) -> Any:
@@ -135,14 +143,11 @@ class RunOutput:
         overrides: Sequence[str] = (),
         spark: SparkSession | None = None,
     ) -> RunOutput:
-        """Open the output of ``path`` (else ``output.path`` of the config) on ``spark`` (else the
-        session the config describes, kept running)."""
-        items = list(overrides) + ([f"output.path={Path(path).resolve()}"] if path is not None else [])
+        """Open the output of ``path`` (else ``output.path`` of the config; a local folder or
+        ``s3a://``) on ``spark`` (else the session the config describes, kept running)."""
+        items = list(overrides) + ([f"output.path={storage.root_of(str(path))}"] if path is not None else [])
         settings = load_settings(list(conf), items)
-        session_ = spark or get_spark(
-            settings.spark, owned=False, delta=delta_jars_for(settings.lakehouse.engine)
-        )
-        return cls(Lakehouse(session_, settings))
+        return cls(Lakehouse(spark or _session(settings), settings))
 
     @property
     def spark(self) -> SparkSession:

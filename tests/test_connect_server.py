@@ -4,9 +4,12 @@ A ``SparkConnectServer`` is started with the pyspark package's own ``spark-submi
 README's "Deploy -> Spark Connect" tells a user to. The demo runs classically (generated data, local
 Spark, its printed follow-up commands); ``segspark run --conf <the demo's config> --set
 spark.remote=sc://...`` then runs on the same data in a process that starts no JVM of its own, and its
-``customer_segments`` and ``segment_kpis`` equal the classic run's. With the embedded Delta engine the
-server writes the Parquet files and the client commits them, so both see the same folders (one machine
-here; a shared file system or object store for a remote server).
+``customer_segments`` and ``segment_kpis`` equal the classic run's. That run keeps its lakehouse on an S3
+object store (``output.path`` on ``s3a://``, a versitygw server from ``tests/s3_server.py``; the Connect
+server started with Hadoop's S3A connector and its settings, as README's "Deploy" tells): the server
+writes the Parquet files there, the client commits them with the embedded Delta engine, and the
+clustering model goes between them through a staging prefix on the store. The demo's printed erase
+then runs over the server on the local lakehouse.
 """
 
 from __future__ import annotations
@@ -25,10 +28,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import s3_server
 from chispa import assert_approx_df_equality, assert_df_equality
 from deltalake import DeltaTable
 from deploy_procs import LOOPBACK, alive, free_port, spark_home
+from pyarrow import fs
 from pyspark.sql import DataFrame, SparkSession
+
+from segspark import delta_jars
+from segspark.config import S3Config
+from segspark.io import storage
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -43,14 +52,21 @@ JOB_SETS = [
 CLASSIC_SETS = ["spark.master=local[2]", "spark.driver_memory=2g"]
 # run-specific columns: everything else of a table must be equal between the two runs
 RUN_COLUMNS = ["run_id"]
+BUCKET = "lake"
 
 
 def _sets(items: list[str]) -> list[str]:
     return [x for item in items for x in ("--set", item)]
 
 
-def server_command(port: int) -> list[str]:
-    """The server start line of README's "Deploy -> Spark Connect" (SPARK_HOME = the pyspark package)."""
+def server_command(port: int, s3a: dict[str, str] | None = None) -> list[str]:
+    """The server start line of README's "Deploy -> Spark Connect" (SPARK_HOME = the pyspark package);
+    ``s3a``: the ``fs.s3a`` settings of a lakehouse on S3, with Hadoop's S3A connector's jars (README
+    names them with ``--packages``; here the cached files the suite's session loads)."""
+    s3 = []
+    if s3a is not None:
+        s3 = ["--jars", ",".join(delta_jars.resolve_s3a()[1])]
+        s3 += [x for key, value in s3a.items() for x in ("--conf", f"spark.hadoop.{key}={value}")]
     return [
         str(spark_home() / "bin" / "spark-submit"),
         "--class",
@@ -65,6 +81,7 @@ def server_command(port: int) -> list[str]:
         f"spark.connect.grpc.binding.port={port}",
         "--conf",
         "spark.ui.enabled=false",
+        *s3,
     ]
 
 
@@ -136,11 +153,32 @@ class ConnectServer:
 
 
 @pytest.fixture(scope="module")
-def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
-    """A Spark Connect server on 127.0.0.1 (local[2], 2g), stopped by its pid after the module's tests
-    (also when they fail); no process of it may be left."""
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3_server.S3Server]:
+    """An S3 server on 127.0.0.1 with an empty bucket, its endpoint in ``$AWS_ENDPOINT_URL`` (the
+    credentials: the suite's, in the environment) for the module; stopped by its pid."""
+    with s3_server.running(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        _files(server).create_dir(BUCKET)
+        yield server
+    assert server.proc.poll() is not None, "the S3 server is still running"
+
+
+def _files(server: s3_server.S3Server) -> fs.S3FileSystem:
+    return fs.S3FileSystem(
+        endpoint_override=f"{LOOPBACK}:{server.port}", scheme="http", allow_bucket_creation=True
+    )
+
+
+@pytest.fixture(scope="module")
+def connect_server(
+    store: s3_server.S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ConnectServer]:
+    """A Spark Connect server on 127.0.0.1 (local[2], 2g) that reaches ``store`` through S3A, stopped
+    by its pid after the module's tests (also when they fail); no process of it may be left."""
     base = tmp_path_factory.mktemp("connect-server")
     port = free_port()
+    storage.configure(S3Config())  # the job's default S3 settings: the endpoint from the environment
+    s3a = storage.hadoop_conf()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "SPARK_"))}
     # the server's Python workers run segspark's pandas UDFs: the interpreter segspark is installed in
     env.update(
@@ -153,7 +191,7 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
     started = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            server_command(port),
+            server_command(port, s3a),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -169,14 +207,23 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
         assert not alive(proc.pid)
 
 
-def _table(spark: SparkSession, root: Path, name: str) -> DataFrame:
+def _delta(root: Path | str, name: str) -> DeltaTable:
+    """A table of the lakehouse at ``root`` (a local folder or ``s3://`` on the test store), by delta-rs
+    as a reader that is not segspark opens it."""
+    if isinstance(root, Path):
+        return DeltaTable(str(root / "tables" / name))
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    options = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": s3_server.REGION}
+    return DeltaTable(f"{root}/tables/{name}", storage_options=options)
+
+
+def _table(spark: SparkSession, root: Path | str, name: str) -> DataFrame:
     """A Delta table's current snapshot as a DataFrame of the suite's session (read by delta-rs)."""
-    arrow = DeltaTable(str(root / "tables" / name)).to_pyarrow_table()
-    return spark.createDataFrame(pa.table(arrow)).drop(*RUN_COLUMNS)
+    return spark.createDataFrame(pa.table(_delta(root, name).to_pyarrow_table())).drop(*RUN_COLUMNS)
 
 
-def _runs(root: Path) -> list[dict[str, object]]:
-    return pa.table(DeltaTable(str(root / "tables" / "runs")).to_pyarrow_table()).to_pylist()
+def _runs(root: Path | str) -> list[dict[str, object]]:
+    return pa.table(_delta(root, "runs").to_pyarrow_table()).to_pylist()
 
 
 def _no_java(folder: Path) -> dict[str, str]:
@@ -206,7 +253,7 @@ def _segspark(
 
 @pytest.mark.slow
 def test_job_over_a_spark_connect_server_equals_the_classic_run_and_the_demos_commands_work(
-    spark: SparkSession, connect_server: ConnectServer, tmp_path: Path
+    spark: SparkSession, store: s3_server.S3Server, connect_server: ConnectServer, tmp_path: Path
 ) -> None:
     # the classic run: the demo (no key set: it pseudonymizes with its public demo key and prints it)
     env = {k: v for k, v in os.environ.items() if k != "SEGSPARK_PSEUDO_KEY"}
@@ -224,14 +271,16 @@ def test_job_over_a_spark_connect_server_equals_the_classic_run_and_the_demos_co
     key = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
     assert key.keys() == {"SEGSPARK_PSEUDO_KEY"}
 
-    # the same job on the same data against the server, from a separate process that starts no JVM
+    # the same job on the same data against the server, from a separate process that starts no JVM,
+    # its lakehouse on the S3 store (the MLflow store in a local folder: a SQLite file is no object)
     waited = time.perf_counter()
     server = connect_server.ready()
     print(f"\nSpark Connect server on {server.remote}: waited {time.perf_counter() - waited:.1f} s for it")
-    connect = tmp_path / "connect"
+    connect = f"s3://{BUCKET}/connect"
     client_env = {**env, **key, **_no_java(tmp_path / "no-java")}
-    run_argv = ["run", "--conf", str(conf), "--set", f"output.path={connect}"]
-    run_argv += _sets([f"spark.remote={connect_server.remote}", *JOB_SETS])
+    run_argv = ["run", "--conf", str(conf), "--set", f"output.path=s3a://{BUCKET}/connect"]
+    tracking = f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"
+    run_argv += _sets([f"spark.remote={connect_server.remote}", tracking, *JOB_SETS])
     run, run_s = _segspark(run_argv, client_env, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:] + "\n--- server log\n" + connect_server.log_tail()
     assert f"connecting to Spark Connect at {connect_server.remote}" in run.stderr
@@ -259,9 +308,12 @@ def test_job_over_a_spark_connect_server_equals_the_classic_run_and_the_demos_co
     assert_approx_df_equality(
         _table(spark, classic, "segment_kpis"), kpis, 1e-6, ignore_row_order=True, ignore_nullable=True
     )
-    # the clustering model was registered through the folder the server and client share, and is gone from it
+    # the clustering model was registered through a prefix on the store, and is gone from it
     assert "Created version '1' of model" in run.stdout + run.stderr
-    assert not list(connect.glob(".segspark-model-*"))
+    listed = _files(store).get_file_info(fs.FileSelector(f"{BUCKET}/connect", recursive=True))
+    keys = [i.path for i in listed]
+    assert any(k.startswith(f"{BUCKET}/connect/tables/customer_segments/") for k in keys)
+    assert not [k for k in keys if "/.segspark-model-" in k]
 
     # the demo's printed erase works as printed (its key, its config), here over the Connect server
     argv = words[words.index("segspark") + 1 :]

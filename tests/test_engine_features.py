@@ -22,6 +22,7 @@ from segspark import maintenance, tables
 from segspark import schema as S
 from segspark.config import Settings
 from segspark.context import open_context
+from segspark.errors import InputError
 from segspark.io import Lakehouse, make_engine
 from segspark.tables import SchemaMismatch
 from tests.test_engine_contract import _delta_spark_missing, _local, rows_for
@@ -289,6 +290,25 @@ def test_change_data_feed_turned_on_for_an_existing_table(
     assert _changes_by_delta_rs(target, 3, (S.CUSTOMER_ID,)) == [("b0", "delete", 3)]
     feed_files = [p for p in (Path(target) / "_change_data").rglob("*.parquet")]
     assert feed_files  # the DELETE wrote the deleted row into the feed
+    # the engine's own reader of the feed, over a version range: what delta-rs's reader finds
+    feed = lake.read_changes(name, 2, 3)
+    assert feed.columns == [
+        *lake.read_output(name).columns,
+        "_change_type",
+        "_commit_version",
+        "_commit_timestamp",
+    ]
+    picked = feed.select(S.CUSTOMER_ID, "_change_type", "_commit_version")
+    assert sorted((tuple(r) for r in picked.collect()), key=repr) == sorted(
+        [*changes, ("b0", "delete", 3)], key=repr
+    )
+    one = lake.read_changes(name, 3, 3).select(
+        S.CUSTOMER_ID, "_change_type", "_commit_version", "_commit_timestamp"
+    )
+    [(key, kind, version, stamp)] = [tuple(r) for r in one.collect()]
+    assert (key, kind, version) == ("b0", "delete", 3) and isinstance(stamp, dt.datetime)
+    with pytest.raises(InputError, match=f"table '{name}'"):
+        lake.read_changes(name, 0, 2)  # version 0 was written before the feed was turned on
     lake.settings.lakehouse.vacuum_retention_hours = 0
     lake.vacuum(name, force=True)
     assert not any(p.exists() for p in feed_files)
@@ -303,7 +323,7 @@ def _log_files(target: str) -> tuple[int, int]:
 def test_vacuum_compacts_small_files_and_records_files_before_and_after(
     spark: SparkSession, engine: str, tmp_path: Path
 ) -> None:
-    settings = _settings(tmp_path, engine, vacuum_retention_hours=0)
+    settings = _settings(tmp_path, engine, vacuum_retention_hours=0, compact_min_files=5)
     lake = Lakehouse(spark, settings)
     name = S.CUSTOMER_SEGMENTS
     for day, run in ((D1, "r1"), (D2, "r2")):
@@ -314,18 +334,23 @@ def test_vacuum_compacts_small_files_and_records_files_before_and_after(
     small = {_local(u) for u in DeltaTable(target).file_uris()}
     counts = lake.read_output(name).groupBy(S.AS_OF_DATE, S.RUN_ID).count().collect()
 
-    skipped = maintenance.vacuum(open_context(settings, "vacuum", spark=spark), force=True, compact=False)
+    # 4 files in each partition, under compact_min_files=5: left alone, and the report says why
+    ctx = open_context(settings, "vacuum", spark=spark)
+    skipped = maintenance.vacuum(ctx, force=True)
     assert skipped[name] == 0 and _log_files(target) == (files, size)
+    left_alone = (
+        f"files 8 -> 8, bytes {size} -> {size} (not compacted: at most 4 file(s) in a partition, under 5)"
+    )
+    assert ctx.choices[f"compaction.{name}"] == left_alone
+    settings.lakehouse.compact_min_files = 4
     ctx = open_context(settings, "vacuum", spark=spark)
     maintenance.vacuum(ctx, force=True)
     after, after_size = _log_files(target)
     assert after == 2  # one per date
-    assert ctx.choices[f"compaction.{name}"] == f"files 8 -> 2, bytes {size} -> {after_size}"
+    compacted = f"files 8 -> 2, bytes {size} -> {after_size}"
+    assert ctx.choices[f"compaction.{name}"] == compacted
     assert sorted(lake.read_output(name).groupBy(S.AS_OF_DATE, S.RUN_ID).count().collect()) == sorted(counts)
     assert not any(p.exists() for p in small)  # replaced, then vacuumed (0 h retention, forced)
     runs = lake.read_output(S.RUNS).where(F.col("command") == "vacuum").select("choices").collect()
-    recorded = [r[0] for r in runs]
-    assert len(recorded) == 2
-    assert {k: v for m in recorded for k, v in (m or {}).items()}.get(f"compaction.{name}") == (
-        f"files 8 -> 2, bytes {size} -> {after_size}"
-    )
+    recorded = {(r[0] or {}).get(f"compaction.{name}") for r in runs}
+    assert recorded == {left_alone, compacted}

@@ -242,7 +242,9 @@ def test_a_compaction_during_a_run_does_not_make_its_writes_conflict(
     name = "customer_segments"
     _lake(spark, tmp_path).write(_rows(spark, 5, "a", name).repartition(3), name, run_id="r0", as_of_date=D1)
     run = _pinned(spark, tmp_path)  # a run starts
-    done = _lake(spark, tmp_path).compact(name)  # a vacuum compacts meanwhile
+    vacuum = _lake(spark, tmp_path)
+    vacuum.settings.lakehouse.compact_min_files = 3  # the partition's 3 files are worth compacting
+    done = vacuum.compact(name)  # a vacuum compacts meanwhile
     assert done is not None and (done.files_before, done.files_after) == (3, 1)
     assert run.write(_rows(spark, 1, "b", name), name, run_id="rB", as_of_date=D1).version == 2
     counts = run.read_output(name).groupBy("run_id").count().collect()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import html
 import json
@@ -27,13 +28,19 @@ from typing import Any
 import nbclient
 import nbformat
 import pytest
+import s3_server
 import yaml
 from deltalake import DeltaTable
+from pyarrow import fs
+from pyspark.sql import SparkSession
 
 from segspark import cli
 from segspark import notebook as nbh
+from segspark import schema as S
 from segspark.config import load_settings
 from segspark.errors import ConfigError
+from segspark.io import storage
+from tests.test_engine_contract import rows_for
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -342,3 +349,37 @@ def test_databricks_notebook_runs_the_entry_point_without_databricks(tmp_path: P
     assert "input 'transactions' is not configured" in proc.stderr
     assert "RuntimeError: segspark run failed" in proc.stderr
     assert not (tmp_path / "segspark-output").exists()  # nothing written
+
+
+def test_a_notebook_opens_a_lakehouse_on_s3_with_the_stores_settings(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """``RunOutput.open("s3a://...")`` in a notebook whose session is already running (the suite's,
+    which loads Hadoop's S3A connector): the store's S3A settings reach that session, so Spark writes
+    and reads the tables there, and the helpers read them back."""
+    with s3_server.running(tmp_path) as server, pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        bucket = "notebook"  # a bucket no other test used: Hadoop caches a file system per bucket
+        files = fs.S3FileSystem(
+            endpoint_override=server.endpoint.split("//")[1], scheme="http", allow_bucket_creation=True
+        )
+        files.create_dir(bucket)
+        for key in storage.hadoop_conf():  # another test's store settings would hide missing ones
+            spark.conf.unset(key)
+        opened = nbh.RunOutput.open(
+            f"s3a://{bucket}/out/", overrides=["lakehouse.engine=delta-rs", "tracking.enabled=false"]
+        )
+        assert opened.spark is spark and opened.lake.location == f"s3a://{bucket}/out"
+        assert spark.conf.get("fs.s3a.endpoint", None) == server.endpoint
+        name = S.CUSTOMER_SEGMENTS
+        opened.lake.write(rows_for(spark, name, 3, "a"), name, run_id="r1", as_of_date=dt.date(2025, 12, 31))
+        assert opened.tables().to_dict("records") == [{"table": name, "version": 0}]
+        assert opened.latest_as_of() == dt.date(2025, 12, 31)
+        assert opened.snapshot(name).count() == 4  # 3 rows and the all-null edge row
+        assert any(i.path.startswith(f"{bucket}/out/tables/{name}/_delta_log/") for i in _keys(files, bucket))
+        for key in storage.hadoop_conf():
+            spark.conf.unset(key)
+
+
+def _keys(files: fs.S3FileSystem, bucket: str) -> list[fs.FileInfo]:
+    return list(files.get_file_info(fs.FileSelector(bucket, recursive=True)))

@@ -45,6 +45,20 @@ import pyarrow.parquet as pq
 
 from segspark.errors import ConfigError, InputError
 from segspark.io import storage
+from segspark.io.delta_log import (
+    MAX_COMMIT_ATTEMPTS,
+    STAGING,
+    arrow_schema_for,
+    committed_txn_version,
+    conflicting_commit,
+    delta_table,
+    expire_log,
+    is_delta_table,
+    latest_log_version,
+    location,
+    open_table,
+    spark_schema,
+)
 from segspark.io.delta_rs_ops import DeltaRsOperations
 from segspark.io.engine import (
     Commit,
@@ -52,7 +66,6 @@ from segspark.io.engine import (
     ConcurrentWriteError,
     EngineName,
     PartitionValue,
-    TableNotFound,
     WriteMode,
     conflict_error,
     is_catalog_name,
@@ -65,64 +78,14 @@ if TYPE_CHECKING:
     from deltalake.transaction import AddAction, CommitProperties, RemoveAction
     from pyarrow import fs as pafs
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CommitResult", "DeltaRsEngine", "WriteMode", "read_table", "vacuum", "write_table"]
 
-STAGING = "_staging"
-LOG_RETENTION = "delta.logRetentionDuration"
-# a write re-checks and retries its commit this often when racing writers keep committing first
-MAX_COMMIT_ATTEMPTS = 20
 # Delta readers compare string stats by prefix; longer values are left out rather than truncated,
 # because a truncated max would be smaller than the real one and wrongly skip files.
 MAX_STRING_STAT = 32
-UNSUPPORTED_READER_FEATURES = {
-    "deletionVectors": "deletion vectors",
-    "columnMapping": "column mapping",
-}
-
-
-def _local_path(uri: str) -> Path:
-    if uri.startswith("file://"):
-        return Path(urllib.parse.urlparse(uri).path)
-    if "://" in uri:
-        raise InputError(
-            f"the embedded delta-rs engine writes to local paths and S3 (s3a://) only, not {uri}; "
-            "use lakehouse.engine=delta-spark on a cluster"
-        )
-    return Path(uri)
-
-
-def _location(table_uri: str) -> str:
-    """A table's location: an object-store URI as given, a local path (or ``file://`` URI) absolute."""
-    if storage.is_s3(table_uri):
-        return table_uri.rstrip("/")
-    return str(_local_path(table_uri).resolve())
-
-
-def delta_table(location: str, version: int | None = None) -> DeltaTable:
-    """The delta-rs table at ``location`` (``s3a://`` as delta-rs names it, with the store's options)."""
-    from deltalake import DeltaTable
-
-    return DeltaTable(
-        storage.delta_rs_uri(location), version=version, storage_options=storage.delta_rs_options(location)
-    )
-
-
-def is_delta_table(location: str) -> bool:
-    from deltalake import DeltaTable
-
-    uri, options = storage.delta_rs_uri(location), storage.delta_rs_options(location)
-    return bool(DeltaTable.is_deltatable(uri, storage_options=options))
-
-
-def arrow_schema_for(df: DataFrame) -> pa.Schema:
-    """The Arrow (and so Delta) schema of a Spark DataFrame: timestamps as UTC microseconds."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return to_arrow_schema(df.schema, timezone="UTC")
 
 
 def _stat_value(value: Any) -> Any:
@@ -187,13 +150,6 @@ def parquet_stats(path: Path | str, filesystem: pafs.FileSystem | None = None) -
     return meta.num_rows, json.dumps(stats, separators=(",", ":"))
 
 
-def committed_txn_version(table_path: str, app_id: str) -> int | None:
-    if not is_delta_table(table_path):
-        return None
-    version = delta_table(table_path).transaction_version(app_id)
-    return None if version is None else int(version)
-
-
 def _partition_values(rel_dir: PurePath) -> dict[str, str | None]:
     values: dict[str, str | None] = {}
     for part in rel_dir.parts:
@@ -226,7 +182,7 @@ def write_table(
     from deltalake import Schema
     from deltalake.transaction import CommitProperties, Transaction
 
-    root = _location(table_uri)
+    root = location(table_uri)
     uri = root
     done = committed_txn_version(uri, app_id)
     if done is not None and done >= txn_version:
@@ -419,107 +375,6 @@ def _discard(root: str, adds: list[AddAction]) -> None:
             files.delete_file(f"{base}/{add.path}")
 
 
-def latest_log_version(root: Path | str) -> int:
-    """The newest commit in ``_delta_log`` (from the file names: no log replay), -1 without a table."""
-    from pyarrow import fs
-
-    files, base = storage.filesystem(str(root))
-    listed = files.get_file_info(fs.FileSelector(f"{base}/_delta_log", allow_not_found=True))
-    versions = [
-        int(i.base_name[:-5]) for i in listed if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()
-    ]
-    return max(versions, default=-1)
-
-
-def commit_actions(root: Path | str, version: int) -> list[dict[str, Any]]:
-    from pyarrow import fs
-
-    files, base = storage.filesystem(str(root))
-    path = f"{base}/_delta_log/{version:020d}.json"
-    if files.get_file_info(path).type == fs.FileType.NotFound:
-        return []  # cleaned up after a checkpoint: older than any run still writing
-    with files.open_input_stream(path) as handle:
-        text = handle.read().decode("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def conflicting_commit(
-    root: Path | str,
-    since: int,
-    upto: int,
-    app_id: str,
-    mode: WriteMode,
-    partition_value: dict[str, str] | None,
-) -> str | None:
-    """The first commit in (``since``, ``upto``] by another writer that changed the rows a write of
-    ``mode`` replaces (any data file for ``overwrite``, files of ``partition_value`` for
-    ``overwrite_partition``), described for the error; None when there is none.
-
-    Commits of the same ``app_id`` (an earlier attempt of this run) and commits without data changes
-    (vacuum, a compaction's ``dataChange=false`` files: the replacing write's removes are derived
-    from the latest version, so they remove the compacted files) never conflict.
-    """
-    for version in range(since + 1, upto + 1):
-        actions = commit_actions(root, version)
-        apps = {a["txn"].get("appId") for a in actions if "txn" in a}
-        if app_id in apps:
-            continue
-        files = [a.get("add") or a.get("remove") for a in actions if "add" in a or "remove" in a]
-        files = [f for f in files if f and f.get("dataChange", True)]
-        if mode == "overwrite_partition":
-            wanted = partition_value or {}
-            files = [
-                f
-                for f in files
-                if f and all((f.get("partitionValues") or {}).get(k) == v for k, v in wanted.items())
-            ]
-        if files:
-            other = next(iter(sorted(a for a in apps if a)), None)
-            who = f"run {other.removeprefix('segspark-')}" if other else "another writer"
-            return f"{who} committed version {version}"
-    return None
-
-
-def check_readable(table: Any, name: str) -> None:
-    """Refuse tables whose features the embedded engine cannot read correctly."""
-    protocol = table.protocol()
-    features = set(protocol.reader_features or [])
-    config = table.metadata().configuration or {}
-    if config.get("delta.columnMapping.mode", "none") != "none":
-        features.add("columnMapping")
-    bad = [label for key, label in UNSUPPORTED_READER_FEATURES.items() if key in features]
-    if bad:
-        raise InputError(
-            f"table '{name}' uses {', '.join(bad)}, which the embedded delta-rs engine cannot read; "
-            "run with lakehouse.engine=delta-spark (Delta jars on the classpath) or rewrite the table "
-            "without them"
-        )
-
-
-def _open(table_uri: str, name: str, version: int | None = None) -> DeltaTable:
-    from deltalake.exceptions import TableNotFoundError
-
-    if is_catalog_name(table_uri):
-        raise InputError(
-            f"table '{name}': catalog table {table_uri} needs lakehouse.engine=delta-spark; "
-            "with the embedded engine give a path"
-        )
-    try:
-        table = delta_table(table_uri, version=version)
-    except TableNotFoundError:
-        raise TableNotFound(f"table '{name}': no Delta table at {table_uri}") from None
-    except Exception as exc:  # delta-rs raises plain errors for a missing version
-        raise InputError(f"table '{name}' at {table_uri}: cannot open version {version}: {exc}") from None
-    check_readable(table, name)
-    return table
-
-
-def _spark_schema(table: DeltaTable) -> StructType:
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return from_arrow_schema(pa.schema(table.schema().to_arrow()), prefer_timestamp_ntz=False)
-
-
 def _add_actions(table: DeltaTable) -> pa.Table:
     """The snapshot's add actions: ``path`` (relative) and typed ``partition.<column>`` values."""
     return pa.table(table.get_add_actions(flatten=True))
@@ -557,7 +412,7 @@ def _scan(spark: SparkSession, table: DeltaTable, actions: pa.Table) -> DataFram
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
-    schema = _spark_schema(table)
+    schema = spark_schema(table)
     partition_cols = list(table.metadata().partition_columns)
     root = storage.spark_uri(table.table_uri.rstrip("/"))
     if actions.num_rows == 0:
@@ -597,7 +452,7 @@ def read_table(
     spark: SparkSession, table_uri: str, name: str, version: int | None = None
 ) -> tuple[DataFrame, int]:
     """Read a Delta table's snapshot (optionally at ``version``) with Spark; returns (df, version)."""
-    table = _open(table_uri, name, version)
+    table = open_table(table_uri, name, version)
     return _scan(spark, table, _add_actions(table)), table.version()
 
 
@@ -612,7 +467,7 @@ def read_partition(
 ) -> DataFrame:
     """The latest snapshot's rows of partition ``column == value``: the log picks the files, Spark
     scans only those, once."""
-    table = _open(table_uri, name)
+    table = open_table(table_uri, name)
     actions = _add_actions(table)
     if actions.num_rows:
         values = _partition_column(table, name, column, actions)
@@ -622,7 +477,7 @@ def read_partition(
 
 def latest_partition_before(table_uri: str, column: str, before: PartitionValue) -> PartitionValue | None:
     """The largest partition value of ``column`` below ``before``, from the add actions in the log."""
-    table = _open(table_uri, table_uri)
+    table = open_table(table_uri, table_uri)
     actions = _add_actions(table)
     if actions.num_rows == 0:
         return None
@@ -640,7 +495,7 @@ def vacuum(table_uri: str, retention_hours: int, *, enforce_retention: bool = Tr
     vacuum lists the folder, not only the log's tombstones), plus staging folders a killed write
     left behind. ``enforce_retention``: delta-rs refuses a retention under the table's
     ``delta.deletedFileRetentionDuration`` (168 h by default)."""
-    root = _location(table_uri)
+    root = location(table_uri)
     deleted = delta_table(root).vacuum(
         retention_hours=retention_hours,
         dry_run=False,
@@ -680,51 +535,6 @@ def _vacuum_staging(root: str, retention_hours: int) -> list[str]:
     return deleted
 
 
-def expire_log(table_uri: str, retention_hours: int) -> None:
-    """Delete the Delta log entries older than ``retention_hours`` that precede a new checkpoint.
-
-    An erase's DELETE commit records its predicate, the erased keys included, in the log, which Delta
-    keeps for ``delta.logRetentionDuration`` (30 days by default) and only trims when it writes a
-    checkpoint. Setting that retention to the vacuum's (the versions older than it are unreadable
-    once their files are gone anyway), checkpointing and cleaning up removes those entries; time
-    travel keeps the versions within the retention.
-    """
-    table = delta_table(table_uri)
-    wanted = f"interval {int(retention_hours)} hours"
-    if (table.metadata().configuration or {}).get(LOG_RETENTION) != wanted:
-        table.alter.set_table_properties({LOG_RETENTION: wanted})
-        table = delta_table(table_uri)
-    table.create_checkpoint()
-    table.cleanup_metadata()
-    drop_stale_checksums(_location(table_uri))
-
-
-def drop_stale_checksums(root: Path | str) -> None:
-    """Delete the version checksum files (``<version>.crc``) of versions whose log entry is gone.
-
-    Delta's Spark engine writes one per commit, holding the table's whole file list with each file's
-    statistics (the min and max customer keys too); delta-rs's log cleanup knows only the files it
-    writes itself, so after an erase these would keep the erased keys."""
-    from pyarrow import fs
-
-    files, base = storage.filesystem(str(root))
-    listed = files.get_file_info(fs.FileSelector(f"{base}/_delta_log", allow_not_found=True))
-    kept = [
-        int(i.base_name[:-5]) for i in listed if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()
-    ]
-    if not kept:
-        return
-    for info in listed:
-        stem = info.base_name.removesuffix(".crc")
-        if info.base_name.endswith(".crc") and stem.isdigit() and int(stem) < min(kept):
-            for path in (
-                info.path,
-                f"{base}/_delta_log/.{info.base_name}.crc",
-            ):  # and Hadoop's checksum of it
-                with contextlib.suppress(FileNotFoundError):
-                    files.delete_file(path)
-
-
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
@@ -747,7 +557,7 @@ class DeltaRsEngine(DeltaRsOperations):
         return not is_catalog_name(target) and is_delta_table(target)
 
     def current_version(self, target: str) -> int | None:
-        return latest_log_version(_location(target))
+        return latest_log_version(location(target))
 
     def read(self, target: str, name: str, version: int | None = None) -> tuple[DataFrame, int]:
         return read_table(self.spark, target, name, version)

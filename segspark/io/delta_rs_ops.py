@@ -1,4 +1,5 @@
-"""The embedded engine's table operations beyond writes: MERGE, compaction and table properties.
+"""The embedded engine's table operations beyond writes: MERGE, compaction, table properties and
+reading the change data feed.
 
 MERGE, scalable without the driver holding the source: Spark writes the source DataFrame as Parquet
 into ``<table>/_staging/merge-<id>/`` (the executors write, nothing is collected), then delta-rs merges
@@ -22,23 +23,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-# the module, not its names: delta_rs imports this module for ``DeltaRsOperations``
 from segspark.errors import InputError
-from segspark.io import delta_rs as rs
-from segspark.io import storage
-from segspark.io.engine import Compaction, ConcurrentWriteError, MergeResult, check_merge_schema
+from segspark.io import delta_log, storage
+from segspark.io.engine import (
+    Compaction,
+    ConcurrentWriteError,
+    MergeResult,
+    check_merge_schema,
+    compaction_skipped,
+)
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable
     from deltalake.transaction import CommitProperties
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
@@ -66,17 +70,17 @@ def merge_table(
             f"MERGE into {table_uri}: the embedded delta-rs engine merges into local folders only; "
             "use lakehouse.engine=delta-spark for tables on S3"
         )
-    root = rs._local_path(table_uri).resolve()
+    root = delta_log.local_path(table_uri).resolve()
     uri = str(root)
-    table = rs._open(uri, root.name)
-    check_merge_schema(root.name, rs._spark_schema(table), df.schema, keys, delete_column)
-    done = rs.committed_txn_version(uri, app_id)
+    table = delta_log.open_table(uri, root.name)
+    check_merge_schema(root.name, delta_log.spark_schema(table), df.schema, keys, delete_column)
+    done = delta_log.committed_txn_version(uri, app_id)
     if done is not None and done >= txn_version:
         log.info("%s: already merged by %s (txn %s); skipping", uri, app_id, done)
         return MergeResult(version=None, files=0, rows=0, skipped=True)
 
     write_id = uuid.uuid4().hex[:16]
-    staging = root / rs.STAGING / f"merge-{write_id}"
+    staging = root / delta_log.STAGING / f"merge-{write_id}"
     df.write.mode("error").parquet(str(staging))
     props = CommitProperties(
         app_transactions=[Transaction(app_id=app_id, version=txn_version)],
@@ -85,12 +89,12 @@ def merge_table(
     )
     try:
         metrics = _merge_checked(
-            root, staging, rs.arrow_schema_for(df), keys, delete_column, props, app_id, since_version
+            root, staging, delta_log.arrow_schema_for(df), keys, delete_column, props, app_id, since_version
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):  # other writes may still be staging
-            (root / rs.STAGING).rmdir()
+            (root / delta_log.STAGING).rmdir()
     version = DeltaTable(uri).version()
     result = MergeResult(
         version=version,
@@ -131,10 +135,10 @@ def _merge_checked(
     next version; a MERGE that lost the commit race goes back to the check."""
     from deltalake.exceptions import CommitFailedError, DeltaError
 
-    for _attempt in range(rs.MAX_COMMIT_ATTEMPTS):
-        latest = rs.latest_log_version(root)
+    for _attempt in range(delta_log.MAX_COMMIT_ATTEMPTS):
+        latest = delta_log.latest_log_version(root)
         if since_version is not None:
-            conflict = rs.conflicting_commit(root, since_version, latest, app_id, "overwrite", None)
+            conflict = delta_log.conflicting_commit(root, since_version, latest, app_id, "overwrite", None)
             if conflict is not None:
                 started = "no table yet" if since_version < 0 else f"at version {since_version}"
                 raise ConcurrentWriteError(
@@ -144,11 +148,11 @@ def _merge_checked(
         try:
             return _merge_once(str(root), latest, staging, schema, keys, delete_column, props)
         except (CommitFailedError, DeltaError) as exc:
-            if rs.latest_log_version(root) == latest:
+            if delta_log.latest_log_version(root) == latest:
                 raise  # not a lost race: a real failure
             log.info("%s: another writer committed first (%s); checking for a conflict", root, exc)
     raise ConcurrentWriteError(
-        f"table '{root.name}': concurrent write: lost the commit race {rs.MAX_COMMIT_ATTEMPTS} times"
+        f"table '{root.name}': concurrent write: lost the commit race {delta_log.MAX_COMMIT_ATTEMPTS} times"
     )
 
 
@@ -198,37 +202,33 @@ def _q(column: str) -> str:
 
 
 # ---- compaction and properties ------------------------------------------------------------------------
-def live_files(table: DeltaTable) -> tuple[int, int]:
-    """The latest snapshot's data files and their bytes, from the log."""
-    actions = pa.table(table.get_add_actions(flatten=True))
-    if actions.num_rows == 0:
-        return 0, 0
-    return actions.num_rows, int(pc.sum(actions.column("size_bytes")).as_py() or 0)
-
-
-def compact(table_uri: str) -> Compaction:
+def compact(table_uri: str, min_files: int) -> Compaction:
     """delta-rs ``optimize.compact()``: small files of each partition binned into files of the table's
     ``delta.targetFileSize`` (100 MB by default), one commit with ``dataChange=false``; delta-rs reads
-    and writes a bin at a time (as many bins at once as the machine has cores)."""
-    uri = rs._location(table_uri)  # a local folder or S3
-    table = rs.delta_table(uri)
-    files_before, bytes_before = live_files(table)
+    and writes a bin at a time (as many bins at once as the machine has cores). A table under
+    ``min_files`` files in every partition is left alone."""
+    uri = delta_log.location(table_uri)  # a local folder or S3
+    table = delta_log.delta_table(uri)
+    before = delta_log.file_layout(table)
+    skipped = compaction_skipped(before, min_files)
+    if skipped is not None:
+        return skipped
     metrics = table.optimize.compact()
-    files_after, bytes_after = live_files(rs.delta_table(uri))
+    after = delta_log.file_layout(delta_log.delta_table(uri))
     log.info(
         "%s: compacted %s files into %s", uri, metrics.get("numFilesRemoved"), metrics.get("numFilesAdded")
     )
-    return Compaction(files_before, files_after, bytes_before, bytes_after)
+    return Compaction(before.files, after.files, before.bytes, after.bytes)
 
 
 def table_properties(table_uri: str) -> dict[str, str]:
     """The table's properties from its log; ``TableNotFound`` without a table."""
-    config = rs._open(table_uri, storage.basename(table_uri)).metadata().configuration or {}
+    config = delta_log.open_table(table_uri, storage.basename(table_uri)).metadata().configuration or {}
     return {k: str(v) for k, v in config.items() if v is not None}
 
 
 def set_table_properties(table_uri: str, properties: dict[str, str]) -> None:
-    rs.delta_table(table_uri).alter.set_table_properties(properties)
+    delta_log.delta_table(table_uri).alter.set_table_properties(properties)
 
 
 def create_table(
@@ -237,7 +237,7 @@ def create_table(
     from deltalake import DeltaTable, Schema
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    uri = rs._location(table_uri)  # a local folder or S3
+    uri = delta_log.location(table_uri)  # a local folder or S3
     arrow = to_arrow_schema(schema, timezone="UTC")
     DeltaTable.create(
         storage.delta_rs_uri(uri),
@@ -249,8 +249,94 @@ def create_table(
     )
 
 
+# ---- the change data feed ------------------------------------------------------------------------------
+CHANGE_TYPE, COMMIT_VERSION, COMMIT_TIMESTAMP = "_change_type", "_commit_version", "_commit_timestamp"
+FEED_COLUMNS = {CHANGE_TYPE: "string", COMMIT_VERSION: "bigint", COMMIT_TIMESTAMP: "timestamp"}
+
+
+def read_changes(spark: SparkSession, table_uri: str, name: str, start: int, end: int) -> DataFrame:
+    """The change data feed of versions ``start`` to ``end`` (both included) as Delta's Spark reader
+    gives it: the table's columns, then ``_change_type``, ``_commit_version`` and ``_commit_timestamp``.
+
+    The driver reads only the commits' actions from the log; Spark scans the files, as the Delta
+    protocol defines the feed: a commit's change data files (``cdc`` actions, which carry the change
+    type: a DELETE's or a MERGE's rows), else the files it added (inserts) and removed (deletes) with
+    ``dataChange``. A version without the feed on, or no longer in the log: ``InputError``
+    (``delta_log.check_feed_recorded``). Read with the schema at ``end``."""
+    from pyspark.sql import functions as F
+
+    delta_log.check_feed_recorded(table_uri, name, start, end)
+    root = delta_log.location(table_uri)
+    table = delta_log.open_table(table_uri, name, end)
+    schema = delta_log.spark_schema(table)
+    partition_cols = list(table.metadata().partition_columns)
+    frames = []
+    for version in range(start, end + 1):
+        actions = delta_log.commit_actions(root, version)
+        info: dict[str, Any] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        stamp = F.timestamp_millis(F.lit(int(info.get("timestamp") or 0))).alias(COMMIT_TIMESTAMP)
+        for (kind, values), paths in _change_files(actions).items():
+            scan = _change_scan(spark, root, schema, partition_cols, kind, values, paths)
+            frames.append(scan.select("*", F.lit(version).cast("long").alias(COMMIT_VERSION), stamp))
+    if not frames:  # an empty range: no rows, the feed's columns
+        nothing = [F.lit(None).cast(t).alias(c) for c, t in FEED_COLUMNS.items()]
+        return spark.createDataFrame([], schema).select("*", *nothing)
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def _change_files(actions: list[dict[str, Any]]) -> dict[tuple[str, tuple[tuple[str, Any], ...]], list[str]]:
+    """A commit's files of the feed by (kind, partition values): ``cdc`` files where the commit has
+    them, else its added (``insert``) and removed (``delete``) data files."""
+    cdc = [("cdc", a["cdc"]) for a in actions if "cdc" in a]
+    picked = cdc or [
+        ("insert" if key == "add" else "delete", a[key])
+        for a in actions
+        for key in ("add", "remove")
+        if key in a and a[key].get("dataChange", True)
+    ]
+    groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[str]] = {}
+    for kind, entry in picked:
+        values = tuple(sorted((entry.get("partitionValues") or {}).items()))
+        groups.setdefault((kind, values), []).append(urllib.parse.unquote(entry["path"]))
+    return groups
+
+
+def _change_scan(
+    spark: SparkSession,
+    root: str,
+    schema: StructType,
+    partition_cols: list[str],
+    kind: str,
+    values: tuple[tuple[str, Any], ...],
+    paths: list[str],
+) -> DataFrame:
+    """One Spark scan of change files of one kind and partition: the table's columns (partition
+    columns as constants) and the change type (the files' own column for ``cdc`` files)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    fields = [f for f in schema.fields if f.name not in partition_cols]
+    if kind == "cdc":
+        fields.append(StructField(CHANGE_TYPE, StringType()))
+    base = storage.spark_uri(root)
+    df = spark.read.schema(StructType(fields)).parquet(*[f"{base}/{p}" for p in paths])
+    given = dict(values)
+    columns = [
+        F.lit(given.get(f.name)).cast(f.dataType).alias(f.name) if f.name in partition_cols else F.col(f.name)
+        for f in schema.fields
+    ]
+    change = F.col(CHANGE_TYPE) if kind == "cdc" else F.lit(kind)
+    return df.select(*columns, change.alias(CHANGE_TYPE))
+
+
 class DeltaRsOperations:
-    """``TableEngine``'s MERGE, compaction and property methods for ``delta_rs.DeltaRsEngine``."""
+    """``TableEngine``'s MERGE, compaction, property and change feed methods for
+    ``delta_rs.DeltaRsEngine``."""
+
+    spark: SparkSession
 
     def merge(
         self,
@@ -273,8 +359,11 @@ class DeltaRsOperations:
             since_version=since_version,
         )
 
-    def compact(self, target: str) -> Compaction:
-        return compact(target)
+    def compact(self, target: str, min_files: int = 1) -> Compaction:
+        return compact(target, min_files)
+
+    def read_changes(self, target: str, name: str, start: int, end: int) -> DataFrame:
+        return read_changes(self.spark, target, name, start, end)
 
     def table_properties(self, target: str) -> dict[str, str]:
         return table_properties(target)

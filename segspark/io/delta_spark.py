@@ -14,20 +14,30 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
 from segspark.errors import InputError
-from segspark.io.delta_rs import (
+from segspark.io.delta_log import (
     LOG_RETENTION,
-    commit_actions,
-    conflicting_commit,
+    delta_table,
     expire_log,
     latest_log_version,
+    unreferenced_files,
 )
 from segspark.io.delta_spark_ops import DeltaSparkOperations
+from segspark.io.delta_spark_table import (
+    CONCURRENT_ERRORS,
+    check_conflict,
+    history,
+    history_version,
+    last_commit,
+    log_root,
+    metric,
+    read_table,
+    sql_ref,
+)
 from segspark.io.engine import (
     MIN_SAFE_RETENTION_HOURS,
     Commit,
@@ -35,9 +45,7 @@ from segspark.io.engine import (
     ConcurrentWriteError,
     EngineName,
     PartitionValue,
-    TableNotFound,
     WriteMode,
-    conflict_error,
     is_catalog_name,
     sql_in_list,
     table_location,
@@ -50,41 +58,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DeltaSparkEngine", "delta_available", "is_catalog_name", "is_remote", "read_table", "write_table"]
 
-# Spark/Delta error texts that mean "nothing there" rather than "something is wrong with it".
-_NOT_FOUND = (
-    "PATH_NOT_FOUND",
-    "DELTA_PATH_DOES_NOT_EXIST",
-    "DELTA_MISSING_DELTA_TABLE",
-    "is not a Delta table",
-    "doesn't exist",
-    "TABLE_OR_VIEW_NOT_FOUND",
-)
-
-
-# Delta's optimistic concurrency control: another transaction committed what this one read or wrote
-CONCURRENT_ERRORS = (
-    "DELTA_CONCURRENT",
-    "ConcurrentAppendException",
-    "ConcurrentDeleteReadException",
-    "ConcurrentDeleteDeleteException",
-    "ConcurrentTransactionException",
-    "MetadataChangedException",
-    "ProtocolChangedException",
-    "DELTA_METADATA_CHANGED",
-    "DELTA_PROTOCOL_CHANGED",
-)
-
 
 # an append that loses Delta's commit race to another writer is written again this often
 MAX_APPEND_ATTEMPTS = 5
-
-
-def local_root(target: str) -> Path | None:
-    """The folder of a path table on a local (or mounted) file system, whose log the job reads as
-    files; None for a catalog name or a table on an object store."""
-    if is_catalog_name(target) or ("://" in target and not target.startswith("file:")):
-        return None
-    return Path(target.removeprefix("file://").removeprefix("file:"))
 
 
 def delta_available(spark: SparkSession) -> bool:
@@ -108,44 +84,6 @@ def is_remote(spark: SparkSession) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
-def sql_ref(target: str) -> str:
-    """``target`` as SQL names it: a catalog name as is, a path as ``delta.`path```."""
-    return target if is_catalog_name(target) else f"delta.`{target}`"
-
-
-def _history(spark: SparkSession, target: str, limit: int | None = None) -> list[Row]:
-    query = f"DESCRIBE HISTORY {sql_ref(target)}" + (f" LIMIT {int(limit)}" if limit else "")
-    return spark.sql(query).collect()  # one row per commit, bounded by the limit: small
-
-
-def _history_version(spark: SparkSession, target: str) -> int:
-    return _last_commit(spark, target)[0]
-
-
-def _last_commit(spark: SparkSession, target: str) -> tuple[int, dict[str, str] | None]:
-    """The table's newest version and that commit's operation metrics. A path table on a local or
-    mounted file system: from its log's files, with no Spark job (DESCRIBE HISTORY replays the log
-    in one; a small write paid for three); elsewhere DESCRIBE HISTORY."""
-    root = local_root(target)
-    if root is not None:
-        version = latest_log_version(root)
-        if version >= 0:
-            actions = commit_actions(root, version)
-            info: dict[str, Any] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
-            metrics = info.get("operationMetrics")
-            return version, {k: str(v) for k, v in metrics.items()} if metrics else None
-    rows = _history(spark, target, 1)
-    return (int(rows[0]["version"]), rows[0]["operationMetrics"]) if rows else (0, None)
-
-
-def _metric(metrics: dict[str, str] | None, *names: str) -> int:
-    for name in names:
-        value = (metrics or {}).get(name)
-        if value is not None:
-            return int(value)
-    return -1
-
-
 def write_table(
     df: DataFrame,
     target: str,
@@ -159,7 +97,7 @@ def write_table(
 ) -> CommitResult:
     """Write with Delta's own writer in one commit; Delta skips a (txnAppId, txnVersion) it has seen."""
     spark = df.sparkSession
-    before = _history_version(spark, target) if existed else None
+    before = history_version(spark, target) if existed else None
     writer = df.write.format("delta").option("txnAppId", app_id).option("txnVersion", txn_version)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
@@ -184,62 +122,23 @@ def write_table(
         lines = str(exc).splitlines()
         detail = next((x.strip() for x in lines if any(m in x for m in CONCURRENT_ERRORS)), lines[0])[:240]
         raise ConcurrentWriteError(
-            f"table '{_name(target)}': concurrent write: another writer committed to it during this "
+            f"table '{table_name(target)}': concurrent write: another writer committed to it during this "
             f"write, which was not committed ({detail}); rerun when it has finished"
         ) from None
-    version, metrics = _last_commit(spark, target)
+    version, metrics = last_commit(spark, target)
     if before is not None and version == before:
         log.info("%s: already committed by %s (txn %s); skipping", target, app_id, txn_version)
         return CommitResult(version=None, files=0, rows=0, skipped=True)
     return CommitResult(
         version=version,
-        files=_metric(metrics, "numAddedFiles", "numFiles"),
-        rows=_metric(metrics, "numOutputRows"),
+        files=metric(metrics, "numAddedFiles", "numFiles"),
+        rows=metric(metrics, "numOutputRows"),
         skipped=False,
     )
 
 
-def _name(target: str) -> str:
+def table_name(target: str) -> str:
     return target.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[-1]
-
-
-def check_conflict(
-    target: str,
-    since_version: int | None,
-    app_id: str,
-    mode: WriteMode,
-    partition_value: dict[str, str] | None,
-) -> None:
-    """Raise ``ConcurrentWriteError`` when another run committed rows this overwrite would replace
-    after this run started (``since_version``), as the embedded engine does. Only path tables on a
-    local or mounted file system, whose log is read as files; elsewhere Delta's own optimistic
-    concurrency control decides (it catches writers whose transactions overlap, not a run that
-    committed between this run's start and this write)."""
-    root = local_root(target)
-    if root is None or since_version is None or mode == "append":
-        return
-    latest = latest_log_version(root)
-    conflict = conflicting_commit(root, since_version, latest, app_id, mode, partition_value)
-    if conflict is not None:
-        raise conflict_error(_name(target), conflict, since_version)
-
-
-def read_table(
-    spark: SparkSession, target: str, name: str, version: int | None = None
-) -> tuple[DataFrame, int]:
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", version)
-    try:
-        df = reader.table(target) if is_catalog_name(target) else reader.load(target)
-        df.schema  # noqa: B018  (resolves the table now, so a missing one fails here)
-        found = version if version is not None else _history_version(spark, target)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if version is None and any(marker in str(exc) for marker in _NOT_FOUND):
-            raise TableNotFound(f"table '{name}': no Delta table at {target}") from None
-        raise InputError(f"table '{name}': cannot read Delta table {target}: {first}") from None
-    return df, found
 
 
 def _text(value: Any) -> str:
@@ -259,7 +158,7 @@ class DeltaSparkEngine(DeltaSparkOperations):
         return table_location(root, catalog, schema, table)
 
     def exists(self, target: str) -> bool:
-        root = local_root(target)
+        root = log_root(target)
         if root is not None:  # the log's files say it, with no Spark job
             return latest_log_version(root) >= 0
         try:
@@ -328,39 +227,58 @@ class DeltaSparkEngine(DeltaSparkOperations):
         raise AssertionError("unreachable")
 
     def delete_keys(self, target: str, column: str, values: list[str]) -> int:
-        df = self.read(target, target)[0]
-        if not values or column not in df.columns:
+        # one DELETE, which returns the rows it deleted and commits nothing when none match; a path
+        # table's columns come from its log (no Spark job)
+        root = log_root(target)
+        if root is not None:
+            columns = [f.name for f in delta_table(root).schema().fields]
+        else:
+            columns = self.read(target, target)[0].columns
+        if not values or column not in columns:
             return 0
-        found = df.where(F.col(column).isin(values)).count()
-        if found:
-            self.spark.sql(f"DELETE FROM {sql_ref(target)} WHERE {column} IN ({sql_in_list(values)})")
-        return found
+        statement = f"DELETE FROM {sql_ref(target)} WHERE {column} IN ({sql_in_list(values)})"
+        rows = self.spark.sql(statement).collect()  # one row: num_affected_rows
+        return int(rows[0][0]) if rows else 0
 
     def current_version(self, target: str) -> int | None:
         # a path table's newest commit from its log's file names (no Spark job); None elsewhere:
         # Delta's own optimistic concurrency control decides there (``check_conflict``)
-        root = local_root(target)
+        root = log_root(target)
         return None if root is None else latest_log_version(root)
 
     def vacuum(self, target: str, retention_hours: int, *, enforce_retention: bool = True) -> list[str]:
-        # Delta refuses a retention under 168 h unless the check is off (forced, for this call only)
-        ref = sql_ref(target)
+        # A path table's unreferenced files are listed by the driver (no Spark job): with none there
+        # is nothing a VACUUM could delete and it is skipped; otherwise ONE VACUUM, the files gone
+        # afterwards being what it deleted. Elsewhere a DRY RUN lists them, then the VACUUM.
+        root = log_root(target)
+        if root is None:
+            doomed = [
+                str(r[0]) for r in self._vacuum_sql(target, retention_hours, enforce_retention, dry=True)
+            ]
+            self._vacuum_sql(target, retention_hours, enforce_retention)
+        else:
+            candidates = unreferenced_files(root)
+            if candidates:
+                self._vacuum_sql(target, retention_hours, enforce_retention)
+            left = set(unreferenced_files(root)) if candidates else set()
+            doomed = [path for path in candidates if path not in left]
+        self._expire_log(target, retention_hours)
+        return doomed
+
+    def _vacuum_sql(
+        self, target: str, hours: int, enforce_retention: bool, *, dry: bool = False
+    ) -> list[Row]:
+        """One VACUUM statement (a DRY RUN returns as many rows as files it would delete). Delta
+        refuses a retention under 168 h unless its check is off: off for this call only when forced."""
         check = "spark.databricks.delta.retentionDurationCheck.enabled"
         previous = self.spark.conf.get(check, "true")
         if not enforce_retention:
             self.spark.conf.set(check, "false")
         try:
-            doomed = [
-                str(r[0])
-                for r in self.spark.sql(
-                    f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS DRY RUN"
-                ).collect()  # the paths to delete: as many rows as files, listed for the caller
-            ]
-            self.spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS").collect()
+            statement = f"VACUUM {sql_ref(target)} RETAIN {int(hours)} HOURS" + (" DRY RUN" if dry else "")
+            return self.spark.sql(statement).collect()
         finally:
             self.spark.conf.set(check, previous or "true")
-        self._expire_log(target, retention_hours)
-        return doomed
 
     def _expire_log(self, target: str, retention_hours: int) -> None:
         """Trim the Delta log to the vacuum's retention: an erase's DELETE commit records the erased
@@ -382,7 +300,7 @@ class DeltaSparkEngine(DeltaSparkOperations):
 
     def history(self, target: str, limit: int | None = None) -> list[Commit]:
         commits = []
-        for row in _history(self.spark, target, limit):
+        for row in history(self.spark, target, limit):
             stamp = row["timestamp"]
             commits.append(
                 Commit(

@@ -17,14 +17,18 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-# the module, not its names: delta_spark imports this module for ``DeltaSparkOperations``
-from segspark.io import delta_spark as ds
+from segspark.errors import InputError
+from segspark.io import delta_log
+from segspark.io import delta_spark_table as ds
 from segspark.io.engine import (
     Compaction,
     ConcurrentWriteError,
+    FileLayout,
     MergeResult,
     TableNotFound,
     check_merge_schema,
+    compaction_skipped,
+    is_catalog_name,
     table_name,
 )
 
@@ -84,7 +88,7 @@ def merge_table(
         raise
     finally:
         spark.catalog.dropTempView(view)
-    last = ds._history(spark, target, 1)[0]
+    last = ds.history(spark, target, 1)[0]
     version = int(last["version"])
     if version == before:
         log.info("%s: already merged by %s (txn %s); skipping", target, app_id, txn_version)
@@ -92,12 +96,12 @@ def merge_table(
     metrics: dict[str, Any] = last["operationMetrics"] or {}
     result = MergeResult(
         version=version,
-        files=ds._metric(metrics, "numTargetFilesAdded"),
-        rows=ds._metric(metrics, "numOutputRows"),
+        files=ds.metric(metrics, "numTargetFilesAdded"),
+        rows=ds.metric(metrics, "numOutputRows"),
         skipped=False,
-        inserted=ds._metric(metrics, "numTargetRowsInserted"),
-        updated=ds._metric(metrics, "numTargetRowsUpdated"),
-        deleted=ds._metric(metrics, "numTargetRowsDeleted"),
+        inserted=ds.metric(metrics, "numTargetRowsInserted"),
+        updated=ds.metric(metrics, "numTargetRowsUpdated"),
+        deleted=ds.metric(metrics, "numTargetRowsDeleted"),
     )
     log.info(
         "%s: merged as version %s (%d inserted, %d updated, %d deleted)",
@@ -132,27 +136,43 @@ def _detail(spark: SparkSession, target: str) -> Any:
     return row
 
 
-def compact(spark: SparkSession, target: str) -> Compaction:
+def file_layout(spark: SparkSession, target: str) -> FileLayout:
+    """A path table's live files from its log read by the driver (no Spark job); a catalog table's
+    from ``DESCRIBE DETAIL``, whose file count stands for the most in a partition too."""
+    root = ds.log_root(target)
+    if root is not None:
+        return delta_log.file_layout(delta_log.delta_table(root))
+    detail = _detail(spark, target)
+    files = int(detail["numFiles"])
+    return FileLayout(files, int(detail["sizeInBytes"]), files)
+
+
+def compact(spark: SparkSession, target: str, min_files: int) -> Compaction:
     """``OPTIMIZE``: small files of each partition binned into files of up to
     ``spark.databricks.delta.optimize.maxFileSize`` (1 GB), written by the executors, one commit with
-    ``dataChange=false``."""
-    before = _detail(spark, target)
+    ``dataChange=false``; a table under ``min_files`` files in every partition is left alone."""
+    before = file_layout(spark, target)
+    skipped = compaction_skipped(before, min_files)
+    if skipped is not None:
+        return skipped
     spark.sql(f"OPTIMIZE {ds.sql_ref(target)}").collect()  # one row of metrics
-    after = _detail(spark, target)
-    return Compaction(
-        files_before=int(before["numFiles"]),
-        files_after=int(after["numFiles"]),
-        bytes_before=int(before["sizeInBytes"]),
-        bytes_after=int(after["sizeInBytes"]),
-    )
+    after = file_layout(spark, target)
+    return Compaction(before.files, after.files, before.bytes, after.bytes)
 
 
 def table_properties(spark: SparkSession, target: str) -> dict[str, str]:
-    """The table's properties from one ``DESCRIBE DETAIL``; ``TableNotFound`` without a Delta table."""
+    """The table's properties: a path table's from its log read by the driver (no Spark job), a
+    catalog table's from one ``DESCRIBE DETAIL``; ``TableNotFound`` without a Delta table."""
+    root = ds.log_root(target)
+    if root is not None:
+        if delta_log.latest_log_version(root) < 0:
+            raise TableNotFound(f"table '{table_name(target)}': no Delta table at {target}")
+        config = delta_log.delta_table(root).metadata().configuration or {}
+        return {str(k): str(v) for k, v in config.items() if v is not None}
     try:
         detail = _detail(spark, target)
     except Exception as exc:
-        if any(marker in str(exc) for marker in ds._NOT_FOUND):
+        if any(marker in str(exc) for marker in ds.NOT_FOUND):
             raise TableNotFound(f"table '{table_name(target)}': no Delta table at {target}") from None
         raise
     if str(detail["format"]).lower() != "delta":
@@ -179,10 +199,29 @@ def create_table(
         writer = writer.partitionBy(*partition_by)
     for key, value in properties.items():
         writer = writer.option(key, value)
-    if ds.is_catalog_name(target):
+    if is_catalog_name(target):
         writer.saveAsTable(target)
     else:
         writer.save(target)
+
+
+def read_changes(spark: SparkSession, target: str, name: str, start: int, end: int) -> DataFrame:
+    """Delta's change data feed of versions ``start`` to ``end`` (both included): the table's columns,
+    then ``_change_type``, ``_commit_version`` and ``_commit_timestamp``; ``InputError`` where the
+    table does not record its changes over that range (a path table: checked from its log, as Delta's
+    reader finds out only when the scan runs)."""
+    root = ds.log_root(target)
+    if root is not None:  # a path table: the same check from its log as on the embedded engine
+        delta_log.check_feed_recorded(root, name, start, end)
+    reader = spark.read.format("delta").option("readChangeFeed", "true")
+    reader = reader.option("startingVersion", start).option("endingVersion", end)
+    try:
+        df = reader.table(target) if is_catalog_name(target) else reader.load(target)
+        df.schema  # noqa: B018  (resolves the range now, so a table without the feed fails here)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"table '{name}': cannot read its changes {start}..{end}: {first[:300]}") from None
+    return df
 
 
 class DeltaSparkOperations:
@@ -208,8 +247,11 @@ class DeltaSparkOperations:
             df, target, keys, app_id=app_id, txn_version=txn_version, delete_column=delete_column
         )
 
-    def compact(self, target: str) -> Compaction:
-        return compact(self.spark, target)
+    def compact(self, target: str, min_files: int = 1) -> Compaction:
+        return compact(self.spark, target, min_files)
+
+    def read_changes(self, target: str, name: str, start: int, end: int) -> DataFrame:
+        return read_changes(self.spark, target, name, start, end)
 
     def table_properties(self, target: str) -> dict[str, str]:
         return table_properties(self.spark, target)

@@ -51,18 +51,46 @@ class MergeResult(CommitResult):
 
 @dataclass(frozen=True)
 class Compaction:
-    """Live data files (and their bytes) of a table's latest version before and after compaction."""
+    """Live data files (and their bytes) of a table's latest version before and after compaction;
+    ``skipped``: why the table was left as it was (``compaction_skipped``), empty when compacted."""
 
     files_before: int
     files_after: int
     bytes_before: int
     bytes_after: int
+    skipped: str = ""
 
     def describe(self) -> str:
-        return (
-            f"files {self.files_before} -> {self.files_after}, "
-            f"bytes {self.bytes_before} -> {self.bytes_after}"
-        )
+        files = f"files {self.files_before} -> {self.files_after}"
+        figures = f"{files}, bytes {self.bytes_before} -> {self.bytes_after}"
+        return f"{figures} (not compacted: {self.skipped})" if self.skipped else figures
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """A table's live data files from its latest snapshot: how many, their bytes, and the most files
+    any one partition holds (the whole table's count where only that is known)."""
+
+    files: int
+    bytes: int
+    most_in_a_partition: int
+
+
+def compaction_skipped(layout: FileLayout, min_files: int) -> Compaction | None:
+    """The compaction rule: a table is compacted only when one of its partitions holds at least
+    ``min_files`` data files (``lakehouse.compact_min_files``, by default 50 as Delta's own
+    auto-compaction, ``spark.databricks.delta.autoCompact.minNumFiles``). Fewer files cost readers
+    next to nothing, while an OPTIMIZE costs a commit and, on Delta's Spark engine, seconds of Spark
+    jobs per table. Returns the unchanged figures with the reason, or None: compact."""
+    if layout.most_in_a_partition >= min_files:
+        return None
+    return Compaction(
+        layout.files,
+        layout.files,
+        layout.bytes,
+        layout.bytes,
+        skipped=f"at most {layout.most_in_a_partition} file(s) in a partition, under {min_files}",
+    )
 
 
 @dataclass(frozen=True)
@@ -211,9 +239,17 @@ class TableEngine(Protocol):
         """
         ...
 
-    def compact(self, target: str) -> Compaction:
+    def compact(self, target: str, min_files: int = 1) -> Compaction:
         """Rewrite small data files into larger ones in one commit that changes no data (OPTIMIZE);
-        returns the live files and bytes before and after."""
+        returns the live files and bytes before and after. A table none of whose partitions holds
+        ``min_files`` files is left alone (``compaction_skipped``)."""
+        ...
+
+    def read_changes(self, target: str, name: str, start: int, end: int) -> DataFrame:
+        """The table's change data feed of versions ``start`` to ``end`` (both included), as Delta
+        defines it: the table's columns, then ``_change_type`` (insert, delete, update_preimage,
+        update_postimage), ``_commit_version`` and ``_commit_timestamp``. ``InputError`` for a table
+        that does not record its changes (``lakehouse.change_data_feed``) or a version not in its log."""
         ...
 
     def table_properties(self, target: str) -> dict[str, str]:

@@ -344,21 +344,31 @@ class Lakehouse:
 
     def compact(self, name: str) -> Compaction | None:
         """Rewrite the table's small files into larger ones (OPTIMIZE; one commit that changes no
-        rows); the live files and bytes before and after, None when there is no table."""
+        rows) when a partition holds ``lakehouse.compact_min_files`` files or more; the live files and
+        bytes before and after (and why it was not compacted), None when there is no table."""
         if not self.exists(name):
             return None
-        return self._engine.compact(self.target(name))
+        return self._engine.compact(self.target(name), self.settings.lakehouse.compact_min_files)
 
     def version(self, name: str) -> int | None:
         """The table's latest version (None when it does not exist)."""
         if not self.exists(name):
             return None
+        # from the log's file names where the engine reads them (no Spark job), else the history
+        version = self._engine.current_version(self.target(name))
+        if version is not None:
+            return version
         history = self._engine.history(self.target(name), 1)
         return history[0].version if history else None
 
     def history(self, name: str, limit: int | None = None) -> list[Commit]:
         """The table's commits, newest first."""
         return self._engine.history(self.target(name), limit)
+
+    def read_changes(self, name: str, start: int, end: int) -> DataFrame:
+        """Output table ``name``'s change data feed of versions ``start`` to ``end`` (both included;
+        ``TableEngine.read_changes``): recorded with ``lakehouse.change_data_feed`` on."""
+        return self._engine.read_changes(self.target(name), name, start, end)
 
     # ---- inputs -------------------------------------------------------------------------------
     def read_input(self, name: str) -> tuple[DataFrame, InputInfo]:

@@ -331,7 +331,23 @@ def copy_tree(src: str, dest: str) -> None:
 
 
 def delete_tree(location: str) -> None:
-    """Delete everything under ``location`` (nothing there is no error)."""
+    """Delete everything under ``location`` (nothing there is no error).
+
+    On S3 the objects go one at a time, then the folder markers deepest first: a batch delete of a
+    whole prefix fails on stores that keep real folders (versitygw's POSIX backend refuses a folder
+    marker whose folder still holds files), which Spark's S3A writer leaves behind it."""
+    from pyarrow import fs
+
     files, path = filesystem(location)
-    with contextlib.suppress(FileNotFoundError):
-        files.delete_dir(path)
+    if not is_s3(location):
+        with contextlib.suppress(FileNotFoundError):
+            files.delete_dir(path)
+        return
+    listed = files.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
+    for info in listed:
+        if info.type == fs.FileType.File:
+            files.delete_file(info.path)
+    folders = [i.path for i in listed if i.type == fs.FileType.Directory]
+    for folder in [*sorted(folders, key=lambda p: p.count("/"), reverse=True), path]:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            files.delete_dir(folder)
