@@ -20,6 +20,7 @@ from segspark.clv import ClvResult, fit_from_table, fit_table, resolve_windows, 
 from segspark.clv import models as M
 from segspark.clv import predict as P
 from segspark.clv import summary as S
+from segspark.clv import validation as V
 from segspark.config import ClvConfig, PurchaseConfig
 from segspark.errors import ConfigError, InputError
 
@@ -208,9 +209,13 @@ def test_cdnow_model_choice_and_validation(
     cdnow_result: tuple[ClvResult, pd.DataFrame], cdnow_raw: pd.DataFrame, cdnow_published: pd.DataFrame
 ) -> None:
     result, _ = cdnow_result
-    maes = {k: v["holdout_mae"] for k, v in result.fit["candidates"].items()}
-    assert result.fit["model"] == min(maes, key=maes.__getitem__)
-    assert "holdout MAE" in result.fit["reason"]
+    cands = result.fit["candidates"]
+    errors = {k: v["holdout_band_error"] for k, v in cands.items()}
+    assert result.fit["model"] == min(errors, key=errors.__getitem__)
+    assert "lowest holdout band error" in result.fit["reason"] and "MAE" in result.fit["reason"]
+    # every repeat band holds CDNOW customers, so each has its predicted/actual ratio
+    chosen = cands[result.fit["model"]]
+    assert all(V.band_key(b) in chosen for b, _, _ in V.REPEAT_BANDS)
     v = result.validation
     # holdout purchase occasions counted independently with pandas from the raw file
     hold = cdnow_raw[

@@ -15,8 +15,10 @@ Time windows (all dates inclusive):
 
 Only a *valid* fit is used (:func:`segspark.clv.validity.assess`): converged, no parameter at a
 boundary, finite standard errors with se/|value| <= ``clv.max_relative_se``, and a holdout total
-error within ``clv.max_holdout_error``. ``clv.model: auto`` fits all three transaction models and
-keeps the valid one with the lowest holdout MAE (or the lowest BIC when there is no holdout); a
+error within ``clv.max_holdout_error``. ``clv.model: auto`` (the default) fits all three
+transaction models and keeps the valid one with the lowest holdout band error (predicted vs actual
+holdout purchases on every repeat-purchase band, :func:`segspark.clv.validation.holdout_metrics_many`;
+the lowest BIC when there is no holdout); a
 named model that is not valid gives way to the next valid one in the order bgnbd, pareto_nbd,
 mbgnbd (with a warning). When no model is valid unpenalized (and ``clv.penalizer`` is 0) the round
 is repeated with the penalizers of ``PENALIZER_FALLBACK``; when none is valid then either, CLV is the
@@ -60,6 +62,8 @@ SEGMENT = "segment"
 # customer_id, segment as of the given date (one row per customer)
 SegmentsAt = Callable[[dt.date], DataFrame]
 
+# the holdout metrics the choice of ``auto`` reads (segspark.clv.validation)
+BAND_ERROR = "holdout_band_error"
 _NESTED_PREFIX = {"params": "", "se": "se_", "spend_params": "spend_", "spend_se": "spend_se_"}
 _VALIDITY_METRICS = ("valid", "holdout_total_error", "max_relative_se", "spend_corr", "spend_corr_ok")
 
@@ -207,13 +211,34 @@ def _fit_round(
     if not valid:
         return out, None
 
-    def rank(k: str) -> tuple[float, str]:
+    def rank(k: str) -> tuple[float, float, str]:
         c = out[k]
         assert c.fit is not None
-        key = c.holdout.get("holdout_mae", math.nan) if has_holdout else c.fit.bic
-        return (key if math.isfinite(key) else math.inf, k)
+        if not has_holdout:
+            return (_finite(c.fit.bic), 0.0, k)
+        return (
+            _finite(c.holdout.get(BAND_ERROR, math.nan)),
+            _finite(c.holdout.get("holdout_mae", math.nan)),
+            k,
+        )
 
     return out, min(valid, key=rank)
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else math.inf
+
+
+def _band_ratios(holdout: dict[str, Any]) -> dict[str, float]:
+    """Predicted / actual holdout purchases per repeat band present in ``holdout``, by band label."""
+    keys = {V.band_key(b): b for b, _, _ in V.REPEAT_BANDS}
+    return {keys[k]: v for k, v in holdout.items() if k in keys}
+
+
+def _band_listing(holdout: dict[str, Any]) -> str:
+    """``0 13.76x, 1 1.48x, ...``: predicted / actual holdout purchases per repeat band."""
+    ratios = _band_ratios(holdout).items()
+    return ", ".join(f"{band} {v:.2f}x" if math.isfinite(v) else f"{band} n/a" for band, v in ratios)
 
 
 def _choice_reason(
@@ -233,8 +258,17 @@ def _choice_reason(
         return reason, f"clv: {reason}"
     valid = {k: c for k, c in cands.items() if c.valid and c.fit is not None}
     if has_holdout:
-        listing = ", ".join(f"{k} {valid[k].holdout['holdout_mae']:.4f}" for k in sorted(valid))
-        return f"lowest holdout MAE per customer among valid models ({listing}){rejected}", None
+        listing = "; ".join(
+            f"{k} {valid[k].holdout.get(BAND_ERROR, math.nan):.3f} (predicted/actual by band "
+            f"{_band_listing(valid[k].holdout)}; MAE {valid[k].holdout.get('holdout_mae', math.nan):.4f})"
+            for k in sorted(valid)
+        )
+        return (
+            "lowest holdout band error among valid models: mean over the repeat-purchase bands "
+            f"{', '.join(b for b, _, _ in V.REPEAT_BANDS)} of |ln(predicted/actual holdout purchases)|, "
+            f"ties by MAE per customer ({listing}){rejected}",
+            None,
+        )
     listing = ", ".join(f"{k} {valid[k].fit.bic:.1f}" for k in sorted(valid))  # type: ignore[union-attr]
     return f"lowest BIC among valid models, no holdout period ({listing}){rejected}", None
 
@@ -576,6 +610,13 @@ def _choice(
     reason, replaced = _choice_reason(cands, chosen, has_holdout, cfg)
     if replaced:
         warns.append(replaced)
+    off = {k: v for k, v in _band_ratios(cands[chosen].holdout).items() if not 0.5 <= v <= 2}
+    if off and cfg.model != "auto":  # auto already chose by these errors
+        listing = ", ".join(f"band {k} {v:.2f}x" for k, v in off.items())
+        warns.append(
+            f"clv: {chosen} predicts far from the holdout purchases of some repeat-purchase bands "
+            f"(predicted/actual: {listing}); clv.model=auto chooses by the error on every band"
+        )
     penalizer = cands[chosen].penalizer
     penalizer_note: str | None = None
     if penalizer != cfg.penalizer:
