@@ -102,6 +102,7 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
             T.StructField("recency_days", T.IntegerType(), True),
             T.StructField("T_days", T.IntegerType(), True),
             T.StructField("first_purchase_date", T.DateType(), True),
+            T.StructField("first_value", T.DoubleType(), True),
             T.StructField("frequency_holdout", T.LongType(), True),
             T.StructField("value_holdout", T.DoubleType(), True),
             T.StructField("duration_holdout", T.DoubleType(), True),
@@ -110,9 +111,9 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
     expected = spark.createDataFrame(
         [
             # c1's holdout purchase day 2024-02-10 is worth 15 (the 2024-03-10 one is after the end)
-            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 6.0) / 2, 28, 28, dt.date(2024, 1, 1), 1, 15.0, 31 / 7),
-            ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 0, 0.0, 31 / 7),
-            ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 0, 0.0, 31 / 7),
+            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 6.0) / 2, 28, 28, dt.date(2024, 1, 1), 30.0, 1, 15.0, 31 / 7),
+            ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 50.0, 0, 0.0, 31 / 7),
+            ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 12.0, 0, 0.0, 31 / 7),
         ],
         expected_schema,
     )
