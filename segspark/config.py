@@ -426,7 +426,8 @@ class ClvConfig(Section):
     time_unit: Literal["day", "week"] = "week"
     calibration_end: dt.date | None = None
     holdout_end: dt.date | None = None
-    model: Literal["bgnbd", "pareto_nbd", "mbgnbd", "auto"] = "bgnbd"
+    # auto: the valid model closest to the holdout on every repeat-purchase band (segspark.clv.fit)
+    model: Literal["bgnbd", "pareto_nbd", "mbgnbd", "auto"] = "auto"
     horizon_months: int = Field(default=12, ge=1)
     monthly_discount_rate: float = Field(default=0.01, ge=0, lt=1)
     penalizer: float = Field(default=0.0, ge=0)

@@ -20,6 +20,7 @@ from segspark.clv import ClvResult, fit_from_table, fit_table, resolve_windows, 
 from segspark.clv import models as M
 from segspark.clv import predict as P
 from segspark.clv import summary as S
+from segspark.clv import validation as V
 from segspark.config import ClvConfig, PurchaseConfig
 from segspark.errors import ConfigError, InputError
 
@@ -101,6 +102,7 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
             T.StructField("recency_days", T.IntegerType(), True),
             T.StructField("T_days", T.IntegerType(), True),
             T.StructField("first_purchase_date", T.DateType(), True),
+            T.StructField("first_value", T.DoubleType(), True),
             T.StructField("frequency_holdout", T.LongType(), True),
             T.StructField("value_holdout", T.DoubleType(), True),
             T.StructField("duration_holdout", T.DoubleType(), True),
@@ -109,9 +111,9 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
     expected = spark.createDataFrame(
         [
             # c1's holdout purchase day 2024-02-10 is worth 15 (the 2024-03-10 one is after the end)
-            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 6.0) / 2, 28, 28, dt.date(2024, 1, 1), 1, 15.0, 31 / 7),
-            ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 0, 0.0, 31 / 7),
-            ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 0, 0.0, 31 / 7),
+            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 6.0) / 2, 28, 28, dt.date(2024, 1, 1), 30.0, 1, 15.0, 31 / 7),
+            ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 50.0, 0, 0.0, 31 / 7),
+            ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 12.0, 0, 0.0, 31 / 7),
         ],
         expected_schema,
     )
@@ -208,9 +210,13 @@ def test_cdnow_model_choice_and_validation(
     cdnow_result: tuple[ClvResult, pd.DataFrame], cdnow_raw: pd.DataFrame, cdnow_published: pd.DataFrame
 ) -> None:
     result, _ = cdnow_result
-    maes = {k: v["holdout_mae"] for k, v in result.fit["candidates"].items()}
-    assert result.fit["model"] == min(maes, key=maes.__getitem__)
-    assert "holdout MAE" in result.fit["reason"]
+    cands = result.fit["candidates"]
+    errors = {k: v["holdout_band_error"] for k, v in cands.items()}
+    assert result.fit["model"] == min(errors, key=errors.__getitem__)
+    assert "lowest holdout band error" in result.fit["reason"] and "MAE" in result.fit["reason"]
+    # every repeat band holds CDNOW customers, so each has its predicted/actual ratio
+    chosen = cands[result.fit["model"]]
+    assert all(V.band_key(b) in chosen for b, _, _ in V.REPEAT_BANDS)
     v = result.validation
     # holdout purchase occasions counted independently with pandas from the raw file
     hold = cdnow_raw[

@@ -164,14 +164,33 @@ def test_a_one_purchase_customer_is_valued_from_her_peers(runs: dict[str, Any], 
     one, frequent = n_days[n_days == 1].index, n_days[n_days >= 6].index
     assert len(one) > 100 and len(frequent) > 100
     zero_value = scores.loc[one, SC.EXPECTED_AVG_VALUE]
-    # one value for every customer without repeat purchases: the lowest stratum's population mean
-    assert zero_value.nunique() == 1
-    assert zero_value.iloc[0] == pytest.approx(res.fit["spend_zero_repeat_value"])
-    assert zero_value.iloc[0] < 0.5 * scores.loc[frequent, SC.EXPECTED_AVG_VALUE].median()
+    # a customer without repeat purchases: the lowest stratum's posterior mean given her first
+    # purchase, p (gamma + v) / (p + q - 1), by hand from the recorded parameters
+    lowest = SP.Stratum(1, 1, _stratum_fit(res.fit, res.fit["spend_strata"].split(", ")[0]))
+    p, q, g = (lowest.fit.params[k] for k in ("p", "q", "gamma"))
+    first_day = tx.assign(d=tx["order_ts"].dt.date).groupby(["customer_id", "d"])["amount"].sum()
+    v = first_day.groupby(level="customer_id").first().loc[one]
+    np.testing.assert_allclose(zero_value.to_numpy(), (p * (g + v) / (p + q - 1)).to_numpy(), rtol=1e-9)
+    assert res.fit["spend_zero_repeat_value"] == pytest.approx(lowest.population_mean)
+    # one small purchase, a small value: the smallest first purchases are valued lowest
+    small, large = v.nsmallest(20).index, v.nlargest(20).index
+    assert zero_value.loc[small].max() < zero_value.loc[large].min()
+    assert zero_value.median() < 0.5 * scores.loc[frequent, SC.EXPECTED_AVG_VALUE].median()
     # plain Gamma-Gamma puts the same customers at the pooled mean, pulled up by the frequent buyers
-    assert plain.loc[one, SC.EXPECTED_AVG_VALUE].iloc[0] > 1.3 * zero_value.iloc[0]
-    # a one-purchase customer is worth less than a frequent, high-spending one
-    assert scores.loc[one, SC.CLV].max() < scores.loc[frequent, SC.CLV].median()
+    assert plain.loc[one, SC.EXPECTED_AVG_VALUE].iloc[0] > 1.3 * zero_value.median()
+    # a customer with one small purchase (below the one-purchase median) is worth less than a
+    # frequent, high-spending one; one large purchase may be worth more
+    small_one = v[v <= v.median()].index
+    assert scores.loc[small_one, SC.CLV].max() < scores.loc[frequent, SC.CLV].median()
+
+
+def _stratum_fit(fit: dict[str, Any], label: str) -> Any:
+    """The recorded Gamma-Gamma parameters of stratum ``label`` (``spend_params`` ``x1.p`` ...)."""
+    from segspark.clv.validity import FitResult
+
+    key = "x" + label.replace("-", "_").replace("+", "plus")
+    params = {k: fit["spend_params"][f"{key}.{k}"] for k in ("p", "q", "gamma")}
+    return FitResult("gamma_gamma", params, 0.0, 0, 0, True, 0, 0, 0.0, "", 0.0)
 
 
 def test_holdout_value_by_band_and_segment_adds_up(

@@ -153,3 +153,77 @@ def test_a_named_model_that_is_not_valid_gives_way(
     assert res.fallback and list(res.fit["validity"])[:3] == ["pareto_nbd", "bgnbd", "mbgnbd"]
     assert "penalizers" not in res.fit["fallback_reason"]
     assert all("penalizer 0:" not in res.fit["validity"][m]["reason"] for m in M.TRANSACTION_MODELS)
+
+
+# ------------------------------------------------------------------------------------------------
+# The choice of clv.model: auto by the holdout error on every repeat-purchase band
+# ------------------------------------------------------------------------------------------------
+ONE_TIMER_WORLD_START = dt.date(2023, 1, 1)
+
+
+def _one_timer_world(n: int = 3_000, seed: int = 5) -> pd.DataFrame:
+    """Purchase days of a world where many leave right after their first purchase: a purchase rate
+    lambda ~ Gamma(2, 1/60 per day) while alive; 40% one-timers drop out after each purchase with
+    p ~ Beta(18, 2) (mean 0.9), the others with p ~ Beta(1, 60); first purchases over 700 days, the
+    calibration end at day 730, a 91-day holdout after it. BG/NBD cannot let a customer without a
+    repeat purchase drop out, so it keeps these old one-timers alive."""
+    rng = np.random.default_rng(seed)
+    lam = rng.gamma(2.0, 1 / 60, n)
+    p = np.where(rng.random(n) < 0.4, rng.beta(18, 2, n), rng.beta(1, 60, n))
+    first = rng.integers(0, 700, n).astype(float)
+    rows: list[tuple[str, dt.date, int, float]] = []
+    for i in range(n):
+        day = first[i]
+        while day <= 730 + 91:
+            rows.append((f"c{i:05d}", ONE_TIMER_WORLD_START + dt.timedelta(days=int(day)), 1, 20.0))
+            if rng.random() < p[i]:
+                break
+            day += max(1.0, rng.exponential(1 / lam[i]))
+    pdf = pd.DataFrame(rows, columns=["customer_id", "order_date", "purchases", "purchase_value"])
+    return pdf.drop_duplicates(["customer_id", "order_date"])  # one purchase occasion per day
+
+
+def test_auto_does_not_overvalue_customers_without_a_repeat_purchase(spark: Any) -> None:
+    """A model far above the holdout on the zero-repeat band loses, and the chosen one is close on it."""
+    pdf = _one_timer_world()
+    as_of = ONE_TIMER_WORLD_START + dt.timedelta(days=730 + 91)
+    res = run_clv(spark.createDataFrame(pdf, DAYS_SCHEMA), as_of, ClvConfig(model="auto", holdout_days=91))
+    cands = res.fit["candidates"]
+    # the world has the defect the rule is for: BG/NBD is far above the holdout on band 0 ...
+    assert cands["bgnbd"][V.band_key("0")] > 1.5
+    chosen = res.fit["model"]
+    assert chosen != "bgnbd" and res.fit["validity"][chosen]["valid"]
+    errors = {k: c["holdout_band_error"] for k, c in cands.items()}
+    assert chosen == min(errors, key=errors.__getitem__)
+    # ... and the chosen model is close on every band, in purchases and (one spend: $20) in value
+    assert all(0.75 < cands[chosen][V.band_key(b)] < 1.33 for b, _, _ in V.REPEAT_BANDS)
+    by_band = res.validation["holdout_value_by_band"].set_index("label")
+    ratio = by_band["predicted"] / by_band["actual"]
+    assert 0.75 < ratio["0"] < 1.33, ratio
+    assert "holdout band error" in res.fit["reason"] and "0 " in res.fit["reason"]
+
+
+def test_band_error_is_the_mean_absolute_log_ratio_over_bands(spark: Any) -> None:
+    """Known answer by hand: two customers in band 0 and one in band 4+; band 1 and 2-3 empty."""
+    rows = [
+        ("a", 0, 0.0, 10.0, None, 0, 5.0),
+        ("b", 0, 0.0, 12.0, None, 1, 5.0),
+        ("c", 5, 8.0, 9.0, 20.0, 3, 5.0),
+    ]
+    summary = spark.createDataFrame(rows, SUMMARY_SCHEMA)
+    fit = M.FitResult(
+        model=M.PARETO_NBD, params={"r": 1.0, "alpha": 2.0, "s": 0.5, "beta": 3.0}, log_likelihood=0.0,
+        n_customers=3, n_rows=3, converged=True, iterations=1, function_evals=1, grad_norm=0.0,
+        message="", penalizer=0.0,
+    )  # fmt: skip
+    got = V.holdout_metrics(summary, fit)
+    x = np.array([0.0, 0.0, 5.0])
+    pred = M.expected_purchases(
+        M.PARETO_NBD, fit.values, 5.0, x, np.array([0.0, 0.0, 8.0]), np.array([10.0, 12.0, 9.0])
+    )
+    zero, top = pred[:2].sum(), pred[2]
+    assert got[V.band_key("0")] == pytest.approx(zero / 1.0, rel=1e-9)
+    assert got[V.band_key("4+")] == pytest.approx(top / 3.0, rel=1e-9)
+    assert V.band_key("1") not in got and V.band_key("2-3") not in got  # no customer there
+    want = (abs(np.log((zero + 0.5) / 1.5)) + abs(np.log((top + 0.5) / 3.5))) / 2
+    assert got["holdout_band_error"] == pytest.approx(want, rel=1e-9)

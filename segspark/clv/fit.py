@@ -15,8 +15,10 @@ Time windows (all dates inclusive):
 
 Only a *valid* fit is used (:func:`segspark.clv.validity.assess`): converged, no parameter at a
 boundary, finite standard errors with se/|value| <= ``clv.max_relative_se``, and a holdout total
-error within ``clv.max_holdout_error``. ``clv.model: auto`` fits all three transaction models and
-keeps the valid one with the lowest holdout MAE (or the lowest BIC when there is no holdout); a
+error within ``clv.max_holdout_error``. ``clv.model: auto`` (the default) fits all three
+transaction models and keeps the valid one with the lowest holdout band error (predicted vs actual
+holdout purchases on every repeat-purchase band, :func:`segspark.clv.validation.holdout_metrics_many`;
+the lowest BIC when there is no holdout); a
 named model that is not valid gives way to the next valid one in the order bgnbd, pareto_nbd,
 mbgnbd (with a warning). When no model is valid unpenalized (and ``clv.penalizer`` is 0) the round
 is repeated with the penalizers of ``PENALIZER_FALLBACK``; when none is valid then either, CLV is the
@@ -40,9 +42,9 @@ from threadpoolctl import threadpool_limits
 
 from segspark.clv import models as M
 from segspark.clv import predict as P
-from segspark.clv import spend as SP
 from segspark.clv import summary as S
 from segspark.clv import validation as V
+from segspark.clv.spend_choice import PENALIZER_FALLBACK, SPEND_MODEL, spend_checks, spend_model_for
 from segspark.config import ClvConfig
 from segspark.errors import ConfigError, SegsparkError
 from segspark.schema import CLV_VIEW_HOLDOUT_VALUE_BY_BAND, CLV_VIEW_HOLDOUT_VALUE_BY_SEGMENT
@@ -50,16 +52,15 @@ from segspark.schema import CLV_VIEW_HOLDOUT_VALUE_BY_BAND, CLV_VIEW_HOLDOUT_VAL
 log = logging.getLogger(__name__)
 
 
-# penalizers tried, in order, when no model is valid unpenalized (lifetimes' scale, see models)
-PENALIZER_FALLBACK = (0.001, 0.01)
 # the stated estimate used when no transaction model is valid
 HISTORICAL_RATE = "historical_rate"
-SPEND_MODEL = "gamma_gamma"
 
 SEGMENT = "segment"
 # customer_id, segment as of the given date (one row per customer)
 SegmentsAt = Callable[[dt.date], DataFrame]
 
+# the holdout metrics the choice of ``auto`` reads (segspark.clv.validation)
+BAND_ERROR = "holdout_band_error"
 _NESTED_PREFIX = {"params": "", "se": "se_", "spend_params": "spend_", "spend_se": "spend_se_"}
 _VALIDITY_METRICS = ("valid", "holdout_total_error", "max_relative_se", "spend_corr", "spend_corr_ok")
 
@@ -207,13 +208,34 @@ def _fit_round(
     if not valid:
         return out, None
 
-    def rank(k: str) -> tuple[float, str]:
+    def rank(k: str) -> tuple[float, float, str]:
         c = out[k]
         assert c.fit is not None
-        key = c.holdout.get("holdout_mae", math.nan) if has_holdout else c.fit.bic
-        return (key if math.isfinite(key) else math.inf, k)
+        if not has_holdout:
+            return (_finite(c.fit.bic), 0.0, k)
+        return (
+            _finite(c.holdout.get(BAND_ERROR, math.nan)),
+            _finite(c.holdout.get("holdout_mae", math.nan)),
+            k,
+        )
 
     return out, min(valid, key=rank)
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else math.inf
+
+
+def _band_ratios(holdout: dict[str, Any]) -> dict[str, float]:
+    """Predicted / actual holdout purchases per repeat band present in ``holdout``, by band label."""
+    keys = {V.band_key(b): b for b, _, _ in V.REPEAT_BANDS}
+    return {keys[k]: v for k, v in holdout.items() if k in keys}
+
+
+def _band_listing(holdout: dict[str, Any]) -> str:
+    """``0 13.76x, 1 1.48x, ...``: predicted / actual holdout purchases per repeat band."""
+    ratios = _band_ratios(holdout).items()
+    return ", ".join(f"{band} {v:.2f}x" if math.isfinite(v) else f"{band} n/a" for band, v in ratios)
 
 
 def _choice_reason(
@@ -233,8 +255,17 @@ def _choice_reason(
         return reason, f"clv: {reason}"
     valid = {k: c for k, c in cands.items() if c.valid and c.fit is not None}
     if has_holdout:
-        listing = ", ".join(f"{k} {valid[k].holdout['holdout_mae']:.4f}" for k in sorted(valid))
-        return f"lowest holdout MAE per customer among valid models ({listing}){rejected}", None
+        listing = "; ".join(
+            f"{k} {valid[k].holdout.get(BAND_ERROR, math.nan):.3f} (predicted/actual by band "
+            f"{_band_listing(valid[k].holdout)}; MAE {valid[k].holdout.get('holdout_mae', math.nan):.4f})"
+            for k in sorted(valid)
+        )
+        return (
+            "lowest holdout band error among valid models: mean over the repeat-purchase bands "
+            f"{', '.join(b for b, _, _ in V.REPEAT_BANDS)} of |ln(predicted/actual holdout purchases)|, "
+            f"ties by MAE per customer ({listing}){rejected}",
+            None,
+        )
     listing = ", ".join(f"{k} {valid[k].fit.bic:.1f}" for k in sorted(valid))  # type: ignore[union-attr]
     return f"lowest BIC among valid models, no holdout period ({listing}){rejected}", None
 
@@ -248,145 +279,6 @@ def _validity_entry(c: _Candidate) -> dict[str, Any]:
         "max_relative_se": v.max_relative_se if v is not None else math.nan,
         "max_relative_se_param": v.max_relative_se_param if v is not None else None,
     }
-
-
-def _spend_checks(spend: S.SpendSummary, cfg: ClvConfig, fit: dict[str, Any], warns: list[str]) -> bool:
-    """Record the spend statistics' size and the independence check in ``fit`` (the check under
-    ``fit["validity"]["gamma_gamma"]``); True when the check fails."""
-    fit["spend_repeat_buyers"] = spend.n_repeat_buyers
-    fit["spend_excluded_nonpositive"] = spend.n_excluded_nonpositive
-    fit["spend_freq_corr"] = spend.freq_spend_corr
-    fit["spend_compressed_rows"] = spend.n_rows
-    # how the spend statistics were bounded for the driver (summary.MAX_FIT_ROWS)
-    fit["spend_resolution_used"] = spend.resolution
-    fit["spend_sample_fraction"] = spend.sample_fraction
-    corr = spend.freq_spend_corr
-    warn = math.isfinite(corr) and abs(corr) > cfg.spend_corr_warn
-    fit["spend_independence_warning"] = warn
-    if warn:
-        corr_reason: str | None = (
-            f"|corr(frequency, mean spend)| {abs(corr):.3f} > clv.spend_corr_warn {cfg.spend_corr_warn:g}: "
-            "the Gamma-Gamma independence assumption looks violated"
-        )
-    elif not math.isfinite(corr):
-        corr_reason = (
-            "corr(frequency, mean spend) undefined: fewer than two repeat buyers with positive spend, "
-            "or frequency or mean spend the same for all of them"
-        )
-    else:
-        corr_reason = None
-    fit.setdefault("validity", {})[SPEND_MODEL] = {
-        "spend_corr": corr,
-        "spend_corr_ok": not warn,
-        "spend_corr_reason": corr_reason,
-    }
-    if spend.n_excluded_nonpositive:
-        log.info(
-            "clv: %d repeat buyers with zero or negative mean spend excluded from the spend fit",
-            spend.n_excluded_nonpositive,
-        )
-    return warn
-
-
-def _choose_spend(
-    spend: S.SpendSummary, summary: DataFrame, cfg: ClvConfig, corr_failed: bool, penalizer: float
-) -> tuple[SP.SpendModel, str, list[str]]:
-    """(the spend model, why it was chosen, the degradations to warn about): see
-    :mod:`segspark.clv.spend` for the rule."""
-    penalizers = [penalizer, *(p for p in PENALIZER_FALLBACK if p > penalizer)]
-    notes: list[str] = []
-    usable = spend.stats is not None and spend.stats.n_customers >= cfg.min_repeat_buyers
-    if not usable:
-        mean_value = _mean_value(summary)
-        why = (
-            f"only {spend.n_repeat_buyers - spend.n_excluded_nonpositive} repeat buyers with positive spend "
-            f"(clv.min_repeat_buyers={cfg.min_repeat_buyers}): no Gamma-Gamma fit"
-        )
-        notes.append(f"clv: {why}; every purchase valued at the mean repeat purchase value {mean_value:.2f}")
-        return SP.SpendModel(SP.MEAN_VALUE, (), mean_value), why, notes
-    assert spend.stats is not None
-    want: str = cfg.spend_model
-    if want == "auto":
-        want = SP.BY_FREQUENCY if corr_failed else SP.GAMMA_GAMMA
-        why = (
-            "the independence check failed (validity of gamma_gamma): spend conditioned on frequency"
-            if corr_failed
-            else "the independence check passed"
-        )
-        why = f"clv.spend_model=auto; {why}"
-    else:
-        why = f"configured (clv.spend_model={want})"
-    if want == SP.BY_FREQUENCY:
-        try:
-            model = SP.fit_by_frequency(spend.stats, penalizers, cfg.spend_min_stratum_buyers)
-            return model, f"{why}; strata of repeat purchases {model.strata_text()}", notes
-        except SegsparkError as exc:
-            why = f"{why}, but the stratified fit is not possible ({exc}): one Gamma-Gamma instead"
-            notes.append(f"clv: spend model: {why}")
-    try:
-        gg, errors = SP.fit_with_penalizers(spend.stats, penalizers)
-    except SegsparkError as exc:
-        mean_value = _mean_value(summary)
-        why = f"the Gamma-Gamma fit failed ({exc})"
-        notes.append(f"clv: {why}; every purchase valued at the mean repeat purchase value {mean_value:.2f}")
-        return SP.SpendModel(SP.MEAN_VALUE, (), mean_value), why, notes
-    if errors:
-        notes.append(f"clv: Gamma-Gamma fitted with penalizer {gg.penalizer:g} ({errors[0]})")
-        why = f"{why}; {'; '.join(errors)}; used penalizer {gg.penalizer:g}"
-    return SP.SpendModel(SP.GAMMA_GAMMA, (SP.Stratum(1, None, gg),)), why, notes
-
-
-def _mean_value(summary: DataFrame) -> float:
-    """The mean repeat purchase value of the customers with one (one aggregate)."""
-    row = summary.agg(F.avg(F.col(S.MONETARY_VALUE)).alias("m")).first()
-    return float(row["m"]) if row is not None and row["m"] is not None else 0.0
-
-
-def _record_spend(model: SP.SpendModel, why: str, fit: dict[str, Any]) -> None:
-    """The chosen spend model's name, reason, parameters and fit diagnostics in ``fit``."""
-    fits = [(s.key, s.fit) for s in model.strata]
-    if model.name == SP.GAMMA_GAMMA:
-        fits = [("", model.strata[0].fit)]
-    fit.update(
-        spend_model=model.name,
-        spend_reason=why,
-        spend_params={f"{k}.{n}" if k else n: v for k, f in fits for n, v in f.params.items()},
-        spend_se={f"{k}.{n}" if k else n: v for k, f in fits for n, v in f.se.items()},
-    )
-    if model.name == SP.MEAN_VALUE:
-        fit["spend_mean_value"] = model.mean_value
-        return
-    if model.name == SP.BY_FREQUENCY:
-        fit["spend_strata"] = model.strata_text()
-        fit["spend_zero_repeat_value"] = model.strata[0].population_mean
-    fit.update(
-        spend_log_likelihood=sum(f.log_likelihood for _, f in fits),
-        spend_converged=all(f.converged for _, f in fits),
-        spend_iterations=sum(f.iterations for _, f in fits),
-        spend_grad_norm=max(f.grad_norm for _, f in fits),
-        spend_fit_seconds=sum(f.fit_seconds for _, f in fits),
-        spend_penalizer=max(f.penalizer for _, f in fits),
-    )
-
-
-def spend_model_for(
-    summary: DataFrame, cfg: ClvConfig, penalizer: float, fit: dict[str, Any], warns: list[str]
-) -> SP.SpendModel:
-    """The spend model of ``summary``'s repeat buyers, chosen by ``clv.spend_model`` and recorded in
-    ``fit`` (with the independence check); degradations appended to ``warns``."""
-    spend = S.compressed_spend(summary, cfg.spend_grid_resolution)
-    corr_failed = _spend_checks(spend, cfg, fit, warns)
-    model, why, notes = _choose_spend(spend, summary, cfg, corr_failed, penalizer)
-    if corr_failed and model.name != SP.BY_FREQUENCY:
-        reason = fit["validity"][SPEND_MODEL]["spend_corr_reason"]
-        warns.append(f"clv: {reason}; treat expected spend with care")
-    warns.extend(notes)
-    _record_spend(model, why, fit)
-    used = max((s.fit.penalizer for s in model.strata), default=penalizer)
-    if used > penalizer:  # a spend fit needed a fallback penalizer: said as for the transaction models
-        fit["spend_penalizer_fallback"] = f"{why}; used penalizer {used:g}"
-    log.info("clv: spend model %s chosen: %s", model.name, why)
-    return model
 
 
 def run_clv(
@@ -428,14 +320,21 @@ def run_clv(
                 as_of_date,
             )
             cal_end = as_of_date
-        cal_summary = S.summary_from_purchase_days(
-            days, cal_end, cfg.time_unit, hold_end if has_holdout else None
-        ).persist()
+        full: DataFrame | None = None
+        if cal_end < as_of_date:  # a holdout: the summaries of both fits from one pass over the days
+            persisted, cal_summary, full = S.two_summaries_from_purchase_days(
+                days, cal_end, hold_end, as_of_date, cfg.time_unit
+            )
+        else:
+            persisted = cal_summary = S.summary_from_purchase_days(
+                days, cal_end, cfg.time_unit, hold_end if has_holdout else None
+            )
+        persisted.persist()
         try:
             segments = segments_at(cal_end) if segments_at is not None and has_holdout else None
             return _run(
                 days,
-                cal_summary,
+                (cal_summary, full),
                 as_of_date,
                 cal_end,
                 hold_end if has_holdout else None,
@@ -444,12 +343,12 @@ def run_clv(
                 segments,
             )
         finally:
-            cal_summary.unpersist()
+            persisted.unpersist()
 
 
 def _run(
     days: DataFrame,
-    cal_summary: DataFrame,
+    summaries: tuple[DataFrame, DataFrame | None],
     as_of_date: dt.date,
     cal_end: dt.date,
     hold_end: dt.date | None,
@@ -458,7 +357,9 @@ def _run(
     segments: DataFrame | None = None,
 ) -> ClvResult:
     """Choose a valid model on the calibration summary, validate it, and score as of ``as_of_date``
-    (or fall back to the historical spend rate when no model is valid)."""
+    (or fall back to the historical spend rate when no model is valid). ``summaries``: the
+    calibration summary and, when the calibration ends before ``as_of_date``, the one as of it."""
+    cal_summary, full = summaries
     unit = cfg.time_unit
     has_holdout = hold_end is not None
     stats = S.compressed_rfm(cal_summary, unit)
@@ -470,8 +371,9 @@ def _run(
     common = _window_entries(unit, as_of_date, cal_end, hold_end)
     if chosen is None:
         return _fallback(
-            days, cal_summary, as_of_date, cal_end, has_holdout, cfg, common, per_model, validity, warns
-        )
+            days, full if full is not None else cal_summary, as_of_date, has_holdout, cfg, common, per_model,
+            validity, warns,
+        )  # fmt: skip
 
     cal_fit = cands[chosen].fit
     assert cal_fit is not None
@@ -486,8 +388,10 @@ def _run(
     # calibration period ended earlier (the holdout is then part of the data: no holdout check).
     refit_reason: str | None = None
     if cal_end < as_of_date:
-        final_summary, final_stats, final_fit, refit_reason = _refit_on_full_history(
-            days, chosen, cal_fit, penalizer, as_of_date, cfg, warns
+        assert full is not None  # run_clv builds it whenever the calibration ends earlier
+        final_summary = full
+        final_stats, final_fit, refit_reason = _refit_on_full_history(
+            full, chosen, cal_fit, penalizer, cfg, warns
         )
     else:
         final_summary, final_stats, final_fit = cal_summary, stats, cal_fit
@@ -514,7 +418,7 @@ def _run(
         cfg.horizon_months,
         cfg.monthly_discount_rate,
         units_per_month,
-        avg_value=spend_model.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE)),
+        avg_value=spend_model.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE), F.col(S.FIRST_VALUE)),
     )
     customers = _with_value_tier(predictions, cfg, fit)
     return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
@@ -576,6 +480,13 @@ def _choice(
     reason, replaced = _choice_reason(cands, chosen, has_holdout, cfg)
     if replaced:
         warns.append(replaced)
+    off = {k: v for k, v in _band_ratios(cands[chosen].holdout).items() if not 0.5 <= v <= 2}
+    if off and cfg.model != "auto":  # auto already chose by these errors
+        listing = ", ".join(f"band {k} {v:.2f}x" for k, v in off.items())
+        warns.append(
+            f"clv: {chosen} predicts far from the holdout purchases of some repeat-purchase bands "
+            f"(predicted/actual: {listing}); clv.model=auto chooses by the error on every band"
+        )
     penalizer = cands[chosen].penalizer
     penalizer_note: str | None = None
     if penalizer != cfg.penalizer:
@@ -668,7 +579,7 @@ def _holdout_value(
     by_band, by_segment = V.holdout_value(
         cal_summary,
         cand.fit,
-        spend.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE)),
+        spend.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE), F.col(S.FIRST_VALUE)),
         segments,
         SEGMENT,
     )
@@ -679,18 +590,16 @@ def _holdout_value(
 
 
 def _refit_on_full_history(
-    days: DataFrame,
+    final_summary: DataFrame,
     chosen: str,
     cal_fit: M.FitResult,
     penalizer: float,
-    as_of_date: dt.date,
     cfg: ClvConfig,
     warns: list[str],
-) -> tuple[DataFrame, M.RfmStats, M.FitResult, str | None]:
-    """The chosen model refitted on the history up to ``as_of_date`` (from the calibration fit's
-    parameters); the calibration fit when the refit is not valid (said in ``warns``)."""
+) -> tuple[M.RfmStats, M.FitResult, str | None]:
+    """The chosen model refitted on ``final_summary``, the history up to ``as_of_date`` (from the
+    calibration fit's parameters); the calibration fit when the refit is not valid (said in ``warns``)."""
     unit = cfg.time_unit
-    final_summary = S.summary_from_purchase_days(days, as_of_date, unit)
     final_stats = S.compressed_rfm(final_summary, unit)
     refit = _fit(chosen, final_stats, penalizer, initial=cal_fit.values)
     if isinstance(refit, M.FitResult):
@@ -698,19 +607,18 @@ def _refit_on_full_history(
     else:
         refit_reason = refit
     if isinstance(refit, M.FitResult) and refit_reason is None:
-        return final_summary, final_stats, refit, None
+        return final_stats, refit, None
     warns.append(
         f"clv: the {chosen} refit on the full history is not valid ({refit_reason}); "
         "customers are scored with the validated calibration fit's parameters"
     )
-    return final_summary, final_stats, cal_fit, refit_reason
+    return final_stats, cal_fit, refit_reason
 
 
 def _fallback(
     days: DataFrame,
-    cal_summary: DataFrame,
+    final_summary: DataFrame,
     as_of_date: dt.date,
-    cal_end: dt.date,
     has_holdout: bool,
     cfg: ClvConfig,
     common: dict[str, Any],
@@ -718,7 +626,8 @@ def _fallback(
     validity: dict[str, dict[str, Any]],
     warns: list[str],
 ) -> ClvResult:
-    """No valid transaction model: CLV from each customer's historical spend rate, with the reasons."""
+    """No valid transaction model: CLV from each customer's historical spend rate, with the reasons
+    (``final_summary``: the summary as of ``as_of_date``, for the spend check)."""
     tried = (
         "" if cfg.penalizer else f" (also with penalizers {', '.join(f'{p:g}' for p in PENALIZER_FALLBACK)})"
     )
@@ -737,13 +646,8 @@ def _fallback(
         "candidates": per_model,
         "validity": {**validity, HISTORICAL_RATE: {"valid": True, "reason": None}},
     }
-    final_summary = (
-        cal_summary
-        if cal_end >= as_of_date
-        else S.summary_from_purchase_days(days, as_of_date, cfg.time_unit)
-    )
     # the check is reported; the fallback does not use a spend model
-    if _spend_checks(S.compressed_spend(final_summary, cfg.spend_grid_resolution), cfg, fit, warns):
+    if spend_checks(S.compressed_spend(final_summary, cfg.spend_grid_resolution), cfg, fit, warns):
         reason = fit["validity"][SPEND_MODEL]["spend_corr_reason"]
         warns.append(f"clv: {reason}; treat expected spend with care")
     predictions = P.historical_rate_predictions(

@@ -13,8 +13,10 @@ fewer than ``clv.spend_min_stratum_buyers`` repeat buyers is merged into its low
 lowest into the next). Within a stratum frequency varies little, so the independence assumption is
 local. A repeat buyer is scored with her stratum's parameters (the usual Gamma-Gamma posterior mean
 of her observed mean spend); a customer with no repeat purchase (x = 0, no repeat spend observed)
-gets the population mean p * gamma / (q - 1) of the lowest stratum: the spend of her nearest
-peers whose repeat spend is seen, not that of every repeat buyer.
+gets the lowest stratum's posterior mean given her first purchase's value v, p (gamma + v) / (p +
+q - 1) (the population mean p * gamma / (q - 1) when v is not positive): the spend of her nearest
+peers whose repeat spend is seen, moved toward what she spent, not that of every repeat buyer. One
+small purchase is then valued as a small spender's.
 
 Every fit is scipy's (:func:`segspark.clv.models.fit_gamma_gamma`); only the compressed (x,
 spend-bin) statistics are on the driver. ``clv.spend_model`` chooses: ``auto`` (the default) uses
@@ -83,14 +85,27 @@ class SpendModel:
     strata: tuple[Stratum, ...] = ()
     mean_value: float = 0.0
 
-    def column(self, x: Column, m: Column) -> Column:
-        """E[mean spend per purchase | x, m] as a column (x: repeat purchases, m: their mean value)."""
+    def column(self, x: Column, m: Column, first_value: Column | None = None) -> Column:
+        """E[mean spend per purchase | x, m] as a column (x: repeat purchases, m: their mean value).
+
+        Stratified, a customer without a repeat purchase with a positive ``first_value`` (her first
+        purchase's value) gets the lowest stratum's Gamma-Gamma posterior mean given that one
+        purchase, p (gamma + v) / (p + q - 1); without it, the stratum's population mean. Plain
+        Gamma-Gamma keeps the population mean, as ``lifetimes`` does.
+        """
         if not self.strata:
             return F.lit(float(self.mean_value))
         if len(self.strata) == 1:
             return expected_avg_value_col(self.strata[0].fit.values, x, m)
         first = self.strata[0]
-        out = F.when(x <= F.lit(0), F.lit(first.population_mean))
+        zero = F.lit(first.population_mean)
+        if first_value is not None:
+            # Gamma-Gamma leaves the first purchase out (it may be an acquisition offer); where spend
+            # follows frequency, it is the one sign of a new customer's level of spend we have, and the
+            # same prior shrinks it toward her peers'
+            seen = expected_avg_value_col(first.fit.values, F.lit(1), first_value)
+            zero = F.when(F.coalesce(first_value, F.lit(0.0)) > 0, seen).otherwise(zero)
+        out = F.when(x <= F.lit(0), zero)
         for s in self.strata:
             inside = x <= F.lit(s.hi) if s.hi is not None else F.lit(True)
             out = out.when(inside, expected_avg_value_col(s.fit.values, x, m))

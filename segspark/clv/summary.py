@@ -50,6 +50,7 @@ MONETARY_VALUE = "monetary_value"
 RECENCY_DAYS = "recency_days"
 AGE_DAYS = "T_days"
 FIRST_PURCHASE_DATE = "first_purchase_date"
+FIRST_VALUE = "first_value"
 FREQUENCY_HOLDOUT = "frequency_holdout"
 VALUE_HOLDOUT = "value_holdout"
 DURATION_HOLDOUT = "duration_holdout"
@@ -85,6 +86,7 @@ SUMMARY_COLUMNS = (
     RECENCY_DAYS,
     AGE_DAYS,
     FIRST_PURCHASE_DATE,
+    FIRST_VALUE,
 )
 
 
@@ -118,46 +120,87 @@ def summary_from_purchase_days(
     """Summary statistics from :func:`purchase_days`; one aggregation pass.
 
     Columns: customer_id, frequency (long), recency, T, monetary_value (double), recency_days,
-    T_days (int), first_purchase_date; plus frequency_holdout (long), value_holdout (the net value of
-    those purchase days), duration_holdout (double) when ``holdout_end`` is given. Only customers
-    with a purchase on or before ``calibration_end``.
+    T_days (int), first_purchase_date, first_value (the value of the first purchase day); plus
+    frequency_holdout (long), value_holdout (the net value of those purchase days),
+    duration_holdout (double) when ``holdout_end`` is given. Only customers with a purchase on or
+    before ``calibration_end``.
     """
-    unit = unit_days(time_unit)
+    aggs = _period_aggs("", calibration_end, holdout_end)
+    agg = days.groupBy(CUSTOMER_ID).agg(*aggs)
+    return _period_summary(agg, "", calibration_end, time_unit, holdout_end)
+
+
+def two_summaries_from_purchase_days(
+    days: DataFrame, calibration_end: dt.date, holdout_end: dt.date, end: dt.date, time_unit: str
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """The calibration summary (with its holdout, as :func:`summary_from_purchase_days` with
+    ``holdout_end``) and the summary as of ``end`` (without holdout), from ONE aggregation of the
+    purchase days: (both per customer, to persist; the calibration summary; the one as of ``end``),
+    the last two projections of the first. Each has exactly the rows and values of its own pass.
+    """
+    aggs = [*_period_aggs("", calibration_end, holdout_end), *_period_aggs(_FULL, end, None)]
+    both = days.groupBy(CUSTOMER_ID).agg(*aggs)
+    return (
+        both,
+        _period_summary(both, "", calibration_end, time_unit, holdout_end),
+        _period_summary(both, _FULL, end, time_unit, None),
+    )
+
+
+_FULL = "full_"  # prefix of the aggregates as of the scoring date in the two-summary pass
+
+
+def _period_aggs(prefix: str, calibration_end: dt.date, holdout_end: dt.date | None) -> list[Column]:
+    """Per-customer aggregates of the purchase days up to ``calibration_end`` (and of the holdout),
+    named with ``prefix``."""
     cal = F.col(PURCHASE_DATE) <= F.lit(calibration_end)
     aggs: list[Column] = [
-        F.min(F.when(cal, F.col(PURCHASE_DATE))).alias("first"),
-        F.max(F.when(cal, F.col(PURCHASE_DATE))).alias("last"),
-        F.count_if(cal).alias("n_days"),
-        F.sum(F.when(cal, F.col(PURCHASE_VALUE))).alias("total"),
+        F.min(F.when(cal, F.col(PURCHASE_DATE))).alias(f"{prefix}first"),
+        F.max(F.when(cal, F.col(PURCHASE_DATE))).alias(f"{prefix}last"),
+        F.count_if(cal).alias(f"{prefix}n_days"),
+        F.sum(F.when(cal, F.col(PURCHASE_VALUE))).alias(f"{prefix}total"),
         # the value of the first purchase day (rows with a null ordering are skipped); min_by keeps
         # the aggregation hash-based, where a min over a struct falls back to a sort
-        F.min_by(F.col(PURCHASE_VALUE), F.when(cal, F.col(PURCHASE_DATE))).alias("first_value"),
+        F.min_by(F.col(PURCHASE_VALUE), F.when(cal, F.col(PURCHASE_DATE))).alias(f"{prefix}first_value"),
     ]
     if holdout_end is not None:
         hold = (F.col(PURCHASE_DATE) > F.lit(calibration_end)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
-        aggs.append(F.count_if(hold).alias("n_hold"))
-        aggs.append(F.sum(F.when(hold, F.col(PURCHASE_VALUE)).otherwise(F.lit(0.0))).alias("v_hold"))
-    agg = days.groupBy(CUSTOMER_ID).agg(*aggs).filter(F.col("n_days") > 0)
-    x = (F.col("n_days") - 1).cast("long")
-    recency_days = F.datediff(F.col("last"), F.col("first"))
-    age_days = F.datediff(F.lit(calibration_end), F.col("first"))
+        aggs.append(F.count_if(hold).alias(f"{prefix}n_hold"))
+        aggs.append(F.sum(F.when(hold, F.col(PURCHASE_VALUE)).otherwise(F.lit(0.0))).alias(f"{prefix}v_hold"))
+    return aggs
+
+
+def _period_summary(
+    agg: DataFrame, prefix: str, calibration_end: dt.date, time_unit: str, holdout_end: dt.date | None
+) -> DataFrame:
+    """The summary columns from :func:`_period_aggs`' columns of that ``prefix``; only customers
+    with a purchase on or before ``calibration_end``."""
+    unit = unit_days(time_unit)
+
+    def c(name: str) -> Column:
+        return F.col(f"{prefix}{name}")
+
+    x = (c("n_days") - 1).cast("long")
+    recency_days = F.datediff(c("last"), c("first"))
+    age_days = F.datediff(F.lit(calibration_end), c("first"))
     cols: list[Column] = [
         F.col(CUSTOMER_ID),
         x.alias(FREQUENCY),
         (recency_days / F.lit(unit)).alias(RECENCY),
         (age_days / F.lit(unit)).alias(AGE),
-        F.try_divide(F.col("total") - F.col("first_value"), x.cast("double")).alias(MONETARY_VALUE),
+        F.try_divide(c("total") - c("first_value"), x.cast("double")).alias(MONETARY_VALUE),
         recency_days.alias(RECENCY_DAYS),
         age_days.alias(AGE_DAYS),
-        F.col("first").alias(FIRST_PURCHASE_DATE),
+        c("first").alias(FIRST_PURCHASE_DATE),
+        c("first_value").alias(FIRST_VALUE),
     ]
     if holdout_end is not None:
-        cols.append(F.col("n_hold").cast("long").alias(FREQUENCY_HOLDOUT))
-        cols.append(F.col("v_hold").alias(VALUE_HOLDOUT))
+        cols.append(c("n_hold").cast("long").alias(FREQUENCY_HOLDOUT))
+        cols.append(c("v_hold").alias(VALUE_HOLDOUT))
         cols.append(
             (F.lit(float((holdout_end - calibration_end).days)) / F.lit(unit)).alias(DURATION_HOLDOUT)
         )
-    return agg.select(*cols)
+    return agg.filter(c("n_days") > 0).select(*cols)
 
 
 def summary_statistics(
