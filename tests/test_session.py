@@ -185,7 +185,7 @@ def test_a_short_local_run_compiles_with_the_client_compiler_only(tmp_path: Path
     quick = local_conf(SparkConfig(), machine, quick_jit=True)["spark.driver.extraJavaOptions"].split()
     default = local_conf(SparkConfig(), machine)["spark.driver.extraJavaOptions"].split()
     assert quick == [QUICK_JIT_OPTION, *default] and QUICK_JIT_OPTION not in default
-    with pytest.raises(ConfigError, match="spark.jit"):
+    with pytest.raises(ConfigError, match=r"spark\.jit"):
         load_settings(None, ["spark.jit=fast"])
     assert session_jit(spark) == "quick"  # tests/conftest.py asks for it: the suite is all short runs
 
