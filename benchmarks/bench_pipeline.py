@@ -32,6 +32,11 @@ working directory, so an older checkout is picked with ``env PYTHONPATH=...``::
         --segspark-cmd "old=env PYTHONPATH=/tmp/wt-old python -m segspark" \\
         --segspark-cmd "new=python -m segspark"
 
+With ``--event-log``, each run's Spark event log also gives, per pipeline stage (tasks placed by
+their finish time in the stage's window from the run log): the shuffle bytes written and the full
+scans of the input lines and of ``orders`` (the rows their file scans read, from each scan node's
+SQL metric, divided by the table's rows: 2.0 is the table read twice, a pruned read a fraction).
+
 Results (one JSON object per run) are also appended to ``<out>/results.jsonl``.
 """
 
