@@ -32,6 +32,11 @@ working directory, so an older checkout is picked with ``env PYTHONPATH=...``::
         --segspark-cmd "old=env PYTHONPATH=/tmp/wt-old python -m segspark" \\
         --segspark-cmd "new=python -m segspark"
 
+With ``--event-log``, each run's Spark event log also gives, per pipeline stage (tasks placed by
+their finish time in the stage's window from the run log): the shuffle bytes written and the full
+scans of the input lines and of ``orders`` (the rows their file scans read, from each scan node's
+SQL metric, divided by the table's rows: 2.0 is the table read twice, a pruned read a fraction).
+
 Results (one JSON object per run) are also appended to ``<out>/results.jsonl``.
 """
 
@@ -42,6 +47,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -404,6 +410,7 @@ def run_segspark(
         result["error"] = _last_error(log)
     if args.event_log:
         result["spark"] = spark_task_totals(events)
+        result["per_stage"] = per_stage_io(events, log, *scanned_tables(data, output))
     if not args.keep_runs:
         shutil.rmtree(output, ignore_errors=True)
     return result
@@ -418,10 +425,20 @@ TASK_TOTALS = {
 }
 
 
-def spark_task_totals(folder: Path) -> dict[str, float]:
-    """Spill, shuffle and input bytes (GB) and the task count of the run whose event log is in ``folder``."""
-    totals = dict.fromkeys(TASK_TOTALS, 0.0)
-    tasks = 0
+def scanned_tables(data: dict[str, Any], output: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The tables whose full scans are counted (kind -> path) and their rows: the input lines and the
+    silver ``orders`` of the run (its latest version)."""
+    tables = {"lines": str(data["parquet"]), "orders": str(output / "tables" / "orders")}
+    rows = {"lines": int(data["lines"])}
+    if (output / "tables" / "orders" / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        rows["orders"] = _delta_rows(DeltaTable(tables["orders"]))
+    return tables, rows
+
+
+def _events(folder: Path, kinds: tuple[str, ...]) -> Any:
+    """The events of ``kinds`` (e.g. ``"SparkListenerTaskEnd"``) in the event log under ``folder``, parsed."""
     import io
 
     import pyarrow as pa
@@ -432,16 +449,85 @@ def spark_task_totals(folder: Path) -> dict[str, float]:
         stream = pa.input_stream(str(log), compression=codec if codec in ("zstd", "lz4", "gzip") else None)
         with io.TextIOWrapper(stream, encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if '"SparkListenerTaskEnd"' not in line:
-                    continue
-                metrics = json.loads(line).get("Task Metrics") or {}
-                tasks += 1
-                for key, path in TASK_TOTALS.items():
-                    value: Any = metrics
-                    for part in path:
-                        value = value.get(part, 0) if isinstance(value, dict) else 0
-                    totals[key] += float(value or 0) / GB
+                # SQL events are named with their package (org.apache.spark.sql.execution.ui.)
+                if any(f'{kind}"' in line[:200] for kind in kinds):
+                    yield json.loads(line)
+
+
+def _metric(metrics: dict[str, Any], path: tuple[str, ...]) -> float:
+    value: Any = metrics
+    for part in path:
+        value = value.get(part, 0) if isinstance(value, dict) else 0
+    return float(value or 0)
+
+
+def spark_task_totals(folder: Path) -> dict[str, float]:
+    """Spill, shuffle and input bytes (GB) and the task count of the run whose event log is in ``folder``."""
+    totals = dict.fromkeys(TASK_TOTALS, 0.0)
+    tasks = 0
+    for event in _events(folder, ("SparkListenerTaskEnd",)):
+        metrics = event.get("Task Metrics") or {}
+        tasks += 1
+        for key, path in TASK_TOTALS.items():
+            totals[key] += _metric(metrics, path) / GB
     return {k: round(v, 2) for k, v in totals.items()} | {"tasks": tasks}
+
+
+# ---- per pipeline stage: shuffle bytes and full scans of lines and orders (event log + the run's log)
+STAGE_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*: stage_(\w+) took ([\d.]+) s$")
+ROWS_READ = "number of output rows"  # a file scan's rows read (after row-group skipping)
+
+
+def stage_windows(log: Path) -> list[tuple[str, float, float]]:
+    """(stage, start, end) in epoch seconds, from the run log's "stage_<name> took N s" lines (the
+    log's local time, on this machine's clock like the event log's)."""
+    windows = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = STAGE_LINE.match(line.strip())
+        if m:
+            end = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            windows.append((m.group(3), end - float(m.group(4)), end))
+    return windows
+
+
+def _scan_accumulators(plan: dict[str, Any], tables: dict[str, str], out: dict[int, str]) -> None:
+    """The rows-read accumulator of every file scan in ``plan`` whose location holds one of
+    ``tables``' paths (kind -> path), into ``out`` (accumulator id -> kind)."""
+    location = str((plan.get("metadata") or {}).get("Location", ""))
+    if plan.get("nodeName", "").startswith(("Scan ", "FileScan")) and location:
+        kind = next((k for k, path in tables.items() if path in location), None)
+        for metric in plan.get("metrics", []):
+            if kind and metric.get("name") == ROWS_READ:
+                out[int(metric["accumulatorId"])] = kind
+    for child in plan.get("children", []):
+        _scan_accumulators(child, tables, out)
+
+
+def per_stage_io(folder: Path, log: Path, tables: dict[str, str], rows: dict[str, int]) -> dict[str, Any]:
+    """Per pipeline stage: shuffle bytes written (GB) and full scans of each of ``tables`` (rows its
+    file scans read / ``rows[kind]``: 2.0 is the whole table read twice, a pruned read a fraction).
+
+    Tasks go to the stage whose time window holds their finish time; a scan's rows come from the SQL
+    metric of its plan node (plans of every SQL execution, adaptive re-plans included)."""
+    windows = stage_windows(log)
+    accumulators: dict[int, str] = {}
+    out = {name: {"shuffle_gb": 0.0} | dict.fromkeys(tables, 0.0) for name, _, _ in windows}
+    plan_kinds = ("SparkListenerSQLExecutionStart", "SparkListenerSQLAdaptiveExecutionUpdate")
+    for event in _events(folder, (*plan_kinds, "SparkListenerTaskEnd")):
+        if not event["Event"].endswith("SparkListenerTaskEnd"):
+            _scan_accumulators(event.get("sparkPlanInfo") or {}, tables, accumulators)
+            continue
+        finished = (event.get("Task Info") or {}).get("Finish Time", 0) / 1000
+        stage = next((name for name, start, end in windows if start <= finished <= end + 1), None)
+        if stage is None:
+            continue
+        written = _metric(event.get("Task Metrics") or {}, ("Shuffle Write Metrics", "Shuffle Bytes Written"))
+        out[stage]["shuffle_gb"] += written / GB
+        for acc in (event.get("Task Info") or {}).get("Accumulables", []):
+            kind = accumulators.get(int(acc.get("ID", -1)))
+            if kind is not None:
+                out[stage][kind] += float(acc.get("Update") or 0) / max(rows.get(kind, 0), 1)
+    return {stage: {k: round(v, 3) for k, v in values.items()} for stage, values in out.items()}
 
 
 def _last_error(log: Path) -> str:
@@ -625,6 +711,11 @@ def _print_run(result: dict[str, Any]) -> None:
         print(f"    {step:32s} {seconds:9.1f} s")
     if result.get("spark"):
         print("    spark tasks: " + ", ".join(f"{k} {v}" for k, v in result["spark"].items()))
+    for stage, values in result.get("per_stage", {}).items():
+        print(
+            f"    stage {stage:12s} shuffle {values['shuffle_gb']:.3f} GB, full scans: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in values.items() if k != "shuffle_gb")
+        )
     if result.get("detail"):
         print(f"    {json.dumps(result['detail'])}")
     if result.get("error"):
@@ -676,12 +767,8 @@ def summary_table(results: list[dict[str, Any]], min_step_s: float = 1.0) -> str
 
     # stage seconds (median over repetitions), one column per run kind
     columns = sorted(groups, key=lambda key: (key[0], key[1] == "reference", key[1], key[2] != "tx"))
-    steps: list[str] = []
-    for key in columns:
-        for r in groups[key]:
-            steps += [s for s in r.get("steps", {}) if s not in steps]
-    head2 = ["step", *[f"{label} {inputs} {lines // 1000:,}k" for lines, label, inputs in columns]]
-    rows2 = [head2, ["---", *["---:"] * len(columns)]]
+    steps = _names(groups, columns, "steps")
+    rows2 = _head("step", columns)
     hidden = 0
     for s in steps:
         medians = [_median([r["steps"][s] for r in groups[k] if s in r.get("steps", {})]) for k in columns]
@@ -694,6 +781,46 @@ def summary_table(results: list[dict[str, Any]], min_step_s: float = 1.0) -> str
         table
         + f"\n\nStep seconds (median over repetitions){note}:\n\n"
         + "\n".join("| " + " | ".join(row) + " |" for row in rows2)
+        + stage_io_table(groups, columns)
+    )
+
+
+Groups = dict[tuple[int, str, str], list[dict[str, Any]]]  # runs by (lines, label, inputs)
+
+
+def _names(groups: Groups, columns: list[Any], field: str) -> list[str]:
+    """The keys of every run's ``field`` (steps, per_stage), in first-seen order."""
+    names: list[str] = []
+    for key in columns:
+        for r in groups[key]:
+            names += [s for s in r.get(field, {}) if s not in names]
+    return names
+
+
+def _head(first: str, columns: list[Any]) -> list[list[str]]:
+    """A Markdown table's header and alignment rows, one column per (lines, label, inputs)."""
+    head = [first, *[f"{label} {inputs} {lines // 1000:,}k" for lines, label, inputs in columns]]
+    return [head, ["---", *["---:"] * len(columns)]]
+
+
+def stage_io_table(groups: Groups, columns: list[Any]) -> str:
+    """Per pipeline stage and run kind (runs with ``--event-log``): shuffle GB / full scans of the
+    lines / of orders, medians over repetitions; empty without event logs."""
+    with_io = [k for k in columns if any(r.get("per_stage") for r in groups[k])]
+    if not with_io:
+        return ""
+    stages = _names(groups, with_io, "per_stage")
+    rows = _head("stage", with_io)
+    for stage in stages:
+        cells = []
+        for key in with_io:
+            found = [r["per_stage"][stage] for r in groups[key] if stage in r.get("per_stage", {})]
+            med = {m: _median([f[m] for f in found if m in f]) for m in ("shuffle_gb", "lines", "orders")}
+            cells.append(" / ".join(f"{v:.2f}" if v == v else "-" for v in med.values()))
+        rows.append([stage, *cells])
+    return (
+        "\n\nPer stage, from the event log: shuffle GB written / full scans of the lines / of orders "
+        "(median over repetitions):\n\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
     )
 
 
@@ -745,7 +872,8 @@ def main(argv: list[str] | None = None) -> int:
         "--event-log",
         action="store_true",
         help="write each run's Spark event log under <out>/eventlogs and report its spill, "
-        "shuffle and input bytes (sets spark.conf: do not also --set spark.conf)",
+        "shuffle and input bytes, and per pipeline stage the shuffle bytes and the full scans of "
+        "the input lines and of orders (sets spark.conf: do not also --set spark.conf)",
     )
     p.add_argument(
         "--min-step-s",

@@ -1,4 +1,5 @@
-"""Acquisition-month cohort retention, computed by ``segspark/sql/cohort_retention.sql``.
+"""Acquisition-month cohort retention, computed by ``segspark/sql/cohort_retention.sql`` from the
+silver customer-level tables (``customer_state``, ``customer_months``).
 
 The SQL file is the one implementation (analysts run it as it stands); this module only shapes the
 inputs it reads and pivots a small slice of its output into the matrix the report draws.
@@ -14,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from segspark import schema as S
+from segspark import silver
 from segspark.errors import InputError
 from segspark.schema import (  # the columns' one spelling
     ACTIVE_CUSTOMERS,
@@ -60,35 +62,56 @@ ORDER_VIEW_COLUMNS: tuple[str, ...] = (
 )
 
 
-def order_view(orders: DataFrame) -> DataFrame:
-    """The silver ``orders`` columns the analytical SQL reads."""
+def _require_orders(orders: DataFrame) -> None:
     missing = [c for c in ORDER_VIEW_COLUMNS if c not in orders.columns]
     if missing:
         raise InputError(f"table '{S.ORDERS}': missing column(s) {', '.join(missing)}")
+
+
+def order_view(orders: DataFrame) -> DataFrame:
+    """The silver ``orders`` columns the analytical SQL reads."""
+    _require_orders(orders)
     return orders.select(*ORDER_VIEW_COLUMNS)
 
 
-def acquisition_view(orders: DataFrame, customers: DataFrame | None) -> DataFrame:
-    """customer_id, acquisition_channel from the CRM; an empty table when there is none."""
+def acquisition_view(frame: DataFrame, customers: DataFrame | None) -> DataFrame:
+    """customer_id, acquisition_channel from the CRM; an empty table (in ``frame``'s session) when
+    there is none."""
     if customers is None or S.ACQUISITION_CHANNEL not in customers.columns:
-        return orders.sparkSession.createDataFrame([], _ACQUISITION_SCHEMA)
+        return frame.sparkSession.createDataFrame([], _ACQUISITION_SCHEMA)
     return customers.where(F.col(S.CUSTOMER_ID).isNotNull()).select(
         S.CUSTOMER_ID, F.col(S.ACQUISITION_CHANNEL).cast("string").alias(S.ACQUISITION_CHANNEL)
     )
 
 
 def cohort_retention(orders: DataFrame, customers: DataFrame | None, as_of_date: dt.date) -> DataFrame:
-    """Long-format cohort table (see :data:`COHORT_COLUMNS` and the SQL file for definitions).
+    """Long-format cohort table (see :data:`COHORT_COLUMNS` and the SQL file for definitions) from
+    silver ``orders``: :func:`cohort_retention_from_state` of the orders' customer-level tables.
 
     One row per (dimension, dimension_value, cohort_month, months_since_first) with dimension
     ``all`` and ``acquisition_channel``.
     """
+    _require_orders(orders)
+    state = silver.customer_state(orders, as_of_date, ())
+    return cohort_retention_from_state(
+        state, silver.customer_months(orders, as_of_date), customers, as_of_date
+    )
+
+
+def cohort_retention_from_state(
+    state: DataFrame, months: DataFrame, customers: DataFrame | None, as_of_date: dt.date
+) -> DataFrame:
+    """The cohort table from the silver ``customer_state`` and ``customer_months`` of ``as_of_date``
+    (what the run reads: one row per customer and per active month, never the orders)."""
     out = run_sql(
-        orders.sparkSession,
+        state.sparkSession,
         "cohort_retention",
         {
-            "orders": order_view(orders),
-            "acquisition": acquisition_view(orders, customers),
+            "customer_state": state.select(
+                S.CUSTOMER_ID, S.FIRST_PURCHASE_TS, S.FIRST_PURCHASE_CHANNEL, S.ACQUISITION_MONTH
+            ),
+            "customer_months": months.select(S.CUSTOMER_ID, S.MONTH, S.PURCHASES, S.NET_AMOUNT),
+            "acquisition": acquisition_view(state, customers),
         },
         {"as_of_date": as_of_date},
     )

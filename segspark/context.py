@@ -65,7 +65,7 @@ class RunContext:
     outputs: dict[str, int | None] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     cluster_mode: str = "fit"
-    clean: CleanInputs | None = None  # ingest's validated frames (transactions feed only the silver stage)
+    clean: CleanInputs | None = None  # ingest's validated frames (orders feed only the silver stage)
     quality: list[dict[str, Any]] = field(default_factory=list)  # ingest's per-input summary, for the CLI
     report_dir: str | None = None
     cached: list[DataFrame] = field(default_factory=list)
@@ -209,10 +209,12 @@ def recorded(ctx: RunContext) -> Iterator[None]:
 
 @dataclass
 class CleanInputs:
-    """Validated, pseudonymous, minimized inputs (no PII past this point). Transactions only feed the
-    silver tables; customers, events and marketing spend are read by the stages that name them."""
+    """Validated, pseudonymous, minimized inputs (no PII past this point). The transactions arrive
+    as orders, grouped in the pass that validates them (``ingest.orders``: the lines are never
+    materialized), and only feed the silver tables; customers, events and marketing spend are read
+    by the stages that name them."""
 
-    transactions: DataFrame
+    orders: DataFrame
     customers: DataFrame | None
     events: DataFrame | None
     marketing_spend: DataFrame | None
@@ -220,7 +222,7 @@ class CleanInputs:
     # themselves (the largest input, 2-3 per line) are released at the end of ingest, so their cache
     # does not hold memory and disk through silver
     engagement: DataFrame | None = None
-    # drops an input's ingest cache once its last reader has written: transactions after silver;
+    # drops an input's ingest cache once its last reader has written: orders after silver;
     # customers and spend are small and read until the aggregates
     releases: dict[str, Callable[[], None]] = field(default_factory=dict)
 

@@ -1,7 +1,8 @@
 """RFM features, scores and named segments, as of one inclusive date.
 
 Definitions (one row per customer with at least one order on or before ``as_of_date``), all from
-the silver ``orders`` table (``segspark.silver``: one order and purchase definition for the job):
+the silver ``customer_state`` table, itself from ``orders`` (``segspark.silver``: one order and
+purchase definition for the job):
 
 - An *order* is (customer_id, order_id) with its net amount (lines summed, returns negative), its
   time (first line) and channel (smallest line channel). Orders after ``as_of_date`` (by UTC date)
@@ -38,6 +39,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segspark import schema as S
+from segspark import silver
 from segspark.config import RfmConfig
 from segspark.schema import (  # the columns' one spelling
     AVG_ORDER_VALUE,
@@ -91,63 +93,32 @@ def rfm_features(
     orders: DataFrame, as_of_date: dt.date, channels: Sequence[str] = DEFAULT_CHANNELS
 ) -> DataFrame:
     """Per-customer RFM features as of ``as_of_date`` (inclusive) from the silver ``orders`` table;
-    see the module docstring.
+    see the module docstring. The same as :func:`rfm_from_state` of the orders' ``customer_state``
+    (the run reads that table instead of the orders)."""
+    return rfm_from_state(silver.customer_state(orders, as_of_date, channels), as_of_date, channels)
 
-    Orders are repartitioned by customer once; the day and customer aggregations both run on that
-    partitioning without another shuffle.
-    """
+
+def rfm_from_state(
+    state: DataFrame, as_of_date: dt.date, channels: Sequence[str] = DEFAULT_CHANNELS
+) -> DataFrame:
+    """Per-customer RFM features as of ``as_of_date`` from the silver ``customer_state`` of that date
+    (one row per customer with an order on or before it): no shuffle, one projection."""
     as_of = F.lit(as_of_date)
-    net = F.col(S.NET_AMOUNT)
-    bought = F.col(S.IS_PURCHASE)
-    listed = F.col(S.CHANNEL).isin(*channels) if channels else F.lit(False)
-    days = (
-        orders.where(F.col(S.ORDER_DATE) <= as_of)
-        .repartition(F.col(S.CUSTOMER_ID))
-        .groupBy(S.CUSTOMER_ID, S.ORDER_DATE)
-        .agg(
-            F.count_if(bought).alias("_purchases"),
-            F.sum(net).alias("_net"),
-            F.sum(S.GROSS_AMOUNT).alias("_gross"),
-            F.sum(S.RETURNED_AMOUNT).alias("_returned"),
-            F.min(F.when(bought, F.col(S.ORDER_TS))).alias("_first_purchase"),
-            F.max(F.when(bought, F.col(S.ORDER_TS))).alias("_last_purchase"),
-            F.min(S.ORDER_TS).alias("_first_order"),
-            F.max(S.ORDER_TS).alias("_last_order"),
-            *[
-                F.count_if(bought & (F.col(S.CHANNEL) == F.lit(ch))).alias(channel_column(ch))
-                for ch in channels
-            ],
-            F.count_if(bought & ~F.coalesce(listed, F.lit(False))).alias(ORDERS_OTHER),
-        )
-    )
-    customers = days.groupBy(S.CUSTOMER_ID).agg(
-        F.count_if(F.col("_purchases") > 0).alias(FREQUENCY),
-        F.sum("_purchases").alias(ORDERS),
-        F.sum("_net").alias(MONETARY),
-        F.min("_first_purchase").alias("_first_purchase"),
-        F.max("_last_purchase").alias("_last_purchase"),
-        F.min("_first_order").alias("_first_order"),
-        F.max("_last_order").alias("_last_order"),
-        F.sum("_gross").alias("_gross"),
-        F.sum("_returned").alias("_returned"),
-        *[F.sum(channel_column(ch)).alias(channel_column(ch)) for ch in channels],
-        F.sum(ORDERS_OTHER).alias(ORDERS_OTHER),
-    )
-    first = F.coalesce(F.col("_first_purchase"), F.col("_first_order"))
-    last = F.coalesce(F.col("_last_purchase"), F.col("_last_order"))
-    gross, returned = F.col("_gross"), F.col("_returned")
+    first = F.coalesce(F.col(S.FIRST_PURCHASE_TS), F.col(S.FIRST_SEEN_TS))
+    last = F.coalesce(F.col(S.LAST_PURCHASE_TS), F.col(S.LAST_SEEN_TS))
+    gross, returned = F.col(S.GROSS_AMOUNT), F.col(S.RETURNED_AMOUNT)
     return_rate = (
         F.when(gross > 0, F.least(F.lit(1.0), returned / gross))
         .when(returned > 0, F.lit(1.0))
         .otherwise(F.lit(0.0))
     )
-    aov = F.coalesce(F.try_divide(F.col(MONETARY), F.col(ORDERS)), F.lit(0.0))
-    return customers.select(
+    aov = F.coalesce(F.try_divide(F.col(S.NET_AMOUNT), F.col(S.PURCHASES)), F.lit(0.0))
+    return state.select(
         F.col(S.CUSTOMER_ID),
         days_between(as_of, last).alias(RECENCY_DAYS),
-        F.col(FREQUENCY).cast("long").alias(FREQUENCY),
-        F.col(ORDERS).cast("long").alias(ORDERS),
-        F.col(MONETARY).cast("double").alias(MONETARY),
+        F.col(S.PURCHASE_DAYS).cast("long").alias(FREQUENCY),
+        F.col(S.PURCHASES).cast("long").alias(ORDERS),
+        F.col(S.NET_AMOUNT).cast("double").alias(MONETARY),
         aov.cast("double").alias(AVG_ORDER_VALUE),
         first.alias(FIRST_ORDER_TS),
         last.alias(LAST_ORDER_TS),

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, DoubleType, StringType, StructField, StructType
 
 from segspark import schema as S
+from segspark import silver
 from segspark.cohorts import acquisition_view, order_view
 from segspark.errors import ConfigError, InputError
 from segspark.kpis import ALL, CLV, SEGMENT, SEGMENT_TYPE, SEGMENT_TYPES
@@ -100,12 +101,14 @@ def ltv_cac(
     segments: DataFrame | None,
     as_of_date: dt.date,
     window_months: int,
+    state: DataFrame | None = None,
 ) -> DataFrame:
     """LTV:CAC table (columns :data:`LTV_CAC_COLUMNS`); see ``ltv_cac.sql`` for the definitions.
 
     Rows: ``level = channel_month`` (acquisition channel x month), ``channel`` (all months) and, when
     ``segments`` (one row per customer_id, with segment columns and optionally ``clv``) is given,
-    ``segment`` for each segment type present and ``segment_type = 'all'``.
+    ``segment`` for each segment type present and ``segment_type = 'all'``. ``state``: the silver
+    ``customer_state`` of ``as_of_date`` (the first purchases; computed from ``orders`` when None).
     """
     if window_months < 1:
         raise ConfigError(f"kpis.ltv_window_months must be >= 1, got {window_months}")
@@ -114,6 +117,9 @@ def ltv_cac(
         "ltv_cac",
         {
             "orders": order_view(orders),
+            "customer_state": (
+                state if state is not None else silver.customer_state(orders, as_of_date, ())
+            ).select(S.CUSTOMER_ID, S.FIRST_PURCHASE_TS, S.FIRST_PURCHASE_CHANNEL),
             "acquisition": acquisition_view(orders, customers),
             "marketing_spend": _spend_view(orders, marketing_spend),
             "segment_members": _member_view(orders, segments),

@@ -1,7 +1,8 @@
 """The pipeline: a declared list of stages, and the runner that executes the declaration.
 
 Each stage is a node: it names what it reads (``input:<name>`` a configured source, ``clean:<name>``
-ingest's validated frame, ``previous:<table>`` the latest snapshot of a table before the run's date,
+ingest's validated frame (``clean:orders``: the transactions grouped into orders as they are validated),
+``previous:<table>`` the latest snapshot of a table before the run's date,
 any other name a Delta table of this run) and what it writes (Delta tables, or ``clean:<name>`` for
 ingest). The runner hands each stage a ``StageIO`` that reads and writes exactly that (schema check,
 commit, timing and MLflow metrics through the lakehouse and the run context) and raises
@@ -264,10 +265,13 @@ def stage_ingest(io: StageIO) -> None:
         )
         stats.by_rule = dict(res.by_rule)
         results.append(res)
-        clean[name] = res.clean  # customer ids are already pseudonyms when a key is given
+        if name != "transactions":  # the transactions go on as ingest's orders (``res.orders``)
+            clean[name] = res.clean  # customer ids are already pseudonyms when a key is given
         io.releases.append(res.release)
     _log_ingest(io, results)
-    as_of = io.settings.as_of_date or default_as_of(clean["transactions"])
+    tx = results[0]  # transactions: read first, always there
+    last = tx.last_clean_ts
+    as_of = io.settings.as_of_date or (last.date() if last is not None else None)
     # with no clean order the quarantine is still written (stamped with today), for diagnosis
     run_date = as_of or processing_ts.date()
     io.as_of_date = run_date
@@ -284,12 +288,13 @@ def stage_ingest(io: StageIO) -> None:
     customers = clean.get("customers")
     if customers is not None:
         customers = privacy.minimize(customers, settings.privacy, reference_date=run_date)
+    assert tx.orders is not None
     provided = CleanInputs(
-        transactions=clean["transactions"],
+        orders=tx.orders,
         customers=customers,
         events=clean.get("events"),
         marketing_spend=clean.get("marketing_spend"),
-        releases={r.table: r.release for r in results},
+        releases={("orders" if r.table == "transactions" else r.table): r.release for r in results},
     )
     events = clean.get("events")
     if events is not None:
@@ -335,22 +340,22 @@ def _require_clean_orders(tx: InputStats) -> None:
     )
 
 
-def default_as_of(transactions: DataFrame) -> dt.date | None:
-    """The date of the last clean order; None when there is none."""
-    row = transactions.agg(F.max(F.to_date(F.col(S.ORDER_TS)))).first()
-    return None if row is None else row[0]
-
-
 def stage_silver(io: StageIO) -> None:
-    """The clean lines become ``orders`` and ``customer_days``, once; no later stage reads the lines."""
+    """Ingest's clean orders become ``orders`` (THE purchase definition applied), then
+    ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, once; no
+    later stage reads lines."""
     from segspark import silver
 
-    lines = io.clean("transactions")
-    assert lines is not None
-    io.write(silver.orders(lines, io.settings.purchase), S.ORDERS)
-    # the lines are done with: release their cache before the heavy stages
-    io.release_clean("transactions")
-    io.write(silver.customer_days(io.read(S.ORDERS)), S.CUSTOMER_DAYS)
+    grouped = io.clean("orders")
+    assert grouped is not None
+    io.write(silver.order_columns(grouped, io.settings.purchase), S.ORDERS)
+    # written: release ingest's per-order cache before the heavy stages
+    io.release_clean("orders")
+    orders, as_of = io.read(S.ORDERS), io.as_of_date
+    assert as_of is not None
+    io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
+    io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
+    io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
 
 
 LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
@@ -366,7 +371,7 @@ def stage_features(io: StageIO) -> None:
     channels = settings.rfm.channels
     orders = io.read(S.ORDERS)
     engagement = io.clean("engagement")  # summarized by ingest when there are events
-    buyers = features.rfm_features(orders, as_of, channels).transform(
+    buyers = features.rfm_from_state(io.read(S.CUSTOMER_STATE), as_of, channels).transform(
         behaviour.with_behaviour, behaviour.behaviour_features(orders, as_of, channels)
     )
     buyers = io.cache(buyers.persist())  # the score edges are their own job: do not compute twice
@@ -604,11 +609,11 @@ def stage_aggregates(io: StageIO) -> None:
     if io.clean("engagement") is not None:  # engagement features exist only with events
         engagement = feats.select(S.CUSTOMER_ID, *behaviour.ENGAGEMENT_COLUMNS)
     io.write(kpis.segment_kpis(segments, engagement), S.SEGMENT_KPIS)
-    io.write(cohorts.cohort_retention(orders, customers, as_of), S.COHORT_RETENTION)
-    io.write(
-        ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, io.settings.kpis.ltv_window_months),
-        S.LTV_CAC,
-    )
+    state = io.read(S.CUSTOMER_STATE)
+    months = io.read(S.CUSTOMER_MONTHS)
+    io.write(cohorts.cohort_retention_from_state(state, months, customers, as_of), S.COHORT_RETENTION)
+    window = io.settings.kpis.ltv_window_months
+    io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state), S.LTV_CAC)
     io.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)
     io.write(drift.segment_drift(segments, previous, drift.DRIFT_CATEGORICAL, drift.DRIFT_NUMERIC), S.DRIFT)
 
@@ -661,19 +666,19 @@ def stage_report(io: StageIO) -> None:
 PIPELINE: tuple[Stage, ...] = (
     #      name          reads                                             writes
     Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend"),
-                        (S.QUARANTINE, "clean:transactions", "clean:customers", "clean:events",
+                        (S.QUARANTINE, "clean:orders", "clean:customers", "clean:events",
                          "clean:marketing_spend", "clean:engagement"), stage_ingest),
-    Stage("silver",     ("clean:transactions",),                           (S.ORDERS, S.CUSTOMER_DAYS),
-                        stage_silver),
-    Stage("features",   (S.ORDERS, "clean:customers", "clean:engagement"), (S.CUSTOMER_FEATURES, S.RFM_GRID),
-                        stage_features),
+    Stage("silver",     ("clean:orders",),
+                        (S.ORDERS, S.CUSTOMER_DAYS, S.CUSTOMER_STATE, S.CUSTOMER_MONTHS), stage_silver),
+    Stage("features",   (S.CUSTOMER_STATE, S.ORDERS, "clean:customers", "clean:engagement"),
+                        (S.CUSTOMER_FEATURES, S.RFM_GRID), stage_features),
     Stage("scores",     (S.CUSTOMER_DAYS, S.ORDERS),
                         (S.CLV_VALIDATION, S.CLV_FIT, S.CHURN_METRICS, S.CUSTOMER_SCORES), stage_scores),
     Stage("segments",   (S.CUSTOMER_FEATURES, S.CUSTOMER_SCORES, f"previous:{S.CLUSTER_PROFILES}"),
                         (S.CLUSTERING_SWEEP, S.CLUSTER_PROFILES, S.CUSTOMER_SEGMENTS), stage_segments),
-    Stage("aggregates", (S.CUSTOMER_SEGMENTS, S.CUSTOMER_FEATURES, S.ORDERS,
-                         f"previous:{S.CUSTOMER_SEGMENTS}", "clean:customers", "clean:marketing_spend",
-                         "clean:engagement"),
+    Stage("aggregates", (S.CUSTOMER_SEGMENTS, S.CUSTOMER_FEATURES, S.CUSTOMER_STATE, S.CUSTOMER_MONTHS,
+                         S.ORDERS, f"previous:{S.CUSTOMER_SEGMENTS}", "clean:customers",
+                         "clean:marketing_spend", "clean:engagement"),
                         (S.SEGMENT_KPIS, S.COHORT_RETENTION, S.LTV_CAC, S.SEGMENT_TRANSITIONS, S.DRIFT),
                         stage_aggregates),
     Stage("report",     (*REPORT_TABLES, S.QUARANTINE, S.RUNS, f"previous:{S.REPORT_SUMMARY}"),

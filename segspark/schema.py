@@ -39,8 +39,8 @@ MONTH: Final = "month"
 SPEND: Final = "spend"
 
 # Internal: the trimmed source customer id next to the clean transactions' (pseudonymous)
-# customer_id. ``ingest.validate`` hands the lines partitioned and sorted by it, so
-# ``silver.orders`` groups by it and the order with no shuffle; it never reaches a table.
+# customer_id. ``ingest.validate`` groups the lines into orders by it right after the shuffle by
+# customer (no second shuffle); it never reaches a table.
 SOURCE_KEY: Final = "_segspark_source_key"
 
 EVENT_TYPES: Final = (
@@ -114,6 +114,23 @@ IS_PURCHASE: Final = "is_purchase"
 ORDERS_COUNT: Final = "orders"
 PURCHASES: Final = "purchases"
 PURCHASE_VALUE: Final = "purchase_value"
+# customer_state: one row per customer, from the orders on or before as_of_date (``silver.customer_state``
+# states every column's merge rule); customer_months: one row per customer and month with an order
+CUSTOMER_STATE: Final = "customer_state"
+CUSTOMER_MONTHS: Final = "customer_months"
+FIRST_SEEN_TS: Final = "first_seen_ts"  # first order of any kind
+LAST_SEEN_TS: Final = "last_seen_ts"
+FIRST_PURCHASE_TS: Final = "first_purchase_ts"
+LAST_PURCHASE_TS: Final = "last_purchase_ts"
+FIRST_PURCHASE_ORDER_ID: Final = "first_purchase_order_id"
+FIRST_PURCHASE_CHANNEL: Final = "first_purchase_channel"
+ACQUISITION_MONTH: Final = "acquisition_month"
+PURCHASE_DAYS: Final = "purchase_days"
+BTYD_X: Final = "btyd_x"  # repeat purchase days (purchase_days - 1)
+BTYD_T_X_DAYS: Final = "btyd_t_x_days"  # days from the first to the last purchase day
+NET_SUMSQ: Final = "net_sumsq"
+PURCHASE_VALUE_SUMSQ: Final = "purchase_value_sumsq"
+GROSS_SUMSQ: Final = "gross_sumsq"
 
 # Tables that keep one snapshot per as_of_date (a run replaces only its own date's partition).
 SNAPSHOT_TABLES: Final = frozenset(
@@ -137,8 +154,9 @@ SNAPSHOT_TABLES: Final = frozenset(
     }
 )
 # Silver tables: replaced whole by every run (one overwrite commit; Delta history keeps the
-# previous versions until vacuum). They hold every clean order, after as_of_date too (holdout).
-SILVER_TABLES: Final = frozenset({ORDERS, CUSTOMER_DAYS})
+# previous versions until vacuum). orders and customer_days hold every clean order, after as_of_date
+# too (holdout); customer_state and customer_months the orders on or before the run's as_of_date.
+SILVER_TABLES: Final = frozenset({ORDERS, CUSTOMER_DAYS, CUSTOMER_STATE, CUSTOMER_MONTHS})
 # Tables that only ever grow, keyed by run_id.
 APPEND_TABLES: Final = frozenset({QUARANTINE, RUNS})
 

@@ -99,6 +99,43 @@ CUSTOMER_DAYS_SCHEMA: Final = T.StructType(
     ]
 )
 
+# one row per customer, orders on or before as_of_date; merge rules: silver.customer_state
+CUSTOMER_STATE_SCHEMA: Final = T.StructType(
+    [
+        _f(S.CUSTOMER_ID, STR),
+        _f(S.FIRST_SEEN_TS, TS),  # first order of any kind
+        _f(S.LAST_SEEN_TS, TS),
+        _f(S.FIRST_PURCHASE_TS, TS),  # null without a purchase
+        _f(S.LAST_PURCHASE_TS, TS),
+        _f(S.FIRST_PURCHASE_ORDER_ID, STR),  # the first purchase: smallest (order_ts, order_id)
+        _f(S.FIRST_PURCHASE_CHANNEL, STR),
+        _f(S.ACQUISITION_MONTH, DATE),  # month of the first purchase
+        _f(S.PURCHASE_DAYS, LONG),  # days with a purchase (RFM frequency)
+        _f(S.BTYD_X, LONG),  # purchase_days - 1 (null without a purchase)
+        _f(S.BTYD_T_X_DAYS, LONG),  # first to last purchase day, in days
+        _f(S.ORDERS_COUNT, LONG),  # every order
+        _f(S.PURCHASES, LONG),  # purchase orders
+        _f(S.NET_AMOUNT, DBL),  # net of every order (RFM monetary)
+        _f(S.NET_SUMSQ, DBL),  # sum of the squared order nets
+        _f(S.PURCHASE_VALUE, DBL),  # net of the purchase orders
+        _f(S.PURCHASE_VALUE_SUMSQ, DBL),
+        _f(S.GROSS_AMOUNT, DBL),
+        _f(S.GROSS_SUMSQ, DBL),
+        _f(S.RETURNED_AMOUNT, DBL),
+        # orders_<channel> (purchase orders) for each of rfm.channels: PATTERNS
+        _f(S.ORDERS_OTHER, LONG),  # purchase orders of another or no channel
+    ]
+)
+CUSTOMER_MONTHS_SCHEMA: Final = T.StructType(
+    [
+        _f(S.CUSTOMER_ID, STR),
+        _f(S.MONTH, DATE),  # first day of the month (UTC order dates)
+        _f(S.ORDERS_COUNT, LONG),
+        _f(S.PURCHASES, LONG),
+        _f(S.NET_AMOUNT, DBL),  # net of every order that month
+    ]
+)
+
 # --- model results (small, long format: BI pivots freely) --------------------------------------
 CLV_FIT_SCHEMA: Final = T.StructType(
     [
@@ -394,6 +431,8 @@ RUNS_SCHEMA: Final = T.StructType(
 SCHEMAS: dict[str, T.StructType] = {
     S.ORDERS: ORDERS_SCHEMA,
     S.CUSTOMER_DAYS: CUSTOMER_DAYS_SCHEMA,
+    S.CUSTOMER_STATE: CUSTOMER_STATE_SCHEMA,
+    S.CUSTOMER_MONTHS: CUSTOMER_MONTHS_SCHEMA,
     S.CLV_FIT: CLV_FIT_SCHEMA,
     S.CHURN_METRICS: CHURN_METRICS_SCHEMA,
     S.CLUSTERING_SWEEP: CLUSTERING_SWEEP_SCHEMA,
@@ -436,6 +475,9 @@ _PROFILE_FEATURE: Final = (
     + ")"
 )
 PATTERNS: dict[str, tuple[ColumnPattern, ...]] = {
+    S.CUSTOMER_STATE: (
+        ColumnPattern(re.escape(S.channel_column("")) + _CHANNEL, LONG, "purchases per rfm.channels entry"),
+    ),
     S.CUSTOMER_FEATURES: (
         ColumnPattern(re.escape(S.channel_column("")) + _CHANNEL, LONG, "purchases per rfm.channels entry"),
         ColumnPattern(

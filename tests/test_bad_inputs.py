@@ -95,6 +95,35 @@ def pandas_parquet(tmp: Path) -> list[str]:
     return [*_tx(path, "parquet"), "--set", "quality.earliest_date=1960-01-01"]
 
 
+def parquet_folder_with_meta(tmp: Path) -> list[str]:
+    """Spark-style part files plus what users leave next to them: a ``meta.json``, a README, and a
+    ``_SUCCESS`` marker (hidden by Spark's own rule)."""
+    import pandas as pd
+
+    folder = tmp / "tx"
+    folder.mkdir()
+    df = pd.DataFrame(valid_rows(30), columns=TX_HEADER)
+    df["order_ts"] = pd.to_datetime(df["order_ts"])
+    df["amount"] = df["amount"].astype(float)
+    df.iloc[:40].to_parquet(folder / "part-0000.snappy.parquet", coerce_timestamps="us")
+    df.iloc[40:].to_parquet(folder / "part-0001.snappy.parquet", coerce_timestamps="us")
+    (folder / "meta.json").write_text(f'{{"exported": "2024-12-31", "rows": {len(df)}}}')
+    (folder / "README.txt").write_text("nightly export\n")
+    (folder / "_SUCCESS").write_text("")
+    return _tx(folder, "parquet")
+
+
+def folder_without_data_files(tmp: Path) -> list[str]:
+    folder = tmp / "tx"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{}")
+    return _tx(folder, "parquet")
+
+
+def check_all_orders(out: Path) -> None:
+    assert len(_read_delta(out / "tables" / "orders")) == len(valid_rows(30))
+
+
 def _tx(path: Path, fmt: str) -> list[str]:
     return ["--set", f"input.transactions.path={path}", "--set", f"input.transactions.format={fmt}"]
 
@@ -242,6 +271,15 @@ CASES: dict[str, Case] = {
     ),
     "pandas_nanosecond_parquet_is_read_to_the_microsecond": Case(
         pandas_parquet, [], 0, (), check_nanos, command="ingest"
+    ),
+    "parquet_folder_with_a_meta_json_reads_its_parquet_files": Case(
+        parquet_folder_with_meta, [], 0, (), check_all_orders, command="ingest"
+    ),
+    "folder_without_a_file_of_its_format": Case(
+        folder_without_data_files,
+        [],
+        2,
+        ("input 'transactions'", "no parquet file", "/tx (input.transactions.path)"),
     ),
     "thirty_customers_complete": Case(small_valid, [], 0, (), check_full_run),
 }
@@ -448,3 +486,72 @@ def test_a_missing_uri_the_preflight_cannot_check_names_the_input(spark, tmp_pat
     uri = f"file://{tmp_path}/nowhere/tx.{fmt}"  # a URI: left to the reader, as a cloud path is
     with pytest.raises(InputError, match=rf"^input 'events': no {fmt} data at {uri} \(input.events.path\)$"):
         inputs.read_files(spark, "events", InputTable(path=uri, format=fmt))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_folder_input_reads_the_files_of_its_format_only(
+    spark, tmp_path: Path, fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Part files in two partition folders, next to a ``meta.json`` (that Spark's Parquet reader
+    fails on and its CSV reader would read as rows), a ``notes.txt``, and hidden ``_SUCCESS`` and
+    ``.part.crc`` files: every data row is read, the stray files are named in one log line."""
+    import logging
+
+    import pandas as pd
+
+    from segspark.config import InputTable
+    from segspark.io import inputs
+
+    folder = tmp_path / "tx"
+    (folder / "day=1").mkdir(parents=True)
+    (folder / "day=2").mkdir()
+    rows = valid_rows(12)
+    df = pd.DataFrame(rows, columns=TX_HEADER)
+    halves = {
+        folder / "day=1" / f"part-0.{fmt}": df.iloc[:10],
+        folder / "day=2" / f"part-1.{fmt}.gz": df.iloc[10:],
+    }
+    for path, part in halves.items():
+        if fmt == "csv":
+            part.to_csv(path, index=False, compression="gzip" if path.name.endswith(".gz") else None)
+        else:
+            part.to_parquet(path.with_name(path.name.removesuffix(".gz")))
+    (folder / "meta.json").write_text('{"rows": 3}\n{"rows": 4}\n')
+    (folder / "day=2" / "notes.txt").write_text("customer_id,order_id\nX,Y\n")
+    (folder / "_SUCCESS").write_text("")
+    (folder / "day=1" / ".part-0.crc").write_text("crc")
+    with caplog.at_level(logging.INFO, logger="segspark.io.inputs"):
+        read = inputs.read_files(spark, "transactions", InputTable(path=str(folder), format=fmt))
+        got = sorted(r["order_id"] for r in read.select("order_id").collect())
+    assert got == sorted(r[1] for r in rows)
+    ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(ignored) == 1, ignored
+    assert "2 file(s)" in ignored[0] and "day=2/notes.txt, meta.json" in ignored[0], ignored[0]
+    assert "_SUCCESS" not in ignored[0] and ".crc" not in ignored[0]
+
+
+def test_a_folder_of_data_files_only_is_read_without_a_filter(spark, tmp_path: Path) -> None:
+    from segspark.config import InputTable
+    from segspark.io import inputs
+
+    folder = tmp_path / "tx"
+    folder.mkdir()
+    _csv(folder / "a.csv", valid_rows(3))
+    assert inputs.data_file_glob("transactions", InputTable(path=str(folder), format="csv")) is None
+    assert inputs.data_file_glob("transactions", InputTable(path=str(folder / "a.csv"), format="csv")) is None
+    (folder / "meta.json").write_text("{}")
+    glob = inputs.data_file_glob("transactions", InputTable(path=str(folder), format="csv"))
+    assert glob is not None and glob.startswith("*{.csv,.csv.gz")
+
+
+def test_a_folder_without_a_file_of_its_format_names_the_folder(spark, tmp_path: Path) -> None:
+    from segspark.config import InputTable
+    from segspark.errors import InputError
+    from segspark.io import inputs
+
+    folder = tmp_path / "crm"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{}")
+    (folder / "_SUCCESS").write_text("")
+    with pytest.raises(InputError, match=rf"^input 'customers': no parquet file .* in the folder {folder} "):
+        inputs.read_files(spark, "customers", InputTable(path=str(folder), format="parquet"))

@@ -122,7 +122,9 @@ def test_without_crm_the_first_order_channel_is_used(spark):
 def test_sql_files_ship_with_the_package():
     assert {"cohort_retention", "segment_kpis", "ltv_cac"} <= set(sql_names())
     text = load_sql("cohort_retention")
-    assert "FROM orders" in text and ":as_of_date" in text
+    # the customer-level silver tables, never the orders
+    assert "FROM customer_state" in text and "FROM customer_months" in text and ":as_of_date" in text
+    assert "FROM orders" not in text
     with pytest.raises(SegsparkError, match="no SQL file"):
         load_sql("nope")
 

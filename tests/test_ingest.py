@@ -204,17 +204,23 @@ def _plan_above_cache(df, capsys) -> str:
     return plan.split("InMemoryTableScan", 1)[0]
 
 
-def test_clean_rows_feed_the_silver_orders_without_shuffle_or_hash_tables(spark, tx_result, capsys) -> None:
-    """Clean transactions come partitioned by customer and sorted by (customer, order): the silver
-    orders (the only reader of the lines) group them as one sort aggregate, with no exchange and no
-    sort of the lines."""
+def test_orders_are_grouped_in_the_validating_pass_with_one_shuffle(spark, tx_result, capsys) -> None:
+    """The transactions are grouped into orders right after the one shuffle by customer, as one sort
+    aggregate over the window's order (no second exchange, no sort of the lines), and that per-order
+    frame is what is persisted: the silver orders read it with no exchange, sort or aggregate."""
     from segspark import silver
     from segspark.config import PurchaseConfig
 
     assert spark.conf.get("spark.sql.execution.replaceHashWithSortAgg") == "true"
-    plan = _plan_above_cache(silver.orders(tx_result.clean, PurchaseConfig()), capsys)
-    assert "Exchange" not in plan and "Sort [" not in plan and "HashAggregate" not in plan, plan
-    assert plan.count("SortAggregate") == 1, plan
+    assert tx_result.orders is not None
+    tx_result.orders.explain()
+    whole = capsys.readouterr().out
+    above = _plan_above_cache(silver.order_columns(tx_result.orders, PurchaseConfig()), capsys)
+    assert "Exchange" not in above and "Sort [" not in above and "Aggregate" not in above, above
+    final = whole.split("InMemoryRelation", 1)[1].split("== Final Plan ==", 1)[1]
+    # from the order aggregate down to the window of the one shuffle: no exchange, no sort
+    grouping = final.split(f"SortAggregate(key=[{S.SOURCE_KEY}", 1)[1].split("Window [", 1)[0]
+    assert "Exchange" not in grouping and "Sort [" not in grouping, grouping
 
 
 def test_reconcile_raises_on_mismatch(tx_result) -> None:
@@ -528,5 +534,53 @@ def test_every_line_of_a_customer_carries_its_pseudonym_even_after_a_quarantined
         for r in result.quarantine.collect():
             assert r["customer_id"] == json.loads(r["raw"])["customer_id"]
             assert r["customer_id"] in {pid(f"K{c}") for c in range(12)}
+    finally:
+        result.release()
+
+
+def test_orders_grouped_while_validating_are_the_orders_of_the_clean_lines(spark) -> None:
+    """A batch with an exact copy of a line, an order id on two customers, a customer whose first
+    line (in the window's order) is quarantined, and a return line months after its order: counts
+    reconcile, and the orders ingest groups as it validates equal ``silver.orders`` of the clean
+    lines (the former path) and the hand-computed orders."""
+    from segspark import silver
+    from segspark.config import PurchaseConfig
+
+    rows = [
+        *CLEAN,
+        *PLANTED.values(),
+        tx("k0", "K", "A0", "2025-02-01 10:00:00", "abc"),  # K's first line: quarantined
+        tx("k1", "K", "B1", "2025-02-02 10:00:00", "20"),
+        tx("k2", "K", "B1", "2025-02-02 11:00:00", "5", product_category="toys"),
+        tx("late", "C5", "O8", "2025-06-20 09:00:00", "-20", quantity="-1"),  # O8's return, 2.5 months on
+    ]
+    result = ingest.validate(
+        spark.createDataFrame(rows, TX_SCHEMA), "transactions", CFG, NOW, key=KEY, privacy=PrivacyConfig()
+    )
+    try:
+        ingest.reconcile(result)
+        assert result.rows_in == len(rows) and result.rows_clean == len(CLEAN) + 3
+        assert result.by_rule["bad_amount"] == 5 and result.by_rule["duplicate_line"] == 1
+        assert result.by_rule["order_id_conflict"] == 2
+        assert result.last_clean_ts == dt.datetime(2025, 7, 1, 8, 0)
+        assert result.orders is not None
+        purchase = PurchaseConfig()
+        got = silver.order_columns(result.orders, purchase).collect()
+        want = silver.orders(result.clean, purchase).collect()
+        key = lambda r: r["order_id"]  # noqa: E731
+        assert sorted(got, key=key) == sorted(want, key=key)
+        assert sum(r["lines"] for r in got) == result.rows_clean
+        orders = {r["order_id"]: r for r in got}
+        assert set(orders) == {"O1", "O2", "O3", "O4", "O5", "O6", "O7", "O8", "O9", "B1"}
+        assert orders["O7"]["lines"] == 1  # the copy is not counted twice
+        o8 = orders["O8"]
+        assert (o8["net_amount"], o8["gross_amount"], o8["returned_amount"]) == (25.0, 45.0, 20.0)
+        assert o8["order_ts"] == dt.datetime(2025, 4, 3) and o8["lines"] == 2 and o8["quantity"] == 1
+        b1 = orders["B1"]
+        assert b1["customer_id"] == pid("K") and b1["net_amount"] == 25.0
+        assert b1["categories"] == ["home", "toys"] and b1["order_ts"] == dt.datetime(2025, 2, 2, 10)
+        quarantined = {json.loads(r["raw"])["line"]: r for r in result.quarantine.collect()}
+        assert quarantined["k0"]["customer_id"] == pid("K") and quarantined["k0"]["rule"] == "bad_amount"
+        assert len(result.quarantine.collect()) == result.rows_quarantined == len(rows) - len(CLEAN) - 3
     finally:
         result.release()

@@ -91,3 +91,145 @@ def test_rfm_frequency_is_clv_x_plus_one_per_customer(orders) -> None:
     assert {c: rfm[c]["frequency"] for c in buyers} == {"A": 2, "B": 1, "D": 3}
     assert {c: rfm[c]["orders"] for c in buyers} == {"A": 3, "B": 1, "D": 4}
     assert rfm["C"]["frequency"] == 0 and "C" not in clv
+
+
+CHANNELS = ("web", "app")
+
+
+def _expected_state(orders, as_of: dt.date) -> dict[str, dict[str, object]]:
+    """The customer_state columns computed in pandas from the collected orders (a handful of rows)."""
+    df = orders.toPandas()
+    df = df[df["order_date"] <= as_of]
+    out: dict[str, dict[str, object]] = {}
+    for cid, g in df.groupby("customer_id"):
+        p = g[g["is_purchase"]].sort_values(["order_ts", "order_id"])
+        days = sorted(set(p["order_date"]))
+        row: dict[str, object] = {
+            "first_seen_ts": g["order_ts"].min(),
+            "last_seen_ts": g["order_ts"].max(),
+            "first_purchase_ts": p["order_ts"].iloc[0] if len(p) else None,
+            "last_purchase_ts": p["order_ts"].max() if len(p) else None,
+            "first_purchase_order_id": p["order_id"].iloc[0] if len(p) else None,
+            "first_purchase_channel": p["channel"].iloc[0] if len(p) else None,
+            "acquisition_month": days[0].replace(day=1) if days else None,
+            "purchase_days": len(days),
+            "btyd_x": len(days) - 1 if days else None,
+            "btyd_t_x_days": (days[-1] - days[0]).days if days else None,
+            "orders": len(g),
+            "purchases": len(p),
+            "net_amount": g["net_amount"].sum(),
+            "net_sumsq": (g["net_amount"] ** 2).sum(),
+            "purchase_value": p["net_amount"].sum(),
+            "purchase_value_sumsq": (p["net_amount"] ** 2).sum(),
+            "gross_amount": g["gross_amount"].sum(),
+            "gross_sumsq": (g["gross_amount"] ** 2).sum(),
+            "returned_amount": g["returned_amount"].sum(),
+            "orders_web": int((p["channel"] == "web").sum()),
+            "orders_app": int((p["channel"] == "app").sum()),
+            "orders_other": int((~p["channel"].isin(CHANNELS)).sum()),
+        }
+        out[str(cid)] = row
+    return out
+
+
+def _comparable(value: object) -> object:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "to_pydatetime"):
+        return value.to_pydatetime().replace(tzinfo=None)  # type: ignore[attr-defined]
+    return round(value, 9) if isinstance(value, float) else value
+
+
+def test_customer_state_columns_equal_what_the_orders_give(orders) -> None:
+    """Every customer_state column against the same definition computed in pandas from the orders;
+    the declared schema; RFM from the state is RFM from the orders; BTYD x is the CLV summary's."""
+    from segspark.tables import CUSTOMER_STATE_SCHEMA
+
+    state = silver.customer_state(orders, AS_OF, CHANNELS)
+    declared = CUSTOMER_STATE_SCHEMA.fieldNames()
+    assert state.columns == [*declared[:-1], "orders_web", "orders_app", declared[-1]]
+    assert all(state.schema[f.name].dataType == f.dataType for f in CUSTOMER_STATE_SCHEMA)
+    got = {r["customer_id"]: r.asDict() for r in state.collect()}
+    want = _expected_state(orders, AS_OF)
+    assert set(got) == set(want) == {"A", "B", "C", "D"}
+    for cid, row in want.items():
+        for column, value in row.items():
+            assert _comparable(got[cid][column]) == _comparable(value), (cid, column)
+    assert (
+        got["A"]["net_amount"] == 120.0 and got["A"]["first_purchase_channel"] == "web"
+    )  # a4 free, a5 later
+    assert got["C"]["purchase_days"] == 0 and got["C"]["btyd_x"] is None
+    assert got["D"]["btyd_t_x_days"] == 150 and got["D"]["acquisition_month"] == dt.date(2024, 11, 1)
+    clv = {r["customer_id"]: r for r in CS.summary_statistics(silver.customer_days(orders), AS_OF).collect()}
+    assert {c: got[c]["btyd_x"] for c in clv} == {c: r["frequency"] for c, r in clv.items()}
+    from_state = sorted(FT.rfm_from_state(state, AS_OF, CHANNELS).collect())
+    assert from_state == sorted(FT.rfm_features(orders, AS_OF, CHANNELS).collect())
+
+
+def test_customer_months_are_the_orders_per_customer_and_month(orders) -> None:
+    from segspark.tables import CUSTOMER_MONTHS_SCHEMA
+
+    months = silver.customer_months(orders, AS_OF)
+    assert months.schema.fieldNames() == CUSTOMER_MONTHS_SCHEMA.fieldNames()
+    got = {(r["customer_id"], r["month"]): tuple(r)[2:] for r in months.collect()}
+    df = orders.toPandas()
+    df = df[df["order_date"] <= AS_OF]
+    want = {(c, d.replace(day=1)): None for c, d in zip(df["customer_id"], df["order_date"], strict=True)}
+    for key in want:
+        g = df[(df["customer_id"] == key[0]) & (df["order_date"].map(lambda d: d.replace(day=1)) == key[1])]
+        want[key] = (len(g), int(g["is_purchase"].sum()), float(g["net_amount"].sum()))
+    assert got == want
+    assert got[("A", dt.date(2025, 2, 1))] == (1, 1, 50.0) and ("A", dt.date(2025, 4, 1)) not in got
+
+
+def _merge(state: dict[str, object], batch: dict[str, object]) -> dict[str, object]:
+    """customer_state's merge rules (silver.customer_state's docstring), written out."""
+    out = dict(state)
+    for c in ("first_seen_ts", "last_seen_ts", "last_purchase_ts"):
+        values = [v for v in (state[c], batch[c]) if v is not None]
+        out[c] = (min if c.startswith("first") else max)(values) if values else None
+    firsts = [
+        (r["first_purchase_ts"], r["first_purchase_order_id"], r["first_purchase_channel"])
+        for r in (state, batch)
+        if r["first_purchase_ts"] is not None
+    ]
+    first = min(firsts, key=lambda t: (t[0], t[1])) if firsts else (None, None, None)
+    out["first_purchase_ts"], out["first_purchase_order_id"], out["first_purchase_channel"] = first
+    out["acquisition_month"] = first[0].date().replace(day=1) if first[0] else None
+    for c in ("orders", "purchases", "orders_web", "orders_app", "orders_other", "net_amount", "net_sumsq",
+              "purchase_value", "purchase_value_sumsq", "gross_amount", "gross_sumsq", "returned_amount",
+              "purchase_days"):  # fmt: skip
+        out[c] = state[c] + batch[c]
+    last_day = state["last_purchase_ts"].date() if state["last_purchase_ts"] else None
+    batch_first = batch["first_purchase_ts"].date() if batch["first_purchase_ts"] else None
+    if last_day is not None and last_day == batch_first:
+        out["purchase_days"] -= 1  # type: ignore[operator]
+    days = out["purchase_days"]
+    out["btyd_x"] = days - 1 if days else None  # type: ignore[operator]
+    last = out["last_purchase_ts"]
+    out["btyd_t_x_days"] = (last.date() - first[0].date()).days if first[0] and last else None  # type: ignore[union-attr]
+    return out
+
+
+def test_merging_a_batch_of_newer_orders_by_the_stated_rules_gives_the_whole_state(orders) -> None:
+    """The state of the orders up to a cut (mid-day: D's last purchase day is on both sides), merged
+    with the state of the orders after it by the docstring's rules, is the state of all of them."""
+    from pyspark.sql import functions as F
+
+    cut = F.lit(dt.datetime(2025, 3, 31, 12))
+    before = {
+        r["customer_id"]: r.asDict()
+        for r in silver.customer_state(orders.where(F.col("order_ts") <= cut), AS_OF, CHANNELS).collect()
+    }
+    batch = {
+        r["customer_id"]: r.asDict()
+        for r in silver.customer_state(orders.where(F.col("order_ts") > cut), AS_OF, CHANNELS).collect()
+    }
+    whole = {r["customer_id"]: r.asDict() for r in silver.customer_state(orders, AS_OF, CHANNELS).collect()}
+    assert set(batch) == {"D"}  # d4, the same day as d3
+    merged = {c: (_merge(before[c], batch[c]) if c in batch else before[c]) for c in before}
+    for c in whole:
+        assert {k: _comparable(v) for k, v in merged[c].items()} == {
+            k: _comparable(v) for k, v in whole[c].items()
+        }, c
+    assert merged["D"]["purchase_days"] == 3

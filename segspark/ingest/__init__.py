@@ -2,7 +2,8 @@
 
 ``validate`` parses every input with ANSI-safe functions (``try_cast``, ``try_to_timestamp``), trims
 strings, converts amounts to the base currency and flags each row with the first rule it breaks, in
-the precedence of ``segspark.config.QUALITY_RULE_IDS``. The flagged frame is persisted once; one
+the precedence of ``segspark.config.QUALITY_RULE_IDS``. The flagged frame is persisted once (the
+transactions' as one row per order, grouped in the same pass: the lines are never materialized); one
 aggregation counts clean rows and rows per rule, one count reads the input size, and
 ``reconcile`` checks ``rows_in == rows_clean + rows_quarantined``.
 
@@ -42,7 +43,8 @@ The package, each module importing only those before it: ``columns`` (conform, p
 (which rules run on which table, severities, reasons), ``result`` (``IngestResult`` and the checks on
 it), ``checks`` (the look-ups over the whole input: order-id conflicts, outlier bound, currency rates),
 ``plans`` (one plan per table: parsed columns, rule conditions, output), ``keys`` (row hash, copies,
-CRM conflicts, pseudonyms), ``quarantine`` (the quarantine rows) and ``validation`` (``validate``).
+CRM conflicts, pseudonyms), ``quarantine`` (the quarantine rows), ``orders`` (the transactions
+grouped into orders in the validating pass) and ``validation`` (``validate``).
 """
 
 from __future__ import annotations

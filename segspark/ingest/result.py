@@ -3,6 +3,7 @@ counts, blocking (``fail``) rules and the quarantine share."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ class IngestResult:
     severities: dict[str, str] = field(default_factory=dict)  # severity of every rule that fired
     pseudonymized: bool = False  # clean.customer_id already holds pseudonyms
     flagged: DataFrame | None = field(default=None, repr=False)  # the persisted frame behind both
+    # transactions: the clean orders grouped in the validating pass (``silver.order_aggregates``
+    # columns; ``silver.order_columns`` makes them the orders table), and the last clean line's time
+    orders: DataFrame | None = field(default=None, repr=False)
+    last_clean_ts: dt.datetime | None = None
 
     def summary(self) -> dict[str, Any]:
         """Counts for the ``runs`` table and the report."""

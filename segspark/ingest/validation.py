@@ -2,7 +2,8 @@
 
 In order: check the columns, build the table's plan (``plans``), count the input in one scan, shuffle
 once by customer and parse, add the row keys (``keys``), flag each row with the first rule it breaks,
-persist the flagged frame and count it by rule.
+persist the flagged frame (the transactions: grouped into orders first, ``orders``) and count it by
+rule.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from segspark.config import PrivacyConfig, QualityConfig
 from segspark.errors import InputError
 from segspark.ingest.columns import blank_to_null, is_true
 from segspark.ingest.keys import with_row_keys
+from segspark.ingest.orders import clean_orders, grouped_orders, quarantined_lines, rule_counts
 from segspark.ingest.plans import Plan, table_plan
 from segspark.ingest.quarantine import RAW, RULE, quarantine_rows, raw_fields
 from segspark.ingest.result import IngestResult
@@ -44,9 +46,9 @@ def validate(
     ``key``: when given (and ``privacy.pseudonymize``), ``clean.customer_id`` and the customer id in
     the quarantine JSON are HMAC pseudonyms (``result.pseudonymized`` is True and
     ``privacy.pseudonymize`` leaves the column alone). The HMAC runs once per customer (on its first
-    line in the duplicate window) and is carried to its other lines. The clean rows come partitioned
-    and sorted by the trimmed source id (``schema.SOURCE_KEY``), so ``silver.orders`` groups them
-    with no further shuffle. Without a key the clean ids are the trimmed source ids and the
+    line in the duplicate window) and is carried to its other lines. The transactions are grouped
+    into orders right after the shuffle (``result.orders``, persisted; ``result.clean`` is not, and
+    reading it recomputes the validation). Without a key the clean ids are the trimmed source ids and the
     quarantine JSON omits them.
     ``currency_rates``: optional table (currency, rate = units of the base currency per unit), on top
     of ``quality.currency.rates``. Clean amounts are in the base currency.
@@ -142,8 +144,9 @@ def _first_broken_rule(stage: DataFrame, plan: Plan, rules: list[str]) -> Column
 
 
 def _flagged(stage: DataFrame, plan: Plan, raw: list[Column], pseudo: bool) -> DataFrame:
-    """The output columns, the source key, the rule and (flagged rows only) the raw JSON, persisted:
-    the counts, the clean rows and the quarantine all read it."""
+    """The output columns, the source key, the rule and (flagged rows only) the raw JSON: the counts,
+    the clean rows and the quarantine all read it (persisted as it is, or for the transactions as
+    one row per order: ``ingest.orders``)."""
     out_cols = [
         (
             mark_pseudonymized(F.col(name), name)
@@ -163,7 +166,7 @@ def _flagged(stage: DataFrame, plan: Plan, raw: list[Column], pseudo: bool) -> D
             F.col(RULE).isNotNull(),
             F.to_json(F.struct(*raw), {"ignoreNullFields": "false"}),
         ).alias(RAW),
-    ).persist(StorageLevel.MEMORY_AND_DISK_DESER)  # the DataFrame default; serialized costs ~2x here
+    )
 
 
 def _result(
@@ -177,25 +180,38 @@ def _result(
     with_id: bool,
 ) -> IngestResult:
     """Counts by rule (one aggregation of the flagged frame), the clean rows and the quarantine rows."""
-    counts = {
-        row[RULE]: int(row["n"]) for row in flagged.groupBy(RULE).agg(F.count(F.lit(1)).alias("n")).collect()
-    }
+    clean_cols = [F.col(name) for name, _ in plan.output]
+    by_order = plan.keyed and table == "transactions"
+    last_line_ts = None
+    if by_order:
+        # one row per order persisted (the lines never are): counts, orders and quarantine read it
+        clean_cols.append(F.col(S.SOURCE_KEY))  # for silver.orders over these lines (tests) only
+        persisted = grouped_orders(flagged)
+        counts, last_line_ts = rule_counts(persisted)
+        quarantined = quarantined_lines(persisted)
+    else:
+        persisted = flagged.persist(StorageLevel.MEMORY_AND_DISK_DESER)  # serialized costs ~2x here
+        counts = {
+            row[RULE]: int(row["n"])
+            for row in persisted.groupBy(RULE).agg(F.count(F.lit(1)).alias("n")).collect()
+        }
+        quarantined = persisted
     rows_clean = counts.pop(None, 0)
     for frame in plan.held:  # in the cached frame now
         frame.unpersist()
     by_rule = {r: counts[r] for r in TABLE_RULES[table] if counts.get(r)}
-    clean_cols = [F.col(name) for name, _ in plan.output]
-    if plan.keyed and table == "transactions":
-        clean_cols.append(F.col(S.SOURCE_KEY))  # for silver.orders only (see schema.SOURCE_KEY)
     return IngestResult(
         table=table,
-        clean=flagged.where(F.col(RULE).isNull()).select(*clean_cols),
-        quarantine=quarantine_rows(flagged, table, cfg, with_id),
+        # the transactions' clean lines are not persisted: reading them recomputes the validation
+        clean=(flagged if by_order else persisted).where(F.col(RULE).isNull()).select(*clean_cols),
+        quarantine=quarantine_rows(quarantined, table, cfg, with_id),
         rows_in=rows_in,
         rows_clean=rows_clean,
         rows_quarantined=sum(by_rule.values()),
         by_rule=by_rule,
         severities={r: severity(r, cfg) for r in by_rule},
         pseudonymized=pseudo,
-        flagged=flagged,
+        flagged=persisted,
+        orders=clean_orders(persisted) if by_order else None,
+        last_clean_ts=last_line_ts,
     )

@@ -12,6 +12,12 @@ can open the path (local, or a cloud URI pyarrow has a filesystem and credential
 cannot (a path only the cluster sees, e.g. over Spark Connect), the int64 columns in a timestamp
 role of the input (``order_ts``, ``signup_ts``, ``event_ts``, ``month``, after the column mapping)
 are taken as nanoseconds, since an integer in a timestamp role is what such a file reads as.
+
+A folder input is read for the data files of its format only (by extension: ``*.parquet``, ``*.csv``
+and compressed ``*.csv.gz`` and the like): a stray ``meta.json`` or ``README.txt`` next to the part
+files is left out with one log line naming it (Spark would otherwise fail to read a schema from it,
+or read it as CSV rows). Spark's own rule still applies first (names starting with ``_`` or ``.``
+are hidden). A folder with no data file of its format is an ``InputError`` naming the folder.
 """
 
 from __future__ import annotations
@@ -40,6 +46,13 @@ TIMESTAMP_ROLES: dict[str, tuple[str, ...]] = {
     "events": (S.EVENT_TS,),
     "marketing_spend": (S.MONTH,),
 }
+# the names a format's data files end with (Spark's writers and the usual compressions)
+CSV_COMPRESSIONS = ("", ".gz", ".bz2", ".deflate", ".lz4", ".snappy", ".zst", ".xz")
+DATA_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "parquet": (".parquet",),
+    "csv": tuple(f".csv{c}" for c in CSV_COMPRESSIONS),
+}
+SHOWN_IGNORED = 5  # stray files named in the log line
 
 
 def nanos_to_timestamp(c: Column) -> Column:
@@ -75,6 +88,9 @@ def _read_files(spark: SparkSession, name: str, cfg: InputTable) -> DataFrame:
         reader = reader.option("header", "true").option("inferSchema", "false")
     for key, value in cfg.options.items():
         reader = reader.option(key, value)
+    glob = data_file_glob(name, cfg)
+    if glob is not None:
+        reader = reader.option("pathGlobFilter", glob)
     if cfg.format != "parquet":
         return reader.format(cfg.format).load(location)
     return _read_parquet(spark, reader, name, cfg)
@@ -102,6 +118,60 @@ def _read_parquet(spark: SparkSession, reader: DataFrameReader, name: str, cfg: 
     log.info("input %s: nanosecond timestamps in %s read to the microsecond", name, sorted(nanos))
     df = reader.schema(schema).format("parquet").load(location)
     return df.select(*[nanos_to_timestamp(F.col(c)).alias(c) if c in nanos else F.col(c) for c in df.columns])
+
+
+def data_file_glob(name: str, cfg: InputTable) -> str | None:
+    """The ``pathGlobFilter`` that keeps a folder input to the data files of its format, None where
+    no filter is needed (a file, a folder of data files only, a folder not listable from here, a
+    format without a known extension, or a filter the user set in ``input.<name>.options``).
+
+    Raises ``InputError`` naming the folder when it holds no data file of its format."""
+    suffixes = DATA_SUFFIXES.get(cfg.format)
+    if suffixes is None or cfg.path is None or "pathGlobFilter" in cfg.options:
+        return None
+    files = visible_files(cfg.path)
+    if files is None:
+        return None
+    data = [f for f in files if f.lower().endswith(suffixes)]
+    if not data:
+        raise InputError(
+            f"input '{name}': no {cfg.format} file (*{', *'.join(suffixes[:2])}) in the folder "
+            f"{cfg.path} (input.{name}.path)"
+        )
+    others = sorted(set(files) - set(data))
+    if not others:
+        return None
+    shown = ", ".join(others[:SHOWN_IGNORED]) + (", ..." if len(others) > SHOWN_IGNORED else "")
+    log.warning(
+        "input %s: %d file(s) in %s are not %s data files and are ignored: %s",
+        name, len(others), cfg.path, cfg.format, shown,
+    )  # fmt: skip
+    return "*{" + ",".join(suffixes) + "}"
+
+
+def visible_files(location: str) -> list[str] | None:
+    """Paths (relative to ``location``) of the files in the folder ``location`` that Spark would read
+    (none under a name starting with ``_`` or ``.``); None when ``location`` is not a folder or
+    cannot be listed from this process (a path only the cluster sees)."""
+    try:
+        from pyarrow import fs
+
+        from segspark.io import storage
+
+        filesystem, path = storage.filesystem(location)
+        if filesystem.get_file_info(path).type != fs.FileType.Directory:
+            return None
+        listed = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    except Exception as exc:  # no filesystem, no credentials, not reachable from this process
+        log.debug("input folder %s not listable here (%s): every file is read", location, exc)
+        return None
+    root = path.rstrip("/") + "/"
+    files = []
+    for info in listed:
+        relative = info.path[len(root) :] if info.path.startswith(root) else info.base_name
+        if info.type == fs.FileType.File and not any(p.startswith(("_", ".")) for p in relative.split("/")):
+            files.append(relative)
+    return files
 
 
 def footer_nanos_columns(location: str) -> set[str] | None:

@@ -1,11 +1,13 @@
 -- Cohort retention: acquisition-month cohorts x months since the first purchase, long format.
 --
--- Inputs
---   orders        silver orders: customer_id, order_id, order_ts, order_date, net_amount (returns
---                 netted), channel, is_purchase (the job's one purchase definition)
---   acquisition   one row per customer: customer_id, acquisition_channel (may be empty)
+-- Inputs (the silver customer-level tables, both of the orders on or before as_of_date)
+--   customer_state   one row per customer: customer_id, first_purchase_ts, first_purchase_channel,
+--                    acquisition_month (month of the first purchase; null without a purchase)
+--   customer_months  one row per customer and month with an order: customer_id, month (first day),
+--                    purchases (purchase orders), net_amount (net of every order, returns netted)
+--   acquisition      one row per customer: customer_id, acquisition_channel (may be empty)
 -- Parameter
---   as_of_date    DATE, inclusive; later orders are ignored
+--   as_of_date    DATE, inclusive (the tables hold no later order)
 --
 -- Definitions
 --   purchase          an order with is_purchase (net amount > purchase.min_net_amount)
@@ -17,27 +19,13 @@
 -- Every cohort has a row for each month from 0 up to the month of as_of_date (the last one partial),
 -- for dimension 'all' (dimension_value 'all') and for dimension 'acquisition_channel'.
 
-WITH orders_as_of AS (
-  SELECT customer_id, order_id, order_ts, net_amount, channel, is_purchase
-  FROM orders
-  WHERE order_date <= :as_of_date
-),
-
-first_purchase AS (
-  SELECT customer_id,
-         min(order_ts) AS first_ts,
-         min_by(channel, named_struct('ts', order_ts, 'id', order_id)) AS first_channel
-  FROM orders_as_of
-  WHERE is_purchase
-  GROUP BY customer_id
-),
-
-members AS (
-  SELECT f.customer_id,
-         trunc(f.first_ts, 'MM') AS cohort_month,
-         coalesce(a.acquisition_channel, f.first_channel, 'unknown') AS acquisition_channel
-  FROM first_purchase f
-  LEFT JOIN acquisition a ON a.customer_id = f.customer_id
+WITH members AS (
+  SELECT s.customer_id,
+         s.acquisition_month AS cohort_month,
+         coalesce(a.acquisition_channel, s.first_purchase_channel, 'unknown') AS acquisition_channel
+  FROM customer_state s
+  LEFT JOIN acquisition a ON a.customer_id = s.customer_id
+  WHERE s.first_purchase_ts IS NOT NULL
 ),
 
 member_dimensions AS (
@@ -60,22 +48,21 @@ grid AS (
   ) months AS m
 ),
 
-customer_months AS (
-  SELECT o.customer_id,
-         CAST(months_between(trunc(o.order_ts, 'MM'), m.cohort_month) AS INT) AS months_since_first,
-         max(CASE WHEN o.is_purchase THEN 1 ELSE 0 END) AS purchased,
-         sum(o.net_amount) AS revenue
-  FROM orders_as_of o
-  JOIN members m ON m.customer_id = o.customer_id
-  WHERE trunc(o.order_ts, 'MM') >= m.cohort_month
-  GROUP BY o.customer_id, 2
+member_months AS (
+  SELECT cm.customer_id,
+         CAST(months_between(cm.month, m.cohort_month) AS INT) AS months_since_first,
+         CASE WHEN cm.purchases > 0 THEN 1 ELSE 0 END AS purchased,
+         cm.net_amount AS revenue
+  FROM customer_months cm
+  JOIN members m ON m.customer_id = cm.customer_id
+  WHERE cm.month >= m.cohort_month
 ),
 
 cells AS (
   SELECT d.dimension, d.dimension_value, d.cohort_month, cm.months_since_first,
          sum(cm.purchased) AS active_customers,
          sum(cm.revenue)   AS revenue
-  FROM customer_months cm
+  FROM member_months cm
   JOIN member_dimensions d ON d.customer_id = cm.customer_id
   GROUP BY d.dimension, d.dimension_value, d.cohort_month, cm.months_since_first
 )

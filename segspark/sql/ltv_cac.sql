@@ -3,6 +3,9 @@
 -- Inputs
 --   orders            silver orders: customer_id, order_id, order_ts, order_date, net_amount (returns
 --                     netted), channel, is_purchase (the job's one purchase definition)
+--   customer_state    silver, one row per customer of the orders on or before as_of_date:
+--                     customer_id, first_purchase_ts, first_purchase_channel (the channel of the
+--                     first purchase, the smallest (order_ts, order_id); null without a purchase)
 --   acquisition       one row per customer: customer_id, acquisition_channel (may be empty)
 --   marketing_spend   month (first of month), channel, spend (may be empty)
 --   segment_members   one row per customer and segment type: segment_type ('all' for every customer),
@@ -32,11 +35,10 @@ WITH orders_as_of AS (
 
 first_purchase AS (
   SELECT customer_id,
-         min(order_ts) AS first_ts,
-         min_by(channel, named_struct('ts', order_ts, 'id', order_id)) AS first_channel
-  FROM orders_as_of
-  WHERE is_purchase
-  GROUP BY customer_id
+         first_purchase_ts      AS first_ts,
+         first_purchase_channel AS first_channel
+  FROM customer_state
+  WHERE first_purchase_ts IS NOT NULL
 ),
 
 acquired AS (
