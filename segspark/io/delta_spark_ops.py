@@ -88,12 +88,10 @@ def merge_table(
         raise
     finally:
         spark.catalog.dropTempView(view)
-    last = ds.history(spark, target, 1)[0]
-    version = int(last["version"])
+    version, metrics = ds.last_commit(spark, target)  # a path table's from its log: no Spark job
     if version == before:
         log.info("%s: already merged by %s (txn %s); skipping", target, app_id, txn_version)
         return MergeResult(version=None, files=0, rows=0, skipped=True)
-    metrics: dict[str, Any] = last["operationMetrics"] or {}
     result = MergeResult(
         version=version,
         files=ds.metric(metrics, "numTargetFilesAdded"),
