@@ -85,6 +85,7 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
     (run,) = [r for r in _table(reference_run.out, "runs") if r["command"] == "run"]
     choices = dict(run["choices"])
     assert set(choices) == {
+        "spark.jit",
         "spark.shuffle_partitions",
         "churn.fit",
         "clustering.sweep",
@@ -96,6 +97,8 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
         ("gamma_gamma: clv.spend_model=auto", "gamma_gamma_by_frequency: ")
     )
     assert choices["spark.shuffle_partitions"] == "3"  # as the run set it (spark.shuffle_partitions=3)
+    # the run's own process, on 600 customers' transactions (~0.2 MiB): HotSpot's client compiler only
+    assert choices["spark.jit"] == "quick"
     # the churn window of 600 customers is under churn.max_train_rows: every customer, on the driver
     engine, rows = re.fullmatch(r"(\w+), (\d+) of (\d+) customers", choices["churn.fit"]).group(1, 2)  # type: ignore[union-attr]
     assert engine == "local" and 300 < int(rows) <= 600
