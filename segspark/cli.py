@@ -180,6 +180,8 @@ def _print_run(ctx: RunContext) -> None:
 
     settings = ctx.settings
     print(f"run {ctx.run_id} succeeded (as_of_date {ctx.as_of_date}, engine {ctx.lake.engine})")
+    if ctx.refresh is not None and ctx.refresh.mode == "skip":
+        print(f"  {ctx.refresh.reason} (refresh: {settings.refresh}; --set refresh=full recomputes)")
     print(f"  tables: {storage.join(ctx.lake.location, 'tables')}")
     for name, version in sorted(ctx.outputs.items()):
         print(f"    {name:22s} version {version}")

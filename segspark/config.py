@@ -606,6 +606,7 @@ class Settings(Section):
 
     as_of_date: dt.date | None = None
     run_id: str | None = None
+    refresh: Literal["auto", "incremental", "full"] = "auto"  # segspark.refresh: what a run recomputes
     input: InputConfig = Field(default_factory=InputConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
@@ -648,7 +649,7 @@ class Settings(Section):
     def config_hash(self) -> str:
         """A stable hash of the effective configuration (run id excluded)."""
         d = self.as_dict()
-        d.pop("run_id", None)
+        d.pop("run_id", None), d.pop("refresh", None)  # refresh: how a run computes, not what
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

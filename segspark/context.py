@@ -33,6 +33,8 @@ from segspark.version import code_version
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from segspark.refresh import Decision
+
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +75,7 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # degradations, recorded in the runs row
     choices: dict[str, str] = field(default_factory=dict)  # what the job sized to the data (runs row)
+    refresh: Decision | None = None  # what the run recomputes (``segspark.refresh``), decided before ingest
 
     def warn(self, message: str) -> None:
         """A degradation the run survives (a fallback, a skipped model): logged and recorded."""

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from pyspark.sql import functions as F
 
+from segspark import refresh, tables, tracking
 from segspark import schema as S
-from segspark import tables, tracking
+from segspark.clv.validation_rows import clv_validation_rows
 from segspark.context import (
     CleanInputs,
     InputStats,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from segspark.config import Settings
+    from segspark.refresh import Decision
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,10 @@ class StageIO:
         self._ctx.as_of_date = value
 
     @property
+    def refresh(self) -> Decision | None:
+        return self._ctx.refresh
+
+    @property
     def quality(self) -> list[dict[str, Any]]:
         return self._ctx.quality
 
@@ -280,6 +286,8 @@ def stage_ingest(io: StageIO) -> None:
         quarantine = res.quarantine if quarantine is None else quarantine.unionByName(res.quarantine)
     assert quarantine is not None
     io.write(quarantine, S.QUARANTINE)  # written before a blocking rule stops the run, for diagnosis
+    if io.refresh is not None:  # what this run took of each input: the next run compares
+        io.write(refresh.manifest_frame(io.spark, io.refresh.inputs), S.INPUT_MANIFEST)
     for res in results:
         ingest.raise_on_fail(res)
     for res in results:
@@ -460,60 +468,6 @@ def stage_scores(io: StageIO) -> None:
     io.write(scores, S.CUSTOMER_SCORES)
 
 
-def clv_validation_rows(validation: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The CLV checks as one long table: tracking curve, frequency histogram, holdout by frequency."""
-
-    def num(v: Any) -> float | None:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            return None
-        return f if f == f else None
-
-    rows: list[tuple[Any, ...]] = []
-    curve = validation.get("tracking_curve")
-    if isinstance(curve, pd.DataFrame):
-        for r in curve.itertuples(index=False):
-            label = f"{r.week_end} ({'calibration' if r.calibration else 'holdout'})"
-            rows.append(
-                (S.CLV_VIEW_TRACKING, num(r.week), label, num(r.actual_cum), num(r.expected_cum), None)
-            )
-    hist = validation.get("frequency_histogram")
-    if isinstance(hist, pd.DataFrame):
-        for i, r in enumerate(hist.itertuples(index=False)):
-            rows.append(
-                (
-                    S.CLV_VIEW_HISTOGRAM,
-                    float(i),
-                    str(r.repeat_purchases),
-                    num(r.actual),
-                    num(r.expected),
-                    None,
-                )
-            )
-    by_freq = validation.get("holdout_by_frequency")
-    if isinstance(by_freq, pd.DataFrame):
-        for r in by_freq.itertuples(index=False):
-            rows.append(
-                (
-                    S.CLV_VIEW_HOLDOUT_BY_FREQUENCY,
-                    num(r.frequency),
-                    str(r.frequency),
-                    num(r.actual),
-                    num(r.predicted),
-                    int(r.customers),  # type: ignore[arg-type]
-                )
-            )
-    for view in (S.CLV_VIEW_HOLDOUT_VALUE_BY_BAND, S.CLV_VIEW_HOLDOUT_VALUE_BY_SEGMENT):
-        frame = validation.get(view)
-        if isinstance(frame, pd.DataFrame):
-            for i, r in enumerate(frame.itertuples(index=False)):
-                rows.append(
-                    (view, float(i), str(r.label), num(r.actual), num(r.predicted), int(r.customers))  # type: ignore[arg-type]
-                )
-    return rows
-
-
 def previous_profiles(io: StageIO) -> pd.DataFrame | None:
     """The cluster profiles of the latest earlier date (a few rows), for stable persona names.
 
@@ -666,7 +620,7 @@ def stage_report(io: StageIO) -> None:
 PIPELINE: tuple[Stage, ...] = (
     #      name          reads                                             writes
     Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend"),
-                        (S.QUARANTINE, "clean:orders", "clean:customers", "clean:events",
+                        (S.QUARANTINE, S.INPUT_MANIFEST, "clean:orders", "clean:customers", "clean:events",
                          "clean:marketing_spend", "clean:engagement"), stage_ingest),
     Stage("silver",     ("clean:orders",),
                         (S.ORDERS, S.CUSTOMER_DAYS, S.CUSTOMER_STATE, S.CUSTOMER_MONTHS), stage_silver),
@@ -728,6 +682,9 @@ def run(ctx: RunContext, command: str | None = None) -> RunContext:
     try:
         if body[0].name != "ingest":
             _from_written_tables(ctx, body[0])
+        elif refresh.decide_for(ctx) == "skip":
+            record_run(ctx, "succeeded")  # one row saying so (choices["refresh"]); nothing else
+            return ctx
     except BaseException as exc:
         record_failed(ctx, exc)
         raise

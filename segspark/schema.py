@@ -90,6 +90,8 @@ DRIFT: Final = "drift"
 RECOMMENDATIONS: Final = "recommendations"
 QUARANTINE: Final = "quarantine"
 RUNS: Final = "runs"
+# the input files (or Delta versions) each run took: what the next run compares (``segspark.refresh``)
+INPUT_MANIFEST: Final = "input_manifest"
 REPORT_SUMMARY: Final = "report_summary"
 CLUSTER_PROFILES: Final = "cluster_profiles"
 CLV_VALIDATION: Final = "clv_validation"
@@ -158,7 +160,7 @@ SNAPSHOT_TABLES: Final = frozenset(
 # too (holdout); customer_state and customer_months the orders on or before the run's as_of_date.
 SILVER_TABLES: Final = frozenset({ORDERS, CUSTOMER_DAYS, CUSTOMER_STATE, CUSTOMER_MONTHS})
 # Tables that only ever grow, keyed by run_id.
-APPEND_TABLES: Final = frozenset({QUARANTINE, RUNS})
+APPEND_TABLES: Final = frozenset({QUARANTINE, RUNS, INPUT_MANIFEST})
 
 # Quarantine table columns (besides run_id / as_of_date added by the writer).
 Q_SOURCE_TABLE: Final = "source_table"

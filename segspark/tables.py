@@ -428,6 +428,18 @@ RUNS_SCHEMA: Final = T.StructType(
     ]
 )
 
+# one row per data file of a file input (delta_version null), or one per Delta input (path null)
+INPUT_MANIFEST_SCHEMA: Final = T.StructType(
+    [
+        _f("input", STR),
+        _f("location", STR),
+        _f("path", STR),  # relative to the input's location
+        _f("size", LONG),
+        _f("modification_time", TS),
+        _f("delta_version", LONG),
+    ]
+)
+
 SCHEMAS: dict[str, T.StructType] = {
     S.ORDERS: ORDERS_SCHEMA,
     S.CUSTOMER_DAYS: CUSTOMER_DAYS_SCHEMA,
@@ -451,6 +463,7 @@ SCHEMAS: dict[str, T.StructType] = {
     S.RECOMMENDATIONS: RECOMMENDATIONS_SCHEMA,
     S.QUARANTINE: QUARANTINE_SCHEMA,
     S.RUNS: RUNS_SCHEMA,
+    S.INPUT_MANIFEST: INPUT_MANIFEST_SCHEMA,
 }
 
 # The clustering features a profile row may summarize: the numeric per-customer columns.

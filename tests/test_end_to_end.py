@@ -92,7 +92,13 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
         "clustering.final_fit",
         "clv.model",
         "clv.spend_model",
+        "refresh",
+        "refresh.state_hash",
+        "refresh.manifest_run",
     }, choices
+    # the reference run is the first of its lakehouse; it stands on its own manifest
+    assert choices["refresh"] == "full: no earlier successful run in this lakehouse"
+    assert choices["refresh.manifest_run"] == run["run_id"]
     assert choices["clv.spend_model"].startswith(
         ("gamma_gamma: clv.spend_model=auto", "gamma_gamma_by_frequency: ")
     )

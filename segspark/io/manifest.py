@@ -1,0 +1,126 @@
+"""What an input is now, without reading its rows: its data files (path, size, modification time) or
+its Delta version. A run records it in ``input_manifest``; the next run compares (``segspark.refresh``).
+
+Listing, not reading: a folder of Parquet or CSV files is listed through the same filesystem layer
+the preflight uses (local folders and object stores), keeping only the files the reader takes (the
+format's data files, none under a ``_`` or ``.`` name); a Delta path table is its newest commit
+number, read from the log's file names (no log replay). A catalog table, or a path this process
+cannot list, has no fingerprint: a refresh then cannot tell it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from segspark.config import InputTable
+from segspark.io.inputs import DATA_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class InputFile:
+    """One data file of a file input, as listed: its path (relative to the input's path) and the
+    size and modification time that tell a rewritten file from the one a run took."""
+
+    path: str
+    size: int
+    modified_us: int  # microseconds since the epoch (what a Delta timestamp holds exactly)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """An input as listed now: ``files`` (a Parquet/CSV input), ``version`` (a Delta path table),
+    or neither (``known`` False: a catalog table, or a location not listable from here)."""
+
+    name: str
+    location: str
+    files: tuple[InputFile, ...] | None = None
+    version: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.files is not None or self.version is not None
+
+
+def fingerprint(name: str, cfg: InputTable) -> Fingerprint:
+    """Input ``name`` as it is now (see the module docstring)."""
+    if cfg.table or cfg.path is None:
+        return Fingerprint(name, cfg.location)
+    if cfg.format == "delta":
+        from segspark.io.delta_log import latest_log_version
+
+        try:
+            latest = latest_log_version(cfg.path)
+        except Exception as exc:  # not reachable from this process
+            log.debug("input %s: Delta log at %s not readable here (%s)", name, cfg.path, exc)
+            return Fingerprint(name, cfg.location)
+        pinned = cfg.version if cfg.version is not None else latest
+        return Fingerprint(name, cfg.location, version=pinned if latest >= 0 else None)
+    files = _data_files(cfg)
+    return Fingerprint(name, cfg.location, files=None if files is None else tuple(sorted(files)))
+
+
+def _data_files(cfg: InputTable) -> list[InputFile] | None:
+    """The data files the reader takes (a single file is itself), None when not listable here."""
+    from pyarrow import fs
+
+    from segspark.io import storage
+
+    assert cfg.path is not None
+    suffixes = DATA_SUFFIXES.get(cfg.format)
+    try:
+        filesystem, path = storage.filesystem(cfg.path)
+        info = filesystem.get_file_info(path)
+        if info.type == fs.FileType.File:
+            return [_entry(info, info.base_name)]
+        if info.type != fs.FileType.Directory:
+            return None
+        listed = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    except Exception as exc:  # no filesystem, no credentials, not reachable from this process
+        log.debug("input folder %s not listable here (%s)", cfg.path, exc)
+        return None
+    root = path.rstrip("/") + "/"
+    out = []
+    for f in listed:
+        relative = f.path[len(root) :] if f.path.startswith(root) else f.base_name
+        hidden = any(p.startswith(("_", ".")) for p in relative.split("/"))
+        data = suffixes is None or "pathGlobFilter" in cfg.options or relative.lower().endswith(suffixes)
+        if f.type == fs.FileType.File and not hidden and data:
+            out.append(_entry(f, relative))
+    return out
+
+
+def _entry(info: object, relative: str) -> InputFile:
+    size = int(getattr(info, "size", 0) or 0)
+    ns = getattr(info, "mtime_ns", None)  # an object store without modification times: 0
+    return InputFile(relative, size, int(ns or 0) // 1000)
+
+
+def compare(now: Fingerprint, taken: list[InputFile] | None, taken_version: int | None) -> tuple[str, str]:
+    """(state, why) of input ``now`` against what the last run took: ``unchanged``; ``appended``
+    (new files only, or Delta commits after the version taken); ``changed`` (a file rewritten or
+    removed, a Delta version before the one taken); ``unknown`` (no fingerprint on either side)."""
+    if not now.known or (taken is None and taken_version is None):
+        return "unknown", f"input '{now.name}' cannot be listed from here ({now.location})"
+    if now.version is not None or taken_version is not None:
+        if now.version is None or taken_version is None:
+            return "changed", f"input '{now.name}' changed kind (Delta table vs files)"
+        if now.version == taken_version:
+            return "unchanged", f"input '{now.name}': Delta version {now.version}, as taken"
+        if now.version > taken_version:
+            new = f"{taken_version + 1}..{now.version}"
+            return "appended", f"input '{now.name}': Delta versions {new} are new"
+        return "changed", f"input '{now.name}': Delta version {now.version}, before the {taken_version} taken"
+    assert now.files is not None and taken is not None
+    have = {f.path: f for f in now.files}
+    gone = [f.path for f in taken if f.path not in have]
+    rewritten = [f.path for f in taken if f.path in have and have[f.path] != f]
+    if gone or rewritten:
+        what = f"removed: {', '.join(gone[:3])}" if gone else f"rewritten: {', '.join(rewritten[:3])}"
+        return "changed", f"input '{now.name}': file(s) {what}"
+    added = len(now.files) - len(taken)
+    if added:
+        return "appended", f"input '{now.name}': {added} new file(s)"
+    return "unchanged", f"input '{now.name}': {len(now.files)} file(s), as taken"

@@ -1,0 +1,217 @@
+"""What a run recomputes: ``refresh: auto | incremental | full`` (README, "Refresh: what a run recomputes").
+
+Before ingest reads a row, the run lists its inputs (``io.manifest``: data files with size and
+modification time, or a Delta input's version) and compares them with what the last successful run
+of the same command took (its ``input_manifest`` rows). The decision:
+
+- ``skip``: every input is as that run took it, the effective configuration (``config_hash``, which
+  holds ``as_of_date``) and the segspark version are the same, and its tables are all there. Nothing
+  is recomputed: the run records one ``runs`` row saying so (``choices["refresh"]``) and ends.
+- ``full``: anything else, with the reason recorded (``choices["refresh"]``): the first run, a
+  retry of a run id, ``refresh: full``, settings or code changed, an input rewritten, removed or not
+  listable from here, or new input (new files or Delta commits: an incremental ingest of only the new
+  lines is the next step, issue 30).
+
+``refresh: incremental`` decides like ``auto``, and records a full refresh as a warning of the run
+(a scheduler watching ``runs.warnings`` sees that a weekly run cost a whole history).
+
+Every run records in ``choices`` the hash of the settings that shape the orders and the per-customer
+state (``refresh.state_hash``: the inputs' mappings, quality rules, purchase definition, the
+pseudonym key's keyed tag and the session time zone) and the run whose manifest describes the
+inputs it stands on (``refresh.manifest_run``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from pyspark.sql import functions as F
+
+from segspark import schema as S
+from segspark import tables
+from segspark.io.manifest import Fingerprint, InputFile, compare, fingerprint
+from segspark.version import code_version
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from segspark.config import Settings
+    from segspark.context import RunContext
+    from segspark.io import Lakehouse
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("transactions", "customers", "events", "marketing_spend")
+STATE_HASH = "refresh.state_hash"
+MANIFEST_RUN = "refresh.manifest_run"
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The last successful run of a command in this lakehouse (its ``runs`` row)."""
+
+    run_id: str
+    as_of_date: dt.date
+    config_hash: str
+    code_version: str
+    choices: dict[str, str]
+    outputs: tuple[str, ...]
+
+    @property
+    def manifest_run(self) -> str:
+        return self.choices.get(MANIFEST_RUN, self.run_id)
+
+
+@dataclass
+class Decision:
+    mode: Literal["full", "skip"]
+    reason: str
+    previous: Previous | None = None
+    inputs: dict[str, Fingerprint] = field(default_factory=dict)
+
+
+def state_hash(settings: Settings, spark: SparkSession, key: bytes | None) -> str:
+    """The hash of what shapes ``orders`` and the per-customer state: a change means no earlier
+    state can be reused. The key enters as a keyed tag (an HMAC of a constant), never itself."""
+    shaping = {
+        "input": settings.input.model_dump(mode="json"),
+        "quality": settings.quality.model_dump(mode="json"),
+        "purchase": settings.purchase.model_dump(mode="json"),
+        "privacy": settings.privacy.model_dump(mode="json"),
+        "channels": list(settings.rfm.channels),
+        "key": hmac.new(key, b"segspark state", hashlib.sha256).hexdigest()[:16] if key else None,
+        "time_zone": spark.conf.get("spark.sql.session.timeZone"),
+    }
+    blob = json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def last_succeeded(lake: Lakehouse, command: str) -> Previous | None:
+    """The newest succeeded ``runs`` row of ``command`` (one row to the driver), None without one."""
+    if not lake.exists(S.RUNS):
+        return None
+    row = (
+        lake.read_output(S.RUNS)
+        .where((F.col("status") == "succeeded") & (F.col("command") == command))
+        .orderBy(F.col("ended_at").desc())
+        .select(S.RUN_ID, S.AS_OF_DATE, "config_hash", "code_version", "choices", "outputs")
+        .first()
+    )
+    if row is None:
+        return None
+    outputs = tuple(o["table"] for o in (row["outputs"] or []))
+    choices = dict(row["choices"] or {})
+    hashes = row["config_hash"], row["code_version"]
+    return Previous(row[S.RUN_ID], row[S.AS_OF_DATE], *hashes, choices, outputs)
+
+
+def taken(lake: Lakehouse, run_id: str) -> dict[str, tuple[list[InputFile] | None, int | None]]:
+    """What run ``run_id`` took of each input: its files, or its Delta version (a few rows per input)."""
+    if not lake.exists(S.INPUT_MANIFEST):
+        return {}
+    rows = (
+        lake.read_output(S.INPUT_MANIFEST)
+        .where(F.col(S.RUN_ID) == run_id)
+        .select("input", "path", "size", F.unix_micros("modification_time").alias("us"), "delta_version")
+        .collect()
+    )
+    out: dict[str, tuple[list[InputFile] | None, int | None]] = {}
+    for r in rows:
+        files, version = out.get(r["input"], (None, None))
+        if r["path"] is not None:
+            files = [*(files or []), InputFile(r["path"], int(r["size"]), int(r["us"]))]
+        if r["delta_version"] is not None:
+            version = int(r["delta_version"])
+        out[r["input"]] = (files, version)
+    return out
+
+
+def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Decision:
+    """Skip or refresh fully, and why (the module docstring)."""
+    prints = {
+        name: fingerprint(name, getattr(settings.input, name))
+        for name in INPUTS
+        if getattr(settings.input, name).configured
+    }
+    if settings.refresh == "full":
+        return Decision("full", "refresh: full", None, prints)
+    previous = last_succeeded(lake, command)
+    if previous is None:
+        return Decision("full", f"no earlier successful {command} in this lakehouse", None, prints)
+    reason = _why_not_skip(settings, lake, previous, prints, state)
+    if reason is not None:
+        return Decision("full", reason, previous, prints)
+    return Decision(
+        "skip",
+        f"inputs, settings and code as run {previous.run_id} took them (as_of_date {previous.as_of_date}): "
+        "nothing recomputed",
+        previous,
+        prints,
+    )
+
+
+def decide_for(ctx: RunContext) -> str:
+    """Whether the run recomputes (``segspark.refresh``), recorded in its ``runs`` row's choices."""
+    from segspark import privacy
+
+    settings = ctx.settings
+    key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
+    state = state_hash(settings, ctx.spark, key)
+    decision = decide(settings, ctx.lake, ctx.command, state)
+    ctx.refresh = decision
+    ctx.choose("refresh", f"{decision.mode}: {decision.reason}")
+    ctx.choices[STATE_HASH] = state
+    ctx.choices[MANIFEST_RUN] = ctx.run_id
+    if decision.mode == "skip" and decision.previous is not None:
+        ctx.choices[MANIFEST_RUN] = decision.previous.manifest_run
+        ctx.as_of_date = decision.previous.as_of_date
+    elif settings.refresh == "incremental":
+        ctx.warn(f"refresh: incremental asked, the whole history refreshed ({decision.reason})")
+    return decision.mode
+
+
+def _why_not_skip(
+    settings: Settings, lake: Lakehouse, previous: Previous, prints: dict[str, Fingerprint], state: str
+) -> str | None:
+    """Why the run cannot stand on ``previous`` (None: it can)."""
+    if settings.run_id == previous.run_id:
+        return f"a retry of run {previous.run_id}: every table is committed once"
+    if previous.choices.get(STATE_HASH) != state:
+        return f"the key, time zone or settings that shape the orders changed since run {previous.run_id}"
+    if previous.config_hash != settings.config_hash():
+        return f"settings changed since run {previous.run_id}"
+    if previous.code_version != code_version():
+        return f"segspark {code_version()} differs from {previous.code_version} of run {previous.run_id}"
+    took = taken(lake, previous.manifest_run)
+    if set(took) != set(prints):
+        return f"other inputs configured than run {previous.run_id} took"
+    for name, now in prints.items():
+        state, why = compare(now, *took[name])
+        if state != "unchanged":
+            return why
+    missing = [t for t in previous.outputs if not lake.exists(t)]
+    if missing:
+        return f"table(s) {', '.join(missing)} of run {previous.run_id} are gone"
+    return None
+
+
+def manifest_frame(spark: SparkSession, prints: dict[str, Fingerprint]) -> DataFrame:
+    """The ``input_manifest`` rows of this run: a row per data file, or per Delta input."""
+    rows: list[tuple[object, ...]] = []
+    for name, p in prints.items():
+        if p.files is not None:
+            rows += [(name, p.location, f.path, f.size, _utc(f.modified_us), None) for f in p.files]
+        elif p.version is not None:
+            rows.append((name, p.location, None, None, None, p.version))
+    return spark.createDataFrame(rows, tables.INPUT_MANIFEST_SCHEMA)
+
+
+def _utc(us: int) -> dt.datetime:
+    """Microseconds since the epoch as the timestamp Spark stores (read back with ``unix_micros``)."""
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)

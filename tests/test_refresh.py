@@ -1,0 +1,135 @@
+"""``refresh``: a run on inputs, settings and code a successful run already took recomputes nothing
+(one ``runs`` row says so); anything else refreshes, with the reason recorded. Real CSV folders,
+real Delta tables, ``segspark ingest`` in this process on the suite's session."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltalake import DeltaTable
+
+from segspark.io.manifest import Fingerprint, InputFile, compare
+
+HEADER = ["customer_id", "order_id", "order_ts", "amount"]
+
+
+def _csv(path: Path, rows: list[tuple[object, ...]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+
+
+def _rows(first: int, n: int) -> list[tuple[object, ...]]:
+    return [
+        (f"C{c:03d}", f"O{c:03d}", f"2024-0{1 + c % 9}-1{c % 9} 10:00:00", f"{10 + c}.50")
+        for c in range(first, first + n)
+    ]
+
+
+def _runs(out: Path) -> list[dict[str, Any]]:
+    rows = DeltaTable(str(out / "tables" / "runs")).to_pyarrow_table().to_pylist()
+    return sorted(rows, key=lambda r: r["started_at"])
+
+
+def _choices(row: dict[str, Any]) -> dict[str, str]:
+    return dict(row["choices"] or [])
+
+
+@pytest.fixture
+def lake(spark: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from segspark.cli import main
+
+    monkeypatch.setenv("SEGSPARK_PSEUDO_KEY", "refresh-key")
+    folder = tmp_path / "tx"
+    folder.mkdir()
+    _csv(folder / "a.csv", _rows(0, 12))
+    out = tmp_path / "out"
+    args = [
+        "--set", f"input.transactions.path={folder}", "--set", "input.transactions.format=csv",
+        "--set", f"output.path={out}", "--set", "spark.shuffle_partitions=2",
+        "--set", "tracking.enabled=false", "--set", "lakehouse.engine=delta-rs",
+    ]  # fmt: skip
+
+    def ingest(*extra: str) -> dict[str, Any]:
+        assert main(["ingest", *args, *extra]) == 0
+        return _runs(out)[-1]
+
+    return {"folder": folder, "out": out, "ingest": ingest}
+
+
+def test_unchanged_input_recomputes_nothing_and_new_or_rewritten_files_refresh(lake: dict[str, Any]) -> None:
+    ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
+    first = ingest()
+    assert _choices(first)["refresh"] == "full: no earlier successful ingest in this lakehouse"
+    manifest = DeltaTable(str(out / "tables" / "input_manifest")).to_pyarrow_table().to_pylist()
+    assert [(m["input"], m["path"], m["size"], m["run_id"]) for m in manifest] == [
+        ("transactions", "a.csv", (folder / "a.csv").stat().st_size, first["run_id"])
+    ]
+    orders_version = DeltaTable(str(out / "tables" / "orders")).version()
+
+    second = ingest()  # nothing new: one runs row, no table committed
+    assert _choices(second)["refresh"].startswith(f"skip: inputs, settings and code as run {first['run_id']}")
+    assert second["status"] == "succeeded" and not second["outputs"] and not second["inputs"]
+    assert second["as_of_date"] == first["as_of_date"]
+    assert _choices(second)["refresh.manifest_run"] == first["run_id"]
+    assert DeltaTable(str(out / "tables" / "orders")).version() == orders_version
+
+    _csv(folder / "b.csv", _rows(12, 5))  # a new file: the history refreshes, with the reason
+    fourth = ingest()
+    assert _choices(fourth)["refresh"] == "full: input 'transactions': 1 new file(s)"
+    assert {i["name"]: i["rows_in"] for i in fourth["inputs"]} == {"transactions": 17}
+    assert DeltaTable(str(out / "tables" / "orders")).version() > orders_version
+
+    _csv(folder / "a.csv", _rows(0, 11))  # a file rewritten
+    st = (folder / "a.csv").stat()
+    os.utime(folder / "a.csv", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert _choices(ingest())["refresh"] == "full: input 'transactions': file(s) rewritten: a.csv"
+    assert _choices(ingest("--set", "refresh=full"))["refresh"] == "full: refresh: full"
+    changed = ingest("--set", "kpis.ltv_window_months=6")
+    assert _choices(changed)["refresh"] == f"full: settings changed since run {_runs(out)[-2]['run_id']}"
+    asked = ingest(
+        "--set",
+        "kpis.ltv_window_months=6",
+        "--set",
+        "refresh=incremental",
+        "--set",
+        "as_of_date=2024-12-31",
+    )
+    assert _choices(asked)["refresh"].startswith("full: settings changed")
+    assert any("refresh: incremental asked" in w for w in asked["warnings"])
+
+
+def test_a_new_key_or_a_removed_file_is_never_taken_for_unchanged(
+    lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest, folder = lake["ingest"], lake["folder"]
+    _csv(folder / "b.csv", _rows(12, 5))
+    first = ingest()
+    monkeypatch.setenv("SEGSPARK_PSEUDO_KEY", "another-key")  # other pseudonyms: nothing reusable
+    rekeyed = ingest()
+    assert _choices(rekeyed)["refresh"].startswith("full: the key, time zone or settings that shape")
+    assert _choices(rekeyed)["refresh.state_hash"] != _choices(first)["refresh.state_hash"]
+    (folder / "b.csv").unlink()
+    assert _choices(ingest())["refresh"] == "full: input 'transactions': file(s) removed: b.csv"
+
+
+def test_delta_versions_compare_by_number() -> None:
+    now = Fingerprint("customers", "/lake/customers", version=7)
+    assert compare(now, None, 7)[0] == "unchanged"
+    assert compare(now, None, 5) == ("appended", "input 'customers': Delta versions 6..7 are new")
+    assert compare(now, None, 9)[0] == "changed"  # rewritten history (a restore): never a skip
+    assert compare(Fingerprint("customers", "main.crm.customers"), None, 7)[0] == "unknown"
+    files = (InputFile("a.csv", 10, 1),)
+    assert (
+        compare(Fingerprint("transactions", "/tx", files=files), [InputFile("a.csv", 10, 1)], None)[0]
+        == "unchanged"
+    )
+    assert (
+        compare(Fingerprint("transactions", "/tx", files=files), [InputFile("a.csv", 11, 1)], None)[0]
+        == "changed"
+    )
