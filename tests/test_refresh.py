@@ -118,18 +118,27 @@ def test_a_new_key_or_a_removed_file_is_never_taken_for_unchanged(
     assert _choices(ingest())["refresh"] == "full: input 'transactions': file(s) removed: b.csv"
 
 
-def test_delta_versions_compare_by_number() -> None:
-    now = Fingerprint("customers", "/lake/customers", version=7)
-    assert compare(now, None, 7)[0] == "unchanged"
-    assert compare(now, None, 5) == ("appended", "input 'customers': Delta versions 6..7 are new")
-    assert compare(now, None, 9)[0] == "changed"  # rewritten history (a restore): never a skip
-    assert compare(Fingerprint("customers", "main.crm.customers"), None, 7)[0] == "unknown"
+def test_delta_commits_after_the_version_taken_are_new_rows_or_a_rewrite(tmp_path: Path) -> None:
+    """A real Delta table: appends are new input; an overwrite or a delete is never taken for new
+    rows (the whole history refreshes)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    where = str(tmp_path / "customers")
+    rows = pa.table({"customer_id": ["C1", "C2"]})
+    write_deltalake(where, rows)  # version 0
+    write_deltalake(where, rows, mode="append")  # 1
+    at = Fingerprint("customers", where, version=1)
+    assert compare(at, None, 1)[0] == "unchanged"
+    assert compare(at, None, 0) == ("appended", "input 'customers': Delta versions 1..1 are new")
+    DeltaTable(where).delete("customer_id = 'C1'")  # 2
+    write_deltalake(where, rows, mode="append")  # 3
+    at = Fingerprint("customers", where, version=3)
+    assert compare(at, None, 0) == ("changed", "input 'customers': Delta version 2 removed or rewrote rows")
+    assert compare(at, None, 2)[0] == "appended"
+    assert compare(at, None, 5)[0] == "changed"  # a version before the one taken: a restore
+    assert compare(Fingerprint("customers", "main.crm.customers"), None, 3)[0] == "unknown"
     files = (InputFile("a.csv", 10, 1),)
-    assert (
-        compare(Fingerprint("transactions", "/tx", files=files), [InputFile("a.csv", 10, 1)], None)[0]
-        == "unchanged"
-    )
-    assert (
-        compare(Fingerprint("transactions", "/tx", files=files), [InputFile("a.csv", 11, 1)], None)[0]
-        == "changed"
-    )
+    now = Fingerprint("transactions", "/tx", files=files)
+    assert compare(now, [InputFile("a.csv", 10, 1)], None)[0] == "unchanged"
+    assert compare(now, [InputFile("a.csv", 11, 1)], None)[0] == "changed"

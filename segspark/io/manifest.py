@@ -111,6 +111,9 @@ def compare(now: Fingerprint, taken: list[InputFile] | None, taken_version: int 
             return "unchanged", f"input '{now.name}': Delta version {now.version}, as taken"
         if now.version > taken_version:
             new = f"{taken_version + 1}..{now.version}"
+            rewrite = _first_rewrite(now.location, taken_version, now.version)
+            if rewrite is not None:
+                return "changed", f"input '{now.name}': Delta version {rewrite} removed or rewrote rows"
             return "appended", f"input '{now.name}': Delta versions {new} are new"
         return "changed", f"input '{now.name}': Delta version {now.version}, before the {taken_version} taken"
     assert now.files is not None and taken is not None
@@ -124,3 +127,19 @@ def compare(now: Fingerprint, taken: list[InputFile] | None, taken_version: int 
     if added:
         return "appended", f"input '{now.name}': {added} new file(s)"
     return "unchanged", f"input '{now.name}': {len(now.files)} file(s), as taken"
+
+
+def _first_rewrite(location: str, since: int, upto: int) -> int | None:
+    """The first commit in (``since``, ``upto``] that removes data (an overwrite, DELETE, UPDATE or
+    MERGE: a ``remove`` with ``dataChange``), from the log's commit files; None when every commit
+    only adds rows or changes no data (OPTIMIZE, properties). A commit file already cleaned up is
+    taken for a rewrite: what it did is unknown."""
+    from segspark.io.delta_log import commit_actions
+
+    for version in range(since + 1, upto + 1):
+        actions = commit_actions(location, version)
+        if not actions:
+            return version
+        if any("remove" in a and a["remove"].get("dataChange", True) for a in actions):
+            return version
+    return None
