@@ -217,7 +217,7 @@ class CleanInputs:
     materialized), and only feed the silver tables; customers, events and marketing spend are read
     by the stages that name them."""
 
-    orders: DataFrame
+    orders: DataFrame | None  # None: a ``reuse`` refresh (``segspark.refresh``), whose orders stand
     customers: DataFrame | None
     events: DataFrame | None
     marketing_spend: DataFrame | None

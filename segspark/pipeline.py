@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from segspark.config import Settings
+    from segspark.ingest.result import IngestResult
     from segspark.refresh import Decision
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,15 @@ class StageIO:
     def refresh(self) -> Decision | None:
         return self._ctx.refresh
 
+    def reused_transactions(self) -> IngestResult | None:
+        """A ``reuse`` refresh's transactions (``refresh.reused_transactions``: the counts and the
+        quarantine rows of the run that wrote ``orders``); None otherwise."""
+        decision = self._ctx.refresh
+        if decision is None or decision.mode != "reuse":
+            return None
+        self._allowed(S.QUARANTINE, self.stage.reads, "reads")
+        return refresh.reused_transactions(self._ctx.lake, decision, self._ctx.settings.privacy.pseudonymize)
+
     @property
     def quality(self) -> list[dict[str, Any]]:
         return self._ctx.quality
@@ -223,9 +233,15 @@ class StageIO:
 
 
 # ---- the stages ----------------------------------------------------------------------------------
-def read_inputs(io: StageIO) -> dict[str, DataFrame]:
+def read_inputs(io: StageIO, reused: bool) -> dict[str, DataFrame]:
+    """The configured inputs, as read; ``reused``: not the transactions (their orders stand)."""
     frames: dict[str, DataFrame] = {}
     for name in INPUTS:
+        if reused and name == "transactions":
+            tx = io.settings.input.transactions
+            version = io.refresh.inputs[name].version if io.refresh is not None else None
+            io.inputs[name] = InputStats(info=InputInfo(name, tx.location, tx.format, version))
+            continue
         if name != "transactions" and not io.input_configured(name):
             log.info("input %s not configured: stages that use it are skipped", name)
             continue
@@ -235,12 +251,13 @@ def read_inputs(io: StageIO) -> dict[str, DataFrame]:
     return frames
 
 
-def size_shuffle_partitions(io: StageIO, frames: dict[str, DataFrame]) -> None:
-    """The largest input sets the shuffle partitions of the run (a row count: no column is read),
-    when the job sizes them: a count job per input spared otherwise."""
+def size_shuffle_partitions(io: StageIO, frames: dict[str, DataFrame], known: int = 0) -> None:
+    """The largest input sets the shuffle partitions of the run (a row count: no column is read;
+    ``known``: rows of an input not read), when the job sizes them: a count job per input spared
+    otherwise."""
     scaled = None
     if sizes_shuffle_partitions(io.settings.spark):
-        largest = max(df.count() for df in frames.values())
+        largest = max([known, *(df.count() for df in frames.values())])
         scaled = scale_shuffle_partitions(io.spark, io.settings.spark, largest)
     io.choose("spark.shuffle_partitions", scaled or io.spark.conf.get("spark.sql.shuffle.partitions"))
 
@@ -250,11 +267,12 @@ def stage_ingest(io: StageIO) -> None:
     from segspark import ingest, privacy
 
     settings = io.settings
-    frames = read_inputs(io)
-    size_shuffle_partitions(io, frames)
+    reused = io.reused_transactions()  # a ``reuse`` refresh: the orders and their quarantine stand
+    frames = read_inputs(io, reused is not None)
+    size_shuffle_partitions(io, frames, reused.rows_in if reused is not None else 0)
     key = privacy.resolve_key(settings.privacy, demo=io.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    results = []
+    results = [] if reused is None else [reused]
     clean: dict[str, DataFrame] = {}
     for name, raw in frames.items():
         mapping = getattr(settings.input, name).columns
@@ -263,20 +281,23 @@ def stage_ingest(io: StageIO) -> None:
             conformed, name, settings.quality, processing_ts, key=key, privacy=settings.privacy
         )
         ingest.reconcile(res)
-        stats = io.inputs[name]
+        results.append(res)
+        if name != "transactions" and res.clean is not None:  # the transactions go on as orders
+            clean[name] = res.clean  # customer ids are already pseudonyms when a key is given
+        io.releases.append(res.release)
+    for res in results:  # each input's counts, for its runs row
+        stats = io.inputs[res.table]
         stats.rows_in, stats.rows_clean, stats.rows_quarantined = (
             res.rows_in,
             res.rows_clean,
             res.rows_quarantined,
         )
         stats.by_rule = dict(res.by_rule)
-        results.append(res)
-        if name != "transactions":  # the transactions go on as ingest's orders (``res.orders``)
-            clean[name] = res.clean  # customer ids are already pseudonyms when a key is given
-        io.releases.append(res.release)
     _log_ingest(io, results)
     tx = results[0]  # transactions: read first, always there
     last = tx.last_clean_ts
+    if last is not None:  # what a later ``reuse`` refresh takes for the default as_of_date
+        io.choose(refresh.DATA_DATE, last.date())
     as_of = io.settings.as_of_date or (last.date() if last is not None else None)
     # with no clean order the quarantine is still written (stamped with today), for diagnosis
     run_date = as_of or processing_ts.date()
@@ -296,7 +317,6 @@ def stage_ingest(io: StageIO) -> None:
     customers = clean.get("customers")
     if customers is not None:
         customers = privacy.minimize(customers, settings.privacy, reference_date=run_date)
-    assert tx.orders is not None
     provided = CleanInputs(
         orders=tx.orders,
         customers=customers,
@@ -355,13 +375,14 @@ def stage_silver(io: StageIO) -> None:
     from segspark import silver
 
     grouped = io.clean("orders")
-    assert grouped is not None
-    io.write(silver.order_columns(grouped, io.settings.purchase), S.ORDERS)
-    # written: release ingest's per-order cache before the heavy stages
-    io.release_clean("orders")
+    if grouped is not None:  # else a ``reuse`` refresh: orders and customer_days stand as written
+        io.write(silver.order_columns(grouped, io.settings.purchase), S.ORDERS)
+        # written: release ingest's per-order cache before the heavy stages
+        io.release_clean("orders")
     orders, as_of = io.read(S.ORDERS), io.as_of_date
     assert as_of is not None
-    io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
+    if grouped is not None:
+        io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
     io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
     io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
 
@@ -619,10 +640,11 @@ def stage_report(io: StageIO) -> None:
 # fmt: off
 PIPELINE: tuple[Stage, ...] = (
     #      name          reads                                             writes
-    Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend"),
+    Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend",
+                         S.QUARANTINE),
                         (S.QUARANTINE, S.INPUT_MANIFEST, "clean:orders", "clean:customers", "clean:events",
                          "clean:marketing_spend", "clean:engagement"), stage_ingest),
-    Stage("silver",     ("clean:orders",),
+    Stage("silver",     ("clean:orders", S.ORDERS),
                         (S.ORDERS, S.CUSTOMER_DAYS, S.CUSTOMER_STATE, S.CUSTOMER_MONTHS), stage_silver),
     Stage("features",   (S.CUSTOMER_STATE, S.ORDERS, "clean:customers", "clean:engagement"),
                         (S.CUSTOMER_FEATURES, S.RFM_GRID), stage_features),

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from segspark.config import Settings
     from segspark.context import RunContext
+    from segspark.ingest.result import IngestResult
     from segspark.io import Lakehouse
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 INPUTS = ("transactions", "customers", "events", "marketing_spend")
 STATE_HASH = "refresh.state_hash"
 MANIFEST_RUN = "refresh.manifest_run"
+ORDERS_RUN = "refresh.orders_run"  # the run that validated the transactions behind ``orders``
+DATA_DATE = "refresh.data_date"  # the date of that run's last clean line (the default as_of_date)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Previous:
     code_version: str
     choices: dict[str, str]
     outputs: tuple[str, ...]
+    inputs: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # rows in, clean, quarantined
 
     @property
     def manifest_run(self) -> str:
@@ -70,10 +74,12 @@ class Previous:
 
 @dataclass
 class Decision:
-    mode: Literal["full", "skip"]
+    mode: Literal["full", "skip", "reuse"]
     reason: str
     previous: Previous | None = None
     inputs: dict[str, Fingerprint] = field(default_factory=dict)
+    # reuse: the transactions' quarantine rows by rule, as the run that wrote ``orders`` counted them
+    reused_rules: dict[str, int] = field(default_factory=dict)
 
 
 def state_hash(settings: Settings, spark: SparkSession, key: bytes | None) -> str:
@@ -100,7 +106,7 @@ def last_succeeded(lake: Lakehouse, command: str) -> Previous | None:
         lake.read_output(S.RUNS)
         .where((F.col("status") == "succeeded") & (F.col("command") == command))
         .orderBy(F.col("ended_at").desc())
-        .select(S.RUN_ID, S.AS_OF_DATE, "config_hash", "code_version", "choices", "outputs")
+        .select(S.RUN_ID, S.AS_OF_DATE, "config_hash", "code_version", "choices", "outputs", "inputs")
         .first()
     )
     if row is None:
@@ -108,7 +114,8 @@ def last_succeeded(lake: Lakehouse, command: str) -> Previous | None:
     outputs = tuple(o["table"] for o in (row["outputs"] or []))
     choices = dict(row["choices"] or {})
     hashes = row["config_hash"], row["code_version"]
-    return Previous(row[S.RUN_ID], row[S.AS_OF_DATE], *hashes, choices, outputs)
+    counts = {i["name"]: (i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in row["inputs"] or []}
+    return Previous(row[S.RUN_ID], row[S.AS_OF_DATE], *hashes, choices, outputs, counts)
 
 
 def taken(lake: Lakehouse, run_id: str) -> dict[str, tuple[list[InputFile] | None, int | None]]:
@@ -146,7 +153,7 @@ def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Dec
         return Decision("full", f"no earlier successful {command} in this lakehouse", None, prints)
     reason = _why_not_skip(settings, lake, previous, prints, state)
     if reason is not None:
-        return Decision("full", reason, previous, prints)
+        return _reuse_or_full(settings, lake, previous, prints, state, reason)
     return Decision(
         "skip",
         f"inputs, settings and code as run {previous.run_id} took them (as_of_date {previous.as_of_date}): "
@@ -167,13 +174,94 @@ def decide_for(ctx: RunContext) -> str:
     ctx.refresh = decision
     ctx.choose("refresh", f"{decision.mode}: {decision.reason}")
     ctx.choices[STATE_HASH] = state
-    ctx.choices[MANIFEST_RUN] = ctx.run_id
-    if decision.mode == "skip" and decision.previous is not None:
-        ctx.choices[MANIFEST_RUN] = decision.previous.manifest_run
-        ctx.as_of_date = decision.previous.as_of_date
-    elif settings.refresh == "incremental":
+    ctx.choices[MANIFEST_RUN] = ctx.choices[ORDERS_RUN] = ctx.run_id
+    previous = decision.previous
+    if decision.mode in ("skip", "reuse") and previous is not None:
+        ctx.choices[ORDERS_RUN] = previous.choices.get(ORDERS_RUN, previous.run_id)
+        ctx.choices[DATA_DATE] = previous.choices.get(DATA_DATE, str(previous.as_of_date))
+    if decision.mode == "skip" and previous is not None:
+        ctx.choices[MANIFEST_RUN] = previous.manifest_run
+        ctx.as_of_date = previous.as_of_date
+    elif decision.mode == "full" and settings.refresh == "incremental":
         ctx.warn(f"refresh: incremental asked, the whole history refreshed ({decision.reason})")
     return decision.mode
+
+
+def _reuse_or_full(
+    settings: Settings,
+    lake: Lakehouse,
+    previous: Previous,
+    prints: dict[str, Fingerprint],
+    state: str,
+    why_not_skip: str,
+) -> Decision:
+    """``reuse`` when the transactions, and what shapes the orders, are as the run that wrote
+    ``orders`` took them: its orders and its transactions' quarantine stand, and everything from
+    the per-customer state on is recomputed (a new as_of_date, new CRM or events, other model
+    settings). ``full`` otherwise, with the first reason that rules reuse out."""
+    full = Decision("full", why_not_skip, previous, prints)
+    orders_run, tx = previous.choices.get(ORDERS_RUN), prints.get("transactions")
+    if (
+        why_not_skip.startswith(("a retry", "segspark ", "the key"))
+        or orders_run is None
+        or tx is None
+        or DATA_DATE not in previous.choices
+        or "transactions" not in previous.inputs
+    ):
+        return full
+    took = taken(lake, previous.manifest_run).get("transactions")
+    if took is None or compare(tx, *took)[0] != "unchanged" or previous.choices.get(STATE_HASH) != state:
+        return full
+    if not (lake.exists(S.ORDERS) and lake.exists(S.CUSTOMER_DAYS) and lake.exists(S.QUARANTINE)):
+        return full
+    stamp = lake.read_output(S.ORDERS).select(S.RUN_ID).first()
+    if stamp is not None and stamp[0] != orders_run:
+        return Decision(
+            "full", f"orders were written by run {stamp[0]}, not run {orders_run}", previous, prints
+        )
+    rules = {
+        r[S.Q_RULE]: int(r["n"])
+        for r in _carried_quarantine(lake, orders_run)
+        .groupBy(S.Q_RULE)
+        .agg(F.count(F.lit(1)).alias("n"))
+        .collect()
+    }
+    if sum(rules.values()) != previous.inputs["transactions"][2]:  # an erasure took some of its rows
+        return Decision("full", f"quarantine rows of run {orders_run} were erased since", previous, prints)
+    reason = f"transactions as run {orders_run} took them: its orders reused ({why_not_skip})"
+    return Decision("reuse", reason, previous, prints, rules)
+
+
+def _carried_quarantine(lake: Lakehouse, orders_run: str) -> DataFrame:
+    """The transactions' quarantine rows of the run that validated them (no stamp columns)."""
+    q = lake.read_output(S.QUARANTINE)
+    return q.where((F.col(S.RUN_ID) == orders_run) & (F.col(S.Q_SOURCE_TABLE) == "transactions")).drop(
+        S.RUN_ID, S.AS_OF_DATE
+    )
+
+
+def reused_transactions(lake: Lakehouse, decision: Decision, pseudonymized: bool) -> IngestResult:
+    """The transactions as the run that wrote ``orders`` validated them, nothing read from the
+    input: its counts, and its quarantine rows to append again under this run's id (a run's
+    quarantine rows are its whole input's, as a full run's are). No orders: they stand."""
+    from segspark.ingest.result import IngestResult
+
+    previous = decision.previous
+    assert previous is not None and decision.mode == "reuse"
+    rows_in, rows_clean, rows_quarantined = previous.inputs["transactions"]
+    carried = _carried_quarantine(lake, previous.choices[ORDERS_RUN])
+    last = dt.datetime.combine(dt.date.fromisoformat(previous.choices[DATA_DATE]), dt.time(0))
+    return IngestResult(
+        table="transactions",
+        clean=None,
+        quarantine=carried,
+        rows_in=rows_in,
+        rows_clean=rows_clean,
+        rows_quarantined=rows_quarantined,
+        by_rule=dict(decision.reused_rules),
+        pseudonymized=pseudonymized,
+        last_clean_ts=last,
+    )
 
 
 def _why_not_skip(

@@ -90,17 +90,15 @@ def test_unchanged_input_recomputes_nothing_and_new_or_rewritten_files_refresh(l
     os.utime(folder / "a.csv", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert _choices(ingest())["refresh"] == "full: input 'transactions': file(s) rewritten: a.csv"
     assert _choices(ingest("--set", "refresh=full"))["refresh"] == "full: refresh: full"
-    changed = ingest("--set", "kpis.ltv_window_months=6")
-    assert _choices(changed)["refresh"] == f"full: settings changed since run {_runs(out)[-2]['run_id']}"
-    asked = ingest(
-        "--set",
-        "kpis.ltv_window_months=6",
-        "--set",
-        "refresh=incremental",
-        "--set",
-        "as_of_date=2024-12-31",
+    changed = ingest("--set", "kpis.ltv_window_months=6")  # the transactions' orders stand
+    previous = _runs(out)[-2]["run_id"]
+    assert _choices(changed)["refresh"] == (
+        f"reuse: transactions as run {previous} took them: its orders reused "
+        f"(settings changed since run {previous})"
     )
-    assert _choices(asked)["refresh"].startswith("full: settings changed")
+    _csv(folder / "d.csv", _rows(20, 2))
+    asked = ingest("--set", "kpis.ltv_window_months=6", "--set", "refresh=incremental")
+    assert _choices(asked)["refresh"] == "full: input 'transactions': 1 new file(s)"
     assert any("refresh: incremental asked" in w for w in asked["warnings"])
 
 
@@ -142,3 +140,50 @@ def test_delta_commits_after_the_version_taken_are_new_rows_or_a_rewrite(tmp_pat
     now = Fingerprint("transactions", "/tx", files=files)
     assert compare(now, [InputFile("a.csv", 10, 1)], None)[0] == "unchanged"
     assert compare(now, [InputFile("a.csv", 11, 1)], None)[0] == "changed"
+
+
+def _state(out: Path) -> list[tuple[Any, ...]]:
+    rows = DeltaTable(str(out / "tables" / "customer_state")).to_pyarrow_table().to_pylist()
+    return sorted(tuple(v for k, v in sorted(r.items()) if k != "run_id") for r in rows)
+
+
+def _quarantine(out: Path, run_id: str) -> list[tuple[Any, ...]]:
+    rows = DeltaTable(str(out / "tables" / "quarantine")).to_pyarrow_table().to_pylist()
+    return sorted((r["customer_id"] or "", r["rule"], r["raw"]) for r in rows if r["run_id"] == run_id)
+
+
+def test_unchanged_transactions_reuse_their_orders_and_give_what_a_full_refresh_gives(
+    lake: dict[str, Any],
+) -> None:
+    """A new as_of_date on unchanged transactions: the orders and the transactions' quarantine
+    stand (nothing of the input read), the per-customer state is recomputed; a full refresh at the
+    same date writes the same state, quarantine and counts."""
+    ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
+    dirty = [*_rows(12, 3), _rows(12, 1)[0], ("C099", "O099", "2024-03-01 10:00:00", "n/a")]
+    _csv(folder / "c.csv", dirty)  # a copy of a line, and an amount that is no number
+    first = ingest()
+    orders_version = DeltaTable(str(out / "tables" / "orders")).version()
+    reused = ingest("--set", "as_of_date=2024-06-30")
+    reason = _choices(reused)["refresh"]
+    assert reason.startswith(f"reuse: transactions as run {first['run_id']} took them: its orders reused")
+    assert DeltaTable(str(out / "tables" / "orders")).version() == orders_version
+    assert {o["table"] for o in reused["outputs"]} == {
+        "quarantine",
+        "input_manifest",
+        "customer_state",
+        "customer_months",
+    }
+    assert str(reused["as_of_date"]) == "2024-06-30"
+    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in reused["inputs"]] == [(17, 15, 2)]
+    assert _quarantine(out, reused["run_id"]) == _quarantine(out, first["run_id"])
+    assert {r[1] for r in _quarantine(out, reused["run_id"])} == {"duplicate_line", "bad_amount"}
+    state = _state(out)
+
+    full = ingest("--set", "as_of_date=2024-06-30", "--set", "refresh=full")
+    assert _choices(full)["refresh"] == "full: refresh: full"
+    assert _state(out) == state
+    assert _quarantine(out, full["run_id"]) == _quarantine(out, reused["run_id"])
+    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in full["inputs"]] == [(17, 15, 2)]
+    again = ingest()  # back to the default date (the last clean line's): the orders reused again
+    assert _choices(again)["refresh"].startswith(f"reuse: transactions as run {full['run_id']} took them")
+    assert again["as_of_date"] == first["as_of_date"]

@@ -22,7 +22,7 @@ class IngestResult:
     """The outcome of validating one input table."""
 
     table: str
-    clean: DataFrame
+    clean: DataFrame | None  # None: the transactions of a ``reuse`` refresh, whose orders stand
     quarantine: DataFrame
     rows_in: int
     rows_clean: int
