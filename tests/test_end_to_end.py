@@ -95,10 +95,13 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
         "refresh",
         "refresh.state_hash",
         "refresh.manifest_run",
+        "refresh.orders_run",
+        "refresh.data_date",
     }, choices
     # the reference run is the first of its lakehouse; it stands on its own manifest
     assert choices["refresh"] == "full: no earlier successful run in this lakehouse"
-    assert choices["refresh.manifest_run"] == run["run_id"]
+    assert choices["refresh.manifest_run"] == choices["refresh.orders_run"] == run["run_id"]
+    assert choices["refresh.data_date"] == str(run["as_of_date"])  # no as_of_date set: the last line's
     assert choices["clv.spend_model"].startswith(
         ("gamma_gamma: clv.spend_model=auto", "gamma_gamma_by_frequency: ")
     )
