@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from pathlib import Path
@@ -101,7 +102,10 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
     # the reference run is the first of its lakehouse; it stands on its own manifest
     assert choices["refresh"] == "full: no earlier successful run in this lakehouse"
     assert choices["refresh.manifest_run"] == choices["refresh.orders_run"] == run["run_id"]
-    assert choices["refresh.data_date"] == str(run["as_of_date"])  # no as_of_date set: the last line's
+    # the last clean line's date: the default as_of_date of a later reuse (this run set its own)
+    # (an order's time is its first line's: the last line is on or after the last order's day)
+    last_order = max(r["order_ts"] for r in _table(reference_run.out, "orders")).date()
+    assert dt.date.fromisoformat(choices["refresh.data_date"]) >= last_order
     assert choices["clv.spend_model"].startswith(
         ("gamma_gamma: clv.spend_model=auto", "gamma_gamma_by_frequency: ")
     )
