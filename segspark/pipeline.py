@@ -2,7 +2,8 @@
 
 Each stage is a node: it names what it reads (``input:<name>`` a configured source, ``clean:<name>``
 ingest's validated frame (``clean:orders``: the transactions grouped into orders as they are validated),
-``previous:<table>`` the latest snapshot of a table before the run's date,
+``previous:<table>`` the latest snapshot of a table before the run's date, ``earlier:<table>`` a
+table as earlier runs left it (what a ``reuse`` refresh stands on: ``segspark.refresh``),
 any other name a Delta table of this run) and what it writes (Delta tables, or ``clean:<name>`` for
 ingest). The runner hands each stage a ``StageIO`` that reads and writes exactly that (schema check,
 commit, timing and MLflow metrics through the lakehouse and the run context) and raises
@@ -91,7 +92,8 @@ class StageIO:
 
     def read(self, name: str) -> DataFrame:
         """A Delta table of this run (its ``as_of_date`` snapshot, or the whole silver table)."""
-        if name not in self.written:  # a table the stage wrote itself it may read back
+        # a table the stage wrote itself it may read back; ``earlier:<name>``: as earlier runs left it
+        if name not in self.written and f"earlier:{name}" not in self.stage.reads:
             self._allowed(name, self.stage.reads, "reads")
         return self._ctx.read(name)
 
@@ -196,7 +198,7 @@ class StageIO:
         decision = self._ctx.refresh
         if decision is None or decision.mode != "reuse":
             return None
-        self._allowed(S.QUARANTINE, self.stage.reads, "reads")
+        self._allowed(f"earlier:{S.QUARANTINE}", self.stage.reads, "reads")
         return refresh.reused_transactions(self._ctx.lake, decision, self._ctx.settings.privacy.pseudonymize)
 
     @property
@@ -641,10 +643,10 @@ def stage_report(io: StageIO) -> None:
 PIPELINE: tuple[Stage, ...] = (
     #      name          reads                                             writes
     Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend",
-                         S.QUARANTINE),
+                         f"earlier:{S.QUARANTINE}"),
                         (S.QUARANTINE, S.INPUT_MANIFEST, "clean:orders", "clean:customers", "clean:events",
                          "clean:marketing_spend", "clean:engagement"), stage_ingest),
-    Stage("silver",     ("clean:orders", S.ORDERS),
+    Stage("silver",     ("clean:orders", f"earlier:{S.ORDERS}"),
                         (S.ORDERS, S.CUSTOMER_DAYS, S.CUSTOMER_STATE, S.CUSTOMER_MONTHS), stage_silver),
     Stage("features",   (S.CUSTOMER_STATE, S.ORDERS, "clean:customers", "clean:engagement"),
                         (S.CUSTOMER_FEATURES, S.RFM_GRID), stage_features),

@@ -78,7 +78,9 @@ class Decision:
     reason: str
     previous: Previous | None = None
     inputs: dict[str, Fingerprint] = field(default_factory=dict)
-    # reuse: the transactions' quarantine rows by rule, as the run that wrote ``orders`` counted them
+    # reuse: the run that validated the transactions behind ``orders`` (its counts and last line's
+    # date), and its quarantine rows of the transactions by rule
+    source: Previous | None = None
     reused_rules: dict[str, int] = field(default_factory=dict)
 
 
@@ -98,13 +100,15 @@ def state_hash(settings: Settings, spark: SparkSession, key: bytes | None) -> st
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def last_succeeded(lake: Lakehouse, command: str) -> Previous | None:
-    """The newest succeeded ``runs`` row of ``command`` (one row to the driver), None without one."""
+def last_succeeded(lake: Lakehouse, command: str | None = None, run_id: str | None = None) -> Previous | None:
+    """The newest succeeded ``runs`` row of ``command`` (or of run ``run_id``): one row to the
+    driver; None without one."""
     if not lake.exists(S.RUNS):
         return None
+    which = F.col("command") == command if command is not None else F.col(S.RUN_ID) == run_id
     row = (
         lake.read_output(S.RUNS)
-        .where((F.col("status") == "succeeded") & (F.col("command") == command))
+        .where((F.col("status") == "succeeded") & which)
         .orderBy(F.col("ended_at").desc())
         .select(S.RUN_ID, S.AS_OF_DATE, "config_hash", "code_version", "choices", "outputs", "inputs")
         .first()
@@ -148,7 +152,7 @@ def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Dec
     }
     if settings.refresh == "full":
         return Decision("full", "refresh: full", None, prints)
-    previous = last_succeeded(lake, command)
+    previous = last_succeeded(lake, command=command)
     if previous is None:
         return Decision("full", f"no earlier successful {command} in this lakehouse", None, prints)
     reason = _why_not_skip(settings, lake, previous, prints, state)
@@ -201,13 +205,10 @@ def _reuse_or_full(
     settings). ``full`` otherwise, with the first reason that rules reuse out."""
     full = Decision("full", why_not_skip, previous, prints)
     orders_run, tx = previous.choices.get(ORDERS_RUN), prints.get("transactions")
-    if (
-        why_not_skip.startswith(("a retry", "segspark ", "the key"))
-        or orders_run is None
-        or tx is None
-        or DATA_DATE not in previous.choices
-        or "transactions" not in previous.inputs
-    ):
+    if why_not_skip.startswith(("a retry", "segspark ", "the key")) or orders_run is None or tx is None:
+        return full
+    source = last_succeeded(lake, run_id=orders_run)
+    if source is None or DATA_DATE not in source.choices or "transactions" not in source.inputs:
         return full
     took = taken(lake, previous.manifest_run).get("transactions")
     if took is None or compare(tx, *took)[0] != "unchanged" or previous.choices.get(STATE_HASH) != state:
@@ -226,10 +227,10 @@ def _reuse_or_full(
         .agg(F.count(F.lit(1)).alias("n"))
         .collect()
     }
-    if sum(rules.values()) != previous.inputs["transactions"][2]:  # an erasure took some of its rows
+    if sum(rules.values()) != source.inputs["transactions"][2]:  # an erasure took some of its rows
         return Decision("full", f"quarantine rows of run {orders_run} were erased since", previous, prints)
     reason = f"transactions as run {orders_run} took them: its orders reused ({why_not_skip})"
-    return Decision("reuse", reason, previous, prints, rules)
+    return Decision("reuse", reason, previous, prints, source, rules)
 
 
 def _carried_quarantine(lake: Lakehouse, orders_run: str) -> DataFrame:
@@ -246,11 +247,11 @@ def reused_transactions(lake: Lakehouse, decision: Decision, pseudonymized: bool
     quarantine rows are its whole input's, as a full run's are). No orders: they stand."""
     from segspark.ingest.result import IngestResult
 
-    previous = decision.previous
-    assert previous is not None and decision.mode == "reuse"
-    rows_in, rows_clean, rows_quarantined = previous.inputs["transactions"]
-    carried = _carried_quarantine(lake, previous.choices[ORDERS_RUN])
-    last = dt.datetime.combine(dt.date.fromisoformat(previous.choices[DATA_DATE]), dt.time(0))
+    source = decision.source
+    assert source is not None and decision.mode == "reuse"
+    rows_in, rows_clean, rows_quarantined = source.inputs["transactions"]
+    carried = _carried_quarantine(lake, source.run_id)
+    last = dt.datetime.combine(dt.date.fromisoformat(source.choices[DATA_DATE]), dt.time(0))
     return IngestResult(
         table="transactions",
         clean=None,

@@ -36,7 +36,7 @@ SETS = [
     "report.enabled=false",
     "tracking.enabled=false",
 ]
-APPEND = {"quarantine", "runs"}
+APPEND = {"quarantine", "runs", "input_manifest"}
 # both table engines: the embedded one, and Delta's own Spark data source (jars in the suite's cache)
 ENGINES = ("delta-rs", "delta-spark")
 

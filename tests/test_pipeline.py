@@ -73,7 +73,7 @@ def test_every_read_is_written_earlier_and_every_write_is_a_contract_table() -> 
             kind, _, table = name.rpartition(":")
             if kind == "input":
                 continue
-            if kind == "previous":
+            if kind in ("previous", "earlier"):  # an earlier run's table (a snapshot, or as left)
                 assert table in tables.SCHEMAS, (stage.name, name)
                 continue
             if name in (S.RUNS, S.QUARANTINE) and stage.own_runs_row:  # this run's rows, recorded before it

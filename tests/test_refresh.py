@@ -163,6 +163,7 @@ def test_unchanged_transactions_reuse_their_orders_and_give_what_a_full_refresh_
     _csv(folder / "c.csv", dirty)  # a copy of a line, and an amount that is no number
     first = ingest()
     orders_version = DeltaTable(str(out / "tables" / "orders")).version()
+    assert _choices(ingest())["refresh"].startswith("skip:")  # the reuse stands on run 1 through it
     reused = ingest("--set", "as_of_date=2024-06-30")
     reason = _choices(reused)["refresh"]
     assert reason.startswith(f"reuse: transactions as run {first['run_id']} took them: its orders reused")
