@@ -14,6 +14,7 @@ from pyspark.sql import types as T
 
 from segspark.clv import SEGMENT, cnbd, run_clv
 from segspark.clv import models as M
+from segspark.clv import predict as P
 from segspark.clv import validation as V
 from segspark.config import ClvConfig
 from segspark.schema import CUSTOMER_ID, ORDER_DATE, PURCHASE_VALUE, PURCHASES
@@ -173,3 +174,38 @@ def test_regular_buyers_who_stopped_are_not_valued_above_their_holdout(stopped_r
     assert all(np.isnan(c[V.segment_key(STOPPED)]) for c in cands.values())
     for poisson in (M.PARETO_NBD, M.MBGNBD):
         assert cands[poisson]["holdout_segment_error"] > 2 * cands[M.MBGCNBD]["holdout_segment_error"]
+
+
+def test_spark_predictions_per_customer_match_numpy(spark: Any) -> None:
+    """P(alive) is a Spark expression (a sum of k terms), the expectations a pandas_udf: both agree
+    with the numpy closed forms, edges included (no repeat purchase, first purchase on the as-of day)."""
+    schema = "customer_id string, frequency long, recency double, T double, monetary_value double"
+    rows = [
+        ("a", 2, 3.0, 10.0, 20.0),
+        ("b", 2, 8.0, 10.0, 30.0),  # same (x, T) as "a", another recency: another P(alive)
+        ("c", 0, 0.0, 5.0, None),
+        ("d", 0, 0.0, 0.0, None),
+        ("e", 12, 20.0, 52.0, 12.5),  # a steady buyer silent for 32 weeks
+    ]
+    summary = spark.createDataFrame(rows, schema)
+    stats, _ = event_log(300, 3, [2.0, 3.0, 0.8, 3.0], 52.0, seed=5)
+    fit = M.fit_transactions(M.MBGCNBD, stats)
+    params, gg = fit.values, [6.0, 4.0, 15.0]
+    got = (
+        P.with_predictions(summary, fit, gg, 6, 0.01, 4.0)
+        .toPandas()
+        .set_index("customer_id")
+        .loc[list("abcde")]
+    )
+    x, t_x, age = (np.array([r[i] for r in rows], dtype=float) for i in (1, 2, 3))
+    m = np.array([r[4] if r[4] is not None else np.nan for r in rows])
+    np.testing.assert_allclose(got["p_alive"], M.p_alive(M.MBGCNBD, params, x, t_x, age), rtol=1e-10)
+    np.testing.assert_allclose(
+        got["expected_purchases"], M.expected_purchases(M.MBGCNBD, params, 24.0, x, t_x, age), rtol=1e-9
+    )
+    value = M.expected_avg_value(gg, x, m)
+    np.testing.assert_allclose(
+        got["clv"], M.discounted_clv(M.MBGCNBD, params, x, t_x, age, value, 6, 0.01, 4.0), rtol=1e-9
+    )
+    assert got.loc["a", "p_alive"] < got.loc["b", "p_alive"]  # the longer silence
+    assert got.loc["e", "p_alive"] < 0.01 and got.loc["d", "p_alive"] > 0.5

@@ -1,4 +1,4 @@
-"""Customer lifetime value: BG/NBD, Pareto/NBD or MBG/NBD with Gamma-Gamma spend, fitted on
+"""Customer lifetime value: BG/NBD, Pareto/NBD, MBG/NBD or MBG/CNBD-k with Gamma-Gamma spend, fitted on
 compressed sufficient statistics, validated on a holdout, scored per customer in Spark.
 
 Time windows (all dates inclusive):
@@ -15,15 +15,16 @@ Time windows (all dates inclusive):
 
 Only a *valid* fit is used (:func:`segspark.clv.validity.assess`): converged, no parameter at a
 boundary, finite standard errors with se/|value| <= ``clv.max_relative_se``, and a holdout total
-error within ``clv.max_holdout_error``. ``clv.model: auto`` (the default) fits all three
-transaction models and keeps the valid one with the lowest holdout band error (predicted vs actual
-holdout purchases on every repeat-purchase band, :func:`segspark.clv.validation.holdout_metrics_many`;
-the lowest BIC when there is no holdout); a
-named model that is not valid gives way to the next valid one in the order bgnbd, pareto_nbd,
-mbgnbd (with a warning). When no model is valid unpenalized (and ``clv.penalizer`` is 0) the round
-is repeated with the penalizers of ``PENALIZER_FALLBACK``; when none is valid then either, CLV is the
-historical spend rate (:func:`segspark.clv.predict.historical_rate_predictions`) and the reason for
-every rejection is recorded (``clv_fit``, MLflow, the run's warnings).
+error within ``clv.max_holdout_error``. ``clv.model: auto`` (the default) fits every transaction
+model (BG/NBD, Pareto/NBD, MBG/NBD, MBG/CNBD-k) and keeps the valid one with the lowest holdout error
+(predicted vs actual holdout purchases on every repeat-purchase band and every RFM segment at the
+calibration end, :func:`segspark.clv.validation.holdout_metrics_many`; the lowest BIC when there is
+no holdout); a named model that is not valid gives way to the next valid one in the order bgnbd,
+pareto_nbd, mbgnbd, mbgcnbd (with a warning). When no model is valid unpenalized (and
+``clv.penalizer`` is 0) the round is repeated with the penalizers of ``PENALIZER_FALLBACK``; when
+none is valid then either, CLV is the historical spend rate
+(:func:`segspark.clv.predict.historical_rate_predictions`) and the reason for every rejection is
+recorded (``clv_fit``, MLflow, the run's warnings).
 """
 
 from __future__ import annotations
@@ -218,14 +219,16 @@ def _fit_round(
     if not valid:
         return out, None
 
-    def rank(k: str) -> tuple[float, float, str]:
+    def rank(k: str) -> tuple[float, float, float, str]:
         c = out[k]
         assert c.fit is not None
         if not has_holdout:
-            return (_finite(c.fit.bic), 0.0, k)
+            return (_finite(c.fit.bic), 0.0, 0.0, k)
+        # equal holdout errors (MBG/CNBD-k at k = 1 is MBG/NBD): the fewer parameters (BIC) win
         return (
             _finite(c.holdout.get(HOLDOUT_ERROR, math.nan)),
             _finite(c.holdout.get("holdout_mae", math.nan)),
+            _finite(c.fit.bic),
             k,
         )
 

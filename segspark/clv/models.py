@@ -5,6 +5,7 @@ Everything works on arrays (driver side, or inside a vectorized ``pandas_udf``).
 
 - :mod:`segspark.clv.stats`: model and parameter names, the compressed sufficient statistics
   (distinct ``(x, t_x, T)`` rows with a count each: a fit costs per distinct row, not per customer);
+- :mod:`segspark.clv.cnbd`: MBG/CNBD-k (MBG/NBD with Erlang-k gaps between purchases);
 - :mod:`segspark.clv.likelihood`: log-likelihoods of BG/NBD, MBG/NBD, Pareto/NBD and Gamma-Gamma,
   with analytic gradients where the algebra is short (BG/NBD, MBG/NBD, Gamma-Gamma);
 - :mod:`segspark.clv.validity`: :class:`FitResult` and the validity rule (:func:`assess`): a fit is
