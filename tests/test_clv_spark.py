@@ -479,7 +479,7 @@ def test_fit_table_round_trips_through_spark(
     assert all(_same(back["validation"][k], v) for k, v in want_val.items())
     assert back["validation"]["has_holdout"] is True and "holdout_mae" in back["validation"]
     # every candidate's summary, nested again; the chosen one also carries its calibration fit
-    assert set(back["fit"]["candidates"]) == set(fit["candidates"]) == {"bgnbd", "pareto_nbd", "mbgnbd"}
+    assert set(back["fit"]["candidates"]) == set(fit["candidates"]) == set(M.TRANSACTION_MODELS)
     for model, summary in fit["candidates"].items():
         got = back["fit"]["candidates"][model]
         assert got["params"] == summary["params"]
