@@ -427,7 +427,7 @@ class ClvConfig(Section):
     calibration_end: dt.date | None = None
     holdout_end: dt.date | None = None
     # auto: the valid model closest to the holdout on every repeat-purchase band (segspark.clv.fit)
-    model: Literal["bgnbd", "pareto_nbd", "mbgnbd", "auto"] = "auto"
+    model: Literal["bgnbd", "pareto_nbd", "mbgnbd", "mbgcnbd", "auto"] = "auto"
     horizon_months: int = Field(default=12, ge=1)
     monthly_discount_rate: float = Field(default=0.01, ge=0, lt=1)
     penalizer: float = Field(default=0.0, ge=0)

@@ -193,14 +193,14 @@ def test_auto_does_not_overvalue_customers_without_a_repeat_purchase(spark: Any)
     assert cands["bgnbd"][V.band_key("0")] > 1.5
     chosen = res.fit["model"]
     assert chosen != "bgnbd" and res.fit["validity"][chosen]["valid"]
-    errors = {k: c["holdout_band_error"] for k, c in cands.items()}
+    errors = {k: c["holdout_error"] for k, c in cands.items()}
     assert chosen == min(errors, key=errors.__getitem__)
     # ... and the chosen model is close on every band, in purchases and (one spend: $20) in value
     assert all(0.75 < cands[chosen][V.band_key(b)] < 1.33 for b, _, _ in V.REPEAT_BANDS)
     by_band = res.validation["holdout_value_by_band"].set_index("label")
     ratio = by_band["predicted"] / by_band["actual"]
     assert 0.75 < ratio["0"] < 1.33, ratio
-    assert "holdout band error" in res.fit["reason"] and "0 " in res.fit["reason"]
+    assert "lowest holdout error" in res.fit["reason"] and "0 " in res.fit["reason"]
 
 
 def test_band_error_is_the_mean_absolute_log_ratio_over_bands(spark: Any) -> None:
@@ -227,3 +227,17 @@ def test_band_error_is_the_mean_absolute_log_ratio_over_bands(spark: Any) -> Non
     assert V.band_key("1") not in got and V.band_key("2-3") not in got  # no customer there
     want = (abs(np.log((zero + 0.5) / 1.5)) + abs(np.log((top + 0.5) / 3.5))) / 2
     assert got["holdout_band_error"] == pytest.approx(want, rel=1e-9)
+    assert got["holdout_error"] == got["holdout_band_error"] and "holdout_segment_error" not in got
+    # by segment: a and c in S1, b in S2; the error pools the bands' and the segments' terms
+    segments = spark.createDataFrame(
+        [("a", "S1"), ("b", "S2"), ("c", "S1")], "customer_id string, segment string"
+    )
+    seg = V.holdout_metrics(summary, fit, segments)
+    s1, s2 = pred[0] + pred[2], pred[1]
+    assert seg[V.segment_key("S1")] == pytest.approx(s1 / 3.0, rel=1e-9)
+    assert seg[V.segment_key("S2")] == pytest.approx(s2 / 1.0, rel=1e-9)
+    terms = [abs(np.log((s1 + 0.5) / 3.5)), abs(np.log((s2 + 0.5) / 1.5))]
+    assert seg["holdout_segment_error"] == pytest.approx(np.mean(terms), rel=1e-9)
+    band_terms = [abs(np.log((zero + 0.5) / 1.5)), abs(np.log((top + 0.5) / 3.5))]
+    assert seg["holdout_error"] == pytest.approx(np.mean(band_terms + terms), rel=1e-9)
+    assert seg["holdout_mae"] == pytest.approx(got["holdout_mae"], rel=1e-12)

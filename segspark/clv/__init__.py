@@ -1,5 +1,5 @@
-"""Customer lifetime value: BG/NBD, Pareto/NBD or MBG/NBD with Gamma-Gamma spend, fitted on compressed
-sufficient statistics, validated on a holdout, scored per customer in Spark.
+"""Customer lifetime value: BG/NBD, Pareto/NBD, MBG/NBD or MBG/CNBD-k with Gamma-Gamma spend, fitted on
+compressed sufficient statistics, validated on a holdout, scored per customer in Spark.
 
 The windows, the validity rules and the fallback are described in :mod:`segspark.clv.fit` (the fit and
 score), the ``clv_fit`` table's encoding in :mod:`segspark.clv.table`; this package re-exports both.

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from segspark.clv import cnbd
 from segspark.clv.likelihood import pareto_log_a0
-from segspark.clv.stats import BGNBD, MBGNBD, PARETO_NBD, FloatArray
+from segspark.clv.stats import BGNBD, MBGCNBD, MBGNBD, PARETO_NBD, FloatArray
 from segspark.errors import SegsparkError
 
 
@@ -38,6 +39,8 @@ def expected_purchases_new(model: str, params: Any, t: Any) -> FloatArray:
         if abs(s - 1.0) < 1e-9:
             return r * beta / alpha * np.log((beta + t) / beta)
         return r * beta / (alpha * (s - 1)) * (1 - (beta / (beta + t)) ** (s - 1))
+    if model == MBGCNBD:
+        return cnbd.expected_purchases_new(params, t)
     raise SegsparkError(f"clv: unknown model {model!r}")
 
 
@@ -61,6 +64,8 @@ def log_odds_dead(model: str, params: Any, x: Any, t_x: Any, T: Any) -> FloatArr
             + s * np.log(beta + T)
             + pareto_log_a0(np.asarray(params, dtype=np.float64), x, t_x, T)
         )
+    if model == MBGCNBD:
+        return cnbd.log_odds_dead(params, x, t_x, T)
     raise SegsparkError(f"clv: unknown model {model!r}")
 
 
@@ -95,6 +100,8 @@ def alive_purchases(model: str, params: Any, t: Any, x: Any, T: Any) -> FloatArr
         return (a + b + x) / (a - 1) * (1 - hyp * ((alpha + T) / (alpha + t + T)) ** (r + x))
     if model == PARETO_NBD:
         return pareto_alive_core(params, t, x, T)
+    if model == MBGCNBD:
+        return cnbd.alive_purchases(params, t, x, T)
     raise SegsparkError(f"clv: unknown model {model!r}")
 
 

@@ -1,4 +1,4 @@
-"""Customer lifetime value: BG/NBD, Pareto/NBD or MBG/NBD with Gamma-Gamma spend, fitted on
+"""Customer lifetime value: BG/NBD, Pareto/NBD, MBG/NBD or MBG/CNBD-k with Gamma-Gamma spend, fitted on
 compressed sufficient statistics, validated on a holdout, scored per customer in Spark.
 
 Time windows (all dates inclusive):
@@ -15,15 +15,16 @@ Time windows (all dates inclusive):
 
 Only a *valid* fit is used (:func:`segspark.clv.validity.assess`): converged, no parameter at a
 boundary, finite standard errors with se/|value| <= ``clv.max_relative_se``, and a holdout total
-error within ``clv.max_holdout_error``. ``clv.model: auto`` (the default) fits all three
-transaction models and keeps the valid one with the lowest holdout band error (predicted vs actual
-holdout purchases on every repeat-purchase band, :func:`segspark.clv.validation.holdout_metrics_many`;
-the lowest BIC when there is no holdout); a
-named model that is not valid gives way to the next valid one in the order bgnbd, pareto_nbd,
-mbgnbd (with a warning). When no model is valid unpenalized (and ``clv.penalizer`` is 0) the round
-is repeated with the penalizers of ``PENALIZER_FALLBACK``; when none is valid then either, CLV is the
-historical spend rate (:func:`segspark.clv.predict.historical_rate_predictions`) and the reason for
-every rejection is recorded (``clv_fit``, MLflow, the run's warnings).
+error within ``clv.max_holdout_error``. ``clv.model: auto`` (the default) fits every transaction
+model (BG/NBD, Pareto/NBD, MBG/NBD, MBG/CNBD-k) and keeps the valid one with the lowest holdout error
+(predicted vs actual holdout purchases on every repeat-purchase band and every RFM segment at the
+calibration end, :func:`segspark.clv.validation.holdout_metrics_many`; the lowest BIC when there is
+no holdout); a named model that is not valid gives way to the next valid one in the order bgnbd,
+pareto_nbd, mbgnbd, mbgcnbd (with a warning). When no model is valid unpenalized (and
+``clv.penalizer`` is 0) the round is repeated with the penalizers of ``PENALIZER_FALLBACK``; when
+none is valid then either, CLV is the historical spend rate
+(:func:`segspark.clv.predict.historical_rate_predictions`) and the reason for every rejection is
+recorded (``clv_fit``, MLflow, the run's warnings).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -59,8 +60,11 @@ SEGMENT = "segment"
 # customer_id, segment as of the given date (one row per customer)
 SegmentsAt = Callable[[dt.date], DataFrame]
 
-# the holdout metrics the choice of ``auto`` reads (segspark.clv.validation)
+# the holdout metrics the choice of ``auto`` reads (segspark.clv.validation): the error over the
+# repeat-purchase bands and the segments together, reported with the bands' and segments' own
 BAND_ERROR = "holdout_band_error"
+SEGMENT_ERROR = "holdout_segment_error"
+HOLDOUT_ERROR = "holdout_error"
 _NESTED_PREFIX = {"params": "", "se": "se_", "spend_params": "spend_", "spend_se": "spend_se_"}
 _VALIDITY_METRICS = ("valid", "holdout_total_error", "max_relative_se", "spend_corr", "spend_corr_ok")
 
@@ -181,7 +185,12 @@ def _judge(
 
 
 def _fit_round(
-    stats: M.RfmStats, cal_summary: DataFrame, has_holdout: bool, penalizer: float, cfg: ClvConfig
+    stats: M.RfmStats,
+    cal_summary: DataFrame,
+    has_holdout: bool,
+    penalizer: float,
+    cfg: ClvConfig,
+    segments: DataFrame | None = None,
 ) -> tuple[dict[str, _Candidate], str | None]:
     """Fit the candidates at one penalizer; (candidates tried, the chosen valid one or None).
 
@@ -194,7 +203,9 @@ def _fit_round(
         for name in order:
             res = _fit(name, stats, penalizer)
             holdout = (
-                V.holdout_metrics(cal_summary, res) if has_holdout and isinstance(res, M.FitResult) else {}
+                V.holdout_metrics(cal_summary, res, segments)
+                if has_holdout and isinstance(res, M.FitResult)
+                else {}
             )
             out[name] = _judge(name, res, penalizer, holdout, cfg)
             if out[name].valid:
@@ -202,20 +213,22 @@ def _fit_round(
         return out, None
     fits = {name: _fit(name, stats, penalizer) for name in order}
     fitted = {k: v for k, v in fits.items() if isinstance(v, M.FitResult)}
-    metrics = V.holdout_metrics_many(cal_summary, fitted) if has_holdout and fitted else {}
+    metrics = V.holdout_metrics_many(cal_summary, fitted, segments, SEGMENT) if has_holdout and fitted else {}
     out = {name: _judge(name, res, penalizer, metrics.get(name, {}), cfg) for name, res in fits.items()}
     valid = [k for k, c in out.items() if c.valid]
     if not valid:
         return out, None
 
-    def rank(k: str) -> tuple[float, float, str]:
+    def rank(k: str) -> tuple[float, float, float, str]:
         c = out[k]
         assert c.fit is not None
         if not has_holdout:
-            return (_finite(c.fit.bic), 0.0, k)
+            return (_finite(c.fit.bic), 0.0, 0.0, k)
+        # equal holdout errors (MBG/CNBD-k at k = 1 is MBG/NBD): the fewer parameters (BIC) win
         return (
-            _finite(c.holdout.get(BAND_ERROR, math.nan)),
+            _finite(c.holdout.get(HOLDOUT_ERROR, math.nan)),
             _finite(c.holdout.get("holdout_mae", math.nan)),
+            _finite(c.fit.bic),
             k,
         )
 
@@ -226,6 +239,9 @@ def _finite(v: float) -> float:
     return v if math.isfinite(v) else math.inf
 
 
+_SEGMENT_RATIO = "holdout_segment_ratio_"
+
+
 def _band_ratios(holdout: dict[str, Any]) -> dict[str, float]:
     """Predicted / actual holdout purchases per repeat band present in ``holdout``, by band label."""
     keys = {V.band_key(b): b for b, _, _ in V.REPEAT_BANDS}
@@ -233,9 +249,19 @@ def _band_ratios(holdout: dict[str, Any]) -> dict[str, float]:
 
 
 def _band_listing(holdout: dict[str, Any]) -> str:
-    """``0 13.76x, 1 1.48x, ...``: predicted / actual holdout purchases per repeat band."""
+    """``0 13.76x, 1 1.48x, ...``: predicted / actual holdout purchases per repeat band; the worst
+    segment's ratio when segments were checked."""
     ratios = _band_ratios(holdout).items()
-    return ", ".join(f"{band} {v:.2f}x" if math.isfinite(v) else f"{band} n/a" for band, v in ratios)
+    out = ", ".join(f"{band} {v:.2f}x" if math.isfinite(v) else f"{band} n/a" for band, v in ratios)
+    seg = {
+        k.removeprefix(_SEGMENT_RATIO): v
+        for k, v in holdout.items()
+        if k.startswith(_SEGMENT_RATIO) and isinstance(v, float) and math.isfinite(v) and v > 0
+    }
+    if seg:
+        worst = max(seg, key=lambda k: (abs(math.log(seg[k])), k))
+        out += f"; worst segment {worst} {seg[worst]:.2f}x"
+    return out
 
 
 def _choice_reason(
@@ -256,14 +282,16 @@ def _choice_reason(
     valid = {k: c for k, c in cands.items() if c.valid and c.fit is not None}
     if has_holdout:
         listing = "; ".join(
-            f"{k} {valid[k].holdout.get(BAND_ERROR, math.nan):.3f} (predicted/actual by band "
+            f"{k} {valid[k].holdout.get(HOLDOUT_ERROR, math.nan):.3f} (predicted/actual by band "
             f"{_band_listing(valid[k].holdout)}; MAE {valid[k].holdout.get('holdout_mae', math.nan):.4f})"
             for k in sorted(valid)
         )
+        groups = f"the repeat-purchase bands {', '.join(b for b, _, _ in V.REPEAT_BANDS)}"
+        if any(SEGMENT_ERROR in c.holdout for c in valid.values()):
+            groups += " and the RFM segments at the calibration end"
         return (
-            "lowest holdout band error among valid models: mean over the repeat-purchase bands "
-            f"{', '.join(b for b, _, _ in V.REPEAT_BANDS)} of |ln(predicted/actual holdout purchases)|, "
-            f"ties by MAE per customer ({listing}){rejected}",
+            f"lowest holdout error among valid models: mean over {groups} of "
+            f"|ln(predicted/actual holdout purchases)|, ties by MAE per customer ({listing}){rejected}",
             None,
         )
     listing = ", ".join(f"{k} {valid[k].fit.bic:.1f}" for k in sorted(valid))  # type: ignore[union-attr]
@@ -330,8 +358,11 @@ def run_clv(
                 days, cal_end, cfg.time_unit, hold_end if has_holdout else None
             )
         persisted.persist()
+        segments: DataFrame | None = None
         try:
             segments = segments_at(cal_end) if segments_at is not None and has_holdout else None
+            if segments is not None:  # read by every candidate round and the holdout value check
+                segments = segments.persist()
             return _run(
                 days,
                 (cal_summary, full),
@@ -344,6 +375,8 @@ def run_clv(
             )
         finally:
             persisted.unpersist()
+            if segments is not None:
+                segments.unpersist()
 
 
 def _run(
@@ -363,8 +396,11 @@ def _run(
     unit = cfg.time_unit
     has_holdout = hold_end is not None
     stats = S.compressed_rfm(cal_summary, unit)
+    if M.MBGCNBD in _model_order(cfg):  # its choice of k needs the log gaps between purchase days
+        litt, gaps = S.log_gap_sums(days, cal_end, unit)
+        stats = replace(stats, litt_sum=litt, n_gaps=gaps)
     warns: list[str] = []
-    tried, chosen = _search(stats, cal_summary, has_holdout, cfg)
+    tried, chosen = _search(stats, cal_summary, has_holdout, cfg, segments)
     cands = {name: attempts[-1] for name, attempts in tried.items()}
     per_model = {name: c.summary() for name, c in cands.items()}
     validity = _validity_entries(tried)
@@ -425,7 +461,11 @@ def _run(
 
 
 def _search(
-    stats: M.RfmStats, cal_summary: DataFrame, has_holdout: bool, cfg: ClvConfig
+    stats: M.RfmStats,
+    cal_summary: DataFrame,
+    has_holdout: bool,
+    cfg: ClvConfig,
+    segments: DataFrame | None = None,
 ) -> tuple[dict[str, list[_Candidate]], str | None]:
     """Fit rounds at ``clv.penalizer``, then (when it is 0) at each of ``PENALIZER_FALLBACK``, until
     one gives a valid model: (every attempt per model, in order; the chosen model or None)."""
@@ -433,7 +473,7 @@ def _search(
     tried: dict[str, list[_Candidate]] = {}
     chosen: str | None = None
     for penalizer in penalizers:
-        round_cands, chosen = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg)
+        round_cands, chosen = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg, segments)
         for name, c in round_cands.items():
             tried.setdefault(name, []).append(c)
             if not c.valid:

@@ -12,7 +12,17 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from segspark.clv.stats import BGNBD, MBGNBD, PARETO_NBD, TRANSACTION_MODELS, FloatArray, RfmStats, SpendStats
+from segspark.clv import cnbd
+from segspark.clv.stats import (
+    BGNBD,
+    MBGCNBD,
+    MBGNBD,
+    PARETO_NBD,
+    TRANSACTION_MODELS,
+    FloatArray,
+    RfmStats,
+    SpendStats,
+)
 from segspark.errors import SegsparkError
 
 
@@ -144,6 +154,8 @@ def log_likelihood_terms(model: str, params: Any, stats: RfmStats) -> FloatArray
         return _bg_family_terms(p, stats, modified=True)
     if model == PARETO_NBD:
         return _pareto_terms(p, stats)
+    if model == MBGCNBD:  # without the term in k alone (cnbd.regularity_term)
+        return cnbd.log_likelihood_terms(p, stats)
     raise SegsparkError(f"clv: unknown model {model!r}; allowed: {', '.join(TRANSACTION_MODELS)}")
 
 

@@ -5,6 +5,7 @@ Everything works on arrays (driver side, or inside a vectorized ``pandas_udf``).
 
 - :mod:`segspark.clv.stats`: model and parameter names, the compressed sufficient statistics
   (distinct ``(x, t_x, T)`` rows with a count each: a fit costs per distinct row, not per customer);
+- :mod:`segspark.clv.cnbd`: MBG/CNBD-k (MBG/NBD with Erlang-k gaps between purchases);
 - :mod:`segspark.clv.likelihood`: log-likelihoods of BG/NBD, MBG/NBD, Pareto/NBD and Gamma-Gamma,
   with analytic gradients where the algebra is short (BG/NBD, MBG/NBD, Gamma-Gamma);
 - :mod:`segspark.clv.validity`: :class:`FitResult` and the validity rule (:func:`assess`): a fit is
@@ -29,6 +30,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from scipy import optimize
 from statsmodels.tools.numdiff import approx_fprime
 from threadpoolctl import threadpool_limits
 
+from segspark.clv import cnbd
 from segspark.clv.closed_form import (
     alive_purchase_horizon,
     alive_purchases,
@@ -62,6 +65,7 @@ from segspark.clv.likelihood import _log_mix as _log_mix  # re-exported for the 
 from segspark.clv.simulation import simulate, simulate_spend
 from segspark.clv.stats import (
     BGNBD,
+    MBGCNBD,
     MBGNBD,
     PARAM_NAMES,
     PARETO_NBD,
@@ -86,6 +90,7 @@ __all__ = [
     "BOUNDARY_HIGH",
     "BOUNDARY_LOW",
     "HESSIAN_RTOL",
+    "MBGCNBD",
     "MBGNBD",
     "PARAM_NAMES",
     "PARETO_NBD",
@@ -141,6 +146,8 @@ def penalty_divisors(model: str, max_age: float) -> FloatArray:
     not alpha in days or weeks; Gamma-Gamma is penalized on its natural scale.
     """
     t = max(float(max_age), 1e-12)
+    if model == MBGCNBD:  # k is not fitted: (r, alpha, a, b) as MBG/NBD
+        return np.array([1.0, t, 1.0, 1.0])
     if model in (BGNBD, MBGNBD):
         return np.array([1.0, t, 1.0, 1.0])
     if model == PARETO_NBD:
@@ -296,6 +303,11 @@ def fit_transactions(
     if model not in TRANSACTION_MODELS:
         raise SegsparkError(f"clv: unknown model {model!r}; allowed: {', '.join(TRANSACTION_MODELS)}")
     started = time.perf_counter()
+    if model == MBGCNBD:
+        out = _fit_cnbd(stats, penalizer, initial, started)
+        if strict and (not out.converged or out.at_boundary):
+            raise SegsparkError(f"clv: the {model} fit did not converge ({out.message}); " + _FAIL_HINT)
+        return out
     n = stats.n_customers
     max_age = float(stats.T.max())
     divisors = penalty_divisors(model, max_age)
@@ -344,6 +356,69 @@ def fit_transactions(
             + _FAIL_HINT
         )
     return out
+
+
+def _fit_cnbd_k(k: int, stats: RfmStats, penalizer: float, theta0: FloatArray, started: float) -> FitResult:
+    """MBG/CNBD-k at one k: (r, alpha, a, b) by maximum likelihood, k recorded with se 0 (chosen
+    on a grid, not estimated); the log-likelihood includes the term in k alone, so that ks compare."""
+    n = stats.n_customers
+    divisors = penalty_divisors(MBGCNBD, float(stats.T.max()))
+    scale = dict(zip(PARAM_NAMES[MBGNBD], (float(d) for d in divisors), strict=True))
+
+    def nll(p: FloatArray) -> float:
+        return -float(np.dot(stats.weight, cnbd.log_likelihood_terms(np.r_[float(k), p], stats)))
+
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res, _, jac = _minimize(f"{MBGCNBD} (k={k})", n, nll, None, theta0, penalizer, divisors)
+        ll = -nll(np.exp(res.x)) + cnbd.regularity_term(k, stats.litt_sum, stats.n_gaps)
+        out = _finish(MBGNBD, res, jac, ll, n, stats.n_rows, penalizer, started, scale)
+    return replace(
+        out,
+        model=MBGCNBD,
+        params={"k": float(k), **out.params},
+        se={"k": 0.0, **out.se},
+        scale={"k": 1.0, **out.scale},
+        aic=out.aic + 2.0,
+        bic=out.bic + math.log(max(n, 1.0)),
+    )
+
+
+def _fit_cnbd(stats: RfmStats, penalizer: float, initial: Any | None, started: float) -> FitResult:
+    """MBG/CNBD-k: k by the profile likelihood over 1..``cnbd.K_MAX`` (stopping when it falls twice
+    in a row, as BTYDplus does), each k warm-started from the previous one; ``initial`` (k, r, alpha,
+    a, b) fixes k (the refit on the full history keeps the validated k)."""
+    if initial is not None:
+        init = np.asarray(initial, dtype=np.float64)
+        return _fit_cnbd_k(round(float(init[0])), stats, penalizer, np.log(init[1:]), started)
+    if not (math.isfinite(stats.litt_sum) and math.isfinite(stats.n_gaps)):
+        raise SegsparkError(
+            f"clv: {MBGCNBD} needs the sum of the log gaps between purchase days to choose k (not given)"
+        )
+    theta0 = np.log(np.array([1.0, max(float(stats.T.max()) / 10.0, 1e-3), 1.0, 1.0]))
+    best: FitResult | None = None
+    lls: list[float] = []
+    for k in range(1, cnbd.K_MAX + 1):
+        try:
+            fit = _fit_cnbd_k(k, stats, penalizer, theta0, started)
+        except SegsparkError:
+            break
+        lls.append(fit.log_likelihood)
+        if best is None or fit.log_likelihood > best.log_likelihood:
+            best = fit
+        # the next k splits each gap into one more phase: alpha scaled by k / (k + 1) keeps the
+        # purchase rate of the start where this fit ended
+        theta0 = np.log(fit.values[1:] * np.array([1.0, k / (k + 1.0), 1.0, 1.0]))
+        if len(lls) > 2 and lls[-1] < lls[-2] < lls[-3]:
+            break
+    if best is None:
+        raise SegsparkError(f"clv: the {MBGCNBD} fit did not reach a finite likelihood; {_FAIL_HINT}")
+    profile = ", ".join(f"k={i + 1} {v:.1f}" for i, v in enumerate(lls))
+    return replace(
+        best,
+        message=f"{best.message}; k={best.params['k']:.0f} by profile log-likelihood ({profile})",
+        fit_seconds=time.perf_counter() - started,
+    )
 
 
 def fit_gamma_gamma(stats: SpendStats, penalizer: float = 0.0, strict: bool = True) -> FitResult:

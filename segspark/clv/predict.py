@@ -37,7 +37,9 @@ def _lit(v: float) -> Column:
 
 
 def p_alive_col(model: str, params: Any, x: Column, t_x: Column, T: Column) -> Column:
-    """P(alive) as a column expression (BG/NBD and MBG/NBD closed forms)."""
+    """P(alive) as a column expression (BG/NBD, MBG/NBD and MBG/CNBD-k closed forms)."""
+    if model == M.MBGCNBD:
+        return _cnbd_p_alive_col(params, x, t_x, T)
     r, alpha, a, b = (float(v) for v in params)
     xd = x.cast("double")
     denom = xd + _lit(b) if model == M.MBGNBD else xd + _lit(b - 1.0)
@@ -50,6 +52,25 @@ def p_alive_col(model: str, params: Any, x: Column, t_x: Column, T: Column) -> C
     if model == M.BGNBD:
         return F.when(x > 0, alive).otherwise(F.lit(1.0))
     return alive
+
+
+def _cnbd_p_alive_col(params: Any, x: Column, t_x: Column, T: Column) -> Column:
+    """MBG/CNBD-k P(alive) = 1 / (1 + S1 / S2) (segspark.clv.cnbd.log_odds_dead), S2 a sum of k terms."""
+    k_f, r, alpha, a, b = (float(v) for v in params)
+    k = round(k_f)
+    rkx = _lit(r) + x.cast("double") * _lit(k)
+    alpha_t = _lit(alpha) + T
+    log_s1 = (
+        _lit(math.log(a))
+        - F.log(x.cast("double") + _lit(b))
+        + rkx * (F.log(alpha_t) - F.log(_lit(alpha) + t_x))
+    )
+    ratio = (T - t_x) / alpha_t
+    s2, term = F.lit(1.0), F.lit(1.0)
+    for j in range(1, k):
+        term = term * (rkx + _lit(j - 1)) * ratio / _lit(j)
+        s2 = s2 + term
+    return F.lit(1.0) / (F.lit(1.0) + F.exp(log_s1 - F.log(s2)))
 
 
 def expected_avg_value_col(gg_params: Any, x: Column, m: Column) -> Column:

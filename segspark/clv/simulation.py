@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from segspark.clv.stats import BGNBD, MBGNBD, PARETO_NBD, FloatArray
+from segspark.clv import cnbd
+from segspark.clv.stats import BGNBD, MBGCNBD, MBGNBD, PARETO_NBD, FloatArray
 from segspark.errors import SegsparkError
 
 
@@ -20,6 +21,8 @@ def simulate(model: str, params: Any, T: Any, seed: int = 42) -> tuple[FloatArra
     """
     rng = np.random.default_rng(seed)
     T = np.asarray(T, dtype=np.float64)
+    if model == MBGCNBD:
+        return cnbd.simulate(params, T, rng)
     size = T.shape
     r, alpha = params[0], params[1]
     lam = rng.gamma(r, 1.0 / alpha, size)

@@ -19,12 +19,15 @@ from segspark.errors import SegsparkError
 BGNBD = "bgnbd"
 MBGNBD = "mbgnbd"
 PARETO_NBD = "pareto_nbd"
-TRANSACTION_MODELS = (BGNBD, PARETO_NBD, MBGNBD)
+# MBG/NBD with Erlang-k inter-purchase times (segspark.clv.cnbd); k is chosen, not estimated
+MBGCNBD = "mbgcnbd"
+TRANSACTION_MODELS = (BGNBD, PARETO_NBD, MBGNBD, MBGCNBD)
 
 PARAM_NAMES: dict[str, tuple[str, ...]] = {
     BGNBD: ("r", "alpha", "a", "b"),
     MBGNBD: ("r", "alpha", "a", "b"),
     PARETO_NBD: ("r", "alpha", "s", "beta"),
+    MBGCNBD: ("k", "r", "alpha", "a", "b"),
     "gamma_gamma": ("p", "q", "gamma"),
 }
 
@@ -56,7 +59,9 @@ class RfmStats(_ByFrequency):
     """Compressed BTYD statistics: one row per distinct (x, t_x, T) with its customer count.
 
     ``grid_days`` and ``sample_fraction`` say how :func:`segspark.clv.summary.compressed_rfm` bounded
-    the rows (1 and 1.0: exact distinct triples on the day grid, every customer).
+    the rows (1 and 1.0: exact distinct triples on the day grid, every customer). ``litt_sum`` and
+    ``n_gaps``: the sum of the log gaps between purchase days (in the time unit) over every customer,
+    and the number of gaps: what MBG/CNBD-k's choice of k needs beyond (x, t_x, T); NaN when not known.
     """
 
     x: FloatArray
@@ -65,6 +70,8 @@ class RfmStats(_ByFrequency):
     weight: FloatArray
     grid_days: int = 1
     sample_fraction: float = 1.0
+    litt_sum: float = float("nan")
+    n_gaps: float = float("nan")
 
     @classmethod
     def from_arrays(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from segspark.clv.stats import RfmStats, SpendStats
@@ -109,6 +109,27 @@ def purchase_days(customer_days: DataFrame, end: dt.date) -> DataFrame:
         F.col(ORDER_DATE).alias(PURCHASE_DATE),
         F.col(PURCHASE_VALUE).cast("double").alias(PURCHASE_VALUE),
     )
+
+
+def log_gap_sums(days: DataFrame, end: dt.date, time_unit: str) -> tuple[float, float]:
+    """(sum of log(gap / unit) over the gaps between consecutive purchase days on or before ``end``,
+    the number of gaps), over every customer: the statistic MBG/CNBD-k's choice of k needs beyond
+    (x, t_x, T) (BTYDplus's ``litt``, summed). ``days``: :func:`purchase_days`; one window pass."""
+    by_customer = Window.partitionBy(CUSTOMER_ID).orderBy(PURCHASE_DATE)
+    gap = F.datediff(F.col(PURCHASE_DATE), F.lag(F.col(PURCHASE_DATE)).over(by_customer))
+    row = (
+        days.where(F.col(PURCHASE_DATE) <= F.lit(end))
+        .select(gap.alias("gap"))
+        .where(F.col("gap") > 0)
+        .agg(
+            F.sum(F.log(F.col("gap").cast("double") / F.lit(unit_days(time_unit)))).alias("litt"),
+            F.count(F.lit(1)).alias("gaps"),
+        )
+        .first()
+    )
+    if row is None or not row["gaps"]:
+        return 0.0, 0.0
+    return float(row["litt"]), float(row["gaps"])
 
 
 def summary_from_purchase_days(

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from pyspark.sql import Column, DataFrame, Row
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segspark.clv import models as M
@@ -32,7 +33,6 @@ from segspark.clv.summary import (
     PURCHASE_DATE,
     RECENCY,
     VALUE_HOLDOUT,
-    corr_or_null,
     unit_days,
 )
 from segspark.schema import CUSTOMER_ID
@@ -61,66 +61,89 @@ def with_holdout_prediction(summary: DataFrame, fit: M.FitResult) -> DataFrame:
     )
 
 
-def holdout_metrics(summary: DataFrame, fit: M.FitResult) -> dict[str, float]:
+def holdout_metrics(
+    summary: DataFrame, fit: M.FitResult, segments: DataFrame | None = None
+) -> dict[str, float]:
     """MAE, RMSE, correlation and totals of predicted vs actual holdout purchases (one Spark pass)."""
-    return holdout_metrics_many(summary, {fit.model: fit})[fit.model]
+    return holdout_metrics_many(summary, {fit.model: fit}, segments)[fit.model]
 
 
-def holdout_metrics_many(summary: DataFrame, fits: dict[str, M.FitResult]) -> dict[str, dict[str, float]]:
-    """:func:`holdout_metrics` for several fitted models in one pass over the summary."""
+def _with_segment(scored: DataFrame, segments: DataFrame | None, segment_col: str) -> DataFrame:
+    """``scored`` with a ``segment`` column: the customer's segment from ``segments`` (customer_id,
+    ``segment_col``; one row per customer), :data:`SEGMENT_UNKNOWN` when she has none."""
+    if segments is None:
+        return scored.withColumn("segment", F.lit(SEGMENT_UNKNOWN))
+    seg = segments.select(F.col(CUSTOMER_ID), F.col(segment_col).alias("segment"))
+    joined = scored.join(seg, on=CUSTOMER_ID, how="left")
+    return joined.withColumn("segment", F.coalesce(F.col("segment"), F.lit(SEGMENT_UNKNOWN)))
+
+
+def holdout_metrics_many(
+    summary: DataFrame,
+    fits: dict[str, M.FitResult],
+    segments: DataFrame | None = None,
+    segment_col: str = "segment",
+) -> dict[str, dict[str, float]]:
+    """:func:`holdout_metrics` for several fitted models in one pass over the summary.
+
+    Sums per (repeat band, segment) cell leave Spark (a few dozen rows); per-customer MAE, RMSE and
+    correlation follow from the cells' sums. ``segments`` (customer_id, ``segment_col``), when
+    given, adds the error by segment (:func:`_group_errors`).
+    """
     actual = F.col(FREQUENCY_HOLDOUT).cast("double")
-    preds = {
-        name: expected_purchases_udf(fit.model, fit.values)(
+    preds = [
+        expected_purchases_udf(fit.model, fit.values)(
             F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE)
         ).alias(f"pred_{i}")
-        for i, (name, fit) in enumerate(fits.items())
-    }
+        for i, fit in enumerate(fits.values())
+    ]
     scored = summary.select(
-        actual.alias("actual"), repeat_band(F.col(FREQUENCY)).alias("band"), *preds.values()
+        F.col(CUSTOMER_ID), actual.alias("actual"), repeat_band(F.col(FREQUENCY)).alias("band"), *preds
     )
-    aggs = [F.count(F.lit(1)).alias("n"), F.sum("actual").alias("actual")]
-    for j, (band, _, _) in enumerate(REPEAT_BANDS):
-        in_band = F.col("band") == F.lit(band)
-        aggs += [
-            F.count_if(in_band).alias(f"n_b{j}"),
-            F.sum(F.when(in_band, F.col("actual"))).alias(f"a_b{j}"),
-        ]
+    a = F.col("actual")
+    aggs = [F.count(F.lit(1)).alias("n"), F.sum(a).alias("a"), F.sum(a * a).alias("aa")]
     for i in range(len(fits)):
-        pred = F.col(f"pred_{i}")
-        err = pred - F.col("actual")
+        p = F.col(f"pred_{i}")
+        err = p - a
         aggs += [
-            F.avg(F.abs(err)).alias(f"mae_{i}"),
-            F.sqrt(F.avg(err * err)).alias(f"rmse_{i}"),
-            corr_or_null(pred, F.col("actual")).alias(f"corr_{i}"),  # null, not an ANSI error, if constant
-            F.sum(pred).alias(f"pred_{i}"),
+            F.sum(p).alias(f"p_{i}"),
+            F.sum(p * p).alias(f"pp_{i}"),
+            F.sum(p * a).alias(f"pa_{i}"),
+            F.sum(F.abs(err)).alias(f"abs_{i}"),
+            F.sum(err * err).alias(f"sq_{i}"),
         ]
-        aggs += [
-            F.sum(F.when(F.col("band") == F.lit(band), pred)).alias(f"p_b{j}_{i}")
-            for j, (band, _, _) in enumerate(REPEAT_BANDS)
-        ]
-    row = scored.agg(*aggs).first()
-    assert row is not None
-
-    def num(v: object) -> float:
-        return float(v) if v is not None else math.nan  # type: ignore[arg-type]
-
-    total = num(row["actual"]) if row["actual"] is not None else 0.0
+    cells = _with_segment(scored, segments, segment_col).groupBy("band", "segment").agg(*aggs).toPandas()
+    cells = cells.fillna(0.0)
+    n = float(cells["n"].sum())
+    total = float(cells["a"].sum())
     out: dict[str, dict[str, float]] = {}
     for i, name in enumerate(fits):
-        predicted = num(row[f"pred_{i}"])
+        predicted = float(cells[f"p_{i}"].sum())
         out[name] = {
-            "holdout_customers": float(row["n"]),
-            "holdout_mae": num(row[f"mae_{i}"]),
-            "holdout_rmse": num(row[f"rmse_{i}"]),
-            "holdout_corr": num(row[f"corr_{i}"]),
+            "holdout_customers": n,
+            "holdout_mae": float(cells[f"abs_{i}"].sum()) / n if n else math.nan,
+            "holdout_rmse": math.sqrt(float(cells[f"sq_{i}"].sum()) / n) if n else math.nan,
+            "holdout_corr": _corr(
+                n, predicted, total, *(float(cells[c].sum()) for c in (f"pp_{i}", "aa", f"pa_{i}"))
+            ),
             "holdout_actual_total": total,
             "holdout_predicted_total": predicted,
             "holdout_total_error_pct": 100.0 * (predicted - total) / total if total else math.nan,
             # the share the validity rule bounds (clv.max_holdout_error)
             "holdout_total_error": (predicted - total) / total if total else math.nan,
-            **_band_errors(row, i),
+            **_group_errors(cells, f"p_{i}", segments is not None),
         }
     return out
+
+
+def _corr(n: float, sp: float, sa: float, spp: float, saa: float, spa: float) -> float:
+    """Pearson correlation from sums (NaN when either side is constant)."""
+    if n < 2:
+        return math.nan
+    cov = spa - sp * sa / n
+    vp = spp - sp * sp / n
+    va = saa - sa * sa / n
+    return cov / math.sqrt(vp * va) if vp > 0 and va > 0 else math.nan
 
 
 def band_key(band: str) -> str:
@@ -128,26 +151,54 @@ def band_key(band: str) -> str:
     return "holdout_band_ratio_" + band.replace("-", "_").replace("+", "plus")
 
 
-def _band_errors(row: Row, i: int) -> dict[str, float]:
-    """Model ``i``'s predicted / actual holdout purchases per repeat band of :data:`REPEAT_BANDS`
-    (:func:`band_key`), and ``holdout_band_error``: the mean over the bands with customers
-    of |ln((predicted + c) / (actual + c))|, c = :data:`BAND_ERROR_PSEUDO_PURCHASES`.
+def segment_key(segment: str) -> str:
+    """``holdout_segment_ratio_at_risk``: a metric name any tracking store takes."""
+    slug = "".join(ch if ch.isalnum() else "_" for ch in segment.lower()).strip("_")
+    return "holdout_segment_ratio_" + "_".join(part for part in slug.split("_") if part)
 
-    Every band weighs the same whatever its size, and a model 2x over and one 2x under err alike: a
-    model that is far off on the customers without a repeat purchase (few holdout purchases, so
-    little weight in a per-customer MAE) loses to one that is close on every band.
+
+def _log_error(predicted: float, actual: float) -> float:
+    c = BAND_ERROR_PSEUDO_PURCHASES
+    return abs(math.log((max(predicted, 0.0) + c) / (actual + c)))
+
+
+def _group_errors(cells: pd.DataFrame, pred: str, by_segment: bool) -> dict[str, float]:
+    """Predicted / actual holdout purchases per repeat band of :data:`REPEAT_BANDS` (:func:`band_key`)
+    and, ``by_segment``, per segment (:func:`segment_key`); their errors:
+
+    - ``holdout_band_error``: the mean over the bands with customers of |ln((predicted + c) /
+      (actual + c))|, c = :data:`BAND_ERROR_PSEUDO_PURCHASES`;
+    - ``holdout_segment_error``: the same over the segments (customers without one left out);
+    - ``holdout_error``: the mean of that term over the bands and the segments together, what
+      ``clv.model: auto`` ranks by (the band error without segments).
+
+    Every group weighs the same whatever its size, and a model 2x over and one 2x under err alike: a
+    model far off on one band or segment (few holdout purchases, so little weight in a per-customer
+    MAE: the customers without a repeat purchase, regular buyers who stopped) loses to one that is
+    close on every group.
     """
     out: dict[str, float] = {}
-    logs: list[float] = []
-    for j, (band, _, _) in enumerate(REPEAT_BANDS):
-        if not row[f"n_b{j}"]:
+    band_logs: list[float] = []
+    by_band: dict[Any, dict[Any, Any]] = cells.groupby("band")[["n", "a", pred]].sum().to_dict("index")
+    for band, _, _ in REPEAT_BANDS:
+        if band not in by_band or not by_band[band]["n"]:
             continue
-        actual = float(row[f"a_b{j}"] or 0.0)
-        predicted = float(row[f"p_b{j}_{i}"] or 0.0)
+        actual, predicted = float(by_band[band]["a"]), float(by_band[band][pred])
         out[band_key(band)] = predicted / actual if actual else math.nan
-        c = BAND_ERROR_PSEUDO_PURCHASES
-        logs.append(abs(math.log((max(predicted, 0.0) + c) / (actual + c))))
-    out["holdout_band_error"] = float(np.mean(logs)) if logs else math.nan
+        band_logs.append(_log_error(predicted, actual))
+    out["holdout_band_error"] = float(np.mean(band_logs)) if band_logs else math.nan
+    out["holdout_error"] = out["holdout_band_error"]
+    if not by_segment:
+        return out
+    seg_logs: list[float] = []
+    by_seg: dict[Any, dict[Any, Any]] = cells.groupby("segment")[["n", "a", pred]].sum().to_dict("index")
+    for segment in sorted(str(s) for s in by_seg if s != SEGMENT_UNKNOWN):
+        actual, predicted = float(by_seg[segment]["a"]), float(by_seg[segment][pred])
+        out[segment_key(segment)] = predicted / actual if actual else math.nan
+        seg_logs.append(_log_error(predicted, actual))
+    out["holdout_segment_error"] = float(np.mean(seg_logs)) if seg_logs else math.nan
+    logs = band_logs + seg_logs
+    out["holdout_error"] = float(np.mean(logs)) if logs else math.nan
     return out
 
 
@@ -203,13 +254,9 @@ def holdout_value(
         (pred_n * avg_value).alias("predicted"),
         F.col(VALUE_HOLDOUT).alias("actual"),
     )
-    if segments is not None:
-        seg = segments.select(F.col(CUSTOMER_ID), F.col(segment_col).alias("segment"))
-        scored = scored.join(seg, on=CUSTOMER_ID, how="left")
-    else:
-        scored = scored.withColumn("segment", F.lit(None).cast("string"))
     cells = (
-        scored.groupBy("band", F.coalesce(F.col("segment"), F.lit(SEGMENT_UNKNOWN)).alias("segment"))
+        _with_segment(scored, segments, segment_col)
+        .groupBy("band", "segment")
         .agg(
             F.count(F.lit(1)).alias("customers"),
             F.sum("actual").alias("actual"),
