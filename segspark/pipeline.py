@@ -706,7 +706,7 @@ def run(ctx: RunContext, command: str | None = None) -> RunContext:
     try:
         if body[0].name != "ingest":
             _from_written_tables(ctx, body[0])
-        elif refresh.decide_for(ctx) == "skip":
+        elif _decide_refresh(ctx) == "skip":
             record_run(ctx, "succeeded")  # one row saying so (choices["refresh"]); nothing else
             return ctx
     except BaseException as exc:
@@ -727,6 +727,30 @@ def run(ctx: RunContext, command: str | None = None) -> RunContext:
             if stage.name != "report" or ctx.settings.report.enabled:
                 _run_recorded(ctx, stage)
     return ctx
+
+
+def _decide_refresh(ctx: RunContext) -> str:
+    """Whether the run recomputes (``segspark.refresh``), recorded in its ``runs`` row's choices."""
+    from segspark import privacy
+
+    settings = ctx.settings
+    key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
+    state = refresh.state_hash(settings, ctx.spark, key)
+    decision = refresh.decide(settings, ctx.lake, ctx.command, state)
+    ctx.refresh = decision
+    ctx.choose("refresh", f"{decision.mode}: {decision.reason}")
+    ctx.choices[refresh.STATE_HASH] = state
+    ctx.choices[refresh.MANIFEST_RUN] = ctx.choices[refresh.ORDERS_RUN] = ctx.run_id
+    previous = decision.previous
+    if decision.mode in ("skip", "reuse") and previous is not None:
+        ctx.choices[refresh.ORDERS_RUN] = previous.choices.get(refresh.ORDERS_RUN, previous.run_id)
+        ctx.choices[refresh.DATA_DATE] = previous.choices.get(refresh.DATA_DATE, str(previous.as_of_date))
+    if decision.mode == "skip" and previous is not None:
+        ctx.choices[refresh.MANIFEST_RUN] = previous.manifest_run
+        ctx.as_of_date = previous.as_of_date
+    elif decision.mode == "full" and settings.refresh == "incremental":
+        ctx.warn(f"refresh: incremental asked, the whole history refreshed ({decision.reason})")
+    return decision.mode
 
 
 def run_stage(ctx: RunContext, stage: Stage) -> StageIO:

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from segspark.config import Settings
-    from segspark.context import RunContext
     from segspark.ingest.result import IngestResult
     from segspark.io import Lakehouse
 
@@ -165,30 +164,6 @@ def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Dec
         previous,
         prints,
     )
-
-
-def decide_for(ctx: RunContext) -> str:
-    """Whether the run recomputes (``segspark.refresh``), recorded in its ``runs`` row's choices."""
-    from segspark import privacy
-
-    settings = ctx.settings
-    key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
-    state = state_hash(settings, ctx.spark, key)
-    decision = decide(settings, ctx.lake, ctx.command, state)
-    ctx.refresh = decision
-    ctx.choose("refresh", f"{decision.mode}: {decision.reason}")
-    ctx.choices[STATE_HASH] = state
-    ctx.choices[MANIFEST_RUN] = ctx.choices[ORDERS_RUN] = ctx.run_id
-    previous = decision.previous
-    if decision.mode in ("skip", "reuse") and previous is not None:
-        ctx.choices[ORDERS_RUN] = previous.choices.get(ORDERS_RUN, previous.run_id)
-        ctx.choices[DATA_DATE] = previous.choices.get(DATA_DATE, str(previous.as_of_date))
-    if decision.mode == "skip" and previous is not None:
-        ctx.choices[MANIFEST_RUN] = previous.manifest_run
-        ctx.as_of_date = previous.as_of_date
-    elif decision.mode == "full" and settings.refresh == "incremental":
-        ctx.warn(f"refresh: incremental asked, the whole history refreshed ({decision.reason})")
-    return decision.mode
 
 
 def _reuse_or_full(
