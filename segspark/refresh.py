@@ -104,7 +104,9 @@ def last_succeeded(lake: Lakehouse, command: str | None = None, run_id: str | No
     driver; None without one."""
     if not lake.exists(S.RUNS):
         return None
-    which = F.col("command") == command if command is not None else F.col(S.RUN_ID) == run_id
+    # a run id's own row, not its report's (same run id, command "report", no inputs)
+    by_id = (F.col(S.RUN_ID) == run_id) & (F.col("command") != "report")
+    which = F.col("command") == command if command is not None else by_id
     row = (
         lake.read_output(S.RUNS)
         .where((F.col("status") == "succeeded") & which)

@@ -81,7 +81,7 @@ def _report_parts(root: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: ReferenceRun) -> None:
+def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: ReferenceRun, spark: Any) -> None:
     """README "What the job sizes to the data": every choice is in the run's ``choices``."""
     (run,) = [r for r in _table(reference_run.out, "runs") if r["command"] == "run"]
     choices = dict(run["choices"])
@@ -124,6 +124,16 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
         assert final.group(2) == "best of 4 scikit-learn starts on the driver"
     else:
         assert re.fullmatch(r"[1-4] of 4 starts", final.group(2)), final.group(2)
+    # a later reuse stands on this run's own runs row (inputs, counts), never its report's row of
+    # the same run id (no inputs)
+    from segspark.config import load_settings
+    from segspark.io import Lakehouse
+    from segspark.refresh import last_succeeded
+
+    lake = Lakehouse(spark, load_settings(overrides=[f"output.path={reference_run.out}"]))
+    source = last_succeeded(lake, run_id=run["run_id"])
+    tx = next(i for i in run["inputs"] if i["name"] == "transactions")
+    assert source is not None and source.inputs["transactions"][0] == tx["rows_in"] > 0
 
 
 @pytest.mark.slow
