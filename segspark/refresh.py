@@ -258,10 +258,14 @@ def _why_not_skip(
     if set(took) != set(prints):
         return f"other inputs configured than run {previous.run_id} took"
     for name, now in prints.items():
-        state, why = compare(now, *took[name])
-        if state != "unchanged":
+        found, why = compare(now, *took[name])
+        if found != "unchanged":
             return why
-    missing = [t for t in previous.outputs if not lake.exists(t)]
+    outputs = previous.outputs  # a skipped run wrote none: those of the run it stood on
+    if not outputs and previous.manifest_run != previous.run_id:
+        stood = last_succeeded(lake, run_id=previous.manifest_run)
+        outputs = stood.outputs if stood is not None else ()
+    missing = [t for t in outputs if not lake.exists(t)]
     if missing:
         return f"table(s) {', '.join(missing)} of run {previous.run_id} are gone"
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,10 @@ def test_unchanged_transactions_reuse_their_orders_and_give_what_a_full_refresh_
     first = ingest()
     orders_version = DeltaTable(str(out / "tables" / "orders")).version()
     assert _choices(ingest())["refresh"].startswith("skip:")  # the reuse stands on run 1 through it
+    shutil.rmtree(out / "tables" / "customer_months")  # a table the skipped run stood on, gone
+    gone = ingest()
+    assert _choices(gone)["refresh"].startswith("reuse: ")  # the orders stand; the rest is rebuilt
+    assert "table(s) customer_months of run" in _choices(gone)["refresh"]
     reused = ingest("--set", "as_of_date=2024-06-30")
     reason = _choices(reused)["refresh"]
     assert reason.startswith(f"reuse: transactions as run {first['run_id']} took them: its orders reused")
