@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 INPUTS = ("transactions", "customers", "events", "marketing_spend")
 STATE_HASH = "refresh.state_hash"
 MANIFEST_RUN = "refresh.manifest_run"
+# what a run took of each input: its files, or its Delta version (``input_manifest`` rows)
+Taken = dict[str, tuple[list[InputFile] | None, int | None]]
 ORDERS_RUN = "refresh.orders_run"  # the run that validated the transactions behind ``orders``
 DATA_DATE = "refresh.data_date"  # the date of that run's last clean line (the default as_of_date)
 
@@ -123,7 +125,7 @@ def last_succeeded(lake: Lakehouse, command: str | None = None, run_id: str | No
     return Previous(row[S.RUN_ID], row[S.AS_OF_DATE], *hashes, choices, outputs, counts)
 
 
-def taken(lake: Lakehouse, run_id: str) -> dict[str, tuple[list[InputFile] | None, int | None]]:
+def taken(lake: Lakehouse, run_id: str) -> Taken:
     """What run ``run_id`` took of each input: its files, or its Delta version (a few rows per input)."""
     if not lake.exists(S.INPUT_MANIFEST):
         return {}
@@ -133,7 +135,7 @@ def taken(lake: Lakehouse, run_id: str) -> dict[str, tuple[list[InputFile] | Non
         .select("input", "path", "size", F.unix_micros("modification_time").alias("us"), "delta_version")
         .collect()
     )
-    out: dict[str, tuple[list[InputFile] | None, int | None]] = {}
+    out: Taken = {}
     for r in rows:
         files, version = out.get(r["input"], (None, None))
         if r["path"] is not None:
@@ -156,9 +158,10 @@ def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Dec
     previous = last_succeeded(lake, command=command)
     if previous is None:
         return Decision("full", f"no earlier successful {command} in this lakehouse", None, prints)
-    reason = _why_not_skip(settings, lake, previous, prints, state)
+    took = taken(lake, previous.manifest_run)  # read once: the skip and the reuse both compare it
+    reason = _why_not_skip(settings, lake, previous, prints, took, state)
     if reason is not None:
-        return _reuse_or_full(settings, lake, previous, prints, state, reason)
+        return _reuse_or_full(lake, previous, prints, took, reason)
     return Decision(
         "skip",
         f"inputs, settings and code as run {previous.run_id} took them (as_of_date {previous.as_of_date}): "
@@ -169,11 +172,10 @@ def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Dec
 
 
 def _reuse_or_full(
-    settings: Settings,
     lake: Lakehouse,
     previous: Previous,
     prints: dict[str, Fingerprint],
-    state: str,
+    took: Taken,
     why_not_skip: str,
 ) -> Decision:
     """``reuse`` when the transactions, and what shapes the orders, are as the run that wrote
@@ -187,8 +189,8 @@ def _reuse_or_full(
     source = last_succeeded(lake, run_id=orders_run)
     if source is None or DATA_DATE not in source.choices or "transactions" not in source.inputs:
         return full
-    took = taken(lake, previous.manifest_run).get("transactions")
-    if took is None or compare(tx, *took)[0] != "unchanged" or previous.choices.get(STATE_HASH) != state:
+    tx_took = took.get("transactions")  # (the state hash was compared: "the key ..." above)
+    if tx_took is None or compare(tx, *tx_took)[0] != "unchanged":
         return full
     if not (lake.exists(S.ORDERS) and lake.exists(S.CUSTOMER_DAYS) and lake.exists(S.QUARANTINE)):
         return full
@@ -243,7 +245,12 @@ def reused_transactions(lake: Lakehouse, decision: Decision, pseudonymized: bool
 
 
 def _why_not_skip(
-    settings: Settings, lake: Lakehouse, previous: Previous, prints: dict[str, Fingerprint], state: str
+    settings: Settings,
+    lake: Lakehouse,
+    previous: Previous,
+    prints: dict[str, Fingerprint],
+    took: Taken,
+    state: str,
 ) -> str | None:
     """Why the run cannot stand on ``previous`` (None: it can)."""
     if settings.run_id == previous.run_id:
@@ -254,7 +261,6 @@ def _why_not_skip(
         return f"settings changed since run {previous.run_id}"
     if previous.code_version != code_version():
         return f"segspark {code_version()} differs from {previous.code_version} of run {previous.run_id}"
-    took = taken(lake, previous.manifest_run)
     if set(took) != set(prints):
         return f"other inputs configured than run {previous.run_id} took"
     for name, now in prints.items():

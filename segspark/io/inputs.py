@@ -23,7 +23,7 @@ are hidden). A folder with no data file of its format is an ``InputError`` namin
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -153,6 +153,12 @@ def visible_files(location: str) -> list[str] | None:
     """Paths (relative to ``location``) of the files in the folder ``location`` that Spark would read
     (none under a name starting with ``_`` or ``.``); None when ``location`` is not a folder or
     cannot be listed from this process (a path only the cluster sees)."""
+    listed = listed_files(location)
+    return None if listed is None else [relative for relative, _ in listed]
+
+
+def listed_files(location: str) -> list[tuple[str, Any]] | None:
+    """``visible_files`` with each file's pyarrow ``FileInfo`` (size, modification time)."""
     try:
         from pyarrow import fs
 
@@ -170,7 +176,7 @@ def visible_files(location: str) -> list[str] | None:
     for info in listed:
         relative = info.path[len(root) :] if info.path.startswith(root) else info.base_name
         if info.type == fs.FileType.File and not any(p.startswith(("_", ".")) for p in relative.split("/")):
-            files.append(relative)
+            files.append((relative, info))
     return files
 
 

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from segspark.config import InputTable
-from segspark.io.inputs import DATA_SUFFIXES
+from segspark.io.inputs import DATA_SUFFIXES, listed_files
 
 log = logging.getLogger(__name__)
 
@@ -69,27 +69,21 @@ def _data_files(cfg: InputTable) -> list[InputFile] | None:
     from segspark.io import storage
 
     assert cfg.path is not None
-    suffixes = DATA_SUFFIXES.get(cfg.format)
     try:
         filesystem, path = storage.filesystem(cfg.path)
         info = filesystem.get_file_info(path)
-        if info.type == fs.FileType.File:
-            return [_entry(info, info.base_name)]
-        if info.type != fs.FileType.Directory:
-            return None
-        listed = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
     except Exception as exc:  # no filesystem, no credentials, not reachable from this process
-        log.debug("input folder %s not listable here (%s)", cfg.path, exc)
+        log.debug("input %s not listable here (%s)", cfg.path, exc)
         return None
-    root = path.rstrip("/") + "/"
-    out = []
-    for f in listed:
-        relative = f.path[len(root) :] if f.path.startswith(root) else f.base_name
-        hidden = any(p.startswith(("_", ".")) for p in relative.split("/"))
-        data = suffixes is None or "pathGlobFilter" in cfg.options or relative.lower().endswith(suffixes)
-        if f.type == fs.FileType.File and not hidden and data:
-            out.append(_entry(f, relative))
-    return out
+    if info.type == fs.FileType.File:
+        return [_entry(info, info.base_name)]
+    listed = listed_files(cfg.path)  # the folder's files the reader sees
+    if listed is None:
+        return None
+    suffixes = DATA_SUFFIXES.get(cfg.format)
+    if suffixes is None or "pathGlobFilter" in cfg.options:  # no data-file filter: every file
+        return [_entry(f, relative) for relative, f in listed]
+    return [_entry(f, relative) for relative, f in listed if relative.lower().endswith(suffixes)]
 
 
 def _entry(info: object, relative: str) -> InputFile:
