@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
 from segspark import drift, maintenance, pipeline
+from segspark.cli import main
 from segspark.config import load_settings
 from segspark.context import open_context
 from tests.conftest import ReferenceRun, copy_output
@@ -80,6 +82,10 @@ def lake(
         "run_cwd": reference_run.cwd,
         "cwd": cwd,
         "args": [*reference_run.sets(out), "--set", f"lakehouse.engine={request.param}"],
+        # in the suite's process and session (its Spark settings as they are): what the erase and the
+        # vacuum do to the files is the point here, not a process of their own (test_s3 and the
+        # Connect-server test run them as commands too)
+        "job_args": [*reference_run.job_sets(out), "--set", f"lakehouse.engine={request.param}"],
     }
 
 
@@ -90,6 +96,9 @@ def _pseudonym(source_id: str) -> str:
 @pytest.mark.slow
 def test_erase_and_vacuum_leave_the_pseudonym_in_no_file_and_no_mlflow_artifact(
     lake: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out, cwd = lake["out"], lake["cwd"]
     tables = out / "tables"
@@ -117,10 +126,15 @@ def test_erase_and_vacuum_leave_the_pseudonym_in_no_file_and_no_mlflow_artifact(
     other = _pseudonym(sorted(source_ids - {victim})[0].strip())
     assert find(out / "mlartifacts", other) == [] and other.encode() not in (out / "mlflow.db").read_bytes()
 
-    proc = _segspark("erase", "--customer-id", victim, *lake["args"], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "quarantine=" in proc.stdout and "customer_segments=1" in proc.stdout
-    assert pid not in proc.stdout + proc.stderr and victim not in proc.stderr  # logs name no one
+    caplog.set_level(logging.INFO)
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    assert main(["erase", "--customer-id", victim, *lake["job_args"]]) == 0
+    printed = capsys.readouterr()
+    assert "quarantine=" in printed.out and "customer_segments=1" in printed.out
+    logged = printed.out + printed.err + caplog.text
+    assert "erased 1 customer key(s)" in caplog.text  # the command's log was captured
+    assert pid not in logged and victim not in printed.err + caplog.text  # logs name no one
     # the latest versions no longer hold it; the files of earlier versions still do
     for name in ("customer_segments", "quarantine", "orders"):
         assert all(r["customer_id"] != pid for r in _rows(tables / name))
@@ -132,11 +146,9 @@ def test_erase_and_vacuum_leave_the_pseudonym_in_no_file_and_no_mlflow_artifact(
     assert refused.stderr.strip().count("\n") == 0
     assert "below Delta's safety minimum of 168 h" in refused.stderr and "--force" in refused.stderr
 
-    proc = _segspark(
-        "vacuum", "--force", *lake["args"], "--set", "lakehouse.vacuum_retention_hours=0", cwd=cwd
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "file(s) deleted" in proc.stdout
+    vacuum = ["vacuum", "--force", *lake["job_args"], "--set", "lakehouse.vacuum_retention_hours=0"]
+    assert main(vacuum) == 0
+    assert "file(s) deleted" in capsys.readouterr().out
 
     assert find(out, pid) == []
     assert find(out, pid[:32]) == []  # not even a truncated statistic in a Delta log
