@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from segspark.clv import SEGMENT, cnbd, run_clv
+from segspark.clv import SEGMENT, cnbd, fit_from_table, fit_table, run_clv
 from segspark.clv import bands as B
 from segspark.clv import models as M
 from segspark.clv import predict as P
@@ -264,7 +264,7 @@ def test_auto_chooses_the_model_per_repeat_band(mixed_days: tuple[DataFrame, Any
     stopped regular ones); the model chosen per band holds both bands 0 and 1 within
     ``BAND_VALUE_RATIO`` of their holdout value, where the best single model does not."""
     days, segments_at = mixed_days
-    cfg = ClvConfig(model="auto", calibration_end=CAL_END, holdout_end=HOLD_END)
+    cfg = ClvConfig(model="auto", per_band=True, calibration_end=CAL_END, holdout_end=HOLD_END)
     result = run_clv(days, HOLD_END, cfg, segments_at=segments_at)
     fit = result.fit
     single = fit["primary_model"]
@@ -278,6 +278,12 @@ def test_auto_chooses_the_model_per_repeat_band(mixed_days: tuple[DataFrame, Any
     assert cands[B.PER_BAND]["holdout_error"] < (1 - B.MIN_GAIN) * cands[single]["holdout_error"]
     assert fit["validity"][B.PER_BAND]["valid"] and "per repeat band" in fit["reason"]
     assert {f"{m}.r" for m in set(fit[k] for k in fit if k.startswith("band_model_"))} <= set(fit["params"])
+    # in clv_fit: the choice's rows are the chosen ones, and read back as written
+    rows = fit_table(result)
+    chosen = set(rows.loc[rows["chosen"] & (rows["section"] == "validity"), "model"])
+    assert B.PER_BAND in chosen and not chosen & set(M.TRANSACTION_MODELS)
+    back = fit_from_table(rows)["fit"]
+    assert back["band_models"] == fit["band_models"] and back["validity"][B.PER_BAND]["valid"]
     # scored per band: every customer has a finite CLV and P(alive) (nothing collected per customer)
     got = result.customers.agg(
         F.count(F.lit(1)).alias("n"), F.count(F.col("clv")).alias("clv"), F.max("p_alive").alias("pa")

@@ -243,7 +243,7 @@ def _fit_round(
     chosen = min(valid, key=rank)
     per_band = (
         B.choose(cells, list(fitted), valid, chosen, segments is not None, HOLDOUT_ERROR)
-        if cells is not None
+        if cells is not None and cfg.per_band
         else None
     )
     total = per_band.holdout.get("holdout_total_error", math.nan) if per_band is not None else 0.0
