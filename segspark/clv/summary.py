@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from segspark.clv.stats import RfmStats, SpendStats
@@ -79,6 +79,7 @@ _SAMPLE_GRID = 1 << 20
 _SAMPLE_SALT = "clv-fit-sample"
 _RK, _TK, _RSUM, _TSUM = "_rk", "_tk", "_rsum", "_tsum"  # group keys and day sums of the RFM groups
 _LSUM = "_lsum"  # the RFM groups' sum of the customers' log gaps
+_LOG_GAP = "_log_gap"  # a purchase day's log gap to the customer's previous purchase day
 _BIN, _SUM_LOG, _MEAN, _SUM = "bin", "sum_log_m", "mean_m", "_sum_m"
 
 SUMMARY_COLUMNS = (
@@ -131,8 +132,8 @@ def summary_from_purchase_days(
     duration_holdout (double) when ``holdout_end`` is given. Only customers with a purchase on or
     before ``calibration_end``.
     """
-    aggs = _period_aggs("", calibration_end, holdout_end)
-    agg = days.groupBy(CUSTOMER_ID).agg(*aggs)
+    aggs = _period_aggs("", calibration_end, holdout_end, log_gaps=True)
+    agg = _with_log_gap(days).groupBy(CUSTOMER_ID).agg(*aggs)
     return _period_summary(agg, "", calibration_end, time_unit, holdout_end)
 
 
@@ -144,8 +145,9 @@ def two_summaries_from_purchase_days(
     purchase days: (both per customer, to persist; the calibration summary; the one as of ``end``),
     the last two projections of the first. Each has exactly the rows and values of its own pass.
     """
-    aggs = [*_period_aggs("", calibration_end, holdout_end), *_period_aggs(_FULL, end, None)]
-    both = days.groupBy(CUSTOMER_ID).agg(*aggs)
+    # the log gaps of the calibration period only: the refit on the full history keeps the validated k
+    aggs = [*_period_aggs("", calibration_end, holdout_end, log_gaps=True), *_period_aggs(_FULL, end, None)]
+    both = _with_log_gap(days).groupBy(CUSTOMER_ID).agg(*aggs)
     return (
         both,
         _period_summary(both, "", calibration_end, time_unit, holdout_end),
@@ -156,9 +158,11 @@ def two_summaries_from_purchase_days(
 _FULL = "full_"  # prefix of the aggregates as of the scoring date in the two-summary pass
 
 
-def _period_aggs(prefix: str, calibration_end: dt.date, holdout_end: dt.date | None) -> list[Column]:
-    """Per-customer aggregates of the purchase days up to ``calibration_end`` (and of the holdout),
-    named with ``prefix``."""
+def _period_aggs(
+    prefix: str, calibration_end: dt.date, holdout_end: dt.date | None, log_gaps: bool = False
+) -> list[Column]:
+    """Per-customer aggregates of the purchase days up to ``calibration_end`` (and of the holdout;
+    and the log gaps, ``log_gaps``), named with ``prefix``."""
     cal = F.col(PURCHASE_DATE) <= F.lit(calibration_end)
     aggs: list[Column] = [
         F.min(F.when(cal, F.col(PURCHASE_DATE))).alias(f"{prefix}first"),
@@ -168,8 +172,9 @@ def _period_aggs(prefix: str, calibration_end: dt.date, holdout_end: dt.date | N
         # the value of the first purchase day (rows with a null ordering are skipped); min_by keeps
         # the aggregation hash-based, where a min over a struct falls back to a sort
         F.min_by(F.col(PURCHASE_VALUE), F.when(cal, F.col(PURCHASE_DATE))).alias(f"{prefix}first_value"),
-        _log_gaps(F.array_sort(F.collect_set(F.when(cal, F.col(PURCHASE_DATE))))).alias(f"{prefix}log_gaps"),
     ]
+    if log_gaps:  # the column of _with_log_gap, null on each customer's first day
+        aggs.append(F.coalesce(F.sum(F.when(cal, F.col(_LOG_GAP))), F.lit(0.0)).alias(f"{prefix}log_gaps"))
     if holdout_end is not None:
         hold = (F.col(PURCHASE_DATE) > F.lit(calibration_end)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
         aggs.append(F.count_if(hold).alias(f"{prefix}n_hold"))
@@ -177,17 +182,15 @@ def _period_aggs(prefix: str, calibration_end: dt.date, holdout_end: dt.date | N
     return aggs
 
 
-def _log_gaps(dates: Column) -> Column:
-    """sum(log(gap in days)) over the gaps of a sorted array of distinct days, evaluated on the
-    aggregate's result (so the grouping pass yields it, where a window over the purchase days was a
-    second sort of them); the time unit is applied by :func:`_period_summary`."""
-    n = F.greatest(F.size(dates) - F.lit(1), F.lit(0))
-    gaps = F.zip_with(
-        F.slice(dates, F.lit(2), n),
-        F.slice(dates, F.lit(1), n),
-        lambda later, earlier: F.log(F.datediff(later, earlier).cast("double")),
-    )
-    return F.aggregate(gaps, F.lit(0.0), lambda acc, v: acc + v)
+def _with_log_gap(days: DataFrame) -> DataFrame:
+    """The purchase days with log(days since the customer's previous purchase day) (null on her
+    first), for the summary's aggregation to sum: the window partitions by customer as the
+    aggregation does, so both run in one shuffle (where a pass of its own shuffled and sorted the
+    purchase days a second time). A day twice (not in a silver table, one row per customer and day)
+    is a gap of 0 and adds log 1 = 0."""
+    previous = F.lag(F.col(PURCHASE_DATE)).over(Window.partitionBy(CUSTOMER_ID).orderBy(PURCHASE_DATE))
+    gap = F.greatest(F.datediff(F.col(PURCHASE_DATE), previous), F.lit(1))
+    return days.select("*", F.log(gap.cast("double")).alias(_LOG_GAP))
 
 
 def _period_summary(
@@ -213,9 +216,9 @@ def _period_summary(
         age_days.alias(AGE_DAYS),
         c("first").alias(FIRST_PURCHASE_DATE),
         c("first_value").alias(FIRST_VALUE),
-        # log(gap / unit) = log(gap) - log(unit), over the customer's x gaps
-        (c("log_gaps") - x.cast("double") * F.lit(math.log(unit))).alias(LOG_GAPS),
     ]
+    if f"{prefix}log_gaps" in agg.columns:  # log(gap / unit) = log(gap) - log(unit), over the x gaps
+        cols.append((c("log_gaps") - x.cast("double") * F.lit(math.log(unit))).alias(LOG_GAPS))
     if holdout_end is not None:
         cols.append(c("n_hold").cast("long").alias(FREQUENCY_HOLDOUT))
         cols.append(c("v_hold").alias(VALUE_HOLDOUT))
