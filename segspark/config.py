@@ -428,6 +428,9 @@ class ClvConfig(Section):
     holdout_end: dt.date | None = None
     # auto: the valid model closest to the holdout on every repeat-purchase band (segspark.clv.fit)
     model: Literal["bgnbd", "pareto_nbd", "mbgnbd", "mbgcnbd", "auto"] = "auto"
+    # with model auto: also try one model per repeat band, kept when closer to the holdout
+    # (segspark.clv.bands); off by default: README's CLV section says what it costs on the demo
+    per_band: bool = False
     horizon_months: int = Field(default=12, ge=1)
     monthly_discount_rate: float = Field(default=0.01, ge=0, lt=1)
     penalizer: float = Field(default=0.0, ge=0)

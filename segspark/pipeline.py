@@ -445,7 +445,8 @@ def stage_scores(io: StageIO) -> None:
             io.choose("clv.model", f"{res.fit.get('model')}: {res.fit.get('reason')}")
             if res.fit.get("spend_model"):
                 io.choose("clv.spend_model", f"{res.fit['spend_model']}: {res.fit.get('spend_reason')}")
-            chosen = {"clv.chosen_model": res.fit.get("model")}
+            # with a model per repeat band (segspark.clv.bands): which band has which
+            chosen = {"clv.chosen_model": res.fit.get("model"), "clv.band_models": res.fit.get("band_models")}
             tracking.log_params({**chosen, "clv.chosen_spend_model": res.fit.get("spend_model")})
         for message in res.warnings:  # a replaced model, a penalizer, the historical-rate fallback
             io.warn(message)

@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from segspark.clv import SEGMENT, cnbd, run_clv
+from segspark.clv import SEGMENT, cnbd, fit_from_table, fit_table, run_clv
+from segspark.clv import bands as B
 from segspark.clv import models as M
 from segspark.clv import predict as P
 from segspark.clv import validation as V
@@ -209,3 +211,86 @@ def test_spark_predictions_per_customer_match_numpy(spark: Any) -> None:
     )
     assert got.loc["a", "p_alive"] < got.loc["b", "p_alive"]  # the longer silence
     assert got.loc["e", "p_alive"] < 0.01 and got.loc["d", "p_alive"] > 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# Regular buyers who stop, mixed with irregular buyers of one or two purchases: one model per band
+# ------------------------------------------------------------------------------------------------
+IRREGULAR = "irregular"
+# the band a model per repeat band must hold: predicted / actual holdout value of bands 0 and 1
+BAND_VALUE_RATIO = (0.7, 1.4)
+
+
+def _irregular_buyers(n: int, seed: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    """Poisson buyers with long, irregular gaps (exponential, mean 120-360 days) who leave after a
+    purchase with probability 0.3 (geometric, as the Poisson models assume): most have no or one
+    repeat purchase by the calibration end."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[Any, ...]] = []
+    for i in range(n):
+        cid = f"i{i:04d}"
+        mean_gap = rng.uniform(120, 360)
+        day = START + dt.timedelta(days=int(rng.integers(0, (CAL_END - START).days - 30)))
+        value = float(rng.uniform(20, 80))
+        while day <= HOLD_END:
+            rows.append((cid, day, 1, round(value * rng.uniform(0.8, 1.2), 2)))
+            if rng.random() < 0.3:
+                break
+            day += dt.timedelta(days=max(1, round(rng.exponential(mean_gap))))
+    return rows, [(f"i{i:04d}", IRREGULAR) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def mixed_days(spark: Any) -> tuple[DataFrame, Any]:
+    regular, labels = _regular_buyers(200, seed=5)
+    irregular, more = _irregular_buyers(600, seed=6)
+    days = spark.createDataFrame(regular + irregular, DAYS_SCHEMA)
+    segments = spark.createDataFrame(labels + more, f"{CUSTOMER_ID} string, {SEGMENT} string")
+
+    def segments_at(day: dt.date) -> DataFrame:
+        assert day == CAL_END
+        return segments
+
+    return days, segments_at
+
+
+def _band_value_ratios(result: Any) -> dict[str, float]:
+    by_band = result.validation["holdout_value_by_band"].set_index("label")
+    return {b: float(by_band.loc[b, "predicted"] / by_band.loc[b, "actual"]) for b in ("0", "1")}
+
+
+def test_auto_chooses_the_model_per_repeat_band(mixed_days: tuple[DataFrame, Any]) -> None:
+    """One model for everyone under-predicts the irregular few-purchase buyers (or overvalues the
+    stopped regular ones); the model chosen per band holds both bands 0 and 1 within
+    ``BAND_VALUE_RATIO`` of their holdout value, where the best single model does not."""
+    days, segments_at = mixed_days
+    cfg = ClvConfig(model="auto", per_band=True, calibration_end=CAL_END, holdout_end=HOLD_END)
+    result = run_clv(days, HOLD_END, cfg, segments_at=segments_at)
+    fit = result.fit
+    single = fit["primary_model"]
+    print(fit["reason"], _band_value_ratios(result))
+    assert fit["model"] == B.PER_BAND
+    assert fit["band_models"].startswith("0 ") and fit["band_model_4plus"] in M.TRANSACTION_MODELS
+    low, high = BAND_VALUE_RATIO
+    assert all(low <= r <= high for r in _band_value_ratios(result).values()), _band_value_ratios(result)
+    # the choice is recorded like a model's: its holdout error beats the best single model's
+    cands = fit["candidates"]
+    assert cands[B.PER_BAND]["holdout_error"] < (1 - B.MIN_GAIN) * cands[single]["holdout_error"]
+    assert fit["validity"][B.PER_BAND]["valid"] and "per repeat band" in fit["reason"]
+    assert {f"{m}.r" for m in set(fit[k] for k in fit if k.startswith("band_model_"))} <= set(fit["params"])
+    # in clv_fit: the choice's rows are the chosen ones, and read back as written
+    rows = fit_table(result)
+    chosen = set(rows.loc[rows["chosen"] & (rows["section"] == "validity"), "model"])
+    assert B.PER_BAND in chosen and not chosen & set(M.TRANSACTION_MODELS)
+    back = fit_from_table(rows)["fit"]
+    assert back["band_models"] == fit["band_models"] and back["validity"][B.PER_BAND]["valid"]
+    # scored per band: every customer has a finite CLV and P(alive) (nothing collected per customer)
+    got = result.customers.agg(
+        F.count(F.lit(1)).alias("n"), F.count(F.col("clv")).alias("clv"), F.max("p_alive").alias("pa")
+    ).first()
+    assert got["n"] == got["clv"] == 800 and got["pa"] <= 1.0
+    # the best single model for everyone misses band 0 or 1 by more than the stated band
+    alone = run_clv(days, HOLD_END, cfg.model_copy(update={"model": single}), segments_at=segments_at)
+    assert alone.fit["model"] == single
+    print(single, _band_value_ratios(alone))
+    assert not all(low <= r <= high for r in _band_value_ratios(alone).values()), _band_value_ratios(alone)

@@ -4,13 +4,14 @@ silver orders and customer_days) into run_clv, and the fit as a small table."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
@@ -103,6 +104,7 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
             T.StructField("T_days", T.IntegerType(), True),
             T.StructField("first_purchase_date", T.DateType(), True),
             T.StructField("first_value", T.DoubleType(), True),
+            T.StructField("log_gaps", T.DoubleType(), True),
             T.StructField("frequency_holdout", T.LongType(), True),
             T.StructField("value_holdout", T.DoubleType(), True),
             T.StructField("duration_holdout", T.DoubleType(), True),
@@ -111,13 +113,20 @@ def test_summary_statistics_by_hand(spark: Any) -> None:
     expected = spark.createDataFrame(
         [
             # c1's holdout purchase day 2024-02-10 is worth 15 (the 2024-03-10 one is after the end)
-            ("c1", 2, 28 / 7, 28 / 7, (30.0 + 6.0) / 2, 28, 28, dt.date(2024, 1, 1), 30.0, 1, 15.0, 31 / 7),
-            ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 50.0, 0, 0.0, 31 / 7),
-            ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 12.0, 0, 0.0, 31 / 7),
+            # c1's gaps: 14 and 14 days, 2 weeks each (the log gaps MBG/CNBD-k's choice of k sums)
+            (
+                *("c1", 2, 28 / 7, 28 / 7, (30.0 + 6.0) / 2, 28, 28, dt.date(2024, 1, 1), 30.0),
+                *(2 * math.log(2.0), 1, 15.0, 31 / 7),
+            ),
+            ("c2", 0, 0.0, 0.0, None, 0, 0, dt.date(2024, 1, 29), 50.0, 0.0, 0, 0.0, 31 / 7),
+            ("c4", 0, 0.0, 21 / 7, None, 0, 21, dt.date(2024, 1, 8), 12.0, 0.0, 0, 0.0, 31 / 7),
         ],
         expected_schema,
     )
-    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    assert_approx_df_equality(got, expected, 1e-12, ignore_row_order=True, ignore_nullable=True)
+    # the fit's statistics sum them with the (x, t_x, T) groups: no pass of their own
+    stats = S.compressed_rfm(got, "week")
+    assert stats.litt_sum == pytest.approx(2 * math.log(2.0)) and stats.n_gaps == 2.0
     with pytest.raises(InputError, match="purchase_value"):
         S.purchase_days(customer_days(tx).drop("purchase_value"), dt.date(2024, 1, 29))
 

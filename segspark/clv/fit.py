@@ -33,7 +33,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -41,6 +41,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
 
+from segspark.clv import bands as B
 from segspark.clv import models as M
 from segspark.clv import predict as P
 from segspark.clv import summary as S
@@ -191,11 +192,13 @@ def _fit_round(
     penalizer: float,
     cfg: ClvConfig,
     segments: DataFrame | None = None,
-) -> tuple[dict[str, _Candidate], str | None]:
-    """Fit the candidates at one penalizer; (candidates tried, the chosen valid one or None).
+) -> tuple[dict[str, _Candidate], str | None, B.BandChoice | None]:
+    """Fit the candidates at one penalizer; (candidates tried, the chosen valid one or None, the
+    per-band choice when ``auto`` finds one better than the chosen model for everyone).
 
-    ``auto`` fits every model (holdout metrics in one pass) and keeps the best valid one; a named
-    model is tried first and the others in order only while none is valid.
+    ``auto`` fits every model (holdout metrics in one pass), keeps the best valid one and tries the
+    valid models per repeat band (:mod:`segspark.clv.bands`); a named model is tried first and the
+    others in order only while none is valid.
     """
     order = _model_order(cfg)
     out: dict[str, _Candidate] = {}
@@ -209,15 +212,20 @@ def _fit_round(
             )
             out[name] = _judge(name, res, penalizer, holdout, cfg)
             if out[name].valid:
-                return out, name
-        return out, None
+                return out, name, None
+        return out, None, None
     fits = {name: _fit(name, stats, penalizer) for name in order}
     fitted = {k: v for k, v in fits.items() if isinstance(v, M.FitResult)}
-    metrics = V.holdout_metrics_many(cal_summary, fitted, segments, SEGMENT) if has_holdout and fitted else {}
+    cells = V.holdout_cells(cal_summary, fitted, segments, SEGMENT) if has_holdout and fitted else None
+    metrics = (
+        {name: V.cell_metrics(cells, str(i), segments is not None) for i, name in enumerate(fitted)}
+        if cells is not None
+        else {}
+    )
     out = {name: _judge(name, res, penalizer, metrics.get(name, {}), cfg) for name, res in fits.items()}
     valid = [k for k, c in out.items() if c.valid]
     if not valid:
-        return out, None
+        return out, None, None
 
     def rank(k: str) -> tuple[float, float, float, str]:
         c = out[k]
@@ -232,7 +240,17 @@ def _fit_round(
             k,
         )
 
-    return out, min(valid, key=rank)
+    chosen = min(valid, key=rank)
+    per_band = (
+        B.choose(cells, list(fitted), valid, chosen, segments is not None, HOLDOUT_ERROR)
+        if cells is not None and cfg.per_band
+        else None
+    )
+    total = per_band.holdout.get("holdout_total_error", math.nan) if per_band is not None else 0.0
+    if per_band is not None and not abs(total) <= cfg.max_holdout_error:  # the validity rule's bound
+        log.info("clv: per-band choice %s not used: holdout total error %.3f", per_band.text(), total)
+        per_band = None
+    return out, chosen, per_band
 
 
 def _finite(v: float) -> float:
@@ -395,12 +413,10 @@ def _run(
     cal_summary, full = summaries
     unit = cfg.time_unit
     has_holdout = hold_end is not None
+    # with the log gaps between purchase days (MBG/CNBD-k's choice of k), from the summary's own pass
     stats = S.compressed_rfm(cal_summary, unit)
-    if M.MBGCNBD in _model_order(cfg):  # its choice of k needs the log gaps between purchase days
-        litt, gaps = S.log_gap_sums(days, cal_end, unit)
-        stats = replace(stats, litt_sum=litt, n_gaps=gaps)
     warns: list[str] = []
-    tried, chosen = _search(stats, cal_summary, has_holdout, cfg, segments)
+    tried, chosen, per_band = _search(stats, cal_summary, has_holdout, cfg, segments)
     cands = {name: attempts[-1] for name, attempts in tried.items()}
     per_model = {name: c.summary() for name, c in cands.items()}
     validity = _validity_entries(tried)
@@ -415,25 +431,40 @@ def _run(
     assert cal_fit is not None
     penalizer = cands[chosen].penalizer
     reason, penalizer_note = _choice(cands, tried, chosen, has_holdout, cfg, warns)
+    # the per-band choice: each band's model (every one fitted on everyone), else the chosen for all
+    used = per_band.distinct if per_band is not None else [chosen]
+    cal_fits = {m: cands[m].fit for m in used}
+    cal_scoring: V.Fits = per_band.fits(cal_fits) if per_band is not None else cal_fit  # type: ignore[arg-type]
+    if per_band is not None:
+        reason = B.reason(per_band, chosen, cands[chosen].holdout, reason)
+        log.info("clv: per repeat band: %s", per_band.text())
     validation, figures = _validation(
-        days, cal_summary, stats, cands[chosen], chosen, cal_end, hold_end, unit
+        days, cal_summary, stats, cands[chosen], chosen, cal_end, hold_end, unit, per_band, cal_scoring
     )
     if has_holdout:
-        validation.update(_holdout_value(cal_summary, cands[chosen], penalizer, cfg, segments))
-    # Scoring is as of as_of_date: refit the chosen model on the full history when the
+        validation.update(_holdout_value(cal_summary, cal_scoring, penalizer, cfg, segments))
+    # Scoring is as of as_of_date: refit the chosen model(s) on the full history when the
     # calibration period ended earlier (the holdout is then part of the data: no holdout check).
-    refit_reason: str | None = None
+    refit_reasons: dict[str, str | None] = {m: None for m in used}
     if cal_end < as_of_date:
         assert full is not None  # run_clv builds it whenever the calibration ends earlier
         final_summary = full
-        final_stats, final_fit, refit_reason = _refit_on_full_history(
-            full, chosen, cal_fit, penalizer, cfg, warns
-        )
+        final_stats = S.compressed_rfm(full, unit)
+        final_fits: dict[str, M.FitResult] = {}
+        for m in used:
+            fit_m = cal_fits[m]
+            assert fit_m is not None
+            final_fits[m], refit_reasons[m] = _refit_on_full_history(
+                final_stats, m, fit_m, penalizer, cfg, warns
+            )
     else:
-        final_summary, final_stats, final_fit = cal_summary, stats, cal_fit
+        final_summary, final_stats = cal_summary, stats
+        final_fits = {m: f for m, f in cal_fits.items() if f is not None}
+    final_fit = final_fits[chosen] if chosen in final_fits else final_fits[used[0]]
+    refit_reason = "; ".join(f"{m}: {r}" for m, r in refit_reasons.items() if r) or None
 
     fit: dict[str, Any] = {
-        "model": chosen,
+        "model": chosen if per_band is None else B.PER_BAND,
         "reason": reason,
         **common,
         "refit_on_full_history": cal_end < as_of_date,
@@ -444,18 +475,18 @@ def _run(
         "candidates": per_model,
         "validity": validity,
     }
+    if per_band is not None:
+        B.record(fit, per_band, chosen, final_fits)
     if penalizer_note is not None:
         fit["penalizer_fallback"] = penalizer_note
     spend_model = spend_model_for(final_summary, cfg, penalizer, fit, warns)
-    predictions = P.with_predictions(
-        final_summary,
-        final_fit,
-        None,
-        cfg.horizon_months,
-        cfg.monthly_discount_rate,
-        units_per_month,
-        avg_value=spend_model.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE), F.col(S.FIRST_VALUE)),
-    )
+    avg_value = spend_model.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE), F.col(S.FIRST_VALUE))
+    horizon = (cfg.horizon_months, cfg.monthly_discount_rate, units_per_month)
+    if per_band is None:
+        predictions = P.with_predictions(final_summary, final_fit, None, *horizon, avg_value=avg_value)
+    else:
+        band_fits = per_band.fits(final_fits)
+        predictions = P.with_band_predictions(final_summary, band_fits, V.by_band, *horizon, avg_value)
     customers = _with_value_tier(predictions, cfg, fit)
     return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
 
@@ -466,21 +497,23 @@ def _search(
     has_holdout: bool,
     cfg: ClvConfig,
     segments: DataFrame | None = None,
-) -> tuple[dict[str, list[_Candidate]], str | None]:
+) -> tuple[dict[str, list[_Candidate]], str | None, B.BandChoice | None]:
     """Fit rounds at ``clv.penalizer``, then (when it is 0) at each of ``PENALIZER_FALLBACK``, until
-    one gives a valid model: (every attempt per model, in order; the chosen model or None)."""
+    one gives a valid model: (every attempt per model, in order; the chosen model or None; the
+    per-band choice of that round or None)."""
     penalizers = [cfg.penalizer, *(PENALIZER_FALLBACK if cfg.penalizer == 0 else ())]
     tried: dict[str, list[_Candidate]] = {}
     chosen: str | None = None
+    per_band: B.BandChoice | None = None
     for penalizer in penalizers:
-        round_cands, chosen = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg, segments)
+        round_cands, chosen, per_band = _fit_round(stats, cal_summary, has_holdout, penalizer, cfg, segments)
         for name, c in round_cands.items():
             tried.setdefault(name, []).append(c)
             if not c.valid:
                 log.info("clv: %s at penalizer %g not valid: %s", name, penalizer, c.reason)
         if chosen is not None:
             break
-    return tried, chosen
+    return tried, chosen, per_band
 
 
 def _validity_entries(tried: dict[str, list[_Candidate]]) -> dict[str, dict[str, Any]]:
@@ -579,17 +612,25 @@ def _validation(
     cal_end: dt.date,
     hold_end: dt.date | None,
     unit: str,
+    per_band: B.BandChoice | None = None,
+    scoring: V.Fits | None = None,
 ) -> tuple[dict[str, Any], dict[str, Figure]]:
-    """The chosen calibration fit's checks: holdout by frequency, tracking curve, frequency histogram."""
+    """The chosen calibration fit's checks: holdout by frequency, tracking curve, frequency histogram.
+
+    With a per-band choice the holdout checks are those of the band models (``scoring``); the
+    tracking curve and the histogram, which follow a cohort across the bands, stay the best single
+    model's (``chosen``)."""
     cal_fit = cand.fit
     assert cal_fit is not None
     validation: dict[str, Any] = {"has_holdout": hold_end is not None}
     figures: dict[str, Figure] = {}
     if hold_end is not None:
-        validation.update({k: v for k, v in cand.holdout.items() if k.startswith("holdout_")})
-        by_freq = V.holdout_by_frequency(cal_summary, cal_fit)
+        holdout = per_band.holdout if per_band is not None else cand.holdout
+        validation.update({k: v for k, v in holdout.items() if k.startswith("holdout_")})
+        by_freq = V.holdout_by_frequency(cal_summary, scoring if scoring is not None else cal_fit)
         validation["holdout_by_frequency"] = by_freq
-        figures["clv_conditional_expectation"] = V.conditional_figure(by_freq, chosen)
+        label = f"per band ({per_band.text()})" if per_band is not None else chosen
+        figures["clv_conditional_expectation"] = V.conditional_figure(by_freq, label)
     curve = V.tracking_curve(days, cal_summary, cal_fit, cal_end, hold_end or cal_end, unit)
     hist = V.frequency_histogram(stats, cal_fit)
     validation["tracking_curve"] = curve
@@ -609,16 +650,15 @@ def _validation(
 
 
 def _holdout_value(
-    cal_summary: DataFrame, cand: _Candidate, penalizer: float, cfg: ClvConfig, segments: DataFrame | None
+    cal_summary: DataFrame, fits: V.Fits, penalizer: float, cfg: ClvConfig, segments: DataFrame | None
 ) -> dict[str, Any]:
-    """Predicted (calibration fit and spend model) vs actual holdout value, by repeat-purchase band
+    """Predicted (calibration fit(s) and spend model) vs actual holdout value, by repeat-purchase band
     and by segment at the calibration end; the calibration spend model's name."""
-    assert cand.fit is not None
     record: dict[str, Any] = {}
     spend = spend_model_for(cal_summary, cfg, penalizer, record, [])  # its warnings repeat the final fit's
     by_band, by_segment = V.holdout_value(
         cal_summary,
-        cand.fit,
+        fits,
         spend.column(F.col(S.FREQUENCY), F.col(S.MONETARY_VALUE), F.col(S.FIRST_VALUE)),
         segments,
         SEGMENT,
@@ -630,29 +670,27 @@ def _holdout_value(
 
 
 def _refit_on_full_history(
-    final_summary: DataFrame,
+    final_stats: M.RfmStats,
     chosen: str,
     cal_fit: M.FitResult,
     penalizer: float,
     cfg: ClvConfig,
     warns: list[str],
-) -> tuple[M.RfmStats, M.FitResult, str | None]:
-    """The chosen model refitted on ``final_summary``, the history up to ``as_of_date`` (from the
+) -> tuple[M.FitResult, str | None]:
+    """The chosen model refitted on ``final_stats``, the history up to ``as_of_date`` (from the
     calibration fit's parameters); the calibration fit when the refit is not valid (said in ``warns``)."""
-    unit = cfg.time_unit
-    final_stats = S.compressed_rfm(final_summary, unit)
     refit = _fit(chosen, final_stats, penalizer, initial=cal_fit.values)
     if isinstance(refit, M.FitResult):
         refit_reason = M.assess(refit, cfg.max_relative_se, cfg.max_holdout_error).reason
     else:
         refit_reason = refit
     if isinstance(refit, M.FitResult) and refit_reason is None:
-        return final_stats, refit, None
+        return refit, None
     warns.append(
         f"clv: the {chosen} refit on the full history is not valid ({refit_reason}); "
         "customers are scored with the validated calibration fit's parameters"
     )
-    return final_stats, cal_fit, refit_reason
+    return cal_fit, refit_reason
 
 
 def _fallback(

@@ -139,22 +139,95 @@ def with_predictions(
     columns). CLV discounts each
     month's expected purchases at ``monthly_discount_rate`` (end of month i divided by (1+d)^i).
     """
-    x, t_x, T = F.col(FREQUENCY), F.col(RECENCY), F.col(AGE)
-    horizon = horizon_months * units_per_month
-    params = fit.values
+    x = F.col(FREQUENCY)
     if avg_value is not None:
         value = avg_value
     elif gg_params is not None:
         value = expected_avg_value_col(gg_params, x, F.col(MONETARY_VALUE))
     else:
         value = F.lit(float(fallback_avg_value))
+    staged = summary.select(
+        F.col(CUSTOMER_ID), x, F.col(RECENCY), F.col(AGE), value.alias(EXPECTED_AVG_VALUE)
+    )
+    scored = _with_model_columns(staged, fit, horizon_months, monthly_discount_rate, units_per_month, "")
+    return _customer_columns(scored, {"": ""}, x)
 
+
+def with_band_predictions(
+    summary: DataFrame,
+    fits: dict[str, M.FitResult],
+    band: Any,
+    horizon_months: int,
+    monthly_discount_rate: float,
+    units_per_month: float,
+    avg_value: Column,
+) -> DataFrame:
+    """:func:`with_predictions` with the model of each customer's repeat band: ``fits`` maps a band
+    label to its fit, ``band(columns, x)`` picks a band's column (``segspark.clv.validation.by_band``).
+
+    Each distinct model's columns are computed side by side (as :func:`with_predictions` computes
+    them) and one when-chain per output column takes the customer's band's: nothing is collected.
+    """
+    models = {f.model: f for f in fits.values()}
+    if len(models) == 1:
+        fit = next(iter(models.values()))
+        return with_predictions(
+            summary, fit, None, horizon_months, monthly_discount_rate, units_per_month, avg_value=avg_value
+        )
+    x = F.col(FREQUENCY)
+    scored = summary.select(
+        F.col(CUSTOMER_ID), x, F.col(RECENCY), F.col(AGE), avg_value.alias(EXPECTED_AVG_VALUE)
+    )
+    prefix = {name: f"_m{i}_" for i, name in enumerate(models)}
+    for name, fit in models.items():
+        scored = _with_model_columns(
+            scored, fit, horizon_months, monthly_discount_rate, units_per_month, prefix[name]
+        )
+    return _customer_columns(scored, {b: prefix[f.model] for b, f in fits.items()}, x, band)
+
+
+_PA, _EXP, _DISC = "p_alive", "expected", "discounted"  # a model's columns (with its prefix)
+
+
+def _customer_columns(scored: DataFrame, prefixes: dict[str, str], x: Column, band: Any = None) -> DataFrame:
+    """The customer columns from the model columns of :func:`_with_model_columns`: those of
+    ``prefixes[""]`` alone, or per band label those of the band's prefix (``band`` as in
+    :func:`with_band_predictions`)."""
+
+    def pick(name: str) -> Column:
+        if band is None:
+            return F.col(prefixes[""] + name)
+        return band({b: F.col(p + name) for b, p in prefixes.items()}, x)
+
+    value = F.col(EXPECTED_AVG_VALUE)
+    return scored.select(
+        F.col(CUSTOMER_ID),
+        pick(_PA).alias(P_ALIVE),
+        pick(_EXP).alias(EXPECTED_PURCHASES),
+        value,
+        (pick(_DISC) * value).alias(CLV),
+    )
+
+
+def _with_model_columns(
+    staged: DataFrame,
+    fit: M.FitResult,
+    horizon_months: int,
+    monthly_discount_rate: float,
+    units_per_month: float,
+    prefix: str,
+) -> DataFrame:
+    """``staged`` (customer_id, frequency, recency, T, ...) with one model's ``<prefix>p_alive``,
+    ``<prefix>expected`` (purchases over the horizon) and ``<prefix>discounted`` (discounted
+    purchases over the horizon: CLV = discounted x expected spend)."""
+    x, t_x, T = F.col(FREQUENCY), F.col(RECENCY), F.col(AGE)
+    horizon = horizon_months * units_per_month
+    params = fit.values
+    pa_name = prefix + _PA
+    pa = F.col(pa_name)
     if fit.model == M.PARETO_NBD:
         alive = F.lit(1.0) / (F.lit(1.0) + F.exp(_pareto_log_odds_udf(params)(x, t_x, T)))
-        staged = summary.select(
-            F.col(CUSTOMER_ID), x, t_x, T, value.alias(EXPECTED_AVG_VALUE), alive.alias(P_ALIVE)
-        )
-        pa = F.col(P_ALIVE)
+        with_alive = staged.select("*", alive.alias(pa_name))
         expected = pa * _pareto_core_col(params, horizon, x, T)
         # month i (1-based) ends i months after the as-of date and is discounted by (1+d)^i
         cores = [F.lit(0.0)] + [
@@ -165,34 +238,27 @@ def with_predictions(
             for i in range(1, horizon_months + 1)
         ]
         discounted = pa * reduce(lambda acc, c: acc + c, increments)
-        return staged.select(
-            F.col(CUSTOMER_ID),
-            pa.alias(P_ALIVE),
-            expected.alias(EXPECTED_PURCHASES),
-            F.col(EXPECTED_AVG_VALUE),
-            (discounted * F.col(EXPECTED_AVG_VALUE)).alias(CLV),
-        )
+        return with_alive.select("*", expected.alias(prefix + _EXP), discounted.alias(prefix + _DISC))
 
     # The hypergeometric part depends on (x, T) only: evaluate it once per distinct (x, T), a table
     # bounded by the day grid (not by the number of customers), and broadcast it back.
     udf = _alive_horizon_udf(fit.model, params, horizon_months, monthly_discount_rate, units_per_month)
-    grid = summary.select(F.col(FREQUENCY), F.col(AGE)).distinct()
+    grid = staged.select(F.col(FREQUENCY), F.col(AGE)).distinct()
+    struct = prefix + "alive"
     alive_horizon = grid.select(
-        F.col(FREQUENCY), F.col(AGE), udf(F.col(FREQUENCY).cast("double"), F.col(AGE)).alias("alive")
+        F.col(FREQUENCY), F.col(AGE), udf(F.col(FREQUENCY).cast("double"), F.col(AGE)).alias(struct)
     )
-    staged = summary.join(F.broadcast(alive_horizon), on=[FREQUENCY, AGE], how="left").select(
-        F.col(CUSTOMER_ID),
-        p_alive_col(fit.model, params, x, t_x, T).alias(P_ALIVE),
-        F.col("alive"),
-        value.alias(EXPECTED_AVG_VALUE),
+    joined = staged.join(F.broadcast(alive_horizon), on=[FREQUENCY, AGE], how="left")
+    with_alive = joined.select(
+        *[F.col(c) for c in staged.columns],
+        F.col(struct),
+        p_alive_col(fit.model, params, x, t_x, T).alias(pa_name),
     )
-    pa = F.col(P_ALIVE)
-    return staged.select(
-        F.col(CUSTOMER_ID),
+    return with_alive.select(
+        *[F.col(c) for c in staged.columns],
         pa,
-        (F.col("alive.expected_purchases") * pa).alias(EXPECTED_PURCHASES),
-        F.col(EXPECTED_AVG_VALUE),
-        (F.col("alive.discounted_purchases") * pa * F.col(EXPECTED_AVG_VALUE)).alias(CLV),
+        (F.col(f"{struct}.expected_purchases") * pa).alias(prefix + _EXP),
+        (F.col(f"{struct}.discounted_purchases") * pa).alias(prefix + _DISC),
     )
 
 

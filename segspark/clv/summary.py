@@ -54,6 +54,9 @@ FIRST_VALUE = "first_value"
 FREQUENCY_HOLDOUT = "frequency_holdout"
 VALUE_HOLDOUT = "value_holdout"
 DURATION_HOLDOUT = "duration_holdout"
+# sum over the customer's gaps between consecutive purchase days of log(gap / unit): what MBG/CNBD-k's
+# choice of k needs beyond (x, t_x, T) (BTYDplus's ``litt``); 0 without a repeat purchase
+LOG_GAPS = "log_gaps"
 COUNT = "n"
 
 UNIT_DAYS = {"day": 1.0, "week": 7.0}
@@ -75,6 +78,8 @@ SPEND_GRID_STEPS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
 _SAMPLE_GRID = 1 << 20
 _SAMPLE_SALT = "clv-fit-sample"
 _RK, _TK, _RSUM, _TSUM = "_rk", "_tk", "_rsum", "_tsum"  # group keys and day sums of the RFM groups
+_LSUM = "_lsum"  # the RFM groups' sum of the customers' log gaps
+_LOG_GAP = "_log_gap"  # a purchase day's log gap to the customer's previous purchase day
 _BIN, _SUM_LOG, _MEAN, _SUM = "bin", "sum_log_m", "mean_m", "_sum_m"
 
 SUMMARY_COLUMNS = (
@@ -87,6 +92,7 @@ SUMMARY_COLUMNS = (
     AGE_DAYS,
     FIRST_PURCHASE_DATE,
     FIRST_VALUE,
+    LOG_GAPS,
 )
 
 
@@ -111,27 +117,6 @@ def purchase_days(customer_days: DataFrame, end: dt.date) -> DataFrame:
     )
 
 
-def log_gap_sums(days: DataFrame, end: dt.date, time_unit: str) -> tuple[float, float]:
-    """(sum of log(gap / unit) over the gaps between consecutive purchase days on or before ``end``,
-    the number of gaps), over every customer: the statistic MBG/CNBD-k's choice of k needs beyond
-    (x, t_x, T) (BTYDplus's ``litt``, summed). ``days``: :func:`purchase_days`; one window pass."""
-    by_customer = Window.partitionBy(CUSTOMER_ID).orderBy(PURCHASE_DATE)
-    gap = F.datediff(F.col(PURCHASE_DATE), F.lag(F.col(PURCHASE_DATE)).over(by_customer))
-    row = (
-        days.where(F.col(PURCHASE_DATE) <= F.lit(end))
-        .select(gap.alias("gap"))
-        .where(F.col("gap") > 0)
-        .agg(
-            F.sum(F.log(F.col("gap").cast("double") / F.lit(unit_days(time_unit)))).alias("litt"),
-            F.count(F.lit(1)).alias("gaps"),
-        )
-        .first()
-    )
-    if row is None or not row["gaps"]:
-        return 0.0, 0.0
-    return float(row["litt"]), float(row["gaps"])
-
-
 def summary_from_purchase_days(
     days: DataFrame,
     calibration_end: dt.date,
@@ -141,13 +126,14 @@ def summary_from_purchase_days(
     """Summary statistics from :func:`purchase_days`; one aggregation pass.
 
     Columns: customer_id, frequency (long), recency, T, monetary_value (double), recency_days,
-    T_days (int), first_purchase_date, first_value (the value of the first purchase day); plus
+    T_days (int), first_purchase_date, first_value (the value of the first purchase day), log_gaps
+    (:data:`LOG_GAPS`, from the same aggregation: no window pass over the purchase days); plus
     frequency_holdout (long), value_holdout (the net value of those purchase days),
     duration_holdout (double) when ``holdout_end`` is given. Only customers with a purchase on or
     before ``calibration_end``.
     """
-    aggs = _period_aggs("", calibration_end, holdout_end)
-    agg = days.groupBy(CUSTOMER_ID).agg(*aggs)
+    aggs = _period_aggs("", calibration_end, holdout_end, log_gaps=True)
+    agg = _with_log_gap(days).groupBy(CUSTOMER_ID).agg(*aggs)
     return _period_summary(agg, "", calibration_end, time_unit, holdout_end)
 
 
@@ -159,8 +145,9 @@ def two_summaries_from_purchase_days(
     purchase days: (both per customer, to persist; the calibration summary; the one as of ``end``),
     the last two projections of the first. Each has exactly the rows and values of its own pass.
     """
-    aggs = [*_period_aggs("", calibration_end, holdout_end), *_period_aggs(_FULL, end, None)]
-    both = days.groupBy(CUSTOMER_ID).agg(*aggs)
+    # the log gaps of the calibration period only: the refit on the full history keeps the validated k
+    aggs = [*_period_aggs("", calibration_end, holdout_end, log_gaps=True), *_period_aggs(_FULL, end, None)]
+    both = _with_log_gap(days).groupBy(CUSTOMER_ID).agg(*aggs)
     return (
         both,
         _period_summary(both, "", calibration_end, time_unit, holdout_end),
@@ -171,9 +158,11 @@ def two_summaries_from_purchase_days(
 _FULL = "full_"  # prefix of the aggregates as of the scoring date in the two-summary pass
 
 
-def _period_aggs(prefix: str, calibration_end: dt.date, holdout_end: dt.date | None) -> list[Column]:
-    """Per-customer aggregates of the purchase days up to ``calibration_end`` (and of the holdout),
-    named with ``prefix``."""
+def _period_aggs(
+    prefix: str, calibration_end: dt.date, holdout_end: dt.date | None, log_gaps: bool = False
+) -> list[Column]:
+    """Per-customer aggregates of the purchase days up to ``calibration_end`` (and of the holdout;
+    and the log gaps, ``log_gaps``), named with ``prefix``."""
     cal = F.col(PURCHASE_DATE) <= F.lit(calibration_end)
     aggs: list[Column] = [
         F.min(F.when(cal, F.col(PURCHASE_DATE))).alias(f"{prefix}first"),
@@ -184,11 +173,24 @@ def _period_aggs(prefix: str, calibration_end: dt.date, holdout_end: dt.date | N
         # the aggregation hash-based, where a min over a struct falls back to a sort
         F.min_by(F.col(PURCHASE_VALUE), F.when(cal, F.col(PURCHASE_DATE))).alias(f"{prefix}first_value"),
     ]
+    if log_gaps:  # the column of _with_log_gap, null on each customer's first day
+        aggs.append(F.coalesce(F.sum(F.when(cal, F.col(_LOG_GAP))), F.lit(0.0)).alias(f"{prefix}log_gaps"))
     if holdout_end is not None:
         hold = (F.col(PURCHASE_DATE) > F.lit(calibration_end)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
         aggs.append(F.count_if(hold).alias(f"{prefix}n_hold"))
         aggs.append(F.sum(F.when(hold, F.col(PURCHASE_VALUE)).otherwise(F.lit(0.0))).alias(f"{prefix}v_hold"))
     return aggs
+
+
+def _with_log_gap(days: DataFrame) -> DataFrame:
+    """The purchase days with log(days since the customer's previous purchase day) (null on her
+    first), for the summary's aggregation to sum: the window partitions by customer as the
+    aggregation does, so both run in one shuffle (where a pass of its own shuffled and sorted the
+    purchase days a second time). A day twice (not in a silver table, one row per customer and day)
+    is a gap of 0 and adds log 1 = 0."""
+    previous = F.lag(F.col(PURCHASE_DATE)).over(Window.partitionBy(CUSTOMER_ID).orderBy(PURCHASE_DATE))
+    gap = F.greatest(F.datediff(F.col(PURCHASE_DATE), previous), F.lit(1))
+    return days.select("*", F.log(gap.cast("double")).alias(_LOG_GAP))
 
 
 def _period_summary(
@@ -215,6 +217,8 @@ def _period_summary(
         c("first").alias(FIRST_PURCHASE_DATE),
         c("first_value").alias(FIRST_VALUE),
     ]
+    if f"{prefix}log_gaps" in agg.columns:  # log(gap / unit) = log(gap) - log(unit), over the x gaps
+        cols.append((c("log_gaps") - x.cast("double") * F.lit(math.log(unit))).alias(LOG_GAPS))
     if holdout_end is not None:
         cols.append(c("n_hold").cast("long").alias(FREQUENCY_HOLDOUT))
         cols.append(c("v_hold").alias(VALUE_HOLDOUT))
@@ -274,8 +278,12 @@ def _bounded(
 
 
 def _rfm_groups(summary: DataFrame) -> DataFrame:
-    """Distinct (x, recency days, T days) with counts and day sums (the exact day grid)."""
-    grouped = summary.groupBy(FREQUENCY, RECENCY_DAYS, AGE_DAYS).agg(F.count(F.lit(1)).alias(COUNT))
+    """Distinct (x, recency days, T days) with counts, day sums and the sum of the customers' log
+    gaps (NaN when the summary has no :data:`LOG_GAPS`) (the exact day grid)."""
+    log_gaps = F.sum(F.col(LOG_GAPS)) if LOG_GAPS in summary.columns else F.lit(math.nan)
+    grouped = summary.groupBy(FREQUENCY, RECENCY_DAYS, AGE_DAYS).agg(
+        F.count(F.lit(1)).alias(COUNT), log_gaps.alias(_LSUM)
+    )
     return grouped.select(
         F.col(FREQUENCY),
         F.col(RECENCY_DAYS).cast("long").alias(_RK),
@@ -283,6 +291,7 @@ def _rfm_groups(summary: DataFrame) -> DataFrame:
         F.col(COUNT),
         (F.col(RECENCY_DAYS).cast("long") * F.col(COUNT)).alias(_RSUM),
         (F.col(AGE_DAYS).cast("long") * F.col(COUNT)).alias(_TSUM),
+        F.col(_LSUM).cast("double").alias(_LSUM),
     )
 
 
@@ -296,11 +305,13 @@ def _coarser_rfm(fine: DataFrame, days: int) -> DataFrame:
         F.sum(F.col(COUNT)).alias(COUNT),
         F.sum(F.col(_RSUM)).alias(_RSUM),
         F.sum(F.col(_TSUM)).alias(_TSUM),
+        F.sum(F.col(_LSUM)).alias(_LSUM),
     )
 
 
 def compressed_rfm(summary: DataFrame, time_unit: str, max_rows: int = MAX_FIT_ROWS) -> RfmStats:
-    """(x, t_x, T) groups with customer counts, the only thing the fit needs: at most ``max_rows`` rows.
+    """(x, t_x, T) groups with customer counts, the only thing the fit needs: at most ``max_rows`` rows;
+    with the sum of the log gaps (``litt_sum``, ``n_gaps``) when the summary has :data:`LOG_GAPS`.
 
     Exact when the day grid has at most ``max_rows`` distinct triples. Otherwise customers are
     grouped by (x, recency // b, T // b) for the smallest ``b`` of :data:`RFM_GRID_DAYS` that fits,
@@ -340,7 +351,18 @@ def compressed_rfm(summary: DataFrame, time_unit: str, max_rows: int = MAX_FIT_R
         pdf[_TSUM].to_numpy(np.float64) / n / unit,
         n / fraction if fraction < 1.0 else n,
     )
-    return replace(stats, grid_days=grid, sample_fraction=fraction)
+    # MBG/CNBD-k's statistic beyond (x, t_x, T): exact on every grid (sums), scaled like the weights
+    # on a sample; the gaps of a customer are her x repeat purchase days
+    lsum = pdf[_LSUM].to_numpy(np.float64)
+    litt = float(lsum.sum()) / fraction  # NaN when the summary has no log gaps
+    n_gaps = float(np.dot(pdf[FREQUENCY].to_numpy(np.float64), n)) / fraction
+    return replace(
+        stats,
+        grid_days=grid,
+        sample_fraction=fraction,
+        litt_sum=litt if math.isfinite(litt) else math.nan,
+        n_gaps=n_gaps if math.isfinite(litt) else math.nan,
+    )
 
 
 @dataclass(frozen=True)

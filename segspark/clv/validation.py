@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -48,14 +49,46 @@ SEGMENT_UNKNOWN = "(no segment)"
 # Continuity correction, in purchases, of the band error's log ratio: a band whose holdout has no
 # purchase (a tiny input) keeps a finite error, and bands with a handful of purchases weigh little.
 BAND_ERROR_PSEUDO_PURCHASES = 0.5
+HOLDOUT_ERROR = "holdout_error"  # the mean error over bands and segments that auto ranks by
 HISTOGRAM_BUCKETS = 7  # 0..6 and "7+", as in Fader, Hardie & Lee (2005), figure 2
 SIMULATION_DRAWS = 200_000
 
 
-def with_holdout_prediction(summary: DataFrame, fit: M.FitResult) -> DataFrame:
+# one fitted model for everyone, or the model of each repeat band of REPEAT_BANDS (label -> fit)
+Fits = M.FitResult | Mapping[str, M.FitResult]
+
+
+def holdout_purchases(fits: Fits) -> Column:
+    """E[purchases in the holdout | calibration history] over the summary's columns: one model's, or
+    the model of the customer's repeat band (a when-chain over the bands, one pandas_udf per model)."""
+
+    def expected(fit: M.FitResult) -> Column:
+        return expected_purchases_udf(fit.model, fit.values)(
+            F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE)
+        )
+
+    if isinstance(fits, M.FitResult):
+        return expected(fits)
+    distinct = {f.model: f for f in fits.values()}
+    if len(distinct) == 1:
+        return expected(next(iter(distinct.values())))
+    cols = {name: expected(f) for name, f in distinct.items()}
+    return by_band({band: cols[f.model] for band, f in fits.items()}, F.col(FREQUENCY))
+
+
+def by_band(columns: Mapping[str, Column], x: Column) -> Column:
+    """The column of the repeat band (label of :data:`REPEAT_BANDS`) that holds ``x`` repeat
+    purchases; null for a band without one."""
+    out = F.when(F.lit(False), F.lit(None))
+    for label, _, hi in REPEAT_BANDS:
+        col = columns.get(label, F.lit(None))
+        out = out.when(x <= F.lit(hi), col) if hi is not None else out.otherwise(col)
+    return out
+
+
+def with_holdout_prediction(summary: DataFrame, fit: Fits) -> DataFrame:
     """Add ``predicted_holdout`` = E[purchases in the holdout | calibration history]."""
-    udf = expected_purchases_udf(fit.model, fit.values)
-    pred = udf(F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE))
+    pred = holdout_purchases(fit)
     return summary.select(
         F.col(CUSTOMER_ID), F.col(FREQUENCY), F.col(FREQUENCY_HOLDOUT), pred.alias("predicted_holdout")
     )
@@ -86,17 +119,28 @@ def holdout_metrics_many(
 ) -> dict[str, dict[str, float]]:
     """:func:`holdout_metrics` for several fitted models in one pass over the summary.
 
-    Sums per (repeat band, segment) cell leave Spark (a few dozen rows); per-customer MAE, RMSE and
-    correlation follow from the cells' sums. ``segments`` (customer_id, ``segment_col``), when
-    given, adds the error by segment (:func:`_group_errors`).
+    Sums per (repeat band, segment) cell leave Spark (a few dozen rows, :func:`holdout_cells`);
+    per-customer MAE, RMSE and correlation follow from the cells' sums. ``segments`` (customer_id,
+    ``segment_col``), when given, adds the error by segment (:func:`_group_errors`).
     """
+    cells = holdout_cells(summary, fits, segments, segment_col)
+    return {name: cell_metrics(cells, str(i), segments is not None) for i, name in enumerate(fits)}
+
+
+CELL_SUMS = ("p", "pp", "pa", "abs", "sq")  # per model i: columns p_i, pp_i, pa_i, abs_i, sq_i
+
+
+def holdout_cells(
+    summary: DataFrame,
+    fits: dict[str, M.FitResult],
+    segments: DataFrame | None = None,
+    segment_col: str = "segment",
+) -> pd.DataFrame:
+    """Sums per (repeat band, segment) cell of actual and each model's predicted holdout purchases
+    (one Spark pass): band, segment, n, a, aa and, for the i-th model of ``fits``, the columns of
+    :data:`CELL_SUMS` suffixed ``_i``."""
     actual = F.col(FREQUENCY_HOLDOUT).cast("double")
-    preds = [
-        expected_purchases_udf(fit.model, fit.values)(
-            F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE)
-        ).alias(f"pred_{i}")
-        for i, fit in enumerate(fits.values())
-    ]
+    preds = [holdout_purchases(fit).alias(f"pred_{i}") for i, fit in enumerate(fits.values())]
     scored = summary.select(
         F.col(CUSTOMER_ID), actual.alias("actual"), repeat_band(F.col(FREQUENCY)).alias("band"), *preds
     )
@@ -113,27 +157,32 @@ def holdout_metrics_many(
             F.sum(err * err).alias(f"sq_{i}"),
         ]
     cells = _with_segment(scored, segments, segment_col).groupBy("band", "segment").agg(*aggs).toPandas()
-    cells = cells.fillna(0.0)
+    return cells.fillna(0.0)
+
+
+def cell_metrics(cells: pd.DataFrame, suffix: str, by_segment: bool) -> dict[str, float]:
+    """The holdout metrics of the predictions whose cell sums are the columns of :data:`CELL_SUMS`
+    suffixed ``_<suffix>`` (:func:`holdout_cells`)."""
     n = float(cells["n"].sum())
     total = float(cells["a"].sum())
-    out: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(fits):
-        predicted = float(cells[f"p_{i}"].sum())
-        out[name] = {
-            "holdout_customers": n,
-            "holdout_mae": float(cells[f"abs_{i}"].sum()) / n if n else math.nan,
-            "holdout_rmse": math.sqrt(float(cells[f"sq_{i}"].sum()) / n) if n else math.nan,
-            "holdout_corr": _corr(
-                n, predicted, total, *(float(cells[c].sum()) for c in (f"pp_{i}", "aa", f"pa_{i}"))
-            ),
-            "holdout_actual_total": total,
-            "holdout_predicted_total": predicted,
-            "holdout_total_error_pct": 100.0 * (predicted - total) / total if total else math.nan,
-            # the share the validity rule bounds (clv.max_holdout_error)
-            "holdout_total_error": (predicted - total) / total if total else math.nan,
-            **_group_errors(cells, f"p_{i}", segments is not None),
-        }
-    return out
+    predicted = float(cells[f"p_{suffix}"].sum())
+    return {
+        "holdout_customers": n,
+        "holdout_mae": float(cells[f"abs_{suffix}"].sum()) / n if n else math.nan,
+        "holdout_rmse": math.sqrt(float(cells[f"sq_{suffix}"].sum()) / n) if n else math.nan,
+        "holdout_corr": _corr(
+            n,
+            predicted,
+            total,
+            *(float(cells[c].sum()) for c in (f"pp_{suffix}", "aa", f"pa_{suffix}")),
+        ),
+        "holdout_actual_total": total,
+        "holdout_predicted_total": predicted,
+        "holdout_total_error_pct": 100.0 * (predicted - total) / total if total else math.nan,
+        # the share the validity rule bounds (clv.max_holdout_error)
+        "holdout_total_error": (predicted - total) / total if total else math.nan,
+        **_group_errors(cells, f"p_{suffix}", by_segment),
+    }
 
 
 def _corr(n: float, sp: float, sa: float, spp: float, saa: float, spa: float) -> float:
@@ -202,9 +251,7 @@ def _group_errors(cells: pd.DataFrame, pred: str, by_segment: bool) -> dict[str,
     return out
 
 
-def holdout_by_frequency(
-    summary: DataFrame, fit: M.FitResult, max_x: int = HISTOGRAM_BUCKETS
-) -> pd.DataFrame:
+def holdout_by_frequency(summary: DataFrame, fit: Fits, max_x: int = HISTOGRAM_BUCKETS) -> pd.DataFrame:
     """Mean actual and predicted holdout purchases by calibration frequency (capped at ``max_x``)."""
     scored = with_holdout_prediction(summary, fit)
     bucket = F.least(F.col(FREQUENCY), F.lit(max_x)).alias("frequency")
@@ -230,7 +277,7 @@ def repeat_band(x: Column) -> Column:
 
 def holdout_value(
     summary: DataFrame,
-    fit: M.FitResult,
+    fit: Fits,
     avg_value: Column,
     segments: DataFrame | None,
     segment_col: str,
@@ -245,9 +292,7 @@ def holdout_value(
     the driver. Each frame: label, customers, actual and predicted (means per customer), in band
     order / by label.
     """
-    pred_n = expected_purchases_udf(fit.model, fit.values)(
-        F.col(DURATION_HOLDOUT), F.col(FREQUENCY).cast("double"), F.col(RECENCY), F.col(AGE)
-    )
+    pred_n = holdout_purchases(fit)
     scored = summary.select(
         F.col(CUSTOMER_ID),
         repeat_band(F.col(FREQUENCY)).alias("band"),

@@ -35,6 +35,7 @@ INTERNALS: tuple[str, ...] = (
     "MBG/CNBD-k",
     "mbgnbd",
     "mbgcnbd",
+    "per_band",
     "P(alive)",
     "p alive",
     "Cohen",
