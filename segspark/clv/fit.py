@@ -443,25 +443,10 @@ def _run(
     )
     if has_holdout:
         validation.update(_holdout_value(cal_summary, cal_scoring, penalizer, cfg, segments))
-    # Scoring is as of as_of_date: refit the chosen model(s) on the full history when the
-    # calibration period ended earlier (the holdout is then part of the data: no holdout check).
-    refit_reasons: dict[str, str | None] = {m: None for m in used}
-    if cal_end < as_of_date:
-        assert full is not None  # run_clv builds it whenever the calibration ends earlier
-        final_summary = full
-        final_stats = S.compressed_rfm(full, unit)
-        final_fits: dict[str, M.FitResult] = {}
-        for m in used:
-            fit_m = cal_fits[m]
-            assert fit_m is not None
-            final_fits[m], refit_reasons[m] = _refit_on_full_history(
-                final_stats, m, fit_m, penalizer, cfg, warns
-            )
-    else:
-        final_summary, final_stats = cal_summary, stats
-        final_fits = {m: f for m, f in cal_fits.items() if f is not None}
+    final_summary, final_stats, final_fits, refit_reason = _final_fits(
+        (cal_summary, full), stats, cal_fits, cal_end < as_of_date, penalizer, cfg, warns
+    )
     final_fit = final_fits[chosen] if chosen in final_fits else final_fits[used[0]]
-    refit_reason = "; ".join(f"{m}: {r}" for m, r in refit_reasons.items() if r) or None
 
     fit: dict[str, Any] = {
         "model": chosen if per_band is None else B.PER_BAND,
@@ -485,10 +470,36 @@ def _run(
     if per_band is None:
         predictions = P.with_predictions(final_summary, final_fit, None, *horizon, avg_value=avg_value)
     else:
-        band_fits = per_band.fits(final_fits)
-        predictions = P.with_band_predictions(final_summary, band_fits, V.by_band, *horizon, avg_value)
+        predictions = P.with_band_predictions(
+            final_summary, per_band.fits(final_fits), V.by_band, *horizon, avg_value
+        )
     customers = _with_value_tier(predictions, cfg, fit)
     return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
+
+
+def _final_fits(
+    summaries: tuple[DataFrame, DataFrame | None],
+    cal_stats: M.RfmStats,
+    cal_fits: dict[str, M.FitResult | None],
+    refit: bool,
+    penalizer: float,
+    cfg: ClvConfig,
+    warns: list[str],
+) -> tuple[DataFrame, M.RfmStats, dict[str, M.FitResult], str | None]:
+    """The summary, statistics and fit(s) that score as of as_of_date: the calibration ones, or, when the
+    calibration period ended earlier (``refit``), the chosen model(s) refitted on the full history (the
+    holdout is then part of the data: no holdout check). Also the refit's reason(s) to distrust it."""
+    cal_summary, full = summaries
+    if not refit:
+        return cal_summary, cal_stats, {m: f for m, f in cal_fits.items() if f is not None}, None
+    assert full is not None  # run_clv builds it whenever the calibration ends earlier
+    final_stats = S.compressed_rfm(full, cfg.time_unit)
+    final_fits: dict[str, M.FitResult] = {}
+    reasons: dict[str, str | None] = {}
+    for m, fit_m in cal_fits.items():
+        assert fit_m is not None
+        final_fits[m], reasons[m] = _refit_on_full_history(final_stats, m, fit_m, penalizer, cfg, warns)
+    return full, final_stats, final_fits, "; ".join(f"{m}: {r}" for m, r in reasons.items() if r) or None
 
 
 def _search(
