@@ -303,6 +303,12 @@ def test_bad_input(
         "--set", "clustering.k_max=3",
     ]  # fmt: skip
     if case.spark and not case.process:
+        # the table engine a local run gets by default (the suite's session loads Delta's jars, which
+        # would make it Delta's Spark engine: tested in test_s3, test_faults and the engine tests), and
+        # no MLflow store (created anew for each case: seconds) unless the run is to complete
+        argv += ["--set", "lakehouse.engine=delta-rs"]
+        if case.check is not check_full_run:
+            argv += ["--set", "tracking.enabled=false"]
         request.getfixturevalue("spark")  # the suite's session: main() runs on it
         capfd = request.getfixturevalue("capfd")
         for key, value in env.items():

@@ -143,7 +143,8 @@ def test_auc_and_pr_auc_equal_spark_evaluator(spark: Any) -> None:
 def generated_orders(spark: Any) -> DataFrame:
     from segspark import generate as G
 
-    base = G.customer_base(spark, 1500, 11, partitions=2)
+    # cached as ``segspark generate`` caches it (a filter is otherwise pushed into its projections)
+    base = G.customer_base(spark, 1500, 11, partitions=2).cache()
     return orders(G.transactions(base, 11)).cache()
 
 

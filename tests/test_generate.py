@@ -38,7 +38,7 @@ def test_archetype_shares_match_the_plan(spark: SparkSession) -> None:
 
 
 def test_archetypes_differ_as_planted(spark: SparkSession) -> None:
-    base = G.customer_base(spark, 3000, seed=3)
+    base = G.customer_base(spark, 3000, seed=3).cache()  # see test_customers_drop_out_at_archetype_rates
     tx = G.transactions(base, seed=3)
     per = (
         tx.join(base.select("customer_id", "archetype"), "customer_id", how="inner")
@@ -127,7 +127,9 @@ def test_poisson_draws_match_the_distribution(spark: SparkSession) -> None:
 def test_customers_drop_out_at_archetype_rates(spark: SparkSession) -> None:
     """Dropout is planted: at-risk regulars stop at their dropout date, lapsed customers soon after
     their first purchase; the alive archetypes keep buying until the end date at their own pace."""
-    base = G.customer_base(spark, 4000, seed=9)
+    # cached as ``segspark generate`` caches it: a filter on a generated column is otherwise pushed
+    # into the purchase process's projections and evaluates its whole inlined expression (minutes)
+    base = G.customer_base(spark, 4000, seed=9).cache()
     per = {
         r["archetype"]: r
         for r in base.where(F.col("n_orders") > 0)
@@ -154,6 +156,7 @@ def test_customers_drop_out_at_archetype_rates(spark: SparkSession) -> None:
     assert _fingerprint(base.select("customer_id", F.col("order_days").cast("string"))) == _fingerprint(
         again.select("customer_id", F.col("order_days").cast("string"))
     )
+    base.unpersist()
 
 
 @pytest.mark.slow

@@ -220,7 +220,9 @@ def test_planted_archetypes_land_in_the_expected_stages_and_segments(spark):
     from segspark.behaviour import behaviour_features, with_behaviour
     from segspark.config import RfmConfig
 
-    base = G.customer_base(spark, 2000, 42, partitions=2)
+    # cached as ``segspark generate`` caches it: a filter on a generated column is otherwise pushed
+    # into the purchase process's projections and evaluates its whole inlined expression (minutes)
+    base = G.customer_base(spark, 2000, 42, partitions=2).cache()
     tx = orders_of(G.transactions(base, 42))
     as_of = G.DEFAULT_END
     rfm_cfg = RfmConfig()
@@ -263,3 +265,4 @@ def test_planted_archetypes_land_in_the_expected_stages_and_segments(spark):
     assert share("bargain_occasionals", {"active", "at_risk"}) >= 0.95
     assert share("bargain_occasionals", {"active"}) >= 0.7
     assert share("prospects", {"prospect"}, {None}) == 1.0
+    base.unpersist()
