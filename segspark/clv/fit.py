@@ -84,6 +84,13 @@ class ClvResult:
     validation: dict[str, Any]
     figures: dict[str, Figure] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # the persisted predictions ``customers`` is read from (the tier's quantile computed them while
+    # the summaries were cached): ``release`` once ``customers`` is written
+    held: list[DataFrame] = field(default_factory=list)
+
+    def release(self) -> None:
+        for df in self.held:
+            df.unpersist()
 
     @property
     def fallback(self) -> bool:
@@ -473,8 +480,9 @@ def _run(
         predictions = P.with_band_predictions(
             final_summary, per_band.fits(final_fits), V.by_band, *horizon, avg_value
         )
-    customers = _with_value_tier(predictions, cfg, fit)
-    return ClvResult(customers=customers, fit=fit, validation=validation, figures=figures, warnings=warns)
+    held: list[DataFrame] = []
+    customers = _with_value_tier(predictions, cfg, fit, held)
+    return ClvResult(customers, fit, validation, figures, warns, held)
 
 
 def _final_fits(
@@ -607,8 +615,14 @@ def _fit_entries(final_fit: M.FitResult, final_stats: M.RfmStats) -> dict[str, A
     }
 
 
-def _with_value_tier(predictions: DataFrame, cfg: ClvConfig, fit: dict[str, Any]) -> DataFrame:
-    """The customers with their value tier; the tier's threshold recorded in ``fit``."""
+def _with_value_tier(
+    predictions: DataFrame, cfg: ClvConfig, fit: dict[str, Any], held: list[DataFrame]
+) -> DataFrame:
+    """The customers with their value tier; the tier's threshold recorded in ``fit``. The
+    predictions are persisted (into ``held``) by the quantile's pass, which runs while the summary
+    they come from is still cached: writing ``customer_scores`` then reads them, not the days again."""
+    predictions = predictions.persist()
+    held.append(predictions)
     threshold = P.value_tier_threshold(predictions, cfg.value_tier_top_share)
     fit["value_tier_threshold"] = threshold if threshold is not None else math.nan
     return P.with_value_tier(predictions, threshold)
@@ -742,5 +756,6 @@ def _fallback(
     predictions = P.historical_rate_predictions(
         days, as_of_date, cfg.horizon_months, cfg.monthly_discount_rate, cfg.days_per_month
     )
-    customers = _with_value_tier(predictions, cfg, fit)
-    return ClvResult(customers=customers, fit=fit, validation={"has_holdout": has_holdout}, warnings=warns)
+    held: list[DataFrame] = []
+    customers = _with_value_tier(predictions, cfg, fit, held)
+    return ClvResult(customers, fit, {"has_holdout": has_holdout}, {}, warns, held)
