@@ -11,7 +11,8 @@ Time-based split (``h`` = ``churn.horizon_days``, all dates inclusive):
 - score: features as of ``as_of_date``; the model is refitted on the test window first when
   ``churn.refit_on_latest`` (the metrics describe the model trained one window earlier).
 
-Both labelled windows come from ONE aggregation over the orders (conditional aggregates per cutoff).
+Both labelled windows and the scoring window come from ONE aggregation over the orders (conditional
+aggregates per cutoff), cached until the scores are written.
 The model is trained on a seeded sample of at most about ``churn.max_train_rows`` customers of its
 window (a hash of the customer id and the seed picks them, so the sample does not depend on
 partitioning), and evaluated on the driver over a seeded sample of at most about
@@ -97,6 +98,12 @@ class ChurnResult:
     customers: DataFrame  # customer_id, churn_risk, churn_band
     metrics: dict[str, Any]
     figures: dict[str, Figure] = field(default_factory=dict)
+    # the persisted aggregation ``customers`` is scored from: ``release`` once they are written
+    held: list[DataFrame] = field(default_factory=list)
+
+    def release(self) -> None:
+        for df in self.held:
+            df.unpersist()
 
     def scalar_metrics(self) -> dict[str, float]:
         """Flat numeric metrics for experiment tracking (names prefixed ``churn_``)."""
@@ -262,18 +269,24 @@ def _feature_columns(wide: DataFrame, cutoff: dt.date, p: str, horizon_days: int
 
 
 def windowed_features(
-    orders: DataFrame, cutoffs: Sequence[dt.date], horizon_days: int | None, codes: Codes | None = None
+    orders: DataFrame,
+    cutoffs: Sequence[dt.date],
+    horizon_days: int | None,
+    codes: Codes | None = None,
+    unlabelled: Sequence[dt.date] = (),
 ) -> DataFrame:
-    """One aggregation over the orders: per customer, every cutoff's aggregates (prefix ``w<i>_``).
+    """One aggregation over the orders: per customer, every cutoff's aggregates (prefix ``w<i>_``),
+    then those of each ``unlabelled`` cutoff (no label: the scoring window), numbered on.
 
     One row per customer with a purchase on or before the last cutoff (plus its horizon when
     ``horizon_days`` is given, for the labels); select a window with :func:`window`. ``codes``: from
     :func:`value_codes` over at least these orders (computed here when not given).
     """
-    end = max(cutoffs) + dt.timedelta(days=horizon_days or 0)
+    end = max([max(cutoffs) + dt.timedelta(days=horizon_days or 0), *unlabelled])
     codes = codes if codes is not None else value_codes(orders, end)
     coded = (codes.categories is not None, codes.channels is not None)
-    aggs = [a for i, cut in enumerate(cutoffs) for a in _aggs(cut, f"w{i}_", horizon_days, coded)]
+    windows = [*((cut, horizon_days) for cut in cutoffs), *((cut, None) for cut in unlabelled)]
+    aggs = [a for i, (cut, h) in enumerate(windows) for a in _aggs(cut, f"w{i}_", h, coded)]
     return _purchases(orders, end, codes).groupBy(CUSTOMER_ID).agg(*aggs)
 
 
@@ -562,17 +575,19 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
     test_cutoff = as_of_date - dt.timedelta(days=h)
     train_cutoff = as_of_date - dt.timedelta(days=2 * h)
     codes = value_codes(orders, as_of_date)
-    # both labelled windows in one aggregation, cached for the counts, the samples and the fits
-    wide = windowed_features(orders, [train_cutoff, test_cutoff], h, codes).persist()
+    # both labelled windows and the scoring one (as of as_of_date) in one aggregation, cached for the
+    # counts, the samples, the fits and the scores: ``release`` once the scores are written
+    wide = windowed_features(orders, [train_cutoff, test_cutoff], h, codes, unlabelled=[as_of_date]).persist()
     try:
         final, metrics, figures = _train_and_evaluate(wide, train_cutoff, test_cutoff, cfg)
-    finally:
+    except BaseException:
         wide.unpersist()
-    scored = _score(final, churn_features(orders, as_of_date, codes))
+        raise
+    scored = _score(final, window(wide, 2, as_of_date, None))
     customers = scored.select(
         F.col(CUSTOMER_ID), F.col(CHURN_RISK), churn_band(F.col(CHURN_RISK), cfg).alias(CHURN_BAND)
     )
-    return ChurnResult(customers=customers, metrics=metrics, figures=figures)
+    return ChurnResult(customers=customers, metrics=metrics, figures=figures, held=[wide])
 
 
 def _train_and_evaluate(

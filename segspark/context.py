@@ -76,6 +76,8 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)  # degradations, recorded in the runs row
     choices: dict[str, str] = field(default_factory=dict)  # what the job sized to the data (runs row)
     refresh: Decision | None = None  # what the run recomputes (``segspark.refresh``), decided before ingest
+    # ``score``: the registered clustering model (URI, logging run id) resolved for that decision
+    resolved_model: tuple[str, str | None] | None = None
 
     def warn(self, message: str) -> None:
         """A degradation the run survives (a fallback, a skipped model): logged and recorded."""

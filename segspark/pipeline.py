@@ -177,6 +177,10 @@ class StageIO:
         return self._ctx.cluster_mode
 
     @property
+    def resolved_model(self) -> tuple[str, str | None] | None:
+        return self._ctx.resolved_model
+
+    @property
     def inputs(self) -> dict[str, InputStats]:
         return self._ctx.inputs
 
@@ -372,8 +376,8 @@ def _require_clean_orders(tx: InputStats) -> None:
 
 def stage_silver(io: StageIO) -> None:
     """Ingest's clean orders become ``orders`` (THE purchase definition applied), then
-    ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, once; no
-    later stage reads lines."""
+    ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, from one
+    shuffle of the orders (``silver.silver_tables``); no later stage reads lines."""
     from segspark import silver
 
     grouped = io.clean("orders")
@@ -383,10 +387,15 @@ def stage_silver(io: StageIO) -> None:
         io.release_clean("orders")
     orders, as_of = io.read(S.ORDERS), io.as_of_date
     assert as_of is not None
-    if grouped is not None:
-        io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
-    io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
-    io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
+    # one shuffle of the orders into customer days; the three tables are read off it
+    tables_ = silver.silver_tables(orders, as_of, io.settings.rfm.channels)
+    try:
+        if grouped is not None:
+            io.write(tables_.customer_days, S.CUSTOMER_DAYS)
+        io.write(tables_.customer_state, S.CUSTOMER_STATE)
+        io.write(tables_.customer_months, S.CUSTOMER_MONTHS)
+    finally:
+        tables_.release()
 
 
 LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
@@ -432,6 +441,7 @@ def stage_scores(io: StageIO) -> None:
     settings, as_of = io.settings, io.as_of_date
     assert as_of is not None
     parts: list[DataFrame] = []
+    written: list[Callable[[], None]] = []
     if settings.clv.enabled:
         with io.timed("clv_fit_and_score"):
             orders = io.read(S.ORDERS)
@@ -460,6 +470,7 @@ def stage_scores(io: StageIO) -> None:
         scalars = {k: v for k, v in res.validation.items() if not isinstance(v, pd.DataFrame)}
         tracking.log_dict({"fit": res.fit, "validation": scalars}, "clv/fit.json")
         parts.append(res.customers)
+        written.append(res.release)  # its persisted predictions, once customer_scores is written
     if settings.churn.enabled:
         try:
             with io.timed("churn_model"), finalizers_at_safe_points():
@@ -476,6 +487,7 @@ def stage_scores(io: StageIO) -> None:
             tracking.log_metrics(cres.scalar_metrics())
             tracking.log_figures(cres.figures, "churn")
             parts.append(cres.customers)
+            written.append(cres.release)  # its cached windows, once customer_scores is written
     scores = io.spark.createDataFrame([], tables.SCHEMAS[S.CUSTOMER_SCORES])
     if parts:
         joined = parts[0]
@@ -490,6 +502,8 @@ def stage_scores(io: StageIO) -> None:
             ],
         )
     io.write(scores, S.CUSTOMER_SCORES)
+    for release in written:
+        release()
 
 
 def previous_profiles(io: StageIO) -> pd.DataFrame | None:
@@ -530,8 +544,9 @@ def stage_segments(io: StageIO) -> None:
         buyers = model_table.where(F.col("frequency") > 0)
         if io.cluster_mode == "score":
             name, alias = settings.tracking.registered_model, settings.clustering.model_alias
-            # one registry lookup: the version recorded below is the version loaded
-            uri, run_id = resolve_model(name, settings.tracking_uri, alias)
+            # the version the refresh decision compared (one registry lookup): the version recorded
+            # below is the version loaded
+            uri, run_id = io.resolved_model or resolve_model(name, settings.tracking_uri, alias)
             model, logged, density = load_resolved(uri, run_id, staging_dir(settings.output.path))
             assignments = score_segments(buyers, model, logged, density=density)
             # the run's record of which model assigned the personas (the report names its version),
@@ -591,7 +606,10 @@ def stage_aggregates(io: StageIO) -> None:
     months = io.read(S.CUSTOMER_MONTHS)
     io.write(cohorts.cohort_retention_from_state(state, months, customers, as_of), S.COHORT_RETENTION)
     window = io.settings.kpis.ltv_window_months
-    io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state), S.LTV_CAC)
+    base: list[DataFrame] = []  # its per-buyer base, cached while every level reads it
+    io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state, base), S.LTV_CAC)
+    for df in base:
+        df.unpersist()
     io.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)
     io.write(drift.segment_drift(segments, previous, drift.DRIFT_CATEGORICAL, drift.DRIFT_NUMERIC), S.DRIFT)
 
@@ -737,7 +755,17 @@ def _decide_refresh(ctx: RunContext) -> str:
     settings = ctx.settings
     key = privacy.resolve_key(settings.privacy, demo=ctx.demo) if settings.privacy.pseudonymize else None
     state = refresh.state_hash(settings, ctx.spark, key)
-    decision = refresh.decide(settings, ctx.lake, ctx.command, state)
+    model = None
+    if ctx.cluster_mode == "score" and settings.clustering.enabled:
+        from segspark.clustering.tracking import resolve_model
+
+        # resolved once, before the decision: the version compared is the version stage_segments loads
+        uri, logged_by = resolve_model(
+            settings.tracking.registered_model, settings.tracking_uri, settings.clustering.model_alias
+        )
+        ctx.resolved_model = (uri, logged_by)
+        model = ctx.choices[refresh.MODEL] = uri
+    decision = refresh.decide(settings, ctx.lake, ctx.command, state, model)
     ctx.refresh = decision
     ctx.choose("refresh", f"{decision.mode}: {decision.reason}")
     ctx.choices[refresh.STATE_HASH] = state

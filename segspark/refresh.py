@@ -54,6 +54,9 @@ MANIFEST_RUN = "refresh.manifest_run"
 Taken = dict[str, tuple[list[InputFile] | None, int | None]]
 ORDERS_RUN = "refresh.orders_run"  # the run that validated the transactions behind ``orders``
 DATA_DATE = "refresh.data_date"  # the date of that run's last clean line (the default as_of_date)
+# ``score``: the registered clustering model version the run applies (its alias resolved before the
+# decision), so a moved alias is never skipped
+MODEL = "refresh.model"
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,11 @@ def taken(lake: Lakehouse, run_id: str) -> Taken:
     return out
 
 
-def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Decision:
-    """Skip or refresh fully, and why (the module docstring)."""
+def decide(
+    settings: Settings, lake: Lakehouse, command: str, state: str, model: str | None = None
+) -> Decision:
+    """Skip, reuse or refresh fully, and why (the module docstring). ``model``: the registered model
+    version a ``score`` run applies; a skip needs the run it stands on to have applied the same."""
     prints = {
         name: fingerprint(name, getattr(settings.input, name))
         for name in INPUTS
@@ -160,6 +166,9 @@ def decide(settings: Settings, lake: Lakehouse, command: str, state: str) -> Dec
         return Decision("full", f"no earlier successful {command} in this lakehouse", None, prints)
     took = taken(lake, previous.manifest_run)  # read once: the skip and the reuse both compare it
     reason = _why_not_skip(settings, lake, previous, prints, took, state)
+    if reason is None and model is not None and previous.choices.get(MODEL) != model:
+        applied = previous.choices.get(MODEL, "no recorded version")
+        reason = f"the registered model is now {model} (run {previous.run_id} applied {applied})"
     if reason is not None:
         return _reuse_or_full(lake, previous, prints, took, reason)
     return Decision(

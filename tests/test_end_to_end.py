@@ -242,7 +242,36 @@ def test_score_reproduces_run_assignments_and_monitor_reports_drift(
     assert re.fullmatch(applied, sweep[0]["reason"])
     profiles = [r for r in _table(root, "cluster_profiles") if r["run_id"] == "e2e-score"]
     assert {r["persona"] for r in profiles} >= {p for _, p in scored.values() if p}
+    assert _score_model_moved(root, lake["args"], sweep[0]["reason"]) == scored
     assert main(["monitor", "--set", f"output.path={root}"]) == 0
+
+
+def _score_model_moved(root: Path, args: list[str], applied: str) -> dict[str, Any]:
+    """A score on unchanged inputs and settings is skipped, unless the model alias moved since: then
+    it applies the version the alias points to now. Returns the last score's assignments."""
+    from mlflow import MlflowClient
+
+    def choices(run_id: str) -> dict[str, str]:
+        return dict(next(r["choices"] for r in _table(root, "runs") if r["run_id"] == run_id))
+
+    first = re.search(r"models:/\S+/\d+", applied)
+    assert first is not None
+    assert main(["score", "--run-id", "e2e-score-same", *args, "--set", "report.enabled=false"]) == 0
+    assert choices("e2e-score-same")["refresh"].startswith("skip: inputs, settings and code as run e2e-score")
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    name, version = first.group(0).removeprefix("models:/").split("/")
+    old = client.get_model_version(name, version)
+    new = client.create_model_version(name, old.source, run_id=old.run_id)
+    client.set_registered_model_alias(name, "champion", new.version)
+    assert main(["score", "--run-id", "e2e-score-moved", *args, "--set", "report.enabled=false"]) == 0
+    moved = choices("e2e-score-moved")
+    assert moved["refresh.model"] == f"models:/{name}/{new.version}" != first.group(0)
+    now = f"models:/{name}/{new.version}"
+    why = f"the registered model is now {now} (run e2e-score-same applied {first.group(0)})"
+    assert moved["refresh"] == f"reuse: transactions as run e2e-score took them: its orders reused ({why})"
+    sweep = [r for r in _table(root, "clustering_sweep") if r["run_id"] == "e2e-score-moved"]
+    assert f"models:/{name}/{new.version} " in sweep[0]["reason"]
+    return {r["customer_id"]: (r["cluster_id"], r["persona"]) for r in _table(root, "customer_segments")}
 
 
 @pytest.mark.slow
