@@ -1,8 +1,7 @@
-"""LTV:CAC by acquisition channel (and month) and by segment, computed by ``segspark/sql/ltv_cac_base.sql``
-(per buyer) and ``segspark/sql/ltv_cac.sql`` (the levels).
+"""LTV:CAC by acquisition channel (and month) and by segment, computed by ``segspark/sql/ltv_cac.sql``.
 
 Unknown spend stays unknown: a channel or month without a spend row gets a null CAC and
-``cac_status = 'unknown_spend'``, never a CAC of zero. The SQL files hold every definition.
+``cac_status = 'unknown_spend'``, never a CAC of zero. The SQL file holds every definition.
 """
 
 from __future__ import annotations
@@ -103,44 +102,28 @@ def ltv_cac(
     as_of_date: dt.date,
     window_months: int,
     state: DataFrame | None = None,
-    held: list[DataFrame] | None = None,
 ) -> DataFrame:
-    """LTV:CAC table (columns :data:`LTV_CAC_COLUMNS`); see ``ltv_cac_base.sql`` and ``ltv_cac.sql``
-    for the definitions.
+    """LTV:CAC table (columns :data:`LTV_CAC_COLUMNS`); see ``ltv_cac.sql`` for the definitions.
 
     Rows: ``level = channel_month`` (acquisition channel x month), ``channel`` (all months) and, when
     ``segments`` (one row per customer_id, with segment columns and optionally ``clv``) is given,
     ``segment`` for each segment type present and ``segment_type = 'all'``. ``state``: the silver
     ``customer_state`` of ``as_of_date`` (the first purchases; computed from ``orders`` when None).
-    ``held``: when given, the per-customer base (every buyer's window revenue, a join of the orders)
-    is persisted and appended to it, for the caller to release once the table is written: every
-    level reads it, and without the cache each recomputes it from the orders.
     """
     if window_months < 1:
         raise ConfigError(f"kpis.ltv_window_months must be >= 1, got {window_months}")
-    spark = orders.sparkSession
-    params = {"as_of_date": as_of_date, "window_months": int(window_months)}
-    members = _member_view(orders, segments)
-    base = run_sql(
-        spark,
-        "ltv_cac_base",
+    out = run_sql(
+        orders.sparkSession,
+        "ltv_cac",
         {
             "orders": order_view(orders),
             "customer_state": (
                 state if state is not None else silver.customer_state(orders, as_of_date, ())
             ).select(S.CUSTOMER_ID, S.FIRST_PURCHASE_TS, S.FIRST_PURCHASE_CHANNEL),
             "acquisition": acquisition_view(orders, customers),
-            "segment_members": members,
+            "marketing_spend": _spend_view(orders, marketing_spend),
+            "segment_members": _member_view(orders, segments),
         },
-        params,
+        {"as_of_date": as_of_date, "window_months": int(window_months)},
     )
-    if held is not None:
-        base = base.persist()
-        held.append(base)
-    views = {
-        "customer_base": base,
-        "marketing_spend": _spend_view(orders, marketing_spend),
-        "segment_members": members,
-    }
-    out = run_sql(spark, "ltv_cac", views, params)
     return out.select(*[F.col(c).cast(t).alias(c) for c, t in LTV_CAC_COLUMNS.items()])

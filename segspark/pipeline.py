@@ -376,8 +376,8 @@ def _require_clean_orders(tx: InputStats) -> None:
 
 def stage_silver(io: StageIO) -> None:
     """Ingest's clean orders become ``orders`` (THE purchase definition applied), then
-    ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, from one
-    shuffle of the orders (``silver.silver_tables``); no later stage reads lines."""
+    ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, once; no
+    later stage reads lines."""
     from segspark import silver
 
     grouped = io.clean("orders")
@@ -387,15 +387,10 @@ def stage_silver(io: StageIO) -> None:
         io.release_clean("orders")
     orders, as_of = io.read(S.ORDERS), io.as_of_date
     assert as_of is not None
-    # one shuffle of the orders into customer days; the three tables are read off it
-    tables_ = silver.silver_tables(orders, as_of, io.settings.rfm.channels)
-    try:
-        if grouped is not None:
-            io.write(tables_.customer_days, S.CUSTOMER_DAYS)
-        io.write(tables_.customer_state, S.CUSTOMER_STATE)
-        io.write(tables_.customer_months, S.CUSTOMER_MONTHS)
-    finally:
-        tables_.release()
+    if grouped is not None:
+        io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
+    io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
+    io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
 
 
 LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
@@ -606,10 +601,7 @@ def stage_aggregates(io: StageIO) -> None:
     months = io.read(S.CUSTOMER_MONTHS)
     io.write(cohorts.cohort_retention_from_state(state, months, customers, as_of), S.COHORT_RETENTION)
     window = io.settings.kpis.ltv_window_months
-    base: list[DataFrame] = []  # its per-buyer base, cached while every level reads it
-    io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state, base), S.LTV_CAC)
-    for df in base:
-        df.unpersist()
+    io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state), S.LTV_CAC)
     io.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)
     io.write(drift.segment_drift(segments, previous, drift.DRIFT_CATEGORICAL, drift.DRIFT_NUMERIC), S.DRIFT)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -122,30 +121,23 @@ def _activity(orders: DataFrame, name: str, period: Column, *, with_value: bool)
     ``with_value`` the net of the purchase orders."""
     bought = F.col(S.IS_PURCHASE)
     value = [F.sum(F.when(bought, F.col(S.NET_AMOUNT)).otherwise(F.lit(0.0))).alias(S.PURCHASE_VALUE)]
-    grouped = orders.groupBy(F.col(S.CUSTOMER_ID), period.alias(name)).agg(
-        F.count(F.lit(1)).alias(S.ORDERS_COUNT),
-        F.count_if(bought).alias(S.PURCHASES),
-        F.sum(S.NET_AMOUNT).alias(S.NET_AMOUNT),
-        *(value if with_value else []),
+    return (
+        orders.groupBy(F.col(S.CUSTOMER_ID), period.alias(name))
+        .agg(
+            F.count(F.lit(1)).alias(S.ORDERS_COUNT),
+            F.count_if(bought).alias(S.PURCHASES),
+            F.sum(S.NET_AMOUNT).alias(S.NET_AMOUNT),
+            *(value if with_value else []),
+        )
+        .select(
+            F.col(S.CUSTOMER_ID),
+            F.col(name),
+            F.col(S.ORDERS_COUNT).cast("long").alias(S.ORDERS_COUNT),
+            F.col(S.PURCHASES).cast("long").alias(S.PURCHASES),
+            F.col(S.NET_AMOUNT).cast("double").alias(S.NET_AMOUNT),
+            *([F.col(S.PURCHASE_VALUE).cast("double").alias(S.PURCHASE_VALUE)] if with_value else []),
+        )
     )
-    return _activity_columns(grouped, name, with_value=with_value)
-
-
-def _activity_columns(grouped: DataFrame, name: str, *, with_value: bool) -> DataFrame:
-    """Per-customer-and-period counts and sums in the declared column order and types."""
-    return grouped.select(
-        F.col(S.CUSTOMER_ID),
-        F.col(name),
-        F.col(S.ORDERS_COUNT).cast("long").alias(S.ORDERS_COUNT),
-        F.col(S.PURCHASES).cast("long").alias(S.PURCHASES),
-        F.col(S.NET_AMOUNT).cast("double").alias(S.NET_AMOUNT),
-        *([F.col(S.PURCHASE_VALUE).cast("double").alias(S.PURCHASE_VALUE)] if with_value else []),
-    )
-
-
-def _days_columns(days: DataFrame) -> DataFrame:
-    """:func:`daily` rows -> ``customer_days`` (the same rows as :func:`customer_days`)."""
-    return _activity_columns(days, S.ORDER_DATE, with_value=True)
 
 
 def purchase_days(days: DataFrame) -> DataFrame:
@@ -184,61 +176,17 @@ def customer_state(orders: DataFrame, as_of_date: dt.date, channels: Sequence[st
     ``customer_days``); ``btyd_x`` is the merged ``purchase_days - 1`` and ``btyd_t_x_days`` the days
     from the merged first to the merged last purchase day.
     """
-    return state_from_days(daily(orders.where(F.col(S.ORDER_DATE) <= F.lit(as_of_date)), channels), channels)
-
-
-@dataclass(frozen=True)
-class Silver:
-    """The per-customer silver tables of one run, derived from one day-level aggregation of the
-    orders (:func:`daily`): ``days`` is persisted by :func:`silver_tables`; ``release`` frees it
-    once the three tables are written."""
-
-    customer_days: DataFrame
-    customer_state: DataFrame
-    customer_months: DataFrame
-    days: DataFrame
-
-    def release(self) -> None:
-        self.days.unpersist()
-
-
-def silver_tables(orders: DataFrame, as_of_date: dt.date, channels: Sequence[str]) -> Silver:
-    """``customer_days`` (every order), ``customer_state`` and ``customer_months`` (orders on or
-    before ``as_of_date``) from ONE shuffle of the orders: the day-level aggregates are computed
-    once, partitioned by customer and persisted, and each table is a projection or an aggregation
-    on that partitioning (no further shuffle). The same rows as :func:`customer_days`,
-    :func:`customer_state` and :func:`customer_months` (sums regrouped through the days)."""
-    days = daily(orders, channels).persist()
-    as_of = days.where(F.col(S.ORDER_DATE) <= F.lit(as_of_date))
-    return Silver(
-        customer_days=_days_columns(days),
-        customer_state=state_from_days(as_of, channels),
-        customer_months=_activity_columns(
-            as_of.groupBy(F.col(S.CUSTOMER_ID), F.trunc(F.col(S.ORDER_DATE), "month").alias(S.MONTH)).agg(
-                # sums of non-null day counts: never null (declared so, as the counts are)
-                F.coalesce(F.sum(S.ORDERS_COUNT), F.lit(0)).alias(S.ORDERS_COUNT),
-                F.coalesce(F.sum(S.PURCHASES), F.lit(0)).alias(S.PURCHASES),
-                F.sum(S.NET_AMOUNT).alias(S.NET_AMOUNT),
-            ),
-            S.MONTH,
-            with_value=False,
-        ),
-        days=days,
-    )
-
-
-def daily(orders: DataFrame, channels: Sequence[str]) -> DataFrame:
-    """Orders -> one row per (customer, order day) with every day-level sum the per-customer tables
-    need, partitioned by customer (a hash repartition, so a later aggregation by customer, or by
-    customer and a coarser period, needs no shuffle)."""
+    as_of = F.lit(as_of_date)
     net = F.col(S.NET_AMOUNT)
     bought = F.col(S.IS_PURCHASE)
     listed = F.col(S.CHANNEL).isin(*channels) if channels else F.lit(False)
     first_of = F.struct(
         F.col(S.ORDER_TS).alias("ts"), F.col(S.ORDER_ID).alias("id"), F.col(S.CHANNEL).alias("ch")
     )
-    return (
-        orders.repartition(F.col(S.CUSTOMER_ID))
+    channel_cols = [S.channel_column(ch) for ch in channels]
+    days = (
+        orders.where(F.col(S.ORDER_DATE) <= as_of)
+        .repartition(F.col(S.CUSTOMER_ID))
         .groupBy(S.CUSTOMER_ID, S.ORDER_DATE)
         .agg(
             F.count(F.lit(1)).alias(S.ORDERS_COUNT),
@@ -261,11 +209,6 @@ def daily(orders: DataFrame, channels: Sequence[str]) -> DataFrame:
             F.count_if(bought & ~F.coalesce(listed, F.lit(False))).alias(S.ORDERS_OTHER),
         )
     )
-
-
-def state_from_days(days: DataFrame, channels: Sequence[str]) -> DataFrame:
-    """:func:`daily` rows (already cut at ``as_of_date``) -> ``customer_state``."""
-    channel_cols = [S.channel_column(ch) for ch in channels]
     summed = (S.ORDERS_COUNT, S.NET_SUMSQ, S.PURCHASE_VALUE, S.PURCHASE_VALUE_SUMSQ, S.GROSS_SUMSQ)
     customers = days.groupBy(S.CUSTOMER_ID).agg(
         F.count_if(F.col(S.PURCHASES) > 0).alias(S.PURCHASE_DAYS),

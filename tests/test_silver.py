@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 
 import pytest
 from pyspark.sql import types as T
@@ -182,41 +180,6 @@ def test_customer_months_are_the_orders_per_customer_and_month(orders) -> None:
         want[key] = (len(g), int(g["is_purchase"].sum()), float(g["net_amount"].sum()))
     assert got == want
     assert got[("A", dt.date(2025, 2, 1))] == (1, 1, 50.0) and ("A", dt.date(2025, 4, 1)) not in got
-
-
-def test_the_run_reads_the_three_customer_tables_off_one_shuffle(orders) -> None:
-    """``silver_tables`` (what the run writes): the same rows and schemas as each table's own
-    function, from one exchange of the orders (the plans of the state and the months add none)."""
-    both = silver.silver_tables(orders, AS_OF, CHANNELS)
-    try:
-        for got, want in (
-            (both.customer_days, silver.customer_days(orders)),
-            (both.customer_state, silver.customer_state(orders, AS_OF, CHANNELS)),
-            (both.customer_months, silver.customer_months(orders, AS_OF)),
-        ):
-            assert got.schema == want.schema
-            assert sorted(map(_rounded, got.collect())) == sorted(map(_rounded, want.collect()))
-        for derived in (both.customer_state, both.customer_months, both.customer_days):
-            # on the persisted days: no exchange above their scan (the cached plan below has its one)
-            above, scan, _ = _plan(derived).partition("InMemoryTableScan")
-            assert scan and "Exchange" not in above, above
-        # the per-customer aggregations without a scan of their own repartition every time
-        above = _plan(silver.customer_state(orders, AS_OF, CHANNELS)).partition("InMemoryTableScan")[0]
-        assert "Exchange" in above
-    finally:
-        both.release()
-
-
-def _plan(df: object) -> str:
-    """The physical plan as ``explain`` prints it."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        df.explain()  # type: ignore[attr-defined]
-    return out.getvalue()
-
-
-def _rounded(row: object) -> tuple[object, ...]:
-    return tuple(_comparable(v) for v in row)  # type: ignore[attr-defined]
 
 
 def _merge(state: dict[str, object], batch: dict[str, object]) -> dict[str, object]:
