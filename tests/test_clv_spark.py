@@ -401,6 +401,27 @@ def test_no_holdout_fits_on_everything_and_chooses_by_bic(cdnow_days: DataFrame)
     assert result.customers.count() == early.where("purchases > 0").select("customer_id").distinct().count()
 
 
+def test_candidates_on_a_coarser_grid_score_from_the_finer_one(
+    cdnow_days: DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over ``SEARCH_ROWS`` rows the candidates are fitted on a coarser grid, and the chosen model
+    that scores is fitted again on up to ``MAX_FIT_ROWS`` rows: the parameters of a fit on those."""
+    early = cdnow_days.filter("order_date < date'1997-07-01'")
+    as_of = dt.date(1997, 9, 30)  # no holdout: the calibration statistics are the scoring ones
+    summary = S.summary_statistics(early, as_of, "week")
+    exact = S.compressed_rfm(summary, "week")
+    monkeypatch.setattr(S, "SEARCH_ROWS", exact.n_rows // 3)
+    result = run_clv(early, as_of, ClvConfig(model="bgnbd"))
+    fit = result.fit
+    assert fit["calibration_fit"]["n_rows"] <= exact.n_rows // 3
+    assert (fit["compressed_rows"], fit["compressed_grid_days"]) == (exact.n_rows, 1)
+    want = M.fit_transactions(M.BGNBD, exact).params
+    got = {k: fit["params"][k] for k in want}
+    np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-4)
+    coarse = {k: fit["calibration_fit"]["params"][k] for k in want}
+    assert coarse != got  # the candidates' fit is not the scoring one
+
+
 def test_mbgnbd_spark_predictions_per_customer(spark: Any) -> None:
     schema = T.StructType(
         [

@@ -421,7 +421,9 @@ def _run(
     unit = cfg.time_unit
     has_holdout = hold_end is not None
     # with the log gaps between purchase days (MBG/CNBD-k's choice of k), from the summary's own pass
-    stats = S.compressed_rfm(cal_summary, unit)
+    # the candidates on at most SEARCH_ROWS rows; the chosen model scores from a fit on up to
+    # MAX_FIT_ROWS (_final_fits)
+    stats = S.compressed_rfm(cal_summary, unit, S.SEARCH_ROWS)
     warns: list[str] = []
     tried, chosen, per_band = _search(stats, cal_summary, has_holdout, cfg, segments)
     cands = {name: attempts[-1] for name, attempts in tried.items()}
@@ -496,10 +498,15 @@ def _final_fits(
 ) -> tuple[DataFrame, M.RfmStats, dict[str, M.FitResult], str | None]:
     """The summary, statistics and fit(s) that score as of as_of_date: the calibration ones, or, when the
     calibration period ended earlier (``refit``), the chosen model(s) refitted on the full history (the
-    holdout is then part of the data: no holdout check). Also the refit's reason(s) to distrust it."""
+    holdout is then part of the data: no holdout check); without a holdout, refitted on up to
+    ``MAX_FIT_ROWS`` rows when the candidates' fits read a coarser grid. Also the refit's reason(s)
+    to distrust it."""
     cal_summary, full = summaries
     if not refit:
-        return cal_summary, cal_stats, {m: f for m, f in cal_fits.items() if f is not None}, None
+        if cal_stats.grid_days == 1 and cal_stats.sample_fraction == 1.0:  # exact: nothing finer
+            return cal_summary, cal_stats, {m: f for m, f in cal_fits.items() if f is not None}, None
+        # the candidates ran on a coarser grid (SEARCH_ROWS): the scoring fit on the finer one
+        full = cal_summary
     assert full is not None  # run_clv builds it whenever the calibration ends earlier
     final_stats = S.compressed_rfm(full, cfg.time_unit)
     final_fits: dict[str, M.FitResult] = {}
