@@ -524,7 +524,6 @@ def stage_segments(io: StageIO) -> None:
         load_resolved,
         log_to_mlflow,
         model_features,
-        resolve_model,
         score_segments,
         staging_dir,
     )
@@ -538,16 +537,16 @@ def stage_segments(io: StageIO) -> None:
         model_table = io.cache(materialize(model_table))
         buyers = model_table.where(F.col("frequency") > 0)
         if io.cluster_mode == "score":
-            name, alias = settings.tracking.registered_model, settings.clustering.model_alias
-            # the version the refresh decision compared (one registry lookup): the version recorded
-            # below is the version loaded
-            uri, run_id = io.resolved_model or resolve_model(name, settings.tracking_uri, alias)
+            # resolved once, for the refresh decision: the version recorded below is the version loaded
+            assert io.resolved_model is not None
+            uri, run_id = io.resolved_model
             model, logged, density = load_resolved(uri, run_id, staging_dir(settings.output.path))
             assignments = score_segments(buyers, model, logged, density=density)
             # the run's record of which model assigned the personas (the report names its version),
             # and that model's profiles, so the score run's tables and report stand on their own
             clusters = int((logged[S.CLUSTER_ID] >= 0).sum()) if logged is not None else 0
             algorithm = density.algorithm if density is not None else None
+            alias = settings.clustering.model_alias
             row = applied_model_row(uri, alias, clusters, algorithm, model_features(model))
             io.write(declared_frame(io.spark, row, S.CLUSTERING_SWEEP), S.CLUSTERING_SWEEP)
             if logged is not None and not logged.empty:
@@ -752,11 +751,9 @@ def _decide_refresh(ctx: RunContext) -> str:
         from segspark.clustering.tracking import resolve_model
 
         # resolved once, before the decision: the version compared is the version stage_segments loads
-        uri, logged_by = resolve_model(
-            settings.tracking.registered_model, settings.tracking_uri, settings.clustering.model_alias
-        )
-        ctx.resolved_model = (uri, logged_by)
-        model = ctx.choices[refresh.MODEL] = uri
+        alias = settings.clustering.model_alias
+        ctx.resolved_model = resolve_model(settings.tracking.registered_model, settings.tracking_uri, alias)
+        model = ctx.choices[refresh.MODEL] = ctx.resolved_model[0]
     decision = refresh.decide(settings, ctx.lake, ctx.command, state, model)
     ctx.refresh = decision
     ctx.choose("refresh", f"{decision.mode}: {decision.reason}")

@@ -421,9 +421,7 @@ def _run(
     unit = cfg.time_unit
     has_holdout = hold_end is not None
     # with the log gaps between purchase days (MBG/CNBD-k's choice of k), from the summary's own pass
-    # the candidates on at most SEARCH_ROWS rows; the chosen model scores from a fit on up to
-    # MAX_FIT_ROWS (_final_fits)
-    stats = S.compressed_rfm(cal_summary, unit, S.SEARCH_ROWS)
+    stats = S.compressed_rfm(cal_summary, unit, S.SEARCH_ROWS)  # the scoring fit: _final_fits
     warns: list[str] = []
     tried, chosen, per_band = _search(stats, cal_summary, has_holdout, cfg, segments)
     cands = {name: attempts[-1] for name, attempts in tried.items()}
