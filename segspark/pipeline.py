@@ -280,17 +280,15 @@ def stage_ingest(io: StageIO) -> None:
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     results = [] if reused is None else [reused]
     clean: dict[str, DataFrame] = {}
-    for name, raw in frames.items():
-        mapping = getattr(settings.input, name).columns
-        conformed = ingest.conform(raw, name, mapping)
-        res = ingest.validate(
-            conformed, name, settings.quality, processing_ts, key=key, privacy=settings.privacy
-        )
+    mappings = {name: getattr(settings.input, name).columns for name in frames}
+    validated = ingest.validate_inputs(
+        frames, mappings, settings.quality, processing_ts, io.releases, key=key, privacy=settings.privacy
+    )
+    for res in validated:
         ingest.reconcile(res)
         results.append(res)
-        if name != "transactions" and res.clean is not None:  # the transactions go on as orders
-            clean[name] = res.clean  # customer ids are already pseudonyms when a key is given
-        io.releases.append(res.release)
+        if res.table != "transactions" and res.clean is not None:  # the transactions go on as orders
+            clean[res.table] = res.clean  # customer ids are already pseudonyms when a key is given
     for res in results:  # each input's counts, for its runs row
         stats = io.inputs[res.table]
         stats.rows_in, stats.rows_clean, stats.rows_quarantined = (

@@ -277,3 +277,37 @@ def test_the_driver_fitted_kmeans_is_an_mllib_model_as_good_as_mllibs_own(spark,
     assert adjusted_rand_score(labels, best.labels_) == 1.0
     mllib, _ = fit_best_of("kmeans", 4, cfg, frame.select("features").repartition(1))
     assert best.inertia_ <= mllib.summary.trainingCost * (1 + 1e-9)
+
+
+def test_starts_fitted_side_by_side_choose_what_one_by_one_chooses(spark) -> None:  # type: ignore[no-untyped-def]
+    """The final fit's MLlib starts run side by side (threads), yet the model is the one the
+    one-by-one rule picks from the same seeds: the lowest cost (the earlier seed on a tie), and with
+    the sweep's reference cost the first start that reaches it ends the search."""
+    from pyspark.ml.functions import array_to_vector
+
+    from segspark.clustering.sweep import FINAL_FIT_STARTS, fit_best_of, mllib_estimator
+
+    rng = np.random.default_rng(11)  # no clear structure: the starts settle in different optima
+    x = rng.uniform(0, 1, size=(150, 3))
+    rows = spark.createDataFrame(
+        [(i, [float(v) for v in r]) for i, r in enumerate(x)], "i int, a array<double>"
+    )
+    frame = rows.select(array_to_vector("a").alias("features")).repartition(1).cache()
+    cfg = ClusteringConfig(seed=3, max_iter=5)
+    costs = [
+        float(mllib_estimator("bisecting_kmeans", 5, cfg, cfg.seed + i).fit(frame).summary.trainingCost)
+        for i in range(FINAL_FIT_STARTS)
+    ]
+
+    def one_by_one(reference: float | None) -> tuple[float, int]:
+        best = float("inf")
+        for n, cost in enumerate(costs, start=1):
+            best = min(best, cost)
+            if reference is not None and best <= reference * (1 + 1e-4):
+                return best, n
+        return best, len(costs)
+
+    for reference in (None, costs[0], min(costs), min(costs) * 0.5):
+        model, starts = fit_best_of("bisecting_kmeans", 5, cfg, frame, reference)
+        assert (float(model.summary.trainingCost), starts) == one_by_one(reference), (reference, costs)
+    frame.unpersist()

@@ -584,3 +584,40 @@ def test_orders_grouped_while_validating_are_the_orders_of_the_clean_lines(spark
         assert len(result.quarantine.collect()) == result.rows_quarantined == len(rows) - len(CLEAN) - 3
     finally:
         result.release()
+
+
+def test_inputs_validated_side_by_side_give_each_result_and_the_first_error_in_input_order(spark) -> None:
+    """``validate_inputs`` runs the inputs' validations at once (threads): each result is what
+    ``validate`` alone gives, in input order; with bad inputs the first one's error (input order, as
+    one by one) is raised, after the validated inputs' releases were handed over."""
+    lines = spark.createDataFrame(CLEAN + list(PLANTED.values()), TX_SCHEMA)
+    events = spark.createDataFrame(
+        [("E1", "2025-05-01 10:00:00", "login"), ("E2", "2025-05-01 10:00:00", "teleport")],
+        "customer_id string, event_ts string, event_type string",
+    )
+    alone = ingest.validate(lines, "transactions", CFG, NOW, key=KEY, privacy=PrivacyConfig())
+    held: list = []
+    frames = {"transactions": lines, "events": events}
+    together = ingest.validate_inputs(frames, {}.fromkeys(frames, {}), CFG, NOW, held, key=KEY)
+    assert [r.table for r in together] == ["transactions", "events"] and len(held) == 2
+    assert (together[0].rows_in, together[0].rows_clean, together[0].by_rule) == (
+        alone.rows_in,
+        alone.rows_clean,
+        alone.by_rule,
+    )
+    assert sorted(together[0].orders.collect()) == sorted(alone.orders.collect())
+    assert together[1].by_rule == {"unknown_event_type": 1}
+    for release in [*held, alone.release]:
+        release()
+
+    no_ts = events.drop("event_ts")  # a required column missing
+    bad = {"transactions": lines.drop("amount"), "events": no_ts}
+    held = []
+    with pytest.raises(InputError, match=r"^transactions: required column 'amount'"):
+        ingest.validate_inputs(bad, {}.fromkeys(bad, {}), CFG, NOW, held, key=KEY)
+    assert held == []
+    good_first = {"transactions": lines, "events": no_ts}
+    with pytest.raises(InputError, match=r"^events: required column 'event_ts'"):
+        ingest.validate_inputs(good_first, {}.fromkeys(good_first, {}), CFG, NOW, held, key=KEY)
+    assert len(held) == 1  # the transactions' cached orders, for the stage to release
+    held[0]()

@@ -59,7 +59,7 @@ from segspark.ingest.checks import (
 from segspark.ingest.columns import blank_to_null, conform, not_finite, parse_double, parse_timestamp
 from segspark.ingest.result import IngestResult, check_quarantine_share, log_summary, raise_on_fail, reconcile
 from segspark.ingest.rules import DEFAULT_SEVERITY, TABLE_RULES, rule_reasons, severity
-from segspark.ingest.validation import validate
+from segspark.ingest.validation import validate, validate_inputs
 from segspark.schema import SOURCE_KEY
 
 __all__ = [
@@ -84,4 +84,5 @@ __all__ = [
     "rule_reasons",
     "severity",
     "validate",
+    "validate_inputs",
 ]
