@@ -278,25 +278,19 @@ def stage_ingest(io: StageIO) -> None:
     size_shuffle_partitions(io, frames, reused.rows_in if reused is not None else 0)
     key = privacy.resolve_key(settings.privacy, demo=io.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    results = [] if reused is None else [reused]
-    clean: dict[str, DataFrame] = {}
     mappings = {name: getattr(settings.input, name).columns for name in frames}
     validated = ingest.validate_inputs(
         frames, mappings, settings.quality, processing_ts, io.releases, key=key, privacy=settings.privacy
     )
     for res in validated:
         ingest.reconcile(res)
-        results.append(res)
-        if res.table != "transactions" and res.clean is not None:  # the transactions go on as orders
-            clean[res.table] = res.clean  # customer ids are already pseudonyms when a key is given
+    results = validated if reused is None else [reused, *validated]
+    # the transactions go on as orders; customer ids are already pseudonyms when a key is given
+    clean = {r.table: r.clean for r in validated if r.table != "transactions" and r.clean is not None}
     for res in results:  # each input's counts, for its runs row
         stats = io.inputs[res.table]
-        stats.rows_in, stats.rows_clean, stats.rows_quarantined = (
-            res.rows_in,
-            res.rows_clean,
-            res.rows_quarantined,
-        )
-        stats.by_rule = dict(res.by_rule)
+        stats.rows_in, stats.rows_clean = res.rows_in, res.rows_clean
+        stats.rows_quarantined, stats.by_rule = res.rows_quarantined, dict(res.by_rule)
     _log_ingest(io, results)
     tx = results[0]  # transactions: read first, always there
     last = tx.last_clean_ts

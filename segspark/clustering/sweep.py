@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -155,7 +156,14 @@ SAME_OPTIMUM_RTOL = 1e-4
 # threads of their own overlap (Spark schedules the jobs of several threads of one session). Measured
 # on the 2,000-customer demo (bisecting k-means, k=6, 1,896 customers): its 4 starts took 39.2 s one
 # after another, 24.3 s side by side, with the same four costs.
-FINAL_FIT_THREADS = FINAL_FIT_STARTS
+def _fitted_in_seed_order(
+    fit: Callable[[int], Any], seeds: list[int], batch: int
+) -> Generator[Any, None, None]:
+    """``fit(seed)`` for each seed, ``batch`` of them at a time side by side, yielded in seed order;
+    closing the iterator fits no further batch."""
+    with ThreadPoolExecutor(max_workers=batch, thread_name_prefix="final-fit") as pool:
+        for first in range(0, len(seeds), batch):
+            yield from pool.map(fit, seeds[first : first + batch])
 
 
 def fit_best_of(
@@ -168,26 +176,22 @@ def fit_best_of(
     ``reference_cost``: the sweep's cost of the same candidate on the same rows (its scikit-learn
     fit). The starts exist to escape a poor local optimum; a start whose cost is at most the
     reference is not in one, so the later starts are not read. The starts are fitted side by side
-    (:data:`FINAL_FIT_THREADS`); with a reference, two at a time, so that at most one fit is spent
-    after the start that reaches it. The model is the one the starts give read one after another."""
-    batch = min(2, FINAL_FIT_THREADS) if reference_cost is not None else FINAL_FIT_THREADS
+    (all at once; with a reference two at a time, so that at most one fit is spent after the start
+    that reaches it) and read in seed order: the model is the one a one-by-one loop picks."""
+    batch = 2 if reference_cost is not None else FINAL_FIT_STARTS
     seeds = [cfg.seed + i for i in range(FINAL_FIT_STARTS)]
-    best, best_cost, starts, reached = None, math.inf, 0, False
-    with ThreadPoolExecutor(max_workers=max(1, batch), thread_name_prefix="final-fit") as pool:
-        for first in range(0, len(seeds), max(1, batch)):
-            if reached:
-                break
-            fitted = pool.map(
-                lambda seed: mllib_estimator(algorithm, k, cfg, seed).fit(data), seeds[first : first + batch]
-            )
-            for model in list(fitted):  # read in seed order: the choice of a one-by-one loop
-                starts += 1
-                cost = _fit_cost(model)
-                if best is None or cost < best_cost - 1e-9 * abs(best_cost):
-                    best, best_cost = model, cost
-                reached = reference_cost is not None and best_cost <= reference_cost * (1 + SAME_OPTIMUM_RTOL)
-                if reached:
-                    break
+    fitted = _fitted_in_seed_order(
+        lambda seed: mllib_estimator(algorithm, k, cfg, seed).fit(data), seeds, batch
+    )
+    best, best_cost, starts = None, math.inf, 0
+    for model in fitted:  # in seed order
+        starts += 1
+        cost = _fit_cost(model)
+        if best is None or cost < best_cost - 1e-9 * abs(best_cost):
+            best, best_cost = model, cost
+        if reference_cost is not None and best_cost <= reference_cost * (1 + SAME_OPTIMUM_RTOL):
+            break
+    fitted.close()
     log.info(
         "final %s k=%d: best of %d start(s), cost %.6g (sweep's cost %s)",
         algorithm,

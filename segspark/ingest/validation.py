@@ -127,7 +127,7 @@ def validate_inputs(
     with ThreadPoolExecutor(max_workers=max(1, len(frames)), thread_name_prefix="validate") as pool:
         futures = [pool.submit(one, name, raw) for name, raw in frames.items()]
         results: list[IngestResult] = []
-        error: BaseException | None = None
+        error: Exception | None = None
         for future in futures:
             try:
                 results.append(future.result())
