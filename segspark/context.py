@@ -117,6 +117,17 @@ class RunContext:
         self.outputs[name] = res.version
         log.info("wrote %s (version %s%s)", name, res.version, ", already committed" if res.skipped else "")
 
+    def merge(self, df: DataFrame, name: str, keys: list[str], delete_column: str | None = None) -> None:
+        assert self.as_of_date is not None, "as_of_date must be known before writing"
+        with self.timed(f"merge_{name}"):
+            res = self.lake.merge(
+                df, name, keys, run_id=self.run_id, as_of_date=self.as_of_date, delete_column=delete_column
+            )
+        self.outputs[name] = res.version
+        log.info(
+            "merged into %s (version %s%s)", name, res.version, ", already committed" if res.skipped else ""
+        )
+
     @contextlib.contextmanager
     def timed(self, step: str) -> Iterator[None]:
         """Time a step (Spark is lazy: a table's write time includes computing it); logged and tracked."""
@@ -223,6 +234,8 @@ class CleanInputs:
     customers: DataFrame | None
     events: DataFrame | None
     marketing_spend: DataFrame | None
+    # ``orders`` are a batch of new lines' orders (an incremental refresh): merged into ``orders``
+    orders_batch: bool = False
     # the events' one row per customer (``behaviour.engagement_features``), cached: the events
     # themselves (the largest input, 2-3 per line) are released at the end of ingest, so their cache
     # does not hold memory and disk through silver

@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,11 +126,30 @@ class StageIO:
         self._allowed(f"input:{name}", self.stage.reads, "reads")
         return self._ctx.lake.read_input(name)
 
+    def input_files(self, name: str, files: list[str]) -> DataFrame:
+        """Only ``files`` of a configured Parquet or CSV source (``input:<name>``)."""
+        self._allowed(f"input:{name}", self.stage.reads, "reads")
+        return self._ctx.lake.read_input_files(name, files)
+
+    def earlier(self, name: str) -> DataFrame:
+        """Table ``name`` whole, as earlier runs left it (``earlier:<name>``), without stamp columns."""
+        self._allowed(f"earlier:{name}", self.stage.reads, "reads")
+        return self._ctx.lake.read_output(name).drop(S.RUN_ID, S.AS_OF_DATE)
+
     def clean(self, name: str) -> DataFrame | None:
         """Ingest's validated frame ``clean:<name>`` (None when the input is not configured)."""
         self._allowed(f"clean:{name}", self.stage.reads, "reads")
         clean = self._ctx.clean
         return None if clean is None else getattr(clean, name)
+
+    def clean_is_batch(self) -> bool:
+        """``clean:orders`` are an incremental refresh's batch of new lines' orders (merged, not written)."""
+        self._allowed("clean:orders", self.stage.reads, "reads")
+        return self._ctx.clean is not None and self._ctx.clean.orders_batch
+
+    def output_version(self, name: str) -> int | None:
+        """The version this run committed of a table it wrote."""
+        return self._ctx.outputs.get(name)
 
     def release_clean(self, name: str) -> None:
         """Drop the cache behind ``clean:<name>`` once this stage, its last reader, has written."""
@@ -141,7 +160,7 @@ class StageIO:
     def provide_clean(self, clean: CleanInputs) -> None:
         """Ingest's validated frames, for the stages that declare ``clean:<name>`` reads."""
         for f in dataclasses.fields(CleanInputs):
-            if f.name != "releases" and getattr(clean, f.name) is not None:
+            if f.name not in ("releases", "orders_batch") and getattr(clean, f.name) is not None:
                 self._allowed(f"clean:{f.name}", self.stage.writes, "writes")
         self._ctx.clean = clean
 
@@ -149,6 +168,12 @@ class StageIO:
         """Commit table ``name`` (schema check, one commit, timed) for this run and date."""
         self._allowed(name, self.stage.writes, "writes")
         self._ctx.write(df, name)
+        self.written.add(name)
+
+    def merge(self, df: DataFrame, name: str, keys: list[str], delete_column: str | None = None) -> None:
+        """MERGE ``df`` into table ``name`` by ``keys`` in one commit (``Lakehouse.merge``)."""
+        self._allowed(name, self.stage.writes, "writes")
+        self._ctx.merge(df, name, keys, delete_column)
         self.written.add(name)
 
     # -- the run's own facts (not tables)
@@ -197,10 +222,11 @@ class StageIO:
         return self._ctx.refresh
 
     def reused_transactions(self) -> IngestResult | None:
-        """A ``reuse`` refresh's transactions (``refresh.reused_transactions``: the counts and the
-        quarantine rows of the run that wrote ``orders``); None otherwise."""
+        """A ``reuse`` or ``incremental`` refresh's transactions as the run that wrote ``orders``
+        validated them (``refresh.reused_transactions``: its counts and its quarantine rows); None
+        otherwise."""
         decision = self._ctx.refresh
-        if decision is None or decision.mode != "reuse":
+        if decision is None or decision.mode not in ("reuse", "incremental"):
             return None
         self._allowed(f"earlier:{S.QUARANTINE}", self.stage.reads, "reads")
         return refresh.reused_transactions(self._ctx.lake, decision, self._ctx.settings.privacy.pseudonymize)
@@ -273,15 +299,33 @@ def stage_ingest(io: StageIO) -> None:
     from segspark import ingest, privacy
 
     settings = io.settings
-    reused = io.reused_transactions()  # a ``reuse`` refresh: the orders and their quarantine stand
+    reused = io.reused_transactions()  # ``reuse``: the orders stand; ``incremental``: new lines added
+    batch = io.refresh.new_files if io.refresh is not None and io.refresh.mode == "incremental" else ()
     frames = read_inputs(io, reused is not None)
+    if batch:  # only the new files' lines are validated (the whole input is read for its amounts)
+        frames = {"transactions": io.input_files("transactions", list(batch)), **frames}
     size_shuffle_partitions(io, frames, reused.rows_in if reused is not None else 0)
     key = privacy.resolve_key(settings.privacy, demo=io.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    mappings = {name: getattr(settings.input, name).columns for name in frames}
-    validated = ingest.validate_inputs(
-        frames, mappings, settings.quality, processing_ts, io.releases, key=key, privacy=settings.privacy
-    )
+    mappings = {name: getattr(settings.input, name).columns for name in INPUTS}
+    validate = functools.partial(
+        ingest.validate_inputs, cfg=settings.quality, processing_ts=processing_ts, held=io.releases, key=key,
+        privacy=settings.privacy,
+    )  # fmt: skip
+    past = _history(io, frames["transactions"], mappings["transactions"]) if batch else None
+    validated = validate(frames, mappings, history={"transactions": past} if past is not None else None)
+    if reused is not None and batch:
+        why = _why_full(io, validated[0], frames["transactions"], reused)
+        if why is None:
+            validated = [ingest.combined(reused, validated[0]), *validated[1:]]
+            reused = None
+            io.choose(refresh.NEW_FILES, len(batch))
+        else:  # the whole history after all, as a full refresh: said, and recorded as its reason
+            validated[0].release()
+            _refresh_fully(io, why)
+            whole, _ = io.input("transactions")
+            validated = [*validate({"transactions": whole}, mappings), *validated[1:]]
+            reused = None
     for res in validated:
         ingest.reconcile(res)
     results = validated if reused is None else [reused, *validated]
@@ -294,6 +338,8 @@ def stage_ingest(io: StageIO) -> None:
     _log_ingest(io, results)
     tx = results[0]  # transactions: read first, always there
     last = tx.last_clean_ts
+    if reused is None:  # the bound this run judged the whole input by (an incremental refresh compares)
+        io.choose(refresh.OUTLIER_BOUND, "none" if tx.outlier_bound is None else repr(tx.outlier_bound))
     if last is not None:  # what a later ``reuse`` refresh takes for the default as_of_date
         io.choose(refresh.DATA_DATE, last.date())
     as_of = io.settings.as_of_date or (last.date() if last is not None else None)
@@ -317,6 +363,7 @@ def stage_ingest(io: StageIO) -> None:
         customers = privacy.minimize(customers, settings.privacy, reference_date=run_date)
     provided = CleanInputs(
         orders=tx.orders,
+        orders_batch=bool(batch) and io.refresh is not None and io.refresh.mode == "incremental",
         customers=customers,
         events=clean.get("events"),
         marketing_spend=clean.get("marketing_spend"),
@@ -333,6 +380,47 @@ def stage_ingest(io: StageIO) -> None:
         provided.release("events")
         provided.events = None
     io.provide_clean(provided)
+
+
+def _history(io: StageIO, batch: DataFrame, mapping: Mapping[str, str]) -> Any:
+    """An incremental refresh's ``ingest.History``: the whole transactions input and the clean line
+    hashes of the earlier orders the batch's order ids touch."""
+    from segspark import ingest
+
+    whole, _ = io.input("transactions")
+    conformed = ingest.conform(whole, "transactions", mapping)
+    return ingest.history(conformed, ingest.conform(batch, "transactions", mapping), io.earlier(S.ORDERS))
+
+
+def _why_full(io: StageIO, batch: Any, lines: DataFrame, carried: Any) -> str | None:
+    """Why the validated batch of new lines (``lines``: as read) does not give what a full refresh
+    gives (``ingest.why_full``)."""
+    from segspark import ingest
+
+    cfg = io.settings.quality
+    decision = io.refresh
+    assert decision is not None and decision.source is not None
+    recorded = decision.source.choices.get(refresh.OUTLIER_BOUND, "none")
+    before = None if recorded == "none" else float(recorded)
+    rates = ingest.base_rates(cfg, None)
+    whole, _ = io.input("transactions")
+    mapping = io.settings.input.transactions.columns
+    amounts = tuple(
+        ingest.transaction_amounts(ingest.conform(df, "transactions", mapping), cfg, rates)
+        for df in (whole, lines)
+    )
+    assert len(amounts) == 2
+    return ingest.why_full(batch, io.earlier(S.ORDERS), carried.quarantine, amounts, cfg, before)
+
+
+def _refresh_fully(io: StageIO, why: str) -> None:
+    """An incremental refresh that falls back to the whole history: its decision and reason change."""
+    decision = io.refresh
+    assert decision is not None
+    decision.mode, decision.reason = "full", f"{decision.reason}, but {why}"
+    io.choose("refresh", f"full: {decision.reason}")
+    if io.settings.refresh == "incremental":
+        io.warn(f"refresh: incremental asked, the whole history refreshed ({decision.reason})")
 
 
 def _log_ingest(io: StageIO, results: list[Any]) -> None:
@@ -369,20 +457,57 @@ def _require_clean_orders(tx: InputStats) -> None:
 def stage_silver(io: StageIO) -> None:
     """Ingest's clean orders become ``orders`` (THE purchase definition applied), then
     ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, once; no
-    later stage reads lines."""
+    later stage reads lines. An incremental refresh MERGEs its batch's orders into ``orders`` and
+    the days they touch into ``customer_days``."""
     from segspark import silver
 
     grouped = io.clean("orders")
-    if grouped is not None:  # else a ``reuse`` refresh: orders and customer_days stand as written
+    batch = io.clean_is_batch()
+    if grouped is not None and batch:
+        _merge_orders(io, silver.order_columns(grouped, io.settings.purchase))
+        io.release_clean("orders")
+    elif grouped is not None:  # else a ``reuse`` refresh: orders and customer_days stand as written
         io.write(silver.order_columns(grouped, io.settings.purchase), S.ORDERS)
         # written: release ingest's per-order cache before the heavy stages
         io.release_clean("orders")
     orders, as_of = io.read(S.ORDERS), io.as_of_date
     assert as_of is not None
     if grouped is not None:
+        io.choose(refresh.ORDERS_VERSION, io.output_version(S.ORDERS))
+    if grouped is not None and not batch:
         io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
     io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
     io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
+
+
+def _merge_orders(io: StageIO, batch: DataFrame) -> None:
+    """A batch's orders MERGEd into ``orders`` (an order the batch adds lines to is merged with its
+    earlier lines: ``silver.merged_orders``), then the (customer, day) rows of ``customer_days`` they
+    touch recomputed from the merged orders and MERGEd (a day left without an order deleted): the
+    tables are what a full refresh writes, in one commit each."""
+    from segspark import silver
+
+    keys = [S.CUSTOMER_ID, S.ORDER_ID]
+    earlier = io.earlier(S.ORDERS)
+    merged = io.cache(silver.merged_orders(earlier, batch, io.settings.purchase).persist())
+    # the days of the merged orders, before and after: an order's first line may move its day
+    before = earlier.join(batch.select(*keys), on=keys, how="left_semi").select(S.CUSTOMER_ID, S.ORDER_DATE)
+    days = io.cache(before.unionByName(merged.select(S.CUSTOMER_ID, S.ORDER_DATE)).distinct().persist())
+    days.count()  # computed before the MERGE changes ``orders``
+    io.merge(merged, S.ORDERS, keys)
+    day_keys = [S.CUSTOMER_ID, S.ORDER_DATE]
+    after = io.read(S.ORDERS).join(days, on=day_keys, how="left_semi")
+    recomputed = silver.customer_days(after)
+    gone = days.join(recomputed.select(*day_keys), on=day_keys, how="left_anti")
+    empty = [
+        F.lit(None).cast(f.dataType).alias(f.name)
+        for f in tables.CUSTOMER_DAYS_SCHEMA
+        if f.name not in day_keys
+    ]
+    flagged = recomputed.withColumn("_delete", F.lit(False)).unionByName(
+        gone.select(*day_keys, *empty, F.lit(True).alias("_delete"))
+    )
+    io.merge(flagged, S.CUSTOMER_DAYS, day_keys, delete_column="_delete")
 
 
 LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
@@ -645,7 +770,7 @@ def stage_report(io: StageIO) -> None:
 PIPELINE: tuple[Stage, ...] = (
     #      name          reads                                             writes
     Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend",
-                         f"earlier:{S.QUARANTINE}"),
+                         f"earlier:{S.QUARANTINE}", f"earlier:{S.ORDERS}"),
                         (S.QUARANTINE, S.INPUT_MANIFEST, "clean:orders", "clean:customers", "clean:events",
                          "clean:marketing_spend", "clean:engagement"), stage_ingest),
     Stage("silver",     ("clean:orders", f"earlier:{S.ORDERS}"),

@@ -57,6 +57,12 @@ DATA_DATE = "refresh.data_date"  # the date of that run's last clean line (the d
 # ``score``: the registered clustering model version the run applies (its alias resolved before the
 # decision), so a moved alias is never skipped
 MODEL = "refresh.model"
+# the version of ``orders`` after the run that validated its transactions last wrote it: any other
+# commit since (an erasure, a crashed run's MERGE) rules out standing on it
+ORDERS_VERSION = "refresh.orders_version"
+# the amount_outlier rule's bound over the whole transactions input (``repr`` of the float)
+OUTLIER_BOUND = "refresh.outlier_bound"
+NEW_FILES = "refresh.new_files"  # an incremental refresh: the new transaction files it validated
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Previous:
 
 @dataclass
 class Decision:
-    mode: Literal["full", "skip", "reuse"]
+    mode: Literal["full", "skip", "reuse", "incremental"]
     reason: str
     previous: Previous | None = None
     inputs: dict[str, Fingerprint] = field(default_factory=dict)
@@ -86,6 +92,8 @@ class Decision:
     # date), and its quarantine rows of the transactions by rule
     source: Previous | None = None
     reused_rules: dict[str, int] = field(default_factory=dict)
+    # incremental: the transactions' new files (paths relative to the input's path)
+    new_files: tuple[str, ...] = ()
 
 
 def state_hash(settings: Settings, spark: SparkSession, key: bytes | None) -> str:
@@ -199,15 +207,17 @@ def _reuse_or_full(
     if source is None or DATA_DATE not in source.choices or "transactions" not in source.inputs:
         return full
     tx_took = took.get("transactions")  # (the state hash was compared: "the key ..." above)
-    if tx_took is None or compare(tx, *tx_took)[0] != "unchanged":
+    tx_state = compare(tx, *tx_took)[0] if tx_took is not None else "unknown"
+    # new files of a Parquet or CSV input: their lines alone are validated (``incremental``); new
+    # Delta commits are not read apart yet: the whole history
+    appended = tx_state == "appended" and tx.files is not None and tx_took is not None
+    if tx_state != "unchanged" and not appended:
         return full
     if not (lake.exists(S.ORDERS) and lake.exists(S.CUSTOMER_DAYS) and lake.exists(S.QUARANTINE)):
         return full
-    stamp = lake.read_output(S.ORDERS).select(S.RUN_ID).first()
-    if stamp is not None and stamp[0] != orders_run:
-        return Decision(
-            "full", f"orders were written by run {stamp[0]}, not run {orders_run}", previous, prints
-        )
+    moved = _orders_moved(lake, source, orders_run)
+    if moved is not None:
+        return Decision("full", moved, previous, prints)
     rules = {
         r[S.Q_RULE]: int(r["n"])
         for r in _carried_quarantine(lake, orders_run)
@@ -217,8 +227,48 @@ def _reuse_or_full(
     }
     if sum(rules.values()) != source.inputs["transactions"][2]:  # an erasure took some of its rows
         return Decision("full", f"quarantine rows of run {orders_run} were erased since", previous, prints)
+    if appended:
+        assert tx.files is not None and tx_took is not None and tx_took[0] is not None
+        why_full = _why_not_incremental(lake, source, rules)
+        if why_full is not None:
+            return Decision("full", f"{why_not_skip}; {why_full}", previous, prints)
+        taken_paths = {f.path for f in tx_took[0]}
+        new = tuple(f.path for f in tx.files if f.path not in taken_paths)
+        reason = (
+            f"input 'transactions': {len(new)} new file(s): only their lines validated, "
+            f"merged into the orders of run {orders_run}"
+        )
+        return Decision("incremental", reason, previous, prints, source, rules, new)
     reason = f"transactions as run {orders_run} took them: its orders reused ({why_not_skip})"
     return Decision("reuse", reason, previous, prints, source, rules)
+
+
+def _orders_moved(lake: Lakehouse, source: Previous, orders_run: str) -> str | None:
+    """Why ``orders`` is not what run ``orders_run`` left (None: it is): a commit since the version
+    it recorded, or (runs before that record) a row stamped by another run."""
+    recorded = source.choices.get(ORDERS_VERSION)
+    if recorded is not None:
+        now = lake.version(S.ORDERS)
+        if now is None or now != int(recorded):
+            return f"orders changed since run {orders_run} wrote them (version {recorded}, now {now})"
+        return None
+    stamp = lake.read_output(S.ORDERS).select(S.RUN_ID).first()
+    if stamp is not None and stamp[0] != orders_run:
+        return f"orders were written by run {stamp[0]}, not run {orders_run}"
+    return None
+
+
+def _why_not_incremental(lake: Lakehouse, source: Previous, rules: dict[str, int]) -> str | None:
+    """Why new transaction files cannot be validated alone against what run ``source`` left (None:
+    they can): lines it quarantined as in the future may be valid now; without the outlier bound it
+    used, or the line hashes of its orders, a new line cannot be judged as a full refresh would."""
+    if rules.get("future_timestamp"):
+        return f"run {source.run_id} quarantined lines dated in the future, which a new run may take"
+    if OUTLIER_BOUND not in source.choices:
+        return f"run {source.run_id} recorded no outlier bound"
+    if S.LINE_HASHES not in lake.read_output(S.ORDERS).columns:
+        return "orders were written before their line hashes were kept"
+    return None
 
 
 def _carried_quarantine(lake: Lakehouse, orders_run: str) -> DataFrame:
@@ -236,7 +286,7 @@ def reused_transactions(lake: Lakehouse, decision: Decision, pseudonymized: bool
     from segspark.ingest.result import IngestResult
 
     source = decision.source
-    assert source is not None and decision.mode == "reuse"
+    assert source is not None and decision.mode in ("reuse", "incremental")
     rows_in, rows_clean, rows_quarantined = source.inputs["transactions"]
     carried = _carried_quarantine(lake, source.run_id)
     last = dt.datetime.combine(dt.date.fromisoformat(source.choices[DATA_DATE]), dt.time(0))

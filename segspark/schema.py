@@ -111,6 +111,9 @@ GROSS_AMOUNT: Final = "gross_amount"
 RETURNED_AMOUNT: Final = "returned_amount"
 LINES: Final = "lines"
 CATEGORIES: Final = "categories"
+# orders: the 64-bit hashes of the order's clean source lines (customer id left out), so an
+# incremental refresh finds a new line that copies one ingested before (``segspark.refresh``)
+LINE_HASHES: Final = "line_hashes"
 IS_PURCHASE: Final = "is_purchase"
 # customer_days columns (one row per customer and day with at least one order)
 ORDERS_COUNT: Final = "orders"

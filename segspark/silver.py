@@ -107,7 +107,37 @@ def order_columns(grouped: DataFrame, purchase: PurchaseConfig) -> DataFrame:
         F.col(S.CHANNEL),
         F.array_sort(F.col(S.CATEGORIES)).alias(S.CATEGORIES),
         (F.col(S.NET_AMOUNT) > F.lit(float(purchase.min_net_amount))).alias(S.IS_PURCHASE),
+        (
+            F.array_sort(F.col(S.LINE_HASHES))
+            if S.LINE_HASHES in grouped.columns
+            else F.lit(None).cast("array<bigint>")
+        ).alias(S.LINE_HASHES),
     )
+
+
+def merged_orders(earlier: DataFrame, batch: DataFrame, purchase: PurchaseConfig) -> DataFrame:
+    """The orders of a batch of new lines (``order_columns``) merged with the same orders in
+    ``earlier`` (the ``orders`` table): one row per (customer, order) of the batch, as if all of the
+    order's lines had been grouped at once. Every aggregate merges: the first time and the smallest
+    channel take the smaller, amounts, lines and quantities add (a null quantity is no quantity), the
+    categories and line hashes are the union. Orders of ``earlier`` the batch does not touch are not
+    returned (a MERGE by key leaves them as they are)."""
+    keys = [S.CUSTOMER_ID, S.ORDER_ID]
+    columns = [f for f in batch.columns]
+    touched = earlier.join(batch.select(*keys), on=keys, how="left_semi").select(*columns)
+    both = touched.unionByName(batch)
+    grouped = both.groupBy(*keys).agg(
+        F.min(S.ORDER_TS).alias(S.ORDER_TS),
+        F.sum(S.NET_AMOUNT).alias(S.NET_AMOUNT),
+        F.sum(S.GROSS_AMOUNT).alias(S.GROSS_AMOUNT),
+        F.sum(S.RETURNED_AMOUNT).alias(S.RETURNED_AMOUNT),
+        F.sum(S.LINES).alias(S.LINES),
+        F.sum(S.QUANTITY).alias(S.QUANTITY),
+        F.min(S.CHANNEL).alias(S.CHANNEL),
+        F.array_distinct(F.flatten(F.collect_list(S.CATEGORIES))).alias(S.CATEGORIES),
+        F.flatten(F.collect_list(S.LINE_HASHES)).alias(S.LINE_HASHES),
+    )
+    return order_columns(grouped, purchase)
 
 
 def customer_days(orders: DataFrame) -> DataFrame:

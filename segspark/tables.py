@@ -86,6 +86,9 @@ ORDERS_SCHEMA: Final = T.StructType(
         _f(S.CHANNEL, STR),  # smallest non-null line channel
         _f(S.CATEGORIES, T.ArrayType(STR, False)),  # distinct categories of positive lines
         _f(S.IS_PURCHASE, BOOL),  # net_amount > purchase.min_net_amount (the one purchase definition)
+        # sorted hashes of the clean lines (an incremental refresh's copy check); null when the
+        # orders were grouped outside ingest
+        _f(S.LINE_HASHES, T.ArrayType(LONG, False)),
     ]
 )
 CUSTOMER_DAYS_SCHEMA: Final = T.StructType(

@@ -80,9 +80,9 @@ def test_unchanged_input_recomputes_nothing_and_new_or_rewritten_files_refresh(l
     assert _choices(second)["refresh.manifest_run"] == first["run_id"]
     assert DeltaTable(str(out / "tables" / "orders")).version() == orders_version
 
-    _csv(folder / "b.csv", _rows(12, 5))  # a new file: the history refreshes, with the reason
+    _csv(folder / "b.csv", _rows(12, 5))  # a new file: only its lines are validated
     fourth = ingest()
-    assert _choices(fourth)["refresh"] == "full: input 'transactions': 1 new file(s)"
+    assert _choices(fourth)["refresh"].startswith("incremental: input 'transactions': 1 new file(s)")
     assert {i["name"]: i["rows_in"] for i in fourth["inputs"]} == {"transactions": 17}
     assert DeltaTable(str(out / "tables" / "orders")).version() > orders_version
 
@@ -97,10 +97,16 @@ def test_unchanged_input_recomputes_nothing_and_new_or_rewritten_files_refresh(l
         f"reuse: transactions as run {previous} took them: its orders reused "
         f"(settings changed since run {previous})"
     )
-    _csv(folder / "d.csv", _rows(20, 2))
+    _csv(folder / "d.csv", [("C001", "O002", "2024-03-12 10:00:00", "1.00")])  # O002 is C002's
     asked = ingest("--set", "kpis.ltv_window_months=6", "--set", "refresh=incremental")
-    assert _choices(asked)["refresh"] == "full: input 'transactions': 1 new file(s)"
+    assert _choices(asked)["refresh"] == (
+        f"full: input 'transactions': 1 new file(s): only their lines validated, merged into the orders of "
+        f"run {previous}, but a new line carries an order id an earlier line carries with another "
+        "customer"
+    )
     assert any("refresh: incremental asked" in w for w in asked["warnings"])
+    rules = [r[1] for r in _quarantine(out, asked["run_id"])]
+    assert rules == ["order_id_conflict", "order_id_conflict"]
 
 
 def test_a_new_key_or_a_removed_file_is_never_taken_for_unchanged(
@@ -193,3 +199,59 @@ def test_unchanged_transactions_reuse_their_orders_and_give_what_a_full_refresh_
     again = ingest()  # back to the default date (the last clean line's): the orders reused again
     assert _choices(again)["refresh"].startswith(f"reuse: transactions as run {full['run_id']} took them")
     assert again["as_of_date"] == first["as_of_date"]
+
+
+def _table(out: Path, name: str) -> list[tuple[Any, ...]]:
+    """A silver table's rows without stamps, sorted, amounts to 9 decimals (sums in another order)."""
+    rows = DeltaTable(str(out / "tables" / name)).to_pyarrow_table().to_pylist()
+    kept = [
+        tuple(
+            round(v, 9) if isinstance(v, float) else v
+            for k, v in sorted(r.items())
+            if k not in ("run_id", "as_of_date")
+        )
+        for r in rows
+    ]
+    return sorted(kept, key=repr)
+
+
+def test_new_files_are_validated_alone_and_merged_into_what_a_full_refresh_gives(
+    lake: dict[str, Any],
+) -> None:
+    """Only the new file's lines are validated: a copy of a line ingested before is a copy, a late
+    return merges into its order, a new customer's and a known customer's new orders are added; the
+    orders, days, state, quarantine and counts are a full refresh's."""
+    ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
+    first = ingest()
+    new = [
+        *_rows(12, 3),  # new customers
+        _rows(0, 1)[0],  # a copy of a line the first run took
+        ("C003", "O003", "2024-04-13 09:00:00", "-3.00"),  # a return of O003, an hour before its line
+        ("C005", "O105", "2024-06-20 10:00:00", "40.00"),  # a known customer's new order
+        ("C099", "O099", "2024-03-01 10:00:00", "n/a"),
+    ]
+    _csv(folder / "b.csv", new)
+    step = ingest()
+    reason = _choices(step)["refresh"]
+    assert reason == (
+        f"incremental: input 'transactions': 1 new file(s): only their lines validated, merged into the "
+        f"orders of run {first['run_id']}"
+    )
+    assert _choices(step)["refresh.new_files"] == "1"
+    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in step["inputs"]] == [(19, 17, 2)]
+    assert sorted(r[1] for r in _quarantine(out, step["run_id"])) == ["bad_amount", "duplicate_line"]
+    names = ("orders", "customer_days", "customer_state", "customer_months")
+    merged = {name: _table(out, name) for name in names}
+    o003 = [r for r in merged["orders"] if "O003" in r]
+    assert len(o003) == 1 and -3.0 not in o003[0]  # one order, its net 10.50 (13.50 - 3.00)
+    assert 10.5 in o003[0] and 3.0 in o003[0]
+    history = DeltaTable(str(out / "tables" / "orders")).history()
+    assert history[0]["operation"] == "MERGE"
+    quarantine = _quarantine(out, step["run_id"])
+
+    full = ingest("--set", "refresh=full")
+    assert full["as_of_date"] == step["as_of_date"]
+    for name in names:
+        assert _table(out, name) == merged[name], name
+    assert _quarantine(out, full["run_id"]) == quarantine
+    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in full["inputs"]] == [(19, 17, 2)]

@@ -44,7 +44,8 @@ The package, each module importing only those before it: ``columns`` (conform, p
 it), ``checks`` (the look-ups over the whole input: order-id conflicts, outlier bound, currency rates),
 ``plans`` (one plan per table: parsed columns, rule conditions, output), ``keys`` (row hash, copies,
 CRM conflicts, pseudonyms), ``quarantine`` (the quarantine rows), ``orders`` (the transactions
-grouped into orders in the validating pass) and ``validation`` (``validate``).
+grouped into orders in the validating pass), ``validation`` (``validate``) and ``increment`` (an
+incremental refresh's batch of new lines, judged against what earlier runs ingested).
 """
 
 from __future__ import annotations
@@ -53,13 +54,16 @@ from segspark.ingest.checks import (
     CONFLICTS_BROADCAST_ROWS,
     OUTLIER_SAMPLE_ROWS,
     OUTLIER_TOP_K,
+    base_rates,
     order_conflicts,
     outlier_bound,
 )
 from segspark.ingest.columns import blank_to_null, conform, not_finite, parse_double, parse_timestamp
+from segspark.ingest.increment import combined, history, why_full
+from segspark.ingest.plans import transaction_amounts
 from segspark.ingest.result import IngestResult, check_quarantine_share, log_summary, raise_on_fail, reconcile
 from segspark.ingest.rules import DEFAULT_SEVERITY, TABLE_RULES, rule_reasons, severity
-from segspark.ingest.validation import validate, validate_inputs
+from segspark.ingest.validation import History, validate, validate_inputs
 from segspark.schema import SOURCE_KEY
 
 __all__ = [
@@ -69,10 +73,14 @@ __all__ = [
     "OUTLIER_TOP_K",
     "SOURCE_KEY",
     "TABLE_RULES",
+    "History",
     "IngestResult",
+    "base_rates",
     "blank_to_null",
     "check_quarantine_share",
+    "combined",
     "conform",
+    "history",
     "log_summary",
     "not_finite",
     "order_conflicts",
@@ -83,6 +91,8 @@ __all__ = [
     "reconcile",
     "rule_reasons",
     "severity",
+    "transaction_amounts",
     "validate",
     "validate_inputs",
+    "why_full",
 ]

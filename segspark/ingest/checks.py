@@ -61,6 +61,12 @@ def order_conflicts(df: DataFrame, held: list[DataFrame] | None = None) -> tuple
 
 
 def outlier_bound(values: DataFrame, cfg: QualityConfig, n: int | None = None) -> Column:
+    """``outlier_bound_value`` as a double literal (null without a finite amount)."""
+    bound = outlier_bound_value(values, cfg, n)
+    return F.lit(bound).cast("double")
+
+
+def outlier_bound_value(values: DataFrame, cfg: QualityConfig, n: int | None = None) -> float | None:
     """``outlier_multiple`` x the ``outlier_quantile`` of column ``_a`` (finite |amounts|), as a literal.
 
     Exact when the tail above the quantile is at most ``OUTLIER_TOP_K`` rows (every input up to
@@ -75,11 +81,11 @@ def outlier_bound(values: DataFrame, cfg: QualityConfig, n: int | None = None) -
     if n is None:
         n = values.count()
     if n == 0:
-        return F.lit(None).cast("double")
+        return None
     k = n - math.ceil(q * n) + 1
     if k <= OUTLIER_TOP_K:
         top = values.orderBy(F.col("_a").desc()).limit(k).collect()  # k numbers, no customer data
-        return F.lit(float(top[-1]["_a"]) * cfg.outlier_multiple).cast("double")
+        return float(top[-1]["_a"]) * cfg.outlier_multiple
     # rank error (relative_error x n) must stay well inside the tail above the quantile
     acc = max(round(1.0 / cfg.relative_error), round(10.0 / (1.0 - q)))
     if n > OUTLIER_SAMPLE_ROWS:
@@ -88,8 +94,8 @@ def outlier_bound(values: DataFrame, cfg: QualityConfig, n: int | None = None) -
         values = values.sample(fraction=OUTLIER_SAMPLE_ROWS / n, seed=20_241_124)
     row = values.agg(F.percentile_approx(F.col("_a"), q, acc).alias("_q")).first()
     if row is None or row["_q"] is None:
-        return F.lit(None).cast("double")
-    return F.lit(float(row["_q"]) * cfg.outlier_multiple).cast("double")
+        return None
+    return float(row["_q"]) * cfg.outlier_multiple
 
 
 def base_rates(cfg: QualityConfig, currency_rates: DataFrame | None) -> dict[str, float] | None:

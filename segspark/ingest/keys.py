@@ -14,6 +14,7 @@ from segspark.privacy import pseudonym_of
 # Internal column names of the flagged frame.
 _HASH = "_dq_hash"
 _PSEUDONYM = "_dq_pseudonym"
+LINE_HASH = "_dq_line"  # transactions: the hash of a line's source columns but the customer id
 
 
 def with_row_keys(
@@ -32,6 +33,9 @@ def with_row_keys(
     # customer (and order) are taken for copies only if their xxhash64 collide: about 2**-64 per
     # pair of such lines.
     stage = stage.withColumn(_HASH, F.xxhash64(*part, *src_refs))
+    if within:  # transactions: the line's hash without its customer, kept with its order's clean
+        # lines (``orders.line_hashes``), so a later incremental refresh finds copies of it
+        stage = stage.withColumn(LINE_HASH, F.xxhash64(*src_refs))
     order = [*within, F.col(_HASH)]
     helpers, per_customer = _window_helpers(plan, rules, part, order, src_refs, key)
     if helpers:

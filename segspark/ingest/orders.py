@@ -18,6 +18,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segspark import schema as S
+from segspark.ingest.keys import LINE_HASH
 from segspark.ingest.quarantine import RAW, RULE
 from segspark.silver import order_aggregates
 
@@ -39,6 +40,11 @@ def grouped_orders(flagged: DataFrame) -> DataFrame:
             F.max(F.when(clean, F.col(S.ORDER_TS))).alias(LAST_LINE_TS),
             # collect_list keeps every quarantined line, copies included (a set would merge them)
             F.collect_list(F.when(~clean, bad)).alias(QUARANTINED),
+            *(
+                [F.collect_list(F.when(clean, F.col(LINE_HASH))).alias(S.LINE_HASHES)]
+                if LINE_HASH in flagged.columns
+                else []
+            ),
         )
         .persist(StorageLevel.MEMORY_AND_DISK_DESER)
     )

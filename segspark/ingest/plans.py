@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 
 from segspark import schema as S
 from segspark.config import QualityConfig
-from segspark.ingest.checks import base_rates, order_conflicts, outlier_bound
+from segspark.ingest.checks import base_rates, order_conflicts, outlier_bound_value
 from segspark.ingest.columns import (
     blank_to_null,
     col_or_null,
@@ -30,6 +30,8 @@ from segspark.ingest.columns import (
 from segspark.ingest.rules import severity
 
 Rules = dict[str, Callable[[DataFrame], Column]]
+# transactions, an incremental refresh: the line copies a clean line an earlier run ingested
+SEEN = "_dq_seen"
 Extra = Callable[[DataFrame, Mapping[str, int]], DataFrame]
 
 
@@ -45,6 +47,7 @@ class Plan:
     extra: Extra | None = None
     counts: dict[str, Column] = field(default_factory=dict)  # aggregates over the input, by name
     held: list[DataFrame] = field(default_factory=list)  # persisted by ``extra``, released after the counts
+    found: dict[str, float | None] = field(default_factory=dict)  # what ``extra`` computed: the outlier bound
 
 
 def table_plan(
@@ -54,11 +57,15 @@ def table_plan(
     processing_ts: dt.datetime,
     currency_rates: DataFrame | None,
     pid: Column,
+    whole: DataFrame | None = None,
 ) -> Plan:
     """The plan of ``table`` (a key of ``rules.TABLE_RULES``); ``pid`` is its customer id column.
-    For transactions the currency rates are read first (``checks.base_rates``)."""
+    For transactions the currency rates are read first (``checks.base_rates``). ``whole``: the
+    whole input when ``df`` is a batch of its new rows (an incremental refresh): the outlier bound
+    is the whole input's, as a full refresh computes it."""
     if table == "transactions":
-        return _transactions_plan(df, cfg, processing_ts, base_rates(cfg, currency_rates), pid)
+        rates = base_rates(cfg, currency_rates)
+        return _transactions_plan(df, cfg, processing_ts, rates, pid, whole)
     if table == "customers":
         return _customers_plan(df, cfg, processing_ts, pid)
     if table == "events":
@@ -85,14 +92,19 @@ def _transactions_plan(
     processing_ts: dt.datetime,
     rates: dict[str, float] | None,
     pid: Column,
+    whole: DataFrame | None = None,
 ) -> Plan:
     """Lines with amounts in the base currency; the order-id conflicts and the outlier bound are
     joined on by ``extra`` once the input has been counted."""
     parsed, amount, rate = _transactions_parsed(df, cfg, rates, pid)
     finite_amount = ~not_finite(F.abs(amount * rate))
     held: list[DataFrame] = []
-    counts = {"_n_amounts": F.count_if(finite_amount)} if severity("amount_outlier", cfg) != "off" else {}
-    extra = _transactions_extra(df, cfg, amount, rate, finite_amount, held)
+    found: dict[str, float | None] = {}
+    outliers = severity("amount_outlier", cfg) != "off"
+    counts = {"_n_amounts": F.count_if(finite_amount)} if outliers and whole is None else {}
+    # the bound's amounts: the input's, or with ``whole`` the whole input's
+    amounts = transaction_amounts(whole if whole is not None else df, cfg, rates)
+    extra = _transactions_extra(df, cfg, amounts, found, held)
     output = [
         (S.CUSTOMER_ID, "string"),
         (S.ORDER_ID, "string"),
@@ -104,7 +116,15 @@ def _transactions_plan(
         (S.CURRENCY, "string"),
     ]
     rules = _transactions_rules(cfg, processing_ts)
-    return Plan(parsed, rules, output, extra=extra, counts=counts, held=held)
+    return Plan(parsed, rules, output, extra=extra, counts=counts, held=held, found=found)
+
+
+def transaction_amounts(df: DataFrame, cfg: QualityConfig, rates: dict[str, float] | None) -> DataFrame:
+    """The |amount| in the base currency (column ``_a``) of every line of a conformed input with a
+    finite one: what the outlier bound is computed on."""
+    _, amount, rate = _transactions_parsed(df, cfg, rates, F.lit(None).cast("string"))
+    value = F.abs(amount * rate)
+    return df.select(value.alias("_a")).where(~not_finite(value))
 
 
 def _currency_rate(
@@ -152,12 +172,12 @@ def _transactions_parsed(
 def _transactions_extra(
     df: DataFrame,
     cfg: QualityConfig,
-    amount: Column,
-    rate: Column,
-    finite_amount: Column,
+    amounts: DataFrame,
+    found: dict[str, float | None],
     held: list[DataFrame],
 ) -> Extra:
-    """Adds ``_conflict_order`` and ``_bound`` (nulls when their rule is off)."""
+    """Adds ``_conflict_order`` and ``_bound`` (nulls when their rule is off); the bound (over
+    ``amounts``, column ``_a``) is also kept in ``found["outlier_bound"]``."""
 
     def extra(d: DataFrame, counted: Mapping[str, int]) -> DataFrame:
         # Both helpers read the source again (only the columns they need) rather than the
@@ -172,8 +192,8 @@ def _transactions_extra(
         else:
             d = d.withColumn("_conflict_order", F.lit(None).cast("string"))
         if severity("amount_outlier", cfg) != "off":
-            values = df.select(F.abs(amount * rate).alias("_a")).where(finite_amount)
-            d = d.withColumn("_bound", outlier_bound(values, cfg, counted.get("_n_amounts")))
+            bound = found["outlier_bound"] = outlier_bound_value(amounts, cfg, counted.get("_n_amounts"))
+            d = d.withColumn("_bound", F.lit(bound).cast("double"))
         else:
             d = d.withColumn("_bound", F.lit(None).cast("double"))
         return d
@@ -191,7 +211,8 @@ def _transactions_rules(cfg: QualityConfig, processing_ts: dt.datetime) -> Rules
         "bad_amount": lambda d: not_finite(F.col("_amount_src")),
         "unknown_currency": lambda d: F.col("_rate").isNull(),
         "order_id_conflict": lambda d: F.col("_conflict_order").isNotNull(),
-        "duplicate_line": lambda d: F.col("_dup"),
+        # a copy of a line of this input, or (an incremental refresh) of one ingested before
+        "duplicate_line": lambda d: F.col("_dup") | (F.col(SEEN) if SEEN in d.columns else F.lit(False)),
         "amount_outlier": lambda d: (
             (F.abs(F.col(S.AMOUNT)) > F.col("_bound"))
             | (F.lit(cap is not None) & (F.abs(F.col(S.AMOUNT)) > F.lit(cap if cap is not None else 0.0)))

@@ -35,6 +35,7 @@ class IngestResult:
     # columns; ``silver.order_columns`` makes them the orders table), and the last clean line's time
     orders: DataFrame | None = field(default=None, repr=False)
     last_clean_ts: dt.datetime | None = None
+    outlier_bound: float | None = None  # transactions: the amount_outlier rule's bound, when on
 
     def summary(self) -> dict[str, Any]:
         """Counts for the ``runs`` table and the report."""

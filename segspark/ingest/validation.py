@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
@@ -21,9 +22,9 @@ from segspark import schema as S
 from segspark.config import PrivacyConfig, QualityConfig
 from segspark.errors import InputError
 from segspark.ingest.columns import blank_to_null, conform, is_true
-from segspark.ingest.keys import with_row_keys
+from segspark.ingest.keys import LINE_HASH, with_row_keys
 from segspark.ingest.orders import clean_orders, grouped_orders, quarantined_lines, rule_counts
-from segspark.ingest.plans import Plan, table_plan
+from segspark.ingest.plans import SEEN, Plan, table_plan
 from segspark.ingest.quarantine import RAW, RULE, quarantine_rows, raw_fields
 from segspark.ingest.result import IngestResult
 from segspark.ingest.rules import TABLE_RULES, severity
@@ -31,6 +32,18 @@ from segspark.privacy import mark_pseudonymized
 
 # the package's logger: log lines keep the name they had when ingest was one module
 log = logging.getLogger("segspark.ingest")
+
+HISTORY_HASH = "_dq_history_hash"  # ``History.lines``: one clean line's hash
+
+
+@dataclass(frozen=True)
+class History:
+    """What an incremental refresh validates a batch of new transaction lines against: ``whole``,
+    the whole input (conformed; the outlier bound is its amounts'), and ``lines``, the clean lines
+    of the earlier orders the batch may touch (``customer_id``, ``order_id``, ``HISTORY_HASH``)."""
+
+    whole: DataFrame
+    lines: DataFrame
 
 
 def validate(
@@ -42,8 +55,13 @@ def validate(
     *,
     key: bytes | None = None,
     privacy: PrivacyConfig | None = None,
+    history: History | None = None,
 ) -> IngestResult:
     """Apply the quality rules of ``table`` to a conformed input; return clean rows, quarantine and counts.
+
+    ``history`` (transactions, an incremental refresh): ``df`` is a batch of new lines; the outlier
+    bound is the whole input's and a line copying a clean line of an earlier order is a copy
+    (``duplicate_line``), as a full refresh of the whole input flags them.
 
     ``key``: when given (and ``privacy.pseudonymize``), ``clean.customer_id`` and the customer id in
     the quarantine JSON are HMAC pseudonyms (``result.pseudonymized`` is True and
@@ -70,11 +88,17 @@ def validate(
     # shuffle key. Its pseudonym is computed after the shuffle, once per customer (``keys``).
     src_kept = [c for c in src_cols if not (pseudo and c == S.CUSTOMER_ID)]
     pid = F.col(S.SOURCE_KEY) if keyed_table else F.lit(None).cast("string")
-    plan = table_plan(df, table, cfg, processing_ts, currency_rates, pid)
+    whole = history.whole if history is not None else None
+    plan = table_plan(df, table, cfg, processing_ts, currency_rates, pid, whole)
     rows_in, counted = _count_input(df, plan)
     stage = _parsed_stage(df, plan, src_kept, keyed_table, counted)
     rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off"]
     stage = with_row_keys(stage, table, plan, rules, src_kept, key if pseudo else None)
+    if history is not None and LINE_HASH in stage.columns:
+        seen = history.lines.select(
+            S.CUSTOMER_ID, S.ORDER_ID, F.col(HISTORY_HASH).alias(LINE_HASH), F.lit(True).alias(SEEN)
+        ).distinct()
+        stage = stage.join(seen, on=[S.CUSTOMER_ID, S.ORDER_ID, LINE_HASH], how="left")
     stage = stage.withColumn(RULE, _first_broken_rule(stage, plan, rules))
     flagged = _flagged(stage, plan, raw_fields(src_cols, privacy, pseudo), pseudo)
     # the pseudonymous key (as in the clean rows), so erasure reaches quarantined rows too; the
@@ -101,6 +125,7 @@ def validate_inputs(
     *,
     key: bytes | None = None,
     privacy: PrivacyConfig | None = None,
+    history: Mapping[str, History] | None = None,
 ) -> list[IngestResult]:
     """``conform`` and ``validate`` every input (``mappings``: its canonical -> source columns), all
     at once; the results in the order of ``frames``.
@@ -115,13 +140,22 @@ def validate_inputs(
     A large input was not measured side by side: its tasks queue for the same cores as one by one,
     and what each input caches is held until the stage ends either way.
 
+    ``history``: by input, what a batch of its new rows is validated against (``validate``).
+
     ``held``: every validated input's ``release`` is appended, in input order, before the first
     input's error (in input order, as when they ran one by one) is raised.
     """
 
     def one(name: str, raw: DataFrame) -> IngestResult:
+        past = (history or {}).get(name)
         return validate(
-            conform(raw, name, mappings[name]), name, cfg, processing_ts, key=key, privacy=privacy
+            conform(raw, name, mappings[name]),
+            name,
+            cfg,
+            processing_ts,
+            key=key,
+            privacy=privacy,
+            history=past,
         )
 
     with ThreadPoolExecutor(max_workers=max(1, len(frames)), thread_name_prefix="validate") as pool:
@@ -210,6 +244,7 @@ def _flagged(stage: DataFrame, plan: Plan, raw: list[Column], pseudo: bool) -> D
     return stage.select(
         *out_cols,
         *keep_key,
+        *([F.col(LINE_HASH)] if LINE_HASH in stage.columns else []),
         F.col(RULE),
         F.when(
             F.col(RULE).isNotNull(),
@@ -263,4 +298,5 @@ def _result(
         flagged=persisted,
         orders=clean_orders(persisted) if by_order else None,
         last_clean_ts=last_line_ts,
+        outlier_bound=plan.found.get("outlier_bound"),
     )

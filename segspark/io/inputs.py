@@ -23,6 +23,7 @@ are hidden). A folder with no data file of its format is an ``InputError`` namin
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import Column
@@ -62,13 +63,17 @@ def nanos_to_timestamp(c: Column) -> Column:
     return F.timestamp_micros(micros)
 
 
-def read_files(spark: SparkSession, name: str, cfg: InputTable) -> DataFrame:
-    """Read the Parquet or CSV input ``name`` at ``cfg.path`` with its reader options.
+def read_files(
+    spark: SparkSession, name: str, cfg: InputTable, files: Sequence[str] | None = None
+) -> DataFrame:
+    """Read the Parquet or CSV input ``name`` at ``cfg.path`` with its reader options; ``files``:
+    only these of its data files (paths relative to ``cfg.path``: an incremental refresh's new ones),
+    with partition columns found from ``cfg.path`` as for the whole folder.
 
     A path Spark cannot find or read a schema from (a cloud path the preflight could not check) is
     an ``InputError`` naming the input and the path."""
     try:
-        return _read_files(spark, name, cfg)
+        return _read_files(spark, name, cfg, files)
     except Exception as exc:
         text = str(exc)
         for marker, what in (("PATH_NOT_FOUND", "no"), ("UNABLE_TO_INFER_SCHEMA", "no readable")):
@@ -79,26 +84,30 @@ def read_files(spark: SparkSession, name: str, cfg: InputTable) -> DataFrame:
         raise
 
 
-def _read_files(spark: SparkSession, name: str, cfg: InputTable) -> DataFrame:
-    location = cfg.path
-    assert location is not None
+def _read_files(spark: SparkSession, name: str, cfg: InputTable, files: Sequence[str] | None) -> DataFrame:
+    assert cfg.path is not None
+    location: str | list[str] = cfg.path
     reader = spark.read
     if cfg.format == "csv":
         # every column read as a string: ingest casts with ANSI-safe try_cast and quarantines failures
         reader = reader.option("header", "true").option("inferSchema", "false")
     for key, value in cfg.options.items():
         reader = reader.option(key, value)
-    glob = data_file_glob(name, cfg)
-    if glob is not None:
-        reader = reader.option("pathGlobFilter", glob)
+    if files is not None:
+        reader = reader.option("basePath", cfg.path)
+        location = [f"{cfg.path.rstrip('/')}/{f}" for f in files]
+    else:
+        glob = data_file_glob(name, cfg)
+        if glob is not None:
+            reader = reader.option("pathGlobFilter", glob)
     if cfg.format != "parquet":
         return reader.format(cfg.format).load(location)
-    return _read_parquet(spark, reader, name, cfg)
+    return _read_parquet(spark, reader, name, cfg, location)
 
 
-def _read_parquet(spark: SparkSession, reader: DataFrameReader, name: str, cfg: InputTable) -> DataFrame:
-    location = cfg.path
-    assert location is not None
+def _read_parquet(
+    spark: SparkSession, reader: DataFrameReader, name: str, cfg: InputTable, location: str | list[str]
+) -> DataFrame:
     previous = spark.conf.get(NANOS_AS_LONG, "false") or "false"
     spark.conf.set(NANOS_AS_LONG, "true")
     try:
@@ -108,7 +117,7 @@ def _read_parquet(spark: SparkSession, reader: DataFrameReader, name: str, cfg: 
     longs = [f.name for f in schema.fields if isinstance(f.dataType, T.LongType)]
     if not longs:
         return reader.format("parquet").load(location)
-    nanos = footer_nanos_columns(location)
+    nanos = footer_nanos_columns(location if isinstance(location, str) else location[0])
     if nanos is None:
         roles = {cfg.columns.get(c, c) for c in TIMESTAMP_ROLES.get(name, ())}
         nanos = {c for c in longs if c in roles}

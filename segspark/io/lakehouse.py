@@ -395,6 +395,11 @@ class Lakehouse:
         df = inputs.read_files(self.spark, name, cfg)  # Parquet from pandas (nanoseconds) included
         return df, InputInfo(name, location, cfg.format, None)
 
+    def read_input_files(self, name: str, files: list[str]) -> DataFrame:
+        """Only ``files`` (relative to its path) of the Parquet or CSV input ``name``."""
+        cfg: InputTable = getattr(self.settings.input, name)
+        return inputs.read_files(self.spark, name, cfg, files)
+
     def input_configured(self, name: str) -> bool:
         cfg: InputTable = getattr(self.settings.input, name)
         return cfg.configured
