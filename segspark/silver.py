@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from segspark import schema as S
 from segspark.config import PurchaseConfig
@@ -110,7 +111,7 @@ def order_columns(grouped: DataFrame, purchase: PurchaseConfig) -> DataFrame:
         (
             F.array_sort(F.col(S.LINE_HASHES))
             if S.LINE_HASHES in grouped.columns
-            else F.lit(None).cast("array<bigint>")
+            else F.lit(None).cast(T.ArrayType(T.LongType(), containsNull=False))
         ).alias(S.LINE_HASHES),
     )
 
