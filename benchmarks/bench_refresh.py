@@ -14,6 +14,17 @@ started (``runs.duration_s``), its ``choices["refresh"]`` and its stages' second
 runs the sequence again in a fresh folder each time; medians at the end.
 
     python benchmarks/bench_refresh.py --lines 1000000 --repeat 2
+
+``--incremental``: the transactions split at a week before their last line into a history folder
+and the last week's files (streamed with pyarrow, once per ``--lines``); then in one output folder:
+
+1. ``history``: the first run, on the history alone;
+2. ``incremental``: the week's files added to the folder: only their lines are validated and
+   MERGEd (``refresh`` says ``incremental``);
+3. ``full``: ``refresh=full`` on the same files (what 2 must equal, and cost less than); the
+   silver tables of 2 and 3 are compared row by row (amounts to 9 decimals).
+
+    python benchmarks/bench_refresh.py --incremental --lines 10000000
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import REPO, _env, measure, prepare, run_overrides
 
 STEPS = ("full", "unchanged", "reuse", "full same date")
+INCREMENTAL_STEPS = ("history", "incremental", "full")
+SILVER = ("orders", "customer_days", "customer_state", "customer_months")
 
 
 def _runs(output: Path) -> list[dict[str, Any]]:
@@ -81,15 +94,132 @@ def one_sequence(data: dict[str, Any], output: Path, logs: Path, extra: list[str
     return results
 
 
+def split_week(data: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """The Parquet transactions split at a week before their last line: (history folder, the
+    week's folder), made once (pyarrow, streamed)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    where = out / "split"
+    history, week = where / "history", where / "week"
+    if (where / "DONE").exists():
+        return history, week
+    shutil.rmtree(where, ignore_errors=True)
+    source = ds.dataset(data["parquet"], format="parquet")
+    last = pc.max(source.to_table(columns=["order_ts"])["order_ts"]).as_py()
+    cut = last - dt.timedelta(days=7)
+    kind = source.schema.field("order_ts").type
+    edge = pa.scalar(cut, type=kind)
+    for folder, keep in ((history, ds.field("order_ts") < edge), (week, ds.field("order_ts") >= edge)):
+        ds.write_dataset(
+            source.filter(keep),
+            folder,
+            format="parquet",
+            basename_template=f"{folder.name}-{{i}}.parquet",
+            max_rows_per_file=2_000_000,
+            min_rows_per_group=250_000,
+            max_rows_per_group=500_000,
+        )
+    (where / "DONE").write_text(str(cut))
+    return history, week
+
+
+def _silver(output: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The silver tables' rows without stamps, sorted, amounts to 9 decimals."""
+    from deltalake import DeltaTable
+
+    tables = {}
+    for name in SILVER:
+        rows = DeltaTable(str(output / "tables" / name)).to_pyarrow_table().to_pylist()
+        tables[name] = sorted(
+            (
+                tuple(
+                    round(v, 9) if isinstance(v, float) else v
+                    for k, v in sorted(r.items())
+                    if k not in ("run_id", "as_of_date")
+                )
+                for r in rows
+            ),
+            key=repr,
+        )
+    return tables
+
+
+def incremental_sequence(data: dict[str, Any], out: Path, extra: list[str]) -> list[dict[str, Any]]:
+    """History, then its week's files added (incremental), then ``refresh=full`` on the same files."""
+    history, week = split_week(data, out)
+    where = out / "incremental"
+    shutil.rmtree(where, ignore_errors=True)
+    folder, output, logs = where / "transactions", where / "output", where / "logs"
+    shutil.copytree(history, folder)
+    base = [*run_overrides({**data, "parquet": str(folder)}, "tx", output), *extra]
+    results: list[dict[str, Any]] = []
+    silver: dict[str, Any] = {}
+    for step in INCREMENTAL_STEPS:
+        items = [*base, *(["refresh=full"] if step == "full" else [])]
+        if step == "incremental":
+            for f in sorted(week.iterdir()):
+                shutil.copy2(f, folder / f.name)
+        cmd = [sys.executable, "-m", "segspark", "run", *(x for i in items for x in ("--set", i))]
+        run = measure(cmd, cwd=REPO, env=_env(), log=logs / f"{step}.log", timeout=3 * 3600)
+        if run.code != 0:
+            raise SystemExit(f"{step}: exit {run.code}; see {logs}")
+        row = _runs(output)[-1]
+        choices = dict(row["choices"] or [])
+        stages = {
+            k: round(v, 1) for k, v in dict(row["step_seconds"] or []).items() if k.startswith("stage_")
+        }
+        inputs = {i["name"]: i["rows_in"] for i in row["inputs"] or []}
+        results.append(
+            {
+                "step": step,
+                "wall_s": round(run.wall_s, 1),
+                "after_session_s": round(row["duration_s"], 1),
+                "refresh": choices.get("refresh", ""),
+                "rows_in": inputs,
+                "stages": stages,
+            }
+        )
+        print(
+            f"  {step:12s} {run.wall_s:7.1f} s wall, {row['duration_s']:7.1f} s after the session started",
+            flush=True,
+        )
+        print(f"    {choices.get('refresh', '')[:160]}; rows in {inputs}", flush=True)
+        print(f"    {stages}", flush=True)
+        if step in ("incremental", "full"):
+            silver[step] = _silver(output)
+    same = {name: silver["incremental"][name] == silver["full"][name] for name in SILVER}
+    print(f"  silver tables equal (incremental vs full): {same}", flush=True)
+    results.append({"step": "equal", "tables": same})
+    return results
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="/tmp/segspark-bench/pipeline", help="data (shared with bench_pipeline)")
     p.add_argument("--lines", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--set", action="append", default=[], dest="extra", help="extra --set for every run")
+    p.add_argument("--incremental", action="store_true", help="history, + a week's files, full (see above)")
     args = p.parse_args()
     out = Path(args.out)
     data = prepare(out, args.lines)
+    if args.incremental:
+        print(f"history + its last week on {data['lines']:,} lines", flush=True)
+        found = incremental_sequence(data, out / "refresh" / f"incremental-{args.lines}", args.extra)
+        inc, full = found[1], found[2]
+        print("\n| step | wall s | after session start s | of the full run |")
+        print("| --- | --- | --- | --- |")
+        for r in found[:3]:
+            share = r["wall_s"] / full["wall_s"]
+            print(f"| {r['step']} | {r['wall_s']:.1f} | {r['after_session_s']:.1f} | {share:.0%} |")
+        after = inc["after_session_s"] / full["after_session_s"]
+        print(f"incremental / full after the session started: {after:.0%}")
+        (out / "refresh" / f"incremental-{args.lines}.json").write_text(
+            json.dumps(found, indent=1, default=str)
+        )
+        return 0
     every: list[list[dict[str, Any]]] = []
     for i in range(args.repeat):
         print(f"sequence {i + 1} of {args.repeat} on {data['lines']:,} lines", flush=True)

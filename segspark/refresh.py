@@ -7,10 +7,15 @@ of the same command took (its ``input_manifest`` rows). The decision:
 - ``skip``: every input is as that run took it, the effective configuration (``config_hash``, which
   holds ``as_of_date``) and the segspark version are the same, and its tables are all there. Nothing
   is recomputed: the run records one ``runs`` row saying so (``choices["refresh"]``) and ends.
+- ``reuse``: the transactions are as the run that validated them took them: its orders stand, the
+  per-customer state on is recomputed (a new as_of_date, other CRM or model settings).
+- ``incremental``: files were only added to a Parquet or CSV transactions folder: only their lines
+  are validated (``ingest.increment``) and MERGEd into ``orders`` and ``customer_days``; a batch a
+  full refresh would judge otherwise turns the run into a ``full`` one in ingest, with the reason.
 - ``full``: anything else, with the reason recorded (``choices["refresh"]``): the first run, a
   retry of a run id, ``refresh: full``, settings or code changed, an input rewritten, removed or not
-  listable from here, or new input (new files or Delta commits: an incremental ingest of only the new
-  lines is the next step, issue 30).
+  listable from here, ``orders`` committed to since the run that validated it, or new Delta commits
+  of the transactions (not read apart yet).
 
 ``refresh: incremental`` decides like ``auto``, and records a full refresh as a warning of the run
 (a scheduler watching ``runs.warnings`` sees that a weekly run cost a whole history).

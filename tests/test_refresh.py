@@ -60,7 +60,7 @@ def lake(spark: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict
         assert main(["ingest", *args, *extra]) == 0
         return _runs(out)[-1]
 
-    return {"folder": folder, "out": out, "ingest": ingest}
+    return {"folder": folder, "out": out, "ingest": ingest, "args": args}
 
 
 def test_unchanged_input_recomputes_nothing_and_new_or_rewritten_files_refresh(lake: dict[str, Any]) -> None:
@@ -255,3 +255,37 @@ def test_new_files_are_validated_alone_and_merged_into_what_a_full_refresh_gives
         assert _table(out, name) == merged[name], name
     assert _quarantine(out, full["run_id"]) == quarantine
     assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in full["inputs"]] == [(19, 17, 2)]
+
+
+def test_a_run_that_dies_between_the_merges_is_never_stood_on(
+    lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An incremental run that fails after its MERGE into orders and before customer_days: the next
+    run sees orders committed to since the run it would stand on, and refreshes the whole history."""
+    from segspark.cli import main
+    from segspark.io.lakehouse import Lakehouse
+
+    ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
+    first = ingest()
+    _csv(folder / "b.csv", [*_rows(12, 2), ("C003", "O003", "2024-04-13 11:00:00", "-1.00")])
+    merge = Lakehouse.merge
+
+    def dies_before_the_days(self: Lakehouse, df: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "customer_days":
+            raise RuntimeError("the driver died here")
+        return merge(self, df, name, *args, **kwargs)
+
+    monkeypatch.setattr(Lakehouse, "merge", dies_before_the_days)
+    assert main(["ingest", *lake["args"]]) == 1  # an unexpected error: exit 1
+    assert _runs(out)[-1]["status"] == "failed"
+    monkeypatch.setattr(Lakehouse, "merge", merge)
+    version = DeltaTable(str(out / "tables" / "orders")).version()
+    recorded = _choices(first)["refresh.orders_version"]
+    assert version == int(recorded) + 1  # the dead run's MERGE
+    repaired = ingest()
+    assert _choices(repaired)["refresh"] == (
+        f"full: orders changed since run {first['run_id']} wrote them (version {recorded}, now {version})"
+    )
+    tables = {name: _table(out, name) for name in ("orders", "customer_days")}
+    assert _choices(ingest("--set", "refresh=full"))["refresh"] == "full: refresh: full"
+    assert {name: _table(out, name) for name in tables} == tables
