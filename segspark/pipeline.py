@@ -132,9 +132,12 @@ class StageIO:
         return self._ctx.lake.read_input_files(name, files)
 
     def earlier(self, name: str) -> DataFrame:
-        """Table ``name`` whole, as earlier runs left it (``earlier:<name>``), without stamp columns."""
+        """Table ``name`` whole, as earlier runs left it (``earlier:<name>``), without stamp columns:
+        its version now, pinned, so a frame derived from it means the same after this run commits
+        to the table (Delta's Spark engine recomputes cached frames over a table it writes)."""
         self._allowed(f"earlier:{name}", self.stage.reads, "reads")
-        return self._ctx.lake.read_output(name).drop(S.RUN_ID, S.AS_OF_DATE)
+        lake = self._ctx.lake
+        return lake.read_output(name, version=lake.version(name)).drop(S.RUN_ID, S.AS_OF_DATE)
 
     def clean(self, name: str) -> DataFrame | None:
         """Ingest's validated frame ``clean:<name>`` (None when the input is not configured)."""
@@ -493,10 +496,12 @@ def _merge_orders(io: StageIO, batch: DataFrame) -> None:
     # the days of the merged orders, before and after: an order's first line may move its day
     before = earlier.join(batch.select(*keys), on=keys, how="left_semi").select(S.CUSTOMER_ID, S.ORDER_DATE)
     days = io.cache(before.unionByName(merged.select(S.CUSTOMER_ID, S.ORDER_DATE)).distinct().persist())
-    days.count()  # computed before the MERGE changes ``orders``
     io.merge(merged, S.ORDERS, keys)
     day_keys = [S.CUSTOMER_ID, S.ORDER_DATE]
-    after = io.read(S.ORDERS).join(days, on=day_keys, how="left_semi")
+    # the merged orders of the touched days: the earlier ones the batch left alone, and the merged
+    # ones (from the pinned earlier version: not a re-read of the table just merged)
+    kept = earlier.join(merged.select(*keys), on=keys, how="left_anti").select(*merged.columns)
+    after = kept.unionByName(merged).join(days, on=day_keys, how="left_semi")
     recomputed = silver.customer_days(after)
     gone = days.join(recomputed.select(*day_keys), on=day_keys, how="left_anti")
     empty = [

@@ -215,13 +215,18 @@ def _table(out: Path, name: str) -> list[tuple[Any, ...]]:
     return sorted(kept, key=repr)
 
 
+@pytest.mark.parametrize("engine", ["delta-rs", "delta-spark"])
 def test_new_files_are_validated_alone_and_merged_into_what_a_full_refresh_gives(
-    lake: dict[str, Any],
+    lake: dict[str, Any], engine: str
 ) -> None:
     """Only the new file's lines are validated: a copy of a line ingested before is a copy, a late
     return merges into its order, a new customer's and a known customer's new orders are added; the
-    orders, days, state, quarantine and counts are a full refresh's."""
-    ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
+    orders, days, state, quarantine and counts are a full refresh's. Both engines MERGE."""
+    folder, out = lake["folder"], lake["out"]
+
+    def ingest(*extra: str) -> dict[str, Any]:
+        return dict(lake["ingest"]("--set", f"lakehouse.engine={engine}", *extra))
+
     first = ingest()
     new = [
         *_rows(12, 3),  # new customers
