@@ -97,6 +97,8 @@ def test_the_runs_row_records_what_the_job_sized_to_the_data(reference_run: Refe
         "refresh.state_hash",
         "refresh.manifest_run",
         "refresh.orders_run",
+        "refresh.orders_version",
+        "refresh.outlier_bound",
         "refresh.data_date",
     }, choices
     # the reference run is the first of its lakehouse; it stands on its own manifest
