@@ -53,6 +53,33 @@ def _runs(output: Path) -> list[dict[str, Any]]:
     return sorted((r for r in rows if r["command"] == "run"), key=lambda r: r["started_at"])
 
 
+def _step(step: str, items: list[str], output: Path, logs: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``segspark run`` with ``items`` as its own process: its ``runs`` row, and the step's figures
+    (wall and after-session seconds, the refresh decision, rows in, stage seconds), printed."""
+    cmd = [sys.executable, "-m", "segspark", "run", *(x for i in items for x in ("--set", i))]
+    run = measure(cmd, cwd=REPO, env=_env(), log=logs / f"{step.replace(' ', '-')}.log", timeout=3 * 3600)
+    if run.code != 0:
+        raise SystemExit(f"{step}: exit {run.code}; see {logs}")
+    row = _runs(output)[-1]
+    choices = dict(row["choices"] or [])
+    stages = {k: round(v, 1) for k, v in dict(row["step_seconds"] or []).items() if k.startswith("stage_")}
+    inputs = {i["name"]: i["rows_in"] for i in row["inputs"] or []}
+    print(
+        f"  {step:15s} {run.wall_s:7.1f} s wall, {row['duration_s']:7.1f} s after the session started",
+        flush=True,
+    )
+    print(f"    {choices.get('refresh', '')[:160]}; rows in {inputs}", flush=True)
+    print(f"    {stages}", flush=True)
+    return row, {
+        "step": step,
+        "wall_s": round(run.wall_s, 1),
+        "after_session_s": round(row["duration_s"], 1),
+        "refresh": choices.get("refresh", ""),
+        "rows_in": inputs,
+        "stages": stages,
+    }
+
+
 def one_sequence(data: dict[str, Any], output: Path, logs: Path, extra: list[str]) -> list[dict[str, Any]]:
     shutil.rmtree(output, ignore_errors=True)
     base = [*run_overrides(data, "tx", output), *extra]
@@ -65,32 +92,10 @@ def one_sequence(data: dict[str, Any], output: Path, logs: Path, extra: list[str
             items.append(f"as_of_date={week_before}")
         if step == "full same date":
             items.append("refresh=full")
-        cmd = [sys.executable, "-m", "segspark", "run", *(x for i in items for x in ("--set", i))]
-        run = measure(cmd, cwd=REPO, env=_env(), log=logs / f"{step.replace(' ', '-')}.log", timeout=3 * 3600)
-        if run.code != 0:
-            raise SystemExit(f"{step}: exit {run.code}; see {logs}")
-        row = _runs(output)[-1]
+        row, result = _step(step, items, output, logs)
         if week_before is None:
             week_before = (row["as_of_date"] - dt.timedelta(days=7)).isoformat()
-        choices = dict(row["choices"] or [])
-        stages = {
-            k: round(v, 1) for k, v in dict(row["step_seconds"] or []).items() if k.startswith("stage_")
-        }
-        results.append(
-            {
-                "step": step,
-                "wall_s": round(run.wall_s, 1),
-                "after_session_s": round(row["duration_s"], 1),
-                "refresh": choices.get("refresh", ""),
-                "stages": stages,
-            }
-        )
-        print(
-            f"  {step:15s} {run.wall_s:7.1f} s wall, {row['duration_s']:7.1f} s after the session started",
-            flush=True,
-        )
-        print(f"    {choices.get('refresh', '')[:140]}", flush=True)
-        print(f"    {stages}", flush=True)
+        results.append(result)
     return results
 
 
@@ -186,32 +191,8 @@ def incremental_sequence(data: dict[str, Any], out: Path, extra: list[str]) -> l
         if step == "incremental":
             for f in sorted(week.iterdir()):
                 shutil.copy2(f, folder / f.name)
-        cmd = [sys.executable, "-m", "segspark", "run", *(x for i in items for x in ("--set", i))]
-        run = measure(cmd, cwd=REPO, env=_env(), log=logs / f"{step}.log", timeout=3 * 3600)
-        if run.code != 0:
-            raise SystemExit(f"{step}: exit {run.code}; see {logs}")
-        row = _runs(output)[-1]
-        choices = dict(row["choices"] or [])
-        stages = {
-            k: round(v, 1) for k, v in dict(row["step_seconds"] or []).items() if k.startswith("stage_")
-        }
-        inputs = {i["name"]: i["rows_in"] for i in row["inputs"] or []}
-        results.append(
-            {
-                "step": step,
-                "wall_s": round(run.wall_s, 1),
-                "after_session_s": round(row["duration_s"], 1),
-                "refresh": choices.get("refresh", ""),
-                "rows_in": inputs,
-                "stages": stages,
-            }
-        )
-        print(
-            f"  {step:12s} {run.wall_s:7.1f} s wall, {row['duration_s']:7.1f} s after the session started",
-            flush=True,
-        )
-        print(f"    {choices.get('refresh', '')[:160]}; rows in {inputs}", flush=True)
-        print(f"    {stages}", flush=True)
+        row, result = _step(step, items, output, logs)
+        results.append(result)
         versions[step] = {o["table"]: o["version"] for o in row["outputs"] or []}
     same = silver_equal(output, versions["incremental"], versions["full"])
     print(f"  silver tables equal (incremental vs full): {same}", flush=True)
