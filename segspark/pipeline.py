@@ -317,18 +317,11 @@ def stage_ingest(io: StageIO) -> None:
     )  # fmt: skip
     past = _history(io, frames["transactions"], mappings["transactions"]) if batch else None
     validated = validate(frames, mappings, history={"transactions": past} if past is not None else None)
-    if reused is not None and batch:
-        why = _why_full(io, validated[0], frames["transactions"], reused)
-        if why is None:
-            validated = [ingest.combined(reused, validated[0]), *validated[1:]]
-            reused = None
-            io.choose(refresh.NEW_FILES, len(batch))
-        else:  # the whole history after all, as a full refresh: said, and recorded as its reason
-            validated[0].release()
-            _refresh_fully(io, why)
-            whole, _ = io.input("transactions")
-            validated = [*validate({"transactions": whole}, mappings), *validated[1:]]
-            reused = None
+    if reused is not None and past is not None:  # the batch, or the whole history after all
+        validated = _with_batch(
+            io, validated, reused, past, lambda df: validate({"transactions": df}, mappings)
+        )
+        reused = None
     for res in validated:
         ingest.reconcile(res)
     results = validated if reused is None else [reused, *validated]
@@ -386,8 +379,8 @@ def stage_ingest(io: StageIO) -> None:
 
 
 def _history(io: StageIO, batch: DataFrame, mapping: Mapping[str, str]) -> Any:
-    """An incremental refresh's ``ingest.History``: the whole transactions input and the clean line
-    hashes of the earlier orders the batch's order ids touch."""
+    """An incremental refresh's ``ingest.History``: the whole transactions input and the batch
+    (conformed), and the clean line hashes of the earlier orders the batch's order ids touch."""
     from segspark import ingest
 
     whole, _ = io.input("transactions")
@@ -395,25 +388,35 @@ def _history(io: StageIO, batch: DataFrame, mapping: Mapping[str, str]) -> Any:
     return ingest.history(conformed, ingest.conform(batch, "transactions", mapping), io.earlier(S.ORDERS))
 
 
-def _why_full(io: StageIO, batch: Any, lines: DataFrame, carried: Any) -> str | None:
-    """Why the validated batch of new lines (``lines``: as read) does not give what a full refresh
-    gives (``ingest.why_full``)."""
+def _with_batch(
+    io: StageIO,
+    validated: list[Any],
+    carried: Any,
+    past: Any,
+    validate_whole: Callable[[DataFrame], list[Any]],
+) -> list[Any]:
+    """The validated inputs with the transactions as the whole input's: the earlier run's plus the
+    batch's (``ingest.combined``), or, when the batch does not give what a full refresh gives
+    (``ingest.why_full``), the whole input validated, with the reason recorded."""
     from segspark import ingest
 
-    cfg = io.settings.quality
-    decision = io.refresh
+    cfg, decision = io.settings.quality, io.refresh
     assert decision is not None and decision.source is not None
     recorded = decision.source.choices.get(refresh.OUTLIER_BOUND, "none")
     before = None if recorded == "none" else float(recorded)
     rates = ingest.base_rates(cfg, None)
-    whole, _ = io.input("transactions")
-    mapping = io.settings.input.transactions.columns
-    amounts = tuple(
-        ingest.transaction_amounts(ingest.conform(df, "transactions", mapping), cfg, rates)
-        for df in (whole, lines)
+    amounts = (
+        ingest.transaction_amounts(past.whole, cfg, rates),
+        ingest.transaction_amounts(past.batch, cfg, rates),
     )
-    assert len(amounts) == 2
-    return ingest.why_full(batch, io.earlier(S.ORDERS), carried.quarantine, amounts, cfg, before)
+    why = ingest.why_full(validated[0], past.earlier, carried.quarantine, amounts, cfg, before)
+    if why is None:
+        io.choose(refresh.NEW_FILES, len(decision.new_files))
+        return [ingest.combined(carried, validated[0]), *validated[1:]]
+    validated[0].release()  # the whole history after all, as a full refresh: said, with its reason
+    _refresh_fully(io, why)
+    whole, _ = io.input("transactions")
+    return [*validate_whole(whole), *validated[1:]]
 
 
 def _refresh_fully(io: StageIO, why: str) -> None:

@@ -34,7 +34,7 @@ def history(whole: DataFrame, batch: DataFrame, earlier_orders: DataFrame) -> Hi
     lines = earlier_orders.join(ids.distinct(), on=S.ORDER_ID, how="left_semi").select(
         S.CUSTOMER_ID, S.ORDER_ID, F.explode(F.col(S.LINE_HASHES)).alias(HISTORY_HASH)
     )
-    return History(whole, lines)
+    return History(whole, lines, batch, earlier_orders)
 
 
 def _raw_order_id(raw: Column) -> Column:

@@ -39,11 +39,14 @@ HISTORY_HASH = "_dq_history_hash"  # ``History.lines``: one clean line's hash
 @dataclass(frozen=True)
 class History:
     """What an incremental refresh validates a batch of new transaction lines against: ``whole``,
-    the whole input (conformed; the outlier bound is its amounts'), and ``lines``, the clean lines
-    of the earlier orders the batch may touch (``customer_id``, ``order_id``, ``HISTORY_HASH``)."""
+    the whole input (conformed; the outlier bound is its amounts'), ``lines``, the clean lines of
+    the earlier orders the batch may touch (``customer_id``, ``order_id``, ``HISTORY_HASH``); with
+    ``batch`` (the batch, conformed) and ``earlier`` (those orders' table) for ``why_full``."""
 
     whole: DataFrame
     lines: DataFrame
+    batch: DataFrame
+    earlier: DataFrame
 
 
 def validate(
