@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segspark.session import QUICK_JIT_CODE_CACHE, QUICK_JIT_OPTION
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -34,6 +36,9 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+QUICK_JIT = f"{QUICK_JIT_OPTION} {QUICK_JIT_CODE_CACHE}"
 
 
 def spark_env(base: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -61,6 +66,10 @@ def spark_env(base: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
             # the master's REST submission server listens on the fixed port 6066 by default: off, so
             # two clusters (two test runs) never collide and nothing listens that the tests do not use
             "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
+            # every JVM of the test's cluster (master, workers and the executors a worker launches
+            # with its environment) runs a short job: HotSpot's client compiler only, as the job
+            # chooses for a short local run (spark.jit: quick). The driver, spark-submit's, is the job's
+            "JAVA_TOOL_OPTIONS": QUICK_JIT,
         }
     )
     env.update(extra or {})

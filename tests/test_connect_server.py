@@ -31,7 +31,7 @@ import pytest
 import s3_server
 from chispa import assert_approx_df_equality
 from deltalake import DeltaTable
-from deploy_procs import LOOPBACK, alive, free_port, spark_home
+from deploy_procs import LOOPBACK, QUICK_JIT, alive, free_port, spark_home
 from pyarrow import fs
 from pyspark.sql import DataFrame, SparkSession
 
@@ -187,6 +187,7 @@ def connect_server(
         SPARK_LOCAL_IP=LOOPBACK,
         PYSPARK_PYTHON=sys.executable,
         SPARK_LOG_DIR=str(base),
+        JAVA_TOOL_OPTIONS=QUICK_JIT,  # a short job: the client compiler only (spark.jit: quick)
     )
     log = base / "server.log"
     started = time.perf_counter()

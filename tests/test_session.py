@@ -153,6 +153,20 @@ def test_local_conf_sizes_local_sessions_only(monkeypatch: pytest.MonkeyPatch) -
     assert "spark.driver.memory" not in local_conf(SparkConfig(), machine)
 
 
+def test_the_job_s_sessions_record_no_python_call_site_per_column_call(spark) -> None:
+    """PySpark's DataFrame debugging (a JVM round trip per Column call) is off in the sessions the job
+    starts, the suite's included; a user's ``spark.conf`` turns it back on."""
+    from pyspark.errors.utils import is_debugging_enabled
+
+    from segspark.config import SparkConfig
+    from segspark.session import local_conf
+
+    key = "spark.python.sql.dataFrameDebugging.enabled"
+    assert spark.conf.get(key) == "false" and not is_debugging_enabled()
+    assert local_conf(SparkConfig(master="spark://h:7077"))[key] == "false"
+    assert local_conf(SparkConfig(conf={key: "true"}))[key] == "true"
+
+
 def test_a_short_local_run_compiles_with_the_client_compiler_only(tmp_path: Path, spark) -> None:
     """``spark.jit: auto``: quick (HotSpot's C1 only) for a small transaction input on a local disk,
     the JVM's default tiers for a large one or one whose size Spark alone can tell; the option goes
