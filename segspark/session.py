@@ -308,6 +308,8 @@ def sized_conf(
 # at 47 of its 48 MB. The quick JIT keeps the default tiers' code cache size.
 QUICK_JIT_OPTION = "-XX:TieredStopAtLevel=1"
 QUICK_JIT_CODE_CACHE = "-XX:ReservedCodeCacheSize=240m"
+# the JVM options of the quick JIT, as a JVM takes them (also the test clusters' JAVA_TOOL_OPTIONS)
+QUICK_JIT_OPTIONS = f"{QUICK_JIT_OPTION} {QUICK_JIT_CODE_CACHE}"
 QUICK_JIT_MAX_TX_BYTES = 8 * 1024**2  # ~500,000 lines of Parquet (1M generated lines: 16.5 MB)
 GENERATED_TX_BYTES_PER_CUSTOMER = 200  # segspark generate: ~12 lines of ~16.5 bytes per customer
 
@@ -396,7 +398,7 @@ def local_conf(
         # rules, the RFM aggregates) has methods over HotSpot's 8,000-byte limit, which the JIT then
         # never compiles and runs interpreted; at 10M lines ingest + RFM went from 77.7 s to 68.3 s.
         "spark.driver.extraJavaOptions": (
-            (f"{QUICK_JIT_OPTION} {QUICK_JIT_CODE_CACHE} " if quick_jit else "")
+            (f"{QUICK_JIT_OPTIONS} " if quick_jit else "")
             + "-XX:-DontCompileHugeMethods -Duser.timezone=UTC "
             f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
         ),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segspark.session import QUICK_JIT_CODE_CACHE, QUICK_JIT_OPTION
+from segspark.session import QUICK_JIT_OPTIONS as QUICK_JIT
 
 LOOPBACK = "127.0.0.1"
 
@@ -36,9 +36,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-QUICK_JIT = f"{QUICK_JIT_OPTION} {QUICK_JIT_CODE_CACHE}"
 
 
 def spark_env(base: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

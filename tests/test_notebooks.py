@@ -40,7 +40,7 @@ from segspark import schema as S
 from segspark.config import load_settings
 from segspark.errors import ConfigError
 from segspark.io import storage
-from segspark.session import QUICK_JIT_CODE_CACHE, QUICK_JIT_OPTION
+from segspark.session import QUICK_JIT_OPTIONS
 from tests.test_engine_contract import rows_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def notebook_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         # C1 only: the kernels' JVMs live for one small run, where C2's compile threads cost more CPU
         # than they save (measured: the two notebooks' CPU time 194 s -> 109 s); C1 alone gets a 48 MB code
         # cache by default, which Spark's generated code fills
-        "JAVA_TOOL_OPTIONS": f"{QUICK_JIT_OPTION} {QUICK_JIT_CODE_CACHE}",
+        "JAVA_TOOL_OPTIONS": QUICK_JIT_OPTIONS,
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
