@@ -63,7 +63,7 @@ def test_impact_effort_labels_overlap_no_other_text_and_stay_inside(tmp_path: Pa
     assert {f"#{r} {s}" for r, s in zip(plays["rank"], plays["segment"], strict=True)} <= labels
     overlapping = [(a, b) for (a, ba), (b, bb) in combinations(texts, 2) if ba.overlaps(bb)]  # type: ignore[attr-defined]
     assert overlapping == []
-    assert print_problems(fig, 110, "impact_effort") == []  # every text of the figure, as printed
+    assert print_problems(fig, 110, "impact_effort", laid_out=True) == []  # every text, as printed
     frame = fig.axes[0].get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
     for text, box in texts:
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1, text  # type: ignore[attr-defined]
@@ -100,7 +100,7 @@ def test_every_cohort_cell_shows_its_value_even_in_a_large_matrix(tmp_path: Path
     assert matrix.size > 400 and len(shown) == 300  # the former drawing dropped every value above 400 cells
     # ... and each prints at 7 pt or more on A4 without touching its neighbour (the former 5-6 pt
     # type in a 13-inch figure printed at about 3 pt)
-    assert print_problems(fig, 110, "cohorts") == []
+    assert print_problems(fig, 110, "cohorts", laid_out=True) == []
 
 
 def test_the_print_check_can_fail(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_the_print_check_can_fail(tmp_path: Path) -> None:
     ax.text(0.5, 0.5, "12%", fontsize=7)
     ax.text(0.505, 0.5, "34%", fontsize=7)
     C.to_png(fig, tmp_path / "wide.png", dpi=110)
-    problems = print_problems(fig, 110, "wide")
+    problems = print_problems(fig, 110, "wide", laid_out=True)  # as the report checks a saved chart
     assert any("'12%' prints at" in p for p in problems)
     assert "wide: '12%' overlaps '34%'" in problems
     assert printed_scale(fig, 110) == pytest.approx(PRINT_WIDTH_IN / fig.get_tightbbox().width, rel=1e-3)

@@ -461,3 +461,19 @@ def test_parameterized_sql_binds_behind_deltas_parser(spark) -> None:
     df = spark.range(3)
     query = "WITH a AS (SELECT * FROM {t}) SELECT * FROM a WHERE :flag OR id = :one"
     assert spark.sql(query, args={"flag": False, "one": 1}, t=df).count() == 1
+
+
+def test_auto_probes_for_delta_only_where_added_jars_may_hold_it(spark) -> None:
+    """``lakehouse.engine: auto`` asks Spark for Delta's data source (a lookup of every registered source,
+    2-4 s on a fresh JVM) only when the session adds jars to its class path: the suite's session lists
+    Delta's in ``spark.jars``, so it may hold them; a plain local session (``pip install pyspark``, the
+    job's own session on ``auto``: ``test_auto_starts_a_local_session_without_delta_jars...``) adds none
+    and has no Delta jar among Spark's own, so the answer is known without the lookup."""
+    from segspark.io.delta_spark import _classpath_may_hold_delta
+
+    assert "delta" in (spark.conf.get("spark.jars", "") or "")
+    assert _classpath_may_hold_delta(spark)
+    import pyspark
+
+    spark_jars = Path(os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__), "jars")
+    assert spark_jars.is_dir() and not list(spark_jars.glob("delta*.jar"))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
@@ -72,12 +74,32 @@ def delta_available(spark: SparkSession) -> bool:
         return True  # Databricks (also through Databricks Connect): Delta is built in
     if is_remote(spark):
         return False  # a failed probe would log a server-side stack trace; configure the engine instead
+    if not _classpath_may_hold_delta(spark):
+        return False
     try:
         spark.read.format("delta").load("/segspark-probe-does-not-exist").schema  # noqa: B018
     except Exception as exc:
         text = str(exc)
         return "DATA_SOURCE_NOT_FOUND" not in text and "Failed to find data source" not in text
     return True
+
+
+# the settings that put jars beyond Spark's own on a session's class path
+_CLASSPATH_SETTINGS = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
+
+
+def _classpath_may_hold_delta(spark: SparkSession) -> bool:
+    """False when nothing can have put Delta's data source on the session's class path: no setting
+    adds jars and Spark's own ``jars`` folder holds no Delta jar (a plain ``pip install pyspark``
+    session: ``lakehouse.engine: auto`` on the job's own local session). The probe, a data-source
+    lookup that loads every registered source, costs 2-4 s on a fresh JVM; with any added jars it
+    runs (they may bundle Delta under any name)."""
+    if any(spark.conf.get(key, None) for key in _CLASSPATH_SETTINGS):
+        return True
+    import pyspark
+
+    home = os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__)
+    return any(Path(home, "jars").glob("delta*.jar"))
 
 
 def is_remote(spark: SparkSession) -> bool:

@@ -139,7 +139,7 @@ def _draw_charts(
     charts = []
     for ch in chart_list:
         png = C.to_png(ch.figure, figures_dir / f"{ch.name}.png", cfg.figure_dpi)
-        problems = print_problems(ch.figure, cfg.figure_dpi, ch.name)
+        problems = print_problems(ch.figure, cfg.figure_dpi, ch.name, laid_out=True)
         for text in problems:
             log.warning("chart not legible at A4: %s", text)
         caption = ch.caption
