@@ -131,13 +131,20 @@ class StageIO:
         self._allowed(f"input:{name}", self.stage.reads, "reads")
         return self._ctx.lake.read_input_files(name, files)
 
-    def earlier(self, name: str) -> DataFrame:
-        """Table ``name`` whole, as earlier runs left it (``earlier:<name>``), without stamp columns:
-        its version now, pinned, so a frame derived from it means the same after this run commits
-        to the table (Delta's Spark engine recomputes cached frames over a table it writes)."""
+    def has_earlier(self, name: str) -> bool:
+        """Whether earlier runs left table ``name`` (``earlier:<name>``)."""
+        self._allowed(f"earlier:{name}", self.stage.reads, "reads")
+        return self._ctx.lake.exists(name)
+
+    def earlier(self, name: str, stamped: bool = False) -> DataFrame:
+        """Table ``name`` whole, as earlier runs left it (``earlier:<name>``), without stamp columns
+        (``stamped``: with them): its version now, pinned, so a frame derived from it means the same
+        after this run commits to the table (Delta's Spark engine recomputes cached frames over a
+        table it writes)."""
         self._allowed(f"earlier:{name}", self.stage.reads, "reads")
         lake = self._ctx.lake
-        return lake.read_output(name, version=lake.version(name)).drop(S.RUN_ID, S.AS_OF_DATE)
+        df = lake.read_output(name, version=lake.version(name))
+        return df if stamped else df.drop(S.RUN_ID, S.AS_OF_DATE)
 
     def clean(self, name: str) -> DataFrame | None:
         """Ingest's validated frame ``clean:<name>`` (None when the input is not configured)."""
@@ -469,8 +476,9 @@ def stage_silver(io: StageIO) -> None:
 
     grouped = io.clean("orders")
     batch = io.clean_is_batch()
+    touched: _Touched | None = None
     if grouped is not None and batch:
-        _merge_orders(io, silver.order_columns(grouped, io.settings.purchase))
+        touched = _merge_orders(io, silver.order_columns(grouped, io.settings.purchase))
         io.release_clean("orders")
     elif grouped is not None:  # else a ``reuse`` refresh: orders and customer_days stand as written
         io.write(silver.order_columns(grouped, io.settings.purchase), S.ORDERS)
@@ -482,19 +490,82 @@ def stage_silver(io: StageIO) -> None:
         io.choose(refresh.ORDERS_VERSION, io.output_version(S.ORDERS))
     if grouped is not None and not batch:
         io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
+    if touched is not None and _merge_state(io, touched, orders, as_of):
+        return
     io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
     io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
 
 
-def _merge_orders(io: StageIO, batch: DataFrame) -> None:
+@dataclass(frozen=True)
+class _Touched:
+    """What an incremental refresh's MERGE into ``orders`` touched: the customers (cached) and the
+    newest order date ``orders`` held before it (None: it held none)."""
+
+    customers: DataFrame
+    earlier_last_date: dt.date | None
+
+
+def _merge_state(io: StageIO, touched: _Touched, orders: DataFrame, as_of: dt.date) -> bool:
+    """The per-customer tables from the earlier ones: the rows of the customers the batch touched
+    recomputed from their orders, the others' rows kept (no aggregation of every order); each table
+    written whole, one commit, as a rebuild writes it. False (the caller rebuilds both from every
+    order) unless that is what a rebuild writes: the earlier tables were computed on or after the
+    newest earlier order's date (they hold every earlier order) and this run's ``as_of_date`` is
+    not before it (it drops none), so a customer without a new order keeps the same row."""
+    from segspark import silver
+
+    why = _state_stands(io, touched.earlier_last_date, as_of)
+    if why:
+        io.choose(refresh.STATE, f"rebuilt from every order: {why}")
+        return False
+    mine = orders.join(touched.customers, on=S.CUSTOMER_ID, how="left_semi")
+    for name, recomputed in (
+        (S.CUSTOMER_STATE, silver.customer_state(mine, as_of, io.settings.rfm.channels)),
+        (S.CUSTOMER_MONTHS, silver.customer_months(mine, as_of)),
+    ):
+        kept = io.earlier(name).join(touched.customers, on=S.CUSTOMER_ID, how="left_anti")
+        io.write(kept.unionByName(recomputed), name)
+    io.choose(refresh.STATE, "kept: the rows of customers without new orders; the others recomputed")
+    return True
+
+
+def _state_stands(io: StageIO, earlier_last: dt.date | None, as_of: dt.date) -> str | None:
+    """Why the per-customer tables' other rows cannot stand (None: they can)."""
+    if earlier_last is None:
+        return "orders held no order before this run"
+    if as_of < earlier_last:
+        return f"as_of_date {as_of} is before an earlier order's date ({earlier_last})"
+    for name in (S.CUSTOMER_STATE, S.CUSTOMER_MONTHS):
+        if not io.has_earlier(name):
+            return f"no {name} table yet"
+        oldest = io.earlier(name, stamped=True).agg(F.min(S.AS_OF_DATE)).first()
+        computed = None if oldest is None else oldest[0]
+        if computed is None:
+            return f"{name} holds no rows"
+        if computed < earlier_last:
+            return f"{name} has rows as of {computed}, before an earlier order's date ({earlier_last})"
+    return None
+
+
+def _with_deletes(rows: DataFrame, keys_before: DataFrame, keys: list[str]) -> DataFrame:
+    """``rows`` to upsert plus, flagged ``_delete``, the keys of ``keys_before`` that ``rows`` lacks."""
+    gone = keys_before.select(*keys).distinct().join(rows.select(*keys), on=keys, how="left_anti")
+    empty = [F.lit(None).cast(f.dataType).alias(f.name) for f in rows.schema if f.name not in keys]
+    return rows.withColumn("_delete", F.lit(False)).unionByName(
+        gone.select(*keys, *empty, F.lit(True).alias("_delete"))
+    )
+
+
+def _merge_orders(io: StageIO, batch: DataFrame) -> _Touched:
     """A batch's orders MERGEd into ``orders`` (an order the batch adds lines to is merged with its
     earlier lines: ``silver.merged_orders``), then the (customer, day) rows of ``customer_days`` they
     touch recomputed from the merged orders and MERGEd (a day left without an order deleted): the
-    tables are what a full refresh writes, in one commit each."""
+    tables are what a full refresh writes, in one commit each. Returns the customers touched."""
     from segspark import silver
 
     keys = [S.CUSTOMER_ID, S.ORDER_ID]
     earlier = io.earlier(S.ORDERS)
+    last = earlier.agg(F.max(S.ORDER_DATE)).first()
     merged = io.cache(silver.merged_orders(earlier, batch, io.settings.purchase).persist())
     # the days of the merged orders, before and after: an order's first line may move its day
     before = earlier.join(batch.select(*keys), on=keys, how="left_semi").select(S.CUSTOMER_ID, S.ORDER_DATE)
@@ -506,16 +577,9 @@ def _merge_orders(io: StageIO, batch: DataFrame) -> None:
     kept = earlier.join(merged.select(*keys), on=keys, how="left_anti").select(*merged.columns)
     after = kept.unionByName(merged).join(days, on=day_keys, how="left_semi")
     recomputed = silver.customer_days(after)
-    gone = days.join(recomputed.select(*day_keys), on=day_keys, how="left_anti")
-    empty = [
-        F.lit(None).cast(f.dataType).alias(f.name)
-        for f in tables.CUSTOMER_DAYS_SCHEMA
-        if f.name not in day_keys
-    ]
-    flagged = recomputed.withColumn("_delete", F.lit(False)).unionByName(
-        gone.select(*day_keys, *empty, F.lit(True).alias("_delete"))
-    )
-    io.merge(flagged, S.CUSTOMER_DAYS, day_keys, delete_column="_delete")
+    io.merge(_with_deletes(recomputed, days, day_keys), S.CUSTOMER_DAYS, day_keys, delete_column="_delete")
+    customers = io.cache(days.select(S.CUSTOMER_ID).distinct().persist())
+    return _Touched(customers, None if last is None else last[0])
 
 
 LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
@@ -781,7 +845,8 @@ PIPELINE: tuple[Stage, ...] = (
                          f"earlier:{S.QUARANTINE}", f"earlier:{S.ORDERS}"),
                         (S.QUARANTINE, S.INPUT_MANIFEST, "clean:orders", "clean:customers", "clean:events",
                          "clean:marketing_spend", "clean:engagement"), stage_ingest),
-    Stage("silver",     ("clean:orders", f"earlier:{S.ORDERS}"),
+    Stage("silver",     ("clean:orders", f"earlier:{S.ORDERS}", f"earlier:{S.CUSTOMER_STATE}",
+                         f"earlier:{S.CUSTOMER_MONTHS}"),
                         (S.ORDERS, S.CUSTOMER_DAYS, S.CUSTOMER_STATE, S.CUSTOMER_MONTHS), stage_silver),
     Stage("features",   (S.CUSTOMER_STATE, S.ORDERS, "clean:customers", "clean:engagement"),
                         (S.CUSTOMER_FEATURES, S.RFM_GRID), stage_features),

@@ -5,6 +5,7 @@ real Delta tables, ``segspark ingest`` in this process on the suite's session.""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import os
 import shutil
 from pathlib import Path
@@ -252,6 +253,8 @@ def test_new_files_are_validated_alone_and_merged_into_what_a_full_refresh_gives
     assert 10.5 in o003[0] and 3.0 in o003[0]
     history = DeltaTable(str(out / "tables" / "orders")).history()
     assert history[0]["operation"] == "MERGE"
+    # the per-customer tables: the rows of customers without a new order kept, the others recomputed
+    assert _choices(step)["refresh.state"].startswith("kept: ")
     quarantine = _quarantine(out, step["run_id"])
 
     full = ingest("--set", "refresh=full")
@@ -260,6 +263,18 @@ def test_new_files_are_validated_alone_and_merged_into_what_a_full_refresh_gives
         assert _table(out, name) == merged[name], name
     assert _quarantine(out, full["run_id"]) == quarantine
     assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in full["inputs"]] == [(19, 17, 2)]
+
+    # a new file, with as_of_date before the newest earlier order: a kept row would hold an order
+    # after the date, so the per-customer tables are rebuilt from every order (a full refresh's code)
+    _csv(folder / "c.csv", [("C006", "O206", "2024-09-30 10:00:00", "12.00")])
+    back = ingest("--set", "as_of_date=2024-06-01")
+    assert _choices(back)["refresh"].startswith("incremental: ")
+    assert _choices(back)["refresh.state"].startswith(
+        "rebuilt from every order: as_of_date 2024-06-01 is before an earlier order's date (2024-"
+    ), _choices(back)
+    state = DeltaTable(str(out / "tables" / "customer_state")).to_pyarrow_table().to_pylist()
+    assert {str(r["as_of_date"]) for r in state} == {"2024-06-01"}
+    assert max(r["last_seen_ts"] for r in state).date() <= dt.date(2024, 6, 1) < dt.date(2024, 9, 1)
 
 
 def test_a_run_that_dies_between_the_merges_is_never_stood_on(
