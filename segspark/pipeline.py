@@ -524,9 +524,24 @@ def _merge_state(io: StageIO, touched: _Touched, orders: DataFrame, as_of: dt.da
         (S.CUSTOMER_MONTHS, silver.customer_months(mine, as_of)),
     ):
         kept = io.earlier(name).join(touched.customers, on=S.CUSTOMER_ID, how="left_anti")
-        io.write(kept.unionByName(recomputed), name)
+        io.write(_as_nullable_as(kept, recomputed).unionByName(recomputed), name)
     io.choose(refresh.STATE, "kept: the rows of customers without new orders; the others recomputed")
     return True
+
+
+def _as_nullable_as(kept: DataFrame, computed: DataFrame) -> DataFrame:
+    """``kept`` (rows read back from a table: every column nullable) with the columns ``computed``
+    declares not null made so, so that the union is written with a rebuild's schema (a table whose
+    nullability flipped with the kind of refresh would change its schema for every reader). Those
+    columns hold no null: the kept rows were computed as ``computed`` is; the coalesce's zero is
+    never taken."""
+    strict = {f.name: f.dataType for f in computed.schema if not f.nullable}
+    return kept.select(
+        *[
+            F.coalesce(F.col(c), F.lit(0).cast(strict[c])).alias(c) if c in strict else F.col(c)
+            for c in kept.columns
+        ]
+    )
 
 
 def _state_stands(io: StageIO, earlier_last: dt.date | None, as_of: dt.date) -> str | None:

@@ -257,10 +257,12 @@ def test_new_files_are_validated_alone_and_merged_into_what_a_full_refresh_gives
     assert _choices(step)["refresh.state"].startswith("kept: ")
     quarantine = _quarantine(out, step["run_id"])
 
+    schemas = {name: DeltaTable(str(out / "tables" / name)).schema().to_json() for name in names}
     full = ingest("--set", "refresh=full")
     assert full["as_of_date"] == step["as_of_date"]
     for name in names:
         assert _table(out, name) == merged[name], name
+        assert DeltaTable(str(out / "tables" / name)).schema().to_json() == schemas[name], name
     assert _quarantine(out, full["run_id"]) == quarantine
     assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in full["inputs"]] == [(19, 17, 2)]
 
