@@ -490,7 +490,7 @@ def stage_silver(io: StageIO) -> None:
         io.choose(refresh.ORDERS_VERSION, io.output_version(S.ORDERS))
     if grouped is not None and not batch:
         io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
-    if touched is not None and _merge_state(io, touched, orders, as_of):
+    if touched is not None and _update_state(io, touched, orders, as_of):
         return
     io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
     io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
@@ -505,7 +505,7 @@ class _Touched:
     earlier_last_date: dt.date | None
 
 
-def _merge_state(io: StageIO, touched: _Touched, orders: DataFrame, as_of: dt.date) -> bool:
+def _update_state(io: StageIO, touched: _Touched, orders: DataFrame, as_of: dt.date) -> bool:
     """The per-customer tables from the earlier ones: the rows of the customers the batch touched
     recomputed from their orders, the others' rows kept (no aggregation of every order); each table
     written whole, one commit, as a rebuild writes it. False (the caller rebuilds both from every
