@@ -472,13 +472,13 @@ def stage_silver(io: StageIO) -> None:
     ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, once; no
     later stage reads lines. An incremental refresh MERGEs its batch's orders into ``orders`` and
     the days they touch into ``customer_days``."""
-    from segspark import silver
+    from segspark import silver, silver_refresh
 
     grouped = io.clean("orders")
     batch = io.clean_is_batch()
-    touched: _Touched | None = None
+    touched: silver_refresh.Touched | None = None
     if grouped is not None and batch:
-        touched = _merge_orders(io, silver.order_columns(grouped, io.settings.purchase))
+        touched = silver_refresh.merge_orders(io, silver.order_columns(grouped, io.settings.purchase))
         io.release_clean("orders")
     elif grouped is not None:  # else a ``reuse`` refresh: orders and customer_days stand as written
         io.write(silver.order_columns(grouped, io.settings.purchase), S.ORDERS)
@@ -490,111 +490,10 @@ def stage_silver(io: StageIO) -> None:
         io.choose(refresh.ORDERS_VERSION, io.output_version(S.ORDERS))
     if grouped is not None and not batch:
         io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
-    if touched is not None and _update_state(io, touched, orders, as_of):
+    if touched is not None and silver_refresh.update_state(io, touched, orders, as_of):
         return
     io.write(silver.customer_state(orders, as_of, io.settings.rfm.channels), S.CUSTOMER_STATE)
     io.write(silver.customer_months(orders, as_of), S.CUSTOMER_MONTHS)
-
-
-@dataclass(frozen=True)
-class _Touched:
-    """What an incremental refresh's MERGE into ``orders`` touched: the customers (cached) and the
-    newest order date ``orders`` held before it (None: it held none)."""
-
-    customers: DataFrame
-    earlier_last_date: dt.date | None
-
-
-def _update_state(io: StageIO, touched: _Touched, orders: DataFrame, as_of: dt.date) -> bool:
-    """The per-customer tables from the earlier ones: the rows of the customers the batch touched
-    recomputed from their orders, the others' rows kept (no aggregation of every order); each table
-    written whole, one commit, as a rebuild writes it. False (the caller rebuilds both from every
-    order) unless that is what a rebuild writes: the earlier tables were computed on or after the
-    newest earlier order's date (they hold every earlier order) and this run's ``as_of_date`` is
-    not before it (it drops none), so a customer without a new order keeps the same row."""
-    from segspark import silver
-
-    why = _state_stands(io, touched.earlier_last_date, as_of)
-    if why:
-        io.choose(refresh.STATE, f"rebuilt from every order: {why}")
-        return False
-    mine = orders.join(touched.customers, on=S.CUSTOMER_ID, how="left_semi")
-    for name, recomputed in (
-        (S.CUSTOMER_STATE, silver.customer_state(mine, as_of, io.settings.rfm.channels)),
-        (S.CUSTOMER_MONTHS, silver.customer_months(mine, as_of)),
-    ):
-        kept = io.earlier(name).join(touched.customers, on=S.CUSTOMER_ID, how="left_anti")
-        io.write(_as_nullable_as(kept, recomputed).unionByName(recomputed), name)
-    io.choose(refresh.STATE, "kept: the rows of customers without new orders; the others recomputed")
-    return True
-
-
-def _as_nullable_as(kept: DataFrame, computed: DataFrame) -> DataFrame:
-    """``kept`` (rows read back from a table: every column nullable) with the columns ``computed``
-    declares not null made so, so that the union is written with a rebuild's schema (a table whose
-    nullability flipped with the kind of refresh would change its schema for every reader). Those
-    columns hold no null: the kept rows were computed as ``computed`` is; the coalesce's zero is
-    never taken."""
-    strict = {f.name: f.dataType for f in computed.schema if not f.nullable}
-    return kept.select(
-        *[
-            F.coalesce(F.col(c), F.lit(0).cast(strict[c])).alias(c) if c in strict else F.col(c)
-            for c in kept.columns
-        ]
-    )
-
-
-def _state_stands(io: StageIO, earlier_last: dt.date | None, as_of: dt.date) -> str | None:
-    """Why the per-customer tables' other rows cannot stand (None: they can)."""
-    if earlier_last is None:
-        return "orders held no order before this run"
-    if as_of < earlier_last:
-        return f"as_of_date {as_of} is before an earlier order's date ({earlier_last})"
-    for name in (S.CUSTOMER_STATE, S.CUSTOMER_MONTHS):
-        if not io.has_earlier(name):
-            return f"no {name} table yet"
-        oldest = io.earlier(name, stamped=True).agg(F.min(S.AS_OF_DATE)).first()
-        computed = None if oldest is None else oldest[0]
-        if computed is None:
-            return f"{name} holds no rows"
-        if computed < earlier_last:
-            return f"{name} has rows as of {computed}, before an earlier order's date ({earlier_last})"
-    return None
-
-
-def _with_deletes(rows: DataFrame, keys_before: DataFrame, keys: list[str]) -> DataFrame:
-    """``rows`` to upsert plus, flagged ``_delete``, the keys of ``keys_before`` that ``rows`` lacks."""
-    gone = keys_before.select(*keys).distinct().join(rows.select(*keys), on=keys, how="left_anti")
-    empty = [F.lit(None).cast(f.dataType).alias(f.name) for f in rows.schema if f.name not in keys]
-    return rows.withColumn("_delete", F.lit(False)).unionByName(
-        gone.select(*keys, *empty, F.lit(True).alias("_delete"))
-    )
-
-
-def _merge_orders(io: StageIO, batch: DataFrame) -> _Touched:
-    """A batch's orders MERGEd into ``orders`` (an order the batch adds lines to is merged with its
-    earlier lines: ``silver.merged_orders``), then the (customer, day) rows of ``customer_days`` they
-    touch recomputed from the merged orders and MERGEd (a day left without an order deleted): the
-    tables are what a full refresh writes, in one commit each. Returns the customers touched."""
-    from segspark import silver
-
-    keys = [S.CUSTOMER_ID, S.ORDER_ID]
-    earlier = io.earlier(S.ORDERS)
-    last = earlier.agg(F.max(S.ORDER_DATE)).first()
-    merged = io.cache(silver.merged_orders(earlier, batch, io.settings.purchase).persist())
-    # the days of the merged orders, before and after: an order's first line may move its day
-    before = earlier.join(batch.select(*keys), on=keys, how="left_semi").select(S.CUSTOMER_ID, S.ORDER_DATE)
-    days = io.cache(before.unionByName(merged.select(S.CUSTOMER_ID, S.ORDER_DATE)).distinct().persist())
-    io.merge(merged, S.ORDERS, keys)
-    day_keys = [S.CUSTOMER_ID, S.ORDER_DATE]
-    # the merged orders of the touched days: the earlier ones the batch left alone, and the merged
-    # ones (from the pinned earlier version: not a re-read of the table just merged)
-    kept = earlier.join(merged.select(*keys), on=keys, how="left_anti").select(*merged.columns)
-    after = kept.unionByName(merged).join(days, on=day_keys, how="left_semi")
-    recomputed = silver.customer_days(after)
-    io.merge(_with_deletes(recomputed, days, day_keys), S.CUSTOMER_DAYS, day_keys, delete_column="_delete")
-    customers = io.cache(days.select(S.CUSTOMER_ID).distinct().persist())
-    return _Touched(customers, None if last is None else last[0])
 
 
 LABEL_COLUMNS = ("r_score", "f_score", "m_score", "rfm_code", "rfm_segment", "lifecycle_stage")
