@@ -189,6 +189,7 @@ class CurrencyConfig(Section):
 # order: a row breaking several rules is quarantined once, under the first one here.
 QUALITY_RULE_IDS: tuple[str, ...] = (
     "missing_customer_id",
+    "erased_customer",
     "missing_order_id",
     "missing_channel",
     "bad_timestamp",
@@ -203,6 +204,9 @@ QUALITY_RULE_IDS: tuple[str, ...] = (
     "duplicate_line",
     "amount_outlier",
 )
+# The rows of an erased customer dated up to the erasure (``segspark erase``): always quarantined,
+# without their values or key; not a data-quality finding (no share limit, no severity setting).
+ERASED_RULE = "erased_customer"
 # Rules that keep unusable rows out of the clean tables; they may be 'fail' but not 'off'.
 STRUCTURAL_RULE_IDS: frozenset[str] = frozenset(
     {
@@ -241,6 +245,11 @@ class QualityConfig(Section):
         for rule, severity in v.items():
             if rule not in QUALITY_RULE_IDS:
                 raise ValueError(f"unknown quality rule '{rule}'; known rules: {', '.join(QUALITY_RULE_IDS)}")
+            if rule == ERASED_RULE:
+                raise ValueError(
+                    f"quality rule '{rule}' is not configurable: the rows of a customer 'segspark erase' "
+                    "removed, dated up to the erasure, are always quarantined without their values"
+                )
             if severity == "off" and rule in STRUCTURAL_RULE_IDS:
                 raise ValueError(f"quality rule '{rule}' keeps unusable rows out and cannot be 'off'")
         return v

@@ -4,6 +4,7 @@ a ``runs`` row."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from segspark import schema as S
@@ -34,6 +35,7 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
             keys = [hmac.new(key, i.strip().encode("utf-8"), hashlib.sha256).hexdigest() for i in source_ids]
         else:
             keys = [i.strip() for i in source_ids]
+        _record_erasures(ctx, keys)
         for name in sorted(OUTPUT_TABLES):
             n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
             if n:
@@ -47,6 +49,23 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
         settings.lakehouse.vacuum_retention_hours,
     )
     return deleted
+
+
+def _record_erasures(ctx: RunContext, keys: list[str]) -> None:
+    """Append the erased keys' tags (SHA-256 of the key as the tables hold it, never the key) and the
+    erasure's time to ``erasures``, before any row is deleted: a later run quarantines their rows
+    dated up to now without key or values (rule ``erased_customer``), so re-reading an input that
+    still holds them does not bring them back; a row dated after the erasure (a purchase since) is
+    taken."""
+    import hashlib
+
+    from segspark import tables
+
+    at = ctx.started.astimezone(dt.timezone.utc)  # aware: Spark stores the instant, whatever the local zone
+    rows = [(hashlib.sha256(k.encode("utf-8")).hexdigest(), at) for k in sorted(set(keys))]
+    df = ctx.spark.createDataFrame(rows, tables.ERASURES_SCHEMA)
+    res = ctx.lake.write(df, S.ERASURES, run_id=ctx.run_id, as_of_date=ctx.as_of_date or at.date())
+    ctx.outputs[S.ERASURES] = res.version
 
 
 def vacuum(ctx: RunContext, *, force: bool = False, compact: bool = True) -> dict[str, int]:

@@ -318,9 +318,12 @@ def stage_ingest(io: StageIO) -> None:
     key = privacy.resolve_key(settings.privacy, demo=io.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     mappings = {name: getattr(settings.input, name).columns for name in INPUTS}
+    # customers ``segspark erase`` removed: their rows dated up to the erasure stay out (quarantined
+    # without key or values), whether this run validates the whole history or only new files
+    erased = io.earlier(S.ERASURES) if io.has_earlier(S.ERASURES) else None
     validate = functools.partial(
         ingest.validate_inputs, cfg=settings.quality, processing_ts=processing_ts, held=io.releases, key=key,
-        privacy=settings.privacy,
+        privacy=settings.privacy, erased=erased,
     )  # fmt: skip
     past = _history(io, frames["transactions"], mappings["transactions"]) if batch else None
     validated = validate(frames, mappings, history={"transactions": past} if past is not None else None)
@@ -756,7 +759,7 @@ def stage_report(io: StageIO) -> None:
 PIPELINE: tuple[Stage, ...] = (
     #      name          reads                                             writes
     Stage("ingest",     ("input:transactions", "input:customers", "input:events", "input:marketing_spend",
-                         f"earlier:{S.QUARANTINE}", f"earlier:{S.ORDERS}"),
+                         f"earlier:{S.QUARANTINE}", f"earlier:{S.ORDERS}", f"earlier:{S.ERASURES}"),
                         (S.QUARANTINE, S.INPUT_MANIFEST, "clean:orders", "clean:customers", "clean:events",
                          "clean:marketing_spend", "clean:engagement"), stage_ingest),
     Stage("silver",     ("clean:orders", f"earlier:{S.ORDERS}", f"earlier:{S.CUSTOMER_STATE}",

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 
 from segspark import schema as S
 from segspark import tables
-from segspark.io.manifest import Fingerprint, InputFile, compare, fingerprint
+from segspark.io.manifest import Fingerprint, InputFile, compare, delta_batch, fingerprint
 from segspark.version import code_version
 
 if TYPE_CHECKING:
@@ -216,9 +216,9 @@ def _reuse_or_full(
         return full
     tx_took = took.get("transactions")  # (the state hash was compared: "the key ..." above)
     tx_state = compare(tx, *tx_took)[0] if tx_took is not None else "unknown"
-    # new files of a Parquet or CSV input: their lines alone are validated (``incremental``); new
-    # Delta commits are not read apart yet: the whole history
-    appended = tx_state == "appended" and tx.files is not None and tx_took is not None
+    # new files of a Parquet or CSV input, or the files new commits of a Delta path table added:
+    # their lines alone are validated (``incremental``)
+    appended = tx_state == "appended" and tx_took is not None
     if tx_state != "unchanged" and not appended:
         return full
     if not (lake.exists(S.ORDERS) and lake.exists(S.CUSTOMER_DAYS) and lake.exists(S.QUARANTINE)):
@@ -236,19 +236,36 @@ def _reuse_or_full(
     if sum(rules.values()) != source.inputs["transactions"][2]:  # an erasure took some of its rows
         return Decision("full", f"quarantine rows of run {orders_run} were erased since", previous, prints)
     if appended:
-        assert tx.files is not None and tx_took is not None and tx_took[0] is not None
-        why_full = _why_not_incremental(lake, source, rules)
+        assert tx_took is not None
+        new, what = _new_files(tx, tx_took)
+        why_full = _why_not_incremental(lake, source, rules) if new is not None else what
         if why_full is not None:
             return Decision("full", f"{why_not_skip}; {why_full}", previous, prints)
-        taken_paths = {f.path for f in tx_took[0]}
-        new = tuple(f.path for f in tx.files if f.path not in taken_paths)
-        reason = (
-            f"input 'transactions': {len(new)} new file(s): only their lines validated, "
-            f"merged into the orders of run {orders_run}"
-        )
-        return Decision("incremental", reason, previous, prints, source, rules, new)
+        assert new is not None
+        if new:
+            reason = (
+                f"input 'transactions': {what}: only their lines validated, "
+                f"merged into the orders of run {orders_run}"
+            )
+            return Decision("incremental", reason, previous, prints, source, rules, new)
+        why_not_skip = f"{why_not_skip}; {what}: no new rows"  # e.g. only an OPTIMIZE: reuse
     reason = f"transactions as run {orders_run} took them: its orders reused ({why_not_skip})"
     return Decision("reuse", reason, previous, prints, source, rules)
+
+
+def _new_files(
+    tx: Fingerprint, took: tuple[list[InputFile] | None, int | None]
+) -> tuple[tuple[str, ...] | None, str]:
+    """The transactions' files added since the run took them, relative to the input's path, and
+    what they are (``(None, why)`` when they cannot be read apart): a folder's new files, or the
+    files new commits of a Delta path table added (``manifest.delta_batch``)."""
+    files, version = took
+    if tx.files is not None and files is not None:
+        taken_paths = {f.path for f in files}
+        new = tuple(f.path for f in tx.files if f.path not in taken_paths)
+        return new, f"{len(new)} new file(s)"
+    assert tx.version is not None and version is not None
+    return delta_batch(tx.location, version, tx.version)
 
 
 def _orders_moved(lake: Lakehouse, source: Previous, orders_run: str) -> str | None:
@@ -257,9 +274,10 @@ def _orders_moved(lake: Lakehouse, source: Previous, orders_run: str) -> str | N
     recorded = source.choices.get(ORDERS_VERSION)
     if recorded is not None:
         now = lake.version(S.ORDERS)
-        if now is None or now != int(recorded):
-            return f"orders changed since run {orders_run} wrote them (version {recorded}, now {now})"
-        return None
+        # a later OPTIMIZE or VACUUM (``segspark vacuum``) rewrites no rows: the orders stand
+        if now is not None and now >= int(recorded) and not lake.rows_changed(S.ORDERS, int(recorded), now):
+            return None
+        return f"orders changed since run {orders_run} wrote them (version {recorded}, now {now})"
     stamp = lake.read_output(S.ORDERS).select(S.RUN_ID).first()
     if stamp is not None and stamp[0] != orders_run:
         return f"orders were written by run {stamp[0]}, not run {orders_run}"

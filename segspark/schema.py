@@ -92,6 +92,11 @@ QUARANTINE: Final = "quarantine"
 RUNS: Final = "runs"
 # the input files (or Delta versions) each run took: what the next run compares (``segspark.refresh``)
 INPUT_MANIFEST: Final = "input_manifest"
+# the customers ``segspark erase`` removed: a tag of their key and when, so no later run takes their
+# rows dated up to then back from the inputs (``ingest.validation``: rule ``erased_customer``)
+ERASURES: Final = "erasures"
+ERASED_TAG: Final = "erased_tag"
+ERASED_AT: Final = "erased_at"
 REPORT_SUMMARY: Final = "report_summary"
 CLUSTER_PROFILES: Final = "cluster_profiles"
 CLV_VALIDATION: Final = "clv_validation"
@@ -163,7 +168,7 @@ SNAPSHOT_TABLES: Final = frozenset(
 # too (holdout); customer_state and customer_months the orders on or before the run's as_of_date.
 SILVER_TABLES: Final = frozenset({ORDERS, CUSTOMER_DAYS, CUSTOMER_STATE, CUSTOMER_MONTHS})
 # Tables that only ever grow, keyed by run_id.
-APPEND_TABLES: Final = frozenset({QUARANTINE, RUNS, INPUT_MANIFEST})
+APPEND_TABLES: Final = frozenset({QUARANTINE, RUNS, INPUT_MANIFEST, ERASURES})
 
 # Quarantine table columns (besides run_id / as_of_date added by the writer).
 Q_SOURCE_TABLE: Final = "source_table"

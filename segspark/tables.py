@@ -443,6 +443,11 @@ INPUT_MANIFEST_SCHEMA: Final = T.StructType(
     ]
 )
 
+# one row per customer key ``segspark erase`` removed: the SHA-256 (hex) of the key as the tables hold
+# it (the pseudonym, or the source id where pseudonymization is off; never the key itself, so the
+# key leaves every file once ``vacuum`` has run) and the erasure's time (UTC)
+ERASURES_SCHEMA: Final = T.StructType([_f(S.ERASED_TAG, STR), _f(S.ERASED_AT, TS)])
+
 SCHEMAS: dict[str, T.StructType] = {
     S.ORDERS: ORDERS_SCHEMA,
     S.CUSTOMER_DAYS: CUSTOMER_DAYS_SCHEMA,
@@ -467,6 +472,7 @@ SCHEMAS: dict[str, T.StructType] = {
     S.QUARANTINE: QUARANTINE_SCHEMA,
     S.RUNS: RUNS_SCHEMA,
     S.INPUT_MANIFEST: INPUT_MANIFEST_SCHEMA,
+    S.ERASURES: ERASURES_SCHEMA,
 }
 
 # The clustering features a profile row may summarize: the numeric per-customer columns.

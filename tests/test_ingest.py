@@ -386,6 +386,52 @@ def test_events_and_spend_rules(spark) -> None:
     res.release()
 
 
+@pytest.mark.parametrize("key", [KEY, None])
+def test_erased_customers_rows_up_to_the_erasure_are_quarantined_without_key_or_values(spark, key) -> None:
+    """The ``erasures`` list (a SHA-256 tag of the key the tables hold, and the time): CRM rows and
+    events of the customer dated up to the erasure, or undated, break ``erased_customer`` (before any
+    other rule but a missing id) and keep neither key nor values; rows dated after it are taken."""
+    held = pid("E1") if key is not None else "E1"
+    erased = spark.createDataFrame(
+        [(hashlib.sha256(held.encode()).hexdigest(), dt.datetime(2025, 5, 1, 12, tzinfo=dt.timezone.utc))],
+        "erased_tag string, erased_at timestamp",
+    )
+    events = spark.createDataFrame(
+        [
+            ("E1", "2025-05-01 10:00:00", "page_view", "web", "mobile"),  # before the erasure
+            (" E1", "2025-05-01 10:00:00", "page_view", "web", "mobile"),  # a copy of it
+            ("E1", "5/1/2025", "login", "web", "mobile"),  # undated
+            ("E1", "2025-05-02 09:00:00", "teleport", "web", "mobile"),  # after, and unknown type
+            ("E1", "2025-05-03 09:00:00", "login", "web", "mobile"),  # after: a new event
+            ("E2", "2025-05-01 10:00:00", "login", "web", "mobile"),  # another customer
+        ],
+        "customer_id string, event_ts string, event_type string, channel string, device string",
+    )
+    privacy = PrivacyConfig(pseudonymize=key is not None)
+    res = ingest.validate(events, "events", QualityConfig(), NOW, key=key, privacy=privacy, erased=erased)
+    assert res.by_rule == {"erased_customer": 3, "unknown_event_type": 1}
+    ingest.reconcile(res)
+    kept = sorted((r["customer_id"], r["event_type"]) for r in res.clean.collect())
+    assert kept == sorted([(held, "login"), (pid("E2") if key is not None else "E2", "login")])
+    rows = [r.asDict() for r in res.quarantine.where("rule = 'erased_customer'").collect()]
+    assert [(r["customer_id"], r["raw"]) for r in rows] == [(None, None)] * 3
+    res.release()
+    customers = spark.createDataFrame(
+        [("E1", "2024-01-01 00:00:00", "34"), ("E1", None, "35"), ("E1", "2025-05-02 00:00:00", "35")],
+        "customer_id string, signup_ts string, age string",
+    )
+    res = ingest.validate(
+        customers, "customers", QualityConfig(), NOW, key=key, privacy=privacy, erased=erased
+    )
+    # the two rows up to the erasure are the erased customer's; the signup since conflicts with them
+    # (one id, three records) while the source still holds them: quarantined, its key kept
+    assert res.by_rule == {"erased_customer": 2, "customer_id_conflict": 1}
+    assert res.clean.count() == 0
+    res.release()
+    with pytest.raises(ConfigError, match="'erased_customer' is not configurable"):
+        load_settings(overrides=["quality.rules.erased_customer=off"])
+
+
 def test_conform_renames_and_names_missing_columns(spark) -> None:
     df = spark.createDataFrame(
         [("a", "o", "2025-01-01", "1", "x@y")], "cust string, oid string, ts string, amt string, email string"

@@ -311,3 +311,156 @@ def test_a_run_that_dies_between_the_merges_is_never_stood_on(
     tables = {name: _table(out, name) for name in ("orders", "customer_days")}
     assert _choices(ingest("--set", "refresh=full"))["refresh"] == "full: refresh: full"
     assert {name: _table(out, name) for name in tables} == tables
+
+
+def test_an_erased_customer_stays_out_of_later_runs_until_rows_dated_after_the_erasure_arrive(
+    lake: dict[str, Any],
+) -> None:
+    """``segspark erase`` records a tag of the key and the time; later runs re-read the input that
+    still holds the customer's lines, and quarantine them without key or values (rule
+    ``erased_customer``; rows in = clean + quarantined still), on a full refresh and on an
+    incremental one; a purchase dated after the erasure brings the customer back with it alone."""
+    import hashlib
+    import hmac
+
+    from segspark.cli import main
+
+    ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
+    pseudonym = hmac.new(b"refresh-key", b"C003", hashlib.sha256).hexdigest()
+
+    def holding(name: str) -> bool:
+        return pseudonym in repr(DeltaTable(str(out / "tables" / name)).to_pyarrow_table().to_pylist())
+
+    silver = ("orders", "customer_days", "customer_state", "customer_months")
+    ingest()
+    assert all(holding(name) for name in silver)
+    assert main(["erase", *lake["args"], "--customer-id", "C003"]) == 0
+    erasures = DeltaTable(str(out / "tables" / "erasures")).to_pyarrow_table().to_pylist()
+    assert [r["erased_tag"] for r in erasures] == [hashlib.sha256(pseudonym.encode()).hexdigest()]
+    erased_at = erasures[0]["erased_at"]
+    assert not any(holding(name) for name in (*silver, "erasures", "quarantine"))
+
+    skipped = ingest()  # the input unchanged: nothing recomputed, the tables stay as erased
+    assert _choices(skipped)["refresh"].startswith("skip: ")
+    assert not any(holding(name) for name in (*silver, "quarantine"))
+    again = ingest("--set", "refresh=full")  # the whole input again, C003's line still in it
+    assert not any(holding(name) for name in (*silver, "quarantine"))
+    assert _quarantine(out, again["run_id"]) == [("", "erased_customer", None)]
+    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in again["inputs"]] == [(12, 11, 1)]
+
+    # new lines of C003: a late return of its erased order (dated before the erasure) and a purchase
+    # since, with a new customer's order
+    since = (erased_at + dt.timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S")
+    _csv(
+        folder / "b.csv", [("C003", "O003", "2024-04-13 11:00:00", "-3.00"), ("C003", "O903", since, "25.00")]
+    )
+    _csv(folder / "c.csv", _rows(12, 1))
+    step = ingest()
+    assert _choices(step)["refresh"].startswith("incremental: input 'transactions': 2 new file(s)")
+    orders = DeltaTable(str(out / "tables" / "orders")).to_pyarrow_table().to_pylist()
+    assert sorted(r["order_id"] for r in orders if r["customer_id"] == pseudonym) == ["O903"]
+    assert _quarantine(out, step["run_id"]) == [("", "erased_customer", None)] * 2
+    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in step["inputs"]] == [(15, 13, 2)]
+    merged = {name: _table(out, name) for name in silver}
+    full = ingest("--set", "refresh=full")
+    assert {name: _table(out, name) for name in silver} == merged
+    assert _quarantine(out, full["run_id"]) == _quarantine(out, step["run_id"])
+
+
+@pytest.mark.parametrize("engine", ["delta-rs", "delta-spark"])
+def test_new_delta_commits_are_read_apart_and_merged_into_what_a_full_refresh_gives(
+    spark: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """A Delta path table of transactions (partitioned): the files its new commits added are read
+    alone (their partition column from the log) and merged as new files of a folder are; an
+    OPTIMIZE adds no rows (the orders reused); a new file compacted with older ones cannot be read
+    apart (the whole history, with the reason)."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from segspark.cli import main
+
+    monkeypatch.setenv("SEGSPARK_PSEUDO_KEY", "refresh-key")
+    where, out = tmp_path / "tx", tmp_path / "out"
+
+    def commit(rows: list[tuple[object, ...]]) -> None:
+        columns = {c: [str(r[i]) for r in rows] for i, c in enumerate(HEADER)}
+        shops = ["north" if int(str(r[0])[1:]) % 2 else "south" for r in rows]
+        write_deltalake(
+            str(where), pa.table({**columns, "shop": shops}), mode="append", partition_by=["shop"]
+        )
+
+    args = [
+        "--set", f"input.transactions.path={where}", "--set", "input.transactions.format=delta",
+        "--set", f"output.path={out}", "--set", "spark.shuffle_partitions=2",
+        "--set", "tracking.enabled=false", "--set", f"lakehouse.engine={engine}",
+    ]  # fmt: skip
+
+    def ingest(*extra: str) -> dict[str, Any]:
+        assert main(["ingest", *args, *extra]) == 0
+        return _runs(out)[-1]
+
+    commit(_rows(0, 12))  # version 0
+    first = ingest()
+    commit(
+        [
+            *_rows(12, 2),  # new customers, one per shop
+            _rows(1, 1)[0],  # a copy of a line the first run took
+            ("C003", "O003", "2024-04-13 09:00:00", "-3.00"),  # a return of O003
+            ("C005", "O105", "2024-06-20 10:00:00", "40.00"),  # a known customer's new order
+            ("C007", "O107", "2024-03-01 10:00:00", "n/a"),
+        ]
+    )  # version 1: a file per shop
+    step = ingest()
+    assert _choices(step)["refresh"] == (
+        "incremental: input 'transactions': Delta versions 1..1, 2 new file(s): only their lines "
+        f"validated, merged into the orders of run {first['run_id']}"
+    )
+    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in step["inputs"]] == [(18, 16, 2)]
+    names = ("orders", "customer_days", "customer_state", "customer_months")
+    merged = {name: _table(out, name) for name in names}
+    quarantine = _quarantine(out, step["run_id"])
+    assert sorted(r[1] for r in quarantine) == ["bad_amount", "duplicate_line"]
+    assert all('"shop":"north"' in r[2] for r in quarantine)  # the partition column, from the log
+    full = ingest("--set", "refresh=full")
+    assert {name: _table(out, name) for name in names} == merged
+    assert _quarantine(out, full["run_id"]) == quarantine
+
+    DeltaTable(str(where)).optimize.compact()  # version 2: rows rewritten, none new
+    compacted = ingest()
+    assert _choices(compacted)["refresh"].startswith(f"reuse: transactions as run {full['run_id']} took them")
+    assert "Delta versions 2..2, 0 new file(s): no new rows" in _choices(compacted)["refresh"]
+    commit(_rows(20, 2))  # version 3
+    DeltaTable(str(where)).optimize.compact()  # version 4: the new files compacted with older ones
+    again = ingest()
+    assert _choices(again)["refresh"].startswith("full: ")
+    assert _choices(again)["refresh"].endswith(
+        "Delta versions 3..4: 2 new file(s) no longer in version 4 (compacted or removed)"
+    )
+
+
+def test_a_vacuum_between_runs_changes_no_rows_and_the_next_run_stays_incremental(
+    lake: dict[str, Any],
+) -> None:
+    """``segspark vacuum`` compacts ``orders`` (an OPTIMIZE commit, no row changed): the next run on
+    new files still stands on the orders (incremental), and gives what a full refresh gives."""
+    from segspark.cli import main
+
+    ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
+    ingest()
+    _csv(folder / "b.csv", _rows(12, 2))
+    merged = ingest()  # the MERGE adds a file to orders
+    assert _choices(merged)["refresh"].startswith("incremental: ")
+    assert main(["vacuum", *lake["args"], "--set", "lakehouse.compact_min_files=2"]) == 0
+    orders = DeltaTable(str(out / "tables" / "orders"))
+    assert orders.version() > int(_choices(merged)["refresh.orders_version"])
+    assert "OPTIMIZE" in [h["operation"] for h in orders.history(3)]
+    _csv(folder / "c.csv", [*_rows(14, 1), ("C002", "O202", "2024-08-01 10:00:00", "5.00")])
+    step = ingest()
+    assert _choices(step)["refresh"] == (
+        f"incremental: input 'transactions': 1 new file(s): only their lines validated, merged into the "
+        f"orders of run {merged['run_id']}"
+    )
+    kept = {name: _table(out, name) for name in ("orders", "customer_days", "customer_state")}
+    ingest("--set", "refresh=full")
+    assert {name: _table(out, name) for name in kept} == kept

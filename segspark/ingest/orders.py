@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from segspark import schema as S
 from segspark.ingest.keys import LINE_HASH
-from segspark.ingest.quarantine import RAW, RULE
+from segspark.ingest.quarantine import RAW, RULE, kept
 from segspark.silver import order_aggregates
 
 # Internal columns of the per-order frame: the order's quarantined lines, and the time of its last
@@ -32,7 +32,11 @@ def grouped_orders(flagged: DataFrame) -> DataFrame:
     """Flagged lines (output columns, ``schema.SOURCE_KEY``, rule, raw) -> one persisted row per
     (source customer id, order id): the aggregates of its clean lines, and its quarantined lines."""
     clean = F.col(RULE).isNull()
-    bad = F.struct(F.col(S.CUSTOMER_ID).cast("string").alias(S.CUSTOMER_ID), F.col(RULE), F.col(RAW))
+    bad = F.struct(
+        kept(F.col(S.CUSTOMER_ID).cast("string")).alias(S.CUSTOMER_ID),
+        F.col(RULE),
+        kept(F.col(RAW)).alias(RAW),
+    )
     return (
         flagged.groupBy(S.SOURCE_KEY, S.ORDER_ID)
         .agg(

@@ -7,12 +7,18 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segspark import schema as S
-from segspark.config import PrivacyConfig, QualityConfig
+from segspark.config import ERASED_RULE, PrivacyConfig, QualityConfig
 from segspark.ingest.rules import TABLE_RULES, rule_reasons
 
 # Internal column names of the flagged frame: the rule a row broke (null: clean) and its raw JSON.
 RULE = "_dq_rule"
 RAW = "_dq_raw"
+
+
+def kept(column: Column) -> Column:
+    """What a quarantined row keeps of ``column`` (its customer key, its raw JSON): nothing for a row
+    of an erased customer (rule ``erased_customer``): the erasure leaves neither key nor values."""
+    return F.when(F.col(RULE) != ERASED_RULE, column)
 
 
 def raw_fields(src_cols: list[str], privacy: PrivacyConfig, pseudo: bool) -> list[Column]:
@@ -39,8 +45,10 @@ def quarantine_rows(flagged: DataFrame, table: str, cfg: QualityConfig, with_id:
     reason_map = F.create_map(*[F.lit(x) for r in TABLE_RULES[table] for x in (r, reasons[r])])
     return flagged.where(F.col(RULE).isNotNull()).select(
         F.lit(table).alias(S.Q_SOURCE_TABLE),
-        (F.col(S.CUSTOMER_ID).cast("string") if with_id else F.lit(None).cast("string")).alias(S.CUSTOMER_ID),
+        (kept(F.col(S.CUSTOMER_ID).cast("string")) if with_id else F.lit(None).cast("string")).alias(
+            S.CUSTOMER_ID
+        ),
         F.col(RULE).alias(S.Q_RULE),
         F.try_element_at(reason_map, F.col(RULE)).alias(S.Q_REASON),
-        F.col(RAW).alias(S.Q_RAW),
+        kept(F.col(RAW)).alias(S.Q_RAW),
     )

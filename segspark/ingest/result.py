@@ -11,6 +11,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame
 
+from segspark.config import ERASED_RULE
 from segspark.errors import DataQualityError, SegsparkError
 
 # the package's logger: log lines keep the name they had when ingest was one module
@@ -84,13 +85,17 @@ def check_quarantine_share(result: IngestResult, max_share: float) -> None:
     """Raise ``DataQualityError`` (exit code 3) when more than ``max_share`` of the table's rows were
     quarantined (``quality.max_quarantine_share``): an absurd share means a broken feed or a wrong
     column mapping, and segments built on the few rows left would mislead."""
-    if result.rows_in == 0 or result.rows_quarantined <= max_share * result.rows_in:
+    # the rows of erased customers are not a quality finding: not counted against the share
+    quarantined = result.rows_quarantined - result.by_rule.get(ERASED_RULE, 0)
+    if result.rows_in == 0 or quarantined <= max_share * result.rows_in:
         return
-    share = result.rows_quarantined / result.rows_in
-    top = sorted(result.by_rule.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    share = quarantined / result.rows_in
+    top = sorted(
+        ((r, n) for r, n in result.by_rule.items() if r != ERASED_RULE), key=lambda kv: (-kv[1], kv[0])
+    )[:3]
     rules = ", ".join(f"{r}={n}" for r, n in top)
     raise DataQualityError(
-        f"table '{result.table}': {result.rows_quarantined} of {result.rows_in} rows quarantined "
+        f"table '{result.table}': {quarantined} of {result.rows_in} rows quarantined "
         f"({share:.0%}, above quality.max_quarantine_share={max_share:g}); top rules: {rules}; "
         f"look at the quarantine table's rule, reason and raw columns, and check input.{result.table}"
         f".columns and quality.timestamp_formats"

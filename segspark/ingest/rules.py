@@ -4,12 +4,13 @@ carries (the rule ids and their precedence: ``segspark.config.QUALITY_RULE_IDS``
 from __future__ import annotations
 
 from segspark import schema as S
-from segspark.config import QUALITY_RULE_IDS, QualityConfig
+from segspark.config import ERASED_RULE, QUALITY_RULE_IDS, QualityConfig
 
 # Rules evaluated per input table (each list in precedence order, a sub-sequence of QUALITY_RULE_IDS).
 TABLE_RULES: dict[str, tuple[str, ...]] = {
     "transactions": (
         "missing_customer_id",
+        ERASED_RULE,
         "missing_order_id",
         "bad_timestamp",
         "future_timestamp",
@@ -22,6 +23,7 @@ TABLE_RULES: dict[str, tuple[str, ...]] = {
     ),
     "customers": (
         "missing_customer_id",
+        ERASED_RULE,
         "future_timestamp",
         "too_early_timestamp",
         "malformed_customer",
@@ -30,6 +32,7 @@ TABLE_RULES: dict[str, tuple[str, ...]] = {
     ),
     "events": (
         "missing_customer_id",
+        ERASED_RULE,
         "bad_timestamp",
         "future_timestamp",
         "too_early_timestamp",
@@ -38,6 +41,9 @@ TABLE_RULES: dict[str, tuple[str, ...]] = {
     ),
     "marketing_spend": ("missing_channel", "bad_timestamp", "bad_amount", "duplicate_line"),
 }
+# The column that dates a row of each keyed input: a row of an erased customer dated after the
+# erasure (a purchase, event or signup since) is new and taken; one dated up to it, or undated, not.
+DATED_BY: dict[str, str] = {"transactions": S.ORDER_TS, "customers": S.SIGNUP_TS, "events": S.EVENT_TS}
 DEFAULT_SEVERITY = "quarantine"
 for _rules in TABLE_RULES.values():  # each table's rules keep the global precedence order
     assert list(_rules) == sorted(_rules, key=QUALITY_RULE_IDS.index), _rules
@@ -48,6 +54,7 @@ def rule_reasons(cfg: QualityConfig) -> dict[str, str]:
     cap = f" or above the cap {cfg.outlier_abs_cap:g}" if cfg.outlier_abs_cap else ""
     return {
         "missing_customer_id": "customer id is missing or blank",
+        ERASED_RULE: "the customer was erased (segspark erase) and the row is dated up to the erasure",
         "missing_order_id": "order id is missing or blank",
         "missing_channel": "channel is missing or blank",
         "bad_timestamp": "timestamp is missing or cannot be parsed",
@@ -72,4 +79,6 @@ def rule_reasons(cfg: QualityConfig) -> dict[str, str]:
 
 
 def severity(rule: str, cfg: QualityConfig) -> str:
+    if rule == ERASED_RULE:
+        return DEFAULT_SEVERITY
     return cfg.rules.get(rule, DEFAULT_SEVERITY)

@@ -19,21 +19,22 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segspark import schema as S
-from segspark.config import PrivacyConfig, QualityConfig
+from segspark.config import ERASED_RULE, PrivacyConfig, QualityConfig
 from segspark.errors import InputError
 from segspark.ingest.columns import blank_to_null, conform, is_true
 from segspark.ingest.keys import LINE_HASH, with_row_keys
 from segspark.ingest.orders import clean_orders, grouped_orders, quarantined_lines, rule_counts
 from segspark.ingest.plans import SEEN, Plan, table_plan
-from segspark.ingest.quarantine import RAW, RULE, quarantine_rows, raw_fields
+from segspark.ingest.quarantine import RAW, RULE, kept, quarantine_rows, raw_fields
 from segspark.ingest.result import IngestResult
-from segspark.ingest.rules import TABLE_RULES, severity
+from segspark.ingest.rules import DATED_BY, TABLE_RULES, severity
 from segspark.privacy import mark_pseudonymized
 
 # the package's logger: log lines keep the name they had when ingest was one module
 log = logging.getLogger("segspark.ingest")
 
 HISTORY_HASH = "_dq_history_hash"  # ``History.lines``: one clean line's hash
+_ERASED_TAG, _ERASED_AT = "_dq_erased_tag", "_dq_erased_at"  # ``erased``: a row's customer's erasure
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def validate(
     key: bytes | None = None,
     privacy: PrivacyConfig | None = None,
     history: History | None = None,
+    erased: DataFrame | None = None,
 ) -> IngestResult:
     """Apply the quality rules of ``table`` to a conformed input; return clean rows, quarantine and counts.
 
@@ -75,6 +77,9 @@ def validate(
     quarantine JSON omits them.
     ``currency_rates``: optional table (currency, rate = units of the base currency per unit), on top
     of ``quality.currency.rates``. Clean amounts are in the base currency.
+    ``erased``: the ``erasures`` table (``segspark erase``): a row of an erased customer dated up to
+    the erasure, or undated, breaks rule ``erased_customer`` (first after a missing id) and is
+    quarantined without its key and values; one dated after it (a purchase since) is taken.
 
     Clean columns: transactions: customer_id, order_id, order_ts, amount, quantity, product_category,
     channel, currency; customers: customer_id, signup_ts, acquisition_channel, country, age,
@@ -95,8 +100,19 @@ def validate(
     plan = table_plan(df, table, cfg, processing_ts, currency_rates, pid, whole)
     rows_in, counted = _count_input(df, plan)
     stage = _parsed_stage(df, plan, src_kept, keyed_table, counted)
-    rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off"]
+    rules = [
+        r
+        for r in TABLE_RULES[table]
+        if severity(r, cfg) != "off" and (r != ERASED_RULE or erased is not None)
+    ]
     stage = with_row_keys(stage, table, plan, rules, src_kept, key if pseudo else None)
+    if ERASED_RULE in rules:
+        assert erased is not None
+        stage = _with_erasures(stage, erased)
+        dated = F.col(DATED_BY[table])
+        plan.rules[ERASED_RULE] = lambda d: (
+            F.col(_ERASED_AT).isNotNull() & ~F.coalesce(dated > F.col(_ERASED_AT), F.lit(False))
+        )
     if history is not None and LINE_HASH in stage.columns:
         seen = history.lines.select(
             S.CUSTOMER_ID, S.ORDER_ID, F.col(HISTORY_HASH).alias(LINE_HASH), F.lit(True).alias(SEEN)
@@ -129,6 +145,7 @@ def validate_inputs(
     key: bytes | None = None,
     privacy: PrivacyConfig | None = None,
     history: Mapping[str, History] | None = None,
+    erased: DataFrame | None = None,
 ) -> list[IngestResult]:
     """``conform`` and ``validate`` every input (``mappings``: its canonical -> source columns), all
     at once; the results in the order of ``frames``.
@@ -144,6 +161,7 @@ def validate_inputs(
     and what each input caches is held until the stage ends either way.
 
     ``history``: by input, what a batch of its new rows is validated against (``validate``).
+    ``erased``: the ``erasures`` table, for every input keyed by customer (``validate``).
 
     ``held``: every validated input's ``release`` is appended, in input order, before the first
     input's error (in input order, as when they ran one by one) is raised.
@@ -159,6 +177,7 @@ def validate_inputs(
             key=key,
             privacy=privacy,
             history=past,
+            erased=erased,
         )
 
     with ThreadPoolExecutor(max_workers=max(1, len(frames)), thread_name_prefix="validate") as pool:
@@ -184,6 +203,15 @@ def _check_columns(df: DataFrame, table: str) -> None:
     for name in required:
         if name not in df.columns:
             raise InputError(f"{table}: required column '{name}' is missing; columns are {df.columns}")
+
+
+def _with_erasures(stage: DataFrame, erased: DataFrame) -> DataFrame:
+    """``stage`` with the time its customer was last erased (null: never), matched by the SHA-256 of
+    the key the tables hold (``erasures.erased_tag``). A broadcast join: the list is small next to
+    the input, and the rows keep their partitioning and order by customer."""
+    tags = erased.groupBy(F.col(S.ERASED_TAG).alias(_ERASED_TAG)).agg(F.max(S.ERASED_AT).alias(_ERASED_AT))
+    tag = F.sha2(F.col(S.CUSTOMER_ID).cast("string"), 256)
+    return stage.join(F.broadcast(tags), tag == F.col(_ERASED_TAG), "left").drop(_ERASED_TAG)
 
 
 def _count_input(df: DataFrame, plan: Plan) -> tuple[int, dict[str, int]]:
@@ -249,10 +277,7 @@ def _flagged(stage: DataFrame, plan: Plan, raw: list[Column], pseudo: bool) -> D
         *keep_key,
         *([F.col(LINE_HASH)] if LINE_HASH in stage.columns else []),
         F.col(RULE),
-        F.when(
-            F.col(RULE).isNotNull(),
-            F.to_json(F.struct(*raw), {"ignoreNullFields": "false"}),
-        ).alias(RAW),
+        kept(F.to_json(F.struct(*raw), {"ignoreNullFields": "false"})).alias(RAW),
     )
 
 

@@ -113,6 +113,21 @@ def commit_actions(root: Path | str, version: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def changes_rows(root: Path | str, since: int, upto: int) -> bool:
+    """Whether a commit in (``since``, ``upto``] adds or removes rows (an ``add`` or ``remove`` with
+    ``dataChange``); an OPTIMIZE, a VACUUM or a property change does not. A commit file already
+    cleaned up counts as one that did: what it did is unknown."""
+    for version in range(since + 1, upto + 1):
+        actions = commit_actions(root, version)
+        if not actions:
+            return True
+        for action in actions:
+            change = action.get("add") or action.get("remove")
+            if change is not None and change.get("dataChange", True):
+                return True
+    return False
+
+
 def conflicting_commit(
     root: Path | str,
     since: int,

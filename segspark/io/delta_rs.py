@@ -456,6 +456,30 @@ def read_table(
     return _scan(spark, table, _add_actions(table)), table.version()
 
 
+def read_files_of(
+    spark: SparkSession, table_uri: str, name: str, files: list[str], version: int | None = None
+) -> DataFrame:
+    """Only the data files ``files`` (paths relative to the root, decoded) of a Delta table's
+    snapshot: the new commits' files of an incremental refresh. Read as the whole table is (one
+    scan, the partition columns from the log), by either engine: a path table's files are Parquet.
+    A file no longer in the snapshot (compacted or removed since the run decided) is an
+    ``InputError``: the next run decides again."""
+    from urllib.parse import unquote
+
+    table = open_table(table_uri, name, version)
+    actions = _add_actions(table)
+    wanted = set(files)
+    keep = pa.array([unquote(p) in wanted for p in actions.column("path").to_pylist()], pa.bool_())
+    chosen = actions.filter(keep)
+    if chosen.num_rows != len(wanted):
+        raise InputError(
+            f"input '{name}': {len(wanted) - chosen.num_rows} of its {len(wanted)} new Delta file(s) "
+            f"are no longer in version {table.version()} of {table_uri}: the table changed while the run "
+            "read it; run again"
+        )
+    return _scan(spark, table, chosen)
+
+
 def _partition_column(table: DeltaTable, name: str, column: str, actions: pa.Table) -> pa.ChunkedArray:
     if column not in table.metadata().partition_columns:
         raise InputError(f"table '{name}' is not partitioned by {column}")

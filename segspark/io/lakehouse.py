@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from segspark import schema as S
 from segspark import tables
 from segspark.errors import ConfigError, InputError
-from segspark.io import delta_rs, delta_spark, inputs, storage
+from segspark.io import delta_log, delta_rs, delta_spark, delta_spark_table, inputs, storage
 from segspark.io.engine import (
     CHANGE_DATA_FEED,
     MIN_SAFE_RETENTION_HOURS,
@@ -350,6 +350,13 @@ class Lakehouse:
             return None
         return self._engine.compact(self.target(name), self.settings.lakehouse.compact_min_files)
 
+    def rows_changed(self, name: str, since: int, upto: int) -> bool:
+        """Whether table ``name``'s commits in (``since``, ``upto``] added or removed rows, read from
+        a path table's log (``delta_log.changes_rows``: an OPTIMIZE or a VACUUM changes none); True
+        where the log cannot be read as files (a catalog table): nothing is known of them."""
+        root = delta_spark_table.log_root(self.target(name))
+        return root is None or delta_log.changes_rows(root, since, upto)
+
     def version(self, name: str) -> int | None:
         """The table's latest version (None when it does not exist)."""
         if not self.exists(name):
@@ -396,8 +403,12 @@ class Lakehouse:
         return df, InputInfo(name, location, cfg.format, None)
 
     def read_input_files(self, name: str, files: list[str]) -> DataFrame:
-        """Only ``files`` (relative to its path) of the Parquet or CSV input ``name``."""
+        """Only ``files`` (relative to its path) of the Parquet or CSV input ``name``, or of the Delta
+        path table ``name`` (data files of its log, at ``input.<name>.version`` or the newest)."""
         cfg: InputTable = getattr(self.settings.input, name)
+        if cfg.format == "delta":
+            assert cfg.path is not None
+            return delta_rs.read_files_of(self.spark, cfg.path, name, files, cfg.version)
         return inputs.read_files(self.spark, name, cfg, files)
 
     def input_configured(self, name: str) -> bool:

@@ -137,3 +137,29 @@ def _first_rewrite(location: str, since: int, upto: int) -> int | None:
         if any("remove" in a and a["remove"].get("dataChange", True) for a in actions):
             return version
     return None
+
+
+def delta_batch(location: str, since: int, upto: int) -> tuple[tuple[str, ...] | None, str]:
+    """The data files a Delta path table's commits in (``since``, ``upto``] added with new rows
+    (``add`` actions with ``dataChange``; an OPTIMIZE's rewrites of rows already taken are not new),
+    relative to the table's root and decoded, with what they are; ``(None, why)`` when they cannot
+    be read apart: one of them is no longer in version ``upto`` (compacted with rows taken before, or
+    removed). Call only on commits ``compare`` found to add rows and remove none."""
+    from urllib.parse import unquote
+
+    import pyarrow as pa
+
+    from segspark.io.delta_log import commit_actions, delta_table
+
+    added: list[str] = []
+    for version in range(since + 1, upto + 1):
+        for action in commit_actions(location, version):
+            add = action.get("add")
+            if add is not None and add.get("dataChange", True):
+                added.append(unquote(add["path"]))
+    live = pa.table(delta_table(location, upto).get_add_actions(flatten=True)).column("path").to_pylist()
+    gone = sorted(set(added) - {unquote(p) for p in live})
+    what = f"Delta versions {since + 1}..{upto}"
+    if gone:
+        return None, f"{what}: {len(gone)} new file(s) no longer in version {upto} (compacted or removed)"
+    return tuple(added), f"{what}, {len(added)} new file(s)"
