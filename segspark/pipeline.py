@@ -422,6 +422,7 @@ def _with_batch(
     why = ingest.why_full(validated[0], past.earlier, carried.quarantine, amounts, cfg, before)
     if why is None:
         io.choose(refresh.NEW_FILES, len(decision.new_files))
+        io.choose(refresh.NEW_ROWS, validated[0].rows_in)
         return [ingest.combined(carried, validated[0]), *validated[1:]]
     validated[0].release()  # the whole history after all, as a full refresh: said, with its reason
     _refresh_fully(io, why)

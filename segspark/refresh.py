@@ -68,6 +68,7 @@ ORDERS_VERSION = "refresh.orders_version"
 # the amount_outlier rule's bound over the whole transactions input (``repr`` of the float)
 OUTLIER_BOUND = "refresh.outlier_bound"
 NEW_FILES = "refresh.new_files"  # an incremental refresh: the new transaction files it validated
+NEW_ROWS = "refresh.new_rows"  # ... and their lines (rows in; the input's whole count is in ``inputs``)
 # an incremental refresh: the per-customer tables' rows of customers without new orders kept and
 # the touched customers' recomputed (``kept: ...``), or both rebuilt from every order, and why
 STATE = "refresh.state"

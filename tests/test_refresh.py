@@ -243,7 +243,7 @@ def test_new_files_are_validated_alone_and_merged_into_what_a_full_refresh_gives
         f"incremental: input 'transactions': 1 new file(s): only their lines validated, merged into the "
         f"orders of run {first['run_id']}"
     )
-    assert _choices(step)["refresh.new_files"] == "1"
+    assert (_choices(step)["refresh.new_files"], _choices(step)["refresh.new_rows"]) == ("1", "7")
     assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in step["inputs"]] == [(19, 17, 2)]
     assert sorted(r[1] for r in _quarantine(out, step["run_id"])) == ["bad_amount", "duplicate_line"]
     names = ("orders", "customer_days", "customer_state", "customer_months")
@@ -416,6 +416,7 @@ def test_new_delta_commits_are_read_apart_and_merged_into_what_a_full_refresh_gi
         "incremental: input 'transactions': Delta versions 1..1, 2 new file(s): only their lines "
         f"validated, merged into the orders of run {first['run_id']}"
     )
+    assert (_choices(step)["refresh.new_files"], _choices(step)["refresh.new_rows"]) == ("2", "6")
     assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in step["inputs"]] == [(18, 16, 2)]
     names = ("orders", "customer_days", "customer_state", "customer_months")
     merged = {name: _table(out, name) for name in names}
