@@ -25,6 +25,9 @@ and the last week's files (streamed with pyarrow, once per ``--lines``); then in
    silver tables of 2 and 3 are compared row by row (amounts to 9 decimals).
 
     python benchmarks/bench_refresh.py --incremental --lines 10000000
+
+``--delta`` (with ``--incremental``): the transactions a Delta path table (the history its first
+commit, the week a second one): the incremental run reads only the files the new commit added.
 """
 
 from __future__ import annotations
@@ -176,19 +179,38 @@ def silver_equal(output: Path, incremental: dict[str, int], full: dict[str, int]
     }
 
 
-def incremental_sequence(data: dict[str, Any], out: Path, extra: list[str]) -> list[dict[str, Any]]:
-    """History, then its week's files added (incremental), then ``refresh=full`` on the same files."""
+def _delta_commit(source: Path, table: Path) -> None:
+    """The Parquet files of ``source`` appended to the Delta table ``table`` as one commit (streamed)."""
+    import pyarrow.dataset as ds
+    from deltalake import write_deltalake
+
+    reader = ds.dataset(source, format="parquet").scanner(batch_size=250_000).to_reader()
+    write_deltalake(str(table), reader, mode="append")
+
+
+def incremental_sequence(
+    data: dict[str, Any], out: Path, extra: list[str], delta: bool = False
+) -> list[dict[str, Any]]:
+    """History, then its week's files added (incremental), then ``refresh=full`` on the same files.
+    ``delta``: the transactions a Delta path table instead, the week appended as one commit."""
     history, week = split_week(data, out)
-    where = out / "incremental"
+    where = out / ("incremental-delta" if delta else "incremental")
     shutil.rmtree(where, ignore_errors=True)
     folder, output, logs = where / "transactions", where / "output", where / "logs"
-    shutil.copytree(history, folder)
+    if delta:
+        _delta_commit(history, folder)
+    else:
+        shutil.copytree(history, folder)
     base = [*run_overrides({**data, "parquet": str(folder)}, "tx", output), *extra]
+    if delta:
+        base.append("input.transactions.format=delta")
     results: list[dict[str, Any]] = []
     versions: dict[str, dict[str, int]] = {}
     for step in INCREMENTAL_STEPS:
         items = [*base, *(["refresh=full"] if step == "full" else [])]
-        if step == "incremental":
+        if step == "incremental" and delta:
+            _delta_commit(week, folder)
+        elif step == "incremental":
             for f in sorted(week.iterdir()):
                 shutil.copy2(f, folder / f.name)
         row, result = _step(step, items, output, logs)
@@ -207,12 +229,14 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--set", action="append", default=[], dest="extra", help="extra --set for every run")
     p.add_argument("--incremental", action="store_true", help="history, + a week's files, full (see above)")
+    p.add_argument("--delta", action="store_true", help="--incremental on a Delta table (the week: a commit)")
     args = p.parse_args()
     out = Path(args.out)
     data = prepare(out, args.lines)
     if args.incremental:
         print(f"history + its last week on {data['lines']:,} lines", flush=True)
-        found = incremental_sequence(data, out / "refresh" / f"incremental-{args.lines}", args.extra)
+        where = out / "refresh" / f"incremental-{args.lines}"
+        found = incremental_sequence(data, where, args.extra, args.delta)
         inc, full = found[1], found[2]
         print("\n| step | wall s | after session start s | of the full run |")
         print("| --- | --- | --- | --- |")
@@ -221,7 +245,7 @@ def main() -> int:
             print(f"| {r['step']} | {r['wall_s']:.1f} | {r['after_session_s']:.1f} | {share:.0%} |")
         after = inc["after_session_s"] / full["after_session_s"]
         print(f"incremental / full after the session started: {after:.0%}")
-        (out / "refresh" / f"incremental-{args.lines}.json").write_text(
+        (out / "refresh" / f"incremental-{args.lines}{'-delta' if args.delta else ''}.json").write_text(
             json.dumps(found, indent=1, default=str)
         )
         return 0

@@ -82,10 +82,11 @@ def test_every_read_is_written_earlier_and_every_write_is_a_contract_table() -> 
         for name in stage.writes:
             assert name.startswith("clean:") or name in tables.SCHEMAS, (stage.name, name)
         written.update(stage.writes)
-    # every output table but the run's own record comes out of exactly one stage
+    # every output table but the run's own record and the erasures (``segspark erase`` writes them,
+    # ingest reads them) comes out of exactly one stage
     producers = [name for stage in PIPELINE for name in stage.writes if not name.startswith("clean:")]
     assert len(producers) == len(set(producers))
-    assert set(tables.SCHEMAS) - set(producers) == {S.RUNS}
+    assert set(tables.SCHEMAS) - set(producers) == {S.RUNS, S.ERASURES}
 
 
 def test_every_command_runs_a_part_of_the_list_in_its_order() -> None:
