@@ -113,19 +113,22 @@ def commit_actions(root: Path | str, version: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def changes_rows(root: Path | str, since: int, upto: int) -> bool:
-    """Whether a commit in (``since``, ``upto``] adds or removes rows (an ``add`` or ``remove`` with
-    ``dataChange``); an OPTIMIZE, a VACUUM or a property change does not. A commit file already
-    cleaned up counts as one that did: what it did is unknown."""
+def first_row_change(
+    root: Path | str, since: int, upto: int, kinds: tuple[str, ...] = ("add", "remove")
+) -> int | None:
+    """The first commit in (``since``, ``upto``] with an action of ``kinds`` that changes rows
+    (``dataChange``: ``remove`` alone finds an overwrite, DELETE, UPDATE or MERGE; with ``add``,
+    any new rows too); None when no commit does (an OPTIMIZE, a VACUUM, a property change). A
+    commit file already cleaned up counts as one that did: what it did is unknown."""
     for version in range(since + 1, upto + 1):
         actions = commit_actions(root, version)
         if not actions:
-            return True
+            return version
         for action in actions:
-            change = action.get("add") or action.get("remove")
+            change = next((action[k] for k in kinds if k in action), None)
             if change is not None and change.get("dataChange", True):
-                return True
-    return False
+                return version
+    return None
 
 
 def conflicting_commit(

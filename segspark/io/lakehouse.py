@@ -352,10 +352,10 @@ class Lakehouse:
 
     def rows_changed(self, name: str, since: int, upto: int) -> bool:
         """Whether table ``name``'s commits in (``since``, ``upto``] added or removed rows, read from
-        a path table's log (``delta_log.changes_rows``: an OPTIMIZE or a VACUUM changes none); True
-        where the log cannot be read as files (a catalog table): nothing is known of them."""
+        a path table's log (``delta_log.first_row_change``: an OPTIMIZE or a VACUUM changes none);
+        True where the log cannot be read as files (a catalog table): nothing is known of them."""
         root = delta_spark_table.log_root(self.target(name))
-        return root is None or delta_log.changes_rows(root, since, upto)
+        return root is None or delta_log.first_row_change(root, since, upto) is not None
 
     def version(self, name: str) -> int | None:
         """The table's latest version (None when it does not exist)."""

@@ -128,15 +128,9 @@ def _first_rewrite(location: str, since: int, upto: int) -> int | None:
     MERGE: a ``remove`` with ``dataChange``), from the log's commit files; None when every commit
     only adds rows or changes no data (OPTIMIZE, properties). A commit file already cleaned up is
     taken for a rewrite: what it did is unknown."""
-    from segspark.io.delta_log import commit_actions
+    from segspark.io.delta_log import first_row_change
 
-    for version in range(since + 1, upto + 1):
-        actions = commit_actions(location, version)
-        if not actions:
-            return version
-        if any("remove" in a and a["remove"].get("dataChange", True) for a in actions):
-            return version
-    return None
+    return first_row_change(location, since, upto, kinds=("remove",))
 
 
 def delta_batch(location: str, since: int, upto: int) -> tuple[tuple[str, ...] | None, str]:
