@@ -318,12 +318,11 @@ def stage_ingest(io: StageIO) -> None:
     key = privacy.resolve_key(settings.privacy, demo=io.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     mappings = {name: getattr(settings.input, name).columns for name in INPUTS}
-    # customers ``segspark erase`` removed: their rows dated up to the erasure stay out (quarantined
-    # without key or values), whether this run validates the whole history or only new files
-    erased = io.earlier(S.ERASURES) if io.has_earlier(S.ERASURES) else None
+    # ``erased``: customers ``segspark erase`` removed stay out (their rows up to the erasure), on
+    # the whole history and on new files alike
     validate = functools.partial(
         ingest.validate_inputs, cfg=settings.quality, processing_ts=processing_ts, held=io.releases, key=key,
-        privacy=settings.privacy, erased=erased,
+        privacy=settings.privacy, erased=io.earlier(S.ERASURES) if io.has_earlier(S.ERASURES) else None,
     )  # fmt: skip
     past = _history(io, frames["transactions"], mappings["transactions"]) if batch else None
     validated = validate(frames, mappings, history={"transactions": past} if past is not None else None)

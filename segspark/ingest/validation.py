@@ -100,19 +100,11 @@ def validate(
     plan = table_plan(df, table, cfg, processing_ts, currency_rates, pid, whole)
     rows_in, counted = _count_input(df, plan)
     stage = _parsed_stage(df, plan, src_kept, keyed_table, counted)
-    rules = [
-        r
-        for r in TABLE_RULES[table]
-        if severity(r, cfg) != "off" and (r != ERASED_RULE or erased is not None)
-    ]
+    skip = {ERASED_RULE} if erased is None else set()  # without an erasures list, no erased rows
+    rules = [r for r in TABLE_RULES[table] if severity(r, cfg) != "off" and r not in skip]
     stage = with_row_keys(stage, table, plan, rules, src_kept, key if pseudo else None)
-    if ERASED_RULE in rules:
-        assert erased is not None
-        stage = _with_erasures(stage, erased)
-        dated = F.col(DATED_BY[table])
-        plan.rules[ERASED_RULE] = lambda d: (
-            F.col(_ERASED_AT).isNotNull() & ~F.coalesce(dated > F.col(_ERASED_AT), F.lit(False))
-        )
+    if erased is not None and ERASED_RULE in rules:
+        stage = _with_erasures(stage, erased, plan, DATED_BY[table])
     if history is not None and LINE_HASH in stage.columns:
         seen = history.lines.select(
             S.CUSTOMER_ID, S.ORDER_ID, F.col(HISTORY_HASH).alias(LINE_HASH), F.lit(True).alias(SEEN)
@@ -205,12 +197,15 @@ def _check_columns(df: DataFrame, table: str) -> None:
             raise InputError(f"{table}: required column '{name}' is missing; columns are {df.columns}")
 
 
-def _with_erasures(stage: DataFrame, erased: DataFrame) -> DataFrame:
+def _with_erasures(stage: DataFrame, erased: DataFrame, plan: Plan, dated_by: str) -> DataFrame:
     """``stage`` with the time its customer was last erased (null: never), matched by the SHA-256 of
-    the key the tables hold (``erasures.erased_tag``). A broadcast join: the list is small next to
-    the input, and the rows keep their partitioning and order by customer."""
+    the key the tables hold (``erasures.erased_tag``), and the plan's ``erased_customer`` condition
+    on it: erased, and the row not dated after the erasure. A broadcast join: the list is small
+    next to the input, and the rows keep their partitioning and order by customer."""
     tags = erased.groupBy(F.col(S.ERASED_TAG).alias(_ERASED_TAG)).agg(F.max(S.ERASED_AT).alias(_ERASED_AT))
     tag = F.sha2(F.col(S.CUSTOMER_ID).cast("string"), 256)
+    at = F.col(_ERASED_AT)
+    plan.rules[ERASED_RULE] = lambda d: at.isNotNull() & ~F.coalesce(F.col(dated_by) > at, F.lit(False))
     return stage.join(F.broadcast(tags), tag == F.col(_ERASED_TAG), "left").drop(_ERASED_TAG)
 
 
