@@ -198,6 +198,7 @@ SLOWEST_FIRST = (
     "test_faults",
     "test_bad_inputs",
     "test_notebooks",
+    "test_refresh_outputs",
     "test_lifecycle",
     "test_engine_features",
     "test_engine_contract",
