@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from segspark import refresh
 from segspark import schema as S
 from segspark.context import RunContext, recorded
 from segspark.io.engine import MIN_SAFE_RETENTION_HOURS
@@ -36,11 +37,16 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
         else:
             keys = [i.strip() for i in source_ids]
         _record_erasures(ctx, keys)
+        # read before the deletes: what they take from the orders and quarantine the next run stands on
+        effect = refresh.erasure_effect(ctx.lake, keys, ctx.started.astimezone(dt.timezone.utc))
+        ctx.choices.update(effect)
         for name in sorted(OUTPUT_TABLES):
             n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
             if n:
                 deleted[name] = n
                 ctx.outputs[name] = ctx.lake.version(name)
+        if effect:  # the version the next run's refresh finds this erasure's delete at
+            ctx.choices[refresh.ORDERS_VERSION] = str(ctx.lake.version(S.ORDERS))
     log.info(
         "erased %d customer key(s): %s; earlier table versions keep them until 'segspark vacuum' "
         "(lakehouse.vacuum_retention_hours=%s)",

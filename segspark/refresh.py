@@ -14,8 +14,9 @@ of the same command took (its ``input_manifest`` rows). The decision:
   full refresh would judge otherwise turns the run into a ``full`` one in ingest, with the reason.
 - ``full``: anything else, with the reason recorded (``choices["refresh"]``): the first run, a
   retry of a run id, ``refresh: full``, settings or code changed, an input rewritten, removed or not
-  listable from here, ``orders`` committed to since the run that validated it, or new Delta commits
-  of the transactions (not read apart yet).
+  listable from here, ``orders`` committed to since the run that validated it (other than by
+  an erasure that recorded what it took: ``erasure_effect``), or Delta commits of the
+  transactions since that removed rows.
 
 ``refresh: incremental`` decides like ``auto``, and records a full refresh as a warning of the run
 (a scheduler watching ``runs.warnings`` sees that a weekly run cost a whole history).
@@ -40,6 +41,7 @@ from pyspark.sql import functions as F
 
 from segspark import schema as S
 from segspark import tables
+from segspark.config import ERASED_RULE
 from segspark.io.manifest import Fingerprint, InputFile, compare, delta_batch, fingerprint
 from segspark.version import code_version
 
@@ -72,6 +74,15 @@ NEW_ROWS = "refresh.new_rows"  # ... and their lines (rows in; the input's whole
 # an incremental refresh: the per-customer tables' rows of customers without new orders kept and
 # the touched customers' recomputed (``kept: ...``), or both rebuilt from every order, and why
 STATE = "refresh.state"
+# ``segspark erase``: the ``orders`` version before its delete (its ``refresh.orders_version`` is the
+# one after, its ``refresh.orders_run`` the run whose orders it erased from), the erased customers'
+# clean lines in those orders and their quarantine rows of that run's transactions: what a full
+# refresh would now quarantine as ``erased_customer``, so the next run stays incremental; or why it
+# cannot (``erase.full``)
+ERASE_FROM = "erase.orders_from"
+ERASED_CLEAN = "erase.clean_lines"
+ERASED_QUARANTINED = "erase.quarantined_lines"
+ERASE_FULL = "erase.full"
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,9 @@ class Decision:
     reused_rules: dict[str, int] = field(default_factory=dict)
     # incremental: the transactions' new files (paths relative to the input's path)
     new_files: tuple[str, ...] = ()
+    # reuse and incremental: the lines of customers erased since the run that validated the
+    # transactions (clean, quarantined): ``erased_customer`` lines now (``reused_transactions``)
+    erased: tuple[int, int] = (0, 0)
 
 
 def state_hash(settings: Settings, spark: SparkSession, key: bytes | None) -> str:
@@ -224,9 +238,17 @@ def _reuse_or_full(
         return full
     if not (lake.exists(S.ORDERS) and lake.exists(S.CUSTOMER_DAYS) and lake.exists(S.QUARANTINE)):
         return full
-    moved = _orders_moved(lake, source, orders_run)
+    erasures = _erasures_since(lake, orders_run)
+    blocked = next((e[ERASE_FULL] for e in erasures if ERASE_FULL in e), None)
+    if blocked is not None:
+        return Decision("full", f"{why_not_skip}; {blocked}", previous, prints)
+    moved = _orders_moved(lake, source, orders_run, erasures)
     if moved is not None:
         return Decision("full", moved, previous, prints)
+    erased = (
+        sum(int(e.get(ERASED_CLEAN, "0")) for e in erasures),
+        sum(int(e.get(ERASED_QUARANTINED, "0")) for e in erasures),
+    )
     rules = {
         r[S.Q_RULE]: int(r["n"])
         for r in _carried_quarantine(lake, orders_run)
@@ -234,8 +256,10 @@ def _reuse_or_full(
         .agg(F.count(F.lit(1)).alias("n"))
         .collect()
     }
-    if sum(rules.values()) != source.inputs["transactions"][2]:  # an erasure took some of its rows
+    if sum(rules.values()) + erased[1] != source.inputs["transactions"][2]:  # an erasure took rows
         return Decision("full", f"quarantine rows of run {orders_run} were erased since", previous, prints)
+    if sum(erased):  # what a full refresh now quarantines of the erased customers' lines
+        rules[ERASED_RULE] = rules.get(ERASED_RULE, 0) + sum(erased)
     if appended:
         assert tx_took is not None
         new, what = _new_files(tx, tx_took)
@@ -248,10 +272,10 @@ def _reuse_or_full(
                 f"input 'transactions': {what}: only their lines validated, "
                 f"merged into the orders of run {orders_run}"
             )
-            return Decision("incremental", reason, previous, prints, source, rules, new)
+            return Decision("incremental", reason, previous, prints, source, rules, new, erased)
         why_not_skip = f"{why_not_skip}; {what}: no new rows"  # e.g. only an OPTIMIZE: reuse
     reason = f"transactions as run {orders_run} took them: its orders reused ({why_not_skip})"
-    return Decision("reuse", reason, previous, prints, source, rules)
+    return Decision("reuse", reason, previous, prints, source, rules, erased=erased)
 
 
 def _new_files(
@@ -269,20 +293,112 @@ def _new_files(
     return delta_batch(tx.location, version, tx.version)
 
 
-def _orders_moved(lake: Lakehouse, source: Previous, orders_run: str) -> str | None:
-    """Why ``orders`` is not what run ``orders_run`` left (None: it is): a commit since the version
-    it recorded, or (runs before that record) a row stamped by another run."""
+def _orders_moved(
+    lake: Lakehouse, source: Previous, orders_run: str, erasures: list[dict[str, str]]
+) -> str | None:
+    """Why ``orders`` is not what run ``orders_run`` left less what ``erasures`` (the ``segspark
+    erase`` runs since, oldest first) deleted (None: it is): a commit since the version it recorded
+    that no erasure accounts for, or (runs before that record) a row stamped by another run."""
     recorded = source.choices.get(ORDERS_VERSION)
     if recorded is not None:
-        now = lake.version(S.ORDERS)
+        now, at = lake.version(S.ORDERS), int(recorded)
         # a later OPTIMIZE or VACUUM (``segspark vacuum``) rewrites no rows: the orders stand
-        if now is not None and now >= int(recorded) and not lake.rows_changed(S.ORDERS, int(recorded), now):
-            return None
+        for erasure in erasures:  # each erasure's delete: from the version before it to the one after
+            start = int(erasure[ERASE_FROM])
+            if start < at or (start > at and lake.rows_changed(S.ORDERS, at, start)):
+                break
+            at = int(erasure[ORDERS_VERSION])
+        else:
+            if now is not None and now >= at and (now == at or not lake.rows_changed(S.ORDERS, at, now)):
+                return None
         return f"orders changed since run {orders_run} wrote them (version {recorded}, now {now})"
     stamp = lake.read_output(S.ORDERS).select(S.RUN_ID).first()
     if stamp is not None and stamp[0] != orders_run:
         return f"orders were written by run {stamp[0]}, not run {orders_run}"
     return None
+
+
+def _erasures_since(lake: Lakehouse, orders_run: str) -> list[dict[str, str]]:
+    """The choices of the ``segspark erase`` runs that erased from the orders of run ``orders_run``
+    (``erasure_effect``), oldest first: a few rows."""
+    runs = lake.read_output(S.RUNS)
+    rows = (
+        runs.where(
+            (F.col("status") == "succeeded")
+            & (F.col("command") == "erase")
+            & (F.try_element_at(F.col("choices"), F.lit(ORDERS_RUN)) == F.lit(orders_run))
+        )
+        .orderBy("ended_at")
+        .select("choices")
+        .collect()
+    )
+    return [dict(r["choices"]) for r in rows]
+
+
+def erasure_effect(lake: Lakehouse, keys: list[str], erased_at: dt.datetime) -> dict[str, str]:
+    """What ``segspark erase`` of ``keys`` (as the tables hold them) means for the next run's refresh,
+    read before its deletes (``ERASE_*`` choices of its ``runs`` row): the run whose orders it erases
+    from, the version they are at, and the customers' clean lines in them and quarantine rows of
+    that run's transactions, which a full refresh would quarantine as ``erased_customer`` now. Or why
+    the next run must refresh fully: an erased order dated after the erasure (a full refresh takes
+    it), or on the date of the input's last clean line (the default as_of_date may move). Empty when
+    ``orders`` does not stand on a run that validated them (the next run is a full one anyway)."""
+    if not (lake.exists(S.ORDERS) and lake.exists(S.RUNS) and lake.exists(S.QUARANTINE)):
+        return {}
+    now = lake.version(S.ORDERS)
+    stood = _orders_source(lake, now)
+    if now is None or stood is None:
+        return {}
+    source = last_succeeded(lake, run_id=stood)
+    if source is None or DATA_DATE not in source.choices:
+        return {}
+    mine = F.col(S.CUSTOMER_ID).isin(sorted(set(keys)))
+    data_date = dt.date.fromisoformat(source.choices[DATA_DATE])
+    row = (
+        lake.read_output(S.ORDERS)
+        .where(mine)
+        .agg(
+            F.coalesce(F.sum(S.LINES), F.lit(0)).alias("lines"),
+            F.count_if(F.col(S.ORDER_TS) > F.lit(erased_at)).alias("after"),
+            F.count_if(F.col(S.ORDER_DATE) >= F.lit(data_date)).alias("last_day"),
+        )
+        .first()
+    )
+    assert row is not None
+    quarantined = _carried_quarantine(lake, stood).where(mine).count()
+    effect = {
+        ORDERS_RUN: stood,
+        ERASE_FROM: str(now),
+        ERASED_CLEAN: str(int(row["lines"])),
+        ERASED_QUARANTINED: str(quarantined),
+    }
+    if row["after"]:
+        effect[ERASE_FULL] = "an erased customer's order is dated after the erasure"
+    elif row["last_day"]:
+        effect[ERASE_FULL] = f"an erased customer's order is on the input's last date ({data_date})"
+    return effect
+
+
+def _orders_source(lake: Lakehouse, now: int | None) -> str | None:
+    """The run that validated the transactions behind ``orders`` at version ``now``: the newest
+    succeeded run (or erasure) that recorded the version it left, when no rows changed since."""
+    row = (
+        lake.read_output(S.RUNS)
+        .where(
+            (F.col("status") == "succeeded")
+            & F.try_element_at(F.col("choices"), F.lit(ORDERS_VERSION)).isNotNull()
+        )
+        .orderBy(F.col("ended_at").desc())
+        .select(S.RUN_ID, "choices")
+        .first()
+    )
+    if row is None or now is None:
+        return None
+    choices = dict(row["choices"])
+    left = int(choices[ORDERS_VERSION])
+    if left > now or (left < now and lake.rows_changed(S.ORDERS, left, now)):
+        return None
+    return choices.get(ORDERS_RUN, row[S.RUN_ID])
 
 
 def _why_not_incremental(lake: Lakehouse, source: Previous, rules: dict[str, int]) -> str | None:
@@ -309,24 +425,42 @@ def _carried_quarantine(lake: Lakehouse, orders_run: str) -> DataFrame:
 def reused_transactions(lake: Lakehouse, decision: Decision, pseudonymized: bool) -> IngestResult:
     """The transactions as the run that wrote ``orders`` validated them, nothing read from the
     input: its counts, and its quarantine rows to append again under this run's id (a run's
-    quarantine rows are its whole input's, as a full run's are). No orders: they stand."""
+    quarantine rows are its whole input's, as a full run's are). No orders: they stand. The lines of
+    customers erased since are ``erased_customer`` rows, without key or values, as a full refresh
+    quarantines them (``Decision.erased``)."""
     from segspark.ingest.result import IngestResult
 
     source = decision.source
     assert source is not None and decision.mode in ("reuse", "incremental")
     rows_in, rows_clean, rows_quarantined = source.inputs["transactions"]
     carried = _carried_quarantine(lake, source.run_id)
+    clean_erased, quarantined_erased = decision.erased
+    if clean_erased + quarantined_erased:
+        carried = carried.unionByName(_erased_rows(lake.spark, clean_erased + quarantined_erased))
     last = dt.datetime.combine(dt.date.fromisoformat(source.choices[DATA_DATE]), dt.time(0))
     return IngestResult(
         table="transactions",
         clean=None,
         quarantine=carried,
         rows_in=rows_in,
-        rows_clean=rows_clean,
-        rows_quarantined=rows_quarantined,
+        rows_clean=rows_clean - clean_erased,
+        rows_quarantined=rows_quarantined + clean_erased,
         by_rule=dict(decision.reused_rules),
         pseudonymized=pseudonymized,
         last_clean_ts=last,
+    )
+
+
+def _erased_rows(spark: SparkSession, n: int) -> DataFrame:
+    """``n`` quarantine rows of the transactions' rule ``erased_customer``: neither key nor values."""
+    from segspark.ingest.rules import ERASED_REASON
+
+    return spark.range(n).select(
+        F.lit("transactions").alias(S.Q_SOURCE_TABLE),
+        F.lit(None).cast("string").alias(S.CUSTOMER_ID),
+        F.lit(ERASED_RULE).alias(S.Q_RULE),
+        F.lit(ERASED_REASON).alias(S.Q_REASON),
+        F.lit(None).cast("string").alias(S.Q_RAW),
     )
 
 

@@ -316,10 +316,12 @@ def test_a_run_that_dies_between_the_merges_is_never_stood_on(
 def test_an_erased_customer_stays_out_of_later_runs_until_rows_dated_after_the_erasure_arrive(
     lake: dict[str, Any],
 ) -> None:
-    """``segspark erase`` records a tag of the key and the time; later runs re-read the input that
-    still holds the customer's lines, and quarantine them without key or values (rule
-    ``erased_customer``; rows in = clean + quarantined still), on a full refresh and on an
-    incremental one; a purchase dated after the erasure brings the customer back with it alone."""
+    """``segspark erase`` records a tag of the key and the time, and what it took from the orders and
+    quarantine the next run stands on; later runs re-read the input that still holds the customers'
+    lines and quarantine them without key or values (rule ``erased_customer``; rows in = clean +
+    quarantined still): the run right after the erasure stays incremental and gives what a full
+    refresh gives; a purchase dated after the erasure brings the customer back with it alone, and
+    erasing a customer whose order is dated after the erasure makes the next run a full one."""
     import hashlib
     import hmac
 
@@ -327,26 +329,35 @@ def test_an_erased_customer_stays_out_of_later_runs_until_rows_dated_after_the_e
 
     ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
     pseudonym = hmac.new(b"refresh-key", b"C003", hashlib.sha256).hexdigest()
+    other = hmac.new(b"refresh-key", b"C004", hashlib.sha256).hexdigest()
 
-    def holding(name: str) -> bool:
-        return pseudonym in repr(DeltaTable(str(out / "tables" / name)).to_pyarrow_table().to_pylist())
+    def holding(name: str, key: str = pseudonym) -> bool:
+        return key in repr(DeltaTable(str(out / "tables" / name)).to_pyarrow_table().to_pylist())
+
+    def counts(row: dict[str, Any]) -> list[tuple[int, int, int]]:
+        return [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in row["inputs"]]
 
     silver = ("orders", "customer_days", "customer_state", "customer_months")
-    ingest()
-    assert all(holding(name) for name in silver)
-    assert main(["erase", *lake["args"], "--customer-id", "C003"]) == 0
+    _csv(folder / "a2.csv", [("C004", "O904", "2024-05-14 10:00:00", "n/a")])  # quarantined: bad_amount
+    first = ingest()
+    assert counts(first) == [(13, 12, 1)]
+    assert all(holding(name) for name in silver) and holding("quarantine", other)
+    assert main(["erase", *lake["args"], "--customer-id", "C003", "--customer-id", "C004"]) == 0
     erasures = DeltaTable(str(out / "tables" / "erasures")).to_pyarrow_table().to_pylist()
-    assert [r["erased_tag"] for r in erasures] == [hashlib.sha256(pseudonym.encode()).hexdigest()]
+    tags = sorted(hashlib.sha256(k.encode()).hexdigest() for k in (pseudonym, other))
+    assert sorted(r["erased_tag"] for r in erasures) == tags
     erased_at = erasures[0]["erased_at"]
-    assert not any(holding(name) for name in (*silver, "erasures", "quarantine"))
+    for key in (pseudonym, other):
+        assert not any(holding(name, key) for name in (*silver, "erasures", "quarantine"))
+    erase = _runs(out)[-1]
+    assert erase["command"] == "erase"
+    effect = {k: v for k, v in _choices(erase).items() if k.startswith("erase.")}
+    assert effect == {"erase.orders_from": "0", "erase.clean_lines": "2", "erase.quarantined_lines": "1"}
+    assert _choices(erase)["refresh.orders_run"] == first["run_id"]
 
     skipped = ingest()  # the input unchanged: nothing recomputed, the tables stay as erased
     assert _choices(skipped)["refresh"].startswith("skip: ")
     assert not any(holding(name) for name in (*silver, "quarantine"))
-    again = ingest("--set", "refresh=full")  # the whole input again, C003's line still in it
-    assert not any(holding(name) for name in (*silver, "quarantine"))
-    assert _quarantine(out, again["run_id"]) == [("", "erased_customer", None)]
-    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in again["inputs"]] == [(12, 11, 1)]
 
     # new lines of C003: a late return of its erased order (dated before the erasure) and a purchase
     # since, with a new customer's order
@@ -355,16 +366,29 @@ def test_an_erased_customer_stays_out_of_later_runs_until_rows_dated_after_the_e
         folder / "b.csv", [("C003", "O003", "2024-04-13 11:00:00", "-3.00"), ("C003", "O903", since, "25.00")]
     )
     _csv(folder / "c.csv", _rows(12, 1))
-    step = ingest()
+    step = ingest()  # right after the erasure: only the new files validated
     assert _choices(step)["refresh"].startswith("incremental: input 'transactions': 2 new file(s)")
     orders = DeltaTable(str(out / "tables" / "orders")).to_pyarrow_table().to_pylist()
     assert sorted(r["order_id"] for r in orders if r["customer_id"] == pseudonym) == ["O903"]
-    assert _quarantine(out, step["run_id"]) == [("", "erased_customer", None)] * 2
-    assert [(i["rows_in"], i["rows_clean"], i["rows_quarantined"]) for i in step["inputs"]] == [(15, 13, 2)]
+    # C003's and C004's lines of the first run, C004's bad line, the late return: no key, no values
+    assert _quarantine(out, step["run_id"]) == [("", "erased_customer", None)] * 4
+    assert counts(step) == [(16, 12, 4)]
     merged = {name: _table(out, name) for name in silver}
-    full = ingest("--set", "refresh=full")
+    full = ingest("--set", "refresh=full")  # the whole input again, the erased lines still in it
     assert {name: _table(out, name) for name in silver} == merged
     assert _quarantine(out, full["run_id"]) == _quarantine(out, step["run_id"])
+    assert counts(full) == counts(step)
+
+    # C003 erased again: its order O903 is dated after this erasure too, which a full refresh takes
+    assert main(["erase", *lake["args"], "--customer-id", "C003"]) == 0
+    assert _choices(_runs(out)[-1])["erase.full"] == "an erased customer's order is dated after the erasure"
+    _csv(folder / "d.csv", _rows(13, 1))
+    after = ingest()
+    assert _choices(after)["refresh"].startswith("full: ") and _choices(after)["refresh"].endswith(
+        "; an erased customer's order is dated after the erasure"
+    ), _choices(after)["refresh"]
+    orders = DeltaTable(str(out / "tables" / "orders")).to_pyarrow_table().to_pylist()
+    assert sorted(r["order_id"] for r in orders if r["customer_id"] == pseudonym) == ["O903"]
 
 
 @pytest.mark.parametrize("engine", ["delta-rs", "delta-spark"])

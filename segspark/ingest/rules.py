@@ -45,6 +45,7 @@ TABLE_RULES: dict[str, tuple[str, ...]] = {
 # erasure (a purchase, event or signup since) is new and taken; one dated up to it, or undated, not.
 DATED_BY: dict[str, str] = {"transactions": S.ORDER_TS, "customers": S.SIGNUP_TS, "events": S.EVENT_TS}
 DEFAULT_SEVERITY = "quarantine"
+ERASED_REASON = "the customer was erased (segspark erase) and the row is dated up to the erasure"
 for _rules in TABLE_RULES.values():  # each table's rules keep the global precedence order
     assert list(_rules) == sorted(_rules, key=QUALITY_RULE_IDS.index), _rules
 
@@ -54,7 +55,7 @@ def rule_reasons(cfg: QualityConfig) -> dict[str, str]:
     cap = f" or above the cap {cfg.outlier_abs_cap:g}" if cfg.outlier_abs_cap else ""
     return {
         "missing_customer_id": "customer id is missing or blank",
-        ERASED_RULE: "the customer was erased (segspark erase) and the row is dated up to the erasure",
+        ERASED_RULE: ERASED_REASON,
         "missing_order_id": "order id is missing or blank",
         "missing_channel": "channel is missing or blank",
         "bad_timestamp": "timestamp is missing or cannot be parsed",
