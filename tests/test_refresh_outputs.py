@@ -75,8 +75,9 @@ def _same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
 
 @pytest.fixture(scope="module")
 def runs(spark: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run 1 on the history; run 2 in the same lakehouse after the week's file arrives (incremental);
-    a full run on both files in a fresh lakehouse."""
+    """Run 1 on the history; a customer erased; run 2 in the same lakehouse after the week's file
+    arrives (incremental); a full run on both files in a fresh lakehouse that erased the same
+    customer first."""
     from segspark.cli import main
 
     root = tmp_path_factory.mktemp("refresh-outputs")
@@ -92,10 +93,15 @@ def runs(spark: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     new["order_ts"] = pd.Timestamp("2025-12-28 10:00", tz="UTC")
     copies = history.iloc[[7, len(history) // 3, len(history) - 5]]  # lines the first run took
     week = pd.concat([lines[lines["order_ts"] >= WEEK_STARTS], copies, late, new])
+    # erased between the runs: a customer of several lines, none on the history's last date
+    last_day = history.groupby("customer_id")["order_ts"].agg(["max", "size"])
+    erased = str(
+        last_day[(last_day["size"] > 2) & (last_day["max"] < WEEK_STARTS - pd.Timedelta(days=2))].index[0]
+    )
 
-    def run(name: str, *extra: str) -> dict[str, Any]:
+    def sets(name: str, *extra: str) -> list[str]:
         out = root / name / "out"
-        sets = [
+        items = [
             f"input.transactions.path={root / name / 'tx'}",
             "input.transactions.format=parquet",
             f"input.customers.path={data / 'customers'}",
@@ -108,8 +114,14 @@ def runs(spark: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
             "clustering.k_max=5",
             *extra,
         ]
-        assert main(["run", *[x for s in sets for x in ("--set", s)]]) == 0
-        return {"out": out, "row": _last_run(out)}
+        return [x for s in items for x in ("--set", s)]
+
+    def run(name: str, *extra: str) -> dict[str, Any]:
+        assert main(["run", *sets(name, *extra)]) == 0
+        return {"out": root / name / "out", "row": _last_run(root / name / "out")}
+
+    def erase(name: str) -> None:
+        assert main(["erase", *sets(name), "--customer-id", erased]) == 0
 
     for name in ("incremental", "full"):
         (root / name / "tx").mkdir(parents=True)
@@ -119,13 +131,16 @@ def runs(spark: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     first = run("incremental", "clv.enabled=false", "churn.enabled=false", "clustering.enabled=false")
     _parquet(week, root / "incremental" / "tx" / "week.parquet")
     _parquet(week, root / "full" / "tx" / "week.parquet")
+    erase("incremental")
+    erase("full")  # before any run: the erasure recorded, nothing else to delete
     return {"first": first, "incremental": run("incremental"), "full": run("full")}
 
 
 def test_an_incremental_run_writes_every_table_a_full_run_writes(runs: dict[str, Any]) -> None:
     """Silver tables, features, scores (CLV fit statistics and parameters to 1e-9), clusters and
     personas, KPIs, cohorts, LTV:CAC, quarantine and counts: what a full run on the same files in a
-    fresh lakehouse writes. Drift and transitions compare with each lakehouse's own past: left out."""
+    fresh lakehouse writes, the customer erased between the runs kept out of both. Drift and
+    transitions compare with each lakehouse's own past: left out."""
     inc, full = runs["incremental"], runs["full"]
     refresh = dict(inc["row"]["choices"])["refresh"]
     assert refresh.startswith("incremental: input 'transactions': 1 new file(s)"), refresh
@@ -137,7 +152,11 @@ def test_an_incremental_run_writes_every_table_a_full_run_writes(runs: dict[str,
 
     counts = counted(inc["row"])
     assert counts == counted(full["row"])
-    assert {c[0]: c[3] for c in counts}["transactions"] >= 3  # the three copies at least
+    # the three copies and the erased customer's lines at least
+    assert {c[0]: c[3] for c in counts}["transactions"] >= 6
+    quarantine = DeltaTable(str(inc["out"] / "tables" / S.QUARANTINE)).to_pandas()
+    mine = quarantine[quarantine[S.RUN_ID] == inc["row"]["run_id"]]
+    assert (mine[S.Q_RULE] == "erased_customer").sum() >= 3
 
     def tables(row: dict[str, Any]) -> set[str]:
         return {o["table"] for o in row["outputs"] or []} - AGAINST_THE_PAST - BOOKKEEPING
