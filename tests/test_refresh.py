@@ -290,17 +290,17 @@ def test_a_run_that_dies_between_the_merges_is_never_stood_on(
     ingest, folder, out = lake["ingest"], lake["folder"], lake["out"]
     first = ingest()
     _csv(folder / "b.csv", [*_rows(12, 2), ("C003", "O003", "2024-04-13 11:00:00", "-1.00")])
-    merge = Lakehouse.merge
+    write = Lakehouse.write
 
     def dies_before_the_days(self: Lakehouse, df: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         if name == "customer_days":
             raise RuntimeError("the driver died here")
-        return merge(self, df, name, *args, **kwargs)
+        return write(self, df, name, *args, **kwargs)
 
-    monkeypatch.setattr(Lakehouse, "merge", dies_before_the_days)
+    monkeypatch.setattr(Lakehouse, "write", dies_before_the_days)
     assert main(["ingest", *lake["args"]]) == 1  # an unexpected error: exit 1
     assert _runs(out)[-1]["status"] == "failed"
-    monkeypatch.setattr(Lakehouse, "merge", merge)
+    monkeypatch.setattr(Lakehouse, "write", write)
     version = DeltaTable(str(out / "tables" / "orders")).version()
     recorded = _choices(first)["refresh.orders_version"]
     assert version == int(recorded) + 1  # the dead run's MERGE
