@@ -65,7 +65,10 @@ def _step(step: str, items: list[str], output: Path, logs: Path) -> tuple[dict[s
         raise SystemExit(f"{step}: exit {run.code}; see {logs}")
     row = _runs(output)[-1]
     choices = dict(row["choices"] or [])
-    stages = {k: round(v, 1) for k, v in dict(row["step_seconds"] or []).items() if k.startswith("stage_")}
+    seconds = dict(row["step_seconds"] or [])
+    stages = {k: round(v, 1) for k, v in seconds.items() if k.startswith("stage_")}
+    # silver's commits: a full run's writes, an incremental run's MERGE and writes
+    silver = {k: round(v, 1) for k, v in seconds.items() if k.split("_", 1)[-1] in SILVER}
     inputs = {i["name"]: i["rows_in"] for i in row["inputs"] or []}
     print(
         f"  {step:15s} {run.wall_s:7.1f} s wall, {row['duration_s']:7.1f} s after the session started",
@@ -73,6 +76,7 @@ def _step(step: str, items: list[str], output: Path, logs: Path) -> tuple[dict[s
     )
     print(f"    {choices.get('refresh', '')[:160]}; rows in {inputs}", flush=True)
     print(f"    {stages}", flush=True)
+    print(f"    silver: {silver}", flush=True)
     return row, {
         "step": step,
         "wall_s": round(run.wall_s, 1),
@@ -80,6 +84,7 @@ def _step(step: str, items: list[str], output: Path, logs: Path) -> tuple[dict[s
         "refresh": choices.get("refresh", ""),
         "rows_in": inputs,
         "stages": stages,
+        "silver": silver,
     }
 
 
