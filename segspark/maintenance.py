@@ -36,9 +36,9 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
             keys = [hmac.new(key, i.strip().encode("utf-8"), hashlib.sha256).hexdigest() for i in source_ids]
         else:
             keys = [i.strip() for i in source_ids]
-        _record_erasures(ctx, keys)
+        at = _record_erasures(ctx, keys)
         # read before the deletes: what they take from the orders and quarantine the next run stands on
-        effect = refresh.erasure_effect(ctx.lake, keys, ctx.started.astimezone(dt.timezone.utc))
+        effect = refresh.erasure_effect(ctx.lake, keys, at)
         ctx.choices.update(effect)
         for name in sorted(OUTPUT_TABLES):
             n = ctx.lake.delete_keys(name, S.CUSTOMER_ID, keys)
@@ -57,12 +57,12 @@ def erase(ctx: RunContext, source_ids: list[str]) -> dict[str, int]:
     return deleted
 
 
-def _record_erasures(ctx: RunContext, keys: list[str]) -> None:
+def _record_erasures(ctx: RunContext, keys: list[str]) -> dt.datetime:
     """Append the erased keys' tags (SHA-256 of the key as the tables hold it, never the key) and the
     erasure's time to ``erasures``, before any row is deleted: a later run quarantines their rows
     dated up to now without key or values (rule ``erased_customer``), so re-reading an input that
     still holds them does not bring them back; a row dated after the erasure (a purchase since) is
-    taken."""
+    taken. Returns the erasure's time (UTC), which ``refresh.erasure_effect`` compares orders with."""
     import hashlib
 
     from segspark import tables
@@ -72,6 +72,7 @@ def _record_erasures(ctx: RunContext, keys: list[str]) -> None:
     df = ctx.spark.createDataFrame(rows, tables.ERASURES_SCHEMA)
     res = ctx.lake.write(df, S.ERASURES, run_id=ctx.run_id, as_of_date=ctx.as_of_date or at.date())
     ctx.outputs[S.ERASURES] = res.version
+    return at
 
 
 def vacuum(ctx: RunContext, *, force: bool = False, compact: bool = True) -> dict[str, int]:
