@@ -250,23 +250,25 @@ def test_mlflow_runs_registration_and_scoring(tmp_path, planted, fitted) -> None
         score_segments(df, "missing-model", tracking_uri=uri)
 
 
-def test_the_driver_fitted_kmeans_is_an_mllib_model_as_good_as_mllibs_own(spark, fitted) -> None:  # type: ignore[no-untyped-def]
-    """The default final fit (local sweep, final_fit: sample): scikit-learn on the driver, handed to
-    MLlib as its centres; MLlib assigns as scikit-learn does, at a cost no higher than MLlib's own
-    best of four starts on the same rows."""
+@pytest.mark.parametrize("algorithm", ["kmeans", "bisecting_kmeans"])
+def test_the_driver_fitted_model_is_an_mllib_model_as_good_as_mllibs_own(spark, fitted, algorithm) -> None:  # type: ignore[no-untyped-def]
+    """The default final fit of (bisecting) k-means (local sweep, final_fit: sample): scikit-learn on
+    the driver, handed to MLlib as its centres; MLlib assigns every row to the nearest of them, at a
+    cost no higher than MLlib's own best of four starts on the same rows."""
     from pyspark.ml.functions import array_to_vector
-    from sklearn.cluster import KMeans as SkKMeans
 
-    from segspark.clustering.sweep import fit_best_of, fit_kmeans_on_driver
+    from segspark.clustering.sweep import _local_estimator, fit_best_of, fit_centres_on_driver
 
     assert "on the driver" in fitted.chosen["sizing"]["final_fit"]  # the default path took it
     rng = np.random.default_rng(5)
     x = np.vstack([rng.normal(c, 0.4, size=(80, 3)) for c in ((0, 0, 0), (4, 0, 1), (0, 5, 2), (3, 3, -3))])
+    # and points between the blobs, where the tree's leaf and the nearest centre may differ
+    x = np.vstack([x, rng.uniform(-2, 6, size=(40, 3))])
     cfg = ClusteringConfig(seed=3)
-    model = fit_kmeans_on_driver(spark, x, 4, cfg)
+    model = fit_centres_on_driver(spark, x, 4, cfg, algorithm)
     assert model is not None
-    best = min((SkKMeans(4, n_init=1, max_iter=cfg.max_iter, tol=cfg.tol, random_state=3 + i).fit(x)
-                for i in range(4)), key=lambda f: f.inertia_)  # fmt: skip
+    fits = [_local_estimator(algorithm, 4, cfg, 3 + i).fit(x) for i in range(4)]
+    best = min(fits, key=lambda f: f.inertia_)
     centres = np.asarray(model.clusterCenters())
     assert sorted(map(tuple, centres.round(9))) == sorted(map(tuple, best.cluster_centers_.round(9)))
     rows = spark.createDataFrame(
@@ -274,9 +276,13 @@ def test_the_driver_fitted_kmeans_is_an_mllib_model_as_good_as_mllibs_own(spark,
     )
     frame = rows.select("i", array_to_vector("a").alias("features")).orderBy("i")
     labels = [r.prediction for r in model.transform(frame).orderBy("i").select("prediction").collect()]
-    assert adjusted_rand_score(labels, best.labels_) == 1.0
-    mllib, _ = fit_best_of("kmeans", 4, cfg, frame.select("features").repartition(1))
-    assert best.inertia_ <= mllib.summary.trainingCost * (1 + 1e-9)
+    distances = ((x[:, None, :] - best.cluster_centers_[None, :, :]) ** 2).sum(axis=2)
+    nearest = distances.argmin(axis=1)
+    assert adjusted_rand_score(labels, nearest) == 1.0
+    cost = float(distances.min(axis=1).sum())
+    assert cost <= best.inertia_ * (1 + 1e-9)  # never worse than scikit-learn's own labels
+    mllib, _ = fit_best_of(algorithm, 4, cfg, frame.select("features").repartition(1))
+    assert cost <= mllib.summary.trainingCost * (1 + 1e-9)
 
 
 def test_starts_fitted_side_by_side_choose_what_one_by_one_chooses(spark) -> None:  # type: ignore[no-untyped-def]
