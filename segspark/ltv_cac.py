@@ -1,4 +1,5 @@
-"""LTV:CAC by acquisition channel (and month) and by segment, computed by ``segspark/sql/ltv_cac.sql``.
+"""LTV:CAC by acquisition channel (and month) and by segment, computed by ``segspark/sql/ltv_cac.sql``
+from the customer level of ``segspark/sql/ltv_cac_customers.sql``.
 
 Unknown spend stays unknown: a channel or month without a spend row gets a null CAC and
 ``cac_status = 'unknown_spend'``, never a CAC of zero. The SQL file holds every definition.
@@ -7,6 +8,7 @@ Unknown spend stays unknown: a channel or month without a spend row gets a null 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -102,6 +104,7 @@ def ltv_cac(
     as_of_date: dt.date,
     window_months: int,
     state: DataFrame | None = None,
+    keep: Callable[[DataFrame], DataFrame] | None = None,
 ) -> DataFrame:
     """LTV:CAC table (columns :data:`LTV_CAC_COLUMNS`); see ``ltv_cac.sql`` for the definitions.
 
@@ -109,21 +112,35 @@ def ltv_cac(
     ``segments`` (one row per customer_id, with segment columns and optionally ``clv``) is given,
     ``segment`` for each segment type present and ``segment_type = 'all'``. ``state``: the silver
     ``customer_state`` of ``as_of_date`` (the first purchases; computed from ``orders`` when None).
+    ``keep``: persists the customer level (one row per buyer), which the table's aggregates read
+    several times (the pipeline's persist, released with the run's other caches); None: each
+    aggregate computes it from the orders again.
     """
     if window_months < 1:
         raise ConfigError(f"kpis.ltv_window_months must be >= 1, got {window_months}")
-    out = run_sql(
+    params = {"as_of_date": as_of_date, "window_months": int(window_months)}
+    members = _member_view(orders, segments)
+    base = run_sql(
         orders.sparkSession,
-        "ltv_cac",
+        "ltv_cac_customers",
         {
             "orders": order_view(orders),
             "customer_state": (
                 state if state is not None else silver.customer_state(orders, as_of_date, ())
             ).select(S.CUSTOMER_ID, S.FIRST_PURCHASE_TS, S.FIRST_PURCHASE_CHANNEL),
             "acquisition": acquisition_view(orders, customers),
-            "marketing_spend": _spend_view(orders, marketing_spend),
-            "segment_members": _member_view(orders, segments),
+            "segment_members": members,
         },
-        {"as_of_date": as_of_date, "window_months": int(window_months)},
+        params,
+    )
+    out = run_sql(
+        orders.sparkSession,
+        "ltv_cac",
+        {
+            "customer_base": keep(base) if keep is not None else base,
+            "marketing_spend": _spend_view(orders, marketing_spend),
+            "segment_members": members,
+        },
+        params,
     )
     return out.select(*[F.col(c).cast(t).alias(c) for c, t in LTV_CAC_COLUMNS.items()])

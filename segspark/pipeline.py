@@ -706,7 +706,11 @@ def stage_aggregates(io: StageIO) -> None:
     months = io.read(S.CUSTOMER_MONTHS)
     io.write(cohorts.cohort_retention_from_state(state, months, customers, as_of), S.COHORT_RETENTION)
     window = io.settings.kpis.ltv_window_months
-    io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state), S.LTV_CAC)
+
+    def keep(df: DataFrame) -> DataFrame:  # LTV:CAC's customer level, read by several of its aggregates
+        return io.cache(df.persist())
+
+    io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state, keep), S.LTV_CAC)
     io.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)
     io.write(drift.segment_drift(segments, previous, drift.DRIFT_CATEGORICAL, drift.DRIFT_NUMERIC), S.DRIFT)
 

@@ -182,7 +182,7 @@ def _rows(df):
     return {(r["level"], r["segment_type"], r["segment"], r["month"]): r.asDict() for r in df.collect()}
 
 
-def test_ltv_cac_hand_computed(ltv_inputs):
+def test_ltv_cac_hand_computed(ltv_inputs, capsys):
     tx, crm, spend, segments = ltv_inputs
     out = ltv_cac(tx, crm, spend, segments, D(2025, 6, 30), window_months=3)
     assert out.columns == list(LTV_CAC_COLUMNS)
@@ -227,6 +227,35 @@ def test_ltv_cac_hand_computed(ltv_inputs):
     assert total["cac"] == pytest.approx(560 / 4)  # u1, u2, u5 at 560/3 and u3 at 0
     assert (total["ltv_customers"], total["ltv_realized"]) == (5, pytest.approx(270 / 5))
     assert ("segment", "rfm_segment", None, None) not in rows
+
+    # the pipeline keeps the customer level (persisted, one row per buyer): the same table, and the
+    # query reads the kept frame, which stays cached (binding it to the SQL does not unpersist it)
+    kept: list = []
+    out_kept = ltv_cac(
+        tx,
+        crm,
+        spend,
+        segments,
+        D(2025, 6, 30),
+        window_months=3,
+        keep=lambda df: kept.append(df.persist()) or df,
+    )
+    try:
+        assert _rows(out_kept) == rows
+        [base] = kept
+        assert base.count() == 6  # the six buyers (the prospect p never bought)
+        assert "InMemory" in _plan(capsys, out_kept)
+        assert "InMemoryTableScan" in _plan(capsys, base)
+    finally:
+        for df in kept:
+            df.unpersist()
+
+
+def _plan(capsys, df) -> str:
+    """The text of ``df.explain()`` (its physical plan)."""
+    capsys.readouterr()
+    df.explain()
+    return capsys.readouterr().out
 
 
 def test_ltv_cac_without_spend_reports_unknown(ltv_inputs):

@@ -62,6 +62,14 @@ def run_sql(
     params: Mapping[str, Any] | None = None,
 ) -> DataFrame:
     """Run ``<name>.sql`` with ``views`` bound to its inputs and ``params`` to its ``:markers``."""
+    from pyspark.sql import functions as F
+
     if not views:
         return spark.sql(load_sql(name), args=dict(params or {}))
-    return spark.sql(bind_views(load_sql(name), views), args=dict(params or {}), **dict(views))
+    # Classic PySpark binds each DataFrame as a temporary view and drops the view once the query is
+    # analysed, and dropping a view uncaches a cached plan equal to the view's (Catalog.dropTempView):
+    # a persisted frame bound as it stands was silently unpersisted before the query ran. Behind a
+    # filter that is always true (the optimizer removes it) the view's plan is another plan, and the
+    # query still reads the cached frame inside it.
+    bound = {view: df.where(F.lit(True)) for view, df in views.items()}
+    return spark.sql(bind_views(load_sql(name), bound), args=dict(params or {}), **bound)

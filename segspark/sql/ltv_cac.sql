@@ -1,12 +1,9 @@
 -- LTV:CAC by acquisition channel and month, by channel, and by segment.
 --
 -- Inputs
---   orders            silver orders: customer_id, order_id, order_ts, order_date, net_amount (returns
---                     netted), channel, is_purchase (the job's one purchase definition)
---   customer_state    silver, one row per customer of the orders on or before as_of_date:
---                     customer_id, first_purchase_ts, first_purchase_channel (the channel of the
---                     first purchase, the smallest (order_ts, order_id); null without a purchase)
---   acquisition       one row per customer: customer_id, acquisition_channel (may be empty)
+--   customer_base     ltv_cac_customers.sql's result, one row per customer with a purchase on or
+--                     before as_of_date: customer_id, channel, acquisition_month, mature,
+--                     window_revenue, clv
 --   marketing_spend   month (first of month), channel, spend (may be empty)
 --   segment_members   one row per customer and segment type: segment_type ('all' for every customer),
 --                     segment, customer_id, clv (predicted lifetime value; null when not modelled)
@@ -27,48 +24,7 @@
 --   segment CAC      mean of the members' channel CAC (so channels weigh by the segment's mix), over
 --                    members whose channel CAC is known
 
-WITH orders_as_of AS (
-  SELECT customer_id, order_id, order_ts, net_amount, channel, is_purchase
-  FROM orders
-  WHERE order_date <= :as_of_date
-),
-
-first_purchase AS (
-  SELECT customer_id,
-         first_purchase_ts      AS first_ts,
-         first_purchase_channel AS first_channel
-  FROM customer_state
-  WHERE first_purchase_ts IS NOT NULL
-),
-
-acquired AS (
-  SELECT f.customer_id,
-         trunc(f.first_ts, 'MM') AS acquisition_month,
-         to_date(f.first_ts)     AS first_date,
-         coalesce(a.acquisition_channel, f.first_channel, 'unknown') AS channel
-  FROM first_purchase f
-  LEFT JOIN acquisition a ON a.customer_id = f.customer_id
-),
-
-customer_value AS (
-  SELECT q.customer_id, q.channel, q.acquisition_month,
-         date_add(add_months(q.first_date, :window_months), -1) <= :as_of_date AS mature,
-         sum(CASE WHEN to_date(o.order_ts) >= q.first_date
-                   AND to_date(o.order_ts) < add_months(q.first_date, :window_months)
-                  THEN o.net_amount ELSE 0D END) AS window_revenue
-  FROM acquired q
-  JOIN orders_as_of o ON o.customer_id = q.customer_id
-  GROUP BY q.customer_id, q.channel, q.acquisition_month, q.first_date
-),
-
-customer_base AS (
-  SELECT v.*, p.clv
-  FROM customer_value v
-  LEFT JOIN (SELECT customer_id, clv FROM segment_members WHERE segment_type = 'all') p
-    ON p.customer_id = v.customer_id
-),
-
-spend AS (
+WITH spend AS (
   SELECT channel, trunc(month, 'MM') AS month, sum(spend) AS spend
   FROM marketing_spend
   WHERE channel IS NOT NULL AND trunc(month, 'MM') <= trunc(:as_of_date, 'MM')
