@@ -11,6 +11,11 @@ model fits, table writes, MLflow logging, the report):
   included); ``driver``: the rest (Python on the driver, query planning and code generation, Delta
   commits by delta-rs, MLflow calls).
 
+and, for each command's first run, the Spark jobs by call site: the Python line whose action
+started them (the description Spark gives the SQL execution of each job, e.g. ``toPandas at
+segspark/clv/validation.py:159``), with their job seconds summed (``--sites N`` of them). Table
+writes show as ``parquet at ...`` (their step in the table above says which table).
+
     python benchmarks/bench_fixed_cost.py --repeat 3
     python benchmarks/bench_fixed_cost.py --repeat 3 \\
         --cmd "old=env PYTHONPATH=/tmp/wt-old python -m segspark" --cmd "new=python -m segspark"
@@ -63,25 +68,49 @@ def steps_of(log: Path) -> list[tuple[str, float, float]]:
     return out
 
 
-def jobs_of(folder: Path) -> list[dict[str, float]]:
-    """Every Spark job of the event log(s) under ``folder``: submitted, completed (ms) and tasks."""
+def jobs_of(folder: Path) -> list[dict[str, Any]]:
+    """Every Spark job of the event log(s) under ``folder``: submitted, completed (ms), tasks, and
+    ``site``: the description of the SQL execution that started it, which names the Python line
+    (``toPandas at segspark/clv/validation.py:159``; ``parquet at <unknown>:0`` for a table write
+    started from a thread, ``?`` for a job outside any SQL execution)."""
     import pyarrow as pa
 
-    jobs: dict[int, dict[str, float]] = {}
+    jobs: dict[int, dict[str, Any]] = {}
+    sites: dict[str, str] = {}
     for part in sorted(x for x in folder.rglob("events_*") if x.is_file()):
         codec = part.suffix.lstrip(".")
         stream = pa.input_stream(str(part), compression=codec if codec in ("zstd", "lz4", "gzip") else None)
         with io.TextIOWrapper(stream, encoding="utf-8", errors="replace") as fh:
             for line in fh:
+                if "SQLExecutionStart" in line[:100]:
+                    event = json.loads(line)
+                    # "collect at /any/checkout/segspark/x.py:12" -> "collect at segspark/x.py:12"
+                    site = re.sub(r"\S*/(segspark/)", r"\1", str(event.get("description", "?")))
+                    sites[str(event["executionId"])] = site
+                    continue
                 if '"SparkListenerJob' not in line:
                     continue
                 event = json.loads(line)
                 if event["Event"] == "SparkListenerJobStart":
                     tasks = sum(s.get("Number of Tasks", 0) for s in event.get("Stage Infos", []))
-                    jobs[event["Job ID"]] = {"start": event["Submission Time"], "tasks": tasks}
+                    execution = (event.get("Properties") or {}).get("spark.sql.execution.id")
+                    site = sites.get(str(execution), "?") if execution is not None else "?"
+                    jobs[event["Job ID"]] = {"start": event["Submission Time"], "tasks": tasks, "site": site}
                 elif event["Event"] == "SparkListenerJobEnd" and event["Job ID"] in jobs:
                     jobs[event["Job ID"]]["end"] = event["Completion Time"]
     return [j for j in jobs.values() if "end" in j]
+
+
+def by_site(jobs: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """The ``top`` call sites by the seconds their jobs ran (overlapping jobs counted once each)."""
+    table: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        row = table.setdefault(job["site"], {"site": job["site"], "jobs": 0, "seconds": 0.0, "tasks": 0})
+        row["jobs"] += 1
+        row["seconds"] += (job["end"] - job["start"]) / 1000
+        row["tasks"] += int(job["tasks"])
+    rows = sorted(table.values(), key=lambda r: -r["seconds"])[:top]
+    return [{**r, "seconds": round(r["seconds"], 2)} for r in rows]
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -171,7 +200,8 @@ def run_once(label: str, command: str, rep: int, args: argparse.Namespace, data:
             cwd=folder,
         ).returncode
     wall = time.perf_counter() - started
-    steps = attribute(steps_of(log), jobs_of(events))
+    jobs = jobs_of(events)
+    steps = attribute(steps_of(log), jobs)
     text = log.read_text(errors="replace")
     gen = re.search(r"generated \d+ customers .* in ([\d.]+) s", text)
     result = {
@@ -180,8 +210,9 @@ def run_once(label: str, command: str, rep: int, args: argparse.Namespace, data:
         "exit": code,
         "wall_s": round(wall, 1),
         "generate_s": float(gen.group(1)) if gen else None,
-        "jobs": len(jobs_of(events)),
+        "jobs": len(jobs),
         "steps": steps,
+        "sites": by_site(jobs, args.sites),
     }
     with (Path(args.out) / "results.jsonl").open("a") as fh:
         fh.write(json.dumps(result) + "\n")
@@ -222,6 +253,19 @@ def summary(results: list[dict]) -> str:
                 )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+        if mine[0].get("sites"):
+            lines += [
+                f"{label} #{mine[0]['rep']}: the Spark jobs by the Python line that started them "
+                "(seconds: the jobs' durations summed)",
+                "",
+                "| call site | jobs | seconds | tasks |",
+                "|---|---:|---:|---:|",
+                *[
+                    f"| {r['site']} | {r['jobs']} | {r['seconds']:.1f} | {r['tasks']} |"
+                    for r in mine[0]["sites"]
+                ],
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -234,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", choices=["tx", "all"], default="tx", help="with --lines: the inputs given")
     p.add_argument("--cmd", action="append", default=[], help="LABEL=COMMAND (default: this checkout)")
     p.add_argument("--keep", action="store_true", help="keep each run's tables")
+    p.add_argument("--sites", type=int, default=15, help="call sites listed per command (by job seconds)")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     commands = [tuple(c.split("=", 1)) for c in args.cmd] or [("this", f"{sys.executable} -m segspark")]
