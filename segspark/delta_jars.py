@@ -223,7 +223,8 @@ def session_conf(jars: list[str], conf: Mapping[str, str], partitions: str | Non
     """The settings that load Delta into a session: the jars (after any the user gives), Delta's SQL
     extension (after any of the user's) and Delta's catalog.
 
-    ``partitions`` (the local session's shuffle partitions): Delta rebuilds a table's snapshot from its
+    ``partitions`` (a local session's task threads, at most its shuffle partitions:
+    ``session.delta_tasks``): Delta rebuilds a table's snapshot from its
     log in ``snapshotPartitions`` tasks (50 by default, sized for clusters) and vacuum lists files in up
     to ``parallelPartitionDiscovery.parallelism`` (10,000); on one machine a handful of tasks do the
     same work without the scheduling of hundreds (Delta's own test sessions use 2)."""

@@ -130,6 +130,19 @@ def test_local_threads_follow_the_master(master: str, threads: int | None) -> No
     assert local_threads(master, 6) == threads
 
 
+def test_deltas_log_tasks_are_one_per_task_thread_and_at_most_the_shuffle_partitions(spark) -> None:
+    from segspark.session import Machine, delta_tasks
+
+    laptop = Machine(cores=2, memory_bytes=LAPTOP_24G, memory_source="physical")
+    eight = {"spark.sql.shuffle.partitions": "8"}
+    assert delta_tasks(eight, "local[*]", laptop) == "2"
+    assert delta_tasks(eight, "local[16]", laptop) == "8"
+    assert delta_tasks({"spark.sql.shuffle.partitions": "2"}, "local[4]", laptop) == "2"
+    assert delta_tasks(eight, "spark://h:7077", laptop) == "8"  # not a local session: as given
+    # the suite's session (local[2]) was started with them
+    assert spark.conf.get("spark.databricks.delta.snapshotPartitions") == "2"
+
+
 def test_local_conf_sizes_local_sessions_only(monkeypatch: pytest.MonkeyPatch) -> None:
     from segspark.config import SparkConfig
     from segspark.session import Machine, local_conf
