@@ -198,15 +198,42 @@ def with_rfm_segment(df: DataFrame, cfg: RfmConfig) -> DataFrame:
     return df.select(*keep, seg.alias(RFM_SEGMENT))
 
 
+def rfm_from_days(customer_days: DataFrame, as_of_date: dt.date) -> DataFrame:
+    """(customer_id, recency_days, frequency, monetary) as of ``as_of_date`` from the silver
+    ``customer_days``: the values :func:`rfm_features` gives from the orders (days are the UTC dates
+    of the orders' timestamps, as :func:`days_between` counts them), in one aggregation of a
+    customer-level table rather than two of the orders."""
+    bought = F.col(S.PURCHASES) > 0
+    last = F.coalesce(F.max(F.when(bought, F.col(S.ORDER_DATE))), F.max(F.col(S.ORDER_DATE)))
+    return (
+        customer_days.where(F.col(S.ORDER_DATE) <= F.lit(as_of_date))
+        .groupBy(S.CUSTOMER_ID)
+        .agg(
+            F.datediff(F.lit(as_of_date), last).alias(RECENCY_DAYS),
+            F.count_if(bought).cast("long").alias(FREQUENCY),
+            F.sum(S.NET_AMOUNT).cast("double").alias(MONETARY),
+        )
+    )
+
+
 def rfm_segments_as_of(
-    orders: DataFrame, as_of_date: dt.date, cfg: RfmConfig, segment_col: str = RFM_SEGMENT
+    customer_days: DataFrame, as_of_date: dt.date, cfg: RfmConfig, segment_col: str = RFM_SEGMENT
 ) -> DataFrame:
     """(customer_id, ``segment_col``): the RFM segment every buyer had as of ``as_of_date``, with the
     score edges of that date's buyers (e.g. the CLV check of holdout value by segment at the
-    calibration end, which must not see the holdout purchases)."""
-    buyers = rfm_features(orders, as_of_date)
-    scored = buyers.transform(with_rfm_scores, cfg).transform(with_rfm_segment, cfg)
-    return scored.select(F.col(S.CUSTOMER_ID), F.col(RFM_SEGMENT).alias(segment_col))
+    calibration end, which must not see the holdout purchases), from the silver ``customer_days``
+    (:func:`rfm_from_days`).
+
+    The result is persisted and materialized (the caller unpersists it): the days are aggregated
+    once, for the score edges and the segments both."""
+    buyers = rfm_from_days(customer_days, as_of_date).persist()
+    try:
+        scored = buyers.transform(with_rfm_scores, cfg).transform(with_rfm_segment, cfg)
+        out = scored.select(F.col(S.CUSTOMER_ID), F.col(RFM_SEGMENT).alias(segment_col)).persist()
+        out.count()
+    finally:
+        buyers.unpersist()
+    return out
 
 
 def rfm_grid(df: DataFrame) -> DataFrame:

@@ -545,13 +545,13 @@ def stage_scores(io: StageIO) -> None:
     written: list[Callable[[], None]] = []
     if settings.clv.enabled:
         with io.timed("clv_fit_and_score"):
-            orders = io.read(S.ORDERS)
+            days = io.read(S.CUSTOMER_DAYS)
             res = clv.run_clv(
-                io.read(S.CUSTOMER_DAYS),
+                days,
                 as_of,
                 settings.clv,
                 # the holdout value by the RFM segment customers had at the calibration end
-                segments_at=lambda day: features.rfm_segments_as_of(orders, day, settings.rfm, clv.SEGMENT),
+                segments_at=lambda day: features.rfm_segments_as_of(days, day, settings.rfm, clv.SEGMENT),
             )
             io.choose("clv.model", f"{res.fit.get('model')}: {res.fit.get('reason')}")
             if res.fit.get("spend_model"):

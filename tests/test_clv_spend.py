@@ -272,16 +272,49 @@ def test_the_report_says_spend_is_conditioned_on_frequency_not_that_the_check_fa
 
 
 def test_segments_at_the_calibration_end_see_no_later_order(spark: Any, tx: pd.DataFrame) -> None:
+    from segspark import features as FE
     from segspark.config import RfmConfig
-    from segspark.features import rfm_segments_as_of
 
+    # with a return-only day before the calibration end: monetary is net of it, recency ignores it
+    first = tx.sort_values("order_ts").iloc[0]
+    back = first["order_ts"] + pd.Timedelta(days=1, hours=1)
+    assert (
+        back.date() <= CAL_END
+        and not ((tx["customer_id"] == first["customer_id"]) & (tx["order_ts"].dt.date == back.date())).any()
+    )
+    tx = pd.concat(
+        [
+            tx,
+            pd.DataFrame([[first["customer_id"], "ret-1", back, -0.5 * first["amount"]]], columns=tx.columns),
+        ]
+    )
     orders = silver.orders(spark.createDataFrame(tx, TX_SCHEMA), PurchaseConfig())
-    got = rfm_segments_as_of(orders, CAL_END, RfmConfig(), SEGMENT).toPandas().set_index(SC.CUSTOMER_ID)
+    days = silver.customer_days(orders)
+    got = FE.rfm_segments_as_of(days, CAL_END, RfmConfig(), SEGMENT).toPandas().set_index(SC.CUSTOMER_ID)
     cal = tx[tx["order_ts"].dt.date <= CAL_END]
     assert set(got.index) == set(cal["customer_id"])  # buyers of that date only, one row each
     assert got[SEGMENT].notna().all() and got.index.is_unique
+    # from the customer days, the segments the RFM features of the orders give at that date
+    cfg = RfmConfig()
+    feats = FE.rfm_features(orders, CAL_END)
+    from_orders = (
+        FE.with_rfm_segment(FE.with_rfm_scores(feats, cfg), cfg).toPandas().set_index(SC.CUSTOMER_ID)
+    )
+    assert got[SEGMENT].to_dict() == from_orders[FE.RFM_SEGMENT].to_dict()
+    three = [FE.RECENCY_DAYS, FE.FREQUENCY, FE.MONETARY]
+    mine = FE.rfm_from_days(days, CAL_END).toPandas().set_index(SC.CUSTOMER_ID).sort_index()
+    pd.testing.assert_frame_equal(mine[three], from_orders[three].sort_index(), check_dtype=False)
+    returned = mine.loc[first["customer_id"]]
+    assert (
+        returned[FE.MONETARY]
+        < tx[
+            (tx["customer_id"] == first["customer_id"])
+            & (tx["amount"] > 0)
+            & (tx["order_ts"].dt.date <= CAL_END)
+        ]["amount"].sum()
+    )
     # a buyer's segment then is not her segment after the holdout's purchases
-    later = rfm_segments_as_of(orders, AS_OF, RfmConfig(), SEGMENT).toPandas().set_index(SC.CUSTOMER_ID)
+    later = FE.rfm_segments_as_of(days, AS_OF, cfg, SEGMENT).toPandas().set_index(SC.CUSTOMER_ID)
     both = got.join(later, rsuffix="_later", how="inner")
     assert (both[SEGMENT] != both[f"{SEGMENT}_later"]).any()
 
