@@ -112,9 +112,9 @@ def ltv_cac(
     ``segments`` (one row per customer_id, with segment columns and optionally ``clv``) is given,
     ``segment`` for each segment type present and ``segment_type = 'all'``. ``state``: the silver
     ``customer_state`` of ``as_of_date`` (the first purchases; computed from ``orders`` when None).
-    ``keep``: persists the customer level (one row per buyer), which the table's aggregates read
-    several times (the pipeline's persist, released with the run's other caches); None: each
-    aggregate computes it from the orders again.
+    ``keep``: computes the customer level (one row per buyer) once for the table's aggregates, which
+    read it several times (the pipeline's :func:`segspark.sql.kept_for_sql`, released with the run's
+    other caches); None: each aggregate computes it from the orders again.
     """
     if window_months < 1:
         raise ConfigError(f"kpis.ltv_window_months must be >= 1, got {window_months}")

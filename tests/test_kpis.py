@@ -11,6 +11,7 @@ from segspark.behaviour import engagement_features
 from segspark.errors import ConfigError, InputError
 from segspark.kpis import segment_kpis
 from segspark.ltv_cac import LTV_CAC_COLUMNS, ltv_cac
+from segspark.sql import kept_for_sql
 from tests.conftest import orders_of
 
 T = dt.datetime
@@ -228,27 +229,21 @@ def test_ltv_cac_hand_computed(ltv_inputs, capsys):
     assert (total["ltv_customers"], total["ltv_realized"]) == (5, pytest.approx(270 / 5))
     assert ("segment", "rfm_segment", None, None) not in rows
 
-    # the pipeline keeps the customer level (persisted, one row per buyer): the same table, and the
-    # query reads the kept frame, which stays cached (binding it to the SQL does not unpersist it)
+    # the pipeline keeps the customer level (computed once, one row per buyer): the same table, and
+    # every aggregate of the query reads the kept frame: the plan holds no order, where a persisted
+    # frame served only the first of the WITH list's references and the others joined the orders again
     kept: list = []
-    out_kept = ltv_cac(
-        tx,
-        crm,
-        spend,
-        segments,
-        D(2025, 6, 30),
-        window_months=3,
-        keep=lambda df: kept.append(df.persist()) or df,
-    )
-    try:
-        assert _rows(out_kept) == rows
-        [base] = kept
-        assert base.count() == 6  # the six buyers (the prospect p never bought)
-        assert "InMemory" in _plan(capsys, out_kept)
-        assert "InMemoryTableScan" in _plan(capsys, base)
-    finally:
-        for df in kept:
-            df.unpersist()
+
+    def keep(df):
+        kept.append(kept_for_sql(df))
+        return kept[-1]
+
+    out_kept = ltv_cac(tx, crm, spend, segments, D(2025, 6, 30), window_months=3, keep=keep)
+    assert _rows(out_kept) == rows
+    [base] = kept
+    assert base.count() == 6  # the six buyers (the prospect p never bought)
+    assert "order_ts" in _plan(capsys, ltv_cac(tx, crm, spend, segments, D(2025, 6, 30), window_months=3))
+    assert "order_ts" not in _plan(capsys, out_kept)
 
 
 def _plan(capsys, df) -> str:
