@@ -326,3 +326,37 @@ def test_the_holdout_window_is_said_in_days_and_dates() -> None:
     assert holdout_window(fit) == "the 91 days from 2023-12-31 to 2024-03-31"
     assert holdout_window({"calibration_end": "2023-12-31", "holdout_end": None}) == ""
     assert holdout_window(None) == ""
+
+
+def test_the_tracking_curve_counts_the_calibration_customers_repeats_week_by_week(
+    spark: Any, tx: pd.DataFrame
+) -> None:
+    """The actual curve: each week's repeat purchase days of the customers who bought by the
+    calibration end, counted the way it is defined (every purchase day after the customer's first);
+    customers whose first purchase falls in the holdout add nothing, their repeats neither."""
+    from segspark.clv import models as M
+    from segspark.clv import summary as S
+    from segspark.clv import validation as V
+
+    late = [
+        (f"n{i:03d}", f"n{i:03d}-{j}", pd.Timestamp(day) + pd.Timedelta(hours=i % 20), 25.0)
+        for i in range(30)
+        for j, day in enumerate(("2024-01-09", "2024-02-14", "2024-03-20"))
+    ]
+    lines = pd.concat([tx, pd.DataFrame(late, columns=tx.columns)], ignore_index=True)
+    days = S.purchase_days(
+        silver.customer_days(silver.orders(spark.createDataFrame(lines, TX_SCHEMA), PurchaseConfig())), AS_OF
+    )
+    summary = S.summary_from_purchase_days(days, CAL_END, "week", AS_OF)
+    fit = M.fit_transactions("bgnbd", S.compressed_rfm(summary, "week"), 0.0)
+    curve = V.tracking_curve(days, summary, fit, CAL_END, AS_OF, "week")
+
+    bought = lines.assign(day=lines["order_ts"].dt.date)[["customer_id", "day"]].drop_duplicates()
+    first = bought.groupby("customer_id")["day"].transform("min")
+    repeats = bought[(first <= CAL_END) & (bought["day"] > first) & (bought["day"] <= AS_OF)]
+    start = first[first <= CAL_END].min()
+    assert (first > CAL_END).sum() == 90  # the late customers' purchase days: not counted
+    week = repeats["day"].map(lambda d: (d - start).days // 7)
+    want = np.cumsum(np.bincount(week, minlength=len(curve)))
+    assert curve["actual_cum"].tolist() == want.tolist()
+    assert curve.loc[curve["calibration"], "actual_cum"].iloc[-1] < curve["actual_cum"].iloc[-1]

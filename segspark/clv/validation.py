@@ -343,20 +343,28 @@ def tracking_curve(
     cohorts = cohorts.sort_values(FIRST_PURCHASE_DATE)
     start = min(cohorts[FIRST_PURCHASE_DATE])
     n_weeks = max(1, math.ceil(((holdout_end - start).days + 1) / 7))
-    firsts = summary.select(F.col(CUSTOMER_ID), F.col(FIRST_PURCHASE_DATE))
-    repeat = (
-        days.join(firsts, on=CUSTOMER_ID, how="inner")  # customer_id is unique in the summary
-        .filter(
-            (F.col(PURCHASE_DATE) > F.col(FIRST_PURCHASE_DATE)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
-        )
-        .groupBy(F.floor(F.datediff(F.col(PURCHASE_DATE), F.lit(start)) / F.lit(7)).alias("week_idx"))
-        .agg(F.count(F.lit(1)).alias(COUNT))
-        .toPandas()
-    )
+    # The calibration customers' repeat purchase days, by week, without joining every purchase day
+    # to the summary: up to the calibration end every purchase day is a calibration customer's, and
+    # all but her first (one row per customer and day) are repeats: the week's purchase days minus
+    # the first purchases in it (the cohorts above). In the holdout, only the days of customers of the
+    # summary count, and only customers with holdout purchases have any (the semi-join's few rows).
+    week = F.floor(F.datediff(F.col(PURCHASE_DATE), F.lit(start)) / F.lit(7)).alias("week_idx")
+    weeks = days.where(F.col(PURCHASE_DATE) <= F.lit(calibration_end)).select(week)
+    if holdout_end > calibration_end:
+        buyers = summary
+        if FREQUENCY_HOLDOUT in summary.columns:
+            buyers = summary.where(F.col(FREQUENCY_HOLDOUT) > 0)
+        held = days.where(
+            (F.col(PURCHASE_DATE) > F.lit(calibration_end)) & (F.col(PURCHASE_DATE) <= F.lit(holdout_end))
+        ).join(buyers.select(CUSTOMER_ID), on=CUSTOMER_ID, how="left_semi")
+        weeks = weeks.unionByName(held.select(week))
+    counts = weeks.groupBy("week_idx").agg(F.count(F.lit(1)).alias(COUNT)).toPandas()
     weekly = np.zeros(n_weeks)
-    if not repeat.empty:
-        idx = repeat["week_idx"].to_numpy(np.int64)
-        np.add.at(weekly, np.clip(idx, 0, n_weeks - 1), repeat[COUNT].to_numpy(np.float64))
+    if not counts.empty:
+        idx = counts["week_idx"].to_numpy(np.int64)
+        np.add.at(weekly, np.clip(idx, 0, n_weeks - 1), counts[COUNT].to_numpy(np.float64))
+    first_idx = np.array([(d - start).days // 7 for d in cohorts[FIRST_PURCHASE_DATE]], dtype=np.int64)
+    np.subtract.at(weekly, np.clip(first_idx, 0, n_weeks - 1), cohorts[COUNT].to_numpy(np.float64))
     unit = unit_days(time_unit)
     cohort_day = np.array([(d - start).days for d in cohorts[FIRST_PURCHASE_DATE]], dtype=np.float64)
     cohort_n = cohorts[COUNT].to_numpy(np.float64)
