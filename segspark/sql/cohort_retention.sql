@@ -49,7 +49,8 @@ grid AS (
 ),
 
 member_months AS (
-  SELECT cm.customer_id,
+  SELECT m.cohort_month,
+         m.acquisition_channel,
          CAST(months_between(cm.month, m.cohort_month) AS INT) AS months_since_first,
          CASE WHEN cm.purchases > 0 THEN 1 ELSE 0 END AS purchased,
          cm.net_amount AS revenue
@@ -58,13 +59,26 @@ member_months AS (
   WHERE cm.month >= m.cohort_month
 ),
 
+-- the active months summed once per cohort, channel and month (a few rows per cohort), then per
+-- dimension: the customer months are joined to their cohort and channel once
+channel_cells AS (
+  SELECT cohort_month, acquisition_channel, months_since_first,
+         sum(purchased) AS active_customers,
+         sum(revenue)   AS revenue
+  FROM member_months
+  GROUP BY cohort_month, acquisition_channel, months_since_first
+),
+
 cells AS (
-  SELECT d.dimension, d.dimension_value, d.cohort_month, cm.months_since_first,
-         sum(cm.purchased) AS active_customers,
-         sum(cm.revenue)   AS revenue
-  FROM member_months cm
-  JOIN member_dimensions d ON d.customer_id = cm.customer_id
-  GROUP BY d.dimension, d.dimension_value, d.cohort_month, cm.months_since_first
+  SELECT 'all' AS dimension, 'all' AS dimension_value, cohort_month, months_since_first,
+         sum(active_customers) AS active_customers,
+         sum(revenue)          AS revenue
+  FROM channel_cells
+  GROUP BY cohort_month, months_since_first
+  UNION ALL
+  SELECT 'acquisition_channel', acquisition_channel, cohort_month, months_since_first,
+         active_customers, revenue
+  FROM channel_cells
 )
 
 SELECT g.cohort_month,
