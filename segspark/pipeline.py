@@ -42,7 +42,6 @@ from segspark.context import (
 from segspark.errors import DataQualityError, InputError
 from segspark.io import InputInfo, storage
 from segspark.session import finalizers_at_safe_points, scale_shuffle_partitions, sizes_shuffle_partitions
-from segspark.sql import kept_for_sql
 
 if TYPE_CHECKING:
     import contextlib
@@ -709,7 +708,7 @@ def stage_aggregates(io: StageIO) -> None:
     window = io.settings.kpis.ltv_window_months
 
     def keep(df: DataFrame) -> DataFrame:  # LTV:CAC's customer level, read by several of its aggregates
-        return io.cache(kept_for_sql(df))
+        return io.cache(materialize(df, for_query=True))
 
     io.write(ltv_cac.ltv_cac(orders, customers, spend, segments, as_of, window, state, keep), S.LTV_CAC)
     io.write(lifecycle.segment_transitions(segments, previous), S.SEGMENT_TRANSITIONS)

@@ -8,10 +8,10 @@ import pytest
 from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
 
 from segspark.behaviour import engagement_features
+from segspark.context import materialize
 from segspark.errors import ConfigError, InputError
 from segspark.kpis import segment_kpis
 from segspark.ltv_cac import LTV_CAC_COLUMNS, ltv_cac
-from segspark.sql import kept_for_sql
 from tests.conftest import orders_of
 
 T = dt.datetime
@@ -235,7 +235,7 @@ def test_ltv_cac_hand_computed(ltv_inputs, capsys):
     kept: list = []
 
     def keep(df):
-        kept.append(kept_for_sql(df))
+        kept.append(materialize(df, for_query=True))
         return kept[-1]
 
     out_kept = ltv_cac(tx, crm, spend, segments, D(2025, 6, 30), window_months=3, keep=keep)

@@ -347,7 +347,7 @@ def run_clv(
     expected_purchases, expected_avg_value, clv, value_tier] for every customer with a purchase on
     or before ``as_of_date``. ``segments_at(date)``, when given, says each customer's segment as of
     a date (customer_id, :data:`SEGMENT`): the holdout value is also checked by the segment customers
-    had at the calibration end.
+    had at the calibration end, persisted (run_clv releases it).
     """
     cal_end, hold_end = resolve_windows(as_of_date, cfg)
     units_per_month = cfg.days_per_month / S.unit_days(cfg.time_unit)
@@ -385,9 +385,9 @@ def run_clv(
         persisted.persist()
         segments: DataFrame | None = None
         try:
+            # persisted by ``segments_at`` (read by every candidate round and the holdout value
+            # check), released here
             segments = segments_at(cal_end) if segments_at is not None and has_holdout else None
-            if segments is not None:  # read by every candidate round and the holdout value check
-                segments = segments.persist()
             return _run(
                 days,
                 (cal_summary, full),

@@ -8,15 +8,12 @@ pipeline runs the same text through :func:`run_sql`, which binds each input to a
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from segspark.errors import SegsparkError
-
-log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -76,23 +73,3 @@ def run_sql(
     # query still reads the cached frame inside it.
     bound = {view: df.where(F.lit(True)) for view, df in views.items()}
     return spark.sql(bind_views(load_sql(name), bound), args=dict(params or {}), **bound)
-
-
-def kept_for_sql(df: DataFrame) -> DataFrame:
-    """``df`` computed once and kept on local disk, as a leaf plan: for a frame that a query's WITH
-    list reads several times (LTV:CAC's customer level).
-
-    A persisted frame does not serve such a query: Spark's cache matching replaced only the first of
-    the query's references to it (measured on LTV:CAC at 10M lines: two of its three aggregates
-    joined the orders again, 26-30 s instead of 6). A local checkpoint's plan is the kept data itself,
-    which every reference reads. On disk only: a customer-level table must not take the executors'
-    memory; the blocks go with the session (or when the JVM collects the frame). A session without
-    local checkpoints (an older Connect server) gets the persisted frame.
-    """
-    from pyspark import StorageLevel
-
-    try:
-        return df.localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
-    except Exception as exc:  # any refusal of the API (its error class differs by server): persist
-        log.info("local checkpoint not available (%s): the frame is persisted instead", type(exc).__name__)
-        return df.persist()
