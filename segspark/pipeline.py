@@ -474,7 +474,7 @@ def stage_silver(io: StageIO) -> None:
     """Ingest's clean orders become ``orders`` (THE purchase definition applied), then
     ``customer_days``, and as of the run's date ``customer_state`` and ``customer_months``, once; no
     later stage reads lines. An incremental refresh MERGEs its batch's orders into ``orders`` and
-    the days they touch into ``customer_days``."""
+    recomputes only the touched customers' rows of the per-customer tables."""
     from segspark import silver, silver_refresh
 
     grouped = io.clean("orders")
@@ -491,7 +491,7 @@ def stage_silver(io: StageIO) -> None:
     assert as_of is not None
     if grouped is not None:
         io.choose(refresh.ORDERS_VERSION, io.output_version(S.ORDERS))
-    if grouped is not None and not batch:
+    if grouped is not None:  # whole, also after a MERGE (silver_refresh.merge_orders says why)
         io.write(silver.customer_days(orders), S.CUSTOMER_DAYS)
     if touched is not None and silver_refresh.update_state(io, touched, orders, as_of):
         return

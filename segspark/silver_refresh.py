@@ -1,8 +1,7 @@
-"""The silver tables of an incremental refresh: a batch's orders MERGEd into ``orders``, and
-``customer_days`` with the days they touch recomputed and the others kept (:func:`merge_orders`),
-then the per-customer tables with the unchanged customers' rows kept and the touched customers'
-recomputed (:func:`update_state`), each what a full refresh writes. Called by
-``pipeline.stage_silver``."""
+"""The silver tables of an incremental refresh: a batch's orders MERGEd into ``orders``
+(:func:`merge_orders`), then the per-customer tables with the unchanged customers' rows kept and
+the touched customers' recomputed (:func:`update_state`), each what a full refresh writes. Called
+by ``pipeline.stage_silver``."""
 
 from __future__ import annotations
 
@@ -102,31 +101,20 @@ def _state_stands(io: StageIO, earlier_last: dt.date | None, as_of: dt.date) -> 
 
 def merge_orders(io: StageIO, batch: DataFrame) -> Touched:
     """A batch's orders MERGEd into ``orders`` (an order the batch adds lines to is merged with its
-    earlier lines: ``silver.merged_orders``), then ``customer_days`` written whole: the (customer,
-    day) rows the merged orders touch recomputed from them (a day left without an order gone), the
-    others kept. The tables are what a full refresh writes, in one commit each. Returns the
-    customers touched.
+    earlier lines: ``silver.merged_orders``), one commit, what a full refresh writes. Returns the
+    customers touched: those of the merged orders (an order keeps its customer: the key holds it).
 
-    ``customer_days`` is rewritten rather than MERGEd: a batch's days touch most of its files (the
-    rows are not clustered by date), so a MERGE rewrites them anyway, after a join to find them; at
-    10M lines it took 46.3 s against 20.5 s for a whole write (README, "Refresh")."""
+    ``customer_days`` is then written whole from the merged ``orders`` (``pipeline.stage_silver``),
+    as a full refresh writes it: the table is not laid out by date, so a batch's days touch most of
+    its files and any partial update rewrites them. Measured at 10M lines: a MERGE of the touched
+    days 46.3 s, the touched days recomputed and the others kept 17.8-24.1 s (both read every earlier
+    order or day to find them), the whole table from the orders 14.3 s (README, "Refresh")."""
     from segspark import silver
 
     keys = [S.CUSTOMER_ID, S.ORDER_ID]
     earlier = io.earlier(S.ORDERS)
     last = earlier.agg(F.max(S.ORDER_DATE)).first()
     merged = io.cache(silver.merged_orders(earlier, batch, io.settings.purchase).persist())
-    # the days of the merged orders, before and after: an order's first line may move its day
-    before = earlier.join(batch.select(*keys), on=keys, how="left_semi").select(S.CUSTOMER_ID, S.ORDER_DATE)
-    days = io.cache(before.unionByName(merged.select(S.CUSTOMER_ID, S.ORDER_DATE)).distinct().persist())
     io.merge(merged, S.ORDERS, keys)
-    day_keys = [S.CUSTOMER_ID, S.ORDER_DATE]
-    # the merged orders of the touched days: the earlier ones the batch left alone, and the merged
-    # ones (from the pinned earlier version: not a re-read of the table just merged)
-    kept = earlier.join(merged.select(*keys), on=keys, how="left_anti").select(*merged.columns)
-    after = kept.unionByName(merged).join(days, on=day_keys, how="left_semi")
-    recomputed = silver.customer_days(after)
-    kept_days = io.earlier(S.CUSTOMER_DAYS).join(days, on=day_keys, how="left_anti")
-    io.write(_as_nullable_as(kept_days, recomputed).unionByName(recomputed), S.CUSTOMER_DAYS)
-    customers = io.cache(days.select(S.CUSTOMER_ID).distinct().persist())
+    customers = io.cache(merged.select(S.CUSTOMER_ID).distinct().persist())
     return Touched(customers, None if last is None else last[0])
