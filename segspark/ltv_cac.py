@@ -113,8 +113,8 @@ def ltv_cac(
     ``segment`` for each segment type present and ``segment_type = 'all'``. ``state``: the silver
     ``customer_state`` of ``as_of_date`` (the first purchases; computed from ``orders`` when None).
     ``keep``: computes the customer level (one row per buyer) once for the table's aggregates, which
-    read it several times (the pipeline's :func:`segspark.context.materialize` ``for_query``, released with the run's
-    other caches); None: each aggregate computes it from the orders again.
+    read it several times (the pipeline's :func:`segspark.context.materialize` with ``for_query``,
+    released with the run's other caches); None: each aggregate computes it from the orders again.
     """
     if window_months < 1:
         raise ConfigError(f"kpis.ltv_window_months must be >= 1, got {window_months}")
