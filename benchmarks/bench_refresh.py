@@ -26,6 +26,14 @@ and the last week's files (streamed with pyarrow, once per ``--lines``); then in
 
     python benchmarks/bench_refresh.py --incremental --lines 10000000
 
+``--cmd LABEL=COMMAND`` (with ``--incremental``, repeatable): the same incremental run by several
+codes. The history's run once (this checkout); then, per command, a fresh copy of its lakehouse
+and one incremental run of that command on it, the week's files added; ``--repeat`` alternates
+the order (A B, B A, ...); medians per command:
+
+    python benchmarks/bench_refresh.py --incremental --lines 10000000 \
+        --cmd "before=env PYTHONPATH=/tmp/wt-old python -m segspark" --cmd "after=python -m segspark"
+
 ``--delta`` (with ``--incremental``): the transactions a Delta path table (the history its first
 commit, the week a second one): the incremental run reads only the files the new commit added.
 """
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -42,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import REPO, _env, measure, prepare, run_overrides
+from bench_pipeline import _env, measure, prepare, run_overrides
 
 STEPS = ("full", "unchanged", "reuse", "full same date")
 INCREMENTAL_STEPS = ("history", "incremental", "full")
@@ -56,11 +65,18 @@ def _runs(output: Path) -> list[dict[str, Any]]:
     return sorted((r for r in rows if r["command"] == "run"), key=lambda r: r["started_at"])
 
 
-def _step(step: str, items: list[str], output: Path, logs: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``segspark run`` with ``items`` as its own process: its ``runs`` row, and the step's figures
-    (wall and after-session seconds, the refresh decision, rows in, stage seconds), printed."""
-    cmd = [sys.executable, "-m", "segspark", "run", *(x for i in items for x in ("--set", i))]
-    run = measure(cmd, cwd=REPO, env=_env(), log=logs / f"{step.replace(' ', '-')}.log", timeout=3 * 3600)
+def _step(
+    step: str, items: list[str], output: Path, logs: Path, segspark: list[str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``segspark run`` with ``items`` as its own process (``segspark``: the command that runs
+    segspark, this checkout's by default): its ``runs`` row, and the step's figures (wall and
+    after-session seconds, the refresh decision, rows in, stage seconds), printed."""
+    prefix = segspark or [sys.executable, "-m", "segspark"]
+    cmd = [*prefix, "run", *(x for i in items for x in ("--set", i))]
+    # started from the logs' folder, not the checkout: ``python -m`` puts its working folder first on
+    # the import path, so a command's PYTHONPATH (another code's worktree) would be shadowed there
+    logs.mkdir(parents=True, exist_ok=True)
+    run = measure(cmd, cwd=logs, env=_env(), log=logs / f"{step.replace(' ', '-')}.log", timeout=3 * 3600)
     if run.code != 0:
         raise SystemExit(f"{step}: exit {run.code}; see {logs}")
     row = _runs(output)[-1]
@@ -227,6 +243,43 @@ def incremental_sequence(
     return results
 
 
+def incremental_pairs(
+    data: dict[str, Any], out: Path, extra: list[str], cmds: dict[str, list[str]], repeat: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The history's run once (this checkout), its lakehouse kept; then for each repetition and
+    each command (alternated: A B, B A, ...), a fresh copy of that lakehouse and ONE incremental
+    run of that command on it, the week's files added to the transactions folder: the same
+    incremental run by two codes, back to back. The copies' MLflow stores still name the history's
+    artifact folder (its runs log there); the timings do not depend on it."""
+    history, week = split_week(data, out)
+    where = out / "pairs"
+    shutil.rmtree(where, ignore_errors=True)
+    folder, pristine, logs = where / "transactions", where / "history-output", where / "logs"
+    shutil.copytree(history, folder)
+    base = [*run_overrides({**data, "parquet": str(folder)}, "tx", pristine), *extra]
+    _step("history", base, pristine, logs)
+    for f in sorted(week.iterdir()):
+        shutil.copy2(f, folder / f.name)
+    found: dict[str, list[dict[str, Any]]] = {label: [] for label in cmds}
+    for i in range(repeat):
+        for label in list(cmds) if i % 2 == 0 else list(reversed(cmds)):
+            output = where / f"{label}-{i}"
+            shutil.rmtree(output, ignore_errors=True)
+            shutil.copytree(pristine, output)
+            items = [*run_overrides({**data, "parquet": str(folder)}, "tx", output), *extra]
+            _, result = _step(f"incremental {label} #{i}", items, output, logs, cmds[label])
+            found[label].append(result)
+            shutil.rmtree(output, ignore_errors=True)
+    print("\n| command | incremental run, wall s (median) | after session start s | runs |")
+    print("| --- | --- | --- | --- |")
+    for label, results in found.items():
+        wall = statistics.median(r["wall_s"] for r in results)
+        after = statistics.median(r["after_session_s"] for r in results)
+        runs = ", ".join(f"{r['wall_s']:.1f}" for r in results)
+        print(f"| {label} | {wall:.1f} | {after:.1f} | {runs} |")
+    return found
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="/tmp/segspark-bench/pipeline", help="data (shared with bench_pipeline)")
@@ -235,9 +288,22 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], dest="extra", help="extra --set for every run")
     p.add_argument("--incremental", action="store_true", help="history, + a week's files, full (see above)")
     p.add_argument("--delta", action="store_true", help="--incremental on a Delta table (the week: a commit)")
+    p.add_argument(
+        "--cmd",
+        action="append",
+        default=[],
+        help="LABEL=COMMAND running segspark (with --incremental): the history once, then one incremental "
+        "run per command on its own copy of the history's lakehouse, alternated over --repeat",
+    )
     args = p.parse_args()
     out = Path(args.out)
     data = prepare(out, args.lines)
+    if args.incremental and args.cmd:
+        cmds = {c.split("=", 1)[0]: shlex.split(c.split("=", 1)[1]) for c in args.cmd}
+        where = out / "refresh" / f"incremental-{args.lines}"
+        found_pairs = incremental_pairs(data, where, args.extra, cmds, args.repeat)
+        (where / "pairs.json").write_text(json.dumps(found_pairs, indent=1, default=str))
+        return 0
     if args.incremental:
         print(f"history + its last week on {data['lines']:,} lines", flush=True)
         where = out / "refresh" / f"incremental-{args.lines}"
