@@ -4,7 +4,9 @@ A ``SparkConnectServer`` is started with the pyspark package's own ``spark-submi
 README's "Deploy -> Spark Connect" tells a user to. The demo runs classically (generated data, local
 Spark: the suite's session, in the test's process; its printed follow-up commands); ``segspark run
 --conf <the demo's config> --set spark.remote=sc://...`` then runs on the same data in a process that
-starts no JVM of its own, and its ``customer_segments`` and ``segment_kpis`` equal the classic run's.
+starts no JVM of its own, on another number of shuffle partitions, and its ``customer_segments``
+(clusters and personas included), ``cluster_profiles`` and ``segment_kpis`` equal the classic run's:
+two whole runs in two processes and sessions give the same segments.
 That run keeps its lakehouse on an S3 object store (``output.path`` on ``s3a://``, a versitygw server
 from ``tests/s3_server.py``; the Connect server started with Hadoop's S3A connector and its settings, as
 README's "Deploy" tells): the server writes the Parquet files there, the client commits them with the
@@ -289,7 +291,10 @@ def test_job_over_a_spark_connect_server_equals_the_classic_run_and_the_demos_co
     client_env = {**env, **key, **_no_java(tmp_path / "no-java")}
     run_argv = ["run", "--conf", str(conf), "--set", f"output.path=s3a://{BUCKET}/connect"]
     tracking = f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"
-    run_argv += _sets([f"spark.remote={connect_server.remote}", tracking, *JOB_SETS])
+    # another number of shuffle partitions than the classic run's: the results do not depend on the layout
+    run_argv += _sets(
+        [f"spark.remote={connect_server.remote}", tracking, *JOB_SETS, "spark.shuffle_partitions=3"]
+    )
     run, run_s = _segspark(run_argv, client_env, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:] + "\n--- server log\n" + connect_server.log_tail()
     assert f"connecting to Spark Connect at {connect_server.remote}" in run.stderr
@@ -314,6 +319,16 @@ def test_job_over_a_spark_connect_server_equals_the_classic_run_and_the_demos_co
     # (chispa's approximate equality compares every column that is not a float exactly)
     classic_segments = _table(spark, classic, "customer_segments")
     assert_approx_df_equality(classic_segments, segments, 1e-6, ignore_row_order=True, ignore_nullable=True)
+    # two whole runs in two processes and sessions: the same clusters and personas (above, with every
+    # segment) from the same cluster profiles
+    profiles = {
+        root: sorted(
+            (r["cluster_id"], r["persona"], r["size"])
+            for r in pa.table(_delta(root, "cluster_profiles").to_pyarrow_table()).to_pylist()
+        )
+        for root in (classic, connect)
+    }
+    assert profiles[classic] == profiles[connect] and len({p for _, p, _ in profiles[classic]}) >= 2
     kpis = _table(spark, connect, "segment_kpis")
     assert kpis.count() > 50
     assert_approx_df_equality(

@@ -1,17 +1,17 @@
-"""Reruns on unchanged data and config give the same clusters and persona names.
+"""A refit on unchanged data and config gives the same clusters and persona names.
 
-``segspark run`` twice (two output folders) and ``segspark cluster`` twice on one output, each pair
-in two processes (two Spark sessions, task scheduling and file listing), must write identical
-``customer_segments`` assignments and personas. The first run is the suite's reference run, in a
-process of its own; the second runs in the suite's process, on the suite's session (which also has
-another number of shuffle partitions: the clusters do not depend on the layout).
+``segspark cluster`` on a copy of the suite's reference run's output, in the suite's process and
+session (another process than the run's, another number of shuffle partitions: the clusters do not
+depend on the layout), must write the run's ``customer_segments`` assignments and personas again.
+Two whole runs in two processes (two Spark sessions, other shuffle partitions) giving the same
+segments, clusters, personas and cluster profiles: ``tests/test_connect_server.py`` (the demo in the
+suite's session, the same job over a Spark Connect server).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pyarrow.compute as pc
 import pytest
@@ -55,35 +55,17 @@ def _profiles(out: Path) -> list[tuple[int, str, int]]:
     return sorted((r["cluster_id"], r["persona"], r["size"]) for r in rows.to_pylist())
 
 
-@pytest.fixture(scope="module")
-def runs(reference_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run "a" is the suite's reference run (its own process); "b" runs again on its data and
-    configuration (``OFF`` aside) in this process, into another output folder."""
-    root = tmp_path_factory.mktemp("determinism")
-    b = root / "b"
-    _cli(reference_run, "run", "--run-id", "det-b", *reference_run.job_sets(b), *OFF)
-    return {"ref": reference_run, "a": reference_run.out, "b": b, "root": root}
-
-
-@pytest.mark.slow
-def test_two_runs_give_the_same_clusters_and_personas(runs: dict[str, Any]) -> None:
-    a, b = _segments(runs["a"]), _segments(runs["b"])
-    assert len(a) == _buyers(runs["a"]) > 0.5 * REFERENCE_CUSTOMERS  # every buyer, clustered
-    assert len({p for _, p in a.values()}) >= 3
-    moved = sum(a[k] != b.get(k) for k in a)
-    assert moved == 0 and a.keys() == b.keys(), f"{moved} of {len(a)} customers differ between two runs"
-    assert _profiles(runs["a"]) == _profiles(runs["b"])
-
-
 @pytest.mark.slow
 def test_cluster_twice_on_the_same_output_gives_the_same_clusters_and_personas(
-    runs: dict[str, Any],
+    reference_run: ReferenceRun, tmp_path: Path
 ) -> None:
-    # on a copy of run "a": the run's own clustering was the first fit, one refit compares two
-    out = copy_output(runs["a"], runs["root"] / "a-copy")
+    # on a copy of the run's output: the run's own clustering was the first fit, one refit compares two
+    out = copy_output(reference_run.out, tmp_path / "copy")
     first = _segments(out)
+    assert len(first) == _buyers(out) > 0.5 * REFERENCE_CUSTOMERS  # every buyer, clustered
+    assert len({p for _, p in first.values()}) >= 3
     profiles = _profiles(out)
-    ref: ReferenceRun = runs["ref"]
+    ref = reference_run
     _cli(ref, "cluster", "--run-id", "det-cluster", *ref.job_sets(out), *OFF)
     again = _segments(out)
     moved = sum(first[k] != again.get(k) for k in first)
