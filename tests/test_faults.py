@@ -170,7 +170,7 @@ def test_a_run_killed_mid_write_then_retried_commits_every_table_once(
     data: dict[str, Any], engine: str
 ) -> None:
     out = data["root"] / f"killed-{engine}"
-    victim = out / "tables" / "customer_features"
+    victim = out / "tables" / "customer_state"
     proc = subprocess.Popen(
         _command("run", out, data["paths"], "--run-id", "k1", engine=engine),
         stdout=subprocess.DEVNULL,
@@ -181,9 +181,9 @@ def test_a_run_killed_mid_write_then_retried_commits_every_table_once(
     )
     try:
         deadline = time.monotonic() + 600
-        # Spark is writing customer_features' data files (in its staging folder), not yet committed
+        # Spark is writing customer_state's data files (in its staging folder), not yet committed
         while not any(".parquet" in p.name for p in victim.rglob("*") if p.is_file()):
-            assert proc.poll() is None, "the run ended before its customer_features write was seen"
+            assert proc.poll() is None, "the run ended before its customer_state write was seen"
             assert time.monotonic() < deadline
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
