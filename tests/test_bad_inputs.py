@@ -251,7 +251,7 @@ CASES: dict[str, Case] = {
     ),
     "all_garbage_is_one_data_error": Case(
         all_garbage,
-        ["--set", "as_of_date=2024-06-30"],
+        ["--set", "as_of_date=2024-06-30", "--set", "tracking.enabled=false"],  # no MLflow store to create
         3,
         (
             "table 'transactions'",
