@@ -65,8 +65,7 @@ def test_cluster_twice_on_the_same_output_gives_the_same_clusters_and_personas(
     assert len(first) == _buyers(out) > 0.5 * REFERENCE_CUSTOMERS  # every buyer, clustered
     assert len({p for _, p in first.values()}) >= 3
     profiles = _profiles(out)
-    ref = reference_run
-    _cli(ref, "cluster", "--run-id", "det-cluster", *ref.job_sets(out), *OFF)
+    _cli(reference_run, "cluster", "--run-id", "det-cluster", *reference_run.job_sets(out), *OFF)
     again = _segments(out)
     moved = sum(first[k] != again.get(k) for k in first)
     assert moved == 0 and first.keys() == again.keys(), (
