@@ -162,13 +162,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str] | None = None, demo: bool = False) -> int:
-    from segspark import pipeline
+    from segspark import pipeline, tracking
     from segspark.context import open_context
 
     settings = _settings(args, extra)
     _check_key(settings, demo)
     check_inputs(settings)
     check_storage(settings)
+    tracking.prepare(settings)  # the MLflow store is made ready while the session starts
     ctx = open_context(settings, args.command, demo=demo)
     pipeline.run(ctx)
     _print_run(ctx)
@@ -198,7 +199,7 @@ def _print_run(ctx: RunContext) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from segspark import drift, maintenance, pipeline
+    from segspark import drift, maintenance, pipeline, tracking
     from segspark.context import open_context
 
     settings = _settings(args)
@@ -207,6 +208,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         check_vacuum_retention(settings.lakehouse.vacuum_retention_hours, args.force)
     check_storage(settings)
+    if args.command in pipeline.SELECTIONS:  # a parent MLflow run: its store made ready meanwhile
+        tracking.prepare(settings)
     ctx = open_context(settings, args.command)
     if args.command in pipeline.SELECTIONS:  # cluster, report: stages of the pipeline on written tables
         pipeline.run(ctx)
@@ -300,13 +303,14 @@ DEMO_ENGINE = "delta-rs"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from segspark import generate
+    from segspark import generate, tracking
 
     out = Path(args.out).resolve()
     # the embedded engine unless the user chose one: no Maven download on a newcomer's first run
     engine = [] if _settings(args).lakehouse.engine != "auto" else [f"lakehouse.engine={DEMO_ENGINE}"]
     settings = _settings(args, [f"output.path={out}", *engine])
     started = time.perf_counter()
+    tracking.prepare(settings)  # the run's MLflow store, made ready while the data are generated
     data = generate.write_lakehouse(settings, str(out / "data"), args.customers, seed=args.seed)
     print(
         f"generated {args.customers} customers ({data['rows']['transactions']:,} transactions) "

@@ -126,6 +126,12 @@ class StageIO:
         self._allowed(f"input:{name}", self.stage.reads, "reads")
         return self._ctx.lake.read_input(name)
 
+    def logged_input_rows(self, name: str) -> int | None:
+        """The rows of ``input:<name>``, as read, from its Delta log (None: not known without a count)."""
+        self._allowed(f"input:{name}", self.stage.reads, "reads")
+        info = self._ctx.inputs.get(name)
+        return self._ctx.lake.logged_input_rows(name, info.info.version if info is not None else None)
+
     def input_files(self, name: str, files: list[str]) -> DataFrame:
         """Only ``files`` of a configured Parquet or CSV source (``input:<name>``)."""
         self._allowed(f"input:{name}", self.stage.reads, "reads")
@@ -293,13 +299,20 @@ def read_inputs(io: StageIO, reused: bool) -> dict[str, DataFrame]:
     return frames
 
 
-def size_shuffle_partitions(io: StageIO, frames: dict[str, DataFrame], known: int = 0) -> None:
-    """The largest input sets the shuffle partitions of the run (a row count: no column is read;
-    ``known``: rows of an input not read), when the job sizes them: a count job per input spared
-    otherwise."""
+def size_shuffle_partitions(
+    io: StageIO, frames: dict[str, DataFrame], known: int = 0, batch: frozenset[str] = frozenset()
+) -> None:
+    """The largest input sets the shuffle partitions of the run, when the job sizes them (a count
+    job per input spared otherwise): a Delta path input's rows from its log, other inputs' and the
+    ``batch`` (only new files read) counted (no column is read); ``known``: rows of an input not read."""
     scaled = None
     if sizes_shuffle_partitions(io.settings.spark):
-        largest = max([known, *(df.count() for df in frames.values())])
+
+        def rows(name: str, df: DataFrame) -> int:
+            logged = None if name in batch else io.logged_input_rows(name)
+            return df.count() if logged is None else logged
+
+        largest = max([known, *(rows(name, df) for name, df in frames.items())])
         scaled = scale_shuffle_partitions(io.spark, io.settings.spark, largest)
     io.choose("spark.shuffle_partitions", scaled or io.spark.conf.get("spark.sql.shuffle.partitions"))
 
@@ -314,7 +327,9 @@ def stage_ingest(io: StageIO) -> None:
     frames = read_inputs(io, reused is not None)
     if batch:  # only the new files' lines are validated (the whole input is read for its amounts)
         frames = {"transactions": io.input_files("transactions", list(batch)), **frames}
-    size_shuffle_partitions(io, frames, reused.rows_in if reused is not None else 0)
+    size_shuffle_partitions(
+        io, frames, reused.rows_in if reused is not None else 0, frozenset({"transactions"} if batch else ())
+    )
     key = privacy.resolve_key(settings.privacy, demo=io.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     mappings = {name: getattr(settings.input, name).columns for name in INPUTS}

@@ -7,9 +7,13 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from segspark.errors import SegsparkError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -61,18 +65,78 @@ def _ensure_experiment(settings: Settings) -> None:
         mlflow.create_experiment(settings.tracking.experiment, artifact_location=store.as_uri())
 
 
+def _quiet() -> None:
+    """MLflow's own chatter (and its store migrations') would drown the job's log."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+# What opening the parent run waits for longest, started early in a thread of its own (``prepare``):
+# the tracking URI it prepares and the thread's outcome.
+_prepared: tuple[str, Future[None]] | None = None
+
+
+def prepare(settings: Settings) -> None:
+    """Start importing MLflow (~2 s) and creating the default SQLite store (its schema migrations,
+    ~2 s) in a background thread, so that they overlap what the driver's Python only waits on: the
+    Spark session's JVM start, the demo's data generation. ``parent_run`` waits for it and raises
+    its error, at the point of the run where it opened the store itself; nothing but the store's
+    creation is done here (no run, no tracking server contacted: ``configure`` only sets the URIs).
+
+    Call it after the configuration checks and before the session starts."""
+    global _prepared
+    if not settings.tracking.enabled:
+        return
+    try:
+        uri = settings.tracking_uri
+    except SegsparkError:  # nowhere to go: parent_run says so, where it always did
+        return
+    _wait_prepared(None)  # an earlier one (another run's, in this process) ends first
+    future: Future[None] = Future()
+
+    def work() -> None:
+        try:
+            import mlflow  # noqa: F401  (its import sets its loggers' level: quieted after it)
+
+            _quiet()
+            configure(settings)
+            _ensure_experiment(settings)
+        except BaseException as exc:  # raised again by parent_run, in the run's own thread
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    # not a daemon: a run that fails before its parent run opens still lets the store's creation end
+    threading.Thread(target=work, name="segspark-mlflow-prepare").start()
+    _prepared = (uri, future)
+
+
+def _wait_prepared(uri: str | None) -> None:
+    """Wait for ``prepare``'s thread, if one was started; raise its error when it prepared ``uri``
+    (another store's error belongs to a run that ended before opening it)."""
+    global _prepared
+    pending, _prepared = _prepared, None
+    if pending is None:
+        return
+    prepared, future = pending
+    try:
+        future.result()
+    except Exception:
+        if prepared == uri:
+            raise
+
+
 @contextlib.contextmanager
 def parent_run(settings: Settings, run_id: str, tags: dict[str, str] | None = None) -> Iterator[str | None]:
     """Open the pipeline's parent MLflow run (or do nothing when tracking is disabled)."""
     if not settings.tracking.enabled:
         yield None
         return
+    _wait_prepared(settings.tracking_uri)
     import mlflow
 
     configure(settings)
-    # MLflow's own chatter would drown the job's log
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _quiet()
     _ensure_experiment(settings)
     mlflow.set_experiment(settings.tracking.experiment)
     with mlflow.start_run(run_name=f"segspark-{run_id}") as run:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import duckdb
@@ -313,12 +314,27 @@ def test_inputs_in_parquet_csv_and_delta_with_version(spark: SparkSession, tmp_p
         cfg = Settings.model_validate(
             {**base, "input": {"transactions": {"path": str(path), "format": fmt, "version": version}}}
         )
-        df, info = Lakehouse(spark, cfg).read_input("transactions")
+        lake = Lakehouse(spark, cfg)
+        df, info = lake.read_input("transactions")
         assert df.count() == expected, (fmt, version)
+        # the run's shuffle partitions are sized from a Delta input's log: the rows of the version read
+        logged = lake.logged_input_rows("transactions", info.version)
+        assert logged == (expected if fmt == "delta" else None), (fmt, version)
         if fmt == "csv":
             assert dict(df.dtypes)["amount"] == "string"  # cast later by ingest with try_cast
         if fmt == "delta":
             assert info.version == (0 if version == 0 else 1)
+    # a commit without the optional statistic: not known from the log (counted instead)
+    commit = delta_path / "_delta_log" / f"{1:020d}.json"
+    actions = [json.loads(line) for line in commit.read_text().splitlines()]
+    for action in actions:
+        action.get("add", {}).pop("stats", None)
+    commit.write_text("".join(json.dumps(a) + "\n" for a in actions))
+    cfg = Settings.model_validate(
+        {**base, "input": {"transactions": {"path": str(delta_path), "format": "delta"}}}
+    )
+    assert Lakehouse(spark, cfg).logged_input_rows("transactions", 1) is None
+    assert Lakehouse(spark, cfg).logged_input_rows("transactions", 0) == 1
 
 
 def test_missing_input_and_unsupported_features_are_clear_errors(spark: SparkSession, tmp_path: Path) -> None:

@@ -265,6 +265,18 @@ def file_layout(table: DeltaTable) -> FileLayout:
     return FileLayout(actions.num_rows, int(pc.sum(actions.column("size_bytes")).as_py() or 0), most)
 
 
+def logged_rows(where: str, version: int | None) -> int | None:
+    """The rows of a Delta table's snapshot from its log: the sum of its data files' ``numRecords``
+    statistic (no Spark job). None when a file was committed without it (the statistic is optional)."""
+    actions = pa.table(delta_table(where, version=version).get_add_actions(flatten=True))
+    if "num_records" not in actions.column_names:
+        return None
+    records = actions.column("num_records")
+    if records.null_count:
+        return None
+    return int(pc.sum(records).as_py() or 0)
+
+
 def unreferenced_files(where: str) -> list[str]:
     """The files under the table that its latest snapshot does not reference and that a vacuum may
     delete: data files of replaced versions or of writes never committed, and change data files.

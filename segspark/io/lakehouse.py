@@ -28,6 +28,7 @@ from segspark.io.engine import (
     TableEngine,
     TableNotFound,
     WriteMode,
+    is_catalog_name,
 )
 
 if TYPE_CHECKING:
@@ -401,6 +402,18 @@ class Lakehouse:
             raise InputError(f"input '{name}': no {cfg.format} data at {location} (input.{name}.path)")
         df = inputs.read_files(self.spark, name, cfg)  # Parquet from pandas (nanoseconds) included
         return df, InputInfo(name, location, cfg.format, None)
+
+    def logged_input_rows(self, name: str, version: int | None) -> int | None:
+        """The rows of the Delta path input ``name`` at ``version`` (as read) from its log, where its
+        files carry the statistic; None otherwise (catalog tables, Parquet, CSV): count them."""
+        cfg: InputTable = getattr(self.settings.input, name)
+        if cfg.format != "delta" or cfg.table or not cfg.path or is_catalog_name(cfg.path):
+            return None
+        try:
+            return delta_log.logged_rows(cfg.path, version)
+        except Exception as exc:  # a hint for sizing only: counted instead
+            log.debug("input %s: rows not read from its Delta log (%s); counted", name, exc)
+            return None
 
     def read_input_files(self, name: str, files: list[str]) -> DataFrame:
         """Only ``files`` (relative to its path) of the Parquet or CSV input ``name``, or of the Delta
