@@ -574,3 +574,57 @@ def test_a_named_model_beyond_the_holdout_bound_gives_way(
     assert "clv.max_holdout_error" in res.fit["validity"][worst]["reason"]
     assert res.fit["reason"].startswith(f"configured clv.model={worst} is not valid (holdout total error")
     assert any(w.startswith(f"clv: configured clv.model={worst} is not valid") for w in res.warnings)
+
+
+def test_a_prediction_udf_unpickled_in_a_fresh_python_imports_the_models_only(spark: Any) -> None:
+    """What a Python worker of a run does with the CLV predictions' pandas_udfs: unpickle the function
+    (pyspark's cloudpickle) and call it. It imports this package's models, not the fit with matplotlib
+    and statsmodels (about a second of imports in every worker), and gives the driver's numbers."""
+    import json
+    import subprocess
+    import sys
+
+    from pyspark import cloudpickle
+
+    params = [0.243, 4.414, 0.793, 2.426]  # Fader, Hardie & Lee (2005) on CDNOW
+    blob = cloudpickle.dumps(P.expected_purchases_udf(M.BGNBD, params).func)
+    code = (
+        "import json, pickle, sys\n"
+        "import pandas as pd\n"
+        "f = pickle.loads(sys.stdin.buffer.read())\n"
+        "s = pd.Series\n"
+        "out = f(s([39.0]), s([2.0]), s([30.43]), s([38.86]))\n"
+        "heavy = ('segspark.clv.fit', 'matplotlib', 'statsmodels', 'segspark.report', 'mlflow')\n"
+        "print(json.dumps([float(out.iloc[0]), sorted(m for m in heavy if m in sys.modules)]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True)
+    value, heavy = json.loads(proc.stdout)
+    assert heavy == []
+    # the published CDNOW conditional expectation (Fader, Hardie & Lee 2005): 1.226 for this customer
+    expected = M.expected_purchases(M.BGNBD, params, *(np.array([v]) for v in (39.0, 2.0, 30.43, 38.86)))
+    assert value == pytest.approx(float(expected[0]), rel=1e-12)
+    assert value == pytest.approx(1.226, abs=0.001)
+
+
+def test_the_python_workers_start_beside_the_fits_and_are_the_ones_the_udfs_find(spark: Any) -> None:
+    """The candidate fits run inside ``python_workers_started``: a background job starts the local
+    session's Python workers meanwhile (importing the CLV models) and is waited for at the end."""
+    import threading
+
+    import pyspark.sql.functions as F
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "segspark-python-workers"]
+
+    with P.python_workers_started(spark):
+        assert len(workers()) == 1  # started, and the body runs meanwhile (a job takes far longer)
+    assert workers() == []  # waited for: no job of it outlives the fits
+
+    def loaded(x: pd.Series) -> pd.Series:  # by value: its unpickling imports no segspark module
+        import sys
+
+        return pd.Series([float("segspark.clv.models" in sys.modules)] * len(x))
+
+    probe = F.pandas_udf(loaded, "double")  # type: ignore[call-overload]
+    got = spark.range(0, 2, 1, 2).select(F.min(probe(F.col("id").cast("double"))).alias("m")).first()
+    assert got["m"] == 1.0  # both task threads' workers hold the models already

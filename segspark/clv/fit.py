@@ -29,6 +29,7 @@ recorded (``clv_fit``, MLflow, the run's warnings).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -221,7 +222,9 @@ def _fit_round(
             if out[name].valid:
                 return out, name, None
         return out, None, None
-    fits = {name: _fit(name, stats, penalizer) for name in order}
+    # the holdout check's UDFs run next: their Python workers start while the driver fits
+    with P.python_workers_started(cal_summary.sparkSession) if has_holdout else contextlib.nullcontext():
+        fits = {name: _fit(name, stats, penalizer) for name in order}
     fitted = {k: v for k, v in fits.items() if isinstance(v, M.FitResult)}
     cells = V.holdout_cells(cal_summary, fitted, segments, SEGMENT) if has_holdout and fitted else None
     metrics = (

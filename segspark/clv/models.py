@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize
-from statsmodels.tools.numdiff import approx_fprime
 from threadpoolctl import threadpool_limits
 
 from segspark.clv import cnbd
@@ -181,7 +180,7 @@ def _minimize(
         return val if np.isfinite(val) else 1e300
 
     def numeric_grad(theta: FloatArray) -> FloatArray:
-        return np.asarray(approx_fprime(theta, objective, centered=True), dtype=np.float64)
+        return central_differences(theta, objective)
 
     fun: Callable[[FloatArray], Any]
     jac_arg: Callable[[FloatArray], FloatArray] | bool
@@ -213,6 +212,16 @@ def _minimize(
     return res, objective, jac
 
 
+def central_differences(theta: FloatArray, f: Callable[[FloatArray], Any]) -> FloatArray:
+    """statsmodels' central-difference derivative of ``f`` at ``theta`` (a gradient, or a Jacobian).
+
+    statsmodels is imported here, not with this module: the predictions' pandas_udfs import this
+    module in every Python worker of a run, and only the fits on the driver differentiate."""
+    from statsmodels.tools.numdiff import approx_fprime
+
+    return np.asarray(approx_fprime(theta, f, centered=True), dtype=np.float64)
+
+
 def _finish(
     model: str,
     res: optimize.OptimizeResult,
@@ -233,7 +242,7 @@ def _finish(
     grad_norm = float(np.max(np.abs(grad))) * n  # of the total (not mean) negative log-likelihood
     # Hessian of the total negative log-likelihood in log-parameters, by central differences of the
     # gradient; covariance = inverse; delta method back to the natural scale: se(p) = p * se(log p).
-    hess = np.asarray(approx_fprime(theta, jac, centered=True), dtype=np.float64) * n
+    hess = central_differences(theta, jac) * n
     hess = 0.5 * (hess + hess.T)
     se: dict[str, float]
     try:
