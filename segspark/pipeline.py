@@ -878,6 +878,7 @@ def _decide_refresh(ctx: RunContext) -> str:
 
         # resolved once, before the decision: the version compared is the version stage_segments loads
         alias = settings.clustering.model_alias
+        tracking.wait_prepared()  # the store this process is creating meanwhile, if any, first
         ctx.resolved_model = resolve_model(settings.tracking.registered_model, settings.tracking_uri, alias)
         model = ctx.choices[refresh.MODEL] = ctx.resolved_model[0]
     decision = refresh.decide(settings, ctx.lake, ctx.command, state, model)

@@ -111,6 +111,16 @@ def prepare(settings: Settings) -> None:
     _prepared = (uri, future)
 
 
+def wait_prepared() -> None:
+    """Wait for ``prepare``'s thread before this thread uses the store itself (a score resolves its
+    registered model before the parent run opens): two threads never create one SQLite store at once.
+    Its error is left for ``parent_run`` to raise."""
+    pending = _prepared
+    if pending is not None:
+        with contextlib.suppress(Exception):
+            pending[1].result()
+
+
 def _wait_prepared(uri: str | None) -> None:
     """Wait for ``prepare``'s thread, if one was started; raise its error when it prepared ``uri``
     (another store's error belongs to a run that ended before opening it)."""

@@ -63,3 +63,22 @@ def test_a_store_that_cannot_be_made_fails_its_own_parent_run_only(tmp_path: Pat
     tracking.prepare(bad)
     other = _settings(tmp_path / "other")  # not prepared: the pending error is someone else's
     assert _open(other, "r3")
+
+
+def test_a_score_waits_for_the_store_before_it_reads_the_registry(tmp_path: Path) -> None:
+    """A score resolves its registered model before its parent run opens: it waits for the store the
+    background thread is creating (never two threads migrating one SQLite file), and the thread's
+    error stays for the parent run to raise."""
+    good = _settings(tmp_path / "good")
+    tracking.prepare(good)
+    tracking.wait_prepared()
+    experiment = MlflowClient(good.tracking_uri).get_experiment_by_name(good.tracking.experiment)
+    assert experiment is not None  # created by the thread, which had ended
+    assert experiment.artifact_location == (tmp_path / "good" / "mlartifacts").as_uri()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    bad = _settings(tmp_path / "bad", f"sqlite:///{blocked}/store/mlflow.db")
+    tracking.prepare(bad)
+    tracking.wait_prepared()  # no error here
+    with pytest.raises(OSError):
+        _open(bad, "r1")
