@@ -300,16 +300,17 @@ def read_inputs(io: StageIO, reused: bool) -> dict[str, DataFrame]:
 
 
 def size_shuffle_partitions(
-    io: StageIO, frames: dict[str, DataFrame], known: int = 0, batch: frozenset[str] = frozenset()
+    io: StageIO, frames: dict[str, DataFrame], known: int = 0, batch: bool = False
 ) -> None:
     """The largest input sets the shuffle partitions of the run, when the job sizes them (a count
-    job per input spared otherwise): a Delta path input's rows from its log, other inputs' and the
-    ``batch`` (only new files read) counted (no column is read); ``known``: rows of an input not read."""
+    job per input spared otherwise): a Delta path input's rows from its log, other inputs' counted
+    (no column is read), and so are the transactions when only a ``batch`` of new files was read;
+    ``known``: rows of an input not read."""
     scaled = None
     if sizes_shuffle_partitions(io.settings.spark):
 
         def rows(name: str, df: DataFrame) -> int:
-            logged = None if name in batch else io.logged_input_rows(name)
+            logged = None if batch and name == "transactions" else io.logged_input_rows(name)
             return df.count() if logged is None else logged
 
         largest = max([known, *(rows(name, df) for name, df in frames.items())])
@@ -327,9 +328,7 @@ def stage_ingest(io: StageIO) -> None:
     frames = read_inputs(io, reused is not None)
     if batch:  # only the new files' lines are validated (the whole input is read for its amounts)
         frames = {"transactions": io.input_files("transactions", list(batch)), **frames}
-    size_shuffle_partitions(
-        io, frames, reused.rows_in if reused is not None else 0, frozenset({"transactions"} if batch else ())
-    )
+    size_shuffle_partitions(io, frames, reused.rows_in if reused is not None else 0, bool(batch))
     key = privacy.resolve_key(settings.privacy, demo=io.demo) if settings.privacy.pseudonymize else None
     processing_ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     mappings = {name: getattr(settings.input, name).columns for name in INPUTS}

@@ -91,7 +91,7 @@ def prepare(settings: Settings) -> None:
         uri = settings.tracking_uri
     except SegsparkError:  # nowhere to go: parent_run says so, where it always did
         return
-    _wait_prepared(None)  # an earlier one (another run's, in this process) ends first
+    wait_prepared()  # an earlier one (another run's, in this process) ends first
     future: Future[None] = Future()
 
     def work() -> None:
@@ -111,29 +111,22 @@ def prepare(settings: Settings) -> None:
     _prepared = (uri, future)
 
 
-def wait_prepared() -> None:
-    """Wait for ``prepare``'s thread before this thread uses the store itself (a score resolves its
-    registered model before the parent run opens): two threads never create one SQLite store at once.
-    Its error is left for ``parent_run`` to raise."""
-    pending = _prepared
-    if pending is not None:
-        with contextlib.suppress(Exception):
-            pending[1].result()
-
-
-def _wait_prepared(uri: str | None) -> None:
-    """Wait for ``prepare``'s thread, if one was started; raise its error when it prepared ``uri``
-    (another store's error belongs to a run that ended before opening it)."""
+def wait_prepared(uri: str | None = None) -> None:
+    """Wait for ``prepare``'s thread, if one was started. Before this thread uses the store itself (a
+    score resolves its registered model before the parent run opens), so that two threads never
+    create one SQLite store at once: its error is left for ``parent_run``. With ``uri`` (the parent
+    run's store) the thread is done with, and its error raised when it prepared that store (another
+    store's error belongs to a run that ended before opening it)."""
     global _prepared
-    pending, _prepared = _prepared, None
-    if pending is None:
+    if _prepared is None:
         return
-    prepared, future = pending
-    try:
-        future.result()
-    except Exception:
-        if prepared == uri:
-            raise
+    prepared, future = _prepared
+    error = future.exception()  # waits for the thread
+    if uri is None:
+        return
+    _prepared = None
+    if error is not None and prepared == uri:
+        raise error
 
 
 @contextlib.contextmanager
@@ -142,7 +135,7 @@ def parent_run(settings: Settings, run_id: str, tags: dict[str, str] | None = No
     if not settings.tracking.enabled:
         yield None
         return
-    _wait_prepared(settings.tracking_uri)
+    wait_prepared(settings.tracking_uri)
     import mlflow
 
     configure(settings)
