@@ -296,9 +296,10 @@ def run(
     print(f"    its customer scores written (noop): {step}", flush=True)
     if churn:
         from segspark import churn as C
+        from segspark.config import PurchaseConfig
 
         with _Step() as step:
-            cres = C.run_churn(orders, as_of, ChurnConfig())
+            cres = C.run_churn(orders, as_of, ChurnConfig(), PurchaseConfig())
         m = cres.metrics
         print(
             f"churn stage (run_churn, defaults): {step}; AUC {m['auc']:.3f}, trained on {m['train_rows']:,} "

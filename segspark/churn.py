@@ -1,8 +1,17 @@
 """Supervised churn propensity with Spark ML: features at a cutoff, label = no purchase in the next N days.
 
 Input: the silver ``orders`` table (:mod:`segspark.silver`); purchases are its ``is_purchase``
-orders (the job's one purchase definition), an order "has a return" when ``returned_amount > 0``,
-its categories and channel are the order's own columns.
+orders (the job's one purchase definition), an order "has a return" when it has a return line, its
+categories and channel are the order's own columns.
+
+Point in time: a window's features count every order as it stood at the window's cutoff, and its
+label judges the purchases of the horizon as they stood at the horizon's end. An order's return
+lines keep the day they were recorded (``orders.returns``), so a return recorded after the cutoff
+neither lowers the order's net amount, nor marks it as returned, nor (when it cancels the order)
+takes it out of the purchases: the features at a past cutoff are those a run on that day's lines
+computes (tests/test_churn.py), not features that know of returns made later. The purchase
+definition is the orders' own; only an order with a return after the day judged is judged again,
+on its net amount then (``purchase.min_net_amount``).
 
 Time-based split (``h`` = ``churn.horizon_days``, all dates inclusive):
 
@@ -44,7 +53,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from segspark.config import ChurnConfig
+from segspark.config import ChurnConfig, PurchaseConfig
 from segspark.errors import InputError
 from segspark.local_models import LocalClassifier, fit_classifier
 from segspark.schema import (
@@ -55,7 +64,9 @@ from segspark.schema import (
     IS_PURCHASE,
     NET_AMOUNT,
     ORDER_DATE,
-    RETURNED_AMOUNT,
+    RETURN_AMOUNT,
+    RETURN_DAY,
+    RETURNS,
 )
 
 log = logging.getLogger(__name__)
@@ -64,7 +75,7 @@ CHURN_RISK = "churn_risk"
 CHURN_LABEL = "churned"
 BAND_LOW, BAND_MEDIUM, BAND_HIGH = "low", "medium", "high"
 CUSTOMER_COLUMNS = (CUSTOMER_ID, CHURN_RISK, CHURN_BAND)
-ORDER_COLUMNS = (CUSTOMER_ID, ORDER_DATE, NET_AMOUNT, RETURNED_AMOUNT, CATEGORIES, CHANNEL, IS_PURCHASE)
+ORDER_COLUMNS = (CUSTOMER_ID, ORDER_DATE, NET_AMOUNT, RETURNS, CATEGORIES, CHANNEL, IS_PURCHASE)
 
 FEATURES = (
     "recency_days",
@@ -140,7 +151,7 @@ class Codes:
 def value_codes(orders: DataFrame, end: dt.date) -> Codes:
     """The :class:`Codes` of the purchase orders on or before ``end`` (one global aggregate; at most
     63 values of each kind reach the driver)."""
-    bought = _purchases(orders, end, None)
+    bought = _purchases(orders, end, None, (), 0.0)
     cats = F.array_distinct(F.flatten(F.collect_set(F.col(CATEGORIES))))
     chans = F.collect_set(F.col(CHANNEL))
     row = bought.agg(
@@ -164,9 +175,14 @@ def _bits(values: tuple[str, ...]) -> Column:
     return F.create_map(*[x for i, v in enumerate(values) for x in (F.lit(v), F.lit(1 << i).cast("long"))])
 
 
-def _purchases(orders: DataFrame, end: dt.date, codes: Codes | None) -> DataFrame:
-    """The purchase orders on or before ``end``, with the columns the features need (categories and
-    channel as bit masks where ``codes`` allow)."""
+def _purchases(
+    orders: DataFrame, end: dt.date, codes: Codes | None, days: Sequence[dt.date], min_net: float
+) -> DataFrame:
+    """The orders on or before ``end`` that are purchases on some day (an order a later return
+    cancelled was one before it), with the columns the features need (categories and channel as
+    bit masks where ``codes`` allow) and, for each of ``days`` (index i), the order as it stood at
+    the end of that day: ``_net<i>`` its net amount, ``_buy<i>`` whether it was a purchase,
+    ``_ret<i>`` 1.0 when it had a return line by then."""
     missing = [c for c in ORDER_COLUMNS if c not in orders.columns]
     if missing:
         raise InputError(f"orders: column(s) {', '.join(missing)} missing; churn needs them")
@@ -181,24 +197,43 @@ def _purchases(orders: DataFrame, end: dt.date, codes: Codes | None) -> DataFram
         ).alias(_CAT_MASK)
     if codes is not None and codes.channels is not None:
         chans = F.try_element_at(_bits(codes.channels), F.col(CHANNEL)).alias(_CHAN_MASK)
-    return orders.where(F.col(IS_PURCHASE) & (F.col(ORDER_DATE) <= F.lit(end))).select(
-        F.col(CUSTOMER_ID),
-        F.col(ORDER_DATE),
-        F.col(NET_AMOUNT),
-        (F.col(RETURNED_AMOUNT) > 0).cast("double").alias("has_return"),
-        cats,
-        chans,
+    returns = F.coalesce(F.col(RETURNS), F.array().cast(orders.schema[RETURNS].dataType))
+    as_of = [c for i, day in enumerate(days) for c in _as_it_stood(returns, day, i, min_net)]
+    cancelled_later = F.exists(returns, lambda r: r[RETURN_DAY] > F.col(ORDER_DATE))
+    return orders.where((F.col(IS_PURCHASE) | cancelled_later) & (F.col(ORDER_DATE) <= F.lit(end))).select(
+        F.col(CUSTOMER_ID), F.col(ORDER_DATE), *as_of, cats, chans
     )
 
 
-def _aggs(cutoff: dt.date, p: str, horizon_days: int | None, coded: tuple[bool, bool]) -> list[Column]:
-    """Aggregates of window ``p`` (column prefix): purchases on or before ``cutoff``, and the label."""
+def _as_it_stood(returns: Column, day: dt.date, i: int, min_net: float) -> list[Column]:
+    """An order at the end of ``day``: ``_net<i>``, ``_buy<i>``, ``_ret<i>`` (see :func:`_purchases`)."""
+    # the amount returned after ``day``: 0.0 (added exactly) for nearly every order
+    after = F.aggregate(
+        F.filter(returns, lambda r: r[RETURN_DAY] > F.lit(day)),
+        F.lit(0.0),
+        lambda acc, r: acc + r[RETURN_AMOUNT],
+    )
+    net = F.col(NET_AMOUNT) + after
+    return [
+        net.alias(f"_net{i}"),
+        F.when(after > 0, net > F.lit(float(min_net))).otherwise(F.col(IS_PURCHASE)).alias(f"_buy{i}"),
+        F.exists(returns, lambda r: r[RETURN_DAY] <= F.lit(day)).cast("double").alias(f"_ret{i}"),
+    ]
+
+
+def _aggs(
+    cutoff: dt.date, p: str, horizon_days: int | None, coded: tuple[bool, bool], days: Sequence[dt.date]
+) -> list[Column]:
+    """Aggregates of window ``p`` (column prefix): purchases on or before ``cutoff`` as they stood
+    then, and the label (purchases in the horizon as they stood at its end); ``days``: those of
+    :func:`_purchases`."""
+    i = days.index(cutoff)
     day = F.col(ORDER_DATE)
-    seen = day <= F.lit(cutoff)
+    seen = (day <= F.lit(cutoff)) & F.col(f"_buy{i}")
     ago = F.datediff(F.lit(cutoff), day)
 
-    def within(days: int) -> Column:
-        return seen & (ago < days)
+    def within(n: int) -> Column:
+        return seen & (ago < n)
 
     def distinct(coded_kind: bool, mask: str, column: str) -> Column:
         # a mask's OR, or a set (not count_distinct: several distinct counts expand every row)
@@ -206,6 +241,7 @@ def _aggs(cutoff: dt.date, p: str, horizon_days: int | None, coded: tuple[bool, 
             F.bit_or(F.when(seen, F.col(mask))) if coded_kind else F.collect_set(F.when(seen, F.col(column)))
         )
 
+    net = F.col(f"_net{i}")
     aggs = [
         F.max(F.when(seen, day)).alias(f"{p}last"),
         F.min(F.when(seen, day)).alias(f"{p}first"),
@@ -214,15 +250,16 @@ def _aggs(cutoff: dt.date, p: str, horizon_days: int | None, coded: tuple[bool, 
         F.count_if(within(90)).alias(f"{p}orders_90d"),
         F.count_if(seen & (ago >= 90) & (ago < 180)).alias(f"{p}orders_prev_90d"),
         F.count_if(within(365)).alias(f"{p}orders_365d"),
-        F.sum(F.when(seen, F.col(NET_AMOUNT))).alias(f"{p}net_revenue"),
-        F.sum(F.when(within(90), F.col(NET_AMOUNT))).alias(f"{p}revenue_90d"),
-        F.avg(F.when(seen, F.col("has_return"))).alias(f"{p}return_rate"),
+        F.sum(F.when(seen, net)).alias(f"{p}net_revenue"),
+        F.sum(F.when(within(90), net)).alias(f"{p}revenue_90d"),
+        F.avg(F.when(seen, F.col(f"_ret{i}"))).alias(f"{p}return_rate"),
         distinct(coded[0], _CAT_MASK, CATEGORIES).alias(f"{p}categories"),
         distinct(coded[1], _CHAN_MASK, CHANNEL).alias(f"{p}channels"),
     ]
     if horizon_days is not None:
         end = cutoff + dt.timedelta(days=horizon_days)
-        aggs.append(F.count_if(~seen & (day <= F.lit(end))).alias(f"{p}bought_after"))
+        bought = (day > F.lit(cutoff)) & (day <= F.lit(end)) & F.col(f"_buy{days.index(end)}")
+        aggs.append(F.count_if(bought).alias(f"{p}bought_after"))
     return aggs
 
 
@@ -274,20 +311,24 @@ def windowed_features(
     horizon_days: int | None,
     codes: Codes | None = None,
     unlabelled: Sequence[dt.date] = (),
+    *,
+    min_net: float,
 ) -> DataFrame:
     """One aggregation over the orders: per customer, every cutoff's aggregates (prefix ``w<i>_``),
     then those of each ``unlabelled`` cutoff (no label: the scoring window), numbered on.
 
-    One row per customer with a purchase on or before the last cutoff (plus its horizon when
+    One row per customer with an order on or before the last cutoff (plus its horizon when
     ``horizon_days`` is given, for the labels); select a window with :func:`window`. ``codes``: from
-    :func:`value_codes` over at least these orders (computed here when not given).
+    :func:`value_codes` over at least these orders (computed here when not given). ``min_net``:
+    the purchase definition's ``min_net_amount``, for orders a later return changed.
     """
     end = max([max(cutoffs) + dt.timedelta(days=horizon_days or 0), *unlabelled])
     codes = codes if codes is not None else value_codes(orders, end)
     coded = (codes.categories is not None, codes.channels is not None)
     windows = [*((cut, horizon_days) for cut in cutoffs), *((cut, None) for cut in unlabelled)]
-    aggs = [a for i, (cut, h) in enumerate(windows) for a in _aggs(cut, f"w{i}_", h, coded)]
-    return _purchases(orders, end, codes).groupBy(CUSTOMER_ID).agg(*aggs)
+    days = sorted({d for cut, h in windows for d in (cut, cut + dt.timedelta(days=h or 0))})
+    aggs = [a for i, (cut, h) in enumerate(windows) for a in _aggs(cut, f"w{i}_", h, coded, days)]
+    return _purchases(orders, end, codes, days, min_net).groupBy(CUSTOMER_ID).agg(*aggs)
 
 
 def window(wide: DataFrame, i: int, cutoff: dt.date, horizon_days: int | None) -> DataFrame:
@@ -298,21 +339,26 @@ def window(wide: DataFrame, i: int, cutoff: dt.date, horizon_days: int | None) -
     )
 
 
-def churn_features(orders: DataFrame, cutoff: dt.date, codes: Codes | None = None) -> DataFrame:
-    """One row per customer with a purchase on or before ``cutoff``: [customer_id, *FEATURES].
+def churn_features(
+    orders: DataFrame, cutoff: dt.date, codes: Codes | None = None, *, min_net: float
+) -> DataFrame:
+    """One row per customer with a purchase on or before ``cutoff``: [customer_id, *FEATURES], the
+    orders as they stood at the cutoff.
 
     recency/tenure are whole days to the cutoff; mean_gap_days is (last - first) / (orders - 1),
-    0 for one-time buyers; return_rate is the share of purchase orders with a returned amount;
+    0 for one-time buyers; return_rate is the share of purchase orders with a return line;
     distinct categories and channels are counted over the purchase orders.
     """
-    return window(windowed_features(orders, [cutoff], None, codes), 0, cutoff, None)
+    return window(windowed_features(orders, [cutoff], None, codes, min_net=min_net), 0, cutoff, None)
 
 
 def labelled_features(
-    orders: DataFrame, cutoff: dt.date, horizon_days: int, codes: Codes | None = None
+    orders: DataFrame, cutoff: dt.date, horizon_days: int, codes: Codes | None = None, *, min_net: float
 ) -> DataFrame:
-    """Features at ``cutoff`` with ``churned`` = 1.0 when no purchase follows within the horizon."""
-    return window(windowed_features(orders, [cutoff], horizon_days, codes), 0, cutoff, horizon_days)
+    """Features at ``cutoff`` with ``churned`` = 1.0 when no purchase (as it stood at the horizon's
+    end) follows within the horizon."""
+    wide = windowed_features(orders, [cutoff], horizon_days, codes, min_net=min_net)
+    return window(wide, 0, cutoff, horizon_days)
 
 
 def seeded_sample(df: DataFrame, max_rows: int, rows: int, seed: int, salt: str) -> DataFrame:
@@ -563,13 +609,15 @@ def _class_counts(wide: DataFrame, windows: int) -> list[tuple[int, int]]:
     return [(int(row[f"n{i}"]), int(row[f"pos{i}"])) for i in range(windows)]
 
 
-def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> ChurnResult:
+def run_churn(
+    orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig, purchase: PurchaseConfig
+) -> ChurnResult:
     """The churn stage: time-split train/test, metrics, then churn_risk and churn_band per customer.
 
-    ``orders``: the silver orders table. Returns customers [customer_id, churn_risk, churn_band] for
-    every customer with a purchase on or before ``as_of_date`` (computed lazily from ``orders``).
-    Raises ``InputError`` when the history is too short for two labelled windows or a window holds
-    only one class.
+    ``orders``: the silver orders table, built with the ``purchase`` definition. Returns customers
+    [customer_id, churn_risk, churn_band] for every customer with a purchase on or before
+    ``as_of_date`` (computed lazily from ``orders``). Raises ``InputError`` when the history is too
+    short for two labelled windows or a window holds only one class.
     """
     h = cfg.horizon_days
     test_cutoff = as_of_date - dt.timedelta(days=h)
@@ -577,7 +625,14 @@ def run_churn(orders: DataFrame, as_of_date: dt.date, cfg: ChurnConfig) -> Churn
     codes = value_codes(orders, as_of_date)
     # both labelled windows and the scoring one (as of as_of_date) in one aggregation, cached for the
     # counts, the samples, the fits and the scores: ``release`` once the scores are written
-    wide = windowed_features(orders, [train_cutoff, test_cutoff], h, codes, unlabelled=[as_of_date]).persist()
+    wide = windowed_features(
+        orders,
+        [train_cutoff, test_cutoff],
+        h,
+        codes,
+        unlabelled=[as_of_date],
+        min_net=purchase.min_net_amount,
+    ).persist()
     try:
         final, metrics, figures = _train_and_evaluate(wide, train_cutoff, test_cutoff, cfg)
     except BaseException:

@@ -589,7 +589,7 @@ def stage_scores(io: StageIO) -> None:
     if settings.churn.enabled:
         try:
             with io.timed("churn_model"), finalizers_at_safe_points():
-                cres = churn.run_churn(io.read(S.ORDERS), as_of, settings.churn)
+                cres = churn.run_churn(io.read(S.ORDERS), as_of, settings.churn, settings.purchase)
         except InputError as exc:  # too little history or a one-sided label: skip, say why
             io.warn(f"churn model skipped: {exc}")
             skipped = churn_table.skipped_table(str(exc))

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = ("transactions", "customers", "events", "marketing_spend")
 STATE_HASH = "refresh.state_hash"
+ORDERS_LAYOUT = 2
 MANIFEST_RUN = "refresh.manifest_run"
 # what a run took of each input: its files, or its Delta version (``input_manifest`` rows)
 Taken = dict[str, tuple[list[InputFile] | None, int | None]]
@@ -123,6 +124,9 @@ def state_hash(settings: Settings, spark: SparkSession, key: bytes | None) -> st
     """The hash of what shapes ``orders`` and the per-customer state: a change means no earlier
     state can be reused. The key enters as a keyed tag (an HMAC of a constant), never itself."""
     shaping = {
+        # the columns the orders table holds: a new one (2: ``returns``) means orders written
+        # before it cannot be merged into or reused
+        "orders_layout": ORDERS_LAYOUT,
         "input": settings.input.model_dump(mode="json"),
         "quality": settings.quality.model_dump(mode="json"),
         "purchase": settings.purchase.model_dump(mode="json"),
@@ -476,7 +480,8 @@ def _why_not_skip(
     if settings.run_id == previous.run_id:
         return f"a retry of run {previous.run_id}: every table is committed once"
     if previous.choices.get(STATE_HASH) != state:
-        return f"the key, time zone or settings that shape the orders changed since run {previous.run_id}"
+        what = "the key, time zone, settings or columns that shape the orders"
+        return f"{what} changed since run {previous.run_id}"
     if previous.config_hash != settings.config_hash():
         return f"settings changed since run {previous.run_id}"
     if previous.code_version != code_version():

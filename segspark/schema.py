@@ -119,6 +119,12 @@ CATEGORIES: Final = "categories"
 # orders: the 64-bit hashes of the order's clean source lines (customer id left out), so an
 # incremental refresh finds a new line that copies one ingested before (``segspark.refresh``)
 LINE_HASHES: Final = "line_hashes"
+# orders: the order's return lines, each (the day it was recorded, the amount returned > 0), sorted;
+# empty without returns. A return recorded after the order's day is why churn's features at a past
+# cutoff count the order as it was then (``segspark.churn``), not as it is now
+RETURNS: Final = "returns"
+RETURN_DAY: Final = "day"
+RETURN_AMOUNT: Final = "amount"
 IS_PURCHASE: Final = "is_purchase"
 # customer_days columns (one row per customer and day with at least one order)
 ORDERS_COUNT: Final = "orders"

@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segspark import schema as S
+from segspark import tables
 from segspark.config import PurchaseConfig
 from segspark.errors import InputError
 
@@ -70,8 +71,8 @@ def orders(transactions: DataFrame, purchase: PurchaseConfig) -> DataFrame:
 def order_aggregates(keep: Column | None, *, with_customer: bool) -> list[Column]:
     """An order's aggregates over its lines (those where ``keep`` holds, every line when None):
     first time, net, gross and returned amounts, line count, quantity of the positive lines, the
-    smallest channel, the categories of the positive lines; ``with_customer``: the customer_id (one
-    pseudonym per source id: any kept line's)."""
+    smallest channel, the categories of the positive lines, the return lines (day, amount returned);
+    ``with_customer``: the customer_id (one pseudonym per source id: any kept line's)."""
 
     def kept(c: Column) -> Column:
         return c if keep is None else F.when(keep, c)
@@ -89,7 +90,16 @@ def order_aggregates(keep: Column | None, *, with_customer: bool) -> list[Column
         F.sum(kept(F.when(positive, F.col(S.QUANTITY)))).alias(S.QUANTITY),
         F.min(kept(F.col(S.CHANNEL))).alias(S.CHANNEL),
         F.collect_set(kept(F.when(positive, F.col(S.PRODUCT_CATEGORY)))).alias(S.CATEGORIES),
+        # every return line, copies included (a set would merge two equal returns of one day)
+        F.collect_list(kept(F.when(amount < 0, return_line(F.to_date(F.col(S.ORDER_TS)), -amount)))).alias(
+            S.RETURNS
+        ),
     ]
+
+
+def return_line(day: Column, returned: Column) -> Column:
+    """One element of ``orders.returns``: the day a return line was recorded, the amount returned."""
+    return F.struct(day.alias(S.RETURN_DAY), returned.alias(S.RETURN_AMOUNT))
 
 
 def order_columns(grouped: DataFrame, purchase: PurchaseConfig) -> DataFrame:
@@ -113,6 +123,8 @@ def order_columns(grouped: DataFrame, purchase: PurchaseConfig) -> DataFrame:
             if S.LINE_HASHES in grouped.columns
             else F.lit(None).cast(T.ArrayType(T.LongType(), containsNull=False))
         ).alias(S.LINE_HASHES),
+        # cast to the declared (nullable) fields: delta-rs does not cast a non-null field to a nullable one
+        F.array_sort(F.col(S.RETURNS)).cast(tables.ORDERS_SCHEMA[S.RETURNS].dataType).alias(S.RETURNS),
     )
 
 
@@ -121,8 +133,8 @@ def merged_orders(earlier: DataFrame, batch: DataFrame, purchase: PurchaseConfig
     ``earlier`` (the ``orders`` table): one row per (customer, order) of the batch, as if all of the
     order's lines had been grouped at once. Every aggregate merges: the first time and the smallest
     channel take the smaller, amounts, lines and quantities add (a null quantity is no quantity), the
-    categories and line hashes are the union. Orders of ``earlier`` the batch does not touch are not
-    returned (a MERGE by key leaves them as they are)."""
+    categories, line hashes and return lines are the union. Orders of ``earlier`` the batch does not
+    touch are not returned (a MERGE by key leaves them as they are)."""
     keys = [S.CUSTOMER_ID, S.ORDER_ID]
     columns = [f for f in batch.columns]
     touched = earlier.join(batch.select(*keys), on=keys, how="left_semi").select(*columns)
@@ -137,6 +149,7 @@ def merged_orders(earlier: DataFrame, batch: DataFrame, purchase: PurchaseConfig
         F.min(S.CHANNEL).alias(S.CHANNEL),
         F.array_distinct(F.flatten(F.collect_list(S.CATEGORIES))).alias(S.CATEGORIES),
         F.flatten(F.collect_list(S.LINE_HASHES)).alias(S.LINE_HASHES),
+        F.flatten(F.collect_list(S.RETURNS)).alias(S.RETURNS),
     )
     return order_columns(grouped, purchase)
 

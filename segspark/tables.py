@@ -72,6 +72,7 @@ STR, DBL, LONG, INT, BOOL, DATE, TS = (
 )
 
 # --- silver ------------------------------------------------------------------------------------
+RETURN_LINE: Final = T.StructType([_f(S.RETURN_DAY, DATE), _f(S.RETURN_AMOUNT, DBL)])
 ORDERS_SCHEMA: Final = T.StructType(
     [
         _f(S.CUSTOMER_ID, STR),
@@ -89,6 +90,8 @@ ORDERS_SCHEMA: Final = T.StructType(
         # sorted hashes of the clean lines (an incremental refresh's copy check); null when the
         # orders were grouped outside ingest
         _f(S.LINE_HASHES, T.ArrayType(LONG, False)),
+        # the return lines, (day, amount returned) each, sorted: an order as it was at a past date
+        _f(S.RETURNS, T.ArrayType(RETURN_LINE, True)),
     ]
 )
 CUSTOMER_DAYS_SCHEMA: Final = T.StructType(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality, assert_df_equality
 from matplotlib.figure import Figure
 from pandas.testing import assert_frame_equal
 from pyspark.sql import DataFrame
@@ -63,7 +63,7 @@ def small_tx(spark: Any) -> DataFrame:
 
 
 def test_features_and_labels_by_hand(spark: Any, small_tx: DataFrame) -> None:
-    got = C.labelled_features(small_tx, CUTOFF, 90).select(
+    got = C.labelled_features(small_tx, CUTOFF, 90, min_net=0.0).select(
         "customer_id",
         "recency_days",
         "tenure_days",
@@ -96,23 +96,69 @@ def test_features_and_labels_by_hand(spark: Any, small_tx: DataFrame) -> None:
 
 def test_short_history_is_a_clear_error(small_tx: DataFrame) -> None:
     with pytest.raises(InputError, match="horizon_days"):
-        C.run_churn(small_tx, dt.date(2024, 6, 30), ChurnConfig(horizon_days=30))
+        C.run_churn(small_tx, dt.date(2024, 6, 30), ChurnConfig(horizon_days=30), PurchaseConfig())
 
 
 def test_two_windows_in_one_pass_equal_each_window_alone(small_tx: DataFrame) -> None:
     early = CUTOFF - dt.timedelta(days=60)
-    wide = C.windowed_features(small_tx, [early, CUTOFF], 90)
+    wide = C.windowed_features(small_tx, [early, CUTOFF], 90, min_net=0.0)
     for i, cut in enumerate((early, CUTOFF)):
         assert_df_equality(
-            C.window(wide, i, cut, 90), C.labelled_features(small_tx, cut, 90), ignore_row_order=True
+            C.window(wide, i, cut, 90),
+            C.labelled_features(small_tx, cut, 90, min_net=0.0),
+            ignore_row_order=True,
         )
     # categories and channels as bit masks (the default) or, past 63 values, as sets: same features
     assert C.value_codes(small_tx, CUTOFF) == C.Codes(
         categories=("books", "toys"), channels=("app", "store", "web")
     )
-    by_sets = C.labelled_features(small_tx, CUTOFF, 90, C.Codes(categories=None, channels=None))
+    by_sets = C.labelled_features(small_tx, CUTOFF, 90, C.Codes(categories=None, channels=None), min_net=0.0)
     assert dict(by_sets.dtypes)["distinct_categories"] == "double"
-    assert_df_equality(by_sets, C.labelled_features(small_tx, CUTOFF, 90), ignore_row_order=True)
+    assert_df_equality(by_sets, C.labelled_features(small_tx, CUTOFF, 90, min_net=0.0), ignore_row_order=True)
+
+
+def test_features_count_each_order_as_it_stood_at_the_cutoff(spark: Any) -> None:
+    """Returns recorded after a cutoff are unknown at it: the features (and the label, at the horizon's
+    end) are those computed from the lines recorded by then, and differ from the orders' final state."""
+    rows = [
+        ("a", "1", ts("2024-03-20 10:00:00"), 100.0, "books", "web"),
+        ("a", "1", ts("2024-04-05 10:00:00"), -100.0, "books", "web"),  # cancelled after the cutoff
+        ("a", "2", ts("2024-03-25 10:00:00"), 50.0, "toys", "app"),
+        ("a", "2", ts("2024-03-28 10:00:00"), -10.0, "toys", "app"),  # returned before the cutoff
+        ("a", "2", ts("2024-04-10 10:00:00"), -20.0, "toys", "app"),  # and again after it
+        ("a", "3", ts("2024-05-01 10:00:00"), 5.0, "toys", "app"),
+        ("b", "4", ts("2024-01-10 10:00:00"), 30.0, "books", "web"),
+        # the horizon's one purchase, cancelled after the horizon's end: b did buy in the horizon
+        ("b", "5", ts("2024-04-20 10:00:00"), 40.0, "books", "web"),
+        ("b", "5", ts("2024-08-01 10:00:00"), -40.0, "books", "web"),
+        ("c", "6", ts("2024-02-01 10:00:00"), 30.0, "books", "web"),
+        # cancelled within the horizon: no purchase by its end, c churned
+        ("c", "7", ts("2024-04-20 10:00:00"), 40.0, "books", "web"),
+        ("c", "7", ts("2024-05-01 10:00:00"), -40.0, "books", "web"),
+    ]
+    lines = spark.createDataFrame(rows, TX_SCHEMA)
+    end = CUTOFF + dt.timedelta(days=90)
+
+    def upto(day: dt.date) -> DataFrame:
+        return orders(lines.where(F.to_date("order_ts") <= F.lit(day)))
+
+    full = orders(lines)
+    returns = {r["order_id"]: r["returns"] for r in full.select("order_id", "returns").collect()}
+    assert returns["2"] == [(dt.date(2024, 3, 28), 10.0), (dt.date(2024, 4, 10), 20.0)]
+    assert returns["4"] == []
+    features = C.churn_features(full, CUTOFF, min_net=0.0)
+    assert_df_equality(features, C.churn_features(upto(CUTOFF), CUTOFF, min_net=0.0), ignore_row_order=True)
+    a = features.where("customer_id = 'a'").first()
+    assert a is not None  # both orders were purchases then, worth 100 and 40; one had a return
+    assert (a["orders"], a["net_revenue"], a["return_rate"]) == (2.0, 140.0, 0.5)
+    labelled = C.labelled_features(full, CUTOFF, 90, min_net=0.0)
+    assert_df_equality(
+        labelled, C.labelled_features(upto(end), CUTOFF, 90, min_net=0.0), ignore_row_order=True
+    )
+    assert {r["customer_id"]: r[C.CHURN_LABEL] for r in labelled.collect()} == {"a": 0.0, "b": 0.0, "c": 1.0}
+    # the scoring window at a later date sees the returns made by then: a's order 1 is no purchase
+    late = C.churn_features(full, end, min_net=0.0).where("customer_id = 'a'").first()
+    assert late is not None and (late["orders"], late["net_revenue"], late["return_rate"]) == (2.0, 25.0, 0.5)
 
 
 def test_seeded_sample_is_about_the_size_and_independent_of_partitioning(spark: Any) -> None:
@@ -140,12 +186,50 @@ def test_auc_and_pr_auc_equal_spark_evaluator(spark: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def generated_orders(spark: Any) -> DataFrame:
+def generated_lines(spark: Any) -> DataFrame:
     from segspark import generate as G
 
     # cached as ``segspark generate`` caches it (a filter is otherwise pushed into its projections)
     base = G.customer_base(spark, 1500, 11, partitions=2).cache()
-    return orders(G.transactions(base, 11)).cache()
+    return G.transactions(base, 11).cache()
+
+
+@pytest.fixture(scope="module")
+def generated_orders(generated_lines: DataFrame) -> DataFrame:
+    return orders(generated_lines).cache()
+
+
+def test_training_features_on_generated_data_are_those_of_the_lines_recorded_by_then(
+    generated_lines: DataFrame, generated_orders: DataFrame
+) -> None:
+    """Generated returns come 1-14 days after their order: the features at a cutoff from every line
+    equal those from the lines recorded by the cutoff, the labels those from the lines recorded by
+    the horizon's end."""
+    from segspark import generate as G
+
+    cutoff = G.DEFAULT_END - dt.timedelta(days=120)
+    end = cutoff + dt.timedelta(days=90)
+    straddling = generated_orders.where(
+        (F.col("order_date") <= F.lit(cutoff)) & F.exists("returns", lambda r: r["day"] > F.lit(cutoff))
+    ).count()
+    assert straddling > 5  # orders before the cutoff with a return after it: what the test is about
+
+    def recorded_by(day: dt.date) -> DataFrame:
+        return orders(generated_lines.where(F.to_date("order_ts") <= F.lit(day)))
+
+    assert_approx_df_equality(
+        C.churn_features(generated_orders, cutoff, min_net=0.0),
+        C.churn_features(recorded_by(cutoff), cutoff, min_net=0.0),
+        1e-9,
+        ignore_row_order=True,
+    )
+    labels = C.labelled_features(generated_orders, cutoff, 90, min_net=0.0).select(
+        "customer_id", C.CHURN_LABEL
+    )
+    known = C.labelled_features(recorded_by(end), cutoff, 90, min_net=0.0).select(
+        "customer_id", C.CHURN_LABEL
+    )
+    assert_df_equality(labels, known, ignore_row_order=True)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +237,7 @@ def gbt_result(generated_orders: DataFrame) -> tuple[C.ChurnResult, ChurnConfig]
     from segspark import generate as G
 
     cfg = ChurnConfig(model="gbt", max_iter=5, max_depth=3, refit_on_latest=False)
-    return C.run_churn(generated_orders, G.DEFAULT_END, cfg), cfg
+    return C.run_churn(generated_orders, G.DEFAULT_END, cfg, PurchaseConfig()), cfg
 
 
 @pytest.mark.slow
@@ -203,7 +287,7 @@ def test_logistic_churn_model_on_seeded_samples(generated_orders: DataFrame) -> 
         max_train_rows=1000,
         max_eval_rows=1000,
     )
-    result = C.run_churn(generated_orders, G.DEFAULT_END, cfg)
+    result = C.run_churn(generated_orders, G.DEFAULT_END, cfg, PurchaseConfig())
     m = result.metrics
     assert m["auc"] > MIN_AUC
     assert len(m["feature_importances"]) == len(C.FEATURES)
@@ -212,7 +296,7 @@ def test_logistic_churn_model_on_seeded_samples(generated_orders: DataFrame) -> 
     assert abs(m["train_rows"] - 1000) < 150 and abs(m["eval_customers"] - 1000) < 150
     assert m["lift_by_decile"]["customers"].sum() == pytest.approx(m["eval_customers"])
     assert m["scored_with"] == "refit on the test window"
-    again = C.run_churn(generated_orders, G.DEFAULT_END, cfg).metrics
+    again = C.run_churn(generated_orders, G.DEFAULT_END, cfg, PurchaseConfig()).metrics
     assert (again["train_rows"], again["eval_customers"], again["auc"]) == (
         m["train_rows"],
         m["eval_customers"],
@@ -287,7 +371,7 @@ def test_a_driver_fitted_model_scores_in_spark_as_it_does_on_the_driver(
     from segspark.local_models import fit_classifier
 
     cutoff = G.DEFAULT_END - dt.timedelta(days=90)
-    window = C.labelled_features(generated_orders, cutoff, 90)
+    window = C.labelled_features(generated_orders, cutoff, 90, min_net=0.0)
     # two edge rows: every feature missing, and a recency far beyond any training value
     nulls = spark.createDataFrame(
         [

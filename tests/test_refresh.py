@@ -118,7 +118,7 @@ def test_a_new_key_or_a_removed_file_is_never_taken_for_unchanged(
     first = ingest()
     monkeypatch.setenv("SEGSPARK_PSEUDO_KEY", "another-key")  # other pseudonyms: nothing reusable
     rekeyed = ingest()
-    assert _choices(rekeyed)["refresh"].startswith("full: the key, time zone or settings that shape")
+    assert _choices(rekeyed)["refresh"].startswith("full: the key, time zone, settings or columns that shape")
     assert _choices(rekeyed)["refresh.state_hash"] != _choices(first)["refresh.state_hash"]
     (folder / "b.csv").unlink()
     assert _choices(ingest())["refresh"] == "full: input 'transactions': file(s) removed: b.csv"
