@@ -197,27 +197,34 @@ def _purchases(
         ).alias(_CAT_MASK)
     if codes is not None and codes.channels is not None:
         chans = F.try_element_at(_bits(codes.channels), F.col(CHANNEL)).alias(_CHAN_MASK)
-    returns = F.coalesce(F.col(RETURNS), F.array().cast(orders.schema[RETURNS].dataType))
-    as_of = [c for i, day in enumerate(days) for c in _as_it_stood(returns, day, i, min_net)]
-    cancelled_later = F.exists(returns, lambda r: r[RETURN_DAY] > F.col(ORDER_DATE))
+    returns = F.col(RETURNS)
+    # only an order with a return line (a few %) evaluates the array functions (interpreted, not in
+    # Spark's generated code); the others skip them (CASE WHEN and AND evaluate lazily)
+    returned = F.coalesce(F.size(returns) > 0, F.lit(False))
+    as_of = [c for i, day in enumerate(days) for c in _as_it_stood(returns, returned, day, i, min_net)]
+    cancelled_later = returned & F.exists(returns, lambda r: r[RETURN_DAY] > F.col(ORDER_DATE))
     return orders.where((F.col(IS_PURCHASE) | cancelled_later) & (F.col(ORDER_DATE) <= F.lit(end))).select(
         F.col(CUSTOMER_ID), F.col(ORDER_DATE), *as_of, cats, chans
     )
 
 
-def _as_it_stood(returns: Column, day: dt.date, i: int, min_net: float) -> list[Column]:
-    """An order at the end of ``day``: ``_net<i>``, ``_buy<i>``, ``_ret<i>`` (see :func:`_purchases`)."""
-    # the amount returned after ``day``: 0.0 (added exactly) for nearly every order
+def _as_it_stood(returns: Column, returned: Column, day: dt.date, i: int, min_net: float) -> list[Column]:
+    """An order at the end of ``day``: ``_net<i>``, ``_buy<i>``, ``_ret<i>`` (see :func:`_purchases`);
+    ``returned``: whether the order has a return line at all."""
+    # the amount returned after ``day``
     after = F.aggregate(
         F.filter(returns, lambda r: r[RETURN_DAY] > F.lit(day)),
         F.lit(0.0),
         lambda acc, r: acc + r[RETURN_AMOUNT],
     )
-    net = F.col(NET_AMOUNT) + after
+    later = F.when(returned, after).otherwise(F.lit(0.0))
+    net = F.col(NET_AMOUNT) + later  # 0.0 added exactly for nearly every order
     return [
         net.alias(f"_net{i}"),
-        F.when(after > 0, net > F.lit(float(min_net))).otherwise(F.col(IS_PURCHASE)).alias(f"_buy{i}"),
-        F.exists(returns, lambda r: r[RETURN_DAY] <= F.lit(day)).cast("double").alias(f"_ret{i}"),
+        F.when(later > 0, net > F.lit(float(min_net))).otherwise(F.col(IS_PURCHASE)).alias(f"_buy{i}"),
+        (returned & F.exists(returns, lambda r: r[RETURN_DAY] <= F.lit(day)))
+        .cast("double")
+        .alias(f"_ret{i}"),
     ]
 
 
