@@ -123,6 +123,29 @@ def test_a_new_key_or_a_removed_file_is_never_taken_for_unchanged(
     (folder / "b.csv").unlink()
     assert _choices(ingest())["refresh"] == "full: input 'transactions': file(s) removed: b.csv"
 
+    # a lakehouse the code before the orders' return lines wrote (its layout in the state hash, its
+    # orders without the column): the next run takes nothing of it and writes the orders anew
+    from deltalake import write_deltalake
+
+    from segspark import refresh
+
+    layout = refresh.ORDERS_LAYOUT
+    monkeypatch.setattr(refresh, "ORDERS_LAYOUT", layout - 1)
+    ingest()
+    orders = str(lake["out"] / "tables" / "orders")
+    write_deltalake(
+        orders,
+        DeltaTable(orders).to_pyarrow_table().drop(["returns"]),
+        mode="overwrite",
+        schema_mode="overwrite",
+    )
+    monkeypatch.setattr(refresh, "ORDERS_LAYOUT", layout)
+    upgraded = ingest()
+    assert _choices(upgraded)["refresh"].startswith(
+        "full: the key, time zone, settings or columns that shape"
+    )
+    assert "returns" in DeltaTable(orders).schema().to_arrow().names
+
 
 def test_delta_commits_after_the_version_taken_are_new_rows_or_a_rewrite(tmp_path: Path) -> None:
     """A real Delta table: appends are new input; an overwrite or a delete is never taken for new
