@@ -123,7 +123,7 @@ def order_columns(grouped: DataFrame, purchase: PurchaseConfig) -> DataFrame:
             if S.LINE_HASHES in grouped.columns
             else F.lit(None).cast(T.ArrayType(T.LongType(), containsNull=False))
         ).alias(S.LINE_HASHES),
-        # cast to the declared (nullable) fields: delta-rs does not cast a non-null field to a nullable one
+        # the declared type (nullable fields): delta-rs refuses to cast a nested field's nullability
         F.array_sort(F.col(S.RETURNS)).cast(tables.ORDERS_SCHEMA[S.RETURNS].dataType).alias(S.RETURNS),
     )
 
